@@ -112,3 +112,25 @@ python_venv = repository_rule(
     },
     environ = ["PATH", "PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"],
 )
+
+def _venv_package_impl(rctx):
+    # Resolving a label in @pyenv makes Bazel fetch the venv first, and
+    # refetch this repository whenever the venv changes.
+    pyenv = rctx.path(Label("@pyenv//:python3")).dirname
+    root = "%s/site-packages/%s" % (pyenv, rctx.attr.package)
+    for link, target in rctx.attr.links.items():
+        path = rctx.path(root + "/" + target)
+        if not path.exists:
+            fail("\n\ntorchchat: the locked %s wheel has no %s\n" % (rctx.attr.package, path))
+        rctx.symlink(path, link)
+    rctx.symlink(rctx.attr.build_file, "BUILD.bazel")
+
+venv_package = repository_rule(
+    implementation = _venv_package_impl,
+    doc = "Exposes C++ headers and libraries that a locked wheel ships (torch, executorch).",
+    attrs = {
+        "package": attr.string(mandatory = True, doc = "The top-level package in site-packages."),
+        "links": attr.string_dict(mandatory = True, doc = "Repository path -> path inside the package."),
+        "build_file": attr.label(mandatory = True, allow_single_file = True),
+    },
+)
