@@ -1,0 +1,1 @@
+"""export: torchchat models to ExecuTorch (.pte) and AOTInductor (.pt2)."""

@@ -1,0 +1,33 @@
+// UTF-8 helpers shared by the tokenizers and the streaming decoder.
+#ifndef TOKENIZERS_UTF8_H_
+#define TOKENIZERS_UTF8_H_
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace tokenizers {
+
+// Length of the longest prefix of `s` that does not end inside a UTF-8
+// sequence which later bytes could still complete. Invalid bytes count as
+// complete (they can never become valid), so the result only ever holds back
+// at most 3 bytes of a well-formed, truncated sequence.
+size_t CompleteUtf8Prefix(std::string_view s);
+
+// Turns token bytes into text one token at a time, never emitting half a
+// character: bytes of an unfinished character wait for the next token.
+class Utf8StreamDecoder {
+ public:
+  // Appends `bytes` and returns whatever text is now complete.
+  std::string Push(std::string_view bytes);
+  // Returns the held-back bytes (an unfinished sequence at the end of the
+  // stream), leaving the decoder empty.
+  std::string Flush();
+
+ private:
+  std::string pending_;
+};
+
+}  // namespace tokenizers
+
+#endif  // TOKENIZERS_UTF8_H_

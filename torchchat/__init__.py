@@ -1,0 +1,1 @@
+"""torchchat: run, chat with, export and benchmark LLMs on your own machine."""
