@@ -277,6 +277,22 @@ def fix_java(prefix):
     return rewritten
 
 
+# `bazel mod graph` evaluates bazel_tools' extensions, and one of them loads
+# this file from the buildozer module; the repository it makes is only used
+# by `bazel mod tidy`, which we do not offer offline.
+_BUILDOZER_BINARY_BZL = """\
+def _impl(rctx):
+    rctx.file("BUILD.bazel", "# buildozer is not available offline\\n")
+
+_repo = repository_rule(implementation = _impl)
+
+def _ext_impl(mctx):
+    _repo(name = "buildozer_binary")
+
+buildozer_binary = module_extension(implementation = _ext_impl)
+"""
+
+
 def write_stub_modules(prefix):
     root = os.path.join(prefix, "stub_modules")
     for name, version in STUB_MODULES.items():
@@ -285,6 +301,8 @@ def write_stub_modules(prefix):
         with open(os.path.join(d, "MODULE.bazel"), "w") as f:
             f.write(f'module(name = "{name}", version = "{version}")\n')
         open(os.path.join(d, "BUILD.bazel"), "w").close()
+    with open(os.path.join(root, "buildozer", "buildozer_binary.bzl"), "w") as f:
+        f.write(_BUILDOZER_BINARY_BZL)
     return root
 
 
