@@ -41,6 +41,93 @@ size_t CompleteUtf8Prefix(std::string_view s) {
   return n;
 }
 
+size_t NextUtf8Unit(std::string_view s, bool* valid) {
+  const auto c = static_cast<unsigned char>(s[0]);
+  const int len = SequenceLength(c);
+  *valid = false;
+  if (len == 0) return 1;
+  if (len == 1) {
+    *valid = true;
+    return 1;
+  }
+  // The second byte's allowed range depends on the lead (no overlongs, no
+  // surrogates, nothing above U+10FFFF).
+  unsigned char lo = 0x80, hi = 0xBF;
+  if (c == 0xE0) lo = 0xA0;
+  if (c == 0xED) hi = 0x9F;
+  if (c == 0xF0) lo = 0x90;
+  if (c == 0xF4) hi = 0x8F;
+  size_t k = 1;
+  while (k < static_cast<size_t>(len) && k < s.size()) {
+    const auto b = static_cast<unsigned char>(s[k]);
+    const bool ok = k == 1 ? (b >= lo && b <= hi) : IsContinuation(b);
+    if (!ok) return k;
+    ++k;
+  }
+  if (k == static_cast<size_t>(len)) *valid = true;
+  return k;
+}
+
+size_t ValidUtf8SequenceLength(std::string_view s) {
+  if (s.empty()) return 0;
+  bool valid;
+  const size_t n = NextUtf8Unit(s, &valid);
+  return valid ? n : 0;
+}
+
+std::string ReplaceInvalidUtf8(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  size_t i = 0;
+  while (i < s.size()) {
+    // Fast path over ASCII.
+    size_t j = i;
+    while (j < s.size() && static_cast<unsigned char>(s[j]) < 0x80) ++j;
+    out.append(s.data() + i, j - i);
+    i = j;
+    if (i >= s.size()) break;
+    bool valid;
+    const size_t n = NextUtf8Unit(s.substr(i), &valid);
+    if (valid) {
+      out.append(s.data() + i, n);
+    } else {
+      out.append("\xEF\xBF\xBD");
+    }
+    i += n;
+  }
+  return out;
+}
+
+char32_t DecodeUtf8(std::string_view s, size_t len) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  switch (len) {
+    case 1: return b(0);
+    case 2: return ((b(0) & 0x1F) << 6) | (b(1) & 0x3F);
+    case 3: return ((b(0) & 0x0F) << 12) | ((b(1) & 0x3F) << 6) | (b(2) & 0x3F);
+    default:
+      return ((b(0) & 0x07) << 18) | ((b(1) & 0x3F) << 12) |
+             ((b(2) & 0x3F) << 6) | (b(3) & 0x3F);
+  }
+}
+
+void AppendUtf8(char32_t cp, std::string* s) {
+  if (cp < 0x80) {
+    s->push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    s->push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    s->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    s->push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    s->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    s->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    s->push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    s->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+    s->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    s->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+}
+
 std::string Utf8StreamDecoder::Push(std::string_view bytes) {
   pending_.append(bytes);
   const size_t complete = CompleteUtf8Prefix(pending_);

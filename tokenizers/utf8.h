@@ -14,6 +14,25 @@ namespace tokenizers {
 // at most 3 bytes of a well-formed, truncated sequence.
 size_t CompleteUtf8Prefix(std::string_view s);
 
+// Length of the well-formed UTF-8 sequence at the start of `s`, or 0 if
+// `s` is empty or starts with an ill-formed sequence.
+size_t ValidUtf8SequenceLength(std::string_view s);
+
+// Number of bytes that make up the next "character" of `s` (non-empty):
+// a well-formed sequence, or else the maximal ill-formed subpart, which is
+// what Python's errors="replace" and Rust's from_utf8_lossy each turn into
+// one U+FFFD.
+size_t NextUtf8Unit(std::string_view s, bool* valid);
+
+// `s` with every ill-formed subpart replaced by U+FFFD.
+std::string ReplaceInvalidUtf8(std::string_view s);
+
+// Decodes the code point of a well-formed sequence of length `len`.
+char32_t DecodeUtf8(std::string_view s, size_t len);
+
+// Appends the UTF-8 encoding of `cp`.
+void AppendUtf8(char32_t cp, std::string* out);
+
 // Turns token bytes into text one token at a time, never emitting half a
 // character: bytes of an unfinished character wait for the next token.
 class Utf8StreamDecoder {

@@ -1,0 +1,414 @@
+// The tokenizer embedded in a GGUF file (tokenizer.ggml.*), turned into an
+// HF tokenizer.json the way transformers converts it, so that one code path
+// (the HF loader) runs it and WriteTokenizerJson writes the same thing out.
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "formats.h"
+#include "json.h"
+#include "tokenizer.h"
+
+namespace tokenizers {
+
+// From hf_tokenizer.cc.
+std::string GptBytesToAlphabet(std::string_view bytes);
+bool InByteAlphabet(std::string_view s);
+
+namespace {
+
+// GGUF value types.
+enum : uint32_t {
+  kU8 = 0, kI8, kU16, kI16, kU32, kI32, kF32, kBool, kString, kArray, kU64,
+  kI64, kF64
+};
+
+struct Value {
+  uint32_t type = 0;
+  int64_t i = 0;
+  double f = 0;
+  std::string s;
+  uint32_t elem_type = 0;
+  std::vector<std::string> strs;   // string arrays
+  std::vector<int64_t> ints;       // integer / bool arrays
+  std::vector<double> floats;      // float arrays
+};
+
+// Sequential reader over a FILE with bounds checks against the file size:
+// a truncated or lying file yields an error, never a huge allocation.
+class Reader {
+ public:
+  Reader(std::FILE* f, uint64_t size) : f_(f), size_(size) {}
+  bool Bytes(void* dst, uint64_t n) {
+    if (n > size_ - pos_) return Fail("truncated file");
+    if (n && std::fread(dst, 1, n, f_) != n) return Fail("read error");
+    pos_ += n;
+    return true;
+  }
+  template <typename T>
+  bool Pod(T* v) { return Bytes(v, sizeof(T)); }
+  bool Str(std::string* s) {
+    uint64_t n;
+    if (!Pod(&n)) return false;
+    if (n > size_ - pos_) return Fail("string length beyond end of file");
+    s->resize(n);
+    return Bytes(s->data(), n);
+  }
+  bool Skip(uint64_t n) {
+    if (n > size_ - pos_) return Fail("truncated file");
+    if (std::fseek(f_, static_cast<long>(n), SEEK_CUR) != 0) return Fail("seek error");
+    pos_ += n;
+    return true;
+  }
+  bool Fail(const char* m) {
+    if (err_.empty()) err_ = m;
+    return false;
+  }
+  const std::string& error() const { return err_; }
+  uint64_t remaining() const { return size_ - pos_; }
+
+ private:
+  std::FILE* f_;
+  uint64_t size_;
+  uint64_t pos_ = 0;
+  std::string err_;
+};
+
+int ScalarSize(uint32_t t) {
+  switch (t) {
+    case kU8: case kI8: case kBool: return 1;
+    case kU16: case kI16: return 2;
+    case kU32: case kI32: case kF32: return 4;
+    case kU64: case kI64: case kF64: return 8;
+    default: return 0;
+  }
+}
+
+bool ReadScalar(Reader* r, uint32_t t, int64_t* i, double* f) {
+  switch (t) {
+    case kU8: { uint8_t v; if (!r->Pod(&v)) return false; *i = v; break; }
+    case kI8: { int8_t v; if (!r->Pod(&v)) return false; *i = v; break; }
+    case kBool: { uint8_t v; if (!r->Pod(&v)) return false; *i = v != 0; break; }
+    case kU16: { uint16_t v; if (!r->Pod(&v)) return false; *i = v; break; }
+    case kI16: { int16_t v; if (!r->Pod(&v)) return false; *i = v; break; }
+    case kU32: { uint32_t v; if (!r->Pod(&v)) return false; *i = v; break; }
+    case kI32: { int32_t v; if (!r->Pod(&v)) return false; *i = v; break; }
+    case kU64: { uint64_t v; if (!r->Pod(&v)) return false; *i = static_cast<int64_t>(v); break; }
+    case kI64: { int64_t v; if (!r->Pod(&v)) return false; *i = v; break; }
+    case kF32: { float v; if (!r->Pod(&v)) return false; *f = v; *i = static_cast<int64_t>(v); return true; }
+    case kF64: { double v; if (!r->Pod(&v)) return false; *f = v; *i = static_cast<int64_t>(v); return true; }
+    default: return r->Fail("unknown value type");
+  }
+  *f = static_cast<double>(*i);
+  return true;
+}
+
+// Reads the key/value section; only tokenizer.* and general.architecture
+// values are kept (others, like large float arrays, are skipped).
+Result<std::map<std::string, Value>> ReadMetadata(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return MakeError("cannot open '" + path + "': " + std::strerror(errno));
+  std::fseek(f, 0, SEEK_END);
+  const long size = std::ftell(f);
+  std::fseek(f, 0, SEEK_SET);
+  Reader r(f, size < 0 ? 0 : static_cast<uint64_t>(size));
+  std::map<std::string, Value> kv;
+  auto fail = [&](std::string m) -> Result<std::map<std::string, Value>> {
+    std::fclose(f);
+    return MakeError(path + ": " + m);
+  };
+  char magic[4];
+  uint32_t version;
+  uint64_t n_tensors, n_kv;
+  if (!r.Bytes(magic, 4) || std::memcmp(magic, "GGUF", 4) != 0) {
+    return fail("not a GGUF file");
+  }
+  if (!r.Pod(&version) || !r.Pod(&n_tensors) || !r.Pod(&n_kv)) {
+    return fail("truncated GGUF header");
+  }
+  if (version < 2 || version > 3) {
+    return fail("unsupported GGUF version " + std::to_string(version));
+  }
+  for (uint64_t k = 0; k < n_kv; ++k) {
+    std::string key;
+    uint32_t type;
+    if (!r.Str(&key) || !r.Pod(&type)) return fail("truncated metadata: " + r.error());
+    const bool keep = key.compare(0, 10, "tokenizer.") == 0 ||
+                      key == "general.architecture";
+    Value v;
+    v.type = type;
+    if (type == kString) {
+      if (!r.Str(&v.s)) return fail("bad value for " + key + ": " + r.error());
+    } else if (type == kArray) {
+      uint64_t n;
+      if (!r.Pod(&v.elem_type) || !r.Pod(&n)) return fail("truncated array " + key);
+      if (v.elem_type == kString) {
+        for (uint64_t i = 0; i < n; ++i) {
+          std::string s;
+          if (!r.Str(&s)) return fail("bad array " + key + ": " + r.error());
+          if (keep) v.strs.push_back(std::move(s));
+        }
+      } else {
+        const int sz = ScalarSize(v.elem_type);
+        if (sz == 0) return fail("unsupported array type in " + key);
+        if (n > r.remaining() / sz) return fail("array " + key + " runs past end of file");
+        if (!keep) {
+          if (!r.Skip(n * sz)) return fail(r.error());
+        } else {
+          for (uint64_t i = 0; i < n; ++i) {
+            int64_t iv;
+            double fv;
+            if (!ReadScalar(&r, v.elem_type, &iv, &fv)) return fail(r.error());
+            v.ints.push_back(iv);
+            v.floats.push_back(fv);
+          }
+        }
+      }
+    } else {
+      if (!ReadScalar(&r, type, &v.i, &v.f)) {
+        return fail("bad value for " + key + ": " + r.error());
+      }
+    }
+    if (keep) kv[key] = std::move(v);
+  }
+  std::fclose(f);
+  return kv;
+}
+
+constexpr char kLlama3Split[] =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+constexpr char kQwen2Split[] =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+struct Converted {
+  std::string tokenizer_json;
+  std::string config_json;
+};
+
+Json AddedTokenJson(int id, const std::string& content, bool special) {
+  Json t = Json::Object();
+  t.Set("id", Json::Number(id));
+  t.Set("content", Json::String(content));
+  t.Set("single_word", Json::Bool(false));
+  t.Set("lstrip", Json::Bool(false));
+  t.Set("rstrip", Json::Bool(false));
+  t.Set("normalized", Json::Bool(false));
+  t.Set("special", Json::Bool(special));
+  return t;
+}
+
+Result<Converted> Convert(const std::string& path) {
+  auto kv_r = ReadMetadata(path);
+  if (!kv_r.ok()) return MakeError(kv_r.error());
+  const auto& kv = *kv_r;
+  auto get = [&](const char* k) -> const Value* {
+    auto it = kv.find(k);
+    return it == kv.end() ? nullptr : &it->second;
+  };
+  const Value* model = get("tokenizer.ggml.model");
+  if (!model || model->type != kString) {
+    return MakeError(path + ": GGUF file has no tokenizer (tokenizer.ggml.model)");
+  }
+  if (model->s != "gpt2") {
+    return MakeError(path + ": GGUF tokenizer model '" + model->s +
+                     "' is not supported (only gpt2 byte-level BPE)");
+  }
+  const Value* tokens = get("tokenizer.ggml.tokens");
+  const Value* merges = get("tokenizer.ggml.merges");
+  if (!tokens || tokens->strs.empty()) {
+    return MakeError(path + ": GGUF tokenizer has no tokens");
+  }
+  if (!merges) return MakeError(path + ": GGUF gpt2 tokenizer has no merges");
+  const Value* types = get("tokenizer.ggml.token_type");
+  const auto& toks = tokens->strs;
+  // Tokens outside the byte alphabet are respelled into it, as
+  // transformers does.
+  Json vocab = Json::Object();
+  for (size_t i = 0; i < toks.size(); ++i) {
+    const std::string& t = toks[i];
+    vocab.Set(InByteAlphabet(t) ? t : GptBytesToAlphabet(t),
+              Json::Number(static_cast<double>(i)));
+  }
+  Json merge_list = Json::Array();
+  for (const std::string& m : merges->strs) {
+    const size_t sp = m.find(' ');
+    if (sp == std::string::npos) return MakeError(path + ": malformed merge '" + m + "'");
+    Json pair = Json::Array();
+    pair.Push(Json::String(m.substr(0, sp)));
+    pair.Push(Json::String(m.substr(sp + 1)));
+    merge_list.Push(std::move(pair));
+  }
+  Json added = Json::Array();
+  if (types) {
+    for (size_t i = 0; i < toks.size() && i < types->ints.size(); ++i) {
+      // A control token spelled outside the byte alphabet is a mislabel
+      // that transformers skips.
+      if (types->ints[i] == 3 && InByteAlphabet(toks[i])) added.Push(AddedTokenJson(static_cast<int>(i), toks[i], true));
+    }
+    for (size_t i = 0; i < toks.size() && i < types->ints.size(); ++i) {
+      if (types->ints[i] == 4) added.Push(AddedTokenJson(static_cast<int>(i), toks[i], false));
+    }
+  }
+  bool add_prefix = false;
+  if (const Value* v = get("tokenizer.ggml.add_space_prefix")) add_prefix = v->i != 0;
+  const Value* pre = get("tokenizer.ggml.pre");
+  std::string split;
+  if (pre && pre->type == kString) {
+    const std::string& p = pre->s;
+    if (p == "llama3" || p == "llama-v3" || p == "llama-bpe" || p == "falcon3" ||
+        p == "dbrx" || p == "smaug-bpe") {
+      split = kLlama3Split;
+    } else if (p == "qwen2" || p == "deepseek-r1-qwen") {
+      split = kQwen2Split;
+    }
+  }
+  auto byte_level = [](bool prefix, bool regex) {
+    Json b = Json::Object();
+    b.Set("type", Json::String("ByteLevel"));
+    b.Set("add_prefix_space", Json::Bool(prefix));
+    b.Set("trim_offsets", Json::Bool(true));
+    b.Set("use_regex", Json::Bool(regex));
+    return b;
+  };
+  Json pre_tok;
+  if (split.empty()) {
+    pre_tok = byte_level(add_prefix, true);
+  } else {
+    pre_tok = Json::Object();
+    pre_tok.Set("type", Json::String("Sequence"));
+    Json list = Json::Array();
+    Json s = Json::Object();
+    s.Set("type", Json::String("Split"));
+    Json pat = Json::Object();
+    pat.Set("Regex", Json::String(split));
+    s.Set("pattern", std::move(pat));
+    s.Set("behavior", Json::String("Isolated"));
+    s.Set("invert", Json::Bool(false));
+    list.Push(std::move(s));
+    list.Push(byte_level(false, false));
+    pre_tok.Set("pretokenizers", std::move(list));
+  }
+  auto token_at = [&](const char* key) -> std::string {
+    const Value* v = get(key);
+    if (!v || v->i < 0 || static_cast<size_t>(v->i) >= toks.size()) return "";
+    return toks[v->i];
+  };
+  const std::string bos = token_at("tokenizer.ggml.bos_token_id");
+  const std::string eos = token_at("tokenizer.ggml.eos_token_id");
+  bool add_bos = false;
+  if (const Value* v = get("tokenizer.ggml.add_bos_token")) add_bos = v->i != 0;
+
+  Json post = Json::Object();
+  post.Set("type", Json::String("TemplateProcessing"));
+  {
+    auto seq = [](const char* id, int type_id) {
+      Json s = Json::Object();
+      Json inner = Json::Object();
+      inner.Set("id", Json::String(id));
+      inner.Set("type_id", Json::Number(type_id));
+      s.Set("Sequence", std::move(inner));
+      return s;
+    };
+    auto special = [](const std::string& tok, int type_id) {
+      Json s = Json::Object();
+      Json inner = Json::Object();
+      inner.Set("id", Json::String(tok));
+      inner.Set("type_id", Json::Number(type_id));
+      s.Set("SpecialToken", std::move(inner));
+      return s;
+    };
+    Json single = Json::Array(), pair = Json::Array();
+    const bool with_bos = add_bos && !bos.empty();
+    if (with_bos) single.Push(special(bos, 0));
+    single.Push(seq("A", 0));
+    if (with_bos) pair.Push(special(bos, 0));
+    pair.Push(seq("A", 0));
+    if (with_bos) pair.Push(special(bos, 1));
+    pair.Push(seq("B", 1));
+    post.Set("single", std::move(single));
+    post.Set("pair", std::move(pair));
+    Json specials = Json::Object();
+    if (with_bos) {
+      Json e = Json::Object();
+      e.Set("id", Json::String(bos));
+      Json ids = Json::Array();
+      ids.Push(Json::Number(get("tokenizer.ggml.bos_token_id")->i));
+      e.Set("ids", std::move(ids));
+      Json ts = Json::Array();
+      ts.Push(Json::String(bos));
+      e.Set("tokens", std::move(ts));
+      specials.Set(bos, std::move(e));
+    }
+    post.Set("special_tokens", std::move(specials));
+  }
+
+  Json model_j = Json::Object();
+  model_j.Set("type", Json::String("BPE"));
+  model_j.Set("dropout", Json());
+  model_j.Set("unk_token", Json());
+  model_j.Set("continuing_subword_prefix", Json());
+  model_j.Set("end_of_word_suffix", Json());
+  model_j.Set("fuse_unk", Json::Bool(false));
+  model_j.Set("byte_fallback", Json::Bool(false));
+  model_j.Set("ignore_merges", Json::Bool(false));
+  model_j.Set("vocab", std::move(vocab));
+  model_j.Set("merges", std::move(merge_list));
+
+  Json root = Json::Object();
+  root.Set("version", Json::String("1.0"));
+  root.Set("truncation", Json());
+  root.Set("padding", Json());
+  root.Set("added_tokens", std::move(added));
+  root.Set("normalizer", Json());
+  root.Set("pre_tokenizer", std::move(pre_tok));
+  root.Set("post_processor", std::move(post));
+  root.Set("decoder", byte_level(true, true));
+  root.Set("model", std::move(model_j));
+
+  Json cfg = Json::Object();
+  cfg.Set("tokenizer_class", Json::String("PreTrainedTokenizerFast"));
+  if (!bos.empty()) cfg.Set("bos_token", Json::String(bos));
+  if (!eos.empty()) cfg.Set("eos_token", Json::String(eos));
+  cfg.Set("add_bos_token", Json::Bool(add_bos));
+  if (const Value* ct = get("tokenizer.chat_template"); ct && ct->type == kString) {
+    cfg.Set("chat_template", Json::String(ct->s));
+  }
+  return Converted{root.Dump(), cfg.Dump()};
+}
+
+Result<void> WriteAtomically(const std::string& path, const std::string& data) {
+  const std::string tmp = path + ".tmp";
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) return MakeError("cannot write '" + tmp + "': " + std::strerror(errno));
+  const bool ok = std::fwrite(data.data(), 1, data.size(), f) == data.size();
+  const bool closed = std::fclose(f) == 0;
+  if (!ok || !closed || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return MakeError("cannot write '" + path + "'");
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const std::string& path) {
+  auto c = Convert(path);
+  if (!c.ok()) return MakeError(c.error());
+  auto hf = NewHfTokenizer();
+  auto r = LoadHfFromStrings(hf.get(), c->tokenizer_json, c->config_json);
+  if (!r.ok()) return MakeError(path + ": " + r.error());
+  return hf;
+}
+
+Result<void> WriteTokenizerJson(const std::string& gguf_path,
+                                const std::string& out_dir) {
+  auto c = Convert(gguf_path);
+  if (!c.ok()) return MakeError(c.error());
+  auto r = WriteAtomically(out_dir + "/tokenizer.json", c->tokenizer_json);
+  if (!r.ok()) return r;
+  return WriteAtomically(out_dir + "/tokenizer_config.json", c->config_json);
+}
+
+}  // namespace tokenizers

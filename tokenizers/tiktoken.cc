@@ -1,0 +1,259 @@
+#include "tiktoken.h"
+
+#include <charconv>
+
+namespace tokenizers {
+
+const char kLlama3Pattern[] =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+std::vector<std::string> Llama3SpecialTokens() {
+  std::vector<std::string> t = {
+      "<|begin_of_text|>", "<|end_of_text|>",
+      "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+      "<|finetune_right_pad_id|>", "<|step_id|>",
+      "<|start_header_id|>", "<|end_header_id|>",
+      "<|eom_id|>", "<|eot_id|>",
+      "<|python_tag|>", "<|image|>",
+  };
+  const int basic = static_cast<int>(t.size());
+  for (int i = 0; i < 256 - basic; ++i) {
+    t.push_back("<|reserved_special_token_" + std::to_string(2 + i) + "|>");
+  }
+  return t;
+}
+
+bool Base64Decode(std::string_view in, std::string* out) {
+  auto val = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+  };
+  out->clear();
+  if (in.size() % 4 != 0 || in.empty()) return false;
+  for (size_t i = 0; i < in.size(); i += 4) {
+    int v[4];
+    int pad = 0;
+    for (int k = 0; k < 4; ++k) {
+      const char c = in[i + k];
+      if (c == '=') {
+        // Padding only at the very end, and at most two.
+        if (i + 4 != in.size() || k < 2) return false;
+        v[k] = 0;
+        ++pad;
+      } else {
+        if (pad) return false;
+        v[k] = val(c);
+        if (v[k] < 0) return false;
+      }
+    }
+    const uint32_t w = (v[0] << 18) | (v[1] << 12) | (v[2] << 6) | v[3];
+    out->push_back(static_cast<char>(w >> 16));
+    if (pad < 2) out->push_back(static_cast<char>((w >> 8) & 0xFF));
+    if (pad < 1) out->push_back(static_cast<char>(w & 0xFF));
+  }
+  return true;
+}
+
+Tiktoken::Tiktoken()
+    : Tiktoken(kLlama3Pattern, Llama3SpecialTokens(), "<|begin_of_text|>",
+               {"<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"}) {}
+
+Tiktoken::Tiktoken(std::string pattern, std::vector<std::string> special_tokens,
+                   std::string bos, std::vector<std::string> eos)
+    : pattern_(std::move(pattern)),
+      special_names_(std::move(special_tokens)),
+      bos_name_(std::move(bos)),
+      eos_names_(std::move(eos)) {}
+
+Result<void> Tiktoken::Load(const std::string& path) {
+  auto data = ReadFile(path);
+  if (!data.ok()) return MakeError(data.error());
+  auto r = LoadFromString(*data);
+  if (!r.ok()) return MakeError(path + ": " + r.error());
+  return {};
+}
+
+Result<void> Tiktoken::LoadFromString(std::string_view data) {
+  auto re = CompileRegex(pattern_);
+  if (!re.ok()) return MakeError(re.error());
+  regex_ = std::move(re).value();
+  encoder_.clear();
+  decoder_.clear();
+  special_ids_.clear();
+  specials_ = SpecialMatcher();
+  std::vector<std::pair<std::string, int>> entries;
+  size_t pos = 0;
+  int line_no = 0;
+  int max_rank = -1;
+  std::string bytes;
+  while (pos < data.size()) {
+    size_t eol = data.find('\n', pos);
+    if (eol == std::string_view::npos) eol = data.size();
+    std::string_view line = data.substr(pos, eol - pos);
+    pos = eol + 1;
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty()) continue;
+    const size_t sp = line.find(' ');
+    int rank = -1;
+    if (sp == std::string_view::npos ||
+        !Base64Decode(line.substr(0, sp), &bytes)) {
+      return MakeError("not a tiktoken file: line " + std::to_string(line_no) +
+                       " is not 'base64-token rank'");
+    }
+    const std::string_view num = line.substr(sp + 1);
+    auto [p, ec] = std::from_chars(num.data(), num.data() + num.size(), rank);
+    if (ec != std::errc() || p != num.data() + num.size() || rank < 0 ||
+        rank > (1 << 24)) {
+      return MakeError("not a tiktoken file: bad rank on line " +
+                       std::to_string(line_no));
+    }
+    if (!encoder_.emplace(bytes, rank).second) {
+      return MakeError("duplicate token on line " + std::to_string(line_no));
+    }
+    max_rank = std::max(max_rank, rank);
+  }
+  if (encoder_.empty()) return MakeError("no tokens in tiktoken file");
+  decoder_.assign(max_rank + 1, std::string());
+  std::vector<bool> seen(max_rank + 1, false);
+  for (const auto& [b, r] : encoder_) {
+    if (seen[r]) return MakeError("duplicate rank " + std::to_string(r));
+    seen[r] = true;
+    decoder_[r] = b;
+  }
+  for (int b = 0; b < 256; ++b) {
+    auto it = encoder_.find(std::string(1, static_cast<char>(b)));
+    byte_ids_[b] = it == encoder_.end() ? -1 : it->second;
+  }
+  // Special tokens follow the base vocabulary (Llama 3: 128000..128255).
+  const int base = static_cast<int>(encoder_.size());
+  decoder_.resize(std::max<size_t>(decoder_.size(), base));
+  for (size_t i = 0; i < special_names_.size(); ++i) {
+    const int id = base + static_cast<int>(i);
+    if (static_cast<int>(decoder_.size()) <= id) decoder_.resize(id + 1);
+    decoder_[id] = special_names_[i];
+    special_ids_[special_names_[i]] = id;
+    specials_.Add(special_names_[i], id);
+  }
+  auto special = [&](const std::string& name) {
+    auto it = special_ids_.find(name);
+    return it == special_ids_.end() ? -1 : it->second;
+  };
+  bos_id_ = bos_name_.empty() ? -1 : special(bos_name_);
+  eos_ids_.clear();
+  for (const auto& e : eos_names_) {
+    const int id = special(e);
+    if (id >= 0) eos_ids_.push_back(id);
+  }
+  return {};
+}
+
+void Tiktoken::EncodePiece(std::string_view piece,
+                           std::vector<int>* out) const {
+  auto it = encoder_.find(piece);
+  if (it != encoder_.end()) {
+    out->push_back(it->second);
+    return;
+  }
+  std::vector<Symbol> syms(piece.size());
+  for (size_t i = 0; i < piece.size(); ++i) {
+    syms[i] = {static_cast<uint32_t>(i), static_cast<uint32_t>(i + 1),
+               byte_ids_[static_cast<unsigned char>(piece[i])],
+               static_cast<int>(i) - 1,
+               i + 1 < piece.size() ? static_cast<int>(i) + 1 : -1};
+  }
+  MergeSymbols(&syms, [&](const Symbol& a, const Symbol& b, int* id) {
+    auto f = encoder_.find(piece.substr(a.start, b.end - a.start));
+    if (f == encoder_.end()) return -1;
+    *id = f->second;
+    return f->second;
+  });
+  // A byte missing from the vocabulary (only in a custom file) is dropped
+  // rather than emitted as an invalid id.
+  ForEachLive(syms, [&](const Symbol& s) {
+    if (s.id >= 0) out->push_back(s.id);
+  });
+}
+
+void Tiktoken::EncodeOrdinary(std::string_view text,
+                              std::vector<int>* out) const {
+  std::vector<Span> spans;
+  regex_->FindAll(text, &spans);
+  uint32_t pos = 0;
+  for (const Span& s : spans) {
+    // Bytes no alternative matched (only ill-formed UTF-8) are kept.
+    if (s.start > pos) EncodePiece(text.substr(pos, s.start - pos), out);
+    EncodePiece(text.substr(s.start, s.end - s.start), out);
+    pos = s.end;
+  }
+  if (pos < text.size()) EncodePiece(text.substr(pos), out);
+}
+
+Result<std::vector<int>> Tiktoken::Encode(std::string_view text, bool bos,
+                                          bool eos,
+                                          const SpecialPolicy& special) const {
+  if (!regex_) return MakeError("tokenizer not loaded");
+  std::vector<int> out;
+  out.reserve(text.size() / 3 + 2);
+  if (bos) {
+    if (bos_id_ < 0) return MakeError("this tokenizer has no bos token");
+    out.push_back(bos_id_);
+  }
+  size_t pos = 0;
+  if (special.mode != SpecialPolicy::Mode::kNone && !specials_.empty()) {
+    size_t s, len;
+    int id;
+    auto accept = [&](const std::string& t, int, size_t) {
+      return special.Allows(t);
+    };
+    while (specials_.Find(text, pos, accept, &s, &len, &id)) {
+      EncodeOrdinary(text.substr(pos, s - pos), &out);
+      out.push_back(id);
+      pos = s + len;
+    }
+  }
+  EncodeOrdinary(text.substr(pos), &out);
+  if (eos) {
+    if (eos_ids_.empty()) return MakeError("this tokenizer has no eos token");
+    out.push_back(eos_ids_[0]);
+  }
+  return out;
+}
+
+Result<std::string> Tiktoken::Decode(const std::vector<int>& ids) const {
+  std::string out;
+  for (int id : ids) {
+    if (id < 0 || id >= static_cast<int>(decoder_.size())) {
+      return MakeError("token id " + std::to_string(id) + " out of range [0, " +
+                       std::to_string(decoder_.size()) + ")");
+    }
+    out += decoder_[id];
+  }
+  return out;
+}
+
+Result<std::string> Tiktoken::DecodeToken(int id, bool) const {
+  return IdToPiece(id);
+}
+
+Result<std::string> Tiktoken::IdToPiece(int id) const {
+  if (id < 0 || id >= static_cast<int>(decoder_.size())) {
+    return MakeError("token id " + std::to_string(id) + " out of range [0, " +
+                     std::to_string(decoder_.size()) + ")");
+  }
+  return decoder_[id];
+}
+
+Result<int> Tiktoken::PieceToId(std::string_view piece) const {
+  auto it = encoder_.find(piece);
+  if (it != encoder_.end()) return it->second;
+  auto s = special_ids_.find(piece);
+  if (s != special_ids_.end()) return s->second;
+  return MakeError("no token for piece '" + std::string(piece) + "'");
+}
+
+}  // namespace tokenizers

@@ -1,0 +1,70 @@
+// tiktoken BPE: `.tiktoken` files and Llama 3's tokenizer.model (one
+// "base64-token rank" pair per line).
+#ifndef TOKENIZERS_TIKTOKEN_H_
+#define TOKENIZERS_TIKTOKEN_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "bpe.h"
+#include "regex.h"
+#include "tokenizer.h"
+
+namespace tokenizers {
+
+// Llama 3's split pattern (tiktoken's cl100k_base pattern).
+extern const char kLlama3Pattern[];
+// Llama 3's 256 special tokens, in id order from the first id after the
+// base vocabulary.
+std::vector<std::string> Llama3SpecialTokens();
+
+class Tiktoken : public Tokenizer {
+ public:
+  // Llama 3: its pattern and special tokens; bos <|begin_of_text|>, eos
+  // <|end_of_text|>, <|eom_id|> and <|eot_id|>.
+  Tiktoken();
+  // Custom pattern and special tokens (ids follow the base vocabulary).
+  // bos/eos name special tokens; empty means none.
+  Tiktoken(std::string pattern, std::vector<std::string> special_tokens,
+           std::string bos, std::vector<std::string> eos);
+
+  Result<void> Load(const std::string& path) override;
+  Result<void> LoadFromString(std::string_view data);
+
+  Result<std::vector<int>> Encode(
+      std::string_view text, bool bos, bool eos,
+      const SpecialPolicy& special) const override;
+  Result<std::string> Decode(const std::vector<int>& ids) const override;
+  Result<std::string> DecodeToken(int id, bool first) const override;
+  int vocab_size() const override { return static_cast<int>(decoder_.size()); }
+  Result<std::string> IdToPiece(int id) const override;
+  Result<int> PieceToId(std::string_view piece) const override;
+  std::string type() const override { return "tiktoken"; }
+
+  // Ordinary text (no special tokens) to ids, appended to `out`.
+  void EncodeOrdinary(std::string_view text, std::vector<int>* out) const;
+
+ private:
+  void EncodePiece(std::string_view piece, std::vector<int>* out) const;
+
+  std::string pattern_;
+  std::vector<std::string> special_names_;
+  std::string bos_name_;
+  std::vector<std::string> eos_names_;
+
+  std::unique_ptr<Regex> regex_;
+  absl::flat_hash_map<std::string, int> encoder_;
+  std::vector<std::string> decoder_;  // id -> bytes, specials included
+  int byte_ids_[256];
+  absl::flat_hash_map<std::string, int> special_ids_;
+  SpecialMatcher specials_;
+};
+
+// Decodes standard base64; false on malformed input.
+bool Base64Decode(std::string_view in, std::string* out);
+
+}  // namespace tokenizers
+
+#endif  // TOKENIZERS_TIKTOKEN_H_
