@@ -1,0 +1,68 @@
+#include "runner/common/stats.h"
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+
+namespace torchchat {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t PeakRssBytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+double Stats::prefill_tok_s() const {
+  const int64_t ms = prompt_eval_end_ms - inference_start_ms;
+  return ms > 0 ? num_prompt_tokens * 1e3 / ms : 0.0;
+}
+
+double Stats::decode_tok_s() const {
+  // The first generated token comes from prefill; decode covers the rest.
+  const int64_t ms = inference_end_ms - first_token_ms;
+  const int64_t n = num_generated_tokens - 1;
+  return (ms > 0 && n > 0) ? n * 1e3 / ms : 0.0;
+}
+
+std::string Stats::Summary() const {
+  char buf[256];
+  std::snprintf(buf, sizeof(buf),
+                "load %.2f s, ttft %.3f s, prefill %lld tok at %.1f tok/s, "
+                "decode %lld tok at %.1f tok/s, peak rss %.0f MiB",
+                load_s(), ttft_s(), static_cast<long long>(num_prompt_tokens),
+                prefill_tok_s(), static_cast<long long>(num_generated_tokens),
+                decode_tok_s(), peak_rss_bytes / 1048576.0);
+  return buf;
+}
+
+std::string Stats::ToJson() const {
+  char buf[768];
+  std::snprintf(
+      buf, sizeof(buf),
+      "{\"model_load_start_ms\": %lld, \"model_load_end_ms\": %lld, "
+      "\"inference_start_ms\": %lld, \"prompt_eval_end_ms\": %lld, "
+      "\"first_token_ms\": %lld, \"inference_end_ms\": %lld, "
+      "\"num_prompt_tokens\": %lld, \"num_generated_tokens\": %lld, "
+      "\"peak_rss_bytes\": %lld, \"ttft_s\": %.6f, \"prefill_tok_s\": %.3f, "
+      "\"decode_tok_s\": %.3f}",
+      static_cast<long long>(model_load_start_ms),
+      static_cast<long long>(model_load_end_ms),
+      static_cast<long long>(inference_start_ms),
+      static_cast<long long>(prompt_eval_end_ms),
+      static_cast<long long>(first_token_ms),
+      static_cast<long long>(inference_end_ms),
+      static_cast<long long>(num_prompt_tokens),
+      static_cast<long long>(num_generated_tokens),
+      static_cast<long long>(peak_rss_bytes), ttft_s(), prefill_tok_s(),
+      decode_tok_s());
+  return buf;
+}
+
+}  // namespace torchchat

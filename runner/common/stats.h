@@ -1,0 +1,38 @@
+// Timing and token counts of one generation, with the field names of
+// ExecuTorch's extension/llm Stats so tools can read either.
+#ifndef RUNNER_COMMON_STATS_H_
+#define RUNNER_COMMON_STATS_H_
+
+#include <cstdint>
+#include <string>
+
+namespace torchchat {
+
+struct Stats {
+  // Milliseconds since an arbitrary epoch (steady clock).
+  int64_t model_load_start_ms = 0;
+  int64_t model_load_end_ms = 0;
+  int64_t inference_start_ms = 0;
+  int64_t prompt_eval_end_ms = 0;
+  int64_t first_token_ms = 0;
+  int64_t inference_end_ms = 0;
+  int64_t num_prompt_tokens = 0;
+  int64_t num_generated_tokens = 0;
+  int64_t peak_rss_bytes = 0;
+
+  double load_s() const { return (model_load_end_ms - model_load_start_ms) / 1e3; }
+  double ttft_s() const { return (first_token_ms - inference_start_ms) / 1e3; }
+  double prefill_tok_s() const;
+  double decode_tok_s() const;
+
+  // One line for humans, and the JSON that --stats-json writes.
+  std::string Summary() const;
+  std::string ToJson() const;
+};
+
+int64_t NowMs();
+int64_t PeakRssBytes();
+
+}  // namespace torchchat
+
+#endif  // RUNNER_COMMON_STATS_H_

@@ -1,0 +1,120 @@
+#include "runner/et/et_model.h"
+
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor.h>
+
+#include <string>
+#include <vector>
+
+// The wheel ships libexecutorch_threadpool.so but not threadpool.h; these
+// two declarations match its exported symbols.
+namespace executorch::extension::threadpool {
+class ThreadPool {
+ public:
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
+
+namespace torchchat {
+namespace {
+
+using executorch::extension::Module;
+using executorch::runtime::Error;
+using executorch::runtime::EValue;
+using tokenizers::MakeError;
+
+std::string ErrorName(Error e) {
+  return executorch::runtime::to_string(e);
+}
+
+class EtModel : public LLMModel {
+ public:
+  EtModel(std::unique_ptr<Module> module, ModelMetadata md)
+      : module_(std::move(module)), md_(std::move(md)) {}
+
+  const ModelMetadata& metadata() const override { return md_; }
+
+  Result<const float*> Forward(const std::vector<int64_t>& tokens,
+                               int64_t start_pos) override {
+    const auto n = static_cast<executorch::aten::SizesType>(tokens.size());
+    // ExecuTorch's LLM export takes the start position as a 1-element
+    // tensor; positions of the other tokens follow from it.
+    start_pos_ = start_pos;
+    auto tokens_t = executorch::extension::from_blob(
+        const_cast<int64_t*>(tokens.data()), {1, n},
+        executorch::aten::ScalarType::Long);
+    auto pos_t = executorch::extension::from_blob(
+        &start_pos_, {1}, executorch::aten::ScalarType::Long);
+    auto out = module_->forward({EValue(tokens_t), EValue(pos_t)});
+    if (!out.ok()) return MakeError("forward failed: " + ErrorName(out.error()));
+    if (out->empty() || !(*out)[0].isTensor()) {
+      return MakeError("forward returned no logits tensor");
+    }
+    const auto& logits = (*out)[0].toTensor();
+    if (logits.scalar_type() != executorch::aten::ScalarType::Float) {
+      return MakeError("the model's logits are not float32");
+    }
+    const int64_t vocab = logits.size(logits.dim() - 1);
+    if (vocab != md_.vocab_size) {
+      return MakeError("the model returned " + std::to_string(vocab) +
+                       " logits; get_vocab_size says " +
+                       std::to_string(md_.vocab_size));
+    }
+    // Full-sequence logits: the last row is the next token's.
+    return logits.const_data_ptr<float>() + (logits.numel() - vocab);
+  }
+
+ private:
+  std::unique_ptr<Module> module_;
+  ModelMetadata md_;
+  int64_t start_pos_ = 0;
+};
+
+Result<int64_t> GetInt(Module& m, const char* method) {
+  auto v = m.get(method);
+  if (!v.ok()) return MakeError(std::string("the program lacks ") + method);
+  if (v->isInt()) return v->toInt();
+  if (v->isBool()) return static_cast<int64_t>(v->toBool());
+  return MakeError(std::string(method) + " does not return an integer");
+}
+
+}  // namespace
+
+Result<std::unique_ptr<LLMModel>> LoadEtModel(const std::string& path,
+                                              int num_threads) {
+  if (num_threads > 0) {
+    executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(
+        static_cast<uint32_t>(num_threads));
+  }
+  auto module = std::make_unique<Module>(path, Module::LoadMode::MmapUseMlockIgnoreErrors);
+  if (const Error e = module->load(); e != Error::Ok) {
+    return MakeError("cannot load " + path + " as an ExecuTorch program (" +
+                     ErrorName(e) + ")");
+  }
+  ModelMetadata md;
+  for (auto [field, method] : {std::pair{&md.max_seq_len, "get_max_seq_len"},
+                               std::pair{&md.vocab_size, "get_vocab_size"},
+                               std::pair{&md.bos_id, "get_bos_id"}}) {
+    auto v = GetInt(*module, method);
+    if (!v.ok()) return MakeError(path + ": " + v.error());
+    *field = *v;
+  }
+  auto ctx = GetInt(*module, "get_max_context_len");
+  md.max_context_len = ctx.ok() ? *ctx : md.max_seq_len;
+  auto dynamic = GetInt(*module, "enable_dynamic_shape");
+  md.dynamic_shape = dynamic.ok() && *dynamic != 0;
+  md.max_prefill_chunk = md.dynamic_shape ? md.max_seq_len : 1;
+  if (auto eos = module->execute("get_eos_ids"); eos.ok()) {
+    for (const EValue& v : *eos) {
+      if (v.isInt()) md.eos_ids.push_back(v.toInt());
+    }
+  }
+  if (const Error e = module->load_forward(); e != Error::Ok) {
+    return MakeError("cannot prepare " + path + "'s forward method (" +
+                     ErrorName(e) + "); a missing operator or backend is the usual cause");
+  }
+  return std::unique_ptr<LLMModel>(new EtModel(std::move(module), std::move(md)));
+}
+
+}  // namespace torchchat
