@@ -118,7 +118,10 @@ class Llama2cTokenizer : public Tokenizer {
       i += n;
     }
     for (size_t k = 0; k < syms.size(); ++k) {
-      syms[k].start = static_cast<uint32_t>(k);  // tie-break: leftmost
+      // Positions in symbol units: `start` breaks ties leftmost-first and
+      // `end` lets MergeSymbols spot stale pairs.
+      syms[k].start = static_cast<uint32_t>(k);
+      syms[k].end = static_cast<uint32_t>(k + 1);
       syms[k].next = k + 1 < syms.size() ? static_cast<int>(k) + 1 : -1;
     }
     MergeSymbols(&syms, [&](const Symbol& a, const Symbol& b, int* id) {

@@ -85,8 +85,8 @@ char32_t CodePointAt(std::string_view text, size_t i, size_t* len) {
 
 class Re2Regex : public Regex {
  public:
-  Re2Regex(std::unique_ptr<RE2> re, bool give_back)
-      : re_(std::move(re)), give_back_(give_back) {}
+  Re2Regex(std::unique_ptr<RE2> re, bool give_back, bool newline_alt)
+      : re_(std::move(re)), give_back_(give_back), newline_alt_(newline_alt) {}
 
   void FindAll(std::string_view text, std::vector<Span>* out) const override {
     size_t pos = 0;
@@ -103,7 +103,7 @@ class Re2Regex : public Regex {
         pos = s + len;
         continue;
       }
-      if (give_back_ && e < n) GiveBack(text, s, &e);
+      if (give_back_ && e < n) GiveBack(text, s, newline_alt_, &e);
       out->push_back({static_cast<uint32_t>(s), static_cast<uint32_t>(e)});
       pos = e;
     }
@@ -113,13 +113,16 @@ class Re2Regex : public Regex {
  private:
   // Emulates `\s+(?!\S)` for a whitespace-only match of `\s+`: when a
   // non-space follows, the run keeps all but its last character, unless it
-  // has only one. Whitespace-only matches that end in a line break come from
-  // an earlier alternative (`\s*[\r\n]+`) and are left alone.
-  static void GiveBack(std::string_view text, size_t s, size_t* e) {
+  // has only one. In patterns with a `\s*[\r\n]+` alternative before it,
+  // a whitespace-only match ending in a line break comes from that
+  // alternative (the `\s+` one is only reached for runs without line
+  // breaks) and is left alone.
+  static void GiveBack(std::string_view text, size_t s, bool newline_alt,
+                       size_t* e) {
     size_t len;
     if (IsUnicodeSpace(CodePointAt(text, *e, &len))) return;
     const char last = text[*e - 1];
-    if (last == '\n' || last == '\r') return;
+    if (newline_alt && (last == '\n' || last == '\r')) return;
     size_t i = s, prev = s;
     int count = 0;
     while (i < *e) {
@@ -134,6 +137,7 @@ class Re2Regex : public Regex {
 
   std::unique_ptr<RE2> re_;
   bool give_back_;
+  bool newline_alt_;
 };
 
 }  // namespace
@@ -159,7 +163,9 @@ Result<std::unique_ptr<Regex>> CompileRegex(std::string_view pattern) {
     auto re = std::make_unique<RE2>(rewritten, opt);
     if (re->ok()) {
       return std::unique_ptr<Regex>(
-          std::make_unique<Re2Regex>(std::move(re), give_back));
+          std::make_unique<Re2Regex>(
+              std::move(re), give_back,
+              p.find("\\s*[\\r\\n]+") != std::string::npos));
     }
   }
   return CompilePcre2(pattern);

@@ -1,0 +1,92 @@
+"""The text the parity tests and the benchmark run on.
+
+Real text from the machine (license texts, Python sources, the
+sentencepiece sdist's botchan.txt) plus the edge cases tokenizers get wrong:
+emoji ZWJ sequences, CJK, combining marks, RTL, whitespace runs and tabs,
+CRLF, special-token text inside normal text, invalid UTF-8 (replaced by
+U+FFFD for the references, which only take str), the empty string and a
+1 MB single line.
+"""
+
+import glob
+import os
+import sysconfig
+
+EDGE_CASES = [
+    "",
+    "a",
+    " ",
+    "\n",
+    "👨‍👩‍👧‍👦 family, 🏳️‍🌈 flag, 👩🏽‍💻 coder, 🇯🇵 🤷‍♂️",
+    "日本語のテキスト、中文文本。한국어 텍스트 ｆｕｌｌｗｉｄｔｈ",
+    "e\u0301 a\u0300\u0323 Z\u0324\u0354\u0367\u0311o\u0319\u0314 ä\u0356\u032d",
+    "שלום עולם، مرحبا بالعالم ‏(rtl)‎ 123",
+    "a    b\t\t\tc \t \n\n\n   d     \n",
+    "    indented code\n\tif x:\n\t\treturn  y  \n",
+    "\u00a0\u2003 unicode spaces \u3000x\u2028y\u2029z \u0085",
+    "line1\r\nline2\r\n\r\n  \r\n",
+    "<|begin_of_text|>hello<|eot_id|> <|start_header_id|>user<|end_header_id|>\n\n",
+    "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n",
+    "text<|endoftext|>more <|reserved_special_token_5|>x",
+    b"abc\xff\xfe def \xc3\x28 \xe2\x82 end\xf0\x9f".decode("utf-8", "replace"),
+    "don't I'M you'RE they've we'll he'd it's",
+    "1234567890 3.14159 1,000,000 ١٢٣ ۴۵۶ 二十",
+    "!!!??? ... --- *** ``` ~~~ $$$ %%% @@@",
+    "   ",
+    "\t",
+    "x" + " " * 50 + "y",
+]
+
+
+def sentencepiece_sdist():
+    """The sentencepiece source tree tools/bazel provisioned (its test models
+    and botchan.txt). Its BUILD file exports none of them, so they are found
+    on disk: $SENTENCEPIECE_SRC, else the provisioning cache."""
+    import pwd
+
+    env = os.environ.get("SENTENCEPIECE_SRC")
+    if env:
+        return env
+    home = pwd.getpwuid(os.getuid()).pw_dir
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+    found = sorted(glob.glob(os.path.join(cache, "torchchat", "deps-*", "sentencepiece")))
+    if not found:
+        raise FileNotFoundError("sentencepiece sources not found; set SENTENCEPIECE_SRC")
+    return found[-1]
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def machine_text(limit=1_400_000):
+    """License texts and Python sources, in a fixed order, up to `limit` chars."""
+    paths = sorted(glob.glob("/usr/share/common-licenses/*"))
+    stdlib = sysconfig.get_paths()["stdlib"]
+    paths += sorted(glob.glob(os.path.join(stdlib, "*.py")))
+    out, total = [], 0
+    for p in paths:
+        t = _read(p)
+        if not t:
+            continue
+        out.append(t)
+        total += len(t)
+        if total >= limit:
+            break
+    return "".join(out)[:limit]
+
+
+def lines(text):
+    return text.splitlines(keepends=True)
+
+
+def one_mb_line(text):
+    """A single 1 MB line made of real text."""
+    flat = text.replace("\r", " ").replace("\n", " ")
+    while len(flat.encode()) < 1_000_000:
+        flat += flat
+    return flat.encode()[:1_000_000].decode("utf-8", "ignore")
