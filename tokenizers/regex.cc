@@ -140,9 +140,250 @@ class Re2Regex : public Regex {
   bool newline_alt_;
 };
 
+
+// ---------------------------------------------------------------------------
+// Hand-written scanners for the two patterns nearly every BPE model uses
+// (cl100k / Llama 3 and GPT-2). They implement the same leftmost-first
+// alternation as the regex, one pass over the text, with no regex engine
+// call (and no lock) per piece. Character classes come from a table that
+// RE2 itself fills in, so \p{L} and \p{N} mean exactly what they mean in
+// the RE2 path; regex_test checks both paths agree.
+
+enum : uint8_t { kLetter = 1, kNumber = 2, kSpace = 4 };
+
+const std::vector<uint8_t>& CategoryTable() {
+  static const std::vector<uint8_t>* table = [] {
+    auto* t = new std::vector<uint8_t>(0x110000, 0);
+    // Every scalar value once, in order; each run that \p{L}+ (or \p{N}+)
+    // matches is a range of the class. A few thousand matches in all.
+    std::string all;
+    all.reserve(4 * 0x110000);
+    for (char32_t c = 1; c < 0x110000; ++c) {
+      if (c >= 0xD800 && c <= 0xDFFF) continue;
+      AppendUtf8(c, &all);
+    }
+    auto mark = [&](const char* cls, uint8_t bit) {
+      RE2 re(cls);
+      absl::string_view input(all), m;
+      size_t pos = 0;
+      while (pos < all.size() &&
+             re.Match(input, pos, all.size(), RE2::UNANCHORED, &m, 1)) {
+        const size_t s = m.data() - all.data();
+        const size_t e = s + m.size();
+        size_t i = s;
+        while (i < e) {
+          bool valid;
+          const size_t n = NextUtf8Unit(std::string_view(all).substr(i), &valid);
+          (*t)[DecodeUtf8(std::string_view(all).substr(i), n)] |= bit;
+          i += n;
+        }
+        pos = e > s ? e : s + 1;
+      }
+    };
+    mark("\\p{L}+", kLetter);
+    mark("\\p{N}+", kNumber);
+    for (char32_t c = 0; c < 0x3001; ++c) {
+      if (IsUnicodeSpace(c)) (*t)[c] |= kSpace;
+    }
+    return t;
+  }();
+  return *table;
+}
+
+// Reads the character at i: its class bits and byte length. An ill-formed
+// byte has no class bits and flag `bad`.
+struct Char {
+  uint8_t cls;
+  uint8_t len;
+  bool bad;
+  char32_t cp;
+};
+
+class Scanner {
+ public:
+  explicit Scanner(std::string_view t) : t_(t), table_(CategoryTable()) {}
+
+  Char At(size_t i) const {
+    const auto b = static_cast<unsigned char>(t_[i]);
+    if (b < 0x80) return {table_[b], 1, false, b};
+    bool valid;
+    const size_t n = NextUtf8Unit(t_.substr(i), &valid);
+    if (!valid) return {0, static_cast<uint8_t>(n), true, 0xFFFD};
+    const char32_t cp = DecodeUtf8(t_.substr(i), n);
+    return {table_[cp], static_cast<uint8_t>(n), false, cp};
+  }
+  size_t size() const { return t_.size(); }
+
+  // End of the run of characters with any of `bits`, from i.
+  size_t Run(size_t i, uint8_t bits) const {
+    while (i < t_.size()) {
+      const Char c = At(i);
+      if (c.bad || !(c.cls & bits)) break;
+      i += c.len;
+    }
+    return i;
+  }
+  // End of a run of "other" characters ([^\s\p{L}\p{N}]), from i.
+  size_t OtherRun(size_t i) const {
+    while (i < t_.size()) {
+      const Char c = At(i);
+      if (c.bad || (c.cls & (kLetter | kNumber | kSpace))) break;
+      i += c.len;
+    }
+    return i;
+  }
+  // Contractions 's 't 're 've 'm 'll 'd at i (t_[i] == '\''); 0 if none.
+  size_t Contraction(size_t i, bool ignore_case) const {
+    if (i + 1 >= t_.size()) return 0;
+    auto lower = [&](size_t k) -> int {
+      if (k >= t_.size()) return 0;
+      const char c = t_[k];
+      if (ignore_case && c >= 'A' && c <= 'Z') return c - 'A' + 'a';
+      return c;
+    };
+    const int a = lower(i + 1);
+    if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
+    // Under (?i), 's' also folds with U+017F LATIN SMALL LETTER LONG S.
+    if (ignore_case && t_.compare(i + 1, 2, "\xC5\xBF") == 0) return 3;
+    const int b = lower(i + 2);
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) {
+      return 3;
+    }
+    return 0;
+  }
+  // The whitespace alternatives: `\s+(?!\S)|\s+` starting at i (which is
+  // whitespace); with `newline_alt`, `\s*[\r\n]+` first.
+  size_t Whitespace(size_t i, bool newline_alt) const {
+    size_t j = i, last_nl_end = 0, last_start = i;
+    int count = 0;
+    while (j < t_.size()) {
+      const Char c = At(j);
+      if (c.bad || !(c.cls & kSpace)) break;
+      if (c.cp == '\r' || c.cp == '\n') last_nl_end = j + 1;
+      last_start = j;
+      j += c.len;
+      ++count;
+    }
+    if (newline_alt && last_nl_end) return last_nl_end;
+    if (j == t_.size() || count < 2) return j;
+    return last_start;
+  }
+
+ private:
+  std::string_view t_;
+  const std::vector<uint8_t>& table_;
+};
+
+// (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+//  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+class Cl100kScanner : public Regex {
+ public:
+  Cl100kScanner() { CategoryTable(); }
+  void FindAll(std::string_view text, std::vector<Span>* out) const override {
+    Scanner sc(text);
+    size_t i = 0;
+    const size_t n = text.size();
+    while (i < n) {
+      const size_t e = MatchAt(sc, text, i);
+      out->push_back({static_cast<uint32_t>(i), static_cast<uint32_t>(e)});
+      i = e;
+    }
+  }
+  const char* engine() const override { return "scanner"; }
+
+ private:
+  static size_t MatchAt(const Scanner& sc, std::string_view t, size_t i) {
+    if (t[i] == '\'') {
+      if (size_t k = sc.Contraction(i, true)) return i + k;
+    }
+    const Char c = sc.At(i);
+    if (c.bad) {
+      // Bytes no alternative matches: one piece per ill-formed unit.
+      return i + c.len;
+    }
+    if (c.cls & kLetter) return sc.Run(i, kLetter);
+    if (!(c.cls & kNumber) && c.cp != '\r' && c.cp != '\n' && i + c.len < t.size()) {
+      const Char d = sc.At(i + c.len);
+      if (!d.bad && (d.cls & kLetter)) return sc.Run(i + c.len, kLetter);
+    }
+    if (c.cls & kNumber) {
+      size_t j = i + c.len;
+      for (int k = 1; k < 3 && j < t.size(); ++k) {
+        const Char d = sc.At(j);
+        if (d.bad || !(d.cls & kNumber)) break;
+        j += d.len;
+      }
+      return j;
+    }
+    size_t j = i;
+    if (c.cp == ' ' && i + 1 < t.size()) {
+      const Char d = sc.At(i + 1);
+      if (!d.bad && !(d.cls & (kLetter | kNumber | kSpace))) j = i + 1;
+    }
+    if (j > i || !(c.cls & kSpace)) {
+      j = sc.OtherRun(j);
+      while (j < t.size() && (t[j] == '\r' || t[j] == '\n')) ++j;
+      return j;
+    }
+    return sc.Whitespace(i, true);
+  }
+};
+
+// 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+class Gpt2Scanner : public Regex {
+ public:
+  Gpt2Scanner() { CategoryTable(); }
+  void FindAll(std::string_view text, std::vector<Span>* out) const override {
+    Scanner sc(text);
+    size_t i = 0;
+    while (i < text.size()) {
+      const size_t e = MatchAt(sc, text, i);
+      out->push_back({static_cast<uint32_t>(i), static_cast<uint32_t>(e)});
+      i = e;
+    }
+  }
+  const char* engine() const override { return "scanner"; }
+
+ private:
+  static size_t MatchAt(const Scanner& sc, std::string_view t, size_t i) {
+    if (t[i] == '\'') {
+      if (size_t k = sc.Contraction(i, false)) return i + k;
+    }
+    Char c = sc.At(i);
+    if (c.bad) return i + c.len;
+    size_t j = i;
+    if (c.cp == ' ' && i + 1 < t.size()) {
+      const Char d = sc.At(i + 1);
+      if (!d.bad) {
+        j = i + 1;
+        c = d;
+      }
+    }
+    if (c.cls & kLetter) return sc.Run(j, kLetter);
+    if (c.cls & kNumber) return sc.Run(j, kNumber);
+    if (!(c.cls & kSpace)) return sc.OtherRun(j);
+    return sc.Whitespace(i, false);
+  }
+};
+
 }  // namespace
 
+constexpr char kCl100kPattern[] =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+constexpr char kGpt2Pattern[] =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
 Result<std::unique_ptr<Regex>> CompileRegex(std::string_view pattern) {
+  if (pattern == kCl100kPattern) {
+    return std::unique_ptr<Regex>(std::make_unique<Cl100kScanner>());
+  }
+  if (pattern == kGpt2Pattern) {
+    return std::unique_ptr<Regex>(std::make_unique<Gpt2Scanner>());
+  }
+  return CompileRe2(pattern);
+}
+
+Result<std::unique_ptr<Regex>> CompileRe2(std::string_view pattern) {
   std::string p(pattern);
   bool give_back = false;
   constexpr std::string_view kTail = "\\s+(?!\\S)|\\s+";

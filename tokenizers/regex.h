@@ -30,7 +30,7 @@ class Regex {
   // Appends the non-empty, non-overlapping matches of the pattern in `text`
   // (leftmost-first, like Python's re.finditer / Rust's find_iter).
   virtual void FindAll(std::string_view text, std::vector<Span>* out) const = 0;
-  // "re2" or "pcre2", for tests and diagnostics.
+  // "scanner", "re2" or "pcre2", for tests and diagnostics.
   virtual const char* engine() const = 0;
 };
 
@@ -38,6 +38,10 @@ class Regex {
 // implementations: `\s` is Unicode White_Space, `\d` is \p{Nd}, `\w` is
 // letters, marks, digits and connector punctuation.
 Result<std::unique_ptr<Regex>> CompileRegex(std::string_view pattern);
+
+// The general path of CompileRegex without the hand-written scanners (RE2,
+// or PCRE2 when RE2 cannot run the pattern); tests compare the two.
+Result<std::unique_ptr<Regex>> CompileRe2(std::string_view pattern);
 
 // PCRE2 directly (tests use it to cross-check the RE2 rewrite).
 Result<std::unique_ptr<Regex>> CompilePcre2(std::string_view pattern);

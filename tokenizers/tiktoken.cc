@@ -81,7 +81,8 @@ Result<void> Tiktoken::LoadFromString(std::string_view data) {
   auto re = CompileRegex(pattern_);
   if (!re.ok()) return MakeError(re.error());
   regex_ = std::move(re).value();
-  encoder_.clear();
+  encoder_ = BytesMap();
+  encoder_.Reserve(data.size() / 10);
   decoder_.clear();
   special_ids_.clear();
   specials_ = SpecialMatcher();
@@ -112,22 +113,23 @@ Result<void> Tiktoken::LoadFromString(std::string_view data) {
       return MakeError("not a tiktoken file: bad rank on line " +
                        std::to_string(line_no));
     }
-    if (!encoder_.emplace(bytes, rank).second) {
+    if (!encoder_.Insert(bytes, rank)) {
       return MakeError("duplicate token on line " + std::to_string(line_no));
     }
     max_rank = std::max(max_rank, rank);
   }
-  if (encoder_.empty()) return MakeError("no tokens in tiktoken file");
+  if (encoder_.size() == 0) return MakeError("no tokens in tiktoken file");
   decoder_.assign(max_rank + 1, std::string());
   std::vector<bool> seen(max_rank + 1, false);
-  for (const auto& [b, r] : encoder_) {
-    if (seen[r]) return MakeError("duplicate rank " + std::to_string(r));
+  std::string dup;
+  encoder_.ForEach([&](std::string_view b, int r) {
+    if (seen[r]) dup = "duplicate rank " + std::to_string(r);
     seen[r] = true;
-    decoder_[r] = b;
-  }
+    decoder_[r] = std::string(b);
+  });
+  if (!dup.empty()) return MakeError(dup);
   for (int b = 0; b < 256; ++b) {
-    auto it = encoder_.find(std::string(1, static_cast<char>(b)));
-    byte_ids_[b] = it == encoder_.end() ? -1 : it->second;
+    byte_ids_[b] = encoder_.Find(std::string(1, static_cast<char>(b)));
   }
   // Special tokens follow the base vocabulary (Llama 3: 128000..128255).
   const int base = static_cast<int>(encoder_.size());
@@ -154,9 +156,13 @@ Result<void> Tiktoken::LoadFromString(std::string_view data) {
 
 void Tiktoken::EncodePiece(std::string_view piece,
                            std::vector<int>* out) const {
-  auto it = encoder_.find(piece);
-  if (it != encoder_.end()) {
-    out->push_back(it->second);
+  const int whole = encoder_.Find(piece);
+  if (whole >= 0) {
+    out->push_back(whole);
+    return;
+  }
+  if (piece.size() <= kSmallPiece) {
+    EncodeSmallPiece(piece, out);
     return;
   }
   std::vector<Symbol> syms(piece.size());
@@ -167,16 +173,57 @@ void Tiktoken::EncodePiece(std::string_view piece,
                i + 1 < piece.size() ? static_cast<int>(i) + 1 : -1};
   }
   MergeSymbols(&syms, [&](const Symbol& a, const Symbol& b, int* id) {
-    auto f = encoder_.find(piece.substr(a.start, b.end - a.start));
-    if (f == encoder_.end()) return -1;
-    *id = f->second;
-    return f->second;
+    const int r = encoder_.Find(piece.substr(a.start, b.end - a.start));
+    *id = r;
+    return r;
   });
   // A byte missing from the vocabulary (only in a custom file) is dropped
   // rather than emitted as an invalid id.
   ForEachLive(syms, [&](const Symbol& s) {
     if (s.id >= 0) out->push_back(s.id);
   });
+}
+
+// Short pieces: tiktoken's own loop (find the lowest-rank pair, merge,
+// update its two neighbours) on a small array beats a heap.
+void Tiktoken::EncodeSmallPiece(std::string_view piece,
+                                std::vector<int>* out) const {
+  constexpr int kNone = 0x7FFFFFFF;
+  struct Part {
+    uint32_t start;
+    int rank;  // rank of merging this part with the next
+  };
+  Part parts[kSmallPiece + 1];
+  const int n = static_cast<int>(piece.size());
+  auto rank_of = [&](int i, int count) {
+    // Rank of the bytes from parts[i] to parts[i + 2] (exclusive).
+    if (i + 2 >= count + 1) return kNone;
+    const int r = encoder_.Find(
+        piece.substr(parts[i].start, parts[i + 2].start - parts[i].start));
+    return r < 0 ? kNone : r;
+  };
+  int count = n;  // parts[0..count) are live; parts[count] is the end marker
+  for (int i = 0; i <= n; ++i) parts[i] = {static_cast<uint32_t>(i), kNone};
+  for (int i = 0; i + 1 < count; ++i) parts[i].rank = rank_of(i, count);
+  while (count > 1) {
+    int best = kNone, at = -1;
+    for (int i = 0; i + 1 < count; ++i) {
+      if (parts[i].rank < best) {
+        best = parts[i].rank;
+        at = i;
+      }
+    }
+    if (at < 0) break;
+    for (int i = at + 1; i < count; ++i) parts[i] = parts[i + 1];
+    --count;
+    parts[at].rank = rank_of(at, count);
+    if (at > 0) parts[at - 1].rank = rank_of(at - 1, count);
+  }
+  for (int i = 0; i < count; ++i) {
+    const int id = encoder_.Find(
+        piece.substr(parts[i].start, parts[i + 1].start - parts[i].start));
+    if (id >= 0) out->push_back(id);
+  }
 }
 
 void Tiktoken::EncodeOrdinary(std::string_view text,
@@ -249,8 +296,8 @@ Result<std::string> Tiktoken::IdToPiece(int id) const {
 }
 
 Result<int> Tiktoken::PieceToId(std::string_view piece) const {
-  auto it = encoder_.find(piece);
-  if (it != encoder_.end()) return it->second;
+  const int id = encoder_.Find(piece);
+  if (id >= 0) return id;
   auto s = special_ids_.find(piece);
   if (s != special_ids_.end()) return s->second;
   return MakeError("no token for piece '" + std::string(piece) + "'");

@@ -47,7 +47,9 @@ class Tiktoken : public Tokenizer {
   void EncodeOrdinary(std::string_view text, std::vector<int>* out) const;
 
  private:
+  static constexpr size_t kSmallPiece = 24;
   void EncodePiece(std::string_view piece, std::vector<int>* out) const;
+  void EncodeSmallPiece(std::string_view piece, std::vector<int>* out) const;
 
   std::string pattern_;
   std::vector<std::string> special_names_;
@@ -55,7 +57,7 @@ class Tiktoken : public Tokenizer {
   std::vector<std::string> eos_names_;
 
   std::unique_ptr<Regex> regex_;
-  absl::flat_hash_map<std::string, int> encoder_;
+  BytesMap encoder_;
   std::vector<std::string> decoder_;  // id -> bytes, specials included
   int byte_ids_[256];
   absl::flat_hash_map<std::string, int> special_ids_;
