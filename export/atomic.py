@@ -38,6 +38,10 @@ def atomic_output(path):
     os.close(fd)
     try:
         yield tmp
+        # mkstemp creates 0600; an artifact should get the usual umask mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

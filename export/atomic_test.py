@@ -37,6 +37,16 @@ class AtomicOutputTest(unittest.TestCase):
         with open(self.target, "rb") as f:
             self.assertEqual(f.read(), b"old")
 
+    def test_written_file_gets_umask_mode(self):
+        old = os.umask(0o022)
+        try:
+            with atomic_output(self.target) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(b"pte")
+        finally:
+            os.umask(old)
+        self.assertEqual(os.stat(self.target).st_mode & 0o777, 0o644)
+
     def test_missing_directory_is_a_clear_error(self):
         with self.assertRaisesRegex(OutputPathError, "does not exist"):
             with atomic_output(os.path.join(self.dir, "nope", "m.pte")):

@@ -1,0 +1,450 @@
+"""export_llm: one model definition to an ExecuTorch .pte or an AOTInductor .pt2.
+
+    export_llm [MODEL] --output-pte-path out/model.pte [--quantize JSON|mobile]
+    export_llm [MODEL] --output-aoti-package-path out/model.pt2 [--dtype bf16]
+
+The .pte path is ExecuTorch's own LLM flow (LLMEdgeManager, the llama
+example's source transforms and metadata, XNNPACK partitioners); nothing is
+lowered here. What this file adds: our checkpoint loaders, a dynamic-shape
+KV-cache graph without ExecuTorch's llama:: custom ops by default (so a
+runner that links only ExecuTorch's core, portable and XNNPACK libraries can
+run it), bos/eos from the tokenizer, and atomic writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from export import quant
+from export.atomic import OutputPathError, atomic_output, check_writable
+
+
+class ExportError(Exception):
+    """Bad input or an impossible request; the message is shown as is."""
+
+
+# --- progress -------------------------------------------------------------------
+
+
+class Stages:
+    """Prints each stage as it starts and its wall time when it ends."""
+
+    def __init__(self, out=None, enabled: bool = True):
+        self.out = out or sys.stderr
+        self.enabled = enabled
+        self.times: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, detail: str = ""):
+        if self.enabled:
+            print(f"[{name}] {detail}".rstrip(), file=self.out, flush=True)
+        t = time.perf_counter()
+        yield
+        dt = time.perf_counter() - t
+        self.times[name] = self.times.get(name, 0.0) + dt
+        if self.enabled:
+            print(f"[{name}] done in {dt:.1f} s", file=self.out, flush=True)
+
+
+# --- the model to export ----------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """A loaded checkpoint plus what the runners need to know about it."""
+
+    ckpt: Any  # torchchat.checkpoint.Checkpoint
+    tokenizer_path: Path
+    chat_template: Optional[str]
+    bos_id: Optional[int]
+    eos_ids: List[int]
+    bos_token: str = ""
+    eos_token: str = ""
+    name: str = ""
+
+    @property
+    def config(self):
+        return self.ckpt.config
+
+
+def user_path(p: Optional[str]) -> Optional[Path]:
+    """`bazel run` changes the working directory; user paths are relative to
+    where the command was typed."""
+    if p is None:
+        return None
+    path = Path(p).expanduser()
+    base = os.environ.get("BUILD_WORKING_DIRECTORY")
+    if not path.is_absolute() and base:
+        path = Path(base) / path
+    return path
+
+
+def resolve_checkpoint(model: Optional[str], checkpoint_path: Optional[Path]) -> Path:
+    from torchchat import registry
+
+    if checkpoint_path is not None:
+        return checkpoint_path
+    if model and (os.sep in model or model.endswith(".gguf")):
+        p = user_path(model)
+        if p.exists():
+            return p
+    entry = registry.resolve(model or registry.DEFAULT_MODEL)
+    if not registry.is_downloaded(entry):
+        raise ExportError(f"{entry.name} is not downloaded; run `torchchat download {model}` first")
+    return registry.checkpoint_path(entry)
+
+
+def load_source(path: Path, tokenizer_path: Optional[Path] = None) -> Source:
+    from torchchat import checkpoint as ckpt_mod
+    from torchchat import tokenizer as tok_mod
+
+    ckpt = ckpt_mod.load_checkpoint(path)
+    tok_path = tokenizer_path or ckpt.tokenizer_path
+    if tok_path is None:
+        raise ExportError(f"no tokenizer found with {path}; pass --tokenizer-path")
+    tok = tok_mod.load(tok_path, chat_template=ckpt.chat_template, bos_id=ckpt.bos_id,
+                       eos_ids=ckpt.eos_ids)
+    bos = ckpt.bos_id if ckpt.bos_id is not None else tok.bos_id
+    eos = list(ckpt.eos_ids) or list(tok.eos_ids)
+    return Source(
+        ckpt=ckpt,
+        tokenizer_path=Path(tok_path),
+        chat_template=ckpt.chat_template or tok.chat_template,
+        bos_id=None if bos is None else int(bos),
+        eos_ids=[int(x) for x in eos],
+        bos_token=tok.token_text(bos) if bos is not None else "",
+        eos_token=tok.token_text(eos[0]) if eos else "",
+        name=Path(path).stem if Path(path).is_file() else Path(path).name,
+    )
+
+
+def check_max_seq_length(config, max_seq_length: Optional[int]) -> int:
+    if max_seq_length is None:
+        return min(config.max_context, 2048)
+    if max_seq_length < 2:
+        raise ExportError("--max-seq-length must be at least 2")
+    if max_seq_length > config.max_context:
+        raise ExportError(
+            f"--max-seq-length {max_seq_length} is larger than the model supports "
+            f"({config.max_context} positions)"
+        )
+    return max_seq_length
+
+
+def build(source: Source, dtype_name: str, max_seq_length: int):
+    """The eager torchchat.model.Model with the checkpoint's weights."""
+    from torchchat import checkpoint as ckpt_mod
+    from torchchat.model import DTYPES
+
+    return ckpt_mod.load_model(source.ckpt, DTYPES[dtype_name], max_seq_length, "cpu")
+
+
+# --- ExecuTorch ---------------------------------------------------------------------
+
+
+def enable_dynamic_shape(model) -> None:
+    """Switches the llama Transformer to ExecuTorch's dynamic-shape KV-cache mode.
+
+    torchchat builds it for eager/AOTI (input_pos holds every position); ET's
+    runners call forward(tokens[1, T], start_pos[1]) with T varying, which is
+    the Transformer's enable_dynamic_shape mode. Attention and the KV cache
+    copy the flag at construction and RoPE reads it from ModelArgs at run
+    time, so both places are set.
+    """
+    for mod in model.modules():
+        if hasattr(mod, "enable_dynamic_shape") and isinstance(mod.enable_dynamic_shape, bool):
+            mod.enable_dynamic_shape = True
+        params = getattr(mod, "params", None)
+        if params is not None and hasattr(params, "enable_dynamic_shape"):
+            params.enable_dynamic_shape = True
+
+
+def et_metadata(source: Source, max_seq_length: int, custom_ops: bool) -> Dict[str, Any]:
+    from executorch.examples.models.llama.export_llama_lib import _load_llama_model_metadata
+
+    extra: Dict[str, Any] = {}
+    if source.bos_id is not None:
+        extra["get_bos_id"] = source.bos_id
+    if source.eos_ids:
+        # ExecuTorch's runners stop only on these ids.
+        extra["get_eos_ids"] = list(source.eos_ids)
+    return _load_llama_model_metadata(
+        use_kv_cache=True,
+        use_sdpa_with_kv_cache=custom_ops,
+        enable_dynamic_shape=True,
+        max_seq_len=max_seq_length,
+        max_context_len=max_seq_length,
+        n_layers=source.config.n_layers,
+        vocab_size=source.config.vocab_size,
+        metadata_str=json.dumps(extra),
+    )
+
+
+def export_pte(model, source: Source, out_path: Path, spec: Dict[str, Dict[str, Any]],
+               dtype_name: str, max_seq_length: int, custom_ops: bool = False,
+               stages: Optional[Stages] = None) -> Dict[str, Any]:
+    """Lowers an eager fp32 Model to `out_path` through ExecuTorch's LLM flow."""
+    import torch
+    from executorch.examples.models.llama.export_llama_lib import _get_source_transforms
+    from executorch.extension.llm.export.builder import DType, LLMEdgeManager
+    from executorch.extension.llm.export.partitioner_lib import get_xnnpack_partitioner
+
+    _quiet_executorch()
+    stages = stages or Stages(enabled=False)
+    q = quant.for_executorch(spec)
+    et_dtype = DType(dtype_name)
+    enable_dynamic_shape(model)
+    # Prefill of up to max_seq_length - 1 tokens: a Dim's upper bound equal to
+    # the cache length trips export's range analysis (as in ET's builder).
+    tokens_dim = torch.export.Dim("token_dim", max=max_seq_length - 1)
+    example = (torch.tensor([[1, 2, 3]], dtype=torch.long)[:, : max_seq_length - 1],
+               torch.tensor([0], dtype=torch.long))
+    builder = LLMEdgeManager(
+        model=model,
+        modelname=source.name or "model",
+        max_seq_len=max_seq_length,
+        use_kv_cache=True,
+        example_inputs=example,
+        dtype=DType.fp32,
+        enable_dynamic_shape=True,
+        dynamic_shapes=({1: tokens_dim}, None),
+        metadata=et_metadata(source, max_seq_length, custom_ops),
+    )
+    with stages("quantize", q.describe() + f", dtype {dtype_name}"):
+        transforms = _get_source_transforms(
+            et_dtype,
+            checkpoint_dtype=DType.fp32,
+            embedding_quantize=q.embedding_quantize,
+            quantization_mode=q.quantization_mode,
+            group_size=q.group_size,
+            use_kv_cache=True,
+            use_sdpa_with_kv_cache=custom_ops,
+        )
+        builder.source_transform(transforms)
+        builder.dtype = et_dtype
+    with stages("export", "torch.export with a dynamic token dimension"):
+        builder.export()
+        builder.run_canonical_optimizations()
+    bf16 = dtype_name == "bf16"
+    with stages("lower", "XNNPACK partitioners, to_executorch"):
+        builder.to_edge_transform_and_lower([
+            get_xnnpack_partitioner(dynamic_quant_only_partitioner=True, enable_bf16=bf16),
+            get_xnnpack_partitioner(dynamic_quant_only_partitioner=False, enable_bf16=bf16),
+        ])
+        builder.to_executorch()
+    with stages("serialize", str(out_path)):
+        with atomic_output(str(out_path)) as tmp:
+            with open(tmp, "wb") as f:
+                builder.export_program.write_to_file(f)
+    return {"metadata": builder.metadata, "quantize": q.describe()}
+
+
+def _quiet_executorch() -> None:
+    # ExecuTorch's builder configures INFO logging at import and logs whole
+    # graphs; stage lines are the progress report here.
+    if not os.environ.get("EXPORT_LLM_VERBOSE"):
+        logging.getLogger().setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+
+
+# --- AOTInductor ----------------------------------------------------------------------
+
+
+def pt2_metadata(source: Source, max_seq_length: int, dtype_name: str,
+                 tokenizer_file: str, tokenizer_kind: str, quantize: str) -> Dict[str, str]:
+    from export.artifacts import PT2_FORMAT
+
+    return {
+        "torchchat_format": PT2_FORMAT,
+        "model_name": source.name,
+        "tokenizer_file": tokenizer_file,
+        "tokenizer_type": tokenizer_kind,
+        "bos_id": "" if source.bos_id is None else str(source.bos_id),
+        "eos_ids": ",".join(str(x) for x in source.eos_ids),
+        "max_seq_len": str(max_seq_length),
+        "vocab_size": str(source.config.vocab_size),
+        "n_layers": str(source.config.n_layers),
+        "dtype": dtype_name,
+        "quantize": quantize,
+        # forward(tokens[1, T], input_pos[T]) -> logits[1, vocab]
+        "input_pos": "positions",
+    }
+
+
+def export_pt2(model, source: Source, out_path: Path, spec: Dict[str, Dict[str, Any]],
+               dtype_name: str, max_seq_length: int, metadata: Dict[str, str],
+               stages: Optional[Stages] = None, gguf_quantized=None) -> Dict[str, Any]:
+    import torch
+    import torch._inductor
+
+    from torchchat import quantize as tc_quant
+
+    stages = stages or Stages(enabled=False)
+    aoti_spec = quant.for_aoti(spec)
+    counts: Dict[str, int] = {}
+    if aoti_spec:
+        with stages("quantize", json.dumps(aoti_spec)):
+            counts = tc_quant.quantize_model(model, aoti_spec, gguf_quantized)
+    metadata = dict(metadata, quantize=json.dumps({k: v for k, v in counts.items() if v}))
+    T = torch.export.Dim("T", min=1, max=max_seq_length - 1)
+    n = min(3, max_seq_length - 1)
+    example = (torch.arange(1, n + 1, dtype=torch.long)[None], torch.arange(n, dtype=torch.long))
+    with stages("export", "torch.export with a dynamic token dimension"):
+        with torch.no_grad():
+            ep = torch.export.export(model, example, dynamic_shapes=({1: T}, {0: T}), strict=False)
+    with stages("lower", "AOTInductor compile and package"):
+        parent = Path(out_path).resolve().parent
+        with atomic_output(str(out_path)) as tmp:
+            # aoti_compile_and_package insists on a .pt2 name, so compile in a
+            # private directory beside the target and rename from there.
+            work = tempfile.mkdtemp(prefix=".export_llm.", dir=parent)
+            try:
+                pkg = torch._inductor.aoti_compile_and_package(
+                    ep,
+                    package_path=os.path.join(work, "model.pt2"),
+                    inductor_configs={"aot_inductor.metadata": metadata},
+                )
+                os.replace(pkg, tmp)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    return {"metadata": metadata, "quantize": counts}
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="export_llm",
+        description="Export an LLM to an ExecuTorch .pte and/or an AOTInductor .pt2.",
+    )
+    p.add_argument("model", nargs="?", help="model alias or checkpoint path (default: the built-in SmolLM2-135M-Instruct)")
+    p.add_argument("--checkpoint-path", help="HF directory, Meta directory/.pth or .gguf file")
+    p.add_argument("--gguf-path", help="a .gguf file")
+    p.add_argument("--tokenizer-path", help="tokenizer file (default: from the checkpoint)")
+    p.add_argument("--output-pte-path", help="write an ExecuTorch program here")
+    p.add_argument("--output-aoti-package-path", help="write an AOTInductor package (.pt2) here")
+    p.add_argument("--quantize", help="JSON, a .json file, or a preset: " + ", ".join(quant.PRESETS))
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--max-seq-length", type=int, help="KV cache length (default: min(model context, 2048))")
+    p.add_argument(
+        "--et-custom-ops", action="store_true",
+        help="use ExecuTorch's llama::custom_sdpa / update_cache ops (faster decode; the "
+             ".pte then needs the custom-ops kernel library, which et_run does not link)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def _outputs(args) -> Dict[str, Path]:
+    outs = {}
+    if args.output_pte_path:
+        outs["pte"] = user_path(args.output_pte_path)
+        if outs["pte"].suffix != ".pte":
+            raise ExportError(f"--output-pte-path must end in .pte: {outs['pte']}")
+    if args.output_aoti_package_path:
+        outs["pt2"] = user_path(args.output_aoti_package_path)
+        if outs["pt2"].suffix != ".pt2":
+            raise ExportError(f"--output-aoti-package-path must end in .pt2: {outs['pt2']}")
+    if not outs:
+        raise ExportError("give --output-pte-path and/or --output-aoti-package-path")
+    return outs
+
+
+def run(args, out=None) -> Dict[str, Any]:
+    from export import tokenizer_files
+
+    out = out or sys.stderr
+    stages = Stages(out, enabled=not args.quiet)
+    outs = _outputs(args)
+    spec = quant.parse(args.quantize)
+    dtype_name = quant.dtype_of(spec, args.dtype)
+    # Reject what a target cannot do before minutes of work.
+    if "pte" in outs:
+        quant.for_executorch(spec)
+        if dtype_name == "fp16":
+            raise ExportError("--dtype fp16 is not supported for a .pte (XNNPACK takes fp32 or bf16)")
+    if "pt2" in outs:
+        quant.for_aoti(spec)
+    if args.checkpoint_path and args.gguf_path:
+        raise ExportError("give only one of --checkpoint-path and --gguf-path")
+    ckpt_path = resolve_checkpoint(args.model, user_path(args.checkpoint_path or args.gguf_path))
+    tok_override = user_path(args.tokenizer_path)
+    for kind, path in outs.items():
+        check_writable(str(path))
+    results: Dict[str, Any] = {}
+
+    with stages("load", str(ckpt_path)):
+        source = load_source(ckpt_path, tok_override)
+        max_seq_length = check_max_seq_length(source.config, args.max_seq_length)
+        for path in outs.values():
+            for name in tokenizer_files.planned_names(source.tokenizer_path):
+                check_writable(str(path.parent / name))
+
+    for kind, path in outs.items():
+        t0 = time.perf_counter()
+        tf = tokenizer_files.write(path.parent, source.tokenizer_path, source.chat_template,
+                                   source.bos_token, source.eos_token)
+        if kind == "pte":
+            with stages("load", f"weights, max_seq_length {max_seq_length}"):
+                model = build(source, "fp32", max_seq_length)
+            info = export_pte(model, source, path, spec, dtype_name, max_seq_length,
+                              args.et_custom_ops, stages)
+        else:
+            with stages("load", f"weights, {dtype_name}, max_seq_length {max_seq_length}"):
+                model = build(source, dtype_name, max_seq_length)
+            meta = pt2_metadata(source, max_seq_length, dtype_name, tf.file_name, tf.kind, "")
+            info = export_pt2(model, source, path, spec, dtype_name, max_seq_length, meta,
+                              stages, source.ckpt.gguf_quantized)
+        del model
+        size = path.stat().st_size
+        info.update(path=str(path), bytes=size, seconds=time.perf_counter() - t0,
+                    tokenizer=[str(p) for p in tf.written])
+        results[kind] = info
+        if not args.quiet:
+            print(f"wrote {path} ({size / 2**20:.1f} MiB) in {info['seconds']:.1f} s; "
+                  f"tokenizer: {', '.join(p.name for p in tf.written)}", file=out, flush=True)
+    results["stage_seconds"] = dict(stages.times)
+    return results
+
+
+def _known_errors():
+    from export.artifacts import ArtifactError
+    from export.tokenizer_files import TokenizerFilesError
+    from torchchat.checkpoint import CheckpointError
+    from torchchat.model import ConfigError
+    from torchchat.registry import RegistryError
+    from torchchat.tokenizer import TokenizerError
+
+    return (ExportError, quant.QuantizeError, OutputPathError, CheckpointError, ConfigError,
+            RegistryError, TokenizerError, TokenizerFilesError, ArtifactError)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    known = _known_errors()
+    try:
+        run(args)
+    except known as e:
+        print(f"export_llm: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("export_llm: interrupted; nothing was written at the output path", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

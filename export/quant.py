@@ -1,0 +1,176 @@
+"""`--quantize` for export: upstream torchchat's JSON and presets.
+
+One spec, two targets. For a .pte every scheme maps onto ExecuTorch's own
+source transforms (examples/models/llama/source_transformation), so the
+lowered graph is what ExecuTorch's XNNPACK flow expects. For a .pt2 the
+schemes map onto torchchat.quantize, which keeps GGUF Q4_0/Q4_1 codes exact.
+A scheme a target cannot run is an error, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+
+class QuantizeError(ValueError):
+    """A --quantize value that cannot be honoured; the message says why."""
+
+
+# Scheme -> allowed options. Names follow upstream torchchat's quantize.py;
+# linear:a8w8dq is ExecuTorch's 8da8w, which upstream never exposed.
+SCHEMES: Dict[str, set] = {
+    "embedding": {"bitwidth", "groupsize"},
+    "linear:int4": {"groupsize"},
+    "linear:int8": {"groupsize"},
+    "linear:a8w4dq": {"groupsize"},
+    "linear:a8w8dq": {"groupsize"},
+    "precision": {"dtype"},
+    "executor": {"accelerator"},
+}
+
+# Upstream's presets use groupsize 256; 256 does not divide the 576-wide
+# projections of the built-in SmolLM2, which ExecuTorch would then leave
+# unquantized. 32 divides every Llama-family width and is GGUF's block size.
+PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "mobile": {
+        "embedding": {"bitwidth": 4, "groupsize": 32},
+        "linear:a8w4dq": {"groupsize": 32},
+    },
+    "desktop": {
+        "linear:int4": {"groupsize": 32},
+        "precision": {"dtype": "bf16"},
+        "executor": {"accelerator": "fast"},
+    },
+}
+
+_DTYPES = {
+    "fp32": "fp32", "float32": "fp32",
+    "bf16": "bf16", "bfloat16": "bf16", "fast16": "bf16", "fast": "bf16",
+    "fp16": "fp16", "float16": "fp16",
+}
+_LINEAR = ("linear:int4", "linear:int8", "linear:a8w4dq", "linear:a8w8dq")
+
+
+def parse(value: Optional[str | Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """A validated spec from JSON text, a .json file, a preset name or a dict."""
+    if value is None or value == "":
+        return {}
+    spec: Any = value
+    if isinstance(value, str):
+        text = value.strip()
+        if text in PRESETS:
+            spec = json.loads(json.dumps(PRESETS[text]))
+        elif text.startswith("{"):
+            spec = _loads(text, "--quantize")
+        elif os.path.isfile(text):
+            with open(text) as f:
+                spec = _loads(f.read(), text)
+        else:
+            raise QuantizeError(
+                f"--quantize: {value!r} is not JSON, a preset ({', '.join(PRESETS)}) "
+                "or a readable .json file"
+            )
+    if not isinstance(spec, dict):
+        raise QuantizeError("--quantize: expected a JSON object")
+    for key, opts in spec.items():
+        if key not in SCHEMES:
+            raise QuantizeError(
+                f"--quantize: unknown scheme {key!r} (known: {', '.join(SCHEMES)})"
+            )
+        if not isinstance(opts, dict):
+            raise QuantizeError(f"--quantize: the options of {key!r} must be a JSON object")
+        extra = set(opts) - SCHEMES[key]
+        if extra:
+            raise QuantizeError(
+                f"--quantize: unknown option(s) {sorted(extra)} for {key!r} "
+                f"(known: {sorted(SCHEMES[key])})"
+            )
+        g = opts.get("groupsize", 0)
+        if not isinstance(g, int) or isinstance(g, bool) or g < 0:
+            raise QuantizeError(f"--quantize: {key} groupsize must be a non-negative integer")
+    linears = [k for k in _LINEAR if k in spec]
+    if len(linears) > 1:
+        raise QuantizeError(f"--quantize: choose one linear scheme, not {', '.join(linears)}")
+    if "precision" in spec:
+        d = spec["precision"].get("dtype", "fp32")
+        if d not in _DTYPES:
+            raise QuantizeError(
+                f"--quantize: unknown precision dtype {d!r} (known: {', '.join(_DTYPES)})"
+            )
+    return spec
+
+
+def _loads(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise QuantizeError(f"{where}: invalid JSON: {e}") from None
+
+
+def dtype_of(spec: Dict[str, Dict[str, Any]], default: str) -> str:
+    """The compute dtype name (fp32/bf16/fp16); precision overrides --dtype."""
+    if "precision" in spec:
+        return _DTYPES[spec["precision"].get("dtype", "fp32")]
+    return _DTYPES.get(default, default)
+
+
+@dataclass
+class EtQuant:
+    """Arguments for ExecuTorch's export_llama_lib._get_source_transforms."""
+
+    embedding_quantize: Optional[str] = None  # "bits,groupsize"
+    quantization_mode: Optional[str] = None  # "8da4w", "8da8w", "int8"
+    group_size: Optional[int] = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.embedding_quantize:
+            parts.append(f"embedding {self.embedding_quantize}")
+        if self.quantization_mode:
+            parts.append(f"linear {self.quantization_mode} g{self.group_size}")
+        return ", ".join(parts) or "none"
+
+
+def for_executorch(spec: Dict[str, Dict[str, Any]]) -> EtQuant:
+    q = EtQuant()
+    if "embedding" in spec:
+        bits = spec["embedding"].get("bitwidth", 8)
+        if bits not in (2, 4, 8):
+            raise QuantizeError("--quantize: embedding bitwidth must be 2, 4 or 8 for a .pte")
+        q.embedding_quantize = f"{bits},{spec['embedding'].get('groupsize', 0)}"
+    if "linear:a8w4dq" in spec or "linear:a8w8dq" in spec:
+        key = "linear:a8w4dq" if "linear:a8w4dq" in spec else "linear:a8w8dq"
+        q.quantization_mode = "8da4w" if key == "linear:a8w4dq" else "8da8w"
+        q.group_size = spec[key].get("groupsize", 32 if key == "linear:a8w4dq" else 0)
+    elif "linear:int8" in spec:
+        if spec["linear:int8"].get("groupsize", 0) not in (0, None):
+            raise QuantizeError(
+                "--quantize: linear:int8 for a .pte is per-channel only (groupsize 0); "
+                "use linear:a8w8dq for grouped 8-bit"
+            )
+        q.quantization_mode, q.group_size = "int8", 0
+    elif "linear:int4" in spec:
+        raise QuantizeError(
+            "--quantize: linear:int4 (weight-only int4) has no ExecuTorch XNNPACK kernel; "
+            "use linear:a8w4dq (or the 'mobile' preset) for a .pte"
+        )
+    return q
+
+
+def for_aoti(spec: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """The subset torchchat.quantize runs (it compiles into the .pt2 as aten ops)."""
+    for key in ("linear:a8w4dq", "linear:a8w8dq"):
+        if key in spec:
+            raise QuantizeError(
+                f"--quantize: {key} is an ExecuTorch (XNNPACK) scheme; for a .pt2 use "
+                "linear:int4 or linear:int8 (or the 'desktop' preset)"
+            )
+    if "embedding" in spec and spec["embedding"].get("bitwidth", 8) != 8:
+        raise QuantizeError("--quantize: a .pt2 supports embedding bitwidth 8 only")
+    out = {k: dict(v) for k, v in spec.items() if k not in ("precision", "executor")}
+    if "linear:int4" in out and out["linear:int4"].get("groupsize", 32) not in (32, 64, 128, 256):
+        raise QuantizeError("--quantize: linear:int4 groupsize must be 32, 64, 128 or 256")
+    return out
