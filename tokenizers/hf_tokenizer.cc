@@ -418,16 +418,21 @@ bool ParseByteToken(std::string_view t, unsigned char* b) {
   return true;
 }
 
-Result<Decoder> MakeDecoder(const Json& j) {
+// `after_fuse`: an earlier decoder of the same Sequence fused all tokens
+// into one, so this one sees the whole text; in a stream that means it
+// acts on the first token only.
+Result<Decoder> MakeDecoder(const Json& j, bool after_fuse = false) {
   const std::string type = j.GetString("type");
   if (type == "Sequence") {
     const Json* list = j.Find("decoders");
     if (!list || !list->is_array()) return MakeError("Sequence decoder without list");
     std::vector<Decoder> parts;
+    bool fused = after_fuse;
     for (const Json& n : list->items()) {
-      auto r = MakeDecoder(n);
+      auto r = MakeDecoder(n, fused);
       if (!r.ok()) return r;
       parts.push_back(std::move(r).value());
+      if (n.GetString("type") == "Fuse") fused = true;
     }
     return Decoder([parts](std::vector<std::string>* t, bool first,
                            const DecodeCtx& ctx) {
@@ -492,9 +497,11 @@ Result<Decoder> MakeDecoder(const Json& j) {
     int64_t start = 0, stop = 0;
     if (const Json* s = j.Find("start")) s->AsInt64(&start);
     if (const Json* s = j.Find("stop")) s->AsInt64(&stop);
-    return Decoder([content, start, stop](std::vector<std::string>* t, bool,
-                                          const DecodeCtx&) {
+    return Decoder([content, start, stop, after_fuse](
+                       std::vector<std::string>* t, bool first,
+                       const DecodeCtx& ctx) {
       if (content.empty()) return;
+      if (after_fuse && ctx.streaming && !first) return;
       for (auto& s : *t) {
         size_t b = 0, e = s.size();
         for (int64_t k = 0; k < start && s.compare(b, content.size(), content) == 0 &&
@@ -519,12 +526,12 @@ Result<Decoder> MakeDecoder(const Json& j) {
     }
     return Decoder([repl, scheme](std::vector<std::string>* t, bool first,
                                   const DecodeCtx&) {
+      // As in HF: in the first token every replacement character is
+      // dropped (not only a leading one); elsewhere each becomes a space.
       for (size_t i = 0; i < t->size(); ++i) {
         std::string& s = (*t)[i];
-        s = ReplaceAll(s, repl, " ");
-        if (first && i == 0 && scheme != "never" && !s.empty() && s[0] == ' ') {
-          s.erase(0, 1);
-        }
+        const bool drop = first && i == 0 && scheme != "never";
+        s = ReplaceAll(s, repl, drop ? "" : " ");
       }
     });
   }
@@ -572,7 +579,7 @@ class HfTokenizer : public Tokenizer {
   Result<std::vector<int>> Encode(std::string_view text, bool bos, bool eos,
                                   const SpecialPolicy& special) const override;
   Result<std::string> Decode(const std::vector<int>& ids) const override;
-  Result<std::string> DecodeToken(int id, bool first) const override;
+  Result<std::string> DecodeToken(int id, int prev) const override;
   int vocab_size() const override { return static_cast<int>(id_to_token_.size()); }
   Result<std::string> IdToPiece(int id) const override {
     if (id < 0 || id >= vocab_size() || !has_id_[id]) {
@@ -834,8 +841,11 @@ void HfTokenizer::EncodeWord(std::string_view word,
   if (byte_level_ && prefix_.empty() && suffix_.empty()) {
     // Every byte is a symbol of its own.
     syms.reserve(word.size());
+    // A byte missing from the vocabulary is dropped and its neighbours may
+    // merge across the gap, as in HF (which has no unk for byte-level).
     for (size_t i = 0; i < word.size(); ++i) {
       const int id = byte_ids_[static_cast<unsigned char>(word[i])];
+      if (id < 0) continue;
       syms.push_back({static_cast<uint32_t>(i), static_cast<uint32_t>(i + 1),
                       id, static_cast<int>(syms.size()) - 1, -1});
     }
@@ -990,17 +1000,22 @@ Result<std::string> HfTokenizer::Decode(const std::vector<int>& ids) const {
     toks.push_back(std::move(p).value());
   }
   if (decoder_) decoder_(&toks, true, DecodeCtx{byte_level_, false});
+  // Without a decoder HF joins the tokens with spaces.
   std::string out;
-  for (auto& t : toks) out += t;
+  for (size_t i = 0; i < toks.size(); ++i) {
+    if (!decoder_ && i > 0) out.push_back(' ');
+    out += toks[i];
+  }
   return out;
 }
 
-Result<std::string> HfTokenizer::DecodeToken(int id, bool first) const {
+Result<std::string> HfTokenizer::DecodeToken(int id, int prev) const {
+  const bool first = prev < 0;
   auto p = IdToPiece(id);
   if (!p.ok()) return MakeError(p.error());
   std::vector<std::string> toks{std::move(p).value()};
   if (decoder_) decoder_(&toks, first, DecodeCtx{byte_level_, true});
-  std::string out;
+  std::string out = !decoder_ && !first ? " " : "";
   for (auto& t : toks) out += t;
   return out;
 }

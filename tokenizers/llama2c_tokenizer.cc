@@ -139,19 +139,19 @@ class Llama2cTokenizer : public Tokenizer {
 
   Result<std::string> Decode(const std::vector<int>& ids) const override {
     std::string out;
-    bool first = true;
+    int prev = -1;
     for (int id : ids) {
-      auto p = DecodeToken(id, first);
+      auto p = DecodeToken(id, prev);
       if (!p.ok()) return MakeError(p.error());
-      if (!p->empty()) first = false;
       out += *p;
+      prev = id;
     }
     return out;
   }
 
-  // bos/eos print nothing; "<0xXX>" is its byte; the first piece loses the
-  // dummy-prefix space (llama2.c strips it after BOS).
-  Result<std::string> DecodeToken(int id, bool first) const override {
+  // bos/eos print nothing; "<0xXX>" is its byte; the piece after bos
+  // loses its leading (dummy-prefix) space, as in llama2.c.
+  Result<std::string> DecodeToken(int id, int prev) const override {
     if (id < 0 || id >= vocab_size()) {
       return MakeError("token id " + std::to_string(id) + " out of range");
     }
@@ -163,7 +163,7 @@ class Llama2cTokenizer : public Tokenizer {
         tail == '>') {
       return std::string(1, static_cast<char>(b));
     }
-    if (first && !p.empty() && p[0] == ' ') return p.substr(1);
+    if (prev == 1 && !p.empty() && p[0] == ' ') return p.substr(1);
     return p;
   }
 

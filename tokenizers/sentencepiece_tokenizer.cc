@@ -79,7 +79,8 @@ class SentencePieceTokenizer : public Tokenizer {
   // One piece as a stream sees it: control tokens vanish, byte pieces are
   // their byte, "▁" is a space, and the dummy prefix space of the first
   // piece is dropped.
-  Result<std::string> DecodeToken(int id, bool first) const override {
+  Result<std::string> DecodeToken(int id, int prev) const override {
+    const bool first = prev < 0;
     if (!sp_) return MakeError("tokenizer not loaded");
     if (id < 0 || id >= vocab_size()) {
       return MakeError("token id " + std::to_string(id) + " out of range");

@@ -283,7 +283,7 @@ Result<std::string> Tiktoken::Decode(const std::vector<int>& ids) const {
   return out;
 }
 
-Result<std::string> Tiktoken::DecodeToken(int id, bool) const {
+Result<std::string> Tiktoken::DecodeToken(int id, int) const {
   return IdToPiece(id);
 }
 

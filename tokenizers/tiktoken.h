@@ -37,7 +37,7 @@ class Tiktoken : public Tokenizer {
       std::string_view text, bool bos, bool eos,
       const SpecialPolicy& special) const override;
   Result<std::string> Decode(const std::vector<int>& ids) const override;
-  Result<std::string> DecodeToken(int id, bool first) const override;
+  Result<std::string> DecodeToken(int id, int prev) const override;
   int vocab_size() const override { return static_cast<int>(decoder_.size()); }
   Result<std::string> IdToPiece(int id) const override;
   Result<int> PieceToId(std::string_view piece) const override;

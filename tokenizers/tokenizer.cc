@@ -9,22 +9,20 @@
 namespace tokenizers {
 
 Result<std::string> StreamDecoder::Push(int id) {
-  auto bytes = tok_->DecodeToken(id, first_);
+  auto bytes = tok_->DecodeToken(id, prev_);
   if (!bytes.ok()) return MakeError(bytes.error());
-  // "First" lasts until something is printed, so a leading bos that
-  // decodes to nothing does not use it up.
-  if (!bytes->empty()) first_ = false;
+  prev_ = id;
   return utf8_.Push(*bytes);
 }
 
 Result<std::string> Tokenizer::Decode(const std::vector<int>& ids) const {
   std::string out;
-  bool first = true;
+  int prev = -1;
   for (int id : ids) {
-    auto piece = DecodeToken(id, first);
+    auto piece = DecodeToken(id, prev);
     if (!piece.ok()) return MakeError(piece.error());
     out += *piece;
-    first = false;
+    prev = id;
   }
   return out;
 }

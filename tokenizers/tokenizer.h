@@ -50,7 +50,7 @@ class StreamDecoder {
  private:
   const Tokenizer* tok_;
   Utf8StreamDecoder utf8_;
-  bool first_ = true;
+  int prev_ = -1;
 };
 
 class Tokenizer {
@@ -69,9 +69,10 @@ class Tokenizer {
   // so callers that need text replace ill-formed parts (ReplaceInvalidUtf8).
   virtual Result<std::string> Decode(const std::vector<int>& ids) const;
 
-  // The bytes one id contributes to a decoded stream. `first` is true for
-  // the first id of a stream (some decoders strip a leading space there).
-  virtual Result<std::string> DecodeToken(int id, bool first) const = 0;
+  // The bytes one id contributes to a decoded stream. `prev` is the id
+  // before it, or -1 at the start (some decoders strip a leading space
+  // there; llama2c strips it after bos).
+  virtual Result<std::string> DecodeToken(int id, int prev) const = 0;
 
   virtual int vocab_size() const = 0;
   virtual int bos_id() const { return bos_id_; }
