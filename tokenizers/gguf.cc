@@ -117,7 +117,7 @@ Result<std::map<std::string, Value>> ReadMetadata(const std::string& path) {
   std::map<std::string, Value> kv;
   auto fail = [&](std::string m) -> Result<std::map<std::string, Value>> {
     std::fclose(f);
-    return MakeError(path + ": " + m);
+    return MakeError(path + ": bad GGUF file: " + m);
   };
   char magic[4];
   uint32_t version;

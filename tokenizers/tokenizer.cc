@@ -52,12 +52,11 @@ bool LooksLikeTiktoken(std::string_view data) {
   if (sp == std::string_view::npos || sp == 0 || sp + 1 >= line.size()) {
     return false;
   }
+  // "<base64> <one word>" is enough to call it tiktoken, so that a bad
+  // rank gets tiktoken's error rather than a generic one.
+  if (line.find(' ', sp + 1) != std::string_view::npos) return false;
   std::string bytes;
-  if (!Base64Decode(line.substr(0, sp), &bytes)) return false;
-  for (char c : line.substr(sp + 1)) {
-    if (c < '0' || c > '9') return false;
-  }
-  return true;
+  return Base64Decode(line.substr(0, sp), &bytes);
 }
 
 }  // namespace
@@ -73,7 +72,7 @@ Result<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path) {
   if (data.size() >= 4 && data.compare(0, 4, "GGUF") == 0) {
     return LoadGgufTokenizer(path);
   }
-  if (first != std::string::npos && data[first] == '{') {
+  if (first != std::string::npos && (data[first] == '{' || data[first] == '[')) {
     auto hf = NewHfTokenizer();
     auto r = LoadHfFromString(hf.get(), data, path);
     if (!r.ok()) return MakeError(path + ": " + r.error());
