@@ -142,7 +142,62 @@ bool AllSpace(std::string_view s) {
   return true;
 }
 
-char AsciiUpper(char c) { return c >= 'a' && c <= 'z' ? c - 32 : c; }
+// Simple case mapping for ASCII, Latin-1, Latin Extended-A, Greek and
+// Cyrillic: what chat content and role names plausibly need. Other scripts
+// (and special cases such as German sharp s becoming "SS") are left as is.
+uint32_t UpperCp(uint32_t c) {
+  if (c >= 'a' && c <= 'z') return c - 32;
+  if (c < 0x80) return c;
+  if (c >= 0xe0 && c <= 0xfe && c != 0xf7) return c - 32;
+  if (c == 0xff) return 0x178;
+  if (c == 0xb5) return 0x39c;
+  if (c >= 0x100 && c <= 0x17f) {
+    if (c == 0x131) return 'I';
+    if (c == 0x17f) return 'S';
+    bool odd_lower = (c >= 0x100 && c <= 0x137) || (c >= 0x14a && c <= 0x177);
+    bool even_lower = (c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e);
+    if (odd_lower && (c & 1)) return c - 1;
+    if (even_lower && !(c & 1)) return c - 1;
+    return c;
+  }
+  if (c >= 0x3b1 && c <= 0x3c9 && c != 0x3c2) return c - 32;
+  if (c == 0x3c2) return 0x3a3;
+  if (c >= 0x3ac && c <= 0x3af) {
+    static const uint32_t kTonos[] = {0x386, 0x388, 0x389, 0x38a};
+    return kTonos[c - 0x3ac];
+  }
+  if (c == 0x3cc) return 0x38c;
+  if (c == 0x3cd || c == 0x3ce) return c - 0x3f;
+  if (c >= 0x430 && c <= 0x44f) return c - 32;
+  if (c >= 0x450 && c <= 0x45f) return c - 80;
+  return c;
+}
+
+uint32_t LowerCp(uint32_t c) {
+  if (c >= 'A' && c <= 'Z') return c + 32;
+  if (c < 0x80) return c;
+  if (c >= 0xc0 && c <= 0xde && c != 0xd7) return c + 32;
+  if (c == 0x178) return 0xff;
+  if (c >= 0x100 && c <= 0x17f) {
+    if (c == 0x130) return 'i';
+    bool even_upper = (c >= 0x100 && c <= 0x137) || (c >= 0x14a && c <= 0x177);
+    bool odd_upper = (c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e);
+    if (even_upper && !(c & 1)) return c + 1;
+    if (odd_upper && (c & 1)) return c + 1;
+    return c;
+  }
+  if (c >= 0x391 && c <= 0x3a9 && c != 0x3a2) return c + 32;
+  if (c == 0x386) return 0x3ac;
+  if (c >= 0x388 && c <= 0x38a) return c + 37;
+  if (c == 0x38c) return 0x3cc;
+  if (c == 0x38e || c == 0x38f) return c + 0x3f;
+  if (c >= 0x410 && c <= 0x42f) return c + 32;
+  if (c >= 0x400 && c <= 0x40f) return c + 80;
+  return c;
+}
+
+bool IsCased(uint32_t c) { return UpperCp(c) != c || LowerCp(c) != c; }
+
 char AsciiLower(char c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
 bool IsAlpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
@@ -611,6 +666,154 @@ void JsonDump(const Value& v, const JsonStyle& st, int depth, std::string* out) 
            " is not JSON serializable");
   }
 }
+
+// A JSON reader for RenderJson's variables: numbers without a fraction or
+// exponent become ints, as in Python's json module.
+class JsonReader {
+ public:
+  explicit JsonReader(std::string_view text) : t_(text) {}
+
+  Value Document() {
+    Value v = Parse(0);
+    Ws();
+    if (p_ != t_.size()) Error("trailing characters");
+    return v;
+  }
+
+ private:
+  [[noreturn]] void Error(const std::string& msg) const {
+    Fail("variables JSON: " + msg + " at byte " + std::to_string(p_));
+  }
+  void Ws() {
+    while (p_ < t_.size() && (t_[p_] == ' ' || t_[p_] == '\t' ||
+                              t_[p_] == '\n' || t_[p_] == '\r')) {
+      ++p_;
+    }
+  }
+  bool Eat(char c) {
+    Ws();
+    if (p_ < t_.size() && t_[p_] == c) {
+      ++p_;
+      return true;
+    }
+    return false;
+  }
+  bool Word(const char* w) {
+    size_t n = std::strlen(w);
+    if (t_.compare(p_, n, w) != 0) return false;
+    p_ += n;
+    return true;
+  }
+  uint32_t Hex4() {
+    if (p_ + 4 > t_.size()) Error("truncated \\u escape");
+    uint32_t v = 0;
+    for (int k = 0; k < 4; ++k) {
+      char h = t_[p_++];
+      if (!std::isxdigit(static_cast<unsigned char>(h))) Error("bad \\u escape");
+      v = v * 16 + (IsDigit(h) ? h - '0' : (AsciiLower(h) - 'a' + 10));
+    }
+    return v;
+  }
+  std::string String() {
+    if (!Eat('"')) Error("expected a string");
+    std::string out;
+    while (true) {
+      if (p_ >= t_.size()) Error("unterminated string");
+      char c = t_[p_++];
+      if (c == '"') return out;
+      if (static_cast<unsigned char>(c) < 0x20) Error("control character in string");
+      if (c != '\\') {
+        out.push_back(c);
+        continue;
+      }
+      if (p_ >= t_.size()) Error("unterminated string");
+      char e = t_[p_++];
+      switch (e) {
+        case '"': out.push_back('"'); break;
+        case '\\': out.push_back('\\'); break;
+        case '/': out.push_back('/'); break;
+        case 'b': out.push_back('\b'); break;
+        case 'f': out.push_back('\f'); break;
+        case 'n': out.push_back('\n'); break;
+        case 'r': out.push_back('\r'); break;
+        case 't': out.push_back('\t'); break;
+        case 'u': {
+          uint32_t cp = Hex4();
+          if (cp >= 0xd800 && cp < 0xdc00 && t_.compare(p_, 2, "\\u") == 0) {
+            size_t save = p_;
+            p_ += 2;
+            uint32_t lo = Hex4();
+            if (lo >= 0xdc00 && lo < 0xe000) {
+              cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            } else {
+              p_ = save;
+            }
+          }
+          // A lone surrogate cannot be UTF-8; it becomes U+FFFD.
+          if (cp >= 0xd800 && cp < 0xe000) cp = 0xfffd;
+          AppendCp(cp, &out);
+          break;
+        }
+        default: Error("bad escape");
+      }
+    }
+  }
+  Value Parse(int depth) {
+    if (depth > 200) Error("nested too deeply");
+    Ws();
+    if (p_ >= t_.size()) Error("unexpected end");
+    char c = t_[p_];
+    if (c == '"') return Value::Str(String());
+    if (c == '{') {
+      ++p_;
+      Value d = Value::Dict();
+      if (Eat('}')) return d;
+      do {
+        Ws();
+        std::string k = String();
+        if (!Eat(':')) Error("expected ':'");
+        DictSet(d.dict.get(), Value::Str(std::move(k)), Parse(depth + 1));
+      } while (Eat(','));
+      if (!Eat('}')) Error("expected ',' or '}'");
+      return d;
+    }
+    if (c == '[') {
+      ++p_;
+      Value l = Value::List();
+      if (Eat(']')) return l;
+      do {
+        l.list->items.push_back(Parse(depth + 1));
+      } while (Eat(','));
+      if (!Eat(']')) Error("expected ',' or ']'");
+      return l;
+    }
+    if (Word("true")) return Value::Bool(true);
+    if (Word("false")) return Value::Bool(false);
+    if (Word("null")) return Value::None();
+    size_t b = p_;
+    if (p_ < t_.size() && t_[p_] == '-') ++p_;
+    bool is_float = false;
+    while (p_ < t_.size() && (IsDigit(t_[p_]) || t_[p_] == '.' || t_[p_] == 'e' ||
+                              t_[p_] == 'E' || t_[p_] == '+' || t_[p_] == '-')) {
+      is_float |= !IsDigit(t_[p_]);
+      ++p_;
+    }
+    std::string num(t_.substr(b, p_ - b));
+    if (num.empty() || num == "-") Error("unexpected character");
+    char* end = nullptr;
+    errno = 0;
+    if (!is_float) {
+      long long v = std::strtoll(num.c_str(), &end, 10);
+      if (*end == 0 && errno == 0) return Value::Int(v);
+    }
+    double d = std::strtod(num.c_str(), &end);
+    if (*end != 0) Error("bad number");
+    return Value::Float(d);
+  }
+
+  std::string_view t_;
+  size_t p_ = 0;
+};
 
 // ---------------------------------------------------------------- lexer
 
@@ -1910,27 +2113,36 @@ std::string Replace(const std::string& s, const std::string& old,
   return out;
 }
 
-std::string UpperAscii(std::string s) {
-  for (char& c : s) c = AsciiUpper(c);
-  return s;
-}
-std::string LowerAscii(std::string s) {
-  for (char& c : s) c = AsciiLower(c);
-  return s;
-}
-std::string Capitalize(const std::string& s) {
-  std::string out = LowerAscii(s);
-  if (!out.empty()) out[0] = AsciiUpper(out[0]);
+std::string MapCase(const std::string& s, uint32_t (*f)(uint32_t)) {
+  std::string out;
+  for (uint32_t c : Decode(s)) AppendCp(f(c), &out);
   return out;
 }
-// Python's str.title(): a letter after a non-letter starts a word.
+std::string UpperStr(const std::string& s) {
+  std::string out;
+  for (uint32_t c : Decode(s)) {
+    if (c == 0xdf) out += "SS";  // Python maps sharp s to two letters
+    else AppendCp(UpperCp(c), &out);
+  }
+  return out;
+}
+std::string LowerStr(const std::string& s) { return MapCase(s, LowerCp); }
+std::string Capitalize(const std::string& s) {
+  std::vector<uint32_t> cps = Decode(s);
+  std::string out;
+  for (size_t k = 0; k < cps.size(); ++k) {
+    AppendCp(k == 0 ? UpperCp(cps[k]) : LowerCp(cps[k]), &out);
+  }
+  return out;
+}
+// Python's str.title(): a cased letter after an uncased one starts a word.
 std::string PyTitle(const std::string& s) {
-  std::string out = s;
+  std::string out;
   bool prev_cased = false;
-  for (char& c : out) {
-    bool alpha = IsAlpha(c) || (static_cast<unsigned char>(c) >= 0x80);
-    if (IsAlpha(c)) c = prev_cased ? AsciiLower(c) : AsciiUpper(c);
-    prev_cased = alpha;
+  for (uint32_t c : Decode(s)) {
+    bool cased = IsCased(c);
+    AppendCp(cased ? (prev_cased ? LowerCp(c) : UpperCp(c)) : c, &out);
+    prev_cased = cased;
   }
   return out;
 }
@@ -1939,15 +2151,14 @@ std::string PyTitle(const std::string& s) {
 std::string JinjaTitle(const std::string& s) {
   std::string out;
   bool start = true;
-  for (char c : s) {
+  for (uint32_t c : Decode(s)) {
     bool sep = c == '-' || c == '(' || c == '{' || c == '[' || c == '<' ||
-               c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' ||
-               c == '\v';
+               IsSpace(c);
     if (sep) {
-      out.push_back(c);
+      AppendCp(c, &out);
       start = true;
     } else {
-      out.push_back(start ? AsciiUpper(c) : AsciiLower(c));
+      AppendCp(start ? UpperCp(c) : LowerCp(c), &out);
       start = false;
     }
   }
@@ -2661,8 +2872,8 @@ class Interp {
       }
       return Value::Bool(false);
     }
-    if (name == "upper") return Value::Str(UpperAscii(s));
-    if (name == "lower") return Value::Str(LowerAscii(s));
+    if (name == "upper") return Value::Str(UpperStr(s));
+    if (name == "lower") return Value::Str(LowerStr(s));
     if (name == "title") return Value::Str(PyTitle(s));
     if (name == "capitalize") return Value::Str(Capitalize(s));
     if (name == "replace") {
@@ -2714,11 +2925,11 @@ class Interp {
       else if (name == "isalnum") all &= digit || alpha;
       else if (name == "isspace") all &= IsSpace(c);
       else if (name == "isupper") {
-        if (c >= 'a' && c <= 'z') all = false;
-        any_cased |= c >= 'A' && c <= 'Z';
+        if (UpperCp(c) != c) all = false;
+        any_cased |= IsCased(c);
       } else if (name == "islower") {
-        if (c >= 'A' && c <= 'Z') all = false;
-        any_cased |= c >= 'a' && c <= 'z';
+        if (LowerCp(c) != c) all = false;
+        any_cased |= IsCased(c);
       }
     }
     if (name == "isupper" || name == "islower") return Value::Bool(all && any_cased);
@@ -2768,7 +2979,7 @@ class Interp {
                                  bool case_sensitive, const Value* attribute) {
     auto key = [&](const Value& v) {
       Value k = attribute && !attribute->none() ? Attribute(v, Str(*attribute)) : v;
-      if (!case_sensitive && k.is_str()) k.s = LowerAscii(k.s);
+      if (!case_sensitive && k.is_str()) k.s = LowerStr(k.s);
       return k;
     };
     std::vector<std::pair<Value, Value>> keyed;
@@ -2789,7 +3000,7 @@ class Interp {
 };
 
 const char* const kFilters[] = {
-    "abs", "attr", "capitalize", "count", "d", "default", "dictsort", "e",
+    "abs", "attr", "batch", "capitalize", "count", "d", "default", "dictsort", "e",
     "escape", "first", "float", "forceescape", "format", "indent", "int",
     "items", "join", "last", "length", "list", "lower", "map", "max", "min",
     "reject", "rejectattr", "replace", "reverse", "round", "safe", "select",
@@ -2898,8 +3109,8 @@ Value Interp::Filter(const std::string& name, Value in,
     return Value::Str(PyStrip(Str(in), true, true,
                               chars && !chars->none() ? &cs : nullptr));
   }
-  if (name == "upper") return Value::Str(UpperAscii(Str(in)));
-  if (name == "lower") return Value::Str(LowerAscii(Str(in)));
+  if (name == "upper") return Value::Str(UpperStr(Str(in)));
+  if (name == "lower") return Value::Str(LowerStr(Str(in)));
   if (name == "capitalize") return Value::Str(Capitalize(Str(in)));
   if (name == "title") return Value::Str(JinjaTitle(Str(in)));
   if (name == "escape" || name == "e" || name == "forceescape") {
@@ -3001,6 +3212,8 @@ Value Interp::Filter(const std::string& name, Value in,
     int64_t prec = IntArg(arg(0, "precision"), 0, "precision");
     std::string method = StrArg(arg(1, "method"), "common");
     if (!in.is_num()) Fail("round needs a number");
+    // Python's round(int, n) stays an int.
+    if (in.is_int() && method == "common" && prec >= 0) return Value::Int(in.as_int());
     double scale = std::pow(10.0, static_cast<double>(prec));
     double x = in.as_float() * scale;
     double r = method == "ceil" ? std::ceil(x) : method == "floor" ? std::floor(x)
@@ -3057,8 +3270,8 @@ Value Interp::Filter(const std::string& name, Value in,
     if (by != "key" && by != "value") Fail("You can only sort by either 'key' or 'value'");
     std::stable_sort(items.begin(), items.end(), [&](const auto& a, const auto& b) {
       Value x = pos ? a.second : a.first, y = pos ? b.second : b.first;
-      if (!cs && x.is_str()) x.s = LowerAscii(x.s);
-      if (!cs && y.is_str()) y.s = LowerAscii(y.s);
+      if (!cs && x.is_str()) x.s = LowerStr(x.s);
+      if (!cs && y.is_str()) y.s = LowerStr(y.s);
       return rev ? Compare(y, x, "<") < 0 : Compare(x, y, "<") < 0;
     });
     std::vector<Value> out;
@@ -3068,6 +3281,21 @@ Value Interp::Filter(const std::string& name, Value in,
   // Filters over sequences.
   std::vector<Value> items = Iterate(in);
   if (name == "list") return Value::List(std::move(items));
+  if (name == "batch") {
+    int64_t size = IntArg(arg(0, "linecount"), 0, "linecount");
+    if (size <= 0) Fail("batch size must be positive");
+    const Value* fill = arg(1, "fill_with");
+    std::vector<Value> out;
+    for (size_t k = 0; k < items.size(); k += size) {
+      std::vector<Value> chunk(items.begin() + k,
+                               items.begin() + std::min(items.size(), k + size));
+      while (fill && !fill->none() && static_cast<int64_t>(chunk.size()) < size) {
+        chunk.push_back(*fill);
+      }
+      out.push_back(Value::List(std::move(chunk)));
+    }
+    return Value::List(std::move(out));
+  }
   if (name == "first" || name == "last") {
     if (items.empty()) {
       return Value::Undefined(std::string("No ") + name +
@@ -3106,7 +3334,7 @@ Value Interp::Filter(const std::string& name, Value in,
     std::vector<Value> out, seen;
     for (auto& v : items) {
       Value key = attr && !attr->none() ? Attribute(v, Str(*attr)) : v;
-      if (!cs && key.is_str()) key.s = LowerAscii(key.s);
+      if (!cs && key.is_str()) key.s = LowerStr(key.s);
       bool dup = false;
       for (const auto& s : seen) dup |= Equal(s, key);
       if (!dup) {
@@ -3303,14 +3531,19 @@ tokenizers::Result<ChatTemplate> ChatTemplate::Parse(
   }
 }
 
+namespace {
+
+// Runs the template over `vars` (an object) plus transformers' standard
+// variables; errors become Results here and only here.
+tokenizers::Result<std::string> RenderWith(const ChatTemplate::Impl& impl,
+                                           const std::function<void(Scope*)>& fill);
+
+}  // namespace
+
 tokenizers::Result<std::string> ChatTemplate::Render(
     const std::vector<ChatMessage>& messages, bool add_generation_prompt,
     const std::string& bos_token, const std::string& eos_token) const {
-  try {
-    Interp interp(impl_->options);
-    auto globals = std::make_shared<Scope>();
-    AddGlobals(globals.get(), impl_->options);
-    ScopePtr ctx = Child(globals);
+  return RenderWith(*impl_, [&](Scope* ctx) {
     std::vector<Value> msgs;
     for (const auto& m : messages) {
       Value d = Value::Dict();
@@ -3322,10 +3555,36 @@ tokenizers::Result<std::string> ChatTemplate::Render(
     ctx->vars["add_generation_prompt"] = Value::Bool(add_generation_prompt);
     ctx->vars["bos_token"] = Value::Str(bos_token);
     ctx->vars["eos_token"] = Value::Str(eos_token);
+  });
+}
+
+tokenizers::Result<std::string> ChatTemplate::RenderJson(
+    const std::string& variables_json, bool add_generation_prompt,
+    const std::string& bos_token, const std::string& eos_token) const {
+  return RenderWith(*impl_, [&](Scope* ctx) {
+    Value vars = JsonReader(variables_json).Document();
+    if (!vars.is_dict()) Fail("variables JSON: expected an object");
+    ctx->vars["bos_token"] = Value::Str(bos_token);
+    ctx->vars["eos_token"] = Value::Str(eos_token);
+    for (const auto& [k, v] : vars.dict->items) ctx->vars[k.s] = v;
+    ctx->vars["add_generation_prompt"] = Value::Bool(add_generation_prompt);
+  });
+}
+
+namespace {
+
+tokenizers::Result<std::string> RenderWith(const ChatTemplate::Impl& impl,
+                                           const std::function<void(Scope*)>& fill) {
+  try {
+    Interp interp(impl.options);
+    auto globals = std::make_shared<Scope>();
+    AddGlobals(globals.get(), impl.options);
+    ScopePtr ctx = Child(globals);
     ctx->vars["tools"] = Value::None();
     ctx->vars["documents"] = Value::None();
+    fill(ctx.get());
     std::string out;
-    interp.Exec(impl_->body, ctx, &out);
+    interp.Exec(impl.body, ctx, &out);
     return out;
   } catch (const TemplateError& e) {
     if (e.line < 0) return tokenizers::MakeError(e.message);
@@ -3336,5 +3595,7 @@ tokenizers::Result<std::string> ChatTemplate::Render(
     return tokenizers::MakeError(std::string("chat template: ") + e.what());
   }
 }
+
+}  // namespace
 
 }  // namespace torchchat

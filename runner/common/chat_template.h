@@ -59,6 +59,14 @@ class ChatTemplate {
       const std::vector<ChatMessage>& messages, bool add_generation_prompt,
       const std::string& bos_token, const std::string& eos_token) const;
 
+  // The same with any variables a template may read (messages with
+  // tool_calls, tools, documents, or template kwargs such as date_string),
+  // given as a JSON object; numbers without a fraction are ints, as in
+  // Python. tools and documents default to none.
+  tokenizers::Result<std::string> RenderJson(
+      const std::string& variables_json, bool add_generation_prompt,
+      const std::string& bos_token, const std::string& eos_token) const;
+
   ChatTemplate(ChatTemplate&&) noexcept;
   ChatTemplate& operator=(ChatTemplate&&) noexcept;
   ~ChatTemplate();

@@ -8,6 +8,9 @@ rendered with plain jinja2's defaults (trim_blocks=False, lstrip_blocks=False)
 against an ImmutableSandboxedEnvironment configured the same way, which
 exercises the lexer's other whitespace paths.
 
+Conversations are role/content lists (ChatTemplate::Render) and variable
+sets with tools, tool calls and template kwargs (ChatTemplate::RenderJson).
+
 Templates: SmolLM2's, read from the GGUF on disk; Llama 4's and SmolVLM's,
 read from the installed transformers sources; and templates written for this
 test in testdata/chat_templates (Llama 2, Mistral, Gemma, Phi-3, Qwen2.5,
@@ -81,6 +84,52 @@ CONVERSATIONS = {
     "empty": [],
 }
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the weather \"now\" in a city — é <b>",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "City name"},
+                "days": {"type": "integer", "minimum": 1, "maximum": 7.5},
+                "units": {"type": "string", "enum": ["C", "F"], "default": None},
+            },
+            "required": ["city"],
+        },
+    },
+}
+
+# Whole variable sets (rendered through ChatTemplate::RenderJson): tools,
+# tool calls and template kwargs, which the role/content API cannot express.
+CONVERSATIONS.update({
+    "tools": {
+        "messages": [
+            {"role": "system", "content": "You can call tools."},
+            {"role": "user", "content": "Weather in Paris?"},
+        ],
+        "tools": [WEATHER_TOOL],
+    },
+    "tool_calls": {
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}},
+            ]},
+            {"role": "tool", "content": "{\"temp\": 21.5, \"sky\": \"clear\"}"},
+            {"role": "user", "content": "Thanks!"},
+        ],
+        "tools": [WEATHER_TOOL],
+    },
+    "kwargs": {
+        "messages": [{"role": "user", "content": "What day is it?"}],
+        "date_string": "01 Jan 2025",
+        "custom_tools": [WEATHER_TOOL],
+        "tools_in_user_message": False,
+    },
+})
+
 
 def venv_site_packages():
     return os.path.dirname(importlib.util.find_spec("jinja2").submodule_search_locations[0])
@@ -123,15 +172,25 @@ def fixed_strftime_now(fmt):
     return datetime.fromtimestamp(NOW).strftime(fmt)
 
 
-def reference_transformers(source, messages, add_generation_prompt):
+def split_variables(conversation):
+    """(messages, other variables) of a conversation or a variable set."""
+    if isinstance(conversation, list):
+        return conversation, {}
+    rest = dict(conversation)
+    return rest.pop("messages"), rest
+
+
+def reference_transformers(source, conversation, add_generation_prompt):
     compiled = chat_template_utils._compile_jinja_template(source)
     compiled.globals["strftime_now"] = fixed_strftime_now
+    messages, kwargs = split_variables(conversation)
     rendered, _ = chat_template_utils.render_jinja_template(
         conversations=[messages],
         chat_template=source,
         add_generation_prompt=add_generation_prompt,
         bos_token=BOS,
         eos_token=EOS,
+        **kwargs,
     )
     return rendered[0]
 
@@ -153,14 +212,15 @@ def plain_env():
 PLAIN_ENV = plain_env()
 
 
-def reference_plain(source, messages, add_generation_prompt):
+def reference_plain(source, conversation, add_generation_prompt):
+    messages, kwargs = split_variables(conversation)
+    variables = {"tools": None, "documents": None, **kwargs}
     return PLAIN_ENV.from_string(source).render(
         messages=messages,
-        tools=None,
-        documents=None,
         add_generation_prompt=add_generation_prompt,
         bos_token=BOS,
         eos_token=EOS,
+        **variables,
     )
 
 
@@ -226,6 +286,7 @@ class ParityTest(unittest.TestCase):
     def check_template(self, name):
         source = self.templates[name]
         rendered = 0
+        failed_alike = []
         for plain, ref in ((False, reference_transformers), (True, reference_plain)):
             for conv, messages in CONVERSATIONS.items():
                 for agp in (False, True):
@@ -238,10 +299,13 @@ class ParityTest(unittest.TestCase):
                             rendered += 1
                         else:
                             self.assertIsNotNone(got.error, f"reference failed with {want.error!r}")
+                            failed_alike.append(conv)
                             if want.user_error:
                                 self.assertEqual(got.error, want.error)
         # Every template must render most conversations, or the test proves little.
         self.assertGreaterEqual(rendered, 8, f"{name}: too few successful renderings")
+        print(f"{name}: {rendered} identical renderings; both failed on "
+              f"{sorted(set(failed_alike)) or 'nothing'}", file=sys.stderr)
 
     def test_all_templates_present(self):
         self.assertGreaterEqual(len(self.templates), 11)

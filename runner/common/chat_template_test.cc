@@ -233,6 +233,34 @@ TEST(ChatTemplateTest, Context) {
   EXPECT_EQ(*b, "None");
 }
 
+TEST(ChatTemplateTest, RenderJsonVariables) {
+  auto t = ChatTemplate::Parse(
+      "{% for m in messages %}{{ m.role }}{% if m.tool_calls %}"
+      "{{ m.tool_calls[0].function.arguments | tojson }}{% endif %};{% endfor %}"
+      "{{ tools | length }} {{ date_string }} {{ n + 1 }} {{ x }} {{ documents }}");
+  ASSERT_TRUE(t.ok()) << t.error();
+  auto out = t->RenderJson(
+      R"({"messages": [{"role": "user", "content": "hi"},
+                      {"role": "assistant", "tool_calls": [{"function":
+                        {"name": "f", "arguments": {"a": 1, "b": [true, null, 2.5]}}}]}],
+          "tools": [{}, {}], "date_string": "01 Jan 2025", "n": 41,
+          "x": "\u00e9\ud83c\udf89"})",
+      false, "", "");
+  ASSERT_TRUE(out.ok()) << out.error();
+  EXPECT_EQ(*out, "user;assistant{\"a\": 1, \"b\": [true, null, 2.5]};2 01 Jan 2025 42 é🎉 None");
+  for (const char* bad : {"[1]", "{\"a\": }", "{\"a\": 1} x", "{\"a\": \"\\q\"}", ""}) {
+    auto r = t->RenderJson(bad, false, "", "");
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_NE(r.error().find("variables JSON"), std::string::npos) << r.error();
+  }
+}
+
+TEST(ChatTemplateTest, CaseMapping) {
+  EXPECT_EQ(R("{{ 'àéîõü ÿ ß' | upper }} {{ 'ĀāĞğ' | lower }} {{ 'Σίσυφος' | upper }} "
+              "{{ 'ПРИВЕТ Ёж' | lower }} {{ 'élan vital' | title }} {{ 'émile' | capitalize }}"),
+            "ÀÉÎÕÜ Ÿ SS āāğğ ΣΊΣΥΦΟΣ привет ёж Élan Vital Émile");
+}
+
 TEST(ChatTemplateTest, StrftimeNow) {
   ChatTemplateOptions opt;
   opt.now = 1721995200;  // 26 Jul 2024, midday UTC: the same date in any zone

@@ -5,7 +5,9 @@
 //       [--add-generation-prompt] [--bos S] [--eos S] [--now EPOCH]
 //       [--no-trim-blocks] [--no-lstrip-blocks]
 //
-// M.json is a list of {"role": ..., "content": ...}. The rendering goes to
+// M.json is a list of {"role": ..., "content": ...}, or an object of template
+// variables (messages, tools, ...) as ChatTemplate::RenderJson takes. The
+// rendering goes to
 // stdout byte for byte; an error is one line on stderr and exit status 1.
 #include <cstdio>
 #include <cstdlib>
@@ -80,9 +82,19 @@ int main(int argc, char** argv) {
   std::string source, json_text;
   if (!ReadFile(template_path, &source)) return Die("cannot read " + template_path);
   if (!ReadFile(messages_path, &json_text)) return Die("cannot read " + messages_path);
+  auto tmpl = torchchat::ChatTemplate::Parse(source, options);
+  if (!tmpl.ok()) return Die(tmpl.error());
   auto json = tokenizers::ParseJson(json_text);
   if (!json.ok()) return Die(messages_path + ": " + json.error());
-  if (!json->is_array()) return Die(messages_path + ": expected a list of messages");
+  if (json->is_object()) {
+    auto out = tmpl->RenderJson(json_text, add_generation_prompt, bos, eos);
+    if (!out.ok()) return Die(out.error());
+    std::fwrite(out->data(), 1, out->size(), stdout);
+    return std::fflush(stdout) == 0 ? 0 : Die("cannot write the output");
+  }
+  if (!json->is_array()) {
+    return Die(messages_path + ": expected a list of messages or an object");
+  }
   std::vector<torchchat::ChatMessage> messages;
   for (const auto& m : json->items()) {
     const tokenizers::Json* role = m.Find("role");
@@ -92,8 +104,6 @@ int main(int argc, char** argv) {
     }
     messages.push_back({role->str(), content->str()});
   }
-  auto tmpl = torchchat::ChatTemplate::Parse(source, options);
-  if (!tmpl.ok()) return Die(tmpl.error());
   auto out = tmpl->Render(messages, add_generation_prompt, bos, eos);
   if (!out.ok()) return Die(out.error());
   std::fwrite(out->data(), 1, out->size(), stdout);
