@@ -62,6 +62,37 @@ py::str ToStr(const std::string& bytes) {
   return py::reinterpret_steal<py::str>(s);
 }
 
+// Ids from any sequence of ints, without pybind11's per-element caster
+// (decode of a long list is otherwise dominated by the conversion).
+std::vector<int> IdsFrom(const py::handle& seq) {
+  PyObject* fast = PySequence_Fast(seq.ptr(), "ids must be a sequence of int");
+  if (!fast) throw py::error_already_set();
+  py::object owner = py::reinterpret_steal<py::object>(fast);
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+  PyObject** items = PySequence_Fast_ITEMS(fast);
+  std::vector<int> ids(static_cast<size_t>(n));
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    int overflow = 0;
+    const long v = PyLong_AsLongAndOverflow(items[i], &overflow);
+    if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+    if (overflow || v < INT32_MIN || v > INT32_MAX) {
+      throw TokenizerError("token id " + py::repr(items[i]).cast<std::string>() +
+                           " out of range");
+    }
+    ids[i] = static_cast<int>(v);
+  }
+  return ids;
+}
+
+py::list IdsTo(const std::vector<int>& ids) {
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(ids.size()));
+  if (!list) throw py::error_already_set();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), PyLong_FromLong(ids[i]));
+  }
+  return py::reinterpret_steal<py::list>(list);
+}
+
 struct PyTokenizer {
   std::shared_ptr<Tokenizer> tok;
 };
@@ -100,7 +131,7 @@ PYBIND11_MODULE(llm_tokenizers, m) {
               py::gil_scoped_release release;
               r = t.tok->Encode(s, bos, eos, policy);
             }
-            return Unwrap(std::move(r));
+            return IdsTo(Unwrap(std::move(r)));
           },
           py::arg("text"), py::arg("bos") = false, py::arg("eos") = false,
           py::arg("allowed_special") = "all",
@@ -138,22 +169,24 @@ PYBIND11_MODULE(llm_tokenizers, m) {
             for (const auto& e : errors) {
               if (!e.empty()) throw TokenizerError(e);
             }
-            return out;
+            py::list result(out.size());
+            for (size_t i = 0; i < out.size(); ++i) result[i] = IdsTo(out[i]);
+            return result;
           },
           py::arg("texts"), py::arg("bos") = false, py::arg("eos") = false,
           py::arg("allowed_special") = "all", py::arg("num_threads") = 0,
           "Encodes many texts on num_threads threads (0: one per core).")
       .def(
           "decode",
-          [](const PyTokenizer& t, const std::vector<int>& ids) {
-            return ToStr(Unwrap(t.tok->Decode(ids)));
+          [](const PyTokenizer& t, const py::object& ids) {
+            return ToStr(Unwrap(t.tok->Decode(IdsFrom(ids))));
           },
           py::arg("ids"),
           "Decodes ids to str; ill-formed UTF-8 becomes U+FFFD.")
       .def(
           "decode_bytes",
-          [](const PyTokenizer& t, const std::vector<int>& ids) {
-            return py::bytes(Unwrap(t.tok->Decode(ids)));
+          [](const PyTokenizer& t, const py::object& ids) {
+            return py::bytes(Unwrap(t.tok->Decode(IdsFrom(ids))));
           },
           py::arg("ids"), "Decodes ids to the raw bytes.")
       .def(

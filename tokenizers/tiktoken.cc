@@ -273,6 +273,7 @@ Result<std::vector<int>> Tiktoken::Encode(std::string_view text, bool bos,
 
 Result<std::string> Tiktoken::Decode(const std::vector<int>& ids) const {
   std::string out;
+  out.reserve(ids.size() * 4);
   for (int id : ids) {
     if (id < 0 || id >= static_cast<int>(decoder_.size())) {
       return MakeError("token id " + std::to_string(id) + " out of range [0, " +
