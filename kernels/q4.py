@@ -1,0 +1,213 @@
+"""torchchat::q4_linear: exact 4-bit (GGUF Q4_0 / Q4_1) weight-only linear.
+
+Weights stay exactly what the GGUF file holds (w = d*q + m per block of 32,
+d and m fp16); activations stay float. See kernels/q4_linear.h for the
+packed layout: qs uint8 [N, nb*16] (GGUF nibble order) and scales float16
+[N, 2*nb] (nb scales d, then nb mins m, per row).
+
+    from kernels import q4
+    lin = q4.Q4Linear.from_gguf_blocks("Q4_1", blocks, (N, K))   # drop-in nn.Linear
+    q4.quantize_model_q4(model, checkpoint.gguf_quantized)       # in place
+
+Loading this module loads the op library and registers fake (meta)
+implementations, so torch.export and AOTInductor can trace the op.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+LIB_NAME = "libtorchchat_q4_ops.so"
+BLOCK = 32
+_QTYPES = {"Q4_0": 2, "Q4_1": 3}  # GGML type ids
+
+
+class Q4Error(ValueError):
+    pass
+
+
+def library_path() -> Path:
+    """The op library: $TORCHCHAT_Q4_OPS_LIB, or the file next to this module."""
+    env = os.environ.get("TORCHCHAT_Q4_OPS_LIB")
+    # Not resolve(): under Bazel this file is a symlink into the source tree,
+    # while the library sits next to the link in the runfiles.
+    return Path(env) if env else Path(os.path.abspath(__file__)).with_name(LIB_NAME)
+
+
+def load_library() -> None:
+    if hasattr(torch.ops.torchchat, "q4_linear"):
+        return
+    path = library_path()
+    if not path.is_file():
+        raise Q4Error(f"torchchat q4 op library not found: {path} (build //kernels:{LIB_NAME})")
+    torch.ops.load_library(str(path))
+
+
+load_library()
+
+
+@torch.library.register_fake("torchchat::q4_linear")
+def _q4_linear_fake(x, qs, scales, bias, n, k):
+    return x.new_empty((*x.shape[:-1], n))
+
+
+def num_blocks(k: int) -> int:
+    return (k + BLOCK - 1) // BLOCK
+
+
+def _qtype_name(qtype) -> str:
+    if isinstance(qtype, str):
+        name = qtype
+    else:  # gguf.GGMLQuantizationType or int
+        name = getattr(qtype, "name", None) or {v: k for k, v in _QTYPES.items()}.get(int(qtype), str(qtype))
+    if name not in _QTYPES:
+        raise Q4Error(f"q4: unsupported tensor type {name} (need Q4_0 or Q4_1)")
+    return name
+
+
+def pack_gguf_blocks(qtype, blocks: np.ndarray, shape: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(qs, scales) from the raw bytes of a GGUF Q4_0/Q4_1 tensor of logical shape (N, K)."""
+    name = _qtype_name(qtype)
+    n, k = (int(s) for s in shape)
+    if n <= 0 or k <= 0 or k % BLOCK:
+        raise Q4Error(f"q4: GGUF tensor shape {shape} must be (N, K) with K a multiple of {BLOCK}")
+    head = 4 if name == "Q4_1" else 2
+    raw = np.asarray(blocks, dtype=np.uint8)
+    if raw.size != n * (k // BLOCK) * (head + 16):
+        raise Q4Error(f"q4: {name} tensor of shape {shape} needs {n * (k // BLOCK) * (head + 16)} bytes, got {raw.size}")
+    b = raw.reshape(n, k // BLOCK, head + 16)
+    d = b[..., 0:2].copy().view(np.float16)[..., 0]
+    if name == "Q4_1":
+        m = b[..., 2:4].copy().view(np.float16)[..., 0]
+    else:
+        # Q4_0 stores d*(q - 8): the min is -8d, exact in fp16 unless it overflows.
+        with np.errstate(over="ignore"):
+            m = (-8 * d.astype(np.float32)).astype(np.float16)
+        bad = ~np.isfinite(m) & np.isfinite(d)
+        if bad.any():
+            raise Q4Error("q4: Q4_0 scale too large (|8d| overflows fp16)")
+    qs = np.ascontiguousarray(b[..., head:]).reshape(n, -1)
+    scales = np.concatenate([d, m], axis=1)
+    return torch.from_numpy(qs.copy()), torch.from_numpy(np.ascontiguousarray(scales))
+
+
+def pack_reader_tensor(t) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(qs, scales) from a gguf.ReaderTensor of type Q4_0 or Q4_1."""
+    shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+    if len(shape) != 2:
+        raise Q4Error(f"q4: tensor {t.name} has shape {shape}, need 2-D")
+    return pack_gguf_blocks(t.tensor_type, np.asarray(t.data), shape)
+
+
+def pack_dqm(d: torch.Tensor, m: torch.Tensor, q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(qs, scales) from per-block scales d [N, nb], mins m [N, nb] and codes q [N, K] in 0..15.
+
+    d and m must be exactly representable in fp16 (as GGUF's are): the kernel
+    keeps them in fp16, and a rounded scale would change the weights.
+    """
+    q = torch.as_tensor(q)
+    if q.dim() != 2:
+        raise Q4Error(f"q4: codes must be [N, K], got {tuple(q.shape)}")
+    n, k = q.shape
+    nb = num_blocks(k)
+    d = torch.as_tensor(d, dtype=torch.float32).reshape(n, nb)
+    m = torch.as_tensor(m, dtype=torch.float32).reshape(n, nb)
+    if q.numel() and (int(q.min()) < 0 or int(q.max()) > 15):
+        raise Q4Error("q4: codes must be in 0..15")
+    dh, mh = d.to(torch.float16), m.to(torch.float16)
+    if not (torch.equal(dh.float(), d) and torch.equal(mh.float(), m)):
+        raise Q4Error("q4: scales and mins must be exactly representable in float16")
+    qp = torch.zeros(n, nb * BLOCK, dtype=torch.uint8)
+    qp[:, :k] = q.to(torch.uint8)
+    qp = qp.reshape(n, nb, 2, 16)
+    qs = (qp[:, :, 0] | (qp[:, :, 1] << 4)).reshape(n, nb * 16).contiguous()
+    return qs, torch.cat([dh, mh], dim=1).contiguous()
+
+
+def dequantize(qs: torch.Tensor, scales: torch.Tensor, k: int) -> torch.Tensor:
+    """fp32 [N, K] weights, d*q + m per block (the kernel's exact values)."""
+    n = qs.shape[0]
+    nb = num_blocks(k)
+    b = qs.reshape(n, nb, 16)
+    q = torch.cat([b & 0xF, b >> 4], dim=-1).float()
+    d = scales[:, :nb].float()[..., None]
+    m = scales[:, nb:].float()[..., None]
+    return (d * q + m).reshape(n, nb * BLOCK)[:, :k].contiguous()
+
+
+class Q4Linear(nn.Module):
+    """Drop-in for nn.Linear with exact GGUF 4-bit weights (CPU)."""
+
+    def __init__(self, qs: torch.Tensor, scales: torch.Tensor, in_features: int, out_features: int,
+                 bias: Optional[torch.Tensor] = None):
+        super().__init__()
+        nb = num_blocks(in_features)
+        if tuple(qs.shape) != (out_features, nb * 16) or qs.dtype != torch.uint8:
+            raise Q4Error(f"q4: qs must be uint8 [{out_features}, {nb * 16}], got {qs.dtype} {tuple(qs.shape)}")
+        if tuple(scales.shape) != (out_features, 2 * nb) or scales.dtype != torch.float16:
+            raise Q4Error(f"q4: scales must be float16 [{out_features}, {2 * nb}], got {scales.dtype} {tuple(scales.shape)}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("qs", qs.contiguous())
+        self.register_buffer("scales", scales.contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+
+    @classmethod
+    def from_gguf_blocks(cls, qtype, blocks: np.ndarray, shape, bias=None) -> "Q4Linear":
+        qs, scales = pack_gguf_blocks(qtype, blocks, shape)
+        return cls(qs, scales, int(shape[1]), int(shape[0]), bias)
+
+    @classmethod
+    def from_reader_tensor(cls, t, bias=None) -> "Q4Linear":
+        qs, scales = pack_reader_tensor(t)
+        return cls(qs, scales, int(t.shape[0]), int(t.shape[1]), bias)
+
+    @classmethod
+    def from_dqm(cls, d, m, q, bias=None) -> "Q4Linear":
+        qs, scales = pack_dqm(d, m, q)
+        return cls(qs, scales, int(q.shape[1]), int(q.shape[0]), bias)
+
+    def dequantized(self) -> torch.Tensor:
+        return dequantize(self.qs, self.scales, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.torchchat.q4_linear(x, self.qs, self.scales, self.bias, self.out_features, self.in_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def _default_weight_name(module_path: str) -> str:
+    # torchchat's model nests the Meta-named modules under "transformer.".
+    return module_path.removeprefix("transformer.") + ".weight"
+
+
+def quantize_model_q4(model: nn.Module, gguf_quantized: Dict[str, object],
+                      weight_name: Callable[[str], str] = _default_weight_name) -> int:
+    """Replaces, in place, each nn.Linear whose weight is a GGUF Q4_0/Q4_1 tensor.
+
+    gguf_quantized maps weight names to objects with .qtype ("Q4_0"/"Q4_1"),
+    .blocks (raw bytes) and .shape (N, K), like torchchat.checkpoint's
+    GGUFQuantized. Returns how many modules were replaced.
+    """
+    count = 0
+    for name, mod in list(model.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if not isinstance(child, nn.Linear):
+                continue
+            full = f"{name}.{child_name}" if name else child_name
+            gq = gguf_quantized.get(weight_name(full))
+            if gq is None:
+                continue
+            if tuple(int(s) for s in gq.shape) != (child.out_features, child.in_features):
+                raise Q4Error(f"q4: {full}: GGUF shape {tuple(gq.shape)} != linear {(child.out_features, child.in_features)}")
+            bias = None if child.bias is None else child.bias.data
+            setattr(mod, child_name, Q4Linear.from_gguf_blocks(gq.qtype, gq.blocks, gq.shape, bias))
+            count += 1
+    return count

@@ -1,0 +1,593 @@
+#include "kernels/q4_linear.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define TC_Q4_X86 1
+#define TC_TARGET(s) __attribute__((target(s)))
+// Fixed-count loops over accumulator arrays must be fully unrolled, or gcc -O2
+// keeps the accumulators in memory and every FMA waits on a store-forward.
+#define TC_UNROLL _Pragma("GCC unroll 16")
+#else
+#define TC_Q4_X86 0
+#endif
+
+namespace torchchat::kernels {
+namespace {
+
+// Blocks per chunk of d/m widened to fp32 on the stack: K up to 2048 in one
+// chunk, larger K loops without heap allocation.
+constexpr int64_t kChunk = 64;
+// At or above this many rows of x, dequantize tiles of W to fp32 and run a
+// register-blocked kernel: the dequantization is paid once per weight row
+// instead of once per (row of x, weight row).
+constexpr int64_t kTileMinM = 8;
+constexpr int kNR = 4;  // weight rows per tile
+
+struct Args {
+  const float* x;   // [m, ldx], ldx = nb*32, zero padded beyond K
+  const float* xs;  // [m, nb] block sums of x
+  int64_t m;
+  int64_t ldx;
+  const Q4Weight* w;
+  const float* bias;
+  float* y;
+};
+
+using RowsFn = void (*)(const Args&, int64_t n0, int64_t n1);
+
+// ---------------------------------------------------------------- scalar ---
+
+void widen_scalar(const uint16_t* h, float* f, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) f[i] = fp16_to_fp32(h[i]);
+}
+
+void dequant_row_scalar(const Q4Weight& w, int64_t row, float* out) {
+  const int64_t nb = q4_num_blocks(w.k);
+  const uint8_t* qs = w.qs + row * nb * 16;
+  const uint16_t* d = w.scales + row * 2 * nb;
+  const uint16_t* mn = d + nb;
+  for (int64_t b = 0; b < nb; ++b) {
+    const float db = fp16_to_fp32(d[b]), mb = fp16_to_fp32(mn[b]);
+    for (int j = 0; j < 16; ++j) {
+      out[b * 32 + j] = db * float(qs[b * 16 + j] & 0xF) + mb;
+      out[b * 32 + j + 16] = db * float(qs[b * 16 + j] >> 4) + mb;
+    }
+  }
+}
+
+void gemv_rows_scalar(const Args& a, int64_t n0, int64_t n1) {
+  const int64_t nb = q4_num_blocks(a.w->k);
+  float dbuf[kChunk], mbuf[kChunk];
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* qs = a.w->qs + n * nb * 16;
+    const uint16_t* d = a.w->scales + n * 2 * nb;
+    for (int64_t i = 0; i < a.m; ++i) {
+      const float* x = a.x + i * a.ldx;
+      const float* xs = a.xs + i * nb;
+      float acc = 0.f, macc = 0.f;
+      for (int64_t c = 0; c < nb; c += kChunk) {
+        const int64_t cn = std::min(kChunk, nb - c);
+        widen_scalar(d + c, dbuf, cn);
+        widen_scalar(d + nb + c, mbuf, cn);
+        for (int64_t b = 0; b < cn; ++b) {
+          const uint8_t* q = qs + (c + b) * 16;
+          const float* xb = x + (c + b) * 32;
+          float t = 0.f;
+          for (int j = 0; j < 16; ++j) t += float(q[j] & 0xF) * xb[j] + float(q[j] >> 4) * xb[j + 16];
+          acc += dbuf[b] * t;
+          macc += mbuf[b] * xs[c + b];
+        }
+      }
+      a.y[i * a.w->n + n] = acc + macc + (a.bias ? a.bias[n] : 0.f);
+    }
+  }
+}
+
+void tile_rows_scalar(const Args& a, int64_t n0, int64_t n1) {
+  const int64_t kp = q4_num_blocks(a.w->k) * 32;
+  std::vector<float> wrow(kp);
+  for (int64_t n = n0; n < n1; ++n) {
+    dequant_row_scalar(*a.w, n, wrow.data());
+    for (int64_t i = 0; i < a.m; ++i) {
+      const float* x = a.x + i * a.ldx;
+      float acc = 0.f;
+      for (int64_t k = 0; k < kp; ++k) acc += wrow[k] * x[k];
+      a.y[i * a.w->n + n] = acc + (a.bias ? a.bias[n] : 0.f);
+    }
+  }
+}
+
+#if TC_Q4_X86
+// ---------------------------------------------------------------- AVX2 -----
+
+TC_TARGET("avx2,fma,f16c") void widen_avx2(const uint16_t* h, float* f, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
+  for (; i < n; ++i) f[i] = _cvtsh_ss(h[i]);
+}
+
+TC_TARGET("avx2,fma,f16c") inline float hsum_avx2(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// q.x for one block: codes 0..7|16..23 come from bytes 0..7, 8..15|24..31
+// from bytes 8..15.
+TC_TARGET("avx2,fma,f16c")
+inline __m256 block_dot_avx2(const uint8_t* q, __m256 x0, __m256 x1, __m256 x2, __m256 x3) {
+  const __m256i m4 = _mm256_set1_epi32(0xF);
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  const __m256i a = _mm256_cvtepu8_epi32(raw);
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(raw, raw));
+  __m256 t0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(a, m4)), x0);
+  __m256 t1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b, m4)), x1);
+  t0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4)), x2, t0);
+  t1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4)), x3, t1);
+  return _mm256_add_ps(t0, t1);
+}
+
+TC_TARGET("avx2,fma,f16c") void block_sums_avx2(const float* x, int64_t nb, float* xs) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* p = x + b * 32;
+    xs[b] = hsum_avx2(_mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)),
+                                    _mm256_add_ps(_mm256_loadu_ps(p + 16), _mm256_loadu_ps(p + 24))));
+  }
+}
+
+TC_TARGET("avx2,fma,f16c") inline __m256 load_fp16x8(const uint16_t* h, int64_t n) {
+  if (n >= 8) return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
+  alignas(16) uint16_t tmp[8] = {};
+  std::memcpy(tmp, h, size_t(n) * 2);
+  return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(tmp)));
+}
+
+template <int R>
+TC_TARGET("avx2,fma,f16c")
+inline void gemv_group_avx2(const Args& a, int64_t n, int64_t i) {
+  const int64_t nb = q4_num_blocks(a.w->k);
+  const float* x = a.x + i * a.ldx;
+  const float* xs = a.xs + i * nb;
+  alignas(32) float dbuf[R][8];
+  __m256 acc[R], macc[R];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) acc[r] = macc[r] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < nb; c += 8) {
+    const int64_t cn = std::min<int64_t>(8, nb - c);
+    alignas(32) float xst[8] = {};
+    std::memcpy(xst, xs + c, size_t(cn) * 4);
+    const __m256 xsv = _mm256_load_ps(xst);
+    TC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const uint16_t* d = a.w->scales + (n + r) * 2 * nb + c;
+      _mm256_store_ps(dbuf[r], load_fp16x8(d, cn));
+      macc[r] = _mm256_fmadd_ps(load_fp16x8(d + nb, cn), xsv, macc[r]);
+    }
+    for (int64_t b = 0; b < cn; ++b) {
+      const float* xb = x + (c + b) * 32;
+      const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8), x2 = _mm256_loadu_ps(xb + 16),
+                   x3 = _mm256_loadu_ps(xb + 24);
+      TC_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* q = a.w->qs + ((n + r) * nb + c + b) * 16;
+        acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dbuf[r][b]), block_dot_avx2(q, x0, x1, x2, x3), acc[r]);
+      }
+    }
+  }
+  TC_UNROLL
+  for (int r = 0; r < R; ++r)
+    a.y[i * a.w->n + n + r] = hsum_avx2(_mm256_add_ps(acc[r], macc[r])) + (a.bias ? a.bias[n + r] : 0.f);
+}
+
+TC_TARGET("avx2,fma,f16c") void gemv_rows_avx2(const Args& a, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 2 <= n1; n += 2)
+    for (int64_t i = 0; i < a.m; ++i) gemv_group_avx2<2>(a, n, i);
+  for (; n < n1; ++n)
+    for (int64_t i = 0; i < a.m; ++i) gemv_group_avx2<1>(a, n, i);
+}
+
+TC_TARGET("avx2,fma,f16c") void dequant_row_avx2(const Q4Weight& w, int64_t row, float* out) {
+  const int64_t nb = q4_num_blocks(w.k);
+  const uint8_t* qs = w.qs + row * nb * 16;
+  const uint16_t* d = w.scales + row * 2 * nb;
+  const __m256i m4 = _mm256_set1_epi32(0xF);
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m256 db = _mm256_set1_ps(_cvtsh_ss(d[b])), mb = _mm256_set1_ps(_cvtsh_ss(d[nb + b]));
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + b * 16));
+    const __m256i qa = _mm256_cvtepu8_epi32(raw);
+    const __m256i qb = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(raw, raw));
+    float* o = out + b * 32;
+    _mm256_storeu_ps(o, _mm256_fmadd_ps(db, _mm256_cvtepi32_ps(_mm256_and_si256(qa, m4)), mb));
+    _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(db, _mm256_cvtepi32_ps(_mm256_and_si256(qb, m4)), mb));
+    _mm256_storeu_ps(o + 16, _mm256_fmadd_ps(db, _mm256_cvtepi32_ps(_mm256_srli_epi32(qa, 4)), mb));
+    _mm256_storeu_ps(o + 24, _mm256_fmadd_ps(db, _mm256_cvtepi32_ps(_mm256_srli_epi32(qb, 4)), mb));
+  }
+}
+
+// MR rows of x against kNR dequantized weight rows.
+template <int MR>
+TC_TARGET("avx2,fma,f16c")
+void micro_avx2(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr, float* out,
+                int64_t ldo) {
+  __m256 acc[MR][kNR];
+  TC_UNROLL
+  for (int i = 0; i < MR; ++i)
+    TC_UNROLL
+    for (int j = 0; j < kNR; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kp; k += 8) {
+    __m256 wv[kNR];
+    TC_UNROLL
+    for (int j = 0; j < kNR; ++j) wv[j] = _mm256_loadu_ps(wt + j * kp + k);
+    TC_UNROLL
+    for (int i = 0; i < MR; ++i) {
+      const __m256 xv = _mm256_loadu_ps(x + i * ldx + k);
+      TC_UNROLL
+      for (int j = 0; j < kNR; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+    }
+  }
+  TC_UNROLL
+  for (int i = 0; i < MR; ++i)
+    TC_UNROLL
+    for (int j = 0; j < nr; ++j) out[i * ldo + j] = hsum_avx2(acc[i][j]);
+}
+
+// ---------------------------------------------------------------- AVX-512 --
+
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") void widen_avx512(const uint16_t* h, float* f, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(f + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i))));
+  if (i < n) {
+    const __mmask16 k = __mmask16((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(f + i, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, h + i)));
+  }
+}
+
+// gcc 12's _mm512_reduce_add_ps trips -Wmaybe-uninitialized in its own header.
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") inline float hsum_avx512(__m512 v) {
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  return hsum_avx2(h);
+}
+
+#ifndef TC_Q4_PERMUTE
+#define TC_Q4_PERMUTE 1
+#endif
+
+// q.x of one block, x's halves already loaded.
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
+inline __m512 block_dot_avx512(const uint8_t* q, __m512 xlo, __m512 xhi) {
+  const __m512i qi = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+#if TC_Q4_PERMUTE
+  // vpermps reads only the low 4 index bits: a 16-entry table {0..15} turns a
+  // nibble into its float in one shuffle, with no mask and no int->float.
+  const __m512 table = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 lo = _mm512_permutexvar_ps(qi, table);
+  const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(qi, 4), table);
+#else
+  const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(qi, _mm512_set1_epi32(0xF)));
+  const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(qi, 4));
+#endif
+  return _mm512_fmadd_ps(hi, xhi, _mm512_mul_ps(lo, xlo));
+}
+
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
+void block_sums_avx512(const float* x, int64_t nb, float* xs) {
+  for (int64_t b = 0; b < nb; ++b)
+    xs[b] = hsum_avx512(_mm512_add_ps(_mm512_loadu_ps(x + b * 32), _mm512_loadu_ps(x + b * 32 + 16)));
+}
+
+// R weight rows at once against one row of x: each x block is loaded once
+// for R rows, and the R accumulator chains run in parallel.
+template <int R>
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
+inline void gemv_group_avx512(const Args& a, int64_t n, int64_t i) {
+  const int64_t nb = q4_num_blocks(a.w->k);
+  const float* x = a.x + i * a.ldx;
+  const float* xs = a.xs + i * nb;
+  alignas(64) float dbuf[R][16];
+  __m512 acc[R], macc[R];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) acc[r] = macc[r] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < nb; c += 16) {
+    const int64_t cn = std::min<int64_t>(16, nb - c);
+    const __mmask16 km = __mmask16((1u << cn) - 1);
+    const __m512 xsv = _mm512_maskz_loadu_ps(km, xs + c);
+    TC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const uint16_t* d = a.w->scales + (n + r) * 2 * nb + c;
+      _mm512_store_ps(dbuf[r], _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d)));
+      macc[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d + nb)), xsv, macc[r]);
+    }
+    for (int64_t b = 0; b < cn; ++b) {
+      const __m512 xlo = _mm512_loadu_ps(x + (c + b) * 32), xhi = _mm512_loadu_ps(x + (c + b) * 32 + 16);
+      TC_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* q = a.w->qs + ((n + r) * nb + c + b) * 16;
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(dbuf[r][b]), block_dot_avx512(q, xlo, xhi), acc[r]);
+      }
+    }
+  }
+  TC_UNROLL
+  for (int r = 0; r < R; ++r)
+    a.y[i * a.w->n + n + r] = hsum_avx512(_mm512_add_ps(acc[r], macc[r])) + (a.bias ? a.bias[n + r] : 0.f);
+}
+
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") void gemv_rows_avx512(const Args& a, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4)
+    for (int64_t i = 0; i < a.m; ++i) gemv_group_avx512<4>(a, n, i);
+  for (; n < n1; ++n)
+    for (int64_t i = 0; i < a.m; ++i) gemv_group_avx512<1>(a, n, i);
+}
+
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") void dequant_row_avx512(const Q4Weight& w, int64_t row, float* out) {
+  const int64_t nb = q4_num_blocks(w.k);
+  const uint8_t* qs = w.qs + row * nb * 16;
+  const uint16_t* d = w.scales + row * 2 * nb;
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512 db = _mm512_set1_ps(_cvtsh_ss(d[b])), mb = _mm512_set1_ps(_cvtsh_ss(d[nb + b]));
+    const __m512i qi = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + b * 16)));
+    _mm512_storeu_ps(out + b * 32,
+                     _mm512_fmadd_ps(db, _mm512_cvtepi32_ps(_mm512_and_si512(qi, _mm512_set1_epi32(0xF))), mb));
+    _mm512_storeu_ps(out + b * 32 + 16, _mm512_fmadd_ps(db, _mm512_cvtepi32_ps(_mm512_srli_epi32(qi, 4)), mb));
+  }
+}
+
+template <int MR>
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
+void micro_avx512(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr, float* out,
+                  int64_t ldo) {
+  __m512 acc[MR][kNR];
+  TC_UNROLL
+  for (int i = 0; i < MR; ++i)
+    TC_UNROLL
+    for (int j = 0; j < kNR; ++j) acc[i][j] = _mm512_setzero_ps();
+  // kp is a multiple of 32.
+  for (int64_t k = 0; k < kp; k += 16) {
+    __m512 wv[kNR];
+    TC_UNROLL
+    for (int j = 0; j < kNR; ++j) wv[j] = _mm512_loadu_ps(wt + j * kp + k);
+    TC_UNROLL
+    for (int i = 0; i < MR; ++i) {
+      const __m512 xv = _mm512_loadu_ps(x + i * ldx + k);
+      TC_UNROLL
+      for (int j = 0; j < kNR; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+    }
+  }
+  TC_UNROLL
+  for (int i = 0; i < MR; ++i)
+    TC_UNROLL
+    for (int j = 0; j < nr; ++j) out[i * ldo + j] = hsum_avx512(acc[i][j]);
+}
+#endif  // TC_Q4_X86
+
+using DequantFn = void (*)(const Q4Weight&, int64_t, float*);
+using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, int, float*, int64_t);
+
+using SumsFn = void (*)(const float*, int64_t, float*);
+
+void block_sums_scalar(const float* x, int64_t nb, float* xs) {
+  for (int64_t b = 0; b < nb; ++b) {
+    float s = 0.f;
+    for (int j = 0; j < 32; ++j) s += x[b * 32 + j];
+    xs[b] = s;
+  }
+}
+
+struct Isa {
+  const char* name;
+  SumsFn sums;
+  RowsFn gemv;
+  DequantFn dequant;
+  MicroFn micro[5];  // by MR (1..4); nullptr = scalar tile path
+};
+
+void tile_rows(const Isa& isa, const Args& a, int64_t n0, int64_t n1) {
+  const int64_t kp = q4_num_blocks(a.w->k) * 32;
+  thread_local std::vector<float> wt;
+  wt.assign(size_t(kNR * kp), 0.f);
+  float out[4 * kNR];
+  for (int64_t n = n0; n < n1; n += kNR) {
+    const int nr = int(std::min<int64_t>(kNR, n1 - n));
+    TC_UNROLL
+    for (int j = 0; j < nr; ++j) isa.dequant(*a.w, n + j, wt.data() + j * kp);
+    for (int64_t i = 0; i < a.m; i += 4) {
+      const int mr = int(std::min<int64_t>(4, a.m - i));
+      isa.micro[mr](a.x + i * a.ldx, a.ldx, wt.data(), kp, nr, out, kNR);
+      for (int r = 0; r < mr; ++r)
+        TC_UNROLL
+        for (int j = 0; j < nr; ++j) a.y[(i + r) * a.w->n + n + j] = out[r * kNR + j] + (a.bias ? a.bias[n + j] : 0.f);
+    }
+  }
+}
+
+const Isa kScalar{"scalar", block_sums_scalar, gemv_rows_scalar, dequant_row_scalar, {}};
+#if TC_Q4_X86
+const Isa kAvx2{"avx2",
+                block_sums_avx2,
+                gemv_rows_avx2,
+                dequant_row_avx2,
+                {nullptr, micro_avx2<1>, micro_avx2<2>, micro_avx2<3>, micro_avx2<4>}};
+const Isa kAvx512{"avx512",
+                  block_sums_avx512,
+                  gemv_rows_avx512,
+                  dequant_row_avx512,
+                  {nullptr, micro_avx512<1>, micro_avx512<2>, micro_avx512<3>, micro_avx512<4>}};
+
+bool cpu_has_avx2() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+bool cpu_has_avx512() {
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl");
+}
+#endif
+
+const Isa* auto_isa() {
+#if TC_Q4_X86
+  if (cpu_has_avx512()) return &kAvx512;
+  if (cpu_has_avx2()) return &kAvx2;
+#endif
+  return &kScalar;
+}
+
+const Isa* g_isa = auto_isa();
+
+struct Job {
+  const Isa* isa;
+  Args args;
+  bool tiled;
+};
+
+void run_job(void* ctx, int64_t begin, int64_t end) {
+  const Job& j = *static_cast<const Job*>(ctx);
+  if (!j.tiled) {
+    j.isa->gemv(j.args, begin, end);
+  } else if (j.isa->micro[1] != nullptr) {
+    tile_rows(*j.isa, j.args, begin, end);
+  } else {
+    tile_rows_scalar(j.args, begin, end);
+  }
+}
+
+}  // namespace
+
+float fp16_to_fp32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+  if (exp == 0x1F) {
+    bits = sign | 0x7F800000u | (man << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  } else if (man == 0) {
+    bits = sign;
+  } else {  // subnormal: normalize
+    int e = -1;
+    do {
+      man <<= 1;
+      ++e;
+    } while ((man & 0x400) == 0);
+    bits = sign | (uint32_t(112 - e) << 23) | ((man & 0x3FF) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t fp32_to_fp16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = uint16_t((x >> 16) & 0x8000);
+  const uint32_t ax = x & 0x7FFFFFFFu;
+  if (ax >= 0x7F800000u) return uint16_t(sign | 0x7C00 | (ax > 0x7F800000u ? 0x200 : 0));
+  if (ax >= 0x477FF000u) return uint16_t(sign | 0x7C00);  // rounds to >= 65520: inf
+  if (ax < 0x38800000u) {                                  // subnormal or zero in fp16
+    float a;
+    std::memcpy(&a, &ax, 4);
+    return uint16_t(sign | uint16_t(std::nearbyint(a * 16777216.0f)));  // units of 2^-24
+  }
+  const uint32_t r = ax + 0xFFFu + ((ax >> 13) & 1u) - (112u << 23);  // round to nearest even
+  return uint16_t(sign | (r >> 13));
+}
+
+void q4_dequantize(const Q4Weight& w, float* out) {
+  const int64_t kp = q4_num_blocks(w.k) * 32;
+  std::vector<float> row(kp);
+  for (int64_t n = 0; n < w.n; ++n) {
+    dequant_row_scalar(w, n, row.data());
+    std::memcpy(out + n * w.k, row.data(), size_t(w.k) * sizeof(float));
+  }
+}
+
+const char* q4_isa() { return g_isa->name; }
+
+bool q4_force_isa(const char* isa) {
+  const std::string s = isa ? isa : "";
+  if (s.empty()) {
+    g_isa = auto_isa();
+    return true;
+  }
+  if (s == "scalar") {
+    g_isa = &kScalar;
+    return true;
+  }
+#if TC_Q4_X86
+  if (s == "avx2" && cpu_has_avx2()) {
+    g_isa = &kAvx2;
+    return true;
+  }
+  if (s == "avx512" && cpu_has_avx512()) {
+    g_isa = &kAvx512;
+    return true;
+  }
+#endif
+  return false;
+}
+
+void q4_linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, float* y,
+               const Q4ParallelFor* pf) {
+  if (m <= 0 || w.n <= 0) return;
+  const int64_t nb = q4_num_blocks(w.k), kp = nb * 32;
+  // Scratch reused across calls on this thread: decode allocates nothing.
+  thread_local std::vector<float> xs, xpad;
+  xs.resize(size_t(m * nb));
+  const float* xp = x;
+  if (kp != w.k) {
+    xpad.assign(size_t(m * kp), 0.f);
+    for (int64_t i = 0; i < m; ++i) std::memcpy(xpad.data() + i * kp, x + i * w.k, size_t(w.k) * sizeof(float));
+    xp = xpad.data();
+  }
+  const Isa* isa = g_isa;
+  // The tiled path multiplies dequantized weights and needs no block sums.
+  if (m < kTileMinM)
+    for (int64_t i = 0; i < m; ++i) isa->sums(xp + i * kp, nb, xs.data() + i * nb);
+  Job job{isa, Args{xp, xs.data(), m, kp, &w, bias, y}, m >= kTileMinM};
+  // ~16K weights per task keeps per-task overhead small next to the work.
+  int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, kp));
+  if (job.tiled) grain = ((grain + kNR - 1) / kNR) * kNR;
+  if (pf != nullptr && pf->run != nullptr && w.n > grain) {
+    pf->run(pf->self, w.n, grain, run_job, &job);
+  } else {
+    run_job(&job, 0, w.n);
+  }
+}
+
+const char* q4_pack_gguf(int ggml_type, const uint8_t* raw, int64_t n, int64_t k, uint8_t* qs,
+                         uint16_t* scales) {
+  if (ggml_type != 2 && ggml_type != 3) return "q4_pack_gguf: ggml type must be Q4_0 (2) or Q4_1 (3)";
+  if (n <= 0 || k <= 0 || k % 32 != 0) return "q4_pack_gguf: shape must be [N, K] with K a positive multiple of 32";
+  const int64_t nb = k / 32;
+  const int bs = ggml_type == 2 ? 18 : 20;
+  for (int64_t r = 0; r < n; ++r) {
+    uint16_t* d = scales + r * 2 * nb;
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = raw + (r * nb + b) * bs;
+      uint16_t dh, mh;
+      std::memcpy(&dh, blk, 2);  // GGUF is little-endian, as are our targets
+      if (ggml_type == 3) {
+        std::memcpy(&mh, blk + 2, 2);
+      } else {
+        // Q4_0: w = d*(q-8) = d*q - 8d; -8d is exact in fp16 unless it overflows.
+        const float m = -8.f * fp16_to_fp32(dh);
+        mh = fp32_to_fp16(m);
+        if (fp16_to_fp32(mh) != m && !std::isnan(m)) return "q4_pack_gguf: Q4_0 scale too large (|8d| overflows fp16)";
+      }
+      d[b] = dh;
+      d[nb + b] = mh;
+      std::memcpy(qs + (r * nb + b) * 16, blk + (bs - 16), 16);
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace torchchat::kernels

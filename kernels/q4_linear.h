@@ -1,0 +1,68 @@
+// Weight-only 4-bit linear for GGUF Q4_0 / Q4_1 weights, float activations.
+//
+// Packed layout of a weight W[N, K] (nb = ceil(K / 32) blocks per row):
+//   qs     uint8  [N, nb, 16]  the 32 codes of a block, byte j holding
+//                              q[j] (low nibble) and q[j + 16] (high nibble)
+//                              -- GGUF's own order, so packing is a copy and
+//                              SIMD unpacking is one AND and one shift.
+//   scales fp16   [N, 2, nb]   row n: nb scales d, then nb mins m.
+// Weight k of row n is d*q + m with d, m widened exactly from fp16 to fp32
+// (Q4_0: m = -8d, exact in fp16 unless |8d| overflows; packers reject that).
+// When K % 32 != 0 the last block has codes past K; they are never used
+// (x is zero-padded to nb*32 inside the kernel).
+//
+// The kernel computes, per block, d*(q.x) + m*sum(x): the per-block sums of
+// x are computed once per call, so the inner loop is unpack + FMA.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace torchchat::kernels {
+
+inline constexpr int64_t kQ4Block = 32;
+
+inline int64_t q4_num_blocks(int64_t k) { return (k + kQ4Block - 1) / kQ4Block; }
+
+struct Q4Weight {
+  const uint8_t* qs = nullptr;       // [N, nb, 16]
+  const uint16_t* scales = nullptr;  // [N, 2, nb] fp16 bits
+  int64_t n = 0;
+  int64_t k = 0;
+};
+
+// Runs fn(ctx, begin, end) over disjoint ranges covering [0, n); a runtime
+// with its own thread pool (at::parallel_for, ExecuTorch's threadpool)
+// supplies one. nullptr runs everything on the calling thread.
+using Q4Task = void (*)(void* ctx, int64_t begin, int64_t end);
+struct Q4ParallelFor {
+  void (*run)(void* self, int64_t n, int64_t grain, Q4Task fn, void* ctx) = nullptr;
+  void* self = nullptr;
+};
+
+// y[M, N] = x[M, K] @ W^T (+ bias[N]). x, y row-major and contiguous; bias may
+// be nullptr. Scratch is allocated internally (a few KB per thread for
+// decode, proportional to M*K/32 for the x block sums).
+void q4_linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, float* y,
+               const Q4ParallelFor* pf = nullptr);
+
+// Which SIMD path the dispatcher picked on this CPU: "avx512", "avx2", "scalar".
+const char* q4_isa();
+// Forces a path for tests/benchmarks ("avx512", "avx2", "scalar", or "" for
+// the automatic choice). Returns false if this CPU cannot run it.
+bool q4_force_isa(const char* isa);
+
+// fp16 <-> fp32, exact for fp16 -> fp32; fp32 -> fp16 rounds to nearest even.
+float fp16_to_fp32(uint16_t h);
+uint16_t fp32_to_fp16(float f);
+
+// Dequantizes W to fp32 [N, K] (reference for tests, fallback for others).
+void q4_dequantize(const Q4Weight& w, float* out);
+
+// Packs GGUF raw blocks (ggml type 2 = Q4_0, 18 bytes/block; 3 = Q4_1, 20
+// bytes/block) of an [N, K] tensor, K % 32 == 0, into qs/scales. Returns
+// nullptr on success or a static error message.
+const char* q4_pack_gguf(int ggml_type, const uint8_t* raw, int64_t n, int64_t k, uint8_t* qs,
+                         uint16_t* scales);
+
+}  // namespace torchchat::kernels

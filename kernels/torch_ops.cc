@@ -1,0 +1,94 @@
+// torchchat::q4_linear as a PyTorch custom op (CPU), built as a shared
+// library that Python loads with torch.ops.load_library and a C++ process
+// (e.g. one running an AOTInductor package) links or dlopen()s.
+//
+//   q4_linear(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k) -> Tensor
+//   q4_linear.out(..., *, Tensor(a!) out) -> Tensor(a!)
+//
+// x: float32 [..., k] (other float dtypes are computed in fp32 and cast
+// back); qs: uint8 [n, nb*16]; scales: float16 [n, 2*nb] (see q4_linear.h).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <ATen/ATen.h>
+#include <ATen/native/Resize.h>
+
+#include "kernels/q4_linear.h"
+
+namespace torchchat::kernels {
+namespace {
+
+void at_parallel_for(void*, int64_t n, int64_t grain, Q4Task fn, void* ctx) {
+  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { fn(ctx, b, e); });
+}
+
+void check_args(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+                const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
+  const int64_t nb = q4_num_blocks(k);
+  TORCH_CHECK(n > 0 && k > 0, "q4_linear: n and k must be positive, got n=", n, " k=", k);
+  TORCH_CHECK(x.device().is_cpu() && qs.device().is_cpu() && scales.device().is_cpu(),
+              "q4_linear: CPU tensors only");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == k, "q4_linear: x must end in k=", k, ", got ", x.sizes());
+  TORCH_CHECK(x.is_floating_point(), "q4_linear: x must be a float tensor, got ", x.scalar_type());
+  TORCH_CHECK(qs.scalar_type() == at::kByte && qs.dim() == 2 && qs.size(0) == n && qs.size(1) == nb * 16,
+              "q4_linear: qs must be uint8 [", n, ", ", nb * 16, "], got ", qs.scalar_type(), " ", qs.sizes());
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.dim() == 2 && scales.size(0) == n &&
+                  scales.size(1) == 2 * nb,
+              "q4_linear: scales must be float16 [", n, ", ", 2 * nb, "], got ", scales.scalar_type(), " ",
+              scales.sizes());
+  if (bias.has_value() && bias->defined())
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "q4_linear: bias must be [", n, "], got ", bias->sizes());
+}
+
+void run(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+         const c10::optional<at::Tensor>& bias, int64_t n, int64_t k, at::Tensor& out) {
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const at::Tensor qc = qs.contiguous(), sc = scales.contiguous();
+  at::Tensor bf;
+  if (bias.has_value() && bias->defined()) bf = bias->to(at::kFloat).contiguous();
+  const int64_t m = xf.numel() / k;
+  const bool direct = out.scalar_type() == at::kFloat && out.is_contiguous();
+  at::Tensor y = direct ? out : at::empty(out.sizes(), xf.options());
+  const Q4Weight w{qc.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(sc.data_ptr<at::Half>()), n, k};
+  const Q4ParallelFor pf{at_parallel_for, nullptr};
+  q4_linear(xf.data_ptr<float>(), m, w, bf.defined() ? bf.data_ptr<float>() : nullptr, y.data_ptr<float>(), &pf);
+  if (!direct) out.copy_(y);
+}
+
+std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
+  std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
+  s.back() = n;
+  return s;
+}
+
+at::Tensor q4_linear_op(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+                        const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
+  check_args(x, qs, scales, bias, n, k);
+  at::Tensor out = at::empty(out_shape(x, n), x.options());
+  run(x, qs, scales, bias, n, k, out);
+  return out;
+}
+
+at::Tensor& q4_linear_out(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+                          const c10::optional<at::Tensor>& bias, int64_t n, int64_t k, at::Tensor& out) {
+  check_args(x, qs, scales, bias, n, k);
+  at::native::resize_output(out, out_shape(x, n));
+  run(x, qs, scales, bias, n, k, out);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(torchchat, m) {
+  m.def("q4_linear(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k) -> Tensor");
+  m.def(
+      "q4_linear.out(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k, *, Tensor(a!) out) "
+      "-> Tensor(a!)");
+}
+
+TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
+  m.impl("q4_linear", &q4_linear_op);
+  m.impl("q4_linear.out", &q4_linear_out);
+}
+
+}  // namespace torchchat::kernels
