@@ -1069,7 +1069,16 @@ class Lexer {
           break;
         }
       }
-      if (!op) Error(k, std::string("unexpected char '") + c + "'");
+      if (!op) {
+        char shown[16];
+        if (c > 0x20 && c < 0x7f) {
+          std::snprintf(shown, sizeof shown, "'%c'", c);
+        } else {
+          std::snprintf(shown, sizeof shown, "0x%02x",
+                        static_cast<unsigned char>(c));
+        }
+        Error(k, std::string("unexpected char ") + shown);
+      }
       std::string o = op;
       if (o == "(" || o == "[" || o == "{") {
         balance.push_back(o == "(" ? ')' : o == "[" ? ']' : '}');
@@ -3000,7 +3009,7 @@ class Interp {
 };
 
 const char* const kFilters[] = {
-    "abs", "attr", "batch", "capitalize", "count", "d", "default", "dictsort", "e",
+    "abs", "attr", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "e",
     "escape", "first", "float", "forceescape", "format", "indent", "int",
     "items", "join", "last", "length", "list", "lower", "map", "max", "min",
     "reject", "rejectattr", "replace", "reverse", "round", "safe", "select",
@@ -3122,6 +3131,16 @@ Value Interp::Filter(const std::string& name, Value in,
     if (!o || !n) Fail("replace needs 'old' and 'new'");
     return Value::Str(Replace(Str(in), Str(*o), Str(*n),
                               IntArg(arg(2, "count"), -1, "count")));
+  }
+  if (name == "center") {
+    int64_t width = IntArg(arg(0, "width"), 80, "width");
+    std::string str = Str(in);
+    int64_t len = Length(Value::Str(str));
+    if (width <= len) return Value::Str(str);
+    CheckSize(static_cast<size_t>(width));
+    int64_t marg = width - len;
+    int64_t left = marg / 2 + (marg & width & 1);  // CPython's str.center
+    return Value::Str(std::string(left, ' ') + str + std::string(marg - left, ' '));
   }
   if (name == "wordcount") {
     int64_t words = 0;
@@ -3498,9 +3517,20 @@ void AddGlobals(Scope* g, const ChatTemplateOptions& opt) {
   g->vars["dict"] = MakeBuiltin("dict", make_dict(Value::T::kDict));
 }
 
+// One line, even when the message quotes a string from the template.
+std::string OneLine(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else out.push_back(c);
+  }
+  return out;
+}
+
 std::string FormatError(const TemplateError& e) {
-  if (e.line > 0) return "line " + std::to_string(e.line) + ": " + e.message;
-  return e.message;
+  if (e.line > 0) return "line " + std::to_string(e.line) + ": " + OneLine(e.message);
+  return OneLine(e.message);
 }
 
 }  // namespace
@@ -3525,7 +3555,7 @@ tokenizers::Result<ChatTemplate> ChatTemplate::Parse(
     impl->body = parser.ParseTemplate();
     return ChatTemplate(std::move(impl));
   } catch (const TemplateError& e) {
-    return tokenizers::MakeError("chat template: " + e.message);
+    return tokenizers::MakeError("chat template: " + OneLine(e.message));
   } catch (const std::exception& e) {
     return tokenizers::MakeError(std::string("chat template: ") + e.what());
   }

@@ -131,6 +131,87 @@ CONVERSATIONS.update({
 })
 
 
+# Small templates that pin down the expression language, filters, tests,
+# methods and whitespace rules; several must fail on both sides.
+SNIPPETS = [
+    '{{ \'abc\' | title }} {{ "o\'neil mc-d" | title }} {{ \'ab cd\'.title() }} {{ "they\'re" .title() }}',
+    '{{ 1.5|round }} {{ 2.5|round }} {{ 2.567|round(2) }} {{ 3|round }}',
+    '{{ messages }}',
+    '{{ loop }}',
+    '{% for m in messages %}{{ loop.previtem }}|{{ loop.nextitem }}{% endfor %}',
+    "{{ 'a' ~ 1.0 ~ [1] }}",
+    "{{ [1,2] == [1,2] }} {{ (1,2) == [1,2] }} {{ {'a':1} == {'a':1} }} {{ none == none }} {{ u == u }}",
+    "{{ 'é'|upper }} {{ 'ÉCOLE'|lower }}",
+    "{{ '%s and %s' % ('a', 'b') }} {{ '%d%%' % 5 }}",
+    '{{ "a\\nb" | indent(4, first=true) }}',
+    '{{ [] | first }}|{{ [] | last }}|{{ [] | max }}',
+    "{{ 'abc'[5] }}|{{ 'abc'[1:100] }}|{{ 'abc'[-100:] }}",
+    '{{ 10 // 3 }} {{ -10 // 3 }} {{ 10 % -3 }} {{ 2 ** -1 }} {{ 2.0 ** 3 }}',
+    "{{ dict(a=1, b='x') }} {{ dict(a=1) | tojson }}",
+    '{% set ns = namespace() %}{% set ns.x = 5 %}{{ ns.x }}',
+    '{{ messages[0] | tojson }} {{ messages | tojson(indent=2) }}',
+    "{{ 'x' if messages else 'y' }}",
+    '{%- for m in messages -%}\n  {{ m.role }}\n{%- endfor -%}',
+    '{{ 1 + 2 * 3 - 4 / 2 }} {{ (1 + 2) * 3 }} {{ -2 ** 2 }} {{ 2 ** 3 ** 2 }}',
+    "{{ not true == false }} {{ not 'a' in 'abc' }}",
+    "{{ 'a' | replace('', '-') }}",
+    "{{ '  a  b  '.split(' ') }} {{ 'a\\tb\\nc'.split() }} {{ ''.split() }} {{ ''.split(',') }}",
+    "{{ 'abc'.strip('ac') }} {{ '..a..'.rstrip('.') }}",
+    '{{ tools is none }} {{ documents }} {{ tools is defined }}',
+    "{{ 3 is divisibleby(3) }} {{ 'ABC' is upper }} {{ 'abc' is lower }} {{ none is sameas none }}",
+    "{% for x in [3,1,2]|sort(reverse=true) %}{{ x }}{% endfor %} {{ ['b','A','a']|sort }} {{ ['b','A','a']|sort(case_sensitive=true) }}",
+    "{{ [{'n':'b'},{'n':'a'}] | sort(attribute='n') | map(attribute='n') | join }}",
+    '{{ 1e300 * 1e300 }} {{ -0.0 }} {{ 1/3 }} {{ 2/3 }} {{ 100.0 }} {{ 123456789.123 }}',
+    "{{ 5 | float }} {{ 'abc' | float }} {{ '1e3' | float }} {{ true | int }} {{ none | int }}",
+    "{{ [1, [2, 3]] | tojson }} {{ {'a': {'b': []}} | tojson(indent=2) }} {{ 'tab\\there' | tojson }} {{ '\\u0001' | tojson }}",
+    "{{ {1: 'a', true: 'b'} }} {{ {1: 'x'} | tojson }}",
+    "{{ messages[0].get('role') }} {{ messages[0].get('nope', 'dflt') }}",
+    "{% set x = [1, 2, 3] %}{{ x | length }} {{ x | count }} {{ x[1:] | list }} {{ x | batch(2) | list if false else '' }}",
+    "{{ 'abc' is string and 3 is number }} {{ [] is iterable }} {{ 3 is iterable }} {{ {} is sequence }}",
+    '{{ "\\\\d" }} {{ \'\\\\n\' }} {{ \'\\\'\' }}',
+    "{% if messages|length > 0 and messages[0].role == 'user' %}yes{% endif %}",
+    "{{ messages[0]['content'] | capitalize }} {{ messages[0]['content'].capitalize() }}",
+    '{% macro m() %}{{ caller is defined }}{% endmacro %}{{ m() }}',
+    "{{ 'abc'.count('') }} {{ 'aaa'.count('a') }} {{ 'héllo'.find('l') }}",
+    "{{ [1,2,3] | sum(start=10) }} {{ [1.5, 2] | sum }} {{ ['a','b'] | join }}",
+    '{{ 0.1 | string }} {{ 1e-7 }} {{ 12345678901234567.0 }} {{ 5e-324 }}',
+    '{{ x.y }}',
+    '{{ none.y.z }}',
+    '{{ none[0] }}|',
+    "{{ 'a' < none }}",
+    '{% for a, b in [[1]] %}{% endfor %}',
+    '{% for x in none %}{% endfor %}',
+    "{{ raise_exception('boom') }}",
+    '{{ 1 + }}',
+    "{{ 'ÀÉÎõü ÿ ß' | upper }} {{ 'ÀÉÎÕÜ Ÿ' | lower }} {{ 'ĀāĞğŁłŽž' | upper }} {{ 'ĀāĞğŁłŽž' | lower }} {{ 'Σίσυφος Ωμέγα' | upper }} {{ 'ΆΈΉΊΌΎΏ' | lower }} {{ 'Привет Мир ёЁ' | upper }} {{ 'ПРИВЕТ Ёж' | lower }}",
+    "{{ 'élan vital' | title }} {{ 'élan vital'.title() }} {{ 'émile' | capitalize }} {{ 'ÉCOLE'.isupper() }} {{ 'école'.islower() }} {{ '中文'.isupper() }}",
+    "{{ [1,2,3,4,5] | batch(2) | list }} {{ [1,2,3] | batch(2, 'x') | list }}",
+    '{% for m in messages %}{{ loop.index0 }}{{ loop.revindex0 }}{{ loop.first }}{% endfor %}',
+    "{{ messages | selectattr('role', 'equalto', 'user') | map(attribute='content') | join(' / ') }}",
+    "{{ messages | rejectattr('role', 'defined') | list }} {{ messages | map(attribute='nope', default='?') | list }}",
+    "{% set ns = namespace(last=none) %}{% for m in messages|reverse %}{% if ns.last is none and m.role == 'user' %}{% set ns.last = loop.revindex0 %}{% endif %}{% endfor %}{{ ns.last }}",
+    "{{ messages[-1]['content'] | wordcount }} {{ 'a b\\tc' | wordcount }}",
+    '{% with x = 1, y = 2 %}{{ x + y }}{% endwith %}',
+    '{% set parts %}{% for m in messages %}{{ m.role[0] }}{% endfor %}{% endset %}{{ parts | upper }}',
+    '{% filter trim %}   padded   {% endfilter %}|',
+    "{{ 'x' | center(5) }}|{{ 'ab' | center(5) }}|{{ 'ab' | center(6) }}|{{ 'abc' | center(2) }}|{{ 'é' | center(4) }}",
+    "{% macro tag(name, body='') -%}<{{ name }}>{{ body }}</{{ name }}>{%- endmacro %}{{ tag('a') }}{{ tag('b', body=tag('c')) }}",
+    "{{ 12 | string | length }} {{ (1, 2) | list }} {{ 'ab' | reverse }}",
+    '{{ [1, 2] | first is number }} {{ [] | first is defined }}',
+    "{{ messages[0].content if messages[0].role == 'system' else 'none' }}",
+    "{{ 2 * 'ab' }} {{ [0] * 3 }}",
+    "{{ 'a' if none is none and not undefined_var is defined else 'b' }}",
+    "{{ [3, 2, 1] | min }} {{ ['b', 'a'] | max }} {{ [{'x': 2}, {'x': 1}] | min(attribute='x') }}",
+    "{{ {'a': 1, 'b': 2} | dictsort(by='value', reverse=true) }}",
+    '{{ \'{"k": 1}\' }} {{ \'\\u00e9\' == \'é\' }}',
+    '{{ 1 == 1 == 1 }} {{ 1 != 2 != 1 }}',
+    '{{ messages | length is even }} {{ 7 is odd }}',
+    "{% if messages %}{% for m in messages if m.role != 'system' %}{{ m.role }}{{ ',' if not loop.last }}{% endfor %}{% endif %}",
+    'A\n  {%- if true %}\n   B\n  {%- endif %}\nC\n   {# comment -#}\n   D',
+    "{{- '  x  ' -}}\n\n{{- 'y' }}\n   {%+ if true %}z{% endif %}",
+]
+
+
 def venv_site_packages():
     return os.path.dirname(importlib.util.find_spec("jinja2").submodule_search_locations[0])
 
@@ -306,6 +387,28 @@ class ParityTest(unittest.TestCase):
         self.assertGreaterEqual(rendered, 8, f"{name}: too few successful renderings")
         print(f"{name}: {rendered} identical renderings; both failed on "
               f"{sorted(set(failed_alike)) or 'nothing'}", file=sys.stderr)
+
+    def test_expression_snippets(self):
+        messages = CONVERSATIONS["multi_turn"]
+        identical = 0
+        for i, source in enumerate(SNIPPETS):
+            path = os.path.join(self.tmp.name, f"snippet{i}.jinja")
+            with open(path, "w", encoding="utf-8", newline="") as f:
+                f.write(source)
+            for plain, ref in ((False, reference_transformers), (True, reference_plain)):
+                with self.subTest(snippet=source, plain_jinja=plain):
+                    want = run_reference(ref, source, messages, True)
+                    got = run_ours(path, self.message_paths["multi_turn"], True, plain)
+                    if want.error is None:
+                        self.assertIsNone(got.error, f"reference rendered {want.text!r}")
+                        self.assertEqual(got.text, want.text)
+                        identical += 1
+                    else:
+                        self.assertIsNotNone(got.error, f"reference failed with {want.error!r}")
+                        if want.user_error:
+                            self.assertEqual(got.error, want.error)
+        self.assertGreaterEqual(identical, 2 * len(SNIPPETS) - 30)
+        print(f"snippets: {identical} identical renderings of {2 * len(SNIPPETS)}", file=sys.stderr)
 
     def test_all_templates_present(self):
         self.assertGreaterEqual(len(self.templates), 11)

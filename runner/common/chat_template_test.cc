@@ -94,6 +94,8 @@ TEST(ChatTemplateTest, AccessAndSlicing) {
   EXPECT_EQ(R("{{ {'a':1}.b.c }}"),
             "ERROR: chat template: line 1: 'dict object' has no attribute 'b'");
   EXPECT_EQ(R("\n\n{{ nope.x }}"), "ERROR: chat template: line 3: 'nope' is undefined");
+  EXPECT_EQ(R("{{ {}['a\\nb'].c }}"),
+            "ERROR: chat template: line 1: 'dict object' has no attribute 'a\\nb'");
 }
 
 TEST(ChatTemplateTest, Undefined) {
@@ -300,6 +302,7 @@ TEST(ChatTemplateTest, ParseErrors) {
       {"{% break %}", "'break' outside of a loop"},
       {"{{ a b }}", "expected end of print statement, got 'b'"},
       {"{{ $ }}", "unexpected char '$'"},
+      {"{{ \x01 }}", "unexpected char 0x01"},
   };
   for (const auto& c : cases) {
     auto t = ChatTemplate::Parse(c.src);
