@@ -99,11 +99,16 @@ Result<std::unique_ptr<LLMModel>> LoadAotiModel(const std::string& path,
   }
   ModelMetadata md;
   for (auto [field, key] : {std::pair{&md.max_seq_len, "max_seq_len"},
-                            std::pair{&md.vocab_size, "vocab_size"},
-                            std::pair{&md.bos_id, "bos_id"}}) {
+                            std::pair{&md.vocab_size, "vocab_size"}}) {
     auto v = IntField(meta, key);
     if (!v.ok()) return MakeError(path + ": " + v.error());
     *field = *v;
+  }
+  // An empty bos_id means the model takes none.
+  if (auto it = meta.find("bos_id"); it != meta.end() && !it->second.empty()) {
+    auto v = IntField(meta, "bos_id");
+    if (!v.ok()) return MakeError(path + ": " + v.error());
+    md.bos_id = *v;
   }
   md.max_context_len = md.max_seq_len;
   if (auto it = meta.find("eos_ids"); it != meta.end()) {
@@ -113,8 +118,9 @@ Result<std::unique_ptr<LLMModel>> LoadAotiModel(const std::string& path,
     }
   }
   md.dynamic_shape = true;
+  // export_llm traces the token dimension up to max_seq_len - 1.
   auto chunk = IntField(meta, "max_prefill_chunk");
-  md.max_prefill_chunk = chunk.ok() ? *chunk : md.max_seq_len;
+  md.max_prefill_chunk = chunk.ok() ? *chunk : md.max_seq_len - 1;
   if (auto it = meta.find("tokenizer_file"); it != meta.end()) md.tokenizer_file = it->second;
 
   try {

