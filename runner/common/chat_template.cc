@@ -3563,6 +3563,35 @@ tokenizers::Result<ChatTemplate> ChatTemplate::Parse(
 
 namespace {
 
+// transformers (_alias_reasoning_fields) copies a message's reasoning, found
+// under reasoning_content, thinking or reasoning, to both `thinking` (first
+// key) and `reasoning_content`, so templates may read either.
+Value AliasReasoning(const Value& messages) {
+  std::vector<Value> out;
+  for (const Value& m : messages.list->items) {
+    const Value* reasoning = nullptr;
+    if (m.is_dict()) {
+      for (const char* key : {"reasoning_content", "thinking", "reasoning"}) {
+        const Value* v = DictFind(*m.dict, Value::Str(key));
+        if (v && !v->none()) {
+          reasoning = v;
+          break;
+        }
+      }
+    }
+    if (!reasoning) {
+      out.push_back(m);
+      continue;
+    }
+    Value d = Value::Dict();
+    d.dict->items.emplace_back(Value::Str("thinking"), *reasoning);
+    for (const auto& [k, v] : m.dict->items) DictSet(d.dict.get(), k, v);
+    DictSet(d.dict.get(), Value::Str("reasoning_content"), *reasoning);
+    out.push_back(std::move(d));
+  }
+  return Value::List(std::move(out));
+}
+
 // Runs the template over `vars` (an object) plus transformers' standard
 // variables; errors become Results here and only here.
 tokenizers::Result<std::string> RenderWith(const ChatTemplate::Impl& impl,
@@ -3598,6 +3627,10 @@ tokenizers::Result<std::string> ChatTemplate::RenderJson(
     ctx->vars["eos_token"] = Value::Str(eos_token);
     for (const auto& [k, v] : vars.dict->items) ctx->vars[k.s] = v;
     ctx->vars["add_generation_prompt"] = Value::Bool(add_generation_prompt);
+    auto it = ctx->vars.find("messages");
+    if (it != ctx->vars.end() && it->second.is_list()) {
+      it->second = AliasReasoning(it->second);
+    }
   });
 }
 

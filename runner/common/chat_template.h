@@ -62,7 +62,9 @@ class ChatTemplate {
   // The same with any variables a template may read (messages with
   // tool_calls, tools, documents, or template kwargs such as date_string),
   // given as a JSON object; numbers without a fraction are ints, as in
-  // Python. tools and documents default to none.
+  // Python. tools and documents default to none. As transformers does, a
+  // message's reasoning (reasoning_content, thinking or reasoning) is also
+  // readable under both `thinking` and `reasoning_content`.
   tokenizers::Result<std::string> RenderJson(
       const std::string& variables_json, bool add_generation_prompt,
       const std::string& bos_token, const std::string& eos_token) const;

@@ -14,7 +14,8 @@ sets with tools, tool calls and template kwargs (ChatTemplate::RenderJson).
 Templates: SmolLM2's, read from the GGUF on disk; Llama 4's and SmolVLM's,
 read from the installed transformers sources; and templates written for this
 test in testdata/chat_templates (Llama 2, Mistral, Gemma, Phi-3, Qwen2.5,
-Granite 3, Llama 3.2, and one that stresses whitespace control).
+Qwen3, DeepSeek-R1, Granite 3, Llama 3.2, and one that stresses whitespace
+control).
 
 Usage: chat_template_parity_test.py RENDER_BINARY [unittest args]
 """
@@ -121,6 +122,28 @@ CONVERSATIONS.update({
             {"role": "user", "content": "Thanks!"},
         ],
         "tools": [WEATHER_TOOL],
+    },
+    "reasoning": {
+        "messages": [
+            {"role": "system", "content": "Think first."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "<think>\nSimple sum.\n</think>\n\nIt is 4."},
+            {"role": "user", "content": "And 3+3?"},
+            {"role": "assistant", "content": "6", "reasoning_content": "3+3=6"},
+        ],
+        "enable_thinking": False,
+    },
+    "string_tool_calls": {
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}},
+                {"type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}},
+            ]},
+            {"role": "tool", "content": "cold"},
+            {"role": "tool", "content": "warm"},
+            {"role": "assistant", "content": "Oslo is cold, Rome is warm."},
+        ],
     },
     "kwargs": {
         "messages": [{"role": "user", "content": "What day is it?"}],
@@ -411,13 +434,13 @@ class ParityTest(unittest.TestCase):
         print(f"snippets: {identical} identical renderings of {2 * len(SNIPPETS)}", file=sys.stderr)
 
     def test_all_templates_present(self):
-        self.assertGreaterEqual(len(self.templates), 11)
+        self.assertGreaterEqual(len(self.templates), 13)
         self.assertIn("<|im_start|>", self.templates["smollm2"])
 
 
 def _add_template_tests():
     for name in ["smollm2", "llama4", "smolvlm", "llama2", "mistral", "gemma", "phi3",
-                 "qwen2_5", "granite3", "llama3_2", "whitespace"]:
+                 "qwen2_5", "qwen3", "deepseek_r1", "granite3", "llama3_2", "whitespace"]:
         setattr(ParityTest, f"test_{name}", lambda self, n=name: self.check_template(n))
 
 
