@@ -31,9 +31,11 @@ void Check(const Result<void>& r) {
   if (!r.ok()) throw TokenizerError(r.error());
 }
 
+std::string_view TextView(const py::handle& text);
+
 SpecialPolicy PolicyFrom(const py::object& allowed) {
-  if (py::isinstance<py::str>(allowed)) {
-    const std::string s = allowed.cast<std::string>();
+  if (PyUnicode_Check(allowed.ptr())) {
+    const std::string_view s = TextView(allowed);
     if (s == "all") return SpecialPolicy::All();
     if (s == "none") return SpecialPolicy::None();
     throw TokenizerError("allowed_special must be 'all', 'none' or a set of strings");
@@ -44,17 +46,29 @@ SpecialPolicy PolicyFrom(const py::object& allowed) {
   return SpecialPolicy::Only(std::move(set));
 }
 
-std::string TextFrom(const py::object& text) {
-  if (py::isinstance<py::bytes>(text)) return text.cast<std::string>();
-  if (py::isinstance<py::str>(text)) {
-    // str -> UTF-8; lone surrogates cannot be encoded and are an error.
-    PyObject* b = PyUnicode_AsUTF8String(text.ptr());
-    if (!b) throw py::error_already_set();
-    py::bytes owned = py::reinterpret_steal<py::bytes>(b);
-    return owned.cast<std::string>();
+// A view of the UTF-8 of a str (cached inside the str object, no copy) or
+// of a bytes object's buffer; valid while `text` lives. Lone surrogates
+// cannot be encoded and raise.
+std::string_view TextView(const py::handle& text) {
+  if (PyUnicode_Check(text.ptr())) {
+    Py_ssize_t n = 0;
+    const char* p = PyUnicode_AsUTF8AndSize(text.ptr(), &n);
+    if (!p) throw py::error_already_set();
+    return std::string_view(p, static_cast<size_t>(n));
+  }
+  if (PyBytes_Check(text.ptr())) {
+    char* p = nullptr;
+    Py_ssize_t n = 0;
+    if (PyBytes_AsStringAndSize(text.ptr(), &p, &n) != 0) throw py::error_already_set();
+    return std::string_view(p, static_cast<size_t>(n));
   }
   throw py::type_error("text must be str or bytes");
 }
+
+std::string TextFrom(const py::handle& text) { return std::string(TextView(text)); }
+
+// Releasing the GIL costs more than encoding a short line.
+constexpr size_t kReleaseGilAbove = 16 * 1024;
 
 py::str ToStr(const std::string& bytes) {
   PyObject* s = PyUnicode_DecodeUTF8(bytes.data(), bytes.size(), "replace");
@@ -124,8 +138,11 @@ PYBIND11_MODULE(llm_tokenizers, m) {
           "encode",
           [](const PyTokenizer& t, const py::object& text, bool bos, bool eos,
              const py::object& allowed_special) {
-            const std::string s = TextFrom(text);
+            const std::string_view s = TextView(text);
             const SpecialPolicy policy = PolicyFrom(allowed_special);
+            if (s.size() < kReleaseGilAbove) {
+              return IdsTo(Unwrap(t.tok->Encode(s, bos, eos, policy)));
+            }
             Result<std::vector<int>> r = MakeError("");
             {
               py::gil_scoped_release release;

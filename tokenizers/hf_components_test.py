@@ -159,5 +159,47 @@ class HfComponents(unittest.TestCase):
         self.check("normalizers", tok)
 
 
+    def test_unicode_normalizers_and_lowercase(self):
+        # Byte-level BPE is lossless, so decode(encode(x)) is the normalized
+        # text. Our tables come from Python's unicodedata (Unicode 14); HF's
+        # are older, and differ on ~70 compatibility mappings added since.
+        # So: every assigned character must match Python's normalize(), and
+        # every character Unicode 3.2 already had must match HF.
+        import unicodedata
+
+        assigned = [chr(c) for c in range(0x20, 0x30000)
+                    if not 0xD800 <= c <= 0xDFFF and unicodedata.category(chr(c)) != "Cn"]
+        old = [c for c in assigned if unicodedata.ucd_3_2_0.category(c) != "Cn"]
+        chunk = lambda cs: ["".join(cs[i:i + 64]) for i in range(0, len(cs), 64)]
+        extra = corpus.EDGE_CASES + [
+            "e\u0301\u0323 \u1e0b\u0323 \u0071\u0307\u0323 \uac00\u11a8 \u1100\u1161\u11a8",
+            "\ufb01 \u00bd \u210c \u2460 \uff76 \uff9e \u212b \u2126 \u01c5 \u0130 \u03a3\u0391\u03a3 \u1e9e",
+        ]
+        for name, norm in [("NFC", normalizers.NFC()), ("NFD", normalizers.NFD()),
+                           ("NFKC", normalizers.NFKC()), ("NFKD", normalizers.NFKD()),
+                           ("Lowercase", normalizers.Lowercase())]:
+            tok = Tokenizer(models.BPE())
+            tok.normalizer = norm
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = decoders.ByteLevel()
+            tok.train_from_iterator(TRAIN[:200], trainers.BpeTrainer(
+                vocab_size=300, show_progress=False,
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "tokenizer.json")
+                tok.save(path)
+                ours = L.load(path)
+            roundtrip = lambda t: ours.decode(ours.encode(t))
+            bad_hf = [t for t in chunk(old) + extra if roundtrip(t) != norm.normalize_str(t)]
+            self.assertEqual(len(bad_hf), 0, f"{name} vs HF: {bad_hf[:1]}")
+            if name == "Lowercase":
+                python = lambda t: "".join(c.lower() for c in t)
+            else:
+                python = lambda t, f=name: unicodedata.normalize(f, t)
+            bad_py = [t for t in chunk(assigned) + extra if roundtrip(t) != python(t)]
+            self.assertEqual(len(bad_py), 0, f"{name} vs unicodedata: {bad_py[:1]}")
+            self.check(name, tok, TEXTS[:300])
+
+
 if __name__ == "__main__":
     unittest.main()

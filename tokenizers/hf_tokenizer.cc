@@ -19,6 +19,7 @@
 #include "json.h"
 #include "re2/re2.h"
 #include "regex.h"
+#include "unicode.h"
 #include "utf8.h"
 
 namespace tokenizers {
@@ -174,6 +175,18 @@ Result<Normalizer> MakeNormalizer(const Json& j, bool* byte_level) {
   if (type == "ByteLevel") {
     *byte_level = true;
     return Normalizer([](std::string*) {});
+  }
+  const NormalForm forms[] = {NormalForm::kNfc, NormalForm::kNfd,
+                              NormalForm::kNfkc, NormalForm::kNfkd};
+  const char* names[] = {"NFC", "NFD", "NFKC", "NFKD"};
+  for (int k = 0; k < 4; ++k) {
+    if (type == names[k]) {
+      const NormalForm f = forms[k];
+      return Normalizer([f](std::string* s) { *s = Normalize(*s, f); });
+    }
+  }
+  if (type == "Lowercase") {
+    return Normalizer([](std::string* s) { *s = Lowercase(*s); });
   }
   return MakeError("normalizer '" + type + "' is not supported");
 }
