@@ -1,6 +1,9 @@
 #include "tiktoken.h"
 
+#include <algorithm>
+#include <atomic>
 #include <charconv>
+#include <cstring>
 
 namespace tokenizers {
 
@@ -78,6 +81,10 @@ Result<void> Tiktoken::Load(const std::string& path) {
 }
 
 Result<void> Tiktoken::LoadFromString(std::string_view data) {
+  // A fresh id per load: cached merges of an earlier vocabulary (or of a
+  // destroyed tokenizer at the same address) never match.
+  static std::atomic<uint64_t> next_instance{1};
+  instance_ = next_instance.fetch_add(1);
   auto re = CompileRegex(pattern_);
   if (!re.ok()) return MakeError(re.error());
   regex_ = std::move(re).value();
@@ -162,7 +169,33 @@ void Tiktoken::EncodePiece(std::string_view piece,
     return;
   }
   if (piece.size() <= kSmallPiece) {
+    // Words that need merging recur (identifiers, inflections), so their
+    // results are kept in a small per-thread direct-mapped cache.
+    struct Entry {
+      uint64_t owner = 0;
+      uint64_t hash = 0;
+      uint8_t len = 0;
+      uint8_t n_ids = 0;
+      char key[kSmallPiece];
+      int ids[kSmallPiece];
+    };
+    static constexpr size_t kEntries = 2048;
+    thread_local std::vector<Entry> cache(kEntries);
+    const uint64_t h = BytesMap::Hash(piece);
+    Entry& e = cache[h & (kEntries - 1)];
+    if (e.owner == instance_ && e.hash == h && e.len == piece.size() &&
+        std::memcmp(e.key, piece.data(), piece.size()) == 0) {
+      out->insert(out->end(), e.ids, e.ids + e.n_ids);
+      return;
+    }
+    const size_t before = out->size();
     EncodeSmallPiece(piece, out);
+    e.owner = instance_;
+    e.hash = h;
+    e.len = static_cast<uint8_t>(piece.size());
+    e.n_ids = static_cast<uint8_t>(out->size() - before);
+    std::memcpy(e.key, piece.data(), piece.size());
+    std::copy(out->begin() + before, out->end(), e.ids);
     return;
   }
   std::vector<Symbol> syms(piece.size());

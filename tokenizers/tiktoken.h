@@ -51,6 +51,7 @@ class Tiktoken : public Tokenizer {
   void EncodePiece(std::string_view piece, std::vector<int>* out) const;
   void EncodeSmallPiece(std::string_view piece, std::vector<int>* out) const;
 
+  uint64_t instance_ = 0;
   std::string pattern_;
   std::vector<std::string> special_names_;
   std::string bos_name_;
