@@ -177,7 +177,9 @@ class Q4Linear(nn.Module):
         return dequantize(self.qs, self.scales, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.torchchat.q4_linear(x, self.qs, self.scales, self.bias, self.out_features, self.in_features)
+        # The OpOverload, not the packet: skips overload resolution (~1.5 us a call).
+        return torch.ops.torchchat.q4_linear.default(x, self.qs, self.scales, self.bias, self.out_features,
+                                                     self.in_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
