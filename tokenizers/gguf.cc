@@ -1,6 +1,7 @@
 // The tokenizer embedded in a GGUF file (tokenizer.ggml.*), turned into an
 // HF tokenizer.json the way transformers converts it, so that one code path
 // (the HF loader) runs it and WriteTokenizerJson writes the same thing out.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -199,6 +200,219 @@ Json AddedTokenJson(int id, const std::string& content, bool special) {
   return t;
 }
 
+using Metadata = std::map<std::string, Value>;
+
+// Code-point boundaries of a UTF-8 string (Python's str indices).
+std::vector<size_t> CharStarts(const std::string& s) {
+  std::vector<size_t> b;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if ((static_cast<unsigned char>(s[i]) & 0xC0) != 0x80) b.push_back(i);
+  }
+  return b;
+}
+
+// transformers' generate_merges: every split of a token into two tokens of
+// the vocabulary is a merge, ordered by the token's score (best first),
+// then by the lengths of the halves, stably.
+std::vector<std::pair<std::string, std::string>> GenerateMerges(
+    const std::vector<std::string>& toks, const std::vector<double>& scores) {
+  std::map<std::string, int> vocab;  // last index wins, as in a dict
+  for (size_t i = 0; i < toks.size(); ++i) vocab[toks[i]] = static_cast<int>(i);
+  // dict(zip(tokens, scores)): first position, last value.
+  std::vector<std::string> order;
+  std::map<std::string, double> score_of;
+  for (size_t i = 0; i < toks.size(); ++i) {
+    if (score_of.find(toks[i]) == score_of.end()) order.push_back(toks[i]);
+    score_of[toks[i]] = i < scores.size() ? scores[i] : 0.0;
+  }
+  struct M {
+    std::string l, r;
+    double score;
+    size_t len_l, len_r;
+  };
+  std::vector<M> merges;
+  for (const std::string& t : order) {
+    const std::vector<size_t> starts = CharStarts(t);
+    std::vector<M> local;
+    for (size_t k = 1; k < starts.size(); ++k) {
+      std::string l = t.substr(0, starts[k]), r = t.substr(starts[k]);
+      if (vocab.count(l) && vocab.count(r)) {
+        local.push_back({l, r, score_of[t], k, starts.size() - k});
+      }
+    }
+    std::stable_sort(local.begin(), local.end(), [&](const M& a, const M& b) {
+      const int al = vocab[a.l], bl = vocab[b.l];
+      return al != bl ? al < bl : vocab[a.r] < vocab[b.r];
+    });
+    merges.insert(merges.end(), local.begin(), local.end());
+  }
+  std::stable_sort(merges.begin(), merges.end(), [](const M& a, const M& b) {
+    if (a.score != b.score) return a.score > b.score;
+    if (a.len_l != b.len_l) return a.len_l > b.len_l;
+    return a.len_r > b.len_r;
+  });
+  std::vector<std::pair<std::string, std::string>> out;
+  out.reserve(merges.size());
+  for (auto& m : merges) out.emplace_back(std::move(m.l), std::move(m.r));
+  return out;
+}
+
+Json Str(const char* s) { return Json::String(s); }
+
+// A SentencePiece vocabulary in GGUF ("llama"), built the way transformers'
+// LlamaTokenizer does: BPE with byte fallback over "▁"-spelled tokens, a
+// Metaspace pre-tokenizer and the matching decoders.
+Result<Converted> ConvertLlama(const std::string& path, const Metadata& kv) {
+  auto get = [&](const char* k) -> const Value* {
+    auto it = kv.find(k);
+    return it == kv.end() ? nullptr : &it->second;
+  };
+  const Value* tokens = get("tokenizer.ggml.tokens");
+  if (!tokens || tokens->strs.empty()) {
+    return MakeError(path + ": GGUF tokenizer has no tokens");
+  }
+  const auto& toks = tokens->strs;
+  const Value* merges_v = get("tokenizer.ggml.merges");
+  const Value* scores_v = get("tokenizer.ggml.scores");
+  std::vector<std::pair<std::string, std::string>> merges;
+  if (merges_v && !merges_v->strs.empty()) {
+    for (const std::string& m : merges_v->strs) {
+      const size_t sp = m.find(' ');
+      if (sp == std::string::npos) return MakeError(path + ": malformed merge '" + m + "'");
+      merges.emplace_back(m.substr(0, sp), m.substr(sp + 1));
+    }
+  } else {
+    if (!scores_v || scores_v->floats.size() != toks.size()) {
+      return MakeError(path + ": GGUF llama tokenizer has neither merges nor scores");
+    }
+    merges = GenerateMerges(toks, scores_v->floats);
+  }
+  Json vocab = Json::Object();
+  {
+    std::map<std::string, int> last;
+    for (size_t i = 0; i < toks.size(); ++i) last[toks[i]] = static_cast<int>(i);
+    for (size_t i = 0; i < toks.size(); ++i) {
+      auto it = last.find(toks[i]);
+      if (it == last.end()) continue;  // duplicate already written
+      vocab.Set(toks[i], Json::Number(it->second));
+      last.erase(it);
+    }
+  }
+  Json merge_list = Json::Array();
+  for (auto& [l, r] : merges) {
+    Json pair = Json::Array();
+    pair.Push(Json::String(l));
+    pair.Push(Json::String(r));
+    merge_list.Push(std::move(pair));
+  }
+  auto token_at = [&](const char* key) -> std::string {
+    const Value* v = get(key);
+    if (!v || v->i < 0 || static_cast<size_t>(v->i) >= toks.size()) return "";
+    return toks[v->i];
+  };
+  const std::string unk = token_at("tokenizer.ggml.unknown_token_id");
+  const std::string bos = token_at("tokenizer.ggml.bos_token_id");
+  const std::string eos = token_at("tokenizer.ggml.eos_token_id");
+  bool add_prefix = true;
+  if (const Value* v = get("tokenizer.ggml.add_space_prefix")) add_prefix = v->i != 0;
+  bool add_bos = true;  // llama.cpp's default for SentencePiece vocabularies
+  if (const Value* v = get("tokenizer.ggml.add_bos_token")) add_bos = v->i != 0;
+
+  // Added tokens: unk/bos/eos (the wrapper's special tokens), then control
+  // tokens, then user-defined ones (not special), each once.
+  Json added = Json::Array();
+  std::map<std::string, bool> seen;
+  const Value* types = get("tokenizer.ggml.token_type");
+  auto id_of = [&](const std::string& t) {
+    for (size_t i = toks.size(); i-- > 0;) {
+      if (toks[i] == t) return static_cast<int>(i);
+    }
+    return -1;
+  };
+  for (const std::string& t : {unk, bos, eos}) {
+    if (t.empty() || seen[t]) continue;
+    seen[t] = true;
+    added.Push(AddedTokenJson(id_of(t), t, true));
+  }
+  for (int want : {3, 4}) {
+    if (!types) break;
+    for (size_t i = 0; i < toks.size() && i < types->ints.size(); ++i) {
+      if (types->ints[i] != want || seen[toks[i]]) continue;
+      seen[toks[i]] = true;
+      added.Push(AddedTokenJson(static_cast<int>(i), toks[i], want == 3));
+    }
+  }
+
+  Json pre = Json::Object();
+  pre.Set("type", Str("Metaspace"));
+  pre.Set("replacement", Str("\xE2\x96\x81"));
+  pre.Set("prepend_scheme", Str(add_prefix ? "first" : "never"));
+  pre.Set("split", Json::Bool(false));
+
+  Json decoders = Json::Array();
+  {
+    Json r = Json::Object();
+    r.Set("type", Str("Replace"));
+    Json pat = Json::Object();
+    pat.Set("String", Str("\xE2\x96\x81"));
+    r.Set("pattern", std::move(pat));
+    r.Set("content", Str(" "));
+    decoders.Push(std::move(r));
+    Json bf = Json::Object();
+    bf.Set("type", Str("ByteFallback"));
+    decoders.Push(std::move(bf));
+    Json fuse = Json::Object();
+    fuse.Set("type", Str("Fuse"));
+    decoders.Push(std::move(fuse));
+    if (add_prefix) {
+      Json strip = Json::Object();
+      strip.Set("type", Str("Strip"));
+      strip.Set("content", Str(" "));
+      strip.Set("start", Json::Number(1));
+      strip.Set("stop", Json::Number(0));
+      decoders.Push(std::move(strip));
+    }
+  }
+  Json decoder = Json::Object();
+  decoder.Set("type", Str("Sequence"));
+  decoder.Set("decoders", std::move(decoders));
+
+  Json model_j = Json::Object();
+  model_j.Set("type", Str("BPE"));
+  model_j.Set("dropout", Json());
+  model_j.Set("unk_token", Json());
+  model_j.Set("continuing_subword_prefix", Json());
+  model_j.Set("end_of_word_suffix", Json());
+  model_j.Set("fuse_unk", Json::Bool(true));
+  model_j.Set("byte_fallback", Json::Bool(true));
+  model_j.Set("ignore_merges", Json::Bool(false));
+  model_j.Set("vocab", std::move(vocab));
+  model_j.Set("merges", std::move(merge_list));
+
+  Json root = Json::Object();
+  root.Set("version", Str("1.0"));
+  root.Set("truncation", Json());
+  root.Set("padding", Json());
+  root.Set("added_tokens", std::move(added));
+  root.Set("normalizer", Json());
+  root.Set("pre_tokenizer", std::move(pre));
+  root.Set("post_processor", Json());
+  root.Set("decoder", std::move(decoder));
+  root.Set("model", std::move(model_j));
+
+  Json cfg = Json::Object();
+  cfg.Set("tokenizer_class", Str("LlamaTokenizer"));
+  if (!bos.empty()) cfg.Set("bos_token", Json::String(bos));
+  if (!eos.empty()) cfg.Set("eos_token", Json::String(eos));
+  if (!unk.empty()) cfg.Set("unk_token", Json::String(unk));
+  cfg.Set("add_bos_token", Json::Bool(add_bos));
+  cfg.Set("add_prefix_space", Json::Bool(add_prefix));
+  if (const Value* ct = get("tokenizer.chat_template"); ct && ct->type == kString) {
+    cfg.Set("chat_template", Json::String(ct->s));
+  }
+  return Converted{root.Dump(), cfg.Dump()};
+}
+
 Result<Converted> Convert(const std::string& path) {
   auto kv_r = ReadMetadata(path);
   if (!kv_r.ok()) return MakeError(kv_r.error());
@@ -211,9 +425,10 @@ Result<Converted> Convert(const std::string& path) {
   if (!model || model->type != kString) {
     return MakeError(path + ": GGUF file has no tokenizer (tokenizer.ggml.model)");
   }
+  if (model->s == "llama") return ConvertLlama(path, kv);
   if (model->s != "gpt2") {
     return MakeError(path + ": GGUF tokenizer model '" + model->s +
-                     "' is not supported (only gpt2 byte-level BPE)");
+                     "' is not supported (gpt2 and llama are)");
   }
   const Value* tokens = get("tokenizer.ggml.tokens");
   const Value* merges = get("tokenizer.ggml.merges");

@@ -209,6 +209,70 @@ class GgufParity(unittest.TestCase):
         self.assertEqual(again.chat_template, self.ref.chat_template)
 
 
+class GgufLlamaParity(unittest.TestCase):
+    """A SentencePiece vocabulary stored in GGUF (tokenizer.ggml.model =
+    llama, no merges: they are derived from the scores), written here from
+    the sentencepiece test model."""
+
+    @classmethod
+    def setUpClass(cls):
+        import gguf
+        import sentencepiece as spm
+        from transformers import AutoTokenizer
+
+        sp = spm.SentencePieceProcessor(model_file=ARGS["sp_model"])
+        cls.dir = tempfile.mkdtemp()
+        cls.path = os.path.join(cls.dir, "tiny-llama.gguf")
+        w = gguf.GGUFWriter(cls.path, "llama")
+        w.add_context_length(64)
+        w.add_embedding_length(8)
+        w.add_block_count(1)
+        w.add_feed_forward_length(16)
+        w.add_head_count(1)
+        w.add_head_count_kv(1)
+        w.add_layer_norm_rms_eps(1e-5)
+        n = sp.vocab_size()
+        toks = [sp.id_to_piece(i) for i in range(n)] + ["<0x%02X>" % b for b in range(256)]
+        types = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 1 for i in range(n)]
+        w.add_tokenizer_model("llama")
+        w.add_token_list(toks)
+        w.add_token_scores([sp.get_score(i) for i in range(n)] + [0.0] * 256)
+        w.add_token_types(types + [6] * 256)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
+        w.add_chat_template("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        cls.ref = AutoTokenizer.from_pretrained(cls.dir, gguf_file="tiny-llama.gguf")
+        cls.tok = L.from_gguf(cls.path)
+
+    def test_encode_decode(self):
+        self.assertEqual(self.tok.bos_id, 1)
+        self.assertEqual(self.tok.eos_ids, [2])
+        self.assertEqual(self.tok.chat_template, self.ref.chat_template)
+        m = Mismatches(self, "gguf llama")
+        for t in botchan().splitlines(keepends=True)[:2000] + corpus.EDGE_CASES + LINES[:2000]:
+            ids = self.ref.encode(t, add_special_tokens=False)
+            m.check(t, self.tok.encode(t), ids)
+            m.check(t, self.tok.decode(ids), self.ref.decode(ids))
+        m.done()
+
+    def test_written_tokenizer_json(self):
+        from tokenizers import Tokenizer
+
+        with tempfile.TemporaryDirectory() as d:
+            L.write_tokenizer_json(self.path, d)
+            written = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+        m = Mismatches(self, "gguf llama written json")
+        for t in botchan().splitlines(keepends=True)[:500] + corpus.EDGE_CASES:
+            m.check(t, written.encode(t, add_special_tokens=False).ids,
+                    self.ref.encode(t, add_special_tokens=False))
+        m.done()
+
+
 class SentencePieceParity(unittest.TestCase):
     def test_models(self):
         import sentencepiece as spm
