@@ -5,6 +5,7 @@ import os
 import subprocess
 import tempfile
 import unittest
+import zipfile
 
 import numpy as np
 import torch
@@ -34,14 +35,25 @@ def layer(n, k, seed, bias):
 
 
 class AotiQ4Test(unittest.TestCase):
-    def test_package_runs_in_python_and_cpp(self):
+    def test_proxy_executor_package_runs_in_python_and_cpp(self):
+        self.check_package({}, expect_shim=False)
+
+    def test_c_shim_package_runs_in_python_and_cpp(self):
+        self.check_package(q4.aoti_c_shim_configs(), expect_shim=True)
+
+    def check_package(self, configs, expect_shim):
         model = torch.nn.Sequential(layer(96, 64, 0, True), torch.nn.SiLU(), layer(40, 96, 1, False)).eval()
         x = torch.randn(5, 64)
         want = model(x)
         rows = torch.export.Dim("rows", min=1, max=64)
         ep = torch.export.export(model, (x,), dynamic_shapes=({0: rows},))
         with tempfile.TemporaryDirectory() as tmp:
-            pkg = torch._inductor.aoti_compile_and_package(ep, package_path=os.path.join(tmp, "q4.pt2"))
+            pkg = torch._inductor.aoti_compile_and_package(
+                ep, package_path=os.path.join(tmp, "q4.pt2"), inductor_configs=configs)
+            with zipfile.ZipFile(pkg) as z:
+                src = "".join(z.read(f).decode() for f in z.namelist() if f.endswith("wrapper.cpp"))
+            self.assertEqual("aoti_torch_cpu_q4_linear(" in src, expect_shim)
+            self.assertEqual("proxy_executor_call_function" in src, not expect_shim)
             runner = torch._inductor.aoti_load_package(pkg)
             torch.testing.assert_close(runner(x), want, rtol=1e-5, atol=1e-5)
             x3 = torch.randn(3, 64)

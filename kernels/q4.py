@@ -15,6 +15,7 @@ implementations, so torch.export and AOTInductor can trace the op.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
@@ -46,6 +47,9 @@ def load_library() -> None:
     path = library_path()
     if not path.is_file():
         raise Q4Error(f"torchchat q4 op library not found: {path} (build //kernels:{LIB_NAME})")
+    # RTLD_GLOBAL first: an AOTInductor model built with aoti_c_shim_configs()
+    # resolves aoti_torch_cpu_q4_linear from the global scope when loaded.
+    ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL)
     torch.ops.load_library(str(path))
 
 
@@ -55,6 +59,23 @@ load_library()
 @torch.library.register_fake("torchchat::q4_linear")
 def _q4_linear_fake(x, qs, scales, bias, n, k):
     return x.new_empty((*x.shape[:-1], n))
+
+
+# The C shim in torch_ops.cc; the name is what Inductor derives for the op.
+C_SHIM_DECL = (
+    "AOTITorchError aoti_torch_cpu_q4_linear(AtenTensorHandle x, AtenTensorHandle qs, "
+    "AtenTensorHandle scales, AtenTensorHandle* bias, int64_t n, int64_t k, AtenTensorHandle* ret0)"
+)
+
+
+def aoti_c_shim_configs() -> dict:
+    """inductor_configs for aoti_compile_and_package: call the op through its C
+    shim instead of the proxy executor (no per-call boxing). The package then
+    needs the symbol aoti_torch_cpu_q4_linear in the global scope when it is
+    loaded: this module provides it in Python; a C++ runner links :torch_ops
+    with -Wl,--export-dynamic-symbol=aoti_torch_cpu_q4_linear (see
+    //kernels:aoti_q4_run)."""
+    return {"aot_inductor.custom_ops_to_c_shims": {torch.ops.torchchat.q4_linear.default: [C_SHIM_DECL]}}
 
 
 def num_blocks(k: int) -> int:

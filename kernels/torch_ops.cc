@@ -8,6 +8,7 @@
 // x: float32 [..., k] (other float dtypes are computed in fp32 and cast
 // back); qs: uint8 [n, nb*16]; scales: float16 [n, 2*nb] (see q4_linear.h).
 #include <ATen/Parallel.h>
+#include <torch/csrc/inductor/aoti_torch/utils.h>
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
@@ -61,6 +62,8 @@ std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
   return s;
 }
 
+}  // namespace
+
 at::Tensor q4_linear_op(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
                         const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
   check_args(x, qs, scales, bias, n, k);
@@ -68,6 +71,8 @@ at::Tensor q4_linear_op(const at::Tensor& x, const at::Tensor& qs, const at::Ten
   run(x, qs, scales, bias, n, k, out);
   return out;
 }
+
+namespace {
 
 at::Tensor& q4_linear_out(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
                           const c10::optional<at::Tensor>& bias, int64_t n, int64_t k, at::Tensor& out) {
@@ -92,3 +97,22 @@ TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
 }
 
 }  // namespace torchchat::kernels
+
+// C shim for AOTInductor: with
+//   torch._inductor.config.aot_inductor.custom_ops_to_c_shims =
+//       {torch.ops.torchchat.q4_linear.default: [kernels.q4.C_SHIM_DECL]}
+// the generated model calls this function directly instead of going through
+// the proxy executor (which boxes every argument through the dispatcher on
+// each call). Inductor derives the name: aoti_torch_<device>_<op name>.
+extern "C" __attribute__((visibility("default"))) AOTITorchError aoti_torch_cpu_q4_linear(
+    AtenTensorHandle x, AtenTensorHandle qs, AtenTensorHandle scales, AtenTensorHandle* bias, int64_t n, int64_t k,
+    AtenTensorHandle* ret0) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    using torch::aot_inductor::tensor_handle_to_tensor_pointer;
+    const c10::optional<at::Tensor> b = torch::aot_inductor::pointer_to_optional<at::Tensor>(bias);
+    at::Tensor y = torchchat::kernels::q4_linear_op(*tensor_handle_to_tensor_pointer(x),
+                                                    *tensor_handle_to_tensor_pointer(qs),
+                                                    *tensor_handle_to_tensor_pointer(scales), b, n, k);
+    *ret0 = torch::aot_inductor::new_tensor_handle(std::move(y));
+  });
+}
