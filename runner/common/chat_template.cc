@@ -209,12 +209,18 @@ struct Stmt;
 struct Scope;
 using ValueList = std::vector<Value>;
 
+// Containers record how deeply they nest, so that a template cannot build a
+// structure deep enough to overflow the stack when printed or destroyed.
+constexpr int kMaxNesting = 256;
+
 struct ListData {
   std::vector<Value> items;
   bool tuple = false;
+  int depth = 1;
 };
 struct DictData {
   std::vector<std::pair<Value, Value>> items;
+  int depth = 1;
 };
 struct Macro;
 struct Builtin;
@@ -253,6 +259,10 @@ struct Value {
     v.list = std::make_shared<ListData>();
     v.list->items = std::move(items);
     v.list->tuple = tuple;
+    for (const Value& x : v.list->items) {
+      v.list->depth = std::max(v.list->depth, 1 + x.depth());
+    }
+    if (v.list->depth > kMaxNesting) Fail("value nested too deeply");
     return v;
   }
   static Value Dict(T kind = T::kDict) {
@@ -262,6 +272,9 @@ struct Value {
     return v;
   }
 
+  int depth() const {
+    return list ? list->depth : dict ? dict->depth : 0;
+  }
   bool undefined() const { return t == T::kUndefined; }
   bool none() const { return t == T::kNone; }
   bool is_str() const { return t == T::kString; }
@@ -390,6 +403,43 @@ std::string StrRepr(const std::string& s) {
 
 std::string Repr(const Value& v);
 
+// The running render's step budget, which recursive work on values (repr,
+// comparison, JSON) also draws on: values can share sub-values, so their
+// unfolded size can be exponential in the work that built them.
+struct StepBudget {
+  int64_t steps = 0;
+  int64_t max_steps = 0;
+  int64_t max_bytes = 0;
+  void CheckSize(size_t n) const {
+    if (static_cast<int64_t>(n) > max_bytes) {
+      Fail("output exceeds " + std::to_string(max_bytes) + " bytes");
+    }
+  }
+  void Step() {
+    if (++steps > max_steps) {
+      Fail("template exceeded " + std::to_string(max_steps) +
+           " steps (runaway loop?)");
+    }
+  }
+};
+thread_local StepBudget* g_budget = nullptr;
+
+// Bounds recursion through values and charges it to the step budget.
+struct NestGuard {
+  static int& Depth() {
+    static thread_local int depth = 0;
+    return depth;
+  }
+  NestGuard() {
+    if (g_budget) g_budget->Step();
+    if (++Depth() > kMaxNesting + 8) {
+      --Depth();
+      Fail("value nested too deeply");
+    }
+  }
+  ~NestGuard() { --Depth(); }
+};
+
 // Python's str(): what {{ value }} prints.
 std::string Str(const Value& v) {
   switch (v.t) {
@@ -404,6 +454,7 @@ std::string Str(const Value& v) {
 }
 
 std::string Repr(const Value& v) {
+  NestGuard guard;
   switch (v.t) {
     case Value::T::kString: return StrRepr(v.s);
     case Value::T::kList: {
@@ -412,6 +463,7 @@ std::string Repr(const Value& v) {
       for (size_t k = 0; k < items.size(); ++k) {
         if (k) out += ", ";
         out += Repr(items[k]);
+        if (g_budget) g_budget->CheckSize(out.size());
       }
       if (v.list->tuple && items.size() == 1) out += ",";
       out += v.list->tuple ? ")" : "]";
@@ -425,6 +477,7 @@ std::string Repr(const Value& v) {
         if (!first) out += ", ";
         first = false;
         out += Repr(k) + ": " + Repr(x);
+        if (g_budget) g_budget->CheckSize(out.size());
       }
       return out + (v.t == Value::T::kNamespace ? "}>" : "}");
     }
@@ -436,6 +489,10 @@ std::string Repr(const Value& v) {
 }
 
 bool Equal(const Value& a, const Value& b) {
+  NestGuard guard;
+  if (a.t == b.t && ((a.list && a.list == b.list) || (a.dict && a.dict == b.dict))) {
+    return true;  // as Python's identity shortcut
+  }
   if (a.is_num() && b.is_num()) {
     if (a.t == Value::T::kFloat || b.t == Value::T::kFloat) {
       return a.as_float() == b.as_float();
@@ -478,6 +535,7 @@ bool Equal(const Value& a, const Value& b) {
 
 // Python's <; -1, 0, 1. Mixed types are a TypeError, as in Python.
 int Compare(const Value& a, const Value& b, const char* op) {
+  NestGuard guard;
   if (a.undefined()) FailUndefined(a);
   if (b.undefined()) FailUndefined(b);
   if (a.is_num() && b.is_num()) {
@@ -513,6 +571,8 @@ const Value* DictFind(const DictData& d, const Value& key) {
 }
 
 void DictSet(DictData* d, const Value& key, Value value) {
+  d->depth = std::max(d->depth, 1 + value.depth());
+  if (d->depth > kMaxNesting) Fail("value nested too deeply");
   for (auto& [k, v] : d->items) {
     if (Equal(k, key)) {
       v = std::move(value);
@@ -599,6 +659,7 @@ void JsonString(const std::string& s, bool ensure_ascii, std::string* out) {
 }
 
 void JsonDump(const Value& v, const JsonStyle& st, int depth, std::string* out) {
+  NestGuard guard;
   if (depth > 200) Fail("tojson: value nested too deeply");
   auto newline = [&](int d) {
     if (!st.indent_set) return;
@@ -623,6 +684,7 @@ void JsonDump(const Value& v, const JsonStyle& st, int depth, std::string* out) 
         if (k) *out += st.item_sep;
         newline(depth + 1);
         JsonDump(items[k], st, depth + 1, out);
+        if (g_budget) g_budget->CheckSize(out->size());
       }
       newline(depth);
       out->push_back(']');
@@ -2244,10 +2306,38 @@ bool Contains(const Value& container, const Value& x) {
   }
 }
 
+// Whether `target` can be reached from `v` (shared containers visited once).
+bool Reaches(const Value& v, const DictData* target) {
+  std::vector<const Value*> stack{&v};
+  std::vector<const void*> seen;
+  while (!stack.empty()) {
+    const Value* x = stack.back();
+    stack.pop_back();
+    const void* id = x->list ? static_cast<const void*>(x->list.get())
+                             : static_cast<const void*>(x->dict.get());
+    if (!id) continue;
+    if (id == target) return true;
+    if (std::find(seen.begin(), seen.end(), id) != seen.end()) continue;
+    seen.push_back(id);
+    if (x->list) {
+      for (const Value& y : x->list->items) stack.push_back(&y);
+    } else {
+      for (const auto& kv : x->dict->items) stack.push_back(&kv.second);
+    }
+  }
+  return false;
+}
+
 class Interp {
  public:
-  Interp(const ChatTemplateOptions& opt) : opt_(opt) {}
+  explicit Interp(const ChatTemplateOptions& opt) : opt_(opt) {
+    budget_.max_steps = opt.max_steps;
+    budget_.max_bytes = opt.max_output_bytes;
+    outer_budget_ = g_budget;
+    g_budget = &budget_;
+  }
   ~Interp() {
+    g_budget = outer_budget_;
     // Macros hold their defining scope, which holds them: break the cycles.
     for (auto& w : macro_scopes_) {
       if (auto s = w.lock()) s->vars.clear();
@@ -2279,12 +2369,7 @@ class Interp {
     }
   }
 
-  void Step() {
-    if (++steps_ > opt_.max_steps) {
-      Fail("template exceeded " + std::to_string(opt_.max_steps) +
-           " steps (runaway loop?)");
-    }
-  }
+  void Step() { budget_.Step(); }
 
   void CheckSize(size_t n) const {
     if (static_cast<int64_t>(n) > opt_.max_output_bytes) {
@@ -2318,6 +2403,10 @@ class Interp {
           if (st.attr[0] == '_') {
             Fail("cannot store underscore-prefixed attribute '" + st.attr +
                  "' on a namespace");
+          }
+          if (Reaches(v, ns->dict.get())) {
+            // Python allows it, but a cycle would outlive the render.
+            Fail("cannot store a namespace inside itself");
           }
           DictSet(ns->dict.get(), Value::Str(st.attr), std::move(v));
         } else {
@@ -3003,7 +3092,8 @@ class Interp {
   }
 
   const ChatTemplateOptions& opt_;
-  int64_t steps_ = 0;
+  StepBudget budget_;
+  StepBudget* outer_budget_ = nullptr;
   int call_depth_ = 0;
   std::vector<std::weak_ptr<Scope>> macro_scopes_;
 };

@@ -334,6 +334,13 @@ TEST(ChatTemplateTest, RunawayTemplatesEndWithErrors) {
   EXPECT_TRUE(StartsWith(R("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}"),
                          "PARSE ERROR:"));
   EXPECT_TRUE(StartsWith(R("{{ " + std::string(5000, '-') + "1 }}"), "PARSE ERROR:"));
+  // Values cannot nest without bound, nor contain themselves.
+  EXPECT_TRUE(StartsWith(
+      R("{% set ns = namespace(x=[]) %}{% for i in range(100000) %}"
+        "{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}"),
+      "ERROR: chat template: line 1: value nested too deeply"));
+  EXPECT_EQ(R("{% set ns = namespace(x=1) %}{% set ns.me = [ns] %}"),
+            "ERROR: chat template: line 1: cannot store a namespace inside itself");
   std::string nested;
   for (int i = 0; i < 1000; ++i) nested += "{% if true %}";
   EXPECT_TRUE(StartsWith(R(nested), "PARSE ERROR:"));
