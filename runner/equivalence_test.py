@@ -96,6 +96,40 @@ class EquivalenceTest(unittest.TestCase):
         self.assertGreater(s["peak_rss_bytes"], 0)
 
 
+class ChatTest(unittest.TestCase):
+    def test_two_turns_on_stdin(self):
+        for binary, model in ((AOTI_RUN, ART / "model.pt2"), (ET_RUN, ART / "model.pte")):
+            p = subprocess.run(
+                [str(binary), str(model), "-m", "chat", "-y", "You are terse.", "-n", "8", "-t", "0"],
+                input="Hello there\nAnd again\n/exit\n", capture_output=True, text=True,
+                timeout=300)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            # One stats line per answered turn, and each turn's reply printed.
+            self.assertEqual(p.stderr.count("decode "), 2, p.stderr)
+            self.assertEqual(len(p.stdout.strip("\n").split("\n")) >= 2, True, p.stdout)
+
+    def test_long_conversation_forgets_oldest_turns(self):
+        turns = "".join(f"Tell me about the fox number {i}\n" for i in range(6))
+        p = subprocess.run([str(ET_RUN), str(ART / "model.pte"), "-m", "chat", "-n", "6", "-t", "0"],
+                           input=turns, capture_output=True, text=True, timeout=300)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("forgot the oldest turn", p.stderr)
+        self.assertEqual(p.stderr.count("decode "), 6, p.stderr)
+
+    def test_chat_turns_use_the_template(self):
+        # The tiny tokenizer's template renders "role: content" lines; the
+        # second turn's prompt holds the first exchange, so it is longer.
+        p = subprocess.run(
+            [str(ET_RUN), str(ART / "model.pte"), "-m", "chat", "-n", "4", "-t", "0",
+             "--stats-json", os.devnull],
+            input="Hello\nHello\n", capture_output=True, text=True, timeout=300)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        prompts = [int(l.split("prefill ")[1].split(" ")[0]) for l in p.stderr.splitlines()
+                   if "prefill " in l]
+        self.assertEqual(len(prompts), 2, p.stderr)
+        self.assertGreater(prompts[1], prompts[0] + 4)
+
+
 class ErrorTest(unittest.TestCase):
     """Each bad input gets one clear line and a non-zero exit, no crash."""
 

@@ -1,5 +1,6 @@
 #include "runner/common/main.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -101,6 +102,19 @@ int Chat(const std::string& program, const RunnerOptions& o,
     messages.push_back({"user", line});
     auto prompt = tmpl->Render(messages, /*add_generation_prompt=*/true, bos, eos);
     if (!prompt.ok()) return Fail(program, "chat template: " + prompt.error());
+    // When the conversation outgrows the context, forget the oldest
+    // exchanges (never the system prompt or the new question).
+    const size_t first_turn = o.system_prompt.empty() ? 0 : 1;
+    const int64_t room = runner.max_seq_len() - std::min<int64_t>(config.max_new_tokens, 16);
+    while (messages.size() > first_turn + 1) {
+      auto ids = tokenizer.Encode(*prompt);
+      if (!ids.ok() || static_cast<int64_t>(ids->size()) <= room) break;
+      const size_t drop = messages.size() - first_turn >= 3 ? 2 : 1;
+      messages.erase(messages.begin() + first_turn, messages.begin() + first_turn + drop);
+      std::fprintf(stderr, "(forgot the oldest turn to fit the context)\n");
+      prompt = tmpl->Render(messages, /*add_generation_prompt=*/true, bos, eos);
+      if (!prompt.ok()) return Fail(program, "chat template: " + prompt.error());
+    }
     std::string reply;
     auto ids = runner.Generate(*prompt, config, [&](const std::string& text) {
       reply += text;

@@ -7,8 +7,8 @@
 
 namespace torchchat {
 
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
+double NowMs() {
+  return std::chrono::duration<double, std::milli>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
@@ -20,13 +20,13 @@ int64_t PeakRssBytes() {
 }
 
 double Stats::prefill_tok_s() const {
-  const int64_t ms = prompt_eval_end_ms - inference_start_ms;
+  const double ms = prompt_eval_end_ms - inference_start_ms;
   return ms > 0 ? num_prompt_tokens * 1e3 / ms : 0.0;
 }
 
 double Stats::decode_tok_s() const {
   // The first generated token comes from prefill; decode covers the rest.
-  const int64_t ms = inference_end_ms - first_token_ms;
+  const double ms = inference_end_ms - first_token_ms;
   const int64_t n = num_generated_tokens - 1;
   return (ms > 0 && n > 0) ? n * 1e3 / ms : 0.0;
 }
@@ -46,18 +46,14 @@ std::string Stats::ToJson() const {
   char buf[768];
   std::snprintf(
       buf, sizeof(buf),
-      "{\"model_load_start_ms\": %lld, \"model_load_end_ms\": %lld, "
-      "\"inference_start_ms\": %lld, \"prompt_eval_end_ms\": %lld, "
-      "\"first_token_ms\": %lld, \"inference_end_ms\": %lld, "
+      "{\"model_load_start_ms\": %.3f, \"model_load_end_ms\": %.3f, "
+      "\"inference_start_ms\": %.3f, \"prompt_eval_end_ms\": %.3f, "
+      "\"first_token_ms\": %.3f, \"inference_end_ms\": %.3f, "
       "\"num_prompt_tokens\": %lld, \"num_generated_tokens\": %lld, "
       "\"peak_rss_bytes\": %lld, \"ttft_s\": %.6f, \"prefill_tok_s\": %.3f, "
       "\"decode_tok_s\": %.3f}",
-      static_cast<long long>(model_load_start_ms),
-      static_cast<long long>(model_load_end_ms),
-      static_cast<long long>(inference_start_ms),
-      static_cast<long long>(prompt_eval_end_ms),
-      static_cast<long long>(first_token_ms),
-      static_cast<long long>(inference_end_ms),
+      model_load_start_ms, model_load_end_ms, inference_start_ms,
+      prompt_eval_end_ms, first_token_ms, inference_end_ms,
       static_cast<long long>(num_prompt_tokens),
       static_cast<long long>(num_generated_tokens),
       static_cast<long long>(peak_rss_bytes), ttft_s(), prefill_tok_s(),

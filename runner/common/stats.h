@@ -9,13 +9,14 @@
 namespace torchchat {
 
 struct Stats {
-  // Milliseconds since an arbitrary epoch (steady clock).
-  int64_t model_load_start_ms = 0;
-  int64_t model_load_end_ms = 0;
-  int64_t inference_start_ms = 0;
-  int64_t prompt_eval_end_ms = 0;
-  int64_t first_token_ms = 0;
-  int64_t inference_end_ms = 0;
+  // Milliseconds since an arbitrary epoch (steady clock), with a fraction:
+  // a small model decodes a token in well under a millisecond.
+  double model_load_start_ms = 0;
+  double model_load_end_ms = 0;
+  double inference_start_ms = 0;
+  double prompt_eval_end_ms = 0;
+  double first_token_ms = 0;
+  double inference_end_ms = 0;
   int64_t num_prompt_tokens = 0;
   int64_t num_generated_tokens = 0;
   int64_t peak_rss_bytes = 0;
@@ -30,7 +31,7 @@ struct Stats {
   std::string ToJson() const;
 };
 
-int64_t NowMs();
+double NowMs();
 int64_t PeakRssBytes();
 
 }  // namespace torchchat

@@ -48,6 +48,7 @@ class TextLLMRunner {
 
   // Positions used so far (the next call's natural start_pos).
   int64_t position() const { return pos_; }
+  int64_t max_seq_len() const { return model_->metadata().max_seq_len; }
 
  private:
   Result<const float*> Prefill(const std::vector<int64_t>& tokens,
