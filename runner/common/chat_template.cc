@@ -1310,6 +1310,9 @@ struct Expr {
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
   std::vector<std::string> ops;  // kCompare
   bool negated = false;          // kTest: `is not`
+  // A filter or test this engine lacks: evaluating it is an error (jinja2
+  // too reports some unknown names only when they run; see Parser).
+  std::string runtime_error;
 };
 
 struct Stmt;
@@ -1339,6 +1342,8 @@ struct Macro {
 
 bool KnownFilter(const std::string& name);
 bool KnownTest(const std::string& name);
+bool JinjaFilter(const std::string& name);
+bool JinjaTest(const std::string& name);
 
 class Parser {
  public:
@@ -1348,6 +1353,9 @@ class Parser {
   Body ParseTemplate() {
     std::string end;
     Body body = ParseBody({}, &end);
+    if (!hard_unknowns_.empty()) {
+      lexer_.Error(hard_unknowns_[0].first, hard_unknowns_[0].second);
+    }
     return body;
   }
 
@@ -1469,6 +1477,7 @@ class Parser {
     Next();
     std::string end;
     if (name == "if") {
+      SoftScope soft(this, true);
       s->kind = Stmt::K::kIf;
       s->expr = ParseTuple(false);
       ExpectBlockEnd();
@@ -1496,6 +1505,7 @@ class Parser {
       if (!IsName("in")) Error("expected 'in', got " + Describe(Cur()));
       Next();
       s->expr = ParseTuple(false, /*no_cond=*/true);
+      SoftScope loop_frame(this, false);
       if (IsName("if")) {
         Next();
         s->cond = ParseExpression();
@@ -1507,6 +1517,7 @@ class Parser {
       --loop_depth_;
       if (end == "else") {
         ExpectBlockEnd();
+        SoftScope outer_frame(this, loop_frame.outer);
         s->else_body = ParseBody({"endfor"}, &end);
       }
       ExpectBlockEnd();
@@ -1534,6 +1545,7 @@ class Parser {
           ExpectBlockEnd();
         } else {
           if (s->targets.size() != 1) Error("expected '='");
+          SoftScope frame(this, false);
           s->kind = Stmt::K::kSetBlock;
           if (IsOp("|")) s->filter = ParseFilterChain();
           ExpectBlockEnd();
@@ -1542,6 +1554,7 @@ class Parser {
         }
       }
     } else if (name == "macro") {
+      SoftScope frame(this, false);
       s->kind = Stmt::K::kMacro;
       s->text = ExpectName();
       ExpectOp("(");
@@ -1569,6 +1582,7 @@ class Parser {
       s->kind = name == "break" ? Stmt::K::kBreak : Stmt::K::kContinue;
       ExpectBlockEnd();
     } else if (name == "with") {
+      SoftScope frame(this, false);
       s->kind = Stmt::K::kWith;
       while (Cur().type == Tok::kName) {
         std::string p = ExpectName();
@@ -1581,6 +1595,7 @@ class Parser {
       s->body = ParseBody({"endwith"}, &end);
       ExpectBlockEnd();
     } else if (name == "filter") {
+      SoftScope frame(this, false);
       s->kind = Stmt::K::kFilterBlock;
       pos_--;  // ParseFilterChain starts at a '|'; a filter block has none
       s->filter = ParseFilterChain(/*first_without_pipe=*/true);
@@ -1656,8 +1671,13 @@ class Parser {
 
   ExprPtr ParseExpression() {
     DepthGuard guard(this);
+    size_t mark = hard_unknowns_.size();
     ExprPtr e = ParseOr();
     while (IsName("if")) {
+      // jinja2 compiles a conditional expression in a soft frame, so unknown
+      // names anywhere in it only fail when evaluated.
+      hard_unknowns_.resize(std::min(mark, hard_unknowns_.size()));
+      SoftScope soft(this, true);
       Next();
       ExprPtr c = Make(Expr::K::kCond);
       c->args.push_back(ParseOr());  // condition
@@ -1987,8 +2007,9 @@ class Parser {
 
   ExprPtr ParseFilter(ExprPtr input) {
     ExprPtr n = Make(Expr::K::kFilter);
+    size_t pos = Cur().pos;
     n->name = DottedName();
-    if (!KnownFilter(n->name)) Error("no filter named '" + n->name + "'");
+    CheckName(n.get(), pos, "filter", KnownFilter(n->name), JinjaFilter(n->name));
     n->args.push_back(std::move(input));
     if (IsOp("(")) ParseArgs(n.get());
     return n;
@@ -2006,8 +2027,9 @@ class Parser {
           n->negated = true;
           Next();
         }
+        size_t pos = Cur().pos;
         n->name = DottedName();
-        if (!KnownTest(n->name)) Error("no test named '" + n->name + "'");
+        CheckName(n.get(), pos, "test", KnownTest(n->name), JinjaTest(n->name));
         n->args.push_back(std::move(node));
         if (IsOp("(")) {
           ParseArgs(n.get());
@@ -2027,9 +2049,34 @@ class Parser {
     }
   }
 
+  // jinja2 rejects an unknown filter or test when it compiles the template,
+  // except inside an if statement or conditional expression ("soft" frames),
+  // where the error waits until the name is evaluated. Filters and tests
+  // that jinja2 has but this engine lacks always wait: a template may use
+  // one in a branch that never runs.
+  void CheckName(Expr* n, size_t pos, const char* kind, bool ours, bool jinja) {
+    if (ours) return;
+    if (jinja) {
+      n->runtime_error = std::string(kind) + " '" + n->name +
+                         "' is not supported by this engine";
+      return;
+    }
+    n->runtime_error = std::string("no ") + kind + " named '" + n->name + "'";
+    if (!soft_) hard_unknowns_.emplace_back(pos, n->runtime_error);
+  }
+
+  struct SoftScope {
+    SoftScope(Parser* p, bool soft) : p(p), outer(p->soft_) { p->soft_ = soft; }
+    ~SoftScope() { p->soft_ = outer; }
+    Parser* p;
+    bool outer;
+  };
+
   std::vector<Token> toks_;
   const Lexer& lexer_;
   size_t pos_ = 0;
+  bool soft_ = false;
+  std::vector<std::pair<size_t, std::string>> hard_unknowns_;
   int depth_ = 0;
   int loop_depth_ = 0;
   friend struct DepthGuard;
@@ -2575,10 +2622,12 @@ class Interp {
       case Expr::K::kCall: return EvalCall(e, scope);
       case Expr::K::kFilter: {
         Value in = Eval(*e.args[0], scope);
+        if (!e.runtime_error.empty()) Fail(e.runtime_error);
         return ApplyFilter(e, std::move(in), scope);
       }
       case Expr::K::kTest: {
         Value in = Eval(*e.args[0], scope);
+        if (!e.runtime_error.empty()) Fail(e.runtime_error);
         std::vector<Value> args;
         for (size_t k = 1; k < e.args.size(); ++k) {
           args.push_back(Eval(*e.args[k], scope));
@@ -3107,10 +3156,23 @@ const char* const kFilters[] = {
     "upper", "wordcount"};
 const char* const kTests[] = {
     "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "==",
-    "escaped", "even", "false", "float", "ge", ">=", "gt", "greaterthan", ">",
+    "escaped", "even", "false", "filter", "float", "ge", ">=", "gt", "greaterthan", ">",
     "in", "integer", "iterable", "le", "<=", "lower", "lt", "lessthan", "<",
     "mapping", "ne", "!=", "none", "number", "odd", "sameas", "sequence",
-    "string", "true", "undefined", "upper"};
+    "string", "test", "true", "undefined", "upper"};
+
+// Everything jinja2 3.1 itself provides.
+const char* const kJinjaOnlyFilters[] = {
+    "filesizeformat", "groupby", "pprint", "random", "slice", "striptags",
+    "truncate", "urlencode", "urlize", "wordwrap", "xmlattr"};
+
+bool JinjaFilter(const std::string& name) {
+  for (const char* f : kJinjaOnlyFilters) {
+    if (name == f) return true;
+  }
+  return KnownFilter(name);
+}
+bool JinjaTest(const std::string& name) { return KnownTest(name); }
 
 bool KnownFilter(const std::string& name) {
   for (const char* f : kFilters) {
@@ -3147,6 +3209,8 @@ bool Interp::ApplyTest(const std::string& name, const Value& v,
   }
   if (name == "callable") return v.t == T::kBuiltin || v.t == T::kMacro;
   if (name == "escaped") return false;
+  if (name == "filter") return v.is_str() && JinjaFilter(v.s);
+  if (name == "test") return v.is_str() && JinjaTest(v.s);
   if (name == "lower" || name == "upper") {
     std::string s = Str(v);
     std::vector<Value> none;

@@ -314,6 +314,20 @@ TEST(ChatTemplateTest, ParseErrors) {
   }
 }
 
+TEST(ChatTemplateTest, UnknownNamesInBranchesFailOnlyWhenRun) {
+  EXPECT_EQ(R("{% if false %}{{ x | nosuch }}{% endif %}ok"), "ok");
+  EXPECT_EQ(R("{% if true %}{{ 1 | nosuch }}{% endif %}"),
+            "ERROR: chat template: line 1: no filter named 'nosuch'");
+  EXPECT_TRUE(StartsWith(R("{% if true %}{% for i in [1] %}{{ i | nosuch }}"
+                           "{% endfor %}{% endif %}"),
+                         "PARSE ERROR: chat template: line 1, column 48"));
+  // jinja2 filters this engine lacks fail only if they run.
+  EXPECT_EQ(R("{% set n = 1 %}{{ 'x' | truncate(2) if n > 1 else 'short' }}"), "short");
+  EXPECT_EQ(R("{{ 'xyz' | truncate(2) }}"),
+            "ERROR: chat template: line 1: filter 'truncate' is not supported by "
+            "this engine");
+}
+
 TEST(ChatTemplateTest, RunawayTemplatesEndWithErrors) {
   ChatTemplateOptions opt;
   opt.max_steps = 100000;

@@ -31,8 +31,15 @@ bool ReadFile(const std::string& path, std::string* out) {
   return static_cast<bool>(f) || f.eof();
 }
 
+// One line on stderr: a raise_exception() message may hold newlines.
 int Die(const std::string& msg) {
-  std::fprintf(stderr, "render_chat_template: %s\n", msg.c_str());
+  std::string line;
+  for (char c : msg) {
+    if (c == '\n') line += "\\n";
+    else if (c == '\r') line += "\\r";
+    else line.push_back(c);
+  }
+  std::fprintf(stderr, "render_chat_template: %s\n", line.c_str());
   return 1;
 }
 
