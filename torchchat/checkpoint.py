@@ -1,0 +1,369 @@
+"""Checkpoint loading: GGUF, HF safetensors and Meta consolidated .pth.
+
+Every loader returns a `Checkpoint`: a `ModelConfig` plus a state dict in
+Meta names and Meta RoPE layout (what `torchchat.model` consumes), and for
+GGUF the raw 4-bit blocks so a quantized linear can keep its exact values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from torchchat.model import ConfigError, ModelConfig, build_model, fold_multipliers
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+@dataclass
+class GGUFQuantized:
+    """Raw blocks of one GGUF tensor (rows x bytes), kept for exact int4 use."""
+
+    qtype: str  # "Q4_0" or "Q4_1"
+    blocks: np.ndarray
+    shape: Tuple[int, int]
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    state_dict: Dict[str, torch.Tensor]
+    path: Path
+    format: str  # "gguf", "hf", "meta"
+    tokenizer_path: Optional[Path] = None
+    chat_template: Optional[str] = None
+    gguf_quantized: Dict[str, GGUFQuantized] = field(default_factory=dict)
+    rope_freq_factors: Optional[torch.Tensor] = None
+    bos_id: Optional[int] = None
+    eos_ids: Tuple[int, ...] = ()
+
+
+def load_checkpoint(path: os.PathLike | str) -> Checkpoint:
+    """Loads a .gguf file, an HF directory or a Meta directory/.pth."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        if p.is_file() and p.suffix == ".gguf":
+            return load_gguf(p)
+        d = p if p.is_dir() else p.parent
+        if (d / "config.json").exists() and any(d.glob("*.safetensors")):
+            return load_hf(d)
+        if (d / "params.json").exists():
+            return load_meta(p)
+        if p.is_dir() and len(list(p.glob("*.gguf"))) == 1:
+            return load_gguf(next(p.glob("*.gguf")))
+    except (CheckpointError, ConfigError):
+        raise
+    except (KeyError, ValueError, OSError, RuntimeError, IndexError, EOFError) as e:
+        raise CheckpointError(f"cannot read checkpoint {p}: {type(e).__name__}: {e}") from e
+    raise CheckpointError(
+        f"{p} is not a recognised checkpoint (a .gguf file, a directory with "
+        "config.json + *.safetensors, or consolidated.*.pth + params.json)"
+    )
+
+
+# --- GGUF -------------------------------------------------------------------
+
+_GGUF_LAYER = {
+    "attn_norm.weight": "attention_norm.weight",
+    "ffn_norm.weight": "ffn_norm.weight",
+    "attn_q.weight": "attention.wq.weight",
+    "attn_k.weight": "attention.wk.weight",
+    "attn_v.weight": "attention.wv.weight",
+    "attn_q.bias": "attention.wq.bias",
+    "attn_k.bias": "attention.wk.bias",
+    "attn_v.bias": "attention.wv.bias",
+    "attn_output.weight": "attention.wo.weight",
+    "ffn_gate.weight": "feed_forward.w1.weight",
+    "ffn_down.weight": "feed_forward.w2.weight",
+    "ffn_up.weight": "feed_forward.w3.weight",
+}
+_GGUF_TOP = {
+    "token_embd.weight": "tok_embeddings.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "output.weight",
+}
+_GGUF_ARCHS = ("llama", "qwen2", "granite")
+# llama.cpp permutes Q/K into Meta's interleaved layout for these only; qwen2
+# keeps the NEOX (HF) layout.
+_GGUF_META_ROPE = ("llama", "granite")
+KEEP_4BIT = ("Q4_0", "Q4_1")
+
+
+def gguf_tensor_name(name: str) -> Optional[str]:
+    """Meta name for a GGUF tensor name, or None when it has no weight slot."""
+    if name in _GGUF_TOP:
+        return _GGUF_TOP[name]
+    m = re.fullmatch(r"blk\.(\d+)\.(.+)", name)
+    if m and m.group(2) in _GGUF_LAYER:
+        return f"layers.{m.group(1)}.{_GGUF_LAYER[m.group(2)]}"
+    return None
+
+
+def dequantize_gguf_tensor(t) -> np.ndarray:
+    """float32 array in logical (rows, cols) shape for a gguf ReaderTensor."""
+    import gguf
+
+    data = np.asarray(t.data)
+    out = gguf.quants.dequantize(data, t.tensor_type)
+    shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+    out = out.reshape(shape).astype(np.float32, copy=False)
+    return out if out.flags.writeable and out.flags.c_contiguous else out.copy()
+
+
+def _field(reader, key, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def load_gguf(path: Path) -> Checkpoint:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # gguf raises bare ValueError/struct errors
+        raise CheckpointError(f"cannot read GGUF {path}: {e}") from e
+    arch = _field(reader, "general.architecture")
+    if arch not in _GGUF_ARCHS:
+        raise CheckpointError(
+            f"GGUF architecture {arch!r} is not supported ({', '.join(_GGUF_ARCHS)} are)"
+        )
+    tensors = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in tensors:
+        raise CheckpointError(f"GGUF {path} has no token_embd.weight")
+
+    def a(key, default=None):
+        return _field(reader, f"{arch}.{key}", default)
+
+    n_heads = int(a("attention.head_count"))
+    dim = int(a("embedding_length"))
+    vocab = int(tensors["token_embd.weight"].shape[1])
+    head_dim = int(a("attention.key_length", a("rope.dimension_count", dim // n_heads)))
+    config = ModelConfig(
+        dim=dim,
+        n_layers=int(a("block_count")),
+        n_heads=n_heads,
+        n_kv_heads=int(a("attention.head_count_kv", n_heads)),
+        vocab_size=vocab,
+        hidden_dim=int(a("feed_forward_length")),
+        head_dim=head_dim,
+        norm_eps=float(a("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(a("rope.freq_base", 10000.0)),
+        max_context=int(a("context_length", 2048)),
+        tie_embeddings="output.weight" not in tensors,
+        qkv_bias="blk.0.attn_q.bias" in tensors,
+        embedding_multiplier=float(a("embedding_scale", 1.0)),
+        residual_multiplier=float(a("residual_scale", 1.0)),
+        attention_multiplier=(float(a("attention.scale")) if a("attention.scale") else None),
+        logits_scaling=float(a("logit_scale", 1.0)),
+        architecture=arch,
+    )
+    scaling = a("rope.scaling.type")
+    if scaling not in (None, "none"):
+        raise CheckpointError(f"GGUF rope scaling {scaling!r} is not supported")
+
+    sd: Dict[str, torch.Tensor] = {}
+    quantized: Dict[str, GGUFQuantized] = {}
+    for name, t in tensors.items():
+        meta = gguf_tensor_name(name)
+        if meta is None:
+            if name == "rope_freqs.weight":
+                continue
+            raise CheckpointError(f"GGUF tensor {name!r} has no place in the model")
+        arr = dequantize_gguf_tensor(t)
+        w = torch.from_numpy(arr)
+        qname = t.tensor_type.name
+        if arch not in _GGUF_META_ROPE and meta.endswith(("wq.weight", "wq.bias")):
+            w = hf_to_meta_rope(w, config.n_heads, head_dim)
+        elif arch not in _GGUF_META_ROPE and meta.endswith(("wk.weight", "wk.bias")):
+            w = hf_to_meta_rope(w, config.n_kv_heads, head_dim)
+        elif qname in KEEP_4BIT and w.dim() == 2:
+            quantized[meta] = GGUFQuantized(qname, np.asarray(t.data), tuple(arr.shape))
+        sd[meta] = w
+    factors = None
+    if "rope_freqs.weight" in tensors:
+        factors = torch.from_numpy(dequantize_gguf_tensor(tensors["rope_freqs.weight"]))
+    eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    eot = _field(reader, "tokenizer.ggml.eot_token_id")
+    bos = _field(reader, "tokenizer.ggml.bos_token_id")
+    eos_ids = tuple(int(x) for x in (eos, eot) if x is not None)
+    return Checkpoint(
+        config=config,
+        state_dict=sd,
+        path=path,
+        format="gguf",
+        tokenizer_path=path,
+        chat_template=_field(reader, "tokenizer.chat_template"),
+        gguf_quantized=quantized,
+        rope_freq_factors=factors,
+        bos_id=None if bos is None else int(bos),
+        eos_ids=tuple(dict.fromkeys(eos_ids)),
+    )
+
+
+# --- HF safetensors -----------------------------------------------------------
+
+_HF_LAYER = {
+    "input_layernorm.weight": "attention_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attention.wq.weight",
+    "self_attn.k_proj.weight": "attention.wk.weight",
+    "self_attn.v_proj.weight": "attention.wv.weight",
+    "self_attn.q_proj.bias": "attention.wq.bias",
+    "self_attn.k_proj.bias": "attention.wk.bias",
+    "self_attn.v_proj.bias": "attention.wv.bias",
+    "self_attn.o_proj.weight": "attention.wo.weight",
+    "mlp.gate_proj.weight": "feed_forward.w1.weight",
+    "mlp.down_proj.weight": "feed_forward.w2.weight",
+    "mlp.up_proj.weight": "feed_forward.w3.weight",
+}
+_HF_TOP = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def hf_to_meta_rope(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """HF keeps each head's rotary halves split; Meta interleaves the pairs."""
+    rest = w.shape[1:]
+    return (
+        w.reshape(n_heads, 2, head_dim // 2, *rest)
+        .transpose(1, 2)
+        .reshape(n_heads * head_dim, *rest)
+    )
+
+
+def meta_to_hf_rope(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    rest = w.shape[1:]
+    return (
+        w.reshape(n_heads, head_dim // 2, 2, *rest)
+        .transpose(1, 2)
+        .reshape(n_heads * head_dim, *rest)
+    )
+
+
+def hf_tensor_name(name: str) -> Optional[str]:
+    if name in _HF_TOP:
+        return _HF_TOP[name]
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
+    if m and m.group(2) in _HF_LAYER:
+        return f"layers.{m.group(1)}.{_HF_LAYER[m.group(2)]}"
+    return None
+
+
+def load_hf(d: Path) -> Checkpoint:
+    from safetensors.torch import load_file
+
+    cfg = json.loads((d / "config.json").read_text())
+    config = ModelConfig.from_hf(cfg)
+    index = d / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted(set(weight_map.values()))
+    else:
+        files = sorted(f.name for f in d.glob("*.safetensors"))
+    missing = [f for f in files if not (d / f).exists()]
+    if missing:
+        raise CheckpointError(f"{d}: missing shard(s) {', '.join(missing)}")
+    sd: Dict[str, torch.Tensor] = {}
+    for f in files:
+        for name, w in load_file(str(d / f)).items():
+            meta = hf_tensor_name(name)
+            if meta is None:
+                if name.endswith("rotary_emb.inv_freq"):
+                    continue
+                raise CheckpointError(f"HF tensor {name!r} has no place in the model")
+            if meta.endswith(("wq.weight", "wq.bias")):
+                w = hf_to_meta_rope(w, config.n_heads, config.head_dim)
+            elif meta.endswith(("wk.weight", "wk.bias")):
+                w = hf_to_meta_rope(w, config.n_kv_heads, config.head_dim)
+            sd[meta] = w
+    tok_cfg = d / "tokenizer_config.json"
+    template = None
+    if tok_cfg.exists():
+        template = json.loads(tok_cfg.read_text()).get("chat_template")
+    if template is None and (d / "chat_template.jinja").exists():
+        template = (d / "chat_template.jinja").read_text()
+    eos = cfg.get("eos_token_id")
+    eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+    return Checkpoint(
+        config=config,
+        state_dict=sd,
+        path=d,
+        format="hf",
+        tokenizer_path=_find_tokenizer(d),
+        chat_template=template if isinstance(template, str) else None,
+        bos_id=cfg.get("bos_token_id"),
+        eos_ids=eos_ids,
+    )
+
+
+# --- Meta consolidated ----------------------------------------------------------
+
+
+def load_meta(p: Path) -> Checkpoint:
+    d = p if p.is_dir() else p.parent
+    params = json.loads((d / "params.json").read_text())
+    shards = [p] if p.is_file() else sorted(d.glob("consolidated.*.pth"))
+    if not shards:
+        raise CheckpointError(f"{d} has params.json but no consolidated.*.pth")
+    if len(shards) > 1:
+        raise CheckpointError(
+            f"{d} has {len(shards)} model-parallel shards; merge them first "
+            "(only single-shard Meta checkpoints are supported)"
+        )
+    sd = torch.load(str(shards[0]), map_location="cpu", weights_only=True, mmap=True)
+    sd = {k: v for k, v in sd.items() if k != "rope.freqs"}
+    vocab = sd["tok_embeddings.weight"].shape[0]
+    hidden = sd["layers.0.feed_forward.w1.weight"].shape[0]
+    config = ModelConfig.from_meta_params(params, vocab, hidden)
+    return Checkpoint(
+        config=config,
+        state_dict=sd,
+        path=d,
+        format="meta",
+        tokenizer_path=_find_tokenizer(d),
+    )
+
+
+def _find_tokenizer(d: Path) -> Optional[Path]:
+    for name in ("tokenizer.json", "tokenizer.model", "original/tokenizer.model"):
+        if (d / name).exists():
+            return d / name
+    return None
+
+
+# --- model ----------------------------------------------------------------------
+
+
+def load_model(
+    ckpt: Checkpoint,
+    dtype: torch.dtype = torch.float32,
+    max_seq_length: Optional[int] = None,
+    device: str = "cpu",
+    full_logits: bool = False,
+):
+    """Builds the model for `ckpt` and loads its weights (before quantizing)."""
+    sd = dict(ckpt.state_dict)
+    config = fold_multipliers(ckpt.config, sd)
+    model = build_model(config, dtype, max_seq_length, "cpu", full_logits)
+    try:
+        model.load_weights(sd)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{ckpt.path}: {str(e).splitlines()[0]}") from e
+    if ckpt.rope_freq_factors is not None:
+        model.set_rope_freq_factors(ckpt.rope_freq_factors)
+    return model.to(device)

@@ -1,0 +1,353 @@
+"""The one model definition: eager generation, AOTI and ExecuTorch export.
+
+The network is ExecuTorch's `examples/models/llama` Transformer (static KV
+cache, Meta RoPE layout, exportable). This module only translates checkpoint
+configs into its `ModelArgs`, wraps it with a fixed
+`forward(tokens[1, T], input_pos[T]) -> logits` signature, and folds the few
+Llama-family extras that Transformer does not model (Granite's multipliers,
+GGUF's per-frequency RoPE factors) into weights and buffers, so the exported
+graph stays the plain Llama graph.
+
+Weights use Meta's names (`layers.N.attention.wq.weight`, ...) and Meta's
+RoPE layout (interleaved pairs); checkpoint loaders convert to that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+# ExecuTorch's apply_scaling hard-codes Llama 3.1's low_freq_factor and
+# original context; other values must not be silently ignored.
+_LLAMA3_ROPE_FIXED = {"low_freq_factor": 1.0, "original_max_position_embeddings": 8192}
+
+
+class ConfigError(ValueError):
+    """A checkpoint config this model definition cannot represent."""
+
+
+@dataclass
+class ModelConfig:
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int
+    hidden_dim: int
+    head_dim: int
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_context: int = 2048  # what the model was trained for
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    # Llama 3.1-style scaling: {"factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}.
+    rope_scaling: Optional[Dict[str, float]] = None
+    # Granite; 1.0 / None means "plain Llama".
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    attention_multiplier: Optional[float] = None
+    logits_scaling: float = 1.0
+    architecture: str = "llama"
+
+    def to_json(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_hf(cls, cfg: Dict[str, Any]) -> "ModelConfig":
+        """From a transformers config.json (Llama, Mistral, Qwen2, Granite)."""
+        arch = cfg.get("model_type", "llama")
+        if arch not in ("llama", "mistral", "qwen2", "granite"):
+            raise ConfigError(
+                f"model_type {arch!r} is not supported "
+                "(llama, mistral, qwen2 and granite are)"
+            )
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"hidden_act {cfg['hidden_act']!r} is not supported")
+        if arch in ("mistral", "qwen2") and cfg.get("use_sliding_window"):
+            raise ConfigError("sliding-window attention is not supported")
+        n_heads = cfg["num_attention_heads"]
+        dim = cfg["hidden_size"]
+        rope_scaling = _hf_rope_scaling(cfg)
+        theta = cfg.get("rope_theta")
+        if theta is None:
+            theta = (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+        return cls(
+            dim=dim,
+            n_layers=cfg["num_hidden_layers"],
+            n_heads=n_heads,
+            n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+            vocab_size=cfg["vocab_size"],
+            hidden_dim=cfg["intermediate_size"],
+            head_dim=cfg.get("head_dim") or dim // n_heads,
+            norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            max_context=cfg.get("max_position_embeddings", 2048),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qkv_bias=bool(cfg.get("attention_bias", arch == "qwen2")),
+            rope_scaling=rope_scaling,
+            embedding_multiplier=float(cfg.get("embedding_multiplier", 1.0)),
+            residual_multiplier=float(cfg.get("residual_multiplier", 1.0)),
+            attention_multiplier=cfg.get("attention_multiplier"),
+            logits_scaling=float(cfg.get("logits_scaling", 1.0)),
+            architecture=arch,
+        )
+
+    @classmethod
+    def from_meta_params(
+        cls, p: Dict[str, Any], vocab_size: int, hidden_dim: int
+    ) -> "ModelConfig":
+        """From Meta's params.json; the FFN width comes from the weights."""
+        dim, n_heads = p["dim"], p["n_heads"]
+        scaling = None
+        if p.get("use_scaled_rope"):
+            scaling = {
+                "factor": float(p.get("rope_scale_factor", 8)),
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            }
+        return cls(
+            dim=dim,
+            n_layers=p["n_layers"],
+            n_heads=n_heads,
+            n_kv_heads=p.get("n_kv_heads") or n_heads,
+            vocab_size=vocab_size,
+            hidden_dim=hidden_dim,
+            head_dim=dim // n_heads,
+            norm_eps=p.get("norm_eps", 1e-5),
+            rope_theta=float(p.get("rope_theta", 10000.0)),
+            max_context=p.get("max_seq_len", 8192 if scaling else 4096),
+            tie_embeddings=False,
+            rope_scaling=scaling,
+        )
+
+
+def _hf_rope_scaling(cfg: Dict[str, Any]) -> Optional[Dict[str, float]]:
+    rs = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+    if not rs:
+        return None
+    kind = rs.get("rope_type", rs.get("type"))
+    if kind in (None, "default"):
+        return None
+    if kind != "llama3":
+        raise ConfigError(f"rope_scaling type {kind!r} is not supported")
+    return {
+        "factor": float(rs["factor"]),
+        "low_freq_factor": float(rs.get("low_freq_factor", 1.0)),
+        "high_freq_factor": float(rs.get("high_freq_factor", 4.0)),
+        "original_max_position_embeddings": int(
+            rs.get("original_max_position_embeddings", 8192)
+        ),
+    }
+
+
+def model_args(config: ModelConfig, max_seq_length: int, full_logits: bool = False):
+    """ExecuTorch ModelArgs for `config` with a static KV cache."""
+    from executorch.examples.models.llama.model_args import ModelArgs
+
+    kw: Dict[str, Any] = {}
+    if config.rope_scaling:
+        for k, want in _LLAMA3_ROPE_FIXED.items():
+            if float(config.rope_scaling.get(k, want)) != want:
+                raise ConfigError(
+                    f"rope_scaling {k}={config.rope_scaling[k]} is not supported "
+                    f"(only {want})"
+                )
+        factor = config.rope_scaling["factor"]
+        high = config.rope_scaling.get("high_freq_factor", 4.0)
+        kw.update(use_scaled_rope=True, rope_scale_factor=factor, high_freq_factor=high)
+    return ModelArgs(
+        dim=config.dim,
+        n_layers=config.n_layers,
+        n_heads=config.n_heads,
+        n_kv_heads=config.n_kv_heads,
+        vocab_size=config.vocab_size,
+        hidden_dim=config.hidden_dim,
+        head_dim=config.head_dim,
+        norm_eps=config.norm_eps,
+        rope_freq_base=config.rope_theta,
+        max_batch_size=1,
+        max_seq_len=max_seq_length,
+        max_context_len=max_seq_length,
+        attention_qkv_bias=config.qkv_bias,
+        use_kv_cache=True,
+        enable_dynamic_shape=False,
+        generate_full_logits=full_logits,
+        **kw,
+    )
+
+
+class Model(nn.Module):
+    """`forward(tokens[1, T], input_pos[T]) -> logits`.
+
+    Logits are [1, vocab] for the last position, or [1, T, vocab] when built
+    with full_logits. The KV cache lives in buffers; positions index it
+    directly, so a new conversation simply starts again at position 0.
+    """
+
+    def __init__(self, config: ModelConfig, transformer: nn.Module, max_seq_length: int):
+        super().__init__()
+        self.config = config
+        self.max_seq_length = max_seq_length
+        self.transformer = transformer
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        return self.transformer(tokens, {"input_pos": input_pos})
+
+    def reset_cache(self) -> None:
+        for name, buf in self.named_buffers():
+            if name.endswith(("k_cache", "v_cache")):
+                buf.zero_()
+
+    def set_rope_freq_factors(self, factors: torch.Tensor) -> None:
+        """GGUF stores Llama 3.1 scaling as per-frequency divisors."""
+        rope = self.transformer.rope
+        hd = self.config.head_dim
+        base = 1.0 / (
+            self.config.rope_theta
+            ** (torch.arange(0, hd, 2, dtype=torch.float32)[: hd // 2] / hd)
+        )
+        freqs = base / factors.float().reshape(-1)
+        t = torch.arange(rope.freqs_cos.shape[0], dtype=torch.float32)
+        angles = torch.outer(t, freqs)
+        rope.freqs_cos.copy_(torch.cos(angles))
+        rope.freqs_sin.copy_(torch.sin(angles))
+
+    def load_weights(self, state_dict: Dict[str, torch.Tensor]) -> None:
+        """Loads Meta-named weights; the KV cache stays as built."""
+        sd = dict(state_dict)
+        if self.config.tie_embeddings:
+            sd.pop("output.weight", None)
+        sd = {f"transformer.{k}": v for k, v in sd.items()}
+        missing, unexpected = self.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if not k.endswith(("k_cache", "v_cache"))]
+        if self.config.tie_embeddings:
+            missing = [k for k in missing if k != "transformer.output.weight"]
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint does not match the model: missing {missing[:5]}"
+                f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                f"{'...' if len(unexpected) > 5 else ''}"
+            )
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_embeddings:
+            t = self.transformer
+            if isinstance(t.output, nn.Linear) and isinstance(t.tok_embeddings, nn.Embedding):
+                t.output.weight = t.tok_embeddings.weight
+
+
+def build_model(
+    config: ModelConfig,
+    dtype: torch.dtype = torch.float32,
+    max_seq_length: Optional[int] = None,
+    device: str = "cpu",
+    full_logits: bool = False,
+) -> Model:
+    """An un-initialised (meta-free, zero-filled cache) model for `config`."""
+    from executorch.examples.models.llama.llama_transformer import construct_transformer
+
+    if max_seq_length is None:
+        max_seq_length = min(config.max_context, 2048)
+    args = model_args(config, max_seq_length, full_logits)
+    with torch.device("cpu"):
+        transformer = construct_transformer(args)
+    model = Model(config, transformer, max_seq_length)
+    model.to(dtype=dtype)
+    # RoPE tables stay fp32: bf16 angles drift by whole radians at long range.
+    rope = transformer.rope
+    rope.freqs_cos = rope.freqs_cos.float()
+    rope.freqs_sin = rope.freqs_sin.float()
+    model.tie_weights()
+    return model.to(device).eval()
+
+
+class EagerSDPA(nn.Module):
+    """Attention over the filled part of the cache only (eager decode).
+
+    ExecuTorch's SDPA attends over the whole static cache with a mask and
+    repeats K/V per query head, which export needs (static shapes) but which
+    costs eager decode most of its time at long max_seq_length. Slicing to the
+    last written position and using grouped-query SDPA computes the same
+    softmax: the sliced-off entries are masked out anyway.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, input_pos, q, k, v, bsz, seqlen, mask):
+        end = int(input_pos[-1]) + 1
+        k, v, mask = k[:, :, :end], v[:, :, :end], mask[:, :end]
+        y = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, enable_gqa=True
+        )
+        return y.transpose(1, 2).reshape(bsz, seqlen, self.dim)
+
+
+def optimize_for_eager(model: Model) -> Model:
+    """Swaps in EagerSDPA; not for export (it reads a position as a Python int)."""
+    for layer in model.transformer.layers:
+        attn = layer.attention
+        if hasattr(attn, "SDPA"):
+            attn.SDPA = EagerSDPA(attn.SDPA.dim)
+    return model
+
+
+def fold_multipliers(config: ModelConfig, sd: Dict[str, torch.Tensor]) -> ModelConfig:
+    """Folds Granite's scalar multipliers into weights, in place.
+
+    Each multiplier scales a linear map's output, so scaling that map's weight
+    gives the same function with the plain Llama graph. Returns the config
+    with the multipliers reset (and embeddings untied when they must differ).
+    """
+    emb, res = config.embedding_multiplier, config.residual_multiplier
+    att, logit = config.attention_multiplier, config.logits_scaling
+    if emb == 1.0 and res == 1.0 and att is None and logit == 1.0:
+        return config
+    tie = config.tie_embeddings
+    if tie and "output.weight" not in sd:
+        sd["output.weight"] = sd["tok_embeddings.weight"]
+    sd["tok_embeddings.weight"] = sd["tok_embeddings.weight"] * emb
+    sd["output.weight"] = sd["output.weight"] / logit
+    # SDPA divides by sqrt(head_dim); Granite wants `att` instead.
+    q_scale = 1.0 if att is None else float(att) * math.sqrt(config.head_dim)
+    for i in range(config.n_layers):
+        p = f"layers.{i}."
+        for name in ("attention.wo.weight", "feed_forward.w2.weight"):
+            sd[p + name] = sd[p + name] * res
+        for name in ("attention.wq.weight", "attention.wq.bias"):
+            if p + name in sd:
+                sd[p + name] = sd[p + name] * q_scale
+    return dataclasses.replace(
+        config,
+        embedding_multiplier=1.0,
+        residual_multiplier=1.0,
+        attention_multiplier=None,
+        logits_scaling=1.0,
+        tie_embeddings=False,
+    )

@@ -1,0 +1,270 @@
+"""Weight-only quantization for eager generation (`--quantize` JSON).
+
+Upstream torchchat's syntax: {"linear:int4": {"groupsize": 32}},
+{"linear:int8": {"groupsize": 0}}, {"embedding": {"bitwidth": 8,
+"groupsize": 0}}, several keys at once. "precision" and "executor" are
+accepted for compatibility ({"precision": {"dtype": "bf16"}} sets the dtype).
+
+A GGUF Q4_0/Q4_1 tensor maps to int4 exactly: the 32-wide blocks become
+groups, with Q4_1's scale d and min m stored as torch's int4pack
+scales_and_zeros [d, m + 8d] (its kernel computes (q - 8) * s + z). Other
+weights are quantized asymmetrically the same way (per-group min/max).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class QuantizeError(ValueError):
+    pass
+
+
+_KNOWN = {
+    "linear:int4": {"groupsize"},
+    "linear:int8": {"groupsize"},
+    "embedding": {"bitwidth", "groupsize"},
+    "precision": {"dtype"},
+    "executor": {"accelerator"},
+}
+
+
+def parse(spec: Optional[str | Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Validates a --quantize value (JSON text, a .json file or a dict)."""
+    if spec is None or spec == "":
+        return {}
+    if isinstance(spec, str):
+        text = spec
+        if not spec.lstrip().startswith(("{", "[")):
+            try:
+                with open(spec) as f:
+                    text = f.read()
+            except OSError as e:
+                raise QuantizeError(f"--quantize: not JSON and not a readable file: {spec}") from e
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise QuantizeError(f"--quantize: invalid JSON: {e}") from e
+    if not isinstance(spec, dict):
+        raise QuantizeError("--quantize: expected a JSON object")
+    for key, opts in spec.items():
+        if key not in _KNOWN:
+            raise QuantizeError(
+                f"--quantize: unknown scheme {key!r} (supported: {', '.join(_KNOWN)})"
+            )
+        if not isinstance(opts, dict):
+            raise QuantizeError(f"--quantize: options of {key!r} must be an object")
+        extra = set(opts) - _KNOWN[key]
+        if extra:
+            raise QuantizeError(
+                f"--quantize: unknown option(s) {sorted(extra)} for {key!r} "
+                f"(supported: {sorted(_KNOWN[key])})"
+            )
+    if "linear:int4" in spec and "linear:int8" in spec:
+        raise QuantizeError("--quantize: choose one of linear:int4 and linear:int8")
+    g = spec.get("linear:int4", {}).get("groupsize", 32)
+    if "linear:int4" in spec and g not in (32, 64, 128, 256):
+        raise QuantizeError("--quantize: linear:int4 groupsize must be 32, 64, 128 or 256")
+    emb = spec.get("embedding")
+    if emb is not None and emb.get("bitwidth", 8) != 8:
+        raise QuantizeError("--quantize: only embedding bitwidth 8 is supported")
+    return spec
+
+
+# --- int4 -------------------------------------------------------------------
+
+
+class Int4Linear(nn.Module):
+    """int4 weight-only linear: 4-bit codes, per-group scale and zero.
+
+    Weight = (q - 8) * scale + zero, per group of `groupsize` inputs.
+    Computes in the activation dtype: bf16/fp16 use torch's fast CPU kernel;
+    fp32 is exact (and slower).
+    """
+
+    def __init__(self, packed, scales_and_zeros, groupsize, in_features, out_features, bias=None):
+        super().__init__()
+        self.in_features, self.out_features, self.groupsize = in_features, out_features, groupsize
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_and_zeros", scales_and_zeros)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    @classmethod
+    def from_codes(cls, q, scale, zero, groupsize, bias=None):
+        """q: int [N, K] in 0..15; scale, zero: float [N, K // groupsize]."""
+        n, k = q.shape
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+        sz = torch.stack([scale.float(), zero.float()], dim=-1).transpose(0, 1).contiguous()
+        return cls(packed, sz, groupsize, k, n, bias)
+
+    def dequantized(self) -> torch.Tensor:
+        eye = torch.eye(self.in_features, dtype=torch.float32)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            eye, self.packed, self.groupsize, self.scales_and_zeros
+        ).T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x2, self.packed, self.groupsize, self.scales_and_zeros.to(x.dtype)
+        )
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+def quantize_int4(w: torch.Tensor, groupsize: int):
+    """Asymmetric per-group int4: codes 0..15, scale (max-min)/15, zero min."""
+    n, k = w.shape
+    if k % groupsize:
+        raise QuantizeError(f"in_features {k} is not a multiple of groupsize {groupsize}")
+    g = w.float().reshape(n, k // groupsize, groupsize)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / 15).clamp(min=1e-12)
+    q = torch.clamp(torch.round((g - lo[..., None]) / scale[..., None]), 0, 15)
+    # Codes are stored as (q - 8) * scale + zero, so zero = min + 8 * scale.
+    return q.reshape(n, k).to(torch.int32), scale, lo + 8 * scale
+
+
+def gguf_q4_codes(qtype: str, blocks: np.ndarray, shape):
+    """Exact codes, scales and zeros of GGUF Q4_0 / Q4_1 blocks.
+
+    Q4_1 block: fp16 d, fp16 m, 16 bytes; Q4_0: fp16 d, 16 bytes. Low nibbles
+    are elements 0..15 of the block, high nibbles 16..31. Value = d*q + m
+    (Q4_1) or d*(q - 8) (Q4_0).
+    """
+    n, k = shape
+    head = 4 if qtype == "Q4_1" else 2
+    b = np.asarray(blocks, dtype=np.uint8).reshape(n, k // 32, head + 16)
+    d = b[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    qs = b[..., head:]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(n, k).astype(np.int32)
+    if qtype == "Q4_1":
+        m = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+        zero = m + 8 * d
+    else:
+        zero = np.zeros_like(d)
+    return torch.from_numpy(q), torch.from_numpy(d), torch.from_numpy(zero)
+
+
+# --- int8 -------------------------------------------------------------------
+
+
+class Int8Linear(nn.Module):
+    """int8 weight-only linear, symmetric per output channel."""
+
+    def __init__(self, weight_int8, scales, bias=None):
+        super().__init__()
+        self.register_buffer("weight_int8", weight_int8)
+        self.register_buffer("scales", scales)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.out_features, self.in_features = weight_int8.shape
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor, bias=None):
+        w = w.float()
+        scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
+        q = torch.clamp(torch.round(w / scales[:, None]), -128, 127).to(torch.int8)
+        return cls(q, scales, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.ops.aten._weight_int8pack_mm(
+            x.reshape(-1, shape[-1]), self.weight_int8, self.scales.to(x.dtype)
+        )
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+class Int8Embedding(nn.Module):
+    """int8 embedding table with a scale per row (groupsize 0) or group."""
+
+    def __init__(self, weight: torch.Tensor, groupsize: int = 0, dtype=torch.float32):
+        super().__init__()
+        v, d = weight.shape
+        g = d if groupsize in (0, None) else groupsize
+        if d % g:
+            raise QuantizeError(f"embedding dim {d} is not a multiple of groupsize {g}")
+        w = weight.float().reshape(v, d // g, g)
+        scales = (w.abs().amax(-1) / 127).clamp(min=1e-12)
+        q = torch.clamp(torch.round(w / scales[..., None]), -128, 127).to(torch.int8)
+        self.register_buffer("weight_int8", q.reshape(v, d))
+        self.register_buffer("scales", scales)
+        self.groupsize, self.dim, self.out_dtype = g, d, dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        q = F.embedding(ids, self.weight_int8).float()
+        s = F.embedding(ids, self.scales)
+        out = (q.reshape(*q.shape[:-1], -1, self.groupsize) * s[..., None]).reshape(q.shape)
+        return out.to(self.out_dtype)
+
+
+# --- applying ------------------------------------------------------------------
+
+
+def _linears(model: nn.Module):
+    for name, mod in list(model.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, nn.Linear):
+                full = f"{name}.{child_name}" if name else child_name
+                yield mod, child_name, full, child
+
+
+def quantize_model(model, spec: Dict[str, Dict[str, Any]], gguf_quantized=None) -> Dict[str, int]:
+    """Replaces modules in place; returns counts per scheme for reporting.
+
+    `gguf_quantized` (Meta name -> GGUFQuantized) lets int4 take a GGUF
+    tensor's own codes instead of re-quantizing its dequantized values.
+    """
+    gguf_quantized = gguf_quantized or {}
+    counts = {"int4_exact_from_gguf": 0, "int4": 0, "int8": 0, "embedding_int8": 0}
+    dtype = next(model.parameters()).dtype
+    if "embedding" in spec:
+        t = model.transformer
+        emb = t.tok_embeddings
+        t.tok_embeddings = Int8Embedding(emb.weight.data, spec["embedding"].get("groupsize", 0), dtype)
+        counts["embedding_int8"] += 1
+    for key in ("linear:int4", "linear:int8"):
+        if key not in spec:
+            continue
+        for parent, child_name, full, lin in _linears(model):
+            bias = None if lin.bias is None else lin.bias.data.clone()
+            wname = full.removeprefix("transformer.") + ".weight"
+            if key == "linear:int8":
+                setattr(parent, child_name, Int8Linear.from_float(lin.weight.data, bias))
+                counts["int8"] += 1
+                continue
+            if wname == "output.weight":
+                # The unembedding keeps its precision (Q8_0 in GGUF, and often
+                # tied to the embedding): 4-bit logits lose top-1 agreement and
+                # per-channel int8 loses Q8_0's per-32 scales.
+                continue
+            g = spec[key].get("groupsize", 32)
+            gq = gguf_quantized.get(wname)
+            if lin.out_features % 16:
+                continue  # torch's int4pack needs rows in multiples of 16: stays dense
+            if gq is not None and g != 32:
+                # Re-grouping 4-bit codes re-quantizes them: on the built-in
+                # model g64 drops top-1 agreement with fp32 to ~0.64.
+                raise QuantizeError(
+                    f"--quantize: {wname} is already {gq.qtype} (4-bit, groups of 32); "
+                    "use linear:int4 with groupsize 32 to keep it exact"
+                )
+            if gq is not None:
+                q, s, z = gguf_q4_codes(gq.qtype, gq.blocks, gq.shape)
+                counts["int4_exact_from_gguf"] += 1
+            elif lin.in_features % g == 0:
+                q, s, z = quantize_int4(lin.weight.data, g)
+                counts["int4"] += 1
+            else:
+                continue  # e.g. a projection too narrow for the group: stays dense
+            setattr(parent, child_name, Int4Linear.from_codes(q, s, z, g, bias))
+    return counts
