@@ -6,7 +6,9 @@
 // bytes: the vocabulary is translated out of the GPT-2 byte alphabet once at
 // load, so encoding never builds the mapped strings.
 #include <algorithm>
+#include <atomic>
 #include <cctype>
+#include <cstring>
 #include <cstdio>
 #include <functional>
 #include <memory>
@@ -614,6 +616,9 @@ class HfTokenizer : public Tokenizer {
   void EncodeSegment(std::string_view text, bool at_start,
                      std::vector<int>* out) const;
   void EncodeWord(std::string_view word, std::vector<int>* out) const;
+  void EncodeWordUncached(std::string_view word, std::vector<int>* out) const;
+
+  uint64_t instance_ = 0;  // distinguishes loads in the word cache
 
   bool byte_level_ = false;
   Normalizer normalizer_;
@@ -750,6 +755,8 @@ Result<void> HfTokenizer::LoadFromStrings(std::string_view text,
     return MakeError("not an HF tokenizer.json: no \"model\"");
   }
   *this = HfTokenizer();
+  static std::atomic<uint64_t> next_instance{1};
+  instance_ = next_instance.fetch_add(1);
   const Json* norm = root.Find("normalizer");
   const Json* pre = root.Find("pre_tokenizer");
   if (norm && !norm->is_null()) {
@@ -843,6 +850,43 @@ Result<void> HfTokenizer::LoadFromStrings(std::string_view text,
 
 void HfTokenizer::EncodeWord(std::string_view word,
                              std::vector<int>* out) const {
+  // Words recur, so short ones are looked up in a per-thread direct-mapped
+  // cache first (HF keeps a word cache too; results cannot differ).
+  constexpr size_t kMaxKey = 24;
+  if (word.size() > kMaxKey) {
+    EncodeWordUncached(word, out);
+    return;
+  }
+  struct Entry {
+    uint64_t owner = 0;
+    uint64_t hash = 0;
+    uint8_t len = 0;
+    uint8_t n_ids = 0;
+    char key[kMaxKey];
+    int ids[kMaxKey];
+  };
+  static constexpr size_t kEntries = 4096;
+  thread_local std::vector<Entry> cache(kEntries);
+  const uint64_t h = BytesMap::Hash(word);
+  Entry& e = cache[h & (kEntries - 1)];
+  if (e.owner == instance_ && e.hash == h && e.len == word.size() &&
+      std::memcmp(e.key, word.data(), word.size()) == 0) {
+    out->insert(out->end(), e.ids, e.ids + e.n_ids);
+    return;
+  }
+  const size_t before = out->size();
+  EncodeWordUncached(word, out);
+  // A word yields at most one id per byte, so the ids always fit.
+  e.owner = instance_;
+  e.hash = h;
+  e.len = static_cast<uint8_t>(word.size());
+  e.n_ids = static_cast<uint8_t>(out->size() - before);
+  std::memcpy(e.key, word.data(), word.size());
+  std::copy(out->begin() + before, out->end(), e.ids);
+}
+
+void HfTokenizer::EncodeWordUncached(std::string_view word,
+                                     std::vector<int>* out) const {
   if (ignore_merges_) {
     auto it = vocab_.find(word);
     if (it != vocab_.end()) {
