@@ -14,13 +14,32 @@
 #include <ATen/ATen.h>
 #include <ATen/native/Resize.h>
 
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+
 #include "kernels/q4_linear.h"
+#include "kernels/spin_pool.h"
 
 namespace torchchat::kernels {
 namespace {
 
 void at_parallel_for(void*, int64_t n, int64_t grain, Q4Task fn, void* ctx) {
   at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { fn(ctx, b, e); });
+}
+
+// TORCHCHAT_Q4_POOL=spin: our own spinning pool of at::get_num_threads()
+// threads instead of at::parallel_for. A decode GEMV lasts ~10-100 us; an
+// OpenMP region that has to wake its threads costs a large part of that.
+Q4ParallelFor pick_parallel_for() {
+  static std::unique_ptr<SpinPool> pool;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* env = std::getenv("TORCHCHAT_Q4_POOL");
+    if (env != nullptr && std::string(env) == "spin") pool = std::make_unique<SpinPool>(at::get_num_threads());
+  });
+  if (pool) return pool->as_parallel_for();
+  return Q4ParallelFor{at_parallel_for, nullptr};
 }
 
 void check_args(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
@@ -51,7 +70,7 @@ void run(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
   const bool direct = out.scalar_type() == at::kFloat && out.is_contiguous();
   at::Tensor y = direct ? out : at::empty(out.sizes(), xf.options());
   const Q4Weight w{qc.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(sc.data_ptr<at::Half>()), n, k};
-  const Q4ParallelFor pf{at_parallel_for, nullptr};
+  const Q4ParallelFor pf = pick_parallel_for();
   q4_linear(xf.data_ptr<float>(), m, w, bf.defined() ? bf.data_ptr<float>() : nullptr, y.data_ptr<float>(), &pf);
   if (!direct) out.copy_(y);
 }
