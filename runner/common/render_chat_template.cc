@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "json.h"
 #include "runner/common/chat_template.h"
+#include "tokenizers/json.h"
 
 namespace {
 
