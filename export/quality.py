@@ -1,0 +1,129 @@
+"""Top-1 agreement of a quantized model with the fp32 eager model.
+
+    quality [MODEL] --artifact out/model.pte      # or .pt2
+    quality [MODEL] --et-quantize '<json>'        # ET's transforms, in eager
+
+The fp32 model greedily continues a fixed prompt set; the candidate is then
+fed the same sequences (teacher forcing) and scored on how often its argmax
+equals the fp32 model's at every generated position. The quality bar for a
+quantized export is >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Callable, List, Sequence
+
+import torch
+
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village,",
+    "def fibonacci(n):",
+    "The three primary colors are",
+    "Water boils at a temperature of",
+    "In 1969, the first humans",
+    "To make a cup of tea, you",
+    "The largest planet in the solar system",
+]
+STEPS = 32
+
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def reference(forward: Forward, prompts: Sequence[List[int]], steps: int = STEPS):
+    """(prompt + greedy continuation, number of prompt tokens) per prompt."""
+    out = []
+    for ids in prompts:
+        logits = forward(torch.tensor([ids]), torch.arange(len(ids)))
+        seq, pos = list(ids), len(ids)
+        for _ in range(steps):
+            t = int(logits.argmax(-1))
+            seq.append(t)
+            logits = forward(torch.tensor([[t]]), torch.tensor([pos]))
+            pos += 1
+        out.append((seq, len(ids)))
+    return out
+
+
+@torch.no_grad()
+def agreement(forward: Forward, sequences) -> float:
+    """Fraction of positions where the candidate's argmax is the reference token."""
+    hit = total = 0
+    for seq, n in sequences:
+        logits = forward(torch.tensor([seq[:n]]), torch.arange(n))
+        for i in range(n, len(seq)):
+            hit += int(int(logits.argmax(-1)) == seq[i])
+            total += 1
+            logits = forward(torch.tensor([[seq[i]]]), torch.tensor([i]))
+    return hit / total
+
+
+@torch.no_grad()
+def decode_speed(forward: Forward, prompt: List[int], steps: int = 64) -> float:
+    """Greedy decode tokens per second after the prompt's prefill."""
+    logits = forward(torch.tensor([prompt]), torch.arange(len(prompt)))
+    pos = len(prompt)
+    t = time.perf_counter()
+    for _ in range(steps):
+        tok = int(logits.argmax(-1))
+        logits = forward(torch.tensor([[tok]]), torch.tensor([pos]))
+        pos += 1
+    return steps / (time.perf_counter() - t)
+
+
+def et_quantized_eager(model, spec, dtype_name="fp32"):
+    """The eager model after ExecuTorch's own quantization source transforms."""
+    from executorch.extension.llm.export.builder import DType
+
+    from export import export_llm, quant
+
+    q = quant.for_executorch(quant.parse(spec))
+    for t in export_llm.et_quant_transforms(q, DType(dtype_name)):
+        model = t(model)
+    return model
+
+
+def main(argv=None) -> int:
+    from export import artifacts, export_llm
+
+    p = argparse.ArgumentParser(prog="quality")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--checkpoint-path")
+    p.add_argument("--artifact", help="a .pte or .pt2 to score")
+    p.add_argument("--et-quantize", action="append", default=[],
+                   help="score ExecuTorch's quantization transforms in eager (repeatable)")
+    p.add_argument("--max-seq-length", type=int, default=256)
+    args = p.parse_args(argv)
+    path = export_llm.resolve_checkpoint(args.model, export_llm.user_path(args.checkpoint_path))
+    source = export_llm.load_source(path)
+    from torchchat import tokenizer as tok_mod
+
+    tok = tok_mod.load(source.tokenizer_path, source.chat_template, source.bos_id, source.eos_ids)
+    prompts = [tok.encode(t) for t in PROMPTS]
+    fp32 = export_llm.build(source, "fp32", args.max_seq_length)
+    seqs = reference(fp32, prompts)
+    results = {}
+    if args.artifact:
+        m = artifacts.load(export_llm.user_path(args.artifact))
+        t = time.perf_counter()
+        results[args.artifact] = agreement(m, seqs)
+        print(f"{args.artifact}: {results[args.artifact]:.3f} ({time.perf_counter() - t:.1f} s)")
+        speed = decode_speed(m, prompts[0])
+        results["decode_tok_s"] = speed
+        print(f"{args.artifact}: decode {speed:.1f} tok/s", flush=True)
+    for spec in args.et_quantize:
+        model = et_quantized_eager(export_llm.build(source, "fp32", args.max_seq_length), spec)
+        results[spec] = agreement(model, seqs)
+        print(f"{spec}: {results[spec]:.3f}", flush=True)
+    json.dump(results, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
