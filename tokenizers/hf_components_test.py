@@ -28,6 +28,7 @@ TEXTS = BOTCHAN.splitlines(keepends=True)[2000:3500] + corpus.EDGE_CASES + [
     "  leading and trailing  ",
     "a,b;c.d  e\tf\ng",
     "<tool> call <tool>hello helloworld hello, <s>x</s>",
+    "\u00a0\u3000<tool>\u2003\u00e0<tool>\u0105 \u3000 <tool>\t\n",
     "▁already ▁metaspace",
 ]
 

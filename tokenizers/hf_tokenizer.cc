@@ -1026,14 +1026,24 @@ Result<std::vector<int>> HfTokenizer::Encode(std::string_view text, bool bos,
   while (!added_.empty() && added_matcher_.Find(text, pos, accept, &s, &len, &k)) {
     const AddedToken& t = added_[k];
     size_t seg_end = s, next = s + len;
+    // Whole whitespace characters only: a continuation byte such as 0x85
+    // or 0xA0 is not a space.
     if (t.lstrip) {
-      while (seg_end > pos && IsUnicodeSpace(static_cast<unsigned char>(text[seg_end - 1]))) {
-        --seg_end;
+      while (seg_end > pos) {
+        size_t b = seg_end - 1;
+        while (b > pos && (static_cast<unsigned char>(text[b]) & 0xC0) == 0x80) --b;
+        bool v;
+        const size_t n = NextUtf8Unit(text.substr(b), &v);
+        if (!v || b + n != seg_end || !IsUnicodeSpace(DecodeUtf8(text.substr(b), n))) break;
+        seg_end = b;
       }
     }
     if (t.rstrip) {
-      while (next < text.size() && IsUnicodeSpace(static_cast<unsigned char>(text[next]))) {
-        ++next;
+      while (next < text.size()) {
+        bool v;
+        const size_t n = NextUtf8Unit(text.substr(next), &v);
+        if (!v || !IsUnicodeSpace(DecodeUtf8(text.substr(next), n))) break;
+        next += n;
       }
     }
     EncodeSegment(text.substr(pos, seg_end - pos), pos == 0, &out);
