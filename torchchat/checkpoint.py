@@ -45,6 +45,7 @@ class Checkpoint:
     rope_freq_factors: Optional[torch.Tensor] = None
     bos_id: Optional[int] = None
     eos_ids: Tuple[int, ...] = ()
+    add_bos: Optional[bool] = None  # for prompts without a chat template
 
 
 def load_checkpoint(path: os.PathLike | str) -> Checkpoint:
@@ -210,6 +211,7 @@ def load_gguf(path: Path) -> Checkpoint:
         rope_freq_factors=factors,
         bos_id=None if bos is None else int(bos),
         eos_ids=tuple(dict.fromkeys(eos_ids)),
+        add_bos=_field(reader, "tokenizer.ggml.add_bos_token"),
     )
 
 
@@ -292,9 +294,10 @@ def load_hf(d: Path) -> Checkpoint:
                 w = hf_to_meta_rope(w, config.n_kv_heads, config.head_dim)
             sd[meta] = w
     tok_cfg = d / "tokenizer_config.json"
-    template = None
+    template, add_bos = None, None
     if tok_cfg.exists():
-        template = json.loads(tok_cfg.read_text()).get("chat_template")
+        tc = json.loads(tok_cfg.read_text())
+        template, add_bos = tc.get("chat_template"), tc.get("add_bos_token")
     if template is None and (d / "chat_template.jinja").exists():
         template = (d / "chat_template.jinja").read_text()
     eos = cfg.get("eos_token_id")
@@ -308,6 +311,7 @@ def load_hf(d: Path) -> Checkpoint:
         chat_template=template if isinstance(template, str) else None,
         bos_id=cfg.get("bos_token_id"),
         eos_ids=eos_ids,
+        add_bos=add_bos,
     )
 
 

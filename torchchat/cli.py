@@ -124,6 +124,7 @@ def _load(args):
         chat_template=ckpt.chat_template if ckpt else None,
         bos_id=ckpt.bos_id if ckpt else None,
         eos_ids=ckpt.eos_ids if ckpt else (),
+        add_bos=ckpt.add_bos if ckpt else None,
     )
 
     if args.aoti_package_path or args.pte_path:

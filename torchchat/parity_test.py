@@ -53,6 +53,8 @@ class ParityTest(unittest.TestCase):
         cls.path = str(registry.model_path(registry.resolve("smollm2-135m-instruct")))
         cls.ckpt = load_checkpoint(cls.path)
         cls.ref = hf_model(cls.path)
+        # One model for both checks: full logits for prefill, last row for decode.
+        cls.model = optimize_for_eager(load_model(cls.ckpt, torch.float32, 256, full_logits=True))
 
     def test_config_from_gguf(self):
         c = self.ckpt.config
@@ -63,10 +65,9 @@ class ParityTest(unittest.TestCase):
         self.assertEqual(len(self.ckpt.gguf_quantized), 210)
 
     def test_prefill_logits_match(self):
-        model = load_model(self.ckpt, torch.float32, 256, full_logits=True)
         ids = torch.tensor([PROMPT])
         with torch.inference_mode():
-            ours = model(ids, torch.arange(len(PROMPT)))
+            ours = self.model(ids, torch.arange(len(PROMPT)))
             ref = self.ref(ids).logits
         self.assertEqual(ours.shape, ref.shape)
         self.assertLessEqual((ours - ref).abs().max().item(), 1e-3)
@@ -80,8 +81,15 @@ class ParityTest(unittest.TestCase):
                 ids, attention_mask=torch.ones_like(ids), max_new_tokens=64,
                 min_new_tokens=64, do_sample=False, eos_token_id=None, pad_token_id=2,
             )[0, len(PROMPT):].tolist()
-        model = optimize_for_eager(load_model(self.ckpt, torch.float32, 256))
-        gen = Generator(model, _Ids(()), "cpu")
+        model = self.model
+
+        class LastPosition:
+            max_seq_length = model.max_seq_length
+
+            def __call__(self, tokens, input_pos):
+                return model(tokens, input_pos)[:, -1]
+
+        gen = Generator(LastPosition(), _Ids(()), "cpu")
         ours, stats = gen.generate(PROMPT, Sampler(temperature=0), 64, stop_ids=(-1,))
         self.assertEqual(len(ref), 64)
         self.assertEqual(ours, ref)

@@ -14,6 +14,7 @@ weights are quantized asymmetrically the same way (per-group min/max).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -210,6 +211,22 @@ class Int8Embedding(nn.Module):
 # --- applying ------------------------------------------------------------------
 
 
+def _q4_kernel():
+    """//kernels:q4 (exact GGUF Q4 linear for any activation dtype), if built.
+
+    torch's int4pack below is exact only with fp32 activations, where its CPU
+    kernel is slow; the dedicated kernel keeps fp32 and is fast.
+    """
+    if os.environ.get("TORCHCHAT_NO_Q4_KERNEL"):
+        return None
+    try:
+        from kernels import q4
+    except (ImportError, OSError, ValueError):
+        return None
+    return q4
+
+
+
 def _linears(model: nn.Module):
     for name, mod in list(model.named_modules()):
         for child_name, child in list(mod.named_children()):
@@ -259,8 +276,12 @@ def quantize_model(model, spec: Dict[str, Dict[str, Any]], gguf_quantized=None) 
                     "use linear:int4 with groupsize 32 to keep it exact"
                 )
             if gq is not None:
-                q, s, z = gguf_q4_codes(gq.qtype, gq.blocks, gq.shape)
                 counts["int4_exact_from_gguf"] += 1
+                q4 = _q4_kernel()
+                if q4 is not None:
+                    setattr(parent, child_name, q4.Q4Linear.from_gguf_blocks(gq.qtype, gq.blocks, gq.shape, bias))
+                    continue
+                q, s, z = gguf_q4_codes(gq.qtype, gq.blocks, gq.shape)
             elif lin.in_features % g == 0:
                 q, s, z = quantize_int4(lin.weight.data, g)
                 counts["int4"] += 1

@@ -8,6 +8,7 @@ dependency of //torchchat.
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -31,23 +32,24 @@ class Sampler:
             raise ValueError("top_k must be >= 0")
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.min_p, self.repetition_penalty = min_p, repetition_penalty
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
         self._native = None
         try:
             import llm_tokenizers
 
             self._native = llm_tokenizers.Sampler(
-                temperature, top_k, top_p, min_p, repetition_penalty,
-                0 if seed is None else seed,
+                temperature, top_k, top_p, min_p, repetition_penalty, seed
             )
         except ImportError:
             pass
         self._gen = torch.Generator()
-        self._gen.manual_seed(seed if seed is not None else torch.seed())
+        self._gen.manual_seed(seed)
 
     def sample(self, logits: torch.Tensor, recent: Sequence[int] = ()) -> int:
         logits = logits.reshape(-1).float()
         if self._native is not None:
-            return int(self._native.sample(logits.cpu().numpy(), list(recent)))
+            return int(self._native.sample(logits.detach().cpu().numpy(), list(recent)))
         return self._torch_sample(logits, recent)
 
     # --- TEMPORARY FALLBACK ------------------------------------------------

@@ -100,7 +100,8 @@ class Tokenizer:
 
 
 def load(path: os.PathLike | str, chat_template: Optional[str] = None,
-         bos_id: Optional[int] = None, eos_ids: Sequence[int] = ()) -> Tokenizer:
+         bos_id: Optional[int] = None, eos_ids: Sequence[int] = (),
+         add_bos: Optional[bool] = None) -> Tokenizer:
     """Tokenizer for a GGUF file, tokenizer.json, or tokenizer.model."""
     p = Path(path)
     if not p.exists():
@@ -110,15 +111,22 @@ def load(path: os.PathLike | str, chat_template: Optional[str] = None,
     except ImportError:
         llm_tokenizers = None
     if llm_tokenizers is not None:
-        tok = llm_tokenizers.from_gguf(str(p)) if p.suffix == ".gguf" else llm_tokenizers.load(str(p))
+        try:
+            tok = llm_tokenizers.from_gguf(str(p)) if p.suffix == ".gguf" else llm_tokenizers.load(str(p))
+        except (llm_tokenizers.TokenizerError, OSError) as e:
+            raise TokenizerError(f"cannot load tokenizer {p}: {e}") from e
+        native_bos = tok.bos_id if tok.bos_id >= 0 else None
+        if add_bos is None:  # BPE vocabularies without a BOS convention skip it
+            add_bos = tok.type in ("sentencepiece", "llama2c", "tiktoken")
         return Tokenizer(
             _Native(tok),
-            chat_template or tok.chat_template,
-            tok.bos_id if bos_id is None else bos_id,
-            tuple(tok.eos_ids) or tuple(eos_ids),
+            chat_template or tok.chat_template or None,
+            native_bos if bos_id is None else bos_id,
+            tuple(eos_ids) or tuple(tok.eos_ids),
             "llm_tokenizers",
+            add_bos,
         )
-    return _fallback_load(p, chat_template, bos_id, eos_ids)
+    return _fallback_load(p, chat_template, bos_id, eos_ids, add_bos)
 
 
 class _Native:
@@ -202,7 +210,7 @@ class _PT:
         return _TextStreamDecoder(self.decode)
 
 
-def _fallback_load(p: Path, chat_template, bos_id, eos_ids) -> Tokenizer:
+def _fallback_load(p: Path, chat_template, bos_id, eos_ids, add_bos) -> Tokenizer:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
@@ -219,7 +227,8 @@ def _fallback_load(p: Path, chat_template, bos_id, eos_ids) -> Tokenizer:
             template = chat_template or getattr(tok, "chat_template", None)
             bos = tok.bos_token_id if bos_id is None else bos_id
             eos = tuple(eos_ids) or ((tok.eos_token_id,) if tok.eos_token_id is not None else ())
-            add_bos = bool(getattr(tok, "add_bos_token", False))
+            if add_bos is None:
+                add_bos = bool(getattr(tok, "add_bos_token", False))
             return Tokenizer(_HF(tok), template, bos, eos, "transformers (fallback)", add_bos)
         import pytorch_tokenizers
 
@@ -232,7 +241,7 @@ def _fallback_load(p: Path, chat_template, bos_id, eos_ids) -> Tokenizer:
                 if "allowed_special" in tok.encode.__code__.co_varnames else []
             eos = tuple(dict.fromkeys((tok.eos_id, *eot)))
         return Tokenizer(_PT(tok), template, tok.bos_id if bos_id is None else bos_id,
-                         eos, "pytorch_tokenizers (fallback)")
+                         eos, "pytorch_tokenizers (fallback)", True if add_bos is None else add_bos)
     except TokenizerError:
         raise
     except Exception as e:
