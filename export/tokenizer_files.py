@@ -91,9 +91,16 @@ def _tokenizer_json_from_gguf(gguf_path: Path, dest: Path) -> dict:
     except ImportError:
         writer = None
     if writer is not None:
-        with atomic_output(str(dest)) as tmp:
-            writer(str(gguf_path), tmp)
-        return {}
+        # It writes tokenizer.json + tokenizer_config.json into a directory.
+        with tempfile.TemporaryDirectory(dir=dest.parent) as d:
+            try:
+                writer(str(gguf_path), d)
+            except Exception as e:
+                raise TokenizerFilesError(
+                    f"cannot build tokenizer.json from {gguf_path}: {e}") from e
+            _copy(Path(d) / "tokenizer.json", dest)
+            cfg = Path(d) / "tokenizer_config.json"
+            return json.loads(cfg.read_text()) if cfg.is_file() else {}
     # INTERIM: transformers' GGUF -> tokenizers conversion, until
     # llm_tokenizers.write_tokenizer_json exists.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
