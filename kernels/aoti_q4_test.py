@@ -42,7 +42,10 @@ class AotiQ4Test(unittest.TestCase):
         self.check_package(q4.aoti_c_shim_configs(), expect_shim=True)
 
     def check_package(self, configs, expect_shim):
-        model = torch.nn.Sequential(layer(96, 64, 0, True), torch.nn.SiLU(), layer(40, 96, 1, False)).eval()
+        g = torch.Generator().manual_seed(2)
+        q8 = q4.Q8Linear(torch.randint(-128, 128, (24, 64), generator=g, dtype=torch.int8),
+                         (torch.rand(24, 2, generator=g) * 0.01).half())
+        model = torch.nn.Sequential(layer(96, 64, 0, True), torch.nn.SiLU(), layer(64, 96, 1, False), q8).eval()
         x = torch.randn(5, 64)
         want = model(x)
         rows = torch.export.Dim("rows", min=1, max=64)
@@ -53,6 +56,7 @@ class AotiQ4Test(unittest.TestCase):
             with zipfile.ZipFile(pkg) as z:
                 src = "".join(z.read(f).decode() for f in z.namelist() if f.endswith("wrapper.cpp"))
             self.assertEqual("aoti_torch_cpu_q4_linear(" in src, expect_shim)
+            self.assertEqual("aoti_torch_cpu_q8_linear(" in src, expect_shim)
             self.assertEqual("proxy_executor_call_function" in src, not expect_shim)
             runner = torch._inductor.aoti_load_package(pkg)
             torch.testing.assert_close(runner(x), want, rtol=1e-5, atol=1e-5)

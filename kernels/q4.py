@@ -75,7 +75,15 @@ def aoti_c_shim_configs() -> dict:
     loaded: this module provides it in Python; a C++ runner links :torch_ops
     with -Wl,--export-dynamic-symbol=aoti_torch_cpu_q4_linear (see
     //kernels:aoti_q4_run)."""
-    return {"aot_inductor.custom_ops_to_c_shims": {torch.ops.torchchat.q4_linear.default: [C_SHIM_DECL]}}
+    return {"aot_inductor.custom_ops_to_c_shims": {
+        torch.ops.torchchat.q4_linear.default: [C_SHIM_DECL],
+        torch.ops.torchchat.q8_linear.default: [C_SHIM_DECL.replace("q4_linear", "q8_linear")],
+    }}
+
+
+@torch.library.register_fake("torchchat::q8_linear")
+def _q8_linear_fake(x, qs, scales, bias, n, k):
+    return x.new_empty((*x.shape[:-1], n))
 
 
 def num_blocks(k: int) -> int:
@@ -234,3 +242,59 @@ def quantize_model_q4(model: nn.Module, gguf_quantized: Dict[str, object],
             setattr(mod, child_name, Q4Linear.from_gguf_blocks(gq.qtype, gq.blocks, gq.shape, bias))
             count += 1
     return count
+
+
+# --- Q8_0 (the output layer / tied embedding of most GGUF files) -------------
+
+
+def pack_q8_0_blocks(blocks: np.ndarray, shape: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(qs int8 [N, K], scales float16 [N, K/32]) from a GGUF Q8_0 tensor's raw bytes."""
+    n, k = (int(s) for s in shape)
+    if n <= 0 or k <= 0 or k % BLOCK:
+        raise Q4Error(f"q8: GGUF tensor shape {shape} must be (N, K) with K a multiple of {BLOCK}")
+    raw = np.asarray(blocks, dtype=np.uint8)
+    if raw.size != n * (k // BLOCK) * 34:
+        raise Q4Error(f"q8: Q8_0 tensor of shape {shape} needs {n * (k // BLOCK) * 34} bytes, got {raw.size}")
+    b = raw.reshape(n, k // BLOCK, 34)
+    d = b[..., 0:2].copy().view(np.float16)[..., 0]
+    qs = b[..., 2:].copy().view(np.int8).reshape(n, k)
+    return torch.from_numpy(qs), torch.from_numpy(np.ascontiguousarray(d))
+
+
+class Q8Linear(nn.Module):
+    """Drop-in for nn.Linear with exact GGUF Q8_0 weights (w = d*q), e.g. the output layer."""
+
+    def __init__(self, qs: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor] = None):
+        super().__init__()
+        n, k = qs.shape
+        if qs.dtype != torch.int8 or k % BLOCK or tuple(scales.shape) != (n, k // BLOCK) or scales.dtype != torch.float16:
+            raise Q4Error(f"q8: need qs int8 [N, K], K % 32 == 0, scales float16 [N, K/32]; got "
+                          f"{qs.dtype} {tuple(qs.shape)}, {scales.dtype} {tuple(scales.shape)}")
+        self.in_features, self.out_features = k, n
+        self.register_buffer("qs", qs.contiguous())
+        self.register_buffer("scales", scales.contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+
+    @classmethod
+    def from_gguf_blocks(cls, blocks: np.ndarray, shape, bias=None) -> "Q8Linear":
+        return cls(*pack_q8_0_blocks(blocks, shape), bias)
+
+    @classmethod
+    def from_reader_tensor(cls, t, bias=None) -> "Q8Linear":
+        import gguf
+
+        if t.tensor_type != gguf.GGMLQuantizationType.Q8_0:
+            raise Q4Error(f"q8: tensor {t.name} is {t.tensor_type.name}, need Q8_0")
+        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+        return cls.from_gguf_blocks(np.asarray(t.data), shape, bias)
+
+    def dequantized(self) -> torch.Tensor:
+        d = self.scales.float().repeat_interleave(BLOCK, dim=1)
+        return d * self.qs.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.torchchat.q8_linear.default(x, self.qs, self.scales, self.bias, self.out_features,
+                                                     self.in_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -371,6 +371,117 @@ void micro_avx512(const float* x, int64_t ldx, const float* wt, int64_t kp, int 
 }
 #endif  // TC_Q4_X86
 
+
+// ---------------------------------------------------------------- Q8_0 -----
+
+struct Q8Args {
+  const float* x;  // [m, ldx], zero padded
+  int64_t m, ldx;
+  const Q8Weight* w;
+  const float* bias;
+  float* y;
+};
+
+void q8_rows_scalar(const Q8Args& a, int64_t n0, int64_t n1) {
+  const int64_t nb = q4_num_blocks(a.w->k);
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t i = 0; i < a.m; ++i) {
+      const float* x = a.x + i * a.ldx;
+      float acc = 0.f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const int8_t* q = a.w->qs + (n * nb + b) * 32;
+        float t = 0.f;
+        for (int j = 0; j < 32; ++j) t += float(q[j]) * x[b * 32 + j];
+        acc += fp16_to_fp32(a.w->scales[n * nb + b]) * t;
+      }
+      a.y[i * a.w->n + n] = acc + (a.bias ? a.bias[n] : 0.f);
+    }
+}
+
+#if TC_Q4_X86
+template <int R>
+TC_TARGET("avx2,fma,f16c")
+inline void q8_group_avx2(const Q8Args& a, int64_t n, int64_t i) {
+  const int64_t nb = q4_num_blocks(a.w->k);
+  const float* x = a.x + i * a.ldx;
+  __m256 acc[R];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const float* xb = x + b * 32;
+    const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8), x2 = _mm256_loadu_ps(xb + 16),
+                 x3 = _mm256_loadu_ps(xb + 24);
+    TC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const int8_t* q = a.w->qs + ((n + r) * nb + b) * 32;
+      const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+      const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16));
+      __m256 t0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), x0);
+      __m256 t1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo))), x1);
+      t0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), x2, t0);
+      t1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi))), x3, t1);
+      const float d = _cvtsh_ss(a.w->scales[(n + r) * nb + b]);
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_add_ps(t0, t1), acc[r]);
+    }
+  }
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) a.y[i * a.w->n + n + r] = hsum_avx2(acc[r]) + (a.bias ? a.bias[n + r] : 0.f);
+}
+
+TC_TARGET("avx2,fma,f16c") void q8_rows_avx2(const Q8Args& a, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 2 <= n1; n += 2)
+    for (int64_t i = 0; i < a.m; ++i) q8_group_avx2<2>(a, n, i);
+  for (; n < n1; ++n)
+    for (int64_t i = 0; i < a.m; ++i) q8_group_avx2<1>(a, n, i);
+}
+
+template <int R>
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
+inline void q8_group_avx512(const Q8Args& a, int64_t n, int64_t i) {
+  const int64_t nb = q4_num_blocks(a.w->k);
+  const float* x = a.x + i * a.ldx;
+  __m512 acc[R];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512 xlo = _mm512_loadu_ps(x + b * 32), xhi = _mm512_loadu_ps(x + b * 32 + 16);
+    TC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const int8_t* q = a.w->qs + ((n + r) * nb + b) * 32;
+      const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
+      const __m512 hi =
+          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16))));
+      const __m512 t = _mm512_fmadd_ps(hi, xhi, _mm512_mul_ps(lo, xlo));
+      const float d = _cvtsh_ss(a.w->scales[(n + r) * nb + b]);
+      acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc[r]);
+    }
+  }
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) a.y[i * a.w->n + n + r] = hsum_avx512(acc[r]) + (a.bias ? a.bias[n + r] : 0.f);
+}
+
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") void q8_rows_avx512(const Q8Args& a, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4)
+    for (int64_t i = 0; i < a.m; ++i) q8_group_avx512<4>(a, n, i);
+  for (; n < n1; ++n)
+    for (int64_t i = 0; i < a.m; ++i) q8_group_avx512<1>(a, n, i);
+}
+#endif  // TC_Q4_X86
+
+using Q8RowsFn = void (*)(const Q8Args&, int64_t, int64_t);
+
+struct Q8Job {
+  Q8RowsFn fn;
+  Q8Args args;
+};
+
+void run_q8_job(void* ctx, int64_t begin, int64_t end) {
+  const Q8Job& j = *static_cast<const Q8Job*>(ctx);
+  j.fn(j.args, begin, end);
+}
+
 using DequantFn = void (*)(const Q4Weight&, int64_t, float*);
 using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, int, float*, int64_t);
 
@@ -559,6 +670,31 @@ void q4_linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, 
     pf->run(pf->self, w.n, grain, run_job, &job);
   } else {
     run_job(&job, 0, w.n);
+  }
+}
+
+void q8_linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, float* y,
+               const Q4ParallelFor* pf) {
+  if (m <= 0 || w.n <= 0) return;
+  const int64_t kp = q4_num_blocks(w.k) * 32;
+  thread_local std::vector<float> xpad;
+  const float* xp = x;
+  if (kp != w.k) {
+    xpad.assign(size_t(m * kp), 0.f);
+    for (int64_t i = 0; i < m; ++i) std::memcpy(xpad.data() + i * kp, x + i * w.k, size_t(w.k) * sizeof(float));
+    xp = xpad.data();
+  }
+  Q8RowsFn fn = q8_rows_scalar;
+#if TC_Q4_X86
+  if (g_isa == &kAvx512) fn = q8_rows_avx512;
+  else if (g_isa == &kAvx2) fn = q8_rows_avx2;
+#endif
+  Q8Job job{fn, Q8Args{xp, m, kp, &w, bias, y}};
+  const int64_t grain = std::max<int64_t>(4, (int64_t(1) << 13) / kp);
+  if (pf != nullptr && pf->run != nullptr && w.n > grain) {
+    pf->run(pf->self, w.n, grain, run_q8_job, &job);
+  } else {
+    run_q8_job(&job, 0, w.n);
   }
 }
 

@@ -65,4 +65,18 @@ void q4_dequantize(const Q4Weight& w, float* out);
 const char* q4_pack_gguf(int ggml_type, const uint8_t* raw, int64_t n, int64_t k, uint8_t* qs,
                          uint16_t* scales);
 
+// ---- Q8_0 (GGUF's usual output/embedding type): w = d*q, q int8, d fp16 ----
+// Layout: qs int8 [N, nb*32] (K padded to nb*32), scales fp16 [N, nb].
+struct Q8Weight {
+  const int8_t* qs = nullptr;
+  const uint16_t* scales = nullptr;
+  int64_t n = 0;
+  int64_t k = 0;
+};
+
+// y[M, N] = x[M, K] @ W^T (+ bias). Each weight row is read once from memory
+// for all M rows of x (it stays in L1 between them).
+void q8_linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, float* y,
+               const Q4ParallelFor* pf = nullptr);
+
 }  // namespace torchchat::kernels

@@ -202,5 +202,41 @@ TEST(Q4Pack, RejectsBadInput) {
   EXPECT_NE(nullptr, q4_pack_gguf(2, raw, 1, 32, qs, sc));
 }
 
+TEST(Q8Linear, MatchesReferenceOnEveryIsaAndShape) {
+  std::mt19937 rng(21);
+  std::uniform_int_distribution<int> byte(-128, 127);
+  std::normal_distribution<float> g(0.f, 1.f);
+  SpinPool pool(2);
+  const Q4ParallelFor pf = pool.as_parallel_for();
+  for (const auto& isa : isas()) {
+    ASSERT_TRUE(q4_force_isa(isa.c_str()));
+    for (int64_t k : {32, 40, 576, 1})
+      for (int64_t n : {1, 5, 67})
+        for (int64_t m : {1, 3, 9}) {
+          const int64_t nb = q4_num_blocks(k);
+          std::vector<int8_t> qs(size_t(n * nb * 32));
+          std::vector<uint16_t> sc(size_t(n * nb));
+          for (auto& q : qs) q = int8_t(byte(rng));
+          for (auto& d : sc) d = fp32_to_fp16(g(rng) * 0.01f);
+          const auto x = random_vec(size_t(m * k), rng);
+          const auto bias = random_vec(size_t(n), rng);
+          std::vector<float> y(size_t(m * n));
+          q8_linear(x.data(), m, Q8Weight{qs.data(), sc.data(), n, k}, bias.data(), y.data(), n > 8 ? &pf : nullptr);
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t r = 0; r < n; ++r) {
+              double ref = bias[r], mag = std::fabs(bias[r]);
+              for (int64_t c = 0; c < k; ++c) {
+                const float w = fp16_to_fp32(sc[r * nb + c / 32]) * float(qs[(r * nb + c / 32) * 32 + c % 32]);
+                ref += double(w) * x[i * k + c];
+                mag += std::fabs(double(w) * x[i * k + c]);
+              }
+              ASSERT_LE(std::fabs(y[i * n + r] - ref), 1e-5 * mag + 1e-30)
+                  << isa << " M=" << m << " N=" << n << " K=" << k;
+            }
+        }
+  }
+  q4_force_isa("");
+}
+
 }  // namespace
 }  // namespace torchchat::kernels

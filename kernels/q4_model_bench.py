@@ -1,7 +1,8 @@
-"""All 210 linears of a SmolLM2-135M decode step (30 layers x q, k, v, o,
-gate, up, down), as one model: fp32 nn.Linear vs torchchat::q4_linear, eager
-and AOTInductor (proxy executor and C shim), at M=1. The output layer and
-attention are left out: this times the part the kernel replaces.
+"""The linears of a SmolLM2-135M decode step (30 layers x q, k, v, o, gate,
+up, down, plus the 49152x576 output layer), as one model: fp32 nn.Linear vs
+torchchat::q4_linear (and q8_linear for the output, GGUF's Q8_0), eager and
+AOTInductor (proxy executor and C shim), at M=1. Attention is left out: this
+times the part the kernels replace.
 
     tools/bazel run -c opt //kernels:q4_model_bench -- [--threads 1 2] [--layers 30]
 """
@@ -17,7 +18,7 @@ from torch import nn
 
 from kernels import q4
 
-DIM, HIDDEN, KV = 576, 1536, 192
+DIM, HIDDEN, KV, VOCAB = 576, 1536, 192, 49152
 
 
 def q4_like(lin: nn.Linear, g: torch.Generator) -> q4.Q4Linear:
@@ -49,11 +50,12 @@ class Stack(nn.Module):
     def __init__(self, layers):
         super().__init__()
         self.layers = nn.ModuleList(Layer() for _ in range(layers))
+        self.output = nn.Linear(DIM, VOCAB, bias=False)
 
     def forward(self, x):
         for layer in self.layers:
             x = F.rms_norm(layer(x), (DIM,))
-        return x
+        return self.output(x)
 
 
 def quantized_copy(model: Stack, g) -> Stack:
@@ -62,6 +64,9 @@ def quantized_copy(model: Stack, g) -> Stack:
     for layer in qm.layers:
         for name, child in list(layer.named_children()):
             setattr(layer, name, q4_like(child, g))
+    q8s = (torch.rand(VOCAB, DIM // 32, generator=g) * 0.001).half()
+    qm.output = q4.Q8Linear(torch.randint(-128, 128, (VOCAB, DIM), generator=g, dtype=torch.int8), q8s)
+    model.output.weight.data.copy_(qm.output.dequantized())
     # Copy the (now exactly representable) weights back so both compute the same.
     for lq, lf in zip(qm.layers, model.layers):
         for name, child in lq.named_children():
@@ -104,7 +109,7 @@ def main():
             print(f"compiled {name} in {time.perf_counter() - t0:.0f} s")
             runs[name] = torch._inductor.aoti_load_package(pkg)
         print(f"weights: fp32 {f_bytes / 1e6:.0f} MB, q4 {q4_bytes / 1e6:.0f} MB; {args.layers} layers, "
-              f"{7 * args.layers} linears, M=1")
+              f"{7 * args.layers} linears + output, M=1")
         print(f"{'threads':>7} {'variant':>16} {'ms/step':>8} {'GB/s':>6} {'steps/s':>8}")
         for t in args.threads:
             torch.set_num_threads(t)

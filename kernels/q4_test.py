@@ -79,6 +79,20 @@ class Q4LinearTest(unittest.TestCase):
         x = torch.randn(4, 1536)
         torch.testing.assert_close(lin(x), x @ torch.from_numpy(want).float().T, rtol=1e-5, atol=1e-5)
 
+    def test_smollm2_q8_0_output_is_exact(self):
+        reader = gguf.GGUFReader(str(smollm2_gguf()))
+        t = next(t for t in reader.tensors if t.name == "token_embd.weight")
+        self.assertEqual(t.tensor_type, gguf.GGMLQuantizationType.Q8_0)
+        rows = 256  # a slice keeps the test fast; the layout is per row
+        raw = np.asarray(t.data)[:rows]
+        lin = q4.Q8Linear.from_gguf_blocks(raw, (rows, 576))
+        want = gguf.quants.dequantize(raw, t.tensor_type).reshape(rows, 576)
+        self.assertTrue(np.array_equal(lin.dequantized().numpy(), want))
+        x = torch.randn(3, 576)
+        torch.testing.assert_close(lin(x), x @ torch.from_numpy(want).T, rtol=1e-5, atol=1e-5)
+        with self.assertRaisesRegex(RuntimeError, "qs must be int8"):
+            torch.ops.torchchat.q8_linear(x, lin.qs.float(), lin.scales, None, rows, 576)
+
     def test_q4_0_blocks_are_exact(self):
         rng = np.random.default_rng(0)
         w = rng.standard_normal((8, 64)).astype(np.float32)

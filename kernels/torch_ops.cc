@@ -103,7 +103,46 @@ at::Tensor& q4_linear_out(const at::Tensor& x, const at::Tensor& qs, const at::T
 
 }  // namespace
 
+namespace {
+
+// torchchat::q8_linear: GGUF Q8_0 weights (w = d*q), qs int8 [n, nb*32],
+// scales float16 [n, nb]. For the output layer / tied embedding.
+at::Tensor q8_linear_impl(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+                          const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
+  const int64_t nb = q4_num_blocks(k);
+  TORCH_CHECK(n > 0 && k > 0, "q8_linear: n and k must be positive, got n=", n, " k=", k);
+  TORCH_CHECK(x.device().is_cpu() && qs.device().is_cpu() && scales.device().is_cpu(),
+              "q8_linear: CPU tensors only");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == k && x.is_floating_point(),
+              "q8_linear: x must be a float tensor ending in k=", k, ", got ", x.scalar_type(), " ", x.sizes());
+  TORCH_CHECK(qs.scalar_type() == at::kChar && qs.dim() == 2 && qs.size(0) == n && qs.size(1) == nb * 32,
+              "q8_linear: qs must be int8 [", n, ", ", nb * 32, "], got ", qs.scalar_type(), " ", qs.sizes());
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.dim() == 2 && scales.size(0) == n && scales.size(1) == nb,
+              "q8_linear: scales must be float16 [", n, ", ", nb, "], got ", scales.scalar_type(), " ",
+              scales.sizes());
+  at::Tensor bf;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "q8_linear: bias must be [", n, "], got ", bias->sizes());
+    bf = bias->to(at::kFloat).contiguous();
+  }
+  const at::Tensor xf = x.to(at::kFloat).contiguous(), qc = qs.contiguous(), sc = scales.contiguous();
+  at::Tensor y = at::empty(out_shape(x, n), xf.options());
+  const Q8Weight w{qc.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(sc.data_ptr<at::Half>()), n, k};
+  const Q4ParallelFor pf = pick_parallel_for();
+  q8_linear(xf.data_ptr<float>(), xf.numel() / k, w, bf.defined() ? bf.data_ptr<float>() : nullptr,
+            y.data_ptr<float>(), &pf);
+  return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+}
+
+}  // namespace
+
+at::Tensor q8_linear_op(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+                        const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
+  return q8_linear_impl(x, qs, scales, bias, n, k);
+}
+
 TORCH_LIBRARY(torchchat, m) {
+  m.def("q8_linear(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k) -> Tensor");
   m.def("q4_linear(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k) -> Tensor");
   m.def(
       "q4_linear.out(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k, *, Tensor(a!) out) "
@@ -113,6 +152,7 @@ TORCH_LIBRARY(torchchat, m) {
 TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
   m.impl("q4_linear", &q4_linear_op);
   m.impl("q4_linear.out", &q4_linear_out);
+  m.impl("q8_linear", &q8_linear_op);
 }
 
 }  // namespace torchchat::kernels
@@ -130,6 +170,19 @@ extern "C" __attribute__((visibility("default"))) AOTITorchError aoti_torch_cpu_
     using torch::aot_inductor::tensor_handle_to_tensor_pointer;
     const c10::optional<at::Tensor> b = torch::aot_inductor::pointer_to_optional<at::Tensor>(bias);
     at::Tensor y = torchchat::kernels::q4_linear_op(*tensor_handle_to_tensor_pointer(x),
+                                                    *tensor_handle_to_tensor_pointer(qs),
+                                                    *tensor_handle_to_tensor_pointer(scales), b, n, k);
+    *ret0 = torch::aot_inductor::new_tensor_handle(std::move(y));
+  });
+}
+
+extern "C" __attribute__((visibility("default"))) AOTITorchError aoti_torch_cpu_q8_linear(
+    AtenTensorHandle x, AtenTensorHandle qs, AtenTensorHandle scales, AtenTensorHandle* bias, int64_t n, int64_t k,
+    AtenTensorHandle* ret0) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    using torch::aot_inductor::tensor_handle_to_tensor_pointer;
+    const c10::optional<at::Tensor> b = torch::aot_inductor::pointer_to_optional<at::Tensor>(bias);
+    at::Tensor y = torchchat::kernels::q8_linear_op(*tensor_handle_to_tensor_pointer(x),
                                                     *tensor_handle_to_tensor_pointer(qs),
                                                     *tensor_handle_to_tensor_pointer(scales), b, n, k);
     *ret0 = torch::aot_inductor::new_tensor_handle(std::move(y));
