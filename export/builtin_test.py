@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from export import artifacts, export_llm
+from export import export_llm
+from torchchat import artifacts
 
 MAX_SEQ = 128
 QUESTION = "What is the capital of France?"

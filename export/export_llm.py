@@ -292,7 +292,7 @@ def _quiet_executorch() -> None:
 
 def pt2_metadata(source: Source, max_seq_length: int, dtype_name: str,
                  tokenizer_file: str, tokenizer_kind: str, quantize: str) -> Dict[str, str]:
-    from export.artifacts import PT2_FORMAT
+    from torchchat.artifacts import PT2_FORMAT
 
     return {
         "torchchat_format": PT2_FORMAT,
@@ -448,7 +448,7 @@ def run(args, out=None) -> Dict[str, Any]:
 
 
 def _known_errors():
-    from export.artifacts import ArtifactError
+    from torchchat.artifacts import ArtifactError
     from export.tokenizer_files import TokenizerFilesError
     from torchchat.checkpoint import CheckpointError
     from torchchat.model import ConfigError

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from export import artifacts, export_llm, tiny_model
+from export import export_llm, tiny_model
+from torchchat import artifacts
 
 MAX_SEQ = 64
 PROMPT = "Hello, my name is"

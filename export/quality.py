@@ -89,7 +89,8 @@ def et_quantized_eager(model, spec, dtype_name="fp32"):
 
 
 def main(argv=None) -> int:
-    from export import artifacts, export_llm
+    from export import export_llm
+    from torchchat import artifacts
 
     p = argparse.ArgumentParser(prog="quality")
     p.add_argument("model", nargs="?")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from export import artifacts, export_llm, quality, tiny_model
+from export import export_llm, quality, tiny_model
+from torchchat import artifacts
 
 MAX_SEQ = 64
 

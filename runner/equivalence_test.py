@@ -25,6 +25,7 @@ RUNFILES = Path(os.environ["TEST_SRCDIR"]) / "_main"
 ART = RUNFILES / "runner" / "tiny"
 AOTI_RUN = RUNFILES / "runner" / "aoti" / "aoti_run"
 ET_RUN = RUNFILES / "runner" / "et" / "et_run"
+TORCHCHAT = RUNFILES / "torchchat" / "torchchat"
 PROMPT = "Hello, my name is"
 STEPS = 32
 MAX_SEQ = 64
@@ -47,7 +48,7 @@ class EquivalenceTest(unittest.TestCase):
         cls.tok = llm_tokenizers.load(str(ART / "tokenizer.json"))
         source = export_llm.load_source(ART / "ckpt")
         cls.model = export_llm.build(source, "fp32", MAX_SEQ)
-        cls.prompt = cls.tok.encode(PROMPT, bos=True)
+        cls.prompt = cls.tok.encode(PROMPT, bos=cls.tok.add_bos)
 
     def eager(self, pick, steps=STEPS):
         with torch.no_grad():
@@ -85,6 +86,19 @@ class EquivalenceTest(unittest.TestCase):
                              "-t", "0.9", "-k", "40", "-p", "0.95", "-s", "7")
         self.assertEqual(rc, 0, err)
         self.assertNotEqual(other, want)
+
+    def test_torchchat_cli_on_artifacts_matches_runners(self):
+        """`torchchat generate --pte-path/--aoti-package-path` is the same loop."""
+        for flag, model, binary in (("--pte-path", ART / "model.pte", ET_RUN),
+                                    ("--aoti-package-path", ART / "model.pt2", AOTI_RUN)):
+            cli = subprocess.run(
+                [str(TORCHCHAT), "generate", flag, str(model), "--prompt", PROMPT,
+                 "--raw", "--temperature", "0", "--max-new-tokens", "16", "--quiet"],
+                capture_output=True, text=True, timeout=300)
+            self.assertEqual(cli.returncode, 0, cli.stderr)
+            rc, ids, err = run(binary, model, "-i", PROMPT, "-n", "16", "-t", "0")
+            self.assertEqual(rc, 0, err)
+            self.assertEqual(cli.stdout.strip(), PROMPT + self.tok.decode(ids).strip())
 
     def test_stats_json(self):
         stats = Path(tempfile.mkdtemp()) / "stats.json"

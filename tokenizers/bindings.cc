@@ -230,6 +230,9 @@ PYBIND11_MODULE(llm_tokenizers, m) {
                              [](const PyTokenizer& t) { return t.tok->vocab_size(); })
       .def_property_readonly("bos_id", [](const PyTokenizer& t) { return t.tok->bos_id(); },
                              "The bos id, or -1.")
+      .def_property_readonly(
+          "add_bos", [](const PyTokenizer& t) { return t.tok->add_bos(); },
+          "Whether a prompt without a chat template starts with bos_id.")
       .def_property_readonly("eos_ids",
                              [](const PyTokenizer& t) { return t.tok->eos_ids(); },
                              "Ids that end generation (may be empty).")

@@ -39,20 +39,19 @@ EDGE_CASES = [
 
 
 def sentencepiece_sdist():
-    """The sentencepiece source tree tools/bazel provisioned (its test models
-    and botchan.txt). Its BUILD file exports none of them, so they are found
-    on disk: $SENTENCEPIECE_SRC, else the provisioning cache."""
-    import pwd
-
+    """The sentencepiece source tree's test models and botchan.txt, which the
+    tests take as data from @sentencepiece (or $SENTENCEPIECE_SRC)."""
     env = os.environ.get("SENTENCEPIECE_SRC")
     if env:
         return env
-    home = pwd.getpwuid(os.getuid()).pw_dir
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
-    found = sorted(glob.glob(os.path.join(cache, "torchchat", "deps-*", "sentencepiece")))
-    if not found:
-        raise FileNotFoundError("sentencepiece sources not found; set SENTENCEPIECE_SRC")
-    return found[-1]
+    runfiles = os.environ.get("TEST_SRCDIR") or os.environ.get("RUNFILES_DIR", "")
+    for name in ("sentencepiece~", "sentencepiece"):
+        d = os.path.join(runfiles, name)
+        if os.path.exists(os.path.join(d, "data", "botchan.txt")):
+            return d
+    raise FileNotFoundError(
+        "sentencepiece's test data is not in the runfiles; depend on "
+        "@sentencepiece//:data/botchan.txt or set SENTENCEPIECE_SRC")
 
 
 def _read(path):

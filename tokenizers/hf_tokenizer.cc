@@ -812,10 +812,12 @@ Result<void> HfTokenizer::LoadFromStrings(std::string_view text,
     }
     return -1;
   };
+  add_bos_ = false;  // byte-level BPE JSON adds none unless its config says so
   if (!config_text.empty()) {
     auto cfg = ParseJson(config_text);
     if (!cfg.ok()) return MakeError("tokenizer_config.json: " + cfg.error());
     bos_id_ = id_of(ConfigToken(cfg->Find("bos_token")));
+    add_bos_ = cfg->GetBool("add_bos_token", false);
     const int eos = id_of(ConfigToken(cfg->Find("eos_token")));
     if (eos >= 0) eos_ids_.push_back(eos);
     if (const Json* ct = cfg->Find("chat_template")) {

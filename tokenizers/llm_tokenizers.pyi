@@ -50,6 +50,9 @@ class Tokenizer:
     def bos_id(self) -> int:
         """The bos id, or -1."""
     @property
+    def add_bos(self) -> bool:
+        """Whether a prompt without a chat template starts with bos_id."""
+    @property
     def eos_ids(self) -> List[int]:
         """Ids that end generation (may be empty)."""
     @property

@@ -85,6 +85,12 @@ class Tokenizer {
   virtual std::string type() const = 0;
   // The chat template shipped with the tokenizer, or "".
   const std::string& chat_template() const { return chat_template_; }
+  // Whether a prompt without a chat template starts with bos_id(): what
+  // the tokenizer's own config says (tokenizer_config.json add_bos_token,
+  // GGUF add_bos_token), else the format's convention (SentencePiece,
+  // llama2c and tiktoken vocabularies do; byte-level BPE JSON does not).
+  // Every runtime uses this one rule, so they all see the same prompt ids.
+  bool add_bos() const { return add_bos_ && bos_id() >= 0; }
 
   StreamDecoder NewStreamDecoder() const { return StreamDecoder(this); }
 
@@ -92,6 +98,7 @@ class Tokenizer {
   int bos_id_ = -1;
   std::vector<int> eos_ids_;
   std::string chat_template_;
+  bool add_bos_ = true;
 };
 
 // Reads `path` and builds the right tokenizer for it: a JSON file is an HF

@@ -116,9 +116,19 @@ def _load(args):
     ckpt = None
     if source is not None:
         ckpt = ckpt_mod.load_checkpoint(source)
-    tok_path = _user_path(args.tokenizer_path) or (ckpt.tokenizer_path if ckpt else None)
+    backend = None
+    if args.aoti_package_path or args.pte_path:
+        from torchchat import artifacts
+
+        path = _user_path(args.aoti_package_path or args.pte_path)
+        try:
+            backend = artifacts.load_pt2(path, args.device) if args.aoti_package_path else artifacts.load_pte(path)
+        except artifacts.ArtifactError as e:
+            raise UserError(str(e)) from e
+    tok_path = (_user_path(args.tokenizer_path) or (ckpt.tokenizer_path if ckpt else None)
+                or (backend.tokenizer_path if backend else None))
     if tok_path is None:
-        raise UserError("no tokenizer found next to the checkpoint; pass --tokenizer-path")
+        raise UserError("no tokenizer found next to the checkpoint or artifact; pass --tokenizer-path")
     tok = tok_mod.load(
         tok_path,
         chat_template=ckpt.chat_template if ckpt else None,
@@ -127,14 +137,8 @@ def _load(args):
         add_bos=ckpt.add_bos if ckpt else None,
     )
 
-    if args.aoti_package_path or args.pte_path:
-        from torchchat import exported
-
-        if args.aoti_package_path:
-            backend = exported.AOTIBackend(_user_path(args.aoti_package_path), args.device, args.max_seq_length)
-        else:
-            backend = exported.PTEBackend(_user_path(args.pte_path), args.max_seq_length)
-        return backend, None, tok, {"backend": type(backend).__name__}
+    if backend is not None:
+        return backend, None, tok, {"backend": type(backend).__name__, "artifact": str(backend.path)}
 
     from torchchat.model import optimize_for_eager
 

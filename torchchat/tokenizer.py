@@ -116,8 +116,8 @@ def load(path: os.PathLike | str, chat_template: Optional[str] = None,
         except (llm_tokenizers.TokenizerError, OSError) as e:
             raise TokenizerError(f"cannot load tokenizer {p}: {e}") from e
         native_bos = tok.bos_id if tok.bos_id >= 0 else None
-        if add_bos is None:  # BPE vocabularies without a BOS convention skip it
-            add_bos = tok.type in ("sentencepiece", "llama2c", "tiktoken")
+        if add_bos is None:  # the tokenizer library's rule, shared with the C++ runners
+            add_bos = tok.add_bos
         return Tokenizer(
             _Native(tok),
             chat_template or tok.chat_template or None,

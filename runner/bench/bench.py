@@ -71,12 +71,10 @@ def run_runner(exe, artifact, prompt, n, threads):
 
 def run_eager(model, prompt, n, max_seq):
     stats = Path(tempfile.mkdtemp()) / "stats.json"
-    cmd = [sys.executable, "-m", "torchchat", "generate"] + ([model] if model else []) + [
+    cmd = [str(binary("torchchat/torchchat")), "generate"] + ([model] if model else []) + [
         "--prompt", prompt, "--max-new-tokens", str(n), "--temperature", "0",
         "--max-seq-length", str(max_seq), "--stats-json", str(stats), "--quiet"]
-    # The child needs this process's import path (the runfiles' packages).
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=RUNFILES, env=env)
+    p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(p.stderr.strip().splitlines()[-1])
     a = json.loads(stats.read_text())["answers"][-1]

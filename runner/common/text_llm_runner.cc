@@ -50,7 +50,7 @@ Result<std::vector<int64_t>> TextLLMRunner::Generate(
     int64_t start_pos) {
   const ModelMetadata& md = model_->metadata();
   stats->inference_start_ms = NowMs();
-  auto encoded = tokenizer_->Encode(prompt, config.bos && md.bos_id >= 0);
+  auto encoded = tokenizer_->Encode(prompt, config.bos && tokenizer_->add_bos());
   if (!encoded.ok()) return MakeError("cannot encode the prompt: " + encoded.error());
   std::vector<int64_t> history(encoded->begin(), encoded->end());
   if (history.empty()) return MakeError("the prompt is empty");

@@ -16,8 +16,8 @@ namespace torchchat {
 
 struct GenerationConfig {
   int64_t max_new_tokens = 128;
-  // Prepend the tokenizer's bos id (off when a chat template already
-  // writes it as text).
+  // Prepend bos where the tokenizer says prompts take one (off when a chat
+  // template already writes it as text).
   bool bos = true;
 };
 
