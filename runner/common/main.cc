@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <random>
@@ -52,6 +53,14 @@ std::string IdsJson(const std::vector<int64_t>& ids) {
     s += (i ? ", " : "") + std::to_string(ids[i]);
   }
   return s + "]";
+}
+
+// `bazel run` starts us in the runfiles tree; relative paths the user typed
+// mean their own directory.
+std::string UserPath(const std::string& path) {
+  const char* wd = std::getenv("BUILD_WORKING_DIRECTORY");
+  if (path.empty() || path[0] == '/' || wd == nullptr || *wd == '\0') return path;
+  return std::string(wd) + "/" + path;
 }
 
 int Fail(const std::string& program, const std::string& msg) {
@@ -142,7 +151,10 @@ int RunMain(int argc, char** argv, const std::string& program,
                  opts.error().c_str(), Usage(program).c_str());
     return 2;
   }
-  const RunnerOptions& o = *opts;
+  RunnerOptions& o = opts.value();
+  for (std::string* p : {&o.model_path, &o.tokenizer_path, &o.stats_json, &o.ids_json}) {
+    *p = UserPath(*p);
+  }
 
   Stats stats;
   stats.model_load_start_ms = NowMs();
