@@ -9,14 +9,12 @@ A scheme a target cannot run is an error, never silently dropped.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-
-class QuantizeError(ValueError):
-    """A --quantize value that cannot be honoured; the message says why."""
+# One reader of the --quantize syntax for eager and export; the error type
+# is shared too, so callers catch one class.
+from torchchat.quantize import QuantizeError, read_spec
 
 
 # Scheme -> allowed options. Names follow upstream torchchat's quantize.py;
@@ -56,38 +54,10 @@ _LINEAR = ("linear:int4", "linear:int8", "linear:a8w4dq", "linear:a8w8dq")
 
 def parse(value: Optional[str | Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     """A validated spec from JSON text, a .json file, a preset name or a dict."""
-    if value is None or value == "":
+    spec = read_spec(value, SCHEMES, PRESETS)
+    if not spec:
         return {}
-    spec: Any = value
-    if isinstance(value, str):
-        text = value.strip()
-        if text in PRESETS:
-            spec = json.loads(json.dumps(PRESETS[text]))
-        elif text.startswith("{"):
-            spec = _loads(text, "--quantize")
-        elif os.path.isfile(text):
-            with open(text) as f:
-                spec = _loads(f.read(), text)
-        else:
-            raise QuantizeError(
-                f"--quantize: {value!r} is not JSON, a preset ({', '.join(PRESETS)}) "
-                "or a readable .json file"
-            )
-    if not isinstance(spec, dict):
-        raise QuantizeError("--quantize: expected a JSON object")
     for key, opts in spec.items():
-        if key not in SCHEMES:
-            raise QuantizeError(
-                f"--quantize: unknown scheme {key!r} (known: {', '.join(SCHEMES)})"
-            )
-        if not isinstance(opts, dict):
-            raise QuantizeError(f"--quantize: the options of {key!r} must be a JSON object")
-        extra = set(opts) - SCHEMES[key]
-        if extra:
-            raise QuantizeError(
-                f"--quantize: unknown option(s) {sorted(extra)} for {key!r} "
-                f"(known: {sorted(SCHEMES[key])})"
-            )
         g = opts.get("groupsize", 0)
         if not isinstance(g, int) or isinstance(g, bool) or g < 0:
             raise QuantizeError(f"--quantize: {key} groupsize must be a non-negative integer")
@@ -101,13 +71,6 @@ def parse(value: Optional[str | Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
                 f"--quantize: unknown precision dtype {d!r} (known: {', '.join(_DTYPES)})"
             )
     return spec
-
-
-def _loads(text: str, where: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise QuantizeError(f"{where}: invalid JSON: {e}") from None
 
 
 def dtype_of(spec: Dict[str, Dict[str, Any]], default: str) -> str:

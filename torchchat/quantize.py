@@ -36,37 +36,58 @@ _KNOWN = {
 }
 
 
-def parse(spec: Optional[str | Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """Validates a --quantize value (JSON text, a .json file or a dict)."""
-    if spec is None or spec == "":
+def read_spec(value, schemes: Dict[str, set], presets: Optional[Dict[str, dict]] = None
+              ) -> Dict[str, Dict[str, Any]]:
+    """Reads upstream torchchat's --quantize syntax, for eager and export alike.
+
+    `value` is JSON text, a .json file, a preset name or a dict; `schemes`
+    maps each scheme this caller supports to its option names. Checks only
+    the syntax; callers check what their backend can do.
+    """
+    if value is None or value == "":
         return {}
-    if isinstance(spec, str):
-        text = spec
-        if not spec.lstrip().startswith(("{", "[")):
-            try:
-                with open(spec) as f:
-                    text = f.read()
-            except OSError as e:
-                raise QuantizeError(f"--quantize: not JSON and not a readable file: {spec}") from e
-        try:
-            spec = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise QuantizeError(f"--quantize: invalid JSON: {e}") from e
+    presets = presets or {}
+    spec: Any = value
+    if isinstance(value, str):
+        text = value.strip()
+        if text in presets:
+            spec = json.loads(json.dumps(presets[text]))
+        elif text.startswith(("{", "[")):
+            spec = _loads(text, "--quantize")
+        elif os.path.isfile(text):
+            with open(text) as f:
+                spec = _loads(f.read(), text)
+        else:
+            kinds = f"a preset ({', '.join(presets)}) " if presets else ""
+            raise QuantizeError(f"--quantize: {value!r} is not JSON, {kinds}or a readable .json file")
     if not isinstance(spec, dict):
         raise QuantizeError("--quantize: expected a JSON object")
     for key, opts in spec.items():
-        if key not in _KNOWN:
-            raise QuantizeError(
-                f"--quantize: unknown scheme {key!r} (supported: {', '.join(_KNOWN)})"
-            )
+        if key not in schemes:
+            raise QuantizeError(f"--quantize: unknown scheme {key!r} (known: {', '.join(schemes)})")
         if not isinstance(opts, dict):
-            raise QuantizeError(f"--quantize: options of {key!r} must be an object")
-        extra = set(opts) - _KNOWN[key]
+            raise QuantizeError(f"--quantize: the options of {key!r} must be a JSON object")
+        extra = set(opts) - schemes[key]
         if extra:
             raise QuantizeError(
                 f"--quantize: unknown option(s) {sorted(extra)} for {key!r} "
-                f"(supported: {sorted(_KNOWN[key])})"
+                f"(known: {sorted(schemes[key])})"
             )
+    return spec
+
+
+def _loads(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise QuantizeError(f"{where}: invalid JSON: {e}") from None
+
+
+def parse(spec: Optional[str | Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Validates a --quantize value (JSON text, a .json file or a dict)."""
+    spec = read_spec(spec, _KNOWN)
+    if not spec:
+        return {}
     if "linear:int4" in spec and "linear:int8" in spec:
         raise QuantizeError("--quantize: choose one of linear:int4 and linear:int8")
     g = spec.get("linear:int4", {}).get("groupsize", 32)
