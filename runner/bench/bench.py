@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-RUNFILES = Path(__file__).resolve().parent.parent.parent
+# Not resolve(): the runfiles tree is made of symlinks into the source tree.
+RUNFILES = Path(os.path.abspath(__file__)).parent.parent.parent
 PROMPTS = [
     "Why is the sky blue?",
     "Write a short poem about the sea.",
