@@ -22,10 +22,12 @@ from pathlib import Path
 
 # Not resolve(): the runfiles tree is made of symlinks into the source tree.
 RUNFILES = Path(os.path.abspath(__file__)).parent.parent.parent
+# Raw completions (no chat template) in every runtime, so all of them see
+# the same prompt ids; an instruct model still continues these for a while.
 PROMPTS = [
-    "Why is the sky blue?",
-    "Write a short poem about the sea.",
-    "Explain what a tokenizer does in one paragraph.",
+    "The sky is blue because",
+    "Once upon a time, in a small village by the sea,",
+    "A tokenizer splits text into",
 ]
 
 
@@ -73,7 +75,7 @@ def run_runner(exe, artifact, prompt, n, threads):
 def run_eager(model, prompt, n, max_seq):
     stats = Path(tempfile.mkdtemp()) / "stats.json"
     cmd = [str(binary("torchchat/torchchat")), "generate"] + ([model] if model else []) + [
-        "--prompt", prompt, "--max-new-tokens", str(n), "--temperature", "0",
+        "--prompt", prompt, "--raw", "--max-new-tokens", str(n), "--temperature", "0",
         "--max-seq-length", str(max_seq), "--stats-json", str(stats), "--quiet"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
