@@ -1,7 +1,5 @@
 """CLI errors: one clear line and exit 1; registry commands offline."""
 
-import contextlib
-import io
 import os
 import sys
 import tempfile
@@ -11,19 +9,7 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from torchchat import cli
-
-
-def run(argv, stdin=""):
-    out, err = io.StringIO(), io.StringIO()
-    old_stdin = sys.stdin
-    sys.stdin = io.StringIO(stdin)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = cli.main(argv)
-    finally:
-        sys.stdin = old_stdin
-    return rc, out.getvalue(), err.getvalue()
+from torchchat.cli_harness import run
 
 
 class CliErrorsTest(unittest.TestCase):
