@@ -6,9 +6,11 @@
 The .pte path is ExecuTorch's own LLM flow (LLMEdgeManager, the llama
 example's source transforms and metadata, XNNPACK partitioners); nothing is
 lowered here. What this file adds: our checkpoint loaders, a dynamic-shape
-KV-cache graph without ExecuTorch's llama:: custom ops by default (so a
-runner that links only ExecuTorch's core, portable and XNNPACK libraries can
-run it), bos/eos from the tokenizer, and atomic writes.
+KV-cache graph, bos/eos from the tokenizer, and atomic writes. By default the
+graph uses ExecuTorch's llama::update_cache / custom_sdpa ops, as ExecuTorch's
+own flow does: its runners link them, and et_run links our kernels for them
+(//kernels:et_llama_ops). --no-et-custom-ops gives a graph that needs only
+ExecuTorch's core, portable and XNNPACK libraries, and decodes slower.
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ def et_quant_transforms(q: "quant.EtQuant", et_dtype) -> List[Callable]:
 
 
 def export_pte(model, source: Source, out_path: Path, spec: Dict[str, Dict[str, Any]],
-               dtype_name: str, max_seq_length: int, custom_ops: bool = False,
+               dtype_name: str, max_seq_length: int, custom_ops: bool = True,
                stages: Optional[Stages] = None) -> Dict[str, Any]:
     """Lowers an eager fp32 Model to `out_path` through ExecuTorch's LLM flow."""
     import torch
@@ -368,9 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--max-seq-length", type=int, help="KV cache length (default: min(model context, 2048))")
     p.add_argument(
-        "--et-custom-ops", action="store_true",
-        help="use ExecuTorch's llama::custom_sdpa / update_cache ops (faster decode; the "
-             ".pte then needs the custom-ops kernel library, which et_run does not link)")
+        "--et-custom-ops", action=argparse.BooleanOptionalAction, default=True,
+        help="use ExecuTorch's llama::update_cache / custom_sdpa ops, which attend over the "
+             "filled cache only (default; et_run and ExecuTorch's runners link them). "
+             "--no-et-custom-ops: a graph for runners with only the core, portable and "
+             "XNNPACK kernels")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 

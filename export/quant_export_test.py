@@ -31,7 +31,7 @@ class QuantizedPteTest(unittest.TestCase):
         with contextlib.redirect_stderr(cls.err):
             cls.rc = export_llm.main(["--checkpoint-path", str(cls.ckpt), "--output-pte-path",
                                       str(cls.pte_path), "--quantize", "mobile",
-                                      "--max-seq-length", str(MAX_SEQ)])
+                                      "--max-seq-length", str(MAX_SEQ), "--no-et-custom-ops"])
 
     @classmethod
     def tearDownClass(cls):
@@ -63,6 +63,8 @@ class QuantizedPteTest(unittest.TestCase):
         program = getattr(program, "program", program)
         ops = {op.name for plan in program.execution_plan for op in plan.operators}
         self.assertIn("quantized_decomposed::embedding_4bit", ops)
+        # --no-et-custom-ops: only core, portable, quantized and XNNPACK.
+        self.assertFalse([o for o in ops if o.startswith("llama::")], ops)
         # fp32 would be ~(320*128*2 + 2 layers of linears) * 4 bytes; the
         # quantized layers and 4-bit embedding must shrink it well below.
         fp32_bytes = 4 * (2 * 320 * 128 + 2 * (4 * 128 * 128 + 3 * 128 * 256))
