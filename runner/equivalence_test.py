@@ -87,6 +87,25 @@ class EquivalenceTest(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertNotEqual(other, want)
 
+    def test_quantized_pte_matches_executorch_python_runtime(self):
+        # 4-bit embedding + XNNPACK 8da4w: et_run needs ExecuTorch's
+        # quantized kernels; its ids must equal ExecuTorch's own runtime's.
+        from torchchat import artifacts
+
+        pte = ART / "mobile" / "model.pte"
+        model = artifacts.load_pte(pte)
+        out, logits, pos = [], model(torch.tensor([self.prompt]), torch.arange(len(self.prompt))), len(self.prompt)
+        for _ in range(STEPS):
+            t = int(logits.argmax(-1))
+            out.append(t)
+            if t in self.tok.eos_ids:
+                break
+            logits = model(torch.tensor([[t]]), torch.tensor([pos]))
+            pos += 1
+        rc, ids, err = run(ET_RUN, pte, "-i", PROMPT, "-n", str(STEPS), "-t", "0")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(ids, out)
+
     def test_torchchat_cli_on_artifacts_matches_runners(self):
         """`torchchat generate --pte-path/--aoti-package-path` is the same loop."""
         for flag, model, binary in (("--pte-path", ART / "model.pte", ET_RUN),

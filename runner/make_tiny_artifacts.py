@@ -4,7 +4,9 @@ Usage: make_tiny_artifacts.py OUT_DIR
 
 OUT_DIR/ckpt/ is the Meta-format checkpoint (with its tokenizer), and
 OUT_DIR/model.pte, OUT_DIR/model.pt2 come from //export:export_llm's own
-command line, with the tokenizer files it writes beside them.
+command line, with the tokenizer files it writes beside them, and
+OUT_DIR/mobile/model.pte is the same model under the `mobile` preset
+(4-bit embedding, XNNPACK 8da4w linears).
 """
 
 import sys
@@ -25,6 +27,15 @@ def main():
         "--max-seq-length", str(MAX_SEQ),
         "--quiet",
     ])
+    if rc == 0:
+        (out / "mobile").mkdir(exist_ok=True)
+        rc = export_llm.main([
+            "--checkpoint-path", str(ckpt),
+            "--output-pte-path", str(out / "mobile" / "model.pte"),
+            "--quantize", "mobile",
+            "--max-seq-length", str(MAX_SEQ),
+            "--quiet",
+        ])
     sys.exit(rc)
 
 
