@@ -45,6 +45,20 @@ def binary(rel):
     return p
 
 
+def export_key() -> str:
+    """Names cached artifacts by the code that exports them, so an export
+    change never benchmarks a stale artifact."""
+    import hashlib
+
+    from export import export_llm, quant
+    from torchchat import model as model_mod
+
+    h = hashlib.sha256()
+    for mod in (export_llm, quant, model_mod):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()[:12]
+
+
 def export(model, kind, path, max_seq):
     if path.exists():
         return path
@@ -140,10 +154,12 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--max-seq-length", type=int, default=256)
     ap.add_argument("--num-threads", type=int, default=0)
+    ap.add_argument("--llama-cpp", metavar="DIR",
+                    help="a `pip install --target DIR llama-cpp-python` directory (see runner/README.md)")
     ap.add_argument("--skip", action="append", default=[], help="eager, aoti_run, et_run, et_runner, llama.cpp")
     args = ap.parse_args()
     wd = Path(os.environ.get("BUILD_WORKING_DIRECTORY", "."))
-    tag = (args.model or "builtin").replace("/", "_")
+    tag = f"{(args.model or 'builtin').replace('/', '_')}-s{args.max_seq_length}-{export_key()}"
     pte = Path(wd, args.pte) if args.pte else export(args.model, "pte", cache_dir() / f"{tag}.pte", args.max_seq_length)
     pt2 = Path(wd, args.pt2) if args.pt2 else export(args.model, "pt2", cache_dir() / f"{tag}.pt2", args.max_seq_length)
 
@@ -153,6 +169,8 @@ def main():
         "et_run": lambda p: run_runner(binary("runner/et/et_run"), pte, p, args.max_new_tokens, args.num_threads),
         "et_runner": lambda p: run_et_runner(pte, p, args.max_new_tokens),
     }
+    if args.llama_cpp:
+        sys.path.insert(0, str(Path(wd, os.path.expanduser(args.llama_cpp))))
     try:
         import llama_cpp  # noqa: F401
 
