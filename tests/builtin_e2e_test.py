@@ -1,0 +1,110 @@
+"""Slow: the built-in SmolLM2-135M end to end, as the README runs it.
+
+Exports the built-in model both ways through export_llm's command line, then
+asks each runtime the same question: eager-style loaders in Python
+(torchchat.artifacts), aoti_run and et_run in chat mode, and ExecuTorch's own
+TextLLMRunner on our .pte. Greedy ids must also agree between the eager
+model, aoti_run and et_run. MAX_SEQ keeps both exports inside CI's budget.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+from pathlib import Path
+
+import torch
+
+from export import export_llm
+from torchchat import artifacts
+
+RUNFILES = Path(os.environ["TEST_SRCDIR"]) / "_main"
+AOTI_RUN = RUNFILES / "runner" / "aoti" / "aoti_run"
+ET_RUN = RUNFILES / "runner" / "et" / "et_run"
+MAX_SEQ = 128
+QUESTION = "What is the capital of France?"
+COMPLETION = "The capital of France is"
+STEPS = 12
+
+
+def greedy(forward, ids, steps, eos_ids):
+    logits = forward(torch.tensor([ids]), torch.arange(len(ids)))
+    out, pos = [], len(ids)
+    for _ in range(steps):
+        t = int(logits.argmax(-1))
+        if t in eos_ids:
+            break
+        out.append(t)
+        logits = forward(torch.tensor([[t]]), torch.tensor([pos]))
+        pos += 1
+    return out
+
+
+class BuiltinModelTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = Path(tempfile.mkdtemp())
+        cls.pte = cls.dir / "pte" / "model.pte"
+        cls.pt2 = cls.dir / "pt2" / "model.pt2"
+        cls.pte.parent.mkdir()
+        cls.pt2.parent.mkdir()
+        rc = export_llm.main(["--output-pte-path", str(cls.pte), "--output-aoti-package-path",
+                              str(cls.pt2), "--max-seq-length", str(MAX_SEQ)])
+        assert rc == 0, "export_llm failed"
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def test_python_loaders_answer(self):
+        from torchchat import tokenizer as tok_mod
+
+        for path in (self.pte, self.pt2):
+            model = artifacts.load(path)
+            tok = tok_mod.load(model.tokenizer_path, bos_id=model.bos_id, eos_ids=model.eos_ids)
+            self.assertTrue(tok.chat_template, "tokenizer_config.json lost the chat template")
+            prompt = tok.template().render([{"role": "user", "content": QUESTION}])
+            text = tok.decode(greedy(model, tok.encode(prompt), 40, set(model.eos_ids)))
+            self.assertIn("Paris", text, f"{path.name}: {text!r}")
+
+    def test_runners_chat(self):
+        for binary, model in ((AOTI_RUN, self.pt2), (ET_RUN, self.pte)):
+            p = subprocess.run([str(binary), str(model), "-m", "chat", "-t", "0", "-n", "40"],
+                               input=QUESTION + "\n", capture_output=True, text=True, timeout=600)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("Paris", p.stdout, f"{binary.name}: {p.stdout!r}")
+
+    def test_greedy_ids_agree_with_eager(self):
+        import llm_tokenizers
+
+        source = export_llm.load_source(export_llm.resolve_checkpoint(None, None))
+        eager = export_llm.build(source, "fp32", MAX_SEQ)
+        tok = llm_tokenizers.load(str(self.pte.parent / "tokenizer.json"))
+        prompt = tok.encode(COMPLETION, bos=tok.add_bos)
+        with torch.no_grad():
+            want = greedy(eager, prompt, STEPS, set(tok.eos_ids))
+        self.assertTrue(want)
+        for binary, model in ((AOTI_RUN, self.pt2), (ET_RUN, self.pte)):
+            ids_json = self.dir / f"{binary.name}.json"
+            p = subprocess.run([str(binary), str(model), "-i", COMPLETION, "-n", str(STEPS), "-t", "0",
+                                "--ids-json", str(ids_json)], capture_output=True, text=True, timeout=600)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            got = json.loads(ids_json.read_text())["generated"]
+            self.assertEqual(got[:len(want)], want, binary.name)
+
+    def test_executorch_text_runner(self):
+        from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+        artifacts.register_et_kernels()
+        runner = TextLLMRunner(str(self.pte), str(self.pte.parent / "tokenizer.json"))
+        pieces = []
+        prompt = ("<|im_start|>user\n" + QUESTION + "<|im_end|>\n<|im_start|>assistant\n")
+        config = GenerationConfig(echo=False, max_new_tokens=24, temperature=0.0)
+        runner.generate(prompt, config, pieces.append)
+        self.assertIn("Paris", "".join(pieces))
+
+
+if __name__ == "__main__":
+    unittest.main()
