@@ -44,11 +44,14 @@ def sentencepiece_sdist():
     env = os.environ.get("SENTENCEPIECE_SRC")
     if env:
         return env
-    runfiles = os.environ.get("TEST_SRCDIR") or os.environ.get("RUNFILES_DIR", "")
-    for name in ("sentencepiece~", "sentencepiece"):
-        d = os.path.join(runfiles, name)
-        if os.path.exists(os.path.join(d, "data", "botchan.txt")):
-            return d
+    # Tests get TEST_SRCDIR; `bazel run` may set neither variable, so also
+    # try the runfiles tree this file sits in (<runfiles>/<repo>/tokenizers/).
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for runfiles in (os.environ.get("TEST_SRCDIR"), os.environ.get("RUNFILES_DIR"), here):
+        for name in ("sentencepiece~", "sentencepiece"):
+            d = os.path.join(runfiles or "", name)
+            if runfiles and os.path.exists(os.path.join(d, "data", "botchan.txt")):
+                return d
     raise FileNotFoundError(
         "sentencepiece's test data is not in the runfiles; depend on "
         "@sentencepiece//:data/botchan.txt or set SENTENCEPIECE_SRC")
