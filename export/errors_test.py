@@ -51,6 +51,10 @@ class BadInputTest(unittest.TestCase):
         self.assert_error(r"unknown option\(s\) \['group'\] for 'embedding'", "--output-pte-path",
                           "OUT/m.pte", "--quantize", '{"embedding": {"bitwidth": 4, "group": 32}}')
 
+    def test_weight_only_int8_pte_refused_up_front(self):
+        self.assert_error(r"linear:int8 \(weight-only\) fails in ExecuTorch", "--output-pte-path",
+                          "OUT/m.pte", "--quantize", '{"linear:int8": {}}')
+
     def test_invalid_quantize_json(self):
         self.assert_error(r"invalid JSON", "--output-pte-path", "OUT/m.pte", "--quantize", "{oops")
 
@@ -109,7 +113,7 @@ class QuantSpecTest(unittest.TestCase):
         path = Path(tempfile.mkdtemp()) / "q.json"
         path.write_text('{"linear:int8": {"groupsize": 0}, "precision": {"dtype": "bfloat16"}}')
         spec = quant.parse(str(path))
-        self.assertEqual(quant.for_executorch(spec).quantization_mode, "int8")
+        self.assertEqual(quant.for_aoti(spec), {"linear:int8": {"groupsize": 0}})
         self.assertEqual(quant.dtype_of(spec, "fp32"), "bf16")
 
     def test_two_linear_schemes_conflict(self):

@@ -109,12 +109,14 @@ def for_executorch(spec: Dict[str, Dict[str, Any]]) -> EtQuant:
         q.quantization_mode = "8da4w" if key == "linear:a8w4dq" else "8da8w"
         q.group_size = spec[key].get("groupsize", 32 if key == "linear:a8w4dq" else 0)
     elif "linear:int8" in spec:
-        if spec["linear:int8"].get("groupsize", 0) not in (0, None):
-            raise QuantizeError(
-                "--quantize: linear:int8 for a .pte is per-channel only (groupsize 0); "
-                "use linear:a8w8dq for grouped 8-bit"
-            )
-        q.quantization_mode, q.group_size = "int8", 0
+        # ExecuTorch 1.5.1's weight-only int8 transform exports, then its own
+        # to_executorch() fails in ConvertToLinearPass on the dynamic token
+        # dimension ("a and b must have same reduction dim"), minutes in.
+        # Refuse it up front.
+        raise QuantizeError(
+            "--quantize: linear:int8 (weight-only) fails in ExecuTorch 1.5.1's own lowering "
+            "with a dynamic token dimension; use linear:a8w8dq for 8-bit linears in a .pte"
+        )
     elif "linear:int4" in spec:
         raise QuantizeError(
             "--quantize: linear:int4 (weight-only int4) has no ExecuTorch XNNPACK kernel; "
