@@ -234,7 +234,7 @@ def quantize_model_q4(model: nn.Module, gguf_quantized: Dict[str, object],
                 continue
             full = f"{name}.{child_name}" if name else child_name
             gq = gguf_quantized.get(weight_name(full))
-            if gq is None:
+            if gq is None or getattr(gq, "qtype", None) not in _QTYPES:
                 continue
             if tuple(int(s) for s in gq.shape) != (child.out_features, child.in_features):
                 raise Q4Error(f"q4: {full}: GGUF shape {tuple(gq.shape)} != linear {(child.out_features, child.in_features)}")

@@ -99,6 +99,9 @@ _GGUF_ARCHS = ("llama", "qwen2", "granite")
 # keeps the NEOX (HF) layout.
 _GGUF_META_ROPE = ("llama", "granite")
 KEEP_4BIT = ("Q4_0", "Q4_1")
+# The unembedding's own 8-bit blocks (GGUF's usual type for it), which the
+# 4-bit schemes run exactly (kernels.q4.Q8Linear) instead of as fp32.
+KEEP_OUTPUT_8BIT = ("Q8_0",)
 
 
 def gguf_tensor_name(name: str) -> Optional[str]:
@@ -192,7 +195,12 @@ def load_gguf(path: Path) -> Checkpoint:
             w = hf_to_meta_rope(w, config.n_kv_heads, head_dim)
         elif qname in KEEP_4BIT and w.dim() == 2:
             quantized[meta] = GGUFQuantized(qname, np.asarray(t.data), tuple(arr.shape))
+        elif qname in KEEP_OUTPUT_8BIT and meta in ("output.weight", "tok_embeddings.weight"):
+            quantized[meta] = GGUFQuantized(qname, np.asarray(t.data), tuple(arr.shape))
         sd[meta] = w
+    if "output.weight" not in tensors and "tok_embeddings.weight" in quantized:
+        # Tied: the output projection's weights are the embedding's.
+        quantized["output.weight"] = quantized["tok_embeddings.weight"]
     factors = None
     if "rope_freqs.weight" in tensors:
         factors = torch.from_numpy(dequantize_gguf_tensor(tensors["rope_freqs.weight"]))

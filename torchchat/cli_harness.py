@@ -3,6 +3,7 @@
 import contextlib
 import io
 import sys
+import warnings
 
 from torchchat import cli
 
@@ -13,7 +14,10 @@ def run(argv, stdin=""):
     old_stdin = sys.stdin
     sys.stdin = io.StringIO(stdin)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        # unittest turns DeprecationWarnings on; a user's `torchchat` does not
+        # show them (e.g. SWIG's, when sentencepiece is first imported).
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             rc = cli.main(argv)
     finally:
         sys.stdin = old_stdin

@@ -62,7 +62,11 @@ class ParityTest(unittest.TestCase):
         self.assertEqual(c.rope_theta, 1e5)
         self.assertTrue(c.tie_embeddings)
         self.assertEqual((self.ckpt.bos_id, self.ckpt.eos_ids), (1, (2,)))
-        self.assertEqual(len(self.ckpt.gguf_quantized), 210)
+        kinds = [q.qtype for q in self.ckpt.gguf_quantized.values()]
+        self.assertEqual(sum(k in ("Q4_0", "Q4_1") for k in kinds), 210)
+        # The tied unembedding keeps GGUF's Q8_0 blocks, as the embedding.
+        self.assertEqual(self.ckpt.gguf_quantized["output.weight"].qtype, "Q8_0")
+        self.assertIs(self.ckpt.gguf_quantized["output.weight"], self.ckpt.gguf_quantized["tok_embeddings.weight"])
 
     def test_prefill_logits_match(self):
         ids = torch.tensor([PROMPT])

@@ -256,6 +256,17 @@ def _linears(model: nn.Module):
                 yield mod, child_name, full, child
 
 
+def _output_q8_0(parent, child_name, lin, gguf_quantized) -> int:
+    gq = gguf_quantized.get("output.weight")
+    q4 = _q4_kernel()
+    if gq is None or gq.qtype != "Q8_0" or q4 is None or lin.bias is not None:
+        return 0
+    if tuple(int(x) for x in gq.shape) != (lin.out_features, lin.in_features):
+        return 0
+    setattr(parent, child_name, q4.Q8Linear.from_gguf_blocks(gq.blocks, gq.shape))
+    return 1
+
+
 def quantize_model(model, spec: Dict[str, Dict[str, Any]], gguf_quantized=None) -> Dict[str, int]:
     """Replaces modules in place; returns counts per scheme for reporting.
 
@@ -263,7 +274,8 @@ def quantize_model(model, spec: Dict[str, Dict[str, Any]], gguf_quantized=None) 
     tensor's own codes instead of re-quantizing its dequantized values.
     """
     gguf_quantized = gguf_quantized or {}
-    counts = {"int4_exact_from_gguf": 0, "int4": 0, "int8": 0, "embedding_int8": 0}
+    counts = {"int4_exact_from_gguf": 0, "int4": 0, "int8": 0, "embedding_int8": 0,
+              "output_q8_0": 0}
     dtype = next(model.parameters()).dtype
     if "embedding" in spec:
         t = model.transformer
@@ -283,7 +295,9 @@ def quantize_model(model, spec: Dict[str, Dict[str, Any]], gguf_quantized=None) 
             if wname == "output.weight":
                 # The unembedding keeps its precision (Q8_0 in GGUF, and often
                 # tied to the embedding): 4-bit logits lose top-1 agreement and
-                # per-channel int8 loses Q8_0's per-32 scales.
+                # per-channel int8 loses Q8_0's per-32 scales. GGUF's own Q8_0
+                # blocks run exactly, at a quarter of fp32's bytes.
+                counts["output_q8_0"] += _output_q8_0(parent, child_name, lin, gguf_quantized)
                 continue
             g = spec[key].get("groupsize", 32)
             gq = gguf_quantized.get(wname)

@@ -50,6 +50,7 @@ class QuantizeQualityTest(unittest.TestCase):
     def test_int4_from_gguf_fp32_is_exact(self):
         agree, counts = self.agreement('{"linear:int4": {"groupsize": 32}}')
         self.assertEqual(counts["int4_exact_from_gguf"], 210)
+        self.assertEqual(counts["output_q8_0"], 1)  # GGUF's own Q8_0 unembedding, exact
         self.assertEqual(agree, 1.0)
 
     def test_int4_bf16(self):
