@@ -85,7 +85,7 @@ class EtQuant:
     """Arguments for ExecuTorch's export_llama_lib._get_source_transforms."""
 
     embedding_quantize: Optional[str] = None  # "bits,groupsize"
-    quantization_mode: Optional[str] = None  # "8da4w", "8da8w", "int8"
+    quantization_mode: Optional[str] = None  # "8da4w", "8da8w"
     group_size: Optional[int] = None
 
     def describe(self) -> str:

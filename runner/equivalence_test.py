@@ -50,16 +50,18 @@ class EquivalenceTest(unittest.TestCase):
         cls.model = export_llm.build(source, "fp32", MAX_SEQ)
         cls.prompt = cls.tok.encode(PROMPT, bos=cls.tok.add_bos)
 
-    def eager(self, pick, steps=STEPS):
+    def eager(self, pick, steps=STEPS, forward=None):
+        """Ids that `forward` (default: the eager model) generates with `pick`."""
+        forward = forward or self.model
         with torch.no_grad():
-            logits = self.model(torch.tensor([self.prompt]), torch.arange(len(self.prompt)))
+            logits = forward(torch.tensor([self.prompt]), torch.arange(len(self.prompt)))
             out, pos = [], len(self.prompt)
             for _ in range(steps):
                 t = pick(logits.reshape(-1).float().numpy())
                 out.append(t)
                 if t in self.tok.eos_ids:
                     break
-                logits = self.model(torch.tensor([[t]]), torch.tensor([pos]))
+                logits = forward(torch.tensor([[t]]), torch.tensor([pos]))
                 pos += 1
         return out
 
@@ -93,18 +95,10 @@ class EquivalenceTest(unittest.TestCase):
         from torchchat import artifacts
 
         pte = ART / "mobile" / "model.pte"
-        model = artifacts.load_pte(pte)
-        out, logits, pos = [], model(torch.tensor([self.prompt]), torch.arange(len(self.prompt))), len(self.prompt)
-        for _ in range(STEPS):
-            t = int(logits.argmax(-1))
-            out.append(t)
-            if t in self.tok.eos_ids:
-                break
-            logits = model(torch.tensor([[t]]), torch.tensor([pos]))
-            pos += 1
+        want = self.eager(lambda l: int(np.argmax(l)), forward=artifacts.load_pte(pte))
         rc, ids, err = run(ET_RUN, pte, "-i", PROMPT, "-n", str(STEPS), "-t", "0")
         self.assertEqual(rc, 0, err)
-        self.assertEqual(ids, out)
+        self.assertEqual(ids, want)
 
     def test_torchchat_cli_on_artifacts_matches_runners(self):
         """`torchchat generate --pte-path/--aoti-package-path` is the same loop."""
