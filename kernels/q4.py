@@ -15,6 +15,7 @@ implementations, so torch.export and AOTInductor can trace the op.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from pathlib import Path
@@ -54,6 +55,35 @@ def load_library() -> None:
 
 
 load_library()
+
+
+def _isa_lib():
+    lib = ctypes.CDLL(str(library_path()), mode=os.RTLD_GLOBAL)
+    lib.torchchat_q4_isa.restype = ctypes.c_char_p
+    lib.torchchat_q4_force_isa.argtypes = [ctypes.c_char_p]
+    return lib
+
+
+def isa() -> str:
+    """The kernel path in use: "avx512vnni" (decode rounds x to int16 per
+    block of 32), or the exact "avx512", "avx2", "scalar"."""
+    return _isa_lib().torchchat_q4_isa().decode()
+
+
+def rounds_activations() -> bool:
+    return isa() == "avx512vnni"
+
+
+@contextlib.contextmanager
+def using_isa(name: str):
+    """Runs the block with kernel path `name` ("" = the default)."""
+    lib, before = _isa_lib(), isa()
+    if not lib.torchchat_q4_force_isa(name.encode()):
+        raise Q4Error(f"this CPU cannot run the {name!r} q4 kernels")
+    try:
+        yield
+    finally:
+        lib.torchchat_q4_force_isa(before.encode())
 
 
 @torch.library.register_fake("torchchat::q4_linear")

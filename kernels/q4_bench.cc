@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
         return 2;
       }
     } else {
-      std::fprintf(stderr, "usage: q4_bench [--threads T] [--mb MB] [--m M] [--isa avx512|avx2|scalar]\n");
+      std::fprintf(stderr, "usage: q4_bench [--threads T] [--mb MB] [--m M] [--isa avx512vnni|avx512|avx2|scalar]\n");
       return 2;
     }
   }
@@ -125,6 +125,28 @@ int main(int argc, char** argv) {
                   f_bytes / f_t / 1e9, f_t / q4_t);
     else
       std::printf("%-12s %10.2f %9.2f %10s %9s %8s\n", shape, q4_t * 1e6, q4_bytes / q4_t / 1e9, "-", "-", "-");
+  }
+  // The output layer: GGUF's Q8_0, vocab x dim.
+  {
+    const int64_t n = 49152, k = 576, nb = k / 32;
+    const double bytes = double(n * nb * 34);
+    const int copies = std::max(1, int(mb * 1e6 / bytes));
+    std::vector<int8_t> qs(size_t(copies * n * k));
+    std::vector<uint16_t> sc(size_t(copies * n * nb));
+    for (auto& b : qs) b = int8_t(rng());
+    for (auto& d : sc) d = tk::fp32_to_fp16(0.001f * float(int(rng() % 100) - 50));
+    std::vector<float> x(size_t(m * k), 1.0f), y(size_t(m * n));
+    auto run_q8 = [&](int i) {
+      const int c = i % copies;
+      tk::q8_linear(x.data(), m, tk::Q8Weight{qs.data() + size_t(c) * n * k, sc.data() + size_t(c) * n * nb, n, k},
+                    nullptr, y.data(), &pf);
+    };
+    for (int i = 0; i < copies; ++i) run_q8(i);
+    const int iters = std::max(20, copies * 3);
+    const double t0 = now_s();
+    for (int i = 0; i < iters; ++i) run_q8(i);
+    const double t = (now_s() - t0) / iters;
+    std::printf("%-12s %10.2f %9.2f   (Q8_0)\n", "49152x576", t * 1e6, bytes / t / 1e9);
   }
   return 0;
 }

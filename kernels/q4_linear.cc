@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -28,6 +29,10 @@ constexpr int64_t kChunk = 64;
 // instead of once per (row of x, weight row).
 constexpr int64_t kTileMinM = 8;
 constexpr int kNR = 4;  // weight rows per tile
+// The decode kernels prefetch the weight rows kPf groups ahead: one call
+// reads a few hundred KB, too little for the hardware prefetcher to ramp up
+// (measured: 2x the bandwidth of the same kernel without it).
+constexpr int kPf = 4;
 
 struct Args {
   const float* x;   // [m, ldx], ldx = nb*32, zero padded beyond K
@@ -37,6 +42,10 @@ struct Args {
   const Q4Weight* w;
   const float* bias;
   float* y;
+  // The 16-bit activation path only (see XQuant): x rounded per block.
+  const int16_t* xq = nullptr;  // [m, ldq]
+  const float* xsc = nullptr;   // [m, lds] per-block scales, zero padded
+  int64_t ldq = 0, lds = 0;
 };
 
 using RowsFn = void (*)(const Args&, int64_t n0, int64_t n1);
@@ -305,6 +314,8 @@ inline void gemv_group_avx512(const Args& a, int64_t n, int64_t i) {
     TC_UNROLL
     for (int r = 0; r < R; ++r) {
       const uint16_t* d = a.w->scales + (n + r) * 2 * nb + c;
+      _mm_prefetch(reinterpret_cast<const char*>(d + kPf * R * 2 * nb), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(d + kPf * R * 2 * nb + nb), _MM_HINT_T0);
       _mm512_store_ps(dbuf[r], _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d)));
       macc[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d + nb)), xsv, macc[r]);
     }
@@ -313,6 +324,7 @@ inline void gemv_group_avx512(const Args& a, int64_t n, int64_t i) {
       TC_UNROLL
       for (int r = 0; r < R; ++r) {
         const uint8_t* q = a.w->qs + ((n + r) * nb + c + b) * 16;
+        if (b % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(q + kPf * R * nb * 16), _MM_HINT_T0);
         acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(dbuf[r][b]), block_dot_avx512(q, xlo, xhi), acc[r]);
       }
     }
@@ -369,6 +381,115 @@ void micro_avx512(const float* x, int64_t ldx, const float* wt, int64_t kp, int 
     TC_UNROLL
     for (int j = 0; j < nr; ++j) out[i * ldo + j] = hsum_avx512(acc[i][j]);
 }
+
+// ------------------------------------------------ AVX-512 VNNI, 16-bit x ---
+//
+// The float kernels above are bound by unpacking, not by memory: turning each
+// code into a float costs ~7 vector ops per 32 weights, so decode reads
+// weights at half the memory bandwidth. Here x is rounded per block of 32 to
+// int16 (scale s = max|x|/32767; error <= s/2 per element, 2^-16 of the
+// block's largest value -- llama.cpp rounds x to 8 bits) and the codes stay
+// integers: vpdpwssd multiplies 32 code/x pairs per instruction, exactly, in
+// int32. The weights are still exactly d*q + m; only x is rounded, and the
+// m*sum(x) term uses the float block sums.
+//
+// 64 bytes of qs (4 blocks, GGUF order) read as 32 16-bit lanes: lanes
+// 8c..8c+7 belong to block c, and lane 8c+t holds q[2t], q[2t+16], q[2t+1],
+// q[2t+17] in its four nibbles. AND/shift split them into four vectors with no
+// shuffle; the per-call copy of x is laid out in that order (kXOrder), so
+// every int32 lane of the dot products sums codes of one block (four lanes
+// per block) and one vpermps spreads each block's d*s over its lanes.
+#define TC_VNNI "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c"
+
+constexpr int kXOrder[4][8] = {{0, 2, 4, 6, 8, 10, 12, 14},
+                               {16, 18, 20, 22, 24, 26, 28, 30},
+                               {1, 3, 5, 7, 9, 11, 13, 15},
+                               {17, 19, 21, 23, 25, 27, 29, 31}};
+
+TC_TARGET(TC_VNNI) inline float hmax_avx512(__m512 v) {
+  __m256 h = _mm256_max_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  __m128 q = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  q = _mm_max_ps(q, _mm_movehl_ps(q, q));
+  q = _mm_max_ss(q, _mm_movehdup_ps(q));
+  return _mm_cvtss_f32(q);
+}
+
+// Rounds x[nb*32] to int16 per block into out (natural order, nb*32) and the
+// block scales into sc[nb]. False if a block is not finite or so small that
+// 32767/max overflows: the caller then uses the float kernel.
+TC_TARGET(TC_VNNI) bool quantize_x16(const float* x, int64_t nb, int16_t* out, float* sc) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512 v0 = _mm512_loadu_ps(x + b * 32), v1 = _mm512_loadu_ps(x + b * 32 + 16);
+    const float amax = hmax_avx512(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    if (!(amax <= 3.0e38f) || (amax != 0.f && amax < 1e-30f)) return false;
+    const __m512 inv = _mm512_set1_ps(amax == 0.f ? 0.f : 32767.f / amax);
+    const __m256i lo = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)));
+    const __m256i hi = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v1, inv)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + b * 32), lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + b * 32 + 16), hi);
+    sc[b] = amax / 32767.f;
+  }
+  return true;
+}
+
+template <int R>
+TC_TARGET(TC_VNNI)
+inline void gemv_group_vnni(const Args& a, int64_t n, int64_t i) {
+  const int64_t nb = q4_num_blocks(a.w->k);
+  const int16_t* xq = a.xq + i * a.ldq;
+  const float* xs = a.xs + i * nb;
+  const float* xsc = a.xsc + i * a.lds;
+  const __m512i m4 = _mm512_set1_epi16(0xF);
+  // Lane l of a quad's dot products belongs to block l/4 of the quad.
+  const __m512i quad_lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  __m512 facc[R], macc[R], dd[R];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) facc[r] = macc[r] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < nb; c += 16) {
+    const int64_t cn = std::min<int64_t>(16, nb - c);
+    const __mmask16 km = __mmask16((1u << cn) - 1);
+    const __m512 xsv = _mm512_maskz_loadu_ps(km, xs + c);
+    const __m512 sv = _mm512_loadu_ps(xsc + c);  // zero padded to lds
+    TC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const uint16_t* d = a.w->scales + (n + r) * 2 * nb + c;
+      _mm_prefetch(reinterpret_cast<const char*>(d + kPf * R * 2 * nb), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(d + kPf * R * 2 * nb + nb), _MM_HINT_T0);
+      dd[r] = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d)), sv);
+      macc[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d + nb)), xsv, macc[r]);
+    }
+    for (int64_t g = 0; g * 4 < cn; ++g) {
+      const int64_t b0 = c + g * 4;
+      const int64_t left = std::min<int64_t>(4, nb - b0);
+      const __mmask64 qm = left == 4 ? ~__mmask64(0) : (__mmask64(1) << (16 * left)) - 1;
+      const int16_t* xg = xq + b0 * 32;
+      const __m512i x0 = _mm512_loadu_si512(xg), x1 = _mm512_loadu_si512(xg + 32),
+                    x2 = _mm512_loadu_si512(xg + 64), x3 = _mm512_loadu_si512(xg + 96);
+      const __m512i idx = _mm512_add_epi32(quad_lane, _mm512_set1_epi32(int(g * 4)));
+      TC_UNROLL
+      for (int r = 0; r < R; ++r) {
+        _mm_prefetch(reinterpret_cast<const char*>(a.w->qs + ((n + r + kPf * R) * nb + b0) * 16), _MM_HINT_T0);
+        const __m512i w = _mm512_maskz_loadu_epi8(qm, a.w->qs + ((n + r) * nb + b0) * 16);
+        __m512i t = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w, m4), x0);
+        t = _mm512_dpwssd_epi32(t, _mm512_and_si512(_mm512_srli_epi16(w, 4), m4), x1);
+        t = _mm512_dpwssd_epi32(t, _mm512_and_si512(_mm512_srli_epi16(w, 8), m4), x2);
+        t = _mm512_dpwssd_epi32(t, _mm512_srli_epi16(w, 12), x3);
+        facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(idx, dd[r]), facc[r]);
+      }
+    }
+  }
+  TC_UNROLL
+  for (int r = 0; r < R; ++r)
+    a.y[i * a.w->n + n + r] = hsum_avx512(_mm512_add_ps(facc[r], macc[r])) + (a.bias ? a.bias[n + r] : 0.f);
+}
+
+TC_TARGET(TC_VNNI) void gemv_rows_vnni(const Args& a, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4)
+    for (int64_t i = 0; i < a.m; ++i) gemv_group_vnni<4>(a, n, i);
+  for (; n < n1; ++n)
+    for (int64_t i = 0; i < a.m; ++i) gemv_group_vnni<1>(a, n, i);
+}
 #endif  // TC_Q4_X86
 
 
@@ -380,6 +501,9 @@ struct Q8Args {
   const Q8Weight* w;
   const float* bias;
   float* y;
+  const int16_t* xq = nullptr;  // 16-bit path: [m, ldq], natural order
+  const float* xsc = nullptr;   // [m, lds]
+  int64_t ldq = 0, lds = 0;
 };
 
 void q8_rows_scalar(const Q8Args& a, int64_t n0, int64_t n1) {
@@ -449,6 +573,7 @@ inline void q8_group_avx512(const Q8Args& a, int64_t n, int64_t i) {
     TC_UNROLL
     for (int r = 0; r < R; ++r) {
       const int8_t* q = a.w->qs + ((n + r) * nb + b) * 32;
+      _mm_prefetch(reinterpret_cast<const char*>(q + kPf * R * nb * 32), _MM_HINT_T0);
       const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
       const __m512 hi =
           _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16))));
@@ -467,6 +592,49 @@ TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") void q8_rows_avx512(const Q8Args
     for (int64_t i = 0; i < a.m; ++i) q8_group_avx512<4>(a, n, i);
   for (; n < n1; ++n)
     for (int64_t i = 0; i < a.m; ++i) q8_group_avx512<1>(a, n, i);
+}
+// Q8_0 with 16-bit x: one block is 32 int8 codes, sign-extended to the 32
+// lanes of one vpdpwssd.
+template <int R>
+TC_TARGET(TC_VNNI)
+inline void q8_group_vnni(const Q8Args& a, int64_t n, int64_t i) {
+  const int64_t nb = q4_num_blocks(a.w->k);
+  const int16_t* xq = a.xq + i * a.ldq;
+  const float* xsc = a.xsc + i * a.lds;
+  alignas(64) float dd[R][16];
+  __m512 acc[R];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < nb; c += 16) {
+    const int64_t cn = std::min<int64_t>(16, nb - c);
+    const __mmask16 km = __mmask16((1u << cn) - 1);
+    const __m512 sv = _mm512_loadu_ps(xsc + c);
+    TC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(a.w->scales + (n + r + kPf * R) * nb + c), _MM_HINT_T0);
+      _mm512_store_ps(dd[r], _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, a.w->scales + (n + r) * nb + c)), sv));
+    }
+    for (int64_t b = 0; b < cn; ++b) {
+      const __m512i xv = _mm512_loadu_si512(xq + (c + b) * 32);
+      TC_UNROLL
+      for (int r = 0; r < R; ++r) {
+        _mm_prefetch(reinterpret_cast<const char*>(a.w->qs + ((n + r + kPf * R) * nb + c + b) * 32), _MM_HINT_T0);
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.w->qs + ((n + r) * nb + c + b) * 32));
+        const __m512i t = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_cvtepi8_epi16(q), xv);
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(dd[r][b]), acc[r]);
+      }
+    }
+  }
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) a.y[i * a.w->n + n + r] = hsum_avx512(acc[r]) + (a.bias ? a.bias[n + r] : 0.f);
+}
+
+TC_TARGET(TC_VNNI) void q8_rows_vnni(const Q8Args& a, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4)
+    for (int64_t i = 0; i < a.m; ++i) q8_group_vnni<4>(a, n, i);
+  for (; n < n1; ++n)
+    for (int64_t i = 0; i < a.m; ++i) q8_group_vnni<1>(a, n, i);
 }
 #endif  // TC_Q4_X86
 
@@ -495,13 +663,37 @@ void block_sums_scalar(const float* x, int64_t nb, float* xs) {
   }
 }
 
+// Rounds one row of x (nb blocks, zero padded) to int16 per block: the
+// layout the isa's 16-bit q4 kernel reads into xq, natural order into xn,
+// block scales into sc. False: x has a block the rounding cannot represent.
+using XQuantFn = bool (*)(const float* x, int64_t nb, int16_t* xq, int16_t* xn, float* sc);
+
 struct Isa {
   const char* name;
   SumsFn sums;
   RowsFn gemv;
   DequantFn dequant;
   MicroFn micro[5];  // by MR (1..4); nullptr = scalar tile path
+  Q8RowsFn q8;
+  // Decode with x rounded to 16 bits (nullptr: this isa has none).
+  XQuantFn quantize_x = nullptr;
+  RowsFn gemv16 = nullptr;
+  Q8RowsFn q8_16 = nullptr;
 };
+
+#if TC_Q4_X86
+TC_TARGET(TC_VNNI) bool quantize_x_vnni(const float* x, int64_t nb, int16_t* xq, int16_t* xn, float* sc) {
+  if (!quantize_x16(x, nb, xn, sc)) return false;
+  const int64_t nq = (nb + 3) / 4;
+  std::memset(xq, 0, size_t(nq * 128) * sizeof(int16_t));
+  for (int64_t b = 0; b < nb; ++b) {
+    int16_t* o = xq + (b / 4) * 128 + (b % 4) * 8;
+    for (int k = 0; k < 4; ++k)
+      for (int t = 0; t < 8; ++t) o[k * 32 + t] = xn[b * 32 + kXOrder[k][t]];
+  }
+  return true;
+}
+#endif
 
 void tile_rows(const Isa& isa, const Args& a, int64_t n0, int64_t n1) {
   const int64_t kp = q4_num_blocks(a.w->k) * 32;
@@ -522,18 +714,30 @@ void tile_rows(const Isa& isa, const Args& a, int64_t n0, int64_t n1) {
   }
 }
 
-const Isa kScalar{"scalar", block_sums_scalar, gemv_rows_scalar, dequant_row_scalar, {}};
+const Isa kScalar{"scalar", block_sums_scalar, gemv_rows_scalar, dequant_row_scalar, {}, q8_rows_scalar};
 #if TC_Q4_X86
 const Isa kAvx2{"avx2",
                 block_sums_avx2,
                 gemv_rows_avx2,
                 dequant_row_avx2,
-                {nullptr, micro_avx2<1>, micro_avx2<2>, micro_avx2<3>, micro_avx2<4>}};
+                {nullptr, micro_avx2<1>, micro_avx2<2>, micro_avx2<3>, micro_avx2<4>},
+                q8_rows_avx2};
 const Isa kAvx512{"avx512",
                   block_sums_avx512,
                   gemv_rows_avx512,
                   dequant_row_avx512,
-                  {nullptr, micro_avx512<1>, micro_avx512<2>, micro_avx512<3>, micro_avx512<4>}};
+                  {nullptr, micro_avx512<1>, micro_avx512<2>, micro_avx512<3>, micro_avx512<4>},
+                  q8_rows_avx512};
+// "avx512" plus 16-bit activations for decode (the float tiles for prefill).
+const Isa kAvx512Vnni{"avx512vnni",
+                      block_sums_avx512,
+                      gemv_rows_avx512,
+                      dequant_row_avx512,
+                      {nullptr, micro_avx512<1>, micro_avx512<2>, micro_avx512<3>, micro_avx512<4>},
+                      q8_rows_avx512,
+                      quantize_x_vnni,
+                      gemv_rows_vnni,
+                      q8_rows_vnni};
 
 bool cpu_has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -542,28 +746,49 @@ bool cpu_has_avx512() {
   return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl");
 }
+bool cpu_has_avx512vnni() { return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni"); }
 #endif
 
 const Isa* auto_isa() {
 #if TC_Q4_X86
+  if (cpu_has_avx512vnni()) return &kAvx512Vnni;
   if (cpu_has_avx512()) return &kAvx512;
   if (cpu_has_avx2()) return &kAvx2;
 #endif
   return &kScalar;
 }
 
-const Isa* g_isa = auto_isa();
+const Isa* isa_by_name(const std::string& s) {
+  if (s == "scalar") return &kScalar;
+#if TC_Q4_X86
+  if (s == "avx2" && cpu_has_avx2()) return &kAvx2;
+  if (s == "avx512" && cpu_has_avx512()) return &kAvx512;
+  if (s == "avx512vnni" && cpu_has_avx512vnni()) return &kAvx512Vnni;
+#endif
+  return nullptr;
+}
+
+// TORCHCHAT_Q4_ISA=avx512 (say) keeps x in fp32 on a VNNI machine: the
+// kernels are then exact, at ~10% of decode speed.
+const Isa* default_isa() {
+  const char* env = std::getenv("TORCHCHAT_Q4_ISA");
+  const Isa* isa = env != nullptr ? isa_by_name(env) : nullptr;
+  return isa != nullptr ? isa : auto_isa();
+}
+
+const Isa* g_isa = default_isa();
 
 struct Job {
   const Isa* isa;
   Args args;
   bool tiled;
+  RowsFn gemv;
 };
 
 void run_job(void* ctx, int64_t begin, int64_t end) {
   const Job& j = *static_cast<const Job*>(ctx);
   if (!j.tiled) {
-    j.isa->gemv(j.args, begin, end);
+    j.gemv(j.args, begin, end);
   } else if (j.isa->micro[1] != nullptr) {
     tile_rows(*j.isa, j.args, begin, end);
   } else {
@@ -624,25 +849,10 @@ const char* q4_isa() { return g_isa->name; }
 
 bool q4_force_isa(const char* isa) {
   const std::string s = isa ? isa : "";
-  if (s.empty()) {
-    g_isa = auto_isa();
-    return true;
-  }
-  if (s == "scalar") {
-    g_isa = &kScalar;
-    return true;
-  }
-#if TC_Q4_X86
-  if (s == "avx2" && cpu_has_avx2()) {
-    g_isa = &kAvx2;
-    return true;
-  }
-  if (s == "avx512" && cpu_has_avx512()) {
-    g_isa = &kAvx512;
-    return true;
-  }
-#endif
-  return false;
+  const Isa* picked = s.empty() ? default_isa() : isa_by_name(s);
+  if (picked == nullptr) return false;
+  g_isa = picked;
+  return true;
 }
 
 void q4_linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, float* y,
@@ -659,10 +869,30 @@ void q4_linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, 
     xp = xpad.data();
   }
   const Isa* isa = g_isa;
+  const bool tiled = m >= kTileMinM;
+  Job job{isa, Args{xp, xs.data(), m, kp, &w, bias, y}, tiled, isa->gemv};
   // The tiled path multiplies dequantized weights and needs no block sums.
-  if (m < kTileMinM)
+  if (!tiled) {
     for (int64_t i = 0; i < m; ++i) isa->sums(xp + i * kp, nb, xs.data() + i * nb);
-  Job job{isa, Args{xp, xs.data(), m, kp, &w, bias, y}, m >= kTileMinM};
+    if (isa->quantize_x != nullptr) {
+      thread_local std::vector<int16_t> xq, xn;
+      thread_local std::vector<float> xsc;
+      const int64_t ldq = (nb + 3) / 4 * 128, lds = (nb + 15) / 16 * 16;
+      xq.resize(size_t(m * ldq));
+      xn.resize(size_t(nb * 32));
+      xsc.assign(size_t(m * lds), 0.f);
+      bool ok = true;
+      for (int64_t i = 0; i < m && ok; ++i)
+        ok = isa->quantize_x(xp + i * kp, nb, xq.data() + i * ldq, xn.data(), xsc.data() + i * lds);
+      if (ok) {
+        job.args.xq = xq.data();
+        job.args.xsc = xsc.data();
+        job.args.ldq = ldq;
+        job.args.lds = lds;
+        job.gemv = isa->gemv16;
+      }
+    }
+  }
   // ~16K weights per task keeps per-task overhead small next to the work.
   int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, kp));
   if (job.tiled) grain = ((grain + kNR - 1) / kNR) * kNR;
@@ -684,12 +914,28 @@ void q8_linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, 
     for (int64_t i = 0; i < m; ++i) std::memcpy(xpad.data() + i * kp, x + i * w.k, size_t(w.k) * sizeof(float));
     xp = xpad.data();
   }
-  Q8RowsFn fn = q8_rows_scalar;
-#if TC_Q4_X86
-  if (g_isa == &kAvx512) fn = q8_rows_avx512;
-  else if (g_isa == &kAvx2) fn = q8_rows_avx2;
-#endif
-  Q8Job job{fn, Q8Args{xp, m, kp, &w, bias, y}};
+  const Isa* isa = g_isa;
+  Q8Job job{isa->q8, Q8Args{xp, m, kp, &w, bias, y}};
+  // Like q4_linear: x is rounded for decode only, prefill stays exact.
+  if (isa->quantize_x != nullptr && m < kTileMinM) {
+    const int64_t nb = kp / 32, ldq = nb * 32, lds = (nb + 15) / 16 * 16;
+    thread_local std::vector<int16_t> xq, xn;
+    thread_local std::vector<float> xsc;
+    xq.resize(size_t(m * ldq));
+    xn.resize(size_t((nb + 3) / 4 * 128));
+    xsc.assign(size_t(m * lds), 0.f);
+    bool ok = true;
+    // Q8 reads x in natural order: xn receives the q4 layout, unused.
+    for (int64_t i = 0; i < m && ok; ++i)
+      ok = isa->quantize_x(xp + i * kp, nb, xn.data(), xq.data() + i * ldq, xsc.data() + i * lds);
+    if (ok) {
+      job.args.xq = xq.data();
+      job.args.xsc = xsc.data();
+      job.args.ldq = ldq;
+      job.args.lds = lds;
+      job.fn = isa->q8_16;
+    }
+  }
   const int64_t grain = std::max<int64_t>(4, (int64_t(1) << 13) / kp);
   if (pf != nullptr && pf->run != nullptr && w.n > grain) {
     pf->run(pf->self, w.n, grain, run_q8_job, &job);

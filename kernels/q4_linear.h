@@ -13,6 +13,15 @@
 //
 // The kernel computes, per block, d*(q.x) + m*sum(x): the per-block sums of
 // x are computed once per call, so the inner loop is unpack + FMA.
+//
+// Two ways to compute q.x, picked per CPU (q4_isa()):
+//  - exact ("avx512", "avx2", "scalar"): x stays fp32; the result equals a
+//    float matmul with the dequantized weights up to summation order.
+//  - "avx512vnni", decode only (M < 8, for Q8_0 too): x is rounded to
+//    int16 per block of 32 (error <= max|x_block| / 65534 per element) and
+//    q.x is an exact integer dot product (vpdpwssd). The weights are still
+//    exactly d*q + m, and m*sum(x) uses the fp32 sums. ~10% faster decode;
+//    TORCHCHAT_Q4_ISA=avx512 in the environment keeps the exact path.
 #pragma once
 
 #include <cstddef>
@@ -46,10 +55,11 @@ struct Q4ParallelFor {
 void q4_linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, float* y,
                const Q4ParallelFor* pf = nullptr);
 
-// Which SIMD path the dispatcher picked on this CPU: "avx512", "avx2", "scalar".
+// Which path the dispatcher picked: "avx512vnni", "avx512", "avx2", "scalar"
+// (the best this CPU runs, unless TORCHCHAT_Q4_ISA names another).
 const char* q4_isa();
-// Forces a path for tests/benchmarks ("avx512", "avx2", "scalar", or "" for
-// the automatic choice). Returns false if this CPU cannot run it.
+// Forces a path for tests/benchmarks (a name above, or "" for the default).
+// Returns false if this CPU cannot run it.
 bool q4_force_isa(const char* isa);
 
 // fp16 <-> fp32, exact for fp16 -> fp32; fp32 -> fp16 rounds to nearest even.

@@ -53,6 +53,25 @@ std::vector<float> random_vec(size_t n, std::mt19937& rng) {
 // dequantized as d*q + m in fp32. The kernel regroups the sum as
 // d*(q.x) + m*sum(x), so its rounding error scales with sum(|d*q| + |m|)*|x|,
 // not with |sum(w*x)|: the tolerance is relative to that magnitude.
+// The "avx512vnni" isa rounds x to int16 per block of 32 for decode (M < 8):
+// x_j is off by at most max|x_block|/65534, so its
+// error bound adds sum_j |w_j| * that on top of the float rounding.
+bool rounds_x(int64_t mrows) { return std::string(q4_isa()) == "avx512vnni" && mrows < 8; }
+
+double x_rounding(const float* x, int64_t c) {
+  const int64_t b0 = c / 32 * 32;
+  float amax = 0.f;
+  for (int64_t j = b0; j < b0 + 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+  return double(amax) / 65534.0 * 1.0001;
+}
+
+// x padded to whole blocks with zeros, as the kernel sees it.
+std::vector<float> padded(const float* x, int64_t k) {
+  std::vector<float> v(size_t(q4_num_blocks(k) * 32), 0.f);
+  std::copy(x, x + k, v.begin());
+  return v;
+}
+
 void check_linear(const Packed& p, int64_t mrows, bool with_bias, const Q4ParallelFor* pf, std::mt19937& rng,
                   double* worst = nullptr) {
   const int64_t n = p.n, k = p.k;
@@ -60,26 +79,30 @@ void check_linear(const Packed& p, int64_t mrows, bool with_bias, const Q4Parall
   const auto bias = random_vec(size_t(n), rng);
   std::vector<float> y(size_t(mrows * n), NAN);
   q4_linear(x.data(), mrows, p.view(), with_bias ? bias.data() : nullptr, y.data(), pf);
-  for (int64_t i = 0; i < mrows; ++i)
+  const bool xr = rounds_x(mrows);
+  for (int64_t i = 0; i < mrows; ++i) {
+    const auto xi = padded(x.data() + i * k, k);
     for (int64_t r = 0; r < n; ++r) {
-      double ref = with_bias ? bias[r] : 0.0, mag = std::fabs(ref);
+      double ref = with_bias ? bias[r] : 0.0, mag = std::fabs(ref), xerr = 0;
       for (int64_t c = 0; c < k; ++c) {
         const float dq = p.d(r, c / 32) * float(p.q(r, c));
         const float w = dq + p.m(r, c / 32);
         ref += double(w) * x[i * k + c];
         mag += (std::fabs(double(dq)) + std::fabs(double(p.m(r, c / 32)))) * std::fabs(x[i * k + c]);
+        if (xr) xerr += std::fabs(double(dq)) * x_rounding(xi.data(), c);
       }
-      const double err = std::fabs(double(y[i * n + r]) - ref);
+      const double err = std::max(0.0, std::fabs(double(y[i * n + r]) - ref) - xerr);
       const double rel = err / std::max(mag, 1e-30);
       if (worst) *worst = std::max(*worst, rel);
       ASSERT_LE(rel, 1e-5) << "isa=" << q4_isa() << " M=" << mrows << " N=" << n << " K=" << k << " at (" << i
                            << "," << r << "): got " << y[i * n + r] << " want " << ref;
     }
+  }
 }
 
 std::vector<std::string> isas() {
   std::vector<std::string> out;
-  for (const char* s : {"scalar", "avx2", "avx512"})
+  for (const char* s : {"scalar", "avx2", "avx512", "avx512vnni"})
     if (q4_force_isa(s)) out.push_back(s);
   q4_force_isa("");
   return out;
@@ -222,18 +245,50 @@ TEST(Q8Linear, MatchesReferenceOnEveryIsaAndShape) {
           const auto bias = random_vec(size_t(n), rng);
           std::vector<float> y(size_t(m * n));
           q8_linear(x.data(), m, Q8Weight{qs.data(), sc.data(), n, k}, bias.data(), y.data(), n > 8 ? &pf : nullptr);
-          for (int64_t i = 0; i < m; ++i)
+          for (int64_t i = 0; i < m; ++i) {
+            const auto xi = padded(x.data() + i * k, k);
             for (int64_t r = 0; r < n; ++r) {
-              double ref = bias[r], mag = std::fabs(bias[r]);
+              double ref = bias[r], mag = std::fabs(bias[r]), xerr = 0;
               for (int64_t c = 0; c < k; ++c) {
                 const float w = fp16_to_fp32(sc[r * nb + c / 32]) * float(qs[(r * nb + c / 32) * 32 + c % 32]);
                 ref += double(w) * x[i * k + c];
                 mag += std::fabs(double(w) * x[i * k + c]);
+                if (rounds_x(m)) xerr += std::fabs(double(w)) * x_rounding(xi.data(), c);
               }
-              ASSERT_LE(std::fabs(y[i * n + r] - ref), 1e-5 * mag + 1e-30)
+              ASSERT_LE(std::fabs(y[i * n + r] - ref), 1e-5 * mag + xerr + 1e-30)
                   << isa << " M=" << m << " N=" << n << " K=" << k;
             }
+          }
         }
+  }
+  q4_force_isa("");
+}
+
+// x the 16-bit path cannot represent (inf/nan, or a block so small that
+// 32767/max overflows) goes through the float kernel instead: same results
+// as "avx512", no garbage.
+TEST(Q4Linear, RoundedXFallsBackToFloatOnUnrepresentableX) {
+  if (!q4_force_isa("avx512vnni")) GTEST_SKIP() << "no AVX-512 VNNI";
+  std::mt19937 rng(3);
+  const Packed p = random_packed(8, 96, rng);
+  for (float bad : {INFINITY, NAN, 1e-35f}) {
+    auto x = random_vec(96, rng);
+    if (bad == 1e-35f) {
+      for (int j = 32; j < 64; ++j) x[j] = bad * float(j - 40);
+    } else {
+      x[40] = bad;
+    }
+    std::vector<float> y16(8), yf(8);
+    ASSERT_TRUE(q4_force_isa("avx512vnni"));
+    q4_linear(x.data(), 1, p.view(), nullptr, y16.data());
+    ASSERT_TRUE(q4_force_isa("avx512"));
+    q4_linear(x.data(), 1, p.view(), nullptr, yf.data());
+    for (int r = 0; r < 8; ++r)
+      if (std::isnan(yf[r])) {
+        EXPECT_TRUE(std::isnan(y16[r])) << bad;
+      } else {
+        EXPECT_EQ(y16[r], yf[r]) << bad << " row " << r;
+      }
   }
   q4_force_isa("");
 }

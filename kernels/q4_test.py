@@ -41,26 +41,60 @@ def reference(x, d, m, q, b):
     return y, mag
 
 
+def x_rounding(x, k):
+    """Per element of x [M, k]: the most the int16 rounding of the decode path
+    ("avx512vnni") moves it, max|x| of its block of 32 / 65534."""
+    nb = q4.num_blocks(k)
+    xp = torch.nn.functional.pad(x.double(), (0, nb * 32 - k))
+    amax = xp.abs().reshape(x.shape[0], nb, 32).amax(-1)
+    return (amax / 65534 * 1.0001).repeat_interleave(32, dim=1)[:, :k]
+
+
+def exact_isa() -> str:
+    """The best exact kernel path this CPU runs."""
+    for name in ("avx512", "avx2", "scalar"):
+        try:
+            with q4.using_isa(name):
+                return name
+        except q4.Q4Error:
+            pass
+    raise AssertionError("no exact q4 path")
+
+
+def isas():
+    """The default path, and the exact one when the default rounds x."""
+    return [q4.isa()] + ([exact_isa()] if q4.rounds_activations() else [])
+
+
 class Q4LinearTest(unittest.TestCase):
     def test_matches_fp64_reference(self):
-        worst = 0.0
-        for n, k in [(1, 32), (3, 96), (7, 40), (33, 576), (17, 1536), (5, 33)]:
-            for mrows in (1, 2, 3, 8, 9, 17):
-                lin, d, m, q, b = random_layer(n, k, seed=n * 1000 + k + mrows, bias=mrows % 2 == 0)
-                x = torch.randn(mrows, k)
-                y = lin(x)
-                ref, mag = reference(x, d, m, q, b)
-                rel = ((y.double() - ref).abs() / mag.clamp(min=1e-30)).max().item()
-                worst = max(worst, rel)
-                self.assertLessEqual(rel, 1e-5, f"n={n} k={k} m={mrows}")
-        print(f"worst relative error {worst:.3g}")
+        for isa in isas():
+            worst = 0.0
+            with q4.using_isa(isa):
+                rounds = q4.rounds_activations()
+                for n, k in [(1, 32), (3, 96), (7, 40), (33, 576), (17, 1536), (5, 33)]:
+                    for mrows in (1, 2, 3, 8, 9, 17):
+                        lin, d, m, q, b = random_layer(n, k, seed=n * 1000 + k + mrows, bias=mrows % 2 == 0)
+                        x = torch.randn(mrows, k)
+                        y = lin(x)
+                        ref, mag = reference(x, d, m, q, b)
+                        err = (y.double() - ref).abs()
+                        if rounds and mrows < 8:
+                            cols = torch.arange(k) // 32
+                            err = (err - x_rounding(x, k) @ (d[:, cols] * q.float()).abs().double().T).clamp(min=0)
+                        rel = (err / mag.clamp(min=1e-30)).max().item()
+                        worst = max(worst, rel)
+                        self.assertLessEqual(rel, 1e-5, f"{isa} n={n} k={k} m={mrows}")
+            print(f"{isa}: worst relative error {worst:.3g}")
 
     def test_leading_dims_and_dtypes(self):
         lin, *_ = random_layer(64, 128, bias=True)
         x = torch.randn(2, 3, 128)
-        y = lin(x)
+        with q4.using_isa(exact_isa()):
+            y = lin(x)
         self.assertEqual(y.shape, (2, 3, 64))
         torch.testing.assert_close(y, F.linear(x, lin.dequantized(), lin.bias), rtol=1e-5, atol=1e-5)
+        y = lin(x)
         yb = lin(x.bfloat16())
         self.assertEqual(yb.dtype, torch.bfloat16)
         out = torch.empty(2, 3, 64)
@@ -79,8 +113,13 @@ class Q4LinearTest(unittest.TestCase):
         x = torch.randn(4, 1536, generator=torch.Generator().manual_seed(0))
         w = torch.from_numpy(want).double()
         # Against a float64 matmul, within float32 rounding of the terms' magnitude.
-        err = (lin(x).double() - x.double() @ w.T).abs()
+        with q4.using_isa(exact_isa()):
+            err = (lin(x).double() - x.double() @ w.T).abs()
         self.assertLessEqual(float((err / (x.double().abs() @ w.abs().T)).max()), 1e-5)
+        # The default path: within the int16 rounding of x on top of that.
+        err = (lin(x).double() - x.double() @ w.T).abs()
+        bound = 1e-5 * (x.double().abs() @ w.abs().T) + x_rounding(x, 1536) @ w.abs().T
+        self.assertTrue(bool((err <= bound).all()), q4.isa())
 
     def test_smollm2_q8_0_output_is_exact(self):
         reader = gguf.GGUFReader(str(smollm2_gguf()))
@@ -92,7 +131,12 @@ class Q4LinearTest(unittest.TestCase):
         want = gguf.quants.dequantize(raw, t.tensor_type).reshape(rows, 576)
         self.assertTrue(np.array_equal(lin.dequantized().numpy(), want))
         x = torch.randn(3, 576)
-        torch.testing.assert_close(lin(x), x @ torch.from_numpy(want).T, rtol=1e-5, atol=1e-5)
+        w = torch.from_numpy(want)
+        with q4.using_isa(exact_isa()):
+            torch.testing.assert_close(lin(x), x @ w.T, rtol=1e-5, atol=1e-5)
+        err = (lin(x).double() - x.double() @ w.double().T).abs()
+        bound = 1e-5 * (x.double().abs() @ w.double().abs().T) + x_rounding(x, 576) @ w.double().abs().T
+        self.assertTrue(bool((err <= bound).all()), q4.isa())
         with self.assertRaisesRegex(RuntimeError, "qs must be int8"):
             torch.ops.torchchat.q8_linear(x, lin.qs.float(), lin.scales, None, rows, 576)
 

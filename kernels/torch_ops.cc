@@ -188,3 +188,13 @@ extern "C" __attribute__((visibility("default"))) AOTITorchError aoti_torch_cpu_
     *ret0 = torch::aot_inductor::new_tensor_handle(std::move(y));
   });
 }
+
+// For Python (ctypes) and tests: which q4 kernel path runs, and forcing one
+// ("" = the default). See q4_linear.h.
+extern "C" __attribute__((visibility("default"))) const char* torchchat_q4_isa() {
+  return torchchat::kernels::q4_isa();
+}
+
+extern "C" __attribute__((visibility("default"))) int torchchat_q4_force_isa(const char* isa) {
+  return torchchat::kernels::q4_force_isa(isa) ? 1 : 0;
+}

@@ -235,6 +235,12 @@ def load_pt2(path, device: str = "cpu") -> Pt2Model:
     meta = parse_pt2_metadata(raw, path)
     import torch._inductor
 
+    # A 4-bit package calls torchchat::q4_linear / q8_linear (by C shim or by
+    # name): their library must be loaded, RTLD_GLOBAL, before the package is.
+    try:
+        from kernels import q4  # noqa: F401
+    except (ImportError, OSError):
+        pass  # an fp32 package needs none; a 4-bit one fails below, by name
     try:
         runner = torch._inductor.aoti_load_package(str(path))
     except Exception as e:
