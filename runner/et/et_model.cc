@@ -6,15 +6,7 @@
 #include <string>
 #include <vector>
 
-// The wheel ships libexecutorch_threadpool.so but not threadpool.h; these
-// two declarations match its exported symbols.
-namespace executorch::extension::threadpool {
-class ThreadPool {
- public:
-  bool _unsafe_reset_threadpool(uint32_t num_threads);
-};
-ThreadPool* get_threadpool();
-}  // namespace executorch::extension::threadpool
+#include "runner/et/thread_pool.h"
 
 namespace torchchat {
 namespace {
@@ -83,10 +75,7 @@ Result<int64_t> GetInt(Module& m, const char* method) {
 
 Result<std::unique_ptr<LLMModel>> LoadEtModel(const std::string& path,
                                               int num_threads) {
-  if (num_threads > 0) {
-    executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(
-        static_cast<uint32_t>(num_threads));
-  }
+  ConfigureEtThreadPool(num_threads);
   auto module = std::make_unique<Module>(path, Module::LoadMode::MmapUseMlockIgnoreErrors);
   if (const Error e = module->load(); e != Error::Ok) {
     return MakeError("cannot load " + path + " as an ExecuTorch program (" +
