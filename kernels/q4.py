@@ -74,6 +74,16 @@ def rounds_activations() -> bool:
     return isa() == "avx512vnni"
 
 
+def exact_isa() -> str:
+    """The best path on this CPU that keeps x in fp32."""
+    lib = _isa_lib()
+    for name in ("avx512", "avx2", "scalar"):
+        if lib.torchchat_q4_force_isa(name.encode()):
+            lib.torchchat_q4_force_isa(b"")
+            return name
+    raise Q4Error("no exact q4 kernel path")  # scalar always runs: unreachable
+
+
 @contextlib.contextmanager
 def using_isa(name: str):
     """Runs the block with kernel path `name` ("" = the default)."""

@@ -50,20 +50,9 @@ def x_rounding(x, k):
     return (amax / 65534 * 1.0001).repeat_interleave(32, dim=1)[:, :k]
 
 
-def exact_isa() -> str:
-    """The best exact kernel path this CPU runs."""
-    for name in ("avx512", "avx2", "scalar"):
-        try:
-            with q4.using_isa(name):
-                return name
-        except q4.Q4Error:
-            pass
-    raise AssertionError("no exact q4 path")
-
-
 def isas():
     """The default path, and the exact one when the default rounds x."""
-    return [q4.isa()] + ([exact_isa()] if q4.rounds_activations() else [])
+    return [q4.isa()] + ([q4.exact_isa()] if q4.rounds_activations() else [])
 
 
 class Q4LinearTest(unittest.TestCase):
@@ -90,7 +79,7 @@ class Q4LinearTest(unittest.TestCase):
     def test_leading_dims_and_dtypes(self):
         lin, *_ = random_layer(64, 128, bias=True)
         x = torch.randn(2, 3, 128)
-        with q4.using_isa(exact_isa()):
+        with q4.using_isa(q4.exact_isa()):
             y = lin(x)
         self.assertEqual(y.shape, (2, 3, 64))
         torch.testing.assert_close(y, F.linear(x, lin.dequantized(), lin.bias), rtol=1e-5, atol=1e-5)
@@ -113,7 +102,7 @@ class Q4LinearTest(unittest.TestCase):
         x = torch.randn(4, 1536, generator=torch.Generator().manual_seed(0))
         w = torch.from_numpy(want).double()
         # Against a float64 matmul, within float32 rounding of the terms' magnitude.
-        with q4.using_isa(exact_isa()):
+        with q4.using_isa(q4.exact_isa()):
             err = (lin(x).double() - x.double() @ w.T).abs()
         self.assertLessEqual(float((err / (x.double().abs() @ w.abs().T)).max()), 1e-5)
         # The default path: within the int16 rounding of x on top of that.
@@ -132,7 +121,7 @@ class Q4LinearTest(unittest.TestCase):
         self.assertTrue(np.array_equal(lin.dequantized().numpy(), want))
         x = torch.randn(3, 576)
         w = torch.from_numpy(want)
-        with q4.using_isa(exact_isa()):
+        with q4.using_isa(q4.exact_isa()):
             torch.testing.assert_close(lin(x), x @ w.T, rtol=1e-5, atol=1e-5)
         err = (lin(x).double() - x.double() @ w.double().T).abs()
         bound = 1e-5 * (x.double().abs() @ w.double().abs().T) + x_rounding(x, 576) @ w.double().abs().T
