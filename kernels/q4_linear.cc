@@ -401,11 +401,6 @@ void micro_avx512(const float* x, int64_t ldx, const float* wt, int64_t kp, int 
 // per block) and one vpermps spreads each block's d*s over its lanes.
 #define TC_VNNI "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c"
 
-constexpr int kXOrder[4][8] = {{0, 2, 4, 6, 8, 10, 12, 14},
-                               {16, 18, 20, 22, 24, 26, 28, 30},
-                               {1, 3, 5, 7, 9, 11, 13, 15},
-                               {17, 19, 21, 23, 25, 27, 29, 31}};
-
 TC_TARGET(TC_VNNI) inline float hmax_avx512(__m512 v) {
   __m256 h = _mm256_max_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
   __m128 q = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
@@ -663,10 +658,10 @@ void block_sums_scalar(const float* x, int64_t nb, float* xs) {
   }
 }
 
-// Rounds one row of x (nb blocks, zero padded) to int16 per block: the
-// layout the isa's 16-bit q4 kernel reads into xq, natural order into xn,
-// block scales into sc. False: x has a block the rounding cannot represent.
-using XQuantFn = bool (*)(const float* x, int64_t nb, int16_t* xq, int16_t* xn, float* sc);
+// Rounds one row of x (nb blocks, zero padded) to int16 per block, in
+// natural order, and its block scales. False: a block the rounding cannot
+// represent (see quantize_x16).
+using XQuantFn = bool (*)(const float* x, int64_t nb, int16_t* out, float* sc);
 
 struct Isa {
   const char* name;
@@ -681,19 +676,21 @@ struct Isa {
   Q8RowsFn q8_16 = nullptr;
 };
 
-#if TC_Q4_X86
-TC_TARGET(TC_VNNI) bool quantize_x_vnni(const float* x, int64_t nb, int16_t* xq, int16_t* xn, float* sc) {
-  if (!quantize_x16(x, nb, xn, sc)) return false;
-  const int64_t nq = (nb + 3) / 4;
-  std::memset(xq, 0, size_t(nq * 128) * sizeof(int16_t));
+// Where the q4 16-bit kernel reads each element of x: per 4 blocks, vector
+// k (32 lanes) holds element kXOrder[k][t] of block c at lane 8c+t.
+constexpr int kXOrder[4][8] = {{0, 2, 4, 6, 8, 10, 12, 14},
+                               {16, 18, 20, 22, 24, 26, 28, 30},
+                               {1, 3, 5, 7, 9, 11, 13, 15},
+                               {17, 19, 21, 23, 25, 27, 29, 31}};
+
+void interleave_x16(const int16_t* xn, int64_t nb, int16_t* xq) {
+  std::memset(xq, 0, size_t((nb + 3) / 4 * 128) * sizeof(int16_t));
   for (int64_t b = 0; b < nb; ++b) {
     int16_t* o = xq + (b / 4) * 128 + (b % 4) * 8;
     for (int k = 0; k < 4; ++k)
       for (int t = 0; t < 8; ++t) o[k * 32 + t] = xn[b * 32 + kXOrder[k][t]];
   }
-  return true;
 }
-#endif
 
 void tile_rows(const Isa& isa, const Args& a, int64_t n0, int64_t n1) {
   const int64_t kp = q4_num_blocks(a.w->k) * 32;
@@ -735,7 +732,7 @@ const Isa kAvx512Vnni{"avx512vnni",
                       dequant_row_avx512,
                       {nullptr, micro_avx512<1>, micro_avx512<2>, micro_avx512<3>, micro_avx512<4>},
                       q8_rows_avx512,
-                      quantize_x_vnni,
+                      quantize_x16,
                       gemv_rows_vnni,
                       q8_rows_vnni};
 
@@ -769,7 +766,7 @@ const Isa* isa_by_name(const std::string& s) {
 }
 
 // TORCHCHAT_Q4_ISA=avx512 (say) keeps x in fp32 on a VNNI machine: the
-// kernels are then exact, at ~10% of decode speed.
+// kernels are then exact, and decode ~10-20% slower.
 const Isa* default_isa() {
   const char* env = std::getenv("TORCHCHAT_Q4_ISA");
   const Isa* isa = env != nullptr ? isa_by_name(env) : nullptr;
@@ -882,8 +879,10 @@ void q4_linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, 
       xn.resize(size_t(nb * 32));
       xsc.assign(size_t(m * lds), 0.f);
       bool ok = true;
-      for (int64_t i = 0; i < m && ok; ++i)
-        ok = isa->quantize_x(xp + i * kp, nb, xq.data() + i * ldq, xn.data(), xsc.data() + i * lds);
+      for (int64_t i = 0; i < m && ok; ++i) {
+        ok = isa->quantize_x(xp + i * kp, nb, xn.data(), xsc.data() + i * lds);
+        interleave_x16(xn.data(), nb, xq.data() + i * ldq);
+      }
       if (ok) {
         job.args.xq = xq.data();
         job.args.xsc = xsc.data();
@@ -919,15 +918,12 @@ void q8_linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, 
   // Like q4_linear: x is rounded for decode only, prefill stays exact.
   if (isa->quantize_x != nullptr && m < kTileMinM) {
     const int64_t nb = kp / 32, ldq = nb * 32, lds = (nb + 15) / 16 * 16;
-    thread_local std::vector<int16_t> xq, xn;
+    thread_local std::vector<int16_t> xq;
     thread_local std::vector<float> xsc;
     xq.resize(size_t(m * ldq));
-    xn.resize(size_t((nb + 3) / 4 * 128));
     xsc.assign(size_t(m * lds), 0.f);
     bool ok = true;
-    // Q8 reads x in natural order: xn receives the q4 layout, unused.
-    for (int64_t i = 0; i < m && ok; ++i)
-      ok = isa->quantize_x(xp + i * kp, nb, xn.data(), xq.data() + i * ldq, xsc.data() + i * lds);
+    for (int64_t i = 0; i < m && ok; ++i) ok = isa->quantize_x(xp + i * kp, nb, xq.data() + i * ldq, xsc.data() + i * lds);
     if (ok) {
       job.args.xq = xq.data();
       job.args.xsc = xsc.data();
