@@ -12,22 +12,12 @@ from pathlib import Path
 import torch
 
 from export import export_llm, tiny_model
+from export.quality import greedy
 from torchchat import artifacts
 
 MAX_SEQ = 64
 PROMPT = "Hello, my name is"
 STEPS = 32
-
-
-def greedy(forward, prompt_ids, steps):
-    logits = forward(torch.tensor([prompt_ids]), torch.arange(len(prompt_ids)))
-    out, pos = [], len(prompt_ids)
-    for _ in range(steps):
-        t = int(logits.argmax(-1))
-        out.append(t)
-        logits = forward(torch.tensor([[t]]), torch.tensor([pos]))
-        pos += 1
-    return out
 
 
 class ExportTest(unittest.TestCase):

@@ -35,19 +35,23 @@ Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
+def greedy(forward: Forward, ids: Sequence[int], steps: int, stop_ids=()) -> List[int]:
+    """Up to `steps` greedy tokens after `ids`; ends before a token in stop_ids."""
+    logits = forward(torch.tensor([list(ids)]), torch.arange(len(ids)))
+    out, pos = [], len(ids)
+    for _ in range(steps):
+        t = int(logits.argmax(-1))
+        if t in stop_ids:
+            break
+        out.append(t)
+        logits = forward(torch.tensor([[t]]), torch.tensor([pos]))
+        pos += 1
+    return out
+
+
 def reference(forward: Forward, prompts: Sequence[List[int]], steps: int = STEPS):
     """(prompt + greedy continuation, number of prompt tokens) per prompt."""
-    out = []
-    for ids in prompts:
-        logits = forward(torch.tensor([ids]), torch.arange(len(ids)))
-        seq, pos = list(ids), len(ids)
-        for _ in range(steps):
-            t = int(logits.argmax(-1))
-            seq.append(t)
-            logits = forward(torch.tensor([[t]]), torch.tensor([pos]))
-            pos += 1
-        out.append((seq, len(ids)))
-    return out
+    return [(list(ids) + greedy(forward, ids, steps), len(ids)) for ids in prompts]
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from export import export_llm
+from export.quality import greedy
 from torchchat import artifacts
 
 RUNFILES = Path(os.environ["TEST_SRCDIR"]) / "_main"
@@ -27,19 +28,6 @@ MAX_SEQ = 128
 QUESTION = "What is the capital of France?"
 COMPLETION = "The capital of France is"
 STEPS = 12
-
-
-def greedy(forward, ids, steps, eos_ids):
-    logits = forward(torch.tensor([ids]), torch.arange(len(ids)))
-    out, pos = [], len(ids)
-    for _ in range(steps):
-        t = int(logits.argmax(-1))
-        if t in eos_ids:
-            break
-        out.append(t)
-        logits = forward(torch.tensor([[t]]), torch.tensor([pos]))
-        pos += 1
-    return out
 
 
 class BuiltinModelTest(unittest.TestCase):
