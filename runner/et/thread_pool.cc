@@ -79,28 +79,41 @@ class SpinningExecutor {
   }
 
  private:
+  using Job = std::pair<void*, void (*)(void*)>;
+
+  bool TryPop(Job* job) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (queue_.empty()) return false;
+    *job = queue_.front();
+    queue_.pop_front();
+    pending_.fetch_sub(1, std::memory_order_relaxed);
+    return true;
+  }
+
   void Loop() {
-    for (;;) {
-      const auto deadline = std::chrono::steady_clock::now() + kSpin;
-      for (uint32_t i = 1; pending_.load(std::memory_order_acquire) == 0; ++i) {
-        TC_PAUSE();
-        if (i % 256 == 0 && std::chrono::steady_clock::now() > deadline) break;
+    Job job;
+    auto deadline = std::chrono::steady_clock::now() + kSpin;
+    for (uint32_t i = 1;; ++i) {
+      // A job another worker took first sends this one back to spinning,
+      // not to sleep.
+      if (pending_.load(std::memory_order_acquire) > 0 && TryPop(&job)) {
+        job.second(job.first);
+        deadline = std::chrono::steady_clock::now() + kSpin;
+        continue;
       }
-      std::pair<void*, void (*)(void*)> job;
-      {
+      if (i % 256 == 0 && std::chrono::steady_clock::now() > deadline) {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [this] { return !queue_.empty(); });
-        job = queue_.front();
-        queue_.pop_front();
-        pending_.fetch_sub(1, std::memory_order_relaxed);
+        deadline = std::chrono::steady_clock::now() + kSpin;  // the next pass takes the job
+        continue;
       }
-      job.second(job.first);
+      TC_PAUSE();
     }
   }
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::pair<void*, void (*)(void*)>> queue_;
+  std::deque<Job> queue_;
   std::atomic<int> pending_{0};
   std::vector<std::thread> threads_;
 };
