@@ -726,15 +726,14 @@ const Isa kAvx512{"avx512",
                   {nullptr, micro_avx512<1>, micro_avx512<2>, micro_avx512<3>, micro_avx512<4>},
                   q8_rows_avx512};
 // "avx512" plus 16-bit activations for decode (the float tiles for prefill).
-const Isa kAvx512Vnni{"avx512vnni",
-                      block_sums_avx512,
-                      gemv_rows_avx512,
-                      dequant_row_avx512,
-                      {nullptr, micro_avx512<1>, micro_avx512<2>, micro_avx512<3>, micro_avx512<4>},
-                      q8_rows_avx512,
-                      quantize_x16,
-                      gemv_rows_vnni,
-                      q8_rows_vnni};
+Isa with_int16_decode(Isa isa, const char* name, XQuantFn quantize, RowsFn gemv16, Q8RowsFn q8_16) {
+  isa.name = name;
+  isa.quantize_x = quantize;
+  isa.gemv16 = gemv16;
+  isa.q8_16 = q8_16;
+  return isa;
+}
+const Isa kAvx512Vnni = with_int16_decode(kAvx512, "avx512vnni", quantize_x16, gemv_rows_vnni, q8_rows_vnni);
 
 bool cpu_has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
