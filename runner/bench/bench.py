@@ -127,6 +127,11 @@ def run_llama_cpp(gguf, prompt, n, threads):
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf), n_ctx=512, n_threads=threads or 2, verbose=False)
+    # Warm up like the runners' --warmup 1: the first generation pays for
+    # page faults and thread start-up.
+    for _ in llm.create_completion(prompt, max_tokens=4, temperature=0, stream=True):
+        pass
+    llm.reset()
     t0 = time.perf_counter()
     first = None
     count = 0
