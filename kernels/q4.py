@@ -76,10 +76,10 @@ def rounds_activations() -> bool:
 
 def exact_isa() -> str:
     """The best path on this CPU that keeps x in fp32."""
-    lib = _isa_lib()
+    lib, before = _isa_lib(), isa()
     for name in ("avx512", "avx2", "scalar"):
         if lib.torchchat_q4_force_isa(name.encode()):
-            lib.torchchat_q4_force_isa(b"")
+            lib.torchchat_q4_force_isa(before.encode())
             return name
     raise Q4Error("no exact q4 kernel path")  # scalar always runs: unreachable
 

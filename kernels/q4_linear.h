@@ -20,7 +20,7 @@
 //  - "avx512vnni", decode only (M < 8, for Q8_0 too): x is rounded to
 //    int16 per block of 32 (error <= max|x_block| / 65534 per element) and
 //    q.x is an exact integer dot product (vpdpwssd). The weights are still
-//    exactly d*q + m, and m*sum(x) uses the fp32 sums. ~10% faster decode;
+//    exactly d*q + m, and m*sum(x) uses the fp32 sums. Decode 10-20% faster;
 //    TORCHCHAT_Q4_ISA=avx512 in the environment keeps the exact path.
 #pragma once
 

@@ -239,7 +239,7 @@ def load_pt2(path, device: str = "cpu") -> Pt2Model:
     # name): their library must be loaded, RTLD_GLOBAL, before the package is.
     try:
         from kernels import q4  # noqa: F401
-    except (ImportError, OSError):
+    except (ImportError, OSError, ValueError):  # q4.Q4Error: library not built
         pass  # an fp32 package needs none; a 4-bit one fails below, by name
     try:
         runner = torch._inductor.aoti_load_package(str(path))
