@@ -5,8 +5,9 @@
 // budget, and output size and macro depth are bounded, so that a hostile
 // template ends with an error instead of hanging or exhausting memory.
 //
-// Filters and tests are in filters.cc, methods in methods.cc, globals in
-// globals.cc.
+// Filters, tests and methods live in their own files (filters.cc,
+// methods.cc) as name-to-function tables; the tables are both how a call is
+// dispatched and what IsFilter()/IsTest() report, so the two cannot drift.
 #ifndef RUNNER_COMMON_JINJA_INTERPRETER_H_
 #define RUNNER_COMMON_JINJA_INTERPRETER_H_
 

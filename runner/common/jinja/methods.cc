@@ -1,5 +1,8 @@
 // Python's str, dict and list methods that chat templates call
-// (message.content.strip(), tools.items(), ...), and loop.cycle().
+// (message.content.strip(), tools.items(), ...), and loop.cycle(). jinja2
+// exposes the real Python methods; this engine has the subset below, one
+// table per type, which is also what decides whether `x.name(...)` is a
+// method call or a call of an attribute.
 #include <limits>
 #include <string>
 #include <utility>
@@ -7,6 +10,7 @@
 
 #include "runner/common/jinja/error.h"
 #include "runner/common/jinja/interpreter.h"
+#include "runner/common/jinja/name_table.h"
 #include "runner/common/jinja/text.h"
 #include "runner/common/jinja/value.h"
 
@@ -60,166 +64,270 @@ Value StrList(const std::vector<std::string>& parts) {
   return Value::List(std::move(items));
 }
 
-}  // namespace
 
-bool Interp::HasMethod(const Value& obj, const std::string& name) {
-  static const char* kStr[] = {
-      "strip", "lstrip", "rstrip", "split", "rsplit", "splitlines",
-      "startswith", "endswith", "upper", "lower", "title", "capitalize",
-      "replace", "find", "rfind", "count", "join", "isdigit", "isalpha",
-      "isalnum", "isspace", "isupper", "islower", "format"};
-  static const char* kDict[] = {"items", "keys", "values", "get"};
-  static const char* kList[] = {"index", "count"};
-  auto in = [&](const auto& table) {
-    for (const char* n : table) {
-      if (name == n) return true;
-    }
-    return false;
-  };
-  switch (obj.t) {
-    case Value::T::kString: return in(kStr);
-    case Value::T::kDict: return in(kDict);
-    case Value::T::kList: return in(kList);
-    case Value::T::kLoop: return name == "cycle";
-    default: return false;
-  }
-}
+// One method call; `name` as written, for methods sharing an
+// implementation and for messages.
+struct MethodCall {
+  Interp& interp;
+  const std::string& name;
+  std::vector<Value>& args;
+  Kwargs& kwargs;
 
-Value Interp::CallMethod(const Value& obj, const std::string& name,
-                         std::vector<Value>& args, Kwargs& kwargs) {
-  auto arg = [&](size_t k, const char* n) { return Arg(args, kwargs, k, n); };
-  if (obj.t == Value::T::kLoop) {
-    if (args.empty()) Fail("no items for cycling given");
-    int64_t i = DictFind(*obj.dict, Value::Str("index0"))->i;
-    return args[i % args.size()];
-  }
-  if (obj.is_dict()) {
-    if (name == "get") {
-      const Value* key = arg(0, "key");
-      if (!key) Fail("get expected at least 1 argument, got 0");
-      const Value* v = DictFind(*obj.dict, *key);
-      if (v) return *v;
-      const Value* def = arg(1, "default");
-      return def ? *def : Value::None();
-    }
-    std::vector<Value> items;
-    for (const auto& [k, v] : obj.dict->items) {
-      if (name == "keys") items.push_back(k);
-      else if (name == "values") items.push_back(v);
-      else items.push_back(Value::List({k, v}, /*tuple=*/true));
-    }
-    return Value::List(std::move(items));
-  }
-  if (obj.is_list()) {
-    const Value* x = arg(0, "value");
-    if (!x) Fail(name + "() takes exactly one argument");
-    int64_t count = 0;
-    for (size_t k = 0; k < obj.list->items.size(); ++k) {
-      if (Equal(obj.list->items[k], *x)) {
-        if (name == "index") return Value::Int(static_cast<int64_t>(k));
-        ++count;
-      }
-    }
-    if (name == "index") Fail(Repr(*x) + " is not in list");
-    return Value::Int(count);
-  }
-  // Strings.
-  const std::string& s = obj.s;
-  auto str_arg = [&](size_t k, const char* n) -> const std::string* {
+  const Value* arg(size_t k, const char* n) const { return Arg(args, kwargs, k, n); }
+  // An optional str argument; none or absent gives null.
+  const std::string* str_arg(size_t k, const char* n) const {
     const Value* v = arg(k, n);
     if (!v || v->none()) return nullptr;
     if (!v->is_str()) Fail(name + "() argument must be str");
     return &v->s;
-  };
-  if (name == "strip" || name == "lstrip" || name == "rstrip") {
-    return Value::Str(PyStrip(s, name != "rstrip", name != "lstrip",
-                              str_arg(0, "chars")));
   }
-  if (name == "split" || name == "rsplit") {
-    int64_t maxsplit = IntArg(arg(1, "maxsplit"), -1, "maxsplit");
-    if (name == "rsplit" && maxsplit >= 0) {
-      Fail("rsplit with maxsplit is not supported");
+};
+using MethodFn = Value (*)(const Value& obj, const MethodCall& c);
+
+// ------------------------------------------------------------ loop
+
+Value Cycle(const Value& loop, const MethodCall& c) {
+  if (c.args.empty()) Fail("no items for cycling given");
+  int64_t i = DictFind(*loop.dict, Value::Str("index0"))->i;
+  return c.args[i % c.args.size()];
+}
+
+constexpr NamedFn<MethodFn> kLoopMethods[] = {
+    {"cycle", Cycle},
+};
+
+// ------------------------------------------------------------ dict
+
+Value Get(const Value& obj, const MethodCall& c) {
+  const Value* key = c.arg(0, "key");
+  if (!key) Fail("get expected at least 1 argument, got 0");
+  const Value* v = DictFind(*obj.dict, *key);
+  if (v) return *v;
+  const Value* def = c.arg(1, "default");
+  return def ? *def : Value::None();
+}
+
+Value Keys(const Value& obj, const MethodCall&) {
+  std::vector<Value> items;
+  for (const auto& kv : obj.dict->items) items.push_back(kv.first);
+  return Value::List(std::move(items));
+}
+
+Value Values(const Value& obj, const MethodCall&) {
+  std::vector<Value> items;
+  for (const auto& kv : obj.dict->items) items.push_back(kv.second);
+  return Value::List(std::move(items));
+}
+
+Value DictItems(const Value& obj, const MethodCall&) {
+  std::vector<Value> items;
+  for (const auto& [k, v] : obj.dict->items) {
+    items.push_back(Value::List({k, v}, /*tuple=*/true));
+  }
+  return Value::List(std::move(items));
+}
+
+constexpr NamedFn<MethodFn> kDictMethods[] = {
+    {"get", Get},
+    {"items", DictItems},
+    {"keys", Keys},
+    {"values", Values},
+};
+
+// ------------------------------------------------------------ list
+
+// list.index and list.count.
+Value IndexOrCount(const Value& obj, const MethodCall& c) {
+  const Value* x = c.arg(0, "value");
+  if (!x) Fail(c.name + "() takes exactly one argument");
+  const bool index = c.name == "index";
+  int64_t count = 0;
+  for (size_t k = 0; k < obj.list->items.size(); ++k) {
+    if (Equal(obj.list->items[k], *x)) {
+      if (index) return Value::Int(static_cast<int64_t>(k));
+      ++count;
     }
-    return StrList(PySplit(s, arg(0, "sep"), maxsplit));
   }
-  if (name == "splitlines") return StrList(SplitLines(s));
-  if (name == "startswith" || name == "endswith") {
-    const Value* p = arg(0, "prefix");
-    if (!p) Fail(name + "() takes at least 1 argument");
-    std::vector<Value> options =
-        p->is_list() && p->list->tuple ? p->list->items : std::vector<Value>{*p};
-    for (const auto& o : options) {
-      if (!o.is_str()) Fail(name + " first arg must be str or a tuple of str");
-      bool hit = name == "startswith"
-                     ? s.compare(0, o.s.size(), o.s) == 0
-                     : s.size() >= o.s.size() &&
-                           s.compare(s.size() - o.s.size(), o.s.size(), o.s) == 0;
-      if (hit) return Value::Bool(true);
+  if (index) Fail(Repr(*x) + " is not in list");
+  return Value::Int(count);
+}
+
+constexpr NamedFn<MethodFn> kListMethods[] = {
+    {"count", IndexOrCount},
+    {"index", IndexOrCount},
+};
+
+// ------------------------------------------------------------ str
+
+// strip, lstrip and rstrip.
+Value Strip(const Value& obj, const MethodCall& c) {
+  return Value::Str(PyStrip(obj.s, c.name != "rstrip", c.name != "lstrip",
+                            c.str_arg(0, "chars")));
+}
+
+// split and rsplit, which differ only with a maxsplit.
+Value Split(const Value& obj, const MethodCall& c) {
+  int64_t maxsplit = IntArg(c.arg(1, "maxsplit"), -1, "maxsplit");
+  if (c.name == "rsplit" && maxsplit >= 0) Fail("rsplit with maxsplit is not supported");
+  return StrList(PySplit(obj.s, c.arg(0, "sep"), maxsplit));
+}
+
+Value Splitlines(const Value& obj, const MethodCall&) {
+  return StrList(SplitLines(obj.s));
+}
+
+// startswith and endswith; the argument may be a tuple of candidates.
+Value StartsOrEndsWith(const Value& obj, const MethodCall& c) {
+  const std::string& s = obj.s;
+  const Value* p = c.arg(0, "prefix");
+  if (!p) Fail(c.name + "() takes at least 1 argument");
+  std::vector<Value> options =
+      p->is_list() && p->list->tuple ? p->list->items : std::vector<Value>{*p};
+  for (const auto& o : options) {
+    if (!o.is_str()) Fail(c.name + " first arg must be str or a tuple of str");
+    bool hit = c.name == "startswith"
+                   ? s.compare(0, o.s.size(), o.s) == 0
+                   : s.size() >= o.s.size() &&
+                         s.compare(s.size() - o.s.size(), o.s.size(), o.s) == 0;
+    if (hit) return Value::Bool(true);
+  }
+  return Value::Bool(false);
+}
+
+Value Upper(const Value& obj, const MethodCall&) { return Value::Str(UpperStr(obj.s)); }
+Value Lower(const Value& obj, const MethodCall&) { return Value::Str(LowerStr(obj.s)); }
+Value Title(const Value& obj, const MethodCall&) { return Value::Str(PyTitle(obj.s)); }
+Value CapitalizeMethod(const Value& obj, const MethodCall&) {
+  return Value::Str(Capitalize(obj.s));
+}
+
+Value ReplaceMethod(const Value& obj, const MethodCall& c) {
+  const std::string* o = c.str_arg(0, "old");
+  const std::string* n = c.str_arg(1, "new");
+  if (!o || !n) Fail("replace() takes at least 2 arguments");
+  std::string r = Replace(obj.s, *o, *n, IntArg(c.arg(2, "count"), -1, "count"));
+  c.interp.CheckSize(r.size());
+  return Value::Str(std::move(r));
+}
+
+// find, rfind and count; positions count code points, as in Python.
+Value FindOrCount(const Value& obj, const MethodCall& c) {
+  const std::string& s = obj.s;
+  const std::string* sub = c.str_arg(0, "sub");
+  if (!sub) Fail(c.name + "() takes at least 1 argument");
+  if (c.name == "count") {
+    if (sub->empty()) return Value::Int(Length(obj) + 1);
+    int64_t n = 0;
+    for (size_t p = s.find(*sub); p != std::string::npos; p = s.find(*sub, p + sub->size())) {
+      ++n;
     }
-    return Value::Bool(false);
+    return Value::Int(n);
   }
-  if (name == "upper") return Value::Str(UpperStr(s));
-  if (name == "lower") return Value::Str(LowerStr(s));
-  if (name == "title") return Value::Str(PyTitle(s));
-  if (name == "capitalize") return Value::Str(Capitalize(s));
-  if (name == "replace") {
-    const std::string* o = str_arg(0, "old");
-    const std::string* n = str_arg(1, "new");
-    if (!o || !n) Fail("replace() takes at least 2 arguments");
-    std::string r = Replace(s, *o, *n, IntArg(arg(2, "count"), -1, "count"));
-    CheckSize(r.size());
-    return Value::Str(std::move(r));
+  size_t p = c.name == "find" ? s.find(*sub) : s.rfind(*sub);
+  if (p == std::string::npos) return Value::Int(-1);
+  return Value::Int(static_cast<int64_t>(Decode(s.substr(0, p)).size()));
+}
+
+Value JoinMethod(const Value& obj, const MethodCall& c) {
+  const Value* seq = c.arg(0, "iterable");
+  if (!seq) Fail("join() takes exactly one argument");
+  std::string out;
+  bool first = true;
+  for (const auto& v : Iterate(*seq)) {
+    if (!v.is_str()) Fail("sequence item: expected str instance");
+    if (!first) out += obj.s;
+    first = false;
+    out += v.s;
+    c.interp.CheckSize(out.size());
   }
-  if (name == "find" || name == "rfind" || name == "count") {
-    const std::string* sub = str_arg(0, "sub");
-    if (!sub) Fail(name + "() takes at least 1 argument");
-    if (name == "count") {
-      if (sub->empty()) return Value::Int(Length(obj) + 1);
-      int64_t c = 0;
-      for (size_t p = s.find(*sub); p != std::string::npos;
-           p = s.find(*sub, p + sub->size())) {
-        ++c;
-      }
-      return Value::Int(c);
-    }
-    size_t p = name == "find" ? s.find(*sub) : s.rfind(*sub);
-    if (p == std::string::npos) return Value::Int(-1);
-    return Value::Int(static_cast<int64_t>(Decode(s.substr(0, p)).size()));
-  }
-  if (name == "join") {
-    const Value* seq = arg(0, "iterable");
-    if (!seq) Fail("join() takes exactly one argument");
-    std::string out;
-    bool first = true;
-    for (const auto& v : Iterate(*seq)) {
-      if (!v.is_str()) Fail("sequence item: expected str instance");
-      if (!first) out += s;
-      first = false;
-      out += v.s;
-      CheckSize(out.size());
-    }
-    return Value::Str(std::move(out));
-  }
-  if (name == "format") Fail("str.format is not supported");
-  std::vector<uint32_t> cps = Decode(s);
+  return Value::Str(std::move(out));
+}
+
+// Listed so that a template calling it learns why it fails.
+Value FormatMethod(const Value&, const MethodCall&) { Fail("str.format is not supported"); }
+
+// isdigit, isalpha, isalnum, isspace, isupper and islower.
+Value CharClass(const Value& obj, const MethodCall& c) {
+  const std::string& name = c.name;
+  std::vector<uint32_t> cps = Decode(obj.s);
   bool all = !cps.empty(), any_cased = false;
-  for (uint32_t c : cps) {
-    bool digit = c >= '0' && c <= '9';
-    bool alpha = c < 0x80 && IsAlpha(static_cast<char>(c));
-    if (name == "isdigit") all &= digit;
-    else if (name == "isalpha") all &= alpha;
-    else if (name == "isalnum") all &= digit || alpha;
-    else if (name == "isspace") all &= IsSpace(c);
-    else if (name == "isupper") {
-      if (UpperCp(c) != c) all = false;
-      any_cased |= IsCased(c);
+  for (uint32_t ch : cps) {
+    bool digit = ch >= '0' && ch <= '9';
+    bool alpha = ch < 0x80 && IsAlpha(static_cast<char>(ch));
+    if (name == "isdigit") {
+      all &= digit;
+    } else if (name == "isalpha") {
+      all &= alpha;
+    } else if (name == "isalnum") {
+      all &= digit || alpha;
+    } else if (name == "isspace") {
+      all &= IsSpace(ch);
+    } else if (name == "isupper") {
+      if (UpperCp(ch) != ch) all = false;
+      any_cased |= IsCased(ch);
     } else if (name == "islower") {
-      if (LowerCp(c) != c) all = false;
-      any_cased |= IsCased(c);
+      if (LowerCp(ch) != ch) all = false;
+      any_cased |= IsCased(ch);
     }
   }
   if (name == "isupper" || name == "islower") return Value::Bool(all && any_cased);
   return Value::Bool(all);
+}
+
+constexpr NamedFn<MethodFn> kStrMethods[] = {
+    {"capitalize", CapitalizeMethod},
+    {"count", FindOrCount},
+    {"endswith", StartsOrEndsWith},
+    {"find", FindOrCount},
+    {"format", FormatMethod},
+    {"isalnum", CharClass},
+    {"isalpha", CharClass},
+    {"isdigit", CharClass},
+    {"islower", CharClass},
+    {"isspace", CharClass},
+    {"isupper", CharClass},
+    {"join", JoinMethod},
+    {"lower", Lower},
+    {"lstrip", Strip},
+    {"replace", ReplaceMethod},
+    {"rfind", FindOrCount},
+    {"rsplit", Split},
+    {"rstrip", Strip},
+    {"split", Split},
+    {"splitlines", Splitlines},
+    {"startswith", StartsOrEndsWith},
+    {"strip", Strip},
+    {"title", Title},
+    {"upper", Upper},
+};
+
+static_assert(StrictlySorted(kLoopMethods) && StrictlySorted(kDictMethods) &&
+                  StrictlySorted(kListMethods) && StrictlySorted(kStrMethods),
+              "method tables must be sorted by name, without repeats");
+
+MethodFn FindMethod(const Value& obj, const std::string& name) {
+  switch (obj.t) {
+    case Value::T::kString: return FindFn(kStrMethods, name);
+    case Value::T::kDict: return FindFn(kDictMethods, name);
+    case Value::T::kList: return FindFn(kListMethods, name);
+    case Value::T::kLoop: return FindFn(kLoopMethods, name);
+    default: return nullptr;
+  }
+}
+
+}  // namespace
+
+bool Interp::HasMethod(const Value& obj, const std::string& name) {
+  return FindMethod(obj, name) != nullptr;
+}
+
+Value Interp::CallMethod(const Value& obj, const std::string& name,
+                         std::vector<Value>& args, Kwargs& kwargs) {
+  MethodFn fn = FindMethod(obj, name);
+  if (!fn) {
+    Fail(std::string("'") + TypeName(obj) + "' object has no method '" + name + "'");
+  }
+  return fn(obj, MethodCall{*this, name, args, kwargs});
 }
 
 }  // namespace torchchat::jinja
