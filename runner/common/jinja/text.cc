@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "tokenizers/utf8.h"
+
 namespace torchchat::jinja {
 
 std::vector<uint32_t> Decode(std::string_view s) {
@@ -10,27 +12,15 @@ std::vector<uint32_t> Decode(std::string_view s) {
   out.reserve(s.size());
   size_t i = 0;
   while (i < s.size()) {
-    unsigned char c = s[i];
-    int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3
-              : (c >> 3) == 30 ? 4 : 0;
-    bool ok = len > 0 && i + len <= s.size();
-    uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f)
-                                                                  : (c & 0x07);
-    for (int k = 1; ok && k < len; ++k) {
-      unsigned char d = s[i + k];
-      if ((d & 0xc0) != 0x80) ok = false;
-      cp = (cp << 6) | (d & 0x3f);
-    }
-    if (ok && ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) ||
-               (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-               (cp >= 0xd800 && cp <= 0xdfff))) {
-      ok = false;
-    }
-    if (!ok) {
-      out.push_back(0x110000 + c);
+    const std::string_view rest = s.substr(i);
+    const size_t len = tokenizers::ValidUtf8SequenceLength(rest);
+    if (len == 0) {
+      // One byte at a time, unlike U+FFFD replacement's maximal subparts:
+      // each byte has to come back out of AppendCp unchanged.
+      out.push_back(kRawByte + static_cast<unsigned char>(s[i]));
       ++i;
     } else {
-      out.push_back(cp);
+      out.push_back(tokenizers::DecodeUtf8(rest, len));
       i += len;
     }
   }
@@ -38,22 +28,10 @@ std::vector<uint32_t> Decode(std::string_view s) {
 }
 
 void AppendCp(uint32_t cp, std::string* out) {
-  if (cp >= 0x110000) {
-    out->push_back(static_cast<char>(cp - 0x110000));
-  } else if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xc0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xe0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3f)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+  if (cp >= kRawByte) {
+    out->push_back(static_cast<char>(cp - kRawByte));
   } else {
-    out->push_back(static_cast<char>(0xf0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3f)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3f)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+    tokenizers::AppendUtf8(cp, out);
   }
 }
 
