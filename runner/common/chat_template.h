@@ -3,7 +3,7 @@
 // without Python.
 //
 // The interpreter covers the Jinja2 subset that real chat templates use (see
-// chat_template.cc for the list). Matching jinja2 matters more than being
+// jinja/parser.h for the list). Matching jinja2 matters more than being
 // small: the environment transformers builds is the reference, i.e. an
 // ImmutableSandboxedEnvironment with trim_blocks=True, lstrip_blocks=True,
 // the loopcontrols extension ({% break %}, {% continue %}), the
