@@ -203,6 +203,55 @@ Json AddedTokenJson(int id, const std::string& content, bool special) {
 using Metadata = std::map<std::string, Value>;
 
 // Code-point boundaries of a UTF-8 string (Python's str indices).
+// tokenizer.json's post-processor for a GGUF vocabulary: a TemplateProcessing
+// that puts bos before a sequence when the GGUF says prompts take one. It is
+// what decides bos for transformers and for our loader alike, so a written
+// tokenizer.json starts prompts as the GGUF does.
+Json BosPostProcessor(const std::string& bos, bool add_bos, const Value* bos_id) {
+  Json post = Json::Object();
+  post.Set("type", Json::String("TemplateProcessing"));
+  auto seq = [](const char* id, int type_id) {
+    Json s = Json::Object();
+    Json inner = Json::Object();
+    inner.Set("id", Json::String(id));
+    inner.Set("type_id", Json::Number(type_id));
+    s.Set("Sequence", std::move(inner));
+    return s;
+  };
+  auto special = [](const std::string& tok, int type_id) {
+    Json s = Json::Object();
+    Json inner = Json::Object();
+    inner.Set("id", Json::String(tok));
+    inner.Set("type_id", Json::Number(type_id));
+    s.Set("SpecialToken", std::move(inner));
+    return s;
+  };
+  Json single = Json::Array(), pair = Json::Array();
+  const bool with_bos = add_bos && !bos.empty() && bos_id != nullptr;
+  if (with_bos) single.Push(special(bos, 0));
+  single.Push(seq("A", 0));
+  if (with_bos) pair.Push(special(bos, 0));
+  pair.Push(seq("A", 0));
+  if (with_bos) pair.Push(special(bos, 1));
+  pair.Push(seq("B", 1));
+  post.Set("single", std::move(single));
+  post.Set("pair", std::move(pair));
+  Json specials = Json::Object();
+  if (with_bos) {
+    Json e = Json::Object();
+    e.Set("id", Json::String(bos));
+    Json ids = Json::Array();
+    ids.Push(Json::Number(bos_id->i));
+    e.Set("ids", std::move(ids));
+    Json ts = Json::Array();
+    ts.Push(Json::String(bos));
+    e.Set("tokens", std::move(ts));
+    specials.Set(bos, std::move(e));
+  }
+  post.Set("special_tokens", std::move(specials));
+  return post;
+}
+
 std::vector<size_t> CharStarts(const std::string& s) {
   std::vector<size_t> b;
   for (size_t i = 0; i < s.size(); ++i) {
@@ -396,7 +445,8 @@ Result<Converted> ConvertLlama(const std::string& path, const Metadata& kv) {
   root.Set("added_tokens", std::move(added));
   root.Set("normalizer", Json());
   root.Set("pre_tokenizer", std::move(pre));
-  root.Set("post_processor", Json());
+  root.Set("post_processor",
+           BosPostProcessor(bos, add_bos, get("tokenizer.ggml.bos_token_id")));
   root.Set("decoder", std::move(decoder));
   root.Set("model", std::move(model_j));
 
@@ -515,49 +565,7 @@ Result<Converted> Convert(const std::string& path) {
   bool add_bos = false;
   if (const Value* v = get("tokenizer.ggml.add_bos_token")) add_bos = v->i != 0;
 
-  Json post = Json::Object();
-  post.Set("type", Json::String("TemplateProcessing"));
-  {
-    auto seq = [](const char* id, int type_id) {
-      Json s = Json::Object();
-      Json inner = Json::Object();
-      inner.Set("id", Json::String(id));
-      inner.Set("type_id", Json::Number(type_id));
-      s.Set("Sequence", std::move(inner));
-      return s;
-    };
-    auto special = [](const std::string& tok, int type_id) {
-      Json s = Json::Object();
-      Json inner = Json::Object();
-      inner.Set("id", Json::String(tok));
-      inner.Set("type_id", Json::Number(type_id));
-      s.Set("SpecialToken", std::move(inner));
-      return s;
-    };
-    Json single = Json::Array(), pair = Json::Array();
-    const bool with_bos = add_bos && !bos.empty();
-    if (with_bos) single.Push(special(bos, 0));
-    single.Push(seq("A", 0));
-    if (with_bos) pair.Push(special(bos, 0));
-    pair.Push(seq("A", 0));
-    if (with_bos) pair.Push(special(bos, 1));
-    pair.Push(seq("B", 1));
-    post.Set("single", std::move(single));
-    post.Set("pair", std::move(pair));
-    Json specials = Json::Object();
-    if (with_bos) {
-      Json e = Json::Object();
-      e.Set("id", Json::String(bos));
-      Json ids = Json::Array();
-      ids.Push(Json::Number(get("tokenizer.ggml.bos_token_id")->i));
-      e.Set("ids", std::move(ids));
-      Json ts = Json::Array();
-      ts.Push(Json::String(bos));
-      e.Set("tokens", std::move(ts));
-      specials.Set(bos, std::move(e));
-    }
-    post.Set("special_tokens", std::move(specials));
-  }
+  Json post = BosPostProcessor(bos, add_bos, get("tokenizer.ggml.bos_token_id"));
 
   Json model_j = Json::Object();
   model_j.Set("type", Json::String("BPE"));

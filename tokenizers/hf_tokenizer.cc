@@ -812,12 +812,15 @@ Result<void> HfTokenizer::LoadFromStrings(std::string_view text,
     }
     return -1;
   };
-  add_bos_ = false;  // byte-level BPE JSON adds none unless its config says so
+  // Whether a prompt starts with bos is what transformers (5.x, its tokenizers
+  // backend) does: tokenizer.json's post-processor decides. A
+  // TemplateProcessing whose single sequence starts with a special token adds
+  // it; a file without one adds nothing. tokenizer_config.json's
+  // add_bos_token does not change that there (parity_test checks both).
   if (!config_text.empty()) {
     auto cfg = ParseJson(config_text);
     if (!cfg.ok()) return MakeError("tokenizer_config.json: " + cfg.error());
     bos_id_ = id_of(ConfigToken(cfg->Find("bos_token")));
-    add_bos_ = cfg->GetBool("add_bos_token", false);
     const int eos = id_of(ConfigToken(cfg->Find("eos_token")));
     if (eos >= 0) eos_ids_.push_back(eos);
     if (const Json* ct = cfg->Find("chat_template")) {
@@ -830,23 +833,24 @@ Result<void> HfTokenizer::LoadFromStrings(std::string_view text,
       }
     }
   }
-  if (bos_id_ < 0) {
-    const Json* post = root.Find("post_processor");
-    std::function<void(const Json*)> scan = [&](const Json* p) {
-      if (!p || !p->is_object()) return;
-      if (p->GetString("type") == "TemplateProcessing") {
-        const Json* single = p->Find("single");
-        if (single && single->is_array() && !single->items().empty()) {
-          const Json* st = single->items().front().Find("SpecialToken");
-          if (st) bos_id_ = id_of(st->GetString("id"));
-        }
+  // The special token a TemplateProcessing puts before a single sequence.
+  int template_bos = -1;
+  std::function<void(const Json*)> scan = [&](const Json* p) {
+    if (!p || !p->is_object()) return;
+    if (p->GetString("type") == "TemplateProcessing") {
+      const Json* single = p->Find("single");
+      if (single && single->is_array() && !single->items().empty()) {
+        const Json* st = single->items().front().Find("SpecialToken");
+        if (st) template_bos = id_of(st->GetString("id"));
       }
-      if (const Json* l = p->Find("processors"); l && l->is_array()) {
-        for (const Json& x : l->items()) scan(&x);
-      }
-    };
-    scan(post);
-  }
+    }
+    if (const Json* l = p->Find("processors"); l && l->is_array()) {
+      for (const Json& x : l->items()) scan(&x);
+    }
+  };
+  scan(root.Find("post_processor"));
+  if (bos_id_ < 0) bos_id_ = template_bos;
+  add_bos_ = template_bos >= 0;
   return {};
 }
 

@@ -159,6 +159,57 @@ class HfParity(unittest.TestCase):
         self.assertEqual(self.tok.decode(ids), self.ref.decode(ids, skip_special_tokens=False))
 
 
+class BosFollowsTransformers(unittest.TestCase):
+    """A prompt starts with bos exactly when transformers' tokenizer adds one
+    (add_special_tokens=True). For a tokenizer.json that is its
+    post-processor; transformers 5.x leaves add_bos_token in
+    tokenizer_config.json unread there, and so do we."""
+
+    PROMPT = "The capital of France is"
+
+    def check(self, ours, directory, **kwargs):
+        from transformers import AutoTokenizer
+
+        ref = AutoTokenizer.from_pretrained(directory, **kwargs)(self.PROMPT)["input_ids"]
+        self.assertEqual(ours.encode(self.PROMPT, bos=ours.add_bos), ref, directory)
+        return ref
+
+    def variant(self, edit_config=None, edit_json=None):
+        """A copy of the Llama 3.2 tokenizer with its files edited."""
+        import json
+        import shutil
+
+        d = tempfile.mkdtemp()
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(os.path.join(LLAMA_DIR, name), d)
+        for name, edit in (("tokenizer_config.json", edit_config), ("tokenizer.json", edit_json)):
+            if edit:
+                with open(os.path.join(d, name)) as f:
+                    data = json.load(f)
+                edit(data)
+                with open(os.path.join(d, name), "w") as f:
+                    json.dump(data, f)
+        return d
+
+    def test_llama3_tokenizer_json_and_tiktoken_agree(self):
+        ref = self.check(L.load(os.path.join(LLAMA_DIR, "tokenizer.json")), LLAMA_DIR)
+        self.assertEqual(ref[0], 128000)  # <|begin_of_text|>, from the post-processor
+        tiktoken = L.load(os.path.join(LLAMA_DIR, "tokenizer.model"))
+        self.assertEqual(tiktoken.encode(self.PROMPT, bos=tiktoken.add_bos), ref)
+
+    def test_config_add_bos_token_does_not_override_the_post_processor(self):
+        for value in (False, True):
+            d = self.variant(edit_config=lambda c: c.update(add_bos_token=value))
+            self.assertEqual(self.check(L.load(os.path.join(d, "tokenizer.json")), d)[0], 128000)
+            d = self.variant(edit_config=lambda c: c.update(add_bos_token=value),
+                             edit_json=lambda j: j.update(post_processor=None))
+            self.assertNotEqual(self.check(L.load(os.path.join(d, "tokenizer.json")), d)[0],
+                                128000)
+
+    def test_gguf(self):
+        self.check(L.from_gguf(os.path.join(SMOL_DIR, SMOL_GGUF)), SMOL_DIR, gguf_file=SMOL_GGUF)
+
+
 class GgufParity(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -271,6 +322,22 @@ class GgufLlamaParity(unittest.TestCase):
             m.check(t, written.encode(t, add_special_tokens=False).ids,
                     self.ref.encode(t, add_special_tokens=False))
         m.done()
+
+    def test_bos_as_transformers_adds_it(self):
+        # From the GGUF itself and from the tokenizer.json we write of it: a
+        # SentencePiece GGUF's prompts start with bos (llama.cpp's default).
+        from transformers import AutoTokenizer
+
+        text = "I saw a girl"
+        want = self.ref(text)["input_ids"]
+        self.assertEqual(want[0], 1)
+        self.assertEqual(self.tok.encode(text, bos=self.tok.add_bos), want)
+        with tempfile.TemporaryDirectory() as d:
+            L.write_tokenizer_json(self.path, d)
+            written = AutoTokenizer.from_pretrained(d)(text)["input_ids"]
+            again = L.load(os.path.join(d, "tokenizer.json"))
+        self.assertEqual(written, want)
+        self.assertEqual(again.encode(text, bos=again.add_bos), want)
 
 
 class SentencePieceParity(unittest.TestCase):

@@ -85,10 +85,11 @@ class Tokenizer {
   virtual std::string type() const = 0;
   // The chat template shipped with the tokenizer, or "".
   const std::string& chat_template() const { return chat_template_; }
-  // Whether a prompt without a chat template starts with bos_id(): what
-  // the tokenizer's own config says (tokenizer_config.json add_bos_token,
-  // GGUF add_bos_token), else the format's convention (SentencePiece,
-  // llama2c and tiktoken vocabularies do; byte-level BPE JSON does not).
+  // Whether a prompt without a chat template starts with bos_id(), as
+  // transformers decides it: for tokenizer.json, its post-processor (a
+  // TemplateProcessing that starts with a special token); for a GGUF, its
+  // add_bos_token (which the tokenizer.json we write of it carries as that
+  // post-processor); SentencePiece, llama2c and tiktoken vocabularies do.
   // Every runtime uses this one rule, so they all see the same prompt ids.
   bool add_bos() const { return add_bos_ && bos_id() >= 0; }
 

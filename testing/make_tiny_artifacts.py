@@ -1,0 +1,44 @@
+"""Writes a tiny random Llama and its two exports, for the runner tests.
+
+Usage: make_tiny_artifacts.py OUT_DIR
+
+OUT_DIR/ckpt/ is the Meta-format checkpoint (with its tokenizer), and
+OUT_DIR/model.pte, OUT_DIR/model.pt2 come from //export:export_llm's own
+command line, with the tokenizer files it writes beside them, and
+OUT_DIR/mobile/model.pte is the same model under the `mobile` preset
+(4-bit embedding, XNNPACK 8da4w linears).
+"""
+
+import sys
+from pathlib import Path
+
+from export import export_llm
+from testing import tiny_model
+
+MAX_SEQ = 64
+
+
+def main():
+    out = Path(sys.argv[1])
+    ckpt = tiny_model.write_checkpoint(out / "ckpt", max_seq_len=256)
+    rc = export_llm.main([
+        "--checkpoint-path", str(ckpt),
+        "--output-pte-path", str(out / "model.pte"),
+        "--output-aoti-package-path", str(out / "model.pt2"),
+        "--max-seq-length", str(MAX_SEQ),
+        "--quiet",
+    ])
+    if rc == 0:
+        (out / "mobile").mkdir(exist_ok=True)
+        rc = export_llm.main([
+            "--checkpoint-path", str(ckpt),
+            "--output-pte-path", str(out / "mobile" / "model.pte"),
+            "--quantize", "mobile",
+            "--max-seq-length", str(MAX_SEQ),
+            "--quiet",
+        ])
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()
