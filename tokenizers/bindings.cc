@@ -299,6 +299,7 @@ PYBIND11_MODULE(llm_tokenizers, m) {
             return Unwrap(std::move(r));
           },
           py::arg("logits"), py::arg("recent") = std::vector<int>(),
-          "Picks the next id from 1-D float32 logits; `recent` ids get the "
-          "repetition penalty.");
+          "Picks the next id from 1-D float32 logits; the last "
+          "REPETITION_WINDOW ids of `recent` get the repetition penalty.");
+  m.attr("REPETITION_WINDOW") = kRepetitionWindow;
 }

@@ -77,6 +77,8 @@ class Rng:
     def next_float(self) -> float:
         """(next_u64() >> 40) * 2**-24, in [0, 1)."""
 
+REPETITION_WINDOW: int  # recent ids the repetition penalty looks at
+
 class Sampler:
     def __init__(
         self,

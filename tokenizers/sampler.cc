@@ -28,7 +28,7 @@ float Rng::NextFloat() {
 }
 
 Result<void> ValidateSamplerConfig(const SamplerConfig& c) {
-  if (std::isnan(c.temperature)) return MakeError("temperature is NaN");
+  if (!(c.temperature >= 0.0f)) return MakeError("temperature must be >= 0");
   if (c.top_k < 0) return MakeError("top_k must be >= 0");
   if (!(c.top_p > 0.0f && c.top_p <= 1.0f)) return MakeError("top_p must be in (0, 1]");
   if (!(c.min_p >= 0.0f && c.min_p <= 1.0f)) return MakeError("min_p must be in [0, 1]");
@@ -46,7 +46,8 @@ Result<int> Sample(const float* logits, size_t n, const SamplerConfig& c,
   if (n > (1u << 30)) return MakeError("too many logits");
   std::vector<float> x(logits, logits + n);
   if (c.repetition_penalty != 1.0f && n_recent > 0) {
-    std::vector<int> ids(recent, recent + n_recent);
+    const size_t window = std::min(n_recent, kRepetitionWindow);
+    std::vector<int> ids(recent + (n_recent - window), recent + n_recent);
     std::sort(ids.begin(), ids.end());
     ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
     for (int id : ids) {

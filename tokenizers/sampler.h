@@ -35,7 +35,7 @@ class Rng {
 };
 
 struct SamplerConfig {
-  // <= 0 means greedy: the arg-max (lowest id on ties); no random draw.
+  // 0 means greedy: the arg-max (lowest id on ties); no random draw.
   float temperature = 1.0f;
   int top_k = 0;                    // 0: off
   float top_p = 1.0f;               // 1: off
@@ -43,9 +43,15 @@ struct SamplerConfig {
   float repetition_penalty = 1.0f;  // 1: off
 };
 
+// How many of the most recent tokens the repetition penalty looks at. One
+// number for every caller, so C++ and Python penalize the same tokens: they
+// pass their whole history and Sample takes the tail.
+inline constexpr size_t kRepetitionWindow = 64;
+
 // Picks the next token. Steps, in order:
-//  1. repetition penalty (as in HF/CTRL): for each distinct id in `recent`,
-//     a positive logit is divided by the penalty, a negative one multiplied;
+//  1. repetition penalty (as in HF/CTRL): for each distinct id among the last
+//     kRepetitionWindow entries of `recent`, a positive logit is divided by
+//     the penalty, a negative one multiplied;
 //  2. temperature <= 0: return the arg-max;
 //  3. logits / temperature; candidates sorted by (logit desc, id asc);
 //  4. top-k keeps the first k; softmax (in double) over what is left;

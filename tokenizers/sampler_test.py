@@ -38,7 +38,7 @@ def py_sample(logits, rng, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
               repetition_penalty=1.0, recent=()):
     x = np.array(logits, dtype=np.float32)
     if repetition_penalty != 1.0:
-        for i in sorted(set(recent)):
+        for i in sorted(set(list(recent)[-L.REPETITION_WINDOW:])):
             if 0 <= i < len(x):
                 x[i] = x[i] / np.float32(repetition_penalty) if x[i] > 0 else x[i] * np.float32(repetition_penalty)
     if temperature <= 0:
@@ -117,7 +117,17 @@ class SamplerTest(unittest.TestCase):
                     got = s.sample(logits, recent)
                     want = py_sample(logits, ref, recent=recent, **cfg)
                     self.assertEqual(got, want, (cfg, seed, step))
-                    recent = (recent + [got])[-16:]
+                    recent.append(got)  # longer than the window by the end
+
+    def test_penalty_looks_at_the_last_window_only(self):
+        self.assertEqual(L.REPETITION_WINDOW, 64)
+        logits = np.zeros(8, dtype=np.float32)
+        logits[3] = 2.0
+        logits[5] = 1.9
+        s = L.Sampler(temperature=0, repetition_penalty=2.0)
+        # Id 3 just outside the window is not penalized; inside it is.
+        self.assertEqual(s.sample(logits, [3] + [0] * 64), 3)
+        self.assertEqual(s.sample(logits, [3] + [0] * 63), 5)
 
     def test_deterministic_per_seed(self):
         logits = np.linspace(-2, 2, 1000).astype(np.float32)
