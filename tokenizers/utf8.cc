@@ -75,6 +75,15 @@ size_t ValidUtf8SequenceLength(std::string_view s) {
   return valid ? n : 0;
 }
 
+size_t FindInvalidUtf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    const size_t n = ValidUtf8SequenceLength(s.substr(i));
+    if (n == 0) return i;
+    i += n;
+  }
+  return std::string_view::npos;
+}
+
 std::string ReplaceInvalidUtf8(std::string_view s) {
   std::string out;
   out.reserve(s.size());

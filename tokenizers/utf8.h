@@ -24,6 +24,10 @@ size_t ValidUtf8SequenceLength(std::string_view s);
 // one U+FFFD.
 size_t NextUtf8Unit(std::string_view s, bool* valid);
 
+// Offset of the first byte of `s` that is not part of well-formed UTF-8, or
+// std::string_view::npos when all of `s` is well-formed.
+size_t FindInvalidUtf8(std::string_view s);
+
 // `s` with every ill-formed subpart replaced by U+FFFD.
 std::string ReplaceInvalidUtf8(std::string_view s);
 

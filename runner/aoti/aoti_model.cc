@@ -104,20 +104,12 @@ Result<std::unique_ptr<LLMModel>> LoadAotiModel(const std::string& path,
     if (!v.ok()) return MakeError(path + ": " + v.error());
     *field = *v;
   }
-  // An empty bos_id means the model takes none.
-  if (auto it = meta.find("bos_id"); it != meta.end() && !it->second.empty()) {
-    auto v = IntField(meta, "bos_id");
-    if (!v.ok()) return MakeError(path + ": " + v.error());
-    md.bos_id = *v;
-  }
-  md.max_context_len = md.max_seq_len;
   if (auto it = meta.find("eos_ids"); it != meta.end()) {
     std::istringstream in(it->second);
     for (std::string id; std::getline(in, id, ',');) {
       if (!id.empty()) md.eos_ids.push_back(std::strtoll(id.c_str(), nullptr, 10));
     }
   }
-  md.dynamic_shape = true;
   // export_llm traces the token dimension up to max_seq_len - 1.
   auto chunk = IntField(meta, "max_prefill_chunk");
   md.max_prefill_chunk = chunk.ok() ? *chunk : md.max_seq_len - 1;

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "runner/common/chat_template.h"
+#include "runner/common/chat_session.h"
 #include "runner/common/options.h"
 #include "runner/common/stats.h"
 #include "runner/common/text_llm_runner.h"
@@ -73,30 +73,13 @@ void PrintText(const std::string& text) {
   std::fflush(stdout);
 }
 
-// Multi-turn chat on stdin. Each turn renders the whole conversation with
-// the model's own chat template and prefills it from position 0: simple and
-// always right, whatever the template does between turns, and prefill is
-// batched, so it costs little next to decoding.
+// Multi-turn chat on stdin; ChatSession holds the policy.
 int Chat(const std::string& program, const RunnerOptions& o,
          const tokenizers::Tokenizer& tokenizer, TextLLMRunner& runner,
-         const GenerationConfig& base, Stats* stats) {
-  if (tokenizer.chat_template().empty()) {
-    return Fail(program, "the tokenizer has no chat template (tokenizer_config.json); "
-                         "use -m generate");
-  }
-  auto tmpl = ChatTemplate::Parse(tokenizer.chat_template());
-  if (!tmpl.ok()) return Fail(program, "bad chat template: " + tmpl.error());
-  auto piece = [&](int64_t id) {
-    if (id < 0) return std::string();
-    auto p = tokenizer.IdToPiece(static_cast<int>(id));
-    return p.ok() ? *p : std::string();
-  };
-  const std::string bos = piece(tokenizer.bos_id());
-  const std::string eos = tokenizer.eos_ids().empty() ? "" : piece(tokenizer.eos_ids()[0]);
-  std::vector<ChatMessage> messages;
-  if (!o.system_prompt.empty()) messages.push_back({"system", o.system_prompt});
-  GenerationConfig config = base;
-  config.bos = false;  // the template writes bos_token itself where it wants one
+         const GenerationConfig& config, Stats* stats) {
+  auto session = ChatSession::Create(&runner, &tokenizer, tokenizer.chat_template(),
+                                     o.system_prompt);
+  if (!session.ok()) return Fail(program, session.error());
   std::string first = o.prompt;
   while (true) {
     std::string line;
@@ -108,31 +91,17 @@ int Chat(const std::string& program, const RunnerOptions& o,
     }
     if (line == "/exit" || line == "/quit") break;
     if (line.empty()) continue;
-    messages.push_back({"user", line});
-    auto prompt = tmpl->Render(messages, /*add_generation_prompt=*/true, bos, eos);
-    if (!prompt.ok()) return Fail(program, "chat template: " + prompt.error());
-    // When the conversation outgrows the context, forget the oldest
-    // exchanges (never the system prompt or the new question).
-    const size_t first_turn = o.system_prompt.empty() ? 0 : 1;
-    const int64_t room = runner.max_seq_len() - std::min<int64_t>(config.max_new_tokens, 16);
-    while (messages.size() > first_turn + 1) {
-      auto ids = tokenizer.Encode(*prompt);
-      if (!ids.ok() || static_cast<int64_t>(ids->size()) <= room) break;
-      const size_t drop = messages.size() - first_turn >= 3 ? 2 : 1;
-      messages.erase(messages.begin() + first_turn, messages.begin() + first_turn + drop);
-      std::fprintf(stderr, "(forgot the oldest turn to fit the context)\n");
-      prompt = tmpl->Render(messages, /*add_generation_prompt=*/true, bos, eos);
-      if (!prompt.ok()) return Fail(program, "chat template: " + prompt.error());
-    }
-    std::string reply;
-    auto ids = runner.Generate(*prompt, config, [&](const std::string& text) {
-      reply += text;
-      PrintText(text);
-    }, stats);
+    auto reply = session->Turn(line, config, PrintText, stats);
     std::fputc('\n', stdout);
-    if (!ids.ok()) return Fail(program, ids.error());
+    if (!reply.ok()) {
+      // The conversation is as it was before the line: say why, go on.
+      std::fprintf(stderr, "%s: error: %s\n", program.c_str(), reply.error().c_str());
+      continue;
+    }
+    for (int i = 0; i < session->dropped_last_turn(); ++i) {
+      std::fprintf(stderr, "(forgot the oldest turn to fit the context)\n");
+    }
     std::fprintf(stderr, "%s\n", stats->Summary().c_str());
-    messages.push_back({"assistant", reply});
   }
   return 0;
 }
@@ -175,20 +144,22 @@ int RunMain(int argc, char** argv, const std::string& program,
   sampling.temperature = o.temperature;
   sampling.top_k = static_cast<int>(o.top_k);
   sampling.top_p = o.top_p;
+  sampling.min_p = o.min_p;
+  sampling.repetition_penalty = o.repetition_penalty;
   if (auto v = tokenizers::ValidateSamplerConfig(sampling); !v.ok()) {
     return Fail(program, v.error());
   }
   tokenizers::Sampler sampler(sampling, o.seed_set ? o.seed : std::random_device{}());
-  std::string sample_error;
+  std::vector<int> recent;
   TextLLMRunner runner(model->get(), tokenizer->get(),
                        [&](const float* logits, int64_t vocab,
-                           const std::vector<int64_t>&) -> int64_t {
-                         auto id = sampler.Sample(logits, static_cast<size_t>(vocab));
-                         if (!id.ok()) {
-                           sample_error = id.error();
-                           return ArgMax(logits, vocab);
-                         }
-                         return *id;
+                           const std::vector<int64_t>& history) -> Result<int64_t> {
+                         const size_t n = std::min(history.size(), tokenizers::kRepetitionWindow);
+                         recent.assign(history.end() - n, history.end());
+                         auto id = sampler.Sample(logits, static_cast<size_t>(vocab),
+                                                  recent.data(), recent.size());
+                         if (!id.ok()) return tokenizers::MakeError(id.error());
+                         return static_cast<int64_t>(*id);
                        });
   if (auto v = runner.Validate(); !v.ok()) return Fail(program, v.error());
 
@@ -200,10 +171,10 @@ int RunMain(int argc, char** argv, const std::string& program,
     short_run.max_new_tokens = 4;
     auto r = runner.Generate(o.prompt, short_run, [](const std::string&) {}, &ignored);
     if (!r.ok()) return Fail(program, r.error());
+    runner.Reset();  // time the real run's prefill in full
   }
   if (o.mode == "chat") {
     const int rc = Chat(program, o, **tokenizer, runner, config, &stats);
-    if (rc == 0 && !sample_error.empty()) return Fail(program, "sampling failed: " + sample_error);
     if (rc == 0 && !o.stats_json.empty() && !WriteFile(o.stats_json, stats.ToJson())) {
       return Fail(program, "cannot write " + o.stats_json);
     }
@@ -212,7 +183,6 @@ int RunMain(int argc, char** argv, const std::string& program,
   auto ids = runner.Generate(o.prompt, config, PrintText, &stats);
   std::fputc('\n', stdout);
   if (!ids.ok()) return Fail(program, ids.error());
-  if (!sample_error.empty()) return Fail(program, "sampling failed: " + sample_error);
   std::fprintf(stderr, "%s\n", stats.Summary().c_str());
   if (!o.stats_json.empty() && !WriteFile(o.stats_json, stats.ToJson())) {
     return Fail(program, "cannot write " + o.stats_json);

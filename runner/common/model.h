@@ -18,14 +18,12 @@ using tokenizers::Result;
 // What the exported artifact says about itself (.pte constant methods, or
 // the .pt2 package metadata).
 struct ModelMetadata {
-  int64_t max_seq_len = 0;      // positions the KV cache holds
-  int64_t max_context_len = 0;  // same, or larger for ring caches
+  int64_t max_seq_len = 0;  // positions the KV cache holds
   int64_t vocab_size = 0;
-  int64_t bos_id = -1;
+  // Stop ids; the tokenizer's bos decides what a prompt starts with.
   std::vector<int64_t> eos_ids;
-  // Whether one call can take several tokens (batched prefill).
-  bool dynamic_shape = false;
-  // Longest token run a single prefill call accepts (<= max_seq_len).
+  // Longest token run a single prefill call accepts (<= max_seq_len); 1 for
+  // a static-shape program.
   int64_t max_prefill_chunk = 1;
   std::string tokenizer_file;  // name beside the artifact, if recorded
 };

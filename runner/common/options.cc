@@ -1,6 +1,7 @@
 #include "runner/common/options.h"
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
@@ -35,8 +36,8 @@ bool ParseFloat(const std::string& s, float* out) {
 std::string Usage(const std::string& program) {
   return "usage: " + program +
          " MODEL [-i PROMPT] [-n MAX_NEW_TOKENS] [-t TEMPERATURE] [-p TOP_P]\n"
-         "       [-k TOP_K] [-s SEED] [-z TOKENIZER] [-m generate|chat]"
-         " [-y SYSTEM_PROMPT]\n"
+         "       [-k TOP_K] [--min-p P] [--repetition-penalty R] [-s SEED]\n"
+         "       [-z TOKENIZER] [-m generate|chat] [-y SYSTEM_PROMPT]\n"
          "       [--num-threads N] [--warmup N] [--stats-json FILE]"
          " [--ids-json FILE]\n";
 }
@@ -69,15 +70,17 @@ Result<RunnerOptions> ParseOptions(int argc, char** argv) {
     } else if (arg == "-y" || arg == "--system-prompt") {
       o.system_prompt = v;
     } else if (arg == "-t" || arg == "--temperature") {
-      if (!ParseFloat(v, &o.temperature) || o.temperature < 0) {
-        return bad("a temperature >= 0");
-      }
+      if (!ParseFloat(v, &o.temperature)) return bad("a number");
     } else if (arg == "-p" || arg == "--top-p") {
-      if (!ParseFloat(v, &o.top_p) || o.top_p <= 0 || o.top_p > 1) {
-        return bad("a probability in (0, 1]");
-      }
+      if (!ParseFloat(v, &o.top_p)) return bad("a number");
     } else if (arg == "-k" || arg == "--top-k") {
-      if (!ParseInt(v, &o.top_k) || o.top_k < 0) return bad("a count >= 0");
+      if (!ParseInt(v, &o.top_k) || o.top_k < 0 || o.top_k > INT32_MAX) {
+        return bad("a count >= 0");
+      }
+    } else if (arg == "--min-p") {
+      if (!ParseFloat(v, &o.min_p)) return bad("a number");
+    } else if (arg == "--repetition-penalty") {
+      if (!ParseFloat(v, &o.repetition_penalty)) return bad("a number");
     } else if (arg == "-s" || arg == "--seed") {
       int64_t seed = 0;
       if (!ParseInt(v, &seed) || seed < 0) return bad("a seed >= 0");

@@ -19,6 +19,8 @@ struct RunnerOptions {
   float temperature = 0.0f;    // -t; 0 is greedy
   float top_p = 1.0f;          // -p
   int64_t top_k = 0;           // -k; 0 is off
+  float min_p = 0.0f;          // --min-p; 0 is off
+  float repetition_penalty = 1.0f;  // --repetition-penalty; 1 is off
   uint64_t seed = 0;           // -s
   bool seed_set = false;
   int64_t max_new_tokens = 128;  // -n
@@ -29,6 +31,8 @@ struct RunnerOptions {
 };
 
 // Parses argv; the error is one line saying which flag is wrong and why.
+// Sampling values are only parsed here: tokenizers::ValidateSamplerConfig is
+// the one place that checks their ranges.
 tokenizers::Result<RunnerOptions> ParseOptions(int argc, char** argv);
 std::string Usage(const std::string& program);
 

@@ -34,11 +34,21 @@ TEST(Options, LongForms) {
   EXPECT_EQ(o->stats_json, "s.json");
 }
 
+TEST(Options, SamplingRangesAreLeftToTheSampler) {
+  // tokenizers::ValidateSamplerConfig is the one place that checks them.
+  auto o = Parse({"m.pte", "-i", "x", "-p", "1.5", "--min-p", "0.05",
+                  "--repetition-penalty", "1.3"});
+  ASSERT_TRUE(o.ok()) << o.error();
+  EXPECT_FLOAT_EQ(o->top_p, 1.5f);
+  EXPECT_FLOAT_EQ(o->min_p, 0.05f);
+  EXPECT_FLOAT_EQ(o->repetition_penalty, 1.3f);
+}
+
 TEST(Options, ErrorsNameTheFlag) {
   EXPECT_EQ(Parse({"m.pte", "-i", "x", "-n", "many"}).error(),
             "flag -n: 'many' is not a count > 0");
-  EXPECT_EQ(Parse({"m.pte", "-i", "x", "-p", "1.5"}).error(),
-            "flag -p: '1.5' is not a probability in (0, 1]");
+  EXPECT_EQ(Parse({"m.pte", "-i", "x", "-p", "most"}).error(),
+            "flag -p: 'most' is not a number");
   EXPECT_EQ(Parse({"m.pte", "--bogus", "1"}).error(), "unknown flag --bogus");
   EXPECT_EQ(Parse({"m.pte", "-i"}).error(), "flag -i needs a value");
   EXPECT_EQ(Parse({"-i", "x"}).error(), "no model given");

@@ -4,6 +4,8 @@
 #include <string>
 #include <utility>
 
+#include "tokenizers/utf8.h"
+
 namespace torchchat {
 
 using tokenizers::MakeError;
@@ -29,16 +31,17 @@ Result<void> TextLLMRunner::Validate() const {
   return {};
 }
 
+// Runs tokens[from, end) at positions from, from+1, ...
 Result<const float*> TextLLMRunner::Prefill(const std::vector<int64_t>& tokens,
-                                            int64_t start_pos) {
+                                            size_t from) {
   // One call when the artifact takes variable-length input; otherwise in
   // chunks of what it accepts (1 for a decode-only static-shape export).
-  const int64_t chunk = std::max<int64_t>(1, model_->metadata().max_prefill_chunk);
+  const size_t chunk = std::max<int64_t>(1, model_->metadata().max_prefill_chunk);
   Result<const float*> logits = MakeError("empty prompt");
-  for (size_t i = 0; i < tokens.size(); i += chunk) {
-    const size_t n = std::min<size_t>(chunk, tokens.size() - i);
+  for (size_t i = from; i < tokens.size(); i += chunk) {
+    const size_t n = std::min(chunk, tokens.size() - i);
     std::vector<int64_t> part(tokens.begin() + i, tokens.begin() + i + n);
-    logits = model_->Forward(part, start_pos + static_cast<int64_t>(i));
+    logits = model_->Forward(part, static_cast<int64_t>(i));
     if (!logits.ok()) return logits;
   }
   return logits;
@@ -46,28 +49,46 @@ Result<const float*> TextLLMRunner::Prefill(const std::vector<int64_t>& tokens,
 
 Result<std::vector<int64_t>> TextLLMRunner::Generate(
     const std::string& prompt, const GenerationConfig& config,
-    const std::function<void(const std::string&)>& on_text, Stats* stats,
-    int64_t start_pos) {
-  const ModelMetadata& md = model_->metadata();
-  stats->inference_start_ms = NowMs();
+    const std::function<void(const std::string&)>& on_text, Stats* stats) {
+  if (const size_t bad = tokenizers::FindInvalidUtf8(prompt); bad != std::string::npos) {
+    return MakeError("the prompt is not valid UTF-8 (byte " + std::to_string(bad) + ")");
+  }
   auto encoded = tokenizer_->Encode(prompt, config.bos && tokenizer_->add_bos());
   if (!encoded.ok()) return MakeError("cannot encode the prompt: " + encoded.error());
-  std::vector<int64_t> history(encoded->begin(), encoded->end());
-  if (history.empty()) return MakeError("the prompt is empty");
-  const int64_t needed = start_pos + static_cast<int64_t>(history.size()) + 1;
-  if (needed > md.max_seq_len) {
-    return MakeError("the prompt is " + std::to_string(history.size()) +
-                     " tokens and " + std::to_string(start_pos) +
+  return GenerateFromIds(std::vector<int64_t>(encoded->begin(), encoded->end()), config,
+                         on_text, stats);
+}
+
+Result<std::vector<int64_t>> TextLLMRunner::GenerateFromIds(
+    const std::vector<int64_t>& prompt, const GenerationConfig& config,
+    const std::function<void(const std::string&)>& on_text, Stats* stats) {
+  const ModelMetadata& md = model_->metadata();
+  stats->inference_start_ms = NowMs();
+  if (prompt.empty()) return MakeError("the prompt is empty");
+  // Keep the cached prefix the prompt shares, but always run its last token:
+  // its logits give the first sample.
+  size_t common = 0;
+  const size_t limit = std::min(cached_.size(), prompt.size() - 1);
+  while (common < limit && cached_[common] == prompt[common]) ++common;
+  cached_.resize(common);
+  if (static_cast<int64_t>(prompt.size()) >= md.max_seq_len) {
+    return MakeError("the prompt is " + std::to_string(prompt.size() - common) +
+                     " tokens and " + std::to_string(common) +
                      " are in use, but the model's context holds " +
                      std::to_string(md.max_seq_len));
   }
-  stats->num_prompt_tokens = static_cast<int64_t>(history.size());
+  stats->num_prompt_tokens = static_cast<int64_t>(prompt.size() - common);
+  stats->stop_reason = "max_new_tokens";
 
-  auto logits = Prefill(history, start_pos);
-  if (!logits.ok()) return MakeError("prefill failed: " + logits.error());
+  auto logits = Prefill(prompt, common);
+  if (!logits.ok()) {
+    cached_.clear();  // how far the failed prefill got is unknown
+    return MakeError("prefill failed: " + logits.error());
+  }
+  cached_ = prompt;
   stats->prompt_eval_end_ms = NowMs();
-  int64_t pos = start_pos + static_cast<int64_t>(history.size());
 
+  std::vector<int64_t> history = prompt;
   std::vector<int64_t> generated;
   generated.reserve(config.max_new_tokens);
   auto decoder = tokenizer_->NewStreamDecoder();
@@ -76,27 +97,34 @@ Result<std::vector<int64_t>> TextLLMRunner::Generate(
   };
   std::vector<int64_t> step(1);
   while (static_cast<int64_t>(generated.size()) < config.max_new_tokens) {
-    const int64_t next = sample_(*logits, md.vocab_size, history);
+    auto next = sample_(*logits, md.vocab_size, history);
+    if (!next.ok()) return MakeError("sampling failed: " + next.error());
     if (generated.empty()) stats->first_token_ms = NowMs();
-    generated.push_back(next);
-    history.push_back(next);
-    if (is_eos(next)) break;
-    auto text = decoder.Push(static_cast<int>(next));
+    generated.push_back(*next);
+    history.push_back(*next);
+    if (is_eos(*next)) {
+      stats->stop_reason = "eos";
+      break;
+    }
+    auto text = decoder.Push(static_cast<int>(*next));
     if (!text.ok()) return MakeError("cannot decode token: " + text.error());
     if (!text->empty()) on_text(*text);
-    if (pos >= md.max_seq_len ||
-        static_cast<int64_t>(generated.size()) == config.max_new_tokens) {
-      break;  // the context is full, or we are done: no need to run `next`.
+    if (static_cast<int64_t>(generated.size()) == config.max_new_tokens) break;
+    // The last token sampled never needs to run.
+    const int64_t pos = static_cast<int64_t>(cached_.size());
+    if (pos >= md.max_seq_len) {
+      stats->stop_reason = "context";
+      break;
     }
-    step[0] = next;
+    step[0] = *next;
     logits = model_->Forward(step, pos);
     if (!logits.ok()) return MakeError("decode failed: " + logits.error());
-    ++pos;
+    cached_.push_back(*next);
   }
   const std::string tail = decoder.Flush();
   if (!tail.empty()) on_text(tail);
-  pos_ = pos;
   stats->inference_end_ms = NowMs();
+  if (generated.empty()) stats->first_token_ms = stats->inference_end_ms;
   stats->num_generated_tokens = static_cast<int64_t>(generated.size());
   stats->peak_rss_bytes = PeakRssBytes();
   return generated;

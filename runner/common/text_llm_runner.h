@@ -22,9 +22,9 @@ struct GenerationConfig {
 };
 
 // Picks the next token from logits[0, vocab); `history` is every token so
-// far (prompt and generated), for repetition penalties.
-using SampleFn = std::function<int64_t(const float* logits, int64_t vocab,
-                                       const std::vector<int64_t>& history)>;
+// far (prompt and generated). The sampler applies its own repetition window.
+using SampleFn = std::function<Result<int64_t>(const float* logits, int64_t vocab,
+                                               const std::vector<int64_t>& history)>;
 
 int64_t ArgMax(const float* logits, int64_t vocab);
 
@@ -38,26 +38,32 @@ class TextLLMRunner {
   Result<void> Validate() const;
 
   // Generates from `prompt`, calling `on_text` with each piece of text as it
-  // completes (never half a UTF-8 character). Positions continue from
-  // `start_pos` (the KV cache of earlier turns stays valid), so chat calls it
-  // once per turn. Returns the ids generated.
+  // completes (never half a UTF-8 character) and never with a stop token's.
+  // Returns the ids sampled, a final stop id included.
   Result<std::vector<int64_t>> Generate(
       const std::string& prompt, const GenerationConfig& config,
-      const std::function<void(const std::string&)>& on_text, Stats* stats,
-      int64_t start_pos = 0);
+      const std::function<void(const std::string&)>& on_text, Stats* stats);
 
-  // Positions used so far (the next call's natural start_pos).
-  int64_t position() const { return pos_; }
+  // The same from token ids. The runner remembers which tokens sit in the KV
+  // cache, so a prompt that extends them (the next chat turn) prefills only
+  // its new suffix; a prompt that diverges rewrites the cache from there.
+  Result<std::vector<int64_t>> GenerateFromIds(
+      const std::vector<int64_t>& prompt, const GenerationConfig& config,
+      const std::function<void(const std::string&)>& on_text, Stats* stats);
+
+  // Forgets the cached tokens: the next call prefills from position 0.
+  void Reset() { cached_.clear(); }
+  // Tokens whose K/V are in the cache.
+  const std::vector<int64_t>& cached() const { return cached_; }
   int64_t max_seq_len() const { return model_->metadata().max_seq_len; }
 
  private:
-  Result<const float*> Prefill(const std::vector<int64_t>& tokens,
-                               int64_t start_pos);
+  Result<const float*> Prefill(const std::vector<int64_t>& tokens, size_t from);
 
   LLMModel* model_;
   const tokenizers::Tokenizer* tokenizer_;
   SampleFn sample_;
-  int64_t pos_ = 0;
+  std::vector<int64_t> cached_;
 };
 
 }  // namespace torchchat

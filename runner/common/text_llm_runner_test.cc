@@ -1,78 +1,23 @@
 #include "runner/common/text_llm_runner.h"
 
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "runner/common/scripted_model.h"
 #include "tokenizers/tokenizer.h"
 
 namespace torchchat {
 namespace {
 
-// A llama2c tokenizer.bin: <unk> <s> </s>, the 256 byte tokens, then the
-// letters a-d. "é" comes out as two byte tokens, so streaming must hold back
-// half a character.
-constexpr int64_t kVocab = 3 + 256 + 4;
-constexpr int64_t kA = 259, kB = 260, kC = 261, kD = 262;
-constexpr int64_t Byte(int b) { return 3 + b; }
-
-std::string WriteTokenizer() {
-  std::vector<std::string> pieces = {"<unk>", "<s>", "</s>"};
-  for (int b = 0; b < 256; ++b) {
-    char hex[8];
-    std::snprintf(hex, sizeof(hex), "<0x%02X>", b);
-    pieces.push_back(hex);
-  }
-  for (const char* p : {"a", "b", "c", "d"}) pieces.push_back(p);
-  const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/tok.bin";
-  std::ofstream out(path, std::ios::binary);
-  const int32_t max_len = 6;
-  out.write(reinterpret_cast<const char*>(&max_len), 4);
-  for (const auto& p : pieces) {
-    const float score = 0.0f;
-    const int32_t len = static_cast<int32_t>(p.size());
-    out.write(reinterpret_cast<const char*>(&score), 4);
-    out.write(reinterpret_cast<const char*>(&len), 4);
-    out.write(p.data(), len);
-  }
-  return path;
-}
-
-// Predicts a fixed script: after position p it favours script[p], and records
-// every call so the test can check batching and positions.
-class ScriptedModel : public LLMModel {
- public:
-  ScriptedModel(std::vector<int64_t> script, int64_t max_seq_len, int64_t chunk,
-                int64_t vocab_size = kVocab)
-      : script_(std::move(script)) {
-    md_.max_seq_len = max_seq_len;
-    md_.max_context_len = max_seq_len;
-    md_.vocab_size = vocab_size;
-    md_.bos_id = 1;
-    md_.eos_ids = {2};
-    md_.max_prefill_chunk = chunk;
-    logits_.resize(vocab_size);
-  }
-  const ModelMetadata& metadata() const override { return md_; }
-  Result<const float*> Forward(const std::vector<int64_t>& tokens,
-                               int64_t start_pos) override {
-    calls.push_back({start_pos, static_cast<int64_t>(tokens.size())});
-    const int64_t last = start_pos + static_cast<int64_t>(tokens.size()) - 1;
-    std::fill(logits_.begin(), logits_.end(), 0.0f);
-    logits_[script_[last % script_.size()]] = 10.0f;
-    return static_cast<const float*>(logits_.data());
-  }
-  std::vector<std::pair<int64_t, int64_t>> calls;  // (start_pos, n)
-
- private:
-  std::vector<int64_t> script_;
-  ModelMetadata md_;
-  std::vector<float> logits_;
-};
+using testing_util::Byte;
+using testing_util::kA;
+using testing_util::kB;
+using testing_util::kC;
+using testing_util::kD;
+using testing_util::ScriptedModel;
+using testing_util::WriteTokenizer;
 
 class TextLLMRunnerTest : public ::testing::Test {
  protected:
@@ -85,7 +30,9 @@ class TextLLMRunnerTest : public ::testing::Test {
 };
 
 SampleFn Greedy() {
-  return [](const float* l, int64_t v, const std::vector<int64_t>&) { return ArgMax(l, v); };
+  return [](const float* l, int64_t v, const std::vector<int64_t>&) -> Result<int64_t> {
+    return ArgMax(l, v);
+  };
 }
 
 TEST_F(TextLLMRunnerTest, PrefillsInOneCallAndStopsAtEos) {
@@ -106,6 +53,7 @@ TEST_F(TextLLMRunnerTest, PrefillsInOneCallAndStopsAtEos) {
   EXPECT_EQ(pieces, (std::vector<std::string>{"c", "\xC3\xA9", "d"}));
   EXPECT_EQ(stats.num_prompt_tokens, 3);
   EXPECT_EQ(stats.num_generated_tokens, 5);
+  EXPECT_EQ(stats.stop_reason, "eos");
 }
 
 TEST_F(TextLLMRunnerTest, StaticShapeArtifactsPrefillTokenByToken) {
@@ -139,6 +87,46 @@ TEST_F(TextLLMRunnerTest, StopsWhenTheContextIsFull) {
   // 3 prompt positions + 3 decode positions fill 6; the 4th sample needs none.
   EXPECT_EQ(ids->size(), 4u);
   for (const auto& [pos, n] : model.calls) EXPECT_LT(pos + n - 1, 6);
+}
+
+TEST_F(TextLLMRunnerTest, APromptThatExtendsTheCachePrefillsOnlyItsSuffix) {
+  ScriptedModel model({kA}, 32, 32);
+  TextLLMRunner runner(&model, tokenizer_.get(), Greedy());
+  Stats stats;
+  GenerationConfig config;
+  config.max_new_tokens = 3;
+  auto first = runner.GenerateFromIds({1, kB, kC}, config, [](const std::string&) {}, &stats);
+  ASSERT_TRUE(first.ok()) << first.error();
+  // The prompt and all sampled tokens but the last are in the cache.
+  EXPECT_EQ(runner.cached(), (std::vector<int64_t>{1, kB, kC, kA, kA}));
+  model.calls.clear();
+  auto second = runner.GenerateFromIds({1, kB, kC, kA, kA, kA, kD}, config,
+                                       [](const std::string&) {}, &stats);
+  ASSERT_TRUE(second.ok()) << second.error();
+  ASSERT_FALSE(model.calls.empty());
+  EXPECT_EQ(model.calls[0], (std::pair<int64_t, int64_t>(5, 2)));
+  EXPECT_EQ(stats.num_prompt_tokens, 2);
+  // A prompt that diverges early rewrites the cache from there.
+  model.calls.clear();
+  auto third = runner.GenerateFromIds({1, kD}, config, [](const std::string&) {}, &stats);
+  ASSERT_TRUE(third.ok()) << third.error();
+  EXPECT_EQ(model.calls[0], (std::pair<int64_t, int64_t>(1, 1)));
+  runner.Reset();
+  model.calls.clear();
+  ASSERT_TRUE(runner.GenerateFromIds({1, kD}, config, [](const std::string&) {}, &stats).ok());
+  EXPECT_EQ(model.calls[0], (std::pair<int64_t, int64_t>(0, 2)));
+}
+
+TEST_F(TextLLMRunnerTest, ASamplingErrorEndsGenerationWithIt) {
+  ScriptedModel model({kA}, 32, 32);
+  TextLLMRunner runner(&model, tokenizer_.get(),
+                       [](const float*, int64_t, const std::vector<int64_t>&) -> Result<int64_t> {
+                         return tokenizers::MakeError("logits contain NaN");
+                       });
+  Stats stats;
+  auto ids = runner.Generate("ab", {}, [](const std::string&) {}, &stats);
+  ASSERT_FALSE(ids.ok());
+  EXPECT_EQ(ids.error(), "sampling failed: logits contain NaN");
 }
 
 TEST_F(TextLLMRunnerTest, TokenizerLargerThanModelIsRejected) {

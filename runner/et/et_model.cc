@@ -83,17 +83,13 @@ Result<std::unique_ptr<LLMModel>> LoadEtModel(const std::string& path,
   }
   ModelMetadata md;
   for (auto [field, method] : {std::pair{&md.max_seq_len, "get_max_seq_len"},
-                               std::pair{&md.vocab_size, "get_vocab_size"},
-                               std::pair{&md.bos_id, "get_bos_id"}}) {
+                               std::pair{&md.vocab_size, "get_vocab_size"}}) {
     auto v = GetInt(*module, method);
     if (!v.ok()) return MakeError(path + ": " + v.error());
     *field = *v;
   }
-  auto ctx = GetInt(*module, "get_max_context_len");
-  md.max_context_len = ctx.ok() ? *ctx : md.max_seq_len;
   auto dynamic = GetInt(*module, "enable_dynamic_shape");
-  md.dynamic_shape = dynamic.ok() && *dynamic != 0;
-  md.max_prefill_chunk = md.dynamic_shape ? md.max_seq_len : 1;
+  md.max_prefill_chunk = dynamic.ok() && *dynamic != 0 ? md.max_seq_len : 1;
   if (auto eos = module->execute("get_eos_ids"); eos.ok()) {
     for (const EValue& v : *eos) {
       if (v.isInt()) md.eos_ids.push_back(v.toInt());

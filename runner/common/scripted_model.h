@@ -1,0 +1,82 @@
+// A scripted LLMModel and a small llama2c tokenizer for the runner's unit
+// tests: no artifact, no runtime, every call recorded.
+#ifndef RUNNER_COMMON_SCRIPTED_MODEL_H_
+#define RUNNER_COMMON_SCRIPTED_MODEL_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "runner/common/model.h"
+
+namespace torchchat {
+namespace testing_util {
+
+// A llama2c tokenizer.bin: <unk> <s> </s>, the 256 byte tokens, then the
+// letters a-d. "é" comes out as two byte tokens, so streaming must hold back
+// half a character.
+inline constexpr int64_t kVocab = 3 + 256 + 4;
+inline constexpr int64_t kA = 259, kB = 260, kC = 261, kD = 262;
+inline constexpr int64_t Byte(int b) { return 3 + b; }
+
+inline std::string WriteTokenizer() {
+  std::vector<std::string> pieces = {"<unk>", "<s>", "</s>"};
+  for (int b = 0; b < 256; ++b) {
+    char hex[8];
+    std::snprintf(hex, sizeof(hex), "<0x%02X>", b);
+    pieces.push_back(hex);
+  }
+  for (const char* p : {"a", "b", "c", "d"}) pieces.push_back(p);
+  const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/tok.bin";
+  std::ofstream out(path, std::ios::binary);
+  const int32_t max_len = 6;
+  out.write(reinterpret_cast<const char*>(&max_len), 4);
+  for (const auto& p : pieces) {
+    const float score = 0.0f;
+    const int32_t len = static_cast<int32_t>(p.size());
+    out.write(reinterpret_cast<const char*>(&score), 4);
+    out.write(reinterpret_cast<const char*>(&len), 4);
+    out.write(p.data(), len);
+  }
+  return path;
+}
+
+// Predicts a fixed script: after position p it favours script[p], and records
+// every call so the test can check batching and positions.
+class ScriptedModel : public LLMModel {
+ public:
+  ScriptedModel(std::vector<int64_t> script, int64_t max_seq_len, int64_t chunk,
+                int64_t vocab_size = kVocab)
+      : script_(std::move(script)) {
+    md_.max_seq_len = max_seq_len;
+    md_.vocab_size = vocab_size;
+    md_.eos_ids = {2};
+    md_.max_prefill_chunk = chunk;
+    logits_.resize(vocab_size);
+  }
+  const ModelMetadata& metadata() const override { return md_; }
+  Result<const float*> Forward(const std::vector<int64_t>& tokens,
+                               int64_t start_pos) override {
+    calls.push_back({start_pos, static_cast<int64_t>(tokens.size())});
+    const int64_t last = start_pos + static_cast<int64_t>(tokens.size()) - 1;
+    std::fill(logits_.begin(), logits_.end(), 0.0f);
+    logits_[script_[last % script_.size()]] = 10.0f;
+    return static_cast<const float*>(logits_.data());
+  }
+  std::vector<std::pair<int64_t, int64_t>> calls;  // (start_pos, n)
+
+ private:
+  std::vector<int64_t> script_;
+  ModelMetadata md_;
+  std::vector<float> logits_;
+};
+
+}  // namespace testing_util
+}  // namespace torchchat
+
+#endif  // RUNNER_COMMON_SCRIPTED_MODEL_H_
