@@ -8,10 +8,15 @@ generation loop then drives eager, AOTI and ExecuTorch alike.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import struct
+import sys
+import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -120,9 +125,75 @@ def register_et_kernels() -> None:
     """Ops a .pte may use beyond the core set; they register on import.
 
     `custom_ops` is a submodule: the package's __init__ registers nothing.
+    Their imports pull in torchao, which warns about CUDA libraries that a
+    CPU-only machine never has; those warnings are not the user's problem.
     """
-    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
-    import executorch.kernels.quantized  # noqa: F401
+    import logging
+    import warnings
+
+    quiet = [logging.getLogger(n) for n in ("torchao", "root")]
+    levels = [lg.level for lg in quiet]
+    try:
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
+            import executorch.kernels.quantized  # noqa: F401
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+
+
+# A .pte is a flatbuffer whose file identifier, at bytes 4-8, is "ET" and a
+# schema version. Checked before ExecuTorch sees the bytes: its Python
+# binding aborts the process on some random inputs.
+PTE_IDENTIFIER = b"ET"
+
+
+def check_pte_header(path: Path) -> None:
+    """Refuses what is not a .pte, and a .pte cut short (its extended
+    header, "eh00", records how long the file must be)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(40)
+    if len(head) < 8 or head[4:6] != PTE_IDENTIFIER:
+        raise ArtifactError(f"{path} is not an ExecuTorch program (no ET file identifier; "
+                            f"{size} bytes)")
+    if head[8:12] == b"eh00" and len(head) >= 40:
+        program_size, segment_base, segment_size = struct.unpack_from("<QQQ", head, 16)
+        need = max(program_size, segment_base + segment_size)
+        if size < need:
+            raise ArtifactError(f"{path} is truncated: its header says {need} bytes, "
+                                f"the file has {size}")
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[List[str]]:
+    """ExecuTorch's runtime logs to file descriptor 2 as it loads (CPU probing,
+    then the reason a load fails). Capture it while loading: a user sees one
+    error line, with the runtime's last word in it, or nothing on success."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    lines: List[str] = []
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            lines.extend(f.read().decode(errors="replace").splitlines())
+
+
+def _last_log_line(lines: List[str]) -> str:
+    # "[program.cpp:114] File size is too small..." -> its message.
+    for line in reversed(lines):
+        text = line.split("] ", 1)[-1].strip()
+        if text:
+            return text
+    return ""
 
 
 def pte_metadata(program) -> Dict[str, Any]:
@@ -151,17 +222,25 @@ def load_pte(path) -> PteModel:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"ExecuTorch program not found: {path}")
+    check_pte_header(path)
     register_et_kernels()
     from executorch.runtime import Runtime
 
-    try:
-        program = Runtime.get().load_program(str(path))
-        meta = pte_metadata(program)
-        method = program.load_method("forward")
-    except ArtifactError:
-        raise
-    except Exception as e:
-        raise ArtifactError(f"cannot load {path}: {type(e).__name__}: {e}") from e
+    with native_stderr_captured() as log:
+        try:
+            program = Runtime.get().load_program(str(path))
+            meta = pte_metadata(program)
+            method = program.load_method("forward")
+            error = None
+        except ArtifactError as e:
+            error = e
+        except Exception as e:
+            error = e
+    if isinstance(error, ArtifactError):
+        raise error
+    if error is not None:
+        why = _last_log_line(log) or f"{type(error).__name__}: {error}"
+        raise ArtifactError(f"cannot load {path}: {why}") from error
     if not meta["use_kv_cache"]:
         raise ArtifactError(f"{path} was exported without a KV cache; only KV-cache programs are supported")
     return PteModel(path, program, method, meta)

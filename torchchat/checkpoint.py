@@ -135,10 +135,20 @@ def _field(reader, key, default=None):
 def load_gguf(path: Path) -> Checkpoint:
     import gguf
 
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise CheckpointError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
     try:
         reader = gguf.GGUFReader(str(path))
-    except Exception as e:  # gguf raises bare ValueError/struct errors
-        raise CheckpointError(f"cannot read GGUF {path}: {e}") from e
+    except Exception as e:  # gguf raises bare ValueError/struct/IndexError
+        size = path.stat().st_size
+        # numpy's "When changing to a larger dtype..." means a tensor or
+        # field runs past the end of the file.
+        detail = "" if "larger dtype" in str(e) else f": {type(e).__name__}: {e}"
+        raise CheckpointError(
+            f"{path} is a truncated or corrupt GGUF file: its header or tensor data runs "
+            f"past the end of the file ({size} bytes){detail}") from None
     arch = _field(reader, "general.architecture")
     if arch not in _GGUF_ARCHS:
         raise CheckpointError(
