@@ -11,7 +11,8 @@ import tempfile
 import unittest
 from pathlib import Path
 
-from export import export_llm, quant, tiny_model
+from export import export_llm, quant
+from testing import tiny_model
 
 
 class BadInputTest(unittest.TestCase):

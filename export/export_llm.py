@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from export import quant
 from export.atomic import OutputPathError, atomic_output, check_writable
+from torchchat.paths import user_path
 
 
 class ExportError(Exception):
@@ -79,18 +80,6 @@ class Source:
     @property
     def config(self):
         return self.ckpt.config
-
-
-def user_path(p: Optional[str]) -> Optional[Path]:
-    """`bazel run` changes the working directory; user paths are relative to
-    where the command was typed."""
-    if p is None:
-        return None
-    path = Path(p).expanduser()
-    base = os.environ.get("BUILD_WORKING_DIRECTORY")
-    if not path.is_absolute() and base:
-        path = Path(base) / path
-    return path
 
 
 def resolve_checkpoint(model: Optional[str], checkpoint_path: Optional[Path]) -> Path:
@@ -174,7 +163,7 @@ def enable_dynamic_shape(model) -> None:
 
 
 def et_metadata(source: Source, max_seq_length: int, custom_ops: bool) -> Dict[str, Any]:
-    from executorch.examples.models.llama.export_llama_lib import _load_llama_model_metadata
+    from torchchat import executorch_compat as et
 
     extra: Dict[str, Any] = {}
     if source.bos_id is not None:
@@ -182,7 +171,7 @@ def et_metadata(source: Source, max_seq_length: int, custom_ops: bool) -> Dict[s
     if source.eos_ids:
         # ExecuTorch's runners stop only on these ids.
         extra["get_eos_ids"] = list(source.eos_ids)
-    return _load_llama_model_metadata(
+    return et.load_llama_model_metadata(
         use_kv_cache=True,
         use_sdpa_with_kv_cache=custom_ops,
         enable_dynamic_shape=True,
@@ -202,17 +191,15 @@ def et_quant_transforms(q: "quant.EtQuant", et_dtype) -> List[Callable]:
     keeps the compute dtype, as torchchat.quantize does in eager, because
     4- and 8-bit logits cost most of the top-1 agreement with fp32.
     """
-    from executorch.examples.models.llama.source_transformation.quantize import (
-        get_quant_embedding_transform,
-        get_quant_weight_transform,
-    )
     from executorch.extension.llm.export.builder import DType
+
+    from torchchat import executorch_compat as et
 
     transforms: List[Callable] = []
     if q.embedding_quantize:
-        transforms.append(get_quant_embedding_transform(q.embedding_quantize))
+        transforms.append(et.quant_embedding_transform(q.embedding_quantize))
     if q.quantization_mode:
-        linear = get_quant_weight_transform(
+        linear = et.quant_weight_transform(
             q.quantization_mode, q.group_size, computation_dtype=et_dtype,
             checkpoint_dtype=DType.fp32)
 
@@ -229,9 +216,10 @@ def export_pte(model, source: Source, out_path: Path, spec: Dict[str, Dict[str, 
                stages: Optional[Stages] = None) -> Dict[str, Any]:
     """Lowers an eager fp32 Model to `out_path` through ExecuTorch's LLM flow."""
     import torch
-    from executorch.examples.models.llama.export_llama_lib import _get_source_transforms
     from executorch.extension.llm.export.builder import DType, LLMEdgeManager
     from executorch.extension.llm.export.partitioner_lib import get_xnnpack_partitioner
+
+    from torchchat import executorch_compat as et
 
     _quiet_executorch()
     stages = stages or Stages(enabled=False)
@@ -255,7 +243,7 @@ def export_pte(model, source: Source, out_path: Path, spec: Dict[str, Dict[str, 
         metadata=et_metadata(source, max_seq_length, custom_ops),
     )
     with stages("quantize", q.describe() + f", dtype {dtype_name}"):
-        transforms = et_quant_transforms(q, et_dtype) + _get_source_transforms(
+        transforms = et_quant_transforms(q, et_dtype) + et.get_source_transforms(
             et_dtype,
             checkpoint_dtype=DType.fp32,
             use_kv_cache=True,

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from export import export_llm, tiny_model
-from export.quality import greedy
+from export import export_llm
+from testing import tiny_model
+from torchchat.generate import greedy
 from torchchat import artifacts
 
 MAX_SEQ = 64
@@ -78,7 +79,7 @@ class ExportTest(unittest.TestCase):
     def test_pte_uses_llama_cache_and_attention_ops(self):
         # ExecuTorch's flow by default: the KV cache and attention run as
         # llama:: ops (et_run's kernels: //kernels:et_llama_ops).
-        from executorch.exir._serialize._program import deserialize_pte_binary
+        from torchchat.executorch_compat import deserialize_pte_binary
 
         program = deserialize_pte_binary(self.pte_path.read_bytes())
         program = getattr(program, "program", program)

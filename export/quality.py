@@ -15,9 +15,12 @@ import argparse
 import json
 import sys
 import time
-from typing import Callable, List, Sequence
+from typing import List, Sequence
 
 import torch
+
+from torchchat.generate import LLMModel, Slot, Stats, argmax, decode, greedy
+from torchchat.paths import user_path
 
 PROMPTS = [
     "The capital of France is",
@@ -31,53 +34,32 @@ PROMPTS = [
 ]
 STEPS = 32
 
-Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@torch.no_grad()
-def greedy(forward: Forward, ids: Sequence[int], steps: int, stop_ids=()) -> List[int]:
-    """Up to `steps` greedy tokens after `ids`; ends before a token in stop_ids."""
-    logits = forward(torch.tensor([list(ids)]), torch.arange(len(ids)))
-    out, pos = [], len(ids)
-    for _ in range(steps):
-        t = int(logits.argmax(-1))
-        if t in stop_ids:
-            break
-        out.append(t)
-        logits = forward(torch.tensor([[t]]), torch.tensor([pos]))
-        pos += 1
-    return out
-
-
-def reference(forward: Forward, prompts: Sequence[List[int]], steps: int = STEPS):
+def reference(model: LLMModel, prompts: Sequence[List[int]], steps: int = STEPS):
     """(prompt + greedy continuation, number of prompt tokens) per prompt."""
-    return [(list(ids) + greedy(forward, ids, steps), len(ids)) for ids in prompts]
+    return [(list(ids) + greedy(model, ids, steps), len(ids)) for ids in prompts]
 
 
 @torch.no_grad()
-def agreement(forward: Forward, sequences) -> float:
-    """Fraction of positions where the candidate's argmax is the reference token."""
+def agreement(model: LLMModel, sequences) -> float:
+    """Fraction of positions where the candidate's argmax is the reference
+    token, feeding the candidate the reference sequence (teacher forcing)."""
     hit = total = 0
     for seq, n in sequences:
-        logits = forward(torch.tensor([seq[:n]]), torch.arange(n))
+        slot = Slot(model)
+        logits = slot.prefill(seq[:n])
         for i in range(n, len(seq)):
-            hit += int(int(logits.argmax(-1)) == seq[i])
+            hit += int(argmax(logits) == seq[i])
             total += 1
-            logits = forward(torch.tensor([[seq[i]]]), torch.tensor([i]))
+            logits = slot.step(seq[i])
     return hit / total
 
 
-@torch.no_grad()
-def decode_speed(forward: Forward, prompt: List[int], steps: int = 64) -> float:
+def decode_speed(model: LLMModel, prompt: List[int], steps: int = 64) -> float:
     """Greedy decode tokens per second after the prompt's prefill."""
-    logits = forward(torch.tensor([prompt]), torch.arange(len(prompt)))
-    pos = len(prompt)
-    t = time.perf_counter()
-    for _ in range(steps):
-        tok = int(logits.argmax(-1))
-        logits = forward(torch.tensor([[tok]]), torch.tensor([pos]))
-        pos += 1
-    return steps / (time.perf_counter() - t)
+    stats = Stats()
+    for _ in decode(Slot(model), prompt, argmax, steps + 1, stats=stats):
+        pass
+    return stats.decode_tok_s
 
 
 def et_quantized_eager(model, spec, dtype_name="fp32"):
@@ -104,7 +86,7 @@ def main(argv=None) -> int:
                    help="score ExecuTorch's quantization transforms in eager (repeatable)")
     p.add_argument("--max-seq-length", type=int, default=256)
     args = p.parse_args(argv)
-    path = export_llm.resolve_checkpoint(args.model, export_llm.user_path(args.checkpoint_path))
+    path = export_llm.resolve_checkpoint(args.model, user_path(args.checkpoint_path))
     source = export_llm.load_source(path)
     from torchchat import tokenizer as tok_mod
 
@@ -114,7 +96,7 @@ def main(argv=None) -> int:
     seqs = reference(fp32, prompts)
     results = {}
     if args.artifact:
-        m = artifacts.load(export_llm.user_path(args.artifact))
+        m = artifacts.load(user_path(args.artifact))
         t = time.perf_counter()
         results[args.artifact] = agreement(m, seqs)
         print(f"{args.artifact}: {results[args.artifact]:.3f} ({time.perf_counter() - t:.1f} s)")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from export import export_llm, quality, tiny_model
+from export import export_llm, quality
+from testing import tiny_model
 from torchchat import artifacts
 
 MAX_SEQ = 64
@@ -57,7 +58,7 @@ class QuantizedPteTest(unittest.TestCase):
         self.assertEqual(int(got.argmax()), int(want.argmax()))
 
     def test_quantized_ops_and_fp32_output(self):
-        from executorch.exir._serialize._program import deserialize_pte_binary
+        from torchchat.executorch_compat import deserialize_pte_binary
 
         program = deserialize_pte_binary(self.pte_path.read_bytes())
         program = getattr(program, "program", program)

@@ -15,14 +15,13 @@ import unittest
 import zipfile
 from pathlib import Path
 
-import numpy as np
-import torch
-
 import llm_tokenizers
 from export import export_llm
+from torchchat.generate import Slot, argmax, decode
+from torchchat.sampling import Sampler
 
 RUNFILES = Path(os.environ["TEST_SRCDIR"]) / "_main"
-ART = RUNFILES / "runner" / "tiny"
+ART = RUNFILES / "testing" / "tiny"
 AOTI_RUN = RUNFILES / "runner" / "aoti" / "aoti_run"
 ET_RUN = RUNFILES / "runner" / "et" / "et_run"
 TORCHCHAT = RUNFILES / "torchchat" / "torchchat"
@@ -53,28 +52,17 @@ class EquivalenceTest(unittest.TestCase):
     def eager(self, pick, steps=STEPS, forward=None):
         """Ids that `forward` (default: the eager model) generates with `pick`."""
         forward = forward or self.model
-        with torch.no_grad():
-            logits = forward(torch.tensor([self.prompt]), torch.arange(len(self.prompt)))
-            out, pos = [], len(self.prompt)
-            for _ in range(steps):
-                t = pick(logits.reshape(-1).float().numpy())
-                out.append(t)
-                if t in self.tok.eos_ids:
-                    break
-                logits = forward(torch.tensor([[t]]), torch.tensor([pos]))
-                pos += 1
-        return out
+        return list(decode(Slot(forward), self.prompt, pick, steps, self.tok.eos_ids))
 
     def test_greedy_ids_agree(self):
-        want = self.eager(lambda l: int(np.argmax(l)))
+        want = self.eager(argmax)
         for binary, model in ((AOTI_RUN, ART / "model.pt2"), (ET_RUN, ART / "model.pte")):
             rc, ids, err = run(binary, model, "-i", PROMPT, "-n", str(STEPS), "-t", "0")
             self.assertEqual(rc, 0, err)
             self.assertEqual(ids, want, binary.name)
 
     def test_same_seed_same_samples(self):
-        sampler = llm_tokenizers.Sampler(temperature=0.9, top_k=40, top_p=0.95, seed=42)
-        want = self.eager(lambda l: sampler.sample(l))
+        want = self.eager(Sampler(temperature=0.9, top_k=40, top_p=0.95, seed=42))
         got = {}
         for binary, model in ((AOTI_RUN, ART / "model.pt2"), (ET_RUN, ART / "model.pte")):
             rc, ids, err = run(binary, model, "-i", PROMPT, "-n", str(STEPS),
@@ -95,7 +83,7 @@ class EquivalenceTest(unittest.TestCase):
         from torchchat import artifacts
 
         pte = ART / "mobile" / "model.pte"
-        want = self.eager(lambda l: int(np.argmax(l)), forward=artifacts.load_pte(pte))
+        want = self.eager(argmax, forward=artifacts.load_pte(pte))
         rc, ids, err = run(ET_RUN, pte, "-i", PROMPT, "-n", str(STEPS), "-t", "0")
         self.assertEqual(rc, 0, err)
         self.assertEqual(ids, want)
@@ -106,7 +94,7 @@ class EquivalenceTest(unittest.TestCase):
                                     ("--aoti-package-path", ART / "model.pt2", AOTI_RUN)):
             cli = subprocess.run(
                 [str(TORCHCHAT), "generate", flag, str(model), "--prompt", PROMPT,
-                 "--raw", "--temperature", "0", "--max-new-tokens", "16", "--quiet"],
+                 "--temperature", "0", "--max-new-tokens", "16", "--quiet"],
                 capture_output=True, text=True, timeout=300)
             self.assertEqual(cli.returncode, 0, cli.stderr)
             rc, ids, err = run(binary, model, "-i", PROMPT, "-n", "16", "-t", "0")
@@ -144,8 +132,10 @@ class ChatTest(unittest.TestCase):
         self.assertEqual(p.stderr.count("decode "), 6, p.stderr)
 
     def test_chat_turns_use_the_template(self):
-        # The tiny tokenizer's template renders "role: content" lines; the
-        # second turn's prompt holds the first exchange, so it is longer.
+        # The tiny tokenizer's template renders "role: content" lines; each
+        # turn prefills at least its own. (How much of the cache a turn
+        # reuses depends on the random model's reply re-tokenizing to the
+        # same ids; chat_session_test and cli_test check the reuse.)
         p = subprocess.run(
             [str(ET_RUN), str(ART / "model.pte"), "-m", "chat", "-n", "4", "-t", "0",
              "--stats-json", os.devnull],
@@ -154,7 +144,8 @@ class ChatTest(unittest.TestCase):
         prompts = [int(l.split("prefill ")[1].split(" ")[0]) for l in p.stderr.splitlines()
                    if "prefill " in l]
         self.assertEqual(len(prompts), 2, p.stderr)
-        self.assertGreater(prompts[1], prompts[0] + 4)
+        self.assertGreater(prompts[0], 4)
+        self.assertGreater(prompts[1], 4)
 
 
 class ErrorTest(unittest.TestCase):

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from export import export_llm
-from export.quality import greedy
+from torchchat.generate import greedy
 from torchchat import artifacts
 
 RUNFILES = Path(os.environ["TEST_SRCDIR"]) / "_main"

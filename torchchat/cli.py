@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from torchchat.paths import user_path
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -26,19 +29,9 @@ class UserError(Exception):
     pass
 
 
-def _user_path(p: Optional[str]) -> Optional[Path]:
-    """Relative paths are relative to where the user ran `bazel run`."""
-    if p is None:
-        return None
-    path = Path(p).expanduser()
-    base = os.environ.get("BUILD_WORKING_DIRECTORY")
-    if not path.is_absolute() and base:
-        path = Path(base) / path
-    return path
-
-
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="model alias (see `list`); default: the built-in SmolLM2-135M-Instruct")
+    p.add_argument("model", nargs="?",
+                   help="model alias (see `list`); default: the built-in SmolLM2-135M-Instruct")
     p.add_argument("--checkpoint-path", help="HF directory, Meta directory/.pth or .gguf file")
     p.add_argument("--gguf-path", help="a .gguf file")
     p.add_argument("--tokenizer-path", help="tokenizer file (default: from the checkpoint)")
@@ -47,8 +40,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
-    p.add_argument("--quantize", help="JSON (or a .json file), e.g. '{\"linear:int4\": {\"groupsize\": 32}}'")
-    p.add_argument("--max-seq-length", type=int, help="KV cache length (default: min(model context, 2048))")
+    p.add_argument("--quantize",
+                   help="JSON (or a .json file), e.g. '{\"linear:int4\": {\"groupsize\": 32}}'")
+    p.add_argument("--max-seq-length", type=int,
+                   help="KV cache length (default: min(model context, 2048))")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--top-k", type=int, default=200)
@@ -68,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(g)
     g.add_argument("--prompt", default="Hello, my name is")
     g.add_argument("--num-samples", type=int, default=1)
-    g.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
+    g.add_argument("--chat-template", action="store_true",
+                   help="wrap the prompt in the model's chat template as a user turn "
+                        "(by default it is sent as is, as aoti_run and et_run send -i)")
     c = sub.add_parser("chat", help="multi-turn chat on stdin (/exit to leave)")
     _add_model_args(c)
     sub.add_parser("list", help="list known models")
@@ -82,84 +79,128 @@ def build_parser() -> argparse.ArgumentParser:
 # --- loading -------------------------------------------------------------------
 
 
-def _load(args):
-    """(backend, tokenizer, info) for the model the flags name."""
+@dataclass
+class Loaded:
+    model: Any  # torchchat.generate.LLMModel
+    step: Optional[Callable]  # a compiled decode step, or None
+    tokenizer: Any  # torchchat.tokenizer.Tokenizer
+    info: Dict[str, Any]
+    load_start_ms: float
+    load_end_ms: float
+
+    def slot(self, device: str):
+        from torchchat.generate import Slot
+
+        return Slot(self.model, self.step, device)
+
+    def stats(self):
+        from torchchat.generate import Stats
+
+        return Stats(model_load_start_ms=self.load_start_ms, model_load_end_ms=self.load_end_ms)
+
+
+def _resolve_source(args) -> Tuple[Optional[Path], Optional[Path]]:
+    """(checkpoint, artifact) the flags name; an alias resolves to its checkpoint."""
+    from torchchat import registry
+
+    if args.checkpoint_path and args.gguf_path:
+        raise UserError("give only one of --checkpoint-path and --gguf-path")
+    if args.aoti_package_path and args.pte_path:
+        raise UserError("give only one of --aoti-package-path and --pte-path")
+    artifact = user_path(args.aoti_package_path or args.pte_path)
+    checkpoint = user_path(args.gguf_path or args.checkpoint_path)
+    if artifact or checkpoint:
+        return checkpoint, artifact
+    entry = registry.resolve(args.model or registry.DEFAULT_MODEL)
+    if not registry.is_downloaded(entry):
+        raise UserError(f"{entry.name} is not downloaded; run `torchchat download {args.model}`")
+    return registry.checkpoint_path(entry), None
+
+
+def _load_artifact(args, path: Path):
+    from torchchat import artifacts
+
+    try:
+        if args.aoti_package_path:
+            return artifacts.load_pt2(path, args.device)
+        return artifacts.load_pte(path)
+    except artifacts.ArtifactError as e:
+        raise UserError(str(e)) from e
+
+
+def _build_model(args, ckpt, spec, dtype_name: str):
+    """The eager model: dtype, --quantize, device, and --compile's step."""
     import torch
 
     from torchchat import checkpoint as ckpt_mod
     from torchchat import quantize as quant_mod
-    from torchchat import registry
+    from torchchat.model import DTYPES, optimize_for_eager
+
+    model = optimize_for_eager(
+        ckpt_mod.load_model(ckpt, DTYPES[dtype_name], args.max_seq_length, "cpu"))
+    counts = quant_mod.quantize_model(model, spec, ckpt.gguf_quantized) if spec else {}
+    model = model.to(args.device)
+    step = torch.compile(model, dynamic=False, fullgraph=False) if args.compile else None
+    info = {"checkpoint": str(ckpt.path), "format": ckpt.format, "dtype": dtype_name,
+            "quantize": {k: v for k, v in counts.items() if v}}
+    return model, step, info
+
+
+def _load(args) -> Loaded:
+    """The model and tokenizer the flags name."""
+    import torch
+
+    from torchchat import checkpoint as ckpt_mod
+    from torchchat import quantize as quant_mod
     from torchchat import tokenizer as tok_mod
+    from torchchat.generate import now_ms
     from torchchat.model import DTYPES
 
+    start = now_ms()
     spec = quant_mod.parse(args.quantize)
     dtype_name = spec.get("precision", {}).get("dtype", args.dtype)
     if dtype_name not in DTYPES:
         raise UserError(f"unknown dtype {dtype_name!r}")
-    dtype = DTYPES[dtype_name]
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: this torch build has no usable CUDA device")
     if args.max_seq_length is not None and args.max_seq_length < 2:
         raise UserError("--max-seq-length must be at least 2")
-
-    paths = [x for x in (args.checkpoint_path, args.gguf_path, args.aoti_package_path, args.pte_path) if x]
-    if len(paths) > 1 and not (args.aoti_package_path or args.pte_path):
-        raise UserError("give only one of --checkpoint-path and --gguf-path")
-    if paths:
-        source = _user_path(args.gguf_path or args.checkpoint_path) if (args.gguf_path or args.checkpoint_path) else None
-    else:
-        entry = registry.resolve(args.model or registry.DEFAULT_MODEL)
-        if not registry.is_downloaded(entry):
-            raise UserError(f"{entry.name} is not downloaded; run `torchchat download {args.model}`")
-        source = registry.checkpoint_path(entry)
-
-    ckpt = None
-    if source is not None:
-        ckpt = ckpt_mod.load_checkpoint(source)
-    backend = None
-    if args.aoti_package_path or args.pte_path:
-        from torchchat import artifacts
-
-        path = _user_path(args.aoti_package_path or args.pte_path)
-        try:
-            backend = artifacts.load_pt2(path, args.device) if args.aoti_package_path else artifacts.load_pte(path)
-        except artifacts.ArtifactError as e:
-            raise UserError(str(e)) from e
-    tok_path = (_user_path(args.tokenizer_path) or (ckpt.tokenizer_path if ckpt else None)
+    checkpoint, artifact = _resolve_source(args)
+    ckpt = ckpt_mod.load_checkpoint(checkpoint) if checkpoint else None
+    backend = _load_artifact(args, artifact) if artifact else None
+    tok_path = (user_path(args.tokenizer_path) or (ckpt.tokenizer_path if ckpt else None)
                 or (backend.tokenizer_path if backend else None))
     if tok_path is None:
         raise UserError("no tokenizer found next to the checkpoint or artifact; pass --tokenizer-path")
-    tok = tok_mod.load(
-        tok_path,
-        chat_template=ckpt.chat_template if ckpt else None,
-        bos_id=ckpt.bos_id if ckpt else None,
-        eos_ids=ckpt.eos_ids if ckpt else (),
-        add_bos=ckpt.add_bos if ckpt else None,
-    )
-
+    tok = tok_mod.load(tok_path, chat_template=ckpt.chat_template if ckpt else None,
+                       bos_id=ckpt.bos_id if ckpt else None, eos_ids=ckpt.eos_ids if ckpt else (),
+                       add_bos=ckpt.add_bos if ckpt else None)
     if backend is not None:
-        return backend, None, tok, {"backend": type(backend).__name__, "artifact": str(backend.path)}
-
-    from torchchat.model import optimize_for_eager
-
-    model = optimize_for_eager(ckpt_mod.load_model(ckpt, dtype, args.max_seq_length, "cpu"))
-    counts = quant_mod.quantize_model(model, spec, ckpt.gguf_quantized) if spec else {}
-    model = model.to(args.device)
-    decode_fn = None
-    if args.compile:
-        decode_fn = torch.compile(model, dynamic=False, fullgraph=False)
-    info = {"checkpoint": str(ckpt.path), "format": ckpt.format, "dtype": dtype_name,
-            "quantize": {k: v for k, v in counts.items() if v}, "tokenizer": tok.backend}
-    return model, decode_fn, tok, info
+        info = {"backend": type(backend).__name__, "artifact": str(backend.path)}
+        model, step = backend, None
+    else:
+        model, step, info = _build_model(args, ckpt, spec, dtype_name)
+    info["tokenizer"] = str(tok_path)
+    return Loaded(model, step, tok, info, start, now_ms())
 
 
 def _sampler(args):
     from torchchat.sampling import Sampler
 
     try:
-        return Sampler(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty, args.seed)
+        return Sampler(args.temperature, args.top_k, args.top_p, args.min_p,
+                       args.repetition_penalty, args.seed)
     except ValueError as e:
         raise UserError(str(e)) from e
+
+
+def _text(value: str, what: str) -> str:
+    """argv and stdin decode invalid UTF-8 to lone surrogates; refuse them here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{what} is not valid UTF-8 (byte {e.start})") from None
+    return value
 
 
 def _out(text: str) -> None:
@@ -170,7 +211,7 @@ def _out(text: str) -> None:
 def _stats_out(args, all_stats, info) -> None:
     if not args.stats_json:
         return
-    path = _user_path(args.stats_json)
+    path = user_path(args.stats_json)
     data = {"model": info, "answers": [s.to_json() for s in all_stats]}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -179,57 +220,65 @@ def _stats_out(args, all_stats, info) -> None:
     os.replace(tmp, path)
 
 
-def _prompt_ids(tok, template, messages, raw_text=None) -> List[int]:
-    if template is None or raw_text is not None:
-        text = raw_text if raw_text is not None else messages[-1]["content"]
-        return tok.encode(text, bos=tok.add_bos)
-    # The template writes any BOS itself.
-    return tok.encode(template.render(messages, add_generation_prompt=True), bos=False)
+def _report(args, stats) -> None:
+    if not args.quiet:
+        print(stats.summary(), file=sys.stderr, flush=True)
 
 
 def cmd_generate(args) -> int:
-    from torchchat.generate import Generator
+    from torchchat.generate import Reply, Stats, generate_text
 
     if args.num_samples < 1:
         raise UserError("--num-samples must be at least 1")
-    backend, decode_fn, tok, info = _load(args)
-    gen = Generator(backend, tok, args.device, decode_fn)
-    template = None if args.raw else tok.template()
-    messages = []
-    if args.system_prompt:
-        messages.append({"role": "system", "content": args.system_prompt})
-    messages.append({"role": "user", "content": args.prompt})
-    ids = _prompt_ids(tok, template, messages, None if template else args.prompt)
-    gen.check_fits(ids)
+    prompt = _text(args.prompt, "--prompt")
+    system = _text(args.system_prompt, "--system-prompt") if args.system_prompt else None
     sampler = _sampler(args)
+    loaded = _load(args)
+    tok = loaded.tokenizer
+    if args.chat_template:
+        template = tok.template()
+        if template is None:
+            raise UserError("this model has no chat template; drop --chat-template")
+        messages = ([{"role": "system", "content": system}] if system else [])
+        messages.append({"role": "user", "content": prompt})
+        # The template writes any bos itself.
+        ids = tok.encode(template.render(messages, add_generation_prompt=True), bos=False)
+    else:
+        ids = tok.encode(prompt, bos=tok.add_bos)
+    slot = loaded.slot(args.device)
+    slot.check_fits(len(ids), 0)
     all_stats = []
-    for i in range(args.num_samples):
-        if args.raw or template is None:
-            _out(args.prompt)
-        _, stats = gen.generate(ids, sampler, args.max_new_tokens, _out)
+    for _ in range(args.num_samples):
+        try:
+            if not args.chat_template:
+                _out(prompt)
+            reply = generate_text(slot, tok, ids, sampler, args.max_new_tokens, _out)
+        except KeyboardInterrupt:  # between the echo and the first decode step
+            reply = Reply([], "", Stats(stop_reason="interrupted"))
         _out("\n")
+        stats = reply.stats
+        stats.model_load_start_ms, stats.model_load_end_ms = loaded.load_start_ms, loaded.load_end_ms
         all_stats.append(stats)
-        if not args.quiet:
-            print(stats.line(), file=sys.stderr, flush=True)
+        _report(args, stats)
         if stats.stop_reason == "interrupted":
-            _stats_out(args, all_stats, info)
+            _stats_out(args, all_stats, loaded.info)
             return EXIT_INTERRUPT
-    _stats_out(args, all_stats, info)
+    _stats_out(args, all_stats, loaded.info)
     return 0
 
 
 def cmd_chat(args) -> int:
-    from torchchat.generate import ContextOverflow, Generator
+    from torchchat.generate import ChatSession, ContextOverflow
 
-    backend, decode_fn, tok, info = _load(args)
-    template = tok.template()
+    system = _text(args.system_prompt, "--system-prompt") if args.system_prompt else None
+    sampler = _sampler(args)
+    loaded = _load(args)
+    template = loaded.tokenizer.template()
     if template is None:
         raise UserError("this model has no chat template; use `generate` instead")
-    gen = Generator(backend, tok, args.device, decode_fn)
-    sampler = _sampler(args)
-    messages = []
-    if args.system_prompt:
-        messages.append({"role": "system", "content": args.system_prompt})
+    session = ChatSession(loaded.slot(args.device), loaded.tokenizer, template, system)
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")  # _text reports bad bytes
     interactive = sys.stdin.isatty()
     all_stats = []
     if interactive:
@@ -249,23 +298,25 @@ def cmd_chat(args) -> int:
             continue
         if line in ("/exit", "/quit", "/bye"):
             break
-        messages.append({"role": "user", "content": line})
-        ids = tok.encode(template.render(messages, add_generation_prompt=True), bos=False)
+        # A line the session refuses leaves the conversation as it was.
         try:
-            gen.check_fits(ids)
-        except ContextOverflow as e:
-            messages.pop()
-            print(f"error: {e}", file=sys.stderr)
+            line = _text(line, "the input line")
+            _out("Assistant: ")
+            reply = session.turn(line, sampler, args.max_new_tokens, _out)
+        except (UserError, ContextOverflow) as e:
+            _out("\n")
+            print(f"torchchat: error: {e}", file=sys.stderr)
             continue
-        budget = min(args.max_new_tokens, gen.max_seq_length - len(ids))
-        _out("Assistant: ")
-        out, stats = gen.generate(ids, sampler, budget, _out)
         _out("\n")
-        messages.append({"role": "assistant", "content": tok.decode(out)})
-        all_stats.append(stats)
-        if not args.quiet:
-            print(stats.line(), file=sys.stderr, flush=True)
-    _stats_out(args, all_stats, info)
+        for _ in range(session.dropped_last_turn):
+            print("(forgot the oldest turn to fit the context)", file=sys.stderr)
+        reply.stats.model_load_start_ms = loaded.load_start_ms
+        reply.stats.model_load_end_ms = loaded.load_end_ms
+        all_stats.append(reply.stats)
+        _report(args, reply.stats)
+        if reply.stats.stop_reason == "interrupted":
+            break
+    _stats_out(args, all_stats, loaded.info)
     return 0
 
 
@@ -314,6 +365,9 @@ COMMANDS = {
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    # torchao registers an Enum with torch's pytree at import, which torch
+    # now logs as deprecated: a warning about our dependencies, not for users.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     # Expected failures, one line each; anything else is a bug and keeps its traceback.
     from torchchat.checkpoint import CheckpointError
     from torchchat.generate import ContextOverflow

@@ -34,7 +34,8 @@ class CliTest(unittest.TestCase):
 
     def test_generate_is_deterministic_with_seed(self):
         stats = self.dir / "stats.json"
-        argv = ["generate", "--prompt", "Why is the sky blue?", "--seed", "7", "--num-samples", "2",
+        argv = ["generate", "--chat-template", "--prompt", "Why is the sky blue?", "--seed", "7",
+                "--num-samples", "2",
                 "--temperature", "0.8", "--max-new-tokens", "12", "--stats-json", str(stats)]
         rc1, out1, err1 = run(argv)
         rc2, out2, _ = run(argv)
@@ -46,9 +47,10 @@ class CliTest(unittest.TestCase):
         self.assertNotEqual(samples[0], samples[1])
         self.assertEqual(err1.count("decode"), 2)
         answers = json.loads(stats.read_text())["answers"]
-        self.assertEqual([a["new_tokens"] for a in answers], [12, 12])
+        self.assertEqual([a["num_generated_tokens"] for a in answers], [12, 12])
         self.assertGreater(answers[0]["decode_tok_s"], 0)
-        self.assertGreater(answers[0]["peak_rss_mib"], 0)
+        self.assertGreater(answers[0]["peak_rss_bytes"], 0)
+        self.assertEqual(answers[0]["stop_reason"], "max_new_tokens")
 
     def test_chat_through_stdin(self):
         stats = self.dir / "chat.json"
@@ -60,8 +62,10 @@ class CliTest(unittest.TestCase):
         self.assertIn("Paris", out)
         answers = json.loads(stats.read_text())["answers"]
         self.assertEqual(len(answers), 2)
-        # The second turn reuses the first turn's KV cache.
-        self.assertLess(answers[1]["prefill_tokens"], answers[1]["prompt_tokens"])
+        # The second turn reuses the first turn's KV cache: it prefills only
+        # the new turn, fewer tokens than the first turn's system prompt and
+        # question.
+        self.assertLess(answers[1]["num_prompt_tokens"], answers[0]["num_prompt_tokens"])
 
     def test_ctrl_c_stops_cleanly(self):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -77,7 +81,7 @@ class CliTest(unittest.TestCase):
         out, err = p.communicate(timeout=60)
         self.assertEqual(p.returncode, 130, err.decode())
         self.assertNotIn(b"Traceback", err)
-        self.assertIn(b"stop: interrupted", err)
+        self.assertIn(b"stop interrupted", err)
 
 
 if __name__ == "__main__":

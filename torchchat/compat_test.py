@@ -23,6 +23,20 @@ class CompatTest(unittest.TestCase):
         nf4 = importlib.import_module("torchao.dtypes.nf4tensor")
         self.assertTrue(hasattr(nf4, "NF4Tensor"))
 
+    def test_executorch_private_apis_are_where_we_call_them(self):
+        from torchchat import executorch_compat
+
+        found = executorch_compat.check()
+        self.assertEqual(len(found), len(executorch_compat.APIS))
+        self.assertIn("executorch.examples.models.llama.export_llama_lib._get_source_transforms",
+                      found)
+
+    def test_a_moved_api_fails_with_its_name(self):
+        from torchchat import executorch_compat
+
+        with self.assertRaisesRegex(ImportError, "no longer has executorch.runtime.nope"):
+            executorch_compat._get("executorch.runtime", "nope")
+
     def test_install_is_idempotent(self):
         from torchchat import compat
 

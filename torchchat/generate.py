@@ -1,147 +1,317 @@
-"""The generation loop shared by `generate`, `chat` and exported artifacts.
+"""The generation core every Python path shares.
 
-A backend is anything with `forward(tokens[1, T], input_pos[T]) -> logits`
-(last position) and a `max_seq_length`. The loop prefills the whole prompt
-in one call, then decodes one token per call. It remembers which tokens sit
-in the KV cache, so a follow-up prompt that extends them (the next chat turn,
-another sample of the same prompt) only prefills the new suffix.
+generate and chat, export's quality checks and the equivalence tests all run
+one loop, `decode()`, over one model interface, `LLMModel`. It is the Python
+counterpart of runner/common: `LLMModel` is model.h, `decode()` is
+TextLLMRunner's loop, `Stats` has the fields of stats.h (ExecuTorch's names),
+and `ChatSession` keeps the same chat policy as chat_session.h.
+
+A `Slot` is one sequence in a model's KV cache: the tokens whose K/V it holds,
+hence its next position, and a step function. A batched engine holds several
+slots over one batched model, each with its own position and sampler (and so
+its own RNG stream); the loop below never looks past its own slot.
 """
 
 from __future__ import annotations
 
 import resource
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable, List, Optional, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence
 
 import torch
+
+# What an exported artifact or the eager model provides. forward returns the
+# logits of the last position, [1, vocab].
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Picks the next token from logits given every token so far; the tokenizers
+# library's Sampler applies its repetition window itself.
+Pick = Callable[[torch.Tensor, Sequence[int]], int]
+
+
+class LLMModel(Protocol):
+    max_seq_length: int
+
+    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor: ...
 
 
 class ContextOverflow(ValueError):
     pass
 
 
+def now_ms() -> float:
+    return time.monotonic() * 1e3
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
 @dataclass
 class Stats:
-    prompt_tokens: int
-    prefill_tokens: int
-    new_tokens: int
-    ttft_s: float
-    prefill_tok_s: float
-    decode_tok_s: float
-    total_s: float
-    peak_rss_mib: float
-    stop_reason: str  # "eos", "max_new_tokens", "context", "interrupted"
+    """One generation, with the fields (and JSON) of runner/common/stats.h.
 
-    def to_json(self):
-        return asdict(self)
+    num_prompt_tokens counts the tokens this call prefilled: a chat turn or a
+    prompt that extends what the cache holds prefills only the new part.
+    num_generated_tokens counts every sampled token, a final EOS included.
+    """
 
-    def line(self) -> str:
+    model_load_start_ms: float = 0.0
+    model_load_end_ms: float = 0.0
+    inference_start_ms: float = 0.0
+    prompt_eval_end_ms: float = 0.0
+    first_token_ms: float = 0.0
+    inference_end_ms: float = 0.0
+    num_prompt_tokens: int = 0
+    num_generated_tokens: int = 0
+    peak_rss_bytes: int = 0
+    stop_reason: str = ""  # eos, max_new_tokens, context, interrupted
+
+    @property
+    def load_s(self) -> float:
+        return (self.model_load_end_ms - self.model_load_start_ms) / 1e3
+
+    @property
+    def ttft_s(self) -> float:
+        return (self.first_token_ms - self.inference_start_ms) / 1e3
+
+    @property
+    def prefill_tok_s(self) -> float:
+        ms = self.prompt_eval_end_ms - self.inference_start_ms
+        return self.num_prompt_tokens * 1e3 / ms if ms > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        # The first token comes from prefill; decode covers the rest.
+        ms = self.inference_end_ms - self.first_token_ms
+        n = self.num_generated_tokens - 1
+        return n * 1e3 / ms if ms > 0 and n > 0 else 0.0
+
+    def to_json(self) -> Dict[str, object]:
+        out: Dict[str, object] = asdict(self)
+        out.update(ttft_s=self.ttft_s, prefill_tok_s=self.prefill_tok_s,
+                   decode_tok_s=self.decode_tok_s)
+        return out
+
+    def summary(self) -> str:
+        """The line the C++ runners print, so logs read the same."""
         return (
-            f"[{self.new_tokens} tokens | time to first token {self.ttft_s * 1000:.0f} ms | "
-            f"prefill {self.prefill_tokens} tok at {self.prefill_tok_s:.1f} tok/s | "
-            f"decode {self.decode_tok_s:.1f} tok/s | peak RSS {self.peak_rss_mib:.0f} MiB | "
-            f"stop: {self.stop_reason}]"
+            f"load {self.load_s:.2f} s, ttft {self.ttft_s:.3f} s, prefill "
+            f"{self.num_prompt_tokens} tok at {self.prefill_tok_s:.1f} tok/s, decode "
+            f"{self.num_generated_tokens} tok at {self.decode_tok_s:.1f} tok/s, peak rss "
+            f"{self.peak_rss_bytes / 1048576:.0f} MiB, stop {self.stop_reason}"
         )
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+class Slot:
+    """One sequence's place in a model's KV cache.
 
+    `tokens` are the ids whose K/V sit at positions 0..len-1. Positions index
+    the cache directly, so moving back (truncate) needs no cache reset.
+    """
 
-class Generator:
-    def __init__(self, backend, tokenizer, device: str = "cpu", decode_fn=None):
-        self.backend = backend
-        self.tokenizer = tokenizer
+    def __init__(self, model: LLMModel, step: Optional[Forward] = None, device: str = "cpu"):
+        self.model = model
+        # A compiled single-token step, when one is given (--compile).
+        self._step = step or model
         self.device = device
-        self.max_seq_length = backend.max_seq_length
-        # A compiled single-token step, when --compile asks for one.
-        self._decode = decode_fn or backend
-        self.cached: List[int] = []  # tokens whose K/V are in the cache
+        self.max_seq_length: int = model.max_seq_length
+        self.tokens: List[int] = []
 
-    def _forward(self, fn, ids: Sequence[int], start: int) -> torch.Tensor:
+    @property
+    def pos(self) -> int:
+        return len(self.tokens)
+
+    def check_fits(self, n_new: int, start: Optional[int] = None) -> None:
+        start = self.pos if start is None else start
+        if start + n_new >= self.max_seq_length:
+            used = f" and {start} are in use" if start else ""
+            raise ContextOverflow(
+                f"the prompt is {n_new} tokens{used}, but the context holds "
+                f"{self.max_seq_length} (raise --max-seq-length or shorten the prompt)")
+
+    def reuse(self, prompt: Sequence[int]) -> int:
+        """Keeps the cached prefix `prompt` shares (never all of it: the last
+        token must run to give logits) and returns its length."""
+        common, limit = 0, min(len(self.tokens), len(prompt) - 1)
+        while common < limit and self.tokens[common] == prompt[common]:
+            common += 1
+        self.truncate(common)
+        return common
+
+    def truncate(self, n: int) -> None:
+        del self.tokens[n:]
+
+    def _run(self, fn: Forward, ids: Sequence[int]) -> torch.Tensor:
+        start = self.pos
         tokens = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         pos = torch.arange(start, start + len(ids), dtype=torch.long, device=self.device)
-        return fn(tokens, pos)
+        logits = fn(tokens, pos)
+        self.tokens.extend(int(i) for i in ids)
+        return logits
 
-    def check_fits(self, prompt: Sequence[int]) -> None:
-        if len(prompt) >= self.max_seq_length:
-            raise ContextOverflow(
-                f"prompt is {len(prompt)} tokens but the context holds "
-                f"{self.max_seq_length} (raise --max-seq-length or shorten the prompt)"
-            )
+    def prefill(self, ids: Sequence[int]) -> torch.Tensor:
+        """Runs `ids` at the slot's next positions; logits of the last one."""
+        if not ids:
+            raise ValueError("nothing to prefill")
+        self.check_fits(len(ids))
+        return self._run(self.model, ids)
 
-    @torch.inference_mode()
-    def generate(
-        self,
-        prompt: Sequence[int],
-        sampler,
-        max_new_tokens: int,
-        on_text: Optional[Callable[[str], None]] = None,
-        stop_ids: Sequence[int] = (),
-    ):
-        """Returns (new token ids, Stats); streams decoded text to on_text."""
-        self.check_fits(prompt)
-        prompt = list(prompt)
-        # Reuse the cached prefix, but always run at least the last token.
-        common = 0
-        limit = min(len(self.cached), len(prompt) - 1)
-        while common < limit and self.cached[common] == prompt[common]:
-            common += 1
-        self.cached = self.cached[:common]
-        stream = self.tokenizer.stream_decoder()
-        stop = set(stop_ids or self.tokenizer.eos_ids)
-        out: List[int] = []
-        reason = "max_new_tokens"
-        t0 = time.perf_counter()
-        t_first = t_prefill = None
+    def step(self, token: int) -> torch.Tensor:
+        return self._run(self._step, [token])
+
+
+@torch.inference_mode()
+def decode(slot: Slot, prompt: Sequence[int], pick: Pick, max_new_tokens: int,
+           stop_ids: Sequence[int] = (), stats: Optional[Stats] = None) -> Iterator[int]:
+    """The generation loop: yields each sampled id, a final stop id included.
+
+    Prefills only the part of `prompt` the slot does not hold yet, then
+    samples and steps until a stop id, `max_new_tokens` or a full context.
+    A consumer may stop early by closing the iterator (or breaking out);
+    `stats` is complete once the iterator is exhausted or closed.
+    """
+    stats = stats if stats is not None else Stats()
+    prompt = [int(i) for i in prompt]
+    stop = set(stop_ids)
+    stats.inference_start_ms = now_ms()
+    stats.stop_reason = "max_new_tokens"
+    common = slot.reuse(prompt)
+    slot.check_fits(len(prompt) - common, common)
+    history = list(prompt)
+    n = 0
+    try:
+        logits = slot.prefill(prompt[common:])
+        stats.num_prompt_tokens = len(prompt) - common
+        stats.prompt_eval_end_ms = now_ms()
+        while n < max_new_tokens:
+            tok = int(pick(logits, history))
+            if n == 0:
+                stats.first_token_ms = now_ms()
+            n += 1
+            history.append(tok)
+            stats.num_generated_tokens = n
+            # Decided before the yield: a consumer that stops at a stop id
+            # closes the iterator there.
+            done = ("eos" if tok in stop else "max_new_tokens" if n == max_new_tokens
+                    else "context" if slot.pos >= slot.max_seq_length else "")
+            if done:
+                stats.stop_reason = done
+            yield tok
+            if done:
+                break  # the last token never needs to run
+            logits = slot.step(tok)
+    except KeyboardInterrupt:
+        stats.stop_reason = "interrupted"
+        raise
+    finally:
+        stats.inference_end_ms = now_ms()
+        if not stats.first_token_ms:
+            stats.first_token_ms = stats.prompt_eval_end_ms = stats.inference_end_ms
+        stats.peak_rss_bytes = peak_rss_bytes()
+
+
+def argmax(logits: torch.Tensor, history: Sequence[int] = ()) -> int:
+    return int(logits.reshape(-1).argmax())
+
+
+def greedy(model: LLMModel, ids: Sequence[int], steps: int, stop_ids: Sequence[int] = ()) -> List[int]:
+    """Up to `steps` greedy tokens after `ids`, ending before a stop id."""
+    out = list(decode(Slot(model), ids, argmax, steps, stop_ids))
+    return out[:-1] if out and out[-1] in set(stop_ids) else out
+
+
+@dataclass
+class Reply:
+    ids: List[int]  # without the stop id
+    text: str
+    stats: Stats = field(default_factory=Stats)
+
+
+def generate_text(slot: Slot, tokenizer, prompt: Sequence[int], pick: Pick, max_new_tokens: int,
+                  on_text: Optional[Callable[[str], None]] = None,
+                  stop_ids: Optional[Sequence[int]] = None) -> Reply:
+    """decode() with the tokenizer's streaming decoder: on_text gets whole
+    UTF-8 characters as they complete. A stop id is never printed.
+
+    Ctrl-C ends the reply with stop_reason "interrupted" instead of raising.
+    """
+    stats = Stats()
+    stop = tuple(tokenizer.eos_ids if stop_ids is None else stop_ids)
+    stream = tokenizer.stream_decoder()
+    ids: List[int] = []
+    pieces: List[str] = []
+
+    def emit(text: str) -> None:
+        if text:
+            pieces.append(text)
+            if on_text:
+                on_text(text)
+
+    try:
+        for tok in decode(slot, prompt, pick, max_new_tokens, stop, stats):
+            if tok in stop:
+                break
+            ids.append(tok)
+            emit(stream.push(tok))
+    except KeyboardInterrupt:
+        stats.stop_reason = "interrupted"
+    emit(stream.flush())
+    return Reply(ids, "".join(pieces), stats)
+
+
+# Room a turn keeps for its answer: min(max_new_tokens, this). The same number
+# as runner/common/chat_session.h's kChatAnswerReserve.
+CHAT_ANSWER_RESERVE = 16
+
+
+class ChatSession:
+    """Multi-turn chat over one slot, with runner/common/chat_session.h's policy.
+
+    Each turn renders the whole conversation with the chat template; the slot
+    prefills only what its cache lacks. When the conversation plus room for an
+    answer outgrows the context, the oldest exchange is dropped (never the
+    system prompt or the new question). A question too long even alone raises
+    ContextOverflow and leaves the conversation as it was.
+    """
+
+    def __init__(self, slot: Slot, tokenizer, template, system_prompt: Optional[str] = None):
+        self.slot = slot
+        self.tokenizer = tokenizer
+        self.template = template
+        self.system_prompt = system_prompt
+        self.messages: List[Dict[str, str]] = []
+        self.dropped_last_turn = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        self.dropped_last_turn = 0
+
+    def _render(self) -> List[int]:
+        # The template writes any bos itself.
+        text = self.template.render(self.messages, add_generation_prompt=True)
+        return self.tokenizer.encode(text, bos=False)
+
+    def turn(self, text: str, pick: Pick, max_new_tokens: int,
+             on_text: Optional[Callable[[str], None]] = None) -> Reply:
+        before = list(self.messages)
+        self.messages.append({"role": "user", "content": text})
+        self.dropped_last_turn = 0
+        first = 1 if self.system_prompt else 0
+        room = self.slot.max_seq_length - min(max_new_tokens, CHAT_ANSWER_RESERVE)
         try:
-            logits = self._forward(self.backend, prompt[common:], common)
-            self.cached = prompt[:]
-            t_prefill = time.perf_counter()
-            pos = len(prompt)
-            recent = prompt[-64:]
-            while len(out) < max_new_tokens:
-                tok = sampler.sample(logits, recent)
-                if t_first is None:
-                    t_first = time.perf_counter()
-                if tok in stop:
-                    reason = "eos"
-                    break
-                out.append(tok)
-                recent = (recent + [tok])[-64:]
-                if on_text:
-                    text = stream.push(tok)
-                    if text:
-                        on_text(text)
-                if pos >= self.max_seq_length:
-                    reason = "context"
-                    break
-                if len(out) == max_new_tokens:
-                    break
-                logits = self._forward(self._decode, [tok], pos)
-                self.cached.append(tok)
-                pos += 1
-        except KeyboardInterrupt:
-            reason = "interrupted"
-        if on_text:
-            tail = stream.flush()
-            if tail:
-                on_text(tail)
-        t_end = time.perf_counter()
-        t_prefill = t_prefill or t_end
-        t_first = t_first or t_end
-        n_prefill = len(prompt) - common
-        decode_steps = max(len(out) - 1, 0)
-        decode_s = t_end - t_first
-        return out, Stats(
-            prompt_tokens=len(prompt),
-            prefill_tokens=n_prefill,
-            new_tokens=len(out),
-            ttft_s=t_first - t0,
-            prefill_tok_s=n_prefill / max(t_prefill - t0, 1e-9),
-            decode_tok_s=decode_steps / decode_s if decode_steps and decode_s > 0 else 0.0,
-            total_s=t_end - t0,
-            peak_rss_mib=peak_rss_mib(),
-            stop_reason=reason,
-        )
+            ids = self._render()
+            while len(ids) > room and len(self.messages) > first + 1:
+                drop = 2 if len(self.messages) - first >= 3 else 1
+                del self.messages[first:first + drop]
+                self.dropped_last_turn += 1
+                ids = self._render()
+            self.slot.check_fits(len(ids), 0)
+        except Exception:
+            self.messages = before
+            raise
+        budget = max(1, min(max_new_tokens, self.slot.max_seq_length - len(ids)))
+        reply = generate_text(self.slot, self.tokenizer, ids, pick, budget, on_text)
+        self.messages.append({"role": "assistant", "content": reply.text})
+        return reply

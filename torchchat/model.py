@@ -166,7 +166,7 @@ def _hf_rope_scaling(cfg: Dict[str, Any]) -> Optional[Dict[str, float]]:
 
 def model_args(config: ModelConfig, max_seq_length: int, full_logits: bool = False):
     """ExecuTorch ModelArgs for `config` with a static KV cache."""
-    from executorch.examples.models.llama.model_args import ModelArgs
+    from torchchat import executorch_compat as et
 
     kw: Dict[str, Any] = {}
     if config.rope_scaling:
@@ -179,7 +179,7 @@ def model_args(config: ModelConfig, max_seq_length: int, full_logits: bool = Fal
         factor = config.rope_scaling["factor"]
         high = config.rope_scaling.get("high_freq_factor", 4.0)
         kw.update(use_scaled_rope=True, rope_scale_factor=factor, high_freq_factor=high)
-    return ModelArgs(
+    return et.model_args(
         dim=config.dim,
         n_layers=config.n_layers,
         n_heads=config.n_heads,
@@ -269,13 +269,13 @@ def build_model(
     full_logits: bool = False,
 ) -> Model:
     """An un-initialised (meta-free, zero-filled cache) model for `config`."""
-    from executorch.examples.models.llama.llama_transformer import construct_transformer
+    from torchchat import executorch_compat as et
 
     if max_seq_length is None:
         max_seq_length = min(config.max_context, 2048)
     args = model_args(config, max_seq_length, full_logits)
     with torch.device("cpu"):
-        transformer = construct_transformer(args)
+        transformer = et.construct_transformer(args)
     model = Model(config, transformer, max_seq_length)
     model.to(dtype=dtype)
     # RoPE tables stay fp32: bf16 angles drift by whole radians at long range.

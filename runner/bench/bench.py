@@ -81,7 +81,12 @@ def run_runner(exe, artifact, prompt, n, threads):
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(p.stderr.strip().splitlines()[-1])
-    s = json.loads(stats.read_text())
+    return row(json.loads(stats.read_text()))
+
+
+def row(s):
+    """The bench's columns from one Stats JSON; the runners and the CLI write
+    the same schema (runner/common/stats.h, torchchat.generate.Stats)."""
     return {"ttft_s": s["ttft_s"], "prefill": s["prefill_tok_s"], "decode": s["decode_tok_s"],
             "tokens": s["num_generated_tokens"]}
 
@@ -89,14 +94,12 @@ def run_runner(exe, artifact, prompt, n, threads):
 def run_eager(model, prompt, n, max_seq):
     stats = Path(tempfile.mkdtemp()) / "stats.json"
     cmd = [str(binary("torchchat/torchchat")), "generate"] + ([model] if model else []) + [
-        "--prompt", prompt, "--raw", "--max-new-tokens", str(n), "--temperature", "0",
+        "--prompt", prompt, "--max-new-tokens", str(n), "--temperature", "0",
         "--max-seq-length", str(max_seq), "--stats-json", str(stats), "--quiet"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(p.stderr.strip().splitlines()[-1])
-    a = json.loads(stats.read_text())["answers"][-1]
-    return {"ttft_s": a["ttft_s"], "prefill": a["prefill_tok_s"], "decode": a["decode_tok_s"],
-            "tokens": a["new_tokens"]}
+    return row(json.loads(stats.read_text())["answers"][-1])
 
 
 def run_et_runner(pte, prompt, n):

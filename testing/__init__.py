@@ -1,0 +1,1 @@
+"""Test-only models and artifacts shared by tests across the tree."""
