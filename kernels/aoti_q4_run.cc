@@ -16,7 +16,7 @@
 
 namespace {
 
-bool read_matrix(const std::string& path, at::Tensor* out) {
+bool ReadMatrix(const std::string& path, at::Tensor* out) {
   std::ifstream f(path, std::ios::binary);
   int64_t r = 0, c = 0;
   if (!(f >> r >> c) || r <= 0 || c <= 0) return false;
@@ -26,7 +26,7 @@ bool read_matrix(const std::string& path, at::Tensor* out) {
   return bool(f);
 }
 
-bool write_matrix(const std::string& path, const at::Tensor& t) {
+bool WriteMatrix(const std::string& path, const at::Tensor& t) {
   const at::Tensor c = t.contiguous().to(at::kFloat).reshape({t.size(0), -1});
   std::ofstream f(path, std::ios::binary);
   f << c.size(0) << " " << c.size(1) << "\n";
@@ -43,13 +43,13 @@ int main(int argc, char** argv) {
   }
   try {
     at::Tensor x;
-    if (!read_matrix(argv[2], &x)) {
+    if (!ReadMatrix(argv[2], &x)) {
       std::fprintf(stderr, "error: cannot read input matrix %s\n", argv[2]);
       return 1;
     }
     torch::inductor::AOTIModelPackageLoader loader(argv[1]);
     std::vector<at::Tensor> out = loader.run({x});
-    if (out.empty() || !write_matrix(argv[3], out[0])) {
+    if (out.empty() || !WriteMatrix(argv[3], out[0])) {
       std::fprintf(stderr, "error: cannot write output %s\n", argv[3]);
       return 1;
     }

@@ -52,17 +52,17 @@ using RowsFn = void (*)(const Args&, int64_t n0, int64_t n1);
 
 // ---------------------------------------------------------------- scalar ---
 
-void widen_scalar(const uint16_t* h, float* f, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) f[i] = fp16_to_fp32(h[i]);
+void WidenScalar(const uint16_t* h, float* f, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) f[i] = Fp16ToFp32(h[i]);
 }
 
-void dequant_row_scalar(const Q4Weight& w, int64_t row, float* out) {
-  const int64_t nb = q4_num_blocks(w.k);
+void DequantRowScalar(const Q4Weight& w, int64_t row, float* out) {
+  const int64_t nb = Q4NumBlocks(w.k);
   const uint8_t* qs = w.qs + row * nb * 16;
   const uint16_t* d = w.scales + row * 2 * nb;
   const uint16_t* mn = d + nb;
   for (int64_t b = 0; b < nb; ++b) {
-    const float db = fp16_to_fp32(d[b]), mb = fp16_to_fp32(mn[b]);
+    const float db = Fp16ToFp32(d[b]), mb = Fp16ToFp32(mn[b]);
     for (int j = 0; j < 16; ++j) {
       out[b * 32 + j] = db * float(qs[b * 16 + j] & 0xF) + mb;
       out[b * 32 + j + 16] = db * float(qs[b * 16 + j] >> 4) + mb;
@@ -70,8 +70,8 @@ void dequant_row_scalar(const Q4Weight& w, int64_t row, float* out) {
   }
 }
 
-void gemv_rows_scalar(const Args& a, int64_t n0, int64_t n1) {
-  const int64_t nb = q4_num_blocks(a.w->k);
+void GemvRowsScalar(const Args& a, int64_t n0, int64_t n1) {
+  const int64_t nb = Q4NumBlocks(a.w->k);
   float dbuf[kChunk], mbuf[kChunk];
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* qs = a.w->qs + n * nb * 16;
@@ -82,8 +82,8 @@ void gemv_rows_scalar(const Args& a, int64_t n0, int64_t n1) {
       float acc = 0.f, macc = 0.f;
       for (int64_t c = 0; c < nb; c += kChunk) {
         const int64_t cn = std::min(kChunk, nb - c);
-        widen_scalar(d + c, dbuf, cn);
-        widen_scalar(d + nb + c, mbuf, cn);
+        WidenScalar(d + c, dbuf, cn);
+        WidenScalar(d + nb + c, mbuf, cn);
         for (int64_t b = 0; b < cn; ++b) {
           const uint8_t* q = qs + (c + b) * 16;
           const float* xb = x + (c + b) * 32;
@@ -98,11 +98,11 @@ void gemv_rows_scalar(const Args& a, int64_t n0, int64_t n1) {
   }
 }
 
-void tile_rows_scalar(const Args& a, int64_t n0, int64_t n1) {
-  const int64_t kp = q4_num_blocks(a.w->k) * 32;
+void TileRowsScalar(const Args& a, int64_t n0, int64_t n1) {
+  const int64_t kp = Q4NumBlocks(a.w->k) * 32;
   std::vector<float> wrow(kp);
   for (int64_t n = n0; n < n1; ++n) {
-    dequant_row_scalar(*a.w, n, wrow.data());
+    DequantRowScalar(*a.w, n, wrow.data());
     for (int64_t i = 0; i < a.m; ++i) {
       const float* x = a.x + i * a.ldx;
       float acc = 0.f;
@@ -115,14 +115,14 @@ void tile_rows_scalar(const Args& a, int64_t n0, int64_t n1) {
 #if TC_Q4_X86
 // ---------------------------------------------------------------- AVX2 -----
 
-TC_TARGET("avx2,fma,f16c") void widen_avx2(const uint16_t* h, float* f, int64_t n) {
+TC_TARGET("avx2,fma,f16c") void WidenAvx2(const uint16_t* h, float* f, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
   for (; i < n; ++i) f[i] = _cvtsh_ss(h[i]);
 }
 
-TC_TARGET("avx2,fma,f16c") inline float hsum_avx2(__m256 v) {
+TC_TARGET("avx2,fma,f16c") inline float HsumAvx2(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -132,7 +132,7 @@ TC_TARGET("avx2,fma,f16c") inline float hsum_avx2(__m256 v) {
 // q.x for one block: codes 0..7|16..23 come from bytes 0..7, 8..15|24..31
 // from bytes 8..15.
 TC_TARGET("avx2,fma,f16c")
-inline __m256 block_dot_avx2(const uint8_t* q, __m256 x0, __m256 x1, __m256 x2, __m256 x3) {
+inline __m256 BlockDotAvx2(const uint8_t* q, __m256 x0, __m256 x1, __m256 x2, __m256 x3) {
   const __m256i m4 = _mm256_set1_epi32(0xF);
   const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
   const __m256i a = _mm256_cvtepu8_epi32(raw);
@@ -144,15 +144,16 @@ inline __m256 block_dot_avx2(const uint8_t* q, __m256 x0, __m256 x1, __m256 x2, 
   return _mm256_add_ps(t0, t1);
 }
 
-TC_TARGET("avx2,fma,f16c") void block_sums_avx2(const float* x, int64_t nb, float* xs) {
+TC_TARGET("avx2,fma,f16c") void BlockSumsAvx2(const float* x, int64_t nb, float* xs) {
   for (int64_t b = 0; b < nb; ++b) {
     const float* p = x + b * 32;
-    xs[b] = hsum_avx2(_mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)),
-                                    _mm256_add_ps(_mm256_loadu_ps(p + 16), _mm256_loadu_ps(p + 24))));
+    xs[b] = HsumAvx2(
+        _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)),
+                      _mm256_add_ps(_mm256_loadu_ps(p + 16), _mm256_loadu_ps(p + 24))));
   }
 }
 
-TC_TARGET("avx2,fma,f16c") inline __m256 load_fp16x8(const uint16_t* h, int64_t n) {
+TC_TARGET("avx2,fma,f16c") inline __m256 LoadFp16x8(const uint16_t* h, int64_t n) {
   if (n >= 8) return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
   alignas(16) uint16_t tmp[8] = {};
   std::memcpy(tmp, h, size_t(n) * 2);
@@ -161,8 +162,8 @@ TC_TARGET("avx2,fma,f16c") inline __m256 load_fp16x8(const uint16_t* h, int64_t 
 
 template <int R>
 TC_TARGET("avx2,fma,f16c")
-inline void gemv_group_avx2(const Args& a, int64_t n, int64_t i) {
-  const int64_t nb = q4_num_blocks(a.w->k);
+inline void GemvGroupAvx2(const Args& a, int64_t n, int64_t i) {
+  const int64_t nb = Q4NumBlocks(a.w->k);
   const float* x = a.x + i * a.ldx;
   const float* xs = a.xs + i * nb;
   alignas(32) float dbuf[R][8];
@@ -177,8 +178,8 @@ inline void gemv_group_avx2(const Args& a, int64_t n, int64_t i) {
     TC_UNROLL
     for (int r = 0; r < R; ++r) {
       const uint16_t* d = a.w->scales + (n + r) * 2 * nb + c;
-      _mm256_store_ps(dbuf[r], load_fp16x8(d, cn));
-      macc[r] = _mm256_fmadd_ps(load_fp16x8(d + nb, cn), xsv, macc[r]);
+      _mm256_store_ps(dbuf[r], LoadFp16x8(d, cn));
+      macc[r] = _mm256_fmadd_ps(LoadFp16x8(d + nb, cn), xsv, macc[r]);
     }
     for (int64_t b = 0; b < cn; ++b) {
       const float* xb = x + (c + b) * 32;
@@ -187,25 +188,27 @@ inline void gemv_group_avx2(const Args& a, int64_t n, int64_t i) {
       TC_UNROLL
       for (int r = 0; r < R; ++r) {
         const uint8_t* q = a.w->qs + ((n + r) * nb + c + b) * 16;
-        acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dbuf[r][b]), block_dot_avx2(q, x0, x1, x2, x3), acc[r]);
+        acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dbuf[r][b]), BlockDotAvx2(q, x0, x1, x2, x3),
+                                 acc[r]);
       }
     }
   }
   TC_UNROLL
   for (int r = 0; r < R; ++r)
-    a.y[i * a.w->n + n + r] = hsum_avx2(_mm256_add_ps(acc[r], macc[r])) + (a.bias ? a.bias[n + r] : 0.f);
+    a.y[i * a.w->n + n + r] =
+        HsumAvx2(_mm256_add_ps(acc[r], macc[r])) + (a.bias ? a.bias[n + r] : 0.f);
 }
 
-TC_TARGET("avx2,fma,f16c") void gemv_rows_avx2(const Args& a, int64_t n0, int64_t n1) {
+TC_TARGET("avx2,fma,f16c") void GemvRowsAvx2(const Args& a, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + 2 <= n1; n += 2)
-    for (int64_t i = 0; i < a.m; ++i) gemv_group_avx2<2>(a, n, i);
+    for (int64_t i = 0; i < a.m; ++i) GemvGroupAvx2<2>(a, n, i);
   for (; n < n1; ++n)
-    for (int64_t i = 0; i < a.m; ++i) gemv_group_avx2<1>(a, n, i);
+    for (int64_t i = 0; i < a.m; ++i) GemvGroupAvx2<1>(a, n, i);
 }
 
-TC_TARGET("avx2,fma,f16c") void dequant_row_avx2(const Q4Weight& w, int64_t row, float* out) {
-  const int64_t nb = q4_num_blocks(w.k);
+TC_TARGET("avx2,fma,f16c") void DequantRowAvx2(const Q4Weight& w, int64_t row, float* out) {
+  const int64_t nb = Q4NumBlocks(w.k);
   const uint8_t* qs = w.qs + row * nb * 16;
   const uint16_t* d = w.scales + row * 2 * nb;
   const __m256i m4 = _mm256_set1_epi32(0xF);
@@ -225,8 +228,8 @@ TC_TARGET("avx2,fma,f16c") void dequant_row_avx2(const Q4Weight& w, int64_t row,
 // MR rows of x against kNR dequantized weight rows.
 template <int MR>
 TC_TARGET("avx2,fma,f16c")
-void micro_avx2(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr, float* out,
-                int64_t ldo) {
+void MicroAvx2(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr, float* out,
+               int64_t ldo) {
   __m256 acc[MR][kNR];
   TC_UNROLL
   for (int i = 0; i < MR; ++i)
@@ -246,12 +249,13 @@ void micro_avx2(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr
   TC_UNROLL
   for (int i = 0; i < MR; ++i)
     TC_UNROLL
-    for (int j = 0; j < nr; ++j) out[i * ldo + j] = hsum_avx2(acc[i][j]);
+    for (int j = 0; j < nr; ++j) out[i * ldo + j] = HsumAvx2(acc[i][j]);
 }
 
 // ---------------------------------------------------------------- AVX-512 --
 
-TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") void widen_avx512(const uint16_t* h, float* f, int64_t n) {
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
+void WidenAvx512(const uint16_t* h, float* f, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
     _mm512_storeu_ps(f + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i))));
@@ -262,10 +266,10 @@ TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") void widen_avx512(const uint16_t
 }
 
 // gcc 12's _mm512_reduce_add_ps trips -Wmaybe-uninitialized in its own header.
-TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") inline float hsum_avx512(__m512 v) {
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") inline float HsumAvx512(__m512 v) {
   const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-  return hsum_avx2(h);
+  return HsumAvx2(h);
 }
 
 #ifndef TC_Q4_PERMUTE
@@ -274,7 +278,7 @@ TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") inline float hsum_avx512(__m512 
 
 // q.x of one block, x's halves already loaded.
 TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
-inline __m512 block_dot_avx512(const uint8_t* q, __m512 xlo, __m512 xhi) {
+inline __m512 BlockDotAvx512(const uint8_t* q, __m512 xlo, __m512 xhi) {
   const __m512i qi = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
 #if TC_Q4_PERMUTE
   // vpermps reads only the low 4 index bits: a 16-entry table {0..15} turns a
@@ -290,17 +294,18 @@ inline __m512 block_dot_avx512(const uint8_t* q, __m512 xlo, __m512 xhi) {
 }
 
 TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
-void block_sums_avx512(const float* x, int64_t nb, float* xs) {
+void BlockSumsAvx512(const float* x, int64_t nb, float* xs) {
   for (int64_t b = 0; b < nb; ++b)
-    xs[b] = hsum_avx512(_mm512_add_ps(_mm512_loadu_ps(x + b * 32), _mm512_loadu_ps(x + b * 32 + 16)));
+    xs[b] = HsumAvx512(
+        _mm512_add_ps(_mm512_loadu_ps(x + b * 32), _mm512_loadu_ps(x + b * 32 + 16)));
 }
 
 // R weight rows at once against one row of x: each x block is loaded once
 // for R rows, and the R accumulator chains run in parallel.
 template <int R>
 TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
-inline void gemv_group_avx512(const Args& a, int64_t n, int64_t i) {
-  const int64_t nb = q4_num_blocks(a.w->k);
+inline void GemvGroupAvx512(const Args& a, int64_t n, int64_t i) {
+  const int64_t nb = Q4NumBlocks(a.w->k);
   const float* x = a.x + i * a.ldx;
   const float* xs = a.xs + i * nb;
   alignas(64) float dbuf[R][16];
@@ -325,25 +330,28 @@ inline void gemv_group_avx512(const Args& a, int64_t n, int64_t i) {
       for (int r = 0; r < R; ++r) {
         const uint8_t* q = a.w->qs + ((n + r) * nb + c + b) * 16;
         if (b % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(q + kPf * R * nb * 16), _MM_HINT_T0);
-        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(dbuf[r][b]), block_dot_avx512(q, xlo, xhi), acc[r]);
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(dbuf[r][b]), BlockDotAvx512(q, xlo, xhi), acc[r]);
       }
     }
   }
   TC_UNROLL
   for (int r = 0; r < R; ++r)
-    a.y[i * a.w->n + n + r] = hsum_avx512(_mm512_add_ps(acc[r], macc[r])) + (a.bias ? a.bias[n + r] : 0.f);
+    a.y[i * a.w->n + n + r] =
+        HsumAvx512(_mm512_add_ps(acc[r], macc[r])) + (a.bias ? a.bias[n + r] : 0.f);
 }
 
-TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") void gemv_rows_avx512(const Args& a, int64_t n0, int64_t n1) {
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
+void GemvRowsAvx512(const Args& a, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4)
-    for (int64_t i = 0; i < a.m; ++i) gemv_group_avx512<4>(a, n, i);
+    for (int64_t i = 0; i < a.m; ++i) GemvGroupAvx512<4>(a, n, i);
   for (; n < n1; ++n)
-    for (int64_t i = 0; i < a.m; ++i) gemv_group_avx512<1>(a, n, i);
+    for (int64_t i = 0; i < a.m; ++i) GemvGroupAvx512<1>(a, n, i);
 }
 
-TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") void dequant_row_avx512(const Q4Weight& w, int64_t row, float* out) {
-  const int64_t nb = q4_num_blocks(w.k);
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
+void DequantRowAvx512(const Q4Weight& w, int64_t row, float* out) {
+  const int64_t nb = Q4NumBlocks(w.k);
   const uint8_t* qs = w.qs + row * nb * 16;
   const uint16_t* d = w.scales + row * 2 * nb;
   for (int64_t b = 0; b < nb; ++b) {
@@ -357,8 +365,8 @@ TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") void dequant_row_avx512(const Q4
 
 template <int MR>
 TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
-void micro_avx512(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr, float* out,
-                  int64_t ldo) {
+void MicroAvx512(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr, float* out,
+                 int64_t ldo) {
   __m512 acc[MR][kNR];
   TC_UNROLL
   for (int i = 0; i < MR; ++i)
@@ -379,7 +387,7 @@ void micro_avx512(const float* x, int64_t ldx, const float* wt, int64_t kp, int 
   TC_UNROLL
   for (int i = 0; i < MR; ++i)
     TC_UNROLL
-    for (int j = 0; j < nr; ++j) out[i * ldo + j] = hsum_avx512(acc[i][j]);
+    for (int j = 0; j < nr; ++j) out[i * ldo + j] = HsumAvx512(acc[i][j]);
 }
 
 // ------------------------------------------------ AVX-512 VNNI, 16-bit x ---
@@ -401,7 +409,7 @@ void micro_avx512(const float* x, int64_t ldx, const float* wt, int64_t kp, int 
 // per block) and one vpermps spreads each block's d*s over its lanes.
 #define TC_VNNI "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c"
 
-TC_TARGET(TC_VNNI) inline float hmax_avx512(__m512 v) {
+TC_TARGET(TC_VNNI) inline float HmaxAvx512(__m512 v) {
   __m256 h = _mm256_max_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
   __m128 q = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
   q = _mm_max_ps(q, _mm_movehl_ps(q, q));
@@ -412,10 +420,10 @@ TC_TARGET(TC_VNNI) inline float hmax_avx512(__m512 v) {
 // Rounds x[nb*32] to int16 per block into out (natural order, nb*32) and the
 // block scales into sc[nb]. False if a block is not finite or so small that
 // 32767/max overflows: the caller then uses the float kernel.
-TC_TARGET(TC_VNNI) bool quantize_x16(const float* x, int64_t nb, int16_t* out, float* sc) {
+TC_TARGET(TC_VNNI) bool QuantizeX16(const float* x, int64_t nb, int16_t* out, float* sc) {
   for (int64_t b = 0; b < nb; ++b) {
     const __m512 v0 = _mm512_loadu_ps(x + b * 32), v1 = _mm512_loadu_ps(x + b * 32 + 16);
-    const float amax = hmax_avx512(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float amax = HmaxAvx512(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
     if (!(amax <= 3.0e38f) || (amax != 0.f && amax < 1e-30f)) return false;
     const __m512 inv = _mm512_set1_ps(amax == 0.f ? 0.f : 32767.f / amax);
     const __m256i lo = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)));
@@ -429,8 +437,8 @@ TC_TARGET(TC_VNNI) bool quantize_x16(const float* x, int64_t nb, int16_t* out, f
 
 template <int R>
 TC_TARGET(TC_VNNI)
-inline void gemv_group_vnni(const Args& a, int64_t n, int64_t i) {
-  const int64_t nb = q4_num_blocks(a.w->k);
+inline void GemvGroupVnni(const Args& a, int64_t n, int64_t i) {
+  const int64_t nb = Q4NumBlocks(a.w->k);
   const int16_t* xq = a.xq + i * a.ldq;
   const float* xs = a.xs + i * nb;
   const float* xsc = a.xsc + i * a.lds;
@@ -475,15 +483,16 @@ inline void gemv_group_vnni(const Args& a, int64_t n, int64_t i) {
   }
   TC_UNROLL
   for (int r = 0; r < R; ++r)
-    a.y[i * a.w->n + n + r] = hsum_avx512(_mm512_add_ps(facc[r], macc[r])) + (a.bias ? a.bias[n + r] : 0.f);
+    a.y[i * a.w->n + n + r] =
+        HsumAvx512(_mm512_add_ps(facc[r], macc[r])) + (a.bias ? a.bias[n + r] : 0.f);
 }
 
-TC_TARGET(TC_VNNI) void gemv_rows_vnni(const Args& a, int64_t n0, int64_t n1) {
+TC_TARGET(TC_VNNI) void GemvRowsVnni(const Args& a, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4)
-    for (int64_t i = 0; i < a.m; ++i) gemv_group_vnni<4>(a, n, i);
+    for (int64_t i = 0; i < a.m; ++i) GemvGroupVnni<4>(a, n, i);
   for (; n < n1; ++n)
-    for (int64_t i = 0; i < a.m; ++i) gemv_group_vnni<1>(a, n, i);
+    for (int64_t i = 0; i < a.m; ++i) GemvGroupVnni<1>(a, n, i);
 }
 #endif  // TC_Q4_X86
 
@@ -501,8 +510,8 @@ struct Q8Args {
   int64_t ldq = 0, lds = 0;
 };
 
-void q8_rows_scalar(const Q8Args& a, int64_t n0, int64_t n1) {
-  const int64_t nb = q4_num_blocks(a.w->k);
+void Q8RowsScalar(const Q8Args& a, int64_t n0, int64_t n1) {
+  const int64_t nb = Q4NumBlocks(a.w->k);
   for (int64_t n = n0; n < n1; ++n)
     for (int64_t i = 0; i < a.m; ++i) {
       const float* x = a.x + i * a.ldx;
@@ -511,7 +520,7 @@ void q8_rows_scalar(const Q8Args& a, int64_t n0, int64_t n1) {
         const int8_t* q = a.w->qs + (n * nb + b) * 32;
         float t = 0.f;
         for (int j = 0; j < 32; ++j) t += float(q[j]) * x[b * 32 + j];
-        acc += fp16_to_fp32(a.w->scales[n * nb + b]) * t;
+        acc += Fp16ToFp32(a.w->scales[n * nb + b]) * t;
       }
       a.y[i * a.w->n + n] = acc + (a.bias ? a.bias[n] : 0.f);
     }
@@ -520,8 +529,8 @@ void q8_rows_scalar(const Q8Args& a, int64_t n0, int64_t n1) {
 #if TC_Q4_X86
 template <int R>
 TC_TARGET("avx2,fma,f16c")
-inline void q8_group_avx2(const Q8Args& a, int64_t n, int64_t i) {
-  const int64_t nb = q4_num_blocks(a.w->k);
+inline void Q8GroupAvx2(const Q8Args& a, int64_t n, int64_t i) {
+  const int64_t nb = Q4NumBlocks(a.w->k);
   const float* x = a.x + i * a.ldx;
   __m256 acc[R];
   TC_UNROLL
@@ -544,21 +553,22 @@ inline void q8_group_avx2(const Q8Args& a, int64_t n, int64_t i) {
     }
   }
   TC_UNROLL
-  for (int r = 0; r < R; ++r) a.y[i * a.w->n + n + r] = hsum_avx2(acc[r]) + (a.bias ? a.bias[n + r] : 0.f);
+  for (int r = 0; r < R; ++r)
+    a.y[i * a.w->n + n + r] = HsumAvx2(acc[r]) + (a.bias ? a.bias[n + r] : 0.f);
 }
 
-TC_TARGET("avx2,fma,f16c") void q8_rows_avx2(const Q8Args& a, int64_t n0, int64_t n1) {
+TC_TARGET("avx2,fma,f16c") void Q8RowsAvx2(const Q8Args& a, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + 2 <= n1; n += 2)
-    for (int64_t i = 0; i < a.m; ++i) q8_group_avx2<2>(a, n, i);
+    for (int64_t i = 0; i < a.m; ++i) Q8GroupAvx2<2>(a, n, i);
   for (; n < n1; ++n)
-    for (int64_t i = 0; i < a.m; ++i) q8_group_avx2<1>(a, n, i);
+    for (int64_t i = 0; i < a.m; ++i) Q8GroupAvx2<1>(a, n, i);
 }
 
 template <int R>
 TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
-inline void q8_group_avx512(const Q8Args& a, int64_t n, int64_t i) {
-  const int64_t nb = q4_num_blocks(a.w->k);
+inline void Q8GroupAvx512(const Q8Args& a, int64_t n, int64_t i) {
+  const int64_t nb = Q4NumBlocks(a.w->k);
   const float* x = a.x + i * a.ldx;
   __m512 acc[R];
   TC_UNROLL
@@ -578,22 +588,24 @@ inline void q8_group_avx512(const Q8Args& a, int64_t n, int64_t i) {
     }
   }
   TC_UNROLL
-  for (int r = 0; r < R; ++r) a.y[i * a.w->n + n + r] = hsum_avx512(acc[r]) + (a.bias ? a.bias[n + r] : 0.f);
+  for (int r = 0; r < R; ++r)
+    a.y[i * a.w->n + n + r] = HsumAvx512(acc[r]) + (a.bias ? a.bias[n + r] : 0.f);
 }
 
-TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") void q8_rows_avx512(const Q8Args& a, int64_t n0, int64_t n1) {
+TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
+void Q8RowsAvx512(const Q8Args& a, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4)
-    for (int64_t i = 0; i < a.m; ++i) q8_group_avx512<4>(a, n, i);
+    for (int64_t i = 0; i < a.m; ++i) Q8GroupAvx512<4>(a, n, i);
   for (; n < n1; ++n)
-    for (int64_t i = 0; i < a.m; ++i) q8_group_avx512<1>(a, n, i);
+    for (int64_t i = 0; i < a.m; ++i) Q8GroupAvx512<1>(a, n, i);
 }
 // Q8_0 with 16-bit x: one block is 32 int8 codes, sign-extended to the 32
 // lanes of one vpdpwssd.
 template <int R>
 TC_TARGET(TC_VNNI)
-inline void q8_group_vnni(const Q8Args& a, int64_t n, int64_t i) {
-  const int64_t nb = q4_num_blocks(a.w->k);
+inline void Q8GroupVnni(const Q8Args& a, int64_t n, int64_t i) {
+  const int64_t nb = Q4NumBlocks(a.w->k);
   const int16_t* xq = a.xq + i * a.ldq;
   const float* xsc = a.xsc + i * a.lds;
   alignas(64) float dd[R][16];
@@ -621,15 +633,16 @@ inline void q8_group_vnni(const Q8Args& a, int64_t n, int64_t i) {
     }
   }
   TC_UNROLL
-  for (int r = 0; r < R; ++r) a.y[i * a.w->n + n + r] = hsum_avx512(acc[r]) + (a.bias ? a.bias[n + r] : 0.f);
+  for (int r = 0; r < R; ++r)
+    a.y[i * a.w->n + n + r] = HsumAvx512(acc[r]) + (a.bias ? a.bias[n + r] : 0.f);
 }
 
-TC_TARGET(TC_VNNI) void q8_rows_vnni(const Q8Args& a, int64_t n0, int64_t n1) {
+TC_TARGET(TC_VNNI) void Q8RowsVnni(const Q8Args& a, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4)
-    for (int64_t i = 0; i < a.m; ++i) q8_group_vnni<4>(a, n, i);
+    for (int64_t i = 0; i < a.m; ++i) Q8GroupVnni<4>(a, n, i);
   for (; n < n1; ++n)
-    for (int64_t i = 0; i < a.m; ++i) q8_group_vnni<1>(a, n, i);
+    for (int64_t i = 0; i < a.m; ++i) Q8GroupVnni<1>(a, n, i);
 }
 #endif  // TC_Q4_X86
 
@@ -640,7 +653,7 @@ struct Q8Job {
   Q8Args args;
 };
 
-void run_q8_job(void* ctx, int64_t begin, int64_t end) {
+void RunQ8Job(void* ctx, int64_t begin, int64_t end) {
   const Q8Job& j = *static_cast<const Q8Job*>(ctx);
   j.fn(j.args, begin, end);
 }
@@ -650,7 +663,7 @@ using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, int, floa
 
 using SumsFn = void (*)(const float*, int64_t, float*);
 
-void block_sums_scalar(const float* x, int64_t nb, float* xs) {
+void BlockSumsScalar(const float* x, int64_t nb, float* xs) {
   for (int64_t b = 0; b < nb; ++b) {
     float s = 0.f;
     for (int j = 0; j < 32; ++j) s += x[b * 32 + j];
@@ -660,7 +673,7 @@ void block_sums_scalar(const float* x, int64_t nb, float* xs) {
 
 // Rounds one row of x (nb blocks, zero padded) to int16 per block, in
 // natural order, and its block scales. False: a block the rounding cannot
-// represent (see quantize_x16).
+// represent (see QuantizeX16).
 using XQuantFn = bool (*)(const float* x, int64_t nb, int16_t* out, float* sc);
 
 struct Isa {
@@ -683,7 +696,7 @@ constexpr int kXOrder[4][8] = {{0, 2, 4, 6, 8, 10, 12, 14},
                                {1, 3, 5, 7, 9, 11, 13, 15},
                                {17, 19, 21, 23, 25, 27, 29, 31}};
 
-void interleave_x16(const int16_t* xn, int64_t nb, int16_t* xq) {
+void InterleaveX16(const int16_t* xn, int64_t nb, int16_t* xq) {
   std::memset(xq, 0, size_t((nb + 3) / 4 * 128) * sizeof(int16_t));
   for (int64_t b = 0; b < nb; ++b) {
     int16_t* o = xq + (b / 4) * 128 + (b % 4) * 8;
@@ -692,8 +705,8 @@ void interleave_x16(const int16_t* xn, int64_t nb, int16_t* xq) {
   }
 }
 
-void tile_rows(const Isa& isa, const Args& a, int64_t n0, int64_t n1) {
-  const int64_t kp = q4_num_blocks(a.w->k) * 32;
+void TileRows(const Isa& isa, const Args& a, int64_t n0, int64_t n1) {
+  const int64_t kp = Q4NumBlocks(a.w->k) * 32;
   thread_local std::vector<float> wt;
   wt.assign(size_t(kNR * kp), 0.f);
   float out[4 * kNR];
@@ -711,68 +724,70 @@ void tile_rows(const Isa& isa, const Args& a, int64_t n0, int64_t n1) {
   }
 }
 
-const Isa kScalar{"scalar", block_sums_scalar, gemv_rows_scalar, dequant_row_scalar, {}, q8_rows_scalar};
+const Isa kScalar{"scalar", BlockSumsScalar, GemvRowsScalar, DequantRowScalar, {}, Q8RowsScalar};
 #if TC_Q4_X86
 const Isa kAvx2{"avx2",
-                block_sums_avx2,
-                gemv_rows_avx2,
-                dequant_row_avx2,
-                {nullptr, micro_avx2<1>, micro_avx2<2>, micro_avx2<3>, micro_avx2<4>},
-                q8_rows_avx2};
+                BlockSumsAvx2,
+                GemvRowsAvx2,
+                DequantRowAvx2,
+                {nullptr, MicroAvx2<1>, MicroAvx2<2>, MicroAvx2<3>, MicroAvx2<4>},
+                Q8RowsAvx2};
 const Isa kAvx512{"avx512",
-                  block_sums_avx512,
-                  gemv_rows_avx512,
-                  dequant_row_avx512,
-                  {nullptr, micro_avx512<1>, micro_avx512<2>, micro_avx512<3>, micro_avx512<4>},
-                  q8_rows_avx512};
+                  BlockSumsAvx512,
+                  GemvRowsAvx512,
+                  DequantRowAvx512,
+                  {nullptr, MicroAvx512<1>, MicroAvx512<2>, MicroAvx512<3>, MicroAvx512<4>},
+                  Q8RowsAvx512};
 // "avx512" plus 16-bit activations for decode (the float tiles for prefill).
-Isa with_int16_decode(Isa isa, const char* name, XQuantFn quantize, RowsFn gemv16, Q8RowsFn q8_16) {
+Isa WithInt16Decode(Isa isa, const char* name, XQuantFn quantize, RowsFn gemv16, Q8RowsFn q8_16) {
   isa.name = name;
   isa.quantize_x = quantize;
   isa.gemv16 = gemv16;
   isa.q8_16 = q8_16;
   return isa;
 }
-const Isa kAvx512Vnni = with_int16_decode(kAvx512, "avx512vnni", quantize_x16, gemv_rows_vnni, q8_rows_vnni);
+const Isa kAvx512Vnni =
+    WithInt16Decode(kAvx512, "avx512vnni", QuantizeX16, GemvRowsVnni, Q8RowsVnni);
 
-bool cpu_has_avx2() {
+bool CpuHasAvx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
-bool cpu_has_avx512() {
-  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+bool CpuHasAvx512() {
+  return CpuHasAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl");
 }
-bool cpu_has_avx512vnni() { return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni"); }
+bool CpuHasAvx512Vnni() { return CpuHasAvx512() && __builtin_cpu_supports("avx512vnni"); }
 #endif
 
-const Isa* auto_isa() {
+const Isa* AutoIsa() {
 #if TC_Q4_X86
-  if (cpu_has_avx512vnni()) return &kAvx512Vnni;
-  if (cpu_has_avx512()) return &kAvx512;
-  if (cpu_has_avx2()) return &kAvx2;
+  if (CpuHasAvx512Vnni()) return &kAvx512Vnni;
+  if (CpuHasAvx512()) return &kAvx512;
+  if (CpuHasAvx2()) return &kAvx2;
 #endif
   return &kScalar;
 }
 
-const Isa* isa_by_name(const std::string& s) {
+const Isa* IsaByName(const std::string& s) {
   if (s == "scalar") return &kScalar;
 #if TC_Q4_X86
-  if (s == "avx2" && cpu_has_avx2()) return &kAvx2;
-  if (s == "avx512" && cpu_has_avx512()) return &kAvx512;
-  if (s == "avx512vnni" && cpu_has_avx512vnni()) return &kAvx512Vnni;
+  if (s == "avx2" && CpuHasAvx2()) return &kAvx2;
+  if (s == "avx512" && CpuHasAvx512()) return &kAvx512;
+  if (s == "avx512vnni" && CpuHasAvx512Vnni()) return &kAvx512Vnni;
 #endif
   return nullptr;
 }
 
 // TORCHCHAT_Q4_ISA=avx512 (say) keeps x in fp32 on a VNNI machine: the
 // kernels are then exact, and decode ~10-20% slower.
-const Isa* default_isa() {
+const Isa* DefaultIsa() {
   const char* env = std::getenv("TORCHCHAT_Q4_ISA");
-  const Isa* isa = env != nullptr ? isa_by_name(env) : nullptr;
-  return isa != nullptr ? isa : auto_isa();
+  const Isa* isa = env != nullptr ? IsaByName(env) : nullptr;
+  return isa != nullptr ? isa : AutoIsa();
 }
 
-const Isa* g_isa = default_isa();
+// The kernels Q4Linear and Q8Linear use; mutable (Q4ForceIsa sets it), so not kName.
+const Isa* active_isa = DefaultIsa();
 
 struct Job {
   const Isa* isa;
@@ -781,20 +796,20 @@ struct Job {
   RowsFn gemv;
 };
 
-void run_job(void* ctx, int64_t begin, int64_t end) {
+void RunJob(void* ctx, int64_t begin, int64_t end) {
   const Job& j = *static_cast<const Job*>(ctx);
   if (!j.tiled) {
     j.gemv(j.args, begin, end);
   } else if (j.isa->micro[1] != nullptr) {
-    tile_rows(*j.isa, j.args, begin, end);
+    TileRows(*j.isa, j.args, begin, end);
   } else {
-    tile_rows_scalar(j.args, begin, end);
+    TileRowsScalar(j.args, begin, end);
   }
 }
 
 }  // namespace
 
-float fp16_to_fp32(uint16_t h) {
+float Fp16ToFp32(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000) << 16;
   uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
   if (exp == 0x1F) {
@@ -816,7 +831,7 @@ float fp16_to_fp32(uint16_t h) {
   return f;
 }
 
-uint16_t fp32_to_fp16(float f) {
+uint16_t Fp32ToFp16(float f) {
   uint32_t x;
   std::memcpy(&x, &f, 4);
   const uint16_t sign = uint16_t((x >> 16) & 0x8000);
@@ -832,29 +847,29 @@ uint16_t fp32_to_fp16(float f) {
   return uint16_t(sign | (r >> 13));
 }
 
-void q4_dequantize(const Q4Weight& w, float* out) {
-  const int64_t kp = q4_num_blocks(w.k) * 32;
+void Q4Dequantize(const Q4Weight& w, float* out) {
+  const int64_t kp = Q4NumBlocks(w.k) * 32;
   std::vector<float> row(kp);
   for (int64_t n = 0; n < w.n; ++n) {
-    dequant_row_scalar(w, n, row.data());
+    DequantRowScalar(w, n, row.data());
     std::memcpy(out + n * w.k, row.data(), size_t(w.k) * sizeof(float));
   }
 }
 
-const char* q4_isa() { return g_isa->name; }
+const char* Q4Isa() { return active_isa->name; }
 
-bool q4_force_isa(const char* isa) {
+bool Q4ForceIsa(const char* isa) {
   const std::string s = isa ? isa : "";
-  const Isa* picked = s.empty() ? default_isa() : isa_by_name(s);
+  const Isa* picked = s.empty() ? DefaultIsa() : IsaByName(s);
   if (picked == nullptr) return false;
-  g_isa = picked;
+  active_isa = picked;
   return true;
 }
 
-void q4_linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, float* y,
-               const Q4ParallelFor* pf) {
+void Q4Linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, float* y,
+              const Q4ParallelFor* pf) {
   if (m <= 0 || w.n <= 0) return;
-  const int64_t nb = q4_num_blocks(w.k), kp = nb * 32;
+  const int64_t nb = Q4NumBlocks(w.k), kp = nb * 32;
   // Scratch reused across calls on this thread: decode allocates nothing.
   thread_local std::vector<float> xs, xpad;
   xs.resize(size_t(m * nb));
@@ -864,7 +879,7 @@ void q4_linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, 
     for (int64_t i = 0; i < m; ++i) std::memcpy(xpad.data() + i * kp, x + i * w.k, size_t(w.k) * sizeof(float));
     xp = xpad.data();
   }
-  const Isa* isa = g_isa;
+  const Isa* isa = active_isa;
   const bool tiled = m >= kTileMinM;
   Job job{isa, Args{xp, xs.data(), m, kp, &w, bias, y}, tiled, isa->gemv};
   // The tiled path multiplies dequantized weights and needs no block sums.
@@ -880,7 +895,7 @@ void q4_linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, 
       bool ok = true;
       for (int64_t i = 0; i < m && ok; ++i) {
         ok = isa->quantize_x(xp + i * kp, nb, xn.data(), xsc.data() + i * lds);
-        interleave_x16(xn.data(), nb, xq.data() + i * ldq);
+        InterleaveX16(xn.data(), nb, xq.data() + i * ldq);
       }
       if (ok) {
         job.args.xq = xq.data();
@@ -895,16 +910,16 @@ void q4_linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, 
   int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, kp));
   if (job.tiled) grain = ((grain + kNR - 1) / kNR) * kNR;
   if (pf != nullptr && pf->run != nullptr && w.n > grain) {
-    pf->run(pf->self, w.n, grain, run_job, &job);
+    pf->run(pf->self, w.n, grain, RunJob, &job);
   } else {
-    run_job(&job, 0, w.n);
+    RunJob(&job, 0, w.n);
   }
 }
 
-void q8_linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, float* y,
-               const Q4ParallelFor* pf) {
+void Q8Linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, float* y,
+              const Q4ParallelFor* pf) {
   if (m <= 0 || w.n <= 0) return;
-  const int64_t kp = q4_num_blocks(w.k) * 32;
+  const int64_t kp = Q4NumBlocks(w.k) * 32;
   thread_local std::vector<float> xpad;
   const float* xp = x;
   if (kp != w.k) {
@@ -912,9 +927,9 @@ void q8_linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, 
     for (int64_t i = 0; i < m; ++i) std::memcpy(xpad.data() + i * kp, x + i * w.k, size_t(w.k) * sizeof(float));
     xp = xpad.data();
   }
-  const Isa* isa = g_isa;
+  const Isa* isa = active_isa;
   Q8Job job{isa->q8, Q8Args{xp, m, kp, &w, bias, y}};
-  // Like q4_linear: x is rounded for decode only, prefill stays exact.
+  // Like Q4Linear: x is rounded for decode only, prefill stays exact.
   if (isa->quantize_x != nullptr && m < kTileMinM) {
     const int64_t nb = kp / 32, ldq = nb * 32, lds = (nb + 15) / 16 * 16;
     thread_local std::vector<int16_t> xq;
@@ -933,16 +948,17 @@ void q8_linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, 
   }
   const int64_t grain = std::max<int64_t>(4, (int64_t(1) << 13) / kp);
   if (pf != nullptr && pf->run != nullptr && w.n > grain) {
-    pf->run(pf->self, w.n, grain, run_q8_job, &job);
+    pf->run(pf->self, w.n, grain, RunQ8Job, &job);
   } else {
-    run_q8_job(&job, 0, w.n);
+    RunQ8Job(&job, 0, w.n);
   }
 }
 
-const char* q4_pack_gguf(int ggml_type, const uint8_t* raw, int64_t n, int64_t k, uint8_t* qs,
-                         uint16_t* scales) {
-  if (ggml_type != 2 && ggml_type != 3) return "q4_pack_gguf: ggml type must be Q4_0 (2) or Q4_1 (3)";
-  if (n <= 0 || k <= 0 || k % 32 != 0) return "q4_pack_gguf: shape must be [N, K] with K a positive multiple of 32";
+const char* Q4PackGguf(int ggml_type, const uint8_t* raw, int64_t n, int64_t k, uint8_t* qs,
+                       uint16_t* scales) {
+  if (ggml_type != 2 && ggml_type != 3) return "Q4PackGguf: ggml type must be Q4_0 (2) or Q4_1 (3)";
+  if (n <= 0 || k <= 0 || k % 32 != 0)
+    return "Q4PackGguf: shape must be [N, K] with K a positive multiple of 32";
   const int64_t nb = k / 32;
   const int bs = ggml_type == 2 ? 18 : 20;
   for (int64_t r = 0; r < n; ++r) {
@@ -955,9 +971,10 @@ const char* q4_pack_gguf(int ggml_type, const uint8_t* raw, int64_t n, int64_t k
         std::memcpy(&mh, blk + 2, 2);
       } else {
         // Q4_0: w = d*(q-8) = d*q - 8d; -8d is exact in fp16 unless it overflows.
-        const float m = -8.f * fp16_to_fp32(dh);
-        mh = fp32_to_fp16(m);
-        if (fp16_to_fp32(mh) != m && !std::isnan(m)) return "q4_pack_gguf: Q4_0 scale too large (|8d| overflows fp16)";
+        const float m = -8.f * Fp16ToFp32(dh);
+        mh = Fp32ToFp16(m);
+        if (Fp16ToFp32(mh) != m && !std::isnan(m))
+          return "Q4PackGguf: Q4_0 scale too large (|8d| overflows fp16)";
       }
       d[b] = dh;
       d[nb + b] = mh;

@@ -14,7 +14,7 @@
 // The kernel computes, per block, d*(q.x) + m*sum(x): the per-block sums of
 // x are computed once per call, so the inner loop is unpack + FMA.
 //
-// Two ways to compute q.x, picked per CPU (q4_isa()):
+// Two ways to compute q.x, picked per CPU (Q4Isa()):
 //  - exact ("avx512", "avx2", "scalar"): x stays fp32; the result equals a
 //    float matmul with the dequantized weights up to summation order.
 //  - "avx512vnni", decode only (M < 8, for Q8_0 too): x is rounded to
@@ -31,7 +31,7 @@ namespace torchchat::kernels {
 
 inline constexpr int64_t kQ4Block = 32;
 
-inline int64_t q4_num_blocks(int64_t k) { return (k + kQ4Block - 1) / kQ4Block; }
+inline int64_t Q4NumBlocks(int64_t k) { return (k + kQ4Block - 1) / kQ4Block; }
 
 struct Q4Weight {
   const uint8_t* qs = nullptr;       // [N, nb, 16]
@@ -52,28 +52,28 @@ struct Q4ParallelFor {
 // y[M, N] = x[M, K] @ W^T (+ bias[N]). x, y row-major and contiguous; bias may
 // be nullptr. Scratch is allocated internally (a few KB per thread for
 // decode, proportional to M*K/32 for the x block sums).
-void q4_linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, float* y,
-               const Q4ParallelFor* pf = nullptr);
+void Q4Linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, float* y,
+              const Q4ParallelFor* pf = nullptr);
 
 // Which path the dispatcher picked: "avx512vnni", "avx512", "avx2", "scalar"
 // (the best this CPU runs, unless TORCHCHAT_Q4_ISA names another).
-const char* q4_isa();
+const char* Q4Isa();
 // Forces a path for tests/benchmarks (a name above, or "" for the default).
 // Returns false if this CPU cannot run it.
-bool q4_force_isa(const char* isa);
+bool Q4ForceIsa(const char* isa);
 
 // fp16 <-> fp32, exact for fp16 -> fp32; fp32 -> fp16 rounds to nearest even.
-float fp16_to_fp32(uint16_t h);
-uint16_t fp32_to_fp16(float f);
+float Fp16ToFp32(uint16_t h);
+uint16_t Fp32ToFp16(float f);
 
 // Dequantizes W to fp32 [N, K] (reference for tests, fallback for others).
-void q4_dequantize(const Q4Weight& w, float* out);
+void Q4Dequantize(const Q4Weight& w, float* out);
 
 // Packs GGUF raw blocks (ggml type 2 = Q4_0, 18 bytes/block; 3 = Q4_1, 20
 // bytes/block) of an [N, K] tensor, K % 32 == 0, into qs/scales. Returns
 // nullptr on success or a static error message.
-const char* q4_pack_gguf(int ggml_type, const uint8_t* raw, int64_t n, int64_t k, uint8_t* qs,
-                         uint16_t* scales);
+const char* Q4PackGguf(int ggml_type, const uint8_t* raw, int64_t n, int64_t k, uint8_t* qs,
+                       uint16_t* scales);
 
 // ---- Q8_0 (GGUF's usual output/embedding type): w = d*q, q int8, d fp16 ----
 // Layout: qs int8 [N, nb*32] (K padded to nb*32), scales fp16 [N, nb].
@@ -86,7 +86,7 @@ struct Q8Weight {
 
 // y[M, N] = x[M, K] @ W^T (+ bias). Each weight row is read once from memory
 // for all M rows of x (it stays in L1 between them).
-void q8_linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, float* y,
-               const Q4ParallelFor* pf = nullptr);
+void Q8Linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, float* y,
+              const Q4ParallelFor* pf = nullptr);
 
 }  // namespace torchchat::kernels

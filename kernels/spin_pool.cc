@@ -15,14 +15,14 @@ namespace {
 // one decode step without burning a core between steps.
 constexpr int kSpins = 10000;
 
-void range_of(int64_t n, int parts, int index, int64_t* b, int64_t* e) {
+void RangeOf(int64_t n, int parts, int index, int64_t* b, int64_t* e) {
   *b = n * index / parts;
   *e = n * (index + 1) / parts;
 }
 }  // namespace
 
 SpinPool::SpinPool(int threads) {
-  for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this, i] { worker(i); });
+  for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this, i] { Worker(i); });
 }
 
 SpinPool::~SpinPool() {
@@ -35,7 +35,7 @@ SpinPool::~SpinPool() {
   for (auto& t : workers_) t.join();
 }
 
-void SpinPool::worker(int index) {
+void SpinPool::Worker(int index) {
   uint64_t seen = 0;
   for (;;) {
     uint64_t g;
@@ -52,14 +52,14 @@ void SpinPool::worker(int index) {
     if (stop_.load()) return;
     if (index < parts_) {
       int64_t b, e;
-      range_of(n_, parts_, index, &b, &e);
+      RangeOf(n_, parts_, index, &b, &e);
       fn_(ctx_, b, e);
     }
     pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
-void SpinPool::parallel_for(int64_t n, int64_t grain, Q4Task fn, void* ctx) {
+void SpinPool::ParallelFor(int64_t n, int64_t grain, Q4Task fn, void* ctx) {
   const int parts = int(std::min<int64_t>(threads(), std::max<int64_t>(1, n / std::max<int64_t>(1, grain))));
   if (parts <= 1 || workers_.empty()) {
     fn(ctx, 0, n);
@@ -77,16 +77,16 @@ void SpinPool::parallel_for(int64_t n, int64_t grain, Q4Task fn, void* ctx) {
   }
   cv_.notify_all();
   int64_t b, e;
-  range_of(n, parts, 0, &b, &e);
+  RangeOf(n, parts, 0, &b, &e);
   fn(ctx, b, e);
   while (pending_.load(std::memory_order_acquire) != 0) TC_PAUSE();
 }
 
-Q4ParallelFor SpinPool::as_parallel_for() {
+Q4ParallelFor SpinPool::AsParallelFor() {
   Q4ParallelFor pf;
   pf.self = this;
   pf.run = [](void* self, int64_t n, int64_t grain, Q4Task fn, void* ctx) {
-    static_cast<SpinPool*>(self)->parallel_for(n, grain, fn, ctx);
+    static_cast<SpinPool*>(self)->ParallelFor(n, grain, fn, ctx);
   };
   return pf;
 }

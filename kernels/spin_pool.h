@@ -1,4 +1,4 @@
-// A small fork-join pool for q4_linear when no runtime pool is at hand (the
+// A small fork-join pool for Q4Linear when no runtime pool is at hand (the
 // benchmark, C++ callers without torch/ExecuTorch). Workers spin briefly
 // before sleeping: a decode GEMV lasts microseconds, so waking a sleeping
 // thread through a condition variable would cost as much as the work.
@@ -24,11 +24,11 @@ class SpinPool {
 
   int threads() const { return int(workers_.size()) + 1; }
   // Splits [0, n) into at most threads() contiguous ranges of >= grain items.
-  void parallel_for(int64_t n, int64_t grain, Q4Task fn, void* ctx);
-  Q4ParallelFor as_parallel_for();
+  void ParallelFor(int64_t n, int64_t grain, Q4Task fn, void* ctx);
+  Q4ParallelFor AsParallelFor();
 
  private:
-  void worker(int index);
+  void Worker(int index);
 
   std::vector<std::thread> workers_;
   std::atomic<uint64_t> generation_{0};

@@ -24,27 +24,27 @@
 namespace torchchat::kernels {
 namespace {
 
-void at_parallel_for(void*, int64_t n, int64_t grain, Q4Task fn, void* ctx) {
+void AtParallelFor(void*, int64_t n, int64_t grain, Q4Task fn, void* ctx) {
   at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { fn(ctx, b, e); });
 }
 
 // TORCHCHAT_Q4_POOL=spin: our own spinning pool of at::get_num_threads()
 // threads instead of at::parallel_for. A decode GEMV lasts ~10-100 us; an
 // OpenMP region that has to wake its threads costs a large part of that.
-Q4ParallelFor pick_parallel_for() {
+Q4ParallelFor PickParallelFor() {
   static std::unique_ptr<SpinPool> pool;
   static std::once_flag once;
   std::call_once(once, [] {
     const char* env = std::getenv("TORCHCHAT_Q4_POOL");
     if (env != nullptr && std::string(env) == "spin") pool = std::make_unique<SpinPool>(at::get_num_threads());
   });
-  if (pool) return pool->as_parallel_for();
-  return Q4ParallelFor{at_parallel_for, nullptr};
+  if (pool) return pool->AsParallelFor();
+  return Q4ParallelFor{AtParallelFor, nullptr};
 }
 
-void check_args(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
-                const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
-  const int64_t nb = q4_num_blocks(k);
+void CheckArgs(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+               const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
+  const int64_t nb = Q4NumBlocks(k);
   TORCH_CHECK(n > 0 && k > 0, "q4_linear: n and k must be positive, got n=", n, " k=", k);
   TORCH_CHECK(x.device().is_cpu() && qs.device().is_cpu() && scales.device().is_cpu(),
               "q4_linear: CPU tensors only");
@@ -60,7 +60,7 @@ void check_args(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& sca
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "q4_linear: bias must be [", n, "], got ", bias->sizes());
 }
 
-void run(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+void Run(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
          const c10::optional<at::Tensor>& bias, int64_t n, int64_t k, at::Tensor& out) {
   const at::Tensor xf = x.to(at::kFloat).contiguous();
   const at::Tensor qc = qs.contiguous(), sc = scales.contiguous();
@@ -70,12 +70,13 @@ void run(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
   const bool direct = out.scalar_type() == at::kFloat && out.is_contiguous();
   at::Tensor y = direct ? out : at::empty(out.sizes(), xf.options());
   const Q4Weight w{qc.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(sc.data_ptr<at::Half>()), n, k};
-  const Q4ParallelFor pf = pick_parallel_for();
-  q4_linear(xf.data_ptr<float>(), m, w, bf.defined() ? bf.data_ptr<float>() : nullptr, y.data_ptr<float>(), &pf);
+  const Q4ParallelFor pf = PickParallelFor();
+  Q4Linear(xf.data_ptr<float>(), m, w, bf.defined() ? bf.data_ptr<float>() : nullptr,
+           y.data_ptr<float>(), &pf);
   if (!direct) out.copy_(y);
 }
 
-std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
+std::vector<int64_t> OutShape(const at::Tensor& x, int64_t n) {
   std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
   s.back() = n;
   return s;
@@ -83,21 +84,22 @@ std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
 
 }  // namespace
 
-at::Tensor q4_linear_op(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
-                        const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
-  check_args(x, qs, scales, bias, n, k);
-  at::Tensor out = at::empty(out_shape(x, n), x.options());
-  run(x, qs, scales, bias, n, k, out);
+at::Tensor Q4LinearOp(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+                      const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
+  CheckArgs(x, qs, scales, bias, n, k);
+  at::Tensor out = at::empty(OutShape(x, n), x.options());
+  Run(x, qs, scales, bias, n, k, out);
   return out;
 }
 
 namespace {
 
-at::Tensor& q4_linear_out(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
-                          const c10::optional<at::Tensor>& bias, int64_t n, int64_t k, at::Tensor& out) {
-  check_args(x, qs, scales, bias, n, k);
-  at::native::resize_output(out, out_shape(x, n));
-  run(x, qs, scales, bias, n, k, out);
+at::Tensor& Q4LinearOut(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+                        const c10::optional<at::Tensor>& bias, int64_t n, int64_t k,
+                        at::Tensor& out) {
+  CheckArgs(x, qs, scales, bias, n, k);
+  at::native::resize_output(out, OutShape(x, n));
+  Run(x, qs, scales, bias, n, k, out);
   return out;
 }
 
@@ -107,9 +109,9 @@ namespace {
 
 // torchchat::q8_linear: GGUF Q8_0 weights (w = d*q), qs int8 [n, nb*32],
 // scales float16 [n, nb]. For the output layer / tied embedding.
-at::Tensor q8_linear_impl(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
-                          const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
-  const int64_t nb = q4_num_blocks(k);
+at::Tensor Q8LinearImpl(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+                        const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
+  const int64_t nb = Q4NumBlocks(k);
   TORCH_CHECK(n > 0 && k > 0, "q8_linear: n and k must be positive, got n=", n, " k=", k);
   TORCH_CHECK(x.device().is_cpu() && qs.device().is_cpu() && scales.device().is_cpu(),
               "q8_linear: CPU tensors only");
@@ -126,19 +128,19 @@ at::Tensor q8_linear_impl(const at::Tensor& x, const at::Tensor& qs, const at::T
     bf = bias->to(at::kFloat).contiguous();
   }
   const at::Tensor xf = x.to(at::kFloat).contiguous(), qc = qs.contiguous(), sc = scales.contiguous();
-  at::Tensor y = at::empty(out_shape(x, n), xf.options());
+  at::Tensor y = at::empty(OutShape(x, n), xf.options());
   const Q8Weight w{qc.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(sc.data_ptr<at::Half>()), n, k};
-  const Q4ParallelFor pf = pick_parallel_for();
-  q8_linear(xf.data_ptr<float>(), xf.numel() / k, w, bf.defined() ? bf.data_ptr<float>() : nullptr,
-            y.data_ptr<float>(), &pf);
+  const Q4ParallelFor pf = PickParallelFor();
+  Q8Linear(xf.data_ptr<float>(), xf.numel() / k, w, bf.defined() ? bf.data_ptr<float>() : nullptr,
+           y.data_ptr<float>(), &pf);
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
 
 }  // namespace
 
-at::Tensor q8_linear_op(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
-                        const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
-  return q8_linear_impl(x, qs, scales, bias, n, k);
+at::Tensor Q8LinearOp(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+                      const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
+  return Q8LinearImpl(x, qs, scales, bias, n, k);
 }
 
 TORCH_LIBRARY(torchchat, m) {
@@ -150,9 +152,9 @@ TORCH_LIBRARY(torchchat, m) {
 }
 
 TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
-  m.impl("q4_linear", &q4_linear_op);
-  m.impl("q4_linear.out", &q4_linear_out);
-  m.impl("q8_linear", &q8_linear_op);
+  m.impl("q4_linear", &Q4LinearOp);
+  m.impl("q4_linear.out", &Q4LinearOut);
+  m.impl("q8_linear", &Q8LinearOp);
 }
 
 }  // namespace torchchat::kernels
@@ -169,9 +171,9 @@ extern "C" __attribute__((visibility("default"))) AOTITorchError aoti_torch_cpu_
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
     using torch::aot_inductor::tensor_handle_to_tensor_pointer;
     const c10::optional<at::Tensor> b = torch::aot_inductor::pointer_to_optional<at::Tensor>(bias);
-    at::Tensor y = torchchat::kernels::q4_linear_op(*tensor_handle_to_tensor_pointer(x),
-                                                    *tensor_handle_to_tensor_pointer(qs),
-                                                    *tensor_handle_to_tensor_pointer(scales), b, n, k);
+    at::Tensor y = torchchat::kernels::Q4LinearOp(
+        *tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(qs),
+        *tensor_handle_to_tensor_pointer(scales), b, n, k);
     *ret0 = torch::aot_inductor::new_tensor_handle(std::move(y));
   });
 }
@@ -182,9 +184,9 @@ extern "C" __attribute__((visibility("default"))) AOTITorchError aoti_torch_cpu_
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
     using torch::aot_inductor::tensor_handle_to_tensor_pointer;
     const c10::optional<at::Tensor> b = torch::aot_inductor::pointer_to_optional<at::Tensor>(bias);
-    at::Tensor y = torchchat::kernels::q8_linear_op(*tensor_handle_to_tensor_pointer(x),
-                                                    *tensor_handle_to_tensor_pointer(qs),
-                                                    *tensor_handle_to_tensor_pointer(scales), b, n, k);
+    at::Tensor y = torchchat::kernels::Q8LinearOp(
+        *tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(qs),
+        *tensor_handle_to_tensor_pointer(scales), b, n, k);
     *ret0 = torch::aot_inductor::new_tensor_handle(std::move(y));
   });
 }
@@ -192,9 +194,9 @@ extern "C" __attribute__((visibility("default"))) AOTITorchError aoti_torch_cpu_
 // For Python (ctypes) and tests: which q4 kernel path runs, and forcing one
 // ("" = the default). See q4_linear.h.
 extern "C" __attribute__((visibility("default"))) const char* torchchat_q4_isa() {
-  return torchchat::kernels::q4_isa();
+  return torchchat::kernels::Q4Isa();
 }
 
 extern "C" __attribute__((visibility("default"))) int torchchat_q4_force_isa(const char* isa) {
-  return torchchat::kernels::q4_force_isa(isa) ? 1 : 0;
+  return torchchat::kernels::Q4ForceIsa(isa) ? 1 : 0;
 }
