@@ -9,7 +9,7 @@
 #include <string>
 #include <unistd.h>
 
-#include "tokenizer.h"
+#include "tokenizers/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
