@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "sampler.h"
-#include "tiktoken.h"
-#include "tokenizer.h"
+#include "tokenizers/sampler.h"
+#include "tokenizers/tiktoken.h"
+#include "tokenizers/tokenizer.h"
 
 namespace tokenizers {
 namespace {

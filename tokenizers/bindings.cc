@@ -10,8 +10,8 @@
 #include <thread>
 #include <vector>
 
-#include "sampler.h"
-#include "tokenizer.h"
+#include "tokenizers/sampler.h"
+#include "tokenizers/tokenizer.h"
 
 namespace py = pybind11;
 using namespace tokenizers;

@@ -1,4 +1,4 @@
-#include "bpe.h"
+#include "tokenizers/bpe.h"
 
 #include <algorithm>
 

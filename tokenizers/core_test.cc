@@ -6,11 +6,11 @@
 #include <string>
 #include <vector>
 
-#include "bpe.h"
+#include "tokenizers/bpe.h"
 #include "gtest/gtest.h"
-#include "json.h"
-#include "regex.h"
-#include "utf8.h"
+#include "tokenizers/json.h"
+#include "tokenizers/regex.h"
+#include "tokenizers/utf8.h"
 
 namespace tokenizers {
 namespace {

@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-#include "tokenizer.h"
+#include "tokenizers/tokenizer.h"
 
 namespace tokenizers {
 

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "formats.h"
-#include "json.h"
-#include "tokenizer.h"
+#include "tokenizers/json.h"
+#include "tokenizers/tokenizer.h"
 
 namespace tokenizers {
 

@@ -16,13 +16,13 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "bpe.h"
+#include "tokenizers/bpe.h"
 #include "formats.h"
-#include "json.h"
+#include "tokenizers/json.h"
 #include "re2/re2.h"
-#include "regex.h"
-#include "unicode.h"
-#include "utf8.h"
+#include "tokenizers/regex.h"
+#include "tokenizers/unicode.h"
+#include "tokenizers/utf8.h"
 
 namespace tokenizers {
 namespace {

@@ -1,10 +1,10 @@
-#include "json.h"
+#include "tokenizers/json.h"
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
-#include "utf8.h"
+#include "tokenizers/utf8.h"
 
 namespace tokenizers {
 

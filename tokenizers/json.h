@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "result.h"
+#include "tokenizers/result.h"
 
 namespace tokenizers {
 

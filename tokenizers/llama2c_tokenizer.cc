@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "bpe.h"
+#include "tokenizers/bpe.h"
 #include "formats.h"
 
 namespace tokenizers {

@@ -1,7 +1,7 @@
 // The PCRE2 fallback for patterns RE2 cannot run (general lookaround).
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "pcre2.h"
-#include "regex.h"
+#include "tokenizers/regex.h"
 
 namespace tokenizers {
 namespace {

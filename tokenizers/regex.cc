@@ -1,7 +1,7 @@
-#include "regex.h"
+#include "tokenizers/regex.h"
 
 #include "re2/re2.h"
-#include "utf8.h"
+#include "tokenizers/utf8.h"
 
 namespace tokenizers {
 

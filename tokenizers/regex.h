@@ -15,7 +15,7 @@
 #include <string_view>
 #include <vector>
 
-#include "result.h"
+#include "tokenizers/result.h"
 
 namespace tokenizers {
 

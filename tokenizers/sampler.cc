@@ -1,4 +1,4 @@
-#include "sampler.h"
+#include "tokenizers/sampler.h"
 
 #include <algorithm>
 #include <cmath>

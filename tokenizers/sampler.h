@@ -7,7 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "result.h"
+#include "tokenizers/result.h"
 
 namespace tokenizers {
 

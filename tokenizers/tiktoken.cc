@@ -1,4 +1,4 @@
-#include "tiktoken.h"
+#include "tokenizers/tiktoken.h"
 
 #include <algorithm>
 #include <atomic>

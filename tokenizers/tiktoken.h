@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "bpe.h"
-#include "regex.h"
-#include "tokenizer.h"
+#include "tokenizers/bpe.h"
+#include "tokenizers/regex.h"
+#include "tokenizers/tokenizer.h"
 
 namespace tokenizers {
 

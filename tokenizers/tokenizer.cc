@@ -1,10 +1,10 @@
-#include "tokenizer.h"
+#include "tokenizers/tokenizer.h"
 
 #include <cstdio>
 #include <cstring>
 
 #include "formats.h"
-#include "tiktoken.h"
+#include "tokenizers/tiktoken.h"
 
 namespace tokenizers {
 

@@ -12,8 +12,8 @@
 #include <string_view>
 #include <vector>
 
-#include "result.h"
-#include "utf8.h"
+#include "tokenizers/result.h"
+#include "tokenizers/utf8.h"
 
 namespace tokenizers {
 

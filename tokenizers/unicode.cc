@@ -1,10 +1,10 @@
-#include "unicode.h"
+#include "tokenizers/unicode.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
-#include "utf8.h"
+#include "tokenizers/utf8.h"
 
 namespace tokenizers {
 namespace {

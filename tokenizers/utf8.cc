@@ -1,4 +1,4 @@
-#include "utf8.h"
+#include "tokenizers/utf8.h"
 
 namespace tokenizers {
 namespace {

@@ -1,9 +1,9 @@
-#include "utf8.h"
+#include "tokenizers/utf8.h"
 
 #include <string>
 
 #include "gtest/gtest.h"
-#include "result.h"
+#include "tokenizers/result.h"
 
 namespace tokenizers {
 namespace {
