@@ -16,9 +16,11 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
+
+PathLike = Union[str, "os.PathLike[str]"]
 
 # Keys export_llm writes into a .pt2 (all values are strings there).
 PT2_FORMAT = "torchchat-llm-1"
@@ -75,7 +77,8 @@ class ExportedModel:
 class PteModel(ExportedModel):
     kind = "pte"
 
-    def __init__(self, path: Path, program, method, metadata: Dict[str, Any]):
+    def __init__(self, path: Path, program: Any, method: Any, metadata: Dict[str, Any]):
+        # program, method: executorch.runtime's Program and Method.
         super().__init__(path, metadata)
         self._program = program
         self._method = method
@@ -101,7 +104,8 @@ class PteModel(ExportedModel):
 class Pt2Model(ExportedModel):
     kind = "pt2"
 
-    def __init__(self, path: Path, runner, metadata: Dict[str, Any]):
+    def __init__(self, path: Path, runner: Any, metadata: Dict[str, Any]):
+        # runner: torch._inductor's AOTICompiledModel.
         super().__init__(path, metadata)
         self._runner = runner
 
@@ -196,7 +200,7 @@ def _last_log_line(lines: List[str]) -> str:
     return ""
 
 
-def pte_metadata(program) -> Dict[str, Any]:
+def pte_metadata(program: Any) -> Dict[str, Any]:
     raw: Dict[str, Any] = {}
     for name in PTE_METHODS:
         if name in program.method_names:
@@ -218,7 +222,7 @@ def pte_metadata(program) -> Dict[str, Any]:
     }
 
 
-def load_pte(path) -> PteModel:
+def load_pte(path: PathLike) -> PteModel:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"ExecuTorch program not found: {path}")
@@ -249,7 +253,7 @@ def load_pte(path) -> PteModel:
 # --- .pt2 ---------------------------------------------------------------------
 
 
-def read_pt2_metadata(path) -> Dict[str, str]:
+def read_pt2_metadata(path: PathLike) -> Dict[str, str]:
     """The package's AOTI metadata, read without loading its shared library."""
     try:
         with zipfile.ZipFile(path) as z:
@@ -275,7 +279,7 @@ def host_cpu_isa() -> List[str]:
     return found
 
 
-def check_cpu_isa(meta: Dict[str, str], path) -> None:
+def check_cpu_isa(meta: Dict[str, str], path: PathLike) -> None:
     """A package's kernels use the exporting host's ISA; refuse a weaker CPU.
 
     Loading it anyway would die of SIGILL somewhere in the first forward.
@@ -293,7 +297,7 @@ def check_cpu_isa(meta: Dict[str, str], path) -> None:
         )
 
 
-def parse_pt2_metadata(meta: Dict[str, str], path) -> Dict[str, Any]:
+def parse_pt2_metadata(meta: Dict[str, str], path: PathLike) -> Dict[str, Any]:
     if meta.get("torchchat_format") != PT2_FORMAT:
         raise ArtifactError(f"{path} was not written by //export:export_llm (no {PT2_FORMAT} metadata)")
     out: Dict[str, Any] = dict(meta)
@@ -305,7 +309,7 @@ def parse_pt2_metadata(meta: Dict[str, str], path) -> Dict[str, Any]:
     return out
 
 
-def load_pt2(path, device: str = "cpu") -> Pt2Model:
+def load_pt2(path: PathLike, device: str = "cpu") -> Pt2Model:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"AOTInductor package not found: {path}")
@@ -327,7 +331,7 @@ def load_pt2(path, device: str = "cpu") -> Pt2Model:
     return Pt2Model(path, runner, meta)
 
 
-def load(path, device: str = "cpu") -> ExportedModel:
+def load(path: PathLike, device: str = "cpu") -> ExportedModel:
     p = Path(path)
     if p.suffix == ".pte":
         return load_pte(p)

@@ -16,9 +16,15 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from torchchat.paths import user_path
+
+if TYPE_CHECKING:
+    from torchchat.checkpoint import Checkpoint
+    from torchchat.generate import LLMModel, Slot, Stats
+    from torchchat.sampling import Sampler
+    from torchchat.tokenizer import Tokenizer
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -81,25 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class Loaded:
-    model: Any  # torchchat.generate.LLMModel
+    model: LLMModel
     step: Optional[Callable]  # a compiled decode step, or None
-    tokenizer: Any  # torchchat.tokenizer.Tokenizer
+    tokenizer: Tokenizer
     info: Dict[str, Any]
     load_start_ms: float
     load_end_ms: float
 
-    def slot(self, device: str):
+    def slot(self, device: str) -> Slot:
         from torchchat.generate import Slot
 
         return Slot(self.model, self.step, device)
 
-    def stats(self):
-        from torchchat.generate import Stats
 
-        return Stats(model_load_start_ms=self.load_start_ms, model_load_end_ms=self.load_end_ms)
-
-
-def _resolve_source(args) -> Tuple[Optional[Path], Optional[Path]]:
+def _resolve_source(args: argparse.Namespace) -> Tuple[Optional[Path], Optional[Path]]:
     """(checkpoint, artifact) the flags name; an alias resolves to its checkpoint."""
     from torchchat import registry
 
@@ -117,7 +118,7 @@ def _resolve_source(args) -> Tuple[Optional[Path], Optional[Path]]:
     return registry.checkpoint_path(entry), None
 
 
-def _load_artifact(args, path: Path):
+def _load_artifact(args: argparse.Namespace, path: Path):
     from torchchat import artifacts
 
     try:
@@ -128,7 +129,8 @@ def _load_artifact(args, path: Path):
         raise UserError(str(e)) from e
 
 
-def _build_model(args, ckpt, spec, dtype_name: str):
+def _build_model(args: argparse.Namespace, ckpt: Checkpoint, spec: Dict[str, Any],
+                 dtype_name: str) -> Tuple[Any, Optional[Callable], Dict[str, Any]]:
     """The eager model: dtype, --quantize, device, and --compile's step."""
     import torch
 
@@ -146,7 +148,7 @@ def _build_model(args, ckpt, spec, dtype_name: str):
     return model, step, info
 
 
-def _load(args) -> Loaded:
+def _load(args: argparse.Namespace) -> Loaded:
     """The model and tokenizer the flags name."""
     import torch
 
@@ -184,7 +186,7 @@ def _load(args) -> Loaded:
     return Loaded(model, step, tok, info, start, now_ms())
 
 
-def _sampler(args):
+def _sampler(args: argparse.Namespace) -> Sampler:
     from torchchat.sampling import Sampler
 
     try:
@@ -208,7 +210,7 @@ def _out(text: str) -> None:
     sys.stdout.flush()
 
 
-def _stats_out(args, all_stats, info) -> None:
+def _stats_out(args: argparse.Namespace, all_stats: List[Stats], info: Dict[str, Any]) -> None:
     if not args.stats_json:
         return
     path = user_path(args.stats_json)
@@ -220,12 +222,12 @@ def _stats_out(args, all_stats, info) -> None:
     os.replace(tmp, path)
 
 
-def _report(args, stats) -> None:
+def _report(args: argparse.Namespace, stats: Stats) -> None:
     if not args.quiet:
         print(stats.summary(), file=sys.stderr, flush=True)
 
 
-def cmd_generate(args) -> int:
+def cmd_generate(args: argparse.Namespace) -> int:
     from torchchat.generate import Reply, Stats, generate_text
 
     if args.num_samples < 1:
@@ -267,7 +269,7 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_chat(args) -> int:
+def cmd_chat(args: argparse.Namespace) -> int:
     from torchchat.generate import ChatSession, ContextOverflow
 
     system = _text(args.system_prompt, "--system-prompt") if args.system_prompt else None
@@ -320,7 +322,7 @@ def cmd_chat(args) -> int:
     return 0
 
 
-def cmd_list(args) -> int:
+def cmd_list(args: argparse.Namespace) -> int:
     from torchchat import registry
 
     for e in registry.MODELS.values():
@@ -331,14 +333,14 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_where(args) -> int:
+def cmd_where(args: argparse.Namespace) -> int:
     from torchchat import registry
 
     print(registry.model_path(registry.resolve(args.model)))
     return 0
 
 
-def cmd_download(args) -> int:
+def cmd_download(args: argparse.Namespace) -> int:
     from torchchat import registry
 
     e = registry.resolve(args.model)
@@ -346,7 +348,7 @@ def cmd_download(args) -> int:
     return 0
 
 
-def cmd_remove(args) -> int:
+def cmd_remove(args: argparse.Namespace) -> int:
     from torchchat import registry
 
     e = registry.resolve(args.model)

@@ -4,11 +4,12 @@ import contextlib
 import io
 import sys
 import warnings
+from typing import List, Tuple
 
 from torchchat import cli
 
 
-def run(argv, stdin=""):
+def run(argv: List[str], stdin: str = "") -> Tuple[int, str, str]:
     """Returns (exit code, stdout, stderr) of `torchchat ARGV` fed `stdin`."""
     out, err = io.StringIO(), io.StringIO()
     old_stdin = sys.stdin

@@ -17,9 +17,12 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Protocol, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from torchchat.tokenizer import ChatTemplate, Tokenizer
 
 # What an exported artifact or the eager model provides. forward returns the
 # logits of the last position, [1, vocab].
@@ -228,7 +231,7 @@ class Reply:
     stats: Stats = field(default_factory=Stats)
 
 
-def generate_text(slot: Slot, tokenizer, prompt: Sequence[int], pick: Pick, max_new_tokens: int,
+def generate_text(slot: Slot, tokenizer: Tokenizer, prompt: Sequence[int], pick: Pick, max_new_tokens: int,
                   on_text: Optional[Callable[[str], None]] = None,
                   stop_ids: Optional[Sequence[int]] = None) -> Reply:
     """decode() with the tokenizer's streaming decoder: on_text gets whole
@@ -275,7 +278,8 @@ class ChatSession:
     ContextOverflow and leaves the conversation as it was.
     """
 
-    def __init__(self, slot: Slot, tokenizer, template, system_prompt: Optional[str] = None):
+    def __init__(self, slot: Slot, tokenizer: Tokenizer, template: ChatTemplate,
+                 system_prompt: Optional[str] = None):
         self.slot = slot
         self.tokenizer = tokenizer
         self.template = template

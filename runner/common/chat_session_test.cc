@@ -62,9 +62,10 @@ TEST_F(ChatSessionTest, LaterTurnsPrefillOnlyTheNewTurn) {
   model.calls.clear();
   Stats second;
   ASSERT_TRUE(session->Turn("ab", config, Ignore, &second).ok());
-  // Turn 2 starts where turn 1's cache ends: only "d" + "abd" + "c" is new.
+  // Turn 2 starts where turn 1's cache ends: the reply's last "a" (sampled,
+  // never run), then "d" + "abd" + "c".
   EXPECT_EQ(model.calls[0].first, cached);
-  EXPECT_EQ(second.num_prompt_tokens, 5);
+  EXPECT_EQ(second.num_prompt_tokens, 6);
   ASSERT_EQ(session->messages().size(), 4u);
   EXPECT_EQ(session->messages()[1].content, "aa");
   EXPECT_EQ(session->dropped_last_turn(), 0);
@@ -81,7 +82,8 @@ TEST_F(ChatSessionTest, OldTurnsAreDroppedWhenTheContextFills) {
   for (int turn = 0; turn < 8; ++turn) {
     model.calls.clear();
     Stats stats;
-    auto reply = session->Turn("abcdabcd", config, Ignore, &stats);
+    // Consecutive questions differ, so a dropped exchange changes the prefix.
+    auto reply = session->Turn(std::string(8, turn % 2 ? 'd' : 'c'), config, Ignore, &stats);
     ASSERT_TRUE(reply.ok()) << "turn " << turn << ": " << reply.error();
     for (const auto& [pos, n] : model.calls) EXPECT_LT(pos + n - 1, 40);
     if (session->dropped_last_turn() > 0) {
