@@ -7,13 +7,14 @@ Exports take minutes; an interrupted one must not leave a truncated .pte or
 import contextlib
 import os
 import tempfile
+from typing import Iterator
 
 
 class OutputPathError(Exception):
     """The output path cannot be written; the message names it and why."""
 
 
-def check_writable(path):
+def check_writable(path: os.PathLike[str] | str) -> None:
     """Fails fast, before minutes of export, if `path` cannot be written."""
     parent = os.path.dirname(os.path.abspath(path)) or "."
     if os.path.isdir(path):
@@ -25,7 +26,7 @@ def check_writable(path):
 
 
 @contextlib.contextmanager
-def atomic_output(path):
+def atomic_output(path: os.PathLike[str] | str) -> Iterator[str]:
     """Yields a temporary path beside `path`; renames it into place on success.
 
     On any exception (including KeyboardInterrupt) the temporary file is

@@ -25,13 +25,20 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, TextIO
 
 from export import quant
 from export.atomic import OutputPathError, atomic_output, check_writable
 from torchchat.paths import user_path
+
+if TYPE_CHECKING:
+    from executorch.extension.llm.export.builder import DType
+    from torch import nn
+
+    from torchchat.checkpoint import Checkpoint, GGUFQuantized
+    from torchchat.model import Model, ModelConfig
 
 
 class ExportError(Exception):
@@ -44,7 +51,7 @@ class ExportError(Exception):
 class Stages:
     """Prints each stage as it starts and its wall time when it ends."""
 
-    def __init__(self, out=None, enabled: bool = True):
+    def __init__(self, out: Optional[TextIO] = None, enabled: bool = True):
         self.out = out or sys.stderr
         self.enabled = enabled
         self.times: Dict[str, float] = {}
@@ -68,7 +75,7 @@ class Stages:
 class Source:
     """A loaded checkpoint plus what the runners need to know about it."""
 
-    ckpt: Any  # torchchat.checkpoint.Checkpoint
+    ckpt: Checkpoint
     tokenizer_path: Path
     chat_template: Optional[str]
     bos_id: Optional[int]
@@ -78,7 +85,7 @@ class Source:
     name: str = ""
 
     @property
-    def config(self):
+    def config(self) -> ModelConfig:
         return self.ckpt.config
 
 
@@ -121,7 +128,7 @@ def load_source(path: Path, tokenizer_path: Optional[Path] = None) -> Source:
     )
 
 
-def check_max_seq_length(config, max_seq_length: Optional[int]) -> int:
+def check_max_seq_length(config: ModelConfig, max_seq_length: Optional[int]) -> int:
     if max_seq_length is None:
         return min(config.max_context, 2048)
     if max_seq_length < 2:
@@ -134,7 +141,7 @@ def check_max_seq_length(config, max_seq_length: Optional[int]) -> int:
     return max_seq_length
 
 
-def build(source: Source, dtype_name: str, max_seq_length: int):
+def build(source: Source, dtype_name: str, max_seq_length: int) -> Model:
     """The eager torchchat.model.Model with the checkpoint's weights."""
     from torchchat import checkpoint as ckpt_mod
     from torchchat.model import DTYPES
@@ -145,7 +152,7 @@ def build(source: Source, dtype_name: str, max_seq_length: int):
 # --- ExecuTorch ---------------------------------------------------------------------
 
 
-def enable_dynamic_shape(model) -> None:
+def enable_dynamic_shape(model: nn.Module) -> None:
     """Switches the llama Transformer to ExecuTorch's dynamic-shape KV-cache mode.
 
     torchchat builds it for eager/AOTI (input_pos holds every position); ET's
@@ -183,7 +190,7 @@ def et_metadata(source: Source, max_seq_length: int, custom_ops: bool) -> Dict[s
     )
 
 
-def et_quant_transforms(q: "quant.EtQuant", et_dtype) -> List[Callable]:
+def et_quant_transforms(q: "quant.EtQuant", et_dtype: DType) -> List[Callable]:
     """ExecuTorch's quantization source transforms for `q`.
 
     The linear scheme covers the transformer layers only: the output
@@ -203,7 +210,7 @@ def et_quant_transforms(q: "quant.EtQuant", et_dtype) -> List[Callable]:
             q.quantization_mode, q.group_size, computation_dtype=et_dtype,
             checkpoint_dtype=DType.fp32)
 
-        def layers_only(model):
+        def layers_only(model: Model) -> Model:
             linear(model.transformer.layers)
             return model
 
@@ -211,7 +218,7 @@ def et_quant_transforms(q: "quant.EtQuant", et_dtype) -> List[Callable]:
     return transforms
 
 
-def export_pte(model, source: Source, out_path: Path, spec: Dict[str, Dict[str, Any]],
+def export_pte(model: Model, source: Source, out_path: Path, spec: Dict[str, Dict[str, Any]],
                dtype_name: str, max_seq_length: int, custom_ops: bool = True,
                stages: Optional[Stages] = None) -> Dict[str, Any]:
     """Lowers an eager fp32 Model to `out_path` through ExecuTorch's LLM flow."""
@@ -301,9 +308,10 @@ def pt2_metadata(source: Source, max_seq_length: int, dtype_name: str,
     }
 
 
-def export_pt2(model, source: Source, out_path: Path, spec: Dict[str, Dict[str, Any]],
+def export_pt2(model: Model, source: Source, out_path: Path, spec: Dict[str, Dict[str, Any]],
                dtype_name: str, max_seq_length: int, metadata: Dict[str, str],
-               stages: Optional[Stages] = None, gguf_quantized=None) -> Dict[str, Any]:
+               stages: Optional[Stages] = None,
+               gguf_quantized: Optional[Dict[str, GGUFQuantized]] = None) -> Dict[str, Any]:
     import torch
     import torch._inductor
 
@@ -367,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _outputs(args) -> Dict[str, Path]:
+def _outputs(args: argparse.Namespace) -> Dict[str, Path]:
     outs = {}
     if args.output_pte_path:
         outs["pte"] = user_path(args.output_pte_path)
@@ -382,7 +390,7 @@ def _outputs(args) -> Dict[str, Path]:
     return outs
 
 
-def run(args, out=None) -> Dict[str, Any]:
+def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any]:
     from export import tokenizer_files
 
     out = out or sys.stderr

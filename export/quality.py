@@ -15,12 +15,15 @@ import argparse
 import json
 import sys
 import time
-from typing import List, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from torchchat.generate import LLMModel, Slot, Stats, argmax, decode, greedy
 from torchchat.paths import user_path
+
+if TYPE_CHECKING:
+    from torchchat.model import Model
 
 PROMPTS = [
     "The capital of France is",
@@ -34,13 +37,14 @@ PROMPTS = [
 ]
 STEPS = 32
 
-def reference(model: LLMModel, prompts: Sequence[List[int]], steps: int = STEPS):
+def reference(model: LLMModel, prompts: Sequence[List[int]], steps: int = STEPS
+              ) -> List[Tuple[List[int], int]]:
     """(prompt + greedy continuation, number of prompt tokens) per prompt."""
     return [(list(ids) + greedy(model, ids, steps), len(ids)) for ids in prompts]
 
 
 @torch.no_grad()
-def agreement(model: LLMModel, sequences) -> float:
+def agreement(model: LLMModel, sequences: Sequence[Tuple[List[int], int]]) -> float:
     """Fraction of positions where the candidate's argmax is the reference
     token, feeding the candidate the reference sequence (teacher forcing)."""
     hit = total = 0
@@ -62,7 +66,8 @@ def decode_speed(model: LLMModel, prompt: List[int], steps: int = 64) -> float:
     return stats.decode_tok_s
 
 
-def et_quantized_eager(model, spec, dtype_name="fp32"):
+def et_quantized_eager(model: Model, spec: str | Dict[str, Any], dtype_name: str = "fp32"
+                       ) -> Model:
     """The eager model after ExecuTorch's own quantization source transforms."""
     from executorch.extension.llm.export.builder import DType
 
@@ -74,7 +79,7 @@ def et_quantized_eager(model, spec, dtype_name="fp32"):
     return model
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     from export import export_llm
     from torchchat import artifacts
 

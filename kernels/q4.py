@@ -19,11 +19,14 @@ import contextlib
 import ctypes
 import os
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    import gguf
 
 LIB_NAME = "libtorchchat_q4_ops.so"
 BLOCK = 32
@@ -85,7 +88,7 @@ def exact_isa() -> str:
 
 
 @contextlib.contextmanager
-def using_isa(name: str):
+def using_isa(name: str) -> Iterator[None]:
     """Runs the block with kernel path `name` ("" = the default)."""
     lib, before = _isa_lib(), isa()
     if not lib.torchchat_q4_force_isa(name.encode()):
@@ -97,7 +100,8 @@ def using_isa(name: str):
 
 
 @torch.library.register_fake("torchchat::q4_linear")
-def _q4_linear_fake(x, qs, scales, bias, n, k):
+def _q4_linear_fake(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor,
+                    bias: Optional[torch.Tensor], n: int, k: int) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], n))
 
 
@@ -122,7 +126,8 @@ def aoti_c_shim_configs() -> dict:
 
 
 @torch.library.register_fake("torchchat::q8_linear")
-def _q8_linear_fake(x, qs, scales, bias, n, k):
+def _q8_linear_fake(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor,
+                    bias: Optional[torch.Tensor], n: int, k: int) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], n))
 
 
@@ -130,7 +135,7 @@ def num_blocks(k: int) -> int:
     return (k + BLOCK - 1) // BLOCK
 
 
-def _qtype_name(qtype) -> str:
+def _qtype_name(qtype: str | int) -> str:
     if isinstance(qtype, str):
         name = qtype
     else:  # gguf.GGMLQuantizationType or int
@@ -140,7 +145,8 @@ def _qtype_name(qtype) -> str:
     return name
 
 
-def pack_gguf_blocks(qtype, blocks: np.ndarray, shape: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+def pack_gguf_blocks(qtype: str | int, blocks: np.ndarray, shape: Tuple[int, int]
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(qs, scales) from the raw bytes of a GGUF Q4_0/Q4_1 tensor of logical shape (N, K)."""
     name = _qtype_name(qtype)
     n, k = (int(s) for s in shape)
@@ -166,7 +172,7 @@ def pack_gguf_blocks(qtype, blocks: np.ndarray, shape: Tuple[int, int]) -> Tuple
     return torch.from_numpy(qs.copy()), torch.from_numpy(np.ascontiguousarray(scales))
 
 
-def pack_reader_tensor(t) -> Tuple[torch.Tensor, torch.Tensor]:
+def pack_reader_tensor(t: gguf.ReaderTensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(qs, scales) from a gguf.ReaderTensor of type Q4_0 or Q4_1."""
     shape = tuple(int(x) for x in reversed(t.shape.tolist()))
     if len(shape) != 2:
@@ -228,17 +234,20 @@ class Q4Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
     @classmethod
-    def from_gguf_blocks(cls, qtype, blocks: np.ndarray, shape, bias=None) -> "Q4Linear":
+    def from_gguf_blocks(cls, qtype: str | int, blocks: np.ndarray, shape: Tuple[int, int],
+                         bias: Optional[torch.Tensor] = None) -> "Q4Linear":
         qs, scales = pack_gguf_blocks(qtype, blocks, shape)
         return cls(qs, scales, int(shape[1]), int(shape[0]), bias)
 
     @classmethod
-    def from_reader_tensor(cls, t, bias=None) -> "Q4Linear":
+    def from_reader_tensor(cls, t: gguf.ReaderTensor,
+                           bias: Optional[torch.Tensor] = None) -> "Q4Linear":
         qs, scales = pack_reader_tensor(t)
         return cls(qs, scales, int(t.shape[0]), int(t.shape[1]), bias)
 
     @classmethod
-    def from_dqm(cls, d, m, q, bias=None) -> "Q4Linear":
+    def from_dqm(cls, d: torch.Tensor, m: torch.Tensor, q: torch.Tensor,
+                 bias: Optional[torch.Tensor] = None) -> "Q4Linear":
         qs, scales = pack_dqm(d, m, q)
         return cls(qs, scales, int(q.shape[1]), int(q.shape[0]), bias)
 
@@ -316,11 +325,13 @@ class Q8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
     @classmethod
-    def from_gguf_blocks(cls, blocks: np.ndarray, shape, bias=None) -> "Q8Linear":
+    def from_gguf_blocks(cls, blocks: np.ndarray, shape: Tuple[int, int],
+                         bias: Optional[torch.Tensor] = None) -> "Q8Linear":
         return cls(*pack_q8_0_blocks(blocks, shape), bias)
 
     @classmethod
-    def from_reader_tensor(cls, t, bias=None) -> "Q8Linear":
+    def from_reader_tensor(cls, t: gguf.ReaderTensor,
+                           bias: Optional[torch.Tensor] = None) -> "Q8Linear":
         import gguf
 
         if t.tensor_type != gguf.GGMLQuantizationType.Q8_0:

@@ -11,6 +11,7 @@ OUT_DIR/mobile/model.pte is the same model under the `mobile` preset
 
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from export import export_llm
 from testing import tiny_model
@@ -18,7 +19,7 @@ from testing import tiny_model
 MAX_SEQ = 64
 
 
-def main():
+def main() -> NoReturn:
     out = Path(sys.argv[1])
     ckpt = tiny_model.write_checkpoint(out / "ckpt", max_seq_len=256)
     rc = export_llm.main([

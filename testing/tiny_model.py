@@ -11,6 +11,7 @@ token_callback raises UnicodeDecodeError on a partial UTF-8 character).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -72,15 +73,16 @@ def write_tokenizer(d: Path) -> Path:
     return path
 
 
-def write_checkpoint(d, seed: int = 0, dim: int = 64, n_layers: int = 2, n_heads: int = 4,
-                     n_kv_heads: int = 2, hidden: int = 128, max_seq_len: int = 256) -> Path:
+def write_checkpoint(d: os.PathLike[str] | str, seed: int = 0, dim: int = 64, n_layers: int = 2,
+                     n_heads: int = 4, n_kv_heads: int = 2, hidden: int = 128,
+                     max_seq_len: int = 256) -> Path:
     """Writes the checkpoint directory `d` and returns it."""
     d = Path(d)
     d.mkdir(parents=True, exist_ok=True)
     write_tokenizer(d)
     g = torch.Generator().manual_seed(seed)
 
-    def w(*shape, scale=0.15):
+    def w(*shape: int, scale: float = 0.15) -> torch.Tensor:
         return torch.randn(*shape, generator=g) * scale
 
     hd = dim // n_heads

@@ -12,12 +12,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
-from torchchat.model import ConfigError, ModelConfig, build_model, fold_multipliers
+from torchchat.model import ConfigError, Model, ModelConfig, build_model, fold_multipliers
+
+if TYPE_CHECKING:
+    import gguf
 
 
 class CheckpointError(Exception):
@@ -114,7 +117,7 @@ def gguf_tensor_name(name: str) -> Optional[str]:
     return None
 
 
-def dequantize_gguf_tensor(t) -> np.ndarray:
+def dequantize_gguf_tensor(t: gguf.ReaderTensor) -> np.ndarray:
     """float32 array in logical (rows, cols) shape for a gguf ReaderTensor."""
     import gguf
 
@@ -125,7 +128,7 @@ def dequantize_gguf_tensor(t) -> np.ndarray:
     return out if out.flags.writeable and out.flags.c_contiguous else out.copy()
 
 
-def _field(reader, key, default=None):
+def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
     f = reader.fields.get(key)
     if f is None:
         return default
@@ -158,7 +161,7 @@ def load_gguf(path: Path) -> Checkpoint:
     if "token_embd.weight" not in tensors:
         raise CheckpointError(f"GGUF {path} has no token_embd.weight")
 
-    def a(key, default=None):
+    def a(key: str, default: Any = None) -> Any:
         return _field(reader, f"{arch}.{key}", default)
 
     n_heads = int(a("attention.head_count"))
@@ -377,7 +380,7 @@ def load_model(
     max_seq_length: Optional[int] = None,
     device: str = "cpu",
     full_logits: bool = False,
-):
+) -> Model:
     """Builds the model for `ckpt` and loads its weights (before quantizing)."""
     sd = dict(ckpt.state_dict)
     config = fold_multipliers(ckpt.config, sd)

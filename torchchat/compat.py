@@ -13,12 +13,13 @@ such as int4_weight_only); nothing in torchchat imports it.
 
 import importlib
 import sys
+from types import ModuleType
 
 _OLD = "torchao.dtypes.nf4tensor"
 _NEW = "torchao.quantization.quantize_.workflows.nf4.nf4_tensor"
 
 
-def install():
+def install() -> None:
     """Aliases the old module path to the new one; idempotent."""
     if _OLD in sys.modules:
         return
@@ -34,7 +35,7 @@ def install():
     torchao.dtypes.nf4tensor = new
 
 
-def import_torchtune(name="torchtune"):
+def import_torchtune(name: str = "torchtune") -> ModuleType:
     install()
     return importlib.import_module(name)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
@@ -164,7 +164,9 @@ def _hf_rope_scaling(cfg: Dict[str, Any]) -> Optional[Dict[str, float]]:
     }
 
 
-def model_args(config: ModelConfig, max_seq_length: int, full_logits: bool = False):
+# ExecuTorch's ModelArgs: its module may move between releases, so only
+# torchchat.executorch_compat names it (and types it Any).
+def model_args(config: ModelConfig, max_seq_length: int, full_logits: bool = False) -> Any:
     """ExecuTorch ModelArgs for `config` with a static KV cache."""
     from torchchat import executorch_compat as et
 
@@ -300,7 +302,8 @@ class EagerSDPA(nn.Module):
         super().__init__()
         self.dim = dim
 
-    def forward(self, input_pos, q, k, v, bsz, seqlen, mask):
+    def forward(self, input_pos: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                bsz: int, seqlen: int, mask: torch.Tensor) -> torch.Tensor:
         end = int(input_pos[-1]) + 1
         k, v, mask = k[:, :, :end], v[:, :, :end], mask[:, :end]
         y = torch.nn.functional.scaled_dot_product_attention(

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from torchchat.checkpoint import GGUFQuantized
+    from torchchat.model import Model
 
 
 class QuantizeError(ValueError):
@@ -36,7 +40,8 @@ _KNOWN = {
 }
 
 
-def read_spec(value, schemes: Dict[str, set], presets: Optional[Dict[str, dict]] = None
+def read_spec(value: Optional[str | Dict[str, Any]], schemes: Dict[str, set],
+              presets: Optional[Dict[str, dict]] = None
               ) -> Dict[str, Dict[str, Any]]:
     """Reads upstream torchchat's --quantize syntax, for eager and export alike.
 
@@ -110,7 +115,8 @@ class Int4Linear(nn.Module):
     fp32 is exact (and slower).
     """
 
-    def __init__(self, packed, scales_and_zeros, groupsize, in_features, out_features, bias=None):
+    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, groupsize: int,
+                 in_features: int, out_features: int, bias: Optional[torch.Tensor] = None):
         super().__init__()
         self.in_features, self.out_features, self.groupsize = in_features, out_features, groupsize
         self.register_buffer("packed", packed)
@@ -118,7 +124,8 @@ class Int4Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     @classmethod
-    def from_codes(cls, q, scale, zero, groupsize, bias=None):
+    def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, groupsize: int,
+                   bias: Optional[torch.Tensor] = None) -> Int4Linear:
         """q: int [N, K] in 0..15; scale, zero: float [N, K // groupsize]."""
         n, k = q.shape
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
@@ -142,7 +149,8 @@ class Int4Linear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features)
 
 
-def quantize_int4(w: torch.Tensor, groupsize: int):
+def quantize_int4(w: torch.Tensor, groupsize: int
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric per-group int4: codes 0..15, scale (max-min)/15, zero min."""
     n, k = w.shape
     if k % groupsize:
@@ -155,7 +163,8 @@ def quantize_int4(w: torch.Tensor, groupsize: int):
     return q.reshape(n, k).to(torch.int32), scale, lo + 8 * scale
 
 
-def gguf_q4_codes(qtype: str, blocks: np.ndarray, shape):
+def gguf_q4_codes(qtype: str, blocks: np.ndarray, shape: Tuple[int, int]
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact codes, scales and zeros of GGUF Q4_0 / Q4_1 blocks.
 
     Q4_1 block: fp16 d, fp16 m, 16 bytes; Q4_0: fp16 d, 16 bytes. Low nibbles
@@ -182,7 +191,8 @@ def gguf_q4_codes(qtype: str, blocks: np.ndarray, shape):
 class Int8Linear(nn.Module):
     """int8 weight-only linear, symmetric per output channel."""
 
-    def __init__(self, weight_int8, scales, bias=None):
+    def __init__(self, weight_int8: torch.Tensor, scales: torch.Tensor,
+                 bias: Optional[torch.Tensor] = None):
         super().__init__()
         self.register_buffer("weight_int8", weight_int8)
         self.register_buffer("scales", scales)
@@ -190,7 +200,7 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = weight_int8.shape
 
     @classmethod
-    def from_float(cls, w: torch.Tensor, bias=None):
+    def from_float(cls, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> Int8Linear:
         w = w.float()
         scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
         q = torch.clamp(torch.round(w / scales[:, None]), -128, 127).to(torch.int8)
@@ -209,7 +219,8 @@ class Int8Linear(nn.Module):
 class Int8Embedding(nn.Module):
     """int8 embedding table with a scale per row (groupsize 0) or group."""
 
-    def __init__(self, weight: torch.Tensor, groupsize: int = 0, dtype=torch.float32):
+    def __init__(self, weight: torch.Tensor, groupsize: int = 0,
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
         v, d = weight.shape
         g = d if groupsize in (0, None) else groupsize
@@ -256,7 +267,8 @@ def _linears(model: nn.Module):
                 yield mod, child_name, full, child
 
 
-def _output_q8_0(parent, child_name, lin, gguf_quantized) -> int:
+def _output_q8_0(parent: nn.Module, child_name: str, lin: nn.Linear,
+                 gguf_quantized: Dict[str, GGUFQuantized]) -> int:
     gq = gguf_quantized.get("output.weight")
     q4 = _q4_kernel()
     if gq is None or gq.qtype != "Q8_0" or q4 is None or lin.bias is not None:
@@ -267,7 +279,8 @@ def _output_q8_0(parent, child_name, lin, gguf_quantized) -> int:
     return 1
 
 
-def quantize_model(model, spec: Dict[str, Dict[str, Any]], gguf_quantized=None) -> Dict[str, int]:
+def quantize_model(model: Model, spec: Dict[str, Dict[str, Any]],
+                   gguf_quantized: Optional[Dict[str, GGUFQuantized]] = None) -> Dict[str, int]:
     """Replaces modules in place; returns counts per scheme for reporting.
 
     `gguf_quantized` (Meta name -> GGUFQuantized) lets int4 take a GGUF

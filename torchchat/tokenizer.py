@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NoReturn, Optional, Sequence
 
 import jinja2
 import jinja2.sandbox
@@ -33,7 +33,7 @@ class ChatTemplate:
             raise TokenizerError(f"invalid chat template: {e}") from e
         self.bos_token, self.eos_token = bos_token, eos_token
 
-    def render(self, messages: Sequence[Dict[str, str]], add_generation_prompt=True) -> str:
+    def render(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> str:
         try:
             return self._t.render(
                 messages=list(messages),
@@ -45,14 +45,15 @@ class ChatTemplate:
             raise TokenizerError(f"chat template failed: {e}") from e
 
 
-def _raise(msg):
+def _raise(msg: str) -> NoReturn:
     raise jinja2.TemplateError(msg)
 
 
 class Tokenizer:
     """encode/decode/stream_decoder, bos/eos ids, chat template text."""
 
-    def __init__(self, impl, chat_template: Optional[str], bos_id, eos_ids, backend: str,
+    def __init__(self, impl: llm_tokenizers.Tokenizer, chat_template: Optional[str],
+                 bos_id: Optional[int], eos_ids: Sequence[int], backend: str,
                  add_bos: bool = True):
         self._impl = impl
         self.add_bos = add_bos and bos_id is not None  # for prompts without a template
@@ -71,7 +72,7 @@ class Tokenizer:
     def token_text(self, i: Optional[int]) -> str:
         return "" if i is None else self._impl.decode([i])
 
-    def stream_decoder(self):
+    def stream_decoder(self) -> llm_tokenizers.StreamDecoder:
         return self._impl.stream_decoder()
 
     def template(self) -> Optional[ChatTemplate]:
