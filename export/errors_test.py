@@ -29,7 +29,7 @@ class BadInputTest(unittest.TestCase):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             rc = export_llm.main(["--checkpoint-path", str(self.ckpt), *args])
-        lines = [l for l in err.getvalue().splitlines() if l.startswith("export_llm:")]
+        lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("export_llm:")]
         return rc, lines, err.getvalue()
 
     def assert_error(self, pattern, *args):

@@ -448,8 +448,8 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
 
 
 def _known_errors():
-    from torchchat.artifacts import ArtifactError
     from export.tokenizer_files import TokenizerFilesError
+    from torchchat.artifacts import ArtifactError
     from torchchat.checkpoint import CheckpointError
     from torchchat.model import ConfigError
     from torchchat.registry import RegistryError

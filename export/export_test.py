@@ -13,8 +13,8 @@ import torch
 
 from export import export_llm
 from testing import tiny_model
-from torchchat.generate import greedy
 from torchchat import artifacts
+from torchchat.generate import greedy
 
 MAX_SEQ = 64
 PROMPT = "Hello, my name is"

@@ -16,7 +16,6 @@ from typing import Any, Dict, Optional
 # is shared too, so callers catch one class.
 from torchchat.quantize import QuantizeError, read_spec
 
-
 # Scheme -> allowed options. Names follow upstream torchchat's quantize.py;
 # linear:a8w8dq is ExecuTorch's 8da8w, which upstream never exposed.
 SCHEMES: Dict[str, set] = {

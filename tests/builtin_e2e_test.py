@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from export import export_llm
-from torchchat.generate import greedy
 from torchchat import artifacts
+from torchchat.generate import greedy
 
 RUNFILES = Path(os.environ["TEST_SRCDIR"]) / "_main"
 AOTI_RUN = RUNFILES / "runner" / "aoti" / "aoti_run"

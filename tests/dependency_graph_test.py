@@ -31,12 +31,12 @@ class GraphTest(unittest.TestCase):
     def test_aoti_run_has_no_executorch_target(self):
         labels = manifest("aoti_run_manifest")
         self.assertIn("//runner/aoti:aoti_run", " ".join(labels))
-        self.assertTrue(any(check_deps.repo_of(l) == "libtorch" for l in labels))
+        self.assertTrue(any(check_deps.repo_of(x) == "libtorch" for x in labels))
         self.assertEqual(check_deps.graph_violations(labels, EXECUTORCH_REPOS), [])
 
     def test_et_run_has_no_libtorch_target(self):
         labels = manifest("et_run_manifest")
-        self.assertTrue(any(check_deps.repo_of(l) == "executorch" for l in labels))
+        self.assertTrue(any(check_deps.repo_of(x) == "executorch" for x in labels))
         self.assertEqual(check_deps.graph_violations(labels, LIBTORCH_REPOS), [])
 
     def test_bad_runner_is_flagged_both_ways(self):

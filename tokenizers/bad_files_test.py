@@ -9,9 +9,9 @@ import struct
 import tempfile
 import unittest
 
-import llm_tokenizers as L
-
 import corpus
+
+import llm_tokenizers as L
 
 
 def _venv_dir(package):

@@ -12,12 +12,19 @@ import os
 import tempfile
 import unittest
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
-from tokenizers import pre_tokenizers, trainers
+import corpus
 
 import llm_tokenizers as L
-
-import corpus
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    trainers,
+)
 
 _SP = corpus.sentencepiece_sdist()
 with open(os.path.join(_SP, "data", "botchan.txt"), encoding="utf-8") as f:
@@ -171,7 +178,8 @@ class HfComponents(unittest.TestCase):
         assigned = [chr(c) for c in range(0x20, 0x30000)
                     if not 0xD800 <= c <= 0xDFFF and unicodedata.category(chr(c)) != "Cn"]
         old = [c for c in assigned if unicodedata.ucd_3_2_0.category(c) != "Cn"]
-        chunk = lambda cs: ["".join(cs[i:i + 64]) for i in range(0, len(cs), 64)]
+        def chunk(cs):
+            return ["".join(cs[i:i + 64]) for i in range(0, len(cs), 64)]
         extra = corpus.EDGE_CASES + [
             "e\u0301\u0323 \u1e0b\u0323 \u0071\u0307\u0323 \uac00\u11a8 \u1100\u1161\u11a8",
             "\ufb01 \u00bd \u210c \u2460 \uff76 \uff9e \u212b \u2126 \u01c5 \u0130 \u03a3\u0391\u03a3 \u1e9e",
@@ -190,13 +198,16 @@ class HfComponents(unittest.TestCase):
                 path = os.path.join(d, "tokenizer.json")
                 tok.save(path)
                 ours = L.load(path)
-            roundtrip = lambda t: ours.decode(ours.encode(t))
+            def roundtrip(t):
+                return ours.decode(ours.encode(t))
             bad_hf = [t for t in chunk(old) + extra if roundtrip(t) != norm.normalize_str(t)]
             self.assertEqual(len(bad_hf), 0, f"{name} vs HF: {bad_hf[:1]}")
             if name == "Lowercase":
-                python = lambda t: "".join(c.lower() for c in t)
+                def python(t):
+                    return "".join(c.lower() for c in t)
             else:
-                python = lambda t, f=name: unicodedata.normalize(f, t)
+                def python(t, f=name):
+                    return unicodedata.normalize(f, t)
             bad_py = [t for t in chunk(assigned) + extra if roundtrip(t) != python(t)]
             self.assertEqual(len(bad_py), 0, f"{name} vs unicodedata: {bad_py[:1]}")
             self.check(name, tok, TEXTS[:300])

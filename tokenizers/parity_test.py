@@ -10,14 +10,13 @@ Python. Every test counts mismatched lines and requires zero.
 import importlib.util
 import os
 import struct
-import sys
 import tempfile
 import time
 import unittest
 
-import llm_tokenizers as L
-
 import corpus
+
+import llm_tokenizers as L
 
 _SP = corpus.sentencepiece_sdist()
 ARGS = {
@@ -66,8 +65,8 @@ class TiktokenParity(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         import tiktoken
-        from tiktoken.load import load_tiktoken_bpe
         from pytorch_tokenizers.constants import CL100K_PAT_STR, LLAMA_SPECIAL_TOKENS
+        from tiktoken.load import load_tiktoken_bpe
 
         path = os.path.join(LLAMA_DIR, "tokenizer.model")
         ranks = load_tiktoken_bpe(path)
@@ -239,8 +238,9 @@ class GgufParity(unittest.TestCase):
         self.assertEqual(self.tok.decode(ids), self.ref.decode(ids))
 
     def test_written_tokenizer_json(self):
-        from tokenizers import Tokenizer
         import json
+
+        from tokenizers import Tokenizer
 
         with tempfile.TemporaryDirectory() as d:
             L.write_tokenizer_json(self.path, d)

@@ -1,7 +1,6 @@
 """CLI errors: one clear line and exit 1; registry commands offline."""
 
 import os
-import sys
 import tempfile
 import time
 import unittest

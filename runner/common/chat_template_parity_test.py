@@ -33,7 +33,6 @@ from datetime import datetime
 import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from transformers.utils import chat_template_utils
 
 RENDER = None  # set from argv in main

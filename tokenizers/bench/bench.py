@@ -14,9 +14,9 @@ import sys
 import tempfile
 import time
 
-import llm_tokenizers as L
-
 import corpus
+
+import llm_tokenizers as L
 
 
 def _venv_dir(package):
@@ -87,8 +87,8 @@ def main():
 
     # Llama 3.2 tokenizer.model (tiktoken format).
     import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
     from pytorch_tokenizers.constants import CL100K_PAT_STR, LLAMA_SPECIAL_TOKENS
+    from tiktoken.load import load_tiktoken_bpe
 
     model_path = os.path.join(LLAMA, "tokenizer.model")
     ours = L.load(model_path)

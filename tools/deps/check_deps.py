@@ -35,7 +35,7 @@ def repo_of(label):
 
 
 def graph_violations(labels, forbidden_repos):
-    return [l for l in labels if repo_of(l) in forbidden_repos]
+    return [x for x in labels if repo_of(x) in forbidden_repos]
 
 
 def linked_objects(binary):
