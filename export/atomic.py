@@ -34,8 +34,7 @@ def atomic_output(path: os.PathLike[str] | str) -> Iterator[str]:
     """
     check_writable(path)
     parent = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=parent)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
     os.close(fd)
     try:
         yield tmp

@@ -45,33 +45,64 @@ class BadInputTest(unittest.TestCase):
         self.assertEqual(os.listdir(out), [], "a failed export left files behind")
 
     def test_unknown_quantize_scheme(self):
-        self.assert_error(r"unknown scheme 'linear:int3'", "--output-pte-path", "OUT/m.pte",
-                          "--quantize", '{"linear:int3": {"groupsize": 32}}')
+        self.assert_error(
+            r"unknown scheme 'linear:int3'",
+            "--output-pte-path",
+            "OUT/m.pte",
+            "--quantize",
+            '{"linear:int3": {"groupsize": 32}}',
+        )
 
     def test_unknown_quantize_option(self):
-        self.assert_error(r"unknown option\(s\) \['group'\] for 'embedding'", "--output-pte-path",
-                          "OUT/m.pte", "--quantize", '{"embedding": {"bitwidth": 4, "group": 32}}')
+        self.assert_error(
+            r"unknown option\(s\) \['group'\] for 'embedding'",
+            "--output-pte-path",
+            "OUT/m.pte",
+            "--quantize",
+            '{"embedding": {"bitwidth": 4, "group": 32}}',
+        )
 
     def test_weight_only_int8_pte_refused_up_front(self):
-        self.assert_error(r"linear:int8 \(weight-only\) fails in ExecuTorch", "--output-pte-path",
-                          "OUT/m.pte", "--quantize", '{"linear:int8": {}}')
+        self.assert_error(
+            r"linear:int8 \(weight-only\) fails in ExecuTorch",
+            "--output-pte-path",
+            "OUT/m.pte",
+            "--quantize",
+            '{"linear:int8": {}}',
+        )
 
     def test_invalid_quantize_json(self):
         self.assert_error(r"invalid JSON", "--output-pte-path", "OUT/m.pte", "--quantize", "{oops")
 
     def test_unknown_preset(self):
-        self.assert_error(r"not JSON, a preset \(mobile, desktop\)", "--output-pte-path", "OUT/m.pte",
-                          "--quantize", "laptop")
+        self.assert_error(
+            r"not JSON, a preset \(mobile, desktop\)",
+            "--output-pte-path",
+            "OUT/m.pte",
+            "--quantize",
+            "laptop",
+        )
 
     def test_scheme_the_target_cannot_run(self):
-        self.assert_error(r"linear:int4 .* no ExecuTorch XNNPACK kernel", "--output-pte-path",
-                          "OUT/m.pte", "--quantize", "desktop")
-        self.assert_error(r"linear:a8w4dq is an ExecuTorch", "--output-aoti-package-path",
-                          "OUT/m.pt2", "--quantize", "mobile")
+        self.assert_error(
+            r"linear:int4 .* no ExecuTorch XNNPACK kernel",
+            "--output-pte-path",
+            "OUT/m.pte",
+            "--quantize",
+            "desktop",
+        )
+        self.assert_error(
+            r"linear:a8w4dq is an ExecuTorch",
+            "--output-aoti-package-path",
+            "OUT/m.pt2",
+            "--quantize",
+            "mobile",
+        )
 
     def test_unwritable_output_path(self):
-        self.assert_error(r"directory .*/missing does not exist", "--output-pte-path",
-                          "OUT/missing/m.pte")
+        self.assert_error(
+            r"directory .*/missing does not exist", "--output-pte-path", "OUT/missing/m.pte"
+        )
         adir = self.dir / "adir.pt2"
         adir.mkdir(exist_ok=True)
         self.assert_error(r"is a directory", "--output-aoti-package-path", str(adir))
@@ -82,8 +113,13 @@ class BadInputTest(unittest.TestCase):
         self.assertNotIn("[load]", text)
 
     def test_max_seq_length_larger_than_the_model(self):
-        self.assert_error(r"--max-seq-length 1000 is larger than the model supports \(128",
-                          "--output-pte-path", "OUT/m.pte", "--max-seq-length", "1000")
+        self.assert_error(
+            r"--max-seq-length 1000 is larger than the model supports \(128",
+            "--output-pte-path",
+            "OUT/m.pte",
+            "--max-seq-length",
+            "1000",
+        )
 
     def test_wrong_suffix_and_missing_output(self):
         self.assert_error(r"must end in \.pte", "--output-pte-path", "OUT/m.bin")
@@ -92,8 +128,14 @@ class BadInputTest(unittest.TestCase):
     def test_missing_checkpoint(self):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            rc = export_llm.main(["--checkpoint-path", str(self.dir / "nope"),
-                                  "--output-pte-path", str(self.dir / "m.pte")])
+            rc = export_llm.main(
+                [
+                    "--checkpoint-path",
+                    str(self.dir / "nope"),
+                    "--output-pte-path",
+                    str(self.dir / "m.pte"),
+                ]
+            )
         self.assertEqual(rc, 1)
         self.assertIn("checkpoint not found", err.getvalue())
 
@@ -101,8 +143,9 @@ class BadInputTest(unittest.TestCase):
 class QuantSpecTest(unittest.TestCase):
     def test_presets_map_onto_executorch_and_aoti(self):
         et = quant.for_executorch(quant.parse("mobile"))
-        self.assertEqual((et.embedding_quantize, et.quantization_mode, et.group_size),
-                         ("4,32", "8da4w", 32))
+        self.assertEqual(
+            (et.embedding_quantize, et.quantization_mode, et.group_size), ("4,32", "8da4w", 32)
+        )
         desktop = quant.parse("desktop")
         self.assertEqual(quant.for_aoti(desktop), {"linear:int4": {"groupsize": 32}})
         self.assertEqual(quant.dtype_of(desktop, "fp32"), "bf16")

@@ -112,8 +112,9 @@ def load_source(path: Path, tokenizer_path: Optional[Path] = None) -> Source:
     tok_path = tokenizer_path or ckpt.tokenizer_path
     if tok_path is None:
         raise ExportError(f"no tokenizer found with {path}; pass --tokenizer-path")
-    tok = tok_mod.load(tok_path, chat_template=ckpt.chat_template, bos_id=ckpt.bos_id,
-                       eos_ids=ckpt.eos_ids)
+    tok = tok_mod.load(
+        tok_path, chat_template=ckpt.chat_template, bos_id=ckpt.bos_id, eos_ids=ckpt.eos_ids
+    )
     bos = ckpt.bos_id if ckpt.bos_id is not None else tok.bos_id
     eos = list(ckpt.eos_ids) or list(tok.eos_ids)
     return Source(
@@ -207,8 +208,11 @@ def et_quant_transforms(q: "quant.EtQuant", et_dtype: DType) -> List[Callable]:
         transforms.append(et.quant_embedding_transform(q.embedding_quantize))
     if q.quantization_mode:
         linear = et.quant_weight_transform(
-            q.quantization_mode, q.group_size, computation_dtype=et_dtype,
-            checkpoint_dtype=DType.fp32)
+            q.quantization_mode,
+            q.group_size,
+            computation_dtype=et_dtype,
+            checkpoint_dtype=DType.fp32,
+        )
 
         def layers_only(model: Model) -> Model:
             linear(model.transformer.layers)
@@ -218,9 +222,16 @@ def et_quant_transforms(q: "quant.EtQuant", et_dtype: DType) -> List[Callable]:
     return transforms
 
 
-def export_pte(model: Model, source: Source, out_path: Path, spec: Dict[str, Dict[str, Any]],
-               dtype_name: str, max_seq_length: int, custom_ops: bool = True,
-               stages: Optional[Stages] = None) -> Dict[str, Any]:
+def export_pte(
+    model: Model,
+    source: Source,
+    out_path: Path,
+    spec: Dict[str, Dict[str, Any]],
+    dtype_name: str,
+    max_seq_length: int,
+    custom_ops: bool = True,
+    stages: Optional[Stages] = None,
+) -> Dict[str, Any]:
     """Lowers an eager fp32 Model to `out_path` through ExecuTorch's LLM flow."""
     import torch
     from executorch.extension.llm.export.builder import DType, LLMEdgeManager
@@ -236,8 +247,10 @@ def export_pte(model: Model, source: Source, out_path: Path, spec: Dict[str, Dic
     # Prefill of up to max_seq_length - 1 tokens: a Dim's upper bound equal to
     # the cache length trips export's range analysis (as in ET's builder).
     tokens_dim = torch.export.Dim("token_dim", max=max_seq_length - 1)
-    example = (torch.tensor([[1, 2, 3]], dtype=torch.long)[:, : max_seq_length - 1],
-               torch.tensor([0], dtype=torch.long))
+    example = (
+        torch.tensor([[1, 2, 3]], dtype=torch.long)[:, : max_seq_length - 1],
+        torch.tensor([0], dtype=torch.long),
+    )
     builder = LLMEdgeManager(
         model=model,
         modelname=source.name or "model",
@@ -263,10 +276,12 @@ def export_pte(model: Model, source: Source, out_path: Path, spec: Dict[str, Dic
         builder.run_canonical_optimizations()
     bf16 = dtype_name == "bf16"
     with stages("lower", "XNNPACK partitioners, to_executorch"):
-        builder.to_edge_transform_and_lower([
-            get_xnnpack_partitioner(dynamic_quant_only_partitioner=True, enable_bf16=bf16),
-            get_xnnpack_partitioner(dynamic_quant_only_partitioner=False, enable_bf16=bf16),
-        ])
+        builder.to_edge_transform_and_lower(
+            [
+                get_xnnpack_partitioner(dynamic_quant_only_partitioner=True, enable_bf16=bf16),
+                get_xnnpack_partitioner(dynamic_quant_only_partitioner=False, enable_bf16=bf16),
+            ]
+        )
         builder.to_executorch()
     with stages("serialize", str(out_path)):
         with atomic_output(str(out_path)) as tmp:
@@ -287,8 +302,14 @@ def _quiet_executorch() -> None:
 # --- AOTInductor ----------------------------------------------------------------------
 
 
-def pt2_metadata(source: Source, max_seq_length: int, dtype_name: str,
-                 tokenizer_file: str, tokenizer_kind: str, quantize: str) -> Dict[str, str]:
+def pt2_metadata(
+    source: Source,
+    max_seq_length: int,
+    dtype_name: str,
+    tokenizer_file: str,
+    tokenizer_kind: str,
+    quantize: str,
+) -> Dict[str, str]:
     from torchchat.artifacts import PT2_FORMAT
 
     return {
@@ -308,10 +329,17 @@ def pt2_metadata(source: Source, max_seq_length: int, dtype_name: str,
     }
 
 
-def export_pt2(model: Model, source: Source, out_path: Path, spec: Dict[str, Dict[str, Any]],
-               dtype_name: str, max_seq_length: int, metadata: Dict[str, str],
-               stages: Optional[Stages] = None,
-               gguf_quantized: Optional[Dict[str, GGUFQuantized]] = None) -> Dict[str, Any]:
+def export_pt2(
+    model: Model,
+    source: Source,
+    out_path: Path,
+    spec: Dict[str, Dict[str, Any]],
+    dtype_name: str,
+    max_seq_length: int,
+    metadata: Dict[str, str],
+    stages: Optional[Stages] = None,
+    gguf_quantized: Optional[Dict[str, GGUFQuantized]] = None,
+) -> Dict[str, Any]:
     import torch
     import torch._inductor
 
@@ -356,21 +384,32 @@ def build_parser() -> argparse.ArgumentParser:
         prog="export_llm",
         description="Export an LLM to an ExecuTorch .pte and/or an AOTInductor .pt2.",
     )
-    p.add_argument("model", nargs="?", help="model alias or checkpoint path (default: the built-in SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="model alias or checkpoint path (default: the built-in SmolLM2-135M-Instruct)",
+    )
     p.add_argument("--checkpoint-path", help="HF directory, Meta directory/.pth or .gguf file")
     p.add_argument("--gguf-path", help="a .gguf file")
     p.add_argument("--tokenizer-path", help="tokenizer file (default: from the checkpoint)")
     p.add_argument("--output-pte-path", help="write an ExecuTorch program here")
     p.add_argument("--output-aoti-package-path", help="write an AOTInductor package (.pt2) here")
-    p.add_argument("--quantize", help="JSON, a .json file, or a preset: " + ", ".join(quant.PRESETS))
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--max-seq-length", type=int, help="KV cache length (default: min(model context, 2048))")
     p.add_argument(
-        "--et-custom-ops", action=argparse.BooleanOptionalAction, default=True,
+        "--quantize", help="JSON, a .json file, or a preset: " + ", ".join(quant.PRESETS)
+    )
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument(
+        "--max-seq-length", type=int, help="KV cache length (default: min(model context, 2048))"
+    )
+    p.add_argument(
+        "--et-custom-ops",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="use ExecuTorch's llama::update_cache / custom_sdpa ops, which attend over the "
-             "filled cache only (default; et_run and ExecuTorch's runners link them). "
-             "--no-et-custom-ops: a graph for runners with only the core, portable and "
-             "XNNPACK kernels")
+        "filled cache only (default; et_run and ExecuTorch's runners link them). "
+        "--no-et-custom-ops: a graph for runners with only the core, portable and "
+        "XNNPACK kernels",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -402,7 +441,9 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
     if "pte" in outs:
         quant.for_executorch(spec)
         if dtype_name == "fp16":
-            raise ExportError("--dtype fp16 is not supported for a .pte (XNNPACK takes fp32 or bf16)")
+            raise ExportError(
+                "--dtype fp16 is not supported for a .pte (XNNPACK takes fp32 or bf16)"
+            )
     if "pt2" in outs:
         quant.for_aoti(spec)
     if args.checkpoint_path and args.gguf_path:
@@ -422,27 +463,50 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
 
     for kind, path in outs.items():
         t0 = time.perf_counter()
-        tf = tokenizer_files.write(path.parent, source.tokenizer_path, source.chat_template,
-                                   source.bos_token, source.eos_token)
+        tf = tokenizer_files.write(
+            path.parent,
+            source.tokenizer_path,
+            source.chat_template,
+            source.bos_token,
+            source.eos_token,
+        )
         if kind == "pte":
             with stages("load", f"weights, max_seq_length {max_seq_length}"):
                 model = build(source, "fp32", max_seq_length)
-            info = export_pte(model, source, path, spec, dtype_name, max_seq_length,
-                              args.et_custom_ops, stages)
+            info = export_pte(
+                model, source, path, spec, dtype_name, max_seq_length, args.et_custom_ops, stages
+            )
         else:
             with stages("load", f"weights, {dtype_name}, max_seq_length {max_seq_length}"):
                 model = build(source, dtype_name, max_seq_length)
             meta = pt2_metadata(source, max_seq_length, dtype_name, tf.file_name, tf.kind, "")
-            info = export_pt2(model, source, path, spec, dtype_name, max_seq_length, meta,
-                              stages, source.ckpt.gguf_quantized)
+            info = export_pt2(
+                model,
+                source,
+                path,
+                spec,
+                dtype_name,
+                max_seq_length,
+                meta,
+                stages,
+                source.ckpt.gguf_quantized,
+            )
         del model
         size = path.stat().st_size
-        info.update(path=str(path), bytes=size, seconds=time.perf_counter() - t0,
-                    tokenizer=[str(p) for p in tf.written])
+        info.update(
+            path=str(path),
+            bytes=size,
+            seconds=time.perf_counter() - t0,
+            tokenizer=[str(p) for p in tf.written],
+        )
         results[kind] = info
         if not args.quiet:
-            print(f"wrote {path} ({size / 2**20:.1f} MiB) in {info['seconds']:.1f} s; "
-                  f"tokenizer: {', '.join(p.name for p in tf.written)}", file=out, flush=True)
+            print(
+                f"wrote {path} ({size / 2**20:.1f} MiB) in {info['seconds']:.1f} s; "
+                f"tokenizer: {', '.join(p.name for p in tf.written)}",
+                file=out,
+                flush=True,
+            )
     results["stage_seconds"] = dict(stages.times)
     return results
 
@@ -455,8 +519,17 @@ def _known_errors():
     from torchchat.registry import RegistryError
     from torchchat.tokenizer import TokenizerError
 
-    return (ExportError, quant.QuantizeError, OutputPathError, CheckpointError, ConfigError,
-            RegistryError, TokenizerError, TokenizerFilesError, ArtifactError)
+    return (
+        ExportError,
+        quant.QuantizeError,
+        OutputPathError,
+        CheckpointError,
+        ConfigError,
+        RegistryError,
+        TokenizerError,
+        TokenizerFilesError,
+        ArtifactError,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

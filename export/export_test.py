@@ -38,20 +38,40 @@ class ExportTest(unittest.TestCase):
             cls.eager_tokens = greedy(cls.eager, cls.prompt_ids, STEPS)
         # EOS = the first token greedy decoding produces for the first time
         # at step >= 3, so ExecuTorch's runner has a known place to stop.
-        cls.eos_step = next(i for i in range(3, STEPS) if cls.eager_tokens[i] not in cls.eager_tokens[:i])
+        cls.eos_step = next(
+            i for i in range(3, STEPS) if cls.eager_tokens[i] not in cls.eager_tokens[:i]
+        )
         cls.source.eos_ids = [cls.eager_tokens[cls.eos_step]]
 
         cls.pte_path = cls.out / "model.pte"
         cls.pt2_path = cls.out / "model.pt2"
-        export_llm.export_pte(export_llm.build(cls.source, "fp32", MAX_SEQ), cls.source,
-                              cls.pte_path, {}, "fp32", MAX_SEQ)
+        export_llm.export_pte(
+            export_llm.build(cls.source, "fp32", MAX_SEQ),
+            cls.source,
+            cls.pte_path,
+            {},
+            "fp32",
+            MAX_SEQ,
+        )
         from export import tokenizer_files
 
-        tf = tokenizer_files.write(cls.out, cls.source.tokenizer_path, cls.source.chat_template,
-                                   cls.source.bos_token, cls.source.eos_token)
+        tf = tokenizer_files.write(
+            cls.out,
+            cls.source.tokenizer_path,
+            cls.source.chat_template,
+            cls.source.bos_token,
+            cls.source.eos_token,
+        )
         meta = export_llm.pt2_metadata(cls.source, MAX_SEQ, "fp32", tf.file_name, tf.kind, "")
-        export_llm.export_pt2(export_llm.build(cls.source, "fp32", MAX_SEQ), cls.source,
-                              cls.pt2_path, {}, "fp32", MAX_SEQ, meta)
+        export_llm.export_pt2(
+            export_llm.build(cls.source, "fp32", MAX_SEQ),
+            cls.source,
+            cls.pt2_path,
+            {},
+            "fp32",
+            MAX_SEQ,
+            meta,
+        )
         cls.pte = artifacts.load_pte(cls.pte_path)
         cls.pt2 = artifacts.load_pt2(cls.pt2_path)
 
@@ -64,17 +84,20 @@ class ExportTest(unittest.TestCase):
 
         program = Runtime.get().load_program(str(self.pte_path))
         values = {n: list(program.load_method(n).execute([])) for n in artifacts.PTE_METHODS}
-        self.assertEqual(values, {
-            "get_max_seq_len": [MAX_SEQ],
-            "get_max_context_len": [MAX_SEQ],
-            "get_n_layers": [2],
-            "get_vocab_size": [tiny_model.VOCAB],
-            "use_kv_cache": [True],
-            "use_sdpa_with_kv_cache": [True],
-            "enable_dynamic_shape": [True],
-            "get_bos_id": [self.tok.token_to_id(tiny_model.BOS)],
-            "get_eos_ids": [self.eager_tokens[self.eos_step]],
-        })
+        self.assertEqual(
+            values,
+            {
+                "get_max_seq_len": [MAX_SEQ],
+                "get_max_context_len": [MAX_SEQ],
+                "get_n_layers": [2],
+                "get_vocab_size": [tiny_model.VOCAB],
+                "use_kv_cache": [True],
+                "use_sdpa_with_kv_cache": [True],
+                "enable_dynamic_shape": [True],
+                "get_bos_id": [self.tok.token_to_id(tiny_model.BOS)],
+                "get_eos_ids": [self.eager_tokens[self.eos_step]],
+            },
+        )
 
     def test_pte_uses_llama_cache_and_attention_ops(self):
         # ExecuTorch's flow by default: the KV cache and attention run as
@@ -88,7 +111,11 @@ class ExportTest(unittest.TestCase):
 
     def _check_logits(self, model, atol):
         self.eager.reset_cache()
-        steps = [(self.prompt_ids, 0), ([7], len(self.prompt_ids)), ([42], len(self.prompt_ids) + 1)]
+        steps = [
+            (self.prompt_ids, 0),
+            ([7], len(self.prompt_ids)),
+            ([42], len(self.prompt_ids) + 1),
+        ]
         for ids, start in steps:
             tokens = torch.tensor([ids])
             pos = torch.arange(start, start + len(ids))
@@ -111,8 +138,10 @@ class ExportTest(unittest.TestCase):
         self.assertEqual(m["n_layers"], 2)
         self.assertEqual(m["bos_id"], self.tok.token_to_id(tiny_model.BOS))
         self.assertEqual(m["eos_ids"], [self.eager_tokens[self.eos_step]])
-        self.assertEqual((m["tokenizer_file"], m["tokenizer_type"], m["dtype"]),
-                         ("tokenizer.json", "hf_json", "fp32"))
+        self.assertEqual(
+            (m["tokenizer_file"], m["tokenizer_type"], m["dtype"]),
+            ("tokenizer.json", "hf_json", "fp32"),
+        )
         self.assertEqual(self.pt2.tokenizer_path, self.out / "tokenizer.json")
         self.assertTrue(m["AOTI_CPU_ISA"])
 
@@ -130,16 +159,25 @@ class ExportTest(unittest.TestCase):
         before_eos = self.eager_tokens[: self.eos_step]
         text = "".join(pieces)
         eos_text = self.tok.decode([self.eager_tokens[self.eos_step]], skip_special_tokens=False)
-        self.assertIn(text, (self.tok.decode(before_eos, skip_special_tokens=False),
-                             self.tok.decode(before_eos, skip_special_tokens=False) + eos_text))
+        self.assertIn(
+            text,
+            (
+                self.tok.decode(before_eos, skip_special_tokens=False),
+                self.tok.decode(before_eos, skip_special_tokens=False) + eos_text,
+            ),
+        )
         self.assertLessEqual(stats[-1].num_generated_tokens, self.eos_step + 1)
 
     def test_tokenizer_written_beside_the_artifacts(self):
-        self.assertEqual((self.out / "tokenizer.json").read_bytes(),
-                         (self.dir / "ckpt" / "tokenizer.json").read_bytes())
+        self.assertEqual(
+            (self.out / "tokenizer.json").read_bytes(),
+            (self.dir / "ckpt" / "tokenizer.json").read_bytes(),
+        )
         config = json.loads((self.out / "tokenizer_config.json").read_text())
         self.assertIn("assistant", config["chat_template"])
-        self.assertEqual((config["bos_token"], config["eos_token"]), (tiny_model.BOS, tiny_model.EOS))
+        self.assertEqual(
+            (config["bos_token"], config["eos_token"]), (tiny_model.BOS, tiny_model.EOS)
+        )
 
     def test_isa_mismatch_is_refused_before_loading(self):
         meta = artifacts.read_pt2_metadata(self.pt2_path)

@@ -37,8 +37,10 @@ PROMPTS = [
 ]
 STEPS = 32
 
-def reference(model: LLMModel, prompts: Sequence[List[int]], steps: int = STEPS
-              ) -> List[Tuple[List[int], int]]:
+
+def reference(
+    model: LLMModel, prompts: Sequence[List[int]], steps: int = STEPS
+) -> List[Tuple[List[int], int]]:
     """(prompt + greedy continuation, number of prompt tokens) per prompt."""
     return [(list(ids) + greedy(model, ids, steps), len(ids)) for ids in prompts]
 
@@ -66,8 +68,7 @@ def decode_speed(model: LLMModel, prompt: List[int], steps: int = 64) -> float:
     return stats.decode_tok_s
 
 
-def et_quantized_eager(model: Model, spec: str | Dict[str, Any], dtype_name: str = "fp32"
-                       ) -> Model:
+def et_quantized_eager(model: Model, spec: str | Dict[str, Any], dtype_name: str = "fp32") -> Model:
     """The eager model after ExecuTorch's own quantization source transforms."""
     from executorch.extension.llm.export.builder import DType
 
@@ -87,8 +88,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("model", nargs="?")
     p.add_argument("--checkpoint-path")
     p.add_argument("--artifact", help="a .pte or .pt2 to score")
-    p.add_argument("--et-quantize", action="append", default=[],
-                   help="score ExecuTorch's quantization transforms in eager (repeatable)")
+    p.add_argument(
+        "--et-quantize",
+        action="append",
+        default=[],
+        help="score ExecuTorch's quantization transforms in eager (repeatable)",
+    )
     p.add_argument("--max-seq-length", type=int, default=256)
     args = p.parse_args(argv)
     path = export_llm.resolve_checkpoint(args.model, user_path(args.checkpoint_path))

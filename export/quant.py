@@ -44,9 +44,14 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
 }
 
 _DTYPES = {
-    "fp32": "fp32", "float32": "fp32",
-    "bf16": "bf16", "bfloat16": "bf16", "fast16": "bf16", "fast": "bf16",
-    "fp16": "fp16", "float16": "fp16",
+    "fp32": "fp32",
+    "float32": "fp32",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fast16": "bf16",
+    "fast": "bf16",
+    "fp16": "fp16",
+    "float16": "fp16",
 }
 _LINEAR = ("linear:int4", "linear:int8", "linear:a8w4dq", "linear:a8w8dq")
 

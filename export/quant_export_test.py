@@ -30,9 +30,19 @@ class QuantizedPteTest(unittest.TestCase):
         cls.pte_path.parent.mkdir()
         cls.err = io.StringIO()
         with contextlib.redirect_stderr(cls.err):
-            cls.rc = export_llm.main(["--checkpoint-path", str(cls.ckpt), "--output-pte-path",
-                                      str(cls.pte_path), "--quantize", "mobile",
-                                      "--max-seq-length", str(MAX_SEQ), "--no-et-custom-ops"])
+            cls.rc = export_llm.main(
+                [
+                    "--checkpoint-path",
+                    str(cls.ckpt),
+                    "--output-pte-path",
+                    str(cls.pte_path),
+                    "--quantize",
+                    "mobile",
+                    "--max-seq-length",
+                    str(MAX_SEQ),
+                    "--no-et-custom-ops",
+                ]
+            )
 
     @classmethod
     def tearDownClass(cls):

@@ -48,8 +48,13 @@ def model_file_kind(path: Path) -> str:
     return "sentencepiece"
 
 
-def write(out_dir: Path, tokenizer_path: Path, chat_template: Optional[str],
-          bos_token: str, eos_token: str) -> TokenizerFiles:
+def write(
+    out_dir: Path,
+    tokenizer_path: Path,
+    chat_template: Optional[str],
+    bos_token: str,
+    eos_token: str,
+) -> TokenizerFiles:
     out_dir = Path(out_dir)
     src = Path(tokenizer_path)
     written: List[Path] = []
@@ -77,7 +82,9 @@ def write(out_dir: Path, tokenizer_path: Path, chat_template: Optional[str],
     # Keys that only make sense on the machine that wrote them.
     for k in ("is_local", "local_files_only", "name_or_path"):
         config.pop(k, None)
-    _write_text(out_dir / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    _write_text(
+        out_dir / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    )
     written.append(out_dir / "tokenizer_config.json")
     return TokenizerFiles(main, kind, written)
 
@@ -97,7 +104,8 @@ def _tokenizer_json_from_gguf(gguf_path: Path, dest: Path) -> dict:
                 writer(str(gguf_path), d)
             except Exception as e:
                 raise TokenizerFilesError(
-                    f"cannot build tokenizer.json from {gguf_path}: {e}") from e
+                    f"cannot build tokenizer.json from {gguf_path}: {e}"
+                ) from e
             _copy(Path(d) / "tokenizer.json", dest)
             cfg = Path(d) / "tokenizer_config.json"
             return json.loads(cfg.read_text()) if cfg.is_file() else {}

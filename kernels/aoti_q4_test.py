@@ -43,16 +43,21 @@ class AotiQ4Test(unittest.TestCase):
 
     def check_package(self, configs, expect_shim):
         g = torch.Generator().manual_seed(2)
-        q8 = q4.Q8Linear(torch.randint(-128, 128, (24, 64), generator=g, dtype=torch.int8),
-                         (torch.rand(24, 2, generator=g) * 0.01).half())
-        model = torch.nn.Sequential(layer(96, 64, 0, True), torch.nn.SiLU(), layer(64, 96, 1, False), q8).eval()
+        q8 = q4.Q8Linear(
+            torch.randint(-128, 128, (24, 64), generator=g, dtype=torch.int8),
+            (torch.rand(24, 2, generator=g) * 0.01).half(),
+        )
+        model = torch.nn.Sequential(
+            layer(96, 64, 0, True), torch.nn.SiLU(), layer(64, 96, 1, False), q8
+        ).eval()
         x = torch.randn(5, 64)
         want = model(x)
         rows = torch.export.Dim("rows", min=1, max=64)
         ep = torch.export.export(model, (x,), dynamic_shapes=({0: rows},))
         with tempfile.TemporaryDirectory() as tmp:
             pkg = torch._inductor.aoti_compile_and_package(
-                ep, package_path=os.path.join(tmp, "q4.pt2"), inductor_configs=configs)
+                ep, package_path=os.path.join(tmp, "q4.pt2"), inductor_configs=configs
+            )
             with zipfile.ZipFile(pkg) as z:
                 src = "".join(z.read(f).decode() for f in z.namelist() if f.endswith("wrapper.cpp"))
             self.assertEqual("aoti_torch_cpu_q4_linear(" in src, expect_shim)
@@ -65,15 +70,33 @@ class AotiQ4Test(unittest.TestCase):
 
             write_matrix(os.path.join(tmp, "x"), x)
             proc = subprocess.run(
-                [os.path.join("kernels", "aoti_q4_run"), pkg, os.path.join(tmp, "x"), os.path.join(tmp, "y")],
-                capture_output=True, text=True, timeout=300)
+                [
+                    os.path.join("kernels", "aoti_q4_run"),
+                    pkg,
+                    os.path.join(tmp, "x"),
+                    os.path.join(tmp, "y"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             self.assertEqual(proc.returncode, 0, proc.stderr)
-            torch.testing.assert_close(read_matrix(os.path.join(tmp, "y")), want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                read_matrix(os.path.join(tmp, "y")), want, rtol=1e-5, atol=1e-5
+            )
 
             # A bad package path is one clear error line, not a crash.
             bad = subprocess.run(
-                [os.path.join("kernels", "aoti_q4_run"), os.path.join(tmp, "missing.pt2"), os.path.join(tmp, "x"),
-                 os.path.join(tmp, "y")], capture_output=True, text=True, timeout=300)
+                [
+                    os.path.join("kernels", "aoti_q4_run"),
+                    os.path.join(tmp, "missing.pt2"),
+                    os.path.join(tmp, "x"),
+                    os.path.join(tmp, "y"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             self.assertNotEqual(bad.returncode, 0)
             self.assertTrue(bad.stderr.startswith("error: "), bad.stderr)
             self.assertEqual(len(bad.stderr.strip().splitlines()), 1, bad.stderr)

@@ -47,16 +47,16 @@ bool IsContiguous(const Tensor& t) {
 // The two inner loops of attention. target_clones picks the widest vector
 // unit at load time; omp simd lets the reduction vectorize without
 // -ffast-math (the sum order changes, as in any SIMD dot product).
-__attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
-float Dot(const float* a, const float* b, int64_t n) {
+__attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default"))) float Dot(
+    const float* a, const float* b, int64_t n) {
   float s = 0.f;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
   return s;
 }
 
-__attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
-void Axpy(float* y, float a, const float* x, int64_t n) {
+__attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default"))) void Axpy(
+    float* y, float a, const float* x, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
@@ -80,9 +80,8 @@ struct Shape {
 // [0, start_pos + i], otherwise the first `n_keys` keys under the additive
 // mask row (if any). Grouped-query heads share kv head h / (q_heads/kv_heads).
 template <typename T>
-void Attend(const T* q, const T* k, const T* v, const float* mask, Shape s,
-            int64_t start_pos, int64_t n_keys, bool causal, float scale,
-            T* out) {
+void Attend(const T* q, const T* k, const T* v, const float* mask, Shape s, int64_t start_pos,
+            int64_t n_keys, bool causal, float scale, T* out) {
   const int64_t d = s.head_dim;
   const int64_t group = s.q_heads / s.kv_heads;
   const int64_t rows = s.batch * s.q_heads * s.q_len;
@@ -135,65 +134,59 @@ void Attend(const T* q, const T* k, const T* v, const float* mask, Shape s,
 
 }  // namespace
 
-Tensor& CustomSdpaOut(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k,
-                      const Tensor& v, const int64_t start_pos,
-                      const std::optional<Tensor>& attn_mask, const double /*dropout_p*/,
-                      const bool is_causal, const std::optional<double> scale,
-                      Tensor& out) {
-  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
-                      InvalidArgument, out,
+Tensor& CustomSdpaOut(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                      const int64_t start_pos, const std::optional<Tensor>& attn_mask,
+                      const double /*dropout_p*/, const bool is_causal,
+                      const std::optional<double> scale, Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, q.dim() == 4 && k.dim() == 4 && v.dim() == 4, InvalidArgument, out,
                       "custom_sdpa: query, key and value must be [batch, seq, heads, dim]");
-  ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == k.scalar_type() &&
-                               q.scalar_type() == v.scalar_type() &&
-                               q.scalar_type() == out.scalar_type(),
+  ET_KERNEL_CHECK_MSG(ctx,
+                      q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type() &&
+                          q.scalar_type() == out.scalar_type(),
                       InvalidArgument, out, "custom_sdpa: mixed dtypes");
-  ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == ScalarType::Float ||
-                               q.scalar_type() == ScalarType::BFloat16,
-                      InvalidArgument, out, "custom_sdpa: only float32 and bfloat16");
+  ET_KERNEL_CHECK_MSG(
+      ctx, q.scalar_type() == ScalarType::Float || q.scalar_type() == ScalarType::BFloat16,
+      InvalidArgument, out, "custom_sdpa: only float32 and bfloat16");
   const Shape s{q.size(0), q.size(1), q.size(2), k.size(1), k.size(2), q.size(3)};
-  ET_KERNEL_CHECK_MSG(ctx, k.size(0) == s.batch && v.size(0) == s.batch &&
-                               v.size(1) == s.kv_len && v.size(2) == s.kv_heads &&
-                               k.size(3) == s.head_dim && v.size(3) == s.head_dim,
+  ET_KERNEL_CHECK_MSG(ctx,
+                      k.size(0) == s.batch && v.size(0) == s.batch && v.size(1) == s.kv_len &&
+                          v.size(2) == s.kv_heads && k.size(3) == s.head_dim &&
+                          v.size(3) == s.head_dim,
                       InvalidArgument, out, "custom_sdpa: key/value shapes differ");
-  ET_KERNEL_CHECK_MSG(ctx, s.kv_heads > 0 && s.q_heads % s.kv_heads == 0,
-                      InvalidArgument, out,
+  ET_KERNEL_CHECK_MSG(ctx, s.kv_heads > 0 && s.q_heads % s.kv_heads == 0, InvalidArgument, out,
                       "custom_sdpa: %d query heads are not a multiple of %d kv heads",
                       static_cast<int>(s.q_heads), static_cast<int>(s.kv_heads));
-  ET_KERNEL_CHECK_MSG(ctx, IsContiguous(q) && IsContiguous(k) && IsContiguous(v),
-                      InvalidArgument, out, "custom_sdpa: inputs must be contiguous");
+  ET_KERNEL_CHECK_MSG(ctx, IsContiguous(q) && IsContiguous(k) && IsContiguous(v), InvalidArgument,
+                      out, "custom_sdpa: inputs must be contiguous");
   const float* mask = nullptr;
   int64_t n_keys = std::min(start_pos + s.q_len, s.kv_len);
   if (attn_mask.has_value()) {
     const Tensor& m = *attn_mask;
     ET_KERNEL_CHECK_MSG(ctx, !is_causal, InvalidArgument, out,
                         "custom_sdpa: give either a mask or is_causal");
-    ET_KERNEL_CHECK_MSG(ctx, m.scalar_type() == ScalarType::Float && m.dim() == 2 &&
-                                 m.size(0) == s.q_len && m.size(1) == s.kv_len &&
-                                 IsContiguous(m),
+    ET_KERNEL_CHECK_MSG(ctx,
+                        m.scalar_type() == ScalarType::Float && m.dim() == 2 &&
+                            m.size(0) == s.q_len && m.size(1) == s.kv_len && IsContiguous(m),
                         InvalidArgument, out,
                         "custom_sdpa: the mask must be float32 [seq, kv_len]");
     mask = m.const_data_ptr<float>();
     n_keys = s.kv_len;
   } else {
-    ET_KERNEL_CHECK_MSG(ctx, start_pos >= 0 && start_pos + s.q_len <= s.kv_len,
-                        InvalidArgument, out,
-                        "custom_sdpa: positions %d..%d exceed the cache (%d)",
-                        static_cast<int>(start_pos),
-                        static_cast<int>(start_pos + s.q_len),
+    ET_KERNEL_CHECK_MSG(ctx, start_pos >= 0 && start_pos + s.q_len <= s.kv_len, InvalidArgument,
+                        out, "custom_sdpa: positions %d..%d exceed the cache (%d)",
+                        static_cast<int>(start_pos), static_cast<int>(start_pos + s.q_len),
                         static_cast<int>(s.kv_len));
   }
-  ET_KERNEL_CHECK_MSG(ctx,
-                      executorch::runtime::resize_tensor(out, q.sizes()) == Error::Ok,
+  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, q.sizes()) == Error::Ok,
                       InvalidArgument, out, "custom_sdpa: cannot resize the output");
   const float sc = scale.has_value() ? static_cast<float>(*scale)
                                      : 1.f / std::sqrt(static_cast<float>(s.head_dim));
   if (q.scalar_type() == ScalarType::Float) {
-    Attend(q.const_data_ptr<float>(), k.const_data_ptr<float>(), v.const_data_ptr<float>(),
-           mask, s, start_pos, n_keys, is_causal, sc, out.mutable_data_ptr<float>());
+    Attend(q.const_data_ptr<float>(), k.const_data_ptr<float>(), v.const_data_ptr<float>(), mask, s,
+           start_pos, n_keys, is_causal, sc, out.mutable_data_ptr<float>());
   } else {
-    Attend(q.const_data_ptr<BFloat16>(), k.const_data_ptr<BFloat16>(),
-           v.const_data_ptr<BFloat16>(), mask, s, start_pos, n_keys, is_causal, sc,
-           out.mutable_data_ptr<BFloat16>());
+    Attend(q.const_data_ptr<BFloat16>(), k.const_data_ptr<BFloat16>(), v.const_data_ptr<BFloat16>(),
+           mask, s, start_pos, n_keys, is_causal, sc, out.mutable_data_ptr<BFloat16>());
   }
   return out;
 }
@@ -205,20 +198,20 @@ Tensor& UpdateCacheOut(KernelRuntimeContext& ctx, const Tensor& value, Tensor& c
                        const int64_t start_pos, Tensor& out) {
   ET_KERNEL_CHECK_MSG(ctx, value.dim() == 4 && cache.dim() == 4, InvalidArgument, out,
                       "update_cache: value and cache must be 4-D");
-  ET_KERNEL_CHECK_MSG(ctx, value.scalar_type() == cache.scalar_type(), InvalidArgument,
-                      out, "update_cache: value and cache dtypes differ");
-  ET_KERNEL_CHECK_MSG(ctx, value.size(0) == cache.size(0) && value.size(2) == cache.size(2) &&
-                               value.size(3) == cache.size(3),
+  ET_KERNEL_CHECK_MSG(ctx, value.scalar_type() == cache.scalar_type(), InvalidArgument, out,
+                      "update_cache: value and cache dtypes differ");
+  ET_KERNEL_CHECK_MSG(ctx,
+                      value.size(0) == cache.size(0) && value.size(2) == cache.size(2) &&
+                          value.size(3) == cache.size(3),
                       InvalidArgument, out, "update_cache: value and cache shapes differ");
   const int64_t seq = value.size(1);
   const int64_t max_context = cache.size(1);
-  ET_KERNEL_CHECK_MSG(ctx, start_pos >= 0 && start_pos + seq <= max_context,
-                      InvalidArgument, out,
+  ET_KERNEL_CHECK_MSG(ctx, start_pos >= 0 && start_pos + seq <= max_context, InvalidArgument, out,
                       "update_cache: positions %d..%d exceed the cache (%d)",
                       static_cast<int>(start_pos), static_cast<int>(start_pos + seq),
                       static_cast<int>(max_context));
-  ET_KERNEL_CHECK_MSG(ctx, IsContiguous(value) && IsContiguous(cache), InvalidArgument,
-                      out, "update_cache: tensors must be contiguous");
+  ET_KERNEL_CHECK_MSG(ctx, IsContiguous(value) && IsContiguous(cache), InvalidArgument, out,
+                      "update_cache: tensors must be contiguous");
   const size_t row = static_cast<size_t>(value.size(2) * value.size(3) * value.element_size());
   const auto* src = static_cast<const char*>(value.const_data_ptr());
   auto* dst = static_cast<char*>(cache.mutable_data_ptr());

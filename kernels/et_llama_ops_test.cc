@@ -26,9 +26,8 @@ std::vector<float> Random(size_t n, uint32_t seed) {
 
 // Textbook attention in double precision. mask: [S, L] additive or empty.
 std::vector<float> Reference(const std::vector<float>& q, const std::vector<float>& k,
-                             const std::vector<float>& v, const std::vector<float>& mask,
-                             int B, int S, int Hq, int L, int Hkv, int D, int start_pos,
-                             bool causal) {
+                             const std::vector<float>& v, const std::vector<float>& mask, int B,
+                             int S, int Hq, int L, int Hkv, int D, int start_pos, bool causal) {
   std::vector<float> out(static_cast<size_t>(B) * S * Hq * D);
   for (int b = 0; b < B; ++b)
     for (int i = 0; i < S; ++i)

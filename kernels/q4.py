@@ -100,8 +100,14 @@ def using_isa(name: str) -> Iterator[None]:
 
 
 @torch.library.register_fake("torchchat::q4_linear")
-def _q4_linear_fake(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor,
-                    bias: Optional[torch.Tensor], n: int, k: int) -> torch.Tensor:
+def _q4_linear_fake(
+    x: torch.Tensor,
+    qs: torch.Tensor,
+    scales: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    n: int,
+    k: int,
+) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], n))
 
 
@@ -119,15 +125,23 @@ def aoti_c_shim_configs() -> dict:
     loaded: this module provides it in Python; a C++ runner links :torch_ops
     with -Wl,--export-dynamic-symbol=aoti_torch_cpu_q4_linear (see
     //kernels:aoti_q4_run)."""
-    return {"aot_inductor.custom_ops_to_c_shims": {
-        torch.ops.torchchat.q4_linear.default: [C_SHIM_DECL],
-        torch.ops.torchchat.q8_linear.default: [C_SHIM_DECL.replace("q4_linear", "q8_linear")],
-    }}
+    return {
+        "aot_inductor.custom_ops_to_c_shims": {
+            torch.ops.torchchat.q4_linear.default: [C_SHIM_DECL],
+            torch.ops.torchchat.q8_linear.default: [C_SHIM_DECL.replace("q4_linear", "q8_linear")],
+        }
+    }
 
 
 @torch.library.register_fake("torchchat::q8_linear")
-def _q8_linear_fake(x: torch.Tensor, qs: torch.Tensor, scales: torch.Tensor,
-                    bias: Optional[torch.Tensor], n: int, k: int) -> torch.Tensor:
+def _q8_linear_fake(
+    x: torch.Tensor,
+    qs: torch.Tensor,
+    scales: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    n: int,
+    k: int,
+) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], n))
 
 
@@ -139,14 +153,17 @@ def _qtype_name(qtype: str | int) -> str:
     if isinstance(qtype, str):
         name = qtype
     else:  # gguf.GGMLQuantizationType or int
-        name = getattr(qtype, "name", None) or {v: k for k, v in _QTYPES.items()}.get(int(qtype), str(qtype))
+        name = getattr(qtype, "name", None) or {v: k for k, v in _QTYPES.items()}.get(
+            int(qtype), str(qtype)
+        )
     if name not in _QTYPES:
         raise Q4Error(f"q4: unsupported tensor type {name} (need Q4_0 or Q4_1)")
     return name
 
 
-def pack_gguf_blocks(qtype: str | int, blocks: np.ndarray, shape: Tuple[int, int]
-                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+def pack_gguf_blocks(
+    qtype: str | int, blocks: np.ndarray, shape: Tuple[int, int]
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """(qs, scales) from the raw bytes of a GGUF Q4_0/Q4_1 tensor of logical shape (N, K)."""
     name = _qtype_name(qtype)
     n, k = (int(s) for s in shape)
@@ -155,7 +172,9 @@ def pack_gguf_blocks(qtype: str | int, blocks: np.ndarray, shape: Tuple[int, int
     head = 4 if name == "Q4_1" else 2
     raw = np.asarray(blocks, dtype=np.uint8)
     if raw.size != n * (k // BLOCK) * (head + 16):
-        raise Q4Error(f"q4: {name} tensor of shape {shape} needs {n * (k // BLOCK) * (head + 16)} bytes, got {raw.size}")
+        raise Q4Error(
+            f"q4: {name} tensor of shape {shape} needs {n * (k // BLOCK) * (head + 16)} bytes, got {raw.size}"
+        )
     b = raw.reshape(n, k // BLOCK, head + 16)
     d = b[..., 0:2].copy().view(np.float16)[..., 0]
     if name == "Q4_1":
@@ -180,7 +199,9 @@ def pack_reader_tensor(t: gguf.ReaderTensor) -> Tuple[torch.Tensor, torch.Tensor
     return pack_gguf_blocks(t.tensor_type, np.asarray(t.data), shape)
 
 
-def pack_dqm(d: torch.Tensor, m: torch.Tensor, q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def pack_dqm(
+    d: torch.Tensor, m: torch.Tensor, q: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """(qs, scales) from per-block scales d [N, nb], mins m [N, nb] and codes q [N, K] in 0..15.
 
     d and m must be exactly representable in fp16 (as GGUF's are): the kernel
@@ -219,14 +240,24 @@ def dequantize(qs: torch.Tensor, scales: torch.Tensor, k: int) -> torch.Tensor:
 class Q4Linear(nn.Module):
     """Drop-in for nn.Linear with exact GGUF 4-bit weights (CPU)."""
 
-    def __init__(self, qs: torch.Tensor, scales: torch.Tensor, in_features: int, out_features: int,
-                 bias: Optional[torch.Tensor] = None):
+    def __init__(
+        self,
+        qs: torch.Tensor,
+        scales: torch.Tensor,
+        in_features: int,
+        out_features: int,
+        bias: Optional[torch.Tensor] = None,
+    ):
         super().__init__()
         nb = num_blocks(in_features)
         if tuple(qs.shape) != (out_features, nb * 16) or qs.dtype != torch.uint8:
-            raise Q4Error(f"q4: qs must be uint8 [{out_features}, {nb * 16}], got {qs.dtype} {tuple(qs.shape)}")
+            raise Q4Error(
+                f"q4: qs must be uint8 [{out_features}, {nb * 16}], got {qs.dtype} {tuple(qs.shape)}"
+            )
         if tuple(scales.shape) != (out_features, 2 * nb) or scales.dtype != torch.float16:
-            raise Q4Error(f"q4: scales must be float16 [{out_features}, {2 * nb}], got {scales.dtype} {tuple(scales.shape)}")
+            raise Q4Error(
+                f"q4: scales must be float16 [{out_features}, {2 * nb}], got {scales.dtype} {tuple(scales.shape)}"
+            )
         self.in_features = in_features
         self.out_features = out_features
         self.register_buffer("qs", qs.contiguous())
@@ -234,20 +265,27 @@ class Q4Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
     @classmethod
-    def from_gguf_blocks(cls, qtype: str | int, blocks: np.ndarray, shape: Tuple[int, int],
-                         bias: Optional[torch.Tensor] = None) -> "Q4Linear":
+    def from_gguf_blocks(
+        cls,
+        qtype: str | int,
+        blocks: np.ndarray,
+        shape: Tuple[int, int],
+        bias: Optional[torch.Tensor] = None,
+    ) -> "Q4Linear":
         qs, scales = pack_gguf_blocks(qtype, blocks, shape)
         return cls(qs, scales, int(shape[1]), int(shape[0]), bias)
 
     @classmethod
-    def from_reader_tensor(cls, t: gguf.ReaderTensor,
-                           bias: Optional[torch.Tensor] = None) -> "Q4Linear":
+    def from_reader_tensor(
+        cls, t: gguf.ReaderTensor, bias: Optional[torch.Tensor] = None
+    ) -> "Q4Linear":
         qs, scales = pack_reader_tensor(t)
         return cls(qs, scales, int(t.shape[0]), int(t.shape[1]), bias)
 
     @classmethod
-    def from_dqm(cls, d: torch.Tensor, m: torch.Tensor, q: torch.Tensor,
-                 bias: Optional[torch.Tensor] = None) -> "Q4Linear":
+    def from_dqm(
+        cls, d: torch.Tensor, m: torch.Tensor, q: torch.Tensor, bias: Optional[torch.Tensor] = None
+    ) -> "Q4Linear":
         qs, scales = pack_dqm(d, m, q)
         return cls(qs, scales, int(q.shape[1]), int(q.shape[0]), bias)
 
@@ -256,8 +294,9 @@ class Q4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The OpOverload, not the packet: skips overload resolution (~1.5 us a call).
-        return torch.ops.torchchat.q4_linear.default(x, self.qs, self.scales, self.bias, self.out_features,
-                                                     self.in_features)
+        return torch.ops.torchchat.q4_linear.default(
+            x, self.qs, self.scales, self.bias, self.out_features, self.in_features
+        )
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -268,8 +307,11 @@ def _default_weight_name(module_path: str) -> str:
     return module_path.removeprefix("transformer.") + ".weight"
 
 
-def quantize_model_q4(model: nn.Module, gguf_quantized: Dict[str, object],
-                      weight_name: Callable[[str], str] = _default_weight_name) -> int:
+def quantize_model_q4(
+    model: nn.Module,
+    gguf_quantized: Dict[str, object],
+    weight_name: Callable[[str], str] = _default_weight_name,
+) -> int:
     """Replaces, in place, each nn.Linear whose weight is a GGUF Q4_0/Q4_1 tensor.
 
     gguf_quantized maps weight names to objects with .qtype ("Q4_0"/"Q4_1"),
@@ -286,7 +328,9 @@ def quantize_model_q4(model: nn.Module, gguf_quantized: Dict[str, object],
             if gq is None or getattr(gq, "qtype", None) not in _QTYPES:
                 continue
             if tuple(int(s) for s in gq.shape) != (child.out_features, child.in_features):
-                raise Q4Error(f"q4: {full}: GGUF shape {tuple(gq.shape)} != linear {(child.out_features, child.in_features)}")
+                raise Q4Error(
+                    f"q4: {full}: GGUF shape {tuple(gq.shape)} != linear {(child.out_features, child.in_features)}"
+                )
             bias = None if child.bias is None else child.bias.data
             setattr(mod, child_name, Q4Linear.from_gguf_blocks(gq.qtype, gq.blocks, gq.shape, bias))
             count += 1
@@ -296,14 +340,18 @@ def quantize_model_q4(model: nn.Module, gguf_quantized: Dict[str, object],
 # --- Q8_0 (the output layer / tied embedding of most GGUF files) -------------
 
 
-def pack_q8_0_blocks(blocks: np.ndarray, shape: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+def pack_q8_0_blocks(
+    blocks: np.ndarray, shape: Tuple[int, int]
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """(qs int8 [N, K], scales float16 [N, K/32]) from a GGUF Q8_0 tensor's raw bytes."""
     n, k = (int(s) for s in shape)
     if n <= 0 or k <= 0 or k % BLOCK:
         raise Q4Error(f"q8: GGUF tensor shape {shape} must be (N, K) with K a multiple of {BLOCK}")
     raw = np.asarray(blocks, dtype=np.uint8)
     if raw.size != n * (k // BLOCK) * 34:
-        raise Q4Error(f"q8: Q8_0 tensor of shape {shape} needs {n * (k // BLOCK) * 34} bytes, got {raw.size}")
+        raise Q4Error(
+            f"q8: Q8_0 tensor of shape {shape} needs {n * (k // BLOCK) * 34} bytes, got {raw.size}"
+        )
     b = raw.reshape(n, k // BLOCK, 34)
     d = b[..., 0:2].copy().view(np.float16)[..., 0]
     qs = b[..., 2:].copy().view(np.int8).reshape(n, k)
@@ -316,22 +364,31 @@ class Q8Linear(nn.Module):
     def __init__(self, qs: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor] = None):
         super().__init__()
         n, k = qs.shape
-        if qs.dtype != torch.int8 or k % BLOCK or tuple(scales.shape) != (n, k // BLOCK) or scales.dtype != torch.float16:
-            raise Q4Error(f"q8: need qs int8 [N, K], K % 32 == 0, scales float16 [N, K/32]; got "
-                          f"{qs.dtype} {tuple(qs.shape)}, {scales.dtype} {tuple(scales.shape)}")
+        if (
+            qs.dtype != torch.int8
+            or k % BLOCK
+            or tuple(scales.shape) != (n, k // BLOCK)
+            or scales.dtype != torch.float16
+        ):
+            raise Q4Error(
+                f"q8: need qs int8 [N, K], K % 32 == 0, scales float16 [N, K/32]; got "
+                f"{qs.dtype} {tuple(qs.shape)}, {scales.dtype} {tuple(scales.shape)}"
+            )
         self.in_features, self.out_features = k, n
         self.register_buffer("qs", qs.contiguous())
         self.register_buffer("scales", scales.contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
     @classmethod
-    def from_gguf_blocks(cls, blocks: np.ndarray, shape: Tuple[int, int],
-                         bias: Optional[torch.Tensor] = None) -> "Q8Linear":
+    def from_gguf_blocks(
+        cls, blocks: np.ndarray, shape: Tuple[int, int], bias: Optional[torch.Tensor] = None
+    ) -> "Q8Linear":
         return cls(*pack_q8_0_blocks(blocks, shape), bias)
 
     @classmethod
-    def from_reader_tensor(cls, t: gguf.ReaderTensor,
-                           bias: Optional[torch.Tensor] = None) -> "Q8Linear":
+    def from_reader_tensor(
+        cls, t: gguf.ReaderTensor, bias: Optional[torch.Tensor] = None
+    ) -> "Q8Linear":
         import gguf
 
         if t.tensor_type != gguf.GGMLQuantizationType.Q8_0:
@@ -344,8 +401,9 @@ class Q8Linear(nn.Module):
         return d * self.qs.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.torchchat.q8_linear.default(x, self.qs, self.scales, self.bias, self.out_features,
-                                                     self.in_features)
+        return torch.ops.torchchat.q8_linear.default(
+            x, self.qs, self.scales, self.bias, self.out_features, self.in_features
+        )
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

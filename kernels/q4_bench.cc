@@ -66,16 +66,21 @@ int main(int argc, char** argv) {
   double mb = 256;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--threads") threads = std::atoi(argv[i + 1]);
-    else if (a == "--mb") mb = std::atof(argv[i + 1]);
-    else if (a == "--m") m = std::atoi(argv[i + 1]);
+    if (a == "--threads")
+      threads = std::atoi(argv[i + 1]);
+    else if (a == "--mb")
+      mb = std::atof(argv[i + 1]);
+    else if (a == "--m")
+      m = std::atoi(argv[i + 1]);
     else if (a == "--isa") {
       if (!tk::Q4ForceIsa(argv[i + 1])) {
         std::fprintf(stderr, "error: this CPU cannot run isa %s\n", argv[i + 1]);
         return 2;
       }
     } else {
-      std::fprintf(stderr, "usage: q4_bench [--threads T] [--mb MB] [--m M] [--isa avx512vnni|avx512|avx2|scalar]\n");
+      std::fprintf(stderr,
+                   "usage: q4_bench [--threads T] [--mb MB] [--m M] [--isa "
+                   "avx512vnni|avx512|avx2|scalar]\n");
       return 2;
     }
   }
@@ -84,13 +89,15 @@ int main(int argc, char** argv) {
   const tk::Q4ParallelFor pf = pool.AsParallelFor();
   std::printf("q4 isa %s, threads %d, M %d, rotating over ~%.0f MB of weights per kernel\n",
               tk::Q4Isa(), threads, m, mb);
-  std::printf("%-12s %10s %9s %10s %9s %8s\n", "N x K", "q4 us", "q4 GB/s", "fp32 us", "fp32 GB/s", "speedup");
+  std::printf("%-12s %10s %9s %10s %9s %8s\n", "N x K", "q4 us", "q4 GB/s", "fp32 us", "fp32 GB/s",
+              "speedup");
   std::mt19937 rng(0);
   const std::pair<int64_t, int64_t> shapes[] = {{576, 576}, {192, 576}, {1536, 576}, {576, 1536}};
   for (auto [n, k] : shapes) {
     const int64_t nb = tk::Q4NumBlocks(k);
     const double q4_bytes = double(n * nb * 16 + n * nb * 4), f_bytes = double(n * k * 4);
-    const int copies_q = std::max(1, int(mb * 1e6 / q4_bytes)), copies_f = std::max(1, int(mb * 1e6 / f_bytes));
+    const int copies_q = std::max(1, int(mb * 1e6 / q4_bytes)),
+              copies_f = std::max(1, int(mb * 1e6 / f_bytes));
     std::vector<uint8_t> qs(size_t(copies_q * n * nb * 16));
     std::vector<uint16_t> sc(size_t(copies_q * n * nb * 2));
     for (auto& b : qs) b = uint8_t(rng());
@@ -122,10 +129,11 @@ int main(int argc, char** argv) {
     char shape[32];
     std::snprintf(shape, sizeof shape, "%ldx%ld", long(n), long(k));
     if (fp32_ok)
-      std::printf("%-12s %10.2f %9.2f %10.2f %9.2f %7.2fx\n", shape, q4_t * 1e6, q4_bytes / q4_t / 1e9, f_t * 1e6,
-                  f_bytes / f_t / 1e9, f_t / q4_t);
+      std::printf("%-12s %10.2f %9.2f %10.2f %9.2f %7.2fx\n", shape, q4_t * 1e6,
+                  q4_bytes / q4_t / 1e9, f_t * 1e6, f_bytes / f_t / 1e9, f_t / q4_t);
     else
-      std::printf("%-12s %10.2f %9.2f %10s %9s %8s\n", shape, q4_t * 1e6, q4_bytes / q4_t / 1e9, "-", "-", "-");
+      std::printf("%-12s %10.2f %9.2f %10s %9s %8s\n", shape, q4_t * 1e6, q4_bytes / q4_t / 1e9,
+                  "-", "-", "-");
   }
   // The output layer: GGUF's Q8_0, vocab x dim.
   {

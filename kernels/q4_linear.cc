@@ -88,7 +88,8 @@ void GemvRowsScalar(const Args& a, int64_t n0, int64_t n1) {
           const uint8_t* q = qs + (c + b) * 16;
           const float* xb = x + (c + b) * 32;
           float t = 0.f;
-          for (int j = 0; j < 16; ++j) t += float(q[j] & 0xF) * xb[j] + float(q[j] >> 4) * xb[j + 16];
+          for (int j = 0; j < 16; ++j)
+            t += float(q[j] & 0xF) * xb[j] + float(q[j] >> 4) * xb[j + 16];
           acc += dbuf[b] * t;
           macc += mbuf[b] * xs[c + b];
         }
@@ -118,7 +119,8 @@ void TileRowsScalar(const Args& a, int64_t n0, int64_t n1) {
 TC_TARGET("avx2,fma,f16c") void WidenAvx2(const uint16_t* h, float* f, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
+    _mm256_storeu_ps(f + i,
+                     _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
   for (; i < n; ++i) f[i] = _cvtsh_ss(h[i]);
 }
 
@@ -147,9 +149,9 @@ inline __m256 BlockDotAvx2(const uint8_t* q, __m256 x0, __m256 x1, __m256 x2, __
 TC_TARGET("avx2,fma,f16c") void BlockSumsAvx2(const float* x, int64_t nb, float* xs) {
   for (int64_t b = 0; b < nb; ++b) {
     const float* p = x + b * 32;
-    xs[b] = HsumAvx2(
-        _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)),
-                      _mm256_add_ps(_mm256_loadu_ps(p + 16), _mm256_loadu_ps(p + 24))));
+    xs[b] =
+        HsumAvx2(_mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)),
+                               _mm256_add_ps(_mm256_loadu_ps(p + 16), _mm256_loadu_ps(p + 24))));
   }
 }
 
@@ -183,8 +185,8 @@ inline void GemvGroupAvx2(const Args& a, int64_t n, int64_t i) {
     }
     for (int64_t b = 0; b < cn; ++b) {
       const float* xb = x + (c + b) * 32;
-      const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8), x2 = _mm256_loadu_ps(xb + 16),
-                   x3 = _mm256_loadu_ps(xb + 24);
+      const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8),
+                   x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
       TC_UNROLL
       for (int r = 0; r < R; ++r) {
         const uint8_t* q = a.w->qs + ((n + r) * nb + c + b) * 16;
@@ -232,9 +234,8 @@ void MicroAvx2(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr,
                int64_t ldo) {
   __m256 acc[MR][kNR];
   TC_UNROLL
-  for (int i = 0; i < MR; ++i)
-    TC_UNROLL
-    for (int j = 0; j < kNR; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (int i = 0; i < MR; ++i) TC_UNROLL
+  for (int j = 0; j < kNR; ++j) acc[i][j] = _mm256_setzero_ps();
   for (int64_t k = 0; k < kp; k += 8) {
     __m256 wv[kNR];
     TC_UNROLL
@@ -247,9 +248,8 @@ void MicroAvx2(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr,
     }
   }
   TC_UNROLL
-  for (int i = 0; i < MR; ++i)
-    TC_UNROLL
-    for (int j = 0; j < nr; ++j) out[i * ldo + j] = HsumAvx2(acc[i][j]);
+  for (int i = 0; i < MR; ++i) TC_UNROLL
+  for (int j = 0; j < nr; ++j) out[i * ldo + j] = HsumAvx2(acc[i][j]);
 }
 
 // ---------------------------------------------------------------- AVX-512 --
@@ -258,7 +258,8 @@ TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
 void WidenAvx512(const uint16_t* h, float* f, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
-    _mm512_storeu_ps(f + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i))));
+    _mm512_storeu_ps(f + i,
+                     _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i))));
   if (i < n) {
     const __mmask16 k = __mmask16((1u << (n - i)) - 1);
     _mm512_mask_storeu_ps(f + i, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, h + i)));
@@ -296,8 +297,8 @@ inline __m512 BlockDotAvx512(const uint8_t* q, __m512 xlo, __m512 xhi) {
 TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
 void BlockSumsAvx512(const float* x, int64_t nb, float* xs) {
   for (int64_t b = 0; b < nb; ++b)
-    xs[b] = HsumAvx512(
-        _mm512_add_ps(_mm512_loadu_ps(x + b * 32), _mm512_loadu_ps(x + b * 32 + 16)));
+    xs[b] =
+        HsumAvx512(_mm512_add_ps(_mm512_loadu_ps(x + b * 32), _mm512_loadu_ps(x + b * 32 + 16)));
 }
 
 // R weight rows at once against one row of x: each x block is loaded once
@@ -322,14 +323,17 @@ inline void GemvGroupAvx512(const Args& a, int64_t n, int64_t i) {
       _mm_prefetch(reinterpret_cast<const char*>(d + kPf * R * 2 * nb), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(d + kPf * R * 2 * nb + nb), _MM_HINT_T0);
       _mm512_store_ps(dbuf[r], _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d)));
-      macc[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d + nb)), xsv, macc[r]);
+      macc[r] =
+          _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d + nb)), xsv, macc[r]);
     }
     for (int64_t b = 0; b < cn; ++b) {
-      const __m512 xlo = _mm512_loadu_ps(x + (c + b) * 32), xhi = _mm512_loadu_ps(x + (c + b) * 32 + 16);
+      const __m512 xlo = _mm512_loadu_ps(x + (c + b) * 32),
+                   xhi = _mm512_loadu_ps(x + (c + b) * 32 + 16);
       TC_UNROLL
       for (int r = 0; r < R; ++r) {
         const uint8_t* q = a.w->qs + ((n + r) * nb + c + b) * 16;
-        if (b % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(q + kPf * R * nb * 16), _MM_HINT_T0);
+        if (b % 4 == 0)
+          _mm_prefetch(reinterpret_cast<const char*>(q + kPf * R * nb * 16), _MM_HINT_T0);
         acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(dbuf[r][b]), BlockDotAvx512(q, xlo, xhi), acc[r]);
       }
     }
@@ -356,10 +360,13 @@ void DequantRowAvx512(const Q4Weight& w, int64_t row, float* out) {
   const uint16_t* d = w.scales + row * 2 * nb;
   for (int64_t b = 0; b < nb; ++b) {
     const __m512 db = _mm512_set1_ps(_cvtsh_ss(d[b])), mb = _mm512_set1_ps(_cvtsh_ss(d[nb + b]));
-    const __m512i qi = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + b * 16)));
-    _mm512_storeu_ps(out + b * 32,
-                     _mm512_fmadd_ps(db, _mm512_cvtepi32_ps(_mm512_and_si512(qi, _mm512_set1_epi32(0xF))), mb));
-    _mm512_storeu_ps(out + b * 32 + 16, _mm512_fmadd_ps(db, _mm512_cvtepi32_ps(_mm512_srli_epi32(qi, 4)), mb));
+    const __m512i qi =
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + b * 16)));
+    _mm512_storeu_ps(
+        out + b * 32,
+        _mm512_fmadd_ps(db, _mm512_cvtepi32_ps(_mm512_and_si512(qi, _mm512_set1_epi32(0xF))), mb));
+    _mm512_storeu_ps(out + b * 32 + 16,
+                     _mm512_fmadd_ps(db, _mm512_cvtepi32_ps(_mm512_srli_epi32(qi, 4)), mb));
   }
 }
 
@@ -369,9 +376,8 @@ void MicroAvx512(const float* x, int64_t ldx, const float* wt, int64_t kp, int n
                  int64_t ldo) {
   __m512 acc[MR][kNR];
   TC_UNROLL
-  for (int i = 0; i < MR; ++i)
-    TC_UNROLL
-    for (int j = 0; j < kNR; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int i = 0; i < MR; ++i) TC_UNROLL
+  for (int j = 0; j < kNR; ++j) acc[i][j] = _mm512_setzero_ps();
   // kp is a multiple of 32.
   for (int64_t k = 0; k < kp; k += 16) {
     __m512 wv[kNR];
@@ -385,9 +391,8 @@ void MicroAvx512(const float* x, int64_t ldx, const float* wt, int64_t kp, int n
     }
   }
   TC_UNROLL
-  for (int i = 0; i < MR; ++i)
-    TC_UNROLL
-    for (int j = 0; j < nr; ++j) out[i * ldo + j] = HsumAvx512(acc[i][j]);
+  for (int i = 0; i < MR; ++i) TC_UNROLL
+  for (int j = 0; j < nr; ++j) out[i * ldo + j] = HsumAvx512(acc[i][j]);
 }
 
 // ------------------------------------------------ AVX-512 VNNI, 16-bit x ---
@@ -410,7 +415,8 @@ void MicroAvx512(const float* x, int64_t ldx, const float* wt, int64_t kp, int n
 #define TC_VNNI "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c"
 
 TC_TARGET(TC_VNNI) inline float HmaxAvx512(__m512 v) {
-  __m256 h = _mm256_max_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  __m256 h = _mm256_max_ps(_mm512_castps512_ps256(v),
+                           _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
   __m128 q = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
   q = _mm_max_ps(q, _mm_movehl_ps(q, q));
   q = _mm_max_ss(q, _mm_movehdup_ps(q));
@@ -459,7 +465,8 @@ inline void GemvGroupVnni(const Args& a, int64_t n, int64_t i) {
       _mm_prefetch(reinterpret_cast<const char*>(d + kPf * R * 2 * nb), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(d + kPf * R * 2 * nb + nb), _MM_HINT_T0);
       dd[r] = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d)), sv);
-      macc[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d + nb)), xsv, macc[r]);
+      macc[r] =
+          _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, d + nb)), xsv, macc[r]);
     }
     for (int64_t g = 0; g * 4 < cn; ++g) {
       const int64_t b0 = c + g * 4;
@@ -471,13 +478,15 @@ inline void GemvGroupVnni(const Args& a, int64_t n, int64_t i) {
       const __m512i idx = _mm512_add_epi32(quad_lane, _mm512_set1_epi32(int(g * 4)));
       TC_UNROLL
       for (int r = 0; r < R; ++r) {
-        _mm_prefetch(reinterpret_cast<const char*>(a.w->qs + ((n + r + kPf * R) * nb + b0) * 16), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(a.w->qs + ((n + r + kPf * R) * nb + b0) * 16),
+                     _MM_HINT_T0);
         const __m512i w = _mm512_maskz_loadu_epi8(qm, a.w->qs + ((n + r) * nb + b0) * 16);
         __m512i t = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_and_si512(w, m4), x0);
         t = _mm512_dpwssd_epi32(t, _mm512_and_si512(_mm512_srli_epi16(w, 4), m4), x1);
         t = _mm512_dpwssd_epi32(t, _mm512_and_si512(_mm512_srli_epi16(w, 8), m4), x2);
         t = _mm512_dpwssd_epi32(t, _mm512_srli_epi16(w, 12), x3);
-        facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(idx, dd[r]), facc[r]);
+        facc[r] =
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(idx, dd[r]), facc[r]);
       }
     }
   }
@@ -495,7 +504,6 @@ TC_TARGET(TC_VNNI) void GemvRowsVnni(const Args& a, int64_t n0, int64_t n1) {
     for (int64_t i = 0; i < a.m; ++i) GemvGroupVnni<1>(a, n, i);
 }
 #endif  // TC_Q4_X86
-
 
 // ---------------------------------------------------------------- Q8_0 -----
 
@@ -537,17 +545,19 @@ inline void Q8GroupAvx2(const Q8Args& a, int64_t n, int64_t i) {
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const float* xb = x + b * 32;
-    const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8), x2 = _mm256_loadu_ps(xb + 16),
-                 x3 = _mm256_loadu_ps(xb + 24);
+    const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8),
+                 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
     TC_UNROLL
     for (int r = 0; r < R; ++r) {
       const int8_t* q = a.w->qs + ((n + r) * nb + b) * 32;
       const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
       const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16));
       __m256 t0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), x0);
-      __m256 t1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo))), x1);
+      __m256 t1 =
+          _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo))), x1);
       t0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), x2, t0);
-      t1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi))), x3, t1);
+      t1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi))), x3,
+                           t1);
       const float d = _cvtsh_ss(a.w->scales[(n + r) * nb + b]);
       acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_add_ps(t0, t1), acc[r]);
     }
@@ -579,9 +589,10 @@ inline void Q8GroupAvx512(const Q8Args& a, int64_t n, int64_t i) {
     for (int r = 0; r < R; ++r) {
       const int8_t* q = a.w->qs + ((n + r) * nb + b) * 32;
       _mm_prefetch(reinterpret_cast<const char*>(q + kPf * R * nb * 32), _MM_HINT_T0);
-      const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
-      const __m512 hi =
-          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16))));
+      const __m512 lo = _mm512_cvtepi32_ps(
+          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
+      const __m512 hi = _mm512_cvtepi32_ps(
+          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16))));
       const __m512 t = _mm512_fmadd_ps(hi, xhi, _mm512_mul_ps(lo, xlo));
       const float d = _cvtsh_ss(a.w->scales[(n + r) * nb + b]);
       acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc[r]);
@@ -618,15 +629,21 @@ inline void Q8GroupVnni(const Q8Args& a, int64_t n, int64_t i) {
     const __m512 sv = _mm512_loadu_ps(xsc + c);
     TC_UNROLL
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(a.w->scales + (n + r + kPf * R) * nb + c), _MM_HINT_T0);
-      _mm512_store_ps(dd[r], _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, a.w->scales + (n + r) * nb + c)), sv));
+      _mm_prefetch(reinterpret_cast<const char*>(a.w->scales + (n + r + kPf * R) * nb + c),
+                   _MM_HINT_T0);
+      _mm512_store_ps(
+          dd[r],
+          _mm512_mul_ps(
+              _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, a.w->scales + (n + r) * nb + c)), sv));
     }
     for (int64_t b = 0; b < cn; ++b) {
       const __m512i xv = _mm512_loadu_si512(xq + (c + b) * 32);
       TC_UNROLL
       for (int r = 0; r < R; ++r) {
-        _mm_prefetch(reinterpret_cast<const char*>(a.w->qs + ((n + r + kPf * R) * nb + c + b) * 32), _MM_HINT_T0);
-        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.w->qs + ((n + r) * nb + c + b) * 32));
+        _mm_prefetch(reinterpret_cast<const char*>(a.w->qs + ((n + r + kPf * R) * nb + c + b) * 32),
+                     _MM_HINT_T0);
+        const __m256i q = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(a.w->qs + ((n + r) * nb + c + b) * 32));
         const __m512i t = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_cvtepi8_epi16(q), xv);
         acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(dd[r][b]), acc[r]);
       }
@@ -717,9 +734,9 @@ void TileRows(const Isa& isa, const Args& a, int64_t n0, int64_t n1) {
     for (int64_t i = 0; i < a.m; i += 4) {
       const int mr = int(std::min<int64_t>(4, a.m - i));
       isa.micro[mr](a.x + i * a.ldx, a.ldx, wt.data(), kp, nr, out, kNR);
-      for (int r = 0; r < mr; ++r)
-        TC_UNROLL
-        for (int j = 0; j < nr; ++j) a.y[(i + r) * a.w->n + n + j] = out[r * kNR + j] + (a.bias ? a.bias[n + j] : 0.f);
+      for (int r = 0; r < mr; ++r) TC_UNROLL
+      for (int j = 0; j < nr; ++j)
+        a.y[(i + r) * a.w->n + n + j] = out[r * kNR + j] + (a.bias ? a.bias[n + j] : 0.f);
     }
   }
 }
@@ -750,7 +767,8 @@ const Isa kAvx512Vnni =
     WithInt16Decode(kAvx512, "avx512vnni", QuantizeX16, GemvRowsVnni, Q8RowsVnni);
 
 bool CpuHasAvx2() {
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
 }
 bool CpuHasAvx512() {
   return CpuHasAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -838,7 +856,7 @@ uint16_t Fp32ToFp16(float f) {
   const uint32_t ax = x & 0x7FFFFFFFu;
   if (ax >= 0x7F800000u) return uint16_t(sign | 0x7C00 | (ax > 0x7F800000u ? 0x200 : 0));
   if (ax >= 0x477FF000u) return uint16_t(sign | 0x7C00);  // rounds to >= 65520: inf
-  if (ax < 0x38800000u) {                                  // subnormal or zero in fp16
+  if (ax < 0x38800000u) {                                 // subnormal or zero in fp16
     float a;
     std::memcpy(&a, &ax, 4);
     return uint16_t(sign | uint16_t(std::nearbyint(a * 16777216.0f)));  // units of 2^-24
@@ -876,7 +894,8 @@ void Q4Linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, f
   const float* xp = x;
   if (kp != w.k) {
     xpad.assign(size_t(m * kp), 0.f);
-    for (int64_t i = 0; i < m; ++i) std::memcpy(xpad.data() + i * kp, x + i * w.k, size_t(w.k) * sizeof(float));
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(xpad.data() + i * kp, x + i * w.k, size_t(w.k) * sizeof(float));
     xp = xpad.data();
   }
   const Isa* isa = active_isa;
@@ -924,7 +943,8 @@ void Q8Linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, f
   const float* xp = x;
   if (kp != w.k) {
     xpad.assign(size_t(m * kp), 0.f);
-    for (int64_t i = 0; i < m; ++i) std::memcpy(xpad.data() + i * kp, x + i * w.k, size_t(w.k) * sizeof(float));
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(xpad.data() + i * kp, x + i * w.k, size_t(w.k) * sizeof(float));
     xp = xpad.data();
   }
   const Isa* isa = active_isa;
@@ -937,7 +957,8 @@ void Q8Linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, f
     xq.resize(size_t(m * ldq));
     xsc.assign(size_t(m * lds), 0.f);
     bool ok = true;
-    for (int64_t i = 0; i < m && ok; ++i) ok = isa->quantize_x(xp + i * kp, nb, xq.data() + i * ldq, xsc.data() + i * lds);
+    for (int64_t i = 0; i < m && ok; ++i)
+      ok = isa->quantize_x(xp + i * kp, nb, xq.data() + i * ldq, xsc.data() + i * lds);
     if (ok) {
       job.args.xq = xq.data();
       job.args.xsc = xsc.data();

@@ -90,16 +90,16 @@ void CheckLinear(const Packed& p, int64_t mrows, bool with_bias, const Q4Paralle
         const float dq = p.Scale(r, c / 32) * float(p.Code(r, c));
         const float w = dq + p.Min(r, c / 32);
         ref += double(w) * x[i * k + c];
-        mag += (std::fabs(double(dq)) + std::fabs(double(p.Min(r, c / 32)))) *
-               std::fabs(x[i * k + c]);
+        mag +=
+            (std::fabs(double(dq)) + std::fabs(double(p.Min(r, c / 32)))) * std::fabs(x[i * k + c]);
         if (xr) xerr += std::fabs(double(dq)) * XRounding(xi.data(), c);
       }
       const double err = std::max(0.0, std::fabs(double(y[i * n + r]) - ref) - xerr);
       const double rel = err / std::max(mag, 1e-30);
       if (worst) *worst = std::max(*worst, rel);
       ASSERT_LE(rel, 1e-5) << "isa=" << Q4Isa() << " M=" << mrows << " N=" << n << " K=" << k
-                           << " at (" << i << "," << r << "): got " << y[i * n + r]
-                           << " want " << ref;
+                           << " at (" << i << "," << r << "): got " << y[i * n + r] << " want "
+                           << ref;
     }
   }
 }
@@ -120,7 +120,7 @@ TEST(Fp16, RoundTripsEveryFiniteValue) {
   EXPECT_EQ(Fp16ToFp32(0x3C00), 1.0f);
   EXPECT_EQ(Fp16ToFp32(0x0001), std::ldexp(1.0f, -24));
   EXPECT_EQ(Fp16ToFp32(0xFBFF), -65504.0f);
-  EXPECT_EQ(Fp32ToFp16(65520.f), 0x7C00);  // rounds to inf
+  EXPECT_EQ(Fp32ToFp16(65520.f), 0x7C00);                       // rounds to inf
   EXPECT_EQ(Fp32ToFp16(1.0f + std::ldexp(1.0f, -11)), 0x3C00);  // tie to even
 }
 
@@ -154,7 +154,8 @@ TEST(Q4Linear, ThreadedMatchesSingleThreadedBitForBit) {
       std::vector<float> y1(size_t(m * p.n)), y2(size_t(m * p.n));
       Q4Linear(x.data(), m, p.View(), nullptr, y1.data(), nullptr);
       Q4Linear(x.data(), m, p.View(), nullptr, y2.data(), &pf);
-      ASSERT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float))) << isa << " M=" << m;
+      ASSERT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * sizeof(float)))
+          << isa << " M=" << m;
       CheckLinear(p, m, true, &pf, rng);
     }
   }
@@ -210,8 +211,8 @@ TEST(Q4Pack, GgufQ4_0AndQ4_1DequantizeExactly) {
         std::memcpy(&mh, blk + 2, 2);
         const uint8_t byte_ = blk[bs - 16 + (c % 32) % 16];
         const int q = (c % 32) < 16 ? (byte_ & 0xF) : (byte_ >> 4);
-        const float want = type == 2 ? Fp16ToFp32(dh) * float(q - 8)
-                                     : Fp16ToFp32(dh) * float(q) + Fp16ToFp32(mh);
+        const float want =
+            type == 2 ? Fp16ToFp32(dh) * float(q - 8) : Fp16ToFp32(dh) * float(q) + Fp16ToFp32(mh);
         ASSERT_EQ(w[r * k + c], want) << "type " << type << " (" << r << "," << c << ")";
       }
   }

@@ -35,10 +35,17 @@ def q4_like(lin: nn.Linear, g: torch.Generator) -> q4.Q4Linear:
 class Layer(nn.Module):
     def __init__(self):
         super().__init__()
-        self.wq, self.wk, self.wv, self.wo = (nn.Linear(DIM, DIM, bias=False), nn.Linear(DIM, KV, bias=False),
-                                              nn.Linear(DIM, KV, bias=False), nn.Linear(DIM, DIM, bias=False))
-        self.w1, self.w3, self.w2 = (nn.Linear(DIM, HIDDEN, bias=False), nn.Linear(DIM, HIDDEN, bias=False),
-                                     nn.Linear(HIDDEN, DIM, bias=False))
+        self.wq, self.wk, self.wv, self.wo = (
+            nn.Linear(DIM, DIM, bias=False),
+            nn.Linear(DIM, KV, bias=False),
+            nn.Linear(DIM, KV, bias=False),
+            nn.Linear(DIM, DIM, bias=False),
+        )
+        self.w1, self.w3, self.w2 = (
+            nn.Linear(DIM, HIDDEN, bias=False),
+            nn.Linear(DIM, HIDDEN, bias=False),
+            nn.Linear(HIDDEN, DIM, bias=False),
+        )
 
     def forward(self, x):
         q, k, v = self.wq(x), self.wk(x), self.wv(x)
@@ -60,12 +67,15 @@ class Stack(nn.Module):
 
 def quantized_copy(model: Stack, g) -> Stack:
     import copy
+
     qm = copy.deepcopy(model)
     for layer in qm.layers:
         for name, child in list(layer.named_children()):
             setattr(layer, name, q4_like(child, g))
     q8s = (torch.rand(VOCAB, DIM // 32, generator=g) * 0.001).half()
-    qm.output = q4.Q8Linear(torch.randint(-128, 128, (VOCAB, DIM), generator=g, dtype=torch.int8), q8s)
+    qm.output = q4.Q8Linear(
+        torch.randint(-128, 128, (VOCAB, DIM), generator=g, dtype=torch.int8), q8s
+    )
     model.output.weight.data.copy_(qm.output.dequantized())
     # Copy the (now exactly representable) weights back so both compute the same.
     for lq, lf in zip(qm.layers, model.layers):
@@ -84,7 +94,9 @@ def bench(fn, x, iters):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--iters", type=int, default=50)
@@ -100,16 +112,23 @@ def main():
     f_bytes = sum(p.numel() * 4 for p in fp.parameters())
     runs = {"fp32 eager": fp, "q4 eager": qm}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, model, cfg in [("fp32 aoti", fp, {}), ("q4 aoti proxy", qm, {}),
-                                 ("q4 aoti c-shim", qm, q4.aoti_c_shim_configs())]:
+        for name, model, cfg in [
+            ("fp32 aoti", fp, {}),
+            ("q4 aoti proxy", qm, {}),
+            ("q4 aoti c-shim", qm, q4.aoti_c_shim_configs()),
+        ]:
             ep = torch.export.export(model, (x,))
             path = os.path.join(tmp, name.replace(" ", "_") + ".pt2")
             t0 = time.perf_counter()
-            pkg = torch._inductor.aoti_compile_and_package(ep, package_path=path, inductor_configs=cfg)
+            pkg = torch._inductor.aoti_compile_and_package(
+                ep, package_path=path, inductor_configs=cfg
+            )
             print(f"compiled {name} in {time.perf_counter() - t0:.0f} s")
             runs[name] = torch._inductor.aoti_load_package(pkg)
-        print(f"weights: fp32 {f_bytes / 1e6:.0f} MB, q4 {q4_bytes / 1e6:.0f} MB; {args.layers} layers, "
-              f"{7 * args.layers} linears + output, M=1")
+        print(
+            f"weights: fp32 {f_bytes / 1e6:.0f} MB, q4 {q4_bytes / 1e6:.0f} MB; {args.layers} layers, "
+            f"{7 * args.layers} linears + output, M=1"
+        )
         print(f"{'threads':>7} {'variant':>16} {'ms/step':>8} {'GB/s':>6} {'steps/s':>8}")
         for t in args.threads:
             torch.set_num_threads(t)

@@ -33,7 +33,10 @@ def reference(x, d, m, q, b):
     cols = torch.arange(k) // 32
     w = d[:, cols] * q.float() + m[:, cols]
     y = x.double() @ w.double().T
-    mag = x.double().abs() @ (d[:, cols] * q.float()).abs().double().T + x.double().abs() @ m[:, cols].abs().double().T
+    mag = (
+        x.double().abs() @ (d[:, cols] * q.float()).abs().double().T
+        + x.double().abs() @ m[:, cols].abs().double().T
+    )
     if b is not None:
         y = y + b.double()
         mag = mag + b.double().abs()
@@ -62,14 +65,18 @@ class Q4LinearTest(unittest.TestCase):
                 rounds = q4.rounds_activations()
                 for n, k in [(1, 32), (3, 96), (7, 40), (33, 576), (17, 1536), (5, 33)]:
                     for mrows in (1, 2, 3, 8, 9, 17):
-                        lin, d, m, q, b = random_layer(n, k, seed=n * 1000 + k + mrows, bias=mrows % 2 == 0)
+                        lin, d, m, q, b = random_layer(
+                            n, k, seed=n * 1000 + k + mrows, bias=mrows % 2 == 0
+                        )
                         x = torch.randn(mrows, k)
                         y = lin(x)
                         ref, mag = reference(x, d, m, q, b)
                         err = (y.double() - ref).abs()
                         if rounds and mrows < 8:
                             cols = torch.arange(k) // 32
-                            err = (err - x_rounding(x, k) @ (d[:, cols] * q.float()).abs().double().T).clamp(min=0)
+                            err = (
+                                err - x_rounding(x, k) @ (d[:, cols] * q.float()).abs().double().T
+                            ).clamp(min=0)
                         rel = (err / mag.clamp(min=1e-30)).max().item()
                         worst = max(worst, rel)
                         self.assertLessEqual(rel, 1e-5, f"{isa} n={n} k={k} m={mrows}")
@@ -81,7 +88,9 @@ class Q4LinearTest(unittest.TestCase):
         with q4.using_isa(q4.exact_isa()):
             y = lin(x)
         self.assertEqual(y.shape, (2, 3, 64))
-        torch.testing.assert_close(y, F.linear(x, lin.dequantized(), lin.bias), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            y, F.linear(x, lin.dequantized(), lin.bias), rtol=1e-5, atol=1e-5
+        )
         y = lin(x)
         yb = lin(x.bfloat16())
         self.assertEqual(yb.dtype, torch.bfloat16)
@@ -123,7 +132,9 @@ class Q4LinearTest(unittest.TestCase):
         with q4.using_isa(q4.exact_isa()):
             torch.testing.assert_close(lin(x), x @ w.T, rtol=1e-5, atol=1e-5)
         err = (lin(x).double() - x.double() @ w.double().T).abs()
-        bound = 1e-5 * (x.double().abs() @ w.double().abs().T) + x_rounding(x, 576) @ w.double().abs().T
+        bound = (
+            1e-5 * (x.double().abs() @ w.double().abs().T) + x_rounding(x, 576) @ w.double().abs().T
+        )
         self.assertTrue(bool((err <= bound).all()), q4.isa())
         with self.assertRaisesRegex(RuntimeError, "qs must be int8"):
             torch.ops.torchchat.q8_linear(x, lin.qs.float(), lin.scales, None, rows, 576)
@@ -143,7 +154,9 @@ class Q4LinearTest(unittest.TestCase):
         with self.assertRaisesRegex(RuntimeError, "qs must be uint8"):
             torch.ops.torchchat.q4_linear(torch.randn(1, 64), lin.qs.int(), lin.scales, None, 8, 64)
         with self.assertRaisesRegex(q4.Q4Error, "exactly representable in float16"):
-            q4.pack_dqm(torch.full((1, 1), 0.1), torch.zeros(1, 1), torch.zeros(1, 32, dtype=torch.long))
+            q4.pack_dqm(
+                torch.full((1, 1), 0.1), torch.zeros(1, 1), torch.zeros(1, 32, dtype=torch.long)
+            )
         with self.assertRaisesRegex(q4.Q4Error, "unsupported tensor type Q8_0"):
             q4.pack_gguf_blocks("Q8_0", np.zeros(34, np.uint8), (1, 32))
         with self.assertRaisesRegex(q4.Q4Error, "needs 20 bytes"):

@@ -27,16 +27,22 @@ def timeit(fns, x, iters):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--mb", type=float, default=128)
     ap.add_argument("--m", type=int, default=1, help="rows of x (1 = decode)")
     ap.add_argument("--iters", type=int, default=400)
     args = ap.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, M={args.m}, weights rotate over ~{args.mb:.0f} MB per kernel")
-    print(f"{'thr':>3} {'N x K':>10} | {'q4 us':>7} {'GB/s':>6} | {'fp32 us':>7} {'GB/s':>6} | "
-          f"{'i4p f32':>7} | {'i4p bf16':>8} | {'vs fp32':>7} {'vs i4p':>7}")
+    print(
+        f"torch {torch.__version__}, M={args.m}, weights rotate over ~{args.mb:.0f} MB per kernel"
+    )
+    print(
+        f"{'thr':>3} {'N x K':>10} | {'q4 us':>7} {'GB/s':>6} | {'fp32 us':>7} {'GB/s':>6} | "
+        f"{'i4p f32':>7} | {'i4p bf16':>8} | {'vs fp32':>7} {'vs i4p':>7}"
+    )
     for n, k in SHAPES:
         nb = k // 32
         q4_bytes = n * nb * 20
@@ -66,20 +72,35 @@ def main():
         ref = F.linear(x, w)
         with q4.using_isa(q4.exact_isa()):
             torch.testing.assert_close(q4_mods[0](x), ref, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, sz), ref,
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, sz), ref, rtol=1e-4, atol=1e-4
+        )
         for t in args.threads:
             torch.set_num_threads(t)
             with torch.inference_mode():
                 tq = timeit(q4_mods, x, args.iters)
                 tf = timeit(lins, x, args.iters)
-                ti = timeit([lambda x, p=p, s=s: torch.ops.aten._weight_int4pack_mm_for_cpu(x, p, 32, s)
-                             for p, s in i4], x, max(20, args.iters // 10))
-                tib = timeit([lambda x, p=p, s=s: torch.ops.aten._weight_int4pack_mm_for_cpu(x, p, 32, s)
-                              for p, s in i4b], xb, args.iters)
-            print(f"{t:>3} {f'{n}x{k}':>10} | {tq * 1e6:7.1f} {q4_bytes / tq / 1e9:6.2f} | "
-                  f"{tf * 1e6:7.1f} {f_bytes / tf / 1e9:6.2f} | {ti * 1e6:7.1f} | {tib * 1e6:8.1f} | "
-                  f"{tf / tq:6.2f}x {ti / tq:6.2f}x")
+                ti = timeit(
+                    [
+                        lambda x, p=p, s=s: torch.ops.aten._weight_int4pack_mm_for_cpu(x, p, 32, s)
+                        for p, s in i4
+                    ],
+                    x,
+                    max(20, args.iters // 10),
+                )
+                tib = timeit(
+                    [
+                        lambda x, p=p, s=s: torch.ops.aten._weight_int4pack_mm_for_cpu(x, p, 32, s)
+                        for p, s in i4b
+                    ],
+                    xb,
+                    args.iters,
+                )
+            print(
+                f"{t:>3} {f'{n}x{k}':>10} | {tq * 1e6:7.1f} {q4_bytes / tq / 1e9:6.2f} | "
+                f"{tf * 1e6:7.1f} {f_bytes / tf / 1e9:6.2f} | {ti * 1e6:7.1f} | {tib * 1e6:8.1f} | "
+                f"{tf / tq:6.2f}x {ti / tq:6.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ void SpinPool::Worker(int index) {
 }
 
 void SpinPool::ParallelFor(int64_t n, int64_t grain, Q4Task fn, void* ctx) {
-  const int parts = int(std::min<int64_t>(threads(), std::max<int64_t>(1, n / std::max<int64_t>(1, grain))));
+  const int parts =
+      int(std::min<int64_t>(threads(), std::max<int64_t>(1, n / std::max<int64_t>(1, grain))));
   if (parts <= 1 || workers_.empty()) {
     fn(ctx, 0, n);
     return;

@@ -36,7 +36,8 @@ Q4ParallelFor PickParallelFor() {
   static std::once_flag once;
   std::call_once(once, [] {
     const char* env = std::getenv("TORCHCHAT_Q4_POOL");
-    if (env != nullptr && std::string(env) == "spin") pool = std::make_unique<SpinPool>(at::get_num_threads());
+    if (env != nullptr && std::string(env) == "spin")
+      pool = std::make_unique<SpinPool>(at::get_num_threads());
   });
   if (pool) return pool->AsParallelFor();
   return Q4ParallelFor{AtParallelFor, nullptr};
@@ -48,16 +49,20 @@ void CheckArgs(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scal
   TORCH_CHECK(n > 0 && k > 0, "q4_linear: n and k must be positive, got n=", n, " k=", k);
   TORCH_CHECK(x.device().is_cpu() && qs.device().is_cpu() && scales.device().is_cpu(),
               "q4_linear: CPU tensors only");
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == k, "q4_linear: x must end in k=", k, ", got ", x.sizes());
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == k, "q4_linear: x must end in k=", k, ", got ",
+              x.sizes());
   TORCH_CHECK(x.is_floating_point(), "q4_linear: x must be a float tensor, got ", x.scalar_type());
-  TORCH_CHECK(qs.scalar_type() == at::kByte && qs.dim() == 2 && qs.size(0) == n && qs.size(1) == nb * 16,
-              "q4_linear: qs must be uint8 [", n, ", ", nb * 16, "], got ", qs.scalar_type(), " ", qs.sizes());
+  TORCH_CHECK(
+      qs.scalar_type() == at::kByte && qs.dim() == 2 && qs.size(0) == n && qs.size(1) == nb * 16,
+      "q4_linear: qs must be uint8 [", n, ", ", nb * 16, "], got ", qs.scalar_type(), " ",
+      qs.sizes());
   TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.dim() == 2 && scales.size(0) == n &&
                   scales.size(1) == 2 * nb,
-              "q4_linear: scales must be float16 [", n, ", ", 2 * nb, "], got ", scales.scalar_type(), " ",
-              scales.sizes());
+              "q4_linear: scales must be float16 [", n, ", ", 2 * nb, "], got ",
+              scales.scalar_type(), " ", scales.sizes());
   if (bias.has_value() && bias->defined())
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "q4_linear: bias must be [", n, "], got ", bias->sizes());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "q4_linear: bias must be [", n, "], got ",
+                bias->sizes());
 }
 
 void Run(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
@@ -69,7 +74,8 @@ void Run(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
   const int64_t m = xf.numel() / k;
   const bool direct = out.scalar_type() == at::kFloat && out.is_contiguous();
   at::Tensor y = direct ? out : at::empty(out.sizes(), xf.options());
-  const Q4Weight w{qc.data_ptr<uint8_t>(), reinterpret_cast<const uint16_t*>(sc.data_ptr<at::Half>()), n, k};
+  const Q4Weight w{qc.data_ptr<uint8_t>(),
+                   reinterpret_cast<const uint16_t*>(sc.data_ptr<at::Half>()), n, k};
   const Q4ParallelFor pf = PickParallelFor();
   Q4Linear(xf.data_ptr<float>(), m, w, bf.defined() ? bf.data_ptr<float>() : nullptr,
            y.data_ptr<float>(), &pf);
@@ -116,20 +122,27 @@ at::Tensor Q8LinearImpl(const at::Tensor& x, const at::Tensor& qs, const at::Ten
   TORCH_CHECK(x.device().is_cpu() && qs.device().is_cpu() && scales.device().is_cpu(),
               "q8_linear: CPU tensors only");
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == k && x.is_floating_point(),
-              "q8_linear: x must be a float tensor ending in k=", k, ", got ", x.scalar_type(), " ", x.sizes());
-  TORCH_CHECK(qs.scalar_type() == at::kChar && qs.dim() == 2 && qs.size(0) == n && qs.size(1) == nb * 32,
-              "q8_linear: qs must be int8 [", n, ", ", nb * 32, "], got ", qs.scalar_type(), " ", qs.sizes());
-  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.dim() == 2 && scales.size(0) == n && scales.size(1) == nb,
-              "q8_linear: scales must be float16 [", n, ", ", nb, "], got ", scales.scalar_type(), " ",
-              scales.sizes());
+              "q8_linear: x must be a float tensor ending in k=", k, ", got ", x.scalar_type(), " ",
+              x.sizes());
+  TORCH_CHECK(
+      qs.scalar_type() == at::kChar && qs.dim() == 2 && qs.size(0) == n && qs.size(1) == nb * 32,
+      "q8_linear: qs must be int8 [", n, ", ", nb * 32, "], got ", qs.scalar_type(), " ",
+      qs.sizes());
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.dim() == 2 && scales.size(0) == n &&
+                  scales.size(1) == nb,
+              "q8_linear: scales must be float16 [", n, ", ", nb, "], got ", scales.scalar_type(),
+              " ", scales.sizes());
   at::Tensor bf;
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "q8_linear: bias must be [", n, "], got ", bias->sizes());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "q8_linear: bias must be [", n, "], got ",
+                bias->sizes());
     bf = bias->to(at::kFloat).contiguous();
   }
-  const at::Tensor xf = x.to(at::kFloat).contiguous(), qc = qs.contiguous(), sc = scales.contiguous();
+  const at::Tensor xf = x.to(at::kFloat).contiguous(), qc = qs.contiguous(),
+                   sc = scales.contiguous();
   at::Tensor y = at::empty(OutShape(x, n), xf.options());
-  const Q8Weight w{qc.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(sc.data_ptr<at::Half>()), n, k};
+  const Q8Weight w{qc.data_ptr<int8_t>(),
+                   reinterpret_cast<const uint16_t*>(sc.data_ptr<at::Half>()), n, k};
   const Q4ParallelFor pf = PickParallelFor();
   Q8Linear(xf.data_ptr<float>(), xf.numel() / k, w, bf.defined() ? bf.data_ptr<float>() : nullptr,
            y.data_ptr<float>(), &pf);
@@ -147,7 +160,8 @@ TORCH_LIBRARY(torchchat, m) {
   m.def("q8_linear(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k) -> Tensor");
   m.def("q4_linear(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k) -> Tensor");
   m.def(
-      "q4_linear.out(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k, *, Tensor(a!) out) "
+      "q4_linear.out(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k, *, Tensor(a!) "
+      "out) "
       "-> Tensor(a!)");
 }
 
@@ -165,9 +179,9 @@ TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
 // the generated model calls this function directly instead of going through
 // the proxy executor (which boxes every argument through the dispatcher on
 // each call). Inductor derives the name: aoti_torch_<device>_<op name>.
-extern "C" __attribute__((visibility("default"))) AOTITorchError aoti_torch_cpu_q4_linear(
-    AtenTensorHandle x, AtenTensorHandle qs, AtenTensorHandle scales, AtenTensorHandle* bias, int64_t n, int64_t k,
-    AtenTensorHandle* ret0) {
+extern "C" __attribute__((visibility("default"))) AOTITorchError
+aoti_torch_cpu_q4_linear(AtenTensorHandle x, AtenTensorHandle qs, AtenTensorHandle scales,
+                         AtenTensorHandle* bias, int64_t n, int64_t k, AtenTensorHandle* ret0) {
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
     using torch::aot_inductor::tensor_handle_to_tensor_pointer;
     const c10::optional<at::Tensor> b = torch::aot_inductor::pointer_to_optional<at::Tensor>(bias);
@@ -178,9 +192,9 @@ extern "C" __attribute__((visibility("default"))) AOTITorchError aoti_torch_cpu_
   });
 }
 
-extern "C" __attribute__((visibility("default"))) AOTITorchError aoti_torch_cpu_q8_linear(
-    AtenTensorHandle x, AtenTensorHandle qs, AtenTensorHandle scales, AtenTensorHandle* bias, int64_t n, int64_t k,
-    AtenTensorHandle* ret0) {
+extern "C" __attribute__((visibility("default"))) AOTITorchError
+aoti_torch_cpu_q8_linear(AtenTensorHandle x, AtenTensorHandle qs, AtenTensorHandle scales,
+                         AtenTensorHandle* bias, int64_t n, int64_t k, AtenTensorHandle* ret0) {
   AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
     using torch::aot_inductor::tensor_handle_to_tensor_pointer;
     const c10::optional<at::Tensor> b = torch::aot_inductor::pointer_to_optional<at::Tensor>(bias);

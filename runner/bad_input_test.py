@@ -65,20 +65,29 @@ ENTRY_POINTS = [
     ("pt2", "torchchat", ["generate", "--aoti-package-path", "{F}", "--prompt", PROMPT]),
     ("pt2", "aoti_run", ["{F}", "-i", PROMPT, "-z", str(ART / "tokenizer.json")]),
     ("gguf", "torchchat", ["generate", "--gguf-path", "{F}", "--prompt", PROMPT]),
-    ("tokenizer.json", "torchchat",
-     ["generate", "--pte-path", str(ART / "model.pte"), "--tokenizer-path", "{F}"]),
+    (
+        "tokenizer.json",
+        "torchchat",
+        ["generate", "--pte-path", str(ART / "model.pte"), "--tokenizer-path", "{F}"],
+    ),
     ("tokenizer.json", "et_run", [str(ART / "model.pte"), "-i", PROMPT, "-z", "{F}"]),
     ("tokenizer.json", "aoti_run", [str(ART / "model.pt2"), "-i", PROMPT, "-z", "{F}"]),
-    ("tokenizer.model", "torchchat",
-     ["generate", "--pte-path", str(ART / "model.pte"), "--tokenizer-path", "{F}"]),
+    (
+        "tokenizer.model",
+        "torchchat",
+        ["generate", "--pte-path", str(ART / "model.pte"), "--tokenizer-path", "{F}"],
+    ),
     ("tokenizer.model", "et_run", [str(ART / "model.pte"), "-i", PROMPT, "-z", "{F}"]),
 ]
 
 
 def run(program, argv, stdin=None):
-    p = subprocess.run([str(BIN[program])] + [os.fsencode(a) if isinstance(a, bytes) else a
-                                              for a in argv],
-                       input=stdin, capture_output=True, timeout=300)
+    p = subprocess.run(
+        [str(BIN[program])] + [os.fsencode(a) if isinstance(a, bytes) else a for a in argv],
+        input=stdin,
+        capture_output=True,
+        timeout=300,
+    )
     return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
 
@@ -121,9 +130,10 @@ class BadInputTest(unittest.TestCase):
     def test_invalid_utf8_prompts(self):
         bad = b"caf\xe9 \xff"
         for program, argv in (
-                ("torchchat", ["generate", "--pte-path", str(ART / "model.pte"), "--prompt", bad]),
-                ("et_run", [str(ART / "model.pte"), "-i", bad]),
-                ("aoti_run", [str(ART / "model.pt2"), "-i", bad])):
+            ("torchchat", ["generate", "--pte-path", str(ART / "model.pte"), "--prompt", bad]),
+            ("et_run", [str(ART / "model.pte"), "-i", bad]),
+            ("aoti_run", [str(ART / "model.pt2"), "-i", bad]),
+        ):
             with self.subTest(program=program):
                 rc, _, err = run(program, argv)
                 self.assertOneLineError(program, rc, err, "not valid UTF-8")
@@ -131,9 +141,20 @@ class BadInputTest(unittest.TestCase):
     def test_invalid_utf8_chat_line_is_refused_and_chat_goes_on(self):
         stdin = b"caf\xe9\nHello\n/exit\n"
         for program, argv in (
-                ("torchchat", ["chat", "--pte-path", str(ART / "model.pte"),
-                               "--max-new-tokens", "4", "--temperature", "0"]),
-                ("et_run", [str(ART / "model.pte"), "-m", "chat", "-n", "4"])):
+            (
+                "torchchat",
+                [
+                    "chat",
+                    "--pte-path",
+                    str(ART / "model.pte"),
+                    "--max-new-tokens",
+                    "4",
+                    "--temperature",
+                    "0",
+                ],
+            ),
+            ("et_run", [str(ART / "model.pte"), "-m", "chat", "-n", "4"]),
+        ):
             with self.subTest(program=program):
                 rc, _, err = run(program, argv, stdin)
                 self.assertEqual(rc, 0, err)
@@ -143,8 +164,9 @@ class BadInputTest(unittest.TestCase):
 
     def test_sampling_values_are_checked_in_one_place(self):
         for program, argv in (
-                ("torchchat", ["generate", "--pte-path", str(ART / "model.pte"), "--top-p", "1.5"]),
-                ("et_run", [str(ART / "model.pte"), "-i", PROMPT, "-p", "1.5"])):
+            ("torchchat", ["generate", "--pte-path", str(ART / "model.pte"), "--top-p", "1.5"]),
+            ("et_run", [str(ART / "model.pte"), "-i", PROMPT, "-p", "1.5"]),
+        ):
             with self.subTest(program=program):
                 rc, _, err = run(program, argv)
                 self.assertOneLineError(program, rc, err, "top_p must be in (0, 1]")

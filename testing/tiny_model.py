@@ -35,7 +35,9 @@ def _ascii_byte_level_alphabet():
     ByteLevel shows printable bytes as themselves and the rest as
     chr(256 + n), n counting the non-printable bytes in order.
     """
-    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    printable = (
+        set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    )
     out, n = [], 0
     for b in range(256):
         ch = chr(b) if b in printable else chr(256 + n)
@@ -64,18 +66,29 @@ def write_tokenizer(d: Path) -> Path:
         raise RuntimeError(f"tiny tokenizer has {tok.get_vocab_size()} tokens, want {VOCAB}")
     path = d / "tokenizer.json"
     tok.save(str(path))
-    (d / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": BOS,
-        "eos_token": EOS,
-        "chat_template": "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}assistant: {% endif %}",
-    }))
+    (d / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": BOS,
+                "eos_token": EOS,
+                "chat_template": "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                "{% if add_generation_prompt %}assistant: {% endif %}",
+            }
+        )
+    )
     return path
 
 
-def write_checkpoint(d: os.PathLike[str] | str, seed: int = 0, dim: int = 64, n_layers: int = 2,
-                     n_heads: int = 4, n_kv_heads: int = 2, hidden: int = 128,
-                     max_seq_len: int = 256) -> Path:
+def write_checkpoint(
+    d: os.PathLike[str] | str,
+    seed: int = 0,
+    dim: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    hidden: int = 128,
+    max_seq_len: int = 256,
+) -> Path:
     """Writes the checkpoint directory `d` and returns it."""
     d = Path(d)
     d.mkdir(parents=True, exist_ok=True)
@@ -86,8 +99,11 @@ def write_checkpoint(d: os.PathLike[str] | str, seed: int = 0, dim: int = 64, n_
         return torch.randn(*shape, generator=g) * scale
 
     hd = dim // n_heads
-    sd = {"tok_embeddings.weight": w(VOCAB, dim, scale=1.0), "norm.weight": 1 + w(dim, scale=0.1),
-          "output.weight": w(VOCAB, dim, scale=0.3)}
+    sd = {
+        "tok_embeddings.weight": w(VOCAB, dim, scale=1.0),
+        "norm.weight": 1 + w(dim, scale=0.1),
+        "output.weight": w(VOCAB, dim, scale=0.3),
+    }
     for i in range(n_layers):
         p = f"layers.{i}."
         sd[p + "attention_norm.weight"] = 1 + w(dim, scale=0.1)
@@ -100,8 +116,17 @@ def write_checkpoint(d: os.PathLike[str] | str, seed: int = 0, dim: int = 64, n_
         sd[p + "feed_forward.w2.weight"] = w(dim, hidden)
         sd[p + "feed_forward.w3.weight"] = w(hidden, dim)
     torch.save(sd, d / "consolidated.00.pth")
-    (d / "params.json").write_text(json.dumps({
-        "dim": dim, "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_kv_heads,
-        "norm_eps": 1e-5, "rope_theta": 10000.0, "max_seq_len": max_seq_len,
-    }))
+    (d / "params.json").write_text(
+        json.dumps(
+            {
+                "dim": dim,
+                "n_layers": n_layers,
+                "n_heads": n_heads,
+                "n_kv_heads": n_kv_heads,
+                "norm_eps": 1e-5,
+                "rope_theta": 10000.0,
+                "max_seq_len": max_seq_len,
+            }
+        )
+    )
     return d

@@ -38,8 +38,16 @@ class BuiltinModelTest(unittest.TestCase):
         cls.pt2 = cls.dir / "pt2" / "model.pt2"
         cls.pte.parent.mkdir()
         cls.pt2.parent.mkdir()
-        rc = export_llm.main(["--output-pte-path", str(cls.pte), "--output-aoti-package-path",
-                              str(cls.pt2), "--max-seq-length", str(MAX_SEQ)])
+        rc = export_llm.main(
+            [
+                "--output-pte-path",
+                str(cls.pte),
+                "--output-aoti-package-path",
+                str(cls.pt2),
+                "--max-seq-length",
+                str(MAX_SEQ),
+            ]
+        )
         assert rc == 0, "export_llm failed"
 
     @classmethod
@@ -59,8 +67,13 @@ class BuiltinModelTest(unittest.TestCase):
 
     def test_runners_chat(self):
         for binary, model in ((AOTI_RUN, self.pt2), (ET_RUN, self.pte)):
-            p = subprocess.run([str(binary), str(model), "-m", "chat", "-t", "0", "-n", "40"],
-                               input=QUESTION + "\n", capture_output=True, text=True, timeout=600)
+            p = subprocess.run(
+                [str(binary), str(model), "-m", "chat", "-t", "0", "-n", "40"],
+                input=QUESTION + "\n",
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             self.assertEqual(p.returncode, 0, p.stderr)
             self.assertIn("Paris", p.stdout, f"{binary.name}: {p.stdout!r}")
 
@@ -76,11 +89,26 @@ class BuiltinModelTest(unittest.TestCase):
         self.assertTrue(want)
         for binary, model in ((AOTI_RUN, self.pt2), (ET_RUN, self.pte)):
             ids_json = self.dir / f"{binary.name}.json"
-            p = subprocess.run([str(binary), str(model), "-i", COMPLETION, "-n", str(STEPS), "-t", "0",
-                                "--ids-json", str(ids_json)], capture_output=True, text=True, timeout=600)
+            p = subprocess.run(
+                [
+                    str(binary),
+                    str(model),
+                    "-i",
+                    COMPLETION,
+                    "-n",
+                    str(STEPS),
+                    "-t",
+                    "0",
+                    "--ids-json",
+                    str(ids_json),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             self.assertEqual(p.returncode, 0, p.stderr)
             got = json.loads(ids_json.read_text())["generated"]
-            self.assertEqual(got[:len(want)], want, binary.name)
+            self.assertEqual(got[: len(want)], want, binary.name)
 
     def test_executorch_text_runner(self):
         from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
@@ -88,7 +116,7 @@ class BuiltinModelTest(unittest.TestCase):
         artifacts.register_et_kernels()
         runner = TextLLMRunner(str(self.pte), str(self.pte.parent / "tokenizer.json"))
         pieces = []
-        prompt = ("<|im_start|>user\n" + QUESTION + "<|im_end|>\n<|im_start|>assistant\n")
+        prompt = "<|im_start|>user\n" + QUESTION + "<|im_end|>\n<|im_start|>assistant\n"
         config = GenerationConfig(echo=False, max_new_tokens=24, temperature=0.0)
         runner.generate(prompt, config, pieces.append)
         self.assertIn("Paris", "".join(pieces))

@@ -45,7 +45,9 @@ class GraphTest(unittest.TestCase):
         self.assertNotEqual(check_deps.graph_violations(labels, LIBTORCH_REPOS), [])
 
     def test_repo_of(self):
-        self.assertEqual(check_deps.repo_of("@@_main~_repo_rules~executorch//:runtime"), "executorch")
+        self.assertEqual(
+            check_deps.repo_of("@@_main~_repo_rules~executorch//:runtime"), "executorch"
+        )
         self.assertEqual(check_deps.repo_of("@@re2~//:re2"), "re2")
         self.assertEqual(check_deps.repo_of("//runner/et:et_run"), "")
         self.assertEqual(check_deps.repo_of("@//runner/et:et_run"), "")

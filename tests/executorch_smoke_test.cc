@@ -32,9 +32,9 @@
 
 namespace {
 
+using executorch::extension::make_tensor_ptr;
 using executorch::extension::Module;
 using executorch::extension::TensorPtr;
-using executorch::extension::make_tensor_ptr;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
 
@@ -82,16 +82,14 @@ TEST(ExecuTorchSmoke, KernelsAndBackendAreRegistered) {
   EXPECT_TRUE(executorch::runtime::registry_has_op_function("aten::add.out"));
   EXPECT_TRUE(executorch::runtime::registry_has_op_function("aten::mul.out"));
   EXPECT_TRUE(executorch::runtime::registry_has_op_function("aten::addmm.out"));
-  EXPECT_TRUE(
-      executorch::runtime::registry_has_op_function("aten::permute_copy.out"));
+  EXPECT_TRUE(executorch::runtime::registry_has_op_function("aten::permute_copy.out"));
   // From libexecutorch_backend_xnnpack.so.
   EXPECT_NE(executorch::runtime::get_backend_class("XnnpackBackend"), nullptr);
 }
 
 TEST(ExecuTorchSmoke, ForwardMatchesPython) {
   executorch::runtime::runtime_init();
-  ASSERT_FALSE(PtePaths().empty())
-      << "no .pte given: pass paths as arguments or set TINY_PTE";
+  ASSERT_FALSE(PtePaths().empty()) << "no .pte given: pass paths as arguments or set TINY_PTE";
 
   for (const std::string& pte : PtePaths()) {
     SCOPED_TRACE(pte);
@@ -115,8 +113,7 @@ TEST(ExecuTorchSmoke, ForwardMatchesPython) {
     }
 
     auto result = module.forward(inputs);
-    ASSERT_TRUE(result.ok()) << "forward failed, error "
-                             << static_cast<int>(result.error());
+    ASSERT_TRUE(result.ok()) << "forward failed, error " << static_cast<int>(result.error());
     const std::vector<EValue>& outputs = result.get();
     ASSERT_EQ(outputs.size(), expected_outputs.size());
 
@@ -132,8 +129,7 @@ TEST(ExecuTorchSmoke, ForwardMatchesPython) {
       ASSERT_EQ(static_cast<size_t>(got.numel()), want.values.size());
       const float* data = got.const_data_ptr<float>();
       for (size_t k = 0; k < want.values.size(); ++k) {
-        EXPECT_NEAR(data[k], want.values[k],
-                    1e-4f + 1e-4f * std::fabs(want.values[k]))
+        EXPECT_NEAR(data[k], want.values[k], 1e-4f + 1e-4f * std::fabs(want.values[k]))
             << "output " << i << " element " << k;
       }
     }

@@ -81,8 +81,7 @@ torch::Tensor ToTensor(const RefTensor& t) {
 
 TEST(LibtorchSmoke, AotiPackageLoader) {
   const std::string& pt2 = Pt2Path();
-  ASSERT_FALSE(pt2.empty())
-      << "no .pt2 given: pass it as the first argument or set TINY_PT2";
+  ASSERT_FALSE(pt2.empty()) << "no .pt2 given: pass it as the first argument or set TINY_PT2";
   const std::vector<RefTensor> ref = ReadExpected(pt2 + ".expected");
   ASSERT_FALSE(ref.empty()) << "missing or empty " << pt2 << ".expected";
 
@@ -99,7 +98,8 @@ TEST(LibtorchSmoke, AotiPackageLoader) {
     EXPECT_EQ(outputs[i].sizes(), expected[i].sizes());
     EXPECT_TRUE(torch::allclose(outputs[i], expected[i], /*rtol=*/1e-4,
                                 /*atol=*/1e-5))
-        << "output " << i << "\n got:\n" << outputs[i] << "\n want:\n"
+        << "output " << i << "\n got:\n"
+        << outputs[i] << "\n want:\n"
         << expected[i];
   }
 }

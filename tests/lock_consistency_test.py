@@ -20,8 +20,9 @@ def runfile(*candidates):
 
 
 def locked(lock_text, name):
-    m = re.search(rf"^{re.escape(name)}==(\S+) \\\s+--hash=sha256:([0-9a-f]{{64}})",
-                  lock_text, re.M)
+    m = re.search(
+        rf"^{re.escape(name)}==(\S+) \\\s+--hash=sha256:([0-9a-f]{{64}})", lock_text, re.M
+    )
     if not m:
         raise AssertionError(f"{name} is not in the lock")
     return m.group(1), m.group(2)

@@ -61,12 +61,8 @@ def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", help="output .pte (or .pt2 with --aoti) path")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--xnnpack", action="store_true", help="delegate to the XNNPACK backend"
-    )
-    mode.add_argument(
-        "--aoti", action="store_true", help="write an AOTInductor .pt2 instead"
-    )
+    mode.add_argument("--xnnpack", action="store_true", help="delegate to the XNNPACK backend")
+    mode.add_argument("--aoti", action="store_true", help="write an AOTInductor .pt2 instead")
     args = parser.parse_args(argv)
 
     # Keep a build-time genrule quiet (torchao/executorch log a lot on import).

@@ -24,7 +24,11 @@ SP_MODEL = os.path.join(corpus.sentencepiece_sdist(), "python", "test", "test_mo
 
 
 def tiny_llama2c():
-    pieces = [b"<unk>", b"<s>", b"</s>"] + [b"<0x%02X>" % b for b in range(256)] + [b" ", b"a", b"b", b" a"]
+    pieces = (
+        [b"<unk>", b"<s>", b"</s>"]
+        + [b"<0x%02X>" % b for b in range(256)]
+        + [b" ", b"a", b"b", b" a"]
+    )
     out = struct.pack("<i", 8)
     for i, p in enumerate(pieces):
         out += struct.pack("<fi", -float(i), len(p)) + p
@@ -61,9 +65,11 @@ class BadFiles(unittest.TestCase):
             L.load(self.dir)
 
     def test_foreign_files(self):
-        for name, data in [("random.bin", bytes(random.Random(1).getrandbits(8) for _ in range(5000))),
-                           ("text.txt", b"just some text\nwith lines\n"),
-                           ("pdf.pdf", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")]:
+        for name, data in [
+            ("random.bin", bytes(random.Random(1).getrandbits(8) for _ in range(5000))),
+            ("text.txt", b"just some text\nwith lines\n"),
+            ("pdf.pdf", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n"),
+        ]:
             self.assertLoadFails(self.write(name, data), "not a tokenizer file")
 
     def test_tokenizer_json(self):
@@ -71,14 +77,17 @@ class BadFiles(unittest.TestCase):
             data = f.read()
         for cut in (1, 100, 5000, len(data) // 2, len(data) - 3):
             self.assertLoadFails(self.write("tokenizer.json", data[:cut]), "invalid JSON")
-        self.assertLoadFails(self.write("t.json", b'{"model": {"type": "WordPiece", "vocab": {}}}'),
-                             "not supported")
+        self.assertLoadFails(
+            self.write("t.json", b'{"model": {"type": "WordPiece", "vocab": {}}}'), "not supported"
+        )
         self.assertLoadFails(self.write("t.json", b'{"version": "1.0"}'), 'no "model"')
         self.assertLoadFails(self.write("t.json", b"[" * 100000), "invalid JSON")
-        bad_merge = (b'{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}}')
+        bad_merge = b'{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}}'
         self.assertLoadFails(self.write("t.json", bad_merge), "merge #0")
-        bad_pre = (b'{"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(("}, "behavior": '
-                   b'"Isolated"}, "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}')
+        bad_pre = (
+            b'{"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(("}, "behavior": '
+            b'"Isolated"}, "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}'
+        )
         self.assertLoadFails(self.write("t.json", bad_pre), "regex")
 
     def test_tiktoken(self):
@@ -97,8 +106,9 @@ class BadFiles(unittest.TestCase):
             data = f.read(2_000_000)
         for cut in (4, 20, 1000, 300_000, 900_000):
             self.assertLoadFails(self.write("m.gguf", data[:cut]), "GGUF")
-        self.assertLoadFails(self.write("m.gguf", b"GGUF" + struct.pack("<I", 99) + b"\0" * 16),
-                             "version")
+        self.assertLoadFails(
+            self.write("m.gguf", b"GGUF" + struct.pack("<I", 99) + b"\0" * 16), "version"
+        )
         # A string length far beyond the file must not allocate or crash.
         bogus = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1 << 62)
         self.assertLoadFails(self.write("m.gguf", bogus), "GGUF")

@@ -90,8 +90,7 @@ std::vector<int> IdsFrom(const py::handle& seq) {
     const long v = PyLong_AsLongAndOverflow(items[i], &overflow);
     if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
     if (overflow || v < INT32_MIN || v > INT32_MAX) {
-      throw TokenizerError("token id " + py::repr(items[i]).cast<std::string>() +
-                           " out of range");
+      throw TokenizerError("token id " + py::repr(items[i]).cast<std::string>() + " out of range");
     }
     ids[i] = static_cast<int>(v);
   }
@@ -126,12 +125,12 @@ PYBIND11_MODULE(llm_tokenizers, m) {
 
   py::class_<PyStreamDecoder>(m, "StreamDecoder",
                               "Decodes ids one at a time into complete UTF-8 text.")
-      .def("push",
-           [](PyStreamDecoder& d, int id) { return ToStr(Unwrap(d.dec.Push(id))); },
-           py::arg("id"),
-           "Adds one id; returns the text it completes (possibly '').")
-      .def("flush", [](PyStreamDecoder& d) { return ToStr(d.dec.Flush()); },
-           "Returns held-back bytes of an unfinished character (as U+FFFD).");
+      .def(
+          "push", [](PyStreamDecoder& d, int id) { return ToStr(Unwrap(d.dec.Push(id))); },
+          py::arg("id"), "Adds one id; returns the text it completes (possibly '').")
+      .def(
+          "flush", [](PyStreamDecoder& d) { return ToStr(d.dec.Flush()); },
+          "Returns held-back bytes of an unfinished character (as U+FFFD).");
 
   py::class_<PyTokenizer>(m, "Tokenizer", "A loaded tokenizer.")
       .def(
@@ -157,8 +156,8 @@ PYBIND11_MODULE(llm_tokenizers, m) {
           "encoded as plain text.")
       .def(
           "encode_batch",
-          [](const PyTokenizer& t, const std::vector<py::object>& texts, bool bos,
-             bool eos, const py::object& allowed_special, int num_threads) {
+          [](const PyTokenizer& t, const std::vector<py::object>& texts, bool bos, bool eos,
+             const py::object& allowed_special, int num_threads) {
             std::vector<std::string> in;
             in.reserve(texts.size());
             for (const auto& x : texts) in.push_back(TextFrom(x));
@@ -167,15 +166,16 @@ PYBIND11_MODULE(llm_tokenizers, m) {
             std::vector<std::string> errors(in.size());
             {
               py::gil_scoped_release release;
-              int n = num_threads > 0
-                          ? num_threads
-                          : static_cast<int>(std::thread::hardware_concurrency());
+              int n = num_threads > 0 ? num_threads
+                                      : static_cast<int>(std::thread::hardware_concurrency());
               n = std::max(1, std::min<int>(n, static_cast<int>(in.size())));
               auto work = [&](int w) {
                 for (size_t i = w; i < in.size(); i += n) {
                   auto r = t.tok->Encode(in[i], bos, eos, policy);
-                  if (r.ok()) out[i] = std::move(r).value();
-                  else errors[i] = r.error();
+                  if (r.ok())
+                    out[i] = std::move(r).value();
+                  else
+                    errors[i] = r.error();
                 }
               };
               std::vector<std::thread> threads;
@@ -198,8 +198,7 @@ PYBIND11_MODULE(llm_tokenizers, m) {
           [](const PyTokenizer& t, const py::object& ids) {
             return ToStr(Unwrap(t.tok->Decode(IdsFrom(ids))));
           },
-          py::arg("ids"),
-          "Decodes ids to str; ill-formed UTF-8 becomes U+FFFD.")
+          py::arg("ids"), "Decodes ids to str; ill-formed UTF-8 becomes U+FFFD.")
       .def(
           "decode_bytes",
           [](const PyTokenizer& t, const py::object& ids) {
@@ -208,15 +207,11 @@ PYBIND11_MODULE(llm_tokenizers, m) {
           py::arg("ids"), "Decodes ids to the raw bytes.")
       .def(
           "stream_decoder",
-          [](const PyTokenizer& t) {
-            return PyStreamDecoder{t.tok, t.tok->NewStreamDecoder()};
-          },
+          [](const PyTokenizer& t) { return PyStreamDecoder{t.tok, t.tok->NewStreamDecoder()}; },
           "A decoder that takes one id at a time.")
       .def(
           "id_to_piece",
-          [](const PyTokenizer& t, int id) {
-            return py::bytes(Unwrap(t.tok->IdToPiece(id)));
-          },
+          [](const PyTokenizer& t, int id) { return py::bytes(Unwrap(t.tok->IdToPiece(id))); },
           py::arg("id"),
           "The vocabulary entry of an id as bytes (for byte-level BPE the "
           "raw bytes, not the GPT-2 alphabet spelling).")
@@ -226,22 +221,21 @@ PYBIND11_MODULE(llm_tokenizers, m) {
             return Unwrap(t.tok->PieceToId(TextFrom(piece)));
           },
           py::arg("piece"), "The id of a vocabulary entry (str or bytes).")
-      .def_property_readonly("vocab_size",
-                             [](const PyTokenizer& t) { return t.tok->vocab_size(); })
-      .def_property_readonly("bos_id", [](const PyTokenizer& t) { return t.tok->bos_id(); },
-                             "The bos id, or -1.")
+      .def_property_readonly("vocab_size", [](const PyTokenizer& t) { return t.tok->vocab_size(); })
+      .def_property_readonly(
+          "bos_id", [](const PyTokenizer& t) { return t.tok->bos_id(); }, "The bos id, or -1.")
       .def_property_readonly(
           "add_bos", [](const PyTokenizer& t) { return t.tok->add_bos(); },
           "Whether a prompt without a chat template starts with bos_id.")
-      .def_property_readonly("eos_ids",
-                             [](const PyTokenizer& t) { return t.tok->eos_ids(); },
-                             "Ids that end generation (may be empty).")
       .def_property_readonly(
-          "chat_template",
-          [](const PyTokenizer& t) { return t.tok->chat_template(); },
+          "eos_ids", [](const PyTokenizer& t) { return t.tok->eos_ids(); },
+          "Ids that end generation (may be empty).")
+      .def_property_readonly(
+          "chat_template", [](const PyTokenizer& t) { return t.tok->chat_template(); },
           "The chat template shipped with the tokenizer, or ''.")
-      .def_property_readonly("type", [](const PyTokenizer& t) { return t.tok->type(); },
-                             "'tiktoken', 'hf', 'sentencepiece' or 'llama2c'.");
+      .def_property_readonly(
+          "type", [](const PyTokenizer& t) { return t.tok->type(); },
+          "'tiktoken', 'hf', 'sentencepiece' or 'llama2c'.");
 
   m.def(
       "load",
@@ -280,13 +274,11 @@ PYBIND11_MODULE(llm_tokenizers, m) {
              Check(ValidateSamplerConfig(c));
              return Sampler(c, seed);
            }),
-           py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
-           py::arg("top_p") = 1.0f, py::arg("min_p") = 0.0f,
-           py::arg("repetition_penalty") = 1.0f, py::arg("seed") = 0)
+           py::arg("temperature") = 1.0f, py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
+           py::arg("min_p") = 0.0f, py::arg("repetition_penalty") = 1.0f, py::arg("seed") = 0)
       .def(
           "sample",
-          [](Sampler& s,
-             py::array_t<float, py::array::c_style | py::array::forcecast> logits,
+          [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits,
              const std::vector<int>& recent) {
             if (logits.ndim() != 1) throw TokenizerError("logits must be 1-D");
             const float* data = logits.data();

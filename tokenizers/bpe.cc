@@ -10,9 +10,8 @@ void SpecialMatcher::Add(std::string token, int id) {
   tokens_.emplace_back(std::move(token), id);
   auto& v = by_first_[b];
   v.push_back(static_cast<int>(tokens_.size()) - 1);
-  std::stable_sort(v.begin(), v.end(), [&](int x, int y) {
-    return tokens_[x].first.size() > tokens_[y].first.size();
-  });
+  std::stable_sort(v.begin(), v.end(),
+                   [&](int x, int y) { return tokens_[x].first.size() > tokens_[y].first.size(); });
   first_[b] = true;
 }
 

@@ -41,14 +41,12 @@ void MergeSymbols(std::vector<Symbol>* syms, PairFn&& pair) {
     int right;
     uint32_t right_end;  // detects that the right symbol has grown
     int new_id;
-    bool operator>(const Cand& o) const {
-      return rank != o.rank ? rank > o.rank : start > o.start;
-    }
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : start > o.start; }
   };
   std::vector<Cand> storage;
   storage.reserve(n);
-  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap(
-      std::greater<Cand>(), std::move(storage));
+  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap(std::greater<Cand>(),
+                                                                        std::move(storage));
   auto push = [&](int l, int r) {
     int new_id = -1;
     const int rank = pair(s[l], s[r], &new_id);
@@ -98,8 +96,7 @@ class BytesMap {
       if (slots_[i].hash == h && Key(slots_[i]) == key) return false;
       i = (i + 1) & (slots_.size() - 1);
     }
-    slots_[i] = {h, static_cast<uint32_t>(arena_.size()),
-                 static_cast<uint32_t>(key.size()), value};
+    slots_[i] = {h, static_cast<uint32_t>(arena_.size()), static_cast<uint32_t>(key.size()), value};
     arena_.append(key);
     ++size_;
     return true;
@@ -200,15 +197,14 @@ class SpecialMatcher {
   // Finds the first match at or after `from` whose token satisfies
   // `accept(token, id, start)`. Returns false if none.
   template <typename Accept>
-  bool Find(std::string_view text, size_t from, Accept&& accept, size_t* start,
-            size_t* len, int* id) const {
+  bool Find(std::string_view text, size_t from, Accept&& accept, size_t* start, size_t* len,
+            int* id) const {
     for (size_t i = from; i < text.size(); ++i) {
       const auto b = static_cast<unsigned char>(text[i]);
       if (!first_[b]) continue;
       for (int k : by_first_[b]) {
         const std::string& t = tokens_[k].first;
-        if (text.compare(i, t.size(), t) == 0 &&
-            accept(t, tokens_[k].second, i)) {
+        if (text.compare(i, t.size(), t) == 0 && accept(t, tokens_[k].second, i)) {
           *start = i;
           *len = t.size();
           *id = tokens_[k].second;
@@ -218,9 +214,7 @@ class SpecialMatcher {
     }
     return false;
   }
-  const std::vector<std::pair<std::string, int>>& tokens() const {
-    return tokens_;
-  }
+  const std::vector<std::pair<std::string, int>>& tokens() const { return tokens_; }
 
  private:
   std::vector<std::pair<std::string, int>> tokens_;

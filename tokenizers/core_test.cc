@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "tokenizers/bpe.h"
 #include "gtest/gtest.h"
+#include "tokenizers/bpe.h"
 #include "tokenizers/json.h"
 #include "tokenizers/regex.h"
 #include "tokenizers/utf8.h"
@@ -23,15 +23,46 @@ constexpr char kGpt2[] =
 // Text made of the characters the patterns treat differently.
 std::string RandomText(std::mt19937* rng, int len) {
   static const std::vector<std::string> kAtoms = {
-      "a", "Z", "s", "S", "t", "re", "VE", "ll", "d", "m", "'", "\xC5\xBF",  // ſ
-      "1", "42", "\xD9\xA3",                                               // ٣
-      " ", "  ", "\t", "\n", "\r\n", "\r", "\v", "\f",
-      "\xC2\xA0", "\xE3\x80\x80", "\xE2\x80\xA8", "\xC2\x85",  // NBSP, ideographic, LS, NEL
-      ".", ",", "!", "(", "-", "_", "\"", "$",
-      "\xE6\x97\xA5", "\xED\x95\x9C",       // CJK, Hangul
-      "e\xCC\x81",                          // combining acute
-      "\xF0\x9F\x91\xA8\xE2\x80\x8D",       // emoji + ZWJ
-      "\xD7\xA9",                           // Hebrew
+      "a",
+      "Z",
+      "s",
+      "S",
+      "t",
+      "re",
+      "VE",
+      "ll",
+      "d",
+      "m",
+      "'",
+      "\xC5\xBF",  // ſ
+      "1",
+      "42",
+      "\xD9\xA3",  // ٣
+      " ",
+      "  ",
+      "\t",
+      "\n",
+      "\r\n",
+      "\r",
+      "\v",
+      "\f",
+      "\xC2\xA0",
+      "\xE3\x80\x80",
+      "\xE2\x80\xA8",
+      "\xC2\x85",  // NBSP, ideographic, LS, NEL
+      ".",
+      ",",
+      "!",
+      "(",
+      "-",
+      "_",
+      "\"",
+      "$",
+      "\xE6\x97\xA5",
+      "\xED\x95\x9C",                  // CJK, Hangul
+      "e\xCC\x81",                     // combining acute
+      "\xF0\x9F\x91\xA8\xE2\x80\x8D",  // emoji + ZWJ
+      "\xD7\xA9",                      // Hebrew
   };
   std::uniform_int_distribution<size_t> pick(0, kAtoms.size() - 1);
   std::string s;
@@ -81,8 +112,7 @@ TEST(Regex, BadPatternIsAnError) {
 }
 
 // Reference merge: rescan for the lowest-rank pair after every merge.
-std::vector<std::string> NaiveMerge(const std::string& s,
-                                    const std::map<std::string, int>& ranks) {
+std::vector<std::string> NaiveMerge(const std::string& s, const std::map<std::string, int>& ranks) {
   std::vector<std::string> parts;
   for (char c : s) parts.emplace_back(1, c);
   while (true) {
@@ -115,8 +145,8 @@ TEST(Bpe, HeapMergeEqualsQuadraticMerge) {
     for (int i = 0; i < 60; ++i) s.push_back("abc"[letter(rng)]);
     std::vector<Symbol> syms(s.size());
     for (size_t i = 0; i < s.size(); ++i) {
-      syms[i] = {static_cast<uint32_t>(i), static_cast<uint32_t>(i + 1), 0,
-                 static_cast<int>(i) - 1, i + 1 < s.size() ? static_cast<int>(i) + 1 : -1};
+      syms[i] = {static_cast<uint32_t>(i), static_cast<uint32_t>(i + 1), 0, static_cast<int>(i) - 1,
+                 i + 1 < s.size() ? static_cast<int>(i) + 1 : -1};
     }
     MergeSymbols(&syms, [&](const Symbol& a, const Symbol& b, int* id) {
       auto it = ranks.find(s.substr(a.start, b.end - a.start));
@@ -169,7 +199,10 @@ TEST(Json, RejectsBadInputWithOffsets) {
 
 TEST(Utf8, ReplacesMaximalSubparts) {
   // As Python's errors="replace": one U+FFFD per maximal ill-formed subpart.
-  EXPECT_EQ(ReplaceInvalidUtf8("a\xE2\x82" "b"), "a\xEF\xBF\xBD" "b");
+  EXPECT_EQ(ReplaceInvalidUtf8("a\xE2\x82"
+                               "b"),
+            "a\xEF\xBF\xBD"
+            "b");
   EXPECT_EQ(ReplaceInvalidUtf8("\xFF\xFE"), "\xEF\xBF\xBD\xEF\xBF\xBD");
   EXPECT_EQ(ReplaceInvalidUtf8("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
   EXPECT_EQ(ReplaceInvalidUtf8("ok \xC3\xA9"), "ok \xC3\xA9");

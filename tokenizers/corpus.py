@@ -54,7 +54,8 @@ def sentencepiece_sdist():
                 return d
     raise FileNotFoundError(
         "sentencepiece's test data is not in the runfiles; depend on "
-        "@sentencepiece//:data/botchan.txt or set SENTENCEPIECE_SRC")
+        "@sentencepiece//:data/botchan.txt or set SENTENCEPIECE_SRC"
+    )
 
 
 def _read(path):

@@ -13,11 +13,9 @@ namespace tokenizers {
 
 std::unique_ptr<Tokenizer> NewHfTokenizer();
 // `path` locates a tokenizer_config.json next to the file ("" for none).
-Result<void> LoadHfFromString(Tokenizer* hf, std::string_view json,
-                              const std::string& path);
+Result<void> LoadHfFromString(Tokenizer* hf, std::string_view json, const std::string& path);
 // As above, with the tokenizer_config.json text given directly.
-Result<void> LoadHfFromStrings(Tokenizer* hf, std::string_view json,
-                               std::string_view config_json);
+Result<void> LoadHfFromStrings(Tokenizer* hf, std::string_view json, std::string_view config_json);
 
 std::unique_ptr<Tokenizer> NewSentencePieceTokenizer();
 bool LooksLikeSentencePiece(std::string_view data);

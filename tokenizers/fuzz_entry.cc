@@ -14,6 +14,7 @@
 // (//tokenizers:fuzz_libfuzzer, run by //tokenizers:fuzz_libfuzzer_test).
 // Under gcc, fuzz_entry_test drives step 1 with a fixed number of mutated
 // inputs.
+#include <unistd.h>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -21,7 +22,6 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <unistd.h>
 #include <vector>
 
 #include "tokenizers/tokenizer.h"
@@ -43,8 +43,8 @@ void RoundTrip(const tokenizers::Tokenizer& tok, std::string_view text, bool exa
   for (int id : *ids) (void)stream.Push(id);
   (void)stream.Flush();
   if (exact && (!back.ok() || *back != text)) {
-    std::fprintf(stderr, "%s: decode(encode(x)) != x for %zu bytes\n",
-                 tok.type().c_str(), text.size());
+    std::fprintf(stderr, "%s: decode(encode(x)) != x for %zu bytes\n", tok.type().c_str(),
+                 text.size());
     std::abort();
   }
 }

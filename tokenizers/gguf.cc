@@ -22,8 +22,19 @@ namespace {
 
 // GGUF value types.
 enum : uint32_t {
-  kU8 = 0, kI8, kU16, kI16, kU32, kI32, kF32, kBool, kString, kArray, kU64,
-  kI64, kF64
+  kU8 = 0,
+  kI8,
+  kU16,
+  kI16,
+  kU32,
+  kI32,
+  kF32,
+  kBool,
+  kString,
+  kArray,
+  kU64,
+  kI64,
+  kF64
 };
 
 struct Value {
@@ -32,9 +43,9 @@ struct Value {
   double f = 0;
   std::string s;
   uint32_t elem_type = 0;
-  std::vector<std::string> strs;   // string arrays
-  std::vector<int64_t> ints;       // integer / bool arrays
-  std::vector<double> floats;      // float arrays
+  std::vector<std::string> strs;  // string arrays
+  std::vector<int64_t> ints;      // integer / bool arrays
+  std::vector<double> floats;     // float arrays
 };
 
 // Sequential reader over a FILE with bounds checks against the file size:
@@ -49,7 +60,9 @@ class Reader {
     return true;
   }
   template <typename T>
-  bool Pod(T* v) { return Bytes(v, sizeof(T)); }
+  bool Pod(T* v) {
+    return Bytes(v, sizeof(T));
+  }
   bool Str(std::string* s) {
     uint64_t n;
     if (!Pod(&n)) return false;
@@ -79,28 +92,98 @@ class Reader {
 
 int ScalarSize(uint32_t t) {
   switch (t) {
-    case kU8: case kI8: case kBool: return 1;
-    case kU16: case kI16: return 2;
-    case kU32: case kI32: case kF32: return 4;
-    case kU64: case kI64: case kF64: return 8;
-    default: return 0;
+    case kU8:
+    case kI8:
+    case kBool:
+      return 1;
+    case kU16:
+    case kI16:
+      return 2;
+    case kU32:
+    case kI32:
+    case kF32:
+      return 4;
+    case kU64:
+    case kI64:
+    case kF64:
+      return 8;
+    default:
+      return 0;
   }
 }
 
 bool ReadScalar(Reader* r, uint32_t t, int64_t* i, double* f) {
   switch (t) {
-    case kU8: { uint8_t v; if (!r->Pod(&v)) return false; *i = v; break; }
-    case kI8: { int8_t v; if (!r->Pod(&v)) return false; *i = v; break; }
-    case kBool: { uint8_t v; if (!r->Pod(&v)) return false; *i = v != 0; break; }
-    case kU16: { uint16_t v; if (!r->Pod(&v)) return false; *i = v; break; }
-    case kI16: { int16_t v; if (!r->Pod(&v)) return false; *i = v; break; }
-    case kU32: { uint32_t v; if (!r->Pod(&v)) return false; *i = v; break; }
-    case kI32: { int32_t v; if (!r->Pod(&v)) return false; *i = v; break; }
-    case kU64: { uint64_t v; if (!r->Pod(&v)) return false; *i = static_cast<int64_t>(v); break; }
-    case kI64: { int64_t v; if (!r->Pod(&v)) return false; *i = v; break; }
-    case kF32: { float v; if (!r->Pod(&v)) return false; *f = v; *i = static_cast<int64_t>(v); return true; }
-    case kF64: { double v; if (!r->Pod(&v)) return false; *f = v; *i = static_cast<int64_t>(v); return true; }
-    default: return r->Fail("unknown value type");
+    case kU8: {
+      uint8_t v;
+      if (!r->Pod(&v)) return false;
+      *i = v;
+      break;
+    }
+    case kI8: {
+      int8_t v;
+      if (!r->Pod(&v)) return false;
+      *i = v;
+      break;
+    }
+    case kBool: {
+      uint8_t v;
+      if (!r->Pod(&v)) return false;
+      *i = v != 0;
+      break;
+    }
+    case kU16: {
+      uint16_t v;
+      if (!r->Pod(&v)) return false;
+      *i = v;
+      break;
+    }
+    case kI16: {
+      int16_t v;
+      if (!r->Pod(&v)) return false;
+      *i = v;
+      break;
+    }
+    case kU32: {
+      uint32_t v;
+      if (!r->Pod(&v)) return false;
+      *i = v;
+      break;
+    }
+    case kI32: {
+      int32_t v;
+      if (!r->Pod(&v)) return false;
+      *i = v;
+      break;
+    }
+    case kU64: {
+      uint64_t v;
+      if (!r->Pod(&v)) return false;
+      *i = static_cast<int64_t>(v);
+      break;
+    }
+    case kI64: {
+      int64_t v;
+      if (!r->Pod(&v)) return false;
+      *i = v;
+      break;
+    }
+    case kF32: {
+      float v;
+      if (!r->Pod(&v)) return false;
+      *f = v;
+      *i = static_cast<int64_t>(v);
+      return true;
+    }
+    case kF64: {
+      double v;
+      if (!r->Pod(&v)) return false;
+      *f = v;
+      *i = static_cast<int64_t>(v);
+      return true;
+    }
+    default:
+      return r->Fail("unknown value type");
   }
   *f = static_cast<double>(*i);
   return true;
@@ -136,8 +219,7 @@ Result<std::map<std::string, Value>> ReadMetadata(const std::string& path) {
     std::string key;
     uint32_t type;
     if (!r.Str(&key) || !r.Pod(&type)) return fail("truncated metadata: " + r.error());
-    const bool keep = key.compare(0, 10, "tokenizer.") == 0 ||
-                      key == "general.architecture";
+    const bool keep = key.compare(0, 10, "tokenizer.") == 0 || key == "general.architecture";
     Value v;
     v.type = type;
     if (type == kString) {
@@ -445,8 +527,7 @@ Result<Converted> ConvertLlama(const std::string& path, const Metadata& kv) {
   root.Set("added_tokens", std::move(added));
   root.Set("normalizer", Json());
   root.Set("pre_tokenizer", std::move(pre));
-  root.Set("post_processor",
-           BosPostProcessor(bos, add_bos, get("tokenizer.ggml.bos_token_id")));
+  root.Set("post_processor", BosPostProcessor(bos, add_bos, get("tokenizer.ggml.bos_token_id")));
   root.Set("decoder", std::move(decoder));
   root.Set("model", std::move(model_j));
 
@@ -493,8 +574,7 @@ Result<Converted> Convert(const std::string& path) {
   Json vocab = Json::Object();
   for (size_t i = 0; i < toks.size(); ++i) {
     const std::string& t = toks[i];
-    vocab.Set(InByteAlphabet(t) ? t : GptBytesToAlphabet(t),
-              Json::Number(static_cast<double>(i)));
+    vocab.Set(InByteAlphabet(t) ? t : GptBytesToAlphabet(t), Json::Number(static_cast<double>(i)));
   }
   Json merge_list = Json::Array();
   for (const std::string& m : merges->strs) {
@@ -510,7 +590,8 @@ Result<Converted> Convert(const std::string& path) {
     for (size_t i = 0; i < toks.size() && i < types->ints.size(); ++i) {
       // A control token spelled outside the byte alphabet is a mislabel
       // that transformers skips.
-      if (types->ints[i] == 3 && InByteAlphabet(toks[i])) added.Push(AddedTokenJson(static_cast<int>(i), toks[i], true));
+      if (types->ints[i] == 3 && InByteAlphabet(toks[i]))
+        added.Push(AddedTokenJson(static_cast<int>(i), toks[i], true));
     }
     for (size_t i = 0; i < toks.size() && i < types->ints.size(); ++i) {
       if (types->ints[i] == 4) added.Push(AddedTokenJson(static_cast<int>(i), toks[i], false));
@@ -522,8 +603,8 @@ Result<Converted> Convert(const std::string& path) {
   std::string split;
   if (pre && pre->type == kString) {
     const std::string& p = pre->s;
-    if (p == "llama3" || p == "llama-v3" || p == "llama-bpe" || p == "falcon3" ||
-        p == "dbrx" || p == "smaug-bpe") {
+    if (p == "llama3" || p == "llama-v3" || p == "llama-bpe" || p == "falcon3" || p == "dbrx" ||
+        p == "smaug-bpe") {
       split = kLlama3Split;
     } else if (p == "qwen2" || p == "deepseek-r1-qwen") {
       split = kQwen2Split;
@@ -625,8 +706,7 @@ Result<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const std::string& path) {
   return hf;
 }
 
-Result<void> WriteTokenizerJson(const std::string& gguf_path,
-                                const std::string& out_dir) {
+Result<void> WriteTokenizerJson(const std::string& gguf_path, const std::string& out_dir) {
   auto c = Convert(gguf_path);
   if (!c.ok()) return MakeError(c.error());
   auto r = WriteAtomically(out_dir + "/tokenizer.json", c->tokenizer_json);

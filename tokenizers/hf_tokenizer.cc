@@ -8,18 +8,18 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "tokenizers/bpe.h"
 #include "formats.h"
-#include "tokenizers/json.h"
 #include "re2/re2.h"
+#include "tokenizers/bpe.h"
+#include "tokenizers/json.h"
 #include "tokenizers/regex.h"
 #include "tokenizers/unicode.h"
 #include "tokenizers/utf8.h"
@@ -34,8 +34,8 @@ struct ByteAlphabet {
   ByteAlphabet() {
     int n = 0;
     for (int b = 0; b < 256; ++b) {
-      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) ||
-                             (b >= 0xAE && b <= 0xFF);
+      const bool printable =
+          (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
       byte_to_char[b] = printable ? b : 256 + n++;
       char_to_byte[byte_to_char[b]] = static_cast<unsigned char>(b);
     }
@@ -82,8 +82,7 @@ void ForEachChar(std::string_view s, Fn&& fn) {
   }
 }
 
-std::string ReplaceAll(std::string_view s, std::string_view from,
-                       std::string_view to) {
+std::string ReplaceAll(std::string_view s, std::string_view from, std::string_view to) {
   if (from.empty()) return std::string(s);
   std::string out;
   size_t pos = 0;
@@ -141,9 +140,7 @@ Result<Normalizer> MakeNormalizer(const Json& j, bool* byte_level) {
     auto from = LiteralOrRegexReplace(j.Find("pattern"));
     if (!from.ok()) return MakeError(from.error());
     const std::string to = j.GetString("content");
-    return Normalizer([from = *from, to](std::string* s) {
-      *s = ReplaceAll(*s, from, to);
-    });
+    return Normalizer([from = *from, to](std::string* s) { *s = ReplaceAll(*s, from, to); });
   }
   if (type == "Prepend") {
     const std::string pre = j.GetString("prepend");
@@ -178,8 +175,8 @@ Result<Normalizer> MakeNormalizer(const Json& j, bool* byte_level) {
     *byte_level = true;
     return Normalizer([](std::string*) {});
   }
-  const NormalForm forms[] = {NormalForm::kNfc, NormalForm::kNfd,
-                              NormalForm::kNfkc, NormalForm::kNfkd};
+  const NormalForm forms[] = {NormalForm::kNfc, NormalForm::kNfd, NormalForm::kNfkc,
+                              NormalForm::kNfkd};
   const char* names[] = {"NFC", "NFD", "NFKC", "NFKD"};
   for (int k = 0; k < 4; ++k) {
     if (type == names[k]) {
@@ -219,8 +216,8 @@ struct Part {
 
 // HF's split: the text cut into matches and gaps, then combined per
 // behavior.
-void SplitParts(std::string_view text, const std::vector<Span>& spans,
-                bool invert, Behavior behavior, std::vector<Part>* out) {
+void SplitParts(std::string_view text, const std::vector<Span>& spans, bool invert,
+                Behavior behavior, std::vector<Part>* out) {
   std::vector<Part> parts;
   uint32_t pos = 0;
   for (const Span& s : spans) {
@@ -284,8 +281,7 @@ void SplitParts(std::string_view text, const std::vector<Span>& spans,
 
 using PreTokenizer = std::function<void(std::vector<Piece>*)>;
 
-PreTokenizer SplitWith(std::shared_ptr<Regex> re, bool invert,
-                       Behavior behavior) {
+PreTokenizer SplitWith(std::shared_ptr<Regex> re, bool invert, Behavior behavior) {
   return [re, invert, behavior](std::vector<Piece>* pieces) {
     std::vector<Piece> out;
     std::vector<Span> spans;
@@ -296,8 +292,8 @@ PreTokenizer SplitWith(std::shared_ptr<Regex> re, bool invert,
       SplitParts(p.text, spans, invert, behavior, &parts);
       for (const Part& part : parts) {
         if (part.end == part.start) continue;
-        out.push_back({p.text.substr(part.start, part.end - part.start),
-                       p.at_start && part.start == 0});
+        out.push_back(
+            {p.text.substr(part.start, part.end - part.start), p.at_start && part.start == 0});
       }
     }
     *pieces = std::move(out);
@@ -327,8 +323,7 @@ Result<PreTokenizer> MakePreTokenizer(const Json& j, bool* byte_level) {
     if (!re.ok()) return MakeError("Split: " + re.error());
     auto b = ParseBehavior(j.GetString("behavior", "Isolated"));
     if (!b.ok()) return MakeError(b.error());
-    return SplitWith(std::shared_ptr<Regex>(std::move(re).value()),
-                     j.GetBool("invert", false), *b);
+    return SplitWith(std::shared_ptr<Regex>(std::move(re).value()), j.GetBool("invert", false), *b);
   }
   if (type == "ByteLevel") {
     *byte_level = true;
@@ -337,8 +332,7 @@ Result<PreTokenizer> MakePreTokenizer(const Json& j, bool* byte_level) {
     if (j.GetBool("use_regex", true)) {
       auto re = CompileRegex(kGpt2Pattern);
       if (!re.ok()) return MakeError(re.error());
-      split = SplitWith(std::shared_ptr<Regex>(std::move(re).value()), false,
-                        Behavior::kIsolated);
+      split = SplitWith(std::shared_ptr<Regex>(std::move(re).value()), false, Behavior::kIsolated);
     }
     return PreTokenizer([prefix, split](std::vector<Piece>* pieces) {
       if (prefix) {
@@ -352,22 +346,19 @@ Result<PreTokenizer> MakePreTokenizer(const Json& j, bool* byte_level) {
   if (type == "Digits") {
     auto re = CompileRegex("\\p{N}");
     if (!re.ok()) return MakeError(re.error());
-    return SplitWith(std::shared_ptr<Regex>(std::move(re).value()), false,
-                     j.GetBool("individual_digits", false)
-                         ? Behavior::kIsolated
-                         : Behavior::kContiguous);
+    return SplitWith(
+        std::shared_ptr<Regex>(std::move(re).value()), false,
+        j.GetBool("individual_digits", false) ? Behavior::kIsolated : Behavior::kContiguous);
   }
   if (type == "Whitespace") {
     auto re = CompileRegex("\\w+|[^\\w\\s]+");
     if (!re.ok()) return MakeError(re.error());
-    return SplitWith(std::shared_ptr<Regex>(std::move(re).value()), true,
-                     Behavior::kRemoved);
+    return SplitWith(std::shared_ptr<Regex>(std::move(re).value()), true, Behavior::kRemoved);
   }
   if (type == "WhitespaceSplit") {
     auto re = CompileRegex("\\s");
     if (!re.ok()) return MakeError(re.error());
-    return SplitWith(std::shared_ptr<Regex>(std::move(re).value()), false,
-                     Behavior::kRemoved);
+    return SplitWith(std::shared_ptr<Regex>(std::move(re).value()), false, Behavior::kRemoved);
   }
   if (type == "Punctuation") {
     auto re = CompileRegex("[\\p{P}!-/:-@\\[-`{-~]");
@@ -397,8 +388,7 @@ Result<PreTokenizer> MakePreTokenizer(const Json& j, bool* byte_level) {
     return PreTokenizer([repl, scheme, splitter](std::vector<Piece>* pieces) {
       for (Piece& p : *pieces) {
         p.text = ReplaceAll(p.text, " ", repl);
-        const bool prepend =
-            scheme == "always" || (scheme == "first" && p.at_start);
+        const bool prepend = scheme == "always" || (scheme == "first" && p.at_start);
         if (prepend && p.text.compare(0, repl.size(), repl) != 0) {
           p.text.insert(0, repl);
         }
@@ -416,8 +406,7 @@ struct DecodeCtx {
   bool byte_level_vocab;  // vocab already holds raw bytes
   bool streaming;         // one token at a time: keep fallback bytes raw
 };
-using Decoder =
-    std::function<void(std::vector<std::string>*, bool first, const DecodeCtx&)>;
+using Decoder = std::function<void(std::vector<std::string>*, bool first, const DecodeCtx&)>;
 
 bool ParseByteToken(std::string_view t, unsigned char* b) {
   // "<0xAB>"
@@ -449,8 +438,7 @@ Result<Decoder> MakeDecoder(const Json& j, bool after_fuse = false) {
       parts.push_back(std::move(r).value());
       if (n.GetString("type") == "Fuse") fused = true;
     }
-    return Decoder([parts](std::vector<std::string>* t, bool first,
-                           const DecodeCtx& ctx) {
+    return Decoder([parts](std::vector<std::string>* t, bool first, const DecodeCtx& ctx) {
       for (const auto& p : parts) p(t, first, ctx);
     });
   }
@@ -464,8 +452,7 @@ Result<Decoder> MakeDecoder(const Json& j, bool after_fuse = false) {
     auto from = LiteralOrRegexReplace(j.Find("pattern"));
     if (!from.ok()) return MakeError(from.error());
     const std::string to = j.GetString("content");
-    return Decoder([from = *from, to](std::vector<std::string>* t, bool,
-                                      const DecodeCtx&) {
+    return Decoder([from = *from, to](std::vector<std::string>* t, bool, const DecodeCtx&) {
       for (auto& s : *t) s = ReplaceAll(s, from, to);
     });
   }
@@ -512,15 +499,14 @@ Result<Decoder> MakeDecoder(const Json& j, bool after_fuse = false) {
     int64_t start = 0, stop = 0;
     if (const Json* s = j.Find("start")) s->AsInt64(&start);
     if (const Json* s = j.Find("stop")) s->AsInt64(&stop);
-    return Decoder([content, start, stop, after_fuse](
-                       std::vector<std::string>* t, bool first,
-                       const DecodeCtx& ctx) {
+    return Decoder([content, start, stop, after_fuse](std::vector<std::string>* t, bool first,
+                                                      const DecodeCtx& ctx) {
       if (content.empty()) return;
       if (after_fuse && ctx.streaming && !first) return;
       for (auto& s : *t) {
         size_t b = 0, e = s.size();
-        for (int64_t k = 0; k < start && s.compare(b, content.size(), content) == 0 &&
-                            b + content.size() <= e;
+        for (int64_t k = 0;
+             k < start && s.compare(b, content.size(), content) == 0 && b + content.size() <= e;
              ++k) {
           b += content.size();
         }
@@ -539,8 +525,7 @@ Result<Decoder> MakeDecoder(const Json& j, bool after_fuse = false) {
     if (scheme.empty()) {
       scheme = j.GetBool("add_prefix_space", true) ? "always" : "never";
     }
-    return Decoder([repl, scheme](std::vector<std::string>* t, bool first,
-                                  const DecodeCtx&) {
+    return Decoder([repl, scheme](std::vector<std::string>* t, bool first, const DecodeCtx&) {
       // As in HF: in the first token every replacement character is
       // dropped (not only a leading one); elsewhere each becomes a space.
       for (size_t i = 0; i < t->size(); ++i) {
@@ -562,8 +547,7 @@ struct AddedToken {
 };
 
 bool IsWordChar(char32_t c) {
-  return c == '_' || (c < 0x80 ? std::isalnum(static_cast<int>(c)) != 0
-                               : !IsUnicodeSpace(c));
+  return c == '_' || (c < 0x80 ? std::isalnum(static_cast<int>(c)) != 0 : !IsUnicodeSpace(c));
 }
 
 class HfTokenizer : public Tokenizer {
@@ -580,16 +564,14 @@ class HfTokenizer : public Tokenizer {
     std::string config;
     if (!path.empty()) {
       const size_t slash = path.find_last_of('/');
-      const std::string dir =
-          slash == std::string::npos ? "." : path.substr(0, slash);
+      const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
       auto c = ReadFile(dir + "/tokenizer_config.json");
       if (c.ok()) config = std::move(c).value();
     }
     return LoadFromStrings(text, config);
   }
 
-  Result<void> LoadFromStrings(std::string_view text,
-                               std::string_view config_text);
+  Result<void> LoadFromStrings(std::string_view text, std::string_view config_text);
 
   Result<std::vector<int>> Encode(std::string_view text, bool bos, bool eos,
                                   const SpecialPolicy& special) const override;
@@ -613,8 +595,7 @@ class HfTokenizer : public Tokenizer {
 
  private:
   Result<void> LoadModel(const Json& model);
-  void EncodeSegment(std::string_view text, bool at_start,
-                     std::vector<int>* out) const;
+  void EncodeSegment(std::string_view text, bool at_start, std::vector<int>* out) const;
   void EncodeWord(std::string_view word, std::vector<int>* out) const;
   void EncodeWordUncached(std::string_view word, std::vector<int>* out) const;
 
@@ -693,8 +674,8 @@ Result<void> HfTokenizer::LoadModel(const Json& model) {
         }
         a = m.str().substr(0, sp);
         b = m.str().substr(sp + 1);
-      } else if (m.is_array() && m.items().size() == 2 &&
-                 m.items()[0].is_string() && m.items()[1].is_string()) {
+      } else if (m.is_array() && m.items().size() == 2 && m.items()[0].is_string() &&
+                 m.items()[1].is_string()) {
         a = m.items()[0].str();
         b = m.items()[1].str();
       } else {
@@ -716,8 +697,8 @@ Result<void> HfTokenizer::LoadModel(const Json& model) {
         return MakeError("merge #" + std::to_string(rank) +
                          " uses or makes a token missing from the vocab");
       }
-      const uint64_t key = (static_cast<uint64_t>(ia->second) << 32) |
-                           static_cast<uint32_t>(ib->second);
+      const uint64_t key =
+          (static_cast<uint64_t>(ia->second) << 32) | static_cast<uint32_t>(ib->second);
       merges_.emplace(key, std::make_pair(rank, im->second));
       ++rank;
     }
@@ -744,8 +725,7 @@ std::string ConfigToken(const Json* j) {
   return "";
 }
 
-Result<void> HfTokenizer::LoadFromStrings(std::string_view text,
-                                          std::string_view config_text) {
+Result<void> HfTokenizer::LoadFromStrings(std::string_view text, std::string_view config_text) {
   auto parsed = ParseJson(text);
   if (!parsed.ok()) return MakeError(parsed.error());
   const Json& root = *parsed;
@@ -784,9 +764,9 @@ Result<void> HfTokenizer::LoadFromStrings(std::string_view text,
       if (!idj || !idj->AsInt64(&id) || id < 0 || id > (1 << 26)) {
         return MakeError("added token without a valid id");
       }
-      AddedToken t{a.GetString("content"), static_cast<int>(id),
+      AddedToken t{a.GetString("content"),      static_cast<int>(id),
                    a.GetBool("special", false), a.GetBool("lstrip", false),
-                   a.GetBool("rstrip", false), a.GetBool("single_word", false)};
+                   a.GetBool("rstrip", false),  a.GetBool("single_word", false)};
       if (t.content.empty()) return MakeError("added token with empty content");
       if (t.id >= static_cast<int>(id_to_token_.size())) {
         id_to_token_.resize(t.id + 1);
@@ -854,8 +834,7 @@ Result<void> HfTokenizer::LoadFromStrings(std::string_view text,
   return {};
 }
 
-void HfTokenizer::EncodeWord(std::string_view word,
-                             std::vector<int>* out) const {
+void HfTokenizer::EncodeWord(std::string_view word, std::vector<int>* out) const {
   // Words recur, so short ones are looked up in a per-thread direct-mapped
   // cache first (HF keeps a word cache too; results cannot differ).
   constexpr size_t kMaxKey = 24;
@@ -891,8 +870,7 @@ void HfTokenizer::EncodeWord(std::string_view word,
   std::copy(out->begin() + before, out->end(), e.ids);
 }
 
-void HfTokenizer::EncodeWordUncached(std::string_view word,
-                                     std::vector<int>* out) const {
+void HfTokenizer::EncodeWordUncached(std::string_view word, std::vector<int>* out) const {
   if (ignore_merges_) {
     auto it = vocab_.find(word);
     if (it != vocab_.end()) {
@@ -909,8 +887,8 @@ void HfTokenizer::EncodeWordUncached(std::string_view word,
     for (size_t i = 0; i < word.size(); ++i) {
       const int id = byte_ids_[static_cast<unsigned char>(word[i])];
       if (id < 0) continue;
-      syms.push_back({static_cast<uint32_t>(i), static_cast<uint32_t>(i + 1),
-                      id, static_cast<int>(syms.size()) - 1, -1});
+      syms.push_back({static_cast<uint32_t>(i), static_cast<uint32_t>(i + 1), id,
+                      static_cast<int>(syms.size()) - 1, -1});
     }
   } else {
     // One symbol per character (with the subword prefix / word suffix),
@@ -919,8 +897,7 @@ void HfTokenizer::EncodeWordUncached(std::string_view word,
     uint32_t pending_unk_end = 0;
     auto flush_unk = [&] {
       if (pending_unk_start < 0) return;
-      syms.push_back({static_cast<uint32_t>(pending_unk_start), pending_unk_end,
-                      unk_id_, 0, 0});
+      syms.push_back({static_cast<uint32_t>(pending_unk_start), pending_unk_end, unk_id_, 0, 0});
       pending_unk_start = -1;
     };
     ForEachChar(word, [&](size_t st, size_t n, char32_t) {
@@ -930,16 +907,15 @@ void HfTokenizer::EncodeWordUncached(std::string_view word,
       auto it = vocab_.find(s);
       if (it != vocab_.end()) {
         flush_unk();
-        syms.push_back({static_cast<uint32_t>(st), static_cast<uint32_t>(st + n),
-                        it->second, 0, 0});
+        syms.push_back(
+            {static_cast<uint32_t>(st), static_cast<uint32_t>(st + n), it->second, 0, 0});
         return;
       }
       if (byte_fallback_) {
         std::vector<int> ids;
         for (size_t k = st; k < st + n; ++k) {
           char buf[8];
-          std::snprintf(buf, sizeof buf, "<0x%02X>",
-                        static_cast<unsigned char>(word[k]));
+          std::snprintf(buf, sizeof buf, "<0x%02X>", static_cast<unsigned char>(word[k]));
           auto b = vocab_.find(buf);
           if (b == vocab_.end()) break;
           ids.push_back(b->second);
@@ -947,8 +923,8 @@ void HfTokenizer::EncodeWordUncached(std::string_view word,
         if (ids.size() == n) {
           flush_unk();
           for (size_t k = 0; k < n; ++k) {
-            syms.push_back({static_cast<uint32_t>(st + k),
-                            static_cast<uint32_t>(st + k + 1), ids[k], 0, 0});
+            syms.push_back(
+                {static_cast<uint32_t>(st + k), static_cast<uint32_t>(st + k + 1), ids[k], 0, 0});
           }
           return;
         }
@@ -972,8 +948,7 @@ void HfTokenizer::EncodeWordUncached(std::string_view word,
   }
   MergeSymbols(&syms, [&](const Symbol& a, const Symbol& b, int* id) {
     if (a.id < 0 || b.id < 0) return -1;
-    auto it = merges_.find((static_cast<uint64_t>(a.id) << 32) |
-                           static_cast<uint32_t>(b.id));
+    auto it = merges_.find((static_cast<uint64_t>(a.id) << 32) | static_cast<uint32_t>(b.id));
     if (it == merges_.end()) return -1;
     *id = it->second.second;
     return it->second.first;
@@ -983,8 +958,7 @@ void HfTokenizer::EncodeWordUncached(std::string_view word,
   });
 }
 
-void HfTokenizer::EncodeSegment(std::string_view text, bool at_start,
-                                std::vector<int>* out) const {
+void HfTokenizer::EncodeSegment(std::string_view text, bool at_start, std::vector<int>* out) const {
   std::vector<Piece> pieces;
   pieces.push_back({std::string(text), at_start});
   if (normalizer_) normalizer_(&pieces[0].text);
@@ -995,8 +969,7 @@ void HfTokenizer::EncodeSegment(std::string_view text, bool at_start,
   }
 }
 
-Result<std::vector<int>> HfTokenizer::Encode(std::string_view text, bool bos,
-                                             bool eos,
+Result<std::vector<int>> HfTokenizer::Encode(std::string_view text, bool bos, bool eos,
                                              const SpecialPolicy& special) const {
   if (vocab_.empty()) return MakeError("tokenizer not loaded");
   std::vector<int> out;
@@ -1095,17 +1068,13 @@ Result<std::string> HfTokenizer::DecodeToken(int id, int prev) const {
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> NewHfTokenizer() {
-  return std::make_unique<HfTokenizer>();
-}
+std::unique_ptr<Tokenizer> NewHfTokenizer() { return std::make_unique<HfTokenizer>(); }
 
-Result<void> LoadHfFromString(Tokenizer* hf, std::string_view json,
-                              const std::string& path) {
+Result<void> LoadHfFromString(Tokenizer* hf, std::string_view json, const std::string& path) {
   return static_cast<HfTokenizer*>(hf)->LoadFromString(json, path);
 }
 
-Result<void> LoadHfFromStrings(Tokenizer* hf, std::string_view json,
-                               std::string_view config_json) {
+Result<void> LoadHfFromStrings(Tokenizer* hf, std::string_view json, std::string_view config_json) {
   return static_cast<HfTokenizer*>(hf)->LoadFromStrings(json, config_json);
 }
 
@@ -1115,8 +1084,7 @@ bool InByteAlphabet(std::string_view s) {
   while (i < s.size()) {
     bool valid;
     const size_t n = NextUtf8Unit(s.substr(i), &valid);
-    if (!valid || a.char_to_byte.find(DecodeUtf8(s.substr(i), n)) ==
-                      a.char_to_byte.end()) {
+    if (!valid || a.char_to_byte.find(DecodeUtf8(s.substr(i), n)) == a.char_to_byte.end()) {
       return false;
     }
     i += n;
@@ -1124,8 +1092,6 @@ bool InByteAlphabet(std::string_view s) {
   return true;
 }
 
-std::string GptBytesToAlphabet(std::string_view bytes) {
-  return ToByteAlphabet(bytes);
-}
+std::string GptBytesToAlphabet(std::string_view bytes) { return ToByteAlphabet(bytes); }
 
 }  // namespace tokenizers

@@ -85,14 +85,13 @@ class Parser {
  private:
   bool Fail(const char* what) {
     if (err_.empty()) {
-      err_ = std::string("invalid JSON at byte ") + std::to_string(p_) +
-             ": " + what;
+      err_ = std::string("invalid JSON at byte ") + std::to_string(p_) + ": " + what;
     }
     return false;
   }
   void Ws() {
-    while (p_ < t_.size() && (t_[p_] == ' ' || t_[p_] == '\n' ||
-                              t_[p_] == '\r' || t_[p_] == '\t')) {
+    while (p_ < t_.size() &&
+           (t_[p_] == ' ' || t_[p_] == '\n' || t_[p_] == '\r' || t_[p_] == '\t')) {
       ++p_;
     }
   }
@@ -162,10 +161,14 @@ class Parser {
     for (int i = 0; i < 4; ++i) {
       const char c = t_[p_++];
       *v <<= 4;
-      if (c >= '0' && c <= '9') *v |= c - '0';
-      else if (c >= 'a' && c <= 'f') *v |= c - 'a' + 10;
-      else if (c >= 'A' && c <= 'F') *v |= c - 'A' + 10;
-      else return Fail("bad \\u escape");
+      if (c >= '0' && c <= '9')
+        *v |= c - '0';
+      else if (c >= 'a' && c <= 'f')
+        *v |= c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F')
+        *v |= c - 'A' + 10;
+      else
+        return Fail("bad \\u escape");
     }
     return true;
   }
@@ -193,14 +196,30 @@ class Parser {
       if (p_ >= t_.size()) return Fail("unterminated string");
       const char e = t_[p_++];
       switch (e) {
-        case '"': s->push_back('"'); break;
-        case '\\': s->push_back('\\'); break;
-        case '/': s->push_back('/'); break;
-        case 'b': s->push_back('\b'); break;
-        case 'f': s->push_back('\f'); break;
-        case 'n': s->push_back('\n'); break;
-        case 'r': s->push_back('\r'); break;
-        case 't': s->push_back('\t'); break;
+        case '"':
+          s->push_back('"');
+          break;
+        case '\\':
+          s->push_back('\\');
+          break;
+        case '/':
+          s->push_back('/');
+          break;
+        case 'b':
+          s->push_back('\b');
+          break;
+        case 'f':
+          s->push_back('\f');
+          break;
+        case 'n':
+          s->push_back('\n');
+          break;
+        case 'r':
+          s->push_back('\r');
+          break;
+        case 't':
+          s->push_back('\t');
+          break;
         case 'u': {
           uint32_t cp = 0;
           if (!Hex4(&cp)) return false;
@@ -317,11 +336,21 @@ void WriteJsonString(std::string_view s, std::string* out) {
       continue;
     }
     switch (c) {
-      case '"': out->append("\\\""); break;
-      case '\\': out->append("\\\\"); break;
-      case '\n': out->append("\\n"); break;
-      case '\r': out->append("\\r"); break;
-      case '\t': out->append("\\t"); break;
+      case '"':
+        out->append("\\\"");
+        break;
+      case '\\':
+        out->append("\\\\");
+        break;
+      case '\n':
+        out->append("\\n");
+        break;
+      case '\r':
+        out->append("\\r");
+        break;
+      case '\t':
+        out->append("\\t");
+        break;
       default:
         if (c < 0x20) {
           char buf[8];
@@ -338,8 +367,12 @@ void WriteJsonString(std::string_view s, std::string* out) {
 
 void Json::Write(std::string* out) const {
   switch (type_) {
-    case Type::kNull: out->append("null"); break;
-    case Type::kBool: out->append(b_ ? "true" : "false"); break;
+    case Type::kNull:
+      out->append("null");
+      break;
+    case Type::kBool:
+      out->append(b_ ? "true" : "false");
+      break;
     case Type::kNumber: {
       int64_t i;
       char buf[32];
@@ -351,7 +384,9 @@ void Json::Write(std::string* out) const {
       out->append(buf);
       break;
     }
-    case Type::kString: WriteJsonString(str_, out); break;
+    case Type::kString:
+      WriteJsonString(str_, out);
+      break;
     case Type::kArray:
       out->push_back('[');
       for (size_t k = 0; k < items_.size(); ++k) {

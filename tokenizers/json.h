@@ -44,9 +44,7 @@ class Json {
   std::vector<Json>& items() { return items_; }
   // Object members in file order (tokenizer.json order matters to nobody,
   // but writing them back in order keeps diffs readable).
-  const std::vector<std::pair<std::string, Json>>& members() const {
-    return members_;
-  }
+  const std::vector<std::pair<std::string, Json>>& members() const { return members_; }
 
   // Member lookup; nullptr if absent or this is not an object. Linear for
   // small objects; big ones (a vocab) are iterated, not looked up.
@@ -56,9 +54,7 @@ class Json {
   bool GetBool(std::string_view key, bool def) const;
 
   void Push(Json v) { items_.push_back(std::move(v)); }
-  void Set(std::string key, Json v) {
-    members_.emplace_back(std::move(key), std::move(v));
-  }
+  void Set(std::string key, Json v) { members_.emplace_back(std::move(key), std::move(v)); }
 
   // Compact serialisation; strings are escaped so that the output is valid
   // JSON even when a string holds invalid UTF-8 (bytes become U+FFFD).

@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "tokenizers/bpe.h"
 #include "formats.h"
+#include "tokenizers/bpe.h"
 
 namespace tokenizers {
 namespace {
@@ -39,8 +39,7 @@ class Llama2cTokenizer : public Tokenizer {
     int32_t max_len;
     if (!read(&max_len, 4)) return MakeError("not a llama2c tokenizer: too short");
     if (max_len <= 0 || max_len > 4096) {
-      return MakeError("not a llama2c tokenizer: bad max_token_length " +
-                       std::to_string(max_len));
+      return MakeError("not a llama2c tokenizer: bad max_token_length " + std::to_string(max_len));
     }
     std::vector<std::string> pieces;
     std::vector<float> scores;
@@ -53,16 +52,15 @@ class Llama2cTokenizer : public Tokenizer {
       }
       if (len < 0 || len > max_len || data.size() - pos < static_cast<size_t>(len) ||
           std::isnan(score)) {
-        return MakeError("not a llama2c tokenizer: bad token " +
-                         std::to_string(pieces.size()));
+        return MakeError("not a llama2c tokenizer: bad token " + std::to_string(pieces.size()));
       }
       pieces.emplace_back(data.substr(pos, len));
       scores.push_back(score);
       pos += len;
     }
     if (pieces.size() < 3 + 256) {
-      return MakeError("not a llama2c tokenizer: only " +
-                       std::to_string(pieces.size()) + " tokens");
+      return MakeError("not a llama2c tokenizer: only " + std::to_string(pieces.size()) +
+                       " tokens");
     }
     pieces_ = std::move(pieces);
     scores_ = std::move(scores);
@@ -78,8 +76,8 @@ class Llama2cTokenizer : public Tokenizer {
     rank_.resize(scores_.size());
     for (size_t i = 0; i < scores_.size(); ++i) {
       rank_[i] = static_cast<int>(
-          std::lower_bound(sorted.begin(), sorted.end(), scores_[i],
-                           std::greater<float>()) - sorted.begin());
+          std::lower_bound(sorted.begin(), sorted.end(), scores_[i], std::greater<float>()) -
+          sorted.begin());
     }
     bos_id_ = 1;
     eos_ids_ = {2};
@@ -93,9 +91,7 @@ class Llama2cTokenizer : public Tokenizer {
     if (bos) out.push_back(bos_id_);
     std::vector<Symbol> syms;
     std::string buf;
-    auto add = [&](int id) {
-      syms.push_back({0, 0, id, static_cast<int>(syms.size()) - 1, -1});
-    };
+    auto add = [&](int id) { syms.push_back({0, 0, id, static_cast<int>(syms.size()) - 1, -1}); };
     if (!text.empty()) {
       auto it = lookup_.find(" ");
       if (it != lookup_.end()) add(it->second);
@@ -159,8 +155,7 @@ class Llama2cTokenizer : public Tokenizer {
     const std::string& p = pieces_[id];
     unsigned int b;
     char tail;
-    if (p.size() == 6 && std::sscanf(p.c_str(), "<0x%02X%c", &b, &tail) == 2 &&
-        tail == '>') {
+    if (p.size() == 6 && std::sscanf(p.c_str(), "<0x%02X%c", &b, &tail) == 2 && tail == '>') {
       return std::string(1, static_cast<char>(b));
     }
     if (prev == 1 && !p.empty() && p[0] == ' ') return p.substr(1);
@@ -192,9 +187,7 @@ class Llama2cTokenizer : public Tokenizer {
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> NewLlama2cTokenizer() {
-  return std::make_unique<Llama2cTokenizer>();
-}
+std::unique_ptr<Tokenizer> NewLlama2cTokenizer() { return std::make_unique<Llama2cTokenizer>(); }
 
 Result<void> LoadLlama2cFromString(Tokenizer* l2, std::string_view data) {
   return static_cast<Llama2cTokenizer*>(l2)->LoadFromString(data);

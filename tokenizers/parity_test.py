@@ -91,8 +91,11 @@ class TiktokenParity(unittest.TestCase):
         m = Mismatches(self, "tiktoken")
         for t in LINES + corpus.EDGE_CASES + botchan().splitlines(keepends=True):
             m.check(t, self.tok.encode(t), self.ref.encode(t, allowed_special="all"))
-            m.check(t, self.tok.encode(t, allowed_special="none"),
-                    self.ref.encode(t, disallowed_special=()))
+            m.check(
+                t,
+                self.tok.encode(t, allowed_special="none"),
+                self.ref.encode(t, disallowed_special=()),
+            )
         m.done()
 
     def test_special_subset(self):
@@ -111,8 +114,9 @@ class TiktokenParity(unittest.TestCase):
             self.assertEqual(self.tok.encode(t), self.ref.encode(t), t[:10])
 
     def test_bos_eos(self):
-        self.assertEqual(self.tok.encode("hi", bos=True, eos=True),
-                         [128000] + self.ref.encode("hi") + [128001])
+        self.assertEqual(
+            self.tok.encode("hi", bos=True, eos=True), [128000] + self.ref.encode("hi") + [128001]
+        )
 
     def test_decode(self):
         ids = self.ref.encode(TEXT, allowed_special="all")
@@ -200,10 +204,11 @@ class BosFollowsTransformers(unittest.TestCase):
         for value in (False, True):
             d = self.variant(edit_config=lambda c: c.update(add_bos_token=value))
             self.assertEqual(self.check(L.load(os.path.join(d, "tokenizer.json")), d)[0], 128000)
-            d = self.variant(edit_config=lambda c: c.update(add_bos_token=value),
-                             edit_json=lambda j: j.update(post_processor=None))
-            self.assertNotEqual(self.check(L.load(os.path.join(d, "tokenizer.json")), d)[0],
-                                128000)
+            d = self.variant(
+                edit_config=lambda c: c.update(add_bos_token=value),
+                edit_json=lambda j: j.update(post_processor=None),
+            )
+            self.assertNotEqual(self.check(L.load(os.path.join(d, "tokenizer.json")), d)[0], 128000)
 
     def test_gguf(self):
         self.check(L.from_gguf(os.path.join(SMOL_DIR, SMOL_GGUF)), SMOL_DIR, gguf_file=SMOL_GGUF)
@@ -319,8 +324,11 @@ class GgufLlamaParity(unittest.TestCase):
             written = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
         m = Mismatches(self, "gguf llama written json")
         for t in botchan().splitlines(keepends=True)[:500] + corpus.EDGE_CASES:
-            m.check(t, written.encode(t, add_special_tokens=False).ids,
-                    self.ref.encode(t, add_special_tokens=False))
+            m.check(
+                t,
+                written.encode(t, add_special_tokens=False).ids,
+                self.ref.encode(t, add_special_tokens=False),
+            )
         m.done()
 
     def test_bos_as_transformers_adds_it(self):
@@ -487,6 +495,7 @@ class RoundTripAndStreaming(unittest.TestCase):
         # machine); a quadratic merge would cost 100x.
         tok = self.toks["tiktoken"]
         for unit in ("a", " ", "ab1", "é"):
+
             def cost(n):
                 text = unit * (n // len(unit.encode()))
                 best = float("inf")
@@ -495,6 +504,7 @@ class RoundTripAndStreaming(unittest.TestCase):
                     tok.encode(text)
                     best = min(best, time.perf_counter() - t0)
                 return best
+
             cost(10_000)
             ratio = cost(1_000_000) / cost(100_000)
             self.assertLess(ratio, 50, unit)

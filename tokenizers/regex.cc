@@ -6,9 +6,9 @@
 namespace tokenizers {
 
 bool IsUnicodeSpace(char32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 ||
-         c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 ||
-         c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+         c == 0x3000;
 }
 
 namespace {
@@ -31,13 +31,29 @@ bool RewriteShorthands(std::string_view p, std::string* out) {
       const char* cls = nullptr;
       bool neg = false;
       switch (e) {
-        case 's': cls = kSpaceClass; break;
-        case 'S': cls = kSpaceClass; neg = true; break;
-        case 'w': cls = kWordClass; break;
-        case 'W': cls = kWordClass; neg = true; break;
-        case 'd': cls = "\\p{Nd}"; break;
-        case 'D': cls = "\\p{Nd}"; neg = true; break;
-        default: break;
+        case 's':
+          cls = kSpaceClass;
+          break;
+        case 'S':
+          cls = kSpaceClass;
+          neg = true;
+          break;
+        case 'w':
+          cls = kWordClass;
+          break;
+        case 'W':
+          cls = kWordClass;
+          neg = true;
+          break;
+        case 'd':
+          cls = "\\p{Nd}";
+          break;
+        case 'D':
+          cls = "\\p{Nd}";
+          neg = true;
+          break;
+        default:
+          break;
       }
       if (cls) {
         if (in_class) {
@@ -117,8 +133,7 @@ class Re2Regex : public Regex {
   // a whitespace-only match ending in a line break comes from that
   // alternative (the `\s+` one is only reached for runs without line
   // breaks) and is left alone.
-  static void GiveBack(std::string_view text, size_t s, bool newline_alt,
-                       size_t* e) {
+  static void GiveBack(std::string_view text, size_t s, bool newline_alt, size_t* e) {
     size_t len;
     if (IsUnicodeSpace(CodePointAt(text, *e, &len))) return;
     const char last = text[*e - 1];
@@ -139,7 +154,6 @@ class Re2Regex : public Regex {
   bool give_back_;
   bool newline_alt_;
 };
-
 
 // ---------------------------------------------------------------------------
 // Hand-written scanners for the two patterns nearly every BPE model uses
@@ -166,8 +180,7 @@ const std::vector<uint8_t>& CategoryTable() {
       RE2 re(cls);
       absl::string_view input(all), m;
       size_t pos = 0;
-      while (pos < all.size() &&
-             re.Match(input, pos, all.size(), RE2::UNANCHORED, &m, 1)) {
+      while (pos < all.size() && re.Match(input, pos, all.size(), RE2::UNANCHORED, &m, 1)) {
         const size_t s = m.data() - all.data();
         const size_t e = s + m.size();
         size_t i = s;
@@ -387,15 +400,13 @@ Result<std::unique_ptr<Regex>> CompileRe2(std::string_view pattern) {
   std::string p(pattern);
   bool give_back = false;
   constexpr std::string_view kTail = "\\s+(?!\\S)|\\s+";
-  if (p.size() >= kTail.size() &&
-      p.compare(p.size() - kTail.size(), kTail.size(), kTail) == 0) {
+  if (p.size() >= kTail.size() && p.compare(p.size() - kTail.size(), kTail.size(), kTail) == 0) {
     p.resize(p.size() - kTail.size());
     p.append("\\s+");
     give_back = true;
   }
   const bool lookaround = p.find("(?=") != std::string::npos ||
-                          p.find("(?!") != std::string::npos ||
-                          p.find("(?<") != std::string::npos;
+                          p.find("(?!") != std::string::npos || p.find("(?<") != std::string::npos;
   std::string rewritten;
   if (!lookaround && RewriteShorthands(p, &rewritten)) {
     RE2::Options opt;
@@ -403,10 +414,8 @@ Result<std::unique_ptr<Regex>> CompileRe2(std::string_view pattern) {
     opt.set_max_mem(64 << 20);
     auto re = std::make_unique<RE2>(rewritten, opt);
     if (re->ok()) {
-      return std::unique_ptr<Regex>(
-          std::make_unique<Re2Regex>(
-              std::move(re), give_back,
-              p.find("\\s*[\\r\\n]+") != std::string::npos));
+      return std::unique_ptr<Regex>(std::make_unique<Re2Regex>(
+          std::move(re), give_back, p.find("\\s*[\\r\\n]+") != std::string::npos));
     }
   }
   return CompilePcre2(pattern);

@@ -23,9 +23,7 @@ uint64_t Rng::NextU64() {
   return state_ * 0x2545F4914F6CDD1Dull;
 }
 
-float Rng::NextFloat() {
-  return static_cast<float>(NextU64() >> 40) * (1.0f / 16777216.0f);
-}
+float Rng::NextFloat() { return static_cast<float>(NextU64() >> 40) * (1.0f / 16777216.0f); }
 
 Result<void> ValidateSamplerConfig(const SamplerConfig& c) {
   if (!(c.temperature >= 0.0f)) return MakeError("temperature must be >= 0");
@@ -38,8 +36,8 @@ Result<void> ValidateSamplerConfig(const SamplerConfig& c) {
   return {};
 }
 
-Result<int> Sample(const float* logits, size_t n, const SamplerConfig& c,
-                   Rng* rng, const int* recent, size_t n_recent) {
+Result<int> Sample(const float* logits, size_t n, const SamplerConfig& c, Rng* rng,
+                   const int* recent, size_t n_recent) {
   auto ok = ValidateSamplerConfig(c);
   if (!ok.ok()) return MakeError(ok.error());
   if (n == 0) return MakeError("empty logits");
@@ -52,8 +50,7 @@ Result<int> Sample(const float* logits, size_t n, const SamplerConfig& c,
     ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
     for (int id : ids) {
       if (id < 0 || static_cast<size_t>(id) >= n) continue;
-      x[id] = x[id] > 0 ? x[id] / c.repetition_penalty
-                        : x[id] * c.repetition_penalty;
+      x[id] = x[id] > 0 ? x[id] / c.repetition_penalty : x[id] * c.repetition_penalty;
     }
   }
   for (float v : x) {

@@ -60,9 +60,8 @@ inline constexpr size_t kRepetitionWindow = 64;
 //  7. u = rng->NextFloat(); returns the first candidate whose cumulative
 //     probability exceeds u * (sum of kept probabilities), else the last.
 // Exactly one random number is drawn per non-greedy call.
-Result<int> Sample(const float* logits, size_t n, const SamplerConfig& config,
-                   Rng* rng, const int* recent = nullptr,
-                   size_t n_recent = 0);
+Result<int> Sample(const float* logits, size_t n, const SamplerConfig& config, Rng* rng,
+                   const int* recent = nullptr, size_t n_recent = 0);
 
 // Holds a config and its RNG.
 class Sampler {

@@ -34,13 +34,18 @@ class PyRng:
         return (self.next_u64() >> 40) * 2.0**-24
 
 
-def py_sample(logits, rng, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
-              repetition_penalty=1.0, recent=()):
+def py_sample(
+    logits, rng, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, recent=()
+):
     x = np.array(logits, dtype=np.float32)
     if repetition_penalty != 1.0:
-        for i in sorted(set(list(recent)[-L.REPETITION_WINDOW:])):
+        for i in sorted(set(list(recent)[-L.REPETITION_WINDOW :])):
             if 0 <= i < len(x):
-                x[i] = x[i] / np.float32(repetition_penalty) if x[i] > 0 else x[i] * np.float32(repetition_penalty)
+                x[i] = (
+                    x[i] / np.float32(repetition_penalty)
+                    if x[i] > 0
+                    else x[i] * np.float32(repetition_penalty)
+                )
     if temperature <= 0:
         return int(np.argmax(x))
     x = x / np.float32(temperature)
@@ -134,11 +139,13 @@ class SamplerTest(unittest.TestCase):
         a = [L.Sampler(temperature=1.0, seed=3).sample(logits) for _ in range(3)]
         self.assertEqual(len(set(a)), 1)
         s1, s2 = L.Sampler(seed=9), L.Sampler(seed=9)
-        self.assertEqual([s1.sample(logits) for _ in range(50)],
-                         [s2.sample(logits) for _ in range(50)])
+        self.assertEqual(
+            [s1.sample(logits) for _ in range(50)], [s2.sample(logits) for _ in range(50)]
+        )
         s3 = L.Sampler(seed=10)
-        self.assertNotEqual([s1.sample(logits) for _ in range(50)],
-                            [s3.sample(logits) for _ in range(50)])
+        self.assertNotEqual(
+            [s1.sample(logits) for _ in range(50)], [s3.sample(logits) for _ in range(50)]
+        )
 
     def test_greedy_and_top_k_one(self):
         logits = np.array([0.1, 3.0, 3.0, -1.0], dtype=np.float32)

@@ -12,12 +12,18 @@ const char kLlama3Pattern[] =
 
 std::vector<std::string> Llama3SpecialTokens() {
   std::vector<std::string> t = {
-      "<|begin_of_text|>", "<|end_of_text|>",
-      "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-      "<|finetune_right_pad_id|>", "<|step_id|>",
-      "<|start_header_id|>", "<|end_header_id|>",
-      "<|eom_id|>", "<|eot_id|>",
-      "<|python_tag|>", "<|image|>",
+      "<|begin_of_text|>",
+      "<|end_of_text|>",
+      "<|reserved_special_token_0|>",
+      "<|reserved_special_token_1|>",
+      "<|finetune_right_pad_id|>",
+      "<|step_id|>",
+      "<|start_header_id|>",
+      "<|end_header_id|>",
+      "<|eom_id|>",
+      "<|eot_id|>",
+      "<|python_tag|>",
+      "<|image|>",
   };
   const int basic = static_cast<int>(t.size());
   for (int i = 0; i < 256 - basic; ++i) {
@@ -65,8 +71,8 @@ Tiktoken::Tiktoken()
     : Tiktoken(kLlama3Pattern, Llama3SpecialTokens(), "<|begin_of_text|>",
                {"<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"}) {}
 
-Tiktoken::Tiktoken(std::string pattern, std::vector<std::string> special_tokens,
-                   std::string bos, std::vector<std::string> eos)
+Tiktoken::Tiktoken(std::string pattern, std::vector<std::string> special_tokens, std::string bos,
+                   std::vector<std::string> eos)
     : pattern_(std::move(pattern)),
       special_names_(std::move(special_tokens)),
       bos_name_(std::move(bos)),
@@ -108,17 +114,14 @@ Result<void> Tiktoken::LoadFromString(std::string_view data) {
     if (line.empty()) continue;
     const size_t sp = line.find(' ');
     int rank = -1;
-    if (sp == std::string_view::npos ||
-        !Base64Decode(line.substr(0, sp), &bytes)) {
+    if (sp == std::string_view::npos || !Base64Decode(line.substr(0, sp), &bytes)) {
       return MakeError("not a tiktoken file: line " + std::to_string(line_no) +
                        " is not 'base64-token rank'");
     }
     const std::string_view num = line.substr(sp + 1);
     auto [p, ec] = std::from_chars(num.data(), num.data() + num.size(), rank);
-    if (ec != std::errc() || p != num.data() + num.size() || rank < 0 ||
-        rank > (1 << 24)) {
-      return MakeError("not a tiktoken file: bad rank on line " +
-                       std::to_string(line_no));
+    if (ec != std::errc() || p != num.data() + num.size() || rank < 0 || rank > (1 << 24)) {
+      return MakeError("not a tiktoken file: bad rank on line " + std::to_string(line_no));
     }
     if (!encoder_.Insert(bytes, rank)) {
       return MakeError("duplicate token on line " + std::to_string(line_no));
@@ -161,8 +164,7 @@ Result<void> Tiktoken::LoadFromString(std::string_view data) {
   return {};
 }
 
-void Tiktoken::EncodePiece(std::string_view piece,
-                           std::vector<int>* out) const {
+void Tiktoken::EncodePiece(std::string_view piece, std::vector<int>* out) const {
   const int whole = encoder_.Find(piece);
   if (whole >= 0) {
     out->push_back(whole);
@@ -201,8 +203,7 @@ void Tiktoken::EncodePiece(std::string_view piece,
   std::vector<Symbol> syms(piece.size());
   for (size_t i = 0; i < piece.size(); ++i) {
     syms[i] = {static_cast<uint32_t>(i), static_cast<uint32_t>(i + 1),
-               byte_ids_[static_cast<unsigned char>(piece[i])],
-               static_cast<int>(i) - 1,
+               byte_ids_[static_cast<unsigned char>(piece[i])], static_cast<int>(i) - 1,
                i + 1 < piece.size() ? static_cast<int>(i) + 1 : -1};
   }
   MergeSymbols(&syms, [&](const Symbol& a, const Symbol& b, int* id) {
@@ -219,8 +220,7 @@ void Tiktoken::EncodePiece(std::string_view piece,
 
 // Short pieces: tiktoken's own loop (find the lowest-rank pair, merge,
 // update its two neighbours) on a small array beats a heap.
-void Tiktoken::EncodeSmallPiece(std::string_view piece,
-                                std::vector<int>* out) const {
+void Tiktoken::EncodeSmallPiece(std::string_view piece, std::vector<int>* out) const {
   constexpr int kNone = 0x7FFFFFFF;
   struct Part {
     uint32_t start;
@@ -231,8 +231,7 @@ void Tiktoken::EncodeSmallPiece(std::string_view piece,
   auto rank_of = [&](int i, int count) {
     // Rank of the bytes from parts[i] to parts[i + 2] (exclusive).
     if (i + 2 >= count + 1) return kNone;
-    const int r = encoder_.Find(
-        piece.substr(parts[i].start, parts[i + 2].start - parts[i].start));
+    const int r = encoder_.Find(piece.substr(parts[i].start, parts[i + 2].start - parts[i].start));
     return r < 0 ? kNone : r;
   };
   int count = n;  // parts[0..count) are live; parts[count] is the end marker
@@ -253,14 +252,12 @@ void Tiktoken::EncodeSmallPiece(std::string_view piece,
     if (at > 0) parts[at - 1].rank = rank_of(at - 1, count);
   }
   for (int i = 0; i < count; ++i) {
-    const int id = encoder_.Find(
-        piece.substr(parts[i].start, parts[i + 1].start - parts[i].start));
+    const int id = encoder_.Find(piece.substr(parts[i].start, parts[i + 1].start - parts[i].start));
     if (id >= 0) out->push_back(id);
   }
 }
 
-void Tiktoken::EncodeOrdinary(std::string_view text,
-                              std::vector<int>* out) const {
+void Tiktoken::EncodeOrdinary(std::string_view text, std::vector<int>* out) const {
   std::vector<Span> spans;
   regex_->FindAll(text, &spans);
   uint32_t pos = 0;
@@ -273,8 +270,7 @@ void Tiktoken::EncodeOrdinary(std::string_view text,
   if (pos < text.size()) EncodePiece(text.substr(pos), out);
 }
 
-Result<std::vector<int>> Tiktoken::Encode(std::string_view text, bool bos,
-                                          bool eos,
+Result<std::vector<int>> Tiktoken::Encode(std::string_view text, bool bos, bool eos,
                                           const SpecialPolicy& special) const {
   if (!regex_) return MakeError("tokenizer not loaded");
   std::vector<int> out;
@@ -287,9 +283,7 @@ Result<std::vector<int>> Tiktoken::Encode(std::string_view text, bool bos,
   if (special.mode != SpecialPolicy::Mode::kNone && !specials_.empty()) {
     size_t s, len;
     int id;
-    auto accept = [&](const std::string& t, int, size_t) {
-      return special.Allows(t);
-    };
+    auto accept = [&](const std::string& t, int, size_t) { return special.Allows(t); };
     while (specials_.Find(text, pos, accept, &s, &len, &id)) {
       EncodeOrdinary(text.substr(pos, s - pos), &out);
       out.push_back(id);
@@ -317,9 +311,7 @@ Result<std::string> Tiktoken::Decode(const std::vector<int>& ids) const {
   return out;
 }
 
-Result<std::string> Tiktoken::DecodeToken(int id, int) const {
-  return IdToPiece(id);
-}
+Result<std::string> Tiktoken::DecodeToken(int id, int) const { return IdToPiece(id); }
 
 Result<std::string> Tiktoken::IdToPiece(int id) const {
   if (id < 0 || id >= static_cast<int>(decoder_.size())) {

@@ -27,15 +27,14 @@ class Tiktoken : public Tokenizer {
   Tiktoken();
   // Custom pattern and special tokens (ids follow the base vocabulary).
   // bos/eos name special tokens; empty means none.
-  Tiktoken(std::string pattern, std::vector<std::string> special_tokens,
-           std::string bos, std::vector<std::string> eos);
+  Tiktoken(std::string pattern, std::vector<std::string> special_tokens, std::string bos,
+           std::vector<std::string> eos);
 
   Result<void> Load(const std::string& path) override;
   Result<void> LoadFromString(std::string_view data);
 
-  Result<std::vector<int>> Encode(
-      std::string_view text, bool bos, bool eos,
-      const SpecialPolicy& special) const override;
+  Result<std::vector<int>> Encode(std::string_view text, bool bos, bool eos,
+                                  const SpecialPolicy& special) const override;
   Result<std::string> Decode(const std::vector<int>& ids) const override;
   Result<std::string> DecodeToken(int id, int prev) const override;
   int vocab_size() const override { return static_cast<int>(decoder_.size()); }

@@ -31,8 +31,7 @@ struct SpecialPolicy {
     return {Mode::kSet, std::move(s)};
   }
   bool Allows(std::string_view token) const {
-    return mode == Mode::kAll ||
-           (mode == Mode::kSet && allowed.find(token) != allowed.end());
+    return mode == Mode::kAll || (mode == Mode::kSet && allowed.find(token) != allowed.end());
   }
 };
 
@@ -113,8 +112,7 @@ Result<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const std::string& path);
 // Writes the GGUF file's tokenizer as `out_dir`/tokenizer.json and
 // `out_dir`/tokenizer_config.json (bos/eos tokens, add_bos_token,
 // chat_template), loadable by HF tokenizers and by LoadTokenizer.
-Result<void> WriteTokenizerJson(const std::string& gguf_path,
-                                const std::string& out_dir);
+Result<void> WriteTokenizerJson(const std::string& gguf_path, const std::string& out_dir);
 
 // Reads a whole file; errors name the path.
 Result<std::string> ReadFile(const std::string& path);

@@ -30,18 +30,17 @@ struct ComposeEntry {
 
 #include "tokenizers/unicode_tables.inc"
 
-constexpr char32_t kSBase = 0xAC00, kLBase = 0x1100, kVBase = 0x1161,
-                   kTBase = 0x11A7;
-constexpr int kLCount = 19, kVCount = 21, kTCount = 28,
-              kNCount = kVCount * kTCount, kSCount = kLCount * kNCount;
+constexpr char32_t kSBase = 0xAC00, kLBase = 0x1100, kVBase = 0x1161, kTBase = 0x11A7;
+constexpr int kLCount = 19, kVCount = 21, kTCount = 28, kNCount = kVCount * kTCount,
+              kSCount = kLCount * kNCount;
 // Ill-formed bytes ride along as code points above U+10FFFF.
 constexpr char32_t kRawByte = 0x110000;
 
 int Ccc(char32_t c) {
   if (c < 0x300) return 0;
   const auto* end = kCcc + sizeof(kCcc) / sizeof(kCcc[0]);
-  const auto* it = std::lower_bound(
-      kCcc, end, c, [](const CccEntry& e, char32_t v) { return e.cp < v; });
+  const auto* it =
+      std::lower_bound(kCcc, end, c, [](const CccEntry& e, char32_t v) { return e.cp < v; });
   return it != end && it->cp == c ? it->ccc : 0;
 }
 
@@ -58,8 +57,8 @@ void Decompose(char32_t c, bool compat, std::vector<char32_t>* out) {
     return;
   }
   const auto* end = kDecomp + sizeof(kDecomp) / sizeof(kDecomp[0]);
-  auto it = std::lower_bound(
-      kDecomp, end, c, [](const DecompEntry& e, char32_t v) { return e.cp < v; });
+  auto it =
+      std::lower_bound(kDecomp, end, c, [](const DecompEntry& e, char32_t v) { return e.cp < v; });
   const DecompEntry* canonical = nullptr;
   const DecompEntry* compatible = nullptr;
   for (; it != end && it->cp == c; ++it) {
@@ -77,8 +76,8 @@ char32_t Compose(char32_t a, char32_t b) {
   if (a >= kLBase && a < kLBase + kLCount && b >= kVBase && b < kVBase + kVCount) {
     return kSBase + ((a - kLBase) * kVCount + (b - kVBase)) * kTCount;
   }
-  if (a >= kSBase && a < kSBase + kSCount && (a - kSBase) % kTCount == 0 &&
-      b > kTBase && b < kTBase + kTCount) {
+  if (a >= kSBase && a < kSBase + kSCount && (a - kSBase) % kTCount == 0 && b > kTBase &&
+      b < kTBase + kTCount) {
     return a + (b - kTBase);
   }
   const auto* end = kCompose + sizeof(kCompose) / sizeof(kCompose[0]);
@@ -158,8 +157,7 @@ std::string Normalize(std::string_view text, NormalForm form) {
   int last_cc = -1;  // ccc of the last character after the starter; -1: none
   for (char32_t c : d) {
     const int cc = Ccc(c);
-    if (starter >= 0 && c < kRawByte &&
-        (last_cc == -1 || (last_cc != 0 && last_cc < cc))) {
+    if (starter >= 0 && c < kRawByte && (last_cc == -1 || (last_cc != 0 && last_cc < cc))) {
       if (const char32_t comp = Compose(out[starter], c)) {
         out[starter] = comp;
         continue;
@@ -196,8 +194,8 @@ std::string Lowercase(std::string_view text) {
       continue;
     }
     const char32_t c = DecodeUtf8(text.substr(i), n);
-    const auto* it = std::lower_bound(
-        kLower, end, c, [](const LowerEntry& e, char32_t v) { return e.cp < v; });
+    const auto* it =
+        std::lower_bound(kLower, end, c, [](const LowerEntry& e, char32_t v) { return e.cp < v; });
     if (it != end && it->cp == c) {
       for (uint8_t k = 0; k < it->len; ++k) AppendUtf8(kPool[it->offset + k], &out);
     } else {

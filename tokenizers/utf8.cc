@@ -29,8 +29,8 @@ size_t CompleteUtf8Prefix(std::string_view s) {
       // follows could still be valid (E0/ED/F0/F4 restrict the 2nd byte).
       if (back >= 2) {
         const auto c1 = static_cast<unsigned char>(s[n - back + 1]);
-        if ((c == 0xE0 && c1 < 0xA0) || (c == 0xED && c1 > 0x9F) ||
-            (c == 0xF0 && c1 < 0x90) || (c == 0xF4 && c1 > 0x8F)) {
+        if ((c == 0xE0 && c1 < 0xA0) || (c == 0xED && c1 > 0x9F) || (c == 0xF0 && c1 < 0x90) ||
+            (c == 0xF4 && c1 > 0x8F)) {
           return n;
         }
       }
@@ -110,12 +110,14 @@ std::string ReplaceInvalidUtf8(std::string_view s) {
 char32_t DecodeUtf8(std::string_view s, size_t len) {
   const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
   switch (len) {
-    case 1: return b(0);
-    case 2: return ((b(0) & 0x1F) << 6) | (b(1) & 0x3F);
-    case 3: return ((b(0) & 0x0F) << 12) | ((b(1) & 0x3F) << 6) | (b(2) & 0x3F);
+    case 1:
+      return b(0);
+    case 2:
+      return ((b(0) & 0x1F) << 6) | (b(1) & 0x3F);
+    case 3:
+      return ((b(0) & 0x0F) << 12) | ((b(1) & 0x3F) << 6) | (b(2) & 0x3F);
     default:
-      return ((b(0) & 0x07) << 18) | ((b(1) & 0x3F) << 12) |
-             ((b(2) & 0x3F) << 6) | (b(3) & 0x3F);
+      return ((b(0) & 0x07) << 18) | ((b(1) & 0x3F) << 12) | ((b(2) & 0x3F) << 6) | (b(3) & 0x3F);
   }
 }
 

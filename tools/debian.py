@@ -17,8 +17,7 @@ def mirror():
                 fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.*)$", stanza, re.M))
                 if "deb" in fields.get("Types", "").split():
                     uris += fields.get("URIs", "").split()
-    for path in ["/etc/apt/sources.list"] + sorted(
-            glob.glob("/etc/apt/sources.list.d/*.list")):
+    for path in ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*.list")):
         if os.path.exists(path):
             with open(path) as f:
                 for line in f:

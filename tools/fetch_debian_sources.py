@@ -49,13 +49,14 @@ def download(mirror, spec, archives):
         with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as f:
             shutil.copyfileobj(r, f)
     except OSError as e:
-        die(f"could not download {spec['file']} from Debian's archive ({e}); "
-            f"the pinned version may have left the {spec['suite']} pool")
+        die(
+            f"could not download {spec['file']} from Debian's archive ({e}); "
+            f"the pinned version may have left the {spec['suite']} pool"
+        )
     got = sha256(tmp)
     if got != spec["sha256"]:
         os.unlink(tmp)
-        die(f"{spec['file']}: sha256 {got} does not match the pinned "
-            f"{spec['sha256']}")
+        die(f"{spec['file']}: sha256 {got} does not match the pinned {spec['sha256']}")
     os.replace(tmp, path)
     return path
 

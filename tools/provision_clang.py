@@ -42,8 +42,7 @@ CLANG_MAJOR = "16"
 SUITE = "bookworm"
 # Upstream 16.0.6; the Debian revision may move with bookworm point releases.
 VERSION_PREFIX = "1:16.0.6-"
-PACKAGES = (f"clang-{CLANG_MAJOR}", f"libclang-rt-{CLANG_MAJOR}-dev",
-            f"llvm-{CLANG_MAJOR}")
+PACKAGES = (f"clang-{CLANG_MAJOR}", f"libclang-rt-{CLANG_MAJOR}-dev", f"llvm-{CLANG_MAJOR}")
 
 # Provided by the host (Debian 12 or 13 with gcc installed): the C library,
 # libstdc++ and its headers, binutils. clang-16 depends on gcc 12's -dev
@@ -88,8 +87,12 @@ def mark_host_provided(apt, packages):
     env = dict(os.environ, APT_CONFIG=apt.conf, LC_ALL="C")
     with open(os.path.join(apt.root, "status"), "w") as out:
         for name in packages:
-            p = subprocess.run(["apt-cache", "show", "--no-all-versions", name],
-                               env=env, text=True, capture_output=True)
+            p = subprocess.run(
+                ["apt-cache", "show", "--no-all-versions", name],
+                env=env,
+                text=True,
+                capture_output=True,
+            )
             if p.returncode != 0 or not p.stdout.strip():
                 continue
             stanza = p.stdout.strip().split("\n\n")[0]
@@ -119,19 +122,22 @@ def fetch_debs(work):
     apt.run("-q", "update", capture=True)
     version = apt.show(PACKAGES[0]).get("Version", "")
     if not version.startswith(VERSION_PREFIX):
-        die(f"Debian {SUITE} offers {PACKAGES[0]} {version or 'none'}, not "
-            f"{VERSION_PREFIX}*; update tools/provision_clang.py")
+        die(
+            f"Debian {SUITE} offers {PACKAGES[0]} {version or 'none'}, not "
+            f"{VERSION_PREFIX}*; update tools/provision_clang.py"
+        )
     mark_host_provided(apt, HOST)
     log(f"downloading {' '.join(PACKAGES)} {version} from {SUITE}")
-    apt.run("-q", "--download-only", "-y", "install",
-            *[f"{p}={version}" for p in PACKAGES])
+    apt.run("-q", "--download-only", "-y", "install", *[f"{p}={version}" for p in PACKAGES])
     return sorted(glob.glob(os.path.join(apt.root, "archives", "*.deb"))), version
 
 
 def patch_rpaths(prefix, patchelf):
     """RPATH into the prefix for every dynamic ELF; the interpreter stays."""
-    libdirs = [os.path.join(prefix, "usr/lib/x86_64-linux-gnu"),
-               os.path.join(prefix, f"usr/lib/llvm-{CLANG_MAJOR}/lib")]
+    libdirs = [
+        os.path.join(prefix, "usr/lib/x86_64-linux-gnu"),
+        os.path.join(prefix, f"usr/lib/llvm-{CLANG_MAJOR}/lib"),
+    ]
     count = 0
     for dirpath, _, filenames in os.walk(prefix):
         if "/clang/" in dirpath + "/" and "/lib/linux" in dirpath:
@@ -140,16 +146,17 @@ def patch_rpaths(prefix, patchelf):
             p = os.path.join(dirpath, name)
             if os.path.islink(p) or GLIBC_RE.match(name) or not provision_bazel.is_elf(p):
                 continue
-            needed = subprocess.run([patchelf, "--print-needed", p],
-                                    capture_output=True, text=True)
+            needed = subprocess.run([patchelf, "--print-needed", p], capture_output=True, text=True)
             if needed.returncode != 0 or not needed.stdout.strip():
                 continue
             os.chmod(p, os.stat(p).st_mode | 0o200)
-            old = subprocess.run([patchelf, "--print-rpath", p], capture_output=True,
-                                 text=True).stdout.strip()
+            old = subprocess.run(
+                [patchelf, "--print-rpath", p], capture_output=True, text=True
+            ).stdout.strip()
             rpath = ":".join(x for x in [old] + libdirs if x)
-            r = subprocess.run([patchelf, "--force-rpath", "--set-rpath", rpath, p],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                [patchelf, "--force-rpath", "--set-rpath", rpath, p], capture_output=True, text=True
+            )
             if r.returncode != 0:
                 die(f"patchelf --set-rpath {p}: {r.stderr}")
             count += 1
@@ -178,14 +185,21 @@ def provision(prefix):
     with open(os.path.join(prefix, ".provisioned"), "w") as f:
         f.write(f"clang-{CLANG_MAJOR} {version} from {SUITE}\n")
     shutil.rmtree(work, ignore_errors=True)
-    log(f"provisioned clang {version} in {time.time() - t0:.0f} s: {len(debs)} debs, "
-        f"{size / 2**20:.0f} MiB downloaded, {n} ELF files patched")
+    log(
+        f"provisioned clang {version} in {time.time() - t0:.0f} s: {len(debs)} debs, "
+        f"{size / 2**20:.0f} MiB downloaded, {n} ELF files patched"
+    )
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache", default=os.environ.get("TORCHCHAT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torchchat"))
+    ap.add_argument(
+        "--cache",
+        default=os.environ.get("TORCHCHAT_CACHE")
+        or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torchchat"
+        ),
+    )
     args = ap.parse_args()
     cache = os.path.abspath(args.cache)
     os.makedirs(cache, exist_ok=True)
@@ -197,8 +211,11 @@ def main():
             if not os.path.isfile(os.path.join(prefix, ".provisioned")):
                 provision(prefix)
                 for old in glob.glob(os.path.join(cache, f"clang-{CLANG_MAJOR}-*")):
-                    if (old != prefix and not old.endswith(".download")
-                            and time.time() - os.path.getmtime(old) > 86400):
+                    if (
+                        old != prefix
+                        and not old.endswith(".download")
+                        and time.time() - os.path.getmtime(old) > 86400
+                    ):
                         shutil.rmtree(old, ignore_errors=True)
     print(prefix)
 

@@ -95,8 +95,8 @@ class PteModel(ExportedModel):
         # ExecuTorch's dynamic-shape graph takes the start position as [1];
         # a static one takes one token at a time.
         for s in range(0, tokens.shape[1], self._max_chunk):
-            chunk = tokens[:, s:s + self._max_chunk].contiguous()
-            pos = input_pos[s:s + 1] if self._dynamic else input_pos[s:s + chunk.shape[1]]
+            chunk = tokens[:, s : s + self._max_chunk].contiguous()
+            pos = input_pos[s : s + 1] if self._dynamic else input_pos[s : s + chunk.shape[1]]
             out = self._method.execute([chunk, pos.contiguous()])[0]
         return out if out.dim() == 2 else out[:, -1]
 
@@ -119,9 +119,15 @@ class Pt2Model(ExportedModel):
 # --- .pte ---------------------------------------------------------------------
 
 PTE_METHODS = (
-    "get_max_seq_len", "get_max_context_len", "get_n_layers", "get_vocab_size",
-    "use_kv_cache", "use_sdpa_with_kv_cache", "enable_dynamic_shape",
-    "get_bos_id", "get_eos_ids",
+    "get_max_seq_len",
+    "get_max_context_len",
+    "get_n_layers",
+    "get_vocab_size",
+    "use_kv_cache",
+    "use_sdpa_with_kv_cache",
+    "enable_dynamic_shape",
+    "get_bos_id",
+    "get_eos_ids",
 )
 
 
@@ -162,14 +168,16 @@ def check_pte_header(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(40)
     if len(head) < 8 or head[4:6] != PTE_IDENTIFIER:
-        raise ArtifactError(f"{path} is not an ExecuTorch program (no ET file identifier; "
-                            f"{size} bytes)")
+        raise ArtifactError(
+            f"{path} is not an ExecuTorch program (no ET file identifier; {size} bytes)"
+        )
     if head[8:12] == b"eh00" and len(head) >= 40:
         program_size, segment_base, segment_size = struct.unpack_from("<QQQ", head, 16)
         need = max(program_size, segment_base + segment_size)
         if size < need:
-            raise ArtifactError(f"{path} is truncated: its header says {need} bytes, "
-                                f"the file has {size}")
+            raise ArtifactError(
+                f"{path} is truncated: its header says {need} bytes, the file has {size}"
+            )
 
 
 @contextlib.contextmanager
@@ -207,7 +215,9 @@ def pte_metadata(program: Any) -> Dict[str, Any]:
             vals = list(program.load_method(name).execute([]))
             raw[name] = vals if name == "get_eos_ids" else vals[0]
     if "get_max_seq_len" not in raw or "get_vocab_size" not in raw:
-        raise ArtifactError("the .pte lacks get_max_seq_len/get_vocab_size; it was not exported as an LLM")
+        raise ArtifactError(
+            "the .pte lacks get_max_seq_len/get_vocab_size; it was not exported as an LLM"
+        )
     return {
         "max_seq_len": int(raw["get_max_seq_len"]),
         "max_context_len": int(raw.get("get_max_context_len", raw["get_max_seq_len"])),
@@ -246,7 +256,9 @@ def load_pte(path: PathLike) -> PteModel:
         why = _last_log_line(log) or f"{type(error).__name__}: {error}"
         raise ArtifactError(f"cannot load {path}: {why}") from error
     if not meta["use_kv_cache"]:
-        raise ArtifactError(f"{path} was exported without a KV cache; only KV-cache programs are supported")
+        raise ArtifactError(
+            f"{path} was exported without a KV cache; only KV-cache programs are supported"
+        )
     return PteModel(path, program, method, meta)
 
 
@@ -299,7 +311,9 @@ def check_cpu_isa(meta: Dict[str, str], path: PathLike) -> None:
 
 def parse_pt2_metadata(meta: Dict[str, str], path: PathLike) -> Dict[str, Any]:
     if meta.get("torchchat_format") != PT2_FORMAT:
-        raise ArtifactError(f"{path} was not written by //export:export_llm (no {PT2_FORMAT} metadata)")
+        raise ArtifactError(
+            f"{path} was not written by //export:export_llm (no {PT2_FORMAT} metadata)"
+        )
     out: Dict[str, Any] = dict(meta)
     out["max_seq_len"] = int(meta["max_seq_len"])
     out["vocab_size"] = int(meta["vocab_size"])

@@ -151,7 +151,8 @@ def load_gguf(path: Path) -> Checkpoint:
         detail = "" if "larger dtype" in str(e) else f": {type(e).__name__}: {e}"
         raise CheckpointError(
             f"{path} is a truncated or corrupt GGUF file: its header or tensor data runs "
-            f"past the end of the file ({size} bytes){detail}") from None
+            f"past the end of the file ({size} bytes){detail}"
+        ) from None
     arch = _field(reader, "general.architecture")
     if arch not in _GGUF_ARCHS:
         raise CheckpointError(

@@ -28,9 +28,15 @@ from torchchat.checkpoint import (
 )
 
 BASE = dict(
-    vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-    rms_norm_eps=1e-5, rope_theta=10000.0,
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
 )
 SEQ = [3, 17, 42, 9, 100, 5, 77, 31, 200, 8, 64, 1]
 
@@ -99,10 +105,18 @@ class CheckpointFormatsTest(unittest.TestCase):
     def test_hf_llama31_rope_scaling(self):
         # Positions past the low-frequency wavelength would be needed to see
         # scaling in logits; the frequencies themselves are checked instead.
-        m = self.check_hf("llama", rope_scaling={
-            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-            head_dim=16, rope_theta=500000.0)
+        m = self.check_hf(
+            "llama",
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+            head_dim=16,
+            rope_theta=500000.0,
+        )
         model = load_model(load_checkpoint(self.dir / "llama"), torch.float32, 64)
         inv = m.model.rotary_emb.inv_freq.float()
         ours = torch.atan2(model.transformer.rope.freqs_sin[1], model.transformer.rope.freqs_cos[1])
@@ -115,28 +129,54 @@ class CheckpointFormatsTest(unittest.TestCase):
         self.check_hf("qwen2", tie_word_embeddings=True, use_sliding_window=False)
 
     def test_hf_granite_multipliers(self):
-        self.check_hf("granite", embedding_multiplier=12.0, residual_multiplier=0.22,
-                      attention_multiplier=0.015625, logits_scaling=8.0)
+        self.check_hf(
+            "granite",
+            embedding_multiplier=12.0,
+            residual_multiplier=0.22,
+            attention_multiplier=0.015625,
+            logits_scaling=8.0,
+        )
 
     def test_meta_consolidated(self):
         m = tiny("llama")
         d = self.dir / "meta"
         d.mkdir()
         torch.save(meta_state_dict(m), d / "consolidated.00.pth")
-        (d / "params.json").write_text(json.dumps({
-            "dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 256,
-            "norm_eps": 1e-5, "rope_theta": 10000.0}))
+        (d / "params.json").write_text(
+            json.dumps(
+                {
+                    "dim": 64,
+                    "n_layers": 2,
+                    "n_heads": 4,
+                    "n_kv_heads": 2,
+                    "vocab_size": 256,
+                    "norm_eps": 1e-5,
+                    "rope_theta": 10000.0,
+                }
+            )
+        )
         torch.testing.assert_close(our_logits(d), ref_logits(m), rtol=1e-4, atol=1e-4)
 
     def write_gguf(self, m, path, qtype):
-        names = {v: k for k, v in {
-            "token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
-            "output.weight": "output.weight"}.items()}
-        layer = {"attention_norm.weight": "attn_norm.weight", "ffn_norm.weight": "ffn_norm.weight",
-                 "attention.wq.weight": "attn_q.weight", "attention.wk.weight": "attn_k.weight",
-                 "attention.wv.weight": "attn_v.weight", "attention.wo.weight": "attn_output.weight",
-                 "feed_forward.w1.weight": "ffn_gate.weight", "feed_forward.w2.weight": "ffn_down.weight",
-                 "feed_forward.w3.weight": "ffn_up.weight"}
+        names = {
+            v: k
+            for k, v in {
+                "token_embd.weight": "tok_embeddings.weight",
+                "output_norm.weight": "norm.weight",
+                "output.weight": "output.weight",
+            }.items()
+        }
+        layer = {
+            "attention_norm.weight": "attn_norm.weight",
+            "ffn_norm.weight": "ffn_norm.weight",
+            "attention.wq.weight": "attn_q.weight",
+            "attention.wk.weight": "attn_k.weight",
+            "attention.wv.weight": "attn_v.weight",
+            "attention.wo.weight": "attn_output.weight",
+            "feed_forward.w1.weight": "ffn_gate.weight",
+            "feed_forward.w2.weight": "ffn_down.weight",
+            "feed_forward.w3.weight": "ffn_up.weight",
+        }
         w = gguf.GGUFWriter(str(path), "llama")
         w.add_block_count(2)
         w.add_embedding_length(64)
@@ -168,7 +208,10 @@ class CheckpointFormatsTest(unittest.TestCase):
     def test_gguf_f32_and_q8_0(self):
         m = tiny("llama")
         ref = ref_logits(m)
-        for qtype, tol in ((gguf.GGMLQuantizationType.F32, 1e-4), (gguf.GGMLQuantizationType.Q8_0, 0.05)):
+        for qtype, tol in (
+            (gguf.GGMLQuantizationType.F32, 1e-4),
+            (gguf.GGMLQuantizationType.Q8_0, 0.05),
+        ):
             with self.subTest(qtype.name):
                 p = self.dir / f"tiny-{qtype.name}.gguf"
                 self.write_gguf(m, p, qtype)
@@ -179,8 +222,11 @@ class CheckpointFormatsTest(unittest.TestCase):
         corrupt.write_bytes(b"GGUF\x03\x00\x00\x00" + os.urandom(64))
         empty = self.dir / "empty"
         empty.mkdir()
-        for path, msg in ((self.dir / "missing.gguf", "not found"), (corrupt, "GGUF"),
-                          (empty, "not a recognised checkpoint")):
+        for path, msg in (
+            (self.dir / "missing.gguf", "not found"),
+            (corrupt, "GGUF"),
+            (empty, "not a recognised checkpoint"),
+        ):
             with self.subTest(str(path)):
                 with self.assertRaisesRegex(CheckpointError, msg):
                     load_checkpoint(path)

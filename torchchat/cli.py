@@ -36,8 +36,11 @@ class UserError(Exception):
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?",
-                   help="model alias (see `list`); default: the built-in SmolLM2-135M-Instruct")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="model alias (see `list`); default: the built-in SmolLM2-135M-Instruct",
+    )
     p.add_argument("--checkpoint-path", help="HF directory, Meta directory/.pth or .gguf file")
     p.add_argument("--gguf-path", help="a .gguf file")
     p.add_argument("--tokenizer-path", help="tokenizer file (default: from the checkpoint)")
@@ -46,10 +49,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
-    p.add_argument("--quantize",
-                   help="JSON (or a .json file), e.g. '{\"linear:int4\": {\"groupsize\": 32}}'")
-    p.add_argument("--max-seq-length", type=int,
-                   help="KV cache length (default: min(model context, 2048))")
+    p.add_argument(
+        "--quantize", help='JSON (or a .json file), e.g. \'{"linear:int4": {"groupsize": 32}}\''
+    )
+    p.add_argument(
+        "--max-seq-length", type=int, help="KV cache length (default: min(model context, 2048))"
+    )
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--top-k", type=int, default=200)
@@ -69,14 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(g)
     g.add_argument("--prompt", default="Hello, my name is")
     g.add_argument("--num-samples", type=int, default=1)
-    g.add_argument("--chat-template", action="store_true",
-                   help="wrap the prompt in the model's chat template as a user turn "
-                        "(by default it is sent as is, as aoti_run and et_run send -i)")
+    g.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="wrap the prompt in the model's chat template as a user turn "
+        "(by default it is sent as is, as aoti_run and et_run send -i)",
+    )
     c = sub.add_parser("chat", help="multi-turn chat on stdin (/exit to leave)")
     _add_model_args(c)
     sub.add_parser("list", help="list known models")
-    for name, text in (("where", "print where a model lives"), ("download", "fetch a model"),
-                       ("remove", "delete a downloaded model")):
+    for name, text in (
+        ("where", "print where a model lives"),
+        ("download", "fetch a model"),
+        ("remove", "delete a downloaded model"),
+    ):
         s = sub.add_parser(name, help=text)
         s.add_argument("model")
     return parser
@@ -129,8 +140,9 @@ def _load_artifact(args: argparse.Namespace, path: Path):
         raise UserError(str(e)) from e
 
 
-def _build_model(args: argparse.Namespace, ckpt: Checkpoint, spec: Dict[str, Any],
-                 dtype_name: str) -> Tuple[Any, Optional[Callable], Dict[str, Any]]:
+def _build_model(
+    args: argparse.Namespace, ckpt: Checkpoint, spec: Dict[str, Any], dtype_name: str
+) -> Tuple[Any, Optional[Callable], Dict[str, Any]]:
     """The eager model: dtype, --quantize, device, and --compile's step."""
     import torch
 
@@ -139,12 +151,17 @@ def _build_model(args: argparse.Namespace, ckpt: Checkpoint, spec: Dict[str, Any
     from torchchat.model import DTYPES, optimize_for_eager
 
     model = optimize_for_eager(
-        ckpt_mod.load_model(ckpt, DTYPES[dtype_name], args.max_seq_length, "cpu"))
+        ckpt_mod.load_model(ckpt, DTYPES[dtype_name], args.max_seq_length, "cpu")
+    )
     counts = quant_mod.quantize_model(model, spec, ckpt.gguf_quantized) if spec else {}
     model = model.to(args.device)
     step = torch.compile(model, dynamic=False, fullgraph=False) if args.compile else None
-    info = {"checkpoint": str(ckpt.path), "format": ckpt.format, "dtype": dtype_name,
-            "quantize": {k: v for k, v in counts.items() if v}}
+    info = {
+        "checkpoint": str(ckpt.path),
+        "format": ckpt.format,
+        "dtype": dtype_name,
+        "quantize": {k: v for k, v in counts.items() if v},
+    }
     return model, step, info
 
 
@@ -170,13 +187,22 @@ def _load(args: argparse.Namespace) -> Loaded:
     checkpoint, artifact = _resolve_source(args)
     ckpt = ckpt_mod.load_checkpoint(checkpoint) if checkpoint else None
     backend = _load_artifact(args, artifact) if artifact else None
-    tok_path = (user_path(args.tokenizer_path) or (ckpt.tokenizer_path if ckpt else None)
-                or (backend.tokenizer_path if backend else None))
+    tok_path = (
+        user_path(args.tokenizer_path)
+        or (ckpt.tokenizer_path if ckpt else None)
+        or (backend.tokenizer_path if backend else None)
+    )
     if tok_path is None:
-        raise UserError("no tokenizer found next to the checkpoint or artifact; pass --tokenizer-path")
-    tok = tok_mod.load(tok_path, chat_template=ckpt.chat_template if ckpt else None,
-                       bos_id=ckpt.bos_id if ckpt else None, eos_ids=ckpt.eos_ids if ckpt else (),
-                       add_bos=ckpt.add_bos if ckpt else None)
+        raise UserError(
+            "no tokenizer found next to the checkpoint or artifact; pass --tokenizer-path"
+        )
+    tok = tok_mod.load(
+        tok_path,
+        chat_template=ckpt.chat_template if ckpt else None,
+        bos_id=ckpt.bos_id if ckpt else None,
+        eos_ids=ckpt.eos_ids if ckpt else (),
+        add_bos=ckpt.add_bos if ckpt else None,
+    )
     if backend is not None:
         info = {"backend": type(backend).__name__, "artifact": str(backend.path)}
         model, step = backend, None
@@ -190,8 +216,9 @@ def _sampler(args: argparse.Namespace) -> Sampler:
     from torchchat.sampling import Sampler
 
     try:
-        return Sampler(args.temperature, args.top_k, args.top_p, args.min_p,
-                       args.repetition_penalty, args.seed)
+        return Sampler(
+            args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty, args.seed
+        )
     except ValueError as e:
         raise UserError(str(e)) from e
 
@@ -241,7 +268,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         template = tok.template()
         if template is None:
             raise UserError("this model has no chat template; drop --chat-template")
-        messages = ([{"role": "system", "content": system}] if system else [])
+        messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": prompt})
         # The template writes any bos itself.
         ids = tok.encode(template.render(messages, add_generation_prompt=True), bos=False)
@@ -259,7 +286,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             reply = Reply([], "", Stats(stop_reason="interrupted"))
         _out("\n")
         stats = reply.stats
-        stats.model_load_start_ms, stats.model_load_end_ms = loaded.load_start_ms, loaded.load_end_ms
+        stats.model_load_start_ms, stats.model_load_end_ms = (
+            loaded.load_start_ms,
+            loaded.load_end_ms,
+        )
         all_stats.append(stats)
         _report(args, stats)
         if stats.stop_reason == "interrupted":
@@ -360,8 +390,12 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "generate": cmd_generate, "chat": cmd_chat, "list": cmd_list,
-    "where": cmd_where, "download": cmd_download, "remove": cmd_remove,
+    "generate": cmd_generate,
+    "chat": cmd_chat,
+    "list": cmd_list,
+    "where": cmd_where,
+    "download": cmd_download,
+    "remove": cmd_remove,
 }
 
 
@@ -378,8 +412,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     from torchchat.registry import RegistryError
     from torchchat.tokenizer import TokenizerError
 
-    expected = (UserError, CheckpointError, ConfigError, ContextOverflow, QuantizeError,
-                RegistryError, TokenizerError)
+    expected = (
+        UserError,
+        CheckpointError,
+        ConfigError,
+        ContextOverflow,
+        QuantizeError,
+        RegistryError,
+        TokenizerError,
+    )
     try:
         return COMMANDS[args.command](args)
     except expected as e:

@@ -17,7 +17,11 @@ def run(argv: List[str], stdin: str = "") -> Tuple[int, str, str]:
     try:
         # unittest turns DeprecationWarnings on; a user's `torchchat` does not
         # show them (e.g. SWIG's, when sentencepiece is first imported).
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore", DeprecationWarning)
             rc = cli.main(argv)
     finally:

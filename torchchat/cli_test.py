@@ -34,9 +34,22 @@ class CliTest(unittest.TestCase):
 
     def test_generate_is_deterministic_with_seed(self):
         stats = self.dir / "stats.json"
-        argv = ["generate", "--chat-template", "--prompt", "Why is the sky blue?", "--seed", "7",
-                "--num-samples", "2",
-                "--temperature", "0.8", "--max-new-tokens", "12", "--stats-json", str(stats)]
+        argv = [
+            "generate",
+            "--chat-template",
+            "--prompt",
+            "Why is the sky blue?",
+            "--seed",
+            "7",
+            "--num-samples",
+            "2",
+            "--temperature",
+            "0.8",
+            "--max-new-tokens",
+            "12",
+            "--stats-json",
+            str(stats),
+        ]
         rc1, out1, err1 = run(argv)
         rc2, out2, _ = run(argv)
         self.assertEqual((rc1, rc2), (0, 0), err1)
@@ -54,9 +67,10 @@ class CliTest(unittest.TestCase):
 
     def test_chat_through_stdin(self):
         stats = self.dir / "chat.json"
-        rc, out, err = run(["chat", "--temperature", "0", "--max-new-tokens", "24",
-                            "--stats-json", str(stats)],
-                           stdin="What is the capital of France?\nAnd of Italy?\n/exit\nnever read\n")
+        rc, out, err = run(
+            ["chat", "--temperature", "0", "--max-new-tokens", "24", "--stats-json", str(stats)],
+            stdin="What is the capital of France?\nAnd of Italy?\n/exit\nnever read\n",
+        )
         self.assertEqual(rc, 0, err)
         self.assertEqual(out.count("Assistant: "), 2)
         self.assertIn("Paris", out)
@@ -70,9 +84,20 @@ class CliTest(unittest.TestCase):
     def test_ctrl_c_stops_cleanly(self):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         p = subprocess.Popen(
-            torchchat_command() + ["generate", "--max-new-tokens", "2000",
-             "--max-seq-length", "2048", "--prompt", "Tell me a very long story."],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            torchchat_command()
+            + [
+                "generate",
+                "--max-new-tokens",
+                "2000",
+                "--max-seq-length",
+                "2048",
+                "--prompt",
+                "Tell me a very long story.",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         first = p.stdout.read(1)  # text is streaming: generation is under way
         if not first:
             p.kill()

@@ -11,7 +11,9 @@ class CompatTest(unittest.TestCase):
         # Proves the shim is needed: a clean interpreter cannot import it.
         r = subprocess.run(
             [sys.executable, "-c", "import torchtune.models.llama3_2"],
-            capture_output=True, text=True)
+            capture_output=True,
+            text=True,
+        )
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("nf4tensor", r.stderr)
 
@@ -28,8 +30,9 @@ class CompatTest(unittest.TestCase):
 
         found = executorch_compat.check()
         self.assertEqual(len(found), len(executorch_compat.APIS))
-        self.assertIn("executorch.examples.models.llama.export_llama_lib._get_source_transforms",
-                      found)
+        self.assertIn(
+            "executorch.examples.models.llama.export_llama_lib._get_source_transforms", found
+        )
 
     def test_a_moved_api_fails_with_its_name(self):
         from torchchat import executorch_compat
@@ -42,8 +45,7 @@ class CompatTest(unittest.TestCase):
 
         compat.install()
         compat.install()
-        self.assertIs(sys.modules["torchao.dtypes.nf4tensor"],
-                      importlib.import_module(compat._NEW))
+        self.assertIs(sys.modules["torchao.dtypes.nf4tensor"], importlib.import_module(compat._NEW))
 
 
 if __name__ == "__main__":

@@ -22,10 +22,14 @@ APIS: Tuple[Tuple[str, str], ...] = (
     ("executorch.examples.models.llama.llama_transformer", "construct_transformer"),
     ("executorch.examples.models.llama.export_llama_lib", "_load_llama_model_metadata"),
     ("executorch.examples.models.llama.export_llama_lib", "_get_source_transforms"),
-    ("executorch.examples.models.llama.source_transformation.quantize",
-     "get_quant_embedding_transform"),
-    ("executorch.examples.models.llama.source_transformation.quantize",
-     "get_quant_weight_transform"),
+    (
+        "executorch.examples.models.llama.source_transformation.quantize",
+        "get_quant_embedding_transform",
+    ),
+    (
+        "executorch.examples.models.llama.source_transformation.quantize",
+        "get_quant_weight_transform",
+    ),
     ("executorch.exir._serialize._program", "deserialize_pte_binary"),
 )
 
@@ -36,7 +40,8 @@ def _get(module: str, name: str) -> Any:
     except (ImportError, AttributeError) as e:
         raise ImportError(
             f"ExecuTorch no longer has {module}.{name} ({type(e).__name__}: {e}); "
-            "torchchat/executorch_compat.py must follow the move") from e
+            "torchchat/executorch_compat.py must follow the move"
+        ) from e
 
 
 def check() -> List[str]:
@@ -51,28 +56,33 @@ def model_args(**kwargs: Any) -> Any:
 
 
 def construct_transformer(args: Any) -> Any:
-    return _get("executorch.examples.models.llama.llama_transformer",
-                "construct_transformer")(args)
+    return _get("executorch.examples.models.llama.llama_transformer", "construct_transformer")(args)
 
 
 def load_llama_model_metadata(**kwargs: Any) -> Any:
-    return _get("executorch.examples.models.llama.export_llama_lib",
-                "_load_llama_model_metadata")(**kwargs)
+    return _get("executorch.examples.models.llama.export_llama_lib", "_load_llama_model_metadata")(
+        **kwargs
+    )
 
 
 def get_source_transforms(*args: Any, **kwargs: Any) -> List[Any]:
-    return _get("executorch.examples.models.llama.export_llama_lib",
-                "_get_source_transforms")(*args, **kwargs)
+    return _get("executorch.examples.models.llama.export_llama_lib", "_get_source_transforms")(
+        *args, **kwargs
+    )
 
 
 def quant_embedding_transform(*args: Any, **kwargs: Any) -> Any:
-    return _get("executorch.examples.models.llama.source_transformation.quantize",
-                "get_quant_embedding_transform")(*args, **kwargs)
+    return _get(
+        "executorch.examples.models.llama.source_transformation.quantize",
+        "get_quant_embedding_transform",
+    )(*args, **kwargs)
 
 
 def quant_weight_transform(*args: Any, **kwargs: Any) -> Any:
-    return _get("executorch.examples.models.llama.source_transformation.quantize",
-                "get_quant_weight_transform")(*args, **kwargs)
+    return _get(
+        "executorch.examples.models.llama.source_transformation.quantize",
+        "get_quant_weight_transform",
+    )(*args, **kwargs)
 
 
 def deserialize_pte_binary(data: bytes) -> Any:

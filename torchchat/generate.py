@@ -92,8 +92,9 @@ class Stats:
 
     def to_json(self) -> Dict[str, object]:
         out: Dict[str, object] = asdict(self)
-        out.update(ttft_s=self.ttft_s, prefill_tok_s=self.prefill_tok_s,
-                   decode_tok_s=self.decode_tok_s)
+        out.update(
+            ttft_s=self.ttft_s, prefill_tok_s=self.prefill_tok_s, decode_tok_s=self.decode_tok_s
+        )
         return out
 
     def summary(self) -> str:
@@ -131,7 +132,8 @@ class Slot:
             used = f" and {start} are in use" if start else ""
             raise ContextOverflow(
                 f"the prompt is {n_new} tokens{used}, but the context holds "
-                f"{self.max_seq_length} (raise --max-seq-length or shorten the prompt)")
+                f"{self.max_seq_length} (raise --max-seq-length or shorten the prompt)"
+            )
 
     def reuse(self, prompt: Sequence[int]) -> int:
         """Keeps the cached prefix `prompt` shares (never all of it: the last
@@ -165,8 +167,14 @@ class Slot:
 
 
 @torch.inference_mode()
-def decode(slot: Slot, prompt: Sequence[int], pick: Pick, max_new_tokens: int,
-           stop_ids: Sequence[int] = (), stats: Optional[Stats] = None) -> Iterator[int]:
+def decode(
+    slot: Slot,
+    prompt: Sequence[int],
+    pick: Pick,
+    max_new_tokens: int,
+    stop_ids: Sequence[int] = (),
+    stats: Optional[Stats] = None,
+) -> Iterator[int]:
     """The generation loop: yields each sampled id, a final stop id included.
 
     Prefills only the part of `prompt` the slot does not hold yet, then
@@ -196,8 +204,15 @@ def decode(slot: Slot, prompt: Sequence[int], pick: Pick, max_new_tokens: int,
             stats.num_generated_tokens = n
             # Decided before the yield: a consumer that stops at a stop id
             # closes the iterator there.
-            done = ("eos" if tok in stop else "max_new_tokens" if n == max_new_tokens
-                    else "context" if slot.pos >= slot.max_seq_length else "")
+            done = (
+                "eos"
+                if tok in stop
+                else "max_new_tokens"
+                if n == max_new_tokens
+                else "context"
+                if slot.pos >= slot.max_seq_length
+                else ""
+            )
             if done:
                 stats.stop_reason = done
             yield tok
@@ -218,7 +233,9 @@ def argmax(logits: torch.Tensor, history: Sequence[int] = ()) -> int:
     return int(logits.reshape(-1).argmax())
 
 
-def greedy(model: LLMModel, ids: Sequence[int], steps: int, stop_ids: Sequence[int] = ()) -> List[int]:
+def greedy(
+    model: LLMModel, ids: Sequence[int], steps: int, stop_ids: Sequence[int] = ()
+) -> List[int]:
     """Up to `steps` greedy tokens after `ids`, ending before a stop id."""
     out = list(decode(Slot(model), ids, argmax, steps, stop_ids))
     return out[:-1] if out and out[-1] in set(stop_ids) else out
@@ -231,9 +248,15 @@ class Reply:
     stats: Stats = field(default_factory=Stats)
 
 
-def generate_text(slot: Slot, tokenizer: Tokenizer, prompt: Sequence[int], pick: Pick, max_new_tokens: int,
-                  on_text: Optional[Callable[[str], None]] = None,
-                  stop_ids: Optional[Sequence[int]] = None) -> Reply:
+def generate_text(
+    slot: Slot,
+    tokenizer: Tokenizer,
+    prompt: Sequence[int],
+    pick: Pick,
+    max_new_tokens: int,
+    on_text: Optional[Callable[[str], None]] = None,
+    stop_ids: Optional[Sequence[int]] = None,
+) -> Reply:
     """decode() with the tokenizer's streaming decoder: on_text gets whole
     UTF-8 characters as they complete. A stop id is never printed.
 
@@ -278,8 +301,13 @@ class ChatSession:
     ContextOverflow and leaves the conversation as it was.
     """
 
-    def __init__(self, slot: Slot, tokenizer: Tokenizer, template: ChatTemplate,
-                 system_prompt: Optional[str] = None):
+    def __init__(
+        self,
+        slot: Slot,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+        system_prompt: Optional[str] = None,
+    ):
         self.slot = slot
         self.tokenizer = tokenizer
         self.template = template
@@ -289,7 +317,9 @@ class ChatSession:
         self.reset()
 
     def reset(self) -> None:
-        self.messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        self.messages = (
+            [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        )
         self.dropped_last_turn = 0
 
     def _render(self) -> List[int]:
@@ -297,8 +327,13 @@ class ChatSession:
         text = self.template.render(self.messages, add_generation_prompt=True)
         return self.tokenizer.encode(text, bos=False)
 
-    def turn(self, text: str, pick: Pick, max_new_tokens: int,
-             on_text: Optional[Callable[[str], None]] = None) -> Reply:
+    def turn(
+        self,
+        text: str,
+        pick: Pick,
+        max_new_tokens: int,
+        on_text: Optional[Callable[[str], None]] = None,
+    ) -> Reply:
         before = list(self.messages)
         self.messages.append({"role": "user", "content": text})
         self.dropped_last_turn = 0
@@ -308,7 +343,7 @@ class ChatSession:
             ids = self._render()
             while len(ids) > room and len(self.messages) > first + 1:
                 drop = 2 if len(self.messages) - first >= 3 else 1
-                del self.messages[first:first + drop]
+                del self.messages[first : first + drop]
                 self.dropped_last_turn += 1
                 ids = self._render()
             self.slot.check_fits(len(ids), 0)

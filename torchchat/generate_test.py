@@ -72,7 +72,9 @@ class GenerateTest(unittest.TestCase):
         self.assertEqual((stats.num_prompt_tokens, stats.num_generated_tokens), (3, 3))
         self.assertEqual(stats.stop_reason, "eos")
         self.assertEqual(model.calls[0], (0, 3))  # one prefill call
-        self.assertEqual(greedy(ScriptedModel([0, 0, C, D, EOS], 32), [1, A, B], 10, (EOS,)), [C, D])
+        self.assertEqual(
+            greedy(ScriptedModel([0, 0, C, D, EOS], 32), [1, A, B], 10, (EOS,)), [C, D]
+        )
 
     def test_decode_stops_when_the_context_is_full(self):
         model = ScriptedModel([A], 6)
@@ -107,8 +109,14 @@ class GenerateTest(unittest.TestCase):
 
     def test_generate_text_streams_and_hides_the_stop_token(self):
         pieces = []
-        reply = generate_text(Slot(ScriptedModel([0, 0, C, D, EOS], 32)), self.tok, [1, A, B],
-                              argmax, 10, pieces.append)
+        reply = generate_text(
+            Slot(ScriptedModel([0, 0, C, D, EOS], 32)),
+            self.tok,
+            [1, A, B],
+            argmax,
+            10,
+            pieces.append,
+        )
         self.assertEqual(reply.ids, [C, D])
         self.assertEqual(reply.text, "cd")
         self.assertEqual("".join(pieces), "cd")

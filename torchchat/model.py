@@ -81,8 +81,7 @@ class ModelConfig:
         arch = cfg.get("model_type", "llama")
         if arch not in ("llama", "mistral", "qwen2", "granite"):
             raise ConfigError(
-                f"model_type {arch!r} is not supported "
-                "(llama, mistral, qwen2 and granite are)"
+                f"model_type {arch!r} is not supported (llama, mistral, qwen2 and granite are)"
             )
         if cfg.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"hidden_act {cfg['hidden_act']!r} is not supported")
@@ -116,9 +115,7 @@ class ModelConfig:
         )
 
     @classmethod
-    def from_meta_params(
-        cls, p: Dict[str, Any], vocab_size: int, hidden_dim: int
-    ) -> "ModelConfig":
+    def from_meta_params(cls, p: Dict[str, Any], vocab_size: int, hidden_dim: int) -> "ModelConfig":
         """From Meta's params.json; the FFN width comes from the weights."""
         dim, n_heads = p["dim"], p["n_heads"]
         scaling = None
@@ -158,9 +155,7 @@ def _hf_rope_scaling(cfg: Dict[str, Any]) -> Optional[Dict[str, float]]:
         "factor": float(rs["factor"]),
         "low_freq_factor": float(rs.get("low_freq_factor", 1.0)),
         "high_freq_factor": float(rs.get("high_freq_factor", 4.0)),
-        "original_max_position_embeddings": int(
-            rs.get("original_max_position_embeddings", 8192)
-        ),
+        "original_max_position_embeddings": int(rs.get("original_max_position_embeddings", 8192)),
     }
 
 
@@ -175,8 +170,7 @@ def model_args(config: ModelConfig, max_seq_length: int, full_logits: bool = Fal
         for k, want in _LLAMA3_ROPE_FIXED.items():
             if float(config.rope_scaling.get(k, want)) != want:
                 raise ConfigError(
-                    f"rope_scaling {k}={config.rope_scaling[k]} is not supported "
-                    f"(only {want})"
+                    f"rope_scaling {k}={config.rope_scaling[k]} is not supported (only {want})"
                 )
         factor = config.rope_scaling["factor"]
         high = config.rope_scaling.get("high_freq_factor", 4.0)
@@ -229,8 +223,7 @@ class Model(nn.Module):
         rope = self.transformer.rope
         hd = self.config.head_dim
         base = 1.0 / (
-            self.config.rope_theta
-            ** (torch.arange(0, hd, 2, dtype=torch.float32)[: hd // 2] / hd)
+            self.config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32)[: hd // 2] / hd)
         )
         freqs = base / factors.float().reshape(-1)
         t = torch.arange(rope.freqs_cos.shape[0], dtype=torch.float32)
@@ -302,8 +295,16 @@ class EagerSDPA(nn.Module):
         super().__init__()
         self.dim = dim
 
-    def forward(self, input_pos: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                bsz: int, seqlen: int, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_pos: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bsz: int,
+        seqlen: int,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
         end = int(input_pos[-1]) + 1
         k, v, mask = k[:, :, :end], v[:, :, :end], mask[:, :end]
         y = torch.nn.functional.scaled_dot_product_attention(

@@ -55,7 +55,10 @@ class ParityTest(unittest.TestCase):
         self.assertEqual(sum(k in ("Q4_0", "Q4_1") for k in kinds), 210)
         # The tied unembedding keeps GGUF's Q8_0 blocks, as the embedding.
         self.assertEqual(self.ckpt.gguf_quantized["output.weight"].qtype, "Q8_0")
-        self.assertIs(self.ckpt.gguf_quantized["output.weight"], self.ckpt.gguf_quantized["tok_embeddings.weight"])
+        self.assertIs(
+            self.ckpt.gguf_quantized["output.weight"],
+            self.ckpt.gguf_quantized["tok_embeddings.weight"],
+        )
 
     def test_prefill_logits_match(self):
         ids = torch.tensor([PROMPT])
@@ -71,9 +74,14 @@ class ParityTest(unittest.TestCase):
         ids = torch.tensor([PROMPT])
         with torch.inference_mode():
             ref = self.ref.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=64,
-                min_new_tokens=64, do_sample=False, eos_token_id=None, pad_token_id=2,
-            )[0, len(PROMPT):].tolist()
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=64,
+                min_new_tokens=64,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=2,
+            )[0, len(PROMPT) :].tolist()
         model = self.model
 
         class LastPosition:

@@ -40,9 +40,11 @@ _KNOWN = {
 }
 
 
-def read_spec(value: Optional[str | Dict[str, Any]], schemes: Dict[str, set],
-              presets: Optional[Dict[str, dict]] = None
-              ) -> Dict[str, Dict[str, Any]]:
+def read_spec(
+    value: Optional[str | Dict[str, Any]],
+    schemes: Dict[str, set],
+    presets: Optional[Dict[str, dict]] = None,
+) -> Dict[str, Dict[str, Any]]:
     """Reads upstream torchchat's --quantize syntax, for eager and export alike.
 
     `value` is JSON text, a .json file, a preset name or a dict; `schemes`
@@ -64,7 +66,9 @@ def read_spec(value: Optional[str | Dict[str, Any]], schemes: Dict[str, set],
                 spec = _loads(f.read(), text)
         else:
             kinds = f"a preset ({', '.join(presets)}) " if presets else ""
-            raise QuantizeError(f"--quantize: {value!r} is not JSON, {kinds}or a readable .json file")
+            raise QuantizeError(
+                f"--quantize: {value!r} is not JSON, {kinds}or a readable .json file"
+            )
     if not isinstance(spec, dict):
         raise QuantizeError("--quantize: expected a JSON object")
     for key, opts in spec.items():
@@ -115,8 +119,15 @@ class Int4Linear(nn.Module):
     fp32 is exact (and slower).
     """
 
-    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, groupsize: int,
-                 in_features: int, out_features: int, bias: Optional[torch.Tensor] = None):
+    def __init__(
+        self,
+        packed: torch.Tensor,
+        scales_and_zeros: torch.Tensor,
+        groupsize: int,
+        in_features: int,
+        out_features: int,
+        bias: Optional[torch.Tensor] = None,
+    ):
         super().__init__()
         self.in_features, self.out_features, self.groupsize = in_features, out_features, groupsize
         self.register_buffer("packed", packed)
@@ -124,11 +135,19 @@ class Int4Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     @classmethod
-    def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, groupsize: int,
-                   bias: Optional[torch.Tensor] = None) -> Int4Linear:
+    def from_codes(
+        cls,
+        q: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor,
+        groupsize: int,
+        bias: Optional[torch.Tensor] = None,
+    ) -> Int4Linear:
         """q: int [N, K] in 0..15; scale, zero: float [N, K // groupsize]."""
         n, k = q.shape
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            q.to(torch.int32).contiguous(), 1
+        )
         sz = torch.stack([scale.float(), zero.float()], dim=-1).transpose(0, 1).contiguous()
         return cls(packed, sz, groupsize, k, n, bias)
 
@@ -149,8 +168,9 @@ class Int4Linear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features)
 
 
-def quantize_int4(w: torch.Tensor, groupsize: int
-                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_int4(
+    w: torch.Tensor, groupsize: int
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric per-group int4: codes 0..15, scale (max-min)/15, zero min."""
     n, k = w.shape
     if k % groupsize:
@@ -163,8 +183,9 @@ def quantize_int4(w: torch.Tensor, groupsize: int
     return q.reshape(n, k).to(torch.int32), scale, lo + 8 * scale
 
 
-def gguf_q4_codes(qtype: str, blocks: np.ndarray, shape: Tuple[int, int]
-                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gguf_q4_codes(
+    qtype: str, blocks: np.ndarray, shape: Tuple[int, int]
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact codes, scales and zeros of GGUF Q4_0 / Q4_1 blocks.
 
     Q4_1 block: fp16 d, fp16 m, 16 bytes; Q4_0: fp16 d, 16 bytes. Low nibbles
@@ -191,8 +212,9 @@ def gguf_q4_codes(qtype: str, blocks: np.ndarray, shape: Tuple[int, int]
 class Int8Linear(nn.Module):
     """int8 weight-only linear, symmetric per output channel."""
 
-    def __init__(self, weight_int8: torch.Tensor, scales: torch.Tensor,
-                 bias: Optional[torch.Tensor] = None):
+    def __init__(
+        self, weight_int8: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor] = None
+    ):
         super().__init__()
         self.register_buffer("weight_int8", weight_int8)
         self.register_buffer("scales", scales)
@@ -219,8 +241,9 @@ class Int8Linear(nn.Module):
 class Int8Embedding(nn.Module):
     """int8 embedding table with a scale per row (groupsize 0) or group."""
 
-    def __init__(self, weight: torch.Tensor, groupsize: int = 0,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, weight: torch.Tensor, groupsize: int = 0, dtype: torch.dtype = torch.float32
+    ):
         super().__init__()
         v, d = weight.shape
         g = d if groupsize in (0, None) else groupsize
@@ -258,7 +281,6 @@ def _q4_kernel():
     return q4
 
 
-
 def _linears(model: nn.Module):
     for name, mod in list(model.named_modules()):
         for child_name, child in list(mod.named_children()):
@@ -267,8 +289,9 @@ def _linears(model: nn.Module):
                 yield mod, child_name, full, child
 
 
-def _output_q8_0(parent: nn.Module, child_name: str, lin: nn.Linear,
-                 gguf_quantized: Dict[str, GGUFQuantized]) -> int:
+def _output_q8_0(
+    parent: nn.Module, child_name: str, lin: nn.Linear, gguf_quantized: Dict[str, GGUFQuantized]
+) -> int:
     gq = gguf_quantized.get("output.weight")
     q4 = _q4_kernel()
     if gq is None or gq.qtype != "Q8_0" or q4 is None or lin.bias is not None:
@@ -279,21 +302,31 @@ def _output_q8_0(parent: nn.Module, child_name: str, lin: nn.Linear,
     return 1
 
 
-def quantize_model(model: Model, spec: Dict[str, Dict[str, Any]],
-                   gguf_quantized: Optional[Dict[str, GGUFQuantized]] = None) -> Dict[str, int]:
+def quantize_model(
+    model: Model,
+    spec: Dict[str, Dict[str, Any]],
+    gguf_quantized: Optional[Dict[str, GGUFQuantized]] = None,
+) -> Dict[str, int]:
     """Replaces modules in place; returns counts per scheme for reporting.
 
     `gguf_quantized` (Meta name -> GGUFQuantized) lets int4 take a GGUF
     tensor's own codes instead of re-quantizing its dequantized values.
     """
     gguf_quantized = gguf_quantized or {}
-    counts = {"int4_exact_from_gguf": 0, "int4": 0, "int8": 0, "embedding_int8": 0,
-              "output_q8_0": 0}
+    counts = {
+        "int4_exact_from_gguf": 0,
+        "int4": 0,
+        "int8": 0,
+        "embedding_int8": 0,
+        "output_q8_0": 0,
+    }
     dtype = next(model.parameters()).dtype
     if "embedding" in spec:
         t = model.transformer
         emb = t.tok_embeddings
-        t.tok_embeddings = Int8Embedding(emb.weight.data, spec["embedding"].get("groupsize", 0), dtype)
+        t.tok_embeddings = Int8Embedding(
+            emb.weight.data, spec["embedding"].get("groupsize", 0), dtype
+        )
         counts["embedding_int8"] += 1
     for key in ("linear:int4", "linear:int8"):
         if key not in spec:
@@ -327,7 +360,11 @@ def quantize_model(model: Model, spec: Dict[str, Dict[str, Any]],
                 counts["int4_exact_from_gguf"] += 1
                 q4 = _q4_kernel()
                 if q4 is not None:
-                    setattr(parent, child_name, q4.Q4Linear.from_gguf_blocks(gq.qtype, gq.blocks, gq.shape, bias))
+                    setattr(
+                        parent,
+                        child_name,
+                        q4.Q4Linear.from_gguf_blocks(gq.qtype, gq.blocks, gq.shape, bias),
+                    )
                     continue
                 q, s, z = gguf_q4_codes(gq.qtype, gq.blocks, gq.shape)
             elif lin.in_features % g == 0:

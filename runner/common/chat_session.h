@@ -36,15 +36,13 @@ class ChatSession {
  public:
   // `template_source` is the Jinja chat template (the tokenizer's, usually).
   // Neither pointer is owned; both must outlive the session.
-  static Result<ChatSession> Create(TextLLMRunner* runner,
-                                    const tokenizers::Tokenizer* tokenizer,
+  static Result<ChatSession> Create(TextLLMRunner* runner, const tokenizers::Tokenizer* tokenizer,
                                     const std::string& template_source,
                                     const std::string& system_prompt = "");
 
   // One exchange: returns the reply's text (also streamed to on_text).
   Result<std::string> Turn(const std::string& user_text, const GenerationConfig& config,
-                           const std::function<void(const std::string&)>& on_text,
-                           Stats* stats);
+                           const std::function<void(const std::string&)>& on_text, Stats* stats);
 
   // Exchanges dropped by the last Turn to fit the context.
   int dropped_last_turn() const { return dropped_; }
@@ -54,8 +52,8 @@ class ChatSession {
   void Reset();
 
  private:
-  ChatSession(TextLLMRunner* runner, const tokenizers::Tokenizer* tokenizer,
-              ChatTemplate tmpl, std::string system_prompt);
+  ChatSession(TextLLMRunner* runner, const tokenizers::Tokenizer* tokenizer, ChatTemplate tmpl,
+              std::string system_prompt);
   Result<std::vector<int64_t>> Render() const;
 
   TextLLMRunner* runner_;

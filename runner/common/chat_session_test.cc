@@ -108,8 +108,7 @@ TEST_F(ChatSessionTest, AQuestionTooLongAloneIsAnErrorAndChangesNothing) {
   ASSERT_TRUE(session->Turn("ab", config, Ignore, &stats).ok());
   auto reply = session->Turn(std::string(40, 'a'), config, Ignore, &stats);
   ASSERT_FALSE(reply.ok());
-  EXPECT_NE(reply.error().find("the model's context holds 16"), std::string::npos)
-      << reply.error();
+  EXPECT_NE(reply.error().find("the model's context holds 16"), std::string::npos) << reply.error();
   EXPECT_EQ(session->messages().size(), 2u);
 }
 

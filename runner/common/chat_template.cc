@@ -36,16 +36,19 @@ using jinja::ScopePtr;
 using jinja::TemplateError;
 using jinja::Value;
 
-constexpr jinja::KnownNames kNames = {jinja::IsFilter, jinja::IsJinjaFilter,
-                                      jinja::IsTest, jinja::IsJinjaTest};
+constexpr jinja::KnownNames kNames = {jinja::IsFilter, jinja::IsJinjaFilter, jinja::IsTest,
+                                      jinja::IsJinjaTest};
 
 // One line, even when the message quotes a string from the template.
 std::string OneLine(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c == '\n') out += "\\n";
-    else if (c == '\r') out += "\\r";
-    else out.push_back(c);
+    if (c == '\n')
+      out += "\\n";
+    else if (c == '\r')
+      out += "\\r";
+    else
+      out.push_back(c);
   }
   return out;
 }
@@ -117,13 +120,12 @@ ChatTemplate::ChatTemplate(ChatTemplate&&) noexcept = default;
 ChatTemplate& ChatTemplate::operator=(ChatTemplate&&) noexcept = default;
 ChatTemplate::~ChatTemplate() = default;
 
-tokenizers::Result<ChatTemplate> ChatTemplate::Parse(
-    const std::string& source, const ChatTemplateOptions& options) {
+tokenizers::Result<ChatTemplate> ChatTemplate::Parse(const std::string& source,
+                                                     const ChatTemplateOptions& options) {
   try {
     auto impl = std::make_unique<Impl>();
     impl->options = options;
-    impl->body = jinja::ParseTemplate(
-        source, {options.trim_blocks, options.lstrip_blocks}, kNames);
+    impl->body = jinja::ParseTemplate(source, {options.trim_blocks, options.lstrip_blocks}, kNames);
     return ChatTemplate(std::move(impl));
   } catch (const TemplateError& e) {
     return tokenizers::MakeError("chat template: " + OneLine(e.message));
@@ -132,9 +134,10 @@ tokenizers::Result<ChatTemplate> ChatTemplate::Parse(
   }
 }
 
-tokenizers::Result<std::string> ChatTemplate::Render(
-    const std::vector<ChatMessage>& messages, bool add_generation_prompt,
-    const std::string& bos_token, const std::string& eos_token) const {
+tokenizers::Result<std::string> ChatTemplate::Render(const std::vector<ChatMessage>& messages,
+                                                     bool add_generation_prompt,
+                                                     const std::string& bos_token,
+                                                     const std::string& eos_token) const {
   return RenderWith(*impl_, [&](Scope* ctx) {
     std::vector<Value> msgs;
     for (const auto& m : messages) {
@@ -150,9 +153,10 @@ tokenizers::Result<std::string> ChatTemplate::Render(
   });
 }
 
-tokenizers::Result<std::string> ChatTemplate::RenderJson(
-    const std::string& variables_json, bool add_generation_prompt,
-    const std::string& bos_token, const std::string& eos_token) const {
+tokenizers::Result<std::string> ChatTemplate::RenderJson(const std::string& variables_json,
+                                                         bool add_generation_prompt,
+                                                         const std::string& bos_token,
+                                                         const std::string& eos_token) const {
   return RenderWith(*impl_, [&](Scope* ctx) {
     Value vars = jinja::ReadJson(variables_json);
     if (!vars.is_dict()) Fail("variables JSON: expected an object");

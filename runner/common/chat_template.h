@@ -40,24 +40,24 @@ struct ChatTemplateOptions {
   std::time_t now = 0;
   // Bounds on a render, so that a hostile template ends with an error
   // instead of hanging or exhausting memory.
-  int64_t max_steps = 10'000'000;        // statements and loop iterations
-  int64_t max_output_bytes = 64 << 20;   // also bounds any one string
-  int max_call_depth = 100;               // nested macro calls
+  int64_t max_steps = 10'000'000;       // statements and loop iterations
+  int64_t max_output_bytes = 64 << 20;  // also bounds any one string
+  int max_call_depth = 100;             // nested macro calls
 };
 
 class ChatTemplate {
  public:
   // Errors name the line and column: "line 3, column 7: ...".
-  static tokenizers::Result<ChatTemplate> Parse(
-      const std::string& source, const ChatTemplateOptions& options = {});
+  static tokenizers::Result<ChatTemplate> Parse(const std::string& source,
+                                                const ChatTemplateOptions& options = {});
 
   // The template sees messages (a list of {role, content}),
   // add_generation_prompt, bos_token, eos_token, and tools = documents = none
   // as transformers passes them. A raise_exception("...") in the template
   // gives an error whose message is exactly its argument.
-  tokenizers::Result<std::string> Render(
-      const std::vector<ChatMessage>& messages, bool add_generation_prompt,
-      const std::string& bos_token, const std::string& eos_token) const;
+  tokenizers::Result<std::string> Render(const std::vector<ChatMessage>& messages,
+                                         bool add_generation_prompt, const std::string& bos_token,
+                                         const std::string& eos_token) const;
 
   // The same with any variables a template may read (messages with
   // tool_calls, tools, documents, or template kwargs such as date_string),
@@ -65,9 +65,10 @@ class ChatTemplate {
   // Python. tools and documents default to none. As transformers does, a
   // message's reasoning (reasoning_content, thinking or reasoning) is also
   // readable under both `thinking` and `reasoning_content`.
-  tokenizers::Result<std::string> RenderJson(
-      const std::string& variables_json, bool add_generation_prompt,
-      const std::string& bos_token, const std::string& eos_token) const;
+  tokenizers::Result<std::string> RenderJson(const std::string& variables_json,
+                                             bool add_generation_prompt,
+                                             const std::string& bos_token,
+                                             const std::string& eos_token) const;
 
   ChatTemplate(ChatTemplate&&) noexcept;
   ChatTemplate& operator=(ChatTemplate&&) noexcept;

@@ -67,8 +67,11 @@ CONVERSATIONS = {
         {"role": "user", "content": "\u00a0 ünïcödé \u3000"},
     ],
     "braces_quotes": [
-        {"role": "user", "content": "{{ not a variable }} {% if x %} {# no #} 'single' \"double\" \\ back\\slash\n\ttab"},
-        {"role": "assistant", "content": "<|im_end|> {\"json\": [1, 2]} }} %} #}"},
+        {
+            "role": "user",
+            "content": "{{ not a variable }} {% if x %} {# no #} 'single' \"double\" \\ back\\slash\n\ttab",
+        },
+        {"role": "assistant", "content": '<|im_end|> {"json": [1, 2]} }} %} #}'},
         {"role": "user", "content": "\n\n  padded  \n\n"},
     ],
     # Error cases: both sides must fail (raise_exception with the same text).
@@ -78,7 +81,7 @@ CONVERSATIONS = {
     ],
     "tool_message": [
         {"role": "user", "content": "What's the weather?"},
-        {"role": "tool", "content": "{\"temp\": 21}"},
+        {"role": "tool", "content": '{"temp": 21}'},
         {"role": "user", "content": "ok"},
     ],
     "empty": [],
@@ -88,7 +91,7 @@ WEATHER_TOOL = {
     "type": "function",
     "function": {
         "name": "get_weather",
-        "description": "Get the weather \"now\" in a city — é <b>",
+        "description": 'Get the weather "now" in a city — é <b>',
         "parameters": {
             "type": "object",
             "properties": {
@@ -103,54 +106,76 @@ WEATHER_TOOL = {
 
 # Whole variable sets (rendered through ChatTemplate::RenderJson): tools,
 # tool calls and template kwargs, which the role/content API cannot express.
-CONVERSATIONS.update({
-    "tools": {
-        "messages": [
-            {"role": "system", "content": "You can call tools."},
-            {"role": "user", "content": "Weather in Paris?"},
-        ],
-        "tools": [WEATHER_TOOL],
-    },
-    "tool_calls": {
-        "messages": [
-            {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": "", "tool_calls": [
-                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}},
-            ]},
-            {"role": "tool", "content": "{\"temp\": 21.5, \"sky\": \"clear\"}"},
-            {"role": "user", "content": "Thanks!"},
-        ],
-        "tools": [WEATHER_TOOL],
-    },
-    "reasoning": {
-        "messages": [
-            {"role": "system", "content": "Think first."},
-            {"role": "user", "content": "2+2?"},
-            {"role": "assistant", "content": "<think>\nSimple sum.\n</think>\n\nIt is 4."},
-            {"role": "user", "content": "And 3+3?"},
-            {"role": "assistant", "content": "6", "reasoning_content": "3+3=6"},
-        ],
-        "enable_thinking": False,
-    },
-    "string_tool_calls": {
-        "messages": [
-            {"role": "user", "content": "Weather?"},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}},
-                {"type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}},
-            ]},
-            {"role": "tool", "content": "cold"},
-            {"role": "tool", "content": "warm"},
-            {"role": "assistant", "content": "Oslo is cold, Rome is warm."},
-        ],
-    },
-    "kwargs": {
-        "messages": [{"role": "user", "content": "What day is it?"}],
-        "date_string": "01 Jan 2025",
-        "custom_tools": [WEATHER_TOOL],
-        "tools_in_user_message": False,
-    },
-})
+CONVERSATIONS.update(
+    {
+        "tools": {
+            "messages": [
+                {"role": "system", "content": "You can call tools."},
+                {"role": "user", "content": "Weather in Paris?"},
+            ],
+            "tools": [WEATHER_TOOL],
+        },
+        "tool_calls": {
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {
+                            "type": "function",
+                            "function": {
+                                "name": "get_weather",
+                                "arguments": {"city": "Paris", "days": 2},
+                            },
+                        },
+                    ],
+                },
+                {"role": "tool", "content": '{"temp": 21.5, "sky": "clear"}'},
+                {"role": "user", "content": "Thanks!"},
+            ],
+            "tools": [WEATHER_TOOL],
+        },
+        "reasoning": {
+            "messages": [
+                {"role": "system", "content": "Think first."},
+                {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "<think>\nSimple sum.\n</think>\n\nIt is 4."},
+                {"role": "user", "content": "And 3+3?"},
+                {"role": "assistant", "content": "6", "reasoning_content": "3+3=6"},
+            ],
+            "enable_thinking": False,
+        },
+        "string_tool_calls": {
+            "messages": [
+                {"role": "user", "content": "Weather?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                        },
+                        {
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+                        },
+                    ],
+                },
+                {"role": "tool", "content": "cold"},
+                {"role": "tool", "content": "warm"},
+                {"role": "assistant", "content": "Oslo is cold, Rome is warm."},
+            ],
+        },
+        "kwargs": {
+            "messages": [{"role": "user", "content": "What day is it?"}],
+            "date_string": "01 Jan 2025",
+            "custom_tools": [WEATHER_TOOL],
+            "tools_in_user_message": False,
+        },
+    }
+)
 
 
 # Small templates that pin down the expression language, filters, tests,
@@ -166,80 +191,80 @@ SNIPPETS = [
     "{% if true %}{% for i in [] %}{% else %}{{ 1 | nosuch if false else 3 }}{% endfor %}{% endif %}",
     "{% if true %}{{ 1 | nosuch }}{% endif %}",
     "{{ 'upper' is filter }} {{ 'truncate' is filter }} {{ 'nope' is filter }} {{ 'odd' is test }}",
-    '{{ \'abc\' | title }} {{ "o\'neil mc-d" | title }} {{ \'ab cd\'.title() }} {{ "they\'re" .title() }}',
-    '{{ 1.5|round }} {{ 2.5|round }} {{ 2.567|round(2) }} {{ 3|round }}',
-    '{{ messages }}',
-    '{{ loop }}',
-    '{% for m in messages %}{{ loop.previtem }}|{{ loop.nextitem }}{% endfor %}',
+    "{{ 'abc' | title }} {{ \"o'neil mc-d\" | title }} {{ 'ab cd'.title() }} {{ \"they're\" .title() }}",
+    "{{ 1.5|round }} {{ 2.5|round }} {{ 2.567|round(2) }} {{ 3|round }}",
+    "{{ messages }}",
+    "{{ loop }}",
+    "{% for m in messages %}{{ loop.previtem }}|{{ loop.nextitem }}{% endfor %}",
     "{{ 'a' ~ 1.0 ~ [1] }}",
     "{{ [1,2] == [1,2] }} {{ (1,2) == [1,2] }} {{ {'a':1} == {'a':1} }} {{ none == none }} {{ u == u }}",
     "{{ 'é'|upper }} {{ 'ÉCOLE'|lower }}",
     "{{ '%s and %s' % ('a', 'b') }} {{ '%d%%' % 5 }}",
     '{{ "a\\nb" | indent(4, first=true) }}',
-    '{{ [] | first }}|{{ [] | last }}|{{ [] | max }}',
+    "{{ [] | first }}|{{ [] | last }}|{{ [] | max }}",
     "{{ 'abc'[5] }}|{{ 'abc'[1:100] }}|{{ 'abc'[-100:] }}",
-    '{{ 10 // 3 }} {{ -10 // 3 }} {{ 10 % -3 }} {{ 2 ** -1 }} {{ 2.0 ** 3 }}',
+    "{{ 10 // 3 }} {{ -10 // 3 }} {{ 10 % -3 }} {{ 2 ** -1 }} {{ 2.0 ** 3 }}",
     "{{ dict(a=1, b='x') }} {{ dict(a=1) | tojson }}",
-    '{% set ns = namespace() %}{% set ns.x = 5 %}{{ ns.x }}',
-    '{{ messages[0] | tojson }} {{ messages | tojson(indent=2) }}',
+    "{% set ns = namespace() %}{% set ns.x = 5 %}{{ ns.x }}",
+    "{{ messages[0] | tojson }} {{ messages | tojson(indent=2) }}",
     "{{ 'x' if messages else 'y' }}",
-    '{%- for m in messages -%}\n  {{ m.role }}\n{%- endfor -%}',
-    '{{ 1 + 2 * 3 - 4 / 2 }} {{ (1 + 2) * 3 }} {{ -2 ** 2 }} {{ 2 ** 3 ** 2 }}',
+    "{%- for m in messages -%}\n  {{ m.role }}\n{%- endfor -%}",
+    "{{ 1 + 2 * 3 - 4 / 2 }} {{ (1 + 2) * 3 }} {{ -2 ** 2 }} {{ 2 ** 3 ** 2 }}",
     "{{ not true == false }} {{ not 'a' in 'abc' }}",
     "{{ 'a' | replace('', '-') }}",
     "{{ '  a  b  '.split(' ') }} {{ 'a\\tb\\nc'.split() }} {{ ''.split() }} {{ ''.split(',') }}",
     "{{ 'abc'.strip('ac') }} {{ '..a..'.rstrip('.') }}",
-    '{{ tools is none }} {{ documents }} {{ tools is defined }}',
+    "{{ tools is none }} {{ documents }} {{ tools is defined }}",
     "{{ 3 is divisibleby(3) }} {{ 'ABC' is upper }} {{ 'abc' is lower }} {{ none is sameas none }}",
     "{% for x in [3,1,2]|sort(reverse=true) %}{{ x }}{% endfor %} {{ ['b','A','a']|sort }} {{ ['b','A','a']|sort(case_sensitive=true) }}",
     "{{ [{'n':'b'},{'n':'a'}] | sort(attribute='n') | map(attribute='n') | join }}",
-    '{{ 1e300 * 1e300 }} {{ -0.0 }} {{ 1/3 }} {{ 2/3 }} {{ 100.0 }} {{ 123456789.123 }}',
+    "{{ 1e300 * 1e300 }} {{ -0.0 }} {{ 1/3 }} {{ 2/3 }} {{ 100.0 }} {{ 123456789.123 }}",
     "{{ 5 | float }} {{ 'abc' | float }} {{ '1e3' | float }} {{ true | int }} {{ none | int }}",
     "{{ [1, [2, 3]] | tojson }} {{ {'a': {'b': []}} | tojson(indent=2) }} {{ 'tab\\there' | tojson }} {{ '\\u0001' | tojson }}",
     "{{ {1: 'a', true: 'b'} }} {{ {1: 'x'} | tojson }}",
     "{{ messages[0].get('role') }} {{ messages[0].get('nope', 'dflt') }}",
     "{% set x = [1, 2, 3] %}{{ x | length }} {{ x | count }} {{ x[1:] | list }} {{ x | batch(2) | list if false else '' }}",
     "{{ 'abc' is string and 3 is number }} {{ [] is iterable }} {{ 3 is iterable }} {{ {} is sequence }}",
-    '{{ "\\\\d" }} {{ \'\\\\n\' }} {{ \'\\\'\' }}',
+    "{{ \"\\\\d\" }} {{ '\\\\n' }} {{ '\\'' }}",
     "{% if messages|length > 0 and messages[0].role == 'user' %}yes{% endif %}",
     "{{ messages[0]['content'] | capitalize }} {{ messages[0]['content'].capitalize() }}",
-    '{% macro m() %}{{ caller is defined }}{% endmacro %}{{ m() }}',
+    "{% macro m() %}{{ caller is defined }}{% endmacro %}{{ m() }}",
     "{{ 'abc'.count('') }} {{ 'aaa'.count('a') }} {{ 'héllo'.find('l') }}",
     "{{ [1,2,3] | sum(start=10) }} {{ [1.5, 2] | sum }} {{ ['a','b'] | join }}",
-    '{{ 0.1 | string }} {{ 1e-7 }} {{ 12345678901234567.0 }} {{ 5e-324 }}',
-    '{{ x.y }}',
-    '{{ none.y.z }}',
-    '{{ none[0] }}|',
+    "{{ 0.1 | string }} {{ 1e-7 }} {{ 12345678901234567.0 }} {{ 5e-324 }}",
+    "{{ x.y }}",
+    "{{ none.y.z }}",
+    "{{ none[0] }}|",
     "{{ 'a' < none }}",
-    '{% for a, b in [[1]] %}{% endfor %}',
-    '{% for x in none %}{% endfor %}',
+    "{% for a, b in [[1]] %}{% endfor %}",
+    "{% for x in none %}{% endfor %}",
     "{{ raise_exception('boom') }}",
-    '{{ 1 + }}',
+    "{{ 1 + }}",
     "{{ 'ÀÉÎõü ÿ ß' | upper }} {{ 'ÀÉÎÕÜ Ÿ' | lower }} {{ 'ĀāĞğŁłŽž' | upper }} {{ 'ĀāĞğŁłŽž' | lower }} {{ 'Σίσυφος Ωμέγα' | upper }} {{ 'ΆΈΉΊΌΎΏ' | lower }} {{ 'Привет Мир ёЁ' | upper }} {{ 'ПРИВЕТ Ёж' | lower }}",
     "{{ 'élan vital' | title }} {{ 'élan vital'.title() }} {{ 'émile' | capitalize }} {{ 'ÉCOLE'.isupper() }} {{ 'école'.islower() }} {{ '中文'.isupper() }}",
     "{{ [1,2,3,4,5] | batch(2) | list }} {{ [1,2,3] | batch(2, 'x') | list }}",
-    '{% for m in messages %}{{ loop.index0 }}{{ loop.revindex0 }}{{ loop.first }}{% endfor %}',
+    "{% for m in messages %}{{ loop.index0 }}{{ loop.revindex0 }}{{ loop.first }}{% endfor %}",
     "{{ messages | selectattr('role', 'equalto', 'user') | map(attribute='content') | join(' / ') }}",
     "{{ messages | rejectattr('role', 'defined') | list }} {{ messages | map(attribute='nope', default='?') | list }}",
     "{% set ns = namespace(last=none) %}{% for m in messages|reverse %}{% if ns.last is none and m.role == 'user' %}{% set ns.last = loop.revindex0 %}{% endif %}{% endfor %}{{ ns.last }}",
     "{{ messages[-1]['content'] | wordcount }} {{ 'a b\\tc' | wordcount }}",
-    '{% with x = 1, y = 2 %}{{ x + y }}{% endwith %}',
-    '{% set parts %}{% for m in messages %}{{ m.role[0] }}{% endfor %}{% endset %}{{ parts | upper }}',
-    '{% filter trim %}   padded   {% endfilter %}|',
+    "{% with x = 1, y = 2 %}{{ x + y }}{% endwith %}",
+    "{% set parts %}{% for m in messages %}{{ m.role[0] }}{% endfor %}{% endset %}{{ parts | upper }}",
+    "{% filter trim %}   padded   {% endfilter %}|",
     "{{ 'x' | center(5) }}|{{ 'ab' | center(5) }}|{{ 'ab' | center(6) }}|{{ 'abc' | center(2) }}|{{ 'é' | center(4) }}",
     "{% macro tag(name, body='') -%}<{{ name }}>{{ body }}</{{ name }}>{%- endmacro %}{{ tag('a') }}{{ tag('b', body=tag('c')) }}",
     "{{ 12 | string | length }} {{ (1, 2) | list }} {{ 'ab' | reverse }}",
-    '{{ [1, 2] | first is number }} {{ [] | first is defined }}',
+    "{{ [1, 2] | first is number }} {{ [] | first is defined }}",
     "{{ messages[0].content if messages[0].role == 'system' else 'none' }}",
     "{{ 2 * 'ab' }} {{ [0] * 3 }}",
     "{{ 'a' if none is none and not undefined_var is defined else 'b' }}",
     "{{ [3, 2, 1] | min }} {{ ['b', 'a'] | max }} {{ [{'x': 2}, {'x': 1}] | min(attribute='x') }}",
     "{{ {'a': 1, 'b': 2} | dictsort(by='value', reverse=true) }}",
-    '{{ \'{"k": 1}\' }} {{ \'\\u00e9\' == \'é\' }}',
-    '{{ 1 == 1 == 1 }} {{ 1 != 2 != 1 }}',
-    '{{ messages | length is even }} {{ 7 is odd }}',
+    "{{ '{\"k\": 1}' }} {{ '\\u00e9' == 'é' }}",
+    "{{ 1 == 1 == 1 }} {{ 1 != 2 != 1 }}",
+    "{{ messages | length is even }} {{ 7 is odd }}",
     "{% if messages %}{% for m in messages if m.role != 'system' %}{{ m.role }}{{ ',' if not loop.last }}{% endfor %}{% endif %}",
-    'A\n  {%- if true %}\n   B\n  {%- endif %}\nC\n   {# comment -#}\n   D',
+    "A\n  {%- if true %}\n   B\n  {%- endif %}\nC\n   {# comment -#}\n   D",
     "{{- '  x  ' -}}\n\n{{- 'y' }}\n   {%+ if true %}z{% endif %}",
 ]
 
@@ -273,7 +298,9 @@ def transformers_template(relpath, name):
 def templates():
     out = {"smollm2": smollm2_template()}
     out["llama4"] = transformers_template("models/llama4/processing_llama4.py", "chat_template")
-    out["smolvlm"] = transformers_template("models/smolvlm/processing_smolvlm.py", "DEFAULT_CHAT_TEMPLATE")
+    out["smolvlm"] = transformers_template(
+        "models/smolvlm/processing_smolvlm.py", "DEFAULT_CHAT_TEMPLATE"
+    )
     for name in sorted(os.listdir(TESTDATA)):
         if name.endswith(".jinja"):
             with open(os.path.join(TESTDATA, name), encoding="utf-8") as f:
@@ -313,9 +340,13 @@ def plain_env():
         raise jinja2.exceptions.TemplateError(message)
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=False, lstrip_blocks=False, extensions=[jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=False, lstrip_blocks=False, extensions=[jinja2.ext.loopcontrols]
+    )
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = fixed_strftime_now
@@ -367,8 +398,19 @@ def one_line(message):
 
 
 def run_ours(template_path, messages_path, agp, plain):
-    cmd = [RENDER, "--template", template_path, "--messages", messages_path,
-           "--bos", BOS, "--eos", EOS, "--now", str(NOW)]
+    cmd = [
+        RENDER,
+        "--template",
+        template_path,
+        "--messages",
+        messages_path,
+        "--bos",
+        BOS,
+        "--eos",
+        EOS,
+        "--now",
+        str(NOW),
+    ]
     if agp:
         cmd.append("--add-generation-prompt")
     if plain:
@@ -410,9 +452,16 @@ class ParityTest(unittest.TestCase):
         for plain, ref in ((False, reference_transformers), (True, reference_plain)):
             for conv, messages in CONVERSATIONS.items():
                 for agp in (False, True):
-                    with self.subTest(template=name, conversation=conv, add_generation_prompt=agp, plain_jinja=plain):
+                    with self.subTest(
+                        template=name,
+                        conversation=conv,
+                        add_generation_prompt=agp,
+                        plain_jinja=plain,
+                    ):
                         want = run_reference(ref, source, json.loads(json.dumps(messages)), agp)
-                        got = run_ours(self.template_paths[name], self.message_paths[conv], agp, plain)
+                        got = run_ours(
+                            self.template_paths[name], self.message_paths[conv], agp, plain
+                        )
                         if want.error is None:
                             self.assertIsNone(got.error, f"reference rendered {want.text!r}")
                             self.assertEqual(got.text, want.text)
@@ -424,8 +473,11 @@ class ParityTest(unittest.TestCase):
                                 self.assertEqual(got.error, one_line(want.error))
         # Every template must render most conversations, or the test proves little.
         self.assertGreaterEqual(rendered, 8, f"{name}: too few successful renderings")
-        print(f"{name}: {rendered} identical renderings; both failed on "
-              f"{sorted(set(failed_alike)) or 'nothing'}", file=sys.stderr)
+        print(
+            f"{name}: {rendered} identical renderings; both failed on "
+            f"{sorted(set(failed_alike)) or 'nothing'}",
+            file=sys.stderr,
+        )
 
     def test_expression_snippets(self):
         messages = CONVERSATIONS["multi_turn"]
@@ -455,8 +507,21 @@ class ParityTest(unittest.TestCase):
 
 
 def _add_template_tests():
-    for name in ["smollm2", "llama4", "smolvlm", "llama2", "mistral", "gemma", "phi3",
-                 "qwen2_5", "qwen3", "deepseek_r1", "granite3", "llama3_2", "whitespace"]:
+    for name in [
+        "smollm2",
+        "llama4",
+        "smolvlm",
+        "llama2",
+        "mistral",
+        "gemma",
+        "phi3",
+        "qwen2_5",
+        "qwen3",
+        "deepseek_r1",
+        "granite3",
+        "llama3_2",
+        "whitespace",
+    ]:
         setattr(ParityTest, f"test_{name}", lambda self, n=name: self.check_template(n))
 
 

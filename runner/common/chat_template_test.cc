@@ -20,8 +20,7 @@ const std::vector<ChatMessage> kChat = {
 };
 
 // Renders with transformers' settings (trim_blocks and lstrip_blocks on).
-std::string R(const std::string& src,
-              const std::vector<ChatMessage>& msgs = kChat,
+std::string R(const std::string& src, const std::vector<ChatMessage>& msgs = kChat,
               ChatTemplateOptions opt = {}) {
   auto t = ChatTemplate::Parse(src, opt);
   if (!t.ok()) return "PARSE ERROR: " + t.error();
@@ -42,8 +41,7 @@ bool StartsWith(const std::string& s, const std::string& p) {
 }
 
 TEST(ChatTemplateTest, Literals) {
-  EXPECT_EQ(R("{{ 'a\\tb\\u00e9\\x41' }}|{{ \"it's\" }}|{{ 'a' 'b' }}"),
-            "a\tbéA|it's|ab");
+  EXPECT_EQ(R("{{ 'a\\tb\\u00e9\\x41' }}|{{ \"it's\" }}|{{ 'a' 'b' }}"), "a\tbéA|it's|ab");
   EXPECT_EQ(R("{{ 1.0 }} {{ 1e20 }} {{ 0.1 + 0.2 }} {{ 1e16 }} {{ 1e15 }} "
               "{{ 1.5e-5 }} {{ 0.0001 }} {{ 1_000 }} {{ 0x1f }}"),
             "1.0 1e+20 0.30000000000000004 1e+16 1000000000000000.0 1.5e-05 "
@@ -52,8 +50,7 @@ TEST(ChatTemplateTest, Literals) {
               "true, 1.5, {'k': [2]}] }} {{ ('a',) }} {{ (1, 2) }}"),
             "None None True False [1, 'a', None, True, 1.5, {'k': [2]}] ('a',) "
             "(1, 2)");
-  EXPECT_EQ(R("{{ [\"it's\", 'a\"b', 'x\\ny', 'é'] }}"),
-            "[\"it's\", 'a\"b', 'x\\ny', 'é']");
+  EXPECT_EQ(R("{{ [\"it's\", 'a\"b', 'x\\ny', 'é'] }}"), "[\"it's\", 'a\"b', 'x\\ny', 'é']");
 }
 
 TEST(ChatTemplateTest, Arithmetic) {
@@ -69,8 +66,7 @@ TEST(ChatTemplateTest, Arithmetic) {
 }
 
 TEST(ChatTemplateTest, LogicAndComparison) {
-  EXPECT_EQ(R("{{ 1 if 0 else 2 }} {{ not 1 }} {{ 1 and 'x' }} {{ 0 or [] }}"),
-            "2 False x []");
+  EXPECT_EQ(R("{{ 1 if 0 else 2 }} {{ not 1 }} {{ 1 and 'x' }} {{ 0 or [] }}"), "2 False x []");
   EXPECT_EQ(R("{{ 'a' < 'b' }} {{ [1,2] < [1,3] }} {{ 1 < 2 < 3 }} "
               "{{ 3 > 2 > 2 }} {{ 'x' in 'xyz' }} {{ 2 not in [1] }} "
               "{{ 'a' in {'a':1} }} {{ true == 1 }} {{ 1 == 1.0 }}"),
@@ -88,8 +84,7 @@ TEST(ChatTemplateTest, AccessAndSlicing) {
               "{{ 'héllo'[1] }}"),
             "cba él 5 [2, 3] [1, 2] [1, 3] é");
   // Missing keys and indices are undefined (empty), not errors...
-  EXPECT_EQ(R("{{ [1,2][5] }}|{{ {'a':1}.b }}|{{ none.a }}|{{ messages[0].x }}|"),
-            "||||");
+  EXPECT_EQ(R("{{ [1,2][5] }}|{{ {'a':1}.b }}|{{ none.a }}|{{ messages[0].x }}|"), "||||");
   // ...but an attribute of an undefined value is an error, as in jinja2.
   EXPECT_EQ(R("{{ {'a':1}.b.c }}"),
             "ERROR: chat template: line 1: 'dict object' has no attribute 'b'");
@@ -307,8 +302,7 @@ TEST(ChatTemplateTest, ParseErrors) {
   for (const auto& c : cases) {
     auto t = ChatTemplate::Parse(c.src);
     ASSERT_FALSE(t.ok()) << c.src;
-    EXPECT_NE(t.error().find(c.error), std::string::npos)
-        << c.src << " gave: " << t.error();
+    EXPECT_NE(t.error().find(c.error), std::string::npos) << c.src << " gave: " << t.error();
     EXPECT_EQ(t.error().find('\n'), std::string::npos) << t.error();
     EXPECT_TRUE(StartsWith(t.error(), "chat template: line ")) << t.error();
   }
@@ -331,10 +325,10 @@ TEST(ChatTemplateTest, UnknownNamesInBranchesFailOnlyWhenRun) {
 TEST(ChatTemplateTest, RunawayTemplatesEndWithErrors) {
   ChatTemplateOptions opt;
   opt.max_steps = 100000;
-  EXPECT_TRUE(StartsWith(
-      R("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
-        "{% endfor %}", kChat, opt),
-      "ERROR: chat template: line 1: template exceeded 100000 steps"));
+  EXPECT_TRUE(StartsWith(R("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                           "{% endfor %}",
+                           kChat, opt),
+                         "ERROR: chat template: line 1: template exceeded 100000 steps"));
   EXPECT_EQ(R("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"),
             "ERROR: chat template: line 1: macro calls nested deeper than 100 "
             "(runaway recursion?)");
@@ -349,10 +343,9 @@ TEST(ChatTemplateTest, RunawayTemplatesEndWithErrors) {
                          "PARSE ERROR:"));
   EXPECT_TRUE(StartsWith(R("{{ " + std::string(5000, '-') + "1 }}"), "PARSE ERROR:"));
   // Values cannot nest without bound, nor contain themselves.
-  EXPECT_TRUE(StartsWith(
-      R("{% set ns = namespace(x=[]) %}{% for i in range(100000) %}"
-        "{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}"),
-      "ERROR: chat template: line 1: value nested too deeply"));
+  EXPECT_TRUE(StartsWith(R("{% set ns = namespace(x=[]) %}{% for i in range(100000) %}"
+                           "{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}"),
+                         "ERROR: chat template: line 1: value nested too deeply"));
   EXPECT_EQ(R("{% set ns = namespace(x=1) %}{% set ns.me = [ns] %}"),
             "ERROR: chat template: line 1: cannot store a namespace inside itself");
   std::string nested;

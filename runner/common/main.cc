@@ -74,11 +74,10 @@ void PrintText(const std::string& text) {
 }
 
 // Multi-turn chat on stdin; ChatSession holds the policy.
-int Chat(const std::string& program, const RunnerOptions& o,
-         const tokenizers::Tokenizer& tokenizer, TextLLMRunner& runner,
-         const GenerationConfig& config, Stats* stats) {
-  auto session = ChatSession::Create(&runner, &tokenizer, tokenizer.chat_template(),
-                                     o.system_prompt);
+int Chat(const std::string& program, const RunnerOptions& o, const tokenizers::Tokenizer& tokenizer,
+         TextLLMRunner& runner, const GenerationConfig& config, Stats* stats) {
+  auto session =
+      ChatSession::Create(&runner, &tokenizer, tokenizer.chat_template(), o.system_prompt);
   if (!session.ok()) return Fail(program, session.error());
   std::string first = o.prompt;
   while (true) {
@@ -108,16 +107,15 @@ int Chat(const std::string& program, const RunnerOptions& o,
 
 }  // namespace
 
-int RunMain(int argc, char** argv, const std::string& program,
-            const ModelLoader& load_model) {
+int RunMain(int argc, char** argv, const std::string& program, const ModelLoader& load_model) {
   auto opts = ParseOptions(argc, argv);
   if (!opts.ok()) {
     if (opts.error() == "help") {
       std::fputs(Usage(program).c_str(), stdout);
       return 0;
     }
-    std::fprintf(stderr, "%s: error: %s\n%s", program.c_str(),
-                 opts.error().c_str(), Usage(program).c_str());
+    std::fprintf(stderr, "%s: error: %s\n%s", program.c_str(), opts.error().c_str(),
+                 Usage(program).c_str());
     return 2;
   }
   RunnerOptions& o = opts.value();
@@ -156,8 +154,8 @@ int RunMain(int argc, char** argv, const std::string& program,
                            const std::vector<int64_t>& history) -> Result<int64_t> {
                          const size_t n = std::min(history.size(), tokenizers::kRepetitionWindow);
                          recent.assign(history.end() - n, history.end());
-                         auto id = sampler.Sample(logits, static_cast<size_t>(vocab),
-                                                  recent.data(), recent.size());
+                         auto id = sampler.Sample(logits, static_cast<size_t>(vocab), recent.data(),
+                                                  recent.size());
                          if (!id.ok()) return tokenizers::MakeError(id.error());
                          return static_cast<int64_t>(*id);
                        });
@@ -187,8 +185,7 @@ int RunMain(int argc, char** argv, const std::string& program,
   if (!o.stats_json.empty() && !WriteFile(o.stats_json, stats.ToJson())) {
     return Fail(program, "cannot write " + o.stats_json);
   }
-  if (!o.ids_json.empty() &&
-      !WriteFile(o.ids_json, "{\"generated\": " + IdsJson(*ids) + "}")) {
+  if (!o.ids_json.empty() && !WriteFile(o.ids_json, "{\"generated\": " + IdsJson(*ids) + "}")) {
     return Fail(program, "cannot write " + o.ids_json);
   }
   return 0;

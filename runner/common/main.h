@@ -11,11 +11,10 @@
 
 namespace torchchat {
 
-using ModelLoader = std::function<Result<std::unique_ptr<LLMModel>>(
-    const std::string& path, int num_threads)>;
+using ModelLoader =
+    std::function<Result<std::unique_ptr<LLMModel>>(const std::string& path, int num_threads)>;
 
-int RunMain(int argc, char** argv, const std::string& program,
-            const ModelLoader& load_model);
+int RunMain(int argc, char** argv, const std::string& program, const ModelLoader& load_model);
 
 }  // namespace torchchat
 

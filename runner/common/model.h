@@ -35,8 +35,7 @@ class LLMModel {
   // Runs `tokens` at positions start_pos, start_pos+1, ... and returns the
   // logits for the last one. The returned view stays valid until the next
   // call; implementations reuse one buffer, so decode allocates nothing.
-  virtual Result<const float*> Forward(const std::vector<int64_t>& tokens,
-                                       int64_t start_pos) = 0;
+  virtual Result<const float*> Forward(const std::vector<int64_t>& tokens, int64_t start_pos) = 0;
 };
 
 }  // namespace torchchat

@@ -48,8 +48,7 @@ Result<RunnerOptions> ParseOptions(int argc, char** argv) {
     const std::string arg = argv[i];
     if (arg.empty() || arg[0] != '-') {
       if (!o.model_path.empty()) {
-        return MakeError("unexpected argument '" + arg + "' (the model is " +
-                         o.model_path + ")");
+        return MakeError("unexpected argument '" + arg + "' (the model is " + o.model_path + ")");
       }
       o.model_path = arg;
       continue;

@@ -13,8 +13,8 @@ tokenizers::Result<RunnerOptions> Parse(std::vector<const char*> args) {
 }
 
 TEST(Options, UpstreamShortFlags) {
-  auto o = Parse({"m.pte", "-i", "hi", "-n", "7", "-t", "0.7", "-p", "0.9", "-k", "40",
-                  "-s", "42", "-z", "tok.json"});
+  auto o = Parse({"m.pte", "-i", "hi", "-n", "7", "-t", "0.7", "-p", "0.9", "-k", "40", "-s", "42",
+                  "-z", "tok.json"});
   ASSERT_TRUE(o.ok()) << o.error();
   EXPECT_EQ(o->model_path, "m.pte");
   EXPECT_EQ(o->prompt, "hi");
@@ -36,8 +36,8 @@ TEST(Options, LongForms) {
 
 TEST(Options, SamplingRangesAreLeftToTheSampler) {
   // tokenizers::ValidateSamplerConfig is the one place that checks them.
-  auto o = Parse({"m.pte", "-i", "x", "-p", "1.5", "--min-p", "0.05",
-                  "--repetition-penalty", "1.3"});
+  auto o =
+      Parse({"m.pte", "-i", "x", "-p", "1.5", "--min-p", "0.05", "--repetition-penalty", "1.3"});
   ASSERT_TRUE(o.ok()) << o.error();
   EXPECT_FLOAT_EQ(o->top_p, 1.5f);
   EXPECT_FLOAT_EQ(o->min_p, 0.05f);
@@ -47,14 +47,12 @@ TEST(Options, SamplingRangesAreLeftToTheSampler) {
 TEST(Options, ErrorsNameTheFlag) {
   EXPECT_EQ(Parse({"m.pte", "-i", "x", "-n", "many"}).error(),
             "flag -n: 'many' is not a count > 0");
-  EXPECT_EQ(Parse({"m.pte", "-i", "x", "-p", "most"}).error(),
-            "flag -p: 'most' is not a number");
+  EXPECT_EQ(Parse({"m.pte", "-i", "x", "-p", "most"}).error(), "flag -p: 'most' is not a number");
   EXPECT_EQ(Parse({"m.pte", "--bogus", "1"}).error(), "unknown flag --bogus");
   EXPECT_EQ(Parse({"m.pte", "-i"}).error(), "flag -i needs a value");
   EXPECT_EQ(Parse({"-i", "x"}).error(), "no model given");
   EXPECT_EQ(Parse({"m.pte"}).error(), "generate mode needs a prompt (-i)");
-  EXPECT_EQ(Parse({"m.pte", "-m", "talk"}).error(),
-            "flag -m: 'talk' is not generate or chat");
+  EXPECT_EQ(Parse({"m.pte", "-m", "talk"}).error(), "flag -m: 'talk' is not generate or chat");
 }
 
 }  // namespace

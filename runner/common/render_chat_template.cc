@@ -35,9 +35,12 @@ bool ReadFile(const std::string& path, std::string* out) {
 int Die(const std::string& msg) {
   std::string line;
   for (char c : msg) {
-    if (c == '\n') line += "\\n";
-    else if (c == '\r') line += "\\r";
-    else line.push_back(c);
+    if (c == '\n')
+      line += "\\n";
+    else if (c == '\r')
+      line += "\\r";
+    else
+      line.push_back(c);
   }
   std::fprintf(stderr, "render_chat_template: %s\n", line.c_str());
   return 1;
@@ -82,9 +85,10 @@ int main(int argc, char** argv) {
     }
   }
   if (template_path.empty() || messages_path.empty()) {
-    return Die("usage: --template FILE --messages FILE [--add-generation-prompt]"
-               " [--bos S] [--eos S] [--now EPOCH] [--no-trim-blocks]"
-               " [--no-lstrip-blocks]");
+    return Die(
+        "usage: --template FILE --messages FILE [--add-generation-prompt]"
+        " [--bos S] [--eos S] [--now EPOCH] [--no-trim-blocks]"
+        " [--no-lstrip-blocks]");
   }
   std::string source, json_text;
   if (!ReadFile(template_path, &source)) return Die("cannot read " + template_path);

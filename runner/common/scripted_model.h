@@ -60,8 +60,7 @@ class ScriptedModel : public LLMModel {
     logits_.resize(vocab_size);
   }
   const ModelMetadata& metadata() const override { return md_; }
-  Result<const float*> Forward(const std::vector<int64_t>& tokens,
-                               int64_t start_pos) override {
+  Result<const float*> Forward(const std::vector<int64_t>& tokens, int64_t start_pos) override {
     calls.push_back({start_pos, static_cast<int64_t>(tokens.size())});
     const int64_t last = start_pos + static_cast<int64_t>(tokens.size()) - 1;
     std::fill(logits_.begin(), logits_.end(), 0.0f);

@@ -14,26 +14,22 @@ int64_t ArgMax(const float* logits, int64_t vocab) {
   return std::max_element(logits, logits + vocab) - logits;
 }
 
-TextLLMRunner::TextLLMRunner(LLMModel* model,
-                             const tokenizers::Tokenizer* tokenizer,
+TextLLMRunner::TextLLMRunner(LLMModel* model, const tokenizers::Tokenizer* tokenizer,
                              SampleFn sample)
     : model_(model), tokenizer_(tokenizer), sample_(std::move(sample)) {}
 
 Result<void> TextLLMRunner::Validate() const {
   const ModelMetadata& md = model_->metadata();
   if (tokenizer_->vocab_size() > md.vocab_size) {
-    return MakeError("the tokenizer has " +
-                     std::to_string(tokenizer_->vocab_size()) +
-                     " tokens but the model only " +
-                     std::to_string(md.vocab_size) +
+    return MakeError("the tokenizer has " + std::to_string(tokenizer_->vocab_size()) +
+                     " tokens but the model only " + std::to_string(md.vocab_size) +
                      ": they do not belong together");
   }
   return {};
 }
 
 // Runs tokens[from, end) at positions from, from+1, ...
-Result<const float*> TextLLMRunner::Prefill(const std::vector<int64_t>& tokens,
-                                            size_t from) {
+Result<const float*> TextLLMRunner::Prefill(const std::vector<int64_t>& tokens, size_t from) {
   // One call when the artifact takes variable-length input; otherwise in
   // chunks of what it accepts (1 for a decode-only static-shape export).
   const size_t chunk = std::max<int64_t>(1, model_->metadata().max_prefill_chunk);
@@ -55,8 +51,8 @@ Result<std::vector<int64_t>> TextLLMRunner::Generate(
   }
   auto encoded = tokenizer_->Encode(prompt, config.bos && tokenizer_->add_bos());
   if (!encoded.ok()) return MakeError("cannot encode the prompt: " + encoded.error());
-  return GenerateFromIds(std::vector<int64_t>(encoded->begin(), encoded->end()), config,
-                         on_text, stats);
+  return GenerateFromIds(std::vector<int64_t>(encoded->begin(), encoded->end()), config, on_text,
+                         stats);
 }
 
 Result<std::vector<int64_t>> TextLLMRunner::GenerateFromIds(
@@ -72,9 +68,8 @@ Result<std::vector<int64_t>> TextLLMRunner::GenerateFromIds(
   while (common < limit && cached_[common] == prompt[common]) ++common;
   cached_.resize(common);
   if (static_cast<int64_t>(prompt.size()) >= md.max_seq_len) {
-    return MakeError("the prompt is " + std::to_string(prompt.size() - common) +
-                     " tokens and " + std::to_string(common) +
-                     " are in use, but the model's context holds " +
+    return MakeError("the prompt is " + std::to_string(prompt.size() - common) + " tokens and " +
+                     std::to_string(common) + " are in use, but the model's context holds " +
                      std::to_string(md.max_seq_len));
   }
   stats->num_prompt_tokens = static_cast<int64_t>(prompt.size() - common);

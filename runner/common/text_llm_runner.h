@@ -31,8 +31,7 @@ int64_t ArgMax(const float* logits, int64_t vocab);
 class TextLLMRunner {
  public:
   // Neither pointer is owned; both must outlive the runner.
-  TextLLMRunner(LLMModel* model, const tokenizers::Tokenizer* tokenizer,
-                SampleFn sample);
+  TextLLMRunner(LLMModel* model, const tokenizers::Tokenizer* tokenizer, SampleFn sample);
 
   // Checks that the tokenizer fits the model (vocab, special ids).
   Result<void> Validate() const;
@@ -40,9 +39,9 @@ class TextLLMRunner {
   // Generates from `prompt`, calling `on_text` with each piece of text as it
   // completes (never half a UTF-8 character) and never with a stop token's.
   // Returns the ids sampled, a final stop id included.
-  Result<std::vector<int64_t>> Generate(
-      const std::string& prompt, const GenerationConfig& config,
-      const std::function<void(const std::string&)>& on_text, Stats* stats);
+  Result<std::vector<int64_t>> Generate(const std::string& prompt, const GenerationConfig& config,
+                                        const std::function<void(const std::string&)>& on_text,
+                                        Stats* stats);
 
   // The same from token ids. The runner remembers which tokens sit in the KV
   // cache, so a prompt that extends them (the next chat turn) prefills only

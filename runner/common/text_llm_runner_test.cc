@@ -41,8 +41,7 @@ TEST_F(TextLLMRunnerTest, PrefillsInOneCallAndStopsAtEos) {
   TextLLMRunner runner(&model, tokenizer_.get(), Greedy());
   std::vector<std::string> pieces;
   Stats stats;
-  auto ids = runner.Generate("ab", {}, [&](const std::string& s) { pieces.push_back(s); },
-                             &stats);
+  auto ids = runner.Generate("ab", {}, [&](const std::string& s) { pieces.push_back(s); }, &stats);
   ASSERT_TRUE(ids.ok()) << ids.error();
   EXPECT_EQ(*ids, (std::vector<int64_t>{kC, Byte(0xC3), Byte(0xA9), kD, 2}));
   // One prefill call of 3 tokens, then one decode call per token but the last.
@@ -74,7 +73,8 @@ TEST_F(TextLLMRunnerTest, PromptLongerThanContextIsAClearError) {
   Stats stats;
   auto ids = runner.Generate("abcd", {}, [](const std::string&) {}, &stats);
   ASSERT_FALSE(ids.ok());
-  EXPECT_EQ(ids.error(), "the prompt is 5 tokens and 0 are in use, but the model's context holds 4");
+  EXPECT_EQ(ids.error(),
+            "the prompt is 5 tokens and 0 are in use, but the model's context holds 4");
   EXPECT_TRUE(model.calls.empty());
 }
 
@@ -100,8 +100,8 @@ TEST_F(TextLLMRunnerTest, APromptThatExtendsTheCachePrefillsOnlyItsSuffix) {
   // The prompt and all sampled tokens but the last are in the cache.
   EXPECT_EQ(runner.cached(), (std::vector<int64_t>{1, kB, kC, kA, kA}));
   model.calls.clear();
-  auto second = runner.GenerateFromIds({1, kB, kC, kA, kA, kA, kD}, config,
-                                       [](const std::string&) {}, &stats);
+  auto second = runner.GenerateFromIds(
+      {1, kB, kC, kA, kA, kA, kD}, config, [](const std::string&) {}, &stats);
   ASSERT_TRUE(second.ok()) << second.error();
   ASSERT_FALSE(model.calls.empty());
   EXPECT_EQ(model.calls[0], (std::pair<int64_t, int64_t>(5, 2)));
@@ -135,7 +135,8 @@ TEST_F(TextLLMRunnerTest, TokenizerLargerThanModelIsRejected) {
   ScriptedModel small({kA}, 8, 8, /*vocab_size=*/200);
   auto v = TextLLMRunner(&small, tokenizer_.get(), Greedy()).Validate();
   ASSERT_FALSE(v.ok());
-  EXPECT_EQ(v.error(), "the tokenizer has 263 tokens but the model only 200: they do not belong together");
+  EXPECT_EQ(v.error(),
+            "the tokenizer has 263 tokens but the model only 200: they do not belong together");
 }
 
 }  // namespace

@@ -16,9 +16,7 @@ using executorch::runtime::Error;
 using executorch::runtime::EValue;
 using tokenizers::MakeError;
 
-std::string ErrorName(Error e) {
-  return executorch::runtime::to_string(e);
-}
+std::string ErrorName(Error e) { return executorch::runtime::to_string(e); }
 
 class EtModel : public LLMModel {
  public:
@@ -27,17 +25,15 @@ class EtModel : public LLMModel {
 
   const ModelMetadata& metadata() const override { return md_; }
 
-  Result<const float*> Forward(const std::vector<int64_t>& tokens,
-                               int64_t start_pos) override {
+  Result<const float*> Forward(const std::vector<int64_t>& tokens, int64_t start_pos) override {
     const auto n = static_cast<executorch::aten::SizesType>(tokens.size());
     // ExecuTorch's LLM export takes the start position as a 1-element
     // tensor; positions of the other tokens follow from it.
     start_pos_ = start_pos;
-    auto tokens_t = executorch::extension::from_blob(
-        const_cast<int64_t*>(tokens.data()), {1, n},
-        executorch::aten::ScalarType::Long);
-    auto pos_t = executorch::extension::from_blob(
-        &start_pos_, {1}, executorch::aten::ScalarType::Long);
+    auto tokens_t = executorch::extension::from_blob(const_cast<int64_t*>(tokens.data()), {1, n},
+                                                     executorch::aten::ScalarType::Long);
+    auto pos_t =
+        executorch::extension::from_blob(&start_pos_, {1}, executorch::aten::ScalarType::Long);
     auto out = module_->forward({EValue(tokens_t), EValue(pos_t)});
     if (!out.ok()) return MakeError("forward failed: " + ErrorName(out.error()));
     if (out->empty() || !(*out)[0].isTensor()) {
@@ -50,8 +46,7 @@ class EtModel : public LLMModel {
     const int64_t vocab = logits.size(logits.dim() - 1);
     if (vocab != md_.vocab_size) {
       return MakeError("the model returned " + std::to_string(vocab) +
-                       " logits; get_vocab_size says " +
-                       std::to_string(md_.vocab_size));
+                       " logits; get_vocab_size says " + std::to_string(md_.vocab_size));
     }
     // Full-sequence logits: the last row is the next token's.
     return logits.const_data_ptr<float>() + (logits.numel() - vocab);
@@ -73,13 +68,11 @@ Result<int64_t> GetInt(Module& m, const char* method) {
 
 }  // namespace
 
-Result<std::unique_ptr<LLMModel>> LoadEtModel(const std::string& path,
-                                              int num_threads) {
+Result<std::unique_ptr<LLMModel>> LoadEtModel(const std::string& path, int num_threads) {
   ConfigureEtThreadPool(num_threads);
   auto module = std::make_unique<Module>(path, Module::LoadMode::MmapUseMlockIgnoreErrors);
   if (const Error e = module->load(); e != Error::Ok) {
-    return MakeError("cannot load " + path + " as an ExecuTorch program (" +
-                     ErrorName(e) + ")");
+    return MakeError("cannot load " + path + " as an ExecuTorch program (" + ErrorName(e) + ")");
   }
   ModelMetadata md;
   for (auto [field, method] : {std::pair{&md.max_seq_len, "get_max_seq_len"},
@@ -96,8 +89,8 @@ Result<std::unique_ptr<LLMModel>> LoadEtModel(const std::string& path,
     }
   }
   if (const Error e = module->load_forward(); e != Error::Ok) {
-    return MakeError("cannot prepare " + path + "'s forward method (" +
-                     ErrorName(e) + "); a missing operator or backend is the usual cause");
+    return MakeError("cannot prepare " + path + "'s forward method (" + ErrorName(e) +
+                     "); a missing operator or backend is the usual cause");
   }
   return std::unique_ptr<LLMModel>(new EtModel(std::move(module), std::move(md)));
 }

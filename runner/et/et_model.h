@@ -10,8 +10,7 @@
 
 namespace torchchat {
 
-Result<std::unique_ptr<LLMModel>> LoadEtModel(const std::string& path,
-                                              int num_threads);
+Result<std::unique_ptr<LLMModel>> LoadEtModel(const std::string& path, int num_threads);
 
 }  // namespace torchchat
 

@@ -37,8 +37,8 @@ struct pthreadpool_executor {
   void (*schedule)(void* executor_context, void* context, void (*task)(void* context));
 };
 size_t pthreadpool_get_threads_count(struct pthreadpool* threadpool);
-bool pthreadpool_update_executor(struct pthreadpool* threadpool, struct pthreadpool_executor* executor,
-                                 void* executor_context);
+bool pthreadpool_update_executor(struct pthreadpool* threadpool,
+                                 struct pthreadpool_executor* executor, void* executor_context);
 }
 
 namespace torchchat {
@@ -122,7 +122,8 @@ class SpinningExecutor {
 
 size_t ConfigureEtThreadPool(int num_threads) {
   namespace tp = executorch::extension::threadpool;
-  if (num_threads > 0) tp::get_threadpool()->_unsafe_reset_threadpool(static_cast<uint32_t>(num_threads));
+  if (num_threads > 0)
+    tp::get_threadpool()->_unsafe_reset_threadpool(static_cast<uint32_t>(num_threads));
   ::pthreadpool* pool = tp::get_pthreadpool();
   if (pool == nullptr) return 1;
   const size_t threads = pthreadpool_get_threads_count(pool);

@@ -3,12 +3,12 @@
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
 #include <atomic>
 #include <chrono>
 #include <mutex>
 #include <random>
 #include <set>
-#include <sys/resource.h>
 #include <thread>
 #include <vector>
 
@@ -29,7 +29,8 @@ TEST(EtThreadPool, ParallelForCoversEveryIndexOnceAcrossGaps) {
       ASSERT_TRUE(executorch::extension::parallel_for(0, kN, grain, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
       }));
-      for (int64_t i = 0; i < kN; ++i) ASSERT_EQ(hits[i].load(), 1) << "index " << i << " round " << round;
+      for (int64_t i = 0; i < kN; ++i)
+        ASSERT_EQ(hits[i].load(), 1) << "index " << i << " round " << round;
       const int gap_us = round % 10 == 9 ? 3000 : int(rng() % 200);
       std::this_thread::sleep_for(std::chrono::microseconds(gap_us));
     }

@@ -72,11 +72,18 @@ def pip_report(py: Path, reqs: list[str], extra: list[str], workdir: Path, tag: 
     req_file.write_text("\n".join(reqs) + "\n")
     report = workdir / f"{tag}.json"
     cmd = [
-        str(py), "-m", "pip", "install",
-        "--dry-run", "--ignore-installed", "--quiet",
+        str(py),
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--ignore-installed",
+        "--quiet",
         "--disable-pip-version-check",
-        "--report", str(report),
-        "-r", str(req_file),
+        "--report",
+        str(report),
+        "-r",
+        str(req_file),
         *extra,
     ]
     if os.path.isdir(TORCH_WHEEL_DIR):
@@ -154,7 +161,9 @@ def generate(in_path: Path) -> str:
         py = work / "venv" / "bin" / "python"
         pip_version = subprocess.run(
             [str(py), "-c", "import pip; print(pip.__version__)"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         items = pip_report(py, normal, [], work, "main")
         items += pip_report(py, no_deps, ["--no-deps"], work, "nodeps")
@@ -174,7 +183,9 @@ def generate(in_path: Path) -> str:
         sys.exit(f"lock.py: refusing to lock CUDA/GPU packages: {bad}")
     torch = entries.get("torch")
     if torch and not torch["version"].endswith("+cpu"):
-        sys.exit(f"lock.py: torch resolved to {torch['version']} ({torch['file']}), not a +cpu build")
+        sys.exit(
+            f"lock.py: torch resolved to {torch['version']} ({torch['file']}), not a +cpu build"
+        )
     missing = sorted(direct - set(entries))
     if missing:
         sys.exit(f"lock.py: direct requirements missing from resolution: {missing}")
@@ -182,21 +193,28 @@ def generate(in_path: Path) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--input", type=Path, default=DEFAULT_IN)
     ap.add_argument("--output", type=Path, default=DEFAULT_LOCK)
     ap.add_argument("--check", action="store_true", help="do not write; exit 1 if --output differs")
     args = ap.parse_args()
 
     if sys.version_info[:2] != TARGET_PYTHON:
-        sys.exit(f"lock.py: run me with python{TARGET_PYTHON[0]}.{TARGET_PYTHON[1]} (got {sys.version.split()[0]})")
+        sys.exit(
+            f"lock.py: run me with python{TARGET_PYTHON[0]}.{TARGET_PYTHON[1]} (got {sys.version.split()[0]})"
+        )
 
     text = generate(args.input)
     old = args.output.read_text() if args.output.exists() else ""
     if args.check:
         if text != old:
-            sys.stdout.writelines(difflib.unified_diff(
-                old.splitlines(True), text.splitlines(True), str(args.output), "regenerated"))
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    old.splitlines(True), text.splitlines(True), str(args.output), "regenerated"
+                )
+            )
             print(f"lock.py: {args.output} is stale", file=sys.stderr)
             return 1
         print(f"lock.py: {args.output} is up to date", file=sys.stderr)

@@ -42,8 +42,9 @@ class Row:
         self.model, self.library, self.cells = model, library, {}
 
 
-def measure(model, library, text, lines, encode, encode_batch=None, decode=None,
-            whole_limit=None, repeat=3):
+def measure(
+    model, library, text, lines, encode, encode_batch=None, decode=None, whole_limit=None, repeat=3
+):
     """encode(str) -> ids; encode_batch(list[str]) -> list; decode(ids) -> str."""
     r = Row(model, library)
     nbytes = len(text.encode())
@@ -81,8 +82,11 @@ def main():
     lines = corpus.lines(text)
     one_mb = corpus.one_mb_line(text)
     nt = args.threads
-    print(f"corpus: {len(text.encode()) / 1e6:.2f} MB, {len(lines)} lines; "
-          f"{os.cpu_count()} CPUs; batch threads: {nt}\n", file=sys.stderr)
+    print(
+        f"corpus: {len(text.encode()) / 1e6:.2f} MB, {len(lines)} lines; "
+        f"{os.cpu_count()} CPUs; batch threads: {nt}\n",
+        file=sys.stderr,
+    )
     rows = []
 
     # Llama 3.2 tokenizer.model (tiktoken format).
@@ -93,20 +97,40 @@ def main():
     model_path = os.path.join(LLAMA, "tokenizer.model")
     ours = L.load(model_path)
     ranks = load_tiktoken_bpe(model_path)
-    ref = tiktoken.Encoding("llama3", pat_str=CL100K_PAT_STR, mergeable_ranks=ranks,
-                            special_tokens={t: len(ranks) + i
-                                            for i, t in enumerate(LLAMA_SPECIAL_TOKENS)})
+    ref = tiktoken.Encoding(
+        "llama3",
+        pat_str=CL100K_PAT_STR,
+        mergeable_ranks=ranks,
+        special_tokens={t: len(ranks) + i for i, t in enumerate(LLAMA_SPECIAL_TOKENS)},
+    )
     name = "Llama 3.2 tokenizer.model"
     # tiktoken on its fastest path (no special-token handling), ours on its
     # default one (special tokens recognised); the corpus has none, so the
     # ids are the same.
-    rows.append(measure(name, "llm_tokenizers", text, lines, ours.encode,
-                        lambda b: ours.encode_batch(b, num_threads=nt), ours.decode))
-    rows.append(measure(name, "tiktoken", text, lines, ref.encode_ordinary,
-                        lambda b: ref.encode_ordinary_batch(b, num_threads=nt), ref.decode))
+    rows.append(
+        measure(
+            name,
+            "llm_tokenizers",
+            text,
+            lines,
+            ours.encode,
+            lambda b: ours.encode_batch(b, num_threads=nt),
+            ours.decode,
+        )
+    )
+    rows.append(
+        measure(
+            name,
+            "tiktoken",
+            text,
+            lines,
+            ref.encode_ordinary,
+            lambda b: ref.encode_ordinary_batch(b, num_threads=nt),
+            ref.decode,
+        )
+    )
     one_mb_rates = {}
-    for lib, enc in (("llm_tokenizers", ours.encode),
-                     ("tiktoken", ref.encode_ordinary)):
+    for lib, enc in (("llm_tokenizers", ours.encode), ("tiktoken", ref.encode_ordinary)):
         one_mb_rates[lib] = len(one_mb.encode()) / best_time(lambda: enc(one_mb), 2) / 1e6
 
     if not args.skip_pytorch_tokenizers:
@@ -114,14 +138,30 @@ def main():
 
         cpp_default = pt.Tiktoken(LLAMA_SPECIAL_TOKENS, 0, 1)
         cpp_default.load(model_path)
-        rows.append(measure(name, "pytorch-tokenizers CppTiktoken (default pattern)", text,
-                            lines, lambda s: cpp_default.encode(s, 0, 0), whole_limit=100_000,
-                            repeat=1))
+        rows.append(
+            measure(
+                name,
+                "pytorch-tokenizers CppTiktoken (default pattern)",
+                text,
+                lines,
+                lambda s: cpp_default.encode(s, 0, 0),
+                whole_limit=100_000,
+                repeat=1,
+            )
+        )
         cpp_full = pt.Tiktoken(CL100K_PAT_STR, LLAMA_SPECIAL_TOKENS, 0, 1)
         cpp_full.load(model_path)
-        rows.append(measure(name, "pytorch-tokenizers CppTiktoken (full pattern)", text,
-                            lines, lambda s: cpp_full.encode(s, 0, 0), whole_limit=100_000,
-                            repeat=1))
+        rows.append(
+            measure(
+                name,
+                "pytorch-tokenizers CppTiktoken (full pattern)",
+                text,
+                lines,
+                lambda s: cpp_full.encode(s, 0, 0),
+                whole_limit=100_000,
+                repeat=1,
+            )
+        )
 
     # Llama 3.2 tokenizer.json.
     from tokenizers import Tokenizer as HfTokenizer
@@ -130,17 +170,43 @@ def main():
     ours_hf = L.load(json_path)
     hf = HfTokenizer.from_file(json_path)
     name = "Llama 3.2 tokenizer.json"
-    rows.append(measure(name, "llm_tokenizers", text, lines, ours_hf.encode,
-                        lambda b: ours_hf.encode_batch(b, num_threads=nt), ours_hf.decode))
-    rows.append(measure(name, "HF tokenizers", text, lines,
-                        lambda s: hf.encode(s, add_special_tokens=False).ids,
-                        lambda b: hf.encode_batch(b, add_special_tokens=False),
-                        hf.decode, repeat=1))
+    rows.append(
+        measure(
+            name,
+            "llm_tokenizers",
+            text,
+            lines,
+            ours_hf.encode,
+            lambda b: ours_hf.encode_batch(b, num_threads=nt),
+            ours_hf.decode,
+        )
+    )
+    rows.append(
+        measure(
+            name,
+            "HF tokenizers",
+            text,
+            lines,
+            lambda s: hf.encode(s, add_special_tokens=False).ids,
+            lambda b: hf.encode_batch(b, add_special_tokens=False),
+            hf.decode,
+            repeat=1,
+        )
+    )
     if not args.skip_pytorch_tokenizers:
         cpp_hf = pt.HFTokenizer()
         cpp_hf.load(json_path)
-        rows.append(measure(name, "pytorch-tokenizers CppHFTokenizer", text, lines,
-                            lambda s: cpp_hf.encode(s, 0, 0), whole_limit=100_000, repeat=1))
+        rows.append(
+            measure(
+                name,
+                "pytorch-tokenizers CppHFTokenizer",
+                text,
+                lines,
+                lambda s: cpp_hf.encode(s, 0, 0),
+                whole_limit=100_000,
+                repeat=1,
+            )
+        )
 
     # SmolLM2's GGUF tokenizer, against HF tokenizers on the tokenizer.json
     # written from it.
@@ -149,37 +215,84 @@ def main():
         L.write_tokenizer_json(GGUF, d)
         hf_gguf = HfTokenizer.from_file(os.path.join(d, "tokenizer.json"))
     name = "SmolLM2 GGUF (gpt2 BPE)"
-    rows.append(measure(name, "llm_tokenizers", text, lines, ours_gguf.encode,
-                        lambda b: ours_gguf.encode_batch(b, num_threads=nt), ours_gguf.decode))
-    rows.append(measure(name, "HF tokenizers", text, lines,
-                        lambda s: hf_gguf.encode(s, add_special_tokens=False).ids,
-                        lambda b: hf_gguf.encode_batch(b, add_special_tokens=False),
-                        hf_gguf.decode, repeat=1))
+    rows.append(
+        measure(
+            name,
+            "llm_tokenizers",
+            text,
+            lines,
+            ours_gguf.encode,
+            lambda b: ours_gguf.encode_batch(b, num_threads=nt),
+            ours_gguf.decode,
+        )
+    )
+    rows.append(
+        measure(
+            name,
+            "HF tokenizers",
+            text,
+            lines,
+            lambda s: hf_gguf.encode(s, add_special_tokens=False).ids,
+            lambda b: hf_gguf.encode_batch(b, add_special_tokens=False),
+            hf_gguf.decode,
+            repeat=1,
+        )
+    )
 
     # SentencePiece test model (unigram), on botchan.txt.
     import sentencepiece as spm
 
     sp_path = os.path.join(corpus.sentencepiece_sdist(), "python", "test", "test_model.model")
-    with open(os.path.join(corpus.sentencepiece_sdist(), "data", "botchan.txt"),
-              encoding="utf-8") as f:
+    with open(
+        os.path.join(corpus.sentencepiece_sdist(), "data", "botchan.txt"), encoding="utf-8"
+    ) as f:
         botchan = f.read()
     blines = corpus.lines(botchan)
     ours_sp = L.load(sp_path)
     sp = spm.SentencePieceProcessor(model_file=sp_path)
     name = "sentencepiece test_model (botchan)"
-    rows.append(measure(name, "llm_tokenizers", botchan, blines, ours_sp.encode,
-                        lambda b: ours_sp.encode_batch(b, num_threads=nt), ours_sp.decode))
-    rows.append(measure(name, "sentencepiece", botchan, blines, sp.encode,
-                        lambda b: sp.encode(b, num_threads=nt), sp.decode))
+    rows.append(
+        measure(
+            name,
+            "llm_tokenizers",
+            botchan,
+            blines,
+            ours_sp.encode,
+            lambda b: ours_sp.encode_batch(b, num_threads=nt),
+            ours_sp.decode,
+        )
+    )
+    rows.append(
+        measure(
+            name,
+            "sentencepiece",
+            botchan,
+            blines,
+            sp.encode,
+            lambda b: sp.encode(b, num_threads=nt),
+            sp.decode,
+        )
+    )
     if not args.skip_pytorch_tokenizers:
         cpp_sp = pt.SPTokenizer()
         cpp_sp.load(sp_path)
-        rows.append(measure(name, "pytorch-tokenizers CppSPTokenizer", botchan, blines,
-                            lambda s: cpp_sp.encode(s, 0, 0)))
+        rows.append(
+            measure(
+                name,
+                "pytorch-tokenizers CppSPTokenizer",
+                botchan,
+                blines,
+                lambda s: cpp_sp.encode(s, 0, 0),
+            )
+        )
 
     # Table.
-    cols = [("whole", "encode whole MB/s"), ("line", "encode per line MB/s"),
-            ("batch", f"encode batch ({nt} thr) MB/s"), ("decode", "decode MB/s")]
+    cols = [
+        ("whole", "encode whole MB/s"),
+        ("line", "encode per line MB/s"),
+        ("batch", f"encode batch ({nt} thr) MB/s"),
+        ("decode", "decode MB/s"),
+    ]
     print("| tokenizer | library | " + " | ".join(c[1] for c in cols) + " |")
     print("|---|---|" + "---|" * len(cols))
     ours_by_model = {r.model: r for r in rows if r.library == "llm_tokenizers"}
@@ -200,8 +313,10 @@ def main():
     print()
     for lib, rate in one_mb_rates.items():
         print(f"1 MB single line, Llama 3 tiktoken, {lib}: {rate:.1f} MB/s")
-    print(f"llm_tokenizers 1 MB line vs per-line cost: per-byte cost ratio "
-          f"{per_line / one_mb_rates['llm_tokenizers']:.2f}x")
+    print(
+        f"llm_tokenizers 1 MB line vs per-line cost: per-byte cost ratio "
+        f"{per_line / one_mb_rates['llm_tokenizers']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,9 @@ def linked_objects(binary):
 
 
 def link_violations(objects, forbidden_prefixes):
-    return [o for o in objects
-            if any(o.rsplit("/", 1)[-1].startswith(p) for p in forbidden_prefixes)]
+    return [
+        o for o in objects if any(o.rsplit("/", 1)[-1].startswith(p) for p in forbidden_prefixes)
+    ]
 
 
 def main():

@@ -57,8 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rc |= run([clang_format, "--dry-run", "-Werror", "--style=file", *cxx], root)
     rc |= run([ruff, "format", "--check", "--quiet", "."], root)
     rc |= run([ruff, "check", "--quiet", "."], root)
-    print("lint: clean" if rc == 0 else "lint: run `tools/bazel run //tools/lint -- --fix`",
-          file=sys.stderr)
+    print(
+        "lint: clean" if rc == 0 else "lint: run `tools/bazel run //tools/lint -- --fix`",
+        file=sys.stderr,
+    )
     return 1 if rc else 0
 
 

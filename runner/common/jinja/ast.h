@@ -18,13 +18,31 @@ struct Expr;
 using ExprPtr = std::unique_ptr<Expr>;
 
 struct Expr {
-  enum class K { kLiteral, kName, kList, kTuple, kDict, kGetAttr, kGetItem,
-                 kSlice, kCall, kFilter, kTest, kNeg, kPos, kNot, kBinary,
-                 kAnd, kOr, kCompare, kCond };
+  enum class K {
+    kLiteral,
+    kName,
+    kList,
+    kTuple,
+    kDict,
+    kGetAttr,
+    kGetItem,
+    kSlice,
+    kCall,
+    kFilter,
+    kTest,
+    kNeg,
+    kPos,
+    kNot,
+    kBinary,
+    kAnd,
+    kOr,
+    kCompare,
+    kCond
+  };
   K kind;
   int line = 0;
   Value literal;
-  std::string name;  // variable, attribute, filter, test or operator
+  std::string name;           // variable, attribute, filter, test or operator
   std::vector<ExprPtr> args;  // operands; kSlice: object, start, stop, step
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
   std::vector<std::string> ops;  // kCompare
@@ -38,8 +56,20 @@ struct Stmt;
 using Body = std::vector<std::unique_ptr<Stmt>>;
 
 struct Stmt {
-  enum class K { kText, kOutput, kIf, kFor, kSet, kSetBlock, kMacro, kBreak,
-                 kContinue, kWith, kFilterBlock, kBody };
+  enum class K {
+    kText,
+    kOutput,
+    kIf,
+    kFor,
+    kSet,
+    kSetBlock,
+    kMacro,
+    kBreak,
+    kContinue,
+    kWith,
+    kFilterBlock,
+    kBody
+  };
   K kind;
   int line = 0;
   std::string text;                  // kText; kMacro: its name

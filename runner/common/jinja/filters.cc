@@ -52,8 +52,8 @@ Value Attribute(const Value& obj, const std::string& path) {
   }
 }
 
-std::vector<Value> SortedItems(std::vector<Value> items, bool reverse,
-                               bool case_sensitive, const Value* attribute) {
+std::vector<Value> SortedItems(std::vector<Value> items, bool reverse, bool case_sensitive,
+                               const Value* attribute) {
   auto key = [&](const Value& v) {
     Value k = attribute && !attribute->none() ? Attribute(v, Str(*attribute)) : v;
     if (!case_sensitive && k.is_str()) k.s = LowerStr(k.s);
@@ -62,8 +62,7 @@ std::vector<Value> SortedItems(std::vector<Value> items, bool reverse,
   std::vector<std::pair<Value, Value>> keyed;
   for (auto& v : items) keyed.emplace_back(key(v), std::move(v));
   std::stable_sort(keyed.begin(), keyed.end(), [&](const auto& a, const auto& b) {
-    return reverse ? Compare(b.first, a.first, "<") < 0
-                   : Compare(a.first, b.first, "<") < 0;
+    return reverse ? Compare(b.first, a.first, "<") < 0 : Compare(a.first, b.first, "<") < 0;
   });
   std::vector<Value> out;
   for (auto& kv : keyed) out.push_back(std::move(kv.second));
@@ -94,9 +93,7 @@ Value Trim(Value in, const FilterCall& c) {
 
 Value Upper(Value in, const FilterCall&) { return Value::Str(UpperStr(Str(in))); }
 Value Lower(Value in, const FilterCall&) { return Value::Str(LowerStr(Str(in))); }
-Value CapitalizeFilter(Value in, const FilterCall&) {
-  return Value::Str(Capitalize(Str(in)));
-}
+Value CapitalizeFilter(Value in, const FilterCall&) { return Value::Str(Capitalize(Str(in))); }
 Value Title(Value in, const FilterCall&) { return Value::Str(JinjaTitle(Str(in))); }
 Value Escape(Value in, const FilterCall&) { return Value::Str(HtmlEscape(Str(in))); }
 
@@ -104,8 +101,7 @@ Value ReplaceFilter(Value in, const FilterCall& c) {
   const Value* o = c.arg(0, "old");
   const Value* n = c.arg(1, "new");
   if (!o || !n) Fail("replace needs 'old' and 'new'");
-  return Value::Str(Replace(Str(in), Str(*o), Str(*n),
-                            IntArg(c.arg(2, "count"), -1, "count")));
+  return Value::Str(Replace(Str(in), Str(*o), Str(*n), IntArg(c.arg(2, "count"), -1, "count")));
 }
 
 Value Center(Value in, const FilterCall& c) {
@@ -123,8 +119,8 @@ Value Wordcount(Value in, const FilterCall&) {
   int64_t words = 0;
   bool in_word = false;
   for (uint32_t c : Decode(Str(in))) {
-    bool w = (c < 0x80 && (IsAlpha(static_cast<char>(c)) ||
-                           IsDigit(static_cast<char>(c)) || c == '_')) ||
+    bool w = (c < 0x80 &&
+              (IsAlpha(static_cast<char>(c)) || IsDigit(static_cast<char>(c)) || c == '_')) ||
              (c >= 0x80 && !IsSpace(c));
     if (w && !in_word) ++words;
     in_word = w;
@@ -239,8 +235,8 @@ Value Tojson(Value in, const FilterCall& c) {
   }
   const Value* seps = c.arg(2, "separators");
   if (seps && !seps->none()) {
-    if (!seps->is_list() || seps->list->items.size() != 2 ||
-        !seps->list->items[0].is_str() || !seps->list->items[1].is_str()) {
+    if (!seps->is_list() || seps->list->items.size() != 2 || !seps->list->items[0].is_str() ||
+        !seps->list->items[1].is_str()) {
       Fail("tojson: separators must be a pair of strings");
     }
     st.item_sep = seps->list->items[0].s;
@@ -300,8 +296,7 @@ Value Batch(Value in, const FilterCall& c) {
   const Value* fill = c.arg(1, "fill_with");
   std::vector<Value> out;
   for (size_t k = 0; k < items.size(); k += size) {
-    std::vector<Value> chunk(items.begin() + k,
-                             items.begin() + std::min(items.size(), k + size));
+    std::vector<Value> chunk(items.begin() + k, items.begin() + std::min(items.size(), k + size));
     while (fill && !fill->none() && static_cast<int64_t>(chunk.size()) < size) {
       chunk.push_back(*fill);
     }
@@ -372,8 +367,7 @@ Value Sum(Value in, const FilterCall& c) {
   const Value* start = c.arg(1, "start");
   Value total = start ? *start : Value::Int(0);
   for (auto& v : items) {
-    total = c.interp.BinaryOp("+", total,
-                              attr && !attr->none() ? Attribute(v, Str(*attr)) : v);
+    total = c.interp.BinaryOp("+", total, attr && !attr->none() ? Attribute(v, Str(*attr)) : v);
   }
   return total;
 }
@@ -495,7 +489,7 @@ static_assert(StrictlySorted(kFilters), "kFilters must be sorted by name, withou
 // Filters jinja2 3.1 has and this engine does not. Only their names matter:
 // the parser lets a template name one, and using it is an error.
 constexpr std::string_view kJinjaOnlyFilters[] = {
-    "filesizeformat", "groupby", "pprint",  "random",   "slice",  "striptags",
+    "filesizeformat", "groupby",   "pprint", "random",   "slice",  "striptags",
     "truncate",       "urlencode", "urlize", "wordwrap", "xmlattr"};
 
 // ------------------------------------------------------------ tests
@@ -539,8 +533,8 @@ bool TestTest(const Value& v, const TestCall&) { return v.is_str() && IsJinjaTes
 bool CaseTest(const Value& v, const TestCall& c) {
   std::vector<Value> none;
   Kwargs kw;
-  return Truthy(c.interp.CallMethod(Value::Str(Str(v)),
-                                    c.name == "lower" ? "islower" : "isupper", none, kw));
+  return Truthy(
+      c.interp.CallMethod(Value::Str(Str(v)), c.name == "lower" ? "islower" : "isupper", none, kw));
 }
 
 bool OddOrEven(const Value& v, const TestCall& c) {
@@ -628,8 +622,7 @@ static_assert(StrictlySorted(kTests), "kTests must be sorted by name, without re
 bool IsFilter(const std::string& name) { return FindFn(kFilters, name) != nullptr; }
 
 bool IsJinjaFilter(const std::string& name) {
-  return IsFilter(name) || std::find(std::begin(kJinjaOnlyFilters),
-                                     std::end(kJinjaOnlyFilters),
+  return IsFilter(name) || std::find(std::begin(kJinjaOnlyFilters), std::end(kJinjaOnlyFilters),
                                      name) != std::end(kJinjaOnlyFilters);
 }
 
@@ -638,8 +631,7 @@ bool IsTest(const std::string& name) { return FindFn(kTests, name) != nullptr; }
 // This engine has every test jinja2 3.1 has.
 bool IsJinjaTest(const std::string& name) { return IsTest(name); }
 
-Value Interp::Filter(const std::string& name, Value in, std::vector<Value>& args,
-                     Kwargs& kwargs) {
+Value Interp::Filter(const std::string& name, Value in, std::vector<Value>& args, Kwargs& kwargs) {
   FilterFn fn = FindFn(kFilters, name);
   if (!fn) {
     // Reached only from the filter chains of {% filter %} and block
@@ -652,8 +644,7 @@ Value Interp::Filter(const std::string& name, Value in, std::vector<Value>& args
   return fn(std::move(in), FilterCall{*this, name, args, kwargs});
 }
 
-bool Interp::ApplyTest(const std::string& name, const Value& v,
-                       const std::vector<Value>& args) {
+bool Interp::ApplyTest(const std::string& name, const Value& v, const std::vector<Value>& args) {
   TestFn fn = FindFn(kTests, name);
   if (!fn) Fail("no test named '" + name + "'");
   return fn(v, TestCall{*this, name, args});

@@ -11,8 +11,8 @@ namespace torchchat::jinja {
 namespace {
 
 // Python slice indices for a sequence of length n.
-std::vector<int64_t> SliceIndices(int64_t n, const Value& start,
-                                  const Value& stop, const Value& step) {
+std::vector<int64_t> SliceIndices(int64_t n, const Value& start, const Value& stop,
+                                  const Value& step) {
   int64_t st = step.none() || step.undefined() ? 1 : step.as_int();
   if (st == 0) Fail("slice step cannot be zero");
   auto adjust = [&](const Value& v, int64_t def) -> int64_t {
@@ -44,8 +44,8 @@ bool Reaches(const Value& v, const DictData* target) {
   while (!stack.empty()) {
     const Value* x = stack.back();
     stack.pop_back();
-    const void* id = x->list ? static_cast<const void*>(x->list.get())
-                             : static_cast<const void*>(x->dict.get());
+    const void* id =
+        x->list ? static_cast<const void*>(x->list.get()) : static_cast<const void*>(x->dict.get());
     if (!id) continue;
     if (id == target) return true;
     if (std::find(seen.begin(), seen.end(), id) != seen.end()) continue;
@@ -67,8 +67,8 @@ ScopePtr Child(const ScopePtr& parent) {
   return s;
 }
 
-const Value* Arg(const std::vector<Value>& args, const Kwargs& kwargs,
-                 size_t idx, const char* name) {
+const Value* Arg(const std::vector<Value>& args, const Kwargs& kwargs, size_t idx,
+                 const char* name) {
   if (idx < args.size()) return &args[idx];
   for (const auto& [k, v] : kwargs) {
     if (k == name) return &v;
@@ -82,9 +82,7 @@ int64_t IntArg(const Value* v, int64_t def, const char* what) {
   return v->as_int();
 }
 
-std::string StrArg(const Value* v, const std::string& def) {
-  return v ? Str(*v) : def;
-}
+std::string StrArg(const Value* v, const std::string& def) { return v ? Str(*v) : def; }
 
 Interp::Interp(const RenderLimits& limits) : limits_(limits) {
   budget_.max_steps = limits.max_steps;
@@ -142,9 +140,9 @@ Interp::Flow Interp::ExecOne(const Stmt& st, const ScopePtr& scope, std::string*
       CheckSize(out->size());
       return Flow::kNormal;
     case Stmt::K::kIf:
-      return Exec(Truthy(Eval(*st.expr, scope)) ? st.body : st.else_body,
-                  scope, out);
-    case Stmt::K::kFor: return ExecFor(st, scope, out);
+      return Exec(Truthy(Eval(*st.expr, scope)) ? st.body : st.else_body, scope, out);
+    case Stmt::K::kFor:
+      return ExecFor(st, scope, out);
     case Stmt::K::kSet: {
       Value v = Eval(*st.expr, scope);
       if (!st.attr.empty()) {
@@ -153,8 +151,7 @@ Interp::Flow Interp::ExecOne(const Stmt& st, const ScopePtr& scope, std::string*
           Fail("cannot assign attribute on non-namespace object");
         }
         if (st.attr[0] == '_') {
-          Fail("cannot store underscore-prefixed attribute '" + st.attr +
-               "' on a namespace");
+          Fail("cannot store underscore-prefixed attribute '" + st.attr + "' on a namespace");
         }
         if (Reaches(v, ns->dict.get())) {
           // Python allows it, but a cycle would outlive the render.
@@ -182,8 +179,10 @@ Interp::Flow Interp::ExecOne(const Stmt& st, const ScopePtr& scope, std::string*
       macro_scopes_.push_back(scope);
       return Flow::kNormal;
     }
-    case Stmt::K::kBreak: return Flow::kBreak;
-    case Stmt::K::kContinue: return Flow::kContinue;
+    case Stmt::K::kBreak:
+      return Flow::kBreak;
+    case Stmt::K::kContinue:
+      return Flow::kContinue;
     case Stmt::K::kWith: {
       ScopePtr inner = Child(scope);
       for (const auto& [name, e] : st.params) {
@@ -198,13 +197,13 @@ Interp::Flow Interp::ExecOne(const Stmt& st, const ScopePtr& scope, std::string*
       CheckSize(out->size());
       return f;
     }
-    case Stmt::K::kBody: return Exec(st.body, scope, out);
+    case Stmt::K::kBody:
+      return Exec(st.body, scope, out);
   }
   return Flow::kNormal;
 }
 
-void Interp::Assign(const std::vector<std::string>& targets, const Value& v,
-                    Scope* scope) {
+void Interp::Assign(const std::vector<std::string>& targets, const Value& v, Scope* scope) {
   if (targets.size() == 1) {
     scope->vars[targets[0]] = v;
     return;
@@ -212,11 +211,9 @@ void Interp::Assign(const std::vector<std::string>& targets, const Value& v,
   std::vector<Value> items = Iterate(v);
   if (items.size() != targets.size()) {
     Fail(items.size() > targets.size()
-             ? "too many values to unpack (expected " +
-                   std::to_string(targets.size()) + ")"
-             : "not enough values to unpack (expected " +
-                   std::to_string(targets.size()) + ", got " +
-                   std::to_string(items.size()) + ")");
+             ? "too many values to unpack (expected " + std::to_string(targets.size()) + ")"
+             : "not enough values to unpack (expected " + std::to_string(targets.size()) +
+                   ", got " + std::to_string(items.size()) + ")");
   }
   for (size_t k = 0; k < targets.size(); ++k) scope->vars[targets[k]] = items[k];
 }
@@ -266,7 +263,8 @@ Interp::Flow Interp::ExecFor(const Stmt& st, const ScopePtr& scope, std::string*
 
 Value Interp::EvalImpl(const Expr& e, const ScopePtr& scope) {
   switch (e.kind) {
-    case Expr::K::kLiteral: return e.literal;
+    case Expr::K::kLiteral:
+      return e.literal;
     case Expr::K::kName: {
       const Value* v = scope->Find(e.name);
       return v ? *v : Value::Undefined("'" + e.name + "' is undefined");
@@ -306,25 +304,24 @@ Value Interp::EvalImpl(const Expr& e, const ScopePtr& scope) {
       if (obj.is_str()) {
         std::vector<uint32_t> cps = Decode(obj.s);
         std::string s;
-        for (int64_t k : SliceIndices(static_cast<int64_t>(cps.size()),
-                                      parts[0], parts[1], parts[2])) {
+        for (int64_t k :
+             SliceIndices(static_cast<int64_t>(cps.size()), parts[0], parts[1], parts[2])) {
           AppendCp(cps[k], &s);
         }
         return Value::Str(std::move(s));
       }
       if (obj.is_list()) {
         std::vector<Value> items;
-        for (int64_t k : SliceIndices(
-                 static_cast<int64_t>(obj.list->items.size()), parts[0],
-                 parts[1], parts[2])) {
+        for (int64_t k : SliceIndices(static_cast<int64_t>(obj.list->items.size()), parts[0],
+                                      parts[1], parts[2])) {
           items.push_back(obj.list->items[k]);
         }
         return Value::List(std::move(items), obj.list->tuple);
       }
-      return Value::Undefined(std::string("'") + TypeName(obj) +
-                              " object' is not subscriptable");
+      return Value::Undefined(std::string("'") + TypeName(obj) + " object' is not subscriptable");
     }
-    case Expr::K::kCall: return EvalCall(e, scope);
+    case Expr::K::kCall:
+      return EvalCall(e, scope);
     case Expr::K::kFilter: {
       Value in = Eval(*e.args[0], scope);
       if (!e.runtime_error.empty()) Fail(e.runtime_error);
@@ -346,8 +343,8 @@ Value Interp::EvalImpl(const Expr& e, const ScopePtr& scope) {
       Value v = Eval(*e.args[0], scope);
       if (v.undefined()) FailUndefined(v);
       if (!v.is_num()) {
-        Fail(std::string("bad operand type for unary ") +
-             (e.kind == Expr::K::kNeg ? "-" : "+") + ": '" + TypeName(v) + "'");
+        Fail(std::string("bad operand type for unary ") + (e.kind == Expr::K::kNeg ? "-" : "+") +
+             ": '" + TypeName(v) + "'");
       }
       if (e.kind == Expr::K::kPos) {
         return v.t == Value::T::kFloat ? v : Value::Int(v.as_int());
@@ -355,7 +352,8 @@ Value Interp::EvalImpl(const Expr& e, const ScopePtr& scope) {
       if (v.t == Value::T::kFloat) return Value::Float(-v.f);
       return Value::Int(CheckedMul(v.as_int(), -1));
     }
-    case Expr::K::kNot: return Value::Bool(!Truthy(Eval(*e.args[0], scope)));
+    case Expr::K::kNot:
+      return Value::Bool(!Truthy(Eval(*e.args[0], scope)));
     case Expr::K::kAnd: {
       Value l = Eval(*e.args[0], scope);
       return Truthy(l) ? Eval(*e.args[1], scope) : l;
@@ -372,14 +370,17 @@ Value Interp::EvalImpl(const Expr& e, const ScopePtr& scope) {
         Value r = Eval(*e.args[k + 1], scope);
         const std::string& op = e.ops[k];
         bool ok;
-        if (op == "==") ok = Equal(l, r);
-        else if (op == "!=") ok = !Equal(l, r);
-        else if (op == "in") ok = Contains(r, l);
-        else if (op == "not in") ok = !Contains(r, l);
+        if (op == "==")
+          ok = Equal(l, r);
+        else if (op == "!=")
+          ok = !Equal(l, r);
+        else if (op == "in")
+          ok = Contains(r, l);
+        else if (op == "not in")
+          ok = !Contains(r, l);
         else {
           int c = Compare(l, r, op.c_str());
-          ok = op == "<" ? c < 0 : op == ">" ? c > 0 : op == "<=" ? c <= 0
-                                                                  : c >= 0;
+          ok = op == "<" ? c < 0 : op == ">" ? c > 0 : op == "<=" ? c <= 0 : c >= 0;
         }
         if (!ok) return Value::Bool(false);
         l = std::move(r);
@@ -389,9 +390,8 @@ Value Interp::EvalImpl(const Expr& e, const ScopePtr& scope) {
     case Expr::K::kCond: {
       if (Truthy(Eval(*e.args[0], scope))) return Eval(*e.args[1], scope);
       if (e.args.size() > 2) return Eval(*e.args[2], scope);
-      return Value::Undefined(
-          "the inline if-expression on line " + std::to_string(e.line) +
-          " evaluated to false and no else section was defined.");
+      return Value::Undefined("the inline if-expression on line " + std::to_string(e.line) +
+                              " evaluated to false and no else section was defined.");
     }
   }
   return Value();
@@ -413,8 +413,7 @@ Value Interp::BinaryOp(const std::string& op, const Value& l, const Value& r) {
     }
     if (op == "-") {
       return floats ? Value::Float(l.as_float() - r.as_float())
-                    : Value::Int(CheckedAdd(l.as_int(),
-                                            CheckedMul(r.as_int(), -1)));
+                    : Value::Int(CheckedAdd(l.as_int(), CheckedMul(r.as_int(), -1)));
     }
     if (op == "*") {
       return floats ? Value::Float(l.as_float() * r.as_float())
@@ -453,8 +452,7 @@ Value Interp::BinaryOp(const std::string& op, const Value& l, const Value& r) {
     CheckSize(l.s.size() + r.s.size());
     return Value::Str(l.s + r.s);
   }
-  if (op == "+" && l.is_list() && r.is_list() &&
-      l.list->tuple == r.list->tuple) {
+  if (op == "+" && l.is_list() && r.is_list() && l.list->tuple == r.list->tuple) {
     std::vector<Value> items = l.list->items;
     items.insert(items.end(), r.list->items.begin(), r.list->items.end());
     return Value::List(std::move(items), l.list->tuple);
@@ -479,8 +477,8 @@ Value Interp::BinaryOp(const std::string& op, const Value& l, const Value& r) {
     return Value::List(std::move(items), seq.list->tuple);
   }
   if (op == "%" && l.is_str()) return Value::Str(PercentFormat(l.s, r));
-  Fail("unsupported operand type(s) for " + op + ": '" + TypeName(l) +
-       "' and '" + TypeName(r) + "'");
+  Fail("unsupported operand type(s) for " + op + ": '" + TypeName(l) + "' and '" + TypeName(r) +
+       "'");
 }
 
 Value Interp::EvalCall(const Expr& e, const ScopePtr& scope) {
@@ -517,12 +515,12 @@ Value Interp::CallValue(const Value& fn, std::vector<Value>& args, Kwargs& kwarg
 Value Interp::CallMacro(const Macro& m, std::vector<Value>& args, Kwargs& kwargs) {
   const Stmt& def = *m.def;
   if (args.size() > def.params.size()) {
-    Fail("macro '" + def.text + "' takes not more than " +
-         std::to_string(def.params.size()) + " argument(s)");
+    Fail("macro '" + def.text + "' takes not more than " + std::to_string(def.params.size()) +
+         " argument(s)");
   }
   if (++call_depth_ > limits_.max_call_depth) {
-    Fail("macro calls nested deeper than " +
-         std::to_string(limits_.max_call_depth) + " (runaway recursion?)");
+    Fail("macro calls nested deeper than " + std::to_string(limits_.max_call_depth) +
+         " (runaway recursion?)");
   }
   ScopePtr s = Child(m.closure);
   for (size_t k = 0; k < def.params.size(); ++k) {
@@ -538,8 +536,7 @@ Value Interp::CallMacro(const Macro& m, std::vector<Value>& args, Kwargs& kwargs
     } else if (def_expr) {
       s->vars[name] = Eval(*def_expr, s);
     } else {
-      s->vars[name] =
-          Value::Undefined("parameter '" + name + "' was not provided");
+      s->vars[name] = Value::Undefined("parameter '" + name + "' was not provided");
     }
   }
   for (const auto& [kn, kv] : kwargs) {

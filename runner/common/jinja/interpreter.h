@@ -45,8 +45,8 @@ struct Macro {
 };
 
 // Argument `idx` (positional) or `name` (keyword) of a filter or method.
-const Value* Arg(const std::vector<Value>& args, const Kwargs& kwargs,
-                 size_t idx, const char* name);
+const Value* Arg(const std::vector<Value>& args, const Kwargs& kwargs, size_t idx,
+                 const char* name);
 // An optional integer argument; none or absent gives `def`.
 int64_t IntArg(const Value* v, int64_t def, const char* what);
 std::string StrArg(const Value* v, const std::string& def);
@@ -89,19 +89,16 @@ class Interp {
   void CheckSize(size_t n) const;
   Value BinaryOp(const std::string& op, const Value& l, const Value& r);
   // Defined in filters.cc.
-  Value Filter(const std::string& name, Value in, std::vector<Value>& args,
-               Kwargs& kwargs);
-  bool ApplyTest(const std::string& name, const Value& v,
-                 const std::vector<Value>& args);
+  Value Filter(const std::string& name, Value in, std::vector<Value>& args, Kwargs& kwargs);
+  bool ApplyTest(const std::string& name, const Value& v, const std::vector<Value>& args);
   // Defined in methods.cc.
   static bool HasMethod(const Value& obj, const std::string& name);
-  Value CallMethod(const Value& obj, const std::string& name,
-                   std::vector<Value>& args, Kwargs& kwargs);
+  Value CallMethod(const Value& obj, const std::string& name, std::vector<Value>& args,
+                   Kwargs& kwargs);
 
  private:
   Flow ExecOne(const Stmt& st, const ScopePtr& scope, std::string* out);
-  void Assign(const std::vector<std::string>& targets, const Value& v,
-              Scope* scope);
+  void Assign(const std::vector<std::string>& targets, const Value& v, Scope* scope);
   Flow ExecFor(const Stmt& st, const ScopePtr& scope, std::string* out);
   Value EvalImpl(const Expr& e, const ScopePtr& scope);
   Value EvalCall(const Expr& e, const ScopePtr& scope);

@@ -19,20 +19,33 @@ void JsonString(const std::string& s, bool ensure_ascii, std::string* out) {
   out->push_back('"');
   for (uint32_t c : Decode(s)) {
     switch (c) {
-      case '"': *out += "\\\""; break;
-      case '\\': *out += "\\\\"; break;
-      case '\n': *out += "\\n"; break;
-      case '\r': *out += "\\r"; break;
-      case '\t': *out += "\\t"; break;
-      case '\b': *out += "\\b"; break;
-      case '\f': *out += "\\f"; break;
+      case '"':
+        *out += "\\\"";
+        break;
+      case '\\':
+        *out += "\\\\";
+        break;
+      case '\n':
+        *out += "\\n";
+        break;
+      case '\r':
+        *out += "\\r";
+        break;
+      case '\t':
+        *out += "\\t";
+        break;
+      case '\b':
+        *out += "\\b";
+        break;
+      case '\f':
+        *out += "\\f";
+        break;
       default: {
         char b[16];
         if (c < 0x20 || (ensure_ascii && c >= 0x7f && c < kRawByte)) {
           if (c >= 0x10000) {
             uint32_t v = c - 0x10000;
-            std::snprintf(b, sizeof b, "\\u%04x\\u%04x", 0xd800 + (v >> 10),
-                          0xdc00 + (v & 0x3ff));
+            std::snprintf(b, sizeof b, "\\u%04x\\u%04x", 0xd800 + (v >> 10), 0xdc00 + (v & 0x3ff));
           } else {
             std::snprintf(b, sizeof b, "\\u%04x", c);
           }
@@ -55,18 +68,32 @@ void JsonDump(const Value& v, const JsonStyle& st, int depth, std::string* out) 
     for (int k = 0; k < d; ++k) *out += st.indent;
   };
   switch (v.t) {
-    case Value::T::kNone: *out += "null"; return;
-    case Value::T::kBool: *out += v.b ? "true" : "false"; return;
-    case Value::T::kInt: *out += std::to_string(v.i); return;
-    case Value::T::kFloat:
-      if (std::isnan(v.f)) *out += "NaN";
-      else if (std::isinf(v.f)) *out += v.f > 0 ? "Infinity" : "-Infinity";
-      else *out += FloatRepr(v.f);
+    case Value::T::kNone:
+      *out += "null";
       return;
-    case Value::T::kString: JsonString(v.s, st.ensure_ascii, out); return;
+    case Value::T::kBool:
+      *out += v.b ? "true" : "false";
+      return;
+    case Value::T::kInt:
+      *out += std::to_string(v.i);
+      return;
+    case Value::T::kFloat:
+      if (std::isnan(v.f))
+        *out += "NaN";
+      else if (std::isinf(v.f))
+        *out += v.f > 0 ? "Infinity" : "-Infinity";
+      else
+        *out += FloatRepr(v.f);
+      return;
+    case Value::T::kString:
+      JsonString(v.s, st.ensure_ascii, out);
+      return;
     case Value::T::kList: {
       const auto& items = v.list->items;
-      if (items.empty()) { *out += "[]"; return; }
+      if (items.empty()) {
+        *out += "[]";
+        return;
+      }
       out->push_back('[');
       for (size_t k = 0; k < items.size(); ++k) {
         if (k) *out += st.item_sep;
@@ -81,23 +108,31 @@ void JsonDump(const Value& v, const JsonStyle& st, int depth, std::string* out) 
     case Value::T::kDict: {
       std::vector<const std::pair<Value, Value>*> items;
       for (const auto& kv : v.dict->items) items.push_back(&kv);
-      if (items.empty()) { *out += "{}"; return; }
+      if (items.empty()) {
+        *out += "{}";
+        return;
+      }
       auto key_str = [](const Value& k) -> std::string {
         switch (k.t) {
-          case Value::T::kString: return k.s;
-          case Value::T::kNone: return "null";
-          case Value::T::kBool: return k.b ? "true" : "false";
-          case Value::T::kInt: return std::to_string(k.i);
-          case Value::T::kFloat: return FloatRepr(k.f);
+          case Value::T::kString:
+            return k.s;
+          case Value::T::kNone:
+            return "null";
+          case Value::T::kBool:
+            return k.b ? "true" : "false";
+          case Value::T::kInt:
+            return std::to_string(k.i);
+          case Value::T::kFloat:
+            return FloatRepr(k.f);
           default:
             Fail(std::string("tojson: keys must be str, int, float, bool or "
-                             "None, not ") + TypeName(k));
+                             "None, not ") +
+                 TypeName(k));
         }
       };
       if (st.sort_keys) {
-        std::stable_sort(items.begin(), items.end(), [](auto* x, auto* y) {
-          return Compare(x->first, y->first, "<") < 0;
-        });
+        std::stable_sort(items.begin(), items.end(),
+                         [](auto* x, auto* y) { return Compare(x->first, y->first, "<") < 0; });
       }
       out->push_back('{');
       for (size_t k = 0; k < items.size(); ++k) {
@@ -112,8 +147,7 @@ void JsonDump(const Value& v, const JsonStyle& st, int depth, std::string* out) 
       return;
     }
     default:
-      Fail(std::string("Object of type ") + TypeName(v) +
-           " is not JSON serializable");
+      Fail(std::string("Object of type ") + TypeName(v) + " is not JSON serializable");
   }
 }
 
@@ -135,8 +169,8 @@ class JsonReader {
     Fail("variables JSON: " + msg + " at byte " + std::to_string(p_));
   }
   void Ws() {
-    while (p_ < t_.size() && (t_[p_] == ' ' || t_[p_] == '\t' ||
-                              t_[p_] == '\n' || t_[p_] == '\r')) {
+    while (p_ < t_.size() &&
+           (t_[p_] == ' ' || t_[p_] == '\t' || t_[p_] == '\n' || t_[p_] == '\r')) {
       ++p_;
     }
   }
@@ -179,14 +213,30 @@ class JsonReader {
       if (p_ >= t_.size()) Error("unterminated string");
       char e = t_[p_++];
       switch (e) {
-        case '"': out.push_back('"'); break;
-        case '\\': out.push_back('\\'); break;
-        case '/': out.push_back('/'); break;
-        case 'b': out.push_back('\b'); break;
-        case 'f': out.push_back('\f'); break;
-        case 'n': out.push_back('\n'); break;
-        case 'r': out.push_back('\r'); break;
-        case 't': out.push_back('\t'); break;
+        case '"':
+          out.push_back('"');
+          break;
+        case '\\':
+          out.push_back('\\');
+          break;
+        case '/':
+          out.push_back('/');
+          break;
+        case 'b':
+          out.push_back('\b');
+          break;
+        case 'f':
+          out.push_back('\f');
+          break;
+        case 'n':
+          out.push_back('\n');
+          break;
+        case 'r':
+          out.push_back('\r');
+          break;
+        case 't':
+          out.push_back('\t');
+          break;
         case 'u': {
           uint32_t cp = Hex4();
           if (cp >= 0xd800 && cp < 0xdc00 && t_.compare(p_, 2, "\\u") == 0) {
@@ -204,7 +254,8 @@ class JsonReader {
           AppendCp(cp, &out);
           break;
         }
-        default: Error("bad escape");
+        default:
+          Error("bad escape");
       }
     }
   }
@@ -243,8 +294,8 @@ class JsonReader {
     size_t b = p_;
     if (p_ < t_.size() && t_[p_] == '-') ++p_;
     bool is_float = false;
-    while (p_ < t_.size() && (IsDigit(t_[p_]) || t_[p_] == '.' || t_[p_] == 'e' ||
-                              t_[p_] == 'E' || t_[p_] == '+' || t_[p_] == '-')) {
+    while (p_ < t_.size() && (IsDigit(t_[p_]) || t_[p_] == '.' || t_[p_] == 'e' || t_[p_] == 'E' ||
+                              t_[p_] == '+' || t_[p_] == '-')) {
       is_float |= !IsDigit(t_[p_]);
       ++p_;
     }

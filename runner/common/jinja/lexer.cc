@@ -40,8 +40,7 @@ void Lexer::LineCol(size_t pos, int* line, int* col) const {
 void Lexer::Error(size_t pos, const std::string& msg) const {
   int line, col;
   LineCol(pos, &line, &col);
-  Fail("line " + std::to_string(line) + ", column " + std::to_string(col) +
-       ": " + msg);
+  Fail("line " + std::to_string(line) + ", column " + std::to_string(col) + ": " + msg);
 }
 
 std::vector<Token> Lexer::Run() {
@@ -52,8 +51,7 @@ std::vector<Token> Lexer::Run() {
     size_t p = pos;
     char kind = 0;
     for (; p + 1 < n; ++p) {
-      if (src_[p] == '{' &&
-          (src_[p + 1] == '{' || src_[p + 1] == '%' || src_[p + 1] == '#')) {
+      if (src_[p] == '{' && (src_[p + 1] == '{' || src_[p + 1] == '%' || src_[p + 1] == '#')) {
         kind = src_[p + 1];
         break;
       }
@@ -65,8 +63,7 @@ std::vector<Token> Lexer::Run() {
     size_t q = p + 2;
     char sign = q < n && (src_[q] == '-' || src_[q] == '+') ? src_[q] : 0;
     if (sign) ++q;
-    EmitLeadingText(src_.substr(pos, p - pos), pos, sign, kind != '{',
-                    line_starting);
+    EmitLeadingText(src_.substr(pos, p - pos), pos, sign, kind != '{', line_starting);
     if (kind == '#') {
       pos = Comment(q, p, &line_starting);
     } else if (kind == '%' && RawBegin(q, &pos)) {
@@ -86,15 +83,14 @@ void Lexer::Emit(Tok t, std::string v, size_t pos) {
 }
 
 // The text before a tag, with the tag's whitespace control applied.
-void Lexer::EmitLeadingText(std::string text, size_t pos, char sign,
-                            bool lstrip_kind, bool line_starting) {
+void Lexer::EmitLeadingText(std::string text, size_t pos, char sign, bool lstrip_kind,
+                            bool line_starting) {
   if (sign == '-') {
     text = PyStrip(text, false, true);
   } else if (sign != '+' && opt_.lstrip_blocks && lstrip_kind) {
     size_t l = text.rfind('\n');
     l = l == std::string::npos ? 0 : l + 1;
-    if ((l > 0 || line_starting) && l < text.size() &&
-        AllSpace(std::string_view(text).substr(l))) {
+    if ((l > 0 || line_starting) && l < text.size() && AllSpace(std::string_view(text).substr(l))) {
       text.resize(l);
     }
   }
@@ -102,8 +98,7 @@ void Lexer::EmitLeadingText(std::string text, size_t pos, char sign,
 }
 
 bool Lexer::IsWs(char c) const {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' ||
-         c == '\v';
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
 
 size_t Lexer::SkipWs(size_t k) const {
@@ -114,8 +109,8 @@ size_t Lexer::SkipWs(size_t k) const {
 size_t Lexer::Comment(size_t q, size_t start, bool* line_starting) {
   const size_t n = src_.size();
   for (size_t k = q; k + 1 < n; ++k) {
-    if (k + 2 < n && (src_[k] == '+' || src_[k] == '-') &&
-        src_[k + 1] == '#' && src_[k + 2] == '}') {
+    if (k + 2 < n && (src_[k] == '+' || src_[k] == '-') && src_[k + 1] == '#' &&
+        src_[k + 2] == '}') {
       size_t end = k + 3;
       if (src_[k] == '-') end = SkipWs(end);
       *line_starting = src_[end - 1] == '\n';
@@ -176,8 +171,7 @@ size_t Lexer::Raw(size_t begin, bool* line_starting) {
     } else {
       continue;
     }
-    EmitLeadingText(src_.substr(begin, p - begin), begin, sign, true,
-                    starting);
+    EmitLeadingText(src_.substr(begin, p - begin), begin, sign, true, starting);
     *line_starting = src_[end - 1] == '\n';
     return end;
   }
@@ -239,10 +233,9 @@ size_t Lexer::Tag(size_t k, bool block, bool* line_starting) {
       k = String(k);
       continue;
     }
-    static const char* kOps[] = {"//", "**", "==", "!=", ">=", "<=", "+",
-                                 "-",  "/",  "*",  "%",  "~",  "[",  "]",
-                                 "(",  ")",  "{",  "}",  ">",  "<",  "=",
-                                 ".",  ":",  "|",  ",",  ";"};
+    static const char* kOps[] = {"//", "**", "==", "!=", ">=", "<=", "+", "-", "/",
+                                 "*",  "%",  "~",  "[",  "]",  "(",  ")", "{", "}",
+                                 ">",  "<",  "=",  ".",  ":",  "|",  ",", ";"};
     const char* op = nullptr;
     for (const char* o : kOps) {
       if (src_.compare(k, std::strlen(o), o) == 0) {
@@ -255,8 +248,7 @@ size_t Lexer::Tag(size_t k, bool block, bool* line_starting) {
       if (c > 0x20 && c < 0x7f) {
         std::snprintf(shown, sizeof shown, "'%c'", c);
       } else {
-        std::snprintf(shown, sizeof shown, "0x%02x",
-                      static_cast<unsigned char>(c));
+        std::snprintf(shown, sizeof shown, "0x%02x", static_cast<unsigned char>(c));
       }
       Error(k, std::string("unexpected char ") + shown);
     }
@@ -266,8 +258,7 @@ size_t Lexer::Tag(size_t k, bool block, bool* line_starting) {
     } else if (o == ")" || o == "]" || o == "}") {
       if (balance.empty()) Error(k, "unexpected '" + o + "'");
       if (balance.back() != o[0]) {
-        Error(k, "unexpected '" + o + "', expected '" +
-                     std::string(1, balance.back()) + "'");
+        Error(k, "unexpected '" + o + "', expected '" + std::string(1, balance.back()) + "'");
       }
       balance.pop_back();
     }
@@ -279,8 +270,7 @@ size_t Lexer::Tag(size_t k, bool block, bool* line_starting) {
 size_t Lexer::Digits(size_t k) const {
   // Digit runs with single underscores between digits, as Python allows.
   while (k < src_.size() &&
-         (IsDigit(src_[k]) ||
-          (src_[k] == '_' && k + 1 < src_.size() && IsDigit(src_[k + 1])))) {
+         (IsDigit(src_[k]) || (src_[k] == '_' && k + 1 < src_.size() && IsDigit(src_[k + 1])))) {
     ++k;
   }
   return k;
@@ -289,14 +279,11 @@ size_t Lexer::Digits(size_t k) const {
 size_t Lexer::Number(size_t k) {
   const size_t n = src_.size();
   size_t start = k;
-  if (src_[k] == '0' && k + 1 < n &&
-      std::strchr("xXoObB", src_[k + 1]) != nullptr) {
-    int base = std::strchr("xX", src_[k + 1]) ? 16
-               : std::strchr("oO", src_[k + 1]) ? 8 : 2;
+  if (src_[k] == '0' && k + 1 < n && std::strchr("xXoObB", src_[k + 1]) != nullptr) {
+    int base = std::strchr("xX", src_[k + 1]) ? 16 : std::strchr("oO", src_[k + 1]) ? 8 : 2;
     size_t e = k + 2;
     std::string digits;
-    while (e < n && (std::isxdigit(static_cast<unsigned char>(src_[e])) ||
-                     src_[e] == '_')) {
+    while (e < n && (std::isxdigit(static_cast<unsigned char>(src_[e])) || src_[e] == '_')) {
       if (src_[e] != '_') digits.push_back(src_[e]);
       ++e;
     }
@@ -373,25 +360,51 @@ size_t Lexer::String(size_t k) {
       AppendCp(v, &out);
     };
     switch (x) {
-      case '\n': break;  // line continuation
-      case '\\': out.push_back('\\'); break;
-      case '\'': out.push_back('\''); break;
-      case '"': out.push_back('"'); break;
-      case 'a': out.push_back('\a'); break;
-      case 'b': out.push_back('\b'); break;
-      case 'f': out.push_back('\f'); break;
-      case 'n': out.push_back('\n'); break;
-      case 'r': out.push_back('\r'); break;
-      case 't': out.push_back('\t'); break;
-      case 'v': out.push_back('\v'); break;
-      case 'x': hex(2); break;
-      case 'u': hex(4); break;
-      case 'U': hex(8); break;
+      case '\n':
+        break;  // line continuation
+      case '\\':
+        out.push_back('\\');
+        break;
+      case '\'':
+        out.push_back('\'');
+        break;
+      case '"':
+        out.push_back('"');
+        break;
+      case 'a':
+        out.push_back('\a');
+        break;
+      case 'b':
+        out.push_back('\b');
+        break;
+      case 'f':
+        out.push_back('\f');
+        break;
+      case 'n':
+        out.push_back('\n');
+        break;
+      case 'r':
+        out.push_back('\r');
+        break;
+      case 't':
+        out.push_back('\t');
+        break;
+      case 'v':
+        out.push_back('\v');
+        break;
+      case 'x':
+        hex(2);
+        break;
+      case 'u':
+        hex(4);
+        break;
+      case 'U':
+        hex(8);
+        break;
       default:
         if (x >= '0' && x <= '7') {
           uint32_t v = x - '0';
-          for (int j = 0; j < 2 && e < n && src_[e] >= '0' && src_[e] <= '7';
-               ++j) {
+          for (int j = 0; j < 2 && e < n && src_[e] >= '0' && src_[e] <= '7'; ++j) {
             v = v * 8 + (src_[e++] - '0');
           }
           AppendCp(v, &out);

@@ -12,8 +12,19 @@
 
 namespace torchchat::jinja {
 
-enum class Tok { kText, kVarBegin, kVarEnd, kBlockBegin, kBlockEnd, kName,
-                 kString, kInt, kFloat, kOp, kEof };
+enum class Tok {
+  kText,
+  kVarBegin,
+  kVarEnd,
+  kBlockBegin,
+  kBlockEnd,
+  kName,
+  kString,
+  kInt,
+  kFloat,
+  kOp,
+  kEof
+};
 
 struct Token {
   Tok type;
@@ -42,8 +53,8 @@ class Lexer {
 
  private:
   void Emit(Tok t, std::string v, size_t pos);
-  void EmitLeadingText(std::string text, size_t pos, char sign,
-                       bool lstrip_kind, bool line_starting);
+  void EmitLeadingText(std::string text, size_t pos, char sign, bool lstrip_kind,
+                       bool line_starting);
   bool IsWs(char c) const;
   size_t SkipWs(size_t k) const;
   size_t Comment(size_t q, size_t start, bool* line_starting);

@@ -18,8 +18,7 @@ namespace torchchat::jinja {
 namespace {
 
 // str.split; a null or none separator splits on runs of whitespace.
-std::vector<std::string> PySplit(const std::string& s, const Value* sep_v,
-                                 int64_t maxsplit) {
+std::vector<std::string> PySplit(const std::string& s, const Value* sep_v, int64_t maxsplit) {
   std::vector<std::string> parts;
   if (maxsplit < 0) maxsplit = std::numeric_limits<int64_t>::max();
   if (!sep_v || sep_v->none()) {
@@ -63,7 +62,6 @@ Value StrList(const std::vector<std::string>& parts) {
   for (const auto& p : parts) items.push_back(Value::Str(p));
   return Value::List(std::move(items));
 }
-
 
 // One method call; `name` as written, for methods sharing an
 // implementation and for messages.
@@ -161,8 +159,7 @@ constexpr NamedFn<MethodFn> kListMethods[] = {
 
 // strip, lstrip and rstrip.
 Value Strip(const Value& obj, const MethodCall& c) {
-  return Value::Str(PyStrip(obj.s, c.name != "rstrip", c.name != "lstrip",
-                            c.str_arg(0, "chars")));
+  return Value::Str(PyStrip(obj.s, c.name != "rstrip", c.name != "lstrip", c.str_arg(0, "chars")));
 }
 
 // split and rsplit, which differ only with a maxsplit.
@@ -172,9 +169,7 @@ Value Split(const Value& obj, const MethodCall& c) {
   return StrList(PySplit(obj.s, c.arg(0, "sep"), maxsplit));
 }
 
-Value Splitlines(const Value& obj, const MethodCall&) {
-  return StrList(SplitLines(obj.s));
-}
+Value Splitlines(const Value& obj, const MethodCall&) { return StrList(SplitLines(obj.s)); }
 
 // startswith and endswith; the argument may be a tuple of candidates.
 Value StartsOrEndsWith(const Value& obj, const MethodCall& c) {
@@ -185,10 +180,9 @@ Value StartsOrEndsWith(const Value& obj, const MethodCall& c) {
       p->is_list() && p->list->tuple ? p->list->items : std::vector<Value>{*p};
   for (const auto& o : options) {
     if (!o.is_str()) Fail(c.name + " first arg must be str or a tuple of str");
-    bool hit = c.name == "startswith"
-                   ? s.compare(0, o.s.size(), o.s) == 0
-                   : s.size() >= o.s.size() &&
-                         s.compare(s.size() - o.s.size(), o.s.size(), o.s) == 0;
+    bool hit = c.name == "startswith" ? s.compare(0, o.s.size(), o.s) == 0
+                                      : s.size() >= o.s.size() &&
+                                            s.compare(s.size() - o.s.size(), o.s.size(), o.s) == 0;
     if (hit) return Value::Bool(true);
   }
   return Value::Bool(false);
@@ -307,11 +301,16 @@ static_assert(StrictlySorted(kLoopMethods) && StrictlySorted(kDictMethods) &&
 
 MethodFn FindMethod(const Value& obj, const std::string& name) {
   switch (obj.t) {
-    case Value::T::kString: return FindFn(kStrMethods, name);
-    case Value::T::kDict: return FindFn(kDictMethods, name);
-    case Value::T::kList: return FindFn(kListMethods, name);
-    case Value::T::kLoop: return FindFn(kLoopMethods, name);
-    default: return nullptr;
+    case Value::T::kString:
+      return FindFn(kStrMethods, name);
+    case Value::T::kDict:
+      return FindFn(kDictMethods, name);
+    case Value::T::kList:
+      return FindFn(kListMethods, name);
+    case Value::T::kLoop:
+      return FindFn(kLoopMethods, name);
+    default:
+      return nullptr;
   }
 }
 
@@ -321,8 +320,8 @@ bool Interp::HasMethod(const Value& obj, const std::string& name) {
   return FindMethod(obj, name) != nullptr;
 }
 
-Value Interp::CallMethod(const Value& obj, const std::string& name,
-                         std::vector<Value>& args, Kwargs& kwargs) {
+Value Interp::CallMethod(const Value& obj, const std::string& name, std::vector<Value>& args,
+                         Kwargs& kwargs) {
   MethodFn fn = FindMethod(obj, name);
   if (!fn) {
     Fail(std::string("'") + TypeName(obj) + "' object has no method '" + name + "'");

@@ -29,9 +29,9 @@ constexpr bool StrictlySorted(const NamedFn<Fn> (&table)[N]) {
 // The function named `name`, or null.
 template <typename Fn, size_t N>
 Fn FindFn(const NamedFn<Fn> (&table)[N], std::string_view name) {
-  const auto* it = std::lower_bound(
-      std::begin(table), std::end(table), name,
-      [](const NamedFn<Fn>& entry, std::string_view n) { return entry.name < n; });
+  const auto* it =
+      std::lower_bound(std::begin(table), std::end(table), name,
+                       [](const NamedFn<Fn>& entry, std::string_view n) { return entry.name < n; });
   return it != std::end(table) && it->name == name ? it->fn : nullptr;
 }
 

@@ -32,32 +32,35 @@ class Parser {
   const Token& Peek(size_t ahead = 1) const {
     return toks_[std::min(pos_ + ahead, toks_.size() - 1)];
   }
-  void Next() { if (pos_ + 1 < toks_.size()) ++pos_; }
+  void Next() {
+    if (pos_ + 1 < toks_.size()) ++pos_;
+  }
   int Line() const {
     int line, col;
     lexer_.LineCol(Cur().pos, &line, &col);
     return line;
   }
-  [[noreturn]] void Error(const std::string& msg) const {
-    lexer_.Error(Cur().pos, msg);
-  }
+  [[noreturn]] void Error(const std::string& msg) const { lexer_.Error(Cur().pos, msg); }
   std::string Describe(const Token& t) const {
     switch (t.type) {
-      case Tok::kEof: return "end of template";
-      case Tok::kBlockEnd: return "end of statement block";
-      case Tok::kVarEnd: return "end of print statement";
-      case Tok::kName: return "'" + t.value + "'";
-      case Tok::kOp: return "'" + t.value + "'";
-      case Tok::kString: return "string";
-      default: return "token";
+      case Tok::kEof:
+        return "end of template";
+      case Tok::kBlockEnd:
+        return "end of statement block";
+      case Tok::kVarEnd:
+        return "end of print statement";
+      case Tok::kName:
+        return "'" + t.value + "'";
+      case Tok::kOp:
+        return "'" + t.value + "'";
+      case Tok::kString:
+        return "string";
+      default:
+        return "token";
     }
   }
-  bool IsOp(const char* op) const {
-    return Cur().type == Tok::kOp && Cur().value == op;
-  }
-  bool IsName(const char* name) const {
-    return Cur().type == Tok::kName && Cur().value == name;
-  }
+  bool IsOp(const char* op) const { return Cur().type == Tok::kOp && Cur().value == op; }
+  bool IsName(const char* name) const { return Cur().type == Tok::kName && Cur().value == name; }
   void ExpectOp(const char* op) {
     if (!IsOp(op)) {
       Error(std::string("expected '") + op + "', got " + Describe(Cur()));
@@ -326,8 +329,7 @@ class Parser {
     t->args.push_back(std::move(first));
     while (IsOp(",")) {
       Next();
-      if (Cur().type == Tok::kBlockEnd || Cur().type == Tok::kVarEnd ||
-          IsName("if")) {
+      if (Cur().type == Tok::kBlockEnd || Cur().type == Tok::kVarEnd || IsName("if")) {
         break;
       }
       t->args.push_back(no_cond ? ParseOr() : ParseExpression());
@@ -398,15 +400,14 @@ class Parser {
     while (true) {
       std::string op;
       if (Cur().type == Tok::kOp &&
-          (Cur().value == "==" || Cur().value == "!=" || Cur().value == "<" ||
-           Cur().value == ">" || Cur().value == "<=" || Cur().value == ">=")) {
+          (Cur().value == "==" || Cur().value == "!=" || Cur().value == "<" || Cur().value == ">" ||
+           Cur().value == "<=" || Cur().value == ">=")) {
         op = Cur().value;
         Next();
       } else if (IsName("in")) {
         op = "in";
         Next();
-      } else if (IsName("not") && Peek().type == Tok::kName &&
-                 Peek().value == "in") {
+      } else if (IsName("not") && Peek().type == Tok::kName && Peek().value == "in") {
         op = "not in";
         Next();
         Next();
@@ -515,8 +516,7 @@ class Parser {
     }
     if (t.type == Tok::kInt || t.type == Tok::kFloat) {
       ExprPtr n = Make(Expr::K::kLiteral);
-      n->literal = t.type == Tok::kInt ? Value::Int(t.int_value)
-                                       : Value::Float(t.float_value);
+      n->literal = t.type == Tok::kInt ? Value::Int(t.int_value) : Value::Float(t.float_value);
       Next();
       return n;
     }
@@ -637,8 +637,7 @@ class Parser {
     ExpectOp("(");
     while (!IsOp(")")) {
       if (IsOp("*") || IsOp("**")) Error("*args and **kwargs are not supported");
-      if (Cur().type == Tok::kName && Peek().type == Tok::kOp &&
-          Peek().value == "=") {
+      if (Cur().type == Tok::kName && Peek().type == Tok::kOp && Peek().value == "=") {
         std::string k = Cur().value;
         Next();
         Next();
@@ -675,8 +674,7 @@ class Parser {
     ExprPtr n = Make(Expr::K::kFilter);
     size_t pos = Cur().pos;
     n->name = DottedName();
-    CheckName(n.get(), pos, "filter", names_.filter(n->name),
-              names_.jinja_filter(n->name));
+    CheckName(n.get(), pos, "filter", names_.filter(n->name), names_.jinja_filter(n->name));
     n->args.push_back(std::move(input));
     if (IsOp("(")) ParseArgs(n.get());
     return n;
@@ -696,14 +694,13 @@ class Parser {
         }
         size_t pos = Cur().pos;
         n->name = DottedName();
-        CheckName(n.get(), pos, "test", names_.test(n->name),
-                  names_.jinja_test(n->name));
+        CheckName(n.get(), pos, "test", names_.test(n->name), names_.jinja_test(n->name));
         n->args.push_back(std::move(node));
         if (IsOp("(")) {
           ParseArgs(n.get());
         } else if ((Cur().type == Tok::kName || Cur().type == Tok::kString ||
-                    Cur().type == Tok::kInt || Cur().type == Tok::kFloat ||
-                    IsOp("(") || IsOp("[") || IsOp("{")) &&
+                    Cur().type == Tok::kInt || Cur().type == Tok::kFloat || IsOp("(") ||
+                    IsOp("[") || IsOp("{")) &&
                    !IsName("else") && !IsName("or") && !IsName("and")) {
           if (IsName("is")) Error("you cannot chain multiple tests with is");
           n->args.push_back(ParsePostfix(ParsePrimary()));
@@ -725,8 +722,7 @@ class Parser {
   void CheckName(Expr* n, size_t pos, const char* kind, bool ours, bool jinja) {
     if (ours) return;
     if (jinja) {
-      n->runtime_error = std::string(kind) + " '" + n->name +
-                         "' is not supported by this engine";
+      n->runtime_error = std::string(kind) + " '" + n->name + "' is not supported by this engine";
       return;
     }
     n->runtime_error = std::string("no ") + kind + " named '" + n->name + "'";

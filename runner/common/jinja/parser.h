@@ -31,8 +31,7 @@ struct KnownNames {
 };
 
 // Lexes and parses `source`; errors name the line and column.
-Body ParseTemplate(const std::string& source, const LexerOptions& options,
-                   const KnownNames& names);
+Body ParseTemplate(const std::string& source, const LexerOptions& options, const KnownNames& names);
 
 }  // namespace torchchat::jinja
 

@@ -42,29 +42,28 @@ std::string Encode(const std::vector<uint32_t>& cps, size_t begin, size_t end) {
 }
 
 bool IsSpace(uint32_t c) {
-  return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 ||
-         c == 0xa0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200a) ||
-         c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f ||
-         c == 0x3000;
+  return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 ||
+         c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f ||
+         c == 0x205f || c == 0x3000;
 }
 
 bool IsLineBreak(uint32_t c) {
-  return c == '\n' || c == '\r' || c == 0x0b || c == 0x0c || c == 0x1c ||
-         c == 0x1d || c == 0x1e || c == 0x85 || c == 0x2028 || c == 0x2029;
+  return c == '\n' || c == '\r' || c == 0x0b || c == 0x0c || c == 0x1c || c == 0x1d || c == 0x1e ||
+         c == 0x85 || c == 0x2028 || c == 0x2029;
 }
 
-std::string PyStrip(std::string_view s, bool left, bool right,
-                    const std::string* chars) {
+std::string PyStrip(std::string_view s, bool left, bool right, const std::string* chars) {
   std::vector<uint32_t> cps = Decode(s);
   std::vector<uint32_t> set;
   if (chars) set = Decode(*chars);
   auto strip = [&](uint32_t c) {
-    return chars ? std::find(set.begin(), set.end(), c) != set.end()
-                 : IsSpace(c);
+    return chars ? std::find(set.begin(), set.end(), c) != set.end() : IsSpace(c);
   };
   size_t b = 0, e = cps.size();
-  if (left) while (b < e && strip(cps[b])) ++b;
-  if (right) while (e > b && strip(cps[e - 1])) --e;
+  if (left)
+    while (b < e && strip(cps[b])) ++b;
+  if (right)
+    while (e > b && strip(cps[e - 1])) --e;
   return Encode(cps, b, e);
 }
 
@@ -128,18 +127,27 @@ uint32_t LowerCp(uint32_t c) {
 
 bool IsCased(uint32_t c) { return UpperCp(c) != c || LowerCp(c) != c; }
 
-
-
 std::string HtmlEscape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&#34;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out.push_back(c);
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out.push_back(c);
     }
   }
   return out;
@@ -159,8 +167,8 @@ std::vector<std::string> SplitLines(const std::string& s) {
   return lines;
 }
 
-std::string Replace(const std::string& s, const std::string& old,
-                    const std::string& rep, int64_t count) {
+std::string Replace(const std::string& s, const std::string& old, const std::string& rep,
+                    int64_t count) {
   if (count < 0) count = std::numeric_limits<int64_t>::max();
   std::string out;
   if (old.empty()) {
@@ -202,8 +210,10 @@ std::string MapCase(const std::string& s, uint32_t (*f)(uint32_t)) {
 std::string UpperStr(const std::string& s) {
   std::string out;
   for (uint32_t c : Decode(s)) {
-    if (c == 0xdf) out += "SS";  // Python maps sharp s to two letters
-    else AppendCp(UpperCp(c), &out);
+    if (c == 0xdf)
+      out += "SS";  // Python maps sharp s to two letters
+    else
+      AppendCp(UpperCp(c), &out);
   }
   return out;
 }
@@ -230,8 +240,7 @@ std::string JinjaTitle(const std::string& s) {
   std::string out;
   bool start = true;
   for (uint32_t c : Decode(s)) {
-    bool sep = c == '-' || c == '(' || c == '{' || c == '[' || c == '<' ||
-               IsSpace(c);
+    bool sep = c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || IsSpace(c);
     if (sep) {
       AppendCp(c, &out);
       start = true;

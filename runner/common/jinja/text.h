@@ -40,8 +40,7 @@ uint32_t LowerCp(uint32_t c);
 bool IsCased(uint32_t c);
 
 // str.strip/lstrip/rstrip; `chars` null strips whitespace.
-std::string PyStrip(std::string_view s, bool left, bool right,
-                    const std::string* chars = nullptr);
+std::string PyStrip(std::string_view s, bool left, bool right, const std::string* chars = nullptr);
 std::string UpperStr(const std::string& s);
 std::string LowerStr(const std::string& s);
 std::string Capitalize(const std::string& s);
@@ -52,8 +51,8 @@ std::string PyTitle(const std::string& s);
 std::string JinjaTitle(const std::string& s);
 std::vector<std::string> SplitLines(const std::string& s);
 // str.replace; a negative count replaces every occurrence.
-std::string Replace(const std::string& s, const std::string& old,
-                    const std::string& rep, int64_t count);
+std::string Replace(const std::string& s, const std::string& old, const std::string& rep,
+                    int64_t count);
 // markupsafe's escape().
 std::string HtmlEscape(const std::string& s);
 

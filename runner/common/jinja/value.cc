@@ -33,8 +33,7 @@ std::string StrRepr(const std::string& s) {
       out += "\\r";
     } else if (c == '\t') {
       out += "\\t";
-    } else if (c < 0x20 || c == 0x7f || (c >= 0x80 && c < 0xa0) ||
-               c >= kRawByte) {
+    } else if (c < 0x20 || c == 0x7f || (c >= 0x80 && c < 0xa0) || c >= kRawByte) {
       char b[16];
       std::snprintf(b, sizeof b, "\\x%02x", c >= kRawByte ? c - kRawByte : c);
       out += b;
@@ -61,31 +60,51 @@ NestGuard::~NestGuard() { --NestDepth(); }
 bool Truthy(const Value& v) {
   switch (v.t) {
     case Value::T::kUndefined:
-    case Value::T::kNone: return false;
-    case Value::T::kBool: return v.b;
-    case Value::T::kInt: return v.i != 0;
-    case Value::T::kFloat: return v.f != 0;
-    case Value::T::kString: return !v.s.empty();
-    case Value::T::kList: return !v.list->items.empty();
-    case Value::T::kDict: return !v.dict->items.empty();
-    default: return true;
+    case Value::T::kNone:
+      return false;
+    case Value::T::kBool:
+      return v.b;
+    case Value::T::kInt:
+      return v.i != 0;
+    case Value::T::kFloat:
+      return v.f != 0;
+    case Value::T::kString:
+      return !v.s.empty();
+    case Value::T::kList:
+      return !v.list->items.empty();
+    case Value::T::kDict:
+      return !v.dict->items.empty();
+    default:
+      return true;
   }
 }
 
 const char* TypeName(const Value& v) {
   switch (v.t) {
-    case Value::T::kUndefined: return "Undefined";
-    case Value::T::kNone: return "NoneType";
-    case Value::T::kBool: return "bool";
-    case Value::T::kInt: return "int";
-    case Value::T::kFloat: return "float";
-    case Value::T::kString: return "str";
-    case Value::T::kList: return v.list->tuple ? "tuple" : "list";
-    case Value::T::kDict: return "dict";
-    case Value::T::kNamespace: return "Namespace";
-    case Value::T::kLoop: return "LoopContext";
-    case Value::T::kBuiltin: return "builtin_function_or_method";
-    case Value::T::kMacro: return "Macro";
+    case Value::T::kUndefined:
+      return "Undefined";
+    case Value::T::kNone:
+      return "NoneType";
+    case Value::T::kBool:
+      return "bool";
+    case Value::T::kInt:
+      return "int";
+    case Value::T::kFloat:
+      return "float";
+    case Value::T::kString:
+      return "str";
+    case Value::T::kList:
+      return v.list->tuple ? "tuple" : "list";
+    case Value::T::kDict:
+      return "dict";
+    case Value::T::kNamespace:
+      return "Namespace";
+    case Value::T::kLoop:
+      return "LoopContext";
+    case Value::T::kBuiltin:
+      return "builtin_function_or_method";
+    case Value::T::kMacro:
+      return "Macro";
   }
   return "object";
 }
@@ -133,20 +152,28 @@ std::string FloatRepr(double d) {
 
 std::string Str(const Value& v) {
   switch (v.t) {
-    case Value::T::kUndefined: return "";
-    case Value::T::kNone: return "None";
-    case Value::T::kBool: return v.b ? "True" : "False";
-    case Value::T::kInt: return std::to_string(v.i);
-    case Value::T::kFloat: return FloatRepr(v.f);
-    case Value::T::kString: return v.s;
-    default: return Repr(v);
+    case Value::T::kUndefined:
+      return "";
+    case Value::T::kNone:
+      return "None";
+    case Value::T::kBool:
+      return v.b ? "True" : "False";
+    case Value::T::kInt:
+      return std::to_string(v.i);
+    case Value::T::kFloat:
+      return FloatRepr(v.f);
+    case Value::T::kString:
+      return v.s;
+    default:
+      return Repr(v);
   }
 }
 
 std::string Repr(const Value& v) {
   NestGuard guard;
   switch (v.t) {
-    case Value::T::kString: return StrRepr(v.s);
+    case Value::T::kString:
+      return StrRepr(v.s);
     case Value::T::kList: {
       const auto& items = v.list->items;
       std::string out = v.list->tuple ? "(" : "[";
@@ -171,10 +198,14 @@ std::string Repr(const Value& v) {
       }
       return out + (v.t == Value::T::kNamespace ? "}>" : "}");
     }
-    case Value::T::kLoop: return "<LoopContext>";
-    case Value::T::kBuiltin: return "<built-in function " + v.builtin->name + ">";
-    case Value::T::kMacro: return "<Macro>";
-    default: return Str(v);
+    case Value::T::kLoop:
+      return "<LoopContext>";
+    case Value::T::kBuiltin:
+      return "<built-in function " + v.builtin->name + ">";
+    case Value::T::kMacro:
+      return "<Macro>";
+    default:
+      return Str(v);
   }
 }
 
@@ -192,8 +223,10 @@ bool Equal(const Value& a, const Value& b) {
   if (a.t != b.t) return false;
   switch (a.t) {
     case Value::T::kUndefined:
-    case Value::T::kNone: return true;
-    case Value::T::kString: return a.s == b.s;
+    case Value::T::kNone:
+      return true;
+    case Value::T::kString:
+      return a.s == b.s;
     case Value::T::kList: {
       if (a.list->tuple != b.list->tuple) return false;
       const auto& x = a.list->items;
@@ -218,8 +251,8 @@ bool Equal(const Value& a, const Value& b) {
       }
       return true;
     }
-    default: return a.dict == b.dict && a.builtin == b.builtin &&
-                    a.macro == b.macro;
+    default:
+      return a.dict == b.dict && a.builtin == b.builtin && a.macro == b.macro;
   }
 }
 
@@ -248,8 +281,8 @@ int Compare(const Value& a, const Value& b, const char* op) {
     }
     return x.size() < y.size() ? -1 : x.size() > y.size() ? 1 : 0;
   }
-  Fail(std::string("'") + op + "' not supported between instances of '" +
-       TypeName(a) + "' and '" + TypeName(b) + "'");
+  Fail(std::string("'") + op + "' not supported between instances of '" + TypeName(a) + "' and '" +
+       TypeName(b) + "'");
 }
 
 const Value* DictFind(const DictData& d, const Value& key) {
@@ -274,8 +307,10 @@ void DictSet(DictData* d, const Value& key, Value value) {
 std::vector<Value> Iterate(const Value& v) {
   std::vector<Value> out;
   switch (v.t) {
-    case Value::T::kUndefined: return out;
-    case Value::T::kList: return v.list->items;
+    case Value::T::kUndefined:
+      return out;
+    case Value::T::kList:
+      return v.list->items;
     case Value::T::kDict:
       for (const auto& kv : v.dict->items) out.push_back(kv.first);
       return out;
@@ -293,10 +328,14 @@ std::vector<Value> Iterate(const Value& v) {
 
 int64_t Length(const Value& v) {
   switch (v.t) {
-    case Value::T::kUndefined: return 0;
-    case Value::T::kString: return static_cast<int64_t>(Decode(v.s).size());
-    case Value::T::kList: return static_cast<int64_t>(v.list->items.size());
-    case Value::T::kDict: return static_cast<int64_t>(v.dict->items.size());
+    case Value::T::kUndefined:
+      return 0;
+    case Value::T::kString:
+      return static_cast<int64_t>(Decode(v.s).size());
+    case Value::T::kList:
+      return static_cast<int64_t>(v.list->items.size());
+    case Value::T::kDict:
+      return static_cast<int64_t>(v.dict->items.size());
     default:
       Fail(std::string("object of type '") + TypeName(v) + "' has no len()");
   }
@@ -304,11 +343,11 @@ int64_t Length(const Value& v) {
 
 bool Contains(const Value& container, const Value& x) {
   switch (container.t) {
-    case Value::T::kUndefined: return false;
+    case Value::T::kUndefined:
+      return false;
     case Value::T::kString:
       if (!x.is_str()) {
-        Fail(std::string("'in <string>' requires string as left operand, not ") +
-             TypeName(x));
+        Fail(std::string("'in <string>' requires string as left operand, not ") + TypeName(x));
       }
       return container.s.find(x.s) != std::string::npos;
     case Value::T::kList:
@@ -320,8 +359,7 @@ bool Contains(const Value& container, const Value& x) {
     case Value::T::kNamespace:
       return DictFind(*container.dict, x) != nullptr;
     default:
-      Fail(std::string("argument of type '") + TypeName(container) +
-           "' is not iterable");
+      Fail(std::string("argument of type '") + TypeName(container) + "' is not iterable");
   }
 }
 
@@ -334,20 +372,19 @@ Value GetAttr(const Value& obj, const std::string& name) {
       return Value::Undefined("'dict object' has no attribute '" + name + "'");
     }
   }
-  return Value::Undefined(std::string("'") + TypeName(obj) +
-                          " object' has no attribute '" + name + "'");
+  return Value::Undefined(std::string("'") + TypeName(obj) + " object' has no attribute '" + name +
+                          "'");
 }
 
 Value GetItem(const Value& obj, const Value& key) {
   if (obj.undefined()) FailUndefined(obj);
   if ((obj.is_list() || obj.is_str()) && key.is_int()) {
-    int64_t n = obj.is_list() ? static_cast<int64_t>(obj.list->items.size())
-                              : Length(obj);
+    int64_t n = obj.is_list() ? static_cast<int64_t>(obj.list->items.size()) : Length(obj);
     int64_t k = key.as_int();
     if (k < 0) k += n;
     if (k < 0 || k >= n) {
-      return Value::Undefined(std::string("'") + TypeName(obj) +
-                              " object' has no element " + Str(key));
+      return Value::Undefined(std::string("'") + TypeName(obj) + " object' has no element " +
+                              Str(key));
     }
     if (obj.is_list()) return obj.list->items[k];
     std::vector<uint32_t> cps = Decode(obj.s);
@@ -358,14 +395,13 @@ Value GetItem(const Value& obj, const Value& key) {
     if (v) return *v;
   }
   if (key.is_str()) return GetAttr(obj, key.s);
-  return Value::Undefined(std::string("'") + TypeName(obj) +
-                          " object' has no element " + Repr(key));
+  return Value::Undefined(std::string("'") + TypeName(obj) + " object' has no element " +
+                          Repr(key));
 }
 
 std::string PercentFormat(const std::string& fmt, const Value& args) {
-  std::vector<Value> list = args.is_list() && args.list->tuple
-                                ? args.list->items
-                                : std::vector<Value>{args};
+  std::vector<Value> list =
+      args.is_list() && args.list->tuple ? args.list->items : std::vector<Value>{args};
   std::string out;
   size_t next = 0;
   for (size_t k = 0; k < fmt.size(); ++k) {
@@ -381,12 +417,13 @@ std::string PercentFormat(const std::string& fmt, const Value& args) {
     }
     if (next >= list.size()) Fail("not enough arguments for format string");
     const Value& v = list[next++];
-    if (c == 's') out += Str(v);
-    else if (c == 'r') out += Repr(v);
+    if (c == 's')
+      out += Str(v);
+    else if (c == 'r')
+      out += Repr(v);
     else if (c == 'd' || c == 'i') {
       if (!v.is_num()) Fail("%d format: a real number is required");
-      out += std::to_string(v.t == Value::T::kFloat
-                                ? static_cast<int64_t>(v.f) : v.as_int());
+      out += std::to_string(v.t == Value::T::kFloat ? static_cast<int64_t>(v.f) : v.as_int());
     } else {
       Fail(std::string("unsupported format character '") + c + "'");
     }

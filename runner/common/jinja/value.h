@@ -41,8 +41,20 @@ struct Macro;
 struct Builtin;
 
 struct Value {
-  enum class T { kUndefined, kNone, kBool, kInt, kFloat, kString, kList,
-                 kDict, kNamespace, kLoop, kBuiltin, kMacro };
+  enum class T {
+    kUndefined,
+    kNone,
+    kBool,
+    kInt,
+    kFloat,
+    kString,
+    kList,
+    kDict,
+    kNamespace,
+    kLoop,
+    kBuiltin,
+    kMacro
+  };
   T t = T::kUndefined;
   bool b = false;
   int64_t i = 0;
@@ -58,10 +70,29 @@ struct Value {
     v.s = std::move(hint);
     return v;
   }
-  static Value None() { Value v; v.t = T::kNone; return v; }
-  static Value Bool(bool x) { Value v; v.t = T::kBool; v.b = x; return v; }
-  static Value Int(int64_t x) { Value v; v.t = T::kInt; v.i = x; return v; }
-  static Value Float(double x) { Value v; v.t = T::kFloat; v.f = x; return v; }
+  static Value None() {
+    Value v;
+    v.t = T::kNone;
+    return v;
+  }
+  static Value Bool(bool x) {
+    Value v;
+    v.t = T::kBool;
+    v.b = x;
+    return v;
+  }
+  static Value Int(int64_t x) {
+    Value v;
+    v.t = T::kInt;
+    v.i = x;
+    return v;
+  }
+  static Value Float(double x) {
+    Value v;
+    v.t = T::kFloat;
+    v.f = x;
+    return v;
+  }
   static Value Str(std::string x) {
     Value v;
     v.t = T::kString;
@@ -87,9 +118,7 @@ struct Value {
     return v;
   }
 
-  int depth() const {
-    return list ? list->depth : dict ? dict->depth : 0;
-  }
+  int depth() const { return list ? list->depth : dict ? dict->depth : 0; }
   bool undefined() const { return t == T::kUndefined; }
   bool none() const { return t == T::kNone; }
   bool is_str() const { return t == T::kString; }
@@ -99,12 +128,8 @@ struct Value {
   bool is_int() const { return t == T::kInt || t == T::kBool; }
   bool is_num() const { return is_int() || t == T::kFloat; }
   int64_t as_int() const { return t == T::kBool ? (b ? 1 : 0) : i; }
-  double as_float() const {
-    return t == T::kFloat ? f : static_cast<double>(as_int());
-  }
-  bool has_items() const {
-    return t == T::kDict || t == T::kNamespace || t == T::kLoop;
-  }
+  double as_float() const { return t == T::kFloat ? f : static_cast<double>(as_int()); }
+  bool has_items() const { return t == T::kDict || t == T::kNamespace || t == T::kLoop; }
 };
 
 // Keyword arguments of a call, in the order written.
@@ -173,8 +198,7 @@ struct StepBudget {
   }
   void Step() {
     if (++steps > max_steps) {
-      Fail("template exceeded " + std::to_string(max_steps) +
-           " steps (runaway loop?)");
+      Fail("template exceeded " + std::to_string(max_steps) + " steps (runaway loop?)");
     }
   }
 };
@@ -193,4 +217,3 @@ class NestGuard {
 }  // namespace torchchat::jinja
 
 #endif  // RUNNER_COMMON_JINJA_VALUE_H_
-
