@@ -28,6 +28,8 @@ TORCHCHAT = RUNFILES / "torchchat" / "torchchat"
 PROMPT = "Hello, my name is"
 STEPS = 32
 MAX_SEQ = 64
+# The sampling flags the same-seed test gives both runners.
+SAMPLED = ("-i", PROMPT, "-n", str(STEPS), "-t", "0.9", "-k", "40", "-p", "0.95")
 
 
 def run(binary, model, *args, tokenizer=None):
@@ -65,43 +67,13 @@ class EquivalenceTest(unittest.TestCase):
         want = self.eager(Sampler(temperature=0.9, top_k=40, top_p=0.95, seed=42))
         got = {}
         for binary, model in ((AOTI_RUN, ART / "model.pt2"), (ET_RUN, ART / "model.pte")):
-            rc, ids, err = run(
-                binary,
-                model,
-                "-i",
-                PROMPT,
-                "-n",
-                str(STEPS),
-                "-t",
-                "0.9",
-                "-k",
-                "40",
-                "-p",
-                "0.95",
-                "-s",
-                "42",
-            )
+            rc, ids, err = run(binary, model, *SAMPLED, "-s", "42")
             self.assertEqual(rc, 0, err)
             got[binary.name] = ids
         self.assertEqual(got["aoti_run"], want)
         self.assertEqual(got["et_run"], want)
         # A different seed draws a different stream (else the check is vacuous).
-        rc, other, err = run(
-            ET_RUN,
-            ART / "model.pte",
-            "-i",
-            PROMPT,
-            "-n",
-            str(STEPS),
-            "-t",
-            "0.9",
-            "-k",
-            "40",
-            "-p",
-            "0.95",
-            "-s",
-            "7",
-        )
+        rc, other, err = run(ET_RUN, ART / "model.pte", *SAMPLED, "-s", "7")
         self.assertEqual(rc, 0, err)
         self.assertNotEqual(other, want)
 

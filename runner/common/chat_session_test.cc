@@ -15,7 +15,6 @@ namespace {
 
 using testing_util::kA;
 using testing_util::ScriptedModel;
-using testing_util::WriteTokenizer;
 
 // ChatML's shape in the test tokenizer's letters: a past reply renders as
 // the generation prompt ("c") plus its text, so the rendered prefix of the
@@ -25,21 +24,8 @@ constexpr char kTemplate[] =
     "{% else %}{{ m.content }}d{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}c{% endif %}";
 
-class ChatSessionTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    auto tok = tokenizers::LoadTokenizer(WriteTokenizer());
-    ASSERT_TRUE(tok.ok()) << tok.error();
-    tokenizer_ = std::move(tok).value();
-  }
-  std::unique_ptr<tokenizers::Tokenizer> tokenizer_;
-};
-
-SampleFn Greedy() {
-  return [](const float* l, int64_t v, const std::vector<int64_t>&) -> Result<int64_t> {
-    return ArgMax(l, v);
-  };
-}
+using ChatSessionTest = testing_util::RunnerTest;
+using testing_util::Greedy;
 
 void Ignore(const std::string&) {}
 

@@ -8,11 +8,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "gtest/gtest.h"
 #include "runner/common/model.h"
+#include "runner/common/text_llm_runner.h"
+#include "tokenizers/tokenizer.h"
 
 namespace torchchat {
 namespace testing_util {
@@ -74,6 +78,23 @@ class ScriptedModel : public LLMModel {
   ModelMetadata md_;
   std::vector<float> logits_;
 };
+
+// Loads WriteTokenizer()'s file once per test.
+class RunnerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto tok = tokenizers::LoadTokenizer(WriteTokenizer());
+    ASSERT_TRUE(tok.ok()) << tok.error();
+    tokenizer_ = std::move(tok).value();
+  }
+  std::unique_ptr<tokenizers::Tokenizer> tokenizer_;
+};
+
+inline SampleFn Greedy() {
+  return [](const float* l, int64_t v, const std::vector<int64_t>&) -> Result<int64_t> {
+    return ArgMax(l, v);
+  };
+}
 
 }  // namespace testing_util
 }  // namespace torchchat

@@ -17,23 +17,9 @@ using testing_util::kB;
 using testing_util::kC;
 using testing_util::kD;
 using testing_util::ScriptedModel;
-using testing_util::WriteTokenizer;
 
-class TextLLMRunnerTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    auto tok = tokenizers::LoadTokenizer(WriteTokenizer());
-    ASSERT_TRUE(tok.ok()) << tok.error();
-    tokenizer_ = std::move(tok).value();
-  }
-  std::unique_ptr<tokenizers::Tokenizer> tokenizer_;
-};
-
-SampleFn Greedy() {
-  return [](const float* l, int64_t v, const std::vector<int64_t>&) -> Result<int64_t> {
-    return ArgMax(l, v);
-  };
-}
+using TextLLMRunnerTest = testing_util::RunnerTest;
+using testing_util::Greedy;
 
 TEST_F(TextLLMRunnerTest, PrefillsInOneCallAndStopsAtEos) {
   // Prompt "<s> a b" fills positions 0-2; then the script says c, é, d, </s>.
