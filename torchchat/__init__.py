@@ -1,1 +1,0 @@
-"""torchchat: run, chat with, export and benchmark LLMs on your own machine."""

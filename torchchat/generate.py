@@ -188,7 +188,6 @@ def decode(
     stats.inference_start_ms = now_ms()
     stats.stop_reason = "max_new_tokens"
     common = slot.reuse(prompt)
-    slot.check_fits(len(prompt) - common, common)
     history = list(prompt)
     n = 0
     try:
@@ -204,15 +203,13 @@ def decode(
             stats.num_generated_tokens = n
             # Decided before the yield: a consumer that stops at a stop id
             # closes the iterator there.
-            done = (
-                "eos"
-                if tok in stop
-                else "max_new_tokens"
-                if n == max_new_tokens
-                else "context"
-                if slot.pos >= slot.max_seq_length
-                else ""
-            )
+            done = ""
+            if tok in stop:
+                done = "eos"
+            elif n == max_new_tokens:
+                done = "max_new_tokens"
+            elif slot.pos >= slot.max_seq_length:
+                done = "context"
             if done:
                 stats.stop_reason = done
             yield tok
