@@ -46,7 +46,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer-path", help="tokenizer file (default: from the checkpoint)")
     p.add_argument("--aoti-package-path", help="an AOTInductor .pt2 package exported by //export")
     p.add_argument("--pte-path", help="an ExecuTorch .pte program exported by //export")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16"],
+        help="compute dtype (default fp32). A 4-bit GGUF runs in its own precision unless "
+        "--dtype or --quantize is given; --dtype fp32 dequantizes it",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument(
@@ -153,6 +158,8 @@ def _build_model(
     model = optimize_for_eager(
         ckpt_mod.load_model(ckpt, DTYPES[dtype_name], args.max_seq_length, "cpu")
     )
+    if not spec and args.dtype is None and ckpt.gguf_quantized:
+        spec = quant_mod.gguf_native_spec(model, ckpt.gguf_quantized)
     counts = quant_mod.quantize_model(model, spec, ckpt.gguf_quantized) if spec else {}
     model = model.to(args.device)
     step = torch.compile(model, dynamic=False, fullgraph=False) if args.compile else None
@@ -177,7 +184,7 @@ def _load(args: argparse.Namespace) -> Loaded:
 
     start = now_ms()
     spec = quant_mod.parse(args.quantize)
-    dtype_name = spec.get("precision", {}).get("dtype", args.dtype)
+    dtype_name = spec.get("precision", {}).get("dtype", args.dtype or "fp32")
     if dtype_name not in DTYPES:
         raise UserError(f"unknown dtype {dtype_name!r}")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -65,6 +65,35 @@ class CliTest(unittest.TestCase):
         self.assertGreater(answers[0]["peak_rss_bytes"], 0)
         self.assertEqual(answers[0]["stop_reason"], "max_new_tokens")
 
+    def test_a_4bit_gguf_runs_in_its_own_precision_by_default(self):
+        base = [
+            "generate",
+            "--prompt",
+            "The capital of France is",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "16",
+            "--quiet",
+            "--stats-json",
+        ]
+        runs = {}
+        for name, extra in (
+            ("default", []),
+            ("int4", ["--quantize", '{"linear:int4": {"groupsize": 32}}']),
+            ("fp32", ["--dtype", "fp32"]),
+        ):
+            stats = self.dir / f"{name}.json"
+            rc, out, err = run(base + [str(stats)] + extra)
+            self.assertEqual(rc, 0, err)
+            runs[name] = (out, json.loads(stats.read_text())["model"]["quantize"])
+        # The built-in Q4_1 GGUF: its 210 linears keep their codes, the
+        # unembedding its Q8_0 blocks; the same ids as asking for it.
+        self.assertEqual(runs["default"], runs["int4"])
+        self.assertEqual(runs["default"][1], {"int4_exact_from_gguf": 210, "output_q8_0": 1})
+        # --dtype asks for a dequantized model.
+        self.assertEqual(runs["fp32"][1], {})
+
     def test_chat_through_stdin(self):
         stats = self.dir / "chat.json"
         rc, out, err = run(

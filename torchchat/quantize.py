@@ -302,6 +302,23 @@ def _output_q8_0(
     return 1
 
 
+def gguf_native_spec(
+    model: Model, gguf_quantized: Dict[str, GGUFQuantized]
+) -> Dict[str, Dict[str, Any]]:
+    """The --quantize that runs a GGUF in its own precision, or {}.
+
+    When every transformer-layer linear is Q4_0/Q4_1 in the file, that is
+    linear:int4 with groups of 32: the file's own codes run through the q4
+    op, and a Q8_0 unembedding through the q8 op, exactly as the file
+    defines them. Anything else (F16, Q8_0 or K-quant linears) is
+    dequantized to the model's dtype, as before.
+    """
+    names = [full.removeprefix("transformer.") + ".weight" for _, _, full, _ in _linears(model)]
+    layers = [n for n in names if n != "output.weight"]
+    exact = all(n in gguf_quantized and gguf_quantized[n].qtype in ("Q4_0", "Q4_1") for n in layers)
+    return {"linear:int4": {"groupsize": 32}} if layers and exact else {}
+
+
 def quantize_model(
     model: Model,
     spec: Dict[str, Dict[str, Any]],
