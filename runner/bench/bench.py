@@ -107,7 +107,7 @@ def row(s):
     }
 
 
-def run_eager(model, prompt, n, max_seq):
+def run_eager(model, prompt, n, max_seq, *flags):
     stats = Path(tempfile.mkdtemp()) / "stats.json"
     cmd = (
         [str(binary("torchchat/torchchat")), "generate"]
@@ -124,6 +124,7 @@ def run_eager(model, prompt, n, max_seq):
             "--stats-json",
             str(stats),
             "--quiet",
+            *flags,
         ]
     )
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -205,7 +206,10 @@ def main():
         help="a `pip install --target DIR llama-cpp-python` directory (see runner/README.md)",
     )
     ap.add_argument(
-        "--skip", action="append", default=[], help="eager, aoti_run, et_run, et_runner, llama.cpp"
+        "--skip",
+        action="append",
+        default=[],
+        help="eager, eager_gguf, aoti_run, et_run, et_runner, llama.cpp",
     )
     args = ap.parse_args()
     wd = Path(os.environ.get("BUILD_WORKING_DIRECTORY", "."))
@@ -222,7 +226,12 @@ def main():
     )
 
     runs = {
-        "eager": lambda p: run_eager(args.model, p, args.max_new_tokens, args.max_seq_length),
+        # fp32 like the exported artifacts; eager_gguf is generate's default
+        # (a 4-bit GGUF in its own precision).
+        "eager": lambda p: run_eager(
+            args.model, p, args.max_new_tokens, args.max_seq_length, "--dtype", "fp32"
+        ),
+        "eager_gguf": lambda p: run_eager(args.model, p, args.max_new_tokens, args.max_seq_length),
         "aoti_run": lambda p: run_runner(
             binary("runner/aoti/aoti_run"), pt2, p, args.max_new_tokens, args.num_threads
         ),
