@@ -39,6 +39,26 @@ class BadFiles(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp()
 
+    def test_sentencepiece_model_with_a_hostile_charsmap(self):
+        # libsentencepiece trusts the normalizer's trie (upstream #1269): a
+        # root offset past the array makes Encode read outside it. The fuzzer
+        # found such a model; the loader now refuses it.
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        model = pb.ModelProto()
+        with open(SP_MODEL, "rb") as f:
+            model.ParseFromString(f.read())
+        # One block of 256 units; the root's offset is far past it (its high
+        # bit also makes sentencepiece's own validation skip it).
+        trie = struct.pack("<256I", 0xFFFFFC00, *([0] * 255))
+        model.normalizer_spec.precompiled_charsmap = struct.pack("<I", len(trie)) + trie + b"x\0"
+        path = os.path.join(self.dir, "hostile.model")
+        with open(path, "wb") as f:
+            f.write(model.SerializeToString())
+        with self.assertRaisesRegex(L.TokenizerError, "unsafe SentencePiece model: .*outside"):
+            L.load(path)
+        self.assertGreater(L.load(SP_MODEL).vocab_size, 0)  # the real model still loads
+
     def tearDown(self):
         shutil.rmtree(self.dir)
 

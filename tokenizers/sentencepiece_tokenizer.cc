@@ -1,6 +1,12 @@
 // SentencePiece models (BPE and unigram), through libsentencepiece.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 #include "formats.h"
 #include "sentencepiece_processor.h"
@@ -21,6 +27,141 @@ bool ParseByteToken(std::string_view t, unsigned char* b) {
   return true;
 }
 
+// libsentencepiece (0.2.1, and its HEAD as of 2026) trusts the Darts trie a
+// model carries in its normalizer's precompiled_charsmap: a crafted root or
+// node offset steers Encode's lookups outside the array, and more than 32
+// nested rules overrun a fixed result buffer (upstream issue #1269). Our
+// fuzzer found such a model. So the trie is checked here, before
+// sentencepiece sees it: every lookup Encode can make stays in the array,
+// and no path holds more than kMaxPrefixResults rules.
+constexpr int kMaxPrefixResults = 32;  // sentencepiece's kMaxTrieResultsSize
+
+// Protobuf wire format, just enough to find NormalizerSpec.precompiled_charsmap.
+bool ReadVarint(std::string_view* s, uint64_t* v) {
+  *v = 0;
+  for (int shift = 0; shift < 64 && !s->empty(); shift += 7) {
+    const auto b = static_cast<uint8_t>(s->front());
+    s->remove_prefix(1);
+    *v |= static_cast<uint64_t>(b & 0x7F) << shift;
+    if (!(b & 0x80)) return true;
+  }
+  return false;
+}
+
+// The payload of the last length-delimited `field` in `msg` ("" if none), as
+// protobuf reads a singular field; false if `msg` is not well-formed.
+bool LastBytesField(std::string_view msg, uint64_t field, std::string_view* out) {
+  *out = {};
+  while (!msg.empty()) {
+    uint64_t tag, n;
+    if (!ReadVarint(&msg, &tag)) return false;
+    switch (tag & 7) {
+      case 0:
+        if (!ReadVarint(&msg, &n)) return false;
+        break;
+      case 1:
+      case 5: {
+        const size_t width = (tag & 7) == 1 ? 8 : 4;
+        if (msg.size() < width) return false;
+        msg.remove_prefix(width);
+        break;
+      }
+      case 2:
+        if (!ReadVarint(&msg, &n) || n > msg.size()) return false;
+        if ((tag >> 3) == field) *out = msg.substr(0, n);
+        msg.remove_prefix(n);
+        break;
+      default:
+        return false;
+    }
+  }
+  return true;
+}
+
+// darts-clone's unit layout (darts.h, DoubleArrayUnit).
+uint32_t UnitLabel(uint32_t u) { return u & ((1u << 31) | 0xFF); }
+bool UnitHasLeaf(uint32_t u) { return (u >> 8) & 1; }
+uint32_t UnitOffset(uint32_t u) { return (u >> 10) << ((u & (1u << 9)) >> 6); }
+
+// Empty if `charsmap` ([u32 trie bytes][trie][normalized text]) is safe for
+// sentencepiece's normalizer, else what is wrong.
+std::string CheckCharsmap(std::string_view charsmap) {
+  if (charsmap.empty()) return "";
+  if (charsmap.size() < 4) return "a truncated precompiled_charsmap";
+  uint32_t trie_bytes;
+  std::memcpy(&trie_bytes, charsmap.data(), 4);
+  if (trie_bytes == 0 || trie_bytes % 4 != 0 || trie_bytes > charsmap.size() - 4) {
+    return "a precompiled_charsmap whose trie size is wrong";
+  }
+  const size_t n = trie_bytes / 4;
+  auto unit = [&](size_t i) {
+    uint32_t u;
+    std::memcpy(&u, charsmap.data() + 4 + 4 * i, 4);
+    return u;
+  };
+  // Encode reads unit[base ^ c] for any byte c after each node it reaches,
+  // and a leaf's value at unit[base]. darts-clone shares suffixes (the trie
+  // is a DAG), so each node is checked once, and rules[] keeps the most
+  // rules on any path below a node. state: 0 unseen, 1 on the path, 2 done.
+  std::vector<uint8_t> state(n, 0);
+  std::vector<int> rules(n, 0);
+  struct Frame {
+    size_t node;
+    uint32_t next;  // the next byte to try below `node`
+  };
+  std::vector<Frame> path = {{0, 0}};
+  state[0] = 1;
+  const std::string outside = "a precompiled_charsmap trie that points outside itself";
+  while (!path.empty()) {
+    Frame& f = path.back();
+    const size_t base = f.node ^ UnitOffset(unit(f.node));
+    if ((base | 0xFF) >= n) return outside;
+    bool descended = false;
+    while (f.next < 256) {
+      const uint32_t c = f.next++;
+      const size_t child = base ^ c;
+      const uint32_t u = unit(child);
+      if (UnitLabel(u) != c) continue;
+      if (UnitHasLeaf(u) && (child ^ UnitOffset(u)) >= n) return outside;
+      if (state[child] == 1) return "a precompiled_charsmap trie with a cycle";
+      if (state[child] == 2) {
+        rules[f.node] = std::max(rules[f.node], rules[child] + (UnitHasLeaf(u) ? 1 : 0));
+      } else {
+        state[child] = 1;
+        descended = true;
+        path.push_back({child, 0});  // invalidates f
+        break;
+      }
+    }
+    if (descended) continue;
+    const size_t done = path.back().node;
+    state[done] = 2;
+    path.pop_back();
+    if (!path.empty()) {
+      const size_t parent = path.back().node;
+      const int leaf = UnitHasLeaf(unit(done)) ? 1 : 0;
+      rules[parent] = std::max(rules[parent], rules[done] + leaf);
+    }
+  }
+  if (rules[0] > kMaxPrefixResults) {
+    return "a precompiled_charsmap with more than 32 nested rules";
+  }
+  return "";
+}
+
+// ModelProto fields 3 and 5 (normalizer_spec, denormalizer_spec); field 2 of
+// NormalizerSpec is precompiled_charsmap.
+std::string CheckNormalizers(std::string_view model) {
+  for (uint64_t field : {3, 5}) {
+    std::string_view spec, charsmap;
+    if (!LastBytesField(model, field, &spec) || !LastBytesField(spec, 2, &charsmap)) {
+      return "a malformed normalizer spec";
+    }
+    if (std::string why = CheckCharsmap(charsmap); !why.empty()) return why;
+  }
+  return "";
+}
+
 class SentencePieceTokenizer : public Tokenizer {
  public:
   Result<void> Load(const std::string& path) override {
@@ -35,6 +176,9 @@ class SentencePieceTokenizer : public Tokenizer {
     const auto status = sp->LoadFromSerializedProto(data);
     if (!status.ok()) {
       return MakeError("not a SentencePiece model: " + status.ToString());
+    }
+    if (std::string why = CheckNormalizers(data); !why.empty()) {
+      return MakeError("unsafe SentencePiece model: " + why);
     }
     if (sp->GetPieceSize() <= 0) return MakeError("SentencePiece model has no pieces");
     sp_ = std::move(sp);
