@@ -2,6 +2,7 @@
 // HF tokenizer.json the way transformers converts it, so that one code path
 // (the HF loader) runs it and WriteTokenizerJson writes the same thing out.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -90,6 +91,12 @@ class Reader {
   std::string err_;
 };
 
+// A float field read as an int: converting NaN or a value outside int64's
+// range is undefined behaviour (the fuzzer found one), so those become 0.
+int64_t ToInt64(double v) {
+  return std::isfinite(v) && v > -9.2e18 && v < 9.2e18 ? static_cast<int64_t>(v) : 0;
+}
+
 int ScalarSize(uint32_t t) {
   switch (t) {
     case kU8:
@@ -172,14 +179,14 @@ bool ReadScalar(Reader* r, uint32_t t, int64_t* i, double* f) {
       float v;
       if (!r->Pod(&v)) return false;
       *f = v;
-      *i = static_cast<int64_t>(v);
+      *i = ToInt64(v);
       return true;
     }
     case kF64: {
       double v;
       if (!r->Pod(&v)) return false;
       *f = v;
-      *i = static_cast<int64_t>(v);
+      *i = ToInt64(v);
       return true;
     }
     default:
