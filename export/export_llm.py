@@ -20,9 +20,7 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, TextIO
 
 from export import quant
-from export.atomic import OutputPathError, atomic_output, check_writable
+from torchchat.atomic import OutputPathError, atomic_output, check_writable
 from torchchat.paths import user_path
 
 if TYPE_CHECKING:
@@ -340,9 +338,7 @@ def export_pt2(
     stages: Optional[Stages] = None,
     gguf_quantized: Optional[Dict[str, GGUFQuantized]] = None,
 ) -> Dict[str, Any]:
-    import torch
-    import torch._inductor
-
+    from torchchat import aoti
     from torchchat import quantize as tc_quant
 
     stages = stages or Stages(enabled=False)
@@ -352,27 +348,8 @@ def export_pt2(
         with stages("quantize", json.dumps(aoti_spec)):
             counts = tc_quant.quantize_model(model, aoti_spec, gguf_quantized)
     metadata = dict(metadata, quantize=json.dumps({k: v for k, v in counts.items() if v}))
-    T = torch.export.Dim("T", min=1, max=max_seq_length - 1)
-    n = min(3, max_seq_length - 1)
-    example = (torch.arange(1, n + 1, dtype=torch.long)[None], torch.arange(n, dtype=torch.long))
-    with stages("export", "torch.export with a dynamic token dimension"):
-        with torch.no_grad():
-            ep = torch.export.export(model, example, dynamic_shapes=({1: T}, {0: T}), strict=False)
-    with stages("lower", "AOTInductor compile and package"):
-        parent = Path(out_path).resolve().parent
-        with atomic_output(str(out_path)) as tmp:
-            # aoti_compile_and_package insists on a .pt2 name, so compile in a
-            # private directory beside the target and rename from there.
-            work = tempfile.mkdtemp(prefix=".export_llm.", dir=parent)
-            try:
-                pkg = torch._inductor.aoti_compile_and_package(
-                    ep,
-                    package_path=os.path.join(work, "model.pt2"),
-                    inductor_configs={"aot_inductor.metadata": metadata},
-                )
-                os.replace(pkg, tmp)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
+    with stages("lower", "torch.export, AOTInductor compile and package"):
+        aoti.compile_package(model, out_path, metadata)
     return {"metadata": metadata, "quantize": counts}
 
 
@@ -397,7 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quantize", help="JSON, a .json file, or a preset: " + ", ".join(quant.PRESETS)
     )
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16"],
+        help="compute dtype (default fp32). Without --dtype or --quantize, a .pt2 of a 4-bit "
+        "GGUF keeps the file's Q4 codes (as generate does); --dtype fp32 dequantizes it",
+    )
     p.add_argument(
         "--max-seq-length", type=int, help="KV cache length (default: min(model context, 2048))"
     )
@@ -431,12 +413,13 @@ def _outputs(args: argparse.Namespace) -> Dict[str, Path]:
 
 def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any]:
     from export import tokenizer_files
+    from torchchat import quantize as tc_quant
 
     out = out or sys.stderr
     stages = Stages(out, enabled=not args.quiet)
     outs = _outputs(args)
     spec = quant.parse(args.quantize)
-    dtype_name = quant.dtype_of(spec, args.dtype)
+    dtype_name = quant.dtype_of(spec, args.dtype or "fp32")
     # Reject what a target cannot do before minutes of work.
     if "pte" in outs:
         quant.for_executorch(spec)
@@ -480,11 +463,14 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
             with stages("load", f"weights, {dtype_name}, max_seq_length {max_seq_length}"):
                 model = build(source, dtype_name, max_seq_length)
             meta = pt2_metadata(source, max_seq_length, dtype_name, tf.file_name, tf.kind, "")
+            pt2_spec = spec
+            if not spec and args.dtype is None and source.ckpt.gguf_quantized:
+                pt2_spec = tc_quant.gguf_native_spec(model, source.ckpt.gguf_quantized)
             info = export_pt2(
                 model,
                 source,
                 path,
-                spec,
+                pt2_spec,
                 dtype_name,
                 max_seq_length,
                 meta,

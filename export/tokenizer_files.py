@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from export.atomic import atomic_output
+from torchchat.atomic import atomic_output
 
 
 class TokenizerFilesError(Exception):

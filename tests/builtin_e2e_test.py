@@ -46,6 +46,9 @@ class BuiltinModelTest(unittest.TestCase):
                 str(cls.pt2),
                 "--max-seq-length",
                 str(MAX_SEQ),
+                # fp32 like eager below; by default a .pt2 keeps the GGUF's codes.
+                "--dtype",
+                "fp32",
             ]
         )
         assert rc == 0, "export_llm failed"

@@ -330,7 +330,12 @@ def load_pt2(path: PathLike, device: str = "cpu") -> Pt2Model:
     raw = read_pt2_metadata(path)
     check_cpu_isa(raw, path)
     meta = parse_pt2_metadata(raw, path)
-    import torch._inductor
+    return open_pt2(path, meta)
+
+
+def open_pt2(path: Path, meta: Dict[str, Any]) -> Pt2Model:
+    """Loads a package whose metadata and CPU ISA have been checked."""
+    from torchchat import aoti
 
     # A 4-bit package calls torchchat::q4_linear / q8_linear (by C shim or by
     # name): their library must be loaded, RTLD_GLOBAL, before the package is.
@@ -339,7 +344,7 @@ def load_pt2(path: PathLike, device: str = "cpu") -> Pt2Model:
     except (ImportError, OSError, ValueError):  # q4.Q4Error: library not built
         pass  # an fp32 package needs none; a 4-bit one fails below, by name
     try:
-        runner = torch._inductor.aoti_load_package(str(path))
+        runner = aoti.Runner(path)
     except Exception as e:
         raise ArtifactError(f"cannot load {path}: {type(e).__name__}: {e}") from e
     return Pt2Model(path, runner, meta)

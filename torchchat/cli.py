@@ -53,7 +53,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--dtype or --quantize is given; --dtype fp32 dequantizes it",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="torch",
+        default="auto",
+        choices=["auto", "aoti", "torch", "none"],
+        help="auto (default): on CPU, compile the model with AOTInductor on first use and "
+        "reuse it from the user cache (aoti); --compile alone: torch.compile the decode step "
+        "in this process (torch); none: plain eager",
+    )
     p.add_argument(
         "--quantize", help='JSON (or a .json file), e.g. \'{"linear:int4": {"groupsize": 32}}\''
     )
@@ -103,17 +112,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class Loaded:
-    model: LLMModel
+    """The loaded model and tokenizer. On a compile-cache miss the model is
+    compiled when the first slot is made, after the caller has checked its
+    input, so a bad prompt never waits for a compile."""
+
+    model: Optional[LLMModel]
     step: Optional[Callable]  # a compiled decode step, or None
     tokenizer: Tokenizer
     info: Dict[str, Any]
     load_start_ms: float
     load_end_ms: float
+    max_seq_length: int
+    compile: Optional[Callable[[], Tuple[LLMModel, Dict[str, Any]]]] = None
 
     def slot(self, device: str) -> Slot:
-        from torchchat.generate import Slot
+        from torchchat.generate import Slot, now_ms
 
+        if self.model is None:
+            self.model, info = self.compile()
+            self.info.update(info)
+            self.load_end_ms = now_ms()
         return Slot(self.model, self.step, device)
+
+    def check_fits(self, n_new: int) -> None:
+        from torchchat.generate import check_fits
+
+        check_fits(self.max_seq_length, n_new)
 
 
 def _resolve_source(args: argparse.Namespace) -> Tuple[Optional[Path], Optional[Path]]:
@@ -148,7 +172,7 @@ def _load_artifact(args: argparse.Namespace, path: Path):
 def _build_model(
     args: argparse.Namespace, ckpt: Checkpoint, spec: Dict[str, Any], dtype_name: str
 ) -> Tuple[Any, Optional[Callable], Dict[str, Any]]:
-    """The eager model: dtype, --quantize, device, and --compile's step."""
+    """The eager model: dtype, --quantize, device, and --compile torch's step."""
     import torch
 
     from torchchat import checkpoint as ckpt_mod
@@ -162,7 +186,12 @@ def _build_model(
         spec = quant_mod.gguf_native_spec(model, ckpt.gguf_quantized)
     counts = quant_mod.quantize_model(model, spec, ckpt.gguf_quantized) if spec else {}
     model = model.to(args.device)
-    step = torch.compile(model, dynamic=False, fullgraph=False) if args.compile else None
+    step = None
+    if args.compile == "torch":
+        # EagerSDPA reads the position with .item(); captured, it stays in
+        # the graph instead of splitting every layer in two.
+        torch._dynamo.config.capture_scalar_outputs = True
+        step = torch.compile(model, dynamic=False, fullgraph=True)
     info = {
         "checkpoint": str(ckpt.path),
         "format": ckpt.format,
@@ -170,6 +199,123 @@ def _build_model(
         "quantize": {k: v for k, v in counts.items() if v},
     }
     return model, step, info
+
+
+def _tokenizer_source(src: Any) -> Dict[str, Any]:
+    """What loading the tokenizer needs, from a Checkpoint."""
+    return {
+        "tokenizer_path": str(src.tokenizer_path) if src.tokenizer_path else None,
+        "chat_template": src.chat_template,
+        "bos_id": src.bos_id,
+        "eos_ids": list(src.eos_ids),
+        "add_bos": src.add_bos,
+    }
+
+
+class _CompileProgress:
+    """The first run's compile stages, with the time they take: a bar on a
+    terminal, a line per stage otherwise."""
+
+    STAGES = ("export", "compile")
+
+    def __init__(self, name: str, quiet: bool):
+        from torchchat import compile_cache
+
+        self.quiet, self.bar, self.start = quiet, None, 0.0
+        if quiet:
+            return
+        print(
+            f"torchchat: compiling {name} for this CPU with AOTInductor; this happens once "
+            f"(about 2 min on 2 cores) and later runs start in about a second. Cached in "
+            f"{compile_cache.cache_dir()}; --compile none skips it.",
+            file=sys.stderr,
+            flush=True,
+        )
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=len(self.STAGES),
+                file=sys.stderr,
+                bar_format="{desc} {bar} {n}/{total} [{elapsed}]",
+            )
+
+    def stage(self, name: str) -> None:
+        from torchchat.generate import now_ms
+
+        if self.bar is not None:
+            self.bar.n = self.STAGES.index(name)
+            self.bar.set_description_str(f"{name:>8}")
+        elif not self.quiet:
+            print(f"torchchat: {name}...", file=sys.stderr, flush=True)
+        self.start = self.start or now_ms()
+
+    def close(self) -> None:
+        from torchchat.generate import now_ms
+
+        if self.bar is not None:
+            self.bar.n = len(self.STAGES)
+            self.bar.set_description_str("    done")
+            self.bar.close()
+        elif not self.quiet and self.start:
+            print(f"torchchat: compiled in {(now_ms() - self.start) / 1e3:.0f} s", file=sys.stderr)
+
+
+def _compiled(
+    args: argparse.Namespace, checkpoint: Path, spec: Dict[str, Any], dtype_name: str
+) -> Tuple[Optional[Any], Dict[str, Any], Dict[str, Any], int, Optional[Callable]]:
+    """(package model, info, tokenizer source, max_seq_length, compile) from
+    the compile cache. A hit never reads the checkpoint's weights; a miss
+    builds the eager model and returns `compile` to make the package."""
+    import warnings
+
+    from torchchat import checkpoint as ckpt_mod
+    from torchchat import compile_cache
+    from torchchat.artifacts import ArtifactError
+
+    settings = {
+        "quantize": spec,
+        "dtype": args.dtype,
+        "resolved_dtype": dtype_name,
+        "max_seq_length": args.max_seq_length,
+    }
+    k = compile_cache.key(checkpoint, settings)
+    entry = compile_cache.lookup(k)
+    if entry is not None:
+        try:
+            backend = compile_cache.open_entry(k, entry)
+            info = dict(entry["info"], compiled=str(backend.path))
+            return backend, info, entry["tokenizer"], backend.max_seq_length, None
+        except ArtifactError as e:
+            print(f"torchchat: compiling again: {e}", file=sys.stderr)
+            compile_cache.remove(k)
+    ckpt = ckpt_mod.load_checkpoint(checkpoint)
+    model, _, info = _build_model(args, ckpt, spec, dtype_name)
+    tok_src = _tokenizer_source(ckpt)
+
+    def compile() -> Tuple[Any, Dict[str, Any]]:
+        progress = _CompileProgress(checkpoint.name, args.quiet)
+        try:
+            # torch.export warns about its own internals (pytree deprecations).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                compile_cache.store(
+                    k,
+                    settings,
+                    model,
+                    ckpt,
+                    dtype_name,
+                    info["quantize"],
+                    info,
+                    tok_src,
+                    progress.stage,
+                )
+        finally:
+            progress.close()
+        backend = compile_cache.open_entry(k, compile_cache.lookup(k))
+        return backend, {"compiled": str(backend.path)}
+
+    return None, info, tok_src, model.max_seq_length, compile
 
 
 def _load(args: argparse.Namespace) -> Loaded:
@@ -191,32 +337,38 @@ def _load(args: argparse.Namespace) -> Loaded:
         raise UserError("--device cuda: this torch build has no usable CUDA device")
     if args.max_seq_length is not None and args.max_seq_length < 2:
         raise UserError("--max-seq-length must be at least 2")
+    if args.compile == "aoti" and args.device != "cpu":
+        raise UserError("--compile aoti runs on the CPU; use --compile torch or none")
+    compile_mode = args.compile
+    if compile_mode == "auto":
+        compile_mode = "aoti" if args.device == "cpu" else "none"
     checkpoint, artifact = _resolve_source(args)
-    ckpt = ckpt_mod.load_checkpoint(checkpoint) if checkpoint else None
     backend = _load_artifact(args, artifact) if artifact else None
-    tok_path = (
-        user_path(args.tokenizer_path)
-        or (ckpt.tokenizer_path if ckpt else None)
-        or (backend.tokenizer_path if backend else None)
-    )
+    step, compile = None, None
+    if backend is not None:
+        info = {"backend": type(backend).__name__, "artifact": str(backend.path)}
+        model, tok_src = backend, {"tokenizer_path": backend.tokenizer_path}
+        max_seq = backend.max_seq_length
+    elif compile_mode == "aoti":
+        model, info, tok_src, max_seq, compile = _compiled(args, checkpoint, spec, dtype_name)
+    else:
+        ckpt = ckpt_mod.load_checkpoint(checkpoint)
+        model, step, info = _build_model(args, ckpt, spec, dtype_name)
+        tok_src, max_seq = _tokenizer_source(ckpt), model.max_seq_length
+    tok_path = user_path(args.tokenizer_path) or tok_src.get("tokenizer_path")
     if tok_path is None:
         raise UserError(
             "no tokenizer found next to the checkpoint or artifact; pass --tokenizer-path"
         )
     tok = tok_mod.load(
-        tok_path,
-        chat_template=ckpt.chat_template if ckpt else None,
-        bos_id=ckpt.bos_id if ckpt else None,
-        eos_ids=ckpt.eos_ids if ckpt else (),
-        add_bos=ckpt.add_bos if ckpt else None,
+        Path(tok_path),
+        chat_template=tok_src.get("chat_template"),
+        bos_id=tok_src.get("bos_id"),
+        eos_ids=tuple(tok_src.get("eos_ids") or ()),
+        add_bos=tok_src.get("add_bos"),
     )
-    if backend is not None:
-        info = {"backend": type(backend).__name__, "artifact": str(backend.path)}
-        model, step = backend, None
-    else:
-        model, step, info = _build_model(args, ckpt, spec, dtype_name)
     info["tokenizer"] = str(tok_path)
-    return Loaded(model, step, tok, info, start, now_ms())
+    return Loaded(model, step, tok, info, start, now_ms(), max_seq, compile)
 
 
 def _sampler(args: argparse.Namespace) -> Sampler:
@@ -281,8 +433,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ids = tok.encode(template.render(messages, add_generation_prompt=True), bos=False)
     else:
         ids = tok.encode(prompt, bos=tok.add_bos)
+    loaded.check_fits(len(ids))
     slot = loaded.slot(args.device)
-    slot.check_fits(len(ids), 0)
     all_stats = []
     for _ in range(args.num_samples):
         try:

@@ -36,6 +36,8 @@ class CliTest(unittest.TestCase):
         stats = self.dir / "stats.json"
         argv = [
             "generate",
+            "--compile",
+            "none",
             "--chat-template",
             "--prompt",
             "Why is the sky blue?",
@@ -68,6 +70,8 @@ class CliTest(unittest.TestCase):
     def test_a_4bit_gguf_runs_in_its_own_precision_by_default(self):
         base = [
             "generate",
+            "--compile",
+            "none",
             "--prompt",
             "The capital of France is",
             "--temperature",
@@ -87,17 +91,32 @@ class CliTest(unittest.TestCase):
             rc, out, err = run(base + [str(stats)] + extra)
             self.assertEqual(rc, 0, err)
             runs[name] = (out, json.loads(stats.read_text())["model"]["quantize"])
-        # The built-in Q4_1 GGUF: its 210 linears keep their codes, the
-        # unembedding its Q8_0 blocks; the same ids as asking for it.
-        self.assertEqual(runs["default"], runs["int4"])
-        self.assertEqual(runs["default"][1], {"int4_exact_from_gguf": 210, "output_q8_0": 1})
+        # The built-in Q4_1 GGUF: its 210 linears keep their codes, the tied
+        # Q8_0 embedding its blocks as embedding and unembedding; the same
+        # ids as asking for the linears alone.
+        self.assertEqual(runs["default"][0], runs["int4"][0])
+        self.assertEqual(
+            runs["default"][1],
+            {"int4_exact_from_gguf": 210, "embedding_q8_0": 1, "output_q8_0": 1},
+        )
+        self.assertEqual(runs["int4"][1], {"int4_exact_from_gguf": 210, "output_q8_0": 1})
         # --dtype asks for a dequantized model.
         self.assertEqual(runs["fp32"][1], {})
 
     def test_chat_through_stdin(self):
         stats = self.dir / "chat.json"
         rc, out, err = run(
-            ["chat", "--temperature", "0", "--max-new-tokens", "24", "--stats-json", str(stats)],
+            [
+                "chat",
+                "--compile",
+                "none",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "24",
+                "--stats-json",
+                str(stats),
+            ],
             stdin="What is the capital of France?\nAnd of Italy?\n/exit\nnever read\n",
         )
         self.assertEqual(rc, 0, err)
@@ -116,6 +135,8 @@ class CliTest(unittest.TestCase):
             torchchat_command()
             + [
                 "generate",
+                "--compile",
+                "none",
                 "--max-new-tokens",
                 "2000",
                 "--max-seq-length",

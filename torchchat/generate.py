@@ -107,6 +107,17 @@ class Stats:
         )
 
 
+def check_fits(max_seq_length: int, n_new: int, start: int = 0) -> None:
+    """Raises ContextOverflow unless `n_new` tokens after `start` leave room
+    for at least one generated token."""
+    if start + n_new >= max_seq_length:
+        used = f" and {start} are in use" if start else ""
+        raise ContextOverflow(
+            f"the prompt is {n_new} tokens{used}, but the context holds "
+            f"{max_seq_length} (raise --max-seq-length or shorten the prompt)"
+        )
+
+
 class Slot:
     """One sequence's place in a model's KV cache.
 
@@ -117,7 +128,7 @@ class Slot:
     def __init__(self, model: LLMModel, step: Optional[Forward] = None, device: str = "cpu"):
         self.model = model
         # A compiled single-token step, when one is given (--compile).
-        self._step = step or model
+        self._step = step if step is not None else model
         self.device = device
         self.max_seq_length: int = model.max_seq_length
         self.tokens: List[int] = []
@@ -127,13 +138,7 @@ class Slot:
         return len(self.tokens)
 
     def check_fits(self, n_new: int, start: Optional[int] = None) -> None:
-        start = self.pos if start is None else start
-        if start + n_new >= self.max_seq_length:
-            used = f" and {start} are in use" if start else ""
-            raise ContextOverflow(
-                f"the prompt is {n_new} tokens{used}, but the context holds "
-                f"{self.max_seq_length} (raise --max-seq-length or shorten the prompt)"
-            )
+        check_fits(self.max_seq_length, n_new, self.pos if start is None else start)
 
     def reuse(self, prompt: Sequence[int]) -> int:
         """Keeps the cached prefix `prompt` shares (never all of it: the last

@@ -305,7 +305,9 @@ class EagerSDPA(nn.Module):
         seqlen: int,
         mask: torch.Tensor,
     ) -> torch.Tensor:
-        end = int(input_pos[-1]) + 1
+        end = input_pos[-1].item() + 1
+        torch._check(end >= 1)
+        torch._check(end <= k.shape[2])
         k, v, mask = k[:, :, :end], v[:, :, :end], mask[:, :end]
         y = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, enable_gqa=True

@@ -252,9 +252,22 @@ class Int8Embedding(nn.Module):
         w = weight.float().reshape(v, d // g, g)
         scales = (w.abs().amax(-1) / 127).clamp(min=1e-12)
         q = torch.clamp(torch.round(w / scales[..., None]), -128, 127).to(torch.int8)
-        self.register_buffer("weight_int8", q.reshape(v, d))
+        self._set(q.reshape(v, d), scales, g, dtype)
+
+    @classmethod
+    def from_codes(
+        cls, q: torch.Tensor, scales: torch.Tensor, groupsize: int, dtype: torch.dtype
+    ) -> "Int8Embedding":
+        """int8 codes [V, D] and a scale per group [V, D/groupsize], as they are."""
+        emb = cls.__new__(cls)
+        nn.Module.__init__(emb)
+        emb._set(q, scales.float(), groupsize, dtype)
+        return emb
+
+    def _set(self, q: torch.Tensor, scales: torch.Tensor, g: int, dtype: torch.dtype) -> None:
+        self.register_buffer("weight_int8", q)
         self.register_buffer("scales", scales)
-        self.groupsize, self.dim, self.out_dtype = g, d, dtype
+        self.groupsize, self.dim, self.out_dtype = g, q.shape[1], dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         q = F.embedding(ids, self.weight_int8).float()
@@ -309,14 +322,20 @@ def gguf_native_spec(
 
     When every transformer-layer linear is Q4_0/Q4_1 in the file, that is
     linear:int4 with groups of 32: the file's own codes run through the q4
-    op, and a Q8_0 unembedding through the q8 op, exactly as the file
-    defines them. Anything else (F16, Q8_0 or K-quant linears) is
+    op, a Q8_0 unembedding through the q8 op and a Q8_0 embedding as int8
+    groups of 32, exactly as the file defines them. Anything else (F16, Q8_0 or K-quant linears) is
     dequantized to the model's dtype, as before.
     """
     names = [full.removeprefix("transformer.") + ".weight" for _, _, full, _ in _linears(model)]
     layers = [n for n in names if n != "output.weight"]
     exact = all(n in gguf_quantized and gguf_quantized[n].qtype in ("Q4_0", "Q4_1") for n in layers)
-    return {"linear:int4": {"groupsize": 32}} if layers and exact else {}
+    if not layers or not exact:
+        return {}
+    spec: Dict[str, Dict[str, Any]] = {"linear:int4": {"groupsize": 32}}
+    emb = gguf_quantized.get("tok_embeddings.weight")
+    if emb is not None and emb.qtype == "Q8_0":
+        spec["embedding"] = {"groupsize": 32}
+    return spec
 
 
 def quantize_model(
@@ -335,16 +354,23 @@ def quantize_model(
         "int4": 0,
         "int8": 0,
         "embedding_int8": 0,
+        "embedding_q8_0": 0,
         "output_q8_0": 0,
     }
     dtype = next(model.parameters()).dtype
     if "embedding" in spec:
         t = model.transformer
-        emb = t.tok_embeddings
-        t.tok_embeddings = Int8Embedding(
-            emb.weight.data, spec["embedding"].get("groupsize", 0), dtype
-        )
-        counts["embedding_int8"] += 1
+        g = spec["embedding"].get("groupsize", 0)
+        gq = gguf_quantized.get("tok_embeddings.weight")
+        q4 = _q4_kernel()
+        if gq is not None and gq.qtype == "Q8_0" and g == 32 and q4 is not None:
+            # GGUF's own Q8_0 blocks are int8 groups of 32 already: exact.
+            qs, scales = q4.pack_q8_0_blocks(gq.blocks, gq.shape)
+            t.tok_embeddings = Int8Embedding.from_codes(qs, scales, g, dtype)
+            counts["embedding_q8_0"] += 1
+        else:
+            t.tok_embeddings = Int8Embedding(t.tok_embeddings.weight.data, g, dtype)
+            counts["embedding_int8"] += 1
     for key in ("linear:int4", "linear:int8"):
         if key not in spec:
             continue

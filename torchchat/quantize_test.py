@@ -178,8 +178,22 @@ class QuantizeQualityTest(unittest.TestCase):
 
     def test_embedding_int8(self):
         agree, counts = self.agreement({"embedding": {"bitwidth": 8, "groupsize": 32}})
-        self.assertEqual(counts["embedding_int8"], 1)
+        # The built-in GGUF's embedding is Q8_0: its own blocks are the codes.
+        self.assertEqual(counts["embedding_q8_0"], 1)
         self.assertGreaterEqual(agree, 0.95)
+
+    def test_a_q8_0_embedding_keeps_its_values(self):
+        model = load_model(self.ckpt, torch.float32, 16)
+        want = model.transformer.tok_embeddings.weight.detach().clone()
+        spec = {"embedding": {"groupsize": 32}}
+        Q.quantize_model(model, spec, self.ckpt.gguf_quantized)
+        ids = torch.arange(0, want.shape[0], 97)
+        self.assertTrue(torch.equal(model.transformer.tok_embeddings(ids), want[ids]))
+        # Without the file's blocks it re-quantizes: close, not equal.
+        model = load_model(self.ckpt, torch.float32, 16)
+        model.transformer.tok_embeddings.weight.data += 1e-3
+        counts = Q.quantize_model(model, spec, {})
+        self.assertEqual(counts["embedding_int8"], 1)
 
     def test_bf16(self):
         agree, _ = self.agreement({}, torch.bfloat16)

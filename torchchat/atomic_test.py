@@ -2,7 +2,7 @@ import os
 import tempfile
 import unittest
 
-from export.atomic import OutputPathError, atomic_output
+from torchchat.atomic import OutputPathError, atomic_output
 
 
 class AtomicOutputTest(unittest.TestCase):

@@ -1,0 +1,70 @@
+"""AOTInductor: compile a Model into a .pt2 package, and run one.
+
+export_llm writes .pt2 packages for aoti_run with `compile_package`, and the
+CLI compiles its decode step with it on first use (torchchat.compile_cache).
+`Runner` calls a package through torch's C++ loader directly:
+`torch._inductor.aoti_load_package` would do the same after importing
+torch._inductor, which pulls in dynamo and costs about a second of every
+start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from torchchat.atomic import atomic_output
+
+
+def compile_package(
+    model: torch.nn.Module,
+    out_path: Path,
+    metadata: Dict[str, str],
+    on_stage: Optional[Callable[[str], None]] = None,
+) -> None:
+    """Exports `model` with a dynamic token dimension and writes its package.
+
+    forward(tokens[1, T], input_pos[T]) for 1 <= T < max_seq_length; the
+    write is atomic, so an interrupted compile leaves nothing at `out_path`.
+    `on_stage` hears "export" and then "compile" as each starts.
+    """
+    import torch._inductor
+
+    stage = on_stage or (lambda name: None)
+    stage("export")
+    max_seq_length = int(model.max_seq_length)
+    T = torch.export.Dim("T", min=1, max=max_seq_length - 1)
+    n = min(3, max_seq_length - 1)
+    example = (torch.arange(1, n + 1, dtype=torch.long)[None], torch.arange(n, dtype=torch.long))
+    with torch.no_grad():
+        ep = torch.export.export(model, example, dynamic_shapes=({1: T}, {0: T}), strict=False)
+    stage("compile")
+    parent = Path(out_path).resolve().parent
+    with atomic_output(str(out_path)) as tmp:
+        # aoti_compile_and_package insists on a .pt2 name, so compile in a
+        # private directory beside the target and rename from there.
+        work = tempfile.mkdtemp(prefix=".aoti.", dir=parent)
+        try:
+            pkg = torch._inductor.aoti_compile_and_package(
+                ep,
+                package_path=os.path.join(work, "model.pt2"),
+                inductor_configs={"aot_inductor.metadata": metadata},
+            )
+            os.replace(pkg, tmp)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+class Runner:
+    """A loaded package's forward: (tokens, input_pos) -> its outputs."""
+
+    def __init__(self, path: Path):
+        self._loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+
+    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> List[Any]:
+        return self._loader.boxed_run([tokens, input_pos])

@@ -1,0 +1,202 @@
+"""The CLI's compiled model: an AOTInductor package built on first use.
+
+Why AOTInductor (measured on the built-in model, 2-core Intel Xeon, runner/
+README): eager decode pays Python for ~600 ops a token; `torch.compile`
+removes that but re-traces the model with dynamo on every start (about 8 s
+with a warm Inductor cache), while a package loads in about 0.3 s and
+decodes as fast. So the first run compiles the eager model, in the
+precision the flags ask for, into `$XDG_CACHE_HOME/torchchat/compiled` and
+every later run with the same checkpoint, flags, code and CPU loads it
+without reading the checkpoint's weights at all.
+
+An entry is `<key>.json` (what the CLI needs besides the package: the
+tokenizer, its ids and template) and `<key>.pt2`. The package is written
+last, atomically, so its presence commits the entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import metadata as pkg_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+
+from torchchat.atomic import atomic_output
+
+if TYPE_CHECKING:
+    from torchchat.artifacts import Pt2Model
+    from torchchat.checkpoint import Checkpoint
+    from torchchat.model import Model
+
+CACHE_ENV = "TORCHCHAT_COMPILE_CACHE"
+# Bumped when an entry's layout changes.
+ENTRY_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "torchchat" / "compiled"
+
+
+def _files_of(checkpoint: Path) -> List[Path]:
+    """The files a checkpoint's model, tokenizer and template come from."""
+    if checkpoint.is_dir():
+        d = checkpoint
+    elif checkpoint.suffix == ".gguf":
+        return [checkpoint]
+    else:
+        d = checkpoint.parent  # a Meta .pth reads params.json beside it
+    return sorted(p for p in d.iterdir() if p.is_file())
+
+
+def _code_files() -> List[Path]:
+    """Sources that decide the compiled graph, and the kernel library."""
+    from kernels import q4
+    from torchchat import aoti, checkpoint, model, quantize
+
+    files = [Path(m.__file__) for m in (aoti, checkpoint, model, quantize, q4)]
+    files.append(Path(__file__))
+    lib = q4.library_path()
+    return files + ([lib] if lib.is_file() else [])
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _version(dist: str) -> str:
+    try:
+        return pkg_metadata.version(dist)
+    except pkg_metadata.PackageNotFoundError:
+        return ""
+
+
+def key(checkpoint: Path, settings: Dict[str, Any]) -> str:
+    """Names the compiled model for these inputs; any change makes a new key.
+
+    Files count by path, size and mtime (hashing gigabytes would cost more
+    than the compile saves); code files by content.
+    """
+    h = hashlib.sha256()
+    doc = {
+        "format": ENTRY_FORMAT,
+        "settings": settings,
+        "files": [
+            [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
+            for p in _files_of(checkpoint)
+        ],
+        "versions": {d: _version(d) for d in ("torch", "executorch", "torchao")},
+        "cpu": _cpu_flags(),
+    }
+    h.update(json.dumps(doc, sort_keys=True).encode())
+    for p in _code_files():
+        h.update(p.read_bytes())
+    return h.hexdigest()[:24]
+
+
+def _pt2_metadata(ckpt: Checkpoint, model: Model, dtype_name: str, counts: Dict[str, int]):
+    from torchchat.artifacts import PT2_FORMAT
+
+    return {
+        "torchchat_format": PT2_FORMAT,
+        "model_name": ckpt.path.name,
+        "tokenizer_file": "",
+        "tokenizer_type": "",
+        "bos_id": "" if ckpt.bos_id is None else str(ckpt.bos_id),
+        "eos_ids": ",".join(str(x) for x in ckpt.eos_ids),
+        "max_seq_len": str(model.max_seq_length),
+        "vocab_size": str(ckpt.config.vocab_size),
+        "n_layers": str(ckpt.config.n_layers),
+        "dtype": dtype_name,
+        "quantize": json.dumps(counts),
+        "input_pos": "positions",
+    }
+
+
+def lookup(k: str) -> Optional[Dict[str, Any]]:
+    """The entry's description, or None when it is absent or unreadable."""
+    d = cache_dir()
+    pt2, doc = d / f"{k}.pt2", d / f"{k}.json"
+    if not pt2.is_file() or not doc.is_file():
+        return None
+    try:
+        entry = json.loads(doc.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(entry, dict) and entry.get("key") == k and "tokenizer" in entry
+    return entry if ok and "info" in entry else None
+
+
+def open_entry(k: str, entry: Dict[str, Any]) -> Pt2Model:
+    from torchchat import artifacts
+
+    path = cache_dir() / f"{k}.pt2"
+    meta = artifacts.parse_pt2_metadata(artifacts.read_pt2_metadata(path), path)
+    return artifacts.open_pt2(path, meta)
+
+
+def store(
+    k: str,
+    settings: Dict[str, Any],
+    model: Model,
+    ckpt: Checkpoint,
+    dtype_name: str,
+    counts: Dict[str, int],
+    info: Dict[str, Any],
+    tokenizer: Dict[str, Any],
+    on_stage: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Any]:
+    """Compiles `model` into the entry `k`; returns the entry's description,
+    which keeps `info` and `tokenizer` (what loading the tokenizer needs).
+
+    Entries an older version of the same checkpoint and settings left behind
+    are removed, so editing a checkpoint does not grow the cache.
+    """
+    from torchchat import aoti
+
+    d = cache_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    entry = {
+        "key": k,
+        "source": str(ckpt.path.resolve()),
+        "settings": settings,
+        "info": info,
+        "tokenizer": tokenizer,
+    }
+    with atomic_output(str(d / f"{k}.json")) as tmp:
+        Path(tmp).write_text(json.dumps(entry, indent=1))
+    metadata = _pt2_metadata(ckpt, model, dtype_name, counts)
+    aoti.compile_package(model, d / f"{k}.pt2", metadata, on_stage)
+    _remove_superseded(d, k, entry["source"], settings)
+    return entry
+
+
+def remove(k: str) -> None:
+    for suffix in (".pt2", ".json"):
+        (cache_dir() / f"{k}{suffix}").unlink(missing_ok=True)
+
+
+def _remove_superseded(d: Path, k: str, source: str, settings: Dict[str, Any]) -> None:
+    for doc in d.glob("*.json"):
+        if doc.stem == k:
+            continue
+        try:
+            other = json.loads(doc.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(other, dict):
+            continue
+        if other.get("source") == source and other.get("settings") == settings:
+            remove(doc.stem)
