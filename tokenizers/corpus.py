@@ -5,10 +5,13 @@ sentencepiece sdist's botchan.txt) plus the edge cases tokenizers get wrong:
 emoji ZWJ sequences, CJK, combining marks, RTL, whitespace runs and tabs,
 CRLF, special-token text inside normal text, invalid UTF-8 (replaced by
 U+FFFD for the references, which only take str), the empty string and a
-1 MB single line.
+1 MB single line. And a multilingual text: Faker's lorem word lists in 26
+languages (a locked wheel, so the text is the same on every machine), from
+which SentencePiece models are also trained here.
 """
 
 import glob
+import io
 import os
 import sysconfig
 
@@ -93,3 +96,50 @@ def one_mb_line(text):
     while len(flat.encode()) < 1_000_000:
         flat += flat
     return flat.encode()[:1_000_000].decode("utf-8", "ignore")
+
+
+# Faker locales whose lorem provider has its own word list: 25 languages,
+# Chinese in both scripts, and Latin (Faker's default list) added below.
+MULTILINGUAL_LOCALES = (
+    "ar_AA az_AZ bn_BD cs_CZ da_DK de_DE el_GR en_US es_ES fa_IR fil_PH fr_FR he_IL "
+    "hy_AM it_IT ja_JP mk_MK nl_NL pl_PL ru_RU th_TH uk_UA vi_VN zh_CN zh_TW"
+).split()
+
+
+def multilingual_text(paragraphs_per_language=150):
+    """Lorem paragraphs (one per line), language after language: about 1 MB
+    of UTF-8 in 26 languages (Latin, Cyrillic, Greek, Arabic, Hebrew,
+    Armenian, Bengali, Thai and CJK scripts). Deterministic for the locked
+    Faker release."""
+    from faker import Faker
+    from faker.providers.lorem.la import Provider as Latin
+
+    out = []
+    for locale in MULTILINGUAL_LOCALES + ["la"]:
+        fake = Faker("en_US" if locale == "la" else locale)
+        fake.seed_instance(0)
+        words = Latin.word_list if locale == "la" else None
+        for _ in range(paragraphs_per_language):
+            out.append(fake.paragraph(nb_sentences=6, ext_word_list=words) + "\n")
+    return "".join(out)
+
+
+def train_sentencepiece(text, model_type, vocab_size=8000):
+    """A SentencePiece model (serialized ModelProto) trained on `text` by the
+    reference library, with byte fallback and one user-defined symbol, so
+    that unknown characters become byte pieces. Seconds on 1 MB."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text.splitlines()),
+        model_writer=buf,
+        model_type=model_type,
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        character_coverage=0.9995,
+        user_defined_symbols=["<tag>"],
+        num_threads=2,
+        minloglevel=2,
+    )
+    return buf.getvalue()

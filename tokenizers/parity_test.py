@@ -349,22 +349,55 @@ class GgufLlamaParity(unittest.TestCase):
 
 
 class SentencePieceParity(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.multilingual = corpus.multilingual_text()
+
+    def check(self, name, ours, ref, texts):
+        self.assertEqual(ours.type, "sentencepiece")
+        self.assertEqual(ours.vocab_size, ref.vocab_size())
+        m = Mismatches(self, name)
+        for t in texts:
+            ids = ref.encode(t)
+            m.check(t, ours.encode(t), ids)
+            m.check(t, ours.decode(ids), ref.decode(ids))
+        m.done()
+
     def test_models(self):
+        # Trained on English and Japanese: most of the multilingual text is
+        # unknown to them, in runs that encode merges into one unknown id.
         import sentencepiece as spm
 
-        text = botchan().splitlines(keepends=True) + LINES[:3000] + corpus.EDGE_CASES
+        text = (
+            botchan().splitlines(keepends=True)
+            + LINES[:3000]
+            + corpus.EDGE_CASES
+            + corpus.lines(self.multilingual)
+            + [self.multilingual]
+        )
         for key in ("sp_model", "sp_ja_model"):
             path = ARGS[key]
-            ref = spm.SentencePieceProcessor(model_file=path)
-            tok = L.load(path)
-            self.assertEqual(tok.type, "sentencepiece")
-            self.assertEqual(tok.vocab_size, ref.vocab_size())
-            m = Mismatches(self, key)
-            for t in text:
-                ids = ref.encode(t)
-                m.check(t, tok.encode(t), ids)
-                m.check(t, tok.decode(ids), ref.decode(ids))
-            m.done()
+            self.check(key, L.load(path), spm.SentencePieceProcessor(model_file=path), text)
+
+    def test_multilingual_models_with_byte_fallback(self):
+        # Unigram and BPE, trained on the multilingual text without its
+        # rarest characters, which become byte pieces; "<tag>" is a
+        # user-defined symbol.
+        import sentencepiece as spm
+
+        rare = "\U0001f600\U0001f9d1\u200d\U0001f680 \u0b95\u0bbe \u10d0 \u16a0 x<tag>y"
+        text = corpus.lines(self.multilingual) + corpus.EDGE_CASES + [rare, self.multilingual]
+        for model_type in ("unigram", "bpe"):
+            proto = corpus.train_sentencepiece(self.multilingual, model_type)
+            ref = spm.SentencePieceProcessor(model_proto=proto)
+            self.assertTrue(any(ref.is_byte(i) for i in ref.encode(rare)))
+            with tempfile.NamedTemporaryFile(suffix=".model", delete=False) as f:
+                f.write(proto)
+            try:
+                ours = L.load(f.name)
+            finally:
+                os.unlink(f.name)
+            self.check(f"multilingual {model_type}", ours, ref, text)
 
 
 def llama2c_reference_encode(pieces, scores, text):

@@ -10,6 +10,7 @@
 
 #include "formats.h"
 #include "sentencepiece_processor.h"
+#include "tokenizers/sentencepiece_encoder.h"
 
 namespace tokenizers {
 namespace {
@@ -181,6 +182,9 @@ class SentencePieceTokenizer : public Tokenizer {
       return MakeError("unsafe SentencePiece model: " + why);
     }
     if (sp->GetPieceSize() <= 0) return MakeError("SentencePiece model has no pieces");
+    auto encoder = SentencePieceEncoder::Create(sp.get());
+    if (!encoder.ok()) return MakeError("bad SentencePiece model: " + encoder.error());
+    encoder_ = std::move(*encoder);
     sp_ = std::move(sp);
     bos_id_ = sp_->bos_id();
     eos_ids_.clear();
@@ -196,10 +200,7 @@ class SentencePieceTokenizer : public Tokenizer {
       if (bos_id_ < 0) return MakeError("this tokenizer has no bos token");
       ids.push_back(bos_id_);
     }
-    std::vector<int> body;
-    const auto status = sp_->Encode(text, &body);
-    if (!status.ok()) return MakeError("encode failed: " + status.ToString());
-    ids.insert(ids.end(), body.begin(), body.end());
+    if (auto r = encoder_->Encode(text, &ids); !r.ok()) return MakeError(r.error());
     if (eos) {
       if (eos_ids_.empty()) return MakeError("this tokenizer has no eos token");
       ids.push_back(eos_ids_[0]);
@@ -271,6 +272,7 @@ class SentencePieceTokenizer : public Tokenizer {
 
  private:
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  std::unique_ptr<SentencePieceEncoder> encoder_;  // uses sp_'s model
 };
 
 }  // namespace

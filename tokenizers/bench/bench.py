@@ -1,6 +1,6 @@
 """Tokenizer throughput: llm_tokenizers against tiktoken, HF tokenizers,
 sentencepiece and pytorch-tokenizers' C++ classes, on the same corpus in one
-run. Prints MB/s (UTF-8 input bytes per second) and ours/theirs ratios.
+run, then on a multilingual text (26 languages) against each reference. Prints MB/s (UTF-8 input bytes per second) and ours/theirs ratios.
 
     tools/bazel run //tokenizers/bench
 
@@ -285,6 +285,53 @@ def main():
                 lambda s: cpp_sp.encode(s, 0, 0),
             )
         )
+
+    # The multilingual text (26 languages, whole string and per line) on
+    # every format against its reference, and on SentencePiece models
+    # trained on it (unigram and BPE, with byte fallback).
+    multi = corpus.multilingual_text()
+    mlines = corpus.lines(multi)
+    print(f"multilingual: {len(multi.encode()) / 1e6:.2f} MB, {len(mlines)} lines", file=sys.stderr)
+    pairs = [
+        ("Llama 3.2 tokenizer.model", ours, "tiktoken", ref.encode_ordinary, ref.decode),
+        (
+            "Llama 3.2 tokenizer.json",
+            ours_hf,
+            "HF tokenizers",
+            lambda s: hf.encode(s, add_special_tokens=False).ids,
+            hf.decode,
+        ),
+        (
+            "SmolLM2 GGUF (gpt2 BPE)",
+            ours_gguf,
+            "HF tokenizers",
+            lambda s: hf_gguf.encode(s, add_special_tokens=False).ids,
+            hf_gguf.decode,
+        ),
+        ("sentencepiece test_model", ours_sp, "sentencepiece", sp.encode, sp.decode),
+    ]
+    with tempfile.TemporaryDirectory() as d:
+        for model_type in ("unigram", "bpe"):
+            path = os.path.join(d, f"{model_type}.model")
+            with open(path, "wb") as f:
+                f.write(corpus.train_sentencepiece(multi, model_type))
+            trained = spm.SentencePieceProcessor(model_file=path)
+            name = f"sentencepiece {model_type} trained on it"
+            pairs.append((name, L.load(path), "sentencepiece", trained.encode, trained.decode))
+    for name, tok, library, encode, decode in pairs:
+        name += " (multilingual)"
+        rows.append(
+            measure(
+                name,
+                "llm_tokenizers",
+                multi,
+                mlines,
+                tok.encode,
+                lambda b, tok=tok: tok.encode_batch(b, num_threads=nt),
+                tok.decode,
+            )
+        )
+        rows.append(measure(name, library, multi, mlines, encode, decode=decode))
 
     # Table.
     cols = [
