@@ -2,12 +2,15 @@
 
     tools/bazel run //runner/bench -- [--model MODEL] [--pte X.pte] [--pt2 X.pt2]
 
-Runs the same prompts through torchchat eager, aoti_run, et_run and
-ExecuTorch's own TextLLMRunner (and llama.cpp when llama-cpp-python is
-installed, on the GGUF), takes each one's own stats, and prints TTFT,
-prefill and decode tok/s with ratios against each peer. Artifacts not given
-are exported once into the cache (${XDG_CACHE_HOME:-~/.cache}/torchchat/bench).
-Numbers are only comparable within one run of this tool.
+Runs the same prompts through the torchchat CLI (eager, and its default:
+compiled, a GGUF in its own precision), aoti_run (fp32 and 4-bit), et_run
+and ExecuTorch's own TextLLMRunner (and llama.cpp when llama-cpp-python is
+installed, on the GGUF), takes each one's own stats, and prints the CPU,
+the ISA paths taken, a measured memory bandwidth, TTFT, prefill and decode
+tok/s, each runtime's fraction of its bandwidth roofline and ratios against
+the peers. Artifacts not given are exported once into the cache
+(${XDG_CACHE_HOME:-~/.cache}/torchchat/bench). Numbers are only comparable
+within one run of this tool.
 """
 
 import argparse
@@ -51,28 +54,29 @@ def export_key() -> str:
     import hashlib
 
     from export import export_llm, quant
+    from torchchat import aoti
     from torchchat import model as model_mod
 
     h = hashlib.sha256()
-    for mod in (export_llm, quant, model_mod):
+    for mod in (export_llm, quant, model_mod, aoti):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:12]
 
 
-def export(model, kind, path, max_seq):
+def export(model, kind, path, max_seq, *flags):
     if path.exists():
         return path
     flag = {"pte": "--output-pte-path", "pt2": "--output-aoti-package-path"}[kind]
     print(f"bench: exporting {model or 'the built-in model'} to {path} (once)", file=sys.stderr)
     from export import export_llm
 
-    args = ([model] if model else []) + [flag, str(path), "--max-seq-length", str(max_seq)]
+    args = ([model] if model else []) + [flag, str(path), "--max-seq-length", str(max_seq), *flags]
     if export_llm.main(args) != 0:
         sys.exit(f"bench: export to {path} failed")
     return path
 
 
-def run_runner(exe, artifact, prompt, n, threads):
+def run_runner(exe, artifact, prompt, n, threads, env=None):
     stats = Path(tempfile.mkdtemp()) / "stats.json"
     cmd = [
         str(exe),
@@ -90,7 +94,7 @@ def run_runner(exe, artifact, prompt, n, threads):
     ]
     if threads:
         cmd += ["--num-threads", str(threads)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(p.stderr.strip().splitlines()[-1])
     return row(json.loads(stats.read_text()))
@@ -107,7 +111,7 @@ def row(s):
     }
 
 
-def run_eager(model, prompt, n, max_seq, *flags):
+def run_cli(model, prompt, n, max_seq, *flags, env=None):
     stats = Path(tempfile.mkdtemp()) / "stats.json"
     cmd = (
         [str(binary("torchchat/torchchat")), "generate"]
@@ -160,27 +164,35 @@ def run_et_runner(pte, prompt, n):
     }
 
 
-def run_llama_cpp(gguf, prompt, n, threads):
-    from llama_cpp import Llama
+_LLAMA = {}
 
-    llm = Llama(model_path=str(gguf), n_ctx=512, n_threads=threads or 2, verbose=False)
-    # Warm up like the runners' --warmup 1: the first generation pays for
-    # page faults and thread start-up.
-    for _ in llm.create_completion(prompt, max_tokens=4, temperature=0, stream=True):
-        pass
+
+def run_llama_cpp(gguf, prompt, n, threads, max_seq):
+    """llama.cpp's own timings (llama_perf_context), like the runners' Stats."""
+    import llama_cpp
+
+    llm = _LLAMA.get(gguf)
+    if llm is None:
+        llm = llama_cpp.Llama(
+            model_path=str(gguf), n_ctx=max_seq, n_threads=threads or 2, verbose=False
+        )
+        # Warm up like the runners' --warmup 1: the first generation pays for
+        # page faults and thread start-up.
+        llm.create_completion(PROMPTS[0], max_tokens=4, temperature=0)
+        _LLAMA[gguf] = llm
     llm.reset()
+    llama_cpp.llama_perf_context_reset(llm.ctx)
     t0 = time.perf_counter()
     first = None
     count = 0
     for _ in llm.create_completion(prompt, max_tokens=n, temperature=0, stream=True):
         count += 1
-        if first is None:
-            first = time.perf_counter()
-    end = time.perf_counter()
+        first = first or time.perf_counter()
+    perf = llama_cpp.llama_perf_context(llm.ctx)
     return {
         "ttft_s": first - t0,
-        "prefill": 0.0,
-        "decode": (count - 1) / (end - first) if count > 1 else 0,
+        "prefill": perf.n_p_eval * 1e3 / perf.t_p_eval_ms if perf.t_p_eval_ms else 0.0,
+        "decode": perf.n_eval * 1e3 / perf.t_eval_ms if perf.t_eval_ms else 0.0,
         "tokens": count,
     }
 
@@ -192,100 +204,213 @@ def builtin_gguf():
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def long_prompt(tokens):
+    """A raw-text prompt of about `tokens` tokens for the prefill columns."""
+    from torchchat import tokenizer as tok_mod
+
+    tok = tok_mod.load(builtin_gguf())
+    text = " ".join(PROMPTS * 200)
+    ids = tok.encode(text, bos=False)[: tokens - 1]
+    return tok.decode(ids)
+
+
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def isa_paths():
+    """What each runtime picks on this CPU."""
+    from torch._inductor import cpu_vec_isa
+
+    from kernels import q4
+
+    return {
+        "q4 kernel": q4.isa(),
+        "q4 exact": q4.exact_isa(),
+        "inductor": str(cpu_vec_isa.pick_vec_isa()),
+    }
+
+
+def triad_gb_s(threads, mib=256, reps=8):
+    """STREAM triad a = b + s*c over buffers far larger than any cache, on
+    the bench's threads: the best of `reps`, counting 3 arrays of traffic."""
+    import torch
+
+    torch.set_num_threads(threads)
+    n = mib * 2**20 // 4
+    a, b, c = torch.empty(n), torch.rand(n), torch.rand(n)
+    torch.add(b, c, alpha=3.0, out=a)  # fault the pages in
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.add(b, c, alpha=3.0, out=a)
+        best = min(best, time.perf_counter() - t)
+    return 3 * n * 4 / best / 1e9
+
+
+def weight_bytes(gguf):
+    """Bytes one decode step reads: every weight once (the embedding is tied
+    to the output, so its matrix is read by the unembedding), as the GGUF
+    stores them (q4) and as fp32. The KV cache is left out: at these
+    lengths it is under 2% of either."""
+    import gguf as gguf_lib
+
+    r = gguf_lib.GGUFReader(str(gguf))
+    q = sum(int(t.n_bytes) for t in r.tensors)
+    f = sum(int(t.n_elements) * 4 for t in r.tensors)
+    return {"q4": q, "fp32": f}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model alias or checkpoint (default: the built-in model)")
-    ap.add_argument("--pte", help="an exported .pte (default: export once into the cache)")
-    ap.add_argument("--pt2", help="an exported .pt2 (default: export once into the cache)")
+    ap.add_argument("--pte", help="an exported fp32 .pte (default: export once into the cache)")
+    ap.add_argument("--pt2", help="an exported fp32 .pt2 (default: export once into the cache)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--max-seq-length", type=int, default=256)
+    ap.add_argument("--max-seq-length", type=int, default=512)
+    ap.add_argument("--prefill-tokens", type=int, default=256)
     ap.add_argument("--num-threads", type=int, default=0)
     ap.add_argument(
         "--llama-cpp",
         metavar="DIR",
         help="a `pip install --target DIR llama-cpp-python` directory (see runner/README.md)",
     )
-    ap.add_argument(
-        "--skip",
-        action="append",
-        default=[],
-        help="eager, eager_gguf, aoti_run, et_run, et_runner, llama.cpp",
-    )
+    ap.add_argument("--skip", action="append", default=[], help="a runtime's name (repeatable)")
     args = ap.parse_args()
     wd = Path(os.environ.get("BUILD_WORKING_DIRECTORY", "."))
+    threads = args.num_threads or os.cpu_count()
     tag = f"{(args.model or 'builtin').replace('/', '_')}-s{args.max_seq_length}-{export_key()}"
-    pte = (
-        Path(wd, args.pte)
-        if args.pte
-        else export(args.model, "pte", cache_dir() / f"{tag}.pte", args.max_seq_length)
-    )
-    pt2 = (
-        Path(wd, args.pt2)
-        if args.pt2
-        else export(args.model, "pt2", cache_dir() / f"{tag}.pt2", args.max_seq_length)
-    )
+    seq = args.max_seq_length
 
+    def artifact(kind, given, name, *flags):
+        if given:
+            return Path(wd, given)
+        return export(args.model, kind, cache_dir() / f"{tag}-{name}.{kind}", seq, *flags)
+
+    pte = artifact("pte", args.pte, "fp32", "--dtype", "fp32")
+    pt2 = artifact("pt2", args.pt2, "fp32", "--dtype", "fp32")
+    exact = dict(os.environ, TORCHCHAT_Q4_ISA=isa_paths()["q4 exact"])
+    m = args.model
+    # name -> (weights read per token, run(prompt, n))
     runs = {
-        # fp32 like the exported artifacts; eager_gguf is generate's default
-        # (a 4-bit GGUF in its own precision).
-        "eager": lambda p: run_eager(
-            args.model, p, args.max_new_tokens, args.max_seq_length, "--dtype", "fp32"
+        "eager fp32 (generate --compile none --dtype fp32)": (
+            "fp32",
+            lambda p, n: run_cli(m, p, n, seq, "--dtype", "fp32", "--compile", "none"),
         ),
-        "eager_gguf": lambda p: run_eager(args.model, p, args.max_new_tokens, args.max_seq_length),
-        "aoti_run": lambda p: run_runner(
-            binary("runner/aoti/aoti_run"), pt2, p, args.max_new_tokens, args.num_threads
+        "generate, default flags (GGUF codes, compiled)": (
+            "q4",
+            lambda p, n: run_cli(m, p, n, seq),
         ),
-        "et_run": lambda p: run_runner(
-            binary("runner/et/et_run"), pte, p, args.max_new_tokens, args.num_threads
+        "generate --dtype fp32 (compiled)": (
+            "fp32",
+            lambda p, n: run_cli(m, p, n, seq, "--dtype", "fp32"),
         ),
-        "et_runner": lambda p: run_et_runner(pte, p, args.max_new_tokens),
+        "aoti_run fp32 .pt2": (
+            "fp32",
+            lambda p, n: run_runner(binary("runner/aoti/aoti_run"), pt2, p, n, args.num_threads),
+        ),
+        "et_run fp32 .pte": (
+            "fp32",
+            lambda p, n: run_runner(binary("runner/et/et_run"), pte, p, n, args.num_threads),
+        ),
+        "ExecuTorch's TextLLMRunner, same .pte": ("fp32", lambda p, n: run_et_runner(pte, p, n)),
     }
+    if not args.model:
+        # export's default for a 4-bit GGUF keeps its codes.
+        pt2_q4 = artifact("pt2", None, "gguf")
+        aoti = binary("runner/aoti/aoti_run")
+        runs["aoti_run 4-bit .pt2"] = (
+            "q4",
+            lambda p, n: run_runner(aoti, pt2_q4, p, n, args.num_threads),
+        )
+        runs["aoti_run 4-bit .pt2, exact path"] = (
+            "q4",
+            lambda p, n: run_runner(aoti, pt2_q4, p, n, args.num_threads, env=exact),
+        )
     if args.llama_cpp:
         sys.path.insert(0, str(Path(wd, os.path.expanduser(args.llama_cpp))))
     try:
         import llama_cpp  # noqa: F401
 
         if not args.model:
-            runs["llama.cpp"] = lambda p: run_llama_cpp(
-                builtin_gguf(), p, args.max_new_tokens, args.num_threads
+            runs["llama.cpp (same GGUF)"] = (
+                "q4",
+                lambda p, n: run_llama_cpp(builtin_gguf(), p, n, args.num_threads, seq),
             )
     except ImportError:
         print("bench: llama-cpp-python is not installed; skipping llama.cpp", file=sys.stderr)
 
+    bandwidth = triad_gb_s(threads)
+    nbytes = weight_bytes(builtin_gguf()) if not args.model else None
+    long = long_prompt(args.prefill_tokens)
     results = {}
-    for name, fn in runs.items():
-        if name in args.skip:
+    for name, (kind, fn) in runs.items():
+        if any(k in name for k in args.skip):
             continue
-        rows = []
-        for prompt in PROMPTS:
-            try:
-                rows.append(fn(prompt))
-            except Exception as e:  # one failing runtime must not hide the others
-                print(f"bench: {name}: {e}", file=sys.stderr)
-                break
-        if rows:
-            results[name] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-            print(f"bench: {name} done", file=sys.stderr)
+        try:
+            fn(PROMPTS[0], 2)  # the CLI compiles on first use; runners warm up themselves
+            decode = [fn(prompt, args.max_new_tokens)["decode"] for prompt in PROMPTS]
+            pre = [fn(long, 4) for _ in range(2)]
+        except Exception as e:  # one failing runtime must not hide the others
+            print(f"bench: {name}: {e}", file=sys.stderr)
+            continue
+        r = {
+            "decode": statistics.median(decode),
+            "prefill": max(x["prefill"] for x in pre),
+            "ttft_s": min(x["ttft_s"] for x in pre),
+            "kind": kind,
+        }
+        r["roofline"] = r["decode"] * nbytes[kind] / 1e9 / bandwidth if nbytes else 0.0
+        results[name] = r
+        print(f"bench: {name}: decode {r['decode']:.1f} tok/s", file=sys.stderr)
 
-    names = list(results)
-    print(
-        f"\n{'runtime':<10} {'TTFT ms':>8} {'prefill tok/s':>14} {'decode tok/s':>13}  "
-        + "  ".join(f"{'vs ' + n:>12}" for n in names)
-    )
-    for n in names:
-        r = results[n]
-        ratios = "  ".join(
-            f"{r['decode'] / results[m]['decode']:>11.2f}x"
-            if results[m]["decode"]
-            else f"{'-':>12}"
-            for m in names
-        )
+    wall = None
+    if not any("generate, default" in k for k in args.skip):
+        walls = []
+        for _ in range(3):
+            t = time.perf_counter()
+            run_cli(m, PROMPTS[0], 1, seq)
+            walls.append(time.perf_counter() - t)
+        wall = statistics.median(walls)
+
+    paths = ", ".join(f"{k} {v}" for k, v in isa_paths().items())
+    print(f"\nCPU: {cpu_model()}, {threads} threads; ISA paths: {paths}")
+    print(f"memory bandwidth (triad, 3 x 256 MiB, {threads} threads): {bandwidth:.1f} GB/s")
+    if nbytes:
         print(
-            f"{n:<10} {r['ttft_s'] * 1e3:>8.0f} {r['prefill']:>14.1f} {r['decode']:>13.1f}  {ratios}"
+            f"weights read per token: {nbytes['q4'] / 1e6:.0f} MB (GGUF codes), "
+            f"{nbytes['fp32'] / 1e6:.0f} MB (fp32)"
+        )
+    if wall is not None:
+        print(f"`generate -n 1` with default flags, whole command, warm: {wall:.2f} s")
+    peers = [n for n in results if n.startswith(("llama.cpp", "et_run"))]
+    print(
+        "\n| runtime | TTFT ms | prefill tok/s | decode tok/s | of roofline | "
+        + " | ".join(f"vs {p.split()[0]} decode" for p in peers)
+        + " | "
+        + " | ".join(f"vs {p.split()[0]} prefill" for p in peers)
+        + " |"
+    )
+    print("|---" * (5 + 2 * len(peers)) + "|")
+    for n, r in results.items():
+        dec = [f"{r['decode'] / results[p]['decode']:.2f}x" for p in peers]
+        pre = [
+            f"{r['prefill'] / results[p]['prefill']:.2f}x" if results[p]["prefill"] else "-"
+            for p in peers
+        ]
+        roof = f"{r['roofline']:.2f}" if r["roofline"] else "-"
+        print(
+            f"| {n} | {r['ttft_s'] * 1e3:.0f} | {r['prefill']:.1f} | {r['decode']:.1f} | "
+            f"{roof} | " + " | ".join(dec + pre) + " |"
         )
     print(
-        "\n(ratios: decode tok/s of the row over decode tok/s of the column; "
-        f"median of {len(PROMPTS)} prompts, {args.max_new_tokens} new tokens, greedy)"
+        f"\n(decode: median of {len(PROMPTS)} prompts, {args.max_new_tokens} new tokens, "
+        f"greedy; TTFT and prefill: the best of 2 runs of a {args.prefill_tokens}-token "
+        "prompt; of roofline: weight bytes per token x decode tok/s / triad bandwidth)"
     )
 
 
