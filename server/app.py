@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import time
 import uuid
@@ -19,7 +20,7 @@ from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple, Un
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -150,6 +151,33 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+_STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+# The page loads nothing from elsewhere; this holds it to that even if a
+# reply ever slipped markup past the renderer.
+_PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _static_files() -> Dict[str, Tuple[bytes, str]]:
+    """The chat page's files (server/static), read once: name -> (body, type)."""
+    out = {}
+    for name in sorted(os.listdir(STATIC_DIR)):
+        ext = os.path.splitext(name)[1]
+        if ext in _STATIC_TYPES:
+            with open(os.path.join(STATIC_DIR, name), "rb") as f:
+                out[name] = (f.read(), _STATIC_TYPES[ext])
+    if "index.html" not in out:
+        raise RuntimeError(f"the chat page is missing from {STATIC_DIR}")
+    return out
+
+
 _UNION_TAGS = {"system", "developer", "user", "assistant", "tool", "str", "int"}
 
 
@@ -238,6 +266,28 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
         return schema.ModelCard(
             id=config.model_id, created=config.created, max_model_len=config.max_seq_length
         )
+
+    static = _static_files()
+
+    def static_response(name: str) -> Response:
+        body, media_type = static[name]
+        return Response(
+            body,
+            media_type=media_type,
+            headers={"Cache-Control": "no-cache", "Content-Security-Policy": _PAGE_CSP},
+        )
+
+    # The chat page. No API key needed to load it; its requests to /v1/ send
+    # the key the user types into it.
+    @app.get("/")
+    async def page() -> Response:
+        return static_response("index.html")
+
+    @app.get("/static/{name}")
+    async def static_file(name: str) -> Response:
+        if name not in static:
+            raise StarletteHTTPException(404)
+        return static_response(name)
 
     @app.get("/health")
     async def health() -> Dict[str, Any]:

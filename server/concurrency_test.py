@@ -13,24 +13,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import openai
 
-from server.harness import Running, engine_for
+from server.harness import Running, Slowed, engine_for
 from testing import tiny_model
 
 WORDS = "quick brown fox jumps over the lazy dog pack my box with five dozen liquor jugs".split()
 # Different lengths, so slots sit at different positions in every step.
 PROMPTS = [" ".join(WORDS[i % 7 : i % 7 + 2 + i % 9]) for i in range(16)]
-
-
-class Slowed:
-    """The batched model with a fixed delay per step, so that a stream is
-    still running when the test acts on it."""
-
-    def __init__(self, model, delay_s):
-        self.model, self.delay_s = model, delay_s
-
-    def forward_slots(self, entries):
-        time.sleep(self.delay_s)
-        return self.model.forward_slots(entries)
 
 
 class ConcurrencyTest(unittest.TestCase):

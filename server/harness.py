@@ -22,6 +22,18 @@ def engine_for(argv: List[str]) -> Tuple[Engine, Config]:
     return main.build(args)  # type: ignore[return-value]
 
 
+class Slowed:
+    """A batched model with a fixed delay per step, so that a stream is still
+    running when a test acts on it."""
+
+    def __init__(self, model: object, delay_s: float):
+        self.model, self.delay_s = model, delay_s
+
+    def forward_slots(self, entries: List[Tuple[int, List[int], int]]) -> object:
+        time.sleep(self.delay_s)
+        return self.model.forward_slots(entries)  # type: ignore[attr-defined]
+
+
 class Running:
     def __init__(self, engine: Engine, config: Config):
         self.engine, self.config = engine, config
