@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import math
 import os
 import tempfile
@@ -192,6 +193,44 @@ class ApiTest(unittest.TestCase):
         looped = tokens(frequency_penalty=-2.0, presence_penalty=-2.0)
         self.assertEqual(looped[0], plain[0])  # nothing generated yet at the first pick
         self.assertLess(len(set(looped)), len(set(plain)))
+
+    def test_forced_tool_calls_parse_even_from_a_random_model(self):
+        weather = {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string", "maxLength": 10}},
+                    "required": ["city"],
+                },
+            },
+        }
+        other = {"type": "function", "function": {"name": "noop"}}
+        for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+            r = self.chat(tools=[other, weather], tool_choice=choice, max_tokens=120, temperature=0)
+            c = r.choices[0]
+            self.assertEqual(c.finish_reason, "tool_calls", c)
+            (call,) = c.message.tool_calls
+            if choice != "required":
+                self.assertEqual(call.function.name, "get_weather")
+            if call.function.name == "get_weather":
+                self.assertLessEqual(len(json.loads(call.function.arguments)["city"]), 10)
+            streamed = list(
+                self.chat(
+                    tools=[other, weather],
+                    tool_choice=choice,
+                    max_tokens=120,
+                    temperature=0,
+                    stream=True,
+                )
+            )
+            calls = [t for ch in streamed for t in (ch.choices[0].delta.tool_calls or [])]
+            self.assertEqual(
+                [(t.function.name, t.function.arguments) for t in calls],
+                [(call.function.name, call.function.arguments)],
+            )
+            self.assertEqual(streamed[-1].choices[0].finish_reason, "tool_calls")
 
     def test_models_and_health(self):
         models = self.client.models.list()

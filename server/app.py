@@ -25,7 +25,7 @@ from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import schema, tools
+from server import constrain, schema, tools
 from server.engine import Delta, Done, Engine, Failed, Params, QueueFull, TokenLogprob
 from torchchat.tokenizer import TokenizerError
 
@@ -454,10 +454,20 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
         check_context(ids, "messages")
         check_n(req.n, req.n)
         max_tokens = req.max_completion_tokens or req.max_tokens
+        forced = req.forced_tools()
+        grammar = None
+        if forced:
+            # Llama 3.1's templates ask for bare JSON; every other template
+            # gets the tagged form, which our parser reads unambiguously.
+            llama_json = "<|python_tag|>" in (tok.chat_template or "")
+            grammar = constrain.tool_call(
+                [t.model_dump(exclude_none=True) for t in forced], llama_json
+            )
         jobs = []
         for j in range(req.n):
             p = params(req, max_tokens, j)
             p.logprobs, p.top_logprobs = req.logprobs, req.top_logprobs or 0
+            p.grammar = grammar
             jobs.append((ids, p))
         admit(len(jobs))
         rid = "chatcmpl-" + uuid.uuid4().hex

@@ -227,9 +227,20 @@ class BadInputTest(unittest.TestCase):
                 None,
             ),
             (
-                "tool_choice required",
+                "tool_choice required without tools",
                 "/v1/chat/completions",
                 self.chat(tool_choice="required"),
+                400,
+                None,
+                None,
+            ),
+            (
+                "tool_choice names a function that is not a tool",
+                "/v1/chat/completions",
+                self.chat(
+                    tools=[{"type": "function", "function": {"name": "f"}}],
+                    tool_choice={"type": "function", "function": {"name": "g"}},
+                ),
                 400,
                 None,
                 None,

@@ -34,6 +34,7 @@ from typing import AsyncIterator, Callable, Deque, Dict, List, Optional, Sequenc
 
 import torch
 
+from server import constrain
 from server.stop import StopMatcher
 from torchchat.generate import Slot, Stats, generate_text
 from torchchat.sampling import Sampler
@@ -173,6 +174,8 @@ class Params:
     stop: Sequence[str] = ()
     logprobs: bool = False
     top_logprobs: int = 0
+    # Output held to this grammar (a forced tool call; see constrain.py).
+    grammar: Optional[constrain.Node] = None
 
     def sampler(self) -> Sampler:
         """Raises ValueError (naming the value) for settings the sampler refuses."""
@@ -217,8 +220,16 @@ class _Pick:
     such setting; they count this generation's tokens only) and each token's
     logprob recorded for the response."""
 
-    def __init__(self, sampler: Sampler, p: Params, stop_ids: Sequence[int]):
+    def __init__(
+        self,
+        sampler: Sampler,
+        p: Params,
+        stop_ids: Sequence[int],
+        vocab: Optional[Callable[[int], constrain.Vocab]] = None,
+    ):
         self.sampler, self.p = sampler, p
+        self.vocab = vocab
+        self.constraint: Optional[constrain.Constraint] = None
         self.stop_ids = set(stop_ids)
         self.counts: Dict[int, int] = {}
         self.recorded: List[TokenLogprob] = []
@@ -230,7 +241,15 @@ class _Pick:
             n = torch.tensor(list(self.counts.values()), dtype=torch.float32)
             logits = logits.clone()
             logits[ids] -= n * self.p.frequency_penalty + self.p.presence_penalty
-        tok = self.sampler(logits, history)
+        if self.p.grammar is not None and self.constraint is None and self.vocab is not None:
+            # The vocabulary's size is the logits' (the tokenizer may have fewer).
+            vocab = self.vocab(logits.numel())
+            self.constraint = constrain.Constraint(self.p.grammar, vocab, self.stop_ids)
+        if self.constraint is not None:
+            tok = self.constraint.pick(logits, lambda x: self.sampler(x, history))
+            self.constraint.advance(tok)
+        else:
+            tok = self.sampler(logits, history)
         self.counts[tok] = self.counts.get(tok, 0) + 1
         if self.p.logprobs and tok not in self.stop_ids:
             lp = torch.log_softmax(logits, dim=-1)
@@ -270,6 +289,14 @@ class Engine:
         self._pool = ThreadPoolExecutor(len(slots), thread_name_prefix="slot")
         # (batcher step when the job was cancelled, step when its slot was free)
         self.cancellations: List[Tuple[int, int]] = []
+        self._vocab: Optional[constrain.Vocab] = None
+
+    def vocab(self, size: int) -> constrain.Vocab:
+        """Token texts for constrained decoding, built on first use."""
+        with self._lock:
+            if self._vocab is None or len(self._vocab.texts) != size:
+                self._vocab = constrain.Vocab(self.tokenizer, size)
+            return self._vocab
 
     @property
     def n_slots(self) -> int:
@@ -411,7 +438,7 @@ class Engine:
             self.batcher.join(view.index)
         try:
             tok = self.tokenizer
-            pick = _Pick(params.sampler(), params, tok.eos_ids)
+            pick = _Pick(params.sampler(), params, tok.eos_ids, self.vocab)
             stops = StopMatcher(params.stop)
 
             def on_text(text: str) -> bool:

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 # OpenAI caps stop sequences at 4; a local server can afford a few more.
 MAX_STOP = 16
@@ -108,9 +115,13 @@ class Tool(_Strict):
     function: FunctionDef
 
 
+class NamedFunction(_Strict):
+    name: str
+
+
 class NamedToolChoice(_Strict):
     type: Literal["function"]
-    function: Dict[str, str]
+    function: NamedFunction
 
 
 class StreamOptions(_Open):
@@ -182,12 +193,27 @@ class ChatCompletionRequest(_Sampling):
     def _checks(self) -> "ChatCompletionRequest":
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
-        if self.tool_choice is not None and self.tool_choice not in ("none", "auto"):
+        if self.tool_choice in ("none", "auto", None):
+            return self
+        names = [t.function.name for t in self.tools or ()]
+        if not names:
+            raise ValueError("tool_choice: forcing a tool call needs tools")
+        if (
+            isinstance(self.tool_choice, NamedToolChoice)
+            and self.tool_choice.function.name not in names
+        ):
             raise ValueError(
-                "tool_choice: only 'auto' and 'none' are supported (forcing a call needs "
-                "constrained decoding, which this server does not do)"
+                f"tool_choice: function {self.tool_choice.function.name!r} is not among the tools"
             )
         return self
+
+    def forced_tools(self) -> List["Tool"]:
+        """The tools one of which must be called (tool_choice "required" or
+        a named function), else []."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            want = self.tool_choice.function.name
+            return [t for t in self.tools or () if t.function.name == want]
+        return list(self.tools or ()) if self.tool_choice == "required" else []
 
     def template_messages(self) -> List[Dict[str, Any]]:
         """Messages as chat templates expect them (text content, arguments as objects)."""
@@ -288,6 +314,16 @@ class ChatMessageOut(_Strict):
     content: Optional[str] = None
     refusal: Optional[str] = None
     tool_calls: Optional[List[ToolCallOut]] = None
+    annotations: List[Dict[str, Any]] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _omit_no_calls(self, handler: Any) -> Dict[str, Any]:
+        # OpenAI leaves tool_calls out when there are none; its schema has
+        # no null there.
+        out = handler(self)
+        if out.get("tool_calls") is None:
+            out.pop("tool_calls", None)
+        return out
 
 
 class PromptTokensDetails(_Strict):
