@@ -290,10 +290,13 @@ class Engine:
         # (batcher step when the job was cancelled, step when its slot was free)
         self.cancellations: List[Tuple[int, int]] = []
         self._vocab: Optional[constrain.Vocab] = None
+        # Its own lock: building a vocabulary takes a moment, and admission
+        # must not wait for it.
+        self._vocab_lock = threading.Lock()
 
     def vocab(self, size: int) -> constrain.Vocab:
         """Token texts for constrained decoding, built on first use."""
-        with self._lock:
+        with self._vocab_lock:
             if self._vocab is None or len(self._vocab.texts) != size:
                 self._vocab = constrain.Vocab(self.tokenizer, size)
             return self._vocab
