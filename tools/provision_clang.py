@@ -24,9 +24,7 @@ which runs it on first use.
 """
 
 import argparse
-import fcntl
 import glob
-import hashlib
 import os
 import re
 import shutil
@@ -37,6 +35,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import debian  # noqa: E402
 import provision_bazel  # noqa: E402  (PrivateApt, get_patchelf, relativize_symlinks)
+import provision_cache  # noqa: E402
 
 CLANG_MAJOR = "16"
 SUITE = "bookworm"
@@ -69,16 +68,6 @@ def log(msg):
 def die(msg):
     print(f"provision_clang: error: {msg}", file=sys.stderr, flush=True)
     sys.exit(1)
-
-
-def key():
-    """Changes when this script or what it builds on changes."""
-    h = hashlib.sha256()
-    here = os.path.dirname(os.path.abspath(__file__))
-    for name in ("provision_clang.py", "provision_bazel.py", "debian.py"):
-        with open(os.path.join(here, name), "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()[:12]
 
 
 def mark_host_provided(apt, packages):
@@ -182,42 +171,20 @@ def provision(prefix):
     p = subprocess.run([clang, "--version"], capture_output=True, text=True)
     if p.returncode != 0:
         die(f"the extracted clang does not run: {p.stderr.strip()}")
-    with open(os.path.join(prefix, ".provisioned"), "w") as f:
-        f.write(f"clang-{CLANG_MAJOR} {version} from {SUITE}\n")
     shutil.rmtree(work, ignore_errors=True)
     log(
         f"provisioned clang {version} in {time.time() - t0:.0f} s: {len(debs)} debs, "
         f"{size / 2**20:.0f} MiB downloaded, {n} ELF files patched"
     )
+    return f"clang-{CLANG_MAJOR} {version} from {SUITE}\n"
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--cache",
-        default=os.environ.get("TORCHCHAT_CACHE")
-        or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torchchat"
-        ),
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    k = provision_cache.key(
+        "provision_clang.py", "provision_bazel.py", "provision_cache.py", "debian.py"
     )
-    args = ap.parse_args()
-    cache = os.path.abspath(args.cache)
-    os.makedirs(cache, exist_ok=True)
-    prefix = os.path.join(cache, f"clang-{CLANG_MAJOR}-{key()}")
-    if not os.path.isfile(os.path.join(prefix, ".provisioned")):
-        # The same lock as tools/bazel's: one provisioner at a time.
-        with open(os.path.join(cache, ".provision.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not os.path.isfile(os.path.join(prefix, ".provisioned")):
-                provision(prefix)
-                for old in glob.glob(os.path.join(cache, f"clang-{CLANG_MAJOR}-*")):
-                    if (
-                        old != prefix
-                        and not old.endswith(".download")
-                        and time.time() - os.path.getmtime(old) > 86400
-                    ):
-                        shutil.rmtree(old, ignore_errors=True)
-    print(prefix)
+    print(provision_cache.provisioned(f"clang-{CLANG_MAJOR}", k, provision))
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ class Stats:
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0
     peak_rss_bytes: int = 0
-    stop_reason: str = ""  # eos, max_new_tokens, context, interrupted
+    stop_reason: str = ""  # eos, max_new_tokens, context, interrupted, stop (on_text ended it)
 
     @property
     def load_s(self) -> float:
@@ -256,12 +256,14 @@ def generate_text(
     prompt: Sequence[int],
     pick: Pick,
     max_new_tokens: int,
-    on_text: Optional[Callable[[str], None]] = None,
+    on_text: Optional[Callable[[str], Optional[bool]]] = None,
     stop_ids: Optional[Sequence[int]] = None,
 ) -> Reply:
     """decode() with the tokenizer's streaming decoder: on_text gets whole
     UTF-8 characters as they complete. A stop id is never printed.
 
+    on_text returning True ends the reply there (stop_reason "stop"): the
+    server's stop strings and cancelled requests end a generation this way.
     Ctrl-C ends the reply with stop_reason "interrupted" instead of raising.
     """
     stats = Stats()
@@ -270,18 +272,23 @@ def generate_text(
     ids: List[int] = []
     pieces: List[str] = []
 
-    def emit(text: str) -> None:
+    def emit(text: str) -> bool:
         if text:
             pieces.append(text)
             if on_text:
-                on_text(text)
+                return bool(on_text(text))
+        return False
 
     try:
-        for tok in decode(slot, prompt, pick, max_new_tokens, stop, stats):
+        steps = decode(slot, prompt, pick, max_new_tokens, stop, stats)
+        for tok in steps:
             if tok in stop:
                 break
             ids.append(tok)
-            emit(stream.push(tok))
+            if emit(stream.push(tok)):
+                steps.close()  # completes stats before the reason is set
+                stats.stop_reason = "stop"
+                return Reply(ids, "".join(pieces), stats)
     except KeyboardInterrupt:
         stats.stop_reason = "interrupted"
     emit(stream.flush())

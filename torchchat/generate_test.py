@@ -121,6 +121,15 @@ class GenerateTest(unittest.TestCase):
         self.assertEqual(reply.text, "cd")
         self.assertEqual("".join(pieces), "cd")
 
+    def test_on_text_returning_true_ends_the_reply(self):
+        model = ScriptedModel([A, B, C, D], 32)
+        reply = generate_text(Slot(model), self.tok, [1, A], argmax, 10, lambda t: t == "c")
+        self.assertEqual((reply.ids, reply.text), ([B, C], "bc"))
+        self.assertEqual(reply.stats.stop_reason, "stop")
+        self.assertEqual(reply.stats.num_generated_tokens, 2)
+        self.assertGreater(reply.stats.inference_end_ms, 0)
+        self.assertEqual(len(model.calls), 2)  # the prefill and one step: none after the stop
+
     def test_later_chat_turns_prefill_only_the_new_turn(self):
         model = ScriptedModel([A], 64)
         session = ChatSession(Slot(model), self.tok, self.tok.template())

@@ -357,3 +357,128 @@ def fold_multipliers(config: ModelConfig, sd: Dict[str, torch.Tensor]) -> ModelC
         logits_scaling=1.0,
         tie_embeddings=False,
     )
+
+
+# --- slots: one batched forward over many sequences (the server's engine) ---
+
+
+@dataclass
+class SlotBatch:
+    """What one batched forward runs: each entry is (slot, ids, start).
+
+    Tokens of all entries are laid out as one sequence [1, T] so that
+    ExecuTorch's Transformer applies RoPE per token from `input_pos` (it has no
+    per-row positions); only attention needs to know which slot a token
+    belongs to, and SlotKVCache/SlotSDPA read that from here.
+    """
+
+    slots: torch.Tensor  # [T] the slot of each token
+    spans: list  # per entry: (slot, first token index, token count, start position)
+
+
+class SlotKVCache(nn.Module):
+    """ExecuTorch's static KVCache with one row per slot; writes each token's
+    K/V at its own slot and position."""
+
+    def __init__(self, like: nn.Module, n_slots: int, plan: "SlotPlan"):
+        super().__init__()
+        _, heads, length, head_dim = like.k_cache.shape
+        shape = (n_slots, heads, length, head_dim)
+        kw = {"dtype": like.k_cache.dtype, "device": like.k_cache.device}
+        self.register_buffer("k_cache", torch.zeros(shape, **kw), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, **kw), persistent=False)
+        self.plan = plan
+
+    def update(self, input_pos: torch.Tensor, k_val: torch.Tensor, v_val: torch.Tensor) -> tuple:
+        slots = self.plan.batch.slots
+        # k_val is [1, heads, T, head_dim]; the indexed view is [T, heads, head_dim].
+        self.k_cache[slots, :, input_pos] = k_val[0].transpose(0, 1)
+        self.v_cache[slots, :, input_pos] = v_val[0].transpose(0, 1)
+        return self.k_cache, self.v_cache
+
+
+class SlotSDPA(nn.Module):
+    """EagerSDPA per slot: each entry's queries attend over its own slot's
+    cache up to its last position, with the same shapes (and so the same
+    arithmetic) as a batch-1 EagerSDPA call for that sequence."""
+
+    def __init__(self, dim: int, plan: "SlotPlan"):
+        super().__init__()
+        self.dim = dim
+        self.plan = plan
+
+    def forward(
+        self,
+        input_pos: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bsz: int,
+        seqlen: int,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        out = []
+        for slot, first, n, start in self.plan.batch.spans:
+            end = start + n
+            y = torch.nn.functional.scaled_dot_product_attention(
+                q[:, :, first : first + n],
+                k[slot : slot + 1, :, :end],
+                v[slot : slot + 1, :, :end],
+                attn_mask=mask[first : first + n, :end],
+                enable_gqa=True,
+            )
+            out.append(y)
+        y = torch.cat(out, dim=2) if len(out) > 1 else out[0]
+        return y.transpose(1, 2).reshape(bsz, seqlen, self.dim)
+
+
+class SlotPlan:
+    """Holds the current SlotBatch for every layer's SlotKVCache/SlotSDPA."""
+
+    batch: SlotBatch
+
+
+class SlotModel(nn.Module):
+    """A Model whose KV cache has `n_slots` independent rows.
+
+    `forward_slots([(slot, ids, start), ...])` runs every entry in one
+    forward and returns the last-position logits of each, [entries, vocab].
+    Weights and every module but the cache and SDPA stay ExecuTorch's.
+    """
+
+    def __init__(self, model: Model, n_slots: int):
+        super().__init__()
+        self.model = model
+        self.n_slots = n_slots
+        self.max_seq_length = model.max_seq_length
+        self.plan = SlotPlan()
+        for layer in model.transformer.layers:
+            attn = layer.attention
+            if not hasattr(attn, "kv_cache"):
+                raise ConfigError("this attention has no KV cache to give slots")
+            attn.kv_cache = SlotKVCache(attn.kv_cache, n_slots, self.plan)
+            attn.SDPA = SlotSDPA(attn.n_local_heads * attn.head_dim, self.plan)
+
+    def forward_slots(self, entries: list) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        ids, pos, slots, spans, last = [], [], [], [], []
+        for slot, toks, start in entries:
+            if not 0 <= slot < self.n_slots:
+                raise ValueError(f"slot {slot} out of range (0..{self.n_slots - 1})")
+            if start + len(toks) > self.max_seq_length:
+                raise ValueError(f"slot {slot}: {start}+{len(toks)} exceeds the cache")
+            spans.append((slot, len(ids), len(toks), start))
+            ids.extend(toks)
+            pos.extend(range(start, start + len(toks)))
+            slots.extend([slot] * len(toks))
+            last.append(len(ids) - 1)
+        self.plan.batch = SlotBatch(torch.tensor(slots, device=device), spans)
+        tokens = torch.tensor([ids], dtype=torch.long, device=device)
+        input_pos = torch.tensor(pos, dtype=torch.long, device=device)
+        last_pos = torch.tensor(last, dtype=torch.long, device=device)
+        logits = self.model.transformer(
+            tokens, {"input_pos": input_pos, "last_valid_token_pos": last_pos}
+        )
+        if logits.dim() == 3 and logits.shape[1] == len(ids) != len(entries):  # full_logits
+            logits = logits[:, last_pos]
+        return logits.reshape(len(entries), -1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, List, NoReturn, Optional, Sequence
+from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 import jinja2
 import jinja2.sandbox
@@ -33,13 +33,22 @@ class ChatTemplate:
             raise TokenizerError(f"invalid chat template: {e}") from e
         self.bos_token, self.eos_token = bos_token, eos_token
 
-    def render(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> str:
+    def render(
+        self,
+        messages: Sequence[Dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: Optional[Sequence[Dict[str, Any]]] = None,
+    ) -> str:
+        # `tools` as transformers' apply_chat_template passes them (OpenAI's
+        # tool objects); left undefined when absent, as templates expect.
+        extra = {"tools": list(tools)} if tools else {}
         try:
             return self._t.render(
                 messages=list(messages),
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **extra,
             )
         except jinja2.TemplateError as e:
             raise TokenizerError(f"chat template failed: {e}") from e

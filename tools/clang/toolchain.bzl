@@ -33,7 +33,8 @@ filegroup(
 
 def _clang_toolchain_impl(rctx):
     tools = rctx.path(Label("//tools/clang:BUILD.bazel")).dirname.dirname
-    scripts = [tools.get_child(n) for n in ("provision_clang.py", "provision_bazel.py", "debian.py")]
+    names = ("provision_clang.py", "provision_bazel.py", "provision_cache.py", "debian.py")
+    scripts = [tools.get_child(n) for n in names]
     for s in scripts:
         rctx.watch(s)
     python = rctx.which("python3")

@@ -1,0 +1,500 @@
+"""Continuous batching over torchchat's generation core.
+
+Each request (each choice of a request with n > 1) is a job. A job takes a
+free `torchchat.generate.Slot` and runs the same `generate_text()` /
+`decode()` loop that `torchchat generate` and `chat` run, in a worker
+thread, with its own `Sampler` (so its own RNG stream) and its own `Stats`.
+
+Over the eager model the slots share one `SlotModel` (torchchat/model.py):
+one KV-cache row per slot. A slot's forward does not run the model itself;
+it hands its tokens to the `Batcher`, whose thread waits until every slot
+inside a generation has handed in its next step (a decode token, or one
+chunk of a prompt), runs them all as one forward, and hands each its
+logits. Requests thus join and leave the running batch between steps, and
+a long prompt prefills one chunk per step, so running streams never wait
+for more than one chunk.
+
+An exported artifact (.pte, .pt2) has a batch-1 cache: it serves one slot
+at a time, behind the same queue.
+
+More jobs than slots wait in a FIFO queue of bounded length; a request
+that would overfill it is refused (HTTP 429) before it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from server import constrain
+from server.stop import StopMatcher
+from torchchat.generate import Slot, Stats, generate_text
+from torchchat.sampling import Sampler
+from torchchat.tokenizer import Tokenizer
+
+log = logging.getLogger("torchchat.server")
+
+# How long the batcher waits for a slow slot before running the others.
+# A slot only lags by its own sampling and bookkeeping (well under this);
+# the limit keeps one stuck thread from stalling every stream.
+STRAGGLER_S = 0.02
+
+
+class Cancelled(Exception):
+    """The client went away; the job ends at the next step."""
+
+
+class QueueFull(Exception):
+    pass
+
+
+# --- the batcher ---------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    ids: List[int]
+    start: int
+    logits: Optional[torch.Tensor] = None
+    error: Optional[BaseException] = None
+    done: bool = False
+
+
+class Batcher:
+    """Runs every slot's next step as one `SlotModel.forward_slots` call."""
+
+    def __init__(self, model: object):
+        self.model = model
+        self.steps = 0  # forwards run so far
+        self.step_sizes: Deque[int] = collections.deque(maxlen=1024)  # slots per step
+        self._cv = threading.Condition()
+        self._active: set = set()
+        self._pending: Dict[int, _Pending] = {}
+        self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        self._thread.start()
+
+    def join(self, slot: int) -> None:
+        with self._cv:
+            self._active.add(slot)
+
+    def leave(self, slot: int) -> None:
+        with self._cv:
+            self._active.discard(slot)
+            self._cv.notify_all()  # the batcher may be waiting for this slot
+
+    def run(self, slot: int, ids: Sequence[int], start: int) -> torch.Tensor:
+        """Blocks until the step that includes (ids at start) has run."""
+        item = _Pending(list(ids), start)
+        with self._cv:
+            self._pending[slot] = item
+            self._cv.notify_all()
+            while not item.done:
+                self._cv.wait()
+        if item.error is not None:
+            raise item.error
+        assert item.logits is not None
+        return item.logits
+
+    @torch.inference_mode()
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending:
+                    self._cv.wait()
+                deadline = time.monotonic() + STRAGGLER_S
+                while not self._active <= self._pending.keys():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
+                batch = sorted(self._pending.items())
+                self._pending = {}
+            try:
+                logits = self.model.forward_slots([(s, p.ids, p.start) for s, p in batch])
+                error = None
+            except Exception as e:  # handed to each waiting job
+                logits, error = None, e
+            with self._cv:
+                for i, (_, p) in enumerate(batch):
+                    if logits is not None:
+                        p.logits = logits[i : i + 1]
+                    p.error, p.done = error, True
+                self.steps += 1
+                self.step_sizes.append(len(batch))
+                self._cv.notify_all()
+
+
+class SlotView:
+    """One slot of a Batcher behind `LLMModel`'s forward(tokens, input_pos),
+    so a plain `Slot` (and `decode()`) drives it."""
+
+    def __init__(self, batcher: Batcher, index: int, max_seq_length: int, chunk: int):
+        self.batcher = batcher
+        self.index = index
+        self.max_seq_length = max_seq_length
+        self.chunk = chunk
+        self.cancel: Optional[threading.Event] = None
+
+    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        ids = tokens.reshape(-1).tolist()
+        start = int(input_pos[0])
+        logits = None
+        for c in range(0, len(ids), self.chunk):
+            if self.cancel is not None and self.cancel.is_set():
+                raise Cancelled()
+            logits = self.batcher.run(self.index, ids[c : c + self.chunk], start + c)
+        assert logits is not None
+        return logits
+
+
+# --- jobs ------------------------------------------------------------------------
+
+
+@dataclass
+class Params:
+    """One generation's settings, OpenAI's names."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: Optional[int] = None
+    stop: Sequence[str] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    # Output held to this grammar (a forced tool call; see constrain.py).
+    grammar: Optional[constrain.Node] = None
+
+    def sampler(self) -> Sampler:
+        """Raises ValueError (naming the value) for settings the sampler refuses."""
+        return Sampler(
+            self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty, self.seed
+        )
+
+
+@dataclass
+class TokenLogprob:
+    id: int
+    logprob: float
+    top: List[Tuple[int, float]]
+
+
+@dataclass
+class Delta:
+    text: str
+    logprobs: List[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class Done:
+    finish_reason: str  # stop, length
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    stats: Stats
+
+
+@dataclass
+class Failed:
+    message: str
+
+
+Event = object  # Delta | Done | Failed
+
+
+class _Pick:
+    """The request's Sampler behind decode()'s Pick, with OpenAI's frequency
+    and presence penalties applied to the logits first (the Sampler has no
+    such setting; they count this generation's tokens only) and each token's
+    logprob recorded for the response."""
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        p: Params,
+        stop_ids: Sequence[int],
+        vocab: Optional[Callable[[int], constrain.Vocab]] = None,
+    ):
+        self.sampler, self.p = sampler, p
+        self.vocab = vocab
+        self.constraint: Optional[constrain.Constraint] = None
+        self.stop_ids = set(stop_ids)
+        self.counts: Dict[int, int] = {}
+        self.recorded: List[TokenLogprob] = []
+
+    def __call__(self, logits: torch.Tensor, history: Sequence[int]) -> int:
+        logits = logits.reshape(-1).float()
+        if self.counts and (self.p.frequency_penalty or self.p.presence_penalty):
+            ids = torch.tensor(list(self.counts))
+            n = torch.tensor(list(self.counts.values()), dtype=torch.float32)
+            logits = logits.clone()
+            logits[ids] -= n * self.p.frequency_penalty + self.p.presence_penalty
+        if self.p.grammar is not None and self.constraint is None and self.vocab is not None:
+            # The vocabulary's size is the logits' (the tokenizer may have fewer).
+            vocab = self.vocab(logits.numel())
+            self.constraint = constrain.Constraint(self.p.grammar, vocab, self.stop_ids)
+        if self.constraint is not None:
+            tok = self.constraint.pick(logits, lambda x: self.sampler(x, history))
+            self.constraint.advance(tok)
+        else:
+            tok = self.sampler(logits, history)
+        self.counts[tok] = self.counts.get(tok, 0) + 1
+        if self.p.logprobs and tok not in self.stop_ids:
+            lp = torch.log_softmax(logits, dim=-1)
+            top: List[Tuple[int, float]] = []
+            if self.p.top_logprobs:
+                v, i = torch.topk(lp, min(self.p.top_logprobs, lp.numel()))
+                top = list(zip(i.tolist(), v.tolist()))
+            self.recorded.append(TokenLogprob(tok, float(lp[tok]), top))
+        return tok
+
+    def take(self) -> List[TokenLogprob]:
+        out, self.recorded = self.recorded, []
+        return out
+
+
+class Engine:
+    """Slots, the queue in front of them, and the worker threads."""
+
+    def __init__(
+        self,
+        slots: List[Slot],
+        tokenizer: Tokenizer,
+        max_queue: int = 64,
+        batcher: Optional[Batcher] = None,
+    ):
+        if not slots:
+            raise ValueError("an engine needs at least one slot")
+        self.slots = slots
+        self.tokenizer = tokenizer
+        self.batcher = batcher
+        self.max_queue = max_queue
+        self.max_seq_length = slots[0].max_seq_length
+        self._admitted = 0  # jobs queued or running
+        self._lock = threading.Lock()
+        self._free: List[int] = list(range(len(slots)))
+        self._waiters: Deque[asyncio.Future] = collections.deque()
+        self._pool = ThreadPoolExecutor(len(slots), thread_name_prefix="slot")
+        # (batcher step when the job was cancelled, step when its slot was free)
+        self.cancellations: List[Tuple[int, int]] = []
+        self._vocab: Optional[constrain.Vocab] = None
+        # Its own lock: building a vocabulary takes a moment, and admission
+        # must not wait for it.
+        self._vocab_lock = threading.Lock()
+
+    def vocab(self, size: int) -> constrain.Vocab:
+        """Token texts for constrained decoding, built on first use."""
+        with self._vocab_lock:
+            if self._vocab is None or len(self._vocab.texts) != size:
+                self._vocab = constrain.Vocab(self.tokenizer, size)
+            return self._vocab
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.slots)
+
+    @property
+    def steps(self) -> int:
+        return self.batcher.steps if self.batcher else 0
+
+    def busy(self) -> int:
+        return len(self.slots) - len(self._free)
+
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    # Admission is synchronous so that a refusal can still be an HTTP status.
+    def admit(self, jobs: int) -> None:
+        with self._lock:
+            if self._admitted + jobs > len(self.slots) + self.max_queue:
+                raise QueueFull(
+                    f"server busy: {len(self.slots)} slots and a queue of {self.max_queue} are "
+                    "full; retry later"
+                )
+            self._admitted += jobs
+
+    def _finished(self) -> None:
+        with self._lock:
+            self._admitted -= 1
+
+    async def _acquire(self, prompt: Sequence[int]) -> int:
+        if self._free:
+            # The free slot that already holds the longest prefix of the prompt.
+            def shared(i: int) -> int:
+                held, n = self.slots[i].tokens, 0
+                while n < min(len(held), len(prompt)) and held[n] == prompt[n]:
+                    n += 1
+                return n
+
+            best = max(self._free, key=shared)
+            self._free.remove(best)
+            return best
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release(fut.result())
+            elif fut in self._waiters:
+                self._waiters.remove(fut)
+            raise
+
+    def _release(self, i: int) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(i)
+                return
+        self._free.append(i)
+
+    def start(
+        self, prompt: Sequence[int], params: Params, sink: asyncio.Queue, index: int
+    ) -> asyncio.Task:
+        """Runs one admitted job, putting (index, event) into `sink`.
+
+        Cancelling the task (a client that went away) cancels the job; its
+        slot is free again after at most one more step. The admission is
+        returned however the task ends, even cancelled before it began.
+        """
+
+        async def pump() -> None:
+            async for ev in self._run(prompt, params):
+                sink.put_nowait((index, ev))
+
+        task = asyncio.get_running_loop().create_task(pump())
+        task.add_done_callback(lambda _: self._finished())
+        return task
+
+    async def _run(self, prompt: Sequence[int], params: Params) -> AsyncIterator[Event]:
+        loop = asyncio.get_running_loop()
+        cancel = threading.Event()
+        events: asyncio.Queue = asyncio.Queue()
+        slot: Optional[int] = None
+        fut: Optional[asyncio.Future] = None
+        try:
+            slot = await self._acquire(prompt)
+
+            def emit(ev: Event) -> None:
+                loop.call_soon_threadsafe(events.put_nowait, ev)
+
+            fut = loop.run_in_executor(self._pool, self._work, slot, prompt, params, cancel, emit)
+            while True:
+                ev = await events.get()
+                yield ev
+                if isinstance(ev, (Done, Failed)):
+                    break
+        finally:
+            cancel.set()
+            cancelled_at = self.steps
+            if slot is not None:
+                i = slot
+
+                def free(_: object = None) -> None:
+                    if fut is not None and not fut.cancelled() and fut.exception() is None:
+                        status, left_at = fut.result()
+                        if status == "cancelled":
+                            self.cancellations.append((cancelled_at, left_at))
+                    self._release(i)
+
+                if fut is None or fut.done():
+                    free()
+                else:
+                    fut.add_done_callback(free)
+
+    def _work(
+        self,
+        i: int,
+        prompt: Sequence[int],
+        params: Params,
+        cancel: threading.Event,
+        emit: Callable[[Event], None],
+    ) -> Tuple[str, int]:
+        """(done | cancelled | failed, the batcher step at which the slot left)."""
+        status = self._generate(i, prompt, params, cancel, emit)
+        return status, self.steps
+
+    def _generate(
+        self,
+        i: int,
+        prompt: Sequence[int],
+        params: Params,
+        cancel: threading.Event,
+        emit: Callable[[Event], None],
+    ) -> str:
+        slot = self.slots[i]
+        view = slot.model if isinstance(slot.model, SlotView) else None
+        if view is not None:
+            view.cancel = cancel
+            self.batcher.join(view.index)
+        try:
+            tok = self.tokenizer
+            pick = _Pick(params.sampler(), params, tok.eos_ids, self.vocab)
+            stops = StopMatcher(params.stop)
+
+            def on_text(text: str) -> bool:
+                out = stops.push(text)
+                if out:
+                    emit(Delta(out, pick.take()))
+                return stops.stopped or cancel.is_set()
+
+            slot.check_fits(len(prompt), 0)
+            budget = max(1, min(params.max_tokens, slot.max_seq_length - len(prompt)))
+            reply = generate_text(slot, tok, prompt, pick, budget, on_text)
+            if cancel.is_set():
+                return "cancelled"
+            tail = stops.flush()
+            rest = [] if stops.stopped else pick.take()
+            if tail or rest:
+                emit(Delta(tail, rest))
+            stats = reply.stats
+            finish = "stop" if stats.stop_reason in ("eos", "stop") else "length"
+            emit(
+                Done(
+                    finish,
+                    prompt_tokens=len(prompt),
+                    completion_tokens=stats.num_generated_tokens,
+                    cached_tokens=len(prompt) - stats.num_prompt_tokens,
+                    stats=stats,
+                )
+            )
+            return "done"
+        except Cancelled:
+            return "cancelled"
+        except Exception as e:
+            log.exception("generation failed")
+            emit(Failed(f"generation failed: {type(e).__name__}: {e}"))
+            return "failed"
+        finally:
+            if view is not None:
+                self.batcher.leave(view.index)
+                view.cancel = None
+
+
+def eager_engine(
+    model: object, tokenizer: Tokenizer, parallel: int, max_queue: int, chunk: int = 128
+) -> Engine:
+    """`parallel` slots over one batched copy of the eager model's cache."""
+    from torchchat.model import SlotModel
+
+    slots_model = SlotModel(model, parallel)
+    batcher = Batcher(slots_model)
+    slots = [Slot(SlotView(batcher, i, slots_model.max_seq_length, chunk)) for i in range(parallel)]
+    return Engine(slots, tokenizer, max_queue, batcher)
+
+
+def serial_engine(model: object, tokenizer: Tokenizer, max_queue: int) -> Engine:
+    """One slot over a batch-1 model (an exported .pte or .pt2)."""
+    return Engine([Slot(model)], tokenizer, max_queue)

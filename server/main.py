@@ -1,0 +1,175 @@
+"""`torchchat server`: load a model as `generate` does and serve OpenAI's API.
+
+Takes generate's model flags (an alias, --gguf-path, --checkpoint-path,
+--quantize, --pte-path, --aoti-package-path, ...). Their sampling flags
+(--temperature, --top-k, --top-p, --min-p, --repetition-penalty, --seed,
+--max-new-tokens, --system-prompt) become the defaults for request fields
+a client leaves out. Errors a user can cause print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from torchchat import cli
+
+DEFAULT_PORT = 8000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="torchchat server", description=__doc__.splitlines()[0])
+    cli._add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument(
+        "--parallel", type=int, default=4, help="slots: generations that run batched together"
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=64, help="generations that may wait for a slot (then 429)"
+    )
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1/ routes")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit")
+    p.add_argument(
+        "--max-tokens-cap",
+        type=int,
+        help="largest max_tokens a request may ask for (default: the context length)",
+    )
+    p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=128,
+        help="prompt tokens per batched step: the longest a prompt stalls other streams",
+    )
+    p.add_argument("--model-id", help="the model name clients send (default: from the flags)")
+    return p
+
+
+def model_id(args: argparse.Namespace) -> str:
+    from torchchat import registry
+
+    path = args.aoti_package_path or args.pte_path or args.gguf_path or args.checkpoint_path
+    if path:
+        return Path(path).stem if Path(path).suffix else Path(path).name
+    return args.model or registry.DEFAULT_MODEL
+
+
+def build(args: argparse.Namespace) -> Tuple[object, object]:
+    """(engine, config) for the flags; raises cli.UserError for bad ones."""
+    from server.app import Config
+    from server.engine import eager_engine, serial_engine
+    from torchchat.model import Model
+
+    for name in ("parallel", "max_queue", "max_body_bytes", "prefill_chunk"):
+        if getattr(args, name) < (0 if name == "max_queue" else 1):
+            raise cli.UserError(f"--{name.replace('_', '-')} must be positive")
+    if args.stats_json:
+        raise cli.UserError("--stats-json is for generate and chat; the server logs stats lines")
+    # The batched forward is eager: a compiled package (generate's default)
+    # holds a batch-1 cache and would serve one request at a time.
+    if args.compile == "auto":
+        args.compile = "none"
+    loaded = cli._load(args)
+    if loaded.model is None:  # --compile aoti on a cache miss
+        loaded.slot(args.device)
+    if isinstance(loaded.model, Model):
+        if args.compile == "torch":
+            print(
+                "torchchat server: --compile does not apply to the batched forward; ignored",
+                file=sys.stderr,
+            )
+        engine = eager_engine(
+            loaded.model, loaded.tokenizer, args.parallel, args.max_queue, args.prefill_chunk
+        )
+        vocab = loaded.model.config.vocab_size
+    else:
+        if args.parallel != 1:
+            print(
+                f"torchchat server: {type(loaded.model).__name__} has a batch-1 cache; "
+                "serving one request at a time",
+                file=sys.stderr,
+            )
+        engine = serial_engine(loaded.model, loaded.tokenizer, args.max_queue)
+        vocab = loaded.model.vocab_size
+    seq = engine.max_seq_length
+    cap = args.max_tokens_cap or seq
+    if cap < 1:
+        raise cli.UserError("--max-tokens-cap must be positive")
+    config = Config(
+        model_id=args.model_id or model_id(args),
+        max_seq_length=seq,
+        vocab_size=vocab,
+        max_tokens_cap=cap,
+        default_max_tokens=min(args.max_new_tokens, cap),
+        api_key=args.api_key,
+        max_body_bytes=args.max_body_bytes,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        system_prompt=args.system_prompt,
+        info=loaded.info,
+        quiet=args.quiet,
+    )
+    # The CLI's sampling defaults must be valid before the first request.
+    try:
+        from server.engine import Params
+
+        Params(
+            1, args.temperature, args.top_p, args.top_k, args.min_p, args.repetition_penalty
+        ).sampler()
+    except ValueError as e:
+        raise cli.UserError(str(e)) from e
+    return engine, config
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    from torchchat.checkpoint import CheckpointError
+    from torchchat.generate import ContextOverflow
+    from torchchat.model import ConfigError
+    from torchchat.quantize import QuantizeError
+    from torchchat.registry import RegistryError
+    from torchchat.tokenizer import TokenizerError
+
+    expected = (
+        cli.UserError,
+        CheckpointError,
+        ConfigError,
+        ContextOverflow,
+        QuantizeError,
+        RegistryError,
+        TokenizerError,
+    )
+    try:
+        engine, config = build(args)
+    except expected as e:
+        print(f"torchchat server: error: {e}", file=sys.stderr)
+        return cli.EXIT_ERROR
+    import uvicorn
+
+    from server.app import create_app
+
+    app = create_app(engine, config)  # type: ignore[arg-type]
+    print(
+        f"torchchat server: {config.model_id} on http://{args.host}:{args.port}/v1 "  # type: ignore[attr-defined]
+        f"({engine.n_slots} slots)",  # type: ignore[attr-defined]
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    except KeyboardInterrupt:
+        return cli.EXIT_INTERRUPT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

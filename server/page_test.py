@@ -1,0 +1,203 @@
+"""The chat page at / in a real browser: Debian's headless Chromium (see
+tools/chromium), driven by Playwright, against the tiny random model.
+
+A typed message streams in token by token and ends as exactly the reply
+the API gives for the same messages; the stats line shows tok/s; Stop
+aborts the request and the server frees its slot; replies are rendered as
+Markdown without ever letting a reply's markup through. A screenshot of
+the page goes to the test's undeclared outputs.
+"""
+
+import os
+import re
+import tempfile
+import time
+import unittest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import openai
+from playwright.sync_api import sync_playwright
+
+from server.harness import Running, Slowed, engine_for
+from testing import tiny_model
+
+SYSTEM = "Answer briefly."
+# Slow enough that a 40-token reply takes about a second to stream.
+STEP_S = 0.03
+
+
+def words(text):
+    return " ".join(text.split())
+
+
+class PageTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        ckpt = str(tiny_model.write_checkpoint(os.path.join(cls.tmp.name, "tiny")))
+        engine, config = engine_for(["--checkpoint-path", ckpt, "--quiet", "--parallel", "2"])
+        engine.batcher.model = Slowed(engine.batcher.model, STEP_S)
+        cls.engine, cls.model = engine, config.model_id
+        cls.server = Running(engine, config)
+        cls.client = openai.OpenAI(base_url=cls.server.base_url, api_key="x", max_retries=0)
+        cls.pw = sync_playwright().start()
+        cls.browser = cls.pw.chromium.launch(
+            executable_path=os.path.abspath(os.environ["CHROMIUM"]), args=["--no-sandbox"]
+        )
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.browser.close()
+        cls.pw.stop()
+        cls.server.close()
+        cls.tmp.cleanup()
+
+    def setUp(self):
+        self.page = self.browser.new_page(viewport={"width": 1100, "height": 720})
+        self.addCleanup(self.page.close)
+        errors = []
+        self.page.on("pageerror", lambda e: errors.append(str(e)))
+        self.addCleanup(lambda: self.assertEqual(errors, [], "JavaScript errors on the page"))
+        self.page.goto(self.server.url + "/")
+        self.wait_until("m => document.getElementById('model').textContent.includes(m)", self.model)
+
+    def wait_until(self, js, arg=None, timeout_s=10):
+        # Not page.wait_for_function: it evaluates its predicate with eval,
+        # which the page's Content-Security-Policy (rightly) forbids.
+        deadline = time.monotonic() + timeout_s
+        while not self.page.evaluate(js, arg):
+            if time.monotonic() > deadline:
+                self.fail(f"timed out waiting for {js}")
+            time.sleep(0.01)
+
+    def configure(self, max_tokens):
+        self.page.fill("#system", SYSTEM)
+        self.page.eval_on_selector(
+            "#temperature",
+            "e => { e.value = '0'; e.dispatchEvent(new Event('input')); }",
+        )
+        self.page.fill("#max-tokens", str(max_tokens))
+
+    def ask(self, text):
+        self.page.fill("#input", text)
+        self.page.press("#input", "Enter")
+        self.wait_until("() => document.body.dataset.state === 'streaming'")
+
+    def reply_text(self):
+        return self.page.inner_text(".msg.assistant:last-child .body")
+
+    def test_a_reply_streams_in_and_matches_the_api(self):
+        self.configure(max_tokens=40)
+        question = "the quick brown fox"
+        self.ask(question)
+        seen = []
+        deadline = time.monotonic() + 60
+        while self.page.evaluate("document.body.dataset.state") == "streaming":
+            text = self.reply_text()
+            if text and (not seen or seen[-1] != text):
+                seen.append(text)
+            self.assertLess(time.monotonic(), deadline, "the reply never finished")
+            time.sleep(0.01)
+        final = self.reply_text()
+        # It grew while streaming: several partial texts, each a prefix of the next.
+        self.assertGreaterEqual(len(seen), 4, seen)
+        for a, b in zip(seen, seen[1:] + [final]):
+            self.assertTrue(words(b).startswith(words(a)), (a, b))
+        want = self.client.chat.completions.create(
+            model=self.model,
+            messages=[
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": question},
+            ],
+            temperature=0,
+            max_tokens=40,
+        )
+        self.assertTrue(final.strip())
+        self.assertEqual(words(final), words(want.choices[0].message.content))
+        stats = self.page.inner_text(".msg.assistant:last-child .stats")
+        m = re.fullmatch(r"(\d+) tokens · ([\d.]+) tok/s · first token \d+ ms · (\w+)", stats)
+        self.assertIsNotNone(m, stats)
+        self.assertEqual(int(m.group(1)), want.usage.completion_tokens)
+        self.assertGreater(float(m.group(2)), 0)
+        self.assertEqual(m.group(3), want.choices[0].finish_reason)
+        self.assertEqual(self.page.inner_text(".msg.user .body"), question)
+
+        out = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR", self.tmp.name)
+        path = os.path.join(out, "page.png")
+        self.page.screenshot(path=path, full_page=True)
+        with open(path, "rb") as f:
+            png = f.read()
+        self.assertTrue(png.startswith(b"\x89PNG"))
+        self.assertGreater(len(png), 10_000)
+
+    def test_stop_cancels_the_request_on_the_server(self):
+        self.configure(max_tokens=200)
+        cancelled = len(self.engine.cancellations)
+        self.ask("pack my box")
+        self.wait_until(
+            "() => document.querySelector('.msg.assistant:last-child .body').textContent.length > 0"
+        )
+        self.assertEqual(self.engine.busy(), 1)
+        self.page.click("#stop")
+        self.wait_until("() => document.body.dataset.state === 'idle'", timeout_s=5)
+        deadline = time.monotonic() + 5
+        while self.engine.busy() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(self.engine.busy(), 0, "Stop did not free the slot")
+        self.assertEqual(len(self.engine.cancellations), cancelled + 1)
+        asked_at, left_at = self.engine.cancellations[-1]
+        self.assertLessEqual(left_at - asked_at, 1)
+        stats = self.page.inner_text(".msg.assistant:last-child .stats")
+        self.assertTrue(stats.endswith("stopped"), stats)
+        self.assertLess(int(stats.split()[0]), 200)
+        # The page is usable again, and the stopped reply stays in the chat.
+        self.assertFalse(self.page.is_disabled("#send"))
+        self.assertTrue(self.page.is_hidden("#stop"))
+
+    def test_markdown_is_rendered_and_never_injects_markup(self):
+        reply = (
+            "# Title\n"
+            "Some **bold**, *italic* and `a <b> code` span.\n\n"
+            "```python\nprint('<script>alert(1)</script>')\n```\n"
+            "- one\n- two\n\n"
+            "1. first\n2. second\n\n"
+            "> quoted\n\n"
+            "[ok](https://example.org/a?b=1&c=2) and [bad](javascript:alert(1)) "
+            '<img src=x onerror="window.pwned=1"> "quotes" & ampersands\n'
+            "```\nunclosed fence while streaming"
+        )
+        html = self.page.evaluate("t => renderMarkdown(t)", reply)
+        for part in (
+            "<h1>Title</h1>",
+            "<strong>bold</strong>",
+            "<em>italic</em>",
+            "<code>a &lt;b&gt; code</code>",
+            '<code class="language-python">print(&#39;&lt;script&gt;alert(1)&lt;/script&gt;&#39;)</code>',
+            "<ul><li>one</li><li>two</li></ul>",
+            "<ol><li>first</li><li>second</li></ol>",
+            "<blockquote><p>quoted</p></blockquote>",
+            '<a href="https://example.org/a?b=1&amp;c=2" target="_blank" rel="noopener noreferrer">ok</a>',
+            "[bad](javascript:alert(1))",
+            "&lt;img src=x onerror=&quot;window.pwned=1&quot;&gt;",
+            "<code>unclosed fence while streaming</code>",
+        ):
+            self.assertIn(part, html)
+        # Put into the page, the only elements are the renderer's own.
+        tags = self.page.evaluate(
+            """html => {
+                const d = document.createElement('div');
+                d.innerHTML = html;
+                document.body.append(d);
+                return [...new Set([...d.querySelectorAll('*')].map(e => e.tagName))].sort();
+            }""",
+            html,
+        )
+        allowed = {"A", "BLOCKQUOTE", "BR", "CODE", "EM", "H1", "LI", "OL", "P", "PRE", "SPAN"}
+        allowed |= {"STRONG", "UL"}
+        self.assertLessEqual(set(tags), allowed)
+        self.assertIsNone(self.page.evaluate("window.pwned"))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,419 @@
+"""OpenAI's request and response bodies as pydantic models.
+
+Requests are validated here (types, ranges, roles, tool schemas); a body
+that fails becomes a 400 with OpenAI's error object in app.py. Fields
+OpenAI documents that this server cannot honour are refused by name
+(UNSUPPORTED) rather than silently ignored; a few that change nothing
+here (user, metadata, store, ...) are accepted and ignored, as other
+OpenAI-compatible servers do.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+# OpenAI caps stop sequences at 4; a local server can afford a few more.
+MAX_STOP = 16
+MAX_TOP_LOGPROBS = 20
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Open(BaseModel):
+    # Request bodies: fields we do not know are ignored (clients send
+    # vendor extensions), except the ones UNSUPPORTED names.
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+Content = Union[str, List[TextPart]]
+
+
+def _text(content: Optional[Content]) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.text for p in content)
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str
+
+
+class ToolCallIn(_Open):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class SystemMessage(_Open):
+    role: Literal["system", "developer"]
+    content: Content
+    name: Optional[str] = None
+
+
+class UserMessage(_Open):
+    role: Literal["user"]
+    content: Content
+    name: Optional[str] = None
+
+
+class AssistantMessage(_Open):
+    role: Literal["assistant"]
+    content: Optional[Content] = None
+    name: Optional[str] = None
+    tool_calls: Optional[List[ToolCallIn]] = None
+
+
+class ToolMessage(_Open):
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str
+
+
+# Tagged by role, so an unknown role is one clear error.
+Message = Annotated[
+    Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage], Field(discriminator="role")
+]
+
+
+class FunctionDef(_Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: Optional[str] = None
+    parameters: Optional[Dict[str, Any]] = None
+    strict: Optional[bool] = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _schema_object(cls, v: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        if v is not None and v.get("type", "object") != "object":
+            raise ValueError("function parameters must be a JSON Schema of type 'object'")
+        if v is not None and not isinstance(v.get("properties", {}), dict):
+            raise ValueError("function parameters' 'properties' must be an object")
+        return v
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class StreamOptions(_Open):
+    include_usage: bool = False
+
+
+# Fields that would change the output in ways this server does not implement.
+UNSUPPORTED = {
+    "logit_bias": "logit_bias is not supported",
+    "response_format": "response_format (JSON mode, structured outputs) is not supported",
+    "functions": "functions is deprecated and not supported; use tools",
+    "function_call": "function_call is deprecated and not supported; use tool_choice",
+    "audio": "audio output is not supported",
+    "prediction": "predicted outputs are not supported",
+    "suffix": "suffix (insertion) is not supported",
+}
+
+
+def unsupported(extra: Optional[Dict[str, Any]]) -> Optional[Tuple[str, str]]:
+    """(field, why) for the first field set that this server refuses."""
+    for name, value in (extra or {}).items():
+        if name in UNSUPPORTED and value not in (None, {}, []):
+            if name == "response_format" and isinstance(value, dict):
+                if value.get("type") == "text":
+                    continue
+            return name, UNSUPPORTED[name]
+    return None
+
+
+class _Sampling(_Open):
+    model: str
+    max_tokens: Optional[int] = Field(default=None, ge=1)
+    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    seed: Optional[int] = None
+    stop: Optional[Union[str, List[str]]] = None
+    n: int = Field(default=1, ge=1)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    # llama-server's extensions
+    top_k: int = Field(default=0, ge=0)
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: Optional[Union[str, List[str]]]) -> Optional[Union[str, List[str]]]:
+        if isinstance(v, list) and len(v) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences")
+        return v
+
+    def stops(self) -> List[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: List[Message] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: Optional[List[Tool]] = None
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+
+    @model_validator(mode="after")
+    def _checks(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        if self.tool_choice in ("none", "auto", None):
+            return self
+        names = [t.function.name for t in self.tools or ()]
+        if not names:
+            raise ValueError("tool_choice: forcing a tool call needs tools")
+        if (
+            isinstance(self.tool_choice, NamedToolChoice)
+            and self.tool_choice.function.name not in names
+        ):
+            raise ValueError(
+                f"tool_choice: function {self.tool_choice.function.name!r} is not among the tools"
+            )
+        return self
+
+    def forced_tools(self) -> List["Tool"]:
+        """The tools one of which must be called (tool_choice "required" or
+        a named function), else []."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            want = self.tool_choice.function.name
+            return [t for t in self.tools or () if t.function.name == want]
+        return list(self.tools or ()) if self.tool_choice == "required" else []
+
+    def template_messages(self) -> List[Dict[str, Any]]:
+        """Messages as chat templates expect them (text content, arguments as objects)."""
+        import json
+
+        out: List[Dict[str, Any]] = []
+        for m in self.messages:
+            d: Dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
+            d["content"] = _text(m.content)
+            if isinstance(m, AssistantMessage) and m.tool_calls:
+                calls = []
+                for c in m.tool_calls:
+                    try:
+                        args: Any = json.loads(c.function.arguments)
+                    except ValueError:
+                        args = c.function.arguments
+                    calls.append(
+                        {
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.function.name, "arguments": args},
+                        }
+                    )
+                d["tool_calls"] = calls
+            if isinstance(m, ToolMessage):
+                d["tool_call_id"] = m.tool_call_id
+            if getattr(m, "name", None):
+                d["name"] = m.name
+            out.append(d)
+        return out
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, List[str], List[int], List[List[int]]]
+    # OpenAI's completions default is 16 tokens.
+    max_tokens: Optional[int] = Field(default=16, ge=1)
+    logprobs: Optional[int] = Field(default=None, ge=0, le=5)
+    echo: bool = False
+    best_of: Optional[int] = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _checks(self) -> "CompletionRequest":
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of other than n is not supported")
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise ValueError("prompt is an empty list")
+        return self
+
+    def prompts(self) -> List[Union[str, List[int]]]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+
+# --- responses -------------------------------------------------------------------
+
+
+class TopLogprob(_Strict):
+    token: str
+    logprob: float
+    bytes: Optional[List[int]] = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: List[TopLogprob]
+
+
+class ChatLogprobs(_Strict):
+    content: Optional[List[ChatTokenLogprob]] = None
+    refusal: Optional[List[ChatTokenLogprob]] = None
+
+
+class CompletionLogprobs(_Strict):
+    tokens: List[str] = []
+    token_logprobs: List[float] = []
+    top_logprobs: List[Dict[str, float]] = []
+    text_offset: List[int] = []
+
+
+class ToolCallOut(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ToolCallDelta(_Strict):
+    index: int
+    id: Optional[str] = None
+    type: Optional[Literal["function"]] = None
+    function: Optional[Dict[str, str]] = None
+
+
+class ChatMessageOut(_Strict):
+    role: Literal["assistant"] = "assistant"
+    content: Optional[str] = None
+    refusal: Optional[str] = None
+    tool_calls: Optional[List[ToolCallOut]] = None
+    annotations: List[Dict[str, Any]] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _omit_no_calls(self, handler: Any) -> Dict[str, Any]:
+        # OpenAI leaves tool_calls out when there are none; its schema has
+        # no null there.
+        out = handler(self)
+        if out.get("tool_calls") is None:
+            out.pop("tool_calls", None)
+        return out
+
+
+class PromptTokensDetails(_Strict):
+    cached_tokens: int = 0
+
+
+class Usage(_Strict):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: Optional[PromptTokensDetails] = None
+
+
+class ChatChoice(_Strict):
+    index: int
+    message: ChatMessageOut
+    finish_reason: Literal["stop", "length", "tool_calls"]
+    logprobs: Optional[ChatLogprobs] = None
+
+
+class ChatCompletion(_Strict):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: List[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(_Strict):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+    tool_calls: Optional[List[ToolCallDelta]] = None
+
+
+class ChatChunkChoice(_Strict):
+    index: int
+    delta: ChatDelta
+    finish_reason: Optional[Literal["stop", "length", "tool_calls"]] = None
+    logprobs: Optional[ChatLogprobs] = None
+
+
+class ChatCompletionChunk(_Strict):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: List[ChatChunkChoice]
+    usage: Optional[Usage] = None
+
+
+class CompletionChoice(_Strict):
+    index: int
+    text: str
+    finish_reason: Optional[Literal["stop", "length"]] = None
+    logprobs: Optional[CompletionLogprobs] = None
+
+
+class Completion(_Strict):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: List[CompletionChoice]
+    usage: Optional[Usage] = None
+
+
+class ModelCard(_Strict):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "torchchat"
+    # llama-server reports these too; clients size their prompts by them.
+    max_model_len: Optional[int] = None
+
+
+class ModelList(_Strict):
+    object: Literal["list"] = "list"
+    data: List[ModelCard]
+
+
+class ErrorBody(_Strict):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(_Strict):
+    error: ErrorBody

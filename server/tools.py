@@ -1,0 +1,142 @@
+"""Tool calls parsed out of generated text, in the formats our templates ask
+models to use:
+
+- Qwen 2.5 / Hermes: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`,
+  any number of them, with ordinary text around them;
+- Llama 3.1 JSON: the whole reply is `{"name": ..., "parameters": {...}}`
+  (optionally after `<|python_tag|>`), several separated by `;`.
+
+Streaming holds back text that may turn out to be a tool call (from a
+`<tool_call>` tag on, or a whole reply that starts like Llama's JSON) and
+decides at the end whether it was one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+PYTHON_TAG = "<|python_tag|>"
+_TAGGED = re.compile(re.escape(OPEN) + r"\s*(.*?)\s*(?:" + re.escape(CLOSE) + r"|$)", re.S)
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: str  # a JSON object, as OpenAI sends it
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = "call_" + uuid.uuid4().hex[:24]
+
+
+def _call_from(obj: Any, names: Optional[Iterable[str]]) -> Optional[ToolCall]:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):  # some models write the arguments pre-encoded
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    if not isinstance(args, dict):
+        return None
+    if names is not None and obj["name"] not in set(names):
+        return None
+    return ToolCall(obj["name"], json.dumps(args, ensure_ascii=False))
+
+
+def parse(text: str, names: Optional[Sequence[str]] = None) -> Tuple[str, List[ToolCall]]:
+    """(content without the calls, calls). A tagged call names any function;
+    bare Llama JSON counts only when it names one of `names` (an ordinary
+    JSON answer must stay an answer)."""
+    if OPEN in text:
+        calls = []
+        for m in _TAGGED.finditer(text):
+            try:
+                call = _call_from(json.loads(m.group(1)), None)
+            except ValueError:
+                call = None
+            if call is None:
+                return text, []  # a malformed block: the text is the answer
+            calls.append(call)
+        content = _TAGGED.sub("", text).strip()
+        return content, calls
+    body = text.strip()
+    if body.startswith(PYTHON_TAG):
+        body = body[len(PYTHON_TAG) :].strip()
+    if not body.startswith("{"):
+        return text, []
+    try:
+        parts = [json.loads(p) for p in _split_json_objects(body)]
+    except ValueError:
+        return text, []
+    calls = [_call_from(p, names) for p in parts]
+    if not calls or any(c is None for c in calls):
+        return text, []
+    return "", [c for c in calls if c is not None]
+
+
+def _split_json_objects(body: str) -> List[str]:
+    """`{...}; {...}` into its objects (Llama 3.1 separates parallel calls with ';')."""
+    dec = json.JSONDecoder()
+    out, i = [], 0
+    while i < len(body):
+        _, end = dec.raw_decode(body, i)
+        out.append(body[i:end])
+        i = end
+        while i < len(body) and body[i] in " \n\t;":
+            i += 1
+    return out
+
+
+class ToolStream:
+    """Splits streamed text into what is safe to send now and what is held
+    until the end may show it was a tool call."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = list(names)
+        self.text = ""
+        self.sent = 0
+        self._capturing = False
+
+    def push(self, piece: str) -> str:
+        self.text += piece
+        if self._capturing:
+            return ""
+        head = self.text.lstrip()
+        if not head or (len(head) < len(PYTHON_TAG) and PYTHON_TAG.startswith(head)):
+            return ""  # too early to tell
+        if head.startswith(("{", PYTHON_TAG)):
+            self._capturing = True  # maybe Llama JSON: decided at the end
+            return ""
+        i = self.text.find(OPEN, self.sent)
+        if i >= 0:
+            self._capturing = True
+            return self._release(i)
+        keep = 0
+        for n in range(min(len(OPEN) - 1, len(self.text) - self.sent), 0, -1):
+            if self.text.endswith(OPEN[:n]):
+                keep = n
+                break
+        return self._release(len(self.text) - keep)
+
+    def _release(self, upto: int) -> str:
+        out = self.text[self.sent : upto]
+        self.sent = max(self.sent, upto)
+        return out
+
+    def finish(self) -> Tuple[str, List[ToolCall]]:
+        """(content not yet sent, calls)."""
+        content, calls = parse(self.text, self.names)
+        if not calls:
+            return self._release(len(self.text)), []
+        sent = self.text[: self.sent]
+        rest = content[len(sent) :] if content.startswith(sent) else ""
+        self.sent = len(self.text)
+        return rest, calls

@@ -1,0 +1,42 @@
+"""Debian's chromium-headless-shell, for tests that drive the web page.
+
+A repository rule, like //tools/clang's: on first use (the first build of a
+target that depends on @chromium//:headless_shell) it runs
+tools/provision_chromium.py, which unpacks the browser and the libraries
+this host lacks into the user cache, and links its launcher here. So
+`tools/bazel test //...` provisions it on a clean clone, and a build that
+needs no browser never fetches one.
+"""
+
+_BUILD = """\
+package(default_visibility = ["//visibility:public"])
+
+# The browser's launcher: give its path to Playwright as executable_path
+# (with --no-sandbox).
+filegroup(
+    name = "headless_shell",
+    srcs = ["chromium-headless-shell"],
+)
+"""
+
+def _chromium_impl(rctx):
+    tools = rctx.path(Label("//tools/chromium:BUILD.bazel")).dirname.dirname
+    names = ("provision_chromium.py", "provision_bazel.py", "provision_cache.py", "debian.py")
+    scripts = [tools.get_child(n) for n in names]
+    for s in scripts:
+        rctx.watch(s)
+    python = rctx.which("python3")
+    if not python:
+        fail("@chromium needs python3 to provision the browser")
+    rctx.report_progress("provisioning chromium-headless-shell (tools/provision_chromium.py)")
+    r = rctx.execute([python, str(scripts[0])], timeout = 1800, quiet = False)
+    if r.return_code != 0:
+        fail("tools/provision_chromium.py failed:\n" + r.stderr)
+    rctx.symlink(r.stdout.strip().splitlines()[-1], "chromium-headless-shell")
+    rctx.file("BUILD.bazel", _BUILD)
+
+chromium = repository_rule(
+    implementation = _chromium_impl,
+    environ = ["TORCHCHAT_CACHE", "XDG_CACHE_HOME"],
+    configure = True,
+)
