@@ -340,8 +340,12 @@ def export_pt2(
 ) -> Dict[str, Any]:
     from torchchat import aoti
     from torchchat import quantize as tc_quant
+    from torchchat.model import attend_filled_cache
 
     stages = stages or Stages(enabled=False)
+    # The graph the CLI compiles too: attention over the filled cache only,
+    # whatever max_seq_length is.
+    model = attend_filled_cache(model)
     aoti_spec = quant.for_aoti(spec)
     counts: Dict[str, int] = {}
     if aoti_spec:

@@ -179,9 +179,9 @@ def _build_model(
 
     from torchchat import checkpoint as ckpt_mod
     from torchchat import quantize as quant_mod
-    from torchchat.model import DTYPES, optimize_for_eager
+    from torchchat.model import DTYPES, attend_filled_cache
 
-    model = optimize_for_eager(
+    model = attend_filled_cache(
         ckpt_mod.load_model(ckpt, DTYPES[dtype_name], args.max_seq_length, "cpu")
     )
     if not spec and args.dtype is None and ckpt.gguf_quantized:
@@ -190,7 +190,7 @@ def _build_model(
     model = model.to(args.device)
     step = None
     if args.compile == "torch":
-        # EagerSDPA reads the position with .item(); captured, it stays in
+        # FilledCacheSDPA reads the position with .item(); captured, it stays in
         # the graph instead of splitting every layer in two.
         torch._dynamo.config.capture_scalar_outputs = True
         step = torch.compile(model, dynamic=False, fullgraph=True)

@@ -281,14 +281,17 @@ def build_model(
     return model.to(device).eval()
 
 
-class EagerSDPA(nn.Module):
-    """Attention over the filled part of the cache only (eager decode).
+class FilledCacheSDPA(nn.Module):
+    """Attention over the filled part of the cache only.
 
     ExecuTorch's SDPA attends over the whole static cache with a mask and
-    repeats K/V per query head, which export needs (static shapes) but which
-    costs eager decode most of its time at long max_seq_length. Slicing to the
-    last written position and using grouped-query SDPA computes the same
-    softmax: the sliced-off entries are masked out anyway.
+    repeats K/V per query head, which costs decode most of its time at long
+    max_seq_length. Slicing to the last written position and using
+    grouped-query SDPA computes the same softmax: the sliced-off entries are
+    masked out anyway. The position is read with .item(), which torch.export
+    and dynamo keep as an unbacked size, so eager, torch.compile and
+    AOTInductor all run this one graph. (A .pte gets the same effect from
+    ExecuTorch's own llama:: ops.)
     """
 
     def __init__(self, dim: int):
@@ -315,12 +318,12 @@ class EagerSDPA(nn.Module):
         return y.transpose(1, 2).reshape(bsz, seqlen, self.dim)
 
 
-def optimize_for_eager(model: Model) -> Model:
-    """Swaps in EagerSDPA; not for export (it reads a position as a Python int)."""
+def attend_filled_cache(model: Model) -> Model:
+    """Swaps in FilledCacheSDPA: for eager, torch.compile and AOTInductor."""
     for layer in model.transformer.layers:
         attn = layer.attention
         if hasattr(attn, "SDPA"):
-            attn.SDPA = EagerSDPA(attn.SDPA.dim)
+            attn.SDPA = FilledCacheSDPA(attn.SDPA.dim)
     return model
 
 
@@ -398,9 +401,9 @@ class SlotKVCache(nn.Module):
 
 
 class SlotSDPA(nn.Module):
-    """EagerSDPA per slot: each entry's queries attend over its own slot's
+    """FilledCacheSDPA per slot: each entry's queries attend over its own slot's
     cache up to its last position, with the same shapes (and so the same
-    arithmetic) as a batch-1 EagerSDPA call for that sequence."""
+    arithmetic) as a batch-1 FilledCacheSDPA call for that sequence."""
 
     def __init__(self, dim: int, plan: "SlotPlan"):
         super().__init__()

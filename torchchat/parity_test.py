@@ -18,7 +18,7 @@ from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 from torchchat import registry
 from torchchat.checkpoint import load_checkpoint, load_model
 from torchchat.generate import Slot, Stats, argmax, decode
-from torchchat.model import optimize_for_eager
+from torchchat.model import attend_filled_cache
 
 # The built-in chat template around "Why is the sky blue?".
 PROMPT = [1, 4093, 198, 4898, 314, 260, 6376, 4461, 47, 2, 198, 1, 520, 9531, 198]
@@ -43,7 +43,7 @@ class ParityTest(unittest.TestCase):
         cls.ckpt = load_checkpoint(cls.path)
         cls.ref = hf_model(cls.path)
         # One model for both checks: full logits for prefill, last row for decode.
-        cls.model = optimize_for_eager(load_model(cls.ckpt, torch.float32, 256, full_logits=True))
+        cls.model = attend_filled_cache(load_model(cls.ckpt, torch.float32, 256, full_logits=True))
 
     def test_config_from_gguf(self):
         c = self.ckpt.config
