@@ -1,0 +1,73 @@
+"""End to end on the built-in model: `torchchat server` started as a user
+starts it, asked by the openai client, streamed and not."""
+
+import os
+import socket
+import subprocess
+import time
+import unittest
+import urllib.request
+from pathlib import Path
+
+import openai
+
+RUNFILES = Path(os.environ.get("TEST_SRCDIR", "."), "_main")
+TORCHCHAT = RUNFILES / "torchchat" / "torchchat"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BuiltinServerTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        port = free_port()
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        cls.proc = subprocess.Popen(
+            [str(TORCHCHAT), "server", "--port", str(port), "--parallel", "2", "--quiet"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        cls.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(cls.url + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if cls.proc.poll() is not None or time.monotonic() > deadline:
+                cls.proc.kill()
+                raise RuntimeError(f"server did not start: {cls.proc.stderr.read().decode()}")
+            time.sleep(0.5)
+        cls.client = openai.OpenAI(base_url=cls.url + "/v1", api_key="unused")
+        cls.model = cls.client.models.list().data[0].id
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proc.terminate()
+        cls.proc.wait(timeout=60)
+
+    def test_the_capital_of_france(self):
+        r = self.client.chat.completions.create(
+            model=self.model, messages=QUESTION, temperature=0, max_tokens=40
+        )
+        self.assertIn("Paris", r.choices[0].message.content)
+        self.assertGreater(r.usage.completion_tokens, 0)
+
+    def test_streamed(self):
+        chunks = self.client.chat.completions.create(
+            model=self.model, messages=QUESTION, temperature=0, max_tokens=40, stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        self.assertIn("Paris", text)
+
+
+if __name__ == "__main__":
+    unittest.main()
