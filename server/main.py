@@ -132,22 +132,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    from torchchat.checkpoint import CheckpointError
-    from torchchat.generate import ContextOverflow
-    from torchchat.model import ConfigError
-    from torchchat.quantize import QuantizeError
-    from torchchat.registry import RegistryError
-    from torchchat.tokenizer import TokenizerError
-
-    expected = (
-        cli.UserError,
-        CheckpointError,
-        ConfigError,
-        ContextOverflow,
-        QuantizeError,
-        RegistryError,
-        TokenizerError,
-    )
+    expected = cli.expected_errors()
     try:
         engine, config = build(args)
     except expected as e:

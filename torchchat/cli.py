@@ -560,6 +560,27 @@ COMMANDS = {
 }
 
 
+def expected_errors() -> Tuple[type, ...]:
+    """Failures a user can cause: one line each. Anything else is a bug and
+    keeps its traceback. The server loads models the same way."""
+    from torchchat.checkpoint import CheckpointError
+    from torchchat.generate import ContextOverflow
+    from torchchat.model import ConfigError
+    from torchchat.quantize import QuantizeError
+    from torchchat.registry import RegistryError
+    from torchchat.tokenizer import TokenizerError
+
+    return (
+        UserError,
+        CheckpointError,
+        ConfigError,
+        ContextOverflow,
+        QuantizeError,
+        RegistryError,
+        TokenizerError,
+    )
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["server"]:
@@ -570,23 +591,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # torchao registers an Enum with torch's pytree at import, which torch
     # now logs as deprecated: a warning about our dependencies, not for users.
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    # Expected failures, one line each; anything else is a bug and keeps its traceback.
-    from torchchat.checkpoint import CheckpointError
-    from torchchat.generate import ContextOverflow
-    from torchchat.model import ConfigError
-    from torchchat.quantize import QuantizeError
-    from torchchat.registry import RegistryError
-    from torchchat.tokenizer import TokenizerError
-
-    expected = (
-        UserError,
-        CheckpointError,
-        ConfigError,
-        ContextOverflow,
-        QuantizeError,
-        RegistryError,
-        TokenizerError,
-    )
+    expected = expected_errors()
     try:
         return COMMANDS[args.command](args)
     except expected as e:
