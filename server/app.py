@@ -429,6 +429,25 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
     def failed(ev: Failed) -> APIError:
         return APIError(500, ev.message, "server_error", code="generation_failed")
 
+    async def collect(
+        jobs: List[Tuple[List[int], Params]], prefixes: List[str]
+    ) -> Tuple[List[str], List[List[TokenLogprob]], List[Optional[Done]]]:
+        """A non-streamed answer: each job's text after its prefix, its
+        logprobs and how it ended."""
+        texts = list(prefixes)
+        lps: List[List[TokenLogprob]] = [[] for _ in jobs]
+        done: List[Optional[Done]] = [None] * len(jobs)
+        async for i, ev in events(jobs):
+            if isinstance(ev, Failed):
+                raise failed(ev)
+            if isinstance(ev, Delta):
+                texts[i] += ev.text
+                lps[i] += ev.logprobs
+            else:
+                done[i] = ev
+                report(ev)
+        return texts, lps, done
+
     # --- chat -------------------------------------------------------------------
 
     @app.post("/v1/chat/completions")
@@ -477,18 +496,7 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
             return EventSourceResponse(
                 _chat_stream(rid, created, ids, jobs, names, include_usage), sep="\n"
             )
-        texts = [""] * len(jobs)
-        lps: List[List[TokenLogprob]] = [[] for _ in jobs]
-        done: List[Optional[Done]] = [None] * len(jobs)
-        async for i, ev in events(jobs):
-            if isinstance(ev, Failed):
-                raise failed(ev)
-            if isinstance(ev, Delta):
-                texts[i] += ev.text
-                lps[i] += ev.logprobs
-            else:
-                done[i] = ev
-                report(ev)
+        texts, lps, done = await collect(jobs, [""] * len(jobs))
         choices = []
         for i, text in enumerate(texts):
             d = done[i]
@@ -637,18 +645,7 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
                 _completion_stream(rid, created, prompt_tokens, jobs, echo, include_usage),
                 sep="\n",
             )
-        out = list(echo)
-        lps: List[List[TokenLogprob]] = [[] for _ in jobs]
-        done: List[Optional[Done]] = [None] * len(jobs)
-        async for i, ev in events(jobs):
-            if isinstance(ev, Failed):
-                raise failed(ev)
-            if isinstance(ev, Delta):
-                out[i] += ev.text
-                lps[i] += ev.logprobs
-            else:
-                done[i] = ev
-                report(ev)
+        out, lps, done = await collect(jobs, echo)
         choices = [
             schema.CompletionChoice(
                 index=i,
