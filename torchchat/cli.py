@@ -285,7 +285,7 @@ def _compiled(
     entry = compile_cache.lookup(k)
     if entry is not None:
         try:
-            backend = compile_cache.open_entry(k, entry)
+            backend = compile_cache.open_entry(k)
             info = dict(entry["info"], compiled=str(backend.path))
             return backend, info, entry["tokenizer"], backend.max_seq_length, None
         except ArtifactError as e:
@@ -314,7 +314,7 @@ def _compiled(
                 )
         finally:
             progress.close()
-        backend = compile_cache.open_entry(k, compile_cache.lookup(k))
+        backend = compile_cache.open_entry(k)
         return backend, {"compiled": str(backend.path)}
 
     return None, info, tok_src, model.max_seq_length, compile

@@ -139,7 +139,8 @@ def lookup(k: str) -> Optional[Dict[str, Any]]:
     return entry if ok and "info" in entry else None
 
 
-def open_entry(k: str, entry: Dict[str, Any]) -> Pt2Model:
+def open_entry(k: str) -> Pt2Model:
+    """The entry's package, loaded; its metadata was written by `store`."""
     from torchchat import artifacts
 
     path = cache_dir() / f"{k}.pt2"
