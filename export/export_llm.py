@@ -308,23 +308,20 @@ def pt2_metadata(
     tokenizer_kind: str,
     quantize: str,
 ) -> Dict[str, str]:
-    from torchchat.artifacts import PT2_FORMAT
+    from torchchat.artifacts import pt2_metadata as metadata
 
-    return {
-        "torchchat_format": PT2_FORMAT,
-        "model_name": source.name,
-        "tokenizer_file": tokenizer_file,
-        "tokenizer_type": tokenizer_kind,
-        "bos_id": "" if source.bos_id is None else str(source.bos_id),
-        "eos_ids": ",".join(str(x) for x in source.eos_ids),
-        "max_seq_len": str(max_seq_length),
-        "vocab_size": str(source.config.vocab_size),
-        "n_layers": str(source.config.n_layers),
-        "dtype": dtype_name,
-        "quantize": quantize,
-        # forward(tokens[1, T], input_pos[T]) -> logits[1, vocab]
-        "input_pos": "positions",
-    }
+    return metadata(
+        model_name=source.name,
+        tokenizer_file=tokenizer_file,
+        tokenizer_type=tokenizer_kind,
+        bos_id=source.bos_id,
+        eos_ids=source.eos_ids,
+        max_seq_len=max_seq_length,
+        vocab_size=source.config.vocab_size,
+        n_layers=source.config.n_layers,
+        dtype=dtype_name,
+        quantize=quantize,
+    )
 
 
 def export_pt2(

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -307,6 +307,38 @@ def check_cpu_isa(meta: Dict[str, str], path: PathLike) -> None:
             f"{' '.join(missing)} (has {' '.join(have) or 'no vector ISA'}). "
             "Re-export it on this machine."
         )
+
+
+def pt2_metadata(
+    *,
+    model_name: str,
+    tokenizer_file: str,
+    tokenizer_type: str,
+    bos_id: Optional[int],
+    eos_ids: Sequence[int],
+    max_seq_len: int,
+    vocab_size: int,
+    n_layers: int,
+    dtype: str,
+    quantize: str,
+) -> Dict[str, str]:
+    """What a .pt2 records for its runners (all strings); parse_pt2_metadata
+    reads it back, and aoti_run reads the same keys from C++."""
+    return {
+        "torchchat_format": PT2_FORMAT,
+        "model_name": model_name,
+        "tokenizer_file": tokenizer_file,
+        "tokenizer_type": tokenizer_type,
+        "bos_id": "" if bos_id is None else str(bos_id),
+        "eos_ids": ",".join(str(x) for x in eos_ids),
+        "max_seq_len": str(max_seq_len),
+        "vocab_size": str(vocab_size),
+        "n_layers": str(n_layers),
+        "dtype": dtype,
+        "quantize": quantize,
+        # forward(tokens[1, T], input_pos[T]) -> logits[1, vocab]
+        "input_pos": "positions",
+    }
 
 
 def parse_pt2_metadata(meta: Dict[str, str], path: PathLike) -> Dict[str, Any]:

@@ -107,22 +107,20 @@ def key(checkpoint: Path, settings: Dict[str, Any]) -> str:
 
 
 def _pt2_metadata(ckpt: Checkpoint, model: Model, dtype_name: str, counts: Dict[str, int]):
-    from torchchat.artifacts import PT2_FORMAT
+    from torchchat.artifacts import pt2_metadata
 
-    return {
-        "torchchat_format": PT2_FORMAT,
-        "model_name": ckpt.path.name,
-        "tokenizer_file": "",
-        "tokenizer_type": "",
-        "bos_id": "" if ckpt.bos_id is None else str(ckpt.bos_id),
-        "eos_ids": ",".join(str(x) for x in ckpt.eos_ids),
-        "max_seq_len": str(model.max_seq_length),
-        "vocab_size": str(ckpt.config.vocab_size),
-        "n_layers": str(ckpt.config.n_layers),
-        "dtype": dtype_name,
-        "quantize": json.dumps(counts),
-        "input_pos": "positions",
-    }
+    return pt2_metadata(
+        model_name=ckpt.path.name,
+        tokenizer_file="",
+        tokenizer_type="",
+        bos_id=ckpt.bos_id,
+        eos_ids=ckpt.eos_ids,
+        max_seq_len=model.max_seq_length,
+        vocab_size=ckpt.config.vocab_size,
+        n_layers=ckpt.config.n_layers,
+        dtype=dtype_name,
+        quantize=json.dumps(counts),
+    )
 
 
 def lookup(k: str) -> Optional[Dict[str, Any]]:
