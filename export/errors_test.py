@@ -76,7 +76,7 @@ class BadInputTest(unittest.TestCase):
 
     def test_unknown_preset(self):
         self.assert_error(
-            r"not JSON, a preset \(mobile, desktop\)",
+            r"not JSON, a preset \(mobile, desktop, q4\)",
             "--output-pte-path",
             "OUT/m.pte",
             "--quantize",
@@ -84,12 +84,30 @@ class BadInputTest(unittest.TestCase):
         )
 
     def test_scheme_the_target_cannot_run(self):
+        # linear:int4 in a .pte is torchchat's exact kernel: fp32 and groups
+        # of 32 only, refused before any work otherwise.
         self.assert_error(
-            r"linear:int4 .* no ExecuTorch XNNPACK kernel",
+            r"linear:int4 in a \.pte computes in fp32; drop the bf16",
             "--output-pte-path",
             "OUT/m.pte",
             "--quantize",
             "desktop",
+        )
+        self.assert_error(
+            r"linear:int4 in a \.pte computes in fp32; drop --dtype bf16",
+            "--output-pte-path",
+            "OUT/m.pte",
+            "--quantize",
+            "q4",
+            "--dtype",
+            "bf16",
+        )
+        self.assert_error(
+            r"linear:int4 in a \.pte .* groupsize 64 is not supported",
+            "--output-pte-path",
+            "OUT/m.pte",
+            "--quantize",
+            '{"linear:int4": {"groupsize": 64}}',
         )
         self.assert_error(
             r"linear:a8w4dq is an ExecuTorch",
@@ -145,6 +163,10 @@ class QuantSpecTest(unittest.TestCase):
         et = quant.for_executorch(quant.parse("mobile"))
         self.assertEqual(
             (et.embedding_quantize, et.quantization_mode, et.group_size), ("4,32", "8da4w", 32)
+        )
+        q4 = quant.for_executorch(quant.parse("q4"))
+        self.assertEqual(
+            (q4.embedding_quantize, q4.quantization_mode, q4.q4_kernels), ("8,32", None, True)
         )
         desktop = quant.parse("desktop")
         self.assertEqual(quant.for_aoti(desktop), {"linear:int4": {"groupsize": 32}})

@@ -168,10 +168,18 @@ def enable_dynamic_shape(model: nn.Module) -> None:
             params.enable_dynamic_shape = True
 
 
-def et_metadata(source: Source, max_seq_length: int, custom_ops: bool) -> Dict[str, Any]:
+def et_metadata(
+    source: Source, max_seq_length: int, custom_ops: bool, q4_kernels: bool = False
+) -> Dict[str, Any]:
     from torchchat import executorch_compat as et
 
     extra: Dict[str, Any] = {}
+    if q4_kernels:
+        from kernels import et_ops
+
+        # Says which kernel library the program needs, so a runtime without
+        # it can name the library instead of a missing operator.
+        extra[et_ops.METADATA_METHOD] = et_ops.OPS_VERSION
     if source.bos_id is not None:
         extra["get_bos_id"] = source.bos_id
     if source.eos_ids:
@@ -189,7 +197,61 @@ def et_metadata(source: Source, max_seq_length: int, custom_ops: bool) -> Dict[s
     )
 
 
-def et_quant_transforms(q: "quant.EtQuant", et_dtype: DType) -> List[Callable]:
+def exact_embedding(gguf_quantized: Optional[Dict[str, GGUFQuantized]]) -> bool:
+    """Whether the checkpoint's embedding is GGUF Q8_0 blocks, which an 8-bit
+    groups-of-32 embedding can keep exactly."""
+    gq = (gguf_quantized or {}).get("tok_embeddings.weight")
+    return gq is not None and gq.qtype == "Q8_0"
+
+
+def q4_transform(
+    gguf_quantized: Optional[Dict[str, GGUFQuantized]], embedding: bool, counts: Dict[str, int]
+) -> Callable:
+    """linear:int4 for a .pte: torchchat.quantize's linears (GGUF Q4 blocks
+    kept, float weights as Q4_1) and a GGUF Q8_0 unembedding run as
+    torchchat::q4_linear / q8_linear, as in a .pt2. With `embedding`, a GGUF
+    Q8_0 embedding keeps its blocks in ExecuTorch's own 8-bit embedding op
+    (quantized_decomposed::embedding_byte, group 32, fp16 scales), which ET's
+    embedding transform would re-fit (HQQ scales) instead.
+
+    It runs after ExecuTorch's transforms: their last one casts the model to
+    the compute dtype, which would widen the fp16 scales.
+    """
+
+    def transform(model: Model) -> Model:
+        import torch
+
+        from torchchat import executorch_compat as et
+        from torchchat import quantize as tc_quant
+
+        counts.update(
+            tc_quant.quantize_model(model, {"linear:int4": {"groupsize": 32}}, gguf_quantized)
+        )
+        if any(isinstance(m, tc_quant.Int4Linear) for m in model.modules()):
+            raise ExportError(
+                "linear:int4 for a .pte needs the q4 op library (//kernels:q4); "
+                "torch's int4pack fallback has no ExecuTorch kernel"
+            )
+        if embedding:
+            from kernels import q4
+
+            gq = gguf_quantized["tok_embeddings.weight"]
+            qs, scales = q4.pack_q8_0_blocks(gq.blocks, gq.shape)
+            vocab, dim = qs.shape
+            emb = et.quantized_group_embedding(
+                "cpu", vocab, dim, 32, dtype=torch.float32, scales_precision=torch.float16
+            )
+            emb.weight, emb.scales = qs, scales
+            model.transformer.tok_embeddings = emb
+            counts["embedding_q8_0"] = 1
+        return model
+
+    return transform
+
+
+def et_quant_transforms(
+    q: "quant.EtQuant", et_dtype: DType, skip_embedding: bool = False
+) -> List[Callable]:
     """ExecuTorch's quantization source transforms for `q`.
 
     The linear scheme covers the transformer layers only: the output
@@ -202,7 +264,7 @@ def et_quant_transforms(q: "quant.EtQuant", et_dtype: DType) -> List[Callable]:
     from torchchat import executorch_compat as et
 
     transforms: List[Callable] = []
-    if q.embedding_quantize:
+    if q.embedding_quantize and not skip_embedding:
         transforms.append(et.quant_embedding_transform(q.embedding_quantize))
     if q.quantization_mode:
         linear = et.quant_weight_transform(
@@ -229,6 +291,7 @@ def export_pte(
     max_seq_length: int,
     custom_ops: bool = True,
     stages: Optional[Stages] = None,
+    gguf_quantized: Optional[Dict[str, GGUFQuantized]] = None,
 ) -> Dict[str, Any]:
     """Lowers an eager fp32 Model to `out_path` through ExecuTorch's LLM flow."""
     import torch
@@ -258,15 +321,19 @@ def export_pte(
         dtype=DType.fp32,
         enable_dynamic_shape=True,
         dynamic_shapes=({1: tokens_dim}, None),
-        metadata=et_metadata(source, max_seq_length, custom_ops),
+        metadata=et_metadata(source, max_seq_length, custom_ops, q.q4_kernels),
     )
+    counts: Dict[str, int] = {}
+    exact_emb = q.q4_kernels and q.embedding_quantize == "8,32" and exact_embedding(gguf_quantized)
     with stages("quantize", q.describe() + f", dtype {dtype_name}"):
-        transforms = et_quant_transforms(q, et_dtype) + et.get_source_transforms(
+        transforms = et_quant_transforms(q, et_dtype, exact_emb) + et.get_source_transforms(
             et_dtype,
             checkpoint_dtype=DType.fp32,
             use_kv_cache=True,
             use_sdpa_with_kv_cache=custom_ops,
         )
+        if q.q4_kernels:
+            transforms.append(q4_transform(gguf_quantized, exact_emb, counts))
         builder.source_transform(transforms)
         builder.dtype = et_dtype
     with stages("export", "torch.export with a dynamic token dimension"):
@@ -285,7 +352,10 @@ def export_pte(
         with atomic_output(str(out_path)) as tmp:
             with open(tmp, "wb") as f:
                 builder.export_program.write_to_file(f)
-    return {"metadata": builder.metadata, "quantize": q.describe()}
+    info: Dict[str, Any] = {"metadata": builder.metadata, "quantize": q.describe()}
+    if counts:
+        info["quantize_counts"] = {k: v for k, v in counts.items() if v}
+    return info
 
 
 def _quiet_executorch() -> None:
@@ -423,7 +493,8 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
     dtype_name = quant.dtype_of(spec, args.dtype or "fp32")
     # Reject what a target cannot do before minutes of work.
     if "pte" in outs:
-        quant.for_executorch(spec)
+        if quant.for_executorch(spec).q4_kernels and dtype_name != "fp32":
+            raise ExportError(f"linear:int4 in a .pte computes in fp32; drop --dtype {dtype_name}")
         if dtype_name == "fp16":
             raise ExportError(
                 "--dtype fp16 is not supported for a .pte (XNNPACK takes fp32 or bf16)"
@@ -458,7 +529,15 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
             with stages("load", f"weights, max_seq_length {max_seq_length}"):
                 model = build(source, "fp32", max_seq_length)
             info = export_pte(
-                model, source, path, spec, dtype_name, max_seq_length, args.et_custom_ops, stages
+                model,
+                source,
+                path,
+                spec,
+                dtype_name,
+                max_seq_length,
+                args.et_custom_ops,
+                stages,
+                source.ckpt.gguf_quantized,
             )
         else:
             with stages("load", f"weights, {dtype_name}, max_seq_length {max_seq_length}"):

@@ -41,6 +41,13 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
         "precision": {"dtype": "bf16"},
         "executor": {"accelerator": "fast"},
     },
+    # GGUF's Q4 linears and Q8_0 embedding and unembedding kept exactly (float
+    # checkpoints become Q4_1 and int8 groups of 32). In a .pte the linears
+    # run torchchat's kernels: et_run has them, ExecuTorch's runners do not.
+    "q4": {
+        "embedding": {"bitwidth": 8, "groupsize": 32},
+        "linear:int4": {"groupsize": 32},
+    },
 }
 
 _DTYPES = {
@@ -91,6 +98,9 @@ class EtQuant:
     embedding_quantize: Optional[str] = None  # "bits,groupsize"
     quantization_mode: Optional[str] = None  # "8da4w", "8da8w"
     group_size: Optional[int] = None
+    # linear:int4: torchchat::q4_linear / q8_linear (//kernels:et_q4_ops),
+    # GGUF's blocks kept exactly, instead of an ExecuTorch transform.
+    q4_kernels: bool = False
 
     def describe(self) -> str:
         parts = []
@@ -98,6 +108,8 @@ class EtQuant:
             parts.append(f"embedding {self.embedding_quantize}")
         if self.quantization_mode:
             parts.append(f"linear {self.quantization_mode} g{self.group_size}")
+        if self.q4_kernels:
+            parts.append("linear int4 g32 (torchchat::q4_linear)")
         return ", ".join(parts) or "none"
 
 
@@ -122,10 +134,18 @@ def for_executorch(spec: Dict[str, Dict[str, Any]]) -> EtQuant:
             "with a dynamic token dimension; use linear:a8w8dq for 8-bit linears in a .pte"
         )
     elif "linear:int4" in spec:
-        raise QuantizeError(
-            "--quantize: linear:int4 (weight-only int4) has no ExecuTorch XNNPACK kernel; "
-            "use linear:a8w4dq (or the 'mobile' preset) for a .pte"
-        )
+        g = spec["linear:int4"].get("groupsize", 32)
+        if g != 32:
+            raise QuantizeError(
+                f"--quantize: linear:int4 in a .pte runs torchchat::q4_linear on GGUF's 4-bit "
+                f"blocks of 32; groupsize {g} is not supported (use 32)"
+            )
+        if dtype_of(spec, "fp32") != "fp32":
+            raise QuantizeError(
+                "--quantize: linear:int4 in a .pte computes in fp32; drop the bf16/fp16 "
+                "precision (the 'q4' preset has none)"
+            )
+        q.q4_kernels = True
     return q
 
 

@@ -226,6 +226,36 @@ def pack_dqm(
     return qs, torch.cat([dh, mh], dim=1).contiguous()
 
 
+def quantize_q4_1(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(qs, scales) of float weights [N, K] as GGUF Q4_1 blocks of 32: per block
+    d = (max - min) / 15 and m = min, both rounded to fp16 first, so the codes
+    are fitted to the values the kernel will use (llama.cpp rounds its codes
+    against the unrounded d). K need not be a multiple of 32: the padding
+    codes are never read."""
+    w = torch.as_tensor(w).detach().float()
+    if w.dim() != 2 or w.numel() == 0:
+        raise Q4Error(f"q4: weights must be a non-empty [N, K] tensor, got {tuple(w.shape)}")
+    n, k = w.shape
+    nb = num_blocks(k)
+    padded = torch.zeros(n, nb * BLOCK)
+    padded[:, :k] = w
+    g = padded.reshape(n, nb, BLOCK)
+    # The padding must not widen the last block's range.
+    valid = (torch.arange(nb * BLOCK) < k).reshape(nb, BLOCK)
+    lo = torch.where(valid, g, torch.inf).amin(-1)
+    hi = torch.where(valid, g, -torch.inf).amax(-1)
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise Q4Error("q4: weights must be finite")
+    m = lo.to(torch.float16)
+    d = ((hi - m.float()) / 15).to(torch.float16)
+    if not (torch.isfinite(m).all() and torch.isfinite(d).all()):
+        raise Q4Error("q4: weights too large for fp16 block scales")
+    df = d.float()[..., None]
+    q = torch.where(df > 0, torch.round((g - m.float()[..., None]) / df.clamp(min=1e-30)), 0)
+    q = q.clamp(0, 15).reshape(n, nb * BLOCK)[:, :k]
+    return pack_dqm(d.float(), m.float(), q.to(torch.int32))
+
+
 def dequantize(qs: torch.Tensor, scales: torch.Tensor, k: int) -> torch.Tensor:
     """fp32 [N, K] weights, d*q + m per block (the kernel's exact values)."""
     n = qs.shape[0]
@@ -288,6 +318,12 @@ class Q4Linear(nn.Module):
     ) -> "Q4Linear":
         qs, scales = pack_dqm(d, m, q)
         return cls(qs, scales, int(q.shape[1]), int(q.shape[0]), bias)
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> "Q4Linear":
+        """Float weights [N, K] quantized as GGUF Q4_1 (see quantize_q4_1)."""
+        qs, scales = quantize_q4_1(w)
+        return cls(qs, scales, int(w.shape[1]), int(w.shape[0]), bias)
 
     def dequantized(self) -> torch.Tensor:
         return dequantize(self.qs, self.scales, self.in_features)

@@ -115,8 +115,8 @@ namespace {
 
 // torchchat::q8_linear: GGUF Q8_0 weights (w = d*q), qs int8 [n, nb*32],
 // scales float16 [n, nb]. For the output layer / tied embedding.
-at::Tensor Q8LinearImpl(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
-                        const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
+void CheckQ8Args(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+                 const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
   const int64_t nb = Q4NumBlocks(k);
   TORCH_CHECK(n > 0 && k > 0, "q8_linear: n and k must be positive, got n=", n, " k=", k);
   TORCH_CHECK(x.device().is_cpu() && qs.device().is_cpu() && scales.device().is_cpu(),
@@ -132,43 +132,64 @@ at::Tensor Q8LinearImpl(const at::Tensor& x, const at::Tensor& qs, const at::Ten
                   scales.size(1) == nb,
               "q8_linear: scales must be float16 [", n, ", ", nb, "], got ", scales.scalar_type(),
               " ", scales.sizes());
-  at::Tensor bf;
-  if (bias.has_value() && bias->defined()) {
+  if (bias.has_value() && bias->defined())
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "q8_linear: bias must be [", n, "], got ",
                 bias->sizes());
-    bf = bias->to(at::kFloat).contiguous();
-  }
+}
+
+void RunQ8(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+           const c10::optional<at::Tensor>& bias, int64_t n, int64_t k, at::Tensor& out) {
   const at::Tensor xf = x.to(at::kFloat).contiguous(), qc = qs.contiguous(),
                    sc = scales.contiguous();
-  at::Tensor y = at::empty(OutShape(x, n), xf.options());
+  at::Tensor bf;
+  if (bias.has_value() && bias->defined()) bf = bias->to(at::kFloat).contiguous();
+  const bool direct = out.scalar_type() == at::kFloat && out.is_contiguous();
+  at::Tensor y = direct ? out : at::empty(out.sizes(), xf.options());
   const Q8Weight w{qc.data_ptr<int8_t>(),
                    reinterpret_cast<const uint16_t*>(sc.data_ptr<at::Half>()), n, k};
   const Q4ParallelFor pf = PickParallelFor();
   Q8Linear(xf.data_ptr<float>(), xf.numel() / k, w, bf.defined() ? bf.data_ptr<float>() : nullptr,
            y.data_ptr<float>(), &pf);
-  return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+  if (!direct) out.copy_(y);
+}
+
+at::Tensor& Q8LinearOut(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
+                        const c10::optional<at::Tensor>& bias, int64_t n, int64_t k,
+                        at::Tensor& out) {
+  CheckQ8Args(x, qs, scales, bias, n, k);
+  at::native::resize_output(out, OutShape(x, n));
+  RunQ8(x, qs, scales, bias, n, k, out);
+  return out;
 }
 
 }  // namespace
 
 at::Tensor Q8LinearOp(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
                       const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
-  return Q8LinearImpl(x, qs, scales, bias, n, k);
+  CheckQ8Args(x, qs, scales, bias, n, k);
+  at::Tensor out = at::empty(OutShape(x, n), x.options());
+  RunQ8(x, qs, scales, bias, n, k, out);
+  return out;
 }
 
+// The .out overloads are what ExecuTorch's to_executorch() turns each call
+// into (its kernels, et_q4_ops.cc, implement only those).
 TORCH_LIBRARY(torchchat, m) {
   m.def("q8_linear(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k) -> Tensor");
   m.def("q4_linear(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k) -> Tensor");
   m.def(
-      "q4_linear.out(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k, *, Tensor(a!) "
-      "out) "
-      "-> Tensor(a!)");
+      "q4_linear.out(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k, *, "
+      "Tensor(a!) out) -> Tensor(a!)");
+  m.def(
+      "q8_linear.out(Tensor x, Tensor qs, Tensor scales, Tensor? bias, int n, int k, *, "
+      "Tensor(a!) out) -> Tensor(a!)");
 }
 
 TORCH_LIBRARY_IMPL(torchchat, CPU, m) {
   m.impl("q4_linear", &Q4LinearOp);
   m.impl("q4_linear.out", &Q4LinearOut);
   m.impl("q8_linear", &Q8LinearOp);
+  m.impl("q8_linear.out", &Q8LinearOut);
 }
 
 }  // namespace torchchat::kernels

@@ -130,3 +130,73 @@ def write_checkpoint(
         )
     )
     return d
+
+
+# Meta weight name -> GGUF tensor name (llama.cpp's llama architecture).
+_GGUF_NAMES = {
+    "tok_embeddings.weight": "token_embd.weight",
+    "norm.weight": "output_norm.weight",
+    "output.weight": "output.weight",
+}
+_GGUF_LAYER_NAMES = {
+    "attention_norm.weight": "attn_norm.weight",
+    "ffn_norm.weight": "ffn_norm.weight",
+    "attention.wq.weight": "attn_q.weight",
+    "attention.wk.weight": "attn_k.weight",
+    "attention.wv.weight": "attn_v.weight",
+    "attention.wo.weight": "attn_output.weight",
+    "feed_forward.w1.weight": "ffn_gate.weight",
+    "feed_forward.w2.weight": "ffn_down.weight",
+    "feed_forward.w3.weight": "ffn_up.weight",
+}
+
+
+def write_gguf(
+    ckpt: os.PathLike[str] | str,
+    path: os.PathLike[str] | str,
+    linears: tuple = ("Q4_0", "Q4_1"),
+    embedding: str = "Q8_0",
+    output: str = "Q8_0",
+) -> Path:
+    """The checkpoint written by write_checkpoint as a llama GGUF, quantized as
+    llama.cpp's own files are: layer i's linears in linears[i % len(linears)]
+    (so Q4_0 and Q4_1 both appear), the embedding and output in their types,
+    norms in F32. Meta's rotary layout is GGUF's, so weights go in as they
+    are. No tokenizer inside: pass the checkpoint's tokenizer.json."""
+    import gguf
+    import numpy as np
+
+    ckpt, path = Path(ckpt), Path(path)
+    params = json.loads((ckpt / "params.json").read_text())
+    sd = torch.load(ckpt / "consolidated.00.pth", weights_only=True)
+    hidden = sd["layers.0.feed_forward.w1.weight"].shape[0]
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(params["n_layers"])
+    w.add_embedding_length(params["dim"])
+    w.add_feed_forward_length(hidden)
+    w.add_head_count(params["n_heads"])
+    w.add_head_count_kv(params["n_kv_heads"])
+    w.add_context_length(params["max_seq_len"])
+    w.add_rope_freq_base(params["rope_theta"])
+    w.add_layer_norm_rms_eps(params["norm_eps"])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    T = gguf.GGMLQuantizationType
+    for k, v in sd.items():
+        arr = v.numpy().astype(np.float32)
+        if k.startswith("layers."):
+            i, rest = k.split(".", 2)[1:]
+            name, qtype = f"blk.{i}.{_GGUF_LAYER_NAMES[rest]}", linears[int(i) % len(linears)]
+        else:
+            name = _GGUF_NAMES[k]
+            qtype = {"tok_embeddings.weight": embedding, "output.weight": output}.get(k, "F32")
+        if arr.ndim == 1 or qtype == "F32":
+            w.add_tensor(name, arr)
+        else:
+            q = gguf.quants.quantize(arr, T[qtype])
+            w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=T[qtype])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -20,6 +20,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from kernels import et_ops
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 # Keys export_llm writes into a .pt2 (all values are strings there).
@@ -129,11 +131,17 @@ PTE_METHODS = (
     "get_bos_id",
     "get_eos_ids",
 )
+# Present only in a .pte that runs torchchat's kernels (kernels/et_ops.py).
+PTE_OPTIONAL_METHODS = (et_ops.METADATA_METHOD,)
 
 
-def register_et_kernels() -> None:
+def register_et_kernels() -> Optional[str]:
     """Ops a .pte may use beyond the core set; they register on import.
 
+    ExecuTorch's llama:: and quantized_decomposed:: kernels come with the
+    wheel, torchchat's (torchchat::q4_linear/q8_linear, a linear:int4 .pte)
+    from //kernels:libtorchchat_et_ops.so. Returns why the latter could not
+    be loaded, or None: only a .pte that needs them fails for it.
     `custom_ops` is a submodule: the package's __init__ registers nothing.
     Their imports pull in torchao, which warns about CUDA libraries that a
     CPU-only machine never has; those warnings are not the user's problem.
@@ -153,6 +161,20 @@ def register_et_kernels() -> None:
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
+    try:
+        et_ops.load()
+    except (ImportError, OSError, RuntimeError) as e:
+        return str(e)
+    return None
+
+
+def _needs_torchchat_kernels(path: Path, meta: Dict[str, Any], why: str) -> ArtifactError:
+    version = meta["methods"].get(et_ops.METADATA_METHOD)
+    return ArtifactError(
+        f"{path} runs torchchat's ExecuTorch kernels ({', '.join(et_ops.OPS)}, "
+        f"version {version}), which live in {et_ops.LIB_NAME} (//kernels:{et_ops.LIB_NAME}; "
+        f"et_run links them): {why}"
+    )
 
 
 # A .pte is a flatbuffer whose file identifier, at bytes 4-8, is "ET" and a
@@ -210,7 +232,7 @@ def _last_log_line(lines: List[str]) -> str:
 
 def pte_metadata(program: Any) -> Dict[str, Any]:
     raw: Dict[str, Any] = {}
-    for name in PTE_METHODS:
+    for name in PTE_METHODS + PTE_OPTIONAL_METHODS:
         if name in program.method_names:
             vals = list(program.load_method(name).execute([]))
             raw[name] = vals if name == "get_eos_ids" else vals[0]
@@ -237,14 +259,17 @@ def load_pte(path: PathLike) -> PteModel:
     if not path.is_file():
         raise ArtifactError(f"ExecuTorch program not found: {path}")
     check_pte_header(path)
-    register_et_kernels()
+    no_kernels = register_et_kernels()
     from executorch.runtime import Runtime
 
+    meta: Optional[Dict[str, Any]] = None
     with native_stderr_captured() as log:
         try:
             program = Runtime.get().load_program(str(path))
             meta = pte_metadata(program)
-            method = program.load_method("forward")
+            method = None
+            if not (no_kernels and et_ops.METADATA_METHOD in meta["methods"]):
+                method = program.load_method("forward")
             error = None
         except ArtifactError as e:
             error = e
@@ -252,6 +277,11 @@ def load_pte(path: PathLike) -> PteModel:
             error = e
     if isinstance(error, ArtifactError):
         raise error
+    if meta is not None and et_ops.METADATA_METHOD in meta["methods"]:
+        if no_kernels:
+            raise _needs_torchchat_kernels(path, meta, no_kernels)
+        if error is not None and "torchchat::" in "\n".join(log):
+            raise _needs_torchchat_kernels(path, meta, _last_log_line(log)) from error
     if error is not None:
         why = _last_log_line(log) or f"{type(error).__name__}: {error}"
         raise ArtifactError(f"cannot load {path}: {why}") from error

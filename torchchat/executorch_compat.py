@@ -30,6 +30,10 @@ APIS: Tuple[Tuple[str, str], ...] = (
         "executorch.examples.models.llama.source_transformation.quantize",
         "get_quant_weight_transform",
     ),
+    (
+        "executorch.examples.models.llama.source_transformation.quantize",
+        "QuantizedGroupEmbedding",
+    ),
     ("executorch.exir._serialize._program", "deserialize_pte_binary"),
 )
 
@@ -75,6 +79,14 @@ def quant_embedding_transform(*args: Any, **kwargs: Any) -> Any:
     return _get(
         "executorch.examples.models.llama.source_transformation.quantize",
         "get_quant_embedding_transform",
+    )(*args, **kwargs)
+
+
+def quantized_group_embedding(*args: Any, **kwargs: Any) -> Any:
+    """ExecuTorch's 8/4/2-bit embedding module (quantized_decomposed ops)."""
+    return _get(
+        "executorch.examples.models.llama.source_transformation.quantize",
+        "QuantizedGroupEmbedding",
     )(*args, **kwargs)
 
 

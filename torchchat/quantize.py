@@ -5,10 +5,13 @@ Upstream torchchat's syntax: {"linear:int4": {"groupsize": 32}},
 "groupsize": 0}}, several keys at once. "precision" and "executor" are
 accepted for compatibility ({"precision": {"dtype": "bf16"}} sets the dtype).
 
-A GGUF Q4_0/Q4_1 tensor maps to int4 exactly: the 32-wide blocks become
-groups, with Q4_1's scale d and min m stored as torch's int4pack
-scales_and_zeros [d, m + 8d] (its kernel computes (q - 8) * s + z). Other
-weights are quantized asymmetrically the same way (per-group min/max).
+linear:int4 with groups of 32 runs //kernels:q4 (torchchat::q4_linear): a
+GGUF Q4_0/Q4_1 tensor keeps its own blocks, and float weights become Q4_1
+blocks (per-group min and range, fp16 d and m), so eager, a .pt2 and a .pte
+share one kernel. Without that library, or with wider groups, torch's
+int4pack runs instead: Q4_1's d and m stored as its scales_and_zeros
+[d, m + 8d] (its kernel computes (q - 8) * s + z), other weights quantized
+asymmetrically per group the same way.
 """
 
 from __future__ import annotations
@@ -390,8 +393,6 @@ def quantize_model(
                 continue
             g = spec[key].get("groupsize", 32)
             gq = gguf_quantized.get(wname)
-            if lin.out_features % 16:
-                continue  # torch's int4pack needs rows in multiples of 16: stays dense
             if gq is not None and g != 32:
                 # Re-grouping 4-bit codes re-quantizes them: on the built-in
                 # model g64 drops top-1 agreement with fp32 to ~0.64.
@@ -410,10 +411,19 @@ def quantize_model(
                     )
                     continue
                 q, s, z = gguf_q4_codes(gq.qtype, gq.blocks, gq.shape)
+            elif g == 32 and _q4_kernel() is not None:
+                # GGUF's Q4_1, so float checkpoints run the same kernel (and
+                # export to a .pte, where torch's int4pack has no kernel).
+                q4 = _q4_kernel()
+                setattr(parent, child_name, q4.Q4Linear.from_float(lin.weight.data, bias))
+                counts["int4"] += 1
+                continue
             elif lin.in_features % g == 0:
                 q, s, z = quantize_int4(lin.weight.data, g)
                 counts["int4"] += 1
             else:
                 continue  # e.g. a projection too narrow for the group: stays dense
+            if lin.out_features % 16:
+                continue  # torch's int4pack needs rows in multiples of 16: stays dense
             setattr(parent, child_name, Int4Linear.from_codes(q, s, z, g, bias))
     return counts
