@@ -4,7 +4,7 @@
 
 Runs the same prompts through the torchchat CLI (eager, and its default:
 compiled, a GGUF in its own precision), aoti_run (fp32 and 4-bit), et_run
-and ExecuTorch's own TextLLMRunner (and llama.cpp when llama-cpp-python is
+(fp32 and the exact 4-bit .pte) and ExecuTorch's own TextLLMRunner (and llama.cpp when llama-cpp-python is
 installed, on the GGUF), takes each one's own stats, and prints the CPU,
 the ISA paths taken, a measured memory bandwidth, TTFT, prefill and decode
 tok/s, each runtime's fraction of its bandwidth roofline and ratios against
@@ -54,11 +54,11 @@ def export_key() -> str:
     import hashlib
 
     from export import export_llm, quant
-    from torchchat import aoti
+    from torchchat import aoti, quantize
     from torchchat import model as model_mod
 
     h = hashlib.sha256()
-    for mod in (export_llm, quant, model_mod, aoti):
+    for mod in (export_llm, quant, model_mod, aoti, quantize):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:12]
 
@@ -71,9 +71,16 @@ def export(model, kind, path, max_seq, *flags):
     from export import export_llm
 
     args = ([model] if model else []) + [flag, str(path), "--max-seq-length", str(max_seq), *flags]
+    t = time.perf_counter()
     if export_llm.main(args) != 0:
         sys.exit(f"bench: export to {path} failed")
+    export_seconds_file(path).write_text(f"{time.perf_counter() - t:.1f}\n")
     return path
+
+
+def export_seconds_file(path: Path) -> Path:
+    """Where export() records how long an artifact took to export."""
+    return path.with_name(path.name + ".export-seconds")
 
 
 def run_runner(exe, artifact, prompt, n, threads, env=None):
@@ -320,9 +327,20 @@ def main():
         "ExecuTorch's TextLLMRunner, same .pte": ("fp32", lambda p, n: run_et_runner(pte, p, n)),
     }
     if not args.model:
-        # export's default for a 4-bit GGUF keeps its codes.
+        # export's default for a 4-bit GGUF keeps its codes; a .pte keeps
+        # them with the q4 preset (torchchat's ExecuTorch kernels).
         pt2_q4 = artifact("pt2", None, "gguf")
+        pte_q4 = artifact("pte", None, "q4", "--quantize", "q4")
         aoti = binary("runner/aoti/aoti_run")
+        et = binary("runner/et/et_run")
+        runs["et_run 4-bit .pte (q4)"] = (
+            "q4",
+            lambda p, n: run_runner(et, pte_q4, p, n, args.num_threads),
+        )
+        runs["et_run 4-bit .pte (q4), exact path"] = (
+            "q4",
+            lambda p, n: run_runner(et, pte_q4, p, n, args.num_threads, env=exact),
+        )
         runs["aoti_run 4-bit .pt2"] = (
             "q4",
             lambda p, n: run_runner(aoti, pt2_q4, p, n, args.num_threads),
@@ -387,12 +405,24 @@ def main():
         )
     if wall is not None:
         print(f"`generate -n 1` with default flags, whole command, warm: {wall:.2f} s")
-    peers = [n for n in results if n.startswith(("llama.cpp", "et_run"))]
+    for kind, name in (("pte", "fp32"), ("pte", "q4"), ("pt2", "gguf")):
+        f = export_seconds_file(cache_dir() / f"{tag}-{name}.{kind}")
+        if f.exists():
+            print(
+                f"export time, {name} .{kind}: {float(f.read_text()):.0f} s (when it was exported)"
+            )
+    # The columns: ratios against these runtimes, where they ran.
+    labels = {
+        "llama.cpp (same GGUF)": "llama.cpp",
+        "et_run fp32 .pte": "et_run fp32",
+        "aoti_run 4-bit .pt2": "aoti_run 4-bit",
+    }
+    peers = [n for n in labels if n in results]
     print(
         "\n| runtime | TTFT ms | prefill tok/s | decode tok/s | of roofline | "
-        + " | ".join(f"vs {p.split()[0]} decode" for p in peers)
+        + " | ".join(f"vs {labels[p]} decode" for p in peers)
         + " | "
-        + " | ".join(f"vs {p.split()[0]} prefill" for p in peers)
+        + " | ".join(f"vs {labels[p]} prefill" for p in peers)
         + " |"
     )
     print("|---" * (5 + 2 * len(peers)) + "|")
