@@ -80,9 +80,9 @@ TEST_P(Isa, Q4MatchesTheCoreBitForBit) {
       auto bt = make_tensor_ptr({s.n}, bias);
       // Sized for the largest M: the kernel resizes it, as a .pte's
       // memory plan gives the upper bound.
-      auto out = make_tensor_ptr({1, 9, s.n}, std::vector<float>(size_t(9) * s.n),
-                                 {}, {}, ScalarType::Float,
-                                 executorch::aten::TensorShapeDynamism::DYNAMIC_BOUND);
+      auto out =
+          make_tensor_ptr({1, 9, s.n}, std::vector<float>(size_t(9) * s.n), {}, {},
+                          ScalarType::Float, executorch::aten::TensorShapeDynamism::DYNAMIC_BOUND);
       KernelRuntimeContext ctx;
       std::optional<executorch::aten::Tensor> b(*bt);
       Q4LinearOut(ctx, *xt, *qt, *st, b, s.n, s.k, *out);
@@ -110,9 +110,9 @@ TEST_P(Isa, Q8MatchesTheCoreBitForBit) {
       auto xt = make_tensor_ptr({m, s.k}, x);
       auto qt = make_tensor_ptr({s.n, nb * 32}, qs, {}, {}, ScalarType::Char);
       auto st = make_tensor_ptr({s.n, nb}, scales.data(), ScalarType::Half);
-      auto out = make_tensor_ptr({9, s.n}, std::vector<float>(size_t(9) * s.n), {}, {},
-                                 ScalarType::Float,
-                                 executorch::aten::TensorShapeDynamism::DYNAMIC_BOUND);
+      auto out =
+          make_tensor_ptr({9, s.n}, std::vector<float>(size_t(9) * s.n), {}, {}, ScalarType::Float,
+                          executorch::aten::TensorShapeDynamism::DYNAMIC_BOUND);
       KernelRuntimeContext ctx;
       Q8LinearOut(ctx, *xt, *qt, *st, std::nullopt, s.n, s.k, *out);
       ASSERT_EQ(ctx.failure_state(), Error::Ok);
