@@ -26,6 +26,8 @@
 #include <optional>
 #include <vector>
 
+#include "kernels/et_util.h"
+
 namespace torchchat::et_ops {
 namespace {
 
@@ -34,15 +36,6 @@ using executorch::aten::ScalarType;
 using executorch::aten::Tensor;
 using executorch::runtime::Error;
 using executorch::runtime::KernelRuntimeContext;
-
-bool IsContiguous(const Tensor& t) {
-  int64_t expected = 1;
-  for (int64_t i = t.dim() - 1; i >= 0; --i) {
-    if (t.size(i) != 1 && t.strides()[i] != expected) return false;
-    expected *= t.size(i);
-  }
-  return true;
-}
 
 // The two inner loops of attention. target_clones picks the widest vector
 // unit at load time; omp simd lets the reduction vectorize without

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "kernels/et_util.h"
 #include "kernels/q4_linear.h"
 
 namespace torchchat::et_ops {
@@ -26,15 +27,6 @@ using executorch::aten::Tensor;
 using executorch::runtime::Error;
 using executorch::runtime::KernelRuntimeContext;
 using kernels::Q4NumBlocks;
-
-bool IsContiguous(const Tensor& t) {
-  int64_t expected = 1;
-  for (int64_t i = t.dim() - 1; i >= 0; --i) {
-    if (t.size(i) != 1 && t.strides()[i] != expected) return false;
-    expected *= t.size(i);
-  }
-  return true;
-}
 
 // ExecuTorch's shared thread pool (the one XNNPACK uses, so the linears and
 // the delegated ops between them run on the same threads).

@@ -132,7 +132,7 @@ def write_checkpoint(
     return d
 
 
-# Meta weight name -> GGUF tensor name (llama.cpp's llama architecture).
+# Meta weight names -> GGUF tensor names (llama.cpp's llama architecture).
 _GGUF_NAMES = {
     "tok_embeddings.weight": "token_embd.weight",
     "norm.weight": "output_norm.weight",
@@ -149,6 +149,14 @@ _GGUF_LAYER_NAMES = {
     "feed_forward.w2.weight": "ffn_down.weight",
     "feed_forward.w3.weight": "ffn_up.weight",
 }
+
+
+def gguf_name(meta_name: str) -> str:
+    """The GGUF tensor name of a Meta weight name ("layers.0.attention.wq.weight")."""
+    if meta_name.startswith("layers."):
+        i, rest = meta_name.split(".", 2)[1:]
+        return f"blk.{i}.{_GGUF_LAYER_NAMES[rest]}"
+    return _GGUF_NAMES[meta_name]
 
 
 def write_gguf(
@@ -184,11 +192,10 @@ def write_gguf(
     T = gguf.GGMLQuantizationType
     for k, v in sd.items():
         arr = v.numpy().astype(np.float32)
+        name = gguf_name(k)
         if k.startswith("layers."):
-            i, rest = k.split(".", 2)[1:]
-            name, qtype = f"blk.{i}.{_GGUF_LAYER_NAMES[rest]}", linears[int(i) % len(linears)]
+            qtype = linears[int(k.split(".")[1]) % len(linears)]
         else:
-            name = _GGUF_NAMES[k]
             qtype = {"tok_embeddings.weight": embedding, "output.weight": output}.get(k, "F32")
         if arr.ndim == 1 or qtype == "F32":
             w.add_tensor(name, arr)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import transformers
 
+from testing import tiny_model
 from torchchat.checkpoint import (
     CheckpointError,
     hf_tensor_name,
@@ -158,25 +159,6 @@ class CheckpointFormatsTest(unittest.TestCase):
         torch.testing.assert_close(our_logits(d), ref_logits(m), rtol=1e-4, atol=1e-4)
 
     def write_gguf(self, m, path, qtype):
-        names = {
-            v: k
-            for k, v in {
-                "token_embd.weight": "tok_embeddings.weight",
-                "output_norm.weight": "norm.weight",
-                "output.weight": "output.weight",
-            }.items()
-        }
-        layer = {
-            "attention_norm.weight": "attn_norm.weight",
-            "ffn_norm.weight": "ffn_norm.weight",
-            "attention.wq.weight": "attn_q.weight",
-            "attention.wk.weight": "attn_k.weight",
-            "attention.wv.weight": "attn_v.weight",
-            "attention.wo.weight": "attn_output.weight",
-            "feed_forward.w1.weight": "ffn_gate.weight",
-            "feed_forward.w2.weight": "ffn_down.weight",
-            "feed_forward.w3.weight": "ffn_up.weight",
-        }
         w = gguf.GGUFWriter(str(path), "llama")
         w.add_block_count(2)
         w.add_embedding_length(64)
@@ -189,11 +171,7 @@ class CheckpointFormatsTest(unittest.TestCase):
         w.add_bos_token_id(1)
         w.add_eos_token_id(2)
         for k, v in meta_state_dict(m).items():
-            if k.startswith("layers."):
-                i, rest = k.split(".", 2)[1:]
-                name = f"blk.{i}.{layer[rest]}"
-            else:
-                name = names[k]
+            name = tiny_model.gguf_name(k)
             arr = v.numpy().astype(np.float32)
             if qtype == gguf.GGMLQuantizationType.F32 or arr.ndim == 1:
                 w.add_tensor(name, arr)
