@@ -186,6 +186,7 @@ def run_tasks(
     configs = configs if configs is not None else [task_config(n, data_dir) for n in names]
     # datasets converts each JSON file to Arrow in its cache: a few seconds,
     # kept out of ~/.cache/huggingface and the read-only data directory.
+    datasets.disable_progress_bars()
     with tempfile.TemporaryDirectory(prefix="torchchat-eval-") as tmp:
         datasets.config.HF_DATASETS_CACHE = Path(tmp)
         results = evaluator.simple_evaluate(

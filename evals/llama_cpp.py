@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not __package__:  # run as a script, not under Bazel: find evals/ beside it
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evals.data import DataError, Wheel, cache_root, fetch_wheel  # noqa: E402
 
 SDIST = Wheel(
