@@ -235,7 +235,11 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import logging
+
     args = build_parser().parse_args(argv)
+    # As cli.main: torchao's pytree registration warns about our dependencies.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         results = run(args)
     except cli.expected_errors() as e:
