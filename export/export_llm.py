@@ -463,6 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-et-custom-ops: a graph for runners with only the core, portable and "
         "XNNPACK kernels",
     )
+    p.add_argument(
+        "--full-logits",
+        action="store_true",
+        help="return the logits of every prompt position, [1, T, vocab], not only the last "
+        "(ExecuTorch's generate_full_logits): `torchchat eval` needs them; the runners "
+        "read the last row either way",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -528,6 +535,7 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
         if kind == "pte":
             with stages("load", f"weights, max_seq_length {max_seq_length}"):
                 model = build(source, "fp32", max_seq_length)
+                model.transformer.generate_full_logits = args.full_logits
             info = export_pte(
                 model,
                 source,
@@ -542,6 +550,7 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
         else:
             with stages("load", f"weights, {dtype_name}, max_seq_length {max_seq_length}"):
                 model = build(source, dtype_name, max_seq_length)
+                model.transformer.generate_full_logits = args.full_logits
             meta = pt2_metadata(source, max_seq_length, dtype_name, tf.file_name, tf.kind, "")
             pt2_spec = spec
             if not spec and args.dtype is None and source.ckpt.gguf_quantized:

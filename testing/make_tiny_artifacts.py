@@ -1,6 +1,8 @@
 """Writes a tiny random Llama and its two exports, for the runner tests.
 
 Usage: make_tiny_artifacts.py OUT_DIR
+       make_tiny_artifacts.py --full-logits OUT_DIR   # for eval: both exports
+                                                      # with every position's logits
 
 OUT_DIR/ckpt/ is the Meta-format checkpoint (with its tokenizer), and
 OUT_DIR/model.pte, OUT_DIR/model.pt2 come from //export:export_llm's own
@@ -19,7 +21,27 @@ from testing import tiny_model
 MAX_SEQ = 64
 
 
+def full_logits(out: Path) -> int:
+    ckpt = tiny_model.write_checkpoint(out / "ckpt", max_seq_len=256)
+    return export_llm.main(
+        [
+            "--checkpoint-path",
+            str(ckpt),
+            "--output-pte-path",
+            str(out / "model.pte"),
+            "--output-aoti-package-path",
+            str(out / "model.pt2"),
+            "--max-seq-length",
+            str(MAX_SEQ),
+            "--full-logits",
+            "--quiet",
+        ]
+    )
+
+
 def main() -> NoReturn:
+    if sys.argv[1] == "--full-logits":
+        sys.exit(full_logits(Path(sys.argv[2])))
     out = Path(sys.argv[1])
     ckpt = tiny_model.write_checkpoint(out / "ckpt", max_seq_len=256)
     rc = export_llm.main(

@@ -2,7 +2,9 @@
 
 `load_pte(path)` and `load_pt2(path)` return an `ExportedModel`:
 `forward(tokens[1, T], input_pos[T]) -> logits[1, vocab]` (last position),
-like torchchat.model.Model, plus the metadata the export recorded. One
+like torchchat.model.Model, plus the metadata the export recorded, and
+`forward_all` (every position's logits, for eval) when exported with
+--full-logits. One
 generation loop then drives eager, AOTI and ExecuTorch alike.
 """
 
@@ -69,6 +71,21 @@ class ExportedModel:
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _raw(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_all(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Logits of every position, [T, vocab] (for eval). Only an artifact
+        exported with --full-logits has them; others give the last only."""
+        self._check_positions(tokens, input_pos)
+        out = self._raw(tokens, input_pos)
+        if out.dim() != 3:
+            raise ArtifactError(
+                f"{self.path} returns only the last position's logits; re-export it with "
+                "export_llm --full-logits to evaluate it"
+            )
+        return out[0]
+
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         return self.forward(tokens, input_pos)
 
@@ -91,16 +108,21 @@ class PteModel(ExportedModel):
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         self._check_positions(tokens, input_pos)
+        out = self._raw(tokens, input_pos)
+        return out if out.dim() == 2 else out[:, -1]
+
+    def _raw(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         tokens = tokens.to(torch.long)
         input_pos = input_pos.to(torch.long)
-        out = None
+        outs = []
         # ExecuTorch's dynamic-shape graph takes the start position as [1];
         # a static one takes one token at a time.
         for s in range(0, tokens.shape[1], self._max_chunk):
             chunk = tokens[:, s : s + self._max_chunk].contiguous()
             pos = input_pos[s : s + 1] if self._dynamic else input_pos[s : s + chunk.shape[1]]
-            out = self._method.execute([chunk, pos.contiguous()])[0]
-        return out if out.dim() == 2 else out[:, -1]
+            outs.append(self._method.execute([chunk, pos.contiguous()])[0])
+        # Full logits ([1, T, vocab]) join up across chunks; otherwise the last chunk's.
+        return torch.cat(outs, dim=1) if outs[-1].dim() == 3 else outs[-1]
 
 
 class Pt2Model(ExportedModel):
@@ -113,9 +135,12 @@ class Pt2Model(ExportedModel):
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         self._check_positions(tokens, input_pos)
-        out = self._runner(tokens.to(torch.long), input_pos.to(torch.long))
-        out = out[0] if isinstance(out, (list, tuple)) else out
+        out = self._raw(tokens, input_pos)
         return out if out.dim() == 2 else out[:, -1]
+
+    def _raw(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        out = self._runner(tokens.to(torch.long), input_pos.to(torch.long))
+        return out[0] if isinstance(out, (list, tuple)) else out
 
 
 # --- .pte ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""torchchat command line: generate, chat, server, list, where, download, remove.
+"""torchchat command line: generate, chat, server, eval, list, where, download, remove.
 
 Command names and flags follow upstream torchchat. Errors a user can cause
 (an unknown alias, a missing or corrupt checkpoint, a prompt longer than
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     # Its flags live in server/main.py; main() hands it the rest of argv.
     sub.add_parser("server", help="OpenAI-compatible HTTP server (server/README.md)")
+    sub.add_parser("eval", help="perplexity and benchmark tasks (evals/README.md)")
     sub.add_parser("list", help="list known models")
     for name, text in (
         ("where", "print where a model lives"),
@@ -587,6 +588,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from server.main import main as server_main
 
         return server_main(argv[1:])
+    if argv[:1] == ["eval"]:
+        from evals.main import main as eval_main
+
+        return eval_main(argv[1:])
     args = build_parser().parse_args(argv)
     # torchao registers an Enum with torch's pytree at import, which torch
     # now logs as deprecated: a warning about our dependencies, not for users.

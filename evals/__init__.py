@@ -1,0 +1,1 @@
+"""torchchat eval: perplexity and benchmark tasks (evals/README.md)."""

@@ -1,0 +1,147 @@
+"""llama.cpp's `llama-perplexity`, built once into the user cache, and run.
+
+The anchor for `torchchat eval`: the same GGUF, text, context and stride
+through llama.cpp's own tool. It comes from the llama-cpp-python sdist on
+PyPI (pinned by sha256), which vendors all of llama.cpp; only the
+`llama-perplexity` target is built, with runner/README.md's CMake flags
+(no AMX: its path crashes on these VMs). About 5 minutes on 2 cores.
+
+    python3 evals/llama_cpp.py            # builds if needed; prints the binary's path
+
+Stdlib only, so it runs before (or without) the Bazel environment.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+if not __package__:  # run as a script, not under Bazel: find evals/ beside it
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from evals.data import DataError, Wheel, cache_root, fetch_wheel  # noqa: E402
+
+SDIST = Wheel(
+    "llama-cpp-python",
+    "0.3.36",
+    "llama_cpp_python-0.3.36.tar.gz",
+    "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
+)
+CMAKE_FLAGS = [
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DGGML_NATIVE=OFF",
+    "-DGGML_AVX512=ON",
+    "-DGGML_AVX512_VNNI=ON",
+    "-DGGML_AVX512_BF16=ON",
+    "-DGGML_AMX_TILE=OFF",
+    "-DGGML_AMX_INT8=OFF",
+    "-DGGML_AMX_BF16=OFF",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",
+]
+
+
+def prefix() -> Path:
+    key = hashlib.sha256((SDIST.sha256 + " ".join(CMAKE_FLAGS)).encode()).hexdigest()[:12]
+    return cache_root() / f"llama-perplexity-{SDIST.version}-{key}"
+
+
+def build(log=lambda m: print(f"llama_cpp: {m}", file=sys.stderr, flush=True)) -> Path:  # noqa: ANN001
+    """The llama-perplexity binary, built on first use."""
+    out = prefix()
+    binary = out / "llama-perplexity"
+    if binary.is_file():
+        return binary
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".llama-perplexity.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if binary.is_file():
+            return binary
+        sdist = fetch_wheel(SDIST, root / "eval-wheels", log)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".llama-build-") as tmp:
+            log(f"unpacking {sdist.name}")
+            with tarfile.open(sdist) as t:
+                members = [m for m in t.getmembers() if "/vendor/llama.cpp/" in m.name]
+                t.extractall(tmp, members=members, filter="data")
+            src = next(Path(tmp).glob("*/vendor/llama.cpp"))
+            b = Path(tmp) / "build"
+            jobs = str(os.cpu_count() or 2)
+            log("configuring (cmake)")
+            subprocess.run(
+                ["cmake", "-S", str(src), "-B", str(b), *CMAKE_FLAGS],
+                check=True,
+                capture_output=True,
+            )
+            log(f"building llama-perplexity with {jobs} jobs (about 5 minutes on 2 cores)")
+            subprocess.run(
+                ["cmake", "--build", str(b), "--target", "llama-perplexity", "-j", jobs], check=True
+            )
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(next(b.glob("bin/llama-perplexity")), out / ".llama-perplexity.tmp")
+            os.replace(out / ".llama-perplexity.tmp", binary)
+    return binary
+
+
+@dataclass
+class Run:
+    perplexity: Optional[float]
+    hellaswag: Optional[float]  # its acc_norm, a fraction
+    tokens: Optional[int]  # the text's, as llama.cpp tokenized it
+    seconds: float  # the whole command, load included
+    log: str
+
+
+def run(binary: Path, gguf: Path, args: Sequence[str], threads: int = 2) -> Run:
+    """llama-perplexity -m GGUF ARGS, with what it reports parsed."""
+    cmd = [str(binary), "-m", str(gguf), "-t", str(threads), *args]
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    log = r.stdout + r.stderr
+    if r.returncode != 0:
+        raise DataError(
+            f"llama-perplexity failed ({r.returncode}): {log.strip().splitlines()[-1:]}"
+        )
+    ppl = re.search(r"Final estimate: PPL = ([0-9.]+)", log)
+    hs = re.findall(r"^(\d+)\t([0-9.]+)%\t", log, re.M)
+    tokens = re.search(r"have (\d+) tokens|tokenizes to only (\d+)", log)
+    n = re.search(r"calculating perplexity over (\d+) chunks, n_ctx=(\d+)", log)
+    del n
+    return Run(
+        float(ppl.group(1)) if ppl else None,
+        float(hs[-1][1]) / 100 if hs else None,
+        int(next(g for g in tokens.groups() if g)) if tokens else None,
+        seconds,
+        log,
+    )
+
+
+def hellaswag_file(docs: List[Dict], path: Path) -> None:
+    """Docs in llama.cpp's HellaSwag format: per task six lines (the
+    context, the gold ending's index, four endings). It scores
+    context + " " + ending, as lm-eval's target delimiter does."""
+    with open(path, "w") as f:
+        for d in docs:
+            f.write(d["query"] + "\n" + str(d["label"]) + "\n")
+            for c in d["choices"]:
+                f.write(c + "\n")
+
+
+if __name__ == "__main__":
+    print(build())
