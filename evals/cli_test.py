@@ -3,11 +3,10 @@ the real data (a few items), and one clear line for each bad input."""
 
 import json
 import os
-import tempfile
 import unittest
 from pathlib import Path
 
-from torchchat.cli_harness import run
+from torchchat.cli_harness import CliTestCase, run
 
 TINY = Path(os.environ["TINY_FULL"]).parent
 LAST_ONLY = os.environ["TINY_PTE"]
@@ -15,22 +14,9 @@ os.environ["TORCHCHAT_EVAL_DATA"] = str(Path(os.environ["EVAL_DATA"]).parent)
 MODEL = ["--checkpoint-path", str(TINY / "ckpt"), "--max-seq-length", "128"]
 
 
-class EvalCliTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.dir = Path(self.tmp.name)
-
-    def tearDown(self):
-        self.tmp.cleanup()
-
+class EvalCliTest(CliTestCase):
     def assert_one_line_error(self, argv, pattern):
-        rc, out, err = run(["eval"] + argv)
-        self.assertEqual(rc, 1, err)
-        # ExecuTorch's runtime logs its CPU probing the first time a program
-        # loads in a process (as with generate --pte-path): not an error line.
-        lines = [ln for ln in err.strip().splitlines() if not ln.startswith("[cpuinfo_utils.cpp:")]
-        self.assertEqual(len(lines), 1, err)
-        self.assertRegex(lines[0], "^torchchat eval: error: " + pattern)
+        super().assert_one_line_error(["eval"] + argv, "^torchchat eval: error: " + pattern)
 
     def test_every_task(self):
         out_json = self.dir / "r.json"

@@ -1,31 +1,16 @@
 """CLI errors: one clear line and exit 1; registry commands offline."""
 
 import os
-import tempfile
 import time
 import unittest
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from torchchat.cli_harness import run
+from torchchat.cli_harness import CliTestCase, run
 
 
-class CliErrorsTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.dir = Path(self.tmp.name)
-
-    def tearDown(self):
-        self.tmp.cleanup()
-
-    def assert_one_line_error(self, argv, pattern):
-        rc, out, err = run(argv)
-        self.assertEqual(rc, 1)
-        lines = err.strip().splitlines()
-        self.assertEqual(len(lines), 1, err)
-        self.assertRegex(lines[0], pattern)
-
+class CliErrorsTest(CliTestCase):
     def test_unknown_alias_suggests_close_matches(self):
         self.assert_one_line_error(
             ["generate", "smollm2-135m-instrct"], "did you mean.*smollm2-135m-instruct"

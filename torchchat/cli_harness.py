@@ -3,7 +3,10 @@
 import contextlib
 import io
 import sys
+import tempfile
+import unittest
 import warnings
+from pathlib import Path
 from typing import List, Tuple
 
 from torchchat import cli
@@ -27,3 +30,24 @@ def run(argv: List[str], stdin: str = "") -> Tuple[int, str, str]:
     finally:
         sys.stdin = old_stdin
     return rc, out.getvalue(), err.getvalue()
+
+
+class CliTestCase(unittest.TestCase):
+    """A temporary directory per test, and the one-line error check every
+    CLI error test makes."""
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = Path(self.tmp.name)
+
+    def tearDown(self) -> None:
+        self.tmp.cleanup()
+
+    def assert_one_line_error(self, argv: List[str], pattern: str) -> None:
+        rc, _, err = run(argv)
+        self.assertEqual(rc, 1, err)
+        # ExecuTorch's runtime logs its CPU probing the first time a program
+        # loads in a process (as with generate --pte-path): not an error line.
+        lines = [ln for ln in err.strip().splitlines() if not ln.startswith("[cpuinfo_utils.cpp:")]
+        self.assertEqual(len(lines), 1, err)
+        self.assertRegex(lines[0], pattern)
