@@ -21,7 +21,8 @@ from testing import tiny_model
 MAX_SEQ = 64
 
 
-def full_logits(out: Path) -> int:
+def export_both(out: Path, *flags: str) -> int:
+    """The tiny checkpoint in OUT/ckpt, exported to OUT/model.pte and .pt2."""
     ckpt = tiny_model.write_checkpoint(out / "ckpt", max_seq_len=256)
     return export_llm.main(
         [
@@ -33,7 +34,7 @@ def full_logits(out: Path) -> int:
             str(out / "model.pt2"),
             "--max-seq-length",
             str(MAX_SEQ),
-            "--full-logits",
+            *flags,
             "--quiet",
         ]
     )
@@ -41,22 +42,10 @@ def full_logits(out: Path) -> int:
 
 def main() -> NoReturn:
     if sys.argv[1] == "--full-logits":
-        sys.exit(full_logits(Path(sys.argv[2])))
+        sys.exit(export_both(Path(sys.argv[2]), "--full-logits"))
     out = Path(sys.argv[1])
-    ckpt = tiny_model.write_checkpoint(out / "ckpt", max_seq_len=256)
-    rc = export_llm.main(
-        [
-            "--checkpoint-path",
-            str(ckpt),
-            "--output-pte-path",
-            str(out / "model.pte"),
-            "--output-aoti-package-path",
-            str(out / "model.pt2"),
-            "--max-seq-length",
-            str(MAX_SEQ),
-            "--quiet",
-        ]
-    )
+    ckpt = out / "ckpt"
+    rc = export_both(out)
     if rc == 0:
         (out / "mobile").mkdir(exist_ok=True)
         rc = export_llm.main(
