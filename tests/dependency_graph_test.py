@@ -1,4 +1,5 @@
-"""aoti_run never depends on ExecuTorch; et_run never on libtorch.
+"""aoti_run never depends on ExecuTorch; et_run never on libtorch. The same
+for the C API's libraries: libtorchchat_aoti.so and libtorchchat_et.so.
 
 Checked twice: in the build graph (an aspect's manifest, i.e.
 `bazel query deps(...)`) and in the linked binary (`ldd`). Each check is
@@ -39,6 +40,17 @@ class GraphTest(unittest.TestCase):
         self.assertTrue(any(check_deps.repo_of(x) == "executorch" for x in labels))
         self.assertEqual(check_deps.graph_violations(labels, LIBTORCH_REPOS), [])
 
+    def test_aoti_library_has_no_executorch_target(self):
+        labels = manifest("libtorchchat_aoti_manifest")
+        self.assertIn("//runner/c_api:torchchat_aoti", " ".join(labels))
+        self.assertTrue(any(check_deps.repo_of(x) == "libtorch" for x in labels))
+        self.assertEqual(check_deps.graph_violations(labels, EXECUTORCH_REPOS), [])
+
+    def test_et_library_has_no_libtorch_target(self):
+        labels = manifest("libtorchchat_et_manifest")
+        self.assertTrue(any(check_deps.repo_of(x) == "executorch" for x in labels))
+        self.assertEqual(check_deps.graph_violations(labels, LIBTORCH_REPOS), [])
+
     def test_bad_runner_is_flagged_both_ways(self):
         labels = manifest("bad_runner_manifest")
         self.assertNotEqual(check_deps.graph_violations(labels, EXECUTORCH_REPOS), [])
@@ -61,6 +73,16 @@ class LinkTest(unittest.TestCase):
 
     def test_et_run_loads_no_libtorch_library(self):
         objs = check_deps.linked_objects(binary("runner/et/et_run"))
+        self.assertTrue(any(o.startswith("libexecutorch") for o in objs), objs)
+        self.assertEqual(check_deps.link_violations(objs, LIBTORCH_LIBS), [])
+
+    def test_aoti_library_loads_no_executorch_library(self):
+        objs = check_deps.linked_objects(binary("runner/c_api/libtorchchat_aoti.so"))
+        self.assertTrue(any(o.startswith("libtorch_cpu") for o in objs), objs)
+        self.assertEqual(check_deps.link_violations(objs, EXECUTORCH_LIBS), [])
+
+    def test_et_library_loads_no_libtorch_library(self):
+        objs = check_deps.linked_objects(binary("runner/c_api/libtorchchat_et.so"))
         self.assertTrue(any(o.startswith("libexecutorch") for o in objs), objs)
         self.assertEqual(check_deps.link_violations(objs, LIBTORCH_LIBS), [])
 

@@ -1,6 +1,5 @@
 #include "runner/common/main.h"
 
-#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -10,6 +9,7 @@
 #include <vector>
 
 #include "runner/common/chat_session.h"
+#include "runner/common/llm_runner_helper.h"
 #include "runner/common/options.h"
 #include "runner/common/stats.h"
 #include "runner/common/text_llm_runner.h"
@@ -18,28 +18,6 @@
 
 namespace torchchat {
 namespace {
-
-bool Exists(const std::string& path) { return std::ifstream(path).good(); }
-
-std::string Dirname(const std::string& path) {
-  const auto slash = path.find_last_of('/');
-  return slash == std::string::npos ? "." : path.substr(0, slash);
-}
-
-// -z, else the file the artifact names, else a tokenizer file beside it.
-std::string FindTokenizer(const RunnerOptions& o, const ModelMetadata& md) {
-  if (!o.tokenizer_path.empty()) return o.tokenizer_path;
-  const std::string dir = Dirname(o.model_path);
-  std::vector<std::string> names;
-  if (!md.tokenizer_file.empty()) names.push_back(md.tokenizer_file);
-  for (const char* n : {"tokenizer.json", "tokenizer.model", "tokenizer.bin"}) {
-    names.push_back(n);
-  }
-  for (const auto& n : names) {
-    if (Exists(dir + "/" + n)) return dir + "/" + n;
-  }
-  return "";
-}
 
 bool WriteFile(const std::string& path, const std::string& text) {
   std::ofstream out(path);
@@ -125,19 +103,10 @@ int RunMain(int argc, char** argv, const std::string& program, const ModelLoader
 
   Stats stats;
   stats.model_load_start_ms = NowMs();
-  auto model = load_model(o.model_path, static_cast<int>(o.num_threads));
-  if (!model.ok()) return Fail(program, model.error());
-  const ModelMetadata& md = (*model)->metadata();
-  const std::string tok_path = FindTokenizer(o, md);
-  if (tok_path.empty()) {
-    return Fail(program, "no tokenizer beside " + o.model_path + "; pass one with -z");
-  }
-  auto tokenizer = tokenizers::LoadTokenizer(tok_path);
-  if (!tokenizer.ok()) return Fail(program, tokenizer.error());
+  auto llm = LoadLLM(load_model, o.model_path, o.tokenizer_path, static_cast<int>(o.num_threads));
+  if (!llm.ok()) return Fail(program, llm.error());
   stats.model_load_end_ms = NowMs();
 
-  // The shared sampler: with the same seed, Python and both runners draw
-  // the same tokens.
   tokenizers::SamplerConfig sampling;
   sampling.temperature = o.temperature;
   sampling.top_k = static_cast<int>(o.top_k);
@@ -147,19 +116,9 @@ int RunMain(int argc, char** argv, const std::string& program, const ModelLoader
   if (auto v = tokenizers::ValidateSamplerConfig(sampling); !v.ok()) {
     return Fail(program, v.error());
   }
-  tokenizers::Sampler sampler(sampling, o.seed_set ? o.seed : std::random_device{}());
-  std::vector<int> recent;
-  TextLLMRunner runner(model->get(), tokenizer->get(),
-                       [&](const float* logits, int64_t vocab,
-                           const std::vector<int64_t>& history) -> Result<int64_t> {
-                         const size_t n = std::min(history.size(), tokenizers::kRepetitionWindow);
-                         recent.assign(history.end() - n, history.end());
-                         auto id = sampler.Sample(logits, static_cast<size_t>(vocab), recent.data(),
-                                                  recent.size());
-                         if (!id.ok()) return tokenizers::MakeError(id.error());
-                         return static_cast<int64_t>(*id);
-                       });
-  if (auto v = runner.Validate(); !v.ok()) return Fail(program, v.error());
+  const tokenizers::Tokenizer& tokenizer = *llm->tokenizer;
+  TextLLMRunner runner(llm->model.get(), &tokenizer,
+                       MakeSampleFn(sampling, o.seed_set ? o.seed : std::random_device{}()));
 
   GenerationConfig config;
   config.max_new_tokens = o.max_new_tokens;
@@ -172,7 +131,7 @@ int RunMain(int argc, char** argv, const std::string& program, const ModelLoader
     runner.Reset();  // time the real run's prefill in full
   }
   if (o.mode == "chat") {
-    const int rc = Chat(program, o, **tokenizer, runner, config, &stats);
+    const int rc = Chat(program, o, tokenizer, runner, config, &stats);
     if (rc == 0 && !o.stats_json.empty() && !WriteFile(o.stats_json, stats.ToJson())) {
       return Fail(program, "cannot write " + o.stats_json);
     }

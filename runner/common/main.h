@@ -3,16 +3,11 @@
 #ifndef RUNNER_COMMON_MAIN_H_
 #define RUNNER_COMMON_MAIN_H_
 
-#include <functional>
-#include <memory>
 #include <string>
 
 #include "runner/common/model.h"
 
 namespace torchchat {
-
-using ModelLoader =
-    std::function<Result<std::unique_ptr<LLMModel>>(const std::string& path, int num_threads)>;
 
 int RunMain(int argc, char** argv, const std::string& program, const ModelLoader& load_model);
 

@@ -6,6 +6,8 @@
 #define RUNNER_COMMON_MODEL_H_
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -37,6 +39,10 @@ class LLMModel {
   // call; implementations reuse one buffer, so decode allocates nothing.
   virtual Result<const float*> Forward(const std::vector<int64_t>& tokens, int64_t start_pos) = 0;
 };
+
+// Loads an artifact; each backend provides one (LoadEtModel, LoadAotiModel).
+using ModelLoader =
+    std::function<Result<std::unique_ptr<LLMModel>>(const std::string& path, int num_threads)>;
 
 }  // namespace torchchat
 

@@ -20,7 +20,8 @@ struct Stats {
   int64_t num_prompt_tokens = 0;
   int64_t num_generated_tokens = 0;
   int64_t peak_rss_bytes = 0;
-  // Ours, not ExecuTorch's: eos, max_new_tokens or context.
+  // Ours, not ExecuTorch's: eos, max_new_tokens, context, or stopped
+  // (TextLLMRunner::Stop).
   std::string stop_reason;
 
   double load_s() const { return (model_load_end_ms - model_load_start_ms) / 1e3; }

@@ -46,6 +46,7 @@ Result<const float*> TextLLMRunner::Prefill(const std::vector<int64_t>& tokens, 
 Result<std::vector<int64_t>> TextLLMRunner::Generate(
     const std::string& prompt, const GenerationConfig& config,
     const std::function<void(const std::string&)>& on_text, Stats* stats) {
+  failure_ = Failure::kInput;
   if (const size_t bad = tokenizers::FindInvalidUtf8(prompt); bad != std::string::npos) {
     return MakeError("the prompt is not valid UTF-8 (byte " + std::to_string(bad) + ")");
   }
@@ -60,6 +61,8 @@ Result<std::vector<int64_t>> TextLLMRunner::GenerateFromIds(
     const std::function<void(const std::string&)>& on_text, Stats* stats) {
   const ModelMetadata& md = model_->metadata();
   stats->inference_start_ms = NowMs();
+  stop_requested_.store(false, std::memory_order_relaxed);
+  failure_ = Failure::kInput;
   if (prompt.empty()) return MakeError("the prompt is empty");
   // Keep the cached prefix the prompt shares, but always run its last token:
   // its logits give the first sample.
@@ -68,12 +71,14 @@ Result<std::vector<int64_t>> TextLLMRunner::GenerateFromIds(
   while (common < limit && cached_[common] == prompt[common]) ++common;
   cached_.resize(common);
   if (static_cast<int64_t>(prompt.size()) >= md.max_seq_len) {
+    failure_ = Failure::kContext;
     return MakeError("the prompt is " + std::to_string(prompt.size() - common) + " tokens and " +
                      std::to_string(common) + " are in use, but the model's context holds " +
                      std::to_string(md.max_seq_len));
   }
   stats->num_prompt_tokens = static_cast<int64_t>(prompt.size() - common);
   stats->stop_reason = "max_new_tokens";
+  failure_ = Failure::kModel;
 
   auto logits = Prefill(prompt, common);
   if (!logits.ok()) {
@@ -104,6 +109,10 @@ Result<std::vector<int64_t>> TextLLMRunner::GenerateFromIds(
     auto text = decoder.Push(static_cast<int>(*next));
     if (!text.ok()) return MakeError("cannot decode token: " + text.error());
     if (!text->empty()) on_text(*text);
+    if (stop_requested_.load(std::memory_order_relaxed)) {
+      stats->stop_reason = "stopped";
+      break;
+    }
     if (static_cast<int64_t>(generated.size()) == config.max_new_tokens) break;
     // The last token sampled never needs to run.
     const int64_t pos = static_cast<int64_t>(cached_.size());
@@ -122,6 +131,7 @@ Result<std::vector<int64_t>> TextLLMRunner::GenerateFromIds(
   if (generated.empty()) stats->first_token_ms = stats->inference_end_ms;
   stats->num_generated_tokens = static_cast<int64_t>(generated.size());
   stats->peak_rss_bytes = PeakRssBytes();
+  failure_ = Failure::kNone;
   return generated;
 }
 

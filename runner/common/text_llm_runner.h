@@ -3,9 +3,11 @@
 #ifndef RUNNER_COMMON_TEXT_LLM_RUNNER_H_
 #define RUNNER_COMMON_TEXT_LLM_RUNNER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "runner/common/model.h"
@@ -28,10 +30,20 @@ using SampleFn = std::function<Result<int64_t>(const float* logits, int64_t voca
 
 int64_t ArgMax(const float* logits, int64_t vocab);
 
+// Why the last Generate call failed, for callers that map errors to codes
+// (the C API); the message says the rest.
+enum class Failure { kNone, kInput, kContext, kModel };
+
 class TextLLMRunner {
  public:
   // Neither pointer is owned; both must outlive the runner.
   TextLLMRunner(LLMModel* model, const tokenizers::Tokenizer* tokenizer, SampleFn sample);
+  TextLLMRunner(const TextLLMRunner&) = delete;
+  TextLLMRunner& operator=(const TextLLMRunner&) = delete;
+
+  // Replaces the sampler for the next calls (one per request, when each
+  // request brings its own settings and seed).
+  void set_sample(SampleFn sample) { sample_ = std::move(sample); }
 
   // Checks that the tokenizer fits the model (vocab, special ids).
   Result<void> Validate() const;
@@ -50,6 +62,12 @@ class TextLLMRunner {
       const std::vector<int64_t>& prompt, const GenerationConfig& config,
       const std::function<void(const std::string&)>& on_text, Stats* stats);
 
+  // Ends the running generation after the token being streamed, with
+  // stop_reason "stopped"; callable from on_text or from another thread, as
+  // ExecuTorch's TextLLMRunner::stop(). Each Generate call clears it.
+  void Stop() { stop_requested_.store(true, std::memory_order_relaxed); }
+  Failure last_failure() const { return failure_; }
+
   // Forgets the cached tokens: the next call prefills from position 0.
   void Reset() { cached_.clear(); }
   // Tokens whose K/V are in the cache.
@@ -63,6 +81,8 @@ class TextLLMRunner {
   const tokenizers::Tokenizer* tokenizer_;
   SampleFn sample_;
   std::vector<int64_t> cached_;
+  std::atomic<bool> stop_requested_{false};
+  Failure failure_ = Failure::kNone;
 };
 
 }  // namespace torchchat

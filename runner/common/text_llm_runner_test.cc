@@ -125,5 +125,27 @@ TEST_F(TextLLMRunnerTest, TokenizerLargerThanModelIsRejected) {
             "the tokenizer has 263 tokens but the model only 200: they do not belong together");
 }
 
+TEST_F(TextLLMRunnerTest, StopFromTheCallbackEndsAfterThatPiece) {
+  ScriptedModel model({kA, kB, kC, kD}, 32, 32);
+  TextLLMRunner runner(&model, tokenizer_.get(), Greedy());
+  Stats stats;
+  int pieces = 0;
+  auto ids = runner.Generate(
+      "ab", {},
+      [&](const std::string&) {
+        if (++pieces == 2) runner.Stop();
+      },
+      &stats);
+  ASSERT_TRUE(ids.ok()) << ids.error();
+  EXPECT_EQ(ids->size(), 2u);
+  EXPECT_EQ(stats.stop_reason, "stopped");
+  // The next call starts with the request cleared, and failures say why.
+  ASSERT_TRUE(runner.Generate("ab", {}, [](const std::string&) {}, &stats).ok());
+  EXPECT_EQ(stats.stop_reason, "context");  // 128 new tokens do not fit in 32
+  EXPECT_EQ(runner.last_failure(), Failure::kNone);
+  EXPECT_FALSE(runner.Generate(std::string(40, 'a'), {}, [](const std::string&) {}, &stats).ok());
+  EXPECT_EQ(runner.last_failure(), Failure::kContext);
+}
+
 }  // namespace
 }  // namespace torchchat

@@ -1,0 +1,21 @@
+// The one thing that differs between libtorchchat_et.so and
+// libtorchchat_aoti.so: which artifact they load. c_api.cc calls these; each
+// library links exactly one backend file that defines them.
+#ifndef RUNNER_C_API_BACKEND_H_
+#define RUNNER_C_API_BACKEND_H_
+
+#include <memory>
+#include <string>
+
+#include "runner/common/model.h"
+
+namespace torchchat::c_api {
+
+// "executorch" or "aoti" (torchchat_backend()).
+const char* BackendName();
+
+Result<std::unique_ptr<LLMModel>> LoadBackendModel(const std::string& path, int num_threads);
+
+}  // namespace torchchat::c_api
+
+#endif  // RUNNER_C_API_BACKEND_H_
