@@ -37,19 +37,25 @@ using executorch::aten::Tensor;
 using executorch::runtime::Error;
 using executorch::runtime::KernelRuntimeContext;
 
-// The two inner loops of attention. target_clones picks the widest vector
-// unit at load time; omp simd lets the reduction vectorize without
-// -ffast-math (the sum order changes, as in any SIMD dot product).
-__attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default"))) float Dot(
-    const float* a, const float* b, int64_t n) {
+// The two inner loops of attention. On x86, target_clones picks the widest
+// vector unit at load time (aarch64's baseline NEON needs no clone); omp simd
+// lets the reduction vectorize without -ffast-math (the sum order changes, as
+// in any SIMD dot product).
+#if defined(__x86_64__)
+#define TC_WIDEST_SIMD \
+  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define TC_WIDEST_SIMD
+#endif
+
+TC_WIDEST_SIMD float Dot(const float* a, const float* b, int64_t n) {
   float s = 0.f;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
   return s;
 }
 
-__attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default"))) void Axpy(
-    float* y, float a, const float* x, int64_t n) {
+TC_WIDEST_SIMD void Axpy(float* y, float a, const float* x, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }

@@ -7,13 +7,14 @@
 #include <string>
 #include <vector>
 
+// Fixed-count loops over accumulator arrays must be fully unrolled, or gcc -O2
+// keeps the accumulators in memory and every FMA waits on a store-forward.
+#define TC_UNROLL _Pragma("GCC unroll 16")
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define TC_Q4_X86 1
 #define TC_TARGET(s) __attribute__((target(s)))
-// Fixed-count loops over accumulator arrays must be fully unrolled, or gcc -O2
-// keeps the accumulators in memory and every FMA waits on a store-forward.
-#define TC_UNROLL _Pragma("GCC unroll 16")
 #else
 #define TC_Q4_X86 0
 #endif

@@ -77,12 +77,12 @@ class LinkTest(unittest.TestCase):
         self.assertEqual(check_deps.link_violations(objs, LIBTORCH_LIBS), [])
 
     def test_aoti_library_loads_no_executorch_library(self):
-        objs = check_deps.linked_objects(binary("runner/c_api/libtorchchat_aoti.so"))
+        objs = check_deps.linked_objects(binary("runner/c_api/libtorchchat_aoti.so.1"))
         self.assertTrue(any(o.startswith("libtorch_cpu") for o in objs), objs)
         self.assertEqual(check_deps.link_violations(objs, EXECUTORCH_LIBS), [])
 
     def test_et_library_loads_no_libtorch_library(self):
-        objs = check_deps.linked_objects(binary("runner/c_api/libtorchchat_et.so"))
+        objs = check_deps.linked_objects(binary("runner/c_api/libtorchchat_et.so.1"))
         self.assertTrue(any(o.startswith("libexecutorch") for o in objs), objs)
         self.assertEqual(check_deps.link_violations(objs, LIBTORCH_LIBS), [])
 

@@ -52,8 +52,7 @@ torchchat_status Guard(const char* what, F&& body) {
 }
 
 torchchat_status NullArgument(const char* function, const char* name) {
-  return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT,
-              std::string(function) + ": " + name + " is NULL");
+  return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT, std::string(function) + ": " + name + " is NULL");
 }
 
 // Caps the context below the artifact's (options.max_context).
@@ -133,9 +132,9 @@ torchchat_status Configure(const char* function, const torchchat_generation_conf
                            TextLLMRunner* runner, GenerationConfig* out) {
   const torchchat_generation_config config = c ? *c : torchchat_default_generation_config();
   if (config.max_new_tokens < 1) {
-    return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT,
-                std::string(function) + ": max_new_tokens must be at least 1, not " +
-                    std::to_string(config.max_new_tokens));
+    return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT, std::string(function) +
+                                                      ": max_new_tokens must be at least 1, not " +
+                                                      std::to_string(config.max_new_tokens));
   }
   tokenizers::SamplerConfig sampling;
   sampling.temperature = config.temperature;
@@ -146,8 +145,7 @@ torchchat_status Configure(const char* function, const torchchat_generation_conf
   if (auto v = tokenizers::ValidateSamplerConfig(sampling); !v.ok()) {
     return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT, std::string(function) + ": " + v.error());
   }
-  const uint64_t seed =
-      config.seed == TORCHCHAT_SEED_RANDOM ? std::random_device{}() : config.seed;
+  const uint64_t seed = config.seed == TORCHCHAT_SEED_RANDOM ? std::random_device{}() : config.seed;
   runner->set_sample(MakeSampleFn(sampling, seed));
   out->max_new_tokens = config.max_new_tokens;
   return TORCHCHAT_OK;
@@ -175,8 +173,7 @@ torchchat_status CopyText(const std::string& text, char* buf, size_t cap, size_t
   *len = text.size();
   if (buf == nullptr || cap < text.size() + 1) {
     return Fail(TORCHCHAT_ERROR_BUFFER_TOO_SMALL, "the buffer holds " + std::to_string(cap) +
-                                                      " bytes; " +
-                                                      std::to_string(text.size() + 1) +
+                                                      " bytes; " + std::to_string(text.size() + 1) +
                                                       " are needed");
   }
   std::memcpy(buf, text.data(), text.size());
@@ -263,14 +260,14 @@ torchchat_status torchchat_runner_create(const char* model_path,
   if (model_path == nullptr) return NullArgument(kFn, "model_path");
   const torchchat_runner_options o = options ? *options : torchchat_runner_default_options();
   if (o.num_threads < 0) {
-    return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT,
-                std::string(kFn) + ": num_threads must be >= 0, not " +
-                    std::to_string(o.num_threads));
+    return Fail(
+        TORCHCHAT_ERROR_INVALID_ARGUMENT,
+        std::string(kFn) + ": num_threads must be >= 0, not " + std::to_string(o.num_threads));
   }
   if (o.max_context < 0) {
-    return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT,
-                std::string(kFn) + ": max_context must be >= 0, not " +
-                    std::to_string(o.max_context));
+    return Fail(
+        TORCHCHAT_ERROR_INVALID_ARGUMENT,
+        std::string(kFn) + ": max_context must be >= 0, not " + std::to_string(o.max_context));
   }
   return Guard(kFn, [&]() -> torchchat_status {
     auto state = std::make_shared<RunnerState>();
@@ -290,8 +287,8 @@ torchchat_status torchchat_runner_create(const char* model_path,
           std::make_unique<torchchat::c_api::CappedModel>(std::move(state->model), o.max_context);
     }
     state->tokenizer = std::move(llm->tokenizer);
-    state->runner = std::make_unique<torchchat::TextLLMRunner>(
-        state->model.get(), state->tokenizer.get(), nullptr);
+    state->runner = std::make_unique<torchchat::TextLLMRunner>(state->model.get(),
+                                                               state->tokenizer.get(), nullptr);
     state->load_end_ms = torchchat::NowMs();
     *out = new torchchat_runner{std::move(state)};
     return Ok();
@@ -464,9 +461,9 @@ torchchat_status torchchat_tokenizer_load(const char* path, torchchat_tokenizer*
 
 void torchchat_tokenizer_free(torchchat_tokenizer* tokenizer) { delete tokenizer; }
 
-torchchat_status torchchat_tokenizer_encode(const torchchat_tokenizer* tokenizer,
-                                            const char* text, size_t len, int add_bos,
-                                            int32_t* ids, size_t cap, size_t* n_ids) {
+torchchat_status torchchat_tokenizer_encode(const torchchat_tokenizer* tokenizer, const char* text,
+                                            size_t len, int add_bos, int32_t* ids, size_t cap,
+                                            size_t* n_ids) {
   constexpr const char* kFn = "torchchat_tokenizer_encode";
   if (tokenizer == nullptr) return NullArgument(kFn, "tokenizer");
   if (n_ids == nullptr) return NullArgument(kFn, "n_ids");
@@ -486,8 +483,8 @@ torchchat_status torchchat_tokenizer_encode(const torchchat_tokenizer* tokenizer
 }
 
 torchchat_status torchchat_tokenizer_decode(const torchchat_tokenizer* tokenizer,
-                                            const int32_t* ids, size_t n_ids, char* buf,
-                                            size_t cap, size_t* len) {
+                                            const int32_t* ids, size_t n_ids, char* buf, size_t cap,
+                                            size_t* len) {
   constexpr const char* kFn = "torchchat_tokenizer_decode";
   if (tokenizer == nullptr) return NullArgument(kFn, "tokenizer");
   if (len == nullptr) return NullArgument(kFn, "len");
@@ -497,13 +494,14 @@ torchchat_status torchchat_tokenizer_decode(const torchchat_tokenizer* tokenizer
     for (size_t i = 0; i < n_ids; ++i) {
       if (ids[i] < 0 || ids[i] >= tok.vocab_size()) {
         return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT,
-                    std::string(kFn) + ": ids[" + std::to_string(i) + "] = " +
-                        std::to_string(ids[i]) + " is outside the vocabulary of " +
+                    std::string(kFn) + ": ids[" + std::to_string(i) +
+                        "] = " + std::to_string(ids[i]) + " is outside the vocabulary of " +
                         std::to_string(tok.vocab_size()));
       }
     }
     auto text = tok.Decode(std::vector<int>(ids, ids + n_ids));
-    if (!text.ok()) return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT, std::string(kFn) + ": " + text.error());
+    if (!text.ok())
+      return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT, std::string(kFn) + ": " + text.error());
     return torchchat::c_api::CopyText(*text, buf, cap, len);
   });
 }

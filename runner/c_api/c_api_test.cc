@@ -128,8 +128,8 @@ TEST_F(CApiTest, ErrorsHaveACodeAndOneLine) {
   expect(torchchat_runner_create(nullptr, &opts_, &r), TORCHCHAT_ERROR_INVALID_ARGUMENT,
          "model_path is NULL");
   EXPECT_EQ(r, nullptr);
-  expect(torchchat_runner_create("scripted:64", &opts_, nullptr),
-         TORCHCHAT_ERROR_INVALID_ARGUMENT, "out is NULL");
+  expect(torchchat_runner_create("scripted:64", &opts_, nullptr), TORCHCHAT_ERROR_INVALID_ARGUMENT,
+         "out is NULL");
   expect(torchchat_runner_create("/no/such.pte", &opts_, &r), TORCHCHAT_ERROR_LOAD,
          "cannot load /no/such.pte");
   EXPECT_EQ(r, nullptr);
@@ -232,9 +232,9 @@ TEST_F(CApiTest, Tokenizer) {
   std::vector<int32_t> ids(n);
   ASSERT_EQ(torchchat_tokenizer_encode(tok, text.data(), text.size(), 1, ids.data(), 2, &n),
             TORCHCHAT_ERROR_BUFFER_TOO_SMALL);
-  ASSERT_EQ(torchchat_tokenizer_encode(tok, text.data(), text.size(), 1, ids.data(), ids.size(),
-                                       &n),
-            TORCHCHAT_OK);
+  ASSERT_EQ(
+      torchchat_tokenizer_encode(tok, text.data(), text.size(), 1, ids.data(), ids.size(), &n),
+      TORCHCHAT_OK);
   EXPECT_EQ(ids[0], 1);
   EXPECT_EQ(ids[1], kA);
   EXPECT_EQ(ids[2], kB);
@@ -254,8 +254,7 @@ TEST_F(CApiTest, Tokenizer) {
   const int32_t bad_id = 100000;
   EXPECT_EQ(torchchat_tokenizer_decode(tok, &bad_id, 1, out.data(), out.size(), &len),
             TORCHCHAT_ERROR_INVALID_ARGUMENT);
-  EXPECT_NE(std::string(torchchat_last_error()).find("outside the vocabulary"),
-            std::string::npos);
+  EXPECT_NE(std::string(torchchat_last_error()).find("outside the vocabulary"), std::string::npos);
   EXPECT_EQ(torchchat_tokenizer_encode(tok, "\xC3", 1, 0, ids.data(), ids.size(), &n),
             TORCHCHAT_ERROR_INVALID_ARGUMENT);
   EXPECT_EQ(torchchat_tokenizer_encode(tok, nullptr, 3, 0, ids.data(), ids.size(), &n),

@@ -128,11 +128,11 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
 
-    libs = [x for x in a.lib if x.endswith(".so")]
+    libs = [x for x in a.lib if re.search(r"\.so(\.\d+)*$", x)]
     if len(libs) != 1:
         sys.exit(f"make_dist: expected one .so among {a.lib}")
     lib = libs[0]
-    link_name = os.path.basename(lib)[len("lib") : -len(".so")]
+    link_name = os.path.basename(lib)[len("lib") :].split(".so")[0]
     with open(a.header) as f:
         parts = dict(API_HEADER_VERSION.findall(f.read()))
     version = f"{parts['MAJOR']}.{parts['MINOR']}"

@@ -228,8 +228,8 @@ TORCHCHAT_EXPORT void torchchat_tokenizer_free(torchchat_tokenizer* tokenizer);
  * vocabulary has one). Special tokens' text is read as those tokens. */
 TORCHCHAT_EXPORT torchchat_status torchchat_tokenizer_encode(const torchchat_tokenizer* tokenizer,
                                                              const char* text, size_t len,
-                                                             int add_bos, int32_t* ids,
-                                                             size_t cap, size_t* n_ids);
+                                                             int add_bos, int32_t* ids, size_t cap,
+                                                             size_t* n_ids);
 
 /* Ids to bytes. Usually UTF-8, but a byte-level vocabulary can produce any
  * bytes; the result is NUL-terminated and *len excludes the NUL. */
