@@ -89,15 +89,36 @@ class BuiltinModelTest(unittest.TestCase):
             with tarfile.open(ET_DIST) as t:
                 t.extractall(tmp, filter="tar")
             prefix = Path(tmp) / "torchchat-et"
-            env = {"PATH": "/usr/local/bin:/usr/bin:/bin",
-                   "PKG_CONFIG_PATH": str(prefix / "lib" / "pkgconfig")}
-            flags = subprocess.run(["pkg-config", "--cflags", "--libs", "torchchat-et"],
-                                   env=env, capture_output=True, text=True, check=True).stdout
+            env = {
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "PKG_CONFIG_PATH": str(prefix / "lib" / "pkgconfig"),
+            }
+            flags = subprocess.run(
+                ["pkg-config", "--cflags", "--libs", "torchchat-et"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             exe = Path(tmp) / "generate"
-            subprocess.run(["cc", str(prefix / "share/torchchat/examples/generate.c"),
-                            *shlex.split(flags), "-o", str(exe)], env=env, check=True)
-            p = subprocess.run([str(exe), str(self.pte), COMPLETION, "8"], env=env,
-                               capture_output=True, text=True, timeout=300)
+            subprocess.run(
+                [
+                    "cc",
+                    str(prefix / "share/torchchat/examples/generate.c"),
+                    *shlex.split(flags),
+                    "-o",
+                    str(exe),
+                ],
+                env=env,
+                check=True,
+            )
+            p = subprocess.run(
+                [str(exe), str(self.pte), COMPLETION, "8"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("Paris", p.stdout)
 

@@ -88,6 +88,8 @@ _GGUF_LAYER = {
     "attn_k.bias": "attention.wk.bias",
     "attn_v.bias": "attention.wv.bias",
     "attn_output.weight": "attention.wo.weight",
+    "attn_q_norm.weight": "attention.q_norm_fn.weight",
+    "attn_k_norm.weight": "attention.k_norm_fn.weight",
     "ffn_gate.weight": "feed_forward.w1.weight",
     "ffn_down.weight": "feed_forward.w2.weight",
     "ffn_up.weight": "feed_forward.w3.weight",
@@ -97,9 +99,9 @@ _GGUF_TOP = {
     "output_norm.weight": "norm.weight",
     "output.weight": "output.weight",
 }
-_GGUF_ARCHS = ("llama", "qwen2", "granite")
+_GGUF_ARCHS = ("llama", "qwen2", "qwen3", "granite")
 # llama.cpp permutes Q/K into Meta's interleaved layout for these only; qwen2
-# keeps the NEOX (HF) layout.
+# and qwen3 keep the NEOX (HF) layout.
 _GGUF_META_ROPE = ("llama", "granite")
 KEEP_4BIT = ("Q4_0", "Q4_1")
 # The unembedding's own 8-bit blocks (GGUF's usual type for it), which the
@@ -186,6 +188,7 @@ def load_gguf(path: Path) -> Checkpoint:
         residual_multiplier=float(a("residual_scale", 1.0)),
         attention_multiplier=(float(a("attention.scale")) if a("attention.scale") else None),
         logits_scaling=float(a("logit_scale", 1.0)),
+        qk_norm="blk.0.attn_q_norm.weight" in tensors,
         architecture=arch,
     )
     scaling = a("rope.scaling.type")
@@ -203,10 +206,8 @@ def load_gguf(path: Path) -> Checkpoint:
         arr = dequantize_gguf_tensor(t)
         w = torch.from_numpy(arr)
         qname = t.tensor_type.name
-        if arch not in _GGUF_META_ROPE and meta.endswith(("wq.weight", "wq.bias")):
-            w = hf_to_meta_rope(w, config.n_heads, head_dim)
-        elif arch not in _GGUF_META_ROPE and meta.endswith(("wk.weight", "wk.bias")):
-            w = hf_to_meta_rope(w, config.n_kv_heads, head_dim)
+        if arch not in _GGUF_META_ROPE and _rotated(meta):
+            w = to_meta_rope(meta, w, config)
         elif qname in KEEP_4BIT and w.dim() == 2:
             quantized[meta] = GGUFQuantized(qname, np.asarray(t.data), tuple(arr.shape))
         elif qname in KEEP_OUTPUT_8BIT and meta in ("output.weight", "tok_embeddings.weight"):
@@ -249,6 +250,8 @@ _HF_LAYER = {
     "self_attn.k_proj.bias": "attention.wk.bias",
     "self_attn.v_proj.bias": "attention.wv.bias",
     "self_attn.o_proj.weight": "attention.wo.weight",
+    "self_attn.q_norm.weight": "attention.q_norm_fn.weight",
+    "self_attn.k_norm.weight": "attention.k_norm_fn.weight",
     "mlp.gate_proj.weight": "feed_forward.w1.weight",
     "mlp.down_proj.weight": "feed_forward.w2.weight",
     "mlp.up_proj.weight": "feed_forward.w3.weight",
@@ -268,6 +271,23 @@ def hf_to_meta_rope(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tenso
         .transpose(1, 2)
         .reshape(n_heads * head_dim, *rest)
     )
+
+
+_ROTATED = ("wq.weight", "wq.bias", "wk.weight", "wk.bias", "q_norm_fn.weight", "k_norm_fn.weight")
+
+
+def _rotated(meta: str) -> bool:
+    """Whether a weight's rows follow RoPE's pairing of dimensions."""
+    return meta.endswith(_ROTATED)
+
+
+def to_meta_rope(meta: str, w: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """A q/k projection, or a per-head q/k norm (one head's worth of
+    weights), from HF's split-halves layout into Meta's interleaved one."""
+    if meta.endswith(("q_norm_fn.weight", "k_norm_fn.weight")):
+        return hf_to_meta_rope(w, 1, config.head_dim)
+    heads = config.n_heads if ".wq." in meta else config.n_kv_heads
+    return hf_to_meta_rope(w, heads, config.head_dim)
 
 
 def meta_to_hf_rope(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
@@ -310,10 +330,8 @@ def load_hf(d: Path) -> Checkpoint:
                 if name.endswith("rotary_emb.inv_freq"):
                     continue
                 raise CheckpointError(f"HF tensor {name!r} has no place in the model")
-            if meta.endswith(("wq.weight", "wq.bias")):
-                w = hf_to_meta_rope(w, config.n_heads, config.head_dim)
-            elif meta.endswith(("wk.weight", "wk.bias")):
-                w = hf_to_meta_rope(w, config.n_kv_heads, config.head_dim)
+            if _rotated(meta):
+                w = to_meta_rope(meta, w, config)
             sd[meta] = w
     tok_cfg = d / "tokenizer_config.json"
     template, add_bos = None, None

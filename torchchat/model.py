@@ -36,6 +36,11 @@ DTYPES = {
 _LLAMA3_ROPE_FIXED = {"low_freq_factor": 1.0, "original_max_position_embeddings": 8192}
 
 
+# transformers model_type values from_hf reads (dense models; *_moe are
+# other model_types and are refused).
+HF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite")
+
+
 class ConfigError(ValueError):
     """A checkpoint config this model definition cannot represent."""
 
@@ -62,6 +67,8 @@ class ModelConfig:
     residual_multiplier: float = 1.0
     attention_multiplier: Optional[float] = None
     logits_scaling: float = 1.0
+    # Qwen3: an RMSNorm over each head's q and k, before RoPE.
+    qk_norm: bool = False
     architecture: str = "llama"
 
     def to_json(self) -> Dict[str, Any]:
@@ -77,16 +84,16 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, cfg: Dict[str, Any]) -> "ModelConfig":
-        """From a transformers config.json (Llama, Mistral, Qwen2, Granite)."""
+        """From a transformers config.json (Llama, Mistral, Qwen2, Qwen3, Granite)."""
         arch = cfg.get("model_type", "llama")
-        if arch not in ("llama", "mistral", "qwen2", "granite"):
+        if arch not in HF_ARCHITECTURES:
             raise ConfigError(
-                f"model_type {arch!r} is not supported (llama, mistral, qwen2 and granite are)"
+                f"model_type {arch!r} is not supported ({', '.join(HF_ARCHITECTURES)} are)"
             )
         if cfg.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"hidden_act {cfg['hidden_act']!r} is not supported")
-        if arch in ("mistral", "qwen2") and cfg.get("use_sliding_window"):
-            raise ConfigError("sliding-window attention is not supported")
+        if arch in ("mistral", "qwen2", "qwen3") and cfg.get("use_sliding_window"):
+            raise ConfigError("use_sliding_window: sliding-window attention is not supported")
         n_heads = cfg["num_attention_heads"]
         dim = cfg["hidden_size"]
         rope_scaling = _hf_rope_scaling(cfg)
@@ -111,6 +118,7 @@ class ModelConfig:
             residual_multiplier=float(cfg.get("residual_multiplier", 1.0)),
             attention_multiplier=cfg.get("attention_multiplier"),
             logits_scaling=float(cfg.get("logits_scaling", 1.0)),
+            qk_norm=arch == "qwen3",
             architecture=arch,
         )
 
@@ -192,6 +200,9 @@ def model_args(config: ModelConfig, max_seq_length: int, full_logits: bool = Fal
         use_kv_cache=True,
         enable_dynamic_shape=False,
         generate_full_logits=full_logits,
+        # Qwen3 normalizes q and k per head, then rotates them (as HF does).
+        use_qk_norm=config.qk_norm,
+        qk_norm_before_rope=config.qk_norm,
         **kw,
     )
 

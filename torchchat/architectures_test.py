@@ -1,0 +1,207 @@
+"""Each supported architecture, token-exact against transformers.
+
+A tiny random model of each (transformers builds it from a config with the
+architecture's own switches on: Qwen3's per-head q/k norms with non-trivial
+weights, Qwen2's qkv biases, GQA everywhere) is saved as HF safetensors and
+also written as a GGUF the way llama.cpp's converter lays it out (F32 and
+Q8_0). Ours must give transformers' logits over a 64-token prompt and its
+32 greedy ids through the static KV cache; the GGUF is checked against
+transformers reading the same GGUF file with its own dequantizer.
+"""
+
+import os
+import tempfile
+import unittest
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import gguf
+import numpy as np
+import torch
+import transformers
+from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+from testing.tiny_archs import CONFIGS, VOCAB, hf_model
+from torchchat.checkpoint import CheckpointError, load_checkpoint, load_model
+from torchchat.generate import Slot, argmax, decode
+from torchchat.model import ConfigError, attend_filled_cache
+
+PROMPT_LEN = 64
+STEPS = 32
+
+# llama.cpp's tensor names (convert_hf_to_gguf.py) per HF name suffix.
+_GGUF_LAYER = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+}
+_GGUF_TOP = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def llama_cpp_permute(w, n_heads):
+    """convert_hf_to_gguf's LlamaModel.permute: HF halves -> interleaved."""
+    return (
+        w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def write_gguf(m, arch, path, qtype):
+    """`m` as llama.cpp's converter writes it: llama permutes Q/K into the
+    interleaved layout, qwen2/qwen3 keep HF's; 2-D weights in `qtype`."""
+    c = m.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_freq_base(
+        c.rope_theta if hasattr(c, "rope_theta") else c.rope_parameters["rope_theta"]
+    )
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    for name, p in m.state_dict().items():
+        arr = p.numpy().astype(np.float32)
+        if name in _GGUF_TOP:
+            gname = _GGUF_TOP[name]
+        else:
+            i, rest = name[len("model.layers.") :].split(".", 1)
+            gname = f"blk.{i}.{_GGUF_LAYER[rest]}"
+        if arch == "llama" and rest_is(name, "q_proj"):
+            arr = llama_cpp_permute(arr, c.num_attention_heads)
+        elif arch == "llama" and rest_is(name, "k_proj"):
+            arr = llama_cpp_permute(arr, c.num_key_value_heads)
+        if arr.ndim == 1 or qtype == "F32":
+            w.add_tensor(gname, arr)
+        else:
+            q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType[qtype])
+            w.add_tensor(gname, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType[qtype])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def rest_is(name, proj):
+    return f"self_attn.{proj}." in name
+
+
+def transformers_from_gguf(path, arch):
+    # The config is the architecture's own (transformers' GGUF metadata
+    # mapping reads neither the vocab size from token_embd nor Qwen3's
+    # head_dim); the weights are its own reading of the file.
+    m = transformers.AutoModelForCausalLM.from_config(CONFIGS[arch], dtype=torch.float32).eval()
+    sd = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=m)["tensors"]
+    missing, _ = m.load_state_dict({k: torch.as_tensor(v) for k, v in sd.items()}, strict=False)
+    assert not [k for k in missing if "rotary" not in k], missing
+    return m
+
+
+def ours(path):
+    return attend_filled_cache(
+        load_model(load_checkpoint(path), torch.float32, 128, full_logits=True)
+    )
+
+
+def greedy_ours(model, prompt):
+    class LastPosition:
+        max_seq_length = model.max_seq_length
+
+        def __call__(self, tokens, input_pos):
+            return model(tokens, input_pos)[:, -1]
+
+    return list(decode(Slot(LastPosition()), prompt, argmax, STEPS))
+
+
+def greedy_ref(ref, prompt):
+    ids = torch.tensor([prompt])
+    return ref.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=STEPS,
+        min_new_tokens=STEPS,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )[0, len(prompt) :].tolist()
+
+
+class ArchitectureTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")))
+        g = torch.Generator().manual_seed(1)
+        cls.prompt = torch.randint(0, VOCAB, (PROMPT_LEN,), generator=g).tolist()
+
+    def check(self, model, ref, tol):
+        ids = torch.tensor([self.prompt])
+        with torch.inference_mode():
+            a = model(ids, torch.arange(PROMPT_LEN))
+            b = ref(ids).logits
+            self.assertEqual(a.shape, b.shape)
+            self.assertLessEqual((a - b).abs().max().item(), tol)
+            self.assertEqual(greedy_ours(model, self.prompt), greedy_ref(ref, self.prompt))
+
+    def test_hf_safetensors(self):
+        for arch in CONFIGS:
+            with self.subTest(arch):
+                ref = hf_model(arch)
+                d = self.tmp / f"hf-{arch}"
+                ref.save_pretrained(d)
+                ckpt = load_checkpoint(d)
+                self.assertEqual(ckpt.config.architecture, arch)
+                self.assertEqual(ckpt.config.qk_norm, arch == "qwen3")
+                self.check(ours(d), ref, 1e-4)
+
+    def test_gguf(self):
+        for arch in CONFIGS:
+            for qtype, tol in (("F32", 1e-4), ("Q8_0", 1e-4)):
+                with self.subTest(arch=arch, qtype=qtype):
+                    path = write_gguf(
+                        hf_model(arch), arch, self.tmp / f"{arch}-{qtype}.gguf", qtype
+                    )
+                    self.assertEqual(load_checkpoint(path).config.architecture, arch)
+                    self.check(ours(path), transformers_from_gguf(path, arch), tol)
+
+    def test_unsupported_is_one_clear_error(self):
+        d = self.tmp / "moe"
+        hf_model("qwen3").save_pretrained(d)
+        cfg = (d / "config.json").read_text().replace('"qwen3"', '"qwen3_moe"')
+        (d / "config.json").write_text(cfg)
+        with self.assertRaisesRegex(ConfigError, "model_type 'qwen3_moe' is not supported"):
+            load_checkpoint(d)
+        path = self.tmp / "gemma2.gguf"
+        w = gguf.GGUFWriter(str(path), "gemma2")
+        w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        with self.assertRaisesRegex(CheckpointError, "GGUF architecture 'gemma2' is not supported"):
+            load_checkpoint(path)
+
+
+if __name__ == "__main__":
+    unittest.main()
