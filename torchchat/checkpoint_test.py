@@ -88,9 +88,9 @@ class CheckpointFormatsTest(unittest.TestCase):
     def tearDown(self):
         self.tmp.cleanup()
 
-    def check_hf(self, model_type, shard=False, **extra):
+    def check_hf(self, model_type, shard=False, name=None, **extra):
         m = tiny(model_type, **extra)
-        out = self.dir / model_type
+        out = self.dir / (name or model_type)
         m.save_pretrained(out, max_shard_size="40KB" if shard else "1GB")
         if shard:
             self.assertTrue((out / "model.safetensors.index.json").exists())
@@ -104,24 +104,33 @@ class CheckpointFormatsTest(unittest.TestCase):
         self.check_hf("llama", shard=True, tie_word_embeddings=True)
 
     def test_hf_llama31_rope_scaling(self):
-        # Positions past the low-frequency wavelength would be needed to see
-        # scaling in logits; the frequencies themselves are checked instead.
-        m = self.check_hf(
-            "llama",
-            rope_scaling={
-                "rope_type": "llama3",
-                "factor": 8.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 8192,
-            },
-            head_dim=16,
-            rope_theta=500000.0,
-        )
-        model = load_model(load_checkpoint(self.dir / "llama"), torch.float32, 64)
-        inv = m.model.rotary_emb.inv_freq.float()
-        ours = torch.atan2(model.transformer.rope.freqs_sin[1], model.transformer.rope.freqs_cos[1])
-        torch.testing.assert_close(ours, inv, rtol=1e-5, atol=1e-6)
+        # Llama 3.1's values, then values ExecuTorch's own scaling cannot
+        # express (it hard-codes low_freq_factor 1 and an 8192 context). With
+        # head_dim 16 and theta 5e5 the wavelengths are 6, 33, 168, ...
+        # positions: an original context of 256 with factors 2 and 8 keeps
+        # the first, blends the second and slows the rest, so every branch
+        # of the formula shows in the frequencies and in the logits.
+        for i, (low, high, old) in enumerate(((1.0, 4.0, 8192), (2.0, 8.0, 256))):
+            with self.subTest(low_freq_factor=low, high_freq_factor=high, original=old):
+                name = f"llama-rope{i}"
+                m = self.check_hf(
+                    "llama",
+                    name=name,
+                    rope_scaling={
+                        "rope_type": "llama3",
+                        "factor": 8.0,
+                        "low_freq_factor": low,
+                        "high_freq_factor": high,
+                        "original_max_position_embeddings": old,
+                    },
+                    head_dim=16,
+                    rope_theta=500000.0,
+                )
+                model = load_model(load_checkpoint(self.dir / name), torch.float32, 64)
+                inv = m.model.rotary_emb.inv_freq.float()
+                rope = model.transformer.rope
+                ours = torch.atan2(rope.freqs_sin[1], rope.freqs_cos[1])
+                torch.testing.assert_close(ours, inv, rtol=1e-5, atol=1e-6)
 
     def test_hf_mistral(self):
         self.check_hf("mistral", sliding_window=None)

@@ -31,11 +31,6 @@ DTYPES = {
     "float16": torch.float16,
 }
 
-# ExecuTorch's apply_scaling hard-codes Llama 3.1's low_freq_factor and
-# original context; other values must not be silently ignored.
-_LLAMA3_ROPE_FIXED = {"low_freq_factor": 1.0, "original_max_position_embeddings": 8192}
-
-
 # transformers model_type values from_hf reads (dense models; *_moe are
 # other model_types and are refused).
 HF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite")
@@ -173,16 +168,6 @@ def model_args(config: ModelConfig, max_seq_length: int, full_logits: bool = Fal
     """ExecuTorch ModelArgs for `config` with a static KV cache."""
     from torchchat import executorch_compat as et
 
-    kw: Dict[str, Any] = {}
-    if config.rope_scaling:
-        for k, want in _LLAMA3_ROPE_FIXED.items():
-            if float(config.rope_scaling.get(k, want)) != want:
-                raise ConfigError(
-                    f"rope_scaling {k}={config.rope_scaling[k]} is not supported (only {want})"
-                )
-        factor = config.rope_scaling["factor"]
-        high = config.rope_scaling.get("high_freq_factor", 4.0)
-        kw.update(use_scaled_rope=True, rope_scale_factor=factor, high_freq_factor=high)
     return et.model_args(
         dim=config.dim,
         n_layers=config.n_layers,
@@ -203,7 +188,6 @@ def model_args(config: ModelConfig, max_seq_length: int, full_logits: bool = Fal
         # Qwen3 normalizes q and k per head, then rotates them (as HF does).
         use_qk_norm=config.qk_norm,
         qk_norm_before_rope=config.qk_norm,
-        **kw,
     )
 
 
@@ -288,8 +272,35 @@ def build_model(
     rope = transformer.rope
     rope.freqs_cos = rope.freqs_cos.float()
     rope.freqs_sin = rope.freqs_sin.float()
+    if config.rope_scaling:
+        # ExecuTorch's own Llama 3 scaling hard-codes low_freq_factor 1 and an
+        # 8192 original context; the config's values go in as GGUF's
+        # per-frequency divisors instead.
+        model.set_rope_freq_factors(llama3_rope_factors(config))
     model.tie_weights()
     return model.to(device).eval()
+
+
+def llama3_rope_factors(config: ModelConfig) -> torch.Tensor:
+    """Llama 3.x rope scaling as divisors of the base frequencies (GGUF's
+    rope_freqs): long wavelengths slowed by `factor`, short ones kept, the
+    band between blended, with every value from the config."""
+    rs = config.rope_scaling
+    factor = float(rs["factor"])
+    low, high = float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
+    old = float(rs["original_max_position_embeddings"])
+    if high <= low:
+        raise ConfigError(
+            f"rope_scaling: high_freq_factor {high} must exceed low_freq_factor {low}"
+        )
+    hd = config.head_dim
+    inv = 1.0 / config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > old / low, inv / factor, inv)
+    smooth = (old / wavelen - low) / (high - low)
+    between = (wavelen >= old / high) & (wavelen <= old / low)
+    scaled = torch.where(between, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    return (inv / scaled).float()
 
 
 class FilledCacheSDPA(nn.Module):
