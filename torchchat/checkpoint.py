@@ -358,6 +358,31 @@ def load_hf(d: Path) -> Checkpoint:
 # --- Meta consolidated ----------------------------------------------------------
 
 
+# Meta's Llama 3 instruct format: each turn is a role header, a blank line,
+# the trimmed text and <|eot_id|>; bos opens the conversation. Meta's
+# `original/` checkpoints ship no template (upstream torchchat had this
+# format built in for them).
+LLAMA3_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if loop.first %}{{ bos_token }}{% endif %}"
+    "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+# A tiktoken vocabulary line: base64 bytes, a space, the rank.
+_TIKTOKEN_LINE = re.compile(rb"^[A-Za-z0-9+/=]+ \d+\r?\n")
+
+
+def _is_tiktoken(path: Optional[Path]) -> bool:
+    """Llama 3's tokenizer.model is a tiktoken file; Llama 2's is a
+    SentencePiece protobuf."""
+    if path is None or path.suffix == ".json":
+        return False
+    with open(path, "rb") as f:
+        return bool(_TIKTOKEN_LINE.match(f.readline(256)))
+
+
 def load_meta(p: Path) -> Checkpoint:
     d = p if p.is_dir() else p.parent
     params = json.loads((d / "params.json").read_text())
@@ -374,12 +399,14 @@ def load_meta(p: Path) -> Checkpoint:
     vocab = sd["tok_embeddings.weight"].shape[0]
     hidden = sd["layers.0.feed_forward.w1.weight"].shape[0]
     config = ModelConfig.from_meta_params(params, vocab, hidden)
+    tokenizer = _find_tokenizer(d)
     return Checkpoint(
         config=config,
         state_dict=sd,
         path=d,
         format="meta",
-        tokenizer_path=_find_tokenizer(d),
+        tokenizer_path=tokenizer,
+        chat_template=LLAMA3_CHAT_TEMPLATE if _is_tiktoken(tokenizer) else None,
     )
 
 

@@ -6,6 +6,7 @@ written as a Meta consolidated.00.pth + params.json and as a GGUF (F32 and
 Q8_0). torchchat must load each and reproduce the transformers logits.
 """
 
+import base64
 import json
 import os
 import tempfile
@@ -20,7 +21,9 @@ import torch
 import transformers
 
 from testing import tiny_model
+from torchchat import tokenizer as tc_tokenizer
 from torchchat.checkpoint import (
+    LLAMA3_CHAT_TEMPLATE,
     CheckpointError,
     hf_tensor_name,
     hf_to_meta_rope,
@@ -166,6 +169,39 @@ class CheckpointFormatsTest(unittest.TestCase):
             )
         )
         torch.testing.assert_close(our_logits(d), ref_logits(m), rtol=1e-4, atol=1e-4)
+
+    def test_meta_llama3_gets_the_builtin_chat_format(self):
+        # A tiktoken tokenizer.model (Llama 3's format): 256 byte tokens and
+        # two merges; the tokenizer library adds Llama 3's special tokens
+        # after them. A SentencePiece tokenizer.model gets no template.
+        d = self.dir / "meta3"
+        d.mkdir()
+        ranks = [bytes([b]) for b in range(256)] + [b"He", b"llo"]
+        (d / "tokenizer.model").write_bytes(
+            b"".join(base64.b64encode(t) + b" %d\n" % i for i, t in enumerate(ranks))
+        )
+        (d / "params.json").write_text(json.dumps({"dim": 64, "n_layers": 2, "n_heads": 4}))
+        m = tiny("llama")
+        torch.save(meta_state_dict(m), d / "consolidated.00.pth")
+        ckpt = load_checkpoint(d)
+        self.assertEqual(ckpt.chat_template, LLAMA3_CHAT_TEMPLATE)
+        tok = tc_tokenizer.load(ckpt.tokenizer_path, chat_template=ckpt.chat_template)
+        text = tok.template().render(
+            [{"role": "system", "content": " Be brief. "}, {"role": "user", "content": "Hello"}],
+            add_generation_prompt=True,
+        )
+        self.assertEqual(
+            text,
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        )
+        ids = tok.encode(text, bos=False)
+        self.assertEqual(ids[0], 258)  # <|begin_of_text|>, after the 258 ranks
+        self.assertIn(258 + 9, ids)  # <|eot_id|>
+
+        (d / "tokenizer.model").write_bytes(b"\x0a\x05\x0a\x01a\x15\x00\x00\x00\x00")
+        self.assertIsNone(load_checkpoint(d).chat_template)
 
     def write_gguf(self, m, path, qtype):
         w = gguf.GGUFWriter(str(path), "llama")
