@@ -1,8 +1,9 @@
 """Each architecture beyond plain Llama exports both ways and runs the same.
 
-A tiny random Qwen3 (per-head q/k norms; testing.tiny_archs) with a real
-tokenizer is exported by export_llm's command line to a .pte and a .pt2 at
-once; et_run and aoti_run must give eager's greedy ids.
+A tiny random Qwen3 (per-head q/k norms) and SmolLM3 (a NoPE layer), from
+testing.tiny_archs, each with a real tokenizer, are exported by export_llm's
+command line to a .pte and a .pt2 at once; et_run and aoti_run must give
+eager's greedy ids.
 """
 
 import json
@@ -29,10 +30,16 @@ def _runfile(path: str) -> Path:
 
 
 class ExportArchitectures(unittest.TestCase):
-    def test_qwen3_pte_and_pt2_equal_eager(self):
+    def test_qwen3(self):
+        self.check("qwen3", lambda c: self.assertTrue(c.qk_norm))
+
+    def test_smollm3(self):
+        self.check("smollm3", lambda c: self.assertEqual(c.no_rope_layers, (3,)))
+
+    def check(self, arch, check_config):
         tmp = Path(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")))
         hf = tmp / "hf"
-        tiny_archs.hf_model("qwen3").save_pretrained(hf)
+        tiny_archs.hf_model(arch).save_pretrained(hf)
         tiny_model.write_tokenizer(hf)
         out = tmp / "out"
         out.mkdir()
@@ -54,7 +61,7 @@ class ExportArchitectures(unittest.TestCase):
         )
         self.assertEqual(rc, 0)
         source = export_llm.load_source(hf, None)
-        self.assertTrue(source.ckpt.config.qk_norm)
+        check_config(source.ckpt.config)
         eager = export_llm.build(source, "fp32", MAX_SEQ)
         tok = tc_tokenizer.load(out / "tokenizer.json")
         prompt = tok.encode(PROMPT, bos=tok.add_bos)

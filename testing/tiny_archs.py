@@ -1,6 +1,10 @@
 """Tiny random transformers models of each architecture we load, with the
 architecture's own switches on, for parity and export tests."""
 
+import os
+
+import gguf
+import numpy as np
 import torch
 import transformers
 
@@ -21,6 +25,15 @@ CONFIGS = {
     "qwen2": transformers.Qwen2Config(**COMMON, rope_theta=1e6),
     # head_dim 32 with hidden 64 / 4 heads: Qwen3 sets head_dim on its own.
     "qwen3": transformers.Qwen3Config(**COMMON, head_dim=32, rope_theta=1e6),
+    # 4 layers: the 4th is a NoPE layer (llama.cpp's fixed step of 4).
+    "smollm3": transformers.SmolLM3Config(
+        **{**COMMON, "num_hidden_layers": 4},
+        rope_theta=1e6,
+        no_rope_layer_interval=4,
+        pad_token_id=None,
+        bos_token_id=0,
+        eos_token_id=1,
+    ),
 }
 
 
@@ -34,3 +47,87 @@ def hf_model(arch: str) -> "transformers.PreTrainedModel":
             if "norm" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.3)
     return m
+
+
+# llama.cpp's tensor names (convert_hf_to_gguf.py) per HF name suffix.
+_GGUF_LAYER = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+}
+_GGUF_TOP = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """convert_hf_to_gguf's LlamaModel.permute: HF halves -> interleaved."""
+    return (
+        w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+# llama.cpp's converter permutes Q/K for these (LlamaModel and subclasses).
+META_ROPE = ("llama", "smollm3")
+
+
+def write_gguf(
+    m: "transformers.PreTrainedModel", arch: str, path: "os.PathLike[str]", qtype: str
+) -> "os.PathLike[str]":
+    """`m` as llama.cpp's converter writes it: llama permutes Q/K into the
+    interleaved layout, qwen2/qwen3 keep HF's; 2-D weights in `qtype`."""
+    c = m.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_freq_base(
+        c.rope_theta if hasattr(c, "rope_theta") else c.rope_parameters["rope_theta"]
+    )
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    for name, p in m.state_dict().items():
+        arr = p.numpy().astype(np.float32)
+        if name in _GGUF_TOP:
+            gname = _GGUF_TOP[name]
+        else:
+            i, rest = name[len("model.layers.") :].split(".", 1)
+            gname = f"blk.{i}.{_GGUF_LAYER[rest]}"
+        if arch in META_ROPE and rest_is(name, "q_proj"):
+            arr = llama_cpp_permute(arr, c.num_attention_heads)
+        elif arch in META_ROPE and rest_is(name, "k_proj"):
+            arr = llama_cpp_permute(arr, c.num_key_value_heads)
+        if arr.ndim == 1 or qtype == "F32":
+            w.add_tensor(gname, arr)
+        else:
+            q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType[qtype])
+            w.add_tensor(gname, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType[qtype])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def rest_is(name: str, proj: str) -> bool:
+    return f"self_attn.{proj}." in name

@@ -6,7 +6,9 @@ weights, Qwen2's qkv biases, GQA everywhere) is saved as HF safetensors and
 also written as a GGUF the way llama.cpp's converter lays it out (F32 and
 Q8_0). Ours must give transformers' logits over a 64-token prompt and its
 32 greedy ids through the static KV cache; the GGUF is checked against
-transformers reading the same GGUF file with its own dequantizer.
+transformers reading the same GGUF file with its own dequantizer, or, for an
+architecture its reader lacks (smollm3), against the original model with
+gguf's own quantize/dequantize applied to its weights.
 """
 
 import os
@@ -22,90 +24,13 @@ import torch
 import transformers
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-from testing.tiny_archs import CONFIGS, VOCAB, hf_model
+from testing.tiny_archs import CONFIGS, VOCAB, hf_model, write_gguf
 from torchchat.checkpoint import CheckpointError, load_checkpoint, load_model
 from torchchat.generate import Slot, argmax, decode
 from torchchat.model import ConfigError, attend_filled_cache
 
 PROMPT_LEN = 64
 STEPS = 32
-
-# llama.cpp's tensor names (convert_hf_to_gguf.py) per HF name suffix.
-_GGUF_LAYER = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.q_proj.bias": "attn_q.bias",
-    "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.bias": "attn_v.bias",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "self_attn.q_norm.weight": "attn_q_norm.weight",
-    "self_attn.k_norm.weight": "attn_k_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-}
-_GGUF_TOP = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
-
-
-def llama_cpp_permute(w, n_heads):
-    """convert_hf_to_gguf's LlamaModel.permute: HF halves -> interleaved."""
-    return (
-        w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
-
-
-def write_gguf(m, arch, path, qtype):
-    """`m` as llama.cpp's converter writes it: llama permutes Q/K into the
-    interleaved layout, qwen2/qwen3 keep HF's; 2-D weights in `qtype`."""
-    c = m.config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_freq_base(
-        c.rope_theta if hasattr(c, "rope_theta") else c.rope_parameters["rope_theta"]
-    )
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    for name, p in m.state_dict().items():
-        arr = p.numpy().astype(np.float32)
-        if name in _GGUF_TOP:
-            gname = _GGUF_TOP[name]
-        else:
-            i, rest = name[len("model.layers.") :].split(".", 1)
-            gname = f"blk.{i}.{_GGUF_LAYER[rest]}"
-        if arch == "llama" and rest_is(name, "q_proj"):
-            arr = llama_cpp_permute(arr, c.num_attention_heads)
-        elif arch == "llama" and rest_is(name, "k_proj"):
-            arr = llama_cpp_permute(arr, c.num_key_value_heads)
-        if arr.ndim == 1 or qtype == "F32":
-            w.add_tensor(gname, arr)
-        else:
-            q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType[qtype])
-            w.add_tensor(gname, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType[qtype])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
-def rest_is(name, proj):
-    return f"self_attn.{proj}." in name
 
 
 def transformers_from_gguf(path, arch):
@@ -116,6 +41,27 @@ def transformers_from_gguf(path, arch):
     sd = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=m)["tensors"]
     missing, _ = m.load_state_dict({k: torch.as_tensor(v) for k, v in sd.items()}, strict=False)
     assert not [k for k in missing if "rotary" not in k], missing
+    return m
+
+
+# transformers' GGUF reader knows these; for the others the reference is the
+# original model with each 2-D weight quantized and dequantized by gguf
+# (Q8_0 blocks run along rows, so llama.cpp's row permutation of Q/K does
+# not change them).
+TRANSFORMERS_READS_GGUF = ("llama", "qwen2", "qwen3")
+
+
+def gguf_reference(path, arch, qtype):
+    if arch in TRANSFORMERS_READS_GGUF:
+        return transformers_from_gguf(path, arch)
+    m = hf_model(arch)
+    if qtype != "F32":
+        t = gguf.GGMLQuantizationType[qtype]
+        with torch.no_grad():
+            for p in m.parameters():
+                if p.dim() == 2:
+                    q = gguf.quants.quantize(p.numpy(), t)
+                    p.copy_(torch.from_numpy(gguf.quants.dequantize(q, t)))
     return m
 
 
@@ -173,6 +119,7 @@ class ArchitectureTest(unittest.TestCase):
                 ckpt = load_checkpoint(d)
                 self.assertEqual(ckpt.config.architecture, arch)
                 self.assertEqual(ckpt.config.qk_norm, arch == "qwen3")
+                self.assertEqual(ckpt.config.no_rope_layers, (3,) if arch == "smollm3" else ())
                 self.check(ours(d), ref, 1e-4)
 
     def test_gguf(self):
@@ -183,7 +130,7 @@ class ArchitectureTest(unittest.TestCase):
                         hf_model(arch), arch, self.tmp / f"{arch}-{qtype}.gguf", qtype
                     )
                     self.assertEqual(load_checkpoint(path).config.architecture, arch)
-                    self.check(ours(path), transformers_from_gguf(path, arch), tol)
+                    self.check(ours(path), gguf_reference(path, arch, qtype), tol)
 
     def test_unsupported_is_one_clear_error(self):
         d = self.tmp / "moe"

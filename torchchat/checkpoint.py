@@ -99,10 +99,12 @@ _GGUF_TOP = {
     "output_norm.weight": "norm.weight",
     "output.weight": "output.weight",
 }
-_GGUF_ARCHS = ("llama", "qwen2", "qwen3", "granite")
+_GGUF_ARCHS = ("llama", "qwen2", "qwen3", "granite", "smollm3")
 # llama.cpp permutes Q/K into Meta's interleaved layout for these only; qwen2
 # and qwen3 keep the NEOX (HF) layout.
-_GGUF_META_ROPE = ("llama", "granite")
+_GGUF_META_ROPE = ("llama", "granite", "smollm3")
+# llama.cpp's smollm3 skips RoPE in every 4th layer; the GGUF does not say so.
+_GGUF_NO_ROPE_STEP = {"smollm3": 4}
 KEEP_4BIT = ("Q4_0", "Q4_1")
 # The unembedding's own 8-bit blocks (GGUF's usual type for it), which the
 # 4-bit schemes run exactly (kernels.q4.Q8Linear) instead of as fp32.
@@ -189,6 +191,11 @@ def load_gguf(path: Path) -> Checkpoint:
         attention_multiplier=(float(a("attention.scale")) if a("attention.scale") else None),
         logits_scaling=float(a("logit_scale", 1.0)),
         qk_norm="blk.0.attn_q_norm.weight" in tensors,
+        no_rope_layers=tuple(
+            i
+            for i in range(int(a("block_count")))
+            if arch in _GGUF_NO_ROPE_STEP and (i + 1) % _GGUF_NO_ROPE_STEP[arch] == 0
+        ),
         architecture=arch,
     )
     scaling = a("rope.scaling.type")

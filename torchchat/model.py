@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ DTYPES = {
 
 # transformers model_type values from_hf reads (dense models; *_moe are
 # other model_types and are refused).
-HF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite")
+HF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3")
 
 
 class ConfigError(ValueError):
@@ -64,6 +64,8 @@ class ModelConfig:
     logits_scaling: float = 1.0
     # Qwen3: an RMSNorm over each head's q and k, before RoPE.
     qk_norm: bool = False
+    # SmolLM3: layers (0-based) whose attention uses no RoPE at all (NoPE).
+    no_rope_layers: Tuple[int, ...] = ()
     architecture: str = "llama"
 
     def to_json(self) -> Dict[str, Any]:
@@ -79,7 +81,7 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, cfg: Dict[str, Any]) -> "ModelConfig":
-        """From a transformers config.json (Llama, Mistral, Qwen2, Qwen3, Granite)."""
+        """From a transformers config.json (HF_ARCHITECTURES)."""
         arch = cfg.get("model_type", "llama")
         if arch not in HF_ARCHITECTURES:
             raise ConfigError(
@@ -87,7 +89,7 @@ class ModelConfig:
             )
         if cfg.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"hidden_act {cfg['hidden_act']!r} is not supported")
-        if arch in ("mistral", "qwen2", "qwen3") and cfg.get("use_sliding_window"):
+        if arch in ("mistral", "qwen2", "qwen3", "smollm3") and cfg.get("use_sliding_window"):
             raise ConfigError("use_sliding_window: sliding-window attention is not supported")
         n_heads = cfg["num_attention_heads"]
         dim = cfg["hidden_size"]
@@ -114,6 +116,7 @@ class ModelConfig:
             attention_multiplier=cfg.get("attention_multiplier"),
             logits_scaling=float(cfg.get("logits_scaling", 1.0)),
             qk_norm=arch == "qwen3",
+            no_rope_layers=_hf_no_rope_layers(cfg) if arch == "smollm3" else (),
             architecture=arch,
         )
 
@@ -143,6 +146,19 @@ class ModelConfig:
             tie_embeddings=False,
             rope_scaling=scaling,
         )
+
+
+def _hf_no_rope_layers(cfg: Dict[str, Any]) -> Tuple[int, ...]:
+    """SmolLM3's `no_rope_layers` holds a use-RoPE flag per layer; without
+    it, every `no_rope_layer_interval`-th layer (default 4) skips RoPE."""
+    n = cfg["num_hidden_layers"]
+    flags = cfg.get("no_rope_layers")
+    if flags is None:
+        every = int(cfg.get("no_rope_layer_interval") or 4)
+        flags = [int((i + 1) % every != 0) for i in range(n)]
+    if len(flags) != n:
+        raise ConfigError(f"no_rope_layers has {len(flags)} entries for {n} layers")
+    return tuple(i for i, use in enumerate(flags) if not use)
 
 
 def _hf_rope_scaling(cfg: Dict[str, Any]) -> Optional[Dict[str, float]]:
@@ -272,6 +288,10 @@ def build_model(
     rope = transformer.rope
     rope.freqs_cos = rope.freqs_cos.float()
     rope.freqs_sin = rope.freqs_sin.float()
+    for i in config.no_rope_layers:
+        # ExecuTorch's ModelArgs has no_rope_layer_interval, but its attention
+        # does not read it: such a layer gets a rotation that does nothing.
+        transformer.layers[i].attention.rope = NoRope()
     if config.rope_scaling:
         # ExecuTorch's own Llama 3 scaling hard-codes low_freq_factor 1 and an
         # 8192 original context; the config's values go in as GGUF's
@@ -279,6 +299,15 @@ def build_model(
         model.set_rope_freq_factors(llama3_rope_factors(config))
     model.tie_weights()
     return model.to(device).eval()
+
+
+class NoRope(nn.Module):
+    """A NoPE layer's stand-in for ExecuTorch's Rope: q and k unrotated."""
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor
+    ) -> tuple:
+        return q, k
 
 
 def llama3_rope_factors(config: ModelConfig) -> torch.Tensor:
