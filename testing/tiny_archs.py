@@ -34,6 +34,15 @@ CONFIGS = {
         bos_token_id=0,
         eos_token_id=1,
     ),
+    # Fused qkv and gate_up projections; a window no shorter than the tests.
+    "phi3": transformers.Phi3Config(
+        **COMMON,
+        rope_theta=10000.0,
+        sliding_window=256,
+        pad_token_id=None,
+        bos_token_id=0,
+        eos_token_id=1,
+    ),
 }
 
 
@@ -65,6 +74,9 @@ _GGUF_LAYER = {
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
+    # Phi-3's fused projections, kept fused by llama.cpp.
+    "self_attn.qkv_proj.weight": "attn_qkv.weight",
+    "mlp.gate_up_proj.weight": "ffn_up.weight",
 }
 _GGUF_TOP = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -101,6 +113,9 @@ def write_gguf(
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_key_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
+    if arch == "phi3":
+        w.add_sliding_window(c.sliding_window)
     w.add_value_length(head_dim)
     w.add_rope_freq_base(
         c.rope_theta if hasattr(c, "rope_theta") else c.rope_parameters["rope_theta"]

@@ -11,6 +11,7 @@ architecture its reader lacks (smollm3), against the original model with
 gguf's own quantize/dequantize applied to its weights.
 """
 
+import json
 import os
 import tempfile
 import unittest
@@ -48,7 +49,7 @@ def transformers_from_gguf(path, arch):
 # original model with each 2-D weight quantized and dequantized by gguf
 # (Q8_0 blocks run along rows, so llama.cpp's row permutation of Q/K does
 # not change them).
-TRANSFORMERS_READS_GGUF = ("llama", "qwen2", "qwen3")
+TRANSFORMERS_READS_GGUF = ("llama", "qwen2", "qwen3", "phi3")
 
 
 def gguf_reference(path, arch, qtype):
@@ -139,6 +140,29 @@ class ArchitectureTest(unittest.TestCase):
         (d / "config.json").write_text(cfg)
         with self.assertRaisesRegex(ConfigError, "model_type 'qwen3_moe' is not supported"):
             load_checkpoint(d)
+        d = self.tmp / "phi4"
+        hf_model("phi3").save_pretrained(d)
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["partial_rotary_factor"] = 0.75
+        (d / "config.json").write_text(json.dumps(cfg))
+        with self.assertRaisesRegex(ConfigError, "partial_rotary_factor 0.75 is not supported"):
+            load_checkpoint(d)
+        cfg["partial_rotary_factor"] = 1.0
+        cfg["rope_scaling"] = {
+            "rope_type": "longrope",
+            "short_factor": [1.0] * 16,
+            "long_factor": [1.0] * 16,
+        }
+        cfg.pop("rope_parameters", None)
+        (d / "config.json").write_text(json.dumps(cfg))
+        with self.assertRaisesRegex(ConfigError, "rope_scaling type 'longrope' is not supported"):
+            load_checkpoint(d)
+        # Phi-3's sliding window equals full attention up to its length only.
+        d = self.tmp / "phi3-window"
+        hf_model("phi3").save_pretrained(d)
+        with self.assertRaisesRegex(ConfigError, "exceeds the model's sliding_window 256"):
+            load_model(load_checkpoint(d), torch.float32, 300)
+
         path = self.tmp / "gemma2.gguf"
         w = gguf.GGUFWriter(str(path), "gemma2")
         w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))

@@ -99,7 +99,9 @@ _GGUF_TOP = {
     "output_norm.weight": "norm.weight",
     "output.weight": "output.weight",
 }
-_GGUF_ARCHS = ("llama", "qwen2", "qwen3", "granite", "smollm3")
+_GGUF_ARCHS = ("llama", "qwen2", "qwen3", "granite", "smollm3", "phi3")
+# Fused projections llama.cpp keeps for these (split on load).
+_GGUF_FUSED = {"phi3": ("attn_qkv.weight", "ffn_up.weight")}
 # llama.cpp permutes Q/K into Meta's interleaved layout for these only; qwen2
 # and qwen3 keep the NEOX (HF) layout.
 _GGUF_META_ROPE = ("llama", "granite", "smollm3")
@@ -201,10 +203,29 @@ def load_gguf(path: Path) -> Checkpoint:
     scaling = a("rope.scaling.type")
     if scaling not in (None, "none"):
         raise CheckpointError(f"GGUF rope scaling {scaling!r} is not supported")
+    if "rope_factors_long.weight" in tensors:
+        raise CheckpointError(
+            "GGUF tensor rope_factors_long.weight: LongRoPE (Phi-3.5, Phi-4-mini) is not supported"
+        )
+    rotary = a("rope.dimension_count")
+    if rotary is not None and int(rotary) != head_dim:
+        raise CheckpointError(
+            f"GGUF {arch}.rope.dimension_count {rotary} is less than the head size {head_dim}: "
+            "partial rotary is not supported"
+        )
+    if a("attention.sliding_window"):
+        config.sliding_window = int(a("attention.sliding_window"))
 
     sd: Dict[str, torch.Tensor] = {}
     quantized: Dict[str, GGUFQuantized] = {}
     for name, t in tensors.items():
+        m = re.fullmatch(r"blk\.(\d+)\.(.+)", name)
+        if m and m.group(2) in _GGUF_FUSED.get(arch, ()):
+            w = torch.from_numpy(dequantize_gguf_tensor(t))
+            for meta, piece in split_fused(f"layers.{m.group(1)}.", m.group(2), w, config).items():
+                rotate = arch not in _GGUF_META_ROPE and _rotated(meta)
+                sd[meta] = to_meta_rope(meta, piece, config) if rotate else piece
+            continue
         meta = gguf_tensor_name(name)
         if meta is None:
             if name == "rope_freqs.weight":
@@ -306,6 +327,34 @@ def meta_to_hf_rope(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tenso
     )
 
 
+# Phi-3 fuses q/k/v into one projection and gate/up into another.
+_HF_FUSED = ("self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight")
+
+
+def split_fused(
+    layer: str, part: str, w: torch.Tensor, config: ModelConfig
+) -> Dict[str, torch.Tensor]:
+    """Meta-named pieces of a fused projection: `part` is HF's name
+    ("self_attn.qkv_proj.weight") or GGUF's ("attn_qkv.weight")."""
+    if part in ("self_attn.qkv_proj.weight", "attn_qkv.weight"):
+        q = config.n_heads * config.head_dim
+        kv = config.n_kv_heads * config.head_dim
+        if w.shape[0] != q + 2 * kv:
+            raise CheckpointError(f"{layer}{part} has {w.shape[0]} rows, not q+k+v = {q + 2 * kv}")
+        wq, wk, wv = w[:q], w[q : q + kv], w[q + kv :]
+        return {
+            f"{layer}attention.wq.weight": wq,
+            f"{layer}attention.wk.weight": wk,
+            f"{layer}attention.wv.weight": wv,
+        }
+    if w.shape[0] != 2 * config.hidden_dim:
+        raise CheckpointError(f"{layer}{part} has {w.shape[0]} rows, not 2 x {config.hidden_dim}")
+    return {
+        f"{layer}feed_forward.w1.weight": w[: config.hidden_dim],
+        f"{layer}feed_forward.w3.weight": w[config.hidden_dim :],
+    }
+
+
 def hf_tensor_name(name: str) -> Optional[str]:
     if name in _HF_TOP:
         return _HF_TOP[name]
@@ -332,6 +381,13 @@ def load_hf(d: Path) -> Checkpoint:
     sd: Dict[str, torch.Tensor] = {}
     for f in files:
         for name, w in load_file(str(d / f)).items():
+            m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
+            if m and m.group(2) in _HF_FUSED:
+                for meta, piece in split_fused(
+                    f"layers.{m.group(1)}.", m.group(2), w, config
+                ).items():
+                    sd[meta] = to_meta_rope(meta, piece, config) if _rotated(meta) else piece
+                continue
             meta = hf_tensor_name(name)
             if meta is None:
                 if name.endswith("rotary_emb.inv_freq"):

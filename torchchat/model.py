@@ -33,7 +33,7 @@ DTYPES = {
 
 # transformers model_type values from_hf reads (dense models; *_moe are
 # other model_types and are refused).
-HF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3")
+HF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "phi3")
 
 
 class ConfigError(ValueError):
@@ -66,6 +66,10 @@ class ModelConfig:
     qk_norm: bool = False
     # SmolLM3: layers (0-based) whose attention uses no RoPE at all (NoPE).
     no_rope_layers: Tuple[int, ...] = ()
+    # Phi-3: attention over the last `sliding_window` positions only. Equal
+    # to full attention while the context is no longer, which build_model
+    # enforces.
+    sliding_window: Optional[int] = None
     architecture: str = "llama"
 
     def to_json(self) -> Dict[str, Any]:
@@ -91,6 +95,19 @@ class ModelConfig:
             raise ConfigError(f"hidden_act {cfg['hidden_act']!r} is not supported")
         if arch in ("mistral", "qwen2", "qwen3", "smollm3") and cfg.get("use_sliding_window"):
             raise ConfigError("use_sliding_window: sliding-window attention is not supported")
+        if arch == "phi3":
+            # Older config.json files keep it at the top level, newer ones in
+            # rope_parameters.
+            found = (
+                cfg.get("partial_rotary_factor"),
+                (cfg.get("rope_parameters") or {}).get("partial_rotary_factor"),
+            )
+            partial = next((x for x in found if x is not None and float(x) != 1.0), 1.0)
+            if float(partial) != 1.0:
+                raise ConfigError(
+                    f"partial_rotary_factor {partial} is not supported (Phi-4-mini's partial "
+                    "rotary; only 1.0)"
+                )
         n_heads = cfg["num_attention_heads"]
         dim = cfg["hidden_size"]
         rope_scaling = _hf_rope_scaling(cfg)
@@ -117,6 +134,7 @@ class ModelConfig:
             logits_scaling=float(cfg.get("logits_scaling", 1.0)),
             qk_norm=arch == "qwen3",
             no_rope_layers=_hf_no_rope_layers(cfg) if arch == "smollm3" else (),
+            sliding_window=cfg.get("sliding_window") if arch == "phi3" else None,
             architecture=arch,
         )
 
@@ -278,7 +296,13 @@ def build_model(
     from torchchat import executorch_compat as et
 
     if max_seq_length is None:
-        max_seq_length = min(config.max_context, 2048)
+        max_seq_length = min(config.max_context, 2048, config.sliding_window or 2048)
+    if config.sliding_window and max_seq_length > config.sliding_window:
+        raise ConfigError(
+            f"max_seq_length {max_seq_length} exceeds the model's sliding_window "
+            f"{config.sliding_window}: sliding-window attention is not supported, so the "
+            f"context is limited to {config.sliding_window}"
+        )
     args = model_args(config, max_seq_length, full_logits)
     with torch.device("cpu"):
         transformer = et.construct_transformer(args)
