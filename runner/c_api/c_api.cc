@@ -169,6 +169,32 @@ torchchat_status GenerationFailed(const char* function, Failure failure,
   return Fail(status, std::string(function) + ": " + message);
 }
 
+// What torchchat_generate and torchchat_chat_turn share: check the text and
+// the config, run `step` with the streaming sink, and turn a failure into a
+// status. A step can fail before it reaches the loop (a chat template); the
+// loop's failure kind is then an earlier call's, so it counts only when the
+// loop started (inference_start_ms is set).
+template <typename Step>
+torchchat_status RunGeneration(const char* fn, RunnerState& state, const char* text_name,
+                               const char* text, const torchchat_generation_config* config,
+                               torchchat_text_callback callback, void* user_data,
+                               torchchat_stats* stats, Step step) {
+  if (auto s = CheckText(fn, text_name, text); s != TORCHCHAT_OK) return s;
+  GenerationConfig gen;
+  if (auto s = Configure(fn, config, state.runner.get(), &gen); s != TORCHCHAT_OK) return s;
+  return Guard(fn, [&]() -> torchchat_status {
+    Stats s;
+    const Result<void> done = step(gen, TextSink(state.runner.get(), callback, user_data), &s);
+    if (!done.ok()) {
+      const bool ran = s.inference_start_ms != 0;
+      return GenerationFailed(fn, ran ? state.runner->last_failure() : Failure::kModel,
+                              done.error());
+    }
+    ExportStats(s, state, stats);
+    return Ok();
+  });
+}
+
 torchchat_status CopyText(const std::string& text, char* buf, size_t cap, size_t* len) {
   *len = text.size();
   if (buf == nullptr || cap < text.size() + 1) {
@@ -345,23 +371,15 @@ torchchat_status torchchat_generate(torchchat_runner* runner, const char* prompt
                                     torchchat_stats* stats) {
   constexpr const char* kFn = "torchchat_generate";
   if (runner == nullptr) return NullArgument(kFn, "runner");
-  if (auto s = CheckText(kFn, "prompt", prompt); s != TORCHCHAT_OK) return s;
   RunnerState& state = *runner->state;
-  torchchat::GenerationConfig gen;
-  if (auto s = torchchat::c_api::Configure(kFn, config, state.runner.get(), &gen);
-      s != TORCHCHAT_OK) {
-    return s;
-  }
-  return Guard(kFn, [&]() -> torchchat_status {
-    torchchat::Stats s;
-    auto ids = state.runner->Generate(
-        prompt, gen, torchchat::c_api::TextSink(state.runner.get(), callback, user_data), &s);
-    if (!ids.ok()) {
-      return torchchat::c_api::GenerationFailed(kFn, state.runner->last_failure(), ids.error());
-    }
-    torchchat::c_api::ExportStats(s, state, stats);
-    return Ok();
-  });
+  return torchchat::c_api::RunGeneration(
+      kFn, state, "prompt", prompt, config, callback, user_data, stats,
+      [&](const torchchat::GenerationConfig& gen, const auto& sink,
+          torchchat::Stats* s) -> tokenizers::Result<void> {
+        auto ids = state.runner->Generate(prompt, gen, sink, s);
+        if (!ids.ok()) return tokenizers::MakeError(ids.error());
+        return {};
+      });
 }
 
 torchchat_status torchchat_stats_json(const torchchat_stats* stats, char* buf, size_t cap,
@@ -413,27 +431,14 @@ torchchat_status torchchat_chat_turn(torchchat_chat* chat, const char* user_text
                                      torchchat_stats* stats) {
   constexpr const char* kFn = "torchchat_chat_turn";
   if (chat == nullptr) return NullArgument(kFn, "chat");
-  if (auto s = CheckText(kFn, "user_text", user_text); s != TORCHCHAT_OK) return s;
-  RunnerState& state = *chat->state;
-  torchchat::GenerationConfig gen;
-  if (auto s = torchchat::c_api::Configure(kFn, config, state.runner.get(), &gen);
-      s != TORCHCHAT_OK) {
-    return s;
-  }
-  return Guard(kFn, [&]() -> torchchat_status {
-    torchchat::Stats s;
-    auto reply = chat->session->Turn(
-        user_text, gen, torchchat::c_api::TextSink(state.runner.get(), callback, user_data), &s);
-    if (!reply.ok()) {
-      // A turn can fail before it reaches the loop (the chat template), and
-      // then the loop's failure kind is an earlier call's.
-      const bool ran = s.inference_start_ms != 0;
-      return torchchat::c_api::GenerationFailed(
-          kFn, ran ? state.runner->last_failure() : torchchat::Failure::kModel, reply.error());
-    }
-    torchchat::c_api::ExportStats(s, state, stats);
-    return Ok();
-  });
+  return torchchat::c_api::RunGeneration(
+      kFn, *chat->state, "user_text", user_text, config, callback, user_data, stats,
+      [&](const torchchat::GenerationConfig& gen, const auto& sink,
+          torchchat::Stats* s) -> tokenizers::Result<void> {
+        auto reply = chat->session->Turn(user_text, gen, sink, s);
+        if (!reply.ok()) return tokenizers::MakeError(reply.error());
+        return {};
+      });
 }
 
 torchchat_status torchchat_chat_reset(torchchat_chat* chat) {

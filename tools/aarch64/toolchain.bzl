@@ -14,6 +14,7 @@ program with the prefix's glibc) and `executorch/lib/*.so`, which the
 @executorch overlay selects on aarch64.
 """
 
+load("//tools:provision.bzl", "run_provisioner")
 load("@bazel_tools//tools/cpp:unix_cc_configure.bzl", "configure_unix_toolchain")
 
 _EXTRA = """
@@ -43,20 +44,12 @@ exports_files(glob(["executorch/lib/*.so"]))
 """
 
 def _aarch64_toolchain_impl(rctx):
-    tools = rctx.path(Label("//tools/aarch64:BUILD.bazel")).dirname.dirname
-    names = ("provision_aarch64.py", "provision_clang.py", "provision_bazel.py",
-             "provision_cache.py", "debian.py")
-    scripts = [tools.get_child(n) for n in names]
-    for s in scripts:
-        rctx.watch(s)
-    python = rctx.which("python3")
-    if not python:
-        fail("--config=aarch64 needs python3 to provision the cross toolchain")
-    rctx.report_progress("provisioning the aarch64 toolchain (tools/provision_aarch64.py)")
-    r = rctx.execute([python, str(scripts[0])], timeout = 1800, quiet = False)
-    if r.return_code != 0:
-        fail("tools/provision_aarch64.py failed:\n" + r.stderr)
-    prefix = r.stdout.strip().splitlines()[-1]
+    prefix = run_provisioner(
+        rctx,
+        ["provision_aarch64.py", "provision_clang.py", "provision_bazel.py",
+         "provision_cache.py", "debian.py"],
+        "the aarch64 toolchain",
+    )
     rctx.symlink(prefix + "/bin/qemu-aarch64", "bin/qemu-aarch64")
     rctx.symlink(prefix + "/bin/aarch64-linux-gnu-gcc", "bin/aarch64-linux-gnu-gcc")
     rctx.symlink(prefix + "/executorch/lib", "executorch/lib")

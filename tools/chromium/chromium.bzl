@@ -8,6 +8,8 @@ this host lacks into the user cache, and links its launcher here. So
 needs no browser never fetches one.
 """
 
+load("//tools:provision.bzl", "run_provisioner")
+
 _BUILD = """\
 package(default_visibility = ["//visibility:public"])
 
@@ -20,19 +22,12 @@ filegroup(
 """
 
 def _chromium_impl(rctx):
-    tools = rctx.path(Label("//tools/chromium:BUILD.bazel")).dirname.dirname
-    names = ("provision_chromium.py", "provision_bazel.py", "provision_cache.py", "debian.py")
-    scripts = [tools.get_child(n) for n in names]
-    for s in scripts:
-        rctx.watch(s)
-    python = rctx.which("python3")
-    if not python:
-        fail("@chromium needs python3 to provision the browser")
-    rctx.report_progress("provisioning chromium-headless-shell (tools/provision_chromium.py)")
-    r = rctx.execute([python, str(scripts[0])], timeout = 1800, quiet = False)
-    if r.return_code != 0:
-        fail("tools/provision_chromium.py failed:\n" + r.stderr)
-    rctx.symlink(r.stdout.strip().splitlines()[-1], "chromium-headless-shell")
+    prefix = run_provisioner(
+        rctx,
+        ["provision_chromium.py", "provision_bazel.py", "provision_cache.py", "debian.py"],
+        "chromium-headless-shell",
+    )
+    rctx.symlink(prefix, "chromium-headless-shell")
     rctx.file("BUILD.bazel", _BUILD)
 
 chromium = repository_rule(

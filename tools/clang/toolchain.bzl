@@ -13,6 +13,7 @@ The prefix lives in the same user cache as tools/bazel's (TORCHCHAT_CACHE,
 else $XDG_CACHE_HOME/torchchat, else ~/.cache/torchchat).
 """
 
+load("//tools:provision.bzl", "run_provisioner")
 load("@bazel_tools//tools/cpp:unix_cc_configure.bzl", "configure_unix_toolchain")
 
 _TOOLCHAIN = """
@@ -32,20 +33,11 @@ filegroup(
 """
 
 def _clang_toolchain_impl(rctx):
-    tools = rctx.path(Label("//tools/clang:BUILD.bazel")).dirname.dirname
-    names = ("provision_clang.py", "provision_bazel.py", "provision_cache.py", "debian.py")
-    scripts = [tools.get_child(n) for n in names]
-    for s in scripts:
-        rctx.watch(s)
-    python = rctx.which("python3")
-    if not python:
-        fail("--config=clang needs python3 to provision clang")
-    args = [python, str(scripts[0])]  # reads TORCHCHAT_CACHE / XDG_CACHE_HOME
-    rctx.report_progress("provisioning clang 16 (tools/provision_clang.py)")
-    r = rctx.execute(args, timeout = 1800, quiet = False)
-    if r.return_code != 0:
-        fail("tools/provision_clang.py failed:\n" + r.stderr)
-    prefix = r.stdout.strip().splitlines()[-1]
+    prefix = run_provisioner(
+        rctx,
+        ["provision_clang.py", "provision_bazel.py", "provision_cache.py", "debian.py"],
+        "clang 16",
+    )
     llvm = prefix + "/usr/lib/llvm-16/bin/"
     rctx.symlink(llvm + "llvm-symbolizer", "bin/llvm-symbolizer")
     configure_unix_toolchain(rctx, "k8", {
