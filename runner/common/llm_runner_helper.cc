@@ -44,8 +44,9 @@ Result<LoadedLLM> LoadLLM(const ModelLoader& load_model, const std::string& mode
   auto tokenizer = tokenizers::LoadTokenizer(tok_path);
   if (!tokenizer.ok()) return tokenizers::MakeError(tokenizer.error());
   LoadedLLM llm{std::move(model).value(), std::move(tokenizer).value()};
-  TextLLMRunner check(llm.model.get(), llm.tokenizer.get(), nullptr);
-  if (auto v = check.Validate(); !v.ok()) return tokenizers::MakeError(v.error());
+  if (auto v = ValidateTokenizer(llm.model->metadata(), *llm.tokenizer); !v.ok()) {
+    return tokenizers::MakeError(v.error());
+  }
   return llm;
 }
 

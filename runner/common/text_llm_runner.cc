@@ -18,10 +18,9 @@ TextLLMRunner::TextLLMRunner(LLMModel* model, const tokenizers::Tokenizer* token
                              SampleFn sample)
     : model_(model), tokenizer_(tokenizer), sample_(std::move(sample)) {}
 
-Result<void> TextLLMRunner::Validate() const {
-  const ModelMetadata& md = model_->metadata();
-  if (tokenizer_->vocab_size() > md.vocab_size) {
-    return MakeError("the tokenizer has " + std::to_string(tokenizer_->vocab_size()) +
+Result<void> ValidateTokenizer(const ModelMetadata& md, const tokenizers::Tokenizer& tokenizer) {
+  if (tokenizer.vocab_size() > md.vocab_size) {
+    return MakeError("the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
                      " tokens but the model only " + std::to_string(md.vocab_size) +
                      ": they do not belong together");
   }

@@ -30,6 +30,9 @@ using SampleFn = std::function<Result<int64_t>(const float* logits, int64_t voca
 
 int64_t ArgMax(const float* logits, int64_t vocab);
 
+// Checks that a tokenizer belongs with a model: its ids fit the vocabulary.
+Result<void> ValidateTokenizer(const ModelMetadata& md, const tokenizers::Tokenizer& tokenizer);
+
 // Why the last Generate call failed, for callers that map errors to codes
 // (the C API); the message says the rest.
 enum class Failure { kNone, kInput, kContext, kModel };
@@ -44,9 +47,6 @@ class TextLLMRunner {
   // Replaces the sampler for the next calls (one per request, when each
   // request brings its own settings and seed).
   void set_sample(SampleFn sample) { sample_ = std::move(sample); }
-
-  // Checks that the tokenizer fits the model (vocab, special ids).
-  Result<void> Validate() const;
 
   // Generates from `prompt`, calling `on_text` with each piece of text as it
   // completes (never half a UTF-8 character) and never with a stop token's.

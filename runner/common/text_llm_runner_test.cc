@@ -117,9 +117,9 @@ TEST_F(TextLLMRunnerTest, ASamplingErrorEndsGenerationWithIt) {
 
 TEST_F(TextLLMRunnerTest, TokenizerLargerThanModelIsRejected) {
   ScriptedModel fits({kA}, 8, 8);
-  EXPECT_TRUE(TextLLMRunner(&fits, tokenizer_.get(), Greedy()).Validate().ok());
+  EXPECT_TRUE(ValidateTokenizer(fits.metadata(), *tokenizer_).ok());
   ScriptedModel small({kA}, 8, 8, /*vocab_size=*/200);
-  auto v = TextLLMRunner(&small, tokenizer_.get(), Greedy()).Validate();
+  auto v = ValidateTokenizer(small.metadata(), *tokenizer_);
   ASSERT_FALSE(v.ok());
   EXPECT_EQ(v.error(),
             "the tokenizer has 263 tokens but the model only 200: they do not belong together");
