@@ -1,12 +1,14 @@
-"""llama.cpp's `llama-perplexity`, built once into the user cache, and run.
+"""llama.cpp's own tools, built once into the user cache, and run.
 
-The anchor for `torchchat eval`: the same GGUF, text, context and stride
-through llama.cpp's own tool. It comes from the llama-cpp-python sdist on
-PyPI (pinned by sha256), which vendors all of llama.cpp; only the
-`llama-perplexity` target is built, with runner/README.md's CMake flags
-(no AMX: its path crashes on these VMs). About 5 minutes on 2 cores.
+`llama-perplexity` is the anchor for `torchchat eval`: the same GGUF, text,
+context and stride through llama.cpp's own tool. `llama-server` is the peer
+of `torchchat server` in server/bench.py. Both come from the
+llama-cpp-python sdist on PyPI (pinned by sha256), which vendors all of
+llama.cpp; only the one target is built, with runner/README.md's CMake
+flags (no AMX: its path crashes on these VMs). About 5 minutes each on 2
+cores.
 
-    python3 evals/llama_cpp.py            # builds if needed; prints the binary's path
+    python3 evals/llama_cpp.py [llama-server]   # builds if needed; prints the binary's path
 
 Stdlib only, so it runs before (or without) the Bazel environment.
 """
@@ -55,21 +57,42 @@ CMAKE_FLAGS = [
     "-DLLAMA_BUILD_TOOLS=ON",
 ]
 
+# Each tool's flags beyond those. The server's web UI is left out: its
+# assets are prebuilt on the Hugging Face hub (unreachable) or built with
+# npm, and the benchmark needs only the API.
+TOOLS = {
+    "llama-perplexity": [],
+    "llama-server": [
+        "-DLLAMA_BUILD_SERVER=ON",
+        "-DLLAMA_BUILD_UI=OFF",
+        "-DLLAMA_USE_PREBUILT_UI=OFF",
+    ],
+}
 
-def prefix() -> Path:
-    key = hashlib.sha256((SDIST.sha256 + " ".join(CMAKE_FLAGS)).encode()).hexdigest()[:12]
-    return cache_root() / f"llama-perplexity-{SDIST.version}-{key}"
+
+def _flags(tool: str) -> List[str]:
+    extra = TOOLS[tool]
+    names = {f.split("=")[0] for f in extra}
+    return [f for f in CMAKE_FLAGS if f.split("=")[0] not in names] + extra
 
 
-def build(log=lambda m: print(f"llama_cpp: {m}", file=sys.stderr, flush=True)) -> Path:  # noqa: ANN001
-    """The llama-perplexity binary, built on first use."""
-    out = prefix()
-    binary = out / "llama-perplexity"
+def prefix(tool: str = "llama-perplexity") -> Path:
+    key = hashlib.sha256((SDIST.sha256 + " ".join(_flags(tool))).encode()).hexdigest()[:12]
+    return cache_root() / f"{tool}-{SDIST.version}-{key}"
+
+
+def build(
+    tool: str = "llama-perplexity",
+    log=lambda m: print(f"llama_cpp: {m}", file=sys.stderr, flush=True),  # noqa: ANN001
+) -> Path:
+    """The tool's binary (a key of TOOLS), built on first use."""
+    out = prefix(tool)
+    binary = out / tool
     if binary.is_file():
         return binary
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".llama-perplexity.lock", "w") as lock:
+    with open(root / f".{tool}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if binary.is_file():
             return binary
@@ -84,17 +107,15 @@ def build(log=lambda m: print(f"llama_cpp: {m}", file=sys.stderr, flush=True)) -
             jobs = str(os.cpu_count() or 2)
             log("configuring (cmake)")
             subprocess.run(
-                ["cmake", "-S", str(src), "-B", str(b), *CMAKE_FLAGS],
+                ["cmake", "-S", str(src), "-B", str(b), *_flags(tool)],
                 check=True,
                 capture_output=True,
             )
-            log(f"building llama-perplexity with {jobs} jobs (about 5 minutes on 2 cores)")
-            subprocess.run(
-                ["cmake", "--build", str(b), "--target", "llama-perplexity", "-j", jobs], check=True
-            )
+            log(f"building {tool} with {jobs} jobs (about 5 minutes on 2 cores)")
+            subprocess.run(["cmake", "--build", str(b), "--target", tool, "-j", jobs], check=True)
             out.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(next(b.glob("bin/llama-perplexity")), out / ".llama-perplexity.tmp")
-            os.replace(out / ".llama-perplexity.tmp", binary)
+            shutil.copy2(next(b.glob(f"bin/{tool}")), out / f".{tool}.tmp")
+            os.replace(out / f".{tool}.tmp", binary)
     return binary
 
 
@@ -144,4 +165,4 @@ def hellaswag_file(docs: List[Dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    print(build())
+    print(build(*sys.argv[1:2]))

@@ -143,6 +143,19 @@ class BadInputTest(unittest.TestCase):
         self.assert_error(r"must end in \.pte", "--output-pte-path", "OUT/m.bin")
         self.assert_error(r"give --output-pte-path and/or --output-aoti-package-path")
 
+    def test_slots_only_for_a_pt2_of_last_logits(self):
+        slots = r"--slots takes 2 or more, and only with --output-aoti-package-path"
+        self.assert_error(slots, "--output-pte-path", "OUT/m.pte", "--slots", "4")
+        self.assert_error(slots, "--output-aoti-package-path", "OUT/m.pt2", "--slots", "1")
+        self.assert_error(
+            r"drop --full-logits",
+            "--output-aoti-package-path",
+            "OUT/m.pt2",
+            "--slots",
+            "4",
+            "--full-logits",
+        )
+
     def test_missing_checkpoint(self):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):

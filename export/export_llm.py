@@ -377,6 +377,7 @@ def pt2_metadata(
     tokenizer_file: str,
     tokenizer_kind: str,
     quantize: str,
+    slots: int = 0,
 ) -> Dict[str, str]:
     from torchchat.artifacts import pt2_metadata as metadata
 
@@ -391,6 +392,7 @@ def pt2_metadata(
         n_layers=source.config.n_layers,
         dtype=dtype_name,
         quantize=quantize,
+        slots=slots,
     )
 
 
@@ -407,7 +409,7 @@ def export_pt2(
 ) -> Dict[str, Any]:
     from torchchat import aoti
     from torchchat import quantize as tc_quant
-    from torchchat.model import attend_filled_cache
+    from torchchat.model import SlotModel, attend_filled_cache
 
     stages = stages or Stages(enabled=False)
     # The graph the CLI compiles too: attention over the filled cache only,
@@ -419,8 +421,10 @@ def export_pt2(
         with stages("quantize", json.dumps(aoti_spec)):
             counts = tc_quant.quantize_model(model, aoti_spec, gguf_quantized)
     metadata = dict(metadata, quantize=json.dumps({k: v for k, v in counts.items() if v}))
+    slots = int(metadata.get("slots", 0))
+    program = SlotModel(model, slots, traceable=True) if slots else model
     with stages("lower", "torch.export, AOTInductor compile and package"):
-        aoti.compile_package(model, out_path, metadata)
+        aoti.compile_package(program, out_path, metadata)
     return {"metadata": metadata, "quantize": counts}
 
 
@@ -470,6 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(ExecuTorch's generate_full_logits): `torchchat eval` needs them; the runners "
         "read the last row either way",
     )
+    p.add_argument(
+        "--slots",
+        type=int,
+        default=0,
+        help="a .pt2 for `torchchat server`'s continuous batching: a KV cache of this many "
+        "rows (requests served at once), each with its own positions; the cache grows by "
+        "this factor. aoti_run and generate run such a package as one sequence",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -508,6 +520,14 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
             )
     if "pt2" in outs:
         quant.for_aoti(spec)
+    if args.slots:
+        if args.slots < 2 or "pte" in outs:
+            raise ExportError(
+                "--slots takes 2 or more, and only with --output-aoti-package-path "
+                "(a .pte runs one sequence)"
+            )
+        if args.full_logits:
+            raise ExportError("--slots returns each sequence's last logits; drop --full-logits")
     if args.checkpoint_path and args.gguf_path:
         raise ExportError("give only one of --checkpoint-path and --gguf-path")
     ckpt_path = resolve_checkpoint(args.model, user_path(args.checkpoint_path or args.gguf_path))
@@ -551,7 +571,9 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
             with stages("load", f"weights, {dtype_name}, max_seq_length {max_seq_length}"):
                 model = build(source, dtype_name, max_seq_length)
                 model.transformer.generate_full_logits = args.full_logits
-            meta = pt2_metadata(source, max_seq_length, dtype_name, tf.file_name, tf.kind, "")
+            meta = pt2_metadata(
+                source, max_seq_length, dtype_name, tf.file_name, tf.kind, "", args.slots
+            )
             pt2_spec = spec
             if not spec and args.dtype is None and source.ckpt.gguf_quantized:
                 pt2_spec = tc_quant.gguf_native_spec(model, source.ckpt.gguf_quantized)

@@ -22,6 +22,8 @@ from torchchat.sampling import Sampler
 
 RUNFILES = Path(os.environ["TEST_SRCDIR"]) / "_main"
 ART = RUNFILES / "testing" / "tiny"
+# The same tiny model as a .pt2 with 4 cache rows (export_llm --slots 4).
+SLOTS_PT2 = RUNFILES / "testing" / "tiny_slots" / "model.pt2"
 AOTI_RUN = RUNFILES / "runner" / "aoti" / "aoti_run"
 ET_RUN = RUNFILES / "runner" / "et" / "et_run"
 TORCHCHAT = RUNFILES / "torchchat" / "torchchat"
@@ -62,6 +64,15 @@ class EquivalenceTest(unittest.TestCase):
             rc, ids, err = run(binary, model, "-i", PROMPT, "-n", str(STEPS), "-t", "0")
             self.assertEqual(rc, 0, err)
             self.assertEqual(ids, want, binary.name)
+
+    def test_package_with_slots_runs_as_one_sequence(self):
+        from torchchat import artifacts
+
+        want = self.eager(argmax)
+        rc, ids, err = run(AOTI_RUN, SLOTS_PT2, "-i", PROMPT, "-n", str(STEPS), "-t", "0")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(ids, want)
+        self.assertEqual(self.eager(argmax, forward=artifacts.load_pt2(SLOTS_PT2)), want)
 
     def test_same_seed_same_samples(self):
         want = self.eager(Sampler(temperature=0.9, top_k=40, top_p=0.95, seed=42))

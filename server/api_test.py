@@ -235,6 +235,14 @@ class ApiTest(unittest.TestCase):
             )
             self.assertEqual(streamed[-1].choices[0].finish_reason, "tool_calls")
 
+    def test_ignore_eos_generates_max_tokens(self):
+        kw = dict(max_tokens=48, temperature=2.0, seed=3, n=4)
+        plain = self.complete(**kw)
+        self.assertIn("stop", [c.finish_reason for c in plain.choices])  # else vacuous
+        r = self.complete(**kw, extra_body={"ignore_eos": True})
+        self.assertEqual([c.finish_reason for c in r.choices], ["length"] * 4)
+        self.assertEqual(r.usage.completion_tokens, 48 * 4)
+
     def test_models_and_health(self):
         models = self.client.models.list()
         self.assertEqual([m.id for m in models.data], [self.model])

@@ -340,6 +340,7 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
             # is reproducible on its own.
             seed=None if seed is None else (seed + choice) % (1 << 64),
             stop=req.stops(),
+            ignore_eos=req.ignore_eos,
         )
         try:
             p.sampler()

@@ -8,6 +8,7 @@ import time
 import unittest
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -125,6 +126,54 @@ class ConcurrencyTest(unittest.TestCase):
             ).usage.completion_tokens,
             2,
         )
+
+
+class SlotsPackageTest(unittest.TestCase):
+    """A .pt2 exported with --slots batches like the eager model."""
+
+    def serve(self, *argv):
+        engine, config = engine_for([*argv, "--quiet"])
+        server = Running(engine, config)
+        self.addCleanup(server.close)
+        client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=60)
+        return server, client, config.model_id
+
+    def test_clients_together_get_what_eager_gives_each_alone(self):
+        pt2 = os.path.abspath(os.environ["TINY_SLOTS"])
+        ckpt = os.path.join(os.path.dirname(pt2), "ckpt")
+        eager = self.serve("--checkpoint-path", ckpt, "--max-seq-length", "64", "--parallel", "1")
+        # More --parallel than the package has rows: it serves 4 at a time.
+        batched = self.serve("--aoti-package-path", pt2, "--parallel", "8", "--prefill-chunk", "3")
+        server = batched[0]
+        self.assertEqual(server.engine.n_slots, 4)
+
+        def complete(s, prompt):
+            _, client, model = s
+            r = client.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0)
+            return r.choices[0].text
+
+        prompts = [" ".join(WORDS[i : i + 1 + i % 3]) for i in range(8)]
+        alone = [complete(eager, p) for p in prompts]
+        for s in (batched, self.default(ckpt)):
+            server = s[0]
+            steps_before = server.engine.steps
+            with ThreadPoolExecutor(8) as pool:
+                together = list(pool.map(lambda p: complete(s, p), prompts))
+            self.assertEqual(together, alone)
+            sizes = list(server.engine.batcher.step_sizes)[-(server.engine.steps - steps_before) :]
+            self.assertEqual(max(sizes), 4, sizes)
+
+    def default(self, ckpt):
+        """`torchchat server` as a user starts it: the model compiled on first
+        use, with a cache row per --parallel slot."""
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        os.environ["TORCHCHAT_COMPILE_CACHE"] = tmp.name
+        s = self.serve("--checkpoint-path", ckpt, "--max-seq-length", "64", "--compile", "auto")
+        self.assertEqual(s[0].engine.n_slots, 4)
+        self.assertIn("compiled", s[0].config.info)
+        self.assertEqual(len(list(Path(tmp.name).glob("*.pt2"))), 1)
+        return s
 
 
 if __name__ == "__main__":

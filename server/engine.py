@@ -14,8 +14,10 @@ logits. Requests thus join and leave the running batch between steps, and
 a long prompt prefills one chunk per step, so running streams never wait
 for more than one chunk.
 
-An exported artifact (.pte, .pt2) has a batch-1 cache: it serves one slot
-at a time, behind the same queue.
+A .pt2 exported with `--slots` has such a cache too and is batched the
+same way (its `forward_slots` calls the package). Any other exported
+artifact (.pte, .pt2) has a batch-1 cache: it serves one slot at a time,
+behind the same queue.
 
 More jobs than slots wait in a FIFO queue of bounded length; a request
 that would overfill it is refused (HTTP 429) before it starts.
@@ -65,7 +67,10 @@ class _Pending:
     start: int
     logits: Optional[torch.Tensor] = None
     error: Optional[BaseException] = None
-    done: bool = False
+    # Its own event, so that a finished step wakes each waiting job once and
+    # a job handing in its step wakes only the batcher (one shared condition
+    # woke every slot's thread on every hand-in: a GIL storm at 8+ slots).
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class Batcher:
@@ -88,16 +93,15 @@ class Batcher:
     def leave(self, slot: int) -> None:
         with self._cv:
             self._active.discard(slot)
-            self._cv.notify_all()  # the batcher may be waiting for this slot
+            self._cv.notify()  # the batcher may be waiting for this slot
 
     def run(self, slot: int, ids: Sequence[int], start: int) -> torch.Tensor:
         """Blocks until the step that includes (ids at start) has run."""
         item = _Pending(list(ids), start)
         with self._cv:
             self._pending[slot] = item
-            self._cv.notify_all()
-            while not item.done:
-                self._cv.wait()
+            self._cv.notify()  # only the batcher waits on it
+        item.done.wait()
         if item.error is not None:
             raise item.error
         assert item.logits is not None
@@ -123,13 +127,13 @@ class Batcher:
             except Exception as e:  # handed to each waiting job
                 logits, error = None, e
             with self._cv:
-                for i, (_, p) in enumerate(batch):
-                    if logits is not None:
-                        p.logits = logits[i : i + 1]
-                    p.error, p.done = error, True
                 self.steps += 1
                 self.step_sizes.append(len(batch))
-                self._cv.notify_all()
+            for i, (_, p) in enumerate(batch):
+                if logits is not None:
+                    p.logits = logits[i : i + 1]
+                p.error = error
+                p.done.set()
 
 
 class SlotView:
@@ -174,6 +178,7 @@ class Params:
     stop: Sequence[str] = ()
     logprobs: bool = False
     top_logprobs: int = 0
+    ignore_eos: bool = False
     # Output held to this grammar (a forced tool call; see constrain.py).
     grammar: Optional[constrain.Node] = None
 
@@ -338,7 +343,9 @@ class Engine:
                     n += 1
                 return n
 
-            best = max(self._free, key=shared)
+            # Ties go to the lowest slot: a compiled SlotModel attends over
+            # the rows up to the highest slot in use.
+            best = max(self._free, key=lambda i: (shared(i), -i))
             self._free.remove(best)
             return best
         fut = asyncio.get_running_loop().create_future()
@@ -452,7 +459,8 @@ class Engine:
 
             slot.check_fits(len(prompt), 0)
             budget = max(1, min(params.max_tokens, slot.max_seq_length - len(prompt)))
-            reply = generate_text(slot, tok, prompt, pick, budget, on_text)
+            stop_ids = () if params.ignore_eos else None
+            reply = generate_text(slot, tok, prompt, pick, budget, on_text, stop_ids)
             if cancel.is_set():
                 return "cancelled"
             tail = stops.flush()
@@ -489,9 +497,17 @@ def eager_engine(
     """`parallel` slots over one batched copy of the eager model's cache."""
     from torchchat.model import SlotModel
 
-    slots_model = SlotModel(model, parallel)
+    return batched_engine(SlotModel(model, parallel), parallel, tokenizer, max_queue, chunk)
+
+
+def batched_engine(
+    slots_model: object, parallel: int, tokenizer: Tokenizer, max_queue: int, chunk: int = 128
+) -> Engine:
+    """Slots 0..parallel-1 of a model with `forward_slots` (a SlotModel, or a
+    .pt2 exported with --slots), batched by one Batcher."""
     batcher = Batcher(slots_model)
-    slots = [Slot(SlotView(batcher, i, slots_model.max_seq_length, chunk)) for i in range(parallel)]
+    seq = slots_model.max_seq_length  # type: ignore[attr-defined]
+    slots = [Slot(SlotView(batcher, i, seq, chunk)) for i in range(parallel)]
     return Engine(slots, tokenizer, max_queue, batcher)
 
 

@@ -15,9 +15,13 @@ from server.engine import Engine
 
 
 def engine_for(argv: List[str]) -> Tuple[Engine, Config]:
-    """What `torchchat server ARGV` would serve."""
+    """What `torchchat server ARGV` would serve; over the eager model unless
+    ARGV gives --compile (most tests compare with `generate --compile none`,
+    and a compile per test would cost half a minute)."""
     from server import main
 
+    if "--compile" not in argv:
+        argv = [*argv, "--compile", "none"]
     args: argparse.Namespace = main.build_parser().parse_args(argv)
     return main.build(args)  # type: ignore[return-value]
 

@@ -60,7 +60,7 @@ def model_id(args: argparse.Namespace) -> str:
 def build(args: argparse.Namespace) -> Tuple[object, object]:
     """(engine, config) for the flags; raises cli.UserError for bad ones."""
     from server.app import Config
-    from server.engine import eager_engine, serial_engine
+    from server.engine import batched_engine, eager_engine, serial_engine
     from torchchat.model import Model
 
     for name in ("parallel", "max_queue", "max_body_bytes", "prefill_chunk"):
@@ -68,23 +68,43 @@ def build(args: argparse.Namespace) -> Tuple[object, object]:
             raise cli.UserError(f"--{name.replace('_', '-')} must be positive")
     if args.stats_json:
         raise cli.UserError("--stats-json is for generate and chat; the server logs stats lines")
-    # The batched forward is eager: a compiled package (generate's default)
-    # holds a batch-1 cache and would serve one request at a time.
+    # As generate, the model is compiled on first use (AOTInductor, cached),
+    # here with a cache row per slot, so that it is batched like the eager
+    # SlotModel; `--compile none` serves the eager SlotModel.
     if args.compile == "auto":
+        args.compile = "aoti" if args.device == "cpu" else "none"
+    if args.compile == "torch":
+        print(
+            "torchchat server: --compile torch does not apply to the batched forward; "
+            "serving the eager model",
+            file=sys.stderr,
+        )
         args.compile = "none"
-    loaded = cli._load(args)
+    slots = args.parallel if args.compile == "aoti" and args.parallel > 1 else 0
+    loaded = cli._load(args, slots)
     if loaded.model is None:  # --compile aoti on a cache miss
         loaded.slot(args.device)
     if isinstance(loaded.model, Model):
-        if args.compile == "torch":
-            print(
-                "torchchat server: --compile does not apply to the batched forward; ignored",
-                file=sys.stderr,
-            )
         engine = eager_engine(
             loaded.model, loaded.tokenizer, args.parallel, args.max_queue, args.prefill_chunk
         )
         vocab = loaded.model.config.vocab_size
+    elif getattr(loaded.model, "n_slots", 0):  # a .pt2 exported with --slots
+        n = loaded.model.n_slots
+        if args.parallel > n:
+            print(
+                f"torchchat server: {args.aoti_package_path} has {n} slots; serving {n} "
+                "requests at a time",
+                file=sys.stderr,
+            )
+        engine = batched_engine(
+            loaded.model,
+            min(args.parallel, n),
+            loaded.tokenizer,
+            args.max_queue,
+            args.prefill_chunk,
+        )
+        vocab = loaded.model.vocab_size
     else:
         if args.parallel != 1:
             print(

@@ -167,6 +167,9 @@ class _Sampling(_Open):
     top_k: int = Field(default=0, ge=0)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0)
+    # llama-server's and vLLM's: generate max_tokens even past end-of-sequence
+    # (benchmarks use it to fix the workload).
+    ignore_eos: bool = False
 
     @field_validator("stop")
     @classmethod

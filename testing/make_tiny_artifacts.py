@@ -3,6 +3,8 @@
 Usage: make_tiny_artifacts.py OUT_DIR
        make_tiny_artifacts.py --full-logits OUT_DIR   # for eval: both exports
                                                       # with every position's logits
+       make_tiny_artifacts.py --slots OUT_DIR         # for the server: a .pt2
+                                                      # with 4 cache rows
 
 OUT_DIR/ckpt/ is the Meta-format checkpoint (with its tokenizer), and
 OUT_DIR/model.pte, OUT_DIR/model.pt2 come from //export:export_llm's own
@@ -43,6 +45,16 @@ def export_both(out: Path, *flags: str) -> int:
 def main() -> NoReturn:
     if sys.argv[1] == "--full-logits":
         sys.exit(export_both(Path(sys.argv[2]), "--full-logits"))
+    if sys.argv[1] == "--slots":
+        out = Path(sys.argv[2])
+        ckpt = tiny_model.write_checkpoint(out / "ckpt", max_seq_len=256)
+        sys.exit(
+            export_llm.main(
+                ["--checkpoint-path", str(ckpt), "--output-aoti-package-path"]
+                + [str(out / "model.pt2"), "--max-seq-length", str(MAX_SEQ), "--slots", "4"]
+                + ["--quiet"]
+            )
+        )
     out = Path(sys.argv[1])
     ckpt = out / "ckpt"
     rc = export_both(out)

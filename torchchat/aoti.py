@@ -29,9 +29,11 @@ def compile_package(
 ) -> None:
     """Exports `model` with a dynamic token dimension and writes its package.
 
-    forward(tokens[1, T], input_pos[T]) for 1 <= T < max_seq_length; the
-    write is atomic, so an interrupted compile leaves nothing at `out_path`.
-    `on_stage` hears "export" and then "compile" as each starts.
+    forward(tokens[1, T], input_pos[T]) for 1 <= T < max_seq_length, or for
+    a traceable SlotModel forward(tokens[1, T], input_pos[T], slots[T],
+    last[E]) with 1 <= E <= its slots. The write is atomic, so an
+    interrupted compile leaves nothing at `out_path`. `on_stage` hears
+    "export" and then "compile" as each starts.
     """
     import torch._inductor
 
@@ -40,9 +42,20 @@ def compile_package(
     max_seq_length = int(model.max_seq_length)
     T = torch.export.Dim("T", min=1, max=max_seq_length - 1)
     n = min(3, max_seq_length - 1)
-    example = (torch.arange(1, n + 1, dtype=torch.long)[None], torch.arange(n, dtype=torch.long))
+    example: tuple = (torch.arange(1, n + 1, dtype=torch.long)[None], torch.arange(n))
+    dynamic: tuple = ({1: T}, {0: T})
+    n_slots = int(getattr(model, "n_slots", 0))
+    if n_slots:
+        # Every slot may hand in a chunk in the same step. Two entries, so
+        # that neither dimension is specialized to 1: slot 0 holds the first
+        # n - 1 tokens, slot 1 the last.
+        T = torch.export.Dim("T", min=1, max=n_slots * max_seq_length)
+        dynamic = ({1: T}, {0: T})
+        example = (example[0], torch.tensor([*range(n - 1), 0]))
+        example += (torch.tensor([0] * (n - 1) + [1]), torch.tensor([n - 2, n - 1]))
+        dynamic += ({0: T}, {0: torch.export.Dim("E", min=1, max=n_slots)})
     with torch.no_grad():
-        ep = torch.export.export(model, example, dynamic_shapes=({1: T}, {0: T}), strict=False)
+        ep = torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
     stage("compile")
     parent = Path(out_path).resolve().parent
     with atomic_output(str(out_path)) as tmp:
@@ -61,10 +74,10 @@ def compile_package(
 
 
 class Runner:
-    """A loaded package's forward: (tokens, input_pos) -> its outputs."""
+    """A loaded package's forward: (tokens, input_pos[, slots, last]) -> its outputs."""
 
     def __init__(self, path: Path):
         self._loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
 
-    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> List[Any]:
-        return self._loader.boxed_run([tokens, input_pos])
+    def __call__(self, *inputs: torch.Tensor) -> List[Any]:
+        return self._loader.boxed_run(list(inputs))

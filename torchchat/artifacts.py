@@ -138,9 +138,26 @@ class Pt2Model(ExportedModel):
         out = self._raw(tokens, input_pos)
         return out if out.dim() == 2 else out[:, -1]
 
+    @property
+    def n_slots(self) -> int:
+        """Cache rows of a package exported with --slots (0: batch 1)."""
+        return int(self.metadata.get("slots", 0))
+
     def _raw(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        out = self._runner(tokens.to(torch.long), input_pos.to(torch.long))
+        inputs = [tokens.to(torch.long), input_pos.to(torch.long)]
+        if self.n_slots:  # one sequence: slot 0, the last position's logits
+            inputs += [torch.zeros_like(inputs[1]), input_pos.new_tensor([len(input_pos) - 1])]
+        out = self._runner(*inputs)
         return out[0] if isinstance(out, (list, tuple)) else out
+
+    def forward_slots(self, entries: list) -> torch.Tensor:
+        """SlotModel.forward_slots over a package exported with --slots: the
+        last logits of each (slot, ids, start) entry, [entries, vocab]."""
+        from torchchat.model import slot_inputs
+
+        inputs = slot_inputs(entries, self.n_slots, self.max_seq_length)[:4]
+        out = self._runner(*inputs)
+        return (out[0] if isinstance(out, (list, tuple)) else out).reshape(len(entries), -1)
 
 
 # --- .pte ---------------------------------------------------------------------
@@ -376,10 +393,13 @@ def pt2_metadata(
     n_layers: int,
     dtype: str,
     quantize: str,
+    slots: int = 0,
 ) -> Dict[str, str]:
     """What a .pt2 records for its runners (all strings); parse_pt2_metadata
     reads it back, and aoti_run reads the same keys from C++."""
+    batched = {"slots": str(slots)} if slots else {}
     return {
+        **batched,
         "torchchat_format": PT2_FORMAT,
         "model_name": model_name,
         "tokenizer_file": tokenizer_file,
@@ -391,7 +411,8 @@ def pt2_metadata(
         "n_layers": str(n_layers),
         "dtype": dtype,
         "quantize": quantize,
-        # forward(tokens[1, T], input_pos[T]) -> logits[1, vocab]
+        # forward(tokens[1, T], input_pos[T]) -> logits[1, vocab]; with
+        # slots, forward(tokens, input_pos, slots[T], last[E]) -> [E, vocab]
         "input_pos": "positions",
     }
 
@@ -405,6 +426,7 @@ def parse_pt2_metadata(meta: Dict[str, str], path: PathLike) -> Dict[str, Any]:
     out["max_seq_len"] = int(meta["max_seq_len"])
     out["vocab_size"] = int(meta["vocab_size"])
     out["n_layers"] = int(meta.get("n_layers", "0"))
+    out["slots"] = int(meta.get("slots", "0"))
     out["bos_id"] = int(meta["bos_id"]) if meta.get("bos_id", "") != "" else None
     out["eos_ids"] = [int(x) for x in meta.get("eos_ids", "").split(",") if x != ""]
     return out

@@ -265,11 +265,16 @@ class _CompileProgress:
 
 
 def _compiled(
-    args: argparse.Namespace, checkpoint: Path, spec: Dict[str, Any], dtype_name: str
+    args: argparse.Namespace,
+    checkpoint: Path,
+    spec: Dict[str, Any],
+    dtype_name: str,
+    slots: int = 0,
 ) -> Tuple[Optional[Any], Dict[str, Any], Dict[str, Any], int, Optional[Callable]]:
     """(package model, info, tokenizer source, max_seq_length, compile) from
     the compile cache. A hit never reads the checkpoint's weights; a miss
-    builds the eager model and returns `compile` to make the package."""
+    builds the eager model and returns `compile` to make the package (with
+    `slots` cache rows, for the server's batching)."""
     import warnings
 
     from torchchat import checkpoint as ckpt_mod
@@ -282,6 +287,8 @@ def _compiled(
         "resolved_dtype": dtype_name,
         "max_seq_length": args.max_seq_length,
     }
+    if slots:
+        settings["slots"] = slots
     k = compile_cache.key(checkpoint, settings)
     entry = compile_cache.lookup(k)
     if entry is not None:
@@ -312,6 +319,7 @@ def _compiled(
                     info,
                     tok_src,
                     progress.stage,
+                    slots,
                 )
         finally:
             progress.close()
@@ -321,8 +329,9 @@ def _compiled(
     return None, info, tok_src, model.max_seq_length, compile
 
 
-def _load(args: argparse.Namespace) -> Loaded:
-    """The model and tokenizer the flags name."""
+def _load(args: argparse.Namespace, slots: int = 0) -> Loaded:
+    """The model and tokenizer the flags name; a model compiled on first use
+    gets `slots` cache rows (the server's; 0 is batch 1)."""
     import torch
 
     from torchchat import checkpoint as ckpt_mod
@@ -353,7 +362,9 @@ def _load(args: argparse.Namespace) -> Loaded:
         model, tok_src = backend, {"tokenizer_path": backend.tokenizer_path}
         max_seq = backend.max_seq_length
     elif compile_mode == "aoti":
-        model, info, tok_src, max_seq, compile = _compiled(args, checkpoint, spec, dtype_name)
+        model, info, tok_src, max_seq, compile = _compiled(
+            args, checkpoint, spec, dtype_name, slots
+        )
     else:
         ckpt = ckpt_mod.load_checkpoint(checkpoint)
         model, step, info = _build_model(args, ckpt, spec, dtype_name)

@@ -106,7 +106,9 @@ def key(checkpoint: Path, settings: Dict[str, Any]) -> str:
     return h.hexdigest()[:24]
 
 
-def _pt2_metadata(ckpt: Checkpoint, model: Model, dtype_name: str, counts: Dict[str, int]):
+def _pt2_metadata(
+    ckpt: Checkpoint, model: Model, dtype_name: str, counts: Dict[str, int], slots: int
+) -> Dict[str, str]:
     from torchchat.artifacts import pt2_metadata
 
     return pt2_metadata(
@@ -120,6 +122,7 @@ def _pt2_metadata(ckpt: Checkpoint, model: Model, dtype_name: str, counts: Dict[
         n_layers=ckpt.config.n_layers,
         dtype=dtype_name,
         quantize=json.dumps(counts),
+        slots=slots,
     )
 
 
@@ -156,9 +159,11 @@ def store(
     info: Dict[str, Any],
     tokenizer: Dict[str, Any],
     on_stage: Optional[Callable[[str], None]] = None,
+    slots: int = 0,
 ) -> Dict[str, Any]:
     """Compiles `model` into the entry `k`; returns the entry's description,
     which keeps `info` and `tokenizer` (what loading the tokenizer needs).
+    With `slots`, the package is the server's batched SlotModel.
 
     Entries an older version of the same checkpoint and settings left behind
     are removed, so editing a checkpoint does not grow the cache.
@@ -176,8 +181,11 @@ def store(
     }
     with atomic_output(str(d / f"{k}.json")) as tmp:
         Path(tmp).write_text(json.dumps(entry, indent=1))
-    metadata = _pt2_metadata(ckpt, model, dtype_name, counts)
-    aoti.compile_package(model, d / f"{k}.pt2", metadata, on_stage)
+    from torchchat.model import SlotModel
+
+    metadata = _pt2_metadata(ckpt, model, dtype_name, counts, slots)
+    program = SlotModel(model, slots, traceable=True) if slots else model
+    aoti.compile_package(program, d / f"{k}.pt2", metadata, on_stage)
     _remove_superseded(d, k, entry["source"], settings)
     return entry
 

@@ -510,6 +510,56 @@ class SlotSDPA(nn.Module):
         return y.transpose(1, 2).reshape(bsz, seqlen, self.dim)
 
 
+class MaskedSlotSDPA(nn.Module):
+    """SlotSDPA as one traceable graph, for a .pt2 with slots (export_llm --slots).
+
+    SlotSDPA loops over the batch's entries in Python, which torch.export
+    cannot trace. Here every token attends over the filled part of all the
+    slots' caches at once, laid out as one sequence of slots x end keys, with
+    a mask that keeps only its own slot up to its own position. Masked keys
+    weigh exactly zero, so it is the same softmax, summed in another order.
+    The other slots' keys are wasted multiplications, but every filled cache
+    entry is still read once per step, as the per-slot loop reads it (and
+    copied once, to lay the slots out as one sequence).
+    """
+
+    def __init__(self, dim: int, plan: "SlotPlan"):
+        super().__init__()
+        self.dim = dim
+        self.plan = plan
+
+    def forward(
+        self,
+        input_pos: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bsz: int,
+        seqlen: int,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        slots = self.plan.batch.slots
+        # Only the rows up to the highest slot in the step, each up to the
+        # last position in it (the engine fills low slots first).
+        end = input_pos.max().item() + 1
+        torch._check(end >= 1)
+        torch._check(end <= k.shape[2])
+        n_slots = slots.max().item() + 1
+        torch._check(n_slots >= 1)
+        torch._check(n_slots <= k.shape[0])
+        _, heads, _, head_dim = k.shape
+        k = k[:n_slots, :, :end].transpose(0, 1).reshape(1, heads, n_slots * end, head_dim)
+        v = v[:n_slots, :, :end].transpose(0, 1).reshape(1, heads, n_slots * end, head_dim)
+        key = torch.arange(n_slots * end, device=slots.device)
+        allowed = ((key // end)[None, :] == slots[:, None]) & (
+            (key % end)[None, :] <= input_pos[:, None]
+        )
+        y = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, enable_gqa=True
+        )
+        return y.transpose(1, 2).reshape(bsz, seqlen, self.dim)
+
+
 class SlotPlan:
     """Holds the current SlotBatch for every layer's SlotKVCache/SlotSDPA."""
 
@@ -522,41 +572,64 @@ class SlotModel(nn.Module):
     `forward_slots([(slot, ids, start), ...])` runs every entry in one
     forward and returns the last-position logits of each, [entries, vocab].
     Weights and every module but the cache and SDPA stay ExecuTorch's.
+
+    `traceable=True` attends with MaskedSlotSDPA, so that `forward` (the
+    same batch as tensors) can be exported; eager serving keeps SlotSDPA,
+    whose per-slot arithmetic equals the batch-1 model's.
     """
 
-    def __init__(self, model: Model, n_slots: int):
+    def __init__(self, model: Model, n_slots: int, traceable: bool = False):
         super().__init__()
         self.model = model
         self.n_slots = n_slots
         self.max_seq_length = model.max_seq_length
         self.plan = SlotPlan()
+        sdpa = MaskedSlotSDPA if traceable else SlotSDPA
         for layer in model.transformer.layers:
             attn = layer.attention
             if not hasattr(attn, "kv_cache"):
                 raise ConfigError("this attention has no KV cache to give slots")
             attn.kv_cache = SlotKVCache(attn.kv_cache, n_slots, self.plan)
-            attn.SDPA = SlotSDPA(attn.n_local_heads * attn.head_dim, self.plan)
+            attn.SDPA = sdpa(attn.n_local_heads * attn.head_dim, self.plan)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        input_pos: torch.Tensor,
+        slots: torch.Tensor,
+        last: torch.Tensor,
+        spans: Optional[list] = None,
+    ) -> torch.Tensor:
+        """tokens [1, T] at positions input_pos [T] in slots [T]; the logits
+        of the tokens at `last` [E], [E, vocab]. SlotSDPA also needs `spans`."""
+        self.plan.batch = SlotBatch(slots, spans)
+        logits = self.model.transformer(
+            tokens, {"input_pos": input_pos, "last_valid_token_pos": last}
+        )
+        if logits.dim() == 3 and logits.shape[1] == tokens.shape[1] != last.shape[0]:
+            logits = logits[:, last]  # full_logits
+        return logits.reshape(last.shape[0], -1)
 
     def forward_slots(self, entries: list) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        ids, pos, slots, spans, last = [], [], [], [], []
-        for slot, toks, start in entries:
-            if not 0 <= slot < self.n_slots:
-                raise ValueError(f"slot {slot} out of range (0..{self.n_slots - 1})")
-            if start + len(toks) > self.max_seq_length:
-                raise ValueError(f"slot {slot}: {start}+{len(toks)} exceeds the cache")
-            spans.append((slot, len(ids), len(toks), start))
-            ids.extend(toks)
-            pos.extend(range(start, start + len(toks)))
-            slots.extend([slot] * len(toks))
-            last.append(len(ids) - 1)
-        self.plan.batch = SlotBatch(torch.tensor(slots, device=device), spans)
-        tokens = torch.tensor([ids], dtype=torch.long, device=device)
-        input_pos = torch.tensor(pos, dtype=torch.long, device=device)
-        last_pos = torch.tensor(last, dtype=torch.long, device=device)
-        logits = self.model.transformer(
-            tokens, {"input_pos": input_pos, "last_valid_token_pos": last_pos}
-        )
-        if logits.dim() == 3 and logits.shape[1] == len(ids) != len(entries):  # full_logits
-            logits = logits[:, last_pos]
-        return logits.reshape(len(entries), -1)
+        return self.forward(*slot_inputs(entries, self.n_slots, self.max_seq_length, device))
+
+
+def slot_inputs(entries: list, n_slots: int, max_seq_length: int, device: Any = "cpu") -> tuple:
+    """SlotModel.forward's arguments for [(slot, ids, start), ...]."""
+    ids, pos, slots, spans, last = [], [], [], [], []
+    for slot, toks, start in entries:
+        if not 0 <= slot < n_slots:
+            raise ValueError(f"slot {slot} out of range (0..{n_slots - 1})")
+        if start + len(toks) > max_seq_length:
+            raise ValueError(f"slot {slot}: {start}+{len(toks)} exceeds the cache")
+        spans.append((slot, len(ids), len(toks), start))
+        ids.extend(toks)
+        pos.extend(range(start, start + len(toks)))
+        slots.extend([slot] * len(toks))
+        last.append(len(ids) - 1)
+
+    def t(x: list) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.long, device=device)
+
+    return t([ids]), t(pos), t(slots), t(last), spans

@@ -31,8 +31,9 @@ Result<int64_t> IntField(const Metadata& m, const std::string& key) {
 
 class AotiModel : public LLMModel {
  public:
-  AotiModel(std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader, ModelMetadata md)
-      : loader_(std::move(loader)), md_(std::move(md)) {
+  AotiModel(std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader, ModelMetadata md,
+            bool slots)
+      : loader_(std::move(loader)), md_(std::move(md)), slots_(slots) {
     logits_.resize(md_.vocab_size);
   }
 
@@ -48,6 +49,13 @@ class AotiModel : public LLMModel {
       std::vector<at::Tensor> inputs = {
           torch::from_blob(const_cast<int64_t*>(tokens.data()), {1, n}, opts),
           torch::from_blob(positions_.data(), {n}, opts)};
+      if (slots_) {
+        // A package exported with --slots (for the server's batching) also
+        // takes each token's cache row and which logits to return: one
+        // sequence in row 0, the last position's.
+        inputs.push_back(torch::zeros({n}, opts));
+        inputs.push_back(torch::full({1}, n - 1, opts));
+      }
       std::vector<at::Tensor> out = loader_->run(inputs);
       if (out.empty()) return MakeError("the model returned no output");
       at::Tensor logits = out[0].reshape({-1, out[0].size(-1)});
@@ -67,6 +75,7 @@ class AotiModel : public LLMModel {
  private:
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
   ModelMetadata md_;
+  bool slots_;
   std::vector<int64_t> positions_;
   std::vector<float> logits_;
 };
@@ -109,11 +118,13 @@ Result<std::unique_ptr<LLMModel>> LoadAotiModel(const std::string& path, int num
   auto chunk = IntField(meta, "max_prefill_chunk");
   md.max_prefill_chunk = chunk.ok() ? *chunk : md.max_seq_len - 1;
   if (auto it = meta.find("tokenizer_file"); it != meta.end()) md.tokenizer_file = it->second;
+  auto slots = IntField(meta, "slots");
 
   try {
     auto loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
         path, "model", /*run_single_threaded=*/false);
-    return std::unique_ptr<LLMModel>(new AotiModel(std::move(loader), std::move(md)));
+    return std::unique_ptr<LLMModel>(
+        new AotiModel(std::move(loader), std::move(md), slots.ok() && *slots > 0));
   } catch (const std::exception& e) {
     std::string what = e.what();
     return MakeError("cannot load " + path + ": " + what.substr(0, what.find('\n')));
