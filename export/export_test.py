@@ -179,6 +179,36 @@ class ExportTest(unittest.TestCase):
             (config["bos_token"], config["eos_token"]), (tiny_model.BOS, tiny_model.EOS)
         )
 
+    def test_tiktoken_sidecar_travels_with_the_tokenizer(self):
+        import base64
+
+        import llm_tokenizers
+        from export import tokenizer_files
+
+        src = self.dir / "tok" / "qwen.tiktoken"
+        src.parent.mkdir(exist_ok=True)
+        src.write_text(
+            "".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256))
+        )
+        options = {
+            "pat_str": r"\p{L}+|\s+|.",
+            "special_tokens": {"<|im_end|>": 300},
+            "eos": ["<|im_end|>"],
+        }
+        (src.parent / "qwen.tiktoken.json").write_text(json.dumps(options))
+        self.assertEqual(
+            tokenizer_files.planned_names(src),
+            ["tokenizer.model", "tokenizer_config.json", "tokenizer.model.json"],
+        )
+        out = self.dir / "tok_out"
+        out.mkdir(exist_ok=True)
+        tf = tokenizer_files.write(out, src, None, "", "<|im_end|>")
+        self.assertEqual((tf.file_name, tf.kind), ("tokenizer.model", "tiktoken"))
+        self.assertIn(out / "tokenizer.model.json", tf.written)
+        tok = llm_tokenizers.load(str(out / "tokenizer.model"))
+        self.assertEqual(tok.eos_ids, [300])
+        self.assertEqual(tok.encode("ab<|im_end|>"), [97, 98, 300])
+
     def test_isa_mismatch_is_refused_before_loading(self):
         meta = artifacts.read_pt2_metadata(self.pt2_path)
         artifacts.check_cpu_isa(meta, self.pt2_path)  # this host exported it

@@ -35,7 +35,16 @@ def planned_names(tokenizer_path: Path) -> List[str]:
     """File names an export will write, so they can be checked up front."""
     p = Path(tokenizer_path)
     main = p.name if p.name in ("tokenizer.json", "tokenizer.model") else "tokenizer.json"
-    return [main, "tokenizer_config.json"]
+    if p.suffix not in (".gguf", ".json"):
+        main = "tokenizer.model"
+    extra = ["tokenizer.model.json"] if tiktoken_sidecar(p).is_file() else []
+    return [main, "tokenizer_config.json", *extra]
+
+
+def tiktoken_sidecar(path: Path) -> Path:
+    """`<file>.json`: a tiktoken file's pattern and special tokens, which
+    llm_tokenizers.load reads beside it (tokenizers/tiktoken.h)."""
+    return Path(str(path) + ".json")
 
 
 def model_file_kind(path: Path) -> str:
@@ -74,6 +83,9 @@ def write(
         _copy(src, out_dir / "tokenizer.model")
         written.append(out_dir / "tokenizer.model")
         main, kind = "tokenizer.model", model_file_kind(src)
+        if kind == "tiktoken" and tiktoken_sidecar(src).is_file():
+            _copy(tiktoken_sidecar(src), tiktoken_sidecar(out_dir / "tokenizer.model"))
+            written.append(tiktoken_sidecar(out_dir / "tokenizer.model"))
     config = dict(base_config)
     if chat_template:
         config["chat_template"] = chat_template

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "tokenizers/sampler.h"
+#include "tokenizers/tiktoken.h"
 #include "tokenizers/tokenizer.h"
 
 namespace py = pybind11;
@@ -245,6 +246,29 @@ PYBIND11_MODULE(llm_tokenizers, m) {
       py::arg("path"),
       "Loads a tokenizer file, detecting its type (tokenizer.json, GGUF, "
       "tiktoken, SentencePiece, llama2c).");
+  m.def(
+      "load_tiktoken",
+      [](const std::string& path, const std::string& pat_str, const py::object& special_tokens,
+         const py::object& bos, const std::vector<std::string>& eos) {
+        TiktokenOptions o;
+        o.pattern = pat_str;
+        if (py::isinstance<py::dict>(special_tokens)) {
+          for (auto [name, id] : special_tokens.cast<py::dict>()) {
+            o.special_tokens.emplace_back(name.cast<std::string>(), id.cast<int>());
+          }
+        } else if (!special_tokens.is_none()) {
+          for (auto name : special_tokens)
+            o.special_tokens.emplace_back(name.cast<std::string>(), -1);
+        }
+        o.bos = bos.is_none() ? "" : bos.cast<std::string>();
+        o.eos = eos;
+        return PyTokenizer{std::shared_ptr<Tokenizer>(Unwrap(LoadTiktoken(path, o)))};
+      },
+      py::arg("path"), py::kw_only(), py::arg("pat_str"), py::arg("special_tokens") = py::none(),
+      py::arg("bos") = py::none(), py::arg("eos") = std::vector<std::string>{},
+      "A tiktoken file with tiktoken.Encoding's pat_str and special_tokens (a dict of "
+      "name -> id, or a list of names whose ids follow the base vocabulary); bos and eos "
+      "name special tokens.");
   m.def(
       "from_gguf",
       [](const std::string& path) {

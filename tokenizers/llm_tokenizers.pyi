@@ -1,6 +1,6 @@
 """Type stubs for the llm_tokenizers extension (tokenizers/bindings.cc)."""
 
-from typing import AbstractSet, List, Literal, Sequence, Union
+from typing import AbstractSet, Dict, List, Literal, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +63,19 @@ class Tokenizer:
 
 def load(path: str) -> Tokenizer:
     """Loads a tokenizer file, detecting its type."""
+
+def load_tiktoken(
+    path: str,
+    *,
+    pat_str: str,
+    special_tokens: Optional[Union[Dict[str, int], Sequence[str]]] = None,
+    bos: Optional[str] = None,
+    eos: Sequence[str] = (),
+) -> Tokenizer:
+    """A tiktoken file with tiktoken.Encoding's pat_str and special_tokens
+    (name -> id, or names whose ids follow the base vocabulary); bos and eos
+    name special tokens. `load` reads the same from a `<file>.json` sidecar:
+    {"pat_str", "special_tokens", "bos", "eos"}."""
 
 def from_gguf(path: str) -> Tokenizer:
     """Builds the tokenizer embedded in a GGUF file."""

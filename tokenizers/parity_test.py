@@ -124,6 +124,132 @@ class TiktokenParity(unittest.TestCase):
         self.assertEqual(self.tok.decode_bytes(ids), self.ref.decode_bytes(ids))
 
 
+# Qwen (1)'s split pattern and special tokens (its tokenization_qwen.py), and
+# o200k_base's pattern, whose letter classes include marks (\p{M}), with
+# special ids that leave gaps, as o200k's do. Both run on Llama 3's ranks:
+# the ranks are data; what these test is the pattern and the specials.
+QWEN_PAT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+O200K_PAT = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"""
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"""
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+
+
+class TiktokenOptionsParity(unittest.TestCase):
+    """A tiktoken file with its own pattern and special tokens, given to
+    load_tiktoken or in a `<file>.json` sidecar, against tiktoken.Encoding
+    with the same arguments."""
+
+    @classmethod
+    def setUpClass(cls):
+        import json
+        import shutil
+
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+
+        src = os.path.join(LLAMA_DIR, "tokenizer.model")
+        ranks = load_tiktoken_bpe(src)
+        n = len(ranks)
+        qwen = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        qwen += [f"<|extra_{i}|>" for i in range(205)]
+        cls.cases = {
+            "qwen": (QWEN_PAT, {t: n + i for i, t in enumerate(qwen)}, None, ["<|endoftext|>"]),
+            "o200k": (
+                O200K_PAT,
+                {"<|endoftext|>": n + 3, "<|endofprompt|>": n + 22},
+                None,
+                ["<|endoftext|>"],
+            ),
+        }
+        cls.tmp = tempfile.mkdtemp()
+        cls.refs, cls.toks = {}, {}
+        for name, (pat, specials, bos, eos) in cls.cases.items():
+            cls.refs[name] = tiktoken.Encoding(
+                name, pat_str=pat, mergeable_ranks=ranks, special_tokens=specials
+            )
+            path = os.path.join(cls.tmp, f"{name}.tiktoken")
+            shutil.copy(src, path)
+            with open(path + ".json", "w") as f:
+                json.dump({"pat_str": pat, "special_tokens": specials, "bos": bos, "eos": eos}, f)
+            cls.toks[name, "sidecar"] = L.load(path)
+            cls.toks[name, "args"] = L.load_tiktoken(
+                src, pat_str=pat, special_tokens=specials, bos=bos, eos=eos
+            )
+        cls.texts = (
+            LINES
+            + corpus.EDGE_CASES
+            + botchan().splitlines(keepends=True)
+            + corpus.lines(corpus.multilingual_text(paragraphs_per_language=40))
+            + ["It's <|endoftext|> THE'LL <|im_start|>x<|endofprompt|>\n", "é" * 3000]
+        )
+
+    @classmethod
+    def tearDownClass(cls):
+        import shutil
+
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_encode_and_decode_match_tiktoken(self):
+        for (name, how), tok in self.toks.items():
+            ref = self.refs[name]
+            m = Mismatches(self, f"{name} ({how})")
+            for t in self.texts:
+                m.check(t, tok.encode(t), ref.encode(t, allowed_special="all"))
+                m.check(
+                    t, tok.encode(t, allowed_special="none"), ref.encode(t, disallowed_special=())
+                )
+                ids = ref.encode(t, allowed_special="all")
+                m.check(t, tok.decode_bytes(ids), ref.decode_bytes(ids))
+            m.done()
+
+    def test_special_tokens_and_eos(self):
+        for (name, how), tok in self.toks.items():
+            ref = self.refs[name]
+            self.assertEqual(tok.vocab_size, ref.max_token_value + 1, (name, how))
+            self.assertEqual(tok.bos_id, -1)
+            self.assertEqual(tok.eos_ids, [ref.eot_token])
+            for t, i in ref._special_tokens.items():
+                self.assertEqual(tok.piece_to_id(t), i)
+                self.assertEqual(tok.id_to_piece(i), t.encode())
+
+    def test_bad_options_name_the_problem(self):
+        import json
+        import shutil
+
+        path = os.path.join(self.tmp, "bad.tiktoken")
+        shutil.copy(os.path.join(LLAMA_DIR, "tokenizer.model"), path)
+        n = self.refs["qwen"].n_vocab - 208
+        for options, message in [
+            ({"pat_str": QWEN_PAT, "special": {}}, "unknown key 'special'"),
+            ({"special_tokens": ["<|a|>"]}, "pat_str is missing"),
+            ({"pat_str": QWEN_PAT, "special_tokens": {"<|a|>": 5}}, "has id 5, a base token's"),
+            ({"pat_str": QWEN_PAT, "eos": ["<|a|>"]}, "eos '<|a|>' is not a special token"),
+            ({"pat_str": QWEN_PAT, "special_tokens": {"<|a|>": n, "<|b|>": n}}, "given twice"),
+            ({"pat_str": "(unclosed", "special_tokens": []}, "unclosed|missing"),
+        ]:
+            with open(path + ".json", "w") as f:
+                json.dump(options, f)
+            with self.assertRaisesRegex(L.TokenizerError, message):
+                L.load(path)
+        with open(path + ".json", "w") as f:
+            f.write("{not json")
+        with self.assertRaisesRegex(L.TokenizerError, r"bad\.tiktoken\.json"):
+            L.load(path)
+
+
 class HfParity(unittest.TestCase):
     @classmethod
     def setUpClass(cls):

@@ -5,6 +5,8 @@
 #include <charconv>
 #include <cstring>
 
+#include "tokenizers/json.h"
+
 namespace tokenizers {
 
 const char kLlama3Pattern[] =
@@ -67,16 +69,90 @@ bool Base64Decode(std::string_view in, std::string* out) {
   return true;
 }
 
-Tiktoken::Tiktoken()
-    : Tiktoken(kLlama3Pattern, Llama3SpecialTokens(), "<|begin_of_text|>",
-               {"<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"}) {}
+TiktokenOptions Llama3TiktokenOptions() {
+  TiktokenOptions o;
+  o.pattern = kLlama3Pattern;
+  for (auto& name : Llama3SpecialTokens()) o.special_tokens.emplace_back(std::move(name), -1);
+  o.bos = "<|begin_of_text|>";
+  o.eos = {"<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"};
+  return o;
+}
+
+Result<TiktokenOptions> ParseTiktokenOptions(std::string_view json) {
+  auto doc = ParseJson(json);
+  if (!doc.ok()) return MakeError("tiktoken options: " + doc.error());
+  if (!doc->is_object()) return MakeError("tiktoken options: expected a JSON object");
+  TiktokenOptions o;
+  bool has_pattern = false;
+  for (const auto& [key, v] : doc->members()) {
+    if (key == "pat_str") {
+      if (!v.is_string()) return MakeError("tiktoken options: pat_str must be a string");
+      o.pattern = v.str();
+      has_pattern = true;
+    } else if (key == "special_tokens") {
+      if (v.is_object()) {
+        for (const auto& [name, id] : v.members()) {
+          int64_t i = -1;
+          if (!id.AsInt64(&i) || i < 0 || i > (1 << 24)) {
+            return MakeError("tiktoken options: special token '" + name +
+                             "' needs an id from 0 to 16777216");
+          }
+          o.special_tokens.emplace_back(name, static_cast<int>(i));
+        }
+      } else if (v.is_array()) {
+        for (const auto& name : v.items()) {
+          if (!name.is_string()) {
+            return MakeError("tiktoken options: special_tokens must hold strings");
+          }
+          o.special_tokens.emplace_back(name.str(), -1);
+        }
+      } else {
+        return MakeError("tiktoken options: special_tokens must be an object or a list");
+      }
+    } else if (key == "bos") {
+      if (!v.is_null() && !v.is_string()) {
+        return MakeError("tiktoken options: bos must be a string or null");
+      }
+      o.bos = v.is_string() ? v.str() : "";
+    } else if (key == "eos") {
+      if (v.is_string()) {
+        o.eos = {v.str()};
+      } else if (v.is_array()) {
+        for (const auto& e : v.items()) {
+          if (!e.is_string()) return MakeError("tiktoken options: eos must hold strings");
+          o.eos.push_back(e.str());
+        }
+      } else if (!v.is_null()) {
+        return MakeError("tiktoken options: eos must be a string or a list");
+      }
+    } else {
+      return MakeError("tiktoken options: unknown key '" + key +
+                       "' (expected pat_str, special_tokens, bos, eos)");
+    }
+  }
+  if (!has_pattern) return MakeError("tiktoken options: pat_str is missing");
+  return o;
+}
+
+Tiktoken::Tiktoken() : Tiktoken(Llama3TiktokenOptions()) {}
+
+Tiktoken::Tiktoken(TiktokenOptions options) : options_(std::move(options)) {}
 
 Tiktoken::Tiktoken(std::string pattern, std::vector<std::string> special_tokens, std::string bos,
-                   std::vector<std::string> eos)
-    : pattern_(std::move(pattern)),
-      special_names_(std::move(special_tokens)),
-      bos_name_(std::move(bos)),
-      eos_names_(std::move(eos)) {}
+                   std::vector<std::string> eos) {
+  options_.pattern = std::move(pattern);
+  for (auto& name : special_tokens) options_.special_tokens.emplace_back(std::move(name), -1);
+  options_.bos = std::move(bos);
+  options_.eos = std::move(eos);
+}
+
+Result<std::unique_ptr<Tokenizer>> LoadTiktoken(const std::string& path,
+                                                const TiktokenOptions& options) {
+  auto t = std::make_unique<Tiktoken>(options);
+  auto r = t->Load(path);
+  if (!r.ok()) return MakeError(r.error());
+  return std::unique_ptr<Tokenizer>(std::move(t));
+}
 
 Result<void> Tiktoken::Load(const std::string& path) {
   auto data = ReadFile(path);
@@ -91,7 +167,7 @@ Result<void> Tiktoken::LoadFromString(std::string_view data) {
   // destroyed tokenizer at the same address) never match.
   static std::atomic<uint64_t> next_instance{1};
   instance_ = next_instance.fetch_add(1);
-  auto re = CompileRegex(pattern_);
+  auto re = CompileRegex(options_.pattern);
   if (!re.ok()) return MakeError(re.error());
   regex_ = std::move(re).value();
   encoder_ = BytesMap();
@@ -141,25 +217,44 @@ Result<void> Tiktoken::LoadFromString(std::string_view data) {
   for (int b = 0; b < 256; ++b) {
     byte_ids_[b] = encoder_.Find(std::string(1, static_cast<char>(b)));
   }
-  // Special tokens follow the base vocabulary (Llama 3: 128000..128255).
+  // Special tokens without an id follow the base vocabulary (Llama 3:
+  // 128000..128255), each after the one before.
   const int base = static_cast<int>(encoder_.size());
   decoder_.resize(std::max<size_t>(decoder_.size(), base));
-  for (size_t i = 0; i < special_names_.size(); ++i) {
-    const int id = base + static_cast<int>(i);
+  std::vector<bool> is_special;
+  int next = base;
+  for (const auto& [name, given] : options_.special_tokens) {
+    const int id = given >= 0 ? given : next;
+    next = std::max(next, id + 1);
+    if (name.empty()) return MakeError("a special token is empty");
+    if (id < static_cast<int>(seen.size()) && seen[id]) {
+      return MakeError("special token '" + name + "' has id " + std::to_string(id) +
+                       ", a base token's");
+    }
     if (static_cast<int>(decoder_.size()) <= id) decoder_.resize(id + 1);
-    decoder_[id] = special_names_[i];
-    special_ids_[special_names_[i]] = id;
-    specials_.Add(special_names_[i], id);
+    is_special.resize(decoder_.size(), false);
+    if (is_special[id] || !special_ids_.emplace(name, id).second) {
+      return MakeError("special token '" + name + "' or its id " + std::to_string(id) +
+                       " is given twice");
+    }
+    is_special[id] = true;
+    decoder_[id] = name;
+    specials_.Add(name, id);
   }
   auto special = [&](const std::string& name) {
     auto it = special_ids_.find(name);
     return it == special_ids_.end() ? -1 : it->second;
   };
-  bos_id_ = bos_name_.empty() ? -1 : special(bos_name_);
+  bos_id_ = -1;
+  if (!options_.bos.empty()) {
+    bos_id_ = special(options_.bos);
+    if (bos_id_ < 0) return MakeError("bos '" + options_.bos + "' is not a special token");
+  }
   eos_ids_.clear();
-  for (const auto& e : eos_names_) {
+  for (const auto& e : options_.eos) {
     const int id = special(e);
-    if (id >= 0) eos_ids_.push_back(id);
+    if (id < 0) return MakeError("eos '" + e + "' is not a special token");
+    eos_ids_.push_back(id);
   }
   return {};
 }

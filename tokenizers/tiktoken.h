@@ -5,6 +5,8 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -20,13 +22,36 @@ extern const char kLlama3Pattern[];
 // base vocabulary.
 std::vector<std::string> Llama3SpecialTokens();
 
+// What a tiktoken file leaves to its loader: the split pattern and the
+// special tokens (tiktoken's `Encoding(pat_str=..., special_tokens=...)`),
+// and which special tokens are bos and eos (empty: none).
+struct TiktokenOptions {
+  std::string pattern;
+  // A negative id means the next id after the base vocabulary and the
+  // special tokens before it.
+  std::vector<std::pair<std::string, int>> special_tokens;
+  std::string bos;
+  std::vector<std::string> eos;
+};
+
+// Llama 3's: its pattern and 256 special tokens; bos <|begin_of_text|>,
+// eos <|end_of_text|>, <|eom_id|> and <|eot_id|>.
+TiktokenOptions Llama3TiktokenOptions();
+
+// The sidecar JSON beside a tiktoken file (`<file>.json`; LoadTokenizer
+// reads it when present), in tiktoken's own terms:
+//   {"pat_str": "...", "special_tokens": {"<|endoftext|>": 151643, ...},
+//    "bos": null, "eos": ["<|endoftext|>", "<|im_end|>"]}
+// special_tokens may also be a list of names (ids follow the base
+// vocabulary); eos may be one name. Unknown keys are errors.
+Result<TiktokenOptions> ParseTiktokenOptions(std::string_view json);
+
 class Tiktoken : public Tokenizer {
  public:
-  // Llama 3: its pattern and special tokens; bos <|begin_of_text|>, eos
-  // <|end_of_text|>, <|eom_id|> and <|eot_id|>.
+  // Llama 3 (Llama3TiktokenOptions()).
   Tiktoken();
+  explicit Tiktoken(TiktokenOptions options);
   // Custom pattern and special tokens (ids follow the base vocabulary).
-  // bos/eos name special tokens; empty means none.
   Tiktoken(std::string pattern, std::vector<std::string> special_tokens, std::string bos,
            std::vector<std::string> eos);
 
@@ -51,10 +76,7 @@ class Tiktoken : public Tokenizer {
   void EncodeSmallPiece(std::string_view piece, std::vector<int>* out) const;
 
   uint64_t instance_ = 0;
-  std::string pattern_;
-  std::vector<std::string> special_names_;
-  std::string bos_name_;
-  std::vector<std::string> eos_names_;
+  TiktokenOptions options_;
 
   std::unique_ptr<Regex> regex_;
   BytesMap encoder_;
@@ -63,6 +85,10 @@ class Tiktoken : public Tokenizer {
   absl::flat_hash_map<std::string, int> special_ids_;
   SpecialMatcher specials_;
 };
+
+// A tiktoken file with these options (a sidecar beside it is not read).
+Result<std::unique_ptr<Tokenizer>> LoadTiktoken(const std::string& path,
+                                                const TiktokenOptions& options);
 
 // Decodes standard base64; false on malformed input.
 bool Base64Decode(std::string_view in, std::string* out);

@@ -79,7 +79,19 @@ Result<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path) {
     return hf;
   }
   if (LooksLikeTiktoken(data)) {
-    auto t = std::make_unique<Tiktoken>();
+    // The file holds only ranks; its pattern and special tokens come from
+    // a sidecar `<file>.json` when there is one, else they are Llama 3's.
+    TiktokenOptions options = Llama3TiktokenOptions();
+    const std::string sidecar = path + ".json";
+    if (std::FILE* f = std::fopen(sidecar.c_str(), "rb")) {
+      std::fclose(f);
+      auto json = ReadFile(sidecar);
+      if (!json.ok()) return MakeError(json.error());
+      auto o = ParseTiktokenOptions(*json);
+      if (!o.ok()) return MakeError(sidecar + ": " + o.error());
+      options = std::move(o).value();
+    }
+    auto t = std::make_unique<Tiktoken>(std::move(options));
     auto r = t->LoadFromString(data);
     if (!r.ok()) return MakeError(path + ": " + r.error());
     return std::unique_ptr<Tokenizer>(std::move(t));
