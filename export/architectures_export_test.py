@@ -1,6 +1,7 @@
 """Each architecture beyond plain Llama exports both ways and runs the same.
 
-A tiny random Qwen3 (per-head q/k norms) and SmolLM3 (a NoPE layer), from
+A tiny random Qwen3 (per-head q/k norms), SmolLM3 (a NoPE layer) and
+Phi-4-mini-like phi3 (partial rotary, LongRoPE), from
 testing.tiny_archs, each with a real tokenizer, are exported by export_llm's
 command line to a .pte and a .pt2 at once; et_run and aoti_run must give
 eager's greedy ids.
@@ -35,6 +36,11 @@ class ExportArchitectures(unittest.TestCase):
 
     def test_smollm3(self):
         self.check("smollm3", lambda c: self.assertEqual(c.no_rope_layers, (3,)))
+
+    def test_phi4(self):
+        # Partial rotary and LongRoPE live in the RoPE tables: the .pte and
+        # .pt2 carry them as built.
+        self.check("phi4", lambda c: self.assertEqual((c.rotary_dim, bool(c.longrope)), (12, True)))
 
     def check(self, arch, check_config):
         tmp = Path(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")))

@@ -1,12 +1,15 @@
 """End to end on the built-in model: `torchchat server` started as a user
-starts it, asked by the openai client, streamed and not."""
+starts it (so it compiles the batched model on first use), asked by the
+openai client, streamed and not."""
 
+import json
 import os
 import socket
 import subprocess
 import time
 import unittest
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import openai
@@ -26,7 +29,8 @@ class BuiltinServerTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         port = free_port()
-        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        cls.cache = Path(os.environ.get("TEST_TMPDIR", "/tmp"), "compiled")
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TORCHCHAT_COMPILE_CACHE=str(cls.cache))
         cls.proc = subprocess.Popen(
             [str(TORCHCHAT), "server", "--port", str(port), "--parallel", "2", "--quiet"],
             stdout=subprocess.DEVNULL,
@@ -34,7 +38,8 @@ class BuiltinServerTest(unittest.TestCase):
             env=env,
         )
         cls.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
+        # The first start compiles (about 2 minutes on 2 cores).
+        deadline = time.monotonic() + 900
         while True:
             try:
                 with urllib.request.urlopen(cls.url + "/health", timeout=5) as r:
@@ -48,6 +53,15 @@ class BuiltinServerTest(unittest.TestCase):
             time.sleep(0.5)
         cls.client = openai.OpenAI(base_url=cls.url + "/v1", api_key="unused")
         cls.model = cls.client.models.list().data[0].id
+        with urllib.request.urlopen(cls.url + "/health", timeout=5) as r:
+            cls.health = json.load(r)
+
+    def test_serves_the_compiled_batched_model(self):
+        self.assertEqual(self.health["slots"], 2)
+        (package,) = self.cache.glob("*.pt2")
+        with zipfile.ZipFile(package) as z:
+            (name,) = [n for n in z.namelist() if n.endswith("wrapper_metadata.json")]
+            self.assertEqual(json.loads(z.read(name))["slots"], "2")
 
     @classmethod
     def tearDownClass(cls):

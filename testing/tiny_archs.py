@@ -1,6 +1,7 @@
 """Tiny random transformers models of each architecture we load, with the
 architecture's own switches on, for parity and export tests."""
 
+import math
 import os
 
 import gguf
@@ -43,7 +44,32 @@ CONFIGS = {
         bos_token_id=0,
         eos_token_id=1,
     ),
+    # Phi-4-mini's switches on the phi3 architecture: RoPE on 12 of each
+    # head's 16 dims, and LongRoPE (a context twice the original, so its
+    # attention factor is not 1; the tests stay within the original, and
+    # so does llama.cpp, which pads a 128 context to 256).
+    "phi4": transformers.Phi3Config(
+        **{**COMMON, "max_position_embeddings": 512},
+        sliding_window=512,
+        original_max_position_embeddings=256,
+        rope_parameters={
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.75,
+            "short_factor": [1.0, 1.3, 1.7, 2.2, 3.1, 4.5],
+            "long_factor": [1.5, 2.0, 3.0, 4.0, 6.0, 9.0],
+            "original_max_position_embeddings": 256,
+        },
+        pad_token_id=None,
+        bos_token_id=0,
+        eos_token_id=1,
+    ),
 }
+
+
+def model_type(name: str) -> str:
+    """The architecture (config.json's model_type, GGUF's) of a CONFIGS entry."""
+    return CONFIGS[name].model_type
 
 
 def hf_model(arch: str) -> "transformers.PreTrainedModel":
@@ -105,6 +131,8 @@ def write_gguf(
     interleaved layout, qwen2/qwen3 keep HF's; 2-D weights in `qtype`."""
     c = m.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    rope = c.rope_parameters or {}
+    rotary = int(head_dim * rope.get("partial_rotary_factor", 1.0))
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(c.num_hidden_layers)
     w.add_context_length(c.max_position_embeddings)
@@ -112,11 +140,21 @@ def write_gguf(
     w.add_feed_forward_length(c.intermediate_size)
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(c.num_key_value_heads)
-    w.add_key_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
+    if rotary == head_dim:
+        w.add_key_length(head_dim)  # phi3's converter writes neither for Phi-4-mini
+    w.add_rope_dimension_count(rotary)
     if arch == "phi3":
         w.add_sliding_window(c.sliding_window)
-    w.add_value_length(head_dim)
+    if rope.get("rope_type") == "longrope":
+        # As convert_hf_to_gguf's Phi3MiniModel writes LongRoPE.
+        original = rope["original_max_position_embeddings"]
+        scale = c.max_position_embeddings / original
+        w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)))
+        w.add_rope_scaling_orig_ctx_len(original)
+        w.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], np.float32))
+        w.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], np.float32))
+    if rotary == head_dim:
+        w.add_value_length(head_dim)
     w.add_rope_freq_base(
         c.rope_theta if hasattr(c, "rope_theta") else c.rope_parameters["rope_theta"]
     )

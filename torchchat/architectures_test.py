@@ -25,7 +25,7 @@ import torch
 import transformers
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-from testing.tiny_archs import CONFIGS, VOCAB, hf_model, write_gguf
+from testing.tiny_archs import CONFIGS, VOCAB, hf_model, model_type, write_gguf
 from torchchat.checkpoint import CheckpointError, load_checkpoint, load_model
 from torchchat.generate import Slot, argmax, decode
 from torchchat.model import ConfigError, attend_filled_cache
@@ -118,8 +118,10 @@ class ArchitectureTest(unittest.TestCase):
                 d = self.tmp / f"hf-{arch}"
                 ref.save_pretrained(d)
                 ckpt = load_checkpoint(d)
-                self.assertEqual(ckpt.config.architecture, arch)
+                self.assertEqual(ckpt.config.architecture, model_type(arch))
                 self.assertEqual(ckpt.config.qk_norm, arch == "qwen3")
+                self.assertEqual(ckpt.config.rotary_dim, 12 if arch == "phi4" else None)
+                self.assertEqual(ckpt.config.longrope is not None, arch == "phi4")
                 self.assertEqual(ckpt.config.no_rope_layers, (3,) if arch == "smollm3" else ())
                 self.check(ours(d), ref, 1e-4)
 
@@ -128,9 +130,11 @@ class ArchitectureTest(unittest.TestCase):
             for qtype, tol in (("F32", 1e-4), ("Q8_0", 1e-4)):
                 with self.subTest(arch=arch, qtype=qtype):
                     path = write_gguf(
-                        hf_model(arch), arch, self.tmp / f"{arch}-{qtype}.gguf", qtype
+                        hf_model(arch), model_type(arch), self.tmp / f"{arch}-{qtype}.gguf", qtype
                     )
-                    self.assertEqual(load_checkpoint(path).config.architecture, arch)
+                    config = load_checkpoint(path).config
+                    self.assertEqual(config.architecture, model_type(arch))
+                    self.assertEqual(config.rotary_dim, 12 if arch == "phi4" else None)
                     self.check(ours(path), gguf_reference(path, arch, qtype), tol)
 
     def test_unsupported_is_one_clear_error(self):
@@ -143,20 +147,27 @@ class ArchitectureTest(unittest.TestCase):
         d = self.tmp / "phi4"
         hf_model("phi3").save_pretrained(d)
         cfg = json.loads((d / "config.json").read_text())
-        cfg["partial_rotary_factor"] = 0.75
+        cfg["partial_rotary_factor"] = 0.7
         (d / "config.json").write_text(json.dumps(cfg))
-        with self.assertRaisesRegex(ConfigError, "partial_rotary_factor 0.75 is not supported"):
+        with self.assertRaisesRegex(ConfigError, "partial_rotary_factor 0.7 gives 11 rotary dims"):
             load_checkpoint(d)
         cfg["partial_rotary_factor"] = 1.0
         cfg["rope_scaling"] = {
             "rope_type": "longrope",
-            "short_factor": [1.0] * 16,
-            "long_factor": [1.0] * 16,
+            "short_factor": [1.0] * 5,
+            "long_factor": [1.0] * 8,
         }
         cfg.pop("rope_parameters", None)
         (d / "config.json").write_text(json.dumps(cfg))
-        with self.assertRaisesRegex(ConfigError, "rope_scaling type 'longrope' is not supported"):
+        with self.assertRaisesRegex(ConfigError, "short_factor has 5 values; 8 are needed"):
             load_checkpoint(d)
+        # LongRoPE's long factors (beyond the original context) are refused.
+        d = self.tmp / "phi4-long"
+        hf_model("phi4").save_pretrained(d)
+        with self.assertRaisesRegex(
+            ConfigError, "exceeds the model's original_max_position_embeddings 256"
+        ):
+            load_model(load_checkpoint(d), torch.float32, 300)
         # Phi-3's sliding window equals full attention up to its length only.
         d = self.tmp / "phi3-window"
         hf_model("phi3").save_pretrained(d)

@@ -174,7 +174,9 @@ def load_gguf(path: Path) -> Checkpoint:
     n_heads = int(a("attention.head_count"))
     dim = int(a("embedding_length"))
     vocab = int(tensors["token_embd.weight"].shape[1])
-    head_dim = int(a("attention.key_length", a("rope.dimension_count", dim // n_heads)))
+    # phi3's rope.dimension_count is the rotary part of a head (Phi-4-mini).
+    rope_dims = None if arch == "phi3" else a("rope.dimension_count")
+    head_dim = int(a("attention.key_length", rope_dims or dim // n_heads))
     config = ModelConfig(
         dim=dim,
         n_layers=int(a("block_count")),
@@ -203,16 +205,38 @@ def load_gguf(path: Path) -> Checkpoint:
     scaling = a("rope.scaling.type")
     if scaling not in (None, "none"):
         raise CheckpointError(f"GGUF rope scaling {scaling!r} is not supported")
-    if "rope_factors_long.weight" in tensors:
-        raise CheckpointError(
-            "GGUF tensor rope_factors_long.weight: LongRoPE (Phi-3.5, Phi-4-mini) is not supported"
-        )
     rotary = a("rope.dimension_count")
     if rotary is not None and int(rotary) != head_dim:
-        raise CheckpointError(
-            f"GGUF {arch}.rope.dimension_count {rotary} is less than the head size {head_dim}: "
-            "partial rotary is not supported"
-        )
+        rot = int(rotary)
+        if arch != "phi3" or rot <= 0 or rot % 2 or rot > head_dim:
+            raise CheckpointError(
+                f"GGUF {arch}.rope.dimension_count {rotary} with head size {head_dim}: "
+                "partial rotary is supported for phi3 only, over an even number of dims"
+            )
+        config.rotary_dim = rot
+    if "rope_factors_short.weight" in tensors or "rope_factors_long.weight" in tensors:
+        # Phi-3.5 / Phi-4-mini LongRoPE, as llama.cpp reads it: the short
+        # factors up to the original context (longer is refused), cos and
+        # sin scaled by rope.scaling.attn_factor.
+        if arch != "phi3" or "rope_factors_short.weight" not in tensors:
+            raise CheckpointError(
+                f"GGUF {arch}: LongRoPE factors are supported for phi3 only, with "
+                "rope_factors_short.weight"
+            )
+        rot = config.rotary_dim or head_dim
+        short = dequantize_gguf_tensor(tensors["rope_factors_short.weight"]).reshape(-1)
+        if short.size != rot // 2:
+            raise CheckpointError(
+                f"GGUF rope_factors_short.weight has {short.size} values; {rot // 2} are needed"
+            )
+        config.longrope = {
+            "short_factor": [float(x) for x in short],
+            "long_factor": [],
+            "original_max_position_embeddings": int(
+                a("rope.scaling.original_context_length", config.max_context)
+            ),
+            "attention_factor": float(a("rope.scaling.attn_factor", 1.0)),
+        }
     if a("attention.sliding_window"):
         config.sliding_window = int(a("attention.sliding_window"))
 
@@ -228,7 +252,11 @@ def load_gguf(path: Path) -> Checkpoint:
             continue
         meta = gguf_tensor_name(name)
         if meta is None:
-            if name == "rope_freqs.weight":
+            if name in (
+                "rope_freqs.weight",
+                "rope_factors_short.weight",
+                "rope_factors_long.weight",
+            ):
                 continue
             raise CheckpointError(f"GGUF tensor {name!r} has no place in the model")
         arr = dequantize_gguf_tensor(t)
@@ -291,14 +319,17 @@ _HF_TOP = {
 }
 
 
-def hf_to_meta_rope(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
-    """HF keeps each head's rotary halves split; Meta interleaves the pairs."""
+def hf_to_meta_rope(
+    w: torch.Tensor, n_heads: int, head_dim: int, rotary_dim: Optional[int] = None
+) -> torch.Tensor:
+    """HF keeps each head's rotary halves split; Meta interleaves the pairs.
+    With partial rotary only the first `rotary_dim` dims of a head rotate,
+    and the rest stay in place."""
     rest = w.shape[1:]
-    return (
-        w.reshape(n_heads, 2, head_dim // 2, *rest)
-        .transpose(1, 2)
-        .reshape(n_heads * head_dim, *rest)
-    )
+    rot = rotary_dim or head_dim
+    w = w.reshape(n_heads, head_dim, *rest)
+    r = w[:, :rot].reshape(n_heads, 2, rot // 2, *rest).transpose(1, 2).reshape(n_heads, rot, *rest)
+    return torch.cat([r, w[:, rot:]], dim=1).reshape(n_heads * head_dim, *rest)
 
 
 _ROTATED = ("wq.weight", "wq.bias", "wk.weight", "wk.bias", "q_norm_fn.weight", "k_norm_fn.weight")
@@ -313,18 +344,19 @@ def to_meta_rope(meta: str, w: torch.Tensor, config: ModelConfig) -> torch.Tenso
     """A q/k projection, or a per-head q/k norm (one head's worth of
     weights), from HF's split-halves layout into Meta's interleaved one."""
     if meta.endswith(("q_norm_fn.weight", "k_norm_fn.weight")):
-        return hf_to_meta_rope(w, 1, config.head_dim)
+        return hf_to_meta_rope(w, 1, config.head_dim, config.rotary_dim)
     heads = config.n_heads if ".wq." in meta else config.n_kv_heads
-    return hf_to_meta_rope(w, heads, config.head_dim)
+    return hf_to_meta_rope(w, heads, config.head_dim, config.rotary_dim)
 
 
-def meta_to_hf_rope(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+def meta_to_hf_rope(
+    w: torch.Tensor, n_heads: int, head_dim: int, rotary_dim: Optional[int] = None
+) -> torch.Tensor:
     rest = w.shape[1:]
-    return (
-        w.reshape(n_heads, head_dim // 2, 2, *rest)
-        .transpose(1, 2)
-        .reshape(n_heads * head_dim, *rest)
-    )
+    rot = rotary_dim or head_dim
+    w = w.reshape(n_heads, head_dim, *rest)
+    r = w[:, :rot].reshape(n_heads, rot // 2, 2, *rest).transpose(1, 2).reshape(n_heads, rot, *rest)
+    return torch.cat([r, w[:, rot:]], dim=1).reshape(n_heads * head_dim, *rest)
 
 
 # Phi-3 fuses q/k/v into one projection and gate/up into another.

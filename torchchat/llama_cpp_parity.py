@@ -32,7 +32,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from testing.tiny_archs import CONFIGS, VOCAB, hf_model, write_gguf
+    from testing.tiny_archs import CONFIGS, VOCAB, hf_model, model_type, write_gguf
     from torchchat.checkpoint import load_checkpoint, load_model
     from torchchat.model import attend_filled_cache
 
@@ -55,7 +55,7 @@ def main() -> int:
 
             gguf.GGUFWriter.write_header_to_file = with_vocab
             try:
-                write_gguf(hf_model(arch), arch, path, qtype)
+                write_gguf(hf_model(arch), model_type(arch), path, qtype)
             finally:
                 gguf.GGUFWriter.write_header_to_file = orig
             model = load_model(load_checkpoint(path), torch.float32, 128, full_logits=True)

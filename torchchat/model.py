@@ -70,6 +70,13 @@ class ModelConfig:
     # to full attention while the context is no longer, which build_model
     # enforces.
     sliding_window: Optional[int] = None
+    # Phi-4-mini: RoPE on the first `rotary_dim` dims of each head only
+    # (None: all of them).
+    rotary_dim: Optional[int] = None
+    # Phi-3.5 / Phi-4-mini LongRoPE: {"short_factor", "long_factor" (per
+    # frequency divisors), "original_max_position_embeddings",
+    # "attention_factor" (scales cos and sin)}.
+    longrope: Optional[Dict[str, Any]] = None
     architecture: str = "llama"
 
     def to_json(self) -> Dict[str, Any]:
@@ -95,6 +102,10 @@ class ModelConfig:
             raise ConfigError(f"hidden_act {cfg['hidden_act']!r} is not supported")
         if arch in ("mistral", "qwen2", "qwen3", "smollm3") and cfg.get("use_sliding_window"):
             raise ConfigError("use_sliding_window: sliding-window attention is not supported")
+        n_heads = cfg["num_attention_heads"]
+        dim = cfg["hidden_size"]
+        head_dim = cfg.get("head_dim") or dim // n_heads
+        rotary_dim = None
         if arch == "phi3":
             # Older config.json files keep it at the top level, newer ones in
             # rope_parameters.
@@ -102,15 +113,16 @@ class ModelConfig:
                 cfg.get("partial_rotary_factor"),
                 (cfg.get("rope_parameters") or {}).get("partial_rotary_factor"),
             )
-            partial = next((x for x in found if x is not None and float(x) != 1.0), 1.0)
-            if float(partial) != 1.0:
-                raise ConfigError(
-                    f"partial_rotary_factor {partial} is not supported (Phi-4-mini's partial "
-                    "rotary; only 1.0)"
-                )
-        n_heads = cfg["num_attention_heads"]
-        dim = cfg["hidden_size"]
-        rope_scaling = _hf_rope_scaling(cfg)
+            partial = float(next((x for x in found if x is not None and float(x) != 1.0), 1.0))
+            if partial != 1.0:
+                rotary_dim = int(head_dim * partial)
+                if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim:
+                    raise ConfigError(
+                        f"partial_rotary_factor {partial} gives {rotary_dim} rotary dims of "
+                        f"{head_dim}; an even number from 2 to {head_dim} is needed"
+                    )
+        longrope = _hf_longrope(cfg, rotary_dim or head_dim) if arch == "phi3" else None
+        rope_scaling = None if longrope else _hf_rope_scaling(cfg)
         theta = cfg.get("rope_theta")
         if theta is None:
             theta = (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
@@ -121,7 +133,7 @@ class ModelConfig:
             n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
             vocab_size=cfg["vocab_size"],
             hidden_dim=cfg["intermediate_size"],
-            head_dim=cfg.get("head_dim") or dim // n_heads,
+            head_dim=head_dim,
             norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=float(theta),
             max_context=cfg.get("max_position_embeddings", 2048),
@@ -135,6 +147,8 @@ class ModelConfig:
             qk_norm=arch == "qwen3",
             no_rope_layers=_hf_no_rope_layers(cfg) if arch == "smollm3" else (),
             sliding_window=cfg.get("sliding_window") if arch == "phi3" else None,
+            rotary_dim=rotary_dim,
+            longrope=longrope,
             architecture=arch,
         )
 
@@ -177,6 +191,39 @@ def _hf_no_rope_layers(cfg: Dict[str, Any]) -> Tuple[int, ...]:
     if len(flags) != n:
         raise ConfigError(f"no_rope_layers has {len(flags)} entries for {n} layers")
     return tuple(i for i, use in enumerate(flags) if not use)
+
+
+def _hf_longrope(cfg: Dict[str, Any], rotary_dim: int) -> Optional[Dict[str, Any]]:
+    """Phi-3.5 / Phi-4-mini's LongRoPE, as transformers computes it: the
+    attention factor from `factor`, else from the ratio of the context to
+    the original one."""
+    rs = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    if rs.get("rope_type", rs.get("type")) != "longrope":
+        return None
+    factors = {}
+    for key in ("short_factor", "long_factor"):
+        f = [float(x) for x in rs.get(key) or ()]
+        if len(f) != rotary_dim // 2:
+            raise ConfigError(
+                f"rope_scaling {key} has {len(f)} values; {rotary_dim // 2} are needed "
+                f"(one per rotary frequency)"
+            )
+        factors[key] = f
+    context = int(cfg.get("max_position_embeddings", 2048))
+    original = int(
+        rs.get("original_max_position_embeddings")
+        or cfg.get("original_max_position_embeddings")
+        or context
+    )
+    factor = float(rs.get("factor") or context / original)
+    attention = rs.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return {
+        **factors,
+        "original_max_position_embeddings": original,
+        "attention_factor": float(attention),
+    }
 
 
 def _hf_rope_scaling(cfg: Dict[str, Any]) -> Optional[Dict[str, float]]:
@@ -247,18 +294,29 @@ class Model(nn.Module):
             if name.endswith(("k_cache", "v_cache")):
                 buf.zero_()
 
-    def set_rope_freq_factors(self, factors: torch.Tensor) -> None:
-        """GGUF stores Llama 3.1 scaling as per-frequency divisors."""
+    def set_rope_freq_factors(
+        self, factors: torch.Tensor, rotary_dim: Optional[int] = None, scale: float = 1.0
+    ) -> None:
+        """RoPE tables with each frequency divided by its factor (GGUF's
+        rope_freqs for Llama 3.1 scaling, LongRoPE's short factors), over the
+        first `rotary_dim` dims of each head (partial rotary: the pairs
+        beyond get cos 1, sin 0, so they pass through), cos and sin scaled
+        by `scale` (LongRoPE's attention factor)."""
         rope = self.transformer.rope
         hd = self.config.head_dim
+        rot = rotary_dim or hd
         base = 1.0 / (
-            self.config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32)[: hd // 2] / hd)
+            self.config.rope_theta ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot)
         )
         freqs = base / factors.float().reshape(-1)
         t = torch.arange(rope.freqs_cos.shape[0], dtype=torch.float32)
         angles = torch.outer(t, freqs)
-        rope.freqs_cos.copy_(torch.cos(angles))
-        rope.freqs_sin.copy_(torch.sin(angles))
+        cos = torch.ones_like(rope.freqs_cos)
+        sin = torch.zeros_like(rope.freqs_sin)
+        cos[:, : rot // 2] = torch.cos(angles) * scale
+        sin[:, : rot // 2] = torch.sin(angles) * scale
+        rope.freqs_cos.copy_(cos)
+        rope.freqs_sin.copy_(sin)
 
     def load_weights(self, state_dict: Dict[str, torch.Tensor]) -> None:
         """Loads Meta-named weights; the KV cache stays as built."""
@@ -295,8 +353,16 @@ def build_model(
     """An un-initialised (meta-free, zero-filled cache) model for `config`."""
     from torchchat import executorch_compat as et
 
+    original = (config.longrope or {}).get("original_max_position_embeddings")
     if max_seq_length is None:
         max_seq_length = min(config.max_context, 2048, config.sliding_window or 2048)
+        max_seq_length = min(max_seq_length, original or max_seq_length)
+    if original and max_seq_length > original:
+        raise ConfigError(
+            f"max_seq_length {max_seq_length} exceeds the model's "
+            f"original_max_position_embeddings {original}: LongRoPE's long factors (for longer "
+            f"contexts) are not supported, so the context is limited to {original}"
+        )
     if config.sliding_window and max_seq_length > config.sliding_window:
         raise ConfigError(
             f"max_seq_length {max_seq_length} exceeds the model's sliding_window "
@@ -321,6 +387,14 @@ def build_model(
         # 8192 original context; the config's values go in as GGUF's
         # per-frequency divisors instead.
         model.set_rope_freq_factors(llama3_rope_factors(config))
+    elif config.longrope or config.rotary_dim:
+        # ExecuTorch has both only on its HF-layout RoPE (use_hf_rope); the
+        # same tables on its Meta-layout RoPE keep one weight layout for
+        # every architecture and loader.
+        rot = config.rotary_dim or config.head_dim
+        lr = config.longrope or {}
+        short = torch.tensor(lr.get("short_factor") or [1.0] * (rot // 2))
+        model.set_rope_freq_factors(short, rot, float(lr.get("attention_factor", 1.0)))
     model.tie_weights()
     return model.to(device).eval()
 
