@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 DTYPES = {
     "fp32": torch.float32,
@@ -549,10 +549,9 @@ class SlotKVCache(nn.Module):
         return self.k_cache, self.v_cache
 
 
-class SlotSDPA(nn.Module):
-    """FilledCacheSDPA per slot: each entry's queries attend over its own slot's
-    cache up to its last position, with the same shapes (and so the same
-    arithmetic) as a batch-1 FilledCacheSDPA call for that sequence."""
+class _SlotAttention(nn.Module):
+    """ExecuTorch's SDPA interface over a SlotKVCache; `attend` is the
+    attention of the step's tokens, [1, heads, T, head_dim]."""
 
     def __init__(self, dim: int, plan: "SlotPlan"):
         super().__init__()
@@ -569,6 +568,19 @@ class SlotSDPA(nn.Module):
         seqlen: int,
         mask: torch.Tensor,
     ) -> torch.Tensor:
+        y = self.attend(input_pos, q, k, v, mask)
+        return y.transpose(1, 2).reshape(bsz, seqlen, self.dim)
+
+    def attend(self, input_pos: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class SlotSDPA(_SlotAttention):
+    """FilledCacheSDPA per slot: each entry's queries attend over its own slot's
+    cache up to its last position, with the same shapes (and so the same
+    arithmetic) as a batch-1 FilledCacheSDPA call for that sequence."""
+
+    def attend(self, input_pos: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         out = []
         for slot, first, n, start in self.plan.batch.spans:
             end = start + n
@@ -580,11 +592,10 @@ class SlotSDPA(nn.Module):
                 enable_gqa=True,
             )
             out.append(y)
-        y = torch.cat(out, dim=2) if len(out) > 1 else out[0]
-        return y.transpose(1, 2).reshape(bsz, seqlen, self.dim)
+        return torch.cat(out, dim=2) if len(out) > 1 else out[0]
 
 
-class MaskedSlotSDPA(nn.Module):
+class MaskedSlotSDPA(_SlotAttention):
     """SlotSDPA as one traceable graph, for a .pt2 with slots (export_llm --slots).
 
     SlotSDPA loops over the batch's entries in Python, which torch.export
@@ -597,21 +608,7 @@ class MaskedSlotSDPA(nn.Module):
     copied once, to lay the slots out as one sequence).
     """
 
-    def __init__(self, dim: int, plan: "SlotPlan"):
-        super().__init__()
-        self.dim = dim
-        self.plan = plan
-
-    def forward(
-        self,
-        input_pos: torch.Tensor,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        bsz: int,
-        seqlen: int,
-        mask: torch.Tensor,
-    ) -> torch.Tensor:
+    def attend(self, input_pos: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         slots = self.plan.batch.slots
         # Only the rows up to the highest slot in the step, each up to the
         # last position in it (the engine fills low slots first).
@@ -628,10 +625,9 @@ class MaskedSlotSDPA(nn.Module):
         allowed = ((key // end)[None, :] == slots[:, None]) & (
             (key % end)[None, :] <= input_pos[:, None]
         )
-        y = torch.nn.functional.scaled_dot_product_attention(
+        return torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=allowed, enable_gqa=True
         )
-        return y.transpose(1, 2).reshape(bsz, seqlen, self.dim)
 
 
 class SlotPlan:
