@@ -42,6 +42,19 @@ Result<int> Sample(const float* logits, size_t n, const SamplerConfig& c, Rng* r
   if (!ok.ok()) return MakeError(ok.error());
   if (n == 0) return MakeError("empty logits");
   if (n > (1u << 30)) return MakeError("too many logits");
+  if (c.temperature <= 0.0f && (c.repetition_penalty == 1.0f || n_recent == 0)) {
+    // Greedy without a penalty needs no copy: one pass finds a NaN and the
+    // first largest logit (a server samples a vocabulary per token).
+    bool nan = false;
+    size_t best = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const float v = logits[i];
+      nan |= std::isnan(v);
+      if (v > logits[best]) best = i;
+    }
+    if (nan) return MakeError("logits contain NaN");
+    return static_cast<int>(best);
+  }
   std::vector<float> x(logits, logits + n);
   if (c.repetition_penalty != 1.0f && n_recent > 0) {
     const size_t window = std::min(n_recent, kRepetitionWindow);

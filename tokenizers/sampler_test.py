@@ -180,6 +180,11 @@ class SamplerTest(unittest.TestCase):
             L.Sampler(repetition_penalty=0)
         with self.assertRaises(L.TokenizerError):
             L.Sampler(temperature=1).sample(np.array([np.nan, 1], dtype=np.float32))
+        # Greedy (its own one-pass path): the first largest, and NaN anywhere refused.
+        self.assertEqual(L.Sampler(temperature=0).sample(np.array([1, 7, 3, 7], np.float32)), 1)
+        for bad in ([np.nan, 1], [1, np.nan], [2, 1, np.nan]):
+            with self.assertRaises(L.TokenizerError):
+                L.Sampler(temperature=0).sample(np.array(bad, dtype=np.float32))
 
 
 if __name__ == "__main__":
