@@ -127,6 +127,26 @@ class HfComponents(unittest.TestCase):
         )
         self.check("unk-fused", tok2)
 
+    def test_gemma_style_byte_fallback(self):
+        # Gemma 2/3's tokenizer.json: spaces become ▁ with no prefix space,
+        # no pre-tokenizer, byte fallback, and turn markers as added tokens
+        # (Phi-3's is the llama2-style one above).
+        tok = train(
+            None,
+            models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True),
+            normalizer=normalizers.Replace(" ", "▁"),
+            special=["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
+            limit_alphabet=60,
+        )
+        tok = with_json(tok, add_byte_tokens)
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        )
+        turns = [
+            f"<start_of_turn>user\n{t}<end_of_turn>\n<start_of_turn>model\n" for t in TEXTS[:50]
+        ]
+        self.check("gemma-style", tok, TEXTS + turns)
+
     def test_subword_prefix_and_suffix(self):
         tok = train(
             pre_tokenizers.Sequence(
