@@ -40,17 +40,15 @@ def compile_package(
     stage = on_stage or (lambda name: None)
     stage("export")
     max_seq_length = int(model.max_seq_length)
-    T = torch.export.Dim("T", min=1, max=max_seq_length - 1)
+    n_slots = int(getattr(model, "n_slots", 0))
+    # With slots, every slot may hand in a chunk in the same step.
+    T = torch.export.Dim("T", min=1, max=n_slots * max_seq_length or max_seq_length - 1)
     n = min(3, max_seq_length - 1)
     example: tuple = (torch.arange(1, n + 1, dtype=torch.long)[None], torch.arange(n))
     dynamic: tuple = ({1: T}, {0: T})
-    n_slots = int(getattr(model, "n_slots", 0))
     if n_slots:
-        # Every slot may hand in a chunk in the same step. Two entries, so
-        # that neither dimension is specialized to 1: slot 0 holds the first
-        # n - 1 tokens, slot 1 the last.
-        T = torch.export.Dim("T", min=1, max=n_slots * max_seq_length)
-        dynamic = ({1: T}, {0: T})
+        # Two entries, so that neither dimension is specialized to 1: slot 0
+        # holds the first n - 1 tokens, slot 1 the last.
         example = (example[0], torch.tensor([*range(n - 1), 0]))
         example += (torch.tensor([0] * (n - 1) + [1]), torch.tensor([n - 2, n - 1]))
         dynamic += ({0: T}, {0: torch.export.Dim("E", min=1, max=n_slots)})

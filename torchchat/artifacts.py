@@ -147,8 +147,7 @@ class Pt2Model(ExportedModel):
         inputs = [tokens.to(torch.long), input_pos.to(torch.long)]
         if self.n_slots:  # one sequence: slot 0, the last position's logits
             inputs += [torch.zeros_like(inputs[1]), input_pos.new_tensor([len(input_pos) - 1])]
-        out = self._runner(*inputs)
-        return out[0] if isinstance(out, (list, tuple)) else out
+        return self._runner(*inputs)[0]
 
     def forward_slots(self, entries: list) -> torch.Tensor:
         """SlotModel.forward_slots over a package exported with --slots: the
@@ -156,8 +155,7 @@ class Pt2Model(ExportedModel):
         from torchchat.model import slot_inputs
 
         inputs = slot_inputs(entries, self.n_slots, self.max_seq_length)[:4]
-        out = self._runner(*inputs)
-        return (out[0] if isinstance(out, (list, tuple)) else out).reshape(len(entries), -1)
+        return self._runner(*inputs)[0].reshape(len(entries), -1)
 
 
 # --- .pte ---------------------------------------------------------------------
