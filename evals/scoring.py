@@ -25,6 +25,8 @@ from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 import torch
 from torch import nn
 
+from torchchat.model import AttentionRule, attend, within_window
+
 
 @dataclass
 class Group:
@@ -109,9 +111,11 @@ class CachedScorer:
 
 
 class _Plan:
-    """The current forward's attention mask, shared by every layer."""
+    """The current forward's attention mask and token positions, shared by
+    every layer."""
 
     mask: torch.Tensor
+    pos: torch.Tensor
 
 
 class _NoCache(nn.Module):
@@ -126,15 +130,16 @@ class _NoCache(nn.Module):
 class _PackedSDPA(nn.Module):
     """Attention under the plan's mask instead of the cache's causal one."""
 
-    def __init__(self, dim: int, plan: _Plan):
+    def __init__(self, dim: int, plan: _Plan, rule: Optional[AttentionRule] = None):
         super().__init__()
         self.dim = dim
         self.plan = plan
+        self.rule = rule
 
     def forward(self, input_pos, q, k, v, bsz, seqlen, mask):  # noqa: ANN001 (ExecuTorch's SDPA signature)
-        y = nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=self.plan.mask, enable_gqa=True
-        )
+        pos = self.plan.pos
+        allowed = within_window(self.plan.mask, pos, pos, self.rule)
+        y = attend(q, k, v, allowed, self.rule)
         return y.transpose(1, 2).reshape(bsz, seqlen, self.dim)
 
 
@@ -185,7 +190,8 @@ class PackedScorer:
         for layer in model.transformer.layers:
             attn = layer.attention
             attn.kv_cache = _NoCache()
-            attn.SDPA = _PackedSDPA(attn.n_local_heads * attn.head_dim, self.plan)
+            rule = getattr(attn.SDPA, "rule", None)
+            attn.SDPA = _PackedSDPA(attn.n_local_heads * attn.head_dim, self.plan, rule)
         # Logits only at the positions it is given (last_valid_token_pos).
         model.transformer.generate_full_logits = False
         self.device = next(model.parameters()).device
@@ -195,6 +201,7 @@ class PackedScorer:
         for g in groups:
             lay.add(g)
         self.plan.mask = lay.mask().to(self.device)
+        self.plan.pos = torch.tensor(lay.pos, dtype=torch.long, device=self.device)
         reads = [i for group in lay.reads for branch in group for i in branch]
         logits = (
             self.model.transformer(

@@ -1,7 +1,8 @@
 """Each architecture beyond plain Llama exports both ways and runs the same.
 
-A tiny random Qwen3 (per-head q/k norms), SmolLM3 (a NoPE layer) and
-Phi-4-mini-like phi3 (partial rotary, LongRoPE), from
+A tiny random Qwen3 (per-head q/k norms), SmolLM3 (a NoPE layer),
+Phi-4-mini-like phi3 (partial rotary, LongRoPE), Gemma 2 and Gemma 3 (sliding
+windows shorter than the test, soft-caps, local RoPE), from
 testing.tiny_archs, each with a real tokenizer, are exported by export_llm's
 command line to a .pte and a .pt2 at once; et_run and aoti_run must give
 eager's greedy ids.
@@ -41,6 +42,18 @@ class ExportArchitectures(unittest.TestCase):
         # Partial rotary and LongRoPE live in the RoPE tables: the .pte and
         # .pt2 carry them as built.
         self.check("phi4", lambda c: self.assertEqual((c.rotary_dim, bool(c.longrope)), (12, True)))
+
+    def test_gemma2(self):
+        # Windows shorter than prompt + generation, both soft-caps (the
+        # score cap keeps those layers aten in the .pte), GeGLU, post norms.
+        self.check(
+            "gemma2", lambda c: self.assertEqual((c.window_layers, c.attn_softcap), ((0, 2), 0.1))
+        )
+
+    def test_gemma3(self):
+        # Five windowed layers (llama::custom_sdpa with the window as a mask
+        # in the .pte) with their own RoPE base; q/k norms with (1 + w).
+        self.check("gemma3", lambda c: self.assertEqual(c.local_rope_theta, 1e4))
 
     def check(self, arch, check_config):
         tmp = Path(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")))

@@ -282,6 +282,21 @@ def et_quant_transforms(
     return transforms
 
 
+def rule_sdpa_custom_ops(model: nn.Module) -> nn.Module:
+    """Layers with their own attention rule (Gemma's windows, caps, scale)
+    keep torchchat's RuleSDPA, which ExecuTorch's custom-op transform does
+    not replace; with the custom ops on, it calls llama::custom_sdpa with
+    the window as a mask (a score cap stays aten: the op has none)."""
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 (registers llama::)
+
+    from torchchat.model import RuleSDPA
+
+    for m in model.modules():
+        if isinstance(m, RuleSDPA):
+            m.custom_op = True
+    return model
+
+
 def export_pte(
     model: Model,
     source: Source,
@@ -334,6 +349,8 @@ def export_pte(
         )
         if q.q4_kernels:
             transforms.append(q4_transform(gguf_quantized, exact_emb, counts))
+        if custom_ops:
+            transforms.append(rule_sdpa_custom_ops)
         builder.source_transform(transforms)
         builder.dtype = et_dtype
     with stages("export", "torch.export with a dynamic token dimension"):

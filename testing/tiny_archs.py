@@ -64,17 +64,55 @@ CONFIGS = {
         bos_token_id=0,
         eos_token_id=1,
     ),
+    # Gemma 2: (1 + w) norms, GeGLU, post norms, √dim embeddings, local
+    # layers (0 and 2) with a window shorter than the tests' sequences, and
+    # both soft-caps, set low enough to bite on small random weights.
+    "gemma2": transformers.Gemma2Config(
+        **{**COMMON, "tie_word_embeddings": True, "num_hidden_layers": 4},
+        head_dim=16,
+        sliding_window=16,
+        attn_logit_softcapping=0.1,
+        final_logit_softcapping=0.5,
+        query_pre_attn_scalar=16,
+        initializer_range=0.03,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
+    # Gemma 3: Gemma 2's layout with (1 + w) q/k norms instead of caps,
+    # five local layers to one global (its default pattern), local layers
+    # with their own RoPE base and the global ones with linear scaling.
+    "gemma3": transformers.Gemma3TextConfig(
+        **{**COMMON, "tie_word_embeddings": True, "num_hidden_layers": 6},
+        head_dim=32,
+        sliding_window=16,
+        query_pre_attn_scalar=32,
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        },
+    ),
 }
+# For transformers only: llama.cpp cannot be told a query scale (it infers
+# one from the model size), so the GGUF tests leave these out.
+HF_VARIANTS = {
+    # Mistral 7B v0.1's window over every layer (llama.cpp's llama has none).
+    "mistral": transformers.MistralConfig(**COMMON, sliding_window=16, rope_theta=10000.0),
+    "gemma2-scaled": transformers.Gemma2Config(
+        **{**CONFIGS["gemma2"].to_dict(), "query_pre_attn_scalar": 24}
+    ),
+}
+GEMMA = ("gemma2", "gemma3_text")
 
 
 def model_type(name: str) -> str:
     """The architecture (config.json's model_type, GGUF's) of a CONFIGS entry."""
-    return CONFIGS[name].model_type
+    t = {**CONFIGS, **HF_VARIANTS}[name].model_type
+    return "gemma3" if t == "gemma3_text" else t
 
 
 def hf_model(arch: str) -> "transformers.PreTrainedModel":
     torch.manual_seed(0)
-    m = transformers.AutoModelForCausalLM.from_config(CONFIGS[arch], dtype=torch.float32).eval()
+    config = {**CONFIGS, **HF_VARIANTS}[arch]
+    m = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():
         for name, p in m.named_parameters():
             # Norm weights start at 1 (and biases at 0), where a wrong layout
@@ -103,6 +141,13 @@ _GGUF_LAYER = {
     # Phi-3's fused projections, kept fused by llama.cpp.
     "self_attn.qkv_proj.weight": "attn_qkv.weight",
     "mlp.gate_up_proj.weight": "ffn_up.weight",
+}
+# Gemma's: its post_attention_layernorm follows attention.
+_GGUF_GEMMA_LAYER = {
+    **_GGUF_LAYER,
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
 }
 _GGUF_TOP = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -155,17 +200,35 @@ def write_gguf(
         w.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], np.float32))
     if rotary == head_dim:
         w.add_value_length(head_dim)
-    w.add_rope_freq_base(
-        c.rope_theta if hasattr(c, "rope_theta") else c.rope_parameters["rope_theta"]
-    )
+    gemma = c.model_type in GEMMA
+    if gemma:
+        # As convert_hf_to_gguf's Gemma2Model / Gemma3Model write them.
+        w.add_sliding_window(c.sliding_window)
+        if c.model_type == "gemma2":
+            w.add_attn_logit_softcapping(c.attn_logit_softcapping)
+        if c.final_logit_softcapping:
+            w.add_final_logit_softcapping(c.final_logit_softcapping)
+        local = rope.get("sliding_attention")
+        if local:
+            w.add_rope_freq_base_swa(local["rope_theta"])
+        rope = rope.get("full_attention", rope)
+        if rope.get("rope_type") == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(rope["factor"])
+    w.add_rope_freq_base(c.rope_theta if hasattr(c, "rope_theta") else rope["rope_theta"])
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    layer_names = _GGUF_GEMMA_LAYER if gemma else _GGUF_LAYER
     for name, p in m.state_dict().items():
         arr = p.numpy().astype(np.float32)
+        if gemma and name.endswith("norm.weight"):
+            arr = arr + 1  # llama.cpp's converter: Gemma's (1 + w) as plain norms
+        if name == "lm_head.weight" and c.tie_word_embeddings:
+            continue
         if name in _GGUF_TOP:
             gname = _GGUF_TOP[name]
         else:
             i, rest = name[len("model.layers.") :].split(".", 1)
-            gname = f"blk.{i}.{_GGUF_LAYER[rest]}"
+            gname = f"blk.{i}.{layer_names[rest]}"
         if arch in META_ROPE and rest_is(name, "q_proj"):
             arr = llama_cpp_permute(arr, c.num_attention_heads)
         elif arch in META_ROPE and rest_is(name, "k_proj"):

@@ -2,7 +2,8 @@
 
 A tiny random model of each (transformers builds it from a config with the
 architecture's own switches on: Qwen3's per-head q/k norms with non-trivial
-weights, Qwen2's qkv biases, GQA everywhere) is saved as HF safetensors and
+weights, Qwen2's qkv biases, Gemma's sliding windows shorter than the
+prompt, soft-caps and local RoPE base, GQA everywhere) is saved as HF safetensors and
 also written as a GGUF the way llama.cpp's converter lays it out (F32 and
 Q8_0). Ours must give transformers' logits over a 64-token prompt and its
 32 greedy ids through the static KV cache; the GGUF is checked against
@@ -25,7 +26,7 @@ import torch
 import transformers
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-from testing.tiny_archs import CONFIGS, VOCAB, hf_model, model_type, write_gguf
+from testing.tiny_archs import CONFIGS, HF_VARIANTS, VOCAB, hf_model, model_type, write_gguf
 from torchchat.checkpoint import CheckpointError, load_checkpoint, load_model
 from torchchat.generate import Slot, argmax, decode
 from torchchat.model import ConfigError, attend_filled_cache
@@ -112,17 +113,18 @@ class ArchitectureTest(unittest.TestCase):
             self.assertEqual(greedy_ours(model, self.prompt), greedy_ref(ref, self.prompt))
 
     def test_hf_safetensors(self):
-        for arch in CONFIGS:
+        for arch in [*CONFIGS, *HF_VARIANTS]:
             with self.subTest(arch):
                 ref = hf_model(arch)
                 d = self.tmp / f"hf-{arch}"
                 ref.save_pretrained(d)
                 ckpt = load_checkpoint(d)
                 self.assertEqual(ckpt.config.architecture, model_type(arch))
-                self.assertEqual(ckpt.config.qk_norm, arch == "qwen3")
+                self.assertEqual(ckpt.config.qk_norm, arch in ("qwen3", "gemma3"))
                 self.assertEqual(ckpt.config.rotary_dim, 12 if arch == "phi4" else None)
                 self.assertEqual(ckpt.config.longrope is not None, arch == "phi4")
                 self.assertEqual(ckpt.config.no_rope_layers, (3,) if arch == "smollm3" else ())
+                self.check_gemma(ckpt.config, arch)
                 self.check(ours(d), ref, 1e-4)
 
     def test_gguf(self):
@@ -135,7 +137,55 @@ class ArchitectureTest(unittest.TestCase):
                     config = load_checkpoint(path).config
                     self.assertEqual(config.architecture, model_type(arch))
                     self.assertEqual(config.rotary_dim, 12 if arch == "phi4" else None)
+                    self.check_gemma(config, arch)
                     self.check(ours(path), gguf_reference(path, arch, qtype), tol)
+
+    def test_gemma3_multimodal(self):
+        # Gemma 3 4B and up: the text model inside Gemma3ForConditionalGeneration,
+        # its vision tower left out; a text-only prompt gives the same logits.
+        text = CONFIGS["gemma3"]
+        vision = transformers.SiglipVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        )
+        torch.manual_seed(0)
+        ref = transformers.Gemma3ForConditionalGeneration(
+            transformers.Gemma3Config(
+                text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4
+            )
+        ).eval()
+        with torch.no_grad():
+            for name, p in ref.named_parameters():
+                if "norm" in name:
+                    p.add_(torch.randn_like(p) * 0.3)
+        d = self.tmp / "gemma3-mm"
+        ref.save_pretrained(d)
+        config = load_checkpoint(d).config
+        self.check_gemma(config, "gemma3")
+        self.check(ours(d), ref, 1e-4)
+
+    def check_gemma(self, config, arch):
+        """The switches read from config.json and from llama.cpp's keys and
+        defaults; the tests above then fail on any of them computed wrong
+        (each was broken once: window off by one, cap, local RoPE base,
+        linear scaling, (1 + w), post norms, √dim, GELU, query scale)."""
+        want = {
+            "gemma2": ((0, 2), 0.1, 0.5, None),
+            "gemma2-scaled": ((0, 2), 0.1, 0.5, 24**-0.5),
+            "gemma3": ((0, 1, 2, 3, 4), None, None, None),
+            "mistral": ((0, 1, 2), None, None, None),
+        }.get(arch, ((), None, None, None))
+        # A GGUF holds the caps as float32.
+        caps = tuple(
+            None if x is None else round(x, 6) for x in (config.attn_softcap, config.final_softcap)
+        )
+        got = (tuple(config.window_layers), *caps, config.attn_scale)
+        self.assertEqual(got, want)
+        self.assertEqual(config.local_rope_theta, 1e4 if arch == "gemma3" else None)
 
     def test_unsupported_is_one_clear_error(self):
         d = self.tmp / "moe"
@@ -174,14 +224,29 @@ class ArchitectureTest(unittest.TestCase):
         with self.assertRaisesRegex(ConfigError, "exceeds the model's sliding_window 256"):
             load_model(load_checkpoint(d), torch.float32, 300)
 
-        path = self.tmp / "gemma2.gguf"
-        w = gguf.GGUFWriter(str(path), "gemma2")
+        # Gemma switches we do not compute, each named.
+        d = self.tmp / "gemma3-bad"
+        hf_model("gemma3").save_pretrained(d)
+        good = json.loads((d / "config.json").read_text())
+        for change, message in (
+            ({"hidden_activation": "gelu"}, "hidden_activation 'gelu' is not supported"),
+            ({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+            ({"layer_types": ["chunked_attention"] * 6}, r"layer_types \['chunked_attention'\]"),
+        ):
+            (d / "config.json").write_text(json.dumps({**good, **change}))
+            with self.assertRaisesRegex(ConfigError, message):
+                load_checkpoint(d)
+
+        path = self.tmp / "gemma3n.gguf"
+        w = gguf.GGUFWriter(str(path), "gemma3n")
         w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        with self.assertRaisesRegex(CheckpointError, "GGUF architecture 'gemma2' is not supported"):
+        with self.assertRaisesRegex(
+            CheckpointError, "GGUF architecture 'gemma3n' is not supported"
+        ):
             load_checkpoint(path)
 
 

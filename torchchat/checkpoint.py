@@ -93,13 +93,17 @@ _GGUF_LAYER = {
     "ffn_gate.weight": "feed_forward.w1.weight",
     "ffn_down.weight": "feed_forward.w2.weight",
     "ffn_up.weight": "feed_forward.w3.weight",
+    # Gemma 2/3's norms after attention and after the MLP.
+    "post_attention_norm.weight": "post_attention_norm.weight",
+    "post_ffw_norm.weight": "post_ffn_norm.weight",
 }
 _GGUF_TOP = {
     "token_embd.weight": "tok_embeddings.weight",
     "output_norm.weight": "norm.weight",
     "output.weight": "output.weight",
 }
-_GGUF_ARCHS = ("llama", "qwen2", "qwen3", "granite", "smollm3", "phi3")
+_GGUF_ARCHS = ("llama", "qwen2", "qwen3", "granite", "smollm3", "phi3", "gemma2", "gemma3")
+_GGUF_GEMMA = ("gemma2", "gemma3")
 # Fused projections llama.cpp keeps for these (split on load).
 _GGUF_FUSED = {"phi3": ("attn_qkv.weight", "ffn_up.weight")}
 # llama.cpp permutes Q/K into Meta's interleaved layout for these only; qwen2
@@ -203,7 +207,9 @@ def load_gguf(path: Path) -> Checkpoint:
         architecture=arch,
     )
     scaling = a("rope.scaling.type")
-    if scaling not in (None, "none"):
+    if scaling == "linear":
+        config.rope_scaling = {"factor": float(a("rope.scaling.factor", 1.0))}
+    elif scaling not in (None, "none"):
         raise CheckpointError(f"GGUF rope scaling {scaling!r} is not supported")
     rotary = a("rope.dimension_count")
     if rotary is not None and int(rotary) != head_dim:
@@ -239,6 +245,8 @@ def load_gguf(path: Path) -> Checkpoint:
         }
     if a("attention.sliding_window"):
         config.sliding_window = int(a("attention.sliding_window"))
+    if arch in _GGUF_GEMMA:
+        _gguf_gemma(config, arch, a)
 
     sd: Dict[str, torch.Tensor] = {}
     quantized: Dict[str, GGUFQuantized] = {}
@@ -292,6 +300,45 @@ def load_gguf(path: Path) -> Checkpoint:
         eos_ids=tuple(dict.fromkeys(eos_ids)),
         add_bos=_field(reader, "tokenizer.ggml.add_bos_token"),
     )
+
+
+def _gguf_gemma(config: ModelConfig, arch: str, a: Any) -> None:
+    """Gemma 2/3 as llama.cpp reads them. Its converter stores every norm
+    weight + 1, so the norms are plain; what the GGUF does not say (the
+    local-layer pattern, the local RoPE base, the query scale) takes
+    llama.cpp's defaults."""
+    config.hidden_act = "gelu_tanh"
+    config.embedding_scale = float(np.sqrt(config.dim))
+    config.post_norms = True
+    config.final_softcap = float(a("final_logit_softcapping", 0.0)) or None
+    if arch == "gemma2":
+        # Both caps always apply in llama.cpp's gemma2, 50 and 30 by default.
+        config.attn_softcap = float(a("attn_logit_softcapping", 50.0))
+        config.final_softcap = float(a("final_logit_softcapping", 30.0))
+    # llama.cpp scales queries by 1/sqrt(dim / heads) for the 27B models
+    # (46 gemma2 layers, 62 gemma3), by 1/sqrt(head_dim) otherwise.
+    if config.n_layers == {"gemma2": 46, "gemma3": 62}[arch]:
+        scale = float(config.dim // config.n_heads) ** -0.5
+        config.attn_scale = None if config.dim // config.n_heads == config.head_dim else scale
+    window = config.sliding_window
+    if arch == "gemma2" and not window:
+        window = config.sliding_window = 4096  # llama.cpp's default for gemma2
+    if not window:
+        return
+    pattern = a("attention.sliding_window_pattern")
+    n = config.n_layers
+    if isinstance(pattern, list):
+        if len(pattern) != n:
+            raise CheckpointError(
+                f"GGUF {arch}.attention.sliding_window_pattern has {len(pattern)} entries "
+                f"for {n} layers"
+            )
+        config.window_layers = tuple(i for i, swa in enumerate(pattern) if swa)
+    else:
+        every = int(pattern if pattern is not None else (2 if arch == "gemma2" else 6))
+        config.window_layers = tuple(i for i in range(n) if every == 0 or i % every < every - 1)
+    if arch == "gemma3":
+        config.local_rope_theta = float(a("rope.freq_base_swa", 10000.0))
 
 
 # --- HF safetensors -----------------------------------------------------------
@@ -387,19 +434,66 @@ def split_fused(
     }
 
 
-def hf_tensor_name(name: str) -> Optional[str]:
+# Gemma 2/3 name their norms after the position, not the role:
+# post_attention_layernorm follows attention (Llama's precedes the MLP).
+_HF_GEMMA_LAYER = {
+    **_HF_LAYER,
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffn_norm.weight",
+}
+
+
+def hf_tensor_name(name: str, post_norms: bool = False) -> Optional[str]:
     if name in _HF_TOP:
         return _HF_TOP[name]
+    layer = _HF_GEMMA_LAYER if post_norms else _HF_LAYER
     m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
-    if m and m.group(2) in _HF_LAYER:
-        return f"layers.{m.group(1)}.{_HF_LAYER[m.group(2)]}"
+    if m and m.group(2) in layer:
+        return f"layers.{m.group(1)}.{layer[m.group(2)]}"
     return None
+
+
+# Gemma 3 4B and up (Gemma3ForConditionalGeneration): the language model's
+# weights under these prefixes, beside a vision tower we do not run.
+_GEMMA3_TEXT_PREFIXES = ("language_model.model.", "model.language_model.")
+_GEMMA3_VISION = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.")
+
+
+def _gemma3_text_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The text model's config.json: its `text_config` holds only what
+    differs from Gemma3TextConfig's defaults, which transformers fills in."""
+    import transformers
+
+    text = transformers.Gemma3TextConfig(**cfg["text_config"]).to_dict()
+    for key in ("tie_word_embeddings", "bos_token_id", "eos_token_id"):
+        if key in cfg:
+            text[key] = cfg[key]
+    text["model_type"] = "gemma3_text"
+    return text
+
+
+def _gemma3_text_name(name: str) -> Optional[str]:
+    """A multimodal Gemma 3 tensor's name in the text model, or None for
+    the vision tower and projector."""
+    if name.startswith(_GEMMA3_VISION) or name.startswith("model.multi_modal_projector."):
+        return None
+    for p in _GEMMA3_TEXT_PREFIXES:
+        if name.startswith(p):
+            return "model." + name[len(p) :]
+    if name.startswith("language_model.lm_head."):
+        return name[len("language_model.") :]
+    return name
 
 
 def load_hf(d: Path) -> Checkpoint:
     from safetensors.torch import load_file
 
     cfg = json.loads((d / "config.json").read_text())
+    prefixes: Tuple[str, ...] = ()
+    if cfg.get("model_type") == "gemma3" and "text_config" in cfg:
+        cfg = _gemma3_text_config(cfg)
+        prefixes = _GEMMA3_TEXT_PREFIXES
     config = ModelConfig.from_hf(cfg)
     index = d / "model.safetensors.index.json"
     if index.exists():
@@ -413,6 +507,10 @@ def load_hf(d: Path) -> Checkpoint:
     sd: Dict[str, torch.Tensor] = {}
     for f in files:
         for name, w in load_file(str(d / f)).items():
+            if prefixes:
+                name = _gemma3_text_name(name)
+                if name is None:
+                    continue
             m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
             if m and m.group(2) in _HF_FUSED:
                 for meta, piece in split_fused(
@@ -420,7 +518,7 @@ def load_hf(d: Path) -> Checkpoint:
                 ).items():
                     sd[meta] = to_meta_rope(meta, piece, config) if _rotated(meta) else piece
                 continue
-            meta = hf_tensor_name(name)
+            meta = hf_tensor_name(name, config.post_norms)
             if meta is None:
                 if name.endswith("rotary_emb.inv_freq"):
                     continue

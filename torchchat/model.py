@@ -14,6 +14,7 @@ RoPE layout (interleaved pairs); checkpoint loaders convert to that.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -33,7 +34,20 @@ DTYPES = {
 
 # transformers model_type values from_hf reads (dense models; *_moe are
 # other model_types and are refused).
-HF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "phi3")
+HF_ARCHITECTURES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "granite",
+    "smollm3",
+    "phi3",
+    "gemma2",
+    "gemma3_text",
+)
+GEMMA = ("gemma2", "gemma3_text")
+# Gemma's GELU (transformers' gelu_pytorch_tanh, llama.cpp's GELU).
+GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh")
 
 
 class ConfigError(ValueError):
@@ -77,6 +91,26 @@ class ModelConfig:
     # frequency divisors), "original_max_position_embeddings",
     # "attention_factor" (scales cos and sin)}.
     longrope: Optional[Dict[str, Any]] = None
+    # Gemma 2/3. Norms scale by (1 + w) (transformers' weights; a GGUF
+    # stores w + 1 and plain norms).
+    norm_unit_offset: bool = False
+    hidden_act: str = "silu"  # or "gelu_tanh": the MLP's gate activation
+    # Embeddings times this in the graph (√dim), not folded into the weights:
+    # the output projection shares them.
+    embedding_scale: float = 1.0
+    # RMSNorms after attention and after the MLP too, before each residual add.
+    post_norms: bool = False
+    # q·k scale (query_pre_attn_scalar ** -0.5); None: 1/√head_dim.
+    attn_scale: Optional[float] = None
+    # tanh soft-capping of attention scores (Gemma 2) and of the logits.
+    attn_softcap: Optional[float] = None
+    final_softcap: Optional[float] = None
+    # Layers that attend over the last `sliding_window` positions only
+    # (Gemma 2/3's interleaved local layers). Empty with a sliding_window
+    # set (Phi-3): every layer's window, supported up to the window's length.
+    window_layers: Tuple[int, ...] = ()
+    # Gemma 3: the window layers' own RoPE base (None: the global tables).
+    local_rope_theta: Optional[float] = None
     architecture: str = "llama"
 
     def to_json(self) -> Dict[str, Any]:
@@ -98,10 +132,15 @@ class ModelConfig:
             raise ConfigError(
                 f"model_type {arch!r} is not supported ({', '.join(HF_ARCHITECTURES)} are)"
             )
-        if cfg.get("hidden_act", "silu") != "silu":
-            raise ConfigError(f"hidden_act {cfg['hidden_act']!r} is not supported")
+        gemma = arch in GEMMA
+        act = (cfg.get("hidden_activation") if gemma else None) or cfg.get("hidden_act", "silu")
+        if act not in ("silu", *GELU_TANH):
+            field = "hidden_activation" if gemma else "hidden_act"
+            raise ConfigError(f"{field} {act!r} is not supported (silu or gelu_pytorch_tanh are)")
         if arch in ("mistral", "qwen2", "qwen3", "smollm3") and cfg.get("use_sliding_window"):
             raise ConfigError("use_sliding_window: sliding-window attention is not supported")
+        if cfg.get("use_bidirectional_attention"):
+            raise ConfigError("use_bidirectional_attention: only causal attention is supported")
         n_heads = cfg["num_attention_heads"]
         dim = cfg["hidden_size"]
         head_dim = cfg.get("head_dim") or dim // n_heads
@@ -121,11 +160,27 @@ class ModelConfig:
                         f"partial_rotary_factor {partial} gives {rotary_dim} rotary dims of "
                         f"{head_dim}; an even number from 2 to {head_dim} is needed"
                     )
+        # Gemma 3 keeps one rope_parameters entry per layer type.
+        rope = cfg.get("rope_parameters") or {}
+        local_rope = rope.get("sliding_attention") or {}
+        rope = rope.get("full_attention", rope)
         longrope = _hf_longrope(cfg, rotary_dim or head_dim) if arch == "phi3" else None
-        rope_scaling = None if longrope else _hf_rope_scaling(cfg)
+        rope_scaling = None if longrope else _hf_rope_scaling(cfg.get("rope_scaling") or rope)
         theta = cfg.get("rope_theta")
         if theta is None:
-            theta = (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+            theta = rope.get("rope_theta", 10000.0)
+        window = cfg.get("sliding_window") if arch in ("phi3", "mistral", *GEMMA) else None
+        window_layers: Tuple[int, ...] = ()
+        local_theta = None
+        if arch == "mistral" and window:
+            window_layers = tuple(range(cfg["num_hidden_layers"]))  # Mistral 7B v0.1
+        if gemma and window:
+            window_layers = _hf_window_layers(cfg, arch)
+            if arch == "gemma3_text":
+                local_theta = float(
+                    local_rope.get("rope_theta") or cfg.get("rope_local_base_freq") or 10000.0
+                )
+        scalar = cfg.get("query_pre_attn_scalar")
         return cls(
             dim=dim,
             n_layers=cfg["num_hidden_layers"],
@@ -137,19 +192,28 @@ class ModelConfig:
             norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=float(theta),
             max_context=cfg.get("max_position_embeddings", 2048),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", gemma)),
             qkv_bias=bool(cfg.get("attention_bias", arch == "qwen2")),
             rope_scaling=rope_scaling,
             embedding_multiplier=float(cfg.get("embedding_multiplier", 1.0)),
             residual_multiplier=float(cfg.get("residual_multiplier", 1.0)),
             attention_multiplier=cfg.get("attention_multiplier"),
             logits_scaling=float(cfg.get("logits_scaling", 1.0)),
-            qk_norm=arch == "qwen3",
+            qk_norm=arch in ("qwen3", "gemma3_text"),
             no_rope_layers=_hf_no_rope_layers(cfg) if arch == "smollm3" else (),
-            sliding_window=cfg.get("sliding_window") if arch == "phi3" else None,
+            sliding_window=window,
             rotary_dim=rotary_dim,
             longrope=longrope,
-            architecture=arch,
+            norm_unit_offset=gemma,
+            hidden_act="silu" if act == "silu" else "gelu_tanh",
+            embedding_scale=math.sqrt(dim) if gemma else 1.0,
+            post_norms=gemma,
+            attn_scale=None if scalar in (None, head_dim) else float(scalar) ** -0.5,
+            attn_softcap=_positive(cfg.get("attn_logit_softcapping")),
+            final_softcap=_positive(cfg.get("final_logit_softcapping")),
+            window_layers=window_layers,
+            local_rope_theta=local_theta,
+            architecture="gemma3" if arch == "gemma3_text" else arch,
         )
 
     @classmethod
@@ -178,6 +242,27 @@ class ModelConfig:
             tie_embeddings=False,
             rope_scaling=scaling,
         )
+
+
+def _positive(x: Any) -> Optional[float]:
+    return float(x) if x else None
+
+
+def _hf_window_layers(cfg: Dict[str, Any], arch: str) -> Tuple[int, ...]:
+    """Gemma's local layers: `layer_types`, else its fixed interleaving
+    (Gemma 2 every other layer from the first; Gemma 3 all but every
+    `sliding_window_pattern`-th, default 6)."""
+    n = cfg["num_hidden_layers"]
+    types = cfg.get("layer_types")
+    if types is None:
+        every = 2 if arch == "gemma2" else int(cfg.get("sliding_window_pattern") or 6)
+        return tuple(i for i in range(n) if (i + 1) % every != 0)
+    if len(types) != n:
+        raise ConfigError(f"layer_types has {len(types)} entries for {n} layers")
+    unknown = set(types) - {"sliding_attention", "full_attention"}
+    if unknown:
+        raise ConfigError(f"layer_types {sorted(unknown)} are not supported")
+    return tuple(i for i, t in enumerate(types) if t == "sliding_attention")
 
 
 def _hf_no_rope_layers(cfg: Dict[str, Any]) -> Tuple[int, ...]:
@@ -226,13 +311,14 @@ def _hf_longrope(cfg: Dict[str, Any], rotary_dim: int) -> Optional[Dict[str, Any
     }
 
 
-def _hf_rope_scaling(cfg: Dict[str, Any]) -> Optional[Dict[str, float]]:
-    rs = cfg.get("rope_scaling") or cfg.get("rope_parameters")
-    if not rs:
-        return None
-    kind = rs.get("rope_type", rs.get("type"))
+def _hf_rope_scaling(rs: Dict[str, Any]) -> Optional[Dict[str, float]]:
+    """Llama 3.x scaling, or linear (positions divided by `factor`: every
+    frequency's divisor is the factor)."""
+    kind = rs.get("rope_type", rs.get("type")) if rs else None
     if kind in (None, "default"):
         return None
+    if kind == "linear":
+        return {"factor": float(rs["factor"])}
     if kind != "llama3":
         raise ConfigError(f"rope_scaling type {kind!r} is not supported")
     return {
@@ -269,6 +355,7 @@ def model_args(config: ModelConfig, max_seq_length: int, full_logits: bool = Fal
         # Qwen3 normalizes q and k per head, then rotates them (as HF does).
         use_qk_norm=config.qk_norm,
         qk_norm_before_rope=config.qk_norm,
+        rms_norm_add_unit_offset=config.norm_unit_offset,
     )
 
 
@@ -298,25 +385,23 @@ class Model(nn.Module):
         self, factors: torch.Tensor, rotary_dim: Optional[int] = None, scale: float = 1.0
     ) -> None:
         """RoPE tables with each frequency divided by its factor (GGUF's
-        rope_freqs for Llama 3.1 scaling, LongRoPE's short factors), over the
-        first `rotary_dim` dims of each head (partial rotary: the pairs
-        beyond get cos 1, sin 0, so they pass through), cos and sin scaled
-        by `scale` (LongRoPE's attention factor)."""
+        rope_freqs for Llama 3.1 scaling, LongRoPE's short factors, linear
+        scaling), over the first `rotary_dim` dims of each head (partial
+        rotary: the pairs beyond get cos 1, sin 0, so they pass through), cos
+        and sin scaled by `scale` (LongRoPE's attention factor). Only the
+        global layers' tables: Gemma 3's local ones stay unscaled."""
         rope = self.transformer.rope
         hd = self.config.head_dim
         rot = rotary_dim or hd
-        base = 1.0 / (
-            self.config.rope_theta ** (torch.arange(0, rot, 2, dtype=torch.float32) / rot)
-        )
-        freqs = base / factors.float().reshape(-1)
+        freqs = _inv_freqs(self.config.rope_theta, rot) / factors.float().reshape(-1)
         t = torch.arange(rope.freqs_cos.shape[0], dtype=torch.float32)
         angles = torch.outer(t, freqs)
-        cos = torch.ones_like(rope.freqs_cos)
-        sin = torch.zeros_like(rope.freqs_sin)
+        cos = torch.ones(len(t), hd // 2)
+        sin = torch.zeros(len(t), hd // 2)
         cos[:, : rot // 2] = torch.cos(angles) * scale
         sin[:, : rot // 2] = torch.sin(angles) * scale
-        rope.freqs_cos.copy_(cos)
-        rope.freqs_sin.copy_(sin)
+        rope.freqs_cos[:, : hd // 2] = cos
+        rope.freqs_sin[:, : hd // 2] = sin
 
     def load_weights(self, state_dict: Dict[str, torch.Tensor]) -> None:
         """Loads Meta-named weights; the KV cache stays as built."""
@@ -354,8 +439,11 @@ def build_model(
     from torchchat import executorch_compat as et
 
     original = (config.longrope or {}).get("original_max_position_embeddings")
+    # Phi-3's window over every layer is not modelled: it equals full
+    # attention up to its length.
+    whole_window = config.sliding_window if not config.window_layers else None
     if max_seq_length is None:
-        max_seq_length = min(config.max_context, 2048, config.sliding_window or 2048)
+        max_seq_length = min(config.max_context, 2048, whole_window or 2048)
         max_seq_length = min(max_seq_length, original or max_seq_length)
     if original and max_seq_length > original:
         raise ConfigError(
@@ -363,15 +451,16 @@ def build_model(
             f"original_max_position_embeddings {original}: LongRoPE's long factors (for longer "
             f"contexts) are not supported, so the context is limited to {original}"
         )
-    if config.sliding_window and max_seq_length > config.sliding_window:
+    if whole_window and max_seq_length > whole_window:
         raise ConfigError(
             f"max_seq_length {max_seq_length} exceeds the model's sliding_window "
-            f"{config.sliding_window}: sliding-window attention is not supported, so the "
-            f"context is limited to {config.sliding_window}"
+            f"{whole_window}: sliding-window attention is not supported, so the "
+            f"context is limited to {whole_window}"
         )
     args = model_args(config, max_seq_length, full_logits)
     with torch.device("cpu"):
         transformer = et.construct_transformer(args)
+        transformer = _gemma_extras(transformer, config)
     model = Model(config, transformer, max_seq_length)
     model.to(dtype=dtype)
     # RoPE tables stay fp32: bf16 angles drift by whole radians at long range.
@@ -382,11 +471,13 @@ def build_model(
         # ExecuTorch's ModelArgs has no_rope_layer_interval, but its attention
         # does not read it: such a layer gets a rotation that does nothing.
         transformer.layers[i].attention.rope = NoRope()
+    if config.local_rope_theta is not None and config.window_layers:
+        _local_rope_tables(transformer, config)
     if config.rope_scaling:
         # ExecuTorch's own Llama 3 scaling hard-codes low_freq_factor 1 and an
         # 8192 original context; the config's values go in as GGUF's
         # per-frequency divisors instead.
-        model.set_rope_freq_factors(llama3_rope_factors(config))
+        model.set_rope_freq_factors(rope_scaling_factors(config))
     elif config.longrope or config.rotary_dim:
         # ExecuTorch has both only on its HF-layout RoPE (use_hf_rope); the
         # same tables on its Meta-layout RoPE keep one weight layout for
@@ -397,6 +488,195 @@ def build_model(
         model.set_rope_freq_factors(short, rot, float(lr.get("attention_factor", 1.0)))
     model.tie_weights()
     return model.to(device).eval()
+
+
+def _inv_freqs(theta: float, dims: int) -> torch.Tensor:
+    return 1.0 / (theta ** (torch.arange(0, dims, 2, dtype=torch.float32) / dims))
+
+
+# --- Gemma 2/3: what ExecuTorch's Transformer has switches for but does not
+# compute (its block ignores post norms and the MLP's activation, its SDPA
+# has no window, score cap or scale, its RoPE one base for all layers). ----
+
+
+@dataclass(frozen=True)
+class AttentionRule:
+    """How one layer's scores differ from plain causal SDPA."""
+
+    window: Optional[int] = None  # attend to positions p - window < j <= p
+    softcap: Optional[float] = None  # scores -> softcap * tanh(scores / softcap)
+    scale: Optional[float] = None  # instead of 1/sqrt(head_dim)
+
+
+def attend(
+    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, rule: Optional[AttentionRule]
+) -> Tensor:
+    """SDPA of q [B, H, T, D] over k, v [B, KV_H, S, D] where `allowed`
+    [T, S] (bool) is true, under `rule`. The window is the caller's: it is
+    already in `allowed`."""
+    scale = rule.scale if rule is not None else None
+    if rule is None or rule.softcap is None:
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, enable_gqa=True, scale=scale
+        )
+    # Query heads grouped per kv head, broadcast against it: no copies of
+    # k and v, and no reshape that mixes a dynamic length (in a .pt2).
+    kv = k.shape[1]
+    qg = q.unflatten(1, (kv, q.shape[1] // kv))
+    s = torch.matmul(qg, k.unsqueeze(2).transpose(-1, -2))
+    s = s * (scale or 1.0 / math.sqrt(q.shape[-1]))
+    s = torch.tanh(s / rule.softcap) * rule.softcap
+    s = torch.where(allowed, s, torch.full_like(s, float("-inf")))
+    p = torch.softmax(s.float(), dim=-1).to(q.dtype)
+    return torch.matmul(p, v.unsqueeze(2)).flatten(1, 2)
+
+
+def within_window(
+    allowed: Tensor, q_pos: Tensor, k_pos: Tensor, rule: Optional[AttentionRule]
+) -> Tensor:
+    """`allowed` [T, S] narrowed to the rule's window (q_pos [T], k_pos [S])."""
+    if rule is None or rule.window is None:
+        return allowed
+    return allowed & ((q_pos[:, None] - k_pos[None, :]) < rule.window)
+
+
+class RuleSDPA(nn.Module):
+    """ExecuTorch's SDPA interface for a layer with an AttentionRule, over the
+    whole static cache and the attention's mask (its window is in the mask:
+    _gemma_extras bands it). In a .pte with ExecuTorch's custom ops
+    (`custom_op`), llama::custom_sdpa takes the mask and scale; a score cap
+    it cannot do, so those layers stay plain aten."""
+
+    def __init__(self, dim: int, rule: AttentionRule):
+        super().__init__()
+        self.dim = dim
+        self.rule = rule
+        self.custom_op = False
+
+    def forward(self, input_pos, q, k, v, bsz, seqlen, mask) -> Tensor:  # noqa: ANN001 (ExecuTorch's SDPA signature)
+        if self.custom_op and self.rule.softcap is None:
+            additive = torch.zeros(mask.shape, dtype=torch.float32).masked_fill(
+                ~mask, float("-inf")
+            )
+            y = torch.ops.llama.custom_sdpa(
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                0,
+                additive,
+                0,
+                False,
+                self.rule.scale,
+            )
+            return y.reshape(bsz, seqlen, self.dim)
+        y = attend(q, k, v, mask, self.rule)
+        return y.transpose(1, 2).reshape(bsz, seqlen, self.dim)
+
+
+class LayerRope(nn.Module):
+    """Gemma 3's RoPE per layer type: the tables hold the global layers'
+    frequencies in the first half of each row and the local layers' in the
+    second; each layer rotates with its own half."""
+
+    def __init__(self, rotate: nn.Module, local: bool, half: int):
+        super().__init__()
+        self.rotate = rotate
+        self.start = half if local else 0
+        self.half = half
+
+    def forward(self, q: Tensor, k: Tensor, freqs_cos: Tensor, freqs_sin: Tensor) -> tuple:
+        cos = freqs_cos.narrow(-1, self.start, self.half)
+        sin = freqs_sin.narrow(-1, self.start, self.half)
+        return self.rotate(q, k, cos, sin)
+
+
+def _local_rope_tables(transformer: nn.Module, config: ModelConfig) -> None:
+    rope = transformer.rope
+    half = config.head_dim // 2
+    t = torch.arange(rope.freqs_cos.shape[0], dtype=torch.float32)
+    angles = torch.outer(t, _inv_freqs(config.local_rope_theta, config.head_dim))
+    rope.freqs_cos = torch.cat([rope.freqs_cos, torch.cos(angles)], dim=-1)
+    rope.freqs_sin = torch.cat([rope.freqs_sin, torch.sin(angles)], dim=-1)
+    for i, layer in enumerate(transformer.layers):
+        if i not in config.no_rope_layers:
+            layer.attention.rope = LayerRope(rope.apply_rotary_emb, i in config.window_layers, half)
+
+
+class Block(nn.Module):
+    """ExecuTorch's TransformerBlock, same modules and names, with what Gemma
+    adds: the embedding scale (first layer), RMSNorms after attention and the
+    MLP (`post_attention_norm`, `post_ffn_norm`), and a GELU gate."""
+
+    def __init__(self, block: nn.Module, config: ModelConfig, first: bool):
+        super().__init__()
+        self.attention = block.attention
+        self.attention_norm = block.attention_norm
+        self.ffn_norm = block.ffn_norm
+        self.feed_forward = block.feed_forward
+        self.post_norms = config.post_norms
+        if self.post_norms:
+            self.post_attention_norm = copy.deepcopy(block.ffn_norm)
+            self.post_ffn_norm = copy.deepcopy(block.ffn_norm)
+        self.gelu = config.hidden_act == "gelu_tanh"
+        self.scaled = first and config.embedding_scale != 1.0
+        # In the activations' dtype, as transformers and llama.cpp round it.
+        scale = torch.tensor(config.embedding_scale if self.scaled else 1.0)
+        self.register_buffer("embedding_scale", scale, persistent=False)
+
+    def forward(self, x, freqs_cos, freqs_sin, attn_options) -> tuple:  # noqa: ANN001 (ExecuTorch's block signature)
+        if self.scaled:
+            x = x * self.embedding_scale.to(x.dtype)
+        a, update = self.attention(self.attention_norm(x), freqs_cos, freqs_sin, **attn_options)
+        h = x + (self.post_attention_norm(a) if self.post_norms else a)
+        f = self.feed_forward
+        y = self.ffn_norm(h)
+        if self.gelu:
+            y = f.w2(torch.nn.functional.gelu(f.w1(y), approximate="tanh") * f.w3(y))
+        else:
+            y = f(y)
+        return h + (self.post_ffn_norm(y) if self.post_norms else y), update
+
+
+def _gemma_extras(transformer: nn.Module, config: ModelConfig) -> nn.Module:
+    if config.post_norms or config.hidden_act != "silu" or config.embedding_scale != 1.0:
+        for i, layer in enumerate(transformer.layers):
+            transformer.layers[i] = Block(layer, config, i == 0)
+    for i, layer in enumerate(transformer.layers):
+        attn = layer.attention
+        window = config.sliding_window if i in config.window_layers else None
+        rule = AttentionRule(window, config.attn_softcap, config.attn_scale)
+        if rule == AttentionRule():
+            continue
+        if window is not None:
+            n = attn.mask.shape[0]
+            pos = torch.arange(n)
+            attn.mask = within_window(attn.mask, pos, pos, rule)
+        attn.SDPA = RuleSDPA(attn.SDPA.dim, rule)
+    if config.final_softcap:
+        return softcapped_transformer(transformer, config.final_softcap)
+    return transformer
+
+
+def softcapped_transformer(transformer: nn.Module, cap: float) -> nn.Module:
+    """ExecuTorch's Transformer, same modules, whose logits are capped
+    (Gemma 2's final_logit_softcapping)."""
+    base = type(transformer)
+
+    class SoftcappedTransformer(base):
+        def forward(self, tokens=None, attn_options=None, h=None):  # noqa: ANN001, ANN202
+            logits = super().forward(tokens, attn_options, h)
+            return torch.tanh(logits / self.final_softcap) * self.final_softcap
+
+    out = SoftcappedTransformer(transformer.params, transformer.layers, transformer.rope)
+    out.final_softcap = cap
+    return out
+
+
+def rope_scaling_factors(config: ModelConfig) -> torch.Tensor:
+    """Per-frequency divisors for the config's rope_scaling."""
+    if set(config.rope_scaling) == {"factor"}:  # linear
+        return torch.full((config.head_dim // 2,), float(config.rope_scaling["factor"]))
+    return llama3_rope_factors(config)
 
 
 class NoRope(nn.Module):
@@ -443,9 +723,10 @@ class FilledCacheSDPA(nn.Module):
     ExecuTorch's own llama:: ops.)
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, rule: Optional[AttentionRule] = None):
         super().__init__()
         self.dim = dim
+        self.rule = rule
 
     def forward(
         self,
@@ -457,13 +738,14 @@ class FilledCacheSDPA(nn.Module):
         seqlen: int,
         mask: torch.Tensor,
     ) -> torch.Tensor:
-        end = input_pos[-1].item() + 1
-        torch._check(end >= 1)
-        torch._check(end <= k.shape[2])
-        k, v, mask = k[:, :, :end], v[:, :, :end], mask[:, :end]
-        y = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, enable_gqa=True
-        )
+        if self.rule is None or self.rule.softcap is None:
+            # A capped layer's explicit attention keeps the whole cache:
+            # inductor cannot lower its matmuls over the unbacked length.
+            end = input_pos[-1].item() + 1
+            torch._check(end >= 1)
+            torch._check(end <= k.shape[2])
+            k, v, mask = k[:, :, :end], v[:, :, :end], mask[:, :end]
+        y = attend(q, k, v, mask, self.rule)
         return y.transpose(1, 2).reshape(bsz, seqlen, self.dim)
 
 
@@ -472,7 +754,7 @@ def attend_filled_cache(model: Model) -> Model:
     for layer in model.transformer.layers:
         attn = layer.attention
         if hasattr(attn, "SDPA"):
-            attn.SDPA = FilledCacheSDPA(attn.SDPA.dim)
+            attn.SDPA = FilledCacheSDPA(attn.SDPA.dim, getattr(attn.SDPA, "rule", None))
     return model
 
 
@@ -553,10 +835,11 @@ class _SlotAttention(nn.Module):
     """ExecuTorch's SDPA interface over a SlotKVCache; `attend` is the
     attention of the step's tokens, [1, heads, T, head_dim]."""
 
-    def __init__(self, dim: int, plan: "SlotPlan"):
+    def __init__(self, dim: int, plan: "SlotPlan", rule: Optional[AttentionRule] = None):
         super().__init__()
         self.dim = dim
         self.plan = plan
+        self.rule = rule
 
     def forward(
         self,
@@ -584,12 +867,12 @@ class SlotSDPA(_SlotAttention):
         out = []
         for slot, first, n, start in self.plan.batch.spans:
             end = start + n
-            y = torch.nn.functional.scaled_dot_product_attention(
+            y = attend(
                 q[:, :, first : first + n],
                 k[slot : slot + 1, :, :end],
                 v[slot : slot + 1, :, :end],
-                attn_mask=mask[first : first + n, :end],
-                enable_gqa=True,
+                mask[first : first + n, :end],
+                self.rule,
             )
             out.append(y)
         return torch.cat(out, dim=2) if len(out) > 1 else out[0]
@@ -625,9 +908,8 @@ class MaskedSlotSDPA(_SlotAttention):
         allowed = ((key // end)[None, :] == slots[:, None]) & (
             (key % end)[None, :] <= input_pos[:, None]
         )
-        return torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, enable_gqa=True
-        )
+        allowed = within_window(allowed, input_pos, key % end, self.rule)
+        return attend(q, k, v, allowed, self.rule)
 
 
 class SlotPlan:
@@ -660,7 +942,8 @@ class SlotModel(nn.Module):
             if not hasattr(attn, "kv_cache"):
                 raise ConfigError("this attention has no KV cache to give slots")
             attn.kv_cache = SlotKVCache(attn.kv_cache, n_slots, self.plan)
-            attn.SDPA = sdpa(attn.n_local_heads * attn.head_dim, self.plan)
+            rule = getattr(attn.SDPA, "rule", None)
+            attn.SDPA = sdpa(attn.n_local_heads * attn.head_dim, self.plan, rule)
 
     def forward(
         self,
