@@ -140,6 +140,22 @@ class ArchitectureTest(unittest.TestCase):
                     self.check_gemma(config, arch)
                     self.check(ours(path), gguf_reference(path, arch, qtype), tol)
 
+    def test_longrope_long_factors(self):
+        # A context past the original one (256) rotates with the long
+        # factors: transformers does so for a 300-token sequence.
+        ref = hf_model("phi4")
+        d = self.tmp / "phi4-long"
+        ref.save_pretrained(d)
+        prompt = torch.randint(0, VOCAB, (300,), generator=torch.Generator().manual_seed(2))
+        with torch.inference_mode():
+            want = ref(prompt[None]).logits
+        for path in (d, write_gguf(ref, "phi3", self.tmp / "phi4-long.gguf", "F32")):
+            with self.subTest(str(path)):
+                model = load_model(load_checkpoint(path), torch.float32, 512, full_logits=True)
+                with torch.inference_mode():
+                    got = attend_filled_cache(model)(prompt[None], torch.arange(300))
+                self.assertLessEqual((got - want).abs().max().item(), 1e-4)
+
     def test_gemma3_multimodal(self):
         # Gemma 3 4B and up: the text model inside Gemma3ForConditionalGeneration,
         # its vision tower left out; a text-only prompt gives the same logits.
@@ -211,13 +227,15 @@ class ArchitectureTest(unittest.TestCase):
         (d / "config.json").write_text(json.dumps(cfg))
         with self.assertRaisesRegex(ConfigError, "short_factor has 5 values; 8 are needed"):
             load_checkpoint(d)
-        # LongRoPE's long factors (beyond the original context) are refused.
-        d = self.tmp / "phi4-long"
+        # Past the original context LongRoPE needs its long factors.
+        d = self.tmp / "phi4-no-long"
         hf_model("phi4").save_pretrained(d)
+        ckpt = load_checkpoint(d)
+        ckpt.config.longrope["long_factor"] = []
         with self.assertRaisesRegex(
-            ConfigError, "exceeds the model's original_max_position_embeddings 256"
+            ConfigError, "exceeds the model's original_max_position_embeddings 256 and it has no"
         ):
-            load_model(load_checkpoint(d), torch.float32, 300)
+            load_model(ckpt, torch.float32, 300)
         # Phi-3's sliding window equals full attention up to its length only.
         d = self.tmp / "phi3-window"
         hf_model("phi3").save_pretrained(d)

@@ -222,22 +222,27 @@ def load_gguf(path: Path) -> Checkpoint:
         config.rotary_dim = rot
     if "rope_factors_short.weight" in tensors or "rope_factors_long.weight" in tensors:
         # Phi-3.5 / Phi-4-mini LongRoPE, as llama.cpp reads it: the short
-        # factors up to the original context (longer is refused), cos and
-        # sin scaled by rope.scaling.attn_factor.
+        # factors up to the original context, the long ones past it, cos
+        # and sin scaled by rope.scaling.attn_factor.
         if arch != "phi3" or "rope_factors_short.weight" not in tensors:
             raise CheckpointError(
                 f"GGUF {arch}: LongRoPE factors are supported for phi3 only, with "
                 "rope_factors_short.weight"
             )
         rot = config.rotary_dim or head_dim
-        short = dequantize_gguf_tensor(tensors["rope_factors_short.weight"]).reshape(-1)
-        if short.size != rot // 2:
-            raise CheckpointError(
-                f"GGUF rope_factors_short.weight has {short.size} values; {rot // 2} are needed"
-            )
+        factors = {}
+        for key in ("short", "long"):
+            name = f"rope_factors_{key}.weight"
+            if name not in tensors:
+                factors[key] = []
+                continue
+            f = dequantize_gguf_tensor(tensors[name]).reshape(-1)
+            if f.size != rot // 2:
+                raise CheckpointError(f"GGUF {name} has {f.size} values; {rot // 2} are needed")
+            factors[key] = [float(x) for x in f]
         config.longrope = {
-            "short_factor": [float(x) for x in short],
-            "long_factor": [],
+            "short_factor": factors["short"],
+            "long_factor": factors["long"],
             "original_max_position_embeddings": int(
                 a("rope.scaling.original_context_length", config.max_context)
             ),

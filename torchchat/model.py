@@ -6,7 +6,9 @@ configs into its `ModelArgs`, wraps it with a fixed
 `forward(tokens[1, T], input_pos[T]) -> logits` signature, and folds the few
 Llama-family extras that Transformer does not model (Granite's multipliers,
 GGUF's per-frequency RoPE factors) into weights and buffers, so the exported
-graph stays the plain Llama graph.
+graph stays the plain Llama graph. What cannot be folded (Gemma's post
+norms, GELU, windows and soft-caps) is added on ExecuTorch's own modules,
+with their weight names (Block, AttentionRule, LayerRope).
 
 Weights use Meta's names (`layers.N.attention.wq.weight`, ...) and Meta's
 RoPE layout (interleaved pairs); checkpoint loaders convert to that.
@@ -445,11 +447,15 @@ def build_model(
     if max_seq_length is None:
         max_seq_length = min(config.max_context, 2048, whole_window or 2048)
         max_seq_length = min(max_seq_length, original or max_seq_length)
-    if original and max_seq_length > original:
+    # LongRoPE: the long factors for a context past the original one, at
+    # every position (as llama.cpp chooses by its context size; transformers
+    # switches when the sequence itself grows past it).
+    long_rope = bool(original and max_seq_length > original)
+    if long_rope and not config.longrope.get("long_factor"):
         raise ConfigError(
             f"max_seq_length {max_seq_length} exceeds the model's "
-            f"original_max_position_embeddings {original}: LongRoPE's long factors (for longer "
-            f"contexts) are not supported, so the context is limited to {original}"
+            f"original_max_position_embeddings {original} and it has no LongRoPE long_factor "
+            f"for longer contexts, so the context is limited to {original}"
         )
     if whole_window and max_seq_length > whole_window:
         raise ConfigError(
@@ -484,8 +490,10 @@ def build_model(
         # every architecture and loader.
         rot = config.rotary_dim or config.head_dim
         lr = config.longrope or {}
-        short = torch.tensor(lr.get("short_factor") or [1.0] * (rot // 2))
-        model.set_rope_freq_factors(short, rot, float(lr.get("attention_factor", 1.0)))
+        factors = lr.get("long_factor" if long_rope else "short_factor") or [1.0] * (rot // 2)
+        model.set_rope_freq_factors(
+            torch.tensor(factors), rot, float(lr.get("attention_factor", 1.0))
+        )
     model.tie_weights()
     return model.to(device).eval()
 
