@@ -29,7 +29,7 @@ from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 from testing.tiny_archs import CONFIGS, HF_VARIANTS, VOCAB, hf_model, model_type, write_gguf
 from torchchat.checkpoint import CheckpointError, load_checkpoint, load_model
 from torchchat.generate import Slot, argmax, decode
-from torchchat.model import ConfigError, attend_filled_cache
+from torchchat.model import ConfigError, SlotModel, attend_filled_cache
 
 PROMPT_LEN = 64
 STEPS = 32
@@ -155,6 +155,32 @@ class ArchitectureTest(unittest.TestCase):
                 with torch.inference_mode():
                     got = attend_filled_cache(model)(prompt[None], torch.arange(300))
                 self.assertLessEqual((got - want).abs().max().item(), 1e-4)
+
+    def test_gemma_slots(self):
+        # The server's batched forward (eager per-slot SDPA, and the masked
+        # one a --slots .pt2 traces) keeps each layer's window and caps: two
+        # sequences longer than the window, in two steps, give what each
+        # gives alone.
+        g = torch.Generator().manual_seed(3)
+        a = torch.randint(0, VOCAB, (40,), generator=g).tolist()
+        b = torch.randint(0, VOCAB, (30,), generator=g).tolist()
+        for arch in ("gemma2", "gemma3"):
+            d = self.tmp / f"slots-{arch}"
+            hf_model(arch).save_pretrained(d)
+            ckpt = load_checkpoint(d)
+            alone = attend_filled_cache(load_model(ckpt, torch.float32, 64))
+            with torch.inference_mode():
+                want = [alone(torch.tensor([a]), torch.arange(40))[0]]
+                alone.reset_cache()
+                want.append(alone(torch.tensor([b]), torch.arange(30))[0])
+            for traceable in (False, True):
+                with self.subTest(arch=arch, traceable=traceable):
+                    model = SlotModel(load_model(ckpt, torch.float32, 64), 2, traceable)
+                    with torch.inference_mode():
+                        model.forward_slots([(0, a[:20], 0), (1, b[:10], 0)])
+                        got = model.forward_slots([(0, a[20:], 20), (1, b[10:], 10)])
+                    for i in (0, 1):
+                        self.assertLessEqual((got[i] - want[i]).abs().max().item(), 1e-5)
 
     def test_gemma3_multimodal(self):
         # Gemma 3 4B and up: the text model inside Gemma3ForConditionalGeneration,

@@ -901,15 +901,17 @@ class MaskedSlotSDPA(_SlotAttention):
 
     def attend(self, input_pos: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         slots = self.plan.batch.slots
-        # Only the rows up to the highest slot in the step, each up to the
-        # last position in it (the engine fills low slots first).
-        end = input_pos.max().item() + 1
-        torch._check(end >= 1)
-        torch._check(end <= k.shape[2])
-        n_slots = slots.max().item() + 1
-        torch._check(n_slots >= 1)
-        torch._check(n_slots <= k.shape[0])
-        _, heads, _, head_dim = k.shape
+        n_slots, heads, end, head_dim = k.shape
+        if self.rule is None or self.rule.softcap is None:
+            # Only the rows up to the highest slot in the step, each up to
+            # the last position in it (the engine fills low slots first). A
+            # capped layer keeps them all, as FilledCacheSDPA does.
+            end = input_pos.max().item() + 1
+            torch._check(end >= 1)
+            torch._check(end <= k.shape[2])
+            n_slots = slots.max().item() + 1
+            torch._check(n_slots >= 1)
+            torch._check(n_slots <= k.shape[0])
         k = k[:n_slots, :, :end].transpose(0, 1).reshape(1, heads, n_slots * end, head_dim)
         v = v[:n_slots, :, :end].transpose(0, 1).reshape(1, heads, n_slots * end, head_dim)
         key = torch.arange(n_slots * end, device=slots.device)
