@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from torchchat.model import ConfigError, Model, ModelConfig, build_model, fold_multipliers
+from torchchat.model import (
+    ConfigError,
+    Model,
+    ModelConfig,
+    build_model,
+    fold_multipliers,
+    interleaved_window_layers,
+)
 
 if TYPE_CHECKING:
     import gguf
@@ -315,16 +322,17 @@ def _gguf_gemma(config: ModelConfig, arch: str, a: Any) -> None:
     config.hidden_act = "gelu_tanh"
     config.embedding_scale = float(np.sqrt(config.dim))
     config.post_norms = True
-    config.final_softcap = float(a("final_logit_softcapping", 0.0)) or None
     if arch == "gemma2":
         # Both caps always apply in llama.cpp's gemma2, 50 and 30 by default.
         config.attn_softcap = float(a("attn_logit_softcapping", 50.0))
         config.final_softcap = float(a("final_logit_softcapping", 30.0))
+    else:
+        config.final_softcap = float(a("final_logit_softcapping", 0.0)) or None
     # llama.cpp scales queries by 1/sqrt(dim / heads) for the 27B models
     # (46 gemma2 layers, 62 gemma3), by 1/sqrt(head_dim) otherwise.
-    if config.n_layers == {"gemma2": 46, "gemma3": 62}[arch]:
-        scale = float(config.dim // config.n_heads) ** -0.5
-        config.attn_scale = None if config.dim // config.n_heads == config.head_dim else scale
+    per_head = config.dim // config.n_heads
+    if config.n_layers == {"gemma2": 46, "gemma3": 62}[arch] and per_head != config.head_dim:
+        config.attn_scale = float(per_head) ** -0.5
     window = config.sliding_window
     if arch == "gemma2" and not window:
         window = config.sliding_window = 4096  # llama.cpp's default for gemma2
@@ -341,7 +349,7 @@ def _gguf_gemma(config: ModelConfig, arch: str, a: Any) -> None:
         config.window_layers = tuple(i for i, swa in enumerate(pattern) if swa)
     else:
         every = int(pattern if pattern is not None else (2 if arch == "gemma2" else 6))
-        config.window_layers = tuple(i for i in range(n) if every == 0 or i % every < every - 1)
+        config.window_layers = interleaved_window_layers(n, every)
     if arch == "gemma3":
         config.local_rope_theta = float(a("rope.freq_base_swa", 10000.0))
 
@@ -462,7 +470,12 @@ def hf_tensor_name(name: str, post_norms: bool = False) -> Optional[str]:
 # Gemma 3 4B and up (Gemma3ForConditionalGeneration): the language model's
 # weights under these prefixes, beside a vision tower we do not run.
 _GEMMA3_TEXT_PREFIXES = ("language_model.model.", "model.language_model.")
-_GEMMA3_VISION = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.")
+_GEMMA3_VISION = (
+    "vision_tower.",
+    "multi_modal_projector.",
+    "model.vision_tower.",
+    "model.multi_modal_projector.",
+)
 
 
 def _gemma3_text_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -481,7 +494,7 @@ def _gemma3_text_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
 def _gemma3_text_name(name: str) -> Optional[str]:
     """A multimodal Gemma 3 tensor's name in the text model, or None for
     the vision tower and projector."""
-    if name.startswith(_GEMMA3_VISION) or name.startswith("model.multi_modal_projector."):
+    if name.startswith(_GEMMA3_VISION):
         return None
     for p in _GEMMA3_TEXT_PREFIXES:
         if name.startswith(p):
@@ -495,10 +508,9 @@ def load_hf(d: Path) -> Checkpoint:
     from safetensors.torch import load_file
 
     cfg = json.loads((d / "config.json").read_text())
-    prefixes: Tuple[str, ...] = ()
-    if cfg.get("model_type") == "gemma3" and "text_config" in cfg:
+    multimodal = cfg.get("model_type") == "gemma3" and "text_config" in cfg
+    if multimodal:
         cfg = _gemma3_text_config(cfg)
-        prefixes = _GEMMA3_TEXT_PREFIXES
     config = ModelConfig.from_hf(cfg)
     index = d / "model.safetensors.index.json"
     if index.exists():
@@ -512,7 +524,7 @@ def load_hf(d: Path) -> Checkpoint:
     sd: Dict[str, torch.Tensor] = {}
     for f in files:
         for name, w in load_file(str(d / f)).items():
-            if prefixes:
+            if multimodal:
                 name = _gemma3_text_name(name)
                 if name is None:
                     continue

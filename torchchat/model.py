@@ -258,13 +258,19 @@ def _hf_window_layers(cfg: Dict[str, Any], arch: str) -> Tuple[int, ...]:
     types = cfg.get("layer_types")
     if types is None:
         every = 2 if arch == "gemma2" else int(cfg.get("sliding_window_pattern") or 6)
-        return tuple(i for i in range(n) if (i + 1) % every != 0)
+        return interleaved_window_layers(n, every)
     if len(types) != n:
         raise ConfigError(f"layer_types has {len(types)} entries for {n} layers")
     unknown = set(types) - {"sliding_attention", "full_attention"}
     if unknown:
         raise ConfigError(f"layer_types {sorted(unknown)} are not supported")
     return tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+
+
+def interleaved_window_layers(n_layers: int, every: int) -> Tuple[int, ...]:
+    """Gemma's fixed interleaving: every `every`-th layer global, the rest
+    local (0: all local, as llama.cpp reads a pattern of 0)."""
+    return tuple(i for i in range(n_layers) if every == 0 or (i + 1) % every != 0)
 
 
 def _hf_no_rope_layers(cfg: Dict[str, Any]) -> Tuple[int, ...]:
