@@ -24,7 +24,7 @@ using executorch::runtime::KernelRuntimeContext;
 using kernels::Fp32ToFp16;
 using kernels::Q4NumBlocks;
 
-constexpr const char* kIsas[] = {"avx512vnni", "avx512", "avx2", "scalar"};
+constexpr const char* kIsas[] = {"avx512vnni", "avx512", "avx2", "neon", "scalar"};
 
 struct Shape {
   int n, k;

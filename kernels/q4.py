@@ -69,7 +69,7 @@ def _isa_lib():
 
 def isa() -> str:
     """The kernel path in use: "avx512vnni" (decode rounds x to int16 per
-    block of 32), or the exact "avx512", "avx2", "scalar"."""
+    block of 32), or the exact "avx512", "avx2", "neon" (aarch64), "scalar"."""
     return _isa_lib().torchchat_q4_isa().decode()
 
 
@@ -80,7 +80,7 @@ def rounds_activations() -> bool:
 def exact_isa() -> str:
     """The best path on this CPU that keeps x in fp32."""
     lib, before = _isa_lib(), isa()
-    for name in ("avx512", "avx2", "scalar"):
+    for name in ("avx512", "avx2", "neon", "scalar"):
         if lib.torchchat_q4_force_isa(name.encode()):
             lib.torchchat_q4_force_isa(before.encode())
             return name

@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: q4_bench [--threads T] [--mb MB] [--m M] [--isa "
-                   "avx512vnni|avx512|avx2|scalar]\n");
+                   "avx512vnni|avx512|avx2|neon|scalar]\n");
       return 2;
     }
   }

@@ -18,6 +18,13 @@
 #else
 #define TC_Q4_X86 0
 #endif
+// NEON and fp16 <-> fp32 conversion are baseline on AArch64: no dispatch.
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#define TC_Q4_ARM 1
+#else
+#define TC_Q4_ARM 0
+#endif
 
 namespace torchchat::kernels {
 namespace {
@@ -119,6 +126,160 @@ void TileRowsScalar(const Args& a, int64_t n0, int64_t n1) {
     }
   }
 }
+
+#if TC_Q4_ARM
+// ---------------------------------------------------------------- NEON -----
+// The AVX2 kernels at 4 lanes: nibble -> float -> FMA, so exact like them
+// (equal to a float matmul with the dequantized weights up to summation
+// order). No 16-bit activation path: x stays fp32.
+
+inline float32x4_t LoadFp16x4(const uint16_t* h, int64_t n) {
+  if (n >= 4) return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+  uint16_t tmp[4] = {};
+  std::memcpy(tmp, h, size_t(n) * 2);
+  return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(tmp)));
+}
+
+inline float Fp16Neon(uint16_t h) {
+  return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
+}
+
+void WidenNeon(const uint16_t* h, float* f, int64_t n) {
+  for (int64_t i = 0; i < n; i += 4) {
+    const float32x4_t v = LoadFp16x4(h + i, n - i);
+    if (n - i >= 4) {
+      vst1q_f32(f + i, v);
+    } else {
+      float tmp[4];
+      vst1q_f32(tmp, v);
+      std::memcpy(f + i, tmp, size_t(n - i) * 4);
+    }
+  }
+}
+
+// The 16 unsigned bytes as 4 float vectors, in order.
+inline void U8ToF32(uint8x16_t v, float32x4_t out[4]) {
+  const uint16x8_t lo = vmovl_u8(vget_low_u8(v)), hi = vmovl_high_u8(v);
+  out[0] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(lo)));
+  out[1] = vcvtq_f32_u32(vmovl_high_u16(lo));
+  out[2] = vcvtq_f32_u32(vmovl_u16(vget_low_u16(hi)));
+  out[3] = vcvtq_f32_u32(vmovl_high_u16(hi));
+}
+
+// q.x for one block (x as 8 vectors of 4), as 4 partial sums.
+inline float32x4_t BlockDotNeon(const uint8_t* q, const float32x4_t x[8]) {
+  const uint8x16_t raw = vld1q_u8(q);
+  float32x4_t lo[4], hi[4];
+  U8ToF32(vandq_u8(raw, vdupq_n_u8(0xF)), lo);  // codes 0..15
+  U8ToF32(vshrq_n_u8(raw, 4), hi);              // codes 16..31
+  float32x4_t a = vmulq_f32(lo[0], x[0]), b = vmulq_f32(hi[0], x[4]);
+  TC_UNROLL
+  for (int j = 1; j < 4; ++j) {
+    a = vfmaq_f32(a, lo[j], x[j]);
+    b = vfmaq_f32(b, hi[j], x[4 + j]);
+  }
+  return vaddq_f32(a, b);
+}
+
+inline void LoadBlockX(const float* xb, float32x4_t x[8]) {
+  TC_UNROLL
+  for (int j = 0; j < 8; ++j) x[j] = vld1q_f32(xb + 4 * j);
+}
+
+void BlockSumsNeon(const float* x, int64_t nb, float* xs) {
+  for (int64_t b = 0; b < nb; ++b) {
+    float32x4_t v[8];
+    LoadBlockX(x + b * 32, v);
+    xs[b] = vaddvq_f32(vaddq_f32(vaddq_f32(vaddq_f32(v[0], v[1]), vaddq_f32(v[2], v[3])),
+                                 vaddq_f32(vaddq_f32(v[4], v[5]), vaddq_f32(v[6], v[7]))));
+  }
+}
+
+template <int R>
+inline void GemvGroupNeon(const Args& a, int64_t n, int64_t i) {
+  const int64_t nb = Q4NumBlocks(a.w->k);
+  const float* x = a.x + i * a.ldx;
+  const float* xs = a.xs + i * nb;
+  float dbuf[R][4];
+  float32x4_t acc[R], macc[R];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) acc[r] = macc[r] = vdupq_n_f32(0.f);
+  for (int64_t c = 0; c < nb; c += 4) {
+    const int64_t cn = std::min<int64_t>(4, nb - c);
+    float xst[4] = {};
+    std::memcpy(xst, xs + c, size_t(cn) * 4);
+    const float32x4_t xsv = vld1q_f32(xst);
+    TC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const uint16_t* d = a.w->scales + (n + r) * 2 * nb + c;
+      vst1q_f32(dbuf[r], LoadFp16x4(d, cn));
+      macc[r] = vfmaq_f32(macc[r], LoadFp16x4(d + nb, cn), xsv);
+      // The rows' next blocks (see kPf).
+      __builtin_prefetch(a.w->qs + ((n + r) * nb + c + 4 * kPf) * 16);
+    }
+    for (int64_t b = 0; b < cn; ++b) {
+      float32x4_t xv[8];
+      LoadBlockX(x + (c + b) * 32, xv);
+      TC_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* q = a.w->qs + ((n + r) * nb + c + b) * 16;
+        acc[r] = vfmaq_n_f32(acc[r], BlockDotNeon(q, xv), dbuf[r][b]);
+      }
+    }
+  }
+  TC_UNROLL
+  for (int r = 0; r < R; ++r)
+    a.y[i * a.w->n + n + r] =
+        vaddvq_f32(vaddq_f32(acc[r], macc[r])) + (a.bias ? a.bias[n + r] : 0.f);
+}
+
+void GemvRowsNeon(const Args& a, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + kNR <= n1; n += kNR)
+    for (int64_t i = 0; i < a.m; ++i) GemvGroupNeon<kNR>(a, n, i);
+  for (; n < n1; ++n)
+    for (int64_t i = 0; i < a.m; ++i) GemvGroupNeon<1>(a, n, i);
+}
+
+void DequantRowNeon(const Q4Weight& w, int64_t row, float* out) {
+  const int64_t nb = Q4NumBlocks(w.k);
+  const uint8_t* qs = w.qs + row * nb * 16;
+  const uint16_t* d = w.scales + row * 2 * nb;
+  for (int64_t b = 0; b < nb; ++b) {
+    const float32x4_t db = vdupq_n_f32(Fp16Neon(d[b])), mb = vdupq_n_f32(Fp16Neon(d[nb + b]));
+    const uint8x16_t raw = vld1q_u8(qs + b * 16);
+    float32x4_t q[8];
+    U8ToF32(vandq_u8(raw, vdupq_n_u8(0xF)), q);
+    U8ToF32(vshrq_n_u8(raw, 4), q + 4);
+    TC_UNROLL
+    for (int j = 0; j < 8; ++j) vst1q_f32(out + b * 32 + 4 * j, vfmaq_f32(mb, db, q[j]));
+  }
+}
+
+// MR rows of x against kNR dequantized weight rows.
+template <int MR>
+void MicroNeon(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr, float* out,
+               int64_t ldo) {
+  float32x4_t acc[MR][kNR];
+  TC_UNROLL
+  for (int i = 0; i < MR; ++i) TC_UNROLL
+  for (int j = 0; j < kNR; ++j) acc[i][j] = vdupq_n_f32(0.f);
+  for (int64_t k = 0; k < kp; k += 4) {
+    float32x4_t wv[kNR];
+    TC_UNROLL
+    for (int j = 0; j < kNR; ++j) wv[j] = vld1q_f32(wt + j * kp + k);
+    TC_UNROLL
+    for (int i = 0; i < MR; ++i) {
+      const float32x4_t xv = vld1q_f32(x + i * ldx + k);
+      TC_UNROLL
+      for (int j = 0; j < kNR; ++j) acc[i][j] = vfmaq_f32(acc[i][j], xv, wv[j]);
+    }
+  }
+  TC_UNROLL
+  for (int i = 0; i < MR; ++i) TC_UNROLL
+  for (int j = 0; j < nr; ++j) out[i * ldo + j] = vaddvq_f32(acc[i][j]);
+}
+#endif  // TC_Q4_ARM
 
 #if TC_Q4_X86
 // ---------------------------------------------------------------- AVX2 -----
@@ -541,6 +702,47 @@ void Q8RowsScalar(const Q8Args& a, int64_t n0, int64_t n1) {
     }
 }
 
+#if TC_Q4_ARM
+template <int R>
+inline void Q8GroupNeon(const Q8Args& a, int64_t n, int64_t i) {
+  const int64_t nb = Q4NumBlocks(a.w->k);
+  const float* x = a.x + i * a.ldx;
+  float32x4_t acc[R];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) acc[r] = vdupq_n_f32(0.f);
+  for (int64_t b = 0; b < nb; ++b) {
+    float32x4_t xv[8];
+    LoadBlockX(x + b * 32, xv);
+    TC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const int8_t* q = a.w->qs + ((n + r) * nb + b) * 32;
+      float32x4_t t = vdupq_n_f32(0.f), u = vdupq_n_f32(0.f);
+      TC_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        const int8x16_t v = vld1q_s8(q + 16 * h);
+        const int16x8_t lo = vmovl_s8(vget_low_s8(v)), hi = vmovl_high_s8(v);
+        t = vfmaq_f32(t, vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))), xv[4 * h]);
+        u = vfmaq_f32(u, vcvtq_f32_s32(vmovl_high_s16(lo)), xv[4 * h + 1]);
+        t = vfmaq_f32(t, vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))), xv[4 * h + 2]);
+        u = vfmaq_f32(u, vcvtq_f32_s32(vmovl_high_s16(hi)), xv[4 * h + 3]);
+      }
+      acc[r] = vfmaq_n_f32(acc[r], vaddq_f32(t, u), Fp16Neon(a.w->scales[(n + r) * nb + b]));
+    }
+  }
+  TC_UNROLL
+  for (int r = 0; r < R; ++r)
+    a.y[i * a.w->n + n + r] = vaddvq_f32(acc[r]) + (a.bias ? a.bias[n + r] : 0.f);
+}
+
+void Q8RowsNeon(const Q8Args& a, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 2 <= n1; n += 2)
+    for (int64_t i = 0; i < a.m; ++i) Q8GroupNeon<2>(a, n, i);
+  for (; n < n1; ++n)
+    for (int64_t i = 0; i < a.m; ++i) Q8GroupNeon<1>(a, n, i);
+}
+#endif  // TC_Q4_ARM
+
 #if TC_Q4_X86
 template <int R>
 TC_TARGET("avx2,fma,f16c")
@@ -783,12 +985,23 @@ bool CpuHasAvx512() {
 }
 bool CpuHasAvx512Vnni() { return CpuHasAvx512() && __builtin_cpu_supports("avx512vnni"); }
 #endif
+#if TC_Q4_ARM
+const Isa kNeon{"neon",
+                BlockSumsNeon,
+                GemvRowsNeon,
+                DequantRowNeon,
+                {nullptr, MicroNeon<1>, MicroNeon<2>, MicroNeon<3>, MicroNeon<4>},
+                Q8RowsNeon};
+#endif
 
 const Isa* AutoIsa() {
 #if TC_Q4_X86
   if (CpuHasAvx512Vnni()) return &kAvx512Vnni;
   if (CpuHasAvx512()) return &kAvx512;
   if (CpuHasAvx2()) return &kAvx2;
+#endif
+#if TC_Q4_ARM
+  return &kNeon;
 #endif
   return &kScalar;
 }
@@ -799,6 +1012,9 @@ const Isa* IsaByName(const std::string& s) {
   if (s == "avx2" && CpuHasAvx2()) return &kAvx2;
   if (s == "avx512" && CpuHasAvx512()) return &kAvx512;
   if (s == "avx512vnni" && CpuHasAvx512Vnni()) return &kAvx512Vnni;
+#endif
+#if TC_Q4_ARM
+  if (s == "neon") return &kNeon;
 #endif
   return nullptr;
 }

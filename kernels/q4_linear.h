@@ -15,8 +15,9 @@
 // x are computed once per call, so the inner loop is unpack + FMA.
 //
 // Two ways to compute q.x, picked per CPU (Q4Isa()):
-//  - exact ("avx512", "avx2", "scalar"): x stays fp32; the result equals a
-//    float matmul with the dequantized weights up to summation order.
+//  - exact ("avx512", "avx2", "neon" on aarch64, "scalar"): x stays fp32;
+//    the result equals a float matmul with the dequantized weights up to
+//    summation order.
 //  - "avx512vnni", decode only (M < 8, for Q8_0 too): x is rounded to
 //    int16 per block of 32 (error <= max|x_block| / 65534 per element) and
 //    q.x is an exact integer dot product (vpdpwssd). The weights are still
@@ -55,7 +56,8 @@ struct Q4ParallelFor {
 void Q4Linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, float* y,
               const Q4ParallelFor* pf = nullptr);
 
-// Which path the dispatcher picked: "avx512vnni", "avx512", "avx2", "scalar"
+// Which path the dispatcher picked: "avx512vnni", "avx512", "avx2", "neon",
+// "scalar"
 // (the best this CPU runs, unless TORCHCHAT_Q4_ISA names another).
 const char* Q4Isa();
 // Forces a path for tests/benchmarks (a name above, or "" for the default).

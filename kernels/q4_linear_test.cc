@@ -108,7 +108,7 @@ void CheckLinear(const Packed& p, int64_t mrows, bool with_bias, const Q4Paralle
 
 std::vector<std::string> Isas() {
   std::vector<std::string> out;
-  for (const char* s : {"scalar", "avx2", "avx512", "avx512vnni"})
+  for (const char* s : {"scalar", "avx2", "avx512", "avx512vnni", "neon"})
     if (Q4ForceIsa(s)) out.push_back(s);
   Q4ForceIsa("");
   return out;

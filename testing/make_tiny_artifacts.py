@@ -5,6 +5,8 @@ Usage: make_tiny_artifacts.py OUT_DIR
                                                       # with every position's logits
        make_tiny_artifacts.py --slots OUT_DIR         # for the server: a .pt2
                                                       # with 4 cache rows
+       make_tiny_artifacts.py --q4 OUT_DIR            # the exact 4-bit .pte of
+                                                      # its GGUF (Q4_0/Q4_1, Q8_0)
 
 OUT_DIR/ckpt/ is the Meta-format checkpoint (with its tokenizer), and
 OUT_DIR/model.pte, OUT_DIR/model.pt2 come from //export:export_llm's own
@@ -14,6 +16,7 @@ OUT_DIR/mobile/model.pte is the same model under the `mobile` preset
 """
 
 import sys
+import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -55,6 +58,18 @@ def main() -> NoReturn:
                 + ["--quiet"]
             )
         )
+    if sys.argv[1] == "--q4":
+        out = Path(sys.argv[2])
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = tiny_model.write_checkpoint(Path(tmp) / "ckpt", max_seq_len=256)
+            gguf = tiny_model.write_gguf(ckpt, Path(tmp) / "tiny.gguf")
+            sys.exit(
+                export_llm.main(
+                    ["--gguf-path", str(gguf), "--tokenizer-path", str(ckpt / "tokenizer.json")]
+                    + ["--quantize", "q4", "--output-pte-path", str(out / "model.pte")]
+                    + ["--max-seq-length", str(MAX_SEQ), "--quiet"]
+                )
+            )
     out = Path(sys.argv[1])
     ckpt = out / "ckpt"
     rc = export_both(out)

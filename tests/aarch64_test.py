@@ -8,6 +8,8 @@ aarch64-linux-gnu) against ExecuTorch's aarch64 wheel:
   * et_run gives the same greedy ids as the x86-64 et_run on the tiny
     .pte files exported on x86-64 (fp32 XNNPACK and the quantized `mobile`
     preset): a .pte is portable;
+  * so does the exact 4-bit .pte (`--quantize q4`, torchchat's kernels),
+    on the aarch64 kernels' NEON path and on their scalar one;
   * the C example linked to the aarch64 libtorchchat_et.so prints the same
     text, both as Bazel links it and as an app builds it from the aarch64
     torchchat-et tarball with the cross gcc and pkg-config.
@@ -27,6 +29,7 @@ QEMU = os.path.abspath(ARGS["qemu"])
 GCC = os.path.abspath(ARGS["gcc"])
 X86_ET_RUN = os.path.abspath(ARGS["x86_et_run"])
 TINY = os.path.dirname(os.path.abspath(ARGS["tiny"]))
+TINY_Q4 = os.path.abspath(ARGS["tiny_q4"])
 BIN = os.path.abspath(ARGS["aarch64_bin"])
 PROMPTS = ["Hello world", "The capital of France is", "1, 2, 3,"]
 
@@ -93,6 +96,30 @@ class Aarch64Test(unittest.TestCase):
                             ids[name] = json.load(f)["generated"]
                     self.assertGreater(len(ids["x86"]), 4)
                     self.assertEqual(ids["aarch64"], ids["x86"])
+
+    def test_et_run_q4_ids_equal_x86(self):
+        # Both sides exact (x in fp32): x86 off its int16 decode path.
+        x86_env = dict(os.environ, TORCHCHAT_Q4_ISA="avx512")
+        for prompt in PROMPTS:
+            with tempfile.TemporaryDirectory() as tmp:
+                ids = {}
+                for name, cmd, env in (
+                    ("x86", [X86_ET_RUN], x86_env),
+                    ("neon", [QEMU, aarch64("runner/et/et_run")], os.environ),
+                    (
+                        "scalar",
+                        [QEMU, aarch64("runner/et/et_run")],
+                        dict(os.environ, TORCHCHAT_Q4_ISA="scalar"),
+                    ),
+                ):
+                    out = os.path.join(tmp, name + ".json")
+                    run(cmd + [TINY_Q4, "-i", prompt, "-n", "24", "--ids-json", out], env=env)
+                    with open(out) as f:
+                        ids[name] = json.load(f)["generated"]
+                with self.subTest(prompt=prompt):
+                    self.assertGreater(len(ids["x86"]), 4)
+                    self.assertEqual(ids["neon"], ids["x86"])
+                    self.assertEqual(ids["scalar"], ids["x86"])
 
     def test_c_library(self):
         pte = os.path.join(TINY, "model.pte")
