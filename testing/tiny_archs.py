@@ -96,6 +96,8 @@ CONFIGS = {
 HF_VARIANTS = {
     # Mistral 7B v0.1's window over every layer (llama.cpp's llama has none).
     "mistral": transformers.MistralConfig(**COMMON, sliding_window=16, rope_theta=10000.0),
+    # Phi-3 mini 4k's window over every layer (llama.cpp turns Phi's off).
+    "phi3-window": transformers.Phi3Config(**{**CONFIGS["phi3"].to_dict(), "sliding_window": 16}),
     "gemma2-scaled": transformers.Gemma2Config(
         **{**CONFIGS["gemma2"].to_dict(), "query_pre_attn_scalar": 24}
     ),

@@ -257,6 +257,10 @@ def load_gguf(path: Path) -> Checkpoint:
         }
     if a("attention.sliding_window"):
         config.sliding_window = int(a("attention.sliding_window"))
+        if arch == "phi3":
+            # Every layer's, as transformers computes Phi-3 (llama.cpp
+            # turns Phi's window off).
+            config.window_layers = tuple(range(config.n_layers))
     if arch in _GGUF_GEMMA:
         _gguf_gemma(config, arch, a)
 

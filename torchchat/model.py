@@ -82,9 +82,8 @@ class ModelConfig:
     qk_norm: bool = False
     # SmolLM3: layers (0-based) whose attention uses no RoPE at all (NoPE).
     no_rope_layers: Tuple[int, ...] = ()
-    # Phi-3: attention over the last `sliding_window` positions only. Equal
-    # to full attention while the context is no longer, which build_model
-    # enforces.
+    # Attention over the last `sliding_window` positions only, in the
+    # window_layers (below).
     sliding_window: Optional[int] = None
     # Phi-4-mini: RoPE on the first `rotary_dim` dims of each head only
     # (None: all of them).
@@ -107,9 +106,9 @@ class ModelConfig:
     # tanh soft-capping of attention scores (Gemma 2) and of the logits.
     attn_softcap: Optional[float] = None
     final_softcap: Optional[float] = None
-    # Layers that attend over the last `sliding_window` positions only
-    # (Gemma 2/3's interleaved local layers). Empty with a sliding_window
-    # set (Phi-3): every layer's window, supported up to the window's length.
+    # Layers that attend over the last `sliding_window` positions only:
+    # Gemma 2/3's interleaved local layers; every layer of Mistral 7B v0.1
+    # and Phi-3.
     window_layers: Tuple[int, ...] = ()
     # Gemma 3: the window layers' own RoPE base (None: the global tables).
     local_rope_theta: Optional[float] = None
@@ -174,8 +173,8 @@ class ModelConfig:
         window = cfg.get("sliding_window") if arch in ("phi3", "mistral", *GEMMA) else None
         window_layers: Tuple[int, ...] = ()
         local_theta = None
-        if arch == "mistral" and window:
-            window_layers = tuple(range(cfg["num_hidden_layers"]))  # Mistral 7B v0.1
+        if arch in ("mistral", "phi3") and window:
+            window_layers = tuple(range(cfg["num_hidden_layers"]))
         if gemma and window:
             window_layers = _hf_window_layers(cfg, arch)
             if arch == "gemma3_text":
@@ -447,11 +446,8 @@ def build_model(
     from torchchat import executorch_compat as et
 
     original = (config.longrope or {}).get("original_max_position_embeddings")
-    # Phi-3's window over every layer is not modelled: it equals full
-    # attention up to its length.
-    whole_window = config.sliding_window if not config.window_layers else None
     if max_seq_length is None:
-        max_seq_length = min(config.max_context, 2048, whole_window or 2048)
+        max_seq_length = min(config.max_context, 2048)
         max_seq_length = min(max_seq_length, original or max_seq_length)
     # LongRoPE: the long factors for a context past the original one, at
     # every position (as llama.cpp chooses by its context size; transformers
@@ -462,12 +458,6 @@ def build_model(
             f"max_seq_length {max_seq_length} exceeds the model's "
             f"original_max_position_embeddings {original} and it has no LongRoPE long_factor "
             f"for longer contexts, so the context is limited to {original}"
-        )
-    if whole_window and max_seq_length > whole_window:
-        raise ConfigError(
-            f"max_seq_length {max_seq_length} exceeds the model's sliding_window "
-            f"{whole_window}: sliding-window attention is not supported, so the "
-            f"context is limited to {whole_window}"
         )
     args = model_args(config, max_seq_length, full_logits)
     with torch.device("cpu"):
@@ -658,6 +648,8 @@ def _gemma_extras(transformer: nn.Module, config: ModelConfig) -> nn.Module:
     for i, layer in enumerate(transformer.layers):
         attn = layer.attention
         window = config.sliding_window if i in config.window_layers else None
+        if window is not None and window >= attn.mask.shape[0]:
+            window = None  # no position in the cache is that far back
         rule = AttentionRule(window, config.attn_softcap, config.attn_scale)
         if rule == AttentionRule():
             continue
