@@ -255,6 +255,39 @@ class KernelsMatchTheTorchOps(unittest.TestCase):
         self.assertIn("scalar", ran)
 
 
+class Q8Gguf(unittest.TestCase):
+    """A Q8_0 GGUF (every linear Q8_0, as llama.cpp's Q8_0 files are) runs
+    its own 8-bit blocks by default: eager and the .pt2 export_llm writes
+    without --quantize, through the q8 op; the same greedy ids."""
+
+    def test_default_pt2_runs_the_q8_0_blocks(self):
+        tmp = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        ckpt = tiny_model.write_checkpoint(tmp / "ckpt", max_seq_len=256)
+        gguf = tiny_model.write_gguf(ckpt, tmp / "q8.gguf", linears=("Q8_0",))
+        pt2_path = tmp / "model.pt2"
+        args = ["--gguf-path", str(gguf), "--tokenizer-path", str(ckpt / "tokenizer.json")]
+        args += ["--output-aoti-package-path", str(pt2_path), "--max-seq-length", str(MAX_SEQ)]
+        self.assertEqual(export_llm.main(args + ["--quiet"]), 0)
+        source = export_llm.load_source(gguf, ckpt / "tokenizer.json")
+        eager = export_llm.build(source, "fp32", MAX_SEQ)
+        quantized = source.ckpt.gguf_quantized
+        counts = tc_quant.quantize_model(
+            eager, tc_quant.gguf_native_spec(eager, quantized), quantized
+        )
+        self.assertEqual(
+            {k: v for k, v in counts.items() if v},
+            {"q8_0_exact_from_gguf": 14, "embedding_q8_0": 1, "output_q8_0": 1},
+        )
+        pt2 = artifacts.load_pt2(pt2_path)
+        self.assertEqual(
+            json.loads(pt2.metadata["quantize"]), {k: v for k, v in counts.items() if v}
+        )
+        with torch.no_grad():
+            want = greedy(eager, PROMPT_IDS, STEPS)
+        self.assertEqual(greedy(pt2, PROMPT_IDS, STEPS), want)
+
+
 def _q8_codes(w: torch.Tensor, g: torch.Generator):
     n, k = w.shape
     qs = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)

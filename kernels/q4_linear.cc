@@ -42,6 +42,8 @@ constexpr int64_t kTileMinM = 8;
 // Its int16 path beats the fp32 one well past 8 rows (q4_bench, 49152x576,
 // 2 threads: 5.2 vs 8.7 ms at M = 8, 13 vs 21 ms at M = 16).
 constexpr int64_t kQ8Int16MaxM = 32;
+// From here Q8_0 runs dequantized tiles, like Q4 from kTileMinM.
+constexpr int64_t kQ8TileMinM = kQ8Int16MaxM;
 constexpr int kNR = 4;  // weight rows per tile
 // The decode kernels prefetch the weight rows kPf groups ahead: one call
 // reads a few hundred KB, too little for the hardware prefetcher to ramp up
@@ -874,14 +876,22 @@ TC_TARGET(TC_VNNI) void Q8RowsVnni(const Q8Args& a, int64_t n0, int64_t n1) {
 
 using Q8RowsFn = void (*)(const Q8Args&, int64_t, int64_t);
 
+struct Isa;
+void TileRowsQ8(const Isa& isa, const Q8Args& a, int64_t n0, int64_t n1);
+
 struct Q8Job {
   Q8RowsFn fn;
   Q8Args args;
+  const Isa* tiled = nullptr;  // set: TileRowsQ8 on this isa instead of fn
 };
 
 void RunQ8Job(void* ctx, int64_t begin, int64_t end) {
   const Q8Job& j = *static_cast<const Q8Job*>(ctx);
-  j.fn(j.args, begin, end);
+  if (j.tiled != nullptr) {
+    TileRowsQ8(*j.tiled, j.args, begin, end);
+  } else {
+    j.fn(j.args, begin, end);
+  }
 }
 
 using DequantFn = void (*)(const Q4Weight&, int64_t, float*);
@@ -931,23 +941,51 @@ void InterleaveX16(const int16_t* xn, int64_t nb, int16_t* xq) {
   }
 }
 
-void TileRows(const Isa& isa, const Args& a, int64_t n0, int64_t n1) {
-  const int64_t kp = Q4NumBlocks(a.w->k) * 32;
+// Rows [n0, n1) of y = x @ W^T (+ bias) for M large enough to pay for
+// dequantizing kNR weight rows to fp32 once and running the isa's
+// register-blocked kernel over every row of x. dequant(row, out) writes one
+// weight row (kp floats).
+template <class Dequant>
+void TileRowsWith(const Isa& isa, Dequant dequant, const float* x, int64_t m, int64_t kp,
+                  int64_t n_out, const float* bias, float* y, int64_t n0, int64_t n1) {
   thread_local std::vector<float> wt;
   wt.assign(size_t(kNR * kp), 0.f);
   float out[4 * kNR];
   for (int64_t n = n0; n < n1; n += kNR) {
     const int nr = int(std::min<int64_t>(kNR, n1 - n));
     TC_UNROLL
-    for (int j = 0; j < nr; ++j) isa.dequant(*a.w, n + j, wt.data() + j * kp);
-    for (int64_t i = 0; i < a.m; i += 4) {
-      const int mr = int(std::min<int64_t>(4, a.m - i));
-      isa.micro[mr](a.x + i * a.ldx, a.ldx, wt.data(), kp, nr, out, kNR);
+    for (int j = 0; j < nr; ++j) dequant(n + j, wt.data() + j * kp);
+    for (int64_t i = 0; i < m; i += 4) {
+      const int mr = int(std::min<int64_t>(4, m - i));
+      isa.micro[mr](x + i * kp, kp, wt.data(), kp, nr, out, kNR);
       for (int r = 0; r < mr; ++r) TC_UNROLL
       for (int j = 0; j < nr; ++j)
-        a.y[(i + r) * a.w->n + n + j] = out[r * kNR + j] + (a.bias ? a.bias[n + j] : 0.f);
+        y[(i + r) * n_out + n + j] = out[r * kNR + j] + (bias ? bias[n + j] : 0.f);
     }
   }
+}
+
+void TileRows(const Isa& isa, const Args& a, int64_t n0, int64_t n1) {
+  TileRowsWith(
+      isa, [&](int64_t row, float* out) { isa.dequant(*a.w, row, out); }, a.x, a.m, a.ldx, a.w->n,
+      a.bias, a.y, n0, n1);
+}
+
+void DequantQ8Row(const Q8Weight& w, int64_t row, float* out) {
+  const int64_t nb = Q4NumBlocks(w.k);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float d = Fp16ToFp32(w.scales[row * nb + b]);
+    const int8_t* q = w.qs + (row * nb + b) * 32;
+    for (int j = 0; j < 32; ++j) out[b * 32 + j] = d * float(q[j]);
+  }
+}
+
+// Q8_0 at prefill sizes (a Q8_0 GGUF's layer linears over a prompt): the
+// same tiles as Q4.
+void TileRowsQ8(const Isa& isa, const Q8Args& a, int64_t n0, int64_t n1) {
+  TileRowsWith(
+      isa, [&](int64_t row, float* out) { DequantQ8Row(*a.w, row, out); }, a.x, a.m, a.ldx, a.w->n,
+      a.bias, a.y, n0, n1);
 }
 
 const Isa kScalar{"scalar", BlockSumsScalar, GemvRowsScalar, DequantRowScalar, {}, Q8RowsScalar};
@@ -1172,9 +1210,13 @@ void Q8Linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, f
   }
   const Isa* isa = active_isa;
   Q8Job job{isa->q8, Q8Args{xp, m, kp, &w, bias, y}};
+  // Prefill (a Q8_0 GGUF's layer linears over a prompt, eval's full
+  // logits): dequantized tiles, past where the rows kernels win.
+  const bool tiled = m >= kQ8TileMinM && isa->micro[1] != nullptr;
+  if (tiled) job.tiled = isa;
   // Like Q4Linear, x is rounded for decode only (here, up to kQ8Int16MaxM
   // sequences at once); full logits over a window stay exact.
-  if (isa->quantize_x != nullptr && m < kQ8Int16MaxM) {
+  if (!tiled && isa->quantize_x != nullptr && m < kQ8Int16MaxM) {
     const int64_t nb = kp / 32, ldq = nb * 32, lds = (nb + 15) / 16 * 16;
     thread_local std::vector<int16_t> xq;
     thread_local std::vector<float> xsc;
@@ -1191,7 +1233,8 @@ void Q8Linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, f
       job.fn = isa->q8_16;
     }
   }
-  const int64_t grain = std::max<int64_t>(4, (int64_t(1) << 13) / kp);
+  int64_t grain = std::max<int64_t>(4, (int64_t(1) << 13) / kp);
+  if (tiled) grain = ((grain + kNR - 1) / kNR) * kNR;
   if (pf != nullptr && pf->run != nullptr && w.n > grain) {
     pf->run(pf->self, w.n, grain, RunQ8Job, &job);
   } else {

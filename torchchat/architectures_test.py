@@ -27,6 +27,7 @@ import transformers
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
 from testing.tiny_archs import CONFIGS, HF_VARIANTS, VOCAB, hf_model, model_type, write_gguf
+from torchchat import quantize
 from torchchat.checkpoint import CheckpointError, load_checkpoint, load_model
 from torchchat.generate import Slot, argmax, decode
 from torchchat.model import ConfigError, SlotModel, attend_filled_cache
@@ -139,6 +140,46 @@ class ArchitectureTest(unittest.TestCase):
                     self.assertEqual(config.rotary_dim, 12 if arch == "phi4" else None)
                     self.check_gemma(config, arch)
                     self.check(ours(path), gguf_reference(path, arch, qtype), tol)
+
+    def test_gguf_blocks_run_by_default(self):
+        # A file whose layer linears are all Q4_0/Q4_1/Q8_0 runs its own
+        # blocks (the q4 and q8 ops), with qwen's and gemma's q/k rows moved
+        # to Meta's layout as whole rows of blocks: the same logits as the
+        # dequantized weights, over the prompt (prefill) and one decode step.
+        for arch, qtype, kind in (
+            ("llama", "Q8_0", "q8_0_exact_from_gguf"),
+            ("qwen3", "Q8_0", "q8_0_exact_from_gguf"),
+            ("qwen3", "Q4_0", "int4_exact_from_gguf"),
+            ("gemma3", "Q4_1", "int4_exact_from_gguf"),
+        ):
+            with self.subTest(arch=arch, qtype=qtype):
+                path = self.tmp / f"native-{arch}-{qtype}.gguf"
+                write_gguf(hf_model(arch), model_type(arch), path, qtype)
+                ckpt = load_checkpoint(path)
+                dense, native = ours(path), ours(path)
+                spec = quantize.gguf_native_spec(native, ckpt.gguf_quantized)
+                counts = quantize.quantize_model(native, spec, ckpt.gguf_quantized)
+                self.assertEqual(counts[kind], 7 * ckpt.config.n_layers)
+                ids = torch.tensor([self.prompt])
+                nxt = torch.tensor([[self.prompt[0]]])
+                with torch.inference_mode():
+                    for model in (dense, native):
+                        model.reset_cache()
+                    a, b = (
+                        dense(ids, torch.arange(PROMPT_LEN)),
+                        native(ids, torch.arange(PROMPT_LEN)),
+                    )
+                    self.assertLessEqual((a - b).abs().max().item(), 1e-4)
+                    pos = torch.tensor([PROMPT_LEN])
+                    a, b = dense(nxt, pos), native(nxt, pos)
+                    self.assertLessEqual((a - b).abs().max().item(), 2e-3)
+        # Asked for 4 bits, a Q8_0 file gets them.
+        counts = quantize.quantize_model(
+            ours(path.with_name("native-qwen3-Q8_0.gguf")),
+            {"linear:int4": {"groupsize": 32}},
+            load_checkpoint(path.with_name("native-qwen3-Q8_0.gguf")).gguf_quantized,
+        )
+        self.assertEqual((counts["q8_0_exact_from_gguf"], counts["int4"]), (0, 21))
 
     def test_phi3_window(self):
         # Every layer's window, shorter than the test, from a GGUF too

@@ -38,7 +38,7 @@ class CheckpointError(Exception):
 class GGUFQuantized:
     """Raw blocks of one GGUF tensor (rows x bytes), kept for exact int4 use."""
 
-    qtype: str  # "Q4_0" or "Q4_1"
+    qtype: str  # "Q4_0", "Q4_1" or "Q8_0"
     blocks: np.ndarray
     shape: Tuple[int, int]
 
@@ -119,9 +119,9 @@ _GGUF_META_ROPE = ("llama", "granite", "smollm3")
 # llama.cpp's smollm3 skips RoPE in every 4th layer; the GGUF does not say so.
 _GGUF_NO_ROPE_STEP = {"smollm3": 4}
 KEEP_4BIT = ("Q4_0", "Q4_1")
-# The unembedding's own 8-bit blocks (GGUF's usual type for it), which the
-# 4-bit schemes run exactly (kernels.q4.Q8Linear) instead of as fp32.
-KEEP_OUTPUT_8BIT = ("Q8_0",)
+# Q8_0 blocks (a Q8_0 file's linears, a 4-bit file's unembedding and
+# embedding), which run exactly (kernels.q4.Q8Linear) instead of as fp32.
+KEEP_8BIT = ("Q8_0",)
 
 
 def gguf_tensor_name(name: str) -> Optional[str]:
@@ -286,12 +286,15 @@ def load_gguf(path: Path) -> Checkpoint:
         arr = dequantize_gguf_tensor(t)
         w = torch.from_numpy(arr)
         qname = t.tensor_type.name
+        blocks = np.asarray(t.data)
         if arch not in _GGUF_META_ROPE and _rotated(meta):
             w = to_meta_rope(meta, w, config)
-        elif qname in KEEP_4BIT and w.dim() == 2:
-            quantized[meta] = GGUFQuantized(qname, np.asarray(t.data), tuple(arr.shape))
-        elif qname in KEEP_OUTPUT_8BIT and meta in ("output.weight", "tok_embeddings.weight"):
-            quantized[meta] = GGUFQuantized(qname, np.asarray(t.data), tuple(arr.shape))
+            if w.dim() == 2:
+                # The same row permutation moves whole rows of blocks.
+                rows = torch.arange(w.shape[0]).unsqueeze(1)
+                blocks = blocks[to_meta_rope(meta, rows, config).squeeze(1).numpy()]
+        if qname in (*KEEP_4BIT, *KEEP_8BIT) and w.dim() == 2:
+            quantized[meta] = GGUFQuantized(qname, blocks, tuple(arr.shape))
         sd[meta] = w
     if "output.weight" not in tensors and "tok_embeddings.weight" in quantized:
         # Tied: the output projection's weights are the embedding's.

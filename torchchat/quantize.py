@@ -34,6 +34,11 @@ class QuantizeError(ValueError):
     pass
 
 
+# A linear:int4 option only gguf_native_spec sets (--quantize cannot):
+# Q8_0 linears keep their 8-bit blocks. An explicit linear:int4 makes them
+# 4-bit, as asked.
+GGUF_NATIVE = "gguf_native"
+
 _KNOWN = {
     "linear:int4": {"groupsize"},
     "linear:int8": {"groupsize"},
@@ -323,18 +328,21 @@ def gguf_native_spec(
 ) -> Dict[str, Dict[str, Any]]:
     """The --quantize that runs a GGUF in its own precision, or {}.
 
-    When every transformer-layer linear is Q4_0/Q4_1 in the file, that is
-    linear:int4 with groups of 32: the file's own codes run through the q4
-    op, a Q8_0 unembedding through the q8 op and a Q8_0 embedding as int8
-    groups of 32, exactly as the file defines them. Anything else (F16, Q8_0 or K-quant linears) is
-    dequantized to the model's dtype, as before.
+    When every transformer-layer linear is Q4_0, Q4_1 or Q8_0 in the file,
+    that is linear:int4 with groups of 32: the file's own codes run through
+    the q4 op (Q8_0 ones through the q8 op), a Q8_0 unembedding through the
+    q8 op and a Q8_0 embedding as int8 groups of 32, exactly as the file
+    defines them. Anything else (F16, K-quant linears) is dequantized to
+    the model's dtype, as before.
     """
     names = [full.removeprefix("transformer.") + ".weight" for _, _, full, _ in _linears(model)]
     layers = [n for n in names if n != "output.weight"]
-    exact = all(n in gguf_quantized and gguf_quantized[n].qtype in ("Q4_0", "Q4_1") for n in layers)
+    exact = all(
+        n in gguf_quantized and gguf_quantized[n].qtype in ("Q4_0", "Q4_1", "Q8_0") for n in layers
+    )
     if not layers or not exact:
         return {}
-    spec: Dict[str, Dict[str, Any]] = {"linear:int4": {"groupsize": 32}}
+    spec: Dict[str, Dict[str, Any]] = {"linear:int4": {"groupsize": 32, GGUF_NATIVE: True}}
     emb = gguf_quantized.get("tok_embeddings.weight")
     if emb is not None and emb.qtype == "Q8_0":
         spec["embedding"] = {"groupsize": 32}
@@ -354,6 +362,7 @@ def quantize_model(
     gguf_quantized = gguf_quantized or {}
     counts = {
         "int4_exact_from_gguf": 0,
+        "q8_0_exact_from_gguf": 0,
         "int4": 0,
         "int8": 0,
         "embedding_int8": 0,
@@ -393,6 +402,14 @@ def quantize_model(
                 continue
             g = spec[key].get("groupsize", 32)
             gq = gguf_quantized.get(wname)
+            if gq is not None and gq.qtype == "Q8_0":
+                q4 = _q4_kernel()
+                if spec[key].get(GGUF_NATIVE) and q4 is not None:
+                    q8 = q4.Q8Linear.from_gguf_blocks(gq.blocks, gq.shape, bias)
+                    setattr(parent, child_name, q8)
+                    counts["q8_0_exact_from_gguf"] += 1
+                    continue
+                gq = None  # to 4 bits from its values, like a float weight
             if gq is not None and g != 32:
                 # Re-grouping 4-bit codes re-quantizes them: on the built-in
                 # model g64 drops top-1 agreement with fp32 to ~0.64.
