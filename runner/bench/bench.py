@@ -5,7 +5,7 @@
 Runs the same prompts through the torchchat CLI (eager, and its default:
 compiled, a GGUF in its own precision), aoti_run (fp32 and 4-bit), et_run
 (fp32 and the exact 4-bit .pte) and ExecuTorch's own TextLLMRunner (and llama.cpp when llama-cpp-python is
-installed, on the GGUF), takes each one's own stats, and prints the CPU,
+installed, on the built-in GGUF or a --model GGUF), takes each one's own stats, and prints the CPU,
 the ISA paths taken, a measured memory bandwidth, TTFT, prefill and decode
 tok/s, each runtime's fraction of its bandwidth roofline and ratios against
 the peers. Artifacts not given are exported once into the cache
@@ -14,6 +14,7 @@ within one run of this tool.
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -63,6 +64,15 @@ def export_key() -> str:
     return h.hexdigest()[:12]
 
 
+def model_flags(model):
+    """An alias, a .gguf file or a checkpoint directory as torchchat's flags."""
+    if not model:
+        return []
+    if model.endswith(".gguf"):
+        return ["--gguf-path", model]
+    return ["--checkpoint-path", model] if os.path.sep in model else [model]
+
+
 def export(model, kind, path, max_seq, *flags):
     if path.exists():
         return path
@@ -70,7 +80,7 @@ def export(model, kind, path, max_seq, *flags):
     print(f"bench: exporting {model or 'the built-in model'} to {path} (once)", file=sys.stderr)
     from export import export_llm
 
-    args = ([model] if model else []) + [flag, str(path), "--max-seq-length", str(max_seq), *flags]
+    args = model_flags(model) + [flag, str(path), "--max-seq-length", str(max_seq), *flags]
     t = time.perf_counter()
     if export_llm.main(args) != 0:
         sys.exit(f"bench: export to {path} failed")
@@ -122,7 +132,7 @@ def run_cli(model, prompt, n, max_seq, *flags, env=None):
     stats = Path(tempfile.mkdtemp()) / "stats.json"
     cmd = (
         [str(binary("torchchat/torchchat")), "generate"]
-        + ([model] if model else [])
+        + model_flags(model)
         + [
             "--prompt",
             prompt,
@@ -289,14 +299,22 @@ def main():
     ap.add_argument("--skip", action="append", default=[], help="a runtime's name (repeatable)")
     args = ap.parse_args()
     wd = Path(os.environ.get("BUILD_WORKING_DIRECTORY", "."))
+    if args.model and (args.model.endswith(".gguf") or os.path.sep in args.model):
+        args.model = str(Path(wd, os.path.expanduser(args.model)).absolute())
     threads = args.num_threads or os.cpu_count()
     tag = f"{(args.model or 'builtin').replace('/', '_')}-s{args.max_seq_length}-{export_key()}"
     seq = args.max_seq_length
 
     def artifact(kind, given, name, *flags):
-        if given:
-            return Path(wd, given)
-        return export(args.model, kind, cache_dir() / f"{tag}-{name}.{kind}", seq, *flags)
+        """Exported on first use, so a --skip'ed runtime costs no export."""
+
+        @functools.cache
+        def path():
+            if given:
+                return Path(wd, given)
+            return export(args.model, kind, cache_dir() / f"{tag}-{name}.{kind}", seq, *flags)
+
+        return path
 
     pte = artifact("pte", args.pte, "fp32", "--dtype", "fp32")
     pt2 = artifact("pt2", args.pt2, "fp32", "--dtype", "fp32")
@@ -318,13 +336,13 @@ def main():
         ),
         "aoti_run fp32 .pt2": (
             "fp32",
-            lambda p, n: run_runner(binary("runner/aoti/aoti_run"), pt2, p, n, args.num_threads),
+            lambda p, n: run_runner(binary("runner/aoti/aoti_run"), pt2(), p, n, args.num_threads),
         ),
         "et_run fp32 .pte": (
             "fp32",
-            lambda p, n: run_runner(binary("runner/et/et_run"), pte, p, n, args.num_threads),
+            lambda p, n: run_runner(binary("runner/et/et_run"), pte(), p, n, args.num_threads),
         ),
-        "ExecuTorch's TextLLMRunner, same .pte": ("fp32", lambda p, n: run_et_runner(pte, p, n)),
+        "ExecuTorch's TextLLMRunner, same .pte": ("fp32", lambda p, n: run_et_runner(pte(), p, n)),
     }
     if not args.model:
         # export's default for a 4-bit GGUF keeps its codes; a .pte keeps
@@ -335,29 +353,31 @@ def main():
         et = binary("runner/et/et_run")
         runs["et_run 4-bit .pte (q4)"] = (
             "q4",
-            lambda p, n: run_runner(et, pte_q4, p, n, args.num_threads),
+            lambda p, n: run_runner(et, pte_q4(), p, n, args.num_threads),
         )
         runs["et_run 4-bit .pte (q4), exact path"] = (
             "q4",
-            lambda p, n: run_runner(et, pte_q4, p, n, args.num_threads, env=exact),
+            lambda p, n: run_runner(et, pte_q4(), p, n, args.num_threads, env=exact),
         )
         runs["aoti_run 4-bit .pt2"] = (
             "q4",
-            lambda p, n: run_runner(aoti, pt2_q4, p, n, args.num_threads),
+            lambda p, n: run_runner(aoti, pt2_q4(), p, n, args.num_threads),
         )
         runs["aoti_run 4-bit .pt2, exact path"] = (
             "q4",
-            lambda p, n: run_runner(aoti, pt2_q4, p, n, args.num_threads, env=exact),
+            lambda p, n: run_runner(aoti, pt2_q4(), p, n, args.num_threads, env=exact),
         )
     if args.llama_cpp:
         sys.path.insert(0, str(Path(wd, os.path.expanduser(args.llama_cpp))))
     try:
         import llama_cpp  # noqa: F401
 
-        if not args.model:
+        # The built-in model's GGUF, or a --model that is a GGUF file.
+        gguf = builtin_gguf() if not args.model else Path(args.model)
+        if gguf.suffix == ".gguf":
             runs["llama.cpp (same GGUF)"] = (
                 "q4",
-                lambda p, n: run_llama_cpp(builtin_gguf(), p, n, args.num_threads, seq),
+                lambda p, n: run_llama_cpp(gguf, p, n, args.num_threads, seq),
             )
     except ImportError:
         print("bench: llama-cpp-python is not installed; skipping llama.cpp", file=sys.stderr)
