@@ -2,7 +2,8 @@
 
 A tiny random Qwen3 (per-head q/k norms), SmolLM3 (a NoPE layer),
 Phi-4-mini-like phi3 (partial rotary, LongRoPE), Gemma 2 and Gemma 3 (sliding
-windows shorter than the test, soft-caps, local RoPE), from
+windows shorter than the test, soft-caps, local RoPE), OLMo 2 (post norms
+only, q/k norms over all heads), from
 testing.tiny_archs, each with a real tokenizer, are exported by export_llm's
 command line to a .pte and a .pt2 at once; et_run and aoti_run must give
 eager's greedy ids.
@@ -54,6 +55,12 @@ class ExportArchitectures(unittest.TestCase):
         # Five windowed layers (llama::custom_sdpa with the window as a mask
         # in the .pte) with their own RoPE base; q/k norms with (1 + w).
         self.check("gemma3", lambda c: self.assertEqual(c.local_rope_theta, 1e4))
+
+    def test_olmo2(self):
+        # Post norms only, and q/k norms over all heads (not per head).
+        self.check(
+            "olmo2", lambda c: self.assertEqual((c.pre_norms, c.qk_norm_heads), (False, True))
+        )
 
     def check(self, arch, check_config):
         tmp = Path(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")))

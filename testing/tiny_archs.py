@@ -35,6 +35,10 @@ CONFIGS = {
         bos_token_id=0,
         eos_token_id=1,
     ),
+    # Norms after attention and the MLP only, and q/k norms over all heads.
+    "olmo2": transformers.Olmo2Config(
+        **COMMON, rope_theta=10000.0, pad_token_id=None, bos_token_id=0, eos_token_id=1
+    ),
     # Fused qkv and gate_up projections; a window no shorter than the tests.
     "phi3": transformers.Phi3Config(
         **COMMON,
@@ -219,7 +223,7 @@ def write_gguf(
             w.add_rope_scaling_factor(rope["factor"])
     w.add_rope_freq_base(c.rope_theta if hasattr(c, "rope_theta") else rope["rope_theta"])
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    layer_names = _GGUF_GEMMA_LAYER if gemma else _GGUF_LAYER
+    layer_names = _GGUF_GEMMA_LAYER if gemma or arch == "olmo2" else _GGUF_LAYER
     for name, p in m.state_dict().items():
         arr = p.numpy().astype(np.float32)
         if gemma and name.endswith("norm.weight"):

@@ -109,7 +109,17 @@ _GGUF_TOP = {
     "output_norm.weight": "norm.weight",
     "output.weight": "output.weight",
 }
-_GGUF_ARCHS = ("llama", "qwen2", "qwen3", "granite", "smollm3", "phi3", "gemma2", "gemma3")
+_GGUF_ARCHS = (
+    "llama",
+    "qwen2",
+    "qwen3",
+    "granite",
+    "smollm3",
+    "phi3",
+    "gemma2",
+    "gemma3",
+    "olmo2",
+)
 _GGUF_GEMMA = ("gemma2", "gemma3")
 # Fused projections llama.cpp keeps for these (split on load).
 _GGUF_FUSED = {"phi3": ("attn_qkv.weight", "ffn_up.weight")}
@@ -255,6 +265,19 @@ def load_gguf(path: Path) -> Checkpoint:
             ),
             "attention_factor": float(a("rope.scaling.attn_factor", 1.0)),
         }
+    if arch == "olmo2":
+        # OLMo 2: norms after attention and the MLP only, and over all of
+        # q's and k's heads at once.
+        if a("attention.sliding_window"):
+            raise CheckpointError(
+                "GGUF olmo2 with attention.sliding_window (OLMo 3) is not supported"
+            )
+        config.pre_norms = "blk.0.attn_norm.weight" in tensors
+        config.post_norms = True
+        config.qk_norm_heads = (
+            config.qk_norm
+            and int(tensors["blk.0.attn_q_norm.weight"].n_elements) == n_heads * head_dim
+        )
     if a("attention.sliding_window"):
         config.sliding_window = int(a("attention.sliding_window"))
         if arch == "phi3":
@@ -408,10 +431,12 @@ def _rotated(meta: str) -> bool:
 
 
 def to_meta_rope(meta: str, w: torch.Tensor, config: ModelConfig) -> torch.Tensor:
-    """A q/k projection, or a per-head q/k norm (one head's worth of
-    weights), from HF's split-halves layout into Meta's interleaved one."""
+    """A q/k projection, or a q/k norm (one head's worth of weights, or
+    OLMo 2's all heads'), from HF's split-halves layout into Meta's
+    interleaved one."""
     if meta.endswith(("q_norm_fn.weight", "k_norm_fn.weight")):
-        return hf_to_meta_rope(w, 1, config.head_dim, config.rotary_dim)
+        heads = w.shape[0] // config.head_dim
+        return hf_to_meta_rope(w, heads, config.head_dim, config.rotary_dim)
     heads = config.n_heads if ".wq." in meta else config.n_kv_heads
     return hf_to_meta_rope(w, heads, config.head_dim, config.rotary_dim)
 

@@ -46,6 +46,7 @@ HF_ARCHITECTURES = (
     "phi3",
     "gemma2",
     "gemma3_text",
+    "olmo2",
 )
 GEMMA = ("gemma2", "gemma3_text")
 # Gemma's GELU (transformers' gelu_pytorch_tanh, llama.cpp's GELU).
@@ -78,8 +79,10 @@ class ModelConfig:
     residual_multiplier: float = 1.0
     attention_multiplier: Optional[float] = None
     logits_scaling: float = 1.0
-    # Qwen3: an RMSNorm over each head's q and k, before RoPE.
+    # Qwen3: an RMSNorm over each head's q and k, before RoPE; OLMo 2: over
+    # all of q's heads together, and all of k's (qk_norm_heads).
     qk_norm: bool = False
+    qk_norm_heads: bool = False
     # SmolLM3: layers (0-based) whose attention uses no RoPE at all (NoPE).
     no_rope_layers: Tuple[int, ...] = ()
     # Attention over the last `sliding_window` positions only, in the
@@ -101,6 +104,8 @@ class ModelConfig:
     embedding_scale: float = 1.0
     # RMSNorms after attention and after the MLP too, before each residual add.
     post_norms: bool = False
+    # OLMo 2 has only those: no norm before attention or the MLP.
+    pre_norms: bool = True
     # q·k scale (query_pre_attn_scalar ** -0.5); None: 1/√head_dim.
     attn_scale: Optional[float] = None
     # tanh soft-capping of attention scores (Gemma 2) and of the logits.
@@ -200,7 +205,8 @@ class ModelConfig:
             residual_multiplier=float(cfg.get("residual_multiplier", 1.0)),
             attention_multiplier=cfg.get("attention_multiplier"),
             logits_scaling=float(cfg.get("logits_scaling", 1.0)),
-            qk_norm=arch in ("qwen3", "gemma3_text"),
+            qk_norm=arch in ("qwen3", "gemma3_text", "olmo2"),
+            qk_norm_heads=arch == "olmo2",
             no_rope_layers=_hf_no_rope_layers(cfg) if arch == "smollm3" else (),
             sliding_window=window,
             rotary_dim=rotary_dim,
@@ -208,7 +214,8 @@ class ModelConfig:
             norm_unit_offset=gemma,
             hidden_act="silu" if act == "silu" else "gelu_tanh",
             embedding_scale=math.sqrt(dim) if gemma else 1.0,
-            post_norms=gemma,
+            post_norms=gemma or arch == "olmo2",
+            pre_norms=arch != "olmo2",
             attn_scale=None if scalar in (None, head_dim) else float(scalar) ** -0.5,
             attn_softcap=_positive(cfg.get("attn_logit_softcapping")),
             final_softcap=_positive(cfg.get("final_logit_softcapping")),
@@ -609,18 +616,23 @@ def _local_rope_tables(transformer: nn.Module, config: ModelConfig) -> None:
 class Block(nn.Module):
     """ExecuTorch's TransformerBlock, same modules and names, with what Gemma
     adds: the embedding scale (first layer), RMSNorms after attention and the
-    MLP (`post_attention_norm`, `post_ffn_norm`), and a GELU gate."""
+    MLP (`post_attention_norm`, `post_ffn_norm`), and a GELU gate; and
+    OLMo 2's block, which has the post norms only."""
 
     def __init__(self, block: nn.Module, config: ModelConfig, first: bool):
         super().__init__()
         self.attention = block.attention
-        self.attention_norm = block.attention_norm
-        self.ffn_norm = block.ffn_norm
+        self.attention_norm = block.attention_norm if config.pre_norms else nn.Identity()
+        self.ffn_norm = block.ffn_norm if config.pre_norms else nn.Identity()
         self.feed_forward = block.feed_forward
         self.post_norms = config.post_norms
         if self.post_norms:
             self.post_attention_norm = copy.deepcopy(block.ffn_norm)
             self.post_ffn_norm = copy.deepcopy(block.ffn_norm)
+        if config.qk_norm_heads:
+            attn = self.attention
+            attn.q_norm_fn = all_heads_norm(attn.q_norm_fn, config.n_heads * config.head_dim)
+            attn.k_norm_fn = all_heads_norm(attn.k_norm_fn, config.n_kv_heads * config.head_dim)
         self.gelu = config.hidden_act == "gelu_tanh"
         self.scaled = first and config.embedding_scale != 1.0
         # In the activations' dtype, as transformers and llama.cpp round it.
@@ -639,6 +651,17 @@ class Block(nn.Module):
         else:
             y = f(y)
         return h + (self.post_ffn_norm(y) if self.post_norms else y), update
+
+
+def all_heads_norm(like: nn.Module, dim: int) -> nn.Module:
+    """ExecuTorch's per-head q/k RMSNorm (`like`), over all heads together:
+    OLMo 2's norm of the whole q and k projections. Same weight name."""
+
+    class AllHeadsRMSNorm(type(like)):
+        def forward(self, x: Tensor) -> Tensor:  # [B, T, heads, head_dim]
+            return super().forward(x.flatten(-2)).view_as(x)
+
+    return AllHeadsRMSNorm(dim, eps=like.eps)
 
 
 def _gemma_extras(transformer: nn.Module, config: ModelConfig) -> nn.Module:
