@@ -194,8 +194,8 @@ def write_gguf(
     if rotary == head_dim:
         w.add_key_length(head_dim)  # phi3's converter writes neither for Phi-4-mini
     w.add_rope_dimension_count(rotary)
-    if arch == "phi3":
-        w.add_sliding_window(c.sliding_window)
+    if arch == "phi3" or (arch == "olmo2" and getattr(c, "sliding_window", None)):
+        w.add_sliding_window(c.sliding_window)  # olmo2: OLMo 3's, for a refusal test
     if rope.get("rope_type") == "longrope":
         # As convert_hf_to_gguf's Phi3MiniModel writes LongRoPE.
         original = rope["original_max_position_embeddings"]

@@ -336,6 +336,15 @@ class ArchitectureTest(unittest.TestCase):
             with self.assertRaisesRegex(ConfigError, message):
                 load_checkpoint(d)
 
+        # OLMo 3's windowed layers, as a GGUF olmo2 states them.
+        olmo3 = hf_model("olmo2")
+        olmo3.config.sliding_window = 16
+        path = write_gguf(olmo3, "olmo2", self.tmp / "olmo3.gguf", "F32")
+        with self.assertRaisesRegex(
+            CheckpointError, r"olmo2 with attention.sliding_window \(OLMo 3\)"
+        ):
+            load_checkpoint(path)
+
         path = self.tmp / "gemma3n.gguf"
         w = gguf.GGUFWriter(str(path), "gemma3n")
         w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
