@@ -146,19 +146,6 @@ inline float Fp16Neon(uint16_t h) {
   return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
 }
 
-void WidenNeon(const uint16_t* h, float* f, int64_t n) {
-  for (int64_t i = 0; i < n; i += 4) {
-    const float32x4_t v = LoadFp16x4(h + i, n - i);
-    if (n - i >= 4) {
-      vst1q_f32(f + i, v);
-    } else {
-      float tmp[4];
-      vst1q_f32(tmp, v);
-      std::memcpy(f + i, tmp, size_t(n - i) * 4);
-    }
-  }
-}
-
 // The 16 unsigned bytes as 4 float vectors, in order.
 inline void U8ToF32(uint8x16_t v, float32x4_t out[4]) {
   const uint16x8_t lo = vmovl_u8(vget_low_u8(v)), hi = vmovl_high_u8(v);
@@ -285,14 +272,6 @@ void MicroNeon(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr,
 
 #if TC_Q4_X86
 // ---------------------------------------------------------------- AVX2 -----
-
-TC_TARGET("avx2,fma,f16c") void WidenAvx2(const uint16_t* h, float* f, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(f + i,
-                     _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
-  for (; i < n; ++i) f[i] = _cvtsh_ss(h[i]);
-}
 
 TC_TARGET("avx2,fma,f16c") inline float HsumAvx2(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -423,18 +402,6 @@ void MicroAvx2(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr,
 }
 
 // ---------------------------------------------------------------- AVX-512 --
-
-TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
-void WidenAvx512(const uint16_t* h, float* f, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    _mm512_storeu_ps(f + i,
-                     _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i))));
-  if (i < n) {
-    const __mmask16 k = __mmask16((1u << (n - i)) - 1);
-    _mm512_mask_storeu_ps(f + i, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, h + i)));
-  }
-}
 
 // gcc 12's _mm512_reduce_add_ps trips -Wmaybe-uninitialized in its own header.
 TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") inline float HsumAvx512(__m512 v) {

@@ -309,14 +309,15 @@ def load_gguf(path: Path) -> Checkpoint:
         arr = dequantize_gguf_tensor(t)
         w = torch.from_numpy(arr)
         qname = t.tensor_type.name
-        blocks = np.asarray(t.data)
-        if arch not in _GGUF_META_ROPE and _rotated(meta):
+        rotate = arch not in _GGUF_META_ROPE and _rotated(meta)
+        if rotate:
             w = to_meta_rope(meta, w, config)
-            if w.dim() == 2:
+        if qname in (*KEEP_4BIT, *KEEP_8BIT) and w.dim() == 2:
+            blocks = np.asarray(t.data)
+            if rotate:
                 # The same row permutation moves whole rows of blocks.
                 rows = torch.arange(w.shape[0]).unsqueeze(1)
                 blocks = blocks[to_meta_rope(meta, rows, config).squeeze(1).numpy()]
-        if qname in (*KEEP_4BIT, *KEEP_8BIT) and w.dim() == 2:
             quantized[meta] = GGUFQuantized(qname, blocks, tuple(arr.shape))
         sd[meta] = w
     if "output.weight" not in tensors and "tok_embeddings.weight" in quantized:
