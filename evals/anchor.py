@@ -9,7 +9,7 @@ the same tokens. HellaSwag is scored both ways on the same first N items:
 llama.cpp's metric (the ending's mean log-probability per token, after
 the four sequences' common prefix, context + " " + ending tokenized
 whole), computed from our model, and lm-eval's acc/acc_norm.
-llama-perplexity is built into the user cache on first use (evals/llama_cpp.py).
+llama-perplexity is built into the user cache on first use (peers/llama_cpp.py).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from evals import data as data_mod
-from evals import harness, llama_cpp, perplexity
-from evals import main as eval_main
+from evals import harness, perplexity
 from evals.scoring import Group, PackedScorer
-from torchchat import cli
+from peers import llama_cpp
+from torchchat import loading
 from torchchat.paths import user_path
 
 
@@ -70,11 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     binary = llama_cpp.build()
     data = data_mod.data_dir()
     text = user_path(args.text) or data / data_mod.DEFAULT_TEXT
-    model_args = eval_main.build_parser().parse_args(
-        ["--gguf-path", str(gguf), "--max-seq-length", "2048"]
-    )
-    model_args.compile = "none"
-    loaded = cli._load(model_args)
+    loaded = loading.load(loading.LoadOptions(checkpoint=gguf, max_seq_length=2048, compile="none"))
     scorer = PackedScorer(loaded.model, batch_tokens=max(1024, args.ctx))
     out: Dict[str, Any] = {
         "gguf": str(gguf),

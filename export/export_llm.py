@@ -88,18 +88,18 @@ class Source:
 
 
 def resolve_checkpoint(model: Optional[str], checkpoint_path: Optional[Path]) -> Path:
-    from torchchat import registry
+    """The checkpoint an alias, a positional path or --checkpoint-path names
+    (torchchat.loading's rule, which generate and the server follow too)."""
+    from torchchat import loading
 
-    if checkpoint_path is not None:
-        return checkpoint_path
-    if model and (os.sep in model or model.endswith(".gguf")):
-        p = user_path(model)
-        if p.exists():
-            return p
-    entry = registry.resolve(model or registry.DEFAULT_MODEL)
-    if not registry.is_downloaded(entry):
-        raise ExportError(f"{entry.name} is not downloaded; run `torchchat download {model}` first")
-    return registry.checkpoint_path(entry)
+    source = loading.resolve_source(
+        loading.LoadOptions(
+            model=model if checkpoint_path is None else None, checkpoint=checkpoint_path
+        )
+    )
+    if source.checkpoint is None:
+        raise ExportError(f"{source.artifact} is an exported artifact, not a checkpoint")
+    return source.checkpoint
 
 
 def load_source(path: Path, tokenizer_path: Optional[Path] = None) -> Source:
@@ -128,16 +128,9 @@ def load_source(path: Path, tokenizer_path: Optional[Path] = None) -> Source:
 
 
 def check_max_seq_length(config: ModelConfig, max_seq_length: Optional[int]) -> int:
-    if max_seq_length is None:
-        return min(config.max_context, 2048)
-    if max_seq_length < 2:
-        raise ExportError("--max-seq-length must be at least 2")
-    if max_seq_length > config.max_context:
-        raise ExportError(
-            f"--max-seq-length {max_seq_length} is larger than the model supports "
-            f"({config.max_context} positions)"
-        )
-    return max_seq_length
+    from torchchat.model import context_length
+
+    return context_length(config, max_seq_length)
 
 
 def build(source: Source, dtype_name: str, max_seq_length: int) -> Model:
@@ -146,6 +139,18 @@ def build(source: Source, dtype_name: str, max_seq_length: int) -> Model:
     from torchchat.model import DTYPES
 
     return ckpt_mod.load_model(source.ckpt, DTYPES[dtype_name], max_seq_length, "cpu")
+
+
+def build_native(source: Source, max_seq_length: int) -> tuple[Model, Dict[str, int]]:
+    """A GGUF's model in its own formats, in place (--quantize gguf), and how
+    many weights run in each format."""
+    from torchchat import checkpoint as ckpt_mod
+
+    if source.ckpt.format != "gguf":
+        raise ExportError(
+            f"--quantize gguf keeps a GGUF's own formats; {source.ckpt.path} is not a GGUF"
+        )
+    return ckpt_mod.load_native(source.ckpt, max_seq_length)
 
 
 # --- ExecuTorch ---------------------------------------------------------------------
@@ -336,7 +341,7 @@ def export_pte(
         dtype=DType.fp32,
         enable_dynamic_shape=True,
         dynamic_shapes=({1: tokens_dim}, None),
-        metadata=et_metadata(source, max_seq_length, custom_ops, q.q4_kernels),
+        metadata=et_metadata(source, max_seq_length, custom_ops, q.q4_kernels or q.gguf_kernels),
     )
     counts: Dict[str, int] = {}
     exact_emb = q.q4_kernels and q.embedding_quantize == "8,32" and exact_embedding(gguf_quantized)
@@ -432,12 +437,13 @@ def export_pt2(
     # The graph the CLI compiles too: attention over the filled cache only,
     # whatever max_seq_length is.
     model = attend_filled_cache(model)
-    aoti_spec = quant.for_aoti(spec)
+    aoti_spec = {k: v for k, v in quant.for_aoti(spec).items() if k != "gguf"}
     counts: Dict[str, int] = {}
     if aoti_spec:
         with stages("quantize", json.dumps(aoti_spec)):
             counts = tc_quant.quantize_model(model, aoti_spec, gguf_quantized)
-    metadata = dict(metadata, quantize=json.dumps({k: v for k, v in counts.items() if v}))
+    if counts or not metadata.get("quantize"):
+        metadata = dict(metadata, quantize=json.dumps({k: v for k, v in counts.items() if v}))
     slots = int(metadata.get("slots", 0))
     program = SlotModel(model, slots, traceable=True) if slots else model
     with stages("lower", "torch.export, AOTInductor compile and package"):
@@ -520,7 +526,6 @@ def _outputs(args: argparse.Namespace) -> Dict[str, Path]:
 
 def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any]:
     from export import tokenizer_files
-    from torchchat import quantize as tc_quant
 
     out = out or sys.stderr
     stages = Stages(out, enabled=not args.quiet)
@@ -529,7 +534,8 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
     dtype_name = quant.dtype_of(spec, args.dtype or "fp32")
     # Reject what a target cannot do before minutes of work.
     if "pte" in outs:
-        if quant.for_executorch(spec).q4_kernels and dtype_name != "fp32":
+        q = quant.for_executorch(spec)
+        if (q.q4_kernels or q.gguf_kernels) and dtype_name != "fp32":
             raise ExportError(f"linear:int4 in a .pte computes in fp32; drop --dtype {dtype_name}")
         if dtype_name == "fp16":
             raise ExportError(
@@ -571,7 +577,10 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
         )
         if kind == "pte":
             with stages("load", f"weights, max_seq_length {max_seq_length}"):
-                model = build(source, "fp32", max_seq_length)
+                if "gguf" in spec:
+                    model = build_native(source, max_seq_length)[0]
+                else:
+                    model = build(source, "fp32", max_seq_length)
                 model.transformer.generate_full_logits = args.full_logits
             info = export_pte(
                 model,
@@ -585,15 +594,27 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
                 source.ckpt.gguf_quantized,
             )
         else:
+            # A GGUF's own formats by default, as generate runs it.
+            native = "gguf" in spec or (
+                not spec and args.dtype is None and source.ckpt.format == "gguf"
+            )
+            native_counts: Dict[str, int] = {}
             with stages("load", f"weights, {dtype_name}, max_seq_length {max_seq_length}"):
-                model = build(source, dtype_name, max_seq_length)
+                if native:
+                    model, native_counts = build_native(source, max_seq_length)
+                else:
+                    model = build(source, dtype_name, max_seq_length)
                 model.transformer.generate_full_logits = args.full_logits
             meta = pt2_metadata(
-                source, max_seq_length, dtype_name, tf.file_name, tf.kind, "", args.slots
+                source,
+                max_seq_length,
+                dtype_name,
+                tf.file_name,
+                tf.kind,
+                json.dumps({f"gguf {k}": v for k, v in native_counts.items()}),
+                args.slots,
             )
-            pt2_spec = spec
-            if not spec and args.dtype is None and source.ckpt.gguf_quantized:
-                pt2_spec = tc_quant.gguf_native_spec(model, source.ckpt.gguf_quantized)
+            pt2_spec = {} if native else spec
             info = export_pt2(
                 model,
                 source,
@@ -629,12 +650,14 @@ def _known_errors():
     from export.tokenizer_files import TokenizerFilesError
     from torchchat.artifacts import ArtifactError
     from torchchat.checkpoint import CheckpointError
+    from torchchat.errors import UserError
     from torchchat.model import ConfigError
     from torchchat.registry import RegistryError
     from torchchat.tokenizer import TokenizerError
 
     return (
         ExportError,
+        UserError,
         quant.QuantizeError,
         OutputPathError,
         CheckpointError,

@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 
 # One reader of the --quantize syntax for eager and export; the error type
 # is shared too, so callers catch one class.
+from torchchat.model import DTYPE_NAMES
 from torchchat.quantize import QuantizeError, read_spec
 
 # Scheme -> allowed options. Names follow upstream torchchat's quantize.py;
@@ -26,6 +27,9 @@ SCHEMES: Dict[str, set] = {
     "linear:a8w8dq": {"groupsize"},
     "precision": {"dtype"},
     "executor": {"accelerator"},
+    # A GGUF's tensors in the file's own formats (torchchat::ggml_linear and
+    # ggml_embedding), as generate runs them.
+    "gguf": set(),
 }
 
 # Upstream's presets use groupsize 256; 256 does not divide the 576-wide
@@ -48,18 +52,12 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
         "embedding": {"bitwidth": 8, "groupsize": 32},
         "linear:int4": {"groupsize": 32},
     },
+    # A GGUF as the file holds it: every tensor in its own format (Q4_K,
+    # Q6_K, IQ4_XS, F16, ...), the .pt2's default for a GGUF. A .pte needs
+    # torchchat's kernels (et_run has them).
+    "gguf": {"gguf": {}},
 }
 
-_DTYPES = {
-    "fp32": "fp32",
-    "float32": "fp32",
-    "bf16": "bf16",
-    "bfloat16": "bf16",
-    "fast16": "bf16",
-    "fast": "bf16",
-    "fp16": "fp16",
-    "float16": "fp16",
-}
 _LINEAR = ("linear:int4", "linear:int8", "linear:a8w4dq", "linear:a8w8dq")
 
 
@@ -72,14 +70,16 @@ def parse(value: Optional[str | Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
         g = opts.get("groupsize", 0)
         if not isinstance(g, int) or isinstance(g, bool) or g < 0:
             raise QuantizeError(f"--quantize: {key} groupsize must be a non-negative integer")
+    if "gguf" in spec and len(spec) > 1:
+        raise QuantizeError("--quantize: gguf keeps a GGUF's own formats; it takes no other scheme")
     linears = [k for k in _LINEAR if k in spec]
     if len(linears) > 1:
         raise QuantizeError(f"--quantize: choose one linear scheme, not {', '.join(linears)}")
     if "precision" in spec:
         d = spec["precision"].get("dtype", "fp32")
-        if d not in _DTYPES:
+        if d not in DTYPE_NAMES:
             raise QuantizeError(
-                f"--quantize: unknown precision dtype {d!r} (known: {', '.join(_DTYPES)})"
+                f"--quantize: unknown precision dtype {d!r} (known: {', '.join(DTYPE_NAMES)})"
             )
     return spec
 
@@ -87,8 +87,8 @@ def parse(value: Optional[str | Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
 def dtype_of(spec: Dict[str, Dict[str, Any]], default: str) -> str:
     """The compute dtype name (fp32/bf16/fp16); precision overrides --dtype."""
     if "precision" in spec:
-        return _DTYPES[spec["precision"].get("dtype", "fp32")]
-    return _DTYPES.get(default, default)
+        return DTYPE_NAMES[spec["precision"].get("dtype", "fp32")]
+    return DTYPE_NAMES.get(default, default)
 
 
 @dataclass
@@ -101,8 +101,12 @@ class EtQuant:
     # linear:int4: torchchat::q4_linear / q8_linear (//kernels:et_q4_ops),
     # GGUF's blocks kept exactly, instead of an ExecuTorch transform.
     q4_kernels: bool = False
+    # gguf: the GGUF's own formats through torchchat::ggml_* (//kernels/ggml).
+    gguf_kernels: bool = False
 
     def describe(self) -> str:
+        if self.gguf_kernels:
+            return "the GGUF's own formats (torchchat::ggml_linear)"
         parts = []
         if self.embedding_quantize:
             parts.append(f"embedding {self.embedding_quantize}")
@@ -115,6 +119,9 @@ class EtQuant:
 
 def for_executorch(spec: Dict[str, Dict[str, Any]]) -> EtQuant:
     q = EtQuant()
+    if "gguf" in spec:
+        q.gguf_kernels = True
+        return q
     if "embedding" in spec:
         bits = spec["embedding"].get("bitwidth", 8)
         if bits not in (2, 4, 8):

@@ -18,8 +18,14 @@ LIB_NAME = "libtorchchat_et_ops.so"
 # What a .pte records (a metadata method) when it needs this library; the
 # value is the kernel ABI version its ops follow.
 METADATA_METHOD = "torchchat_ops_version"
-OPS_VERSION = 1
-OPS = ("torchchat::q4_linear.out", "torchchat::q8_linear.out")
+# 2 added torchchat::ggml_linear and ggml_embedding (a GGUF's own formats).
+OPS_VERSION = 2
+OPS = (
+    "torchchat::q4_linear.out",
+    "torchchat::q8_linear.out",
+    "torchchat::ggml_linear.out",
+    "torchchat::ggml_embedding.out",
+)
 
 _lib: Optional[ctypes.CDLL] = None
 

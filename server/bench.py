@@ -4,7 +4,7 @@
 
 Starts, one at a time, on the same GGUF (default: the built-in model):
 llama.cpp's `llama-server` (built once into the user cache from the
-llama-cpp-python sdist, evals/llama_cpp.py), `torchchat server` as it
+llama-cpp-python sdist, peers/llama_cpp.py), `torchchat server` as it
 starts by default (the model compiled with a cache row per slot, once, into
 the compile cache) and `torchchat server --compile none` (eager). Each gets
 the same streamed /v1/completions requests from N concurrent clients
@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 # Not resolve(): the runfiles tree is made of symlinks into the source tree.
 RUNFILES = Path(os.path.abspath(__file__)).parent.parent
-TORCHCHAT = RUNFILES / "torchchat" / "torchchat"
+TORCHCHAT = RUNFILES / "cli" / "torchchat"
 PROMPTS = [
     "The sky is blue because",
     "Once upon a time, in a small village by the sea,",
@@ -204,7 +204,7 @@ def servers(args: argparse.Namespace, gguf: Path, slots: int) -> List[Callable[[
     ours_env = {"OMP_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1"}
 
     def llama() -> Server:
-        from evals import llama_cpp
+        from peers import llama_cpp
 
         binary = llama_cpp.build("llama-server")
         port = free_port()

@@ -15,7 +15,7 @@ from pathlib import Path
 import openai
 
 RUNFILES = Path(os.environ.get("TEST_SRCDIR", "."), "_main")
-TORCHCHAT = RUNFILES / "torchchat" / "torchchat"
+TORCHCHAT = RUNFILES / "cli" / "torchchat"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 

@@ -468,7 +468,7 @@ class Engine:
             if tail or rest:
                 emit(Delta(tail, rest))
             stats = reply.stats
-            finish = "stop" if stats.stop_reason in ("eos", "stop") else "length"
+            finish = "stop" if stats.stop_reason in ("eos", "stopped") else "length"
             emit(
                 Done(
                     finish,

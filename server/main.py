@@ -12,17 +12,21 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from torchchat import cli
+from torchchat import loading
+from torchchat.errors import EXIT_ERROR, EXIT_INTERRUPT, UserError
+from torchchat.sampling import add_sampling_args
 
 DEFAULT_PORT = 8000
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="torchchat server", description=__doc__.splitlines()[0])
-    cli._add_model_args(p)
+    loading.add_model_args(p)
+    add_sampling_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument(
@@ -58,32 +62,29 @@ def model_id(args: argparse.Namespace) -> str:
 
 
 def build(args: argparse.Namespace) -> Tuple[object, object]:
-    """(engine, config) for the flags; raises cli.UserError for bad ones."""
+    """(engine, config) for the flags; raises UserError for bad ones."""
     from server.app import Config
     from server.engine import batched_engine, eager_engine, serial_engine
     from torchchat.model import Model
 
     for name in ("parallel", "max_queue", "max_body_bytes", "prefill_chunk"):
         if getattr(args, name) < (0 if name == "max_queue" else 1):
-            raise cli.UserError(f"--{name.replace('_', '-')} must be positive")
-    if args.stats_json:
-        raise cli.UserError("--stats-json is for generate and chat; the server logs stats lines")
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
     # As generate, the model is compiled on first use (AOTInductor, cached),
     # here with a cache row per slot, so that it is batched like the eager
     # SlotModel; `--compile none` serves the eager SlotModel.
-    if args.compile == "auto":
-        args.compile = "aoti" if args.device == "cpu" else "none"
-    if args.compile == "torch":
+    options = loading.options_from_args(args)
+    mode = loading.compile_mode(options)
+    if mode == "torch":
         print(
             "torchchat server: --compile torch does not apply to the batched forward; "
             "serving the eager model",
             file=sys.stderr,
         )
-        args.compile = "none"
-    slots = args.parallel if args.compile == "aoti" and args.parallel > 1 else 0
-    loaded = cli._load(args, slots)
-    if loaded.model is None:  # --compile aoti on a cache miss
-        loaded.slot(args.device)
+        mode = "none"
+    slots = args.parallel if mode == "aoti" and args.parallel > 1 else 0
+    loaded = loading.load(replace(options, compile=mode, slots=slots))
+    loaded.ensure_model()  # compiles now on a cache miss, not at the first request
     if isinstance(loaded.model, Model):
         engine = eager_engine(
             loaded.model, loaded.tokenizer, args.parallel, args.max_queue, args.prefill_chunk
@@ -117,7 +118,7 @@ def build(args: argparse.Namespace) -> Tuple[object, object]:
     seq = engine.max_seq_length
     cap = args.max_tokens_cap or seq
     if cap < 1:
-        raise cli.UserError("--max-tokens-cap must be positive")
+        raise UserError("--max-tokens-cap must be positive")
     config = Config(
         model_id=args.model_id or model_id(args),
         max_seq_length=seq,
@@ -144,7 +145,7 @@ def build(args: argparse.Namespace) -> Tuple[object, object]:
             1, args.temperature, args.top_p, args.top_k, args.min_p, args.repetition_penalty
         ).sampler()
     except ValueError as e:
-        raise cli.UserError(str(e)) from e
+        raise UserError(str(e)) from e
     return engine, config
 
 
@@ -152,12 +153,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    expected = cli.expected_errors()
+    expected = loading.expected_errors()
     try:
         engine, config = build(args)
     except expected as e:
         print(f"torchchat server: error: {e}", file=sys.stderr)
-        return cli.EXIT_ERROR
+        return EXIT_ERROR
     import uvicorn
 
     from server.app import create_app
@@ -172,7 +173,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     except KeyboardInterrupt:
-        return cli.EXIT_INTERRUPT
+        return EXIT_INTERRUPT
     return 0
 
 

@@ -26,8 +26,15 @@ def compile_package(
     out_path: Path,
     metadata: Dict[str, str],
     on_stage: Optional[Callable[[str], None]] = None,
-) -> None:
+    external_weights: bool = False,
+) -> Dict[str, torch.Tensor]:
     """Exports `model` with a dynamic token dimension and writes its package.
+
+    With `external_weights` the package holds code only: whoever runs it
+    hands it the weights (`Runner(path, constants)`), so a model read in
+    place from a GGUF is never copied into the package. Returns the
+    constants the package needs that are not the model's own parameters or
+    buffers (tensors export lifted out of the code), for the caller to keep.
 
     forward(tokens[1, T], input_pos[T]) for 1 <= T < max_seq_length, or for
     a traceable SlotModel forward(tokens[1, T], input_pos[T], slots[T],
@@ -61,21 +68,46 @@ def compile_package(
         # private directory beside the target and rename from there.
         work = tempfile.mkdtemp(prefix=".aoti.", dir=parent)
         try:
+            configs: Dict[str, Any] = {"aot_inductor.metadata": metadata}
+            if external_weights:
+                configs["aot_inductor.package_constants_in_so"] = False
             pkg = torch._inductor.aoti_compile_and_package(
-                ep,
-                package_path=os.path.join(work, "model.pt2"),
-                inductor_configs={"aot_inductor.metadata": metadata},
+                ep, package_path=os.path.join(work, "model.pt2"), inductor_configs=configs
             )
             os.replace(pkg, tmp)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    if not external_weights:
+        return {}
+    own = module_constants(model)
+    return {k: v for k, v in ep.constants.items() if k not in own}
+
+
+def module_constants(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """A module's parameters and buffers by name, as export names them (a
+    tensor shared by two modules under both names)."""
+    out: Dict[str, torch.Tensor] = {}
+    out.update(model.named_parameters(remove_duplicate=False))
+    out.update(model.named_buffers(remove_duplicate=False))
+    return out
 
 
 class Runner:
-    """A loaded package's forward: (tokens, input_pos[, slots, last]) -> its outputs."""
+    """A loaded package's forward: (tokens, input_pos[, slots, last]) -> its outputs.
 
-    def __init__(self, path: Path):
+    A package compiled with external weights runs on `constants` (every name
+    get_constant_fqns() lists), used in place: the caller keeps them alive,
+    and the KV cache among them is written where it lies."""
+
+    def __init__(self, path: Path, constants: Optional[Dict[str, torch.Tensor]] = None):
         self._loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+        if constants is not None:
+            need = self._loader.get_constant_fqns()
+            missing = [k for k in need if k not in constants]
+            if missing:
+                raise KeyError(f"no weights for {', '.join(missing[:5])}")
+            self._constants = {k: constants[k] for k in need}
+            self._loader.load_constants(self._constants, False, True, True)
 
     def __call__(self, *inputs: torch.Tensor) -> List[Any]:
         return self._loader.boxed_run(list(inputs))

@@ -191,7 +191,11 @@ class ArchitectureTest(unittest.TestCase):
         self.check_gemma(load_checkpoint(path).config, "phi3-window")
         self.check(ours(path), ref, 1e-4)
         d = self.tmp / "phi3-past-window"
-        hf_model("phi3").save_pretrained(d)
+        past = hf_model("phi3")
+        # A context of 512 around a window of 256 (--max-seq-length never
+        # exceeds what the model supports).
+        past.config.max_position_embeddings, past.config.sliding_window = 512, 256
+        past.save_pretrained(d)
         for length, window in ((256, None), (300, 256)):
             model = load_model(load_checkpoint(d), torch.float32, length)
             rule = getattr(model.transformer.layers[2].attention.SDPA, "rule", None)

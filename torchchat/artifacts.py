@@ -440,18 +440,22 @@ def load_pt2(path: PathLike, device: str = "cpu") -> Pt2Model:
     return open_pt2(path, meta)
 
 
-def open_pt2(path: Path, meta: Dict[str, Any]) -> Pt2Model:
-    """Loads a package whose metadata and CPU ISA have been checked."""
+def open_pt2(
+    path: Path, meta: Dict[str, Any], constants: Optional[Dict[str, torch.Tensor]] = None
+) -> Pt2Model:
+    """Loads a package whose metadata and CPU ISA have been checked; a package
+    compiled with external weights runs on `constants` (aoti.Runner)."""
     from torchchat import aoti
 
-    # A 4-bit package calls torchchat::q4_linear / q8_linear (by C shim or by
-    # name): their library must be loaded, RTLD_GLOBAL, before the package is.
+    # A quantized package calls torchchat::q4_linear / q8_linear / ggml_linear
+    # (by C shim or by name): their library must be loaded, RTLD_GLOBAL, and
+    # their fake kernels registered, before the package is.
     try:
-        from kernels import q4  # noqa: F401
+        from kernels.ggml import ops  # noqa: F401
     except (ImportError, OSError, ValueError):  # q4.Q4Error: library not built
-        pass  # an fp32 package needs none; a 4-bit one fails below, by name
+        pass  # an fp32 package needs none; a quantized one fails below, by name
     try:
-        runner = aoti.Runner(path)
+        runner = aoti.Runner(path, constants)
     except Exception as e:
         raise ArtifactError(f"cannot load {path}: {type(e).__name__}: {e}") from e
     return Pt2Model(path, runner, meta)

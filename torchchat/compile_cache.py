@@ -11,7 +11,11 @@ without reading the checkpoint's weights at all.
 
 An entry is `<key>.json` (what the CLI needs besides the package: the
 tokenizer, its ids and template) and `<key>.pt2`. The package is written
-last, atomically, so its presence commits the entry.
+last, atomically, so its presence commits the entry. A GGUF run in its own
+formats is compiled with external weights: the package is code only, and
+each start hands it the file's tensors in place (mmapped, never copied),
+plus `<key>.constants.pt`, the few small tensors export lifted out of the
+code.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import os
 from importlib import metadata as pkg_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+
+import torch
 
 from torchchat.atomic import atomic_output
 
@@ -57,9 +63,12 @@ def _files_of(checkpoint: Path) -> List[Path]:
 def _code_files() -> List[Path]:
     """Sources that decide the compiled graph, and the kernel library."""
     from kernels import q4
-    from torchchat import aoti, checkpoint, model, quantize
+    from kernels.ggml import ops as ggml_ops
+    from torchchat import aoti, model, quantize
 
-    files = [Path(m.__file__) for m in (aoti, checkpoint, model, quantize, q4)]
+    files = [Path(m.__file__) for m in (aoti, model, quantize, q4, ggml_ops)]
+    # Every reader of the checkpoint package decides weights and layouts.
+    files += sorted((Path(model.__file__).parent / "checkpoint").glob("*.py"))
     files.append(Path(__file__))
     lib = q4.library_path()
     return files + ([lib] if lib.is_file() else [])
@@ -126,6 +135,10 @@ def _pt2_metadata(
     )
 
 
+def _constants_path(k: str) -> Path:
+    return cache_dir() / f"{k}.constants.pt"
+
+
 def lookup(k: str) -> Optional[Dict[str, Any]]:
     """The entry's description, or None when it is absent or unreadable."""
     d = cache_dir()
@@ -137,22 +150,83 @@ def lookup(k: str) -> Optional[Dict[str, Any]]:
     except (OSError, ValueError):
         return None
     ok = isinstance(entry, dict) and entry.get("key") == k and "tokenizer" in entry
+    if ok and entry.get("external_weights") and not _constants_path(k).is_file():
+        return None
     return entry if ok and "info" in entry else None
 
 
-def open_entry(k: str) -> Pt2Model:
-    """The entry's package, loaded; its metadata was written by `store`."""
+def program(model: Model, slots: int) -> torch.nn.Module:
+    """What an entry compiles: the model, or with `slots` the server's
+    batched SlotModel over it."""
+    from torchchat.model import SlotModel
+
+    return SlotModel(model, slots, traceable=True) if slots else model
+
+
+def _recipe(constants: Dict[str, torch.Tensor], ckpt: Checkpoint) -> tuple:
+    """How to rebuild each constant a code-only package needs without
+    building the model: a GGUF tensor in place (by its Meta name), zeros
+    (the KV cache), or a stored copy (norms, RoPE tables, masks: small; one
+    copy of tensors that are equal, as the layers' masks are)."""
+    by_ptr = {t.blocks.ctypes.data: name for name, t in ckpt.gguf.items()}
+    recipe: Dict[str, Any] = {}
+    stored: List[torch.Tensor] = []
+    for name, t in constants.items():
+        key = by_ptr.get(t.data_ptr()) if t.numel() else None
+        if key is not None:
+            recipe[name] = {"gguf": key, "float": t.dtype == torch.float32}
+        elif name.endswith(("k_cache", "v_cache")):
+            recipe[name] = {"zeros": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+        else:
+            same = next(
+                (
+                    i
+                    for i, u in enumerate(stored)
+                    if u.dtype == t.dtype and u.shape == t.shape and torch.equal(u, t)
+                ),
+                None,
+            )
+            if same is None:
+                stored.append(t.detach().contiguous())
+                same = len(stored) - 1
+            recipe[name] = {"stored": same}
+    return recipe, stored
+
+
+def constants(k: str, ckpt: Checkpoint) -> Dict[str, torch.Tensor]:
+    """The constants of entry `k`'s code-only package, from `ckpt` (a GGUF
+    read in place) and what `store` kept: no model is built."""
+    data = torch.load(_constants_path(k), weights_only=True)
+    views: Dict[str, torch.Tensor] = {}
+    out: Dict[str, torch.Tensor] = {}
+    for name, how in data["recipe"].items():
+        if "gguf" in how:
+            t = ckpt.gguf[how["gguf"]]
+            if how["gguf"] not in views:
+                views[how["gguf"]] = torch.from_numpy(t.blocks)
+            v = views[how["gguf"]]
+            out[name] = v.view(torch.float32).reshape(t.shape) if how["float"] else v
+        elif "zeros" in how:
+            out[name] = torch.zeros(how["zeros"], dtype=getattr(torch, how["dtype"]))
+        else:
+            out[name] = data["stored"][how["stored"]]
+    return out
+
+
+def open_entry(k: str, constants: Optional[Dict[str, torch.Tensor]] = None) -> Pt2Model:
+    """The entry's package, loaded; its metadata was written by `store`. A
+    code-only package (external weights) runs on `constants` in place."""
     from torchchat import artifacts
 
     path = cache_dir() / f"{k}.pt2"
     meta = artifacts.parse_pt2_metadata(artifacts.read_pt2_metadata(path), path)
-    return artifacts.open_pt2(path, meta)
+    return artifacts.open_pt2(path, meta, constants)
 
 
 def store(
     k: str,
     settings: Dict[str, Any],
-    model: Model,
+    compiled: torch.nn.Module,
     ckpt: Checkpoint,
     dtype_name: str,
     counts: Dict[str, int],
@@ -160,10 +234,12 @@ def store(
     tokenizer: Dict[str, Any],
     on_stage: Optional[Callable[[str], None]] = None,
     slots: int = 0,
-) -> Dict[str, Any]:
-    """Compiles `model` into the entry `k`; returns the entry's description,
-    which keeps `info` and `tokenizer` (what loading the tokenizer needs).
-    With `slots`, the package is the server's batched SlotModel.
+    external_weights: bool = False,
+) -> Optional[Dict[str, torch.Tensor]]:
+    """Compiles `compiled` (a `program`) into the entry `k`. With
+    `external_weights` the package holds no weights: returns the constants
+    it runs on (the program's own tensors, in place), and keeps how to
+    rebuild them from the checkpoint (`constants`).
 
     Entries an older version of the same checkpoint and settings left behind
     are removed, so editing a checkpoint does not grow the cache.
@@ -178,20 +254,25 @@ def store(
         "settings": settings,
         "info": info,
         "tokenizer": tokenizer,
+        "external_weights": external_weights,
     }
     with atomic_output(str(d / f"{k}.json")) as tmp:
         Path(tmp).write_text(json.dumps(entry, indent=1))
-    from torchchat.model import SlotModel
-
+    model = getattr(compiled, "model", compiled)
     metadata = _pt2_metadata(ckpt, model, dtype_name, counts, slots)
-    program = SlotModel(model, slots, traceable=True) if slots else model
-    aoti.compile_package(program, d / f"{k}.pt2", metadata, on_stage)
+    extra = aoti.compile_package(compiled, d / f"{k}.pt2", metadata, on_stage, external_weights)
+    result = None
+    if external_weights:
+        result = dict(aoti.module_constants(compiled), **extra)
+        recipe, stored = _recipe(result, ckpt)
+        with atomic_output(str(_constants_path(k))) as tmp:
+            torch.save({"recipe": recipe, "stored": stored}, tmp)
     _remove_superseded(d, k, entry["source"], settings)
-    return entry
+    return result
 
 
 def remove(k: str) -> None:
-    for suffix in (".pt2", ".json"):
+    for suffix in (".pt2", ".json", ".constants.pt"):
         (cache_dir() / f"{k}{suffix}").unlink(missing_ok=True)
 
 

@@ -50,6 +50,12 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+# Why a generation ended: a stop id, the token budget, a full context, a stop
+# request (on_text, a stop string, a cancelled request), Ctrl-C. The C++
+# runners' words too (runner/common/stats.h's kStopReasons).
+STOP_REASONS = ("eos", "max_new_tokens", "context", "stopped", "interrupted")
+
+
 @dataclass
 class Stats:
     """One generation, with the fields (and JSON) of runner/common/stats.h.
@@ -68,7 +74,7 @@ class Stats:
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0
     peak_rss_bytes: int = 0
-    stop_reason: str = ""  # eos, max_new_tokens, context, interrupted, stop (on_text ended it)
+    stop_reason: str = ""  # one of STOP_REASONS
 
     @property
     def load_s(self) -> float:
@@ -262,7 +268,7 @@ def generate_text(
     """decode() with the tokenizer's streaming decoder: on_text gets whole
     UTF-8 characters as they complete. A stop id is never printed.
 
-    on_text returning True ends the reply there (stop_reason "stop"): the
+    on_text returning True ends the reply there (stop_reason "stopped"): the
     server's stop strings and cancelled requests end a generation this way.
     Ctrl-C ends the reply with stop_reason "interrupted" instead of raising.
     """
@@ -287,7 +293,7 @@ def generate_text(
             ids.append(tok)
             if emit(stream.push(tok)):
                 steps.close()  # completes stats before the reason is set
-                stats.stop_reason = "stop"
+                stats.stop_reason = "stopped"
                 return Reply(ids, "".join(pieces), stats)
     except KeyboardInterrupt:
         stats.stop_reason = "interrupted"

@@ -125,7 +125,7 @@ class GenerateTest(unittest.TestCase):
         model = ScriptedModel([A, B, C, D], 32)
         reply = generate_text(Slot(model), self.tok, [1, A], argmax, 10, lambda t: t == "c")
         self.assertEqual((reply.ids, reply.text), ([B, C], "bc"))
-        self.assertEqual(reply.stats.stop_reason, "stop")
+        self.assertEqual(reply.stats.stop_reason, "stopped")
         self.assertEqual(reply.stats.num_generated_tokens, 2)
         self.assertGreater(reply.stats.inference_end_ms, 0)
         self.assertEqual(len(model.calls), 2)  # the prefill and one step: none after the stop

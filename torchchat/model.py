@@ -25,13 +25,18 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
+# Compute dtypes by canonical name, and every name --dtype or --quantize's
+# {"precision": {"dtype": ...}} accepts (upstream torchchat's aliases too).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {
+    "fp32": "fp32",
+    "float32": "fp32",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fast16": "bf16",
+    "fast": "bf16",
+    "fp16": "fp16",
+    "float16": "fp16",
 }
 
 # transformers model_type values from_hf reads (dense models; *_moe are
@@ -442,33 +447,56 @@ class Model(nn.Module):
                 t.output.weight = t.tok_embeddings.weight
 
 
+def context_length(config: ModelConfig, requested: Optional[int]) -> int:
+    """The KV cache length for a requested --max-seq-length (None: the
+    default, min(model context, 2048), and within a LongRoPE model's original
+    context). One rule for generate, the server, eval and export."""
+    original = (config.longrope or {}).get("original_max_position_embeddings")
+    if requested is None:
+        n = min(config.max_context, 2048)
+        return min(n, original or n)
+    if requested < 2:
+        raise ConfigError("--max-seq-length must be at least 2")
+    if requested > config.max_context:
+        raise ConfigError(
+            f"--max-seq-length {requested} is larger than the model supports "
+            f"({config.max_context} positions)"
+        )
+    # LongRoPE: the long factors serve a context past the original one, at
+    # every position (as llama.cpp chooses by its context size; transformers
+    # switches when the sequence itself grows past it).
+    if original and requested > original and not config.longrope.get("long_factor"):
+        raise ConfigError(
+            f"max_seq_length {requested} exceeds the model's "
+            f"original_max_position_embeddings {original} and it has no LongRoPE long_factor "
+            f"for longer contexts, so the context is limited to {original}"
+        )
+    return requested
+
+
 def build_model(
     config: ModelConfig,
     dtype: torch.dtype = torch.float32,
     max_seq_length: Optional[int] = None,
     device: str = "cpu",
     full_logits: bool = False,
+    meta_weights: bool = False,
 ) -> Model:
-    """An un-initialised (meta-free, zero-filled cache) model for `config`."""
+    """An un-initialised model for `config` with a zero-filled cache. With
+    `meta_weights` its parameters are on the meta device (no memory), for a
+    caller that installs weights it already holds (a GGUF read in place);
+    buffers (cache, masks, RoPE tables) are real either way."""
     from torchchat import executorch_compat as et
 
+    max_seq_length = context_length(config, max_seq_length)
     original = (config.longrope or {}).get("original_max_position_embeddings")
-    if max_seq_length is None:
-        max_seq_length = min(config.max_context, 2048)
-        max_seq_length = min(max_seq_length, original or max_seq_length)
-    # LongRoPE: the long factors for a context past the original one, at
-    # every position (as llama.cpp chooses by its context size; transformers
-    # switches when the sequence itself grows past it).
     long_rope = bool(original and max_seq_length > original)
-    if long_rope and not config.longrope.get("long_factor"):
-        raise ConfigError(
-            f"max_seq_length {max_seq_length} exceeds the model's "
-            f"original_max_position_embeddings {original} and it has no LongRoPE long_factor "
-            f"for longer contexts, so the context is limited to {original}"
-        )
     args = model_args(config, max_seq_length, full_logits)
-    with torch.device("cpu"):
+    with torch.device("meta" if meta_weights else "cpu"):
         transformer = et.construct_transformer(args)
+    if meta_weights:
+        _real_rope(transformer, args)
+    with torch.device("cpu"):
         transformer = _gemma_extras(transformer, config)
     model = Model(config, transformer, max_seq_length)
     model.to(dtype=dtype)
@@ -498,7 +526,22 @@ def build_model(
             torch.tensor(factors), rot, float(lr.get("attention_factor", 1.0))
         )
     model.tie_weights()
+    if meta_weights:
+        return model.eval()
     return model.to(device).eval()
+
+
+def _real_rope(transformer: nn.Module, args: Any) -> None:
+    """ExecuTorch's Rope built on the CPU, in place of the one a meta-device
+    construction made (its tables are computed at construction); every layer
+    shares it, as construct_transformer's does."""
+    old = transformer.rope
+    with torch.device("cpu"):
+        rope = type(old)(args)
+    transformer.rope = rope
+    for layer in transformer.layers:
+        if getattr(layer.attention, "rope", None) is old:
+            layer.attention.rope = rope
 
 
 def _inv_freqs(theta: float, dims: int) -> torch.Tensor:

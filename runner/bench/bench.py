@@ -131,7 +131,7 @@ def row(s):
 def run_cli(model, prompt, n, max_seq, *flags, env=None):
     stats = Path(tempfile.mkdtemp()) / "stats.json"
     cmd = (
-        [str(binary("torchchat/torchchat")), "generate"]
+        [str(binary("cli/torchchat")), "generate"]
         + model_flags(model)
         + [
             "--prompt",

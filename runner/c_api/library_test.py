@@ -19,7 +19,12 @@ import unittest
 LIB, ARTIFACT, RUNNER = (os.path.abspath(a) for a in sys.argv[1:4])
 HEADER = os.path.abspath("runner/c_api/torchchat.h")
 # The C shim entry points that 4-bit .pt2 packages call by name.
-AOTI_SHIM = {"aoti_torch_cpu_q4_linear", "aoti_torch_cpu_q8_linear"}
+AOTI_SHIM = {
+    "aoti_torch_cpu_q4_linear",
+    "aoti_torch_cpu_q8_linear",
+    "aoti_torch_cpu_ggml_linear",
+    "aoti_torch_cpu_ggml_embedding",
+}
 
 OK, INVALID, LOAD, CONTEXT, RUNTIME, TOO_SMALL = range(6)
 STOP_EOS, STOP_MAX, STOP_CONTEXT, STOP_STOPPED = range(4)

@@ -8,6 +8,12 @@
 
 namespace torchchat {
 
+// Why a generation ended: a stop token, the token budget, a full context,
+// a stop request (TextLLMRunner::Stop, a callback, a stop string), or Ctrl-C.
+// Python's torchchat.generate uses the same words (//runner:contract_test).
+inline constexpr const char* kStopReasons[] = {"eos", "max_new_tokens", "context", "stopped",
+                                               "interrupted"};
+
 struct Stats {
   // Milliseconds since an arbitrary epoch (steady clock), with a fraction:
   // a small model decodes a token in well under a millisecond.
@@ -20,8 +26,7 @@ struct Stats {
   int64_t num_prompt_tokens = 0;
   int64_t num_generated_tokens = 0;
   int64_t peak_rss_bytes = 0;
-  // Ours, not ExecuTorch's: eos, max_new_tokens, context, or stopped
-  // (TextLLMRunner::Stop).
+  // Ours, not ExecuTorch's: one of kStopReasons.
   std::string stop_reason;
 
   double load_s() const { return (model_load_end_ms - model_load_start_ms) / 1e3; }

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import List, Tuple
 
-from torchchat import cli
+from cli import main as cli
 
 
 def run(argv: List[str], stdin: str = "") -> Tuple[int, str, str]:

@@ -1,6 +1,6 @@
 """Our GGUF reading against llama.cpp itself, per architecture.
 
-    tools/bazel run //torchchat:llama_cpp_parity -- --llama-cpp ~/.cache/torchchat/llama-cpp-0.3.36
+    tools/bazel run //testing:llama_cpp_parity -- --llama-cpp ~/.cache/torchchat/llama-cpp-0.3.36
 
 Writes each tiny architecture of testing.tiny_archs as a GGUF the way
 llama.cpp's converter lays it out (F32 and Q8_0, no vocabulary), runs it in

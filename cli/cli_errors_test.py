@@ -7,7 +7,7 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from torchchat.cli_harness import CliTestCase, run
+from testing.cli_harness import CliTestCase, run
 
 
 class CliErrorsTest(CliTestCase):

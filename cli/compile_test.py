@@ -7,7 +7,8 @@ import tempfile
 import unittest
 from pathlib import Path
 
-from torchchat.cli_harness import run
+from testing import gguf_blocks
+from testing.cli_harness import run
 
 RUNFILES = Path(os.environ.get("TEST_SRCDIR", "."), "_main")
 TINY = RUNFILES / "testing" / "tiny" / "ckpt" / "consolidated.00.pth"
@@ -24,12 +25,11 @@ class CompileTest(unittest.TestCase):
         del os.environ["TORCHCHAT_COMPILE_CACHE"]
         self.tmp.cleanup()
 
-    def generate(self, *flags, max_seq="96"):
+    def generate(self, *flags, max_seq="96", source=("--checkpoint-path", str(TINY))):
         stats = self.dir / "stats.json"
         argv = [
             "generate",
-            "--checkpoint-path",
-            str(TINY),
+            *source,
             "--prompt",
             "Once upon a time",
             "--temperature",
@@ -60,6 +60,31 @@ class CompileTest(unittest.TestCase):
         self.assertEqual(len(list(self.cache.glob("*.pt2"))), 1)
         self.assertEqual(stats1["model"]["compiled"], stats2["model"]["compiled"])
         self.assertEqual(stats2["answers"][0]["num_generated_tokens"], 40)
+
+    def test_a_gguf_compiles_to_code_only(self):
+        # A GGUF in its own formats: the package holds no weights, each start
+        # hands it the file's tensors in place, and the ids stay eager's.
+        gguf = gguf_blocks.write_model(
+            self.dir / "m.gguf", {"*": "Q4_K", "token_embd.weight": "Q6_K"}, vocab=320, tie=True
+        )
+        source = ("--gguf-path", str(gguf), "--tokenizer-path", str(TINY.parent / "tokenizer.json"))
+        eager, _, _ = self.generate("--compile", "none", source=source)
+        first, err1, stats1 = self.generate(source=source)
+        second, err2, stats2 = self.generate(source=source)
+        self.assertIn("compiling", err1)
+        self.assertNotIn("compiling", err2)
+        self.assertEqual((first, second), (eager, eager))
+        self.assertEqual(
+            stats2["model"]["quantize"], {"gguf Q4_K": 14, "gguf Q6_K": 1, "gguf embedding Q6_K": 1}
+        )
+        # No weight is in the package: a run of a tensor's bytes (stored
+        # uncompressed, as a package would hold it) appears nowhere in it.
+        from torchchat.checkpoint import load_checkpoint
+
+        (pt2,) = self.cache.glob("*.pt2")
+        blocks = load_checkpoint(gguf).gguf["layers.1.feed_forward.w1.weight"].blocks
+        self.assertFalse(blocks[5, :96].tobytes() in pt2.read_bytes(), "weights in the package")
+        self.assertEqual(len(list(self.cache.glob("*.constants.pt"))), 1)
 
     def test_a_broken_entry_is_rebuilt(self):
         self.generate(max_seq="64")

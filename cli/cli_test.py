@@ -11,17 +11,17 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from torchchat.cli_harness import run
+from testing.cli_harness import run
 
 
 def torchchat_command():
-    """The //torchchat binary under Bazel, else the module."""
+    """The //cli:torchchat binary under Bazel, else the module."""
     srcdir = os.environ.get("TEST_SRCDIR")
     if srcdir:
-        binary = Path(srcdir) / "_main" / "torchchat" / "torchchat"
+        binary = Path(srcdir) / "_main" / "cli" / "torchchat"
         if binary.exists():
             return [str(binary)]
-    return [sys.executable, "-m", "torchchat"]
+    return [sys.executable, "-m", "cli"]
 
 
 class CliTest(unittest.TestCase):
@@ -91,13 +91,13 @@ class CliTest(unittest.TestCase):
             rc, out, err = run(base + [str(stats)] + extra)
             self.assertEqual(rc, 0, err)
             runs[name] = (out, json.loads(stats.read_text())["model"]["quantize"])
-        # The built-in Q4_1 GGUF: its 210 linears keep their codes, the tied
-        # Q8_0 embedding its blocks as embedding and unembedding; the same
-        # ids as asking for the linears alone.
+        # The built-in Q4_1 GGUF runs in place: its 210 linears as Q4_1
+        # blocks, the tied Q8_0 embedding as embedding and unembedding; the
+        # same ids as asking for the linears alone (q4_linear on the same
+        # codes).
         self.assertEqual(runs["default"][0], runs["int4"][0])
         self.assertEqual(
-            runs["default"][1],
-            {"int4_exact_from_gguf": 210, "embedding_q8_0": 1, "output_q8_0": 1},
+            runs["default"][1], {"gguf Q4_1": 210, "gguf Q8_0": 1, "gguf embedding Q8_0": 1}
         )
         self.assertEqual(runs["int4"][1], {"int4_exact_from_gguf": 210, "output_q8_0": 1})
         # --dtype asks for a dequantized model.

@@ -1,0 +1,141 @@
+// The AVX2 codes of every format equal the scalar reference's, and the
+// decode, prefill and scalar paths of Linear agree. (linear_test.py checks
+// the reference itself against gguf-py's dequantize.)
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/ggml/formats.h"
+#include "kernels/ggml/linear.h"
+#if defined(__x86_64__)
+#include "kernels/ggml/formats_avx2.h"
+#endif
+
+namespace torchchat::kernels::ggml {
+namespace {
+
+#if defined(__x86_64__)
+// Over random chunks: each group's codes, and each half's scale (and
+// offset, where the format has one), as the scalar reference has them.
+template <class F>
+TC_GGML_AVX2 void ExpectSameAsScalar() {
+  std::mt19937 rng(1);
+  std::vector<uint8_t> p(Avx2<F>::kChunkBytes);
+  const int blocks = 256 / F::kElems;
+  for (int it = 0; it < 200; ++it) {
+    for (auto& v : p) v = uint8_t(rng());
+    alignas(32) float s[16], m[16];
+    Avx2<F>::ChunkScales(p.data(), s, m);
+    for (int g = 0; g < 8; ++g) {
+      const uint8_t* blk = p.data() + (g / (F::kElems / 32)) * F::kBytes;
+      const int gb = g % (F::kElems / 32);  // the group within its block
+      int16_t want[32], got[32];
+      F::Codes(blk, gb, want);
+      __m256i c[2];
+      Avx2<F>::Codes(p.data(), g, c);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(got), c[0]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(got + 16), c[1]);
+      ASSERT_EQ(0, std::memcmp(want, got, sizeof(want))) << int(F::kType) << " group " << g;
+      float ws[F::kElems / 16], wm[F::kElems / 16];
+      F::Scales(blk, ws, wm);
+      for (int h = 0; h < 2; ++h) {
+        const float a = ws[2 * gb + h], b = s[2 * g + h];
+        if (std::isfinite(a)) ASSERT_EQ(a, b) << int(F::kType) << " scale " << 2 * g + h;
+        if (F::kMin && std::isfinite(wm[2 * gb + h]))
+          ASSERT_EQ(wm[2 * gb + h], m[2 * g + h]) << int(F::kType) << " offset " << 2 * g + h;
+      }
+    }
+    (void)blocks;
+  }
+}
+
+TEST(Formats, Avx2EqualsScalar) {
+  if (!__builtin_cpu_supports("avx2")) GTEST_SKIP() << "no AVX2";
+  ExpectSameAsScalar<Q4_0>();
+  ExpectSameAsScalar<Q4_1>();
+  ExpectSameAsScalar<Q5_0>();
+  ExpectSameAsScalar<Q5_1>();
+  ExpectSameAsScalar<Q8_0>();
+  ExpectSameAsScalar<IQ4_NL>();
+  ExpectSameAsScalar<Q2_K>();
+  ExpectSameAsScalar<Q3_K>();
+  ExpectSameAsScalar<Q4_K>();
+  ExpectSameAsScalar<Q5_K>();
+  ExpectSameAsScalar<Q6_K>();
+  ExpectSameAsScalar<IQ4_XS>();
+}
+#endif
+
+// Random bytes with every fp16 scale field small and finite.
+std::vector<uint8_t> RandomWeights(int type, int64_t n, int64_t k, std::mt19937& rng) {
+  const int64_t row = RowBytes(type, k);
+  std::vector<uint8_t> w(size_t(n * row));
+  for (auto& v : w) v = uint8_t(rng());
+  std::vector<float> out(static_cast<size_t>(k));
+  std::normal_distribution<float> g(0.f, 0.02f);
+  // Re-roll each row until it dequantizes finite (a random fp16 can be inf).
+  for (int64_t r = 0; r < n; ++r) {
+    for (int tries = 0; tries < 1000; ++tries) {
+      const int64_t idx = r;
+      DequantizeRows(w.data(), type, k, &idx, 1, out.data());
+      bool ok = true;
+      for (float f : out) ok = ok && std::isfinite(f) && std::fabs(f) < 1e4f;
+      if (ok) break;
+      for (int64_t i = 0; i < row; ++i) w[size_t(r * row + i)] = uint8_t(rng() & 0x3F);
+    }
+  }
+  return w;
+}
+
+TEST(Linear, PathsAgree) {
+  const int types[] = {kF32,  kF16,  kBF16, kQ4_0, kQ4_1, kQ5_0,   kQ5_1,  kQ8_0,
+                       kQ2_K, kQ3_K, kQ4_K, kQ5_K, kQ6_K, kIQ4_NL, kIQ4_XS};
+  std::mt19937 rng(2);
+  std::normal_distribution<float> g;
+  const int64_t n = 37;
+  for (int type : types)
+    for (int64_t k : {512, 576}) {  // 576: whole chunks and a tail (SmolLM2's width)
+      if (RowBytes(type, k) < 0) continue;
+      const auto w = RandomWeights(type, n, k, rng);
+      std::vector<int64_t> rows(n);
+      for (int64_t i = 0; i < n; ++i) rows[size_t(i)] = i;
+      std::vector<float> deq(size_t(n * k));
+      ASSERT_EQ(nullptr, DequantizeRows(w.data(), type, k, rows.data(), n, deq.data()));
+      for (int64_t m : {1, 3, 16}) {
+        std::vector<float> x(size_t(m * k)), ref(size_t(m * n)), y(size_t(m * n));
+        for (auto& v : x) v = g(rng);
+        ASSERT_TRUE(ForceIsa("scalar"));
+        ASSERT_EQ(nullptr, Linear(x.data(), m, w.data(), type, n, k, nullptr, ref.data()));
+        for (const char* isa : {"avx2", "avx512vnni"}) {
+          if (!ForceIsa(isa)) continue;  // not this CPU's
+          ASSERT_EQ(nullptr, Linear(x.data(), m, w.data(), type, n, k, nullptr, y.data()));
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < n; ++j) {
+              double scale = 1e-6;
+              for (int64_t e = 0; e < k; ++e) scale += std::fabs(deq[j * k + e] * x[i * k + e]);
+              EXPECT_NEAR(y[i * n + j], ref[i * n + j], 3e-5 * scale)
+                  << TypeName(type) << " k=" << k << " m=" << m << " (" << i << ", " << j << ") on "
+                  << Isa();
+            }
+        }
+        ASSERT_TRUE(ForceIsa(""));
+      }
+    }
+}
+
+TEST(Linear, RefusesBadShapes) {
+  float x[256] = {}, y[4];
+  uint8_t w[4 * 144] = {};
+  EXPECT_STREQ(nullptr, Linear(x, 1, w, kQ4_K, 4, 256, nullptr, y));
+  EXPECT_NE(nullptr, Linear(x, 1, w, kQ4_K, 4, 128, nullptr, y));  // not whole blocks
+  EXPECT_NE(nullptr, Linear(x, 1, w, 99, 4, 256, nullptr, y));     // not a type we run
+  EXPECT_EQ(-1, RowBytes(kQ6_K, 100));
+  EXPECT_EQ(144, RowBytes(kQ4_K, 256));
+  EXPECT_EQ(2 * 64, RowBytes(kF16, 64));
+}
+
+}  // namespace
+}  // namespace torchchat::kernels::ggml

@@ -1,0 +1,675 @@
+#include "kernels/ggml/linear.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/ggml/formats.h"
+#include "kernels/tile_gemm.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include "kernels/ggml/formats_avx2.h"
+#define TC_GGML_X86 1
+#else
+#define TC_GGML_X86 0
+#endif
+
+// Fixed-count loops over accumulator arrays must be fully unrolled, or gcc -O2
+// keeps the accumulators in memory and every FMA waits on a store-forward.
+#define TC_UNROLL _Pragma("GCC unroll 16")
+
+namespace torchchat::kernels::ggml {
+namespace {
+
+// From this many rows of x, dequantized tiles (exact, and the dequantization
+// is shared by the rows); below, the int16 rows kernels.
+constexpr int64_t kTileMinM = 8;
+// The decode kernels prefetch this far ahead in each weight row: one call
+// reads a few hundred KB, too little for the hardware prefetcher to ramp up.
+constexpr int kPrefetchBytes = 512;
+
+struct Job {
+  const float* x;  // [m, k]
+  int64_t m, k;
+  const uint8_t* w;
+  int64_t n, row_bytes;
+  const float* bias;
+  float* y;
+  // Decode with int16 x: per row of x, k codes, and per 16 elements the
+  // scale of their group of 32 (xsc16) and their fp32 sum (xs16).
+  const int16_t* xq = nullptr;
+  const float* xsc16 = nullptr;
+  const float* xs16 = nullptr;
+};
+
+using RowsFn = void (*)(const Job&, int64_t n0, int64_t n1);
+using DequantFn = void (*)(const uint8_t* row, int64_t k, float* out);
+
+// ---------------------------------------------------------------- scalar ---
+
+template <class F>
+void DequantRowScalar(const uint8_t* row, int64_t k, float* out) {
+  float s[F::kElems / 16], m[F::kElems / 16];
+  int16_t c[32];
+  for (int64_t b = 0; b < k / F::kElems; ++b) {
+    const uint8_t* blk = row + b * F::kBytes;
+    F::Scales(blk, s, m);
+    for (int g = 0; g < F::kElems / 32; ++g) {
+      F::Codes(blk, g, c);
+      float* o = out + b * F::kElems + g * 32;
+      for (int j = 0; j < 32; ++j) o[j] = s[2 * g + j / 16] * float(c[j]) + m[2 * g + j / 16];
+    }
+  }
+}
+
+// Exact: x in fp32 against the dequantized weights.
+template <class F>
+void RowsScalar(const Job& a, int64_t n0, int64_t n1) {
+  std::vector<float> wrow(size_t(a.k));
+  for (int64_t n = n0; n < n1; ++n) {
+    DequantRowScalar<F>(a.w + n * a.row_bytes, a.k, wrow.data());
+    for (int64_t i = 0; i < a.m; ++i) {
+      const float* x = a.x + i * a.k;
+      float acc = 0.f;
+      for (int64_t e = 0; e < a.k; ++e) acc += wrow[e] * x[e];
+      a.y[i * a.n + n] = acc + (a.bias ? a.bias[n] : 0.f);
+    }
+  }
+}
+
+// F16, BF16 and F32 rows: element e is the e-th value of the row.
+struct F16 {
+  static constexpr Type kType = kF16;
+  static float At(const uint8_t* row, int64_t e) { return Half(row + 2 * e); }
+  static constexpr int kSize = 2;
+};
+struct BF16 {
+  static constexpr Type kType = kBF16;
+  static float At(const uint8_t* row, int64_t e) {
+    uint16_t h;
+    std::memcpy(&h, row + 2 * e, 2);
+    const uint32_t bits = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  }
+  static constexpr int kSize = 2;
+};
+struct F32 {
+  static constexpr Type kType = kF32;
+  static float At(const uint8_t* row, int64_t e) {
+    float f;
+    std::memcpy(&f, row + 4 * e, 4);
+    return f;
+  }
+  static constexpr int kSize = 4;
+};
+
+template <class F>
+void DequantFloatScalar(const uint8_t* row, int64_t k, float* out) {
+  for (int64_t e = 0; e < k; ++e) out[e] = F::At(row, e);
+}
+
+template <class F>
+void FloatRowsScalar(const Job& a, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = a.w + n * a.row_bytes;
+    for (int64_t i = 0; i < a.m; ++i) {
+      const float* x = a.x + i * a.k;
+      float acc = 0.f;
+      for (int64_t e = 0; e < a.k; ++e) acc += F::At(row, e) * x[e];
+      a.y[i * a.n + n] = acc + (a.bias ? a.bias[n] : 0.f);
+    }
+  }
+}
+
+#if TC_GGML_X86
+// ------------------------------------------------------------------ AVX2 ---
+
+TC_GGML_AVX2 inline float Hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+TC_GGML_AVX2 inline float Hmax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// One row of x (k floats) to int16 per block of 32 (q; the block's scale in
+// sc16 twice, once per half) and fp32 sums per 16 (s16). False if a block
+// is not finite or too small for 32767/max to be finite: the caller then
+// uses the exact tiles.
+TC_GGML_AVX2 bool QuantizeX(const float* x, int64_t k, int16_t* q, float* sc16, float* s16) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  for (int64_t b = 0; b < k / 32; ++b) {
+    const float* p = x + b * 32;
+    __m256 v[4];
+    TC_UNROLL
+    for (int t = 0; t < 4; ++t) v[t] = _mm256_loadu_ps(p + 8 * t);
+    const __m256 amax =
+        _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                      _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+    const float mx = Hmax(amax);
+    if (!(mx <= 3.0e38f) || (mx != 0.f && mx < 1e-30f)) return false;
+    const __m256 inv = _mm256_set1_ps(mx == 0.f ? 0.f : 32767.f / mx);
+    const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[0], inv));
+    const __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[1], inv));
+    const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], inv));
+    const __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], inv));
+    // packs interleaves 128-bit lanes; the permute restores element order.
+    const __m256i lo = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xD8);
+    const __m256i hi = _mm256_permute4x64_epi64(_mm256_packs_epi32(i2, i3), 0xD8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32), lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32 + 16), hi);
+    sc16[2 * b] = sc16[2 * b + 1] = mx / 32767.f;
+    s16[2 * b] = Hsum(_mm256_add_ps(v[0], v[1]));
+    s16[2 * b + 1] = Hsum(_mm256_add_ps(v[2], v[3]));
+  }
+  return true;
+}
+
+// The decode loop, by chunk of 256 elements (Avx2<F>: a K-quant block, or
+// eight 32-element blocks). Per chunk and weight row: the 16 half-scales
+// times x's group scales (ws), and the offsets' share m . sum(x) as one
+// vector FMA; per group of 32: the codes' exact integer dot with x
+// (two vpmaddwd), then one float FMA (two where halves differ in scale).
+// R weight rows at once share each load of x.
+template <class F, int R>
+TC_GGML_AVX2 inline void ChunksAvx2(const Job& a, int64_t n, int64_t i, __m256* acc, __m256* macc) {
+  using V = Avx2<F>;
+  const int16_t* xq = a.xq + i * a.k;
+  const float* xsc16 = a.xsc16 + i * (a.k / 16);
+  const float* xs16 = a.xs16 + i * (a.k / 16);
+  for (int64_t c = 0; c < a.k / 256; ++c) {
+    const uint8_t* ch[R];
+    alignas(32) float ws[R][16];
+    TC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      ch[r] = a.w + (n + r) * a.row_bytes + c * V::kChunkBytes;
+      _mm_prefetch(reinterpret_cast<const char*>(ch[r] + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(ch[r] + kPrefetchBytes + 64), _MM_HINT_T0);
+      alignas(32) float sc[16], mn[16];
+      V::ChunkScales(ch[r], sc, mn);
+      const float* xs = xsc16 + c * 16;
+      _mm256_store_ps(ws[r], _mm256_mul_ps(_mm256_load_ps(sc), _mm256_loadu_ps(xs)));
+      _mm256_store_ps(ws[r] + 8, _mm256_mul_ps(_mm256_load_ps(sc + 8), _mm256_loadu_ps(xs + 8)));
+      if constexpr (F::kMin) {
+        const float* sum = xs16 + c * 16;
+        macc[r] = _mm256_fmadd_ps(_mm256_load_ps(mn), _mm256_loadu_ps(sum), macc[r]);
+        macc[r] = _mm256_fmadd_ps(_mm256_load_ps(mn + 8), _mm256_loadu_ps(sum + 8), macc[r]);
+      }
+    }
+    TC_UNROLL
+    for (int g = 0; g < 8; ++g) {
+      const int16_t* xg = xq + c * 256 + g * 32;
+      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg));
+      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + 16));
+      TC_UNROLL
+      for (int r = 0; r < R; ++r) {
+        __m256i q[2];
+        V::Codes(ch[r], g, q);
+        const __m256i p0 = _mm256_madd_epi16(q[0], x0), p1 = _mm256_madd_epi16(q[1], x1);
+        if constexpr (F::kScale16) {
+          acc[r] =
+              _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(&ws[r][2 * g]), acc[r]);
+          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(&ws[r][2 * g + 1]),
+                                   acc[r]);
+        } else {
+          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(p0, p1)),
+                                   _mm256_broadcast_ss(&ws[r][2 * g]), acc[r]);
+        }
+      }
+    }
+  }
+}
+
+// What is left after the whole chunks: 32-element blocks only (a K-quant
+// row is whole chunks), with the scalar scales.
+template <class F, int R>
+TC_GGML_AVX2 inline void TailAvx2(const Job& a, int64_t n, int64_t i, __m256* acc, float* mtail) {
+  if constexpr (F::kElems == 32) {
+    const int16_t* xq = a.xq + i * a.k;
+    const float* xsc16 = a.xsc16 + i * (a.k / 16);
+    const float* xs16 = a.xs16 + i * (a.k / 16);
+    for (int64_t b = a.k / 256 * 8; b < a.k / 32; ++b) {
+      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * 32));
+      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * 32 + 16));
+      TC_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* blk = a.w + (n + r) * a.row_bytes + b * F::kBytes;
+        float s[2], m[2];
+        F::Scales(blk, s, m);
+        mtail[r] += m[0] * xs16[2 * b] + m[1] * xs16[2 * b + 1];
+        __m256i q[2];
+        Avx2<F>::Codes(blk, 0, q);
+        const __m256i p =
+            _mm256_add_epi32(_mm256_madd_epi16(q[0], x0), _mm256_madd_epi16(q[1], x1));
+        acc[r] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[0] * xsc16[2 * b]), acc[r]);
+      }
+    }
+  }
+}
+
+template <class F, int R>
+TC_GGML_AVX2 inline void GroupAvx2(const Job& a, int64_t n, int64_t i) {
+  __m256 acc[R], macc[R];
+  float mtail[R];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) {
+    acc[r] = macc[r] = _mm256_setzero_ps();
+    mtail[r] = 0.f;
+  }
+  ChunksAvx2<F, R>(a, n, i, acc, macc);
+  TailAvx2<F, R>(a, n, i, acc, mtail);
+  TC_UNROLL
+  for (int r = 0; r < R; ++r)
+    a.y[i * a.n + n + r] =
+        Hsum(_mm256_add_ps(acc[r], macc[r])) + mtail[r] + (a.bias ? a.bias[n + r] : 0.f);
+}
+
+template <class F>
+TC_GGML_AVX2 void RowsAvx2(const Job& a, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 2 <= n1; n += 2)
+    for (int64_t i = 0; i < a.m; ++i) GroupAvx2<F, 2>(a, n, i);
+  for (; n < n1; ++n)
+    for (int64_t i = 0; i < a.m; ++i) GroupAvx2<F, 1>(a, n, i);
+}
+
+// ----------------------------------------------------------- AVX-512 VNNI --
+// The same loop with one 512-bit dot per group of 32: the AVX2 codes,
+// joined, against x's 32 int16 at once (vpdpwssd), and one FMA whose lanes
+// carry each half's scale. AVX-512 without VNNI runs the AVX2 loop.
+#define TC_GGML_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+TC_GGML_VNNI inline float Hsum512(__m512 v) {
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  return Hsum(h);
+}
+
+template <class F, int R>
+TC_GGML_VNNI inline void GroupVnni(const Job& a, int64_t n, int64_t i) {
+  using V = Avx2<F>;
+  const int16_t* xq = a.xq + i * a.k;
+  const float* xsc16 = a.xsc16 + i * (a.k / 16);
+  const float* xs16 = a.xs16 + i * (a.k / 16);
+  __m512 acc[R];
+  __m256 macc[R];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm512_setzero_ps();
+    macc[r] = _mm256_setzero_ps();
+  }
+  for (int64_t c = 0; c < a.k / 256; ++c) {
+    const uint8_t* ch[R];
+    alignas(64) float ws[R][16];
+    TC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      ch[r] = a.w + (n + r) * a.row_bytes + c * V::kChunkBytes;
+      _mm_prefetch(reinterpret_cast<const char*>(ch[r] + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(ch[r] + kPrefetchBytes + 64), _MM_HINT_T0);
+      alignas(32) float sc[16], mn[16];
+      V::ChunkScales(ch[r], sc, mn);
+      _mm512_store_ps(ws[r], _mm512_mul_ps(_mm512_load_ps(sc), _mm512_loadu_ps(xsc16 + c * 16)));
+      if constexpr (F::kMin) {
+        const float* sum = xs16 + c * 16;
+        macc[r] = _mm256_fmadd_ps(_mm256_load_ps(mn), _mm256_loadu_ps(sum), macc[r]);
+        macc[r] = _mm256_fmadd_ps(_mm256_load_ps(mn + 8), _mm256_loadu_ps(sum + 8), macc[r]);
+      }
+    }
+    TC_UNROLL
+    for (int g = 0; g < 8; ++g) {
+      const __m512i x = _mm512_loadu_si512(xq + c * 256 + g * 32);
+      TC_UNROLL
+      for (int r = 0; r < R; ++r) {
+        __m256i q[2];
+        V::Codes(ch[r], g, q);
+        const __m512i qq = _mm512_inserti64x4(_mm512_castsi256_si512(q[0]), q[1], 1);
+        const __m512 p = _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(_mm512_setzero_si512(), qq, x));
+        __m512 sv = _mm512_set1_ps(ws[r][2 * g]);
+        if constexpr (F::kScale16)
+          sv = _mm512_mask_blend_ps(__mmask16(0xFF00), sv, _mm512_set1_ps(ws[r][2 * g + 1]));
+        acc[r] = _mm512_fmadd_ps(p, sv, acc[r]);
+      }
+    }
+  }
+  // The 32-element blocks past the whole chunks, as in the AVX2 loop.
+  __m256 tail[R];
+  float mtail[R];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) {
+    tail[r] = _mm256_setzero_ps();
+    mtail[r] = 0.f;
+  }
+  TailAvx2<F, R>(a, n, i, tail, mtail);
+  TC_UNROLL
+  for (int r = 0; r < R; ++r)
+    a.y[i * a.n + n + r] = Hsum512(acc[r]) + Hsum(_mm256_add_ps(macc[r], tail[r])) + mtail[r] +
+                           (a.bias ? a.bias[n + r] : 0.f);
+}
+
+template <class F>
+TC_GGML_VNNI void RowsVnni(const Job& a, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 2 <= n1; n += 2)
+    for (int64_t i = 0; i < a.m; ++i) GroupVnni<F, 2>(a, n, i);
+  for (; n < n1; ++n)
+    for (int64_t i = 0; i < a.m; ++i) GroupVnni<F, 1>(a, n, i);
+}
+
+bool CpuHasVnni() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+template <class F>
+TC_GGML_AVX2 void DequantRowAvx2(const uint8_t* row, int64_t k, float* out) {
+  float s[F::kElems / 16], m[F::kElems / 16];
+  for (int64_t b = 0; b < k / F::kElems; ++b) {
+    const uint8_t* blk = row + b * F::kBytes;
+    F::Scales(blk, s, m);
+    for (int g = 0; g < F::kElems / 32; ++g) {
+      __m256i c[2];
+      Avx2<F>::Codes(blk, g, c);
+      float* o = out + b * F::kElems + g * 32;
+      TC_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        const __m256 sv = _mm256_set1_ps(s[2 * g + h]), mv = _mm256_set1_ps(m[2 * g + h]);
+        const __m256i lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(c[h]));
+        const __m256i hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(c[h], 1));
+        _mm256_storeu_ps(o + 16 * h, _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), sv, mv));
+        _mm256_storeu_ps(o + 16 * h + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), sv, mv));
+      }
+    }
+  }
+}
+
+TC_GGML_AVX2 inline __m256 Load8(const uint8_t* p, F16) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+TC_GGML_AVX2 inline __m256 Load8(const uint8_t* p, BF16) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+TC_GGML_AVX2 inline __m256 Load8(const uint8_t* p, F32) {
+  return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+}
+
+// Float weights: exact fp32 products, 8 elements at a time (k % 32 == 0).
+template <class F, int R>
+TC_GGML_AVX2 inline void FloatGroupAvx2(const Job& a, int64_t n, int64_t i) {
+  const float* x = a.x + i * a.k;
+  __m256 acc[R][2];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t e = 0; e < a.k; e += 16) {
+    const __m256 x0 = _mm256_loadu_ps(x + e), x1 = _mm256_loadu_ps(x + e + 8);
+    TC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* p = a.w + (n + r) * a.row_bytes + e * F::kSize;
+      _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
+      acc[r][0] = _mm256_fmadd_ps(Load8(p, F{}), x0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(Load8(p + 8 * F::kSize, F{}), x1, acc[r][1]);
+    }
+  }
+  TC_UNROLL
+  for (int r = 0; r < R; ++r)
+    a.y[i * a.n + n + r] =
+        Hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + (a.bias ? a.bias[n + r] : 0.f);
+}
+
+template <class F>
+TC_GGML_AVX2 void FloatRowsAvx2(const Job& a, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 2 <= n1; n += 2)
+    for (int64_t i = 0; i < a.m; ++i) FloatGroupAvx2<F, 2>(a, n, i);
+  for (; n < n1; ++n)
+    for (int64_t i = 0; i < a.m; ++i) FloatGroupAvx2<F, 1>(a, n, i);
+}
+
+template <class F>
+TC_GGML_AVX2 void DequantFloatAvx2(const uint8_t* row, int64_t k, float* out) {
+  for (int64_t e = 0; e < k; e += 8) _mm256_storeu_ps(out + e, Load8(row + e * F::kSize, F{}));
+}
+
+bool CpuHasAvx2() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+}
+#endif  // TC_GGML_X86
+
+// ------------------------------------------------------------- the table ---
+
+struct Kernels {
+  RowsFn rows;  // decode
+  DequantFn dequant;
+  bool int16_x;  // rows read Job::xq (a block format on a SIMD path)
+};
+
+struct Format {
+  int type;
+  const char* name;
+  int64_t elems, bytes;
+  Kernels scalar;
+#if TC_GGML_X86
+  Kernels avx2;
+  Kernels vnni;  // AVX-512 VNNI decode; its dequantization is AVX2's
+#endif
+};
+
+template <class F>
+constexpr Format BlockFormat(const char* name) {
+  return Format{F::kType,
+                name,
+                F::kElems,
+                F::kBytes,
+                {RowsScalar<F>, DequantRowScalar<F>, false},
+#if TC_GGML_X86
+                {RowsAvx2<F>, DequantRowAvx2<F>, true},
+                {RowsVnni<F>, DequantRowAvx2<F>, true}
+#endif
+  };
+}
+
+template <class F>
+constexpr Format FloatFormat(const char* name) {
+  return Format{F::kType,
+                name,
+                32,  // any k % 32 == 0 (the SIMD loops step by 16)
+                32 * F::kSize,
+                {FloatRowsScalar<F>, DequantFloatScalar<F>, false},
+#if TC_GGML_X86
+                {FloatRowsAvx2<F>, DequantFloatAvx2<F>, false},
+                {FloatRowsAvx2<F>, DequantFloatAvx2<F>, false}
+#endif
+  };
+}
+
+const Format kFormats[] = {
+    FloatFormat<F32>("F32"),   FloatFormat<F16>("F16"),       FloatFormat<BF16>("BF16"),
+    BlockFormat<Q4_0>("Q4_0"), BlockFormat<Q4_1>("Q4_1"),     BlockFormat<Q5_0>("Q5_0"),
+    BlockFormat<Q5_1>("Q5_1"), BlockFormat<Q8_0>("Q8_0"),     BlockFormat<Q2_K>("Q2_K"),
+    BlockFormat<Q3_K>("Q3_K"), BlockFormat<Q4_K>("Q4_K"),     BlockFormat<Q5_K>("Q5_K"),
+    BlockFormat<Q6_K>("Q6_K"), BlockFormat<IQ4_NL>("IQ4_NL"), BlockFormat<IQ4_XS>("IQ4_XS"),
+};
+
+const Format* Find(int type) {
+  for (const Format& f : kFormats)
+    if (f.type == type) return &f;
+  return nullptr;
+}
+
+enum class Path { kScalar, kAvx2, kVnni };
+
+const char* PathName(Path p) {
+  switch (p) {
+    case Path::kAvx2:
+      return "avx2";
+    case Path::kVnni:
+      return "avx512vnni";
+    default:
+      return "scalar";
+  }
+}
+
+bool CanRun(Path p) {
+#if TC_GGML_X86
+  if (p == Path::kAvx2) return CpuHasAvx2();
+  if (p == Path::kVnni) return CpuHasAvx2() && CpuHasVnni();
+#endif
+  return p == Path::kScalar;
+}
+
+Path AutoPath() {
+  for (Path p : {Path::kVnni, Path::kAvx2})
+    if (CanRun(p)) return p;
+  return Path::kScalar;
+}
+
+// TORCHCHAT_GGML_ISA names a path (scalar, avx2, avx512vnni) this CPU runs.
+Path DefaultPath() {
+  const char* env = std::getenv("TORCHCHAT_GGML_ISA");
+  if (env != nullptr)
+    for (Path p : {Path::kScalar, Path::kAvx2, Path::kVnni})
+      if (std::string(env) == PathName(p) && CanRun(p)) return p;
+  return AutoPath();
+}
+
+Path active_path = DefaultPath();
+
+const Kernels& KernelsFor(const Format& f) {
+#if TC_GGML_X86
+  if (active_path == Path::kAvx2) return f.avx2;
+  if (active_path == Path::kVnni) return f.vnni;
+#endif
+  return f.scalar;
+}
+
+struct Task {
+  Job job;
+  RowsFn rows;
+  DequantFn dequant;
+  const tile::MicroFn* micro;  // set: the tiled path
+};
+
+void RunTask(void* ctx, int64_t begin, int64_t end) {
+  const Task& t = *static_cast<const Task*>(ctx);
+  if (t.micro == nullptr) {
+    t.rows(t.job, begin, end);
+    return;
+  }
+  const Job& a = t.job;
+  tile::TileRows(
+      t.micro, [&](int64_t row, float* out) { t.dequant(a.w + row * a.row_bytes, a.k, out); }, a.x,
+      a.m, a.k, a.n, a.bias, a.y, begin, end);
+}
+
+const char* CheckShape(const Format* f, int type, int64_t k) {
+  if (f == nullptr) return "ggml linear: unsupported tensor type";
+  if (k <= 0 || k % f->elems != 0 || k % 32 != 0)
+    return "ggml linear: the row length is not a whole number of the type's blocks";
+  (void)type;
+  return nullptr;
+}
+
+}  // namespace
+
+int64_t BlockElems(int type) {
+  const Format* f = Find(type);
+  return f ? f->elems : 0;
+}
+
+int64_t RowBytes(int type, int64_t k) {
+  const Format* f = Find(type);
+  if (CheckShape(f, type, k) != nullptr) return -1;
+  return k / f->elems * f->bytes;
+}
+
+const char* TypeName(int type) {
+  const Format* f = Find(type);
+  return f ? f->name : "unsupported";
+}
+
+const char* Isa() { return PathName(active_path); }
+
+bool ForceIsa(const char* isa) {
+  const std::string s = isa ? isa : "";
+  if (s.empty()) {
+    active_path = DefaultPath();
+    return true;
+  }
+  for (Path p : {Path::kScalar, Path::kAvx2, Path::kVnni})
+    if (s == PathName(p) && CanRun(p)) {
+      active_path = p;
+      return true;
+    }
+  return false;
+}
+
+const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_t n, int64_t k,
+                   const float* bias, float* y, const Q4ParallelFor* pf) {
+  const Format* f = Find(type);
+  if (const char* err = CheckShape(f, type, k)) return err;
+  if (m <= 0 || n <= 0) return nullptr;
+  const Kernels& kern = KernelsFor(*f);
+  Task task{Job{x, m, k, w, n, k / f->elems * f->bytes, bias, y}, kern.rows, kern.dequant, nullptr};
+  const tile::MicroFn* micro = nullptr;
+#if TC_GGML_X86
+  if (active_path == Path::kAvx2) micro = tile::MicroAvx2();
+  if (active_path == Path::kVnni) micro = tile::MicroAvx512();
+#endif
+  bool tiled = m >= kTileMinM && micro != nullptr;
+  // Scratch reused across calls on this thread: decode allocates nothing.
+  thread_local std::vector<int16_t> xq;
+  thread_local std::vector<float> xsc16, xs16;
+#if TC_GGML_X86
+  if (!tiled && kern.int16_x) {
+    xq.resize(size_t(m * k));
+    xsc16.resize(size_t(m * k / 16));
+    xs16.resize(size_t(m * k / 16));
+    bool ok = true;
+    for (int64_t i = 0; i < m && ok; ++i)
+      ok = QuantizeX(x + i * k, k, xq.data() + i * k, xsc16.data() + i * (k / 16),
+                     xs16.data() + i * (k / 16));
+    if (ok) {
+      task.job.xq = xq.data();
+      task.job.xsc16 = xsc16.data();
+      task.job.xs16 = xs16.data();
+    } else {
+      tiled = micro != nullptr;  // x beyond int16's reach: the exact tiles
+    }
+  }
+#endif
+  if (tiled) task.micro = micro;
+  // ~16K weights per task keeps per-task overhead small next to the work.
+  int64_t grain = std::max<int64_t>(2, (int64_t(1) << 14) / k);
+  if (tiled) grain = ((grain + tile::kNR - 1) / tile::kNR) * tile::kNR;
+  if (pf != nullptr && pf->run != nullptr && n > grain) {
+    pf->run(pf->self, n, grain, RunTask, &task);
+  } else {
+    RunTask(&task, 0, n);
+  }
+  return nullptr;
+}
+
+const char* DequantizeRows(const uint8_t* w, int type, int64_t k, const int64_t* rows,
+                           int64_t count, float* out) {
+  const Format* f = Find(type);
+  if (const char* err = CheckShape(f, type, k)) return err;
+  const DequantFn dq = KernelsFor(*f).dequant;
+  const int64_t row_bytes = k / f->elems * f->bytes;
+  for (int64_t i = 0; i < count; ++i) dq(w + rows[i] * row_bytes, k, out + i * k);
+  return nullptr;
+}
+
+}  // namespace torchchat::kernels::ggml

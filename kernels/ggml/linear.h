@@ -1,0 +1,47 @@
+// y = x @ W^T with W in any common GGUF format, read in place from the file's
+// bytes (formats.h): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K,
+// Q6_K, IQ4_NL, IQ4_XS, F16 and BF16 (and F32).
+//
+// Two paths, picked by the number of rows of x:
+//  - decode (M < kTileMinM): x is rounded per block of 32 to int16 (scale
+//    max|x| / 32767: an error of at most 2^-16 of the block's largest value
+//    per element; llama.cpp rounds x to 8 bits) and each group of 32 codes is
+//    an exact integer dot product (vpmaddwd), scaled in fp32. The offsets
+//    m * sum(x) use x's fp32 sums. F16/BF16/F32 keep x in fp32.
+//  - prefill: a few weight rows at a time are dequantized to fp32 and
+//    multiplied by the fp32 micro-kernels (tile_gemm.h): exact, up to the
+//    order of the sums.
+// The scalar path (any CPU, and LinearIsa "scalar") keeps x in fp32 always.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/parallel_for.h"
+
+namespace torchchat::kernels::ggml {
+
+// Elements per block, or 0 for a type these kernels do not run.
+int64_t BlockElems(int type);
+// Bytes of one row of k elements; -1 for an unsupported type or a k that is
+// not a whole number of blocks.
+int64_t RowBytes(int type, int64_t k);
+const char* TypeName(int type);
+
+// y[m, n] = x[m, k] @ W^T (+ bias[n]), W: n rows of RowBytes(type, k) bytes.
+// Returns nullptr, or a static message naming what is wrong (the type, k).
+const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_t n, int64_t k,
+                   const float* bias, float* y, const Q4ParallelFor* pf = nullptr);
+
+// Rows `rows[i]` (i < count) of W, dequantized: out[count, k]. For the
+// embedding table and for tests. Same error convention as Linear.
+const char* DequantizeRows(const uint8_t* w, int type, int64_t k, const int64_t* rows,
+                           int64_t count, float* out);
+
+// The path Linear takes: "avx512vnni" (decode with vpdpwssd, prefill with
+// AVX-512 tiles), "avx2" (x86-64 with AVX2, FMA and F16C) or "scalar", the
+// best this CPU runs; TORCHCHAT_GGML_ISA names another. ForceIsa is for
+// tests and benchmarks ("" = the default); false if this CPU cannot run it.
+const char* Isa();
+bool ForceIsa(const char* isa);
+
+}  // namespace torchchat::kernels::ggml

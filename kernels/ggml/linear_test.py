@@ -1,0 +1,112 @@
+"""Every GGUF format the kernels run, against gguf-py's own dequantize().
+
+Random bytes make valid blocks of any format once their fp16 scale fields
+hold finite values, so each format gets weights with every code and scale
+pattern; gguf.quants.dequantize (the reference implementation llama.cpp's
+Python package ships) gives the float weights, and x @ W^T in float64 is
+the reference product.
+"""
+
+import unittest
+
+import numpy as np
+import torch
+
+from kernels.ggml import ops
+from testing import gguf_blocks
+
+FLOATS = gguf_blocks.FLOATS
+
+
+def random_tensor(qtype: str, n: int, k: int, seed: int) -> np.ndarray:
+    return gguf_blocks.random_tensor(qtype, n, k, seed, scale=1.0)
+
+
+def reference_weights(qtype: str, raw: np.ndarray, k: int) -> np.ndarray:
+    return gguf_blocks.dequantize(qtype, raw, k).astype(np.float64)
+
+
+class LinearTest(unittest.TestCase):
+    N, K = 40, 512
+
+    def check(self, qtype: str, m: int, isa: str = "") -> None:
+        raw = random_tensor(qtype, self.N, self.K, seed=m + 7 * len(qtype))
+        w = reference_weights(qtype, raw, self.K)
+        x = np.random.default_rng(1).standard_normal((m, self.K)).astype(np.float32)
+        bias = np.random.default_rng(2).standard_normal(self.N).astype(np.float32)
+        ref = x.astype(np.float64) @ w.T + bias
+        scale = np.abs(x).astype(np.float64) @ np.abs(w).T + 1e-6
+        lin = ops.GGMLLinear(torch.from_numpy(raw), qtype, self.N, self.K, torch.from_numpy(bias))
+        with ops.using_isa(isa):
+            y = lin(torch.from_numpy(x)).double().numpy()
+        # Decode rounds x to int16 (2^-16 of each block's largest value);
+        # prefill's tiles and the scalar path are exact up to fp32 sums.
+        tol = 3e-5 if (m < 8 and isa != "scalar" and qtype not in FLOATS) else 2e-6
+        err = np.max(np.abs(y - ref) / scale)
+        self.assertLess(err, tol, f"{qtype} m={m} isa={isa or ops.isa()}: {err:.2e}")
+
+    def test_every_format_decode(self) -> None:
+        for qtype in ops.TYPES:
+            for m in (1, 3):
+                self.check(qtype, m)
+
+    def test_every_format_prefill(self) -> None:
+        for qtype in ops.TYPES:
+            self.check(qtype, 16)
+
+    def test_every_format_scalar(self) -> None:
+        for qtype in ops.TYPES:
+            self.check(qtype, 2, "scalar")
+
+    def test_embedding_rows_equal_gguf(self) -> None:
+        for qtype in ops.TYPES:
+            raw = random_tensor(qtype, self.N, self.K, seed=3)
+            w = reference_weights(qtype, raw, self.K)
+            emb = ops.GGMLEmbedding(torch.from_numpy(raw), qtype, self.K)
+            ids = torch.tensor([[5, 0], [39, 5]])
+            got = emb(ids).double().numpy()
+            np.testing.assert_allclose(got, w[ids.numpy()], rtol=1e-6, atol=1e-7, err_msg=qtype)
+            self.assertEqual(torch.from_numpy(raw).numpy().tobytes(), raw.tobytes())
+
+    def test_dequantized_matches(self) -> None:
+        raw = random_tensor("Q6_K", 8, 256, seed=5)
+        lin = ops.GGMLLinear(torch.from_numpy(raw), "Q6_K", 8, 256)
+        np.testing.assert_allclose(
+            lin.dequantized().double().numpy(), reference_weights("Q6_K", raw, 256), rtol=1e-6
+        )
+
+    def test_bad_shapes_are_one_line(self) -> None:
+        raw = torch.zeros(4, 144, dtype=torch.uint8)
+        with self.assertRaisesRegex(ops.GGMLError, r"Q4_K weight of 4x512 must be uint8"):
+            ops.GGMLLinear(raw, "Q4_K", 4, 512)
+        with self.assertRaisesRegex(ops.GGMLError, r"Q4_K row of 100 elements"):
+            ops.row_bytes("Q4_K", 100)
+        lin = ops.GGMLLinear(raw, "Q4_K", 4, 256)
+        with self.assertRaisesRegex(RuntimeError, r"x must be a CPU float tensor ending in k=256"):
+            lin(torch.zeros(1, 128))
+        emb = ops.GGMLEmbedding(raw, "Q4_K", 256)
+        with self.assertRaisesRegex(RuntimeError, r"id 4 is out of range \[0, 4\)"):
+            emb(torch.tensor([4]))
+
+    def test_export_traces_the_ops(self) -> None:
+        raw = torch.from_numpy(random_tensor("Q4_K", 8, 256, seed=9))
+
+        class M(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.emb = ops.GGMLEmbedding(raw, "Q4_K", 256)
+                self.lin = ops.GGMLLinear(raw, "Q4_K", 8, 256)
+
+            def forward(self, ids: torch.Tensor) -> torch.Tensor:
+                return self.lin(self.emb(ids))
+
+        ids = torch.tensor([[1, 2, 3]])
+        ep = torch.export.export(M(), (ids,))
+        targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+        self.assertIn("torchchat.ggml_linear.default", targets)
+        self.assertIn("torchchat.ggml_embedding.default", targets)
+        torch.testing.assert_close(ep.module()(ids), M()(ids))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,8 +1,0 @@
-"""`python -m torchchat` and the //torchchat binary."""
-
-import sys
-
-from torchchat.cli import main
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,325 @@
+"""GGUF files as llama.cpp writes them, read in place.
+
+Every tensor stays the file's bytes (a view of the mmapped file) under its
+Meta name; only what must move does: the q/k rows of the architectures
+llama.cpp keeps in HF's RoPE layout (whole rows of blocks, so exact) and
+Phi-3's fused projections (split by row ranges, which stay views).
+torchchat.checkpoint.build runs them in their own formats, or dequantizes
+them when a model asks for float weights.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from torchchat.checkpoint.base import (
+    Checkpoint,
+    CheckpointError,
+    GGUFTensor,
+    meta_rope_rows,
+    rotated,
+    split_fused,
+    to_meta_rope,
+)
+from torchchat.checkpoint.gguf_file import GGUFFile, GGUFFormatError
+from torchchat.model import ModelConfig, interleaved_window_layers
+
+if TYPE_CHECKING:
+    import gguf
+
+_GGUF_LAYER = {
+    "attn_norm.weight": "attention_norm.weight",
+    "ffn_norm.weight": "ffn_norm.weight",
+    "attn_q.weight": "attention.wq.weight",
+    "attn_k.weight": "attention.wk.weight",
+    "attn_v.weight": "attention.wv.weight",
+    "attn_q.bias": "attention.wq.bias",
+    "attn_k.bias": "attention.wk.bias",
+    "attn_v.bias": "attention.wv.bias",
+    "attn_output.weight": "attention.wo.weight",
+    "attn_q_norm.weight": "attention.q_norm_fn.weight",
+    "attn_k_norm.weight": "attention.k_norm_fn.weight",
+    "ffn_gate.weight": "feed_forward.w1.weight",
+    "ffn_down.weight": "feed_forward.w2.weight",
+    "ffn_up.weight": "feed_forward.w3.weight",
+    # Gemma 2/3's norms after attention and after the MLP.
+    "post_attention_norm.weight": "post_attention_norm.weight",
+    "post_ffw_norm.weight": "post_ffn_norm.weight",
+}
+_GGUF_TOP = {
+    "token_embd.weight": "tok_embeddings.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "output.weight",
+}
+_GGUF_ARCHS = (
+    "llama",
+    "qwen2",
+    "qwen3",
+    "granite",
+    "smollm3",
+    "phi3",
+    "gemma2",
+    "gemma3",
+    "olmo2",
+)
+_GGUF_GEMMA = ("gemma2", "gemma3")
+# Fused projections llama.cpp keeps for these (split on load).
+_GGUF_FUSED = {"phi3": ("attn_qkv.weight", "ffn_up.weight")}
+# llama.cpp permutes Q/K into Meta's interleaved layout for these only; qwen2
+# and qwen3 keep the NEOX (HF) layout.
+_GGUF_META_ROPE = ("llama", "granite", "smollm3")
+# llama.cpp's smollm3 skips RoPE in every 4th layer; the GGUF does not say so.
+_GGUF_NO_ROPE_STEP = {"smollm3": 4}
+
+
+def gguf_tensor_name(name: str) -> str | None:
+    """Meta name for a GGUF tensor name, or None when it has no weight slot."""
+    if name in _GGUF_TOP:
+        return _GGUF_TOP[name]
+    m = re.fullmatch(r"blk\.(\d+)\.(.+)", name)
+    if m and m.group(2) in _GGUF_LAYER:
+        return f"layers.{m.group(1)}.{_GGUF_LAYER[m.group(2)]}"
+    return None
+
+
+def dequantize_gguf_tensor(t: gguf.ReaderTensor) -> np.ndarray:
+    """float32 array in logical (rows, cols) shape for a gguf ReaderTensor."""
+    import gguf
+
+    data = np.asarray(t.data)
+    out = gguf.quants.dequantize(data, t.tensor_type)
+    shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+    out = out.reshape(shape).astype(np.float32, copy=False)
+    return out if out.flags.writeable and out.flags.c_contiguous else out.copy()
+
+
+def _field(reader: GGUFFile, key: str, default: Any = None) -> Any:
+    v = reader.fields.get(key, default)
+    return v.tolist() if isinstance(v, np.ndarray) else v
+
+
+def _config(path: Path, reader: GGUFFile, tensors: dict[str, GGUFTensor]) -> ModelConfig:
+    """The ModelConfig a GGUF describes (llama.cpp's defaults where it is silent)."""
+    arch = _field(reader, "general.architecture")
+    if arch not in _GGUF_ARCHS:
+        raise CheckpointError(
+            f"GGUF architecture {arch!r} is not supported ({', '.join(_GGUF_ARCHS)} are)"
+        )
+    if "token_embd.weight" not in tensors:
+        raise CheckpointError(f"GGUF {path} has no token_embd.weight")
+
+    def a(key: str, default: Any = None) -> Any:
+        return _field(reader, f"{arch}.{key}", default)
+
+    n_heads = int(a("attention.head_count"))
+    dim = int(a("embedding_length"))
+    vocab = int(tensors["token_embd.weight"].shape[0])
+    # phi3's rope.dimension_count is the rotary part of a head (Phi-4-mini).
+    rope_dims = None if arch == "phi3" else a("rope.dimension_count")
+    head_dim = int(a("attention.key_length", rope_dims or dim // n_heads))
+    config = ModelConfig(
+        dim=dim,
+        n_layers=int(a("block_count")),
+        n_heads=n_heads,
+        n_kv_heads=int(a("attention.head_count_kv", n_heads)),
+        vocab_size=vocab,
+        hidden_dim=int(a("feed_forward_length")),
+        head_dim=head_dim,
+        norm_eps=float(a("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(a("rope.freq_base", 10000.0)),
+        max_context=int(a("context_length", 2048)),
+        tie_embeddings="output.weight" not in tensors,
+        qkv_bias="blk.0.attn_q.bias" in tensors,
+        embedding_multiplier=float(a("embedding_scale", 1.0)),
+        residual_multiplier=float(a("residual_scale", 1.0)),
+        attention_multiplier=(float(a("attention.scale")) if a("attention.scale") else None),
+        logits_scaling=float(a("logit_scale", 1.0)),
+        qk_norm="blk.0.attn_q_norm.weight" in tensors,
+        no_rope_layers=tuple(
+            i
+            for i in range(int(a("block_count")))
+            if arch in _GGUF_NO_ROPE_STEP and (i + 1) % _GGUF_NO_ROPE_STEP[arch] == 0
+        ),
+        architecture=arch,
+    )
+    scaling = a("rope.scaling.type")
+    if scaling == "linear":
+        config.rope_scaling = {"factor": float(a("rope.scaling.factor", 1.0))}
+    elif scaling not in (None, "none"):
+        raise CheckpointError(f"GGUF rope scaling {scaling!r} is not supported")
+    rotary = a("rope.dimension_count")
+    if rotary is not None and int(rotary) != head_dim:
+        rot = int(rotary)
+        if arch != "phi3" or rot <= 0 or rot % 2 or rot > head_dim:
+            raise CheckpointError(
+                f"GGUF {arch}.rope.dimension_count {rotary} with head size {head_dim}: "
+                "partial rotary is supported for phi3 only, over an even number of dims"
+            )
+        config.rotary_dim = rot
+    if "rope_factors_short.weight" in tensors or "rope_factors_long.weight" in tensors:
+        # Phi-3.5 / Phi-4-mini LongRoPE, as llama.cpp reads it: the short
+        # factors up to the original context, the long ones past it, cos
+        # and sin scaled by rope.scaling.attn_factor.
+        if arch != "phi3" or "rope_factors_short.weight" not in tensors:
+            raise CheckpointError(
+                f"GGUF {arch}: LongRoPE factors are supported for phi3 only, with "
+                "rope_factors_short.weight"
+            )
+        rot = config.rotary_dim or head_dim
+        factors = {}
+        for key in ("short", "long"):
+            name = f"rope_factors_{key}.weight"
+            if name not in tensors:
+                factors[key] = []
+                continue
+            f = tensors[name].dequantize().numpy().reshape(-1)
+            if f.size != rot // 2:
+                raise CheckpointError(f"GGUF {name} has {f.size} values; {rot // 2} are needed")
+            factors[key] = [float(x) for x in f]
+        config.longrope = {
+            "short_factor": factors["short"],
+            "long_factor": factors["long"],
+            "original_max_position_embeddings": int(
+                a("rope.scaling.original_context_length", config.max_context)
+            ),
+            "attention_factor": float(a("rope.scaling.attn_factor", 1.0)),
+        }
+    if arch == "olmo2":
+        # OLMo 2: norms after attention and the MLP only, and over all of
+        # q's and k's heads at once.
+        if a("attention.sliding_window"):
+            raise CheckpointError(
+                "GGUF olmo2 with attention.sliding_window (OLMo 3) is not supported"
+            )
+        config.pre_norms = "blk.0.attn_norm.weight" in tensors
+        config.post_norms = True
+        config.qk_norm_heads = (
+            config.qk_norm
+            and int(np.prod(tensors["blk.0.attn_q_norm.weight"].shape)) == n_heads * head_dim
+        )
+    if a("attention.sliding_window"):
+        config.sliding_window = int(a("attention.sliding_window"))
+        if arch == "phi3":
+            # Every layer's, as transformers computes Phi-3 (llama.cpp
+            # turns Phi's window off).
+            config.window_layers = tuple(range(config.n_layers))
+    if arch in _GGUF_GEMMA:
+        _gemma(config, arch, a)
+    return config
+
+
+# GGUF tensors that configure RoPE rather than hold weights.
+_ROPE_TENSORS = ("rope_freqs.weight", "rope_factors_short.weight", "rope_factors_long.weight")
+
+
+def _in_meta_layout(meta: str, t: GGUFTensor, arch: str, config: ModelConfig) -> GGUFTensor:
+    """llama.cpp permutes q/k into Meta's interleaved layout for some
+    architectures only; the others move here, by whole rows of blocks (1-D
+    biases and norms as floats)."""
+    if arch in _GGUF_META_ROPE or not rotated(meta):
+        return t
+    if len(t.shape) == 2:
+        return t.take_rows(meta_rope_rows(meta, t.shape[0], config))
+    w = to_meta_rope(meta, t.dequantize(), config).numpy()
+    return GGUFTensor("F32", w.view(np.uint8), t.shape)
+
+
+def load_gguf(path: Path) -> Checkpoint:
+    """A GGUF's config, tokenizer facts and tensors, in place."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise CheckpointError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
+    try:
+        reader = GGUFFile(path)
+    except GGUFFormatError as e:
+        size = path.stat().st_size
+        past_end = "past the end" in str(e) or "unpack_from requires" in str(e)
+        detail = "" if past_end else f": {e}"
+        raise CheckpointError(
+            f"{path} is a truncated or corrupt GGUF file: its header or tensor data runs "
+            f"past the end of the file ({size} bytes){detail}"
+        ) from None
+    tensors = reader.tensors
+    config = _config(path, reader, tensors)
+    arch = config.architecture
+    weights: dict[str, GGUFTensor] = {}
+    for name, t in tensors.items():
+        if name in _ROPE_TENSORS:
+            continue
+        m = re.fullmatch(r"blk\.(\d+)\.(.+)", name)
+        if m and m.group(2) in _GGUF_FUSED.get(arch, ()):
+            whole = t
+            layer = f"layers.{m.group(1)}."
+            for meta, rows in split_fused(layer, m.group(2), whole.shape[0], config).items():
+                weights[meta] = _in_meta_layout(meta, whole.take_rows(rows), arch, config)
+            continue
+        meta = gguf_tensor_name(name)
+        if meta is None:
+            raise CheckpointError(f"GGUF tensor {name!r} has no place in the model")
+        weights[meta] = _in_meta_layout(meta, t, arch, config)
+    if config.tie_embeddings:
+        weights["output.weight"] = weights["tok_embeddings.weight"]
+    factors = None
+    if "rope_freqs.weight" in tensors:
+        factors = tensors["rope_freqs.weight"].dequantize()
+    eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    eot = _field(reader, "tokenizer.ggml.eot_token_id")
+    bos = _field(reader, "tokenizer.ggml.bos_token_id")
+    eos_ids = tuple(int(x) for x in (eos, eot) if x is not None)
+    return Checkpoint(
+        config=config,
+        path=path,
+        format="gguf",
+        gguf=weights,
+        tokenizer_path=path,
+        chat_template=_field(reader, "tokenizer.chat_template"),
+        rope_freq_factors=factors,
+        bos_id=None if bos is None else int(bos),
+        eos_ids=tuple(dict.fromkeys(eos_ids)),
+        add_bos=_field(reader, "tokenizer.ggml.add_bos_token"),
+    )
+
+
+def _gemma(config: ModelConfig, arch: str, a: Any) -> None:
+    """Gemma 2/3 as llama.cpp reads them. Its converter stores every norm
+    weight + 1, so the norms are plain; what the GGUF does not say (the
+    local-layer pattern, the local RoPE base, the query scale) takes
+    llama.cpp's defaults."""
+    config.hidden_act = "gelu_tanh"
+    config.embedding_scale = float(np.sqrt(config.dim))
+    config.post_norms = True
+    if arch == "gemma2":
+        # Both caps always apply in llama.cpp's gemma2, 50 and 30 by default.
+        config.attn_softcap = float(a("attn_logit_softcapping", 50.0))
+        config.final_softcap = float(a("final_logit_softcapping", 30.0))
+    else:
+        config.final_softcap = float(a("final_logit_softcapping", 0.0)) or None
+    # llama.cpp scales queries by 1/sqrt(dim / heads) for the 27B models
+    # (46 gemma2 layers, 62 gemma3), by 1/sqrt(head_dim) otherwise.
+    per_head = config.dim // config.n_heads
+    if config.n_layers == {"gemma2": 46, "gemma3": 62}[arch] and per_head != config.head_dim:
+        config.attn_scale = float(per_head) ** -0.5
+    window = config.sliding_window
+    if arch == "gemma2" and not window:
+        window = config.sliding_window = 4096  # llama.cpp's default for gemma2
+    if not window:
+        return
+    pattern = a("attention.sliding_window_pattern")
+    n = config.n_layers
+    if isinstance(pattern, list):
+        if len(pattern) != n:
+            raise CheckpointError(
+                f"GGUF {arch}.attention.sliding_window_pattern has {len(pattern)} entries "
+                f"for {n} layers"
+            )
+        config.window_layers = tuple(i for i, swa in enumerate(pattern) if swa)
+    else:
+        every = int(pattern if pattern is not None else (2 if arch == "gemma2" else 6))
+        config.window_layers = interleaved_window_layers(n, every)
+    if arch == "gemma3":
+        config.local_rope_theta = float(a("rope.freq_base_swa", 10000.0))

@@ -1,0 +1,165 @@
+"""HF checkpoints: config.json and safetensors shards, in Meta names and
+RoPE layout (Gemma 3's multimodal checkpoints: the text model)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchchat.checkpoint.base import (
+    Checkpoint,
+    CheckpointError,
+    find_tokenizer,
+    rotated,
+    split_fused,
+    to_meta_rope,
+)
+from torchchat.model import ModelConfig
+
+_HF_LAYER = {
+    "input_layernorm.weight": "attention_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attention.wq.weight",
+    "self_attn.k_proj.weight": "attention.wk.weight",
+    "self_attn.v_proj.weight": "attention.wv.weight",
+    "self_attn.q_proj.bias": "attention.wq.bias",
+    "self_attn.k_proj.bias": "attention.wk.bias",
+    "self_attn.v_proj.bias": "attention.wv.bias",
+    "self_attn.o_proj.weight": "attention.wo.weight",
+    "self_attn.q_norm.weight": "attention.q_norm_fn.weight",
+    "self_attn.k_norm.weight": "attention.k_norm_fn.weight",
+    "mlp.gate_proj.weight": "feed_forward.w1.weight",
+    "mlp.down_proj.weight": "feed_forward.w2.weight",
+    "mlp.up_proj.weight": "feed_forward.w3.weight",
+}
+_HF_TOP = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+# Phi-3 fuses q/k/v into one projection and gate/up into another.
+_HF_FUSED = ("self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight")
+
+
+# Gemma 2/3 name their norms after the position, not the role:
+# post_attention_layernorm follows attention (Llama's precedes the MLP).
+_HF_GEMMA_LAYER = {
+    **_HF_LAYER,
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffn_norm.weight",
+}
+
+
+def hf_tensor_name(name: str, post_norms: bool = False) -> str | None:
+    if name in _HF_TOP:
+        return _HF_TOP[name]
+    layer = _HF_GEMMA_LAYER if post_norms else _HF_LAYER
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
+    if m and m.group(2) in layer:
+        return f"layers.{m.group(1)}.{layer[m.group(2)]}"
+    return None
+
+
+# Gemma 3 4B and up (Gemma3ForConditionalGeneration): the language model's
+# weights under these prefixes, beside a vision tower we do not run.
+_GEMMA3_TEXT_PREFIXES = ("language_model.model.", "model.language_model.")
+_GEMMA3_VISION = (
+    "vision_tower.",
+    "multi_modal_projector.",
+    "model.vision_tower.",
+    "model.multi_modal_projector.",
+)
+
+
+def _gemma3_text_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The text model's config.json: its `text_config` holds only what
+    differs from Gemma3TextConfig's defaults, which transformers fills in."""
+    import transformers
+
+    text = transformers.Gemma3TextConfig(**cfg["text_config"]).to_dict()
+    for key in ("tie_word_embeddings", "bos_token_id", "eos_token_id"):
+        if key in cfg:
+            text[key] = cfg[key]
+    text["model_type"] = "gemma3_text"
+    return text
+
+
+def _gemma3_text_name(name: str) -> str | None:
+    """A multimodal Gemma 3 tensor's name in the text model, or None for
+    the vision tower and projector."""
+    if name.startswith(_GEMMA3_VISION):
+        return None
+    for p in _GEMMA3_TEXT_PREFIXES:
+        if name.startswith(p):
+            return "model." + name[len(p) :]
+    if name.startswith("language_model.lm_head."):
+        return name[len("language_model.") :]
+    return name
+
+
+def load_hf(d: Path) -> Checkpoint:
+    from safetensors.torch import load_file
+
+    cfg = json.loads((d / "config.json").read_text())
+    multimodal = cfg.get("model_type") == "gemma3" and "text_config" in cfg
+    if multimodal:
+        cfg = _gemma3_text_config(cfg)
+    config = ModelConfig.from_hf(cfg)
+    index = d / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted(set(weight_map.values()))
+    else:
+        files = sorted(f.name for f in d.glob("*.safetensors"))
+    missing = [f for f in files if not (d / f).exists()]
+    if missing:
+        raise CheckpointError(f"{d}: missing shard(s) {', '.join(missing)}")
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        for name, w in load_file(str(d / f)).items():
+            if multimodal:
+                name = _gemma3_text_name(name)
+                if name is None:
+                    continue
+            m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
+            if m and m.group(2) in _HF_FUSED:
+                layer = f"layers.{m.group(1)}."
+                for meta, rows in split_fused(layer, m.group(2), w.shape[0], config).items():
+                    piece = w[rows]
+                    sd[meta] = to_meta_rope(meta, piece, config) if rotated(meta) else piece
+                continue
+            meta = hf_tensor_name(name, config.post_norms)
+            if meta is None:
+                if name.endswith("rotary_emb.inv_freq"):
+                    continue
+                raise CheckpointError(f"HF tensor {name!r} has no place in the model")
+            if rotated(meta):
+                w = to_meta_rope(meta, w, config)
+            sd[meta] = w
+    tok_cfg = d / "tokenizer_config.json"
+    template, add_bos = None, None
+    if tok_cfg.exists():
+        tc = json.loads(tok_cfg.read_text())
+        template, add_bos = tc.get("chat_template"), tc.get("add_bos_token")
+    if template is None and (d / "chat_template.jinja").exists():
+        template = (d / "chat_template.jinja").read_text()
+    eos = cfg.get("eos_token_id")
+    eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+    return Checkpoint(
+        config=config,
+        path=d,
+        format="hf",
+        weights=sd,
+        tokenizer_path=find_tokenizer(d),
+        chat_template=template if isinstance(template, str) else None,
+        bos_id=cfg.get("bos_token_id"),
+        eos_ids=eos_ids,
+        add_bos=add_bos,
+    )

@@ -1,0 +1,503 @@
+"""Loading a model and its tokenizer: the one way every command does it.
+
+`LoadOptions` says what to load (an alias, a checkpoint path, or an exported
+`.pt2`/`.pte`) and how (dtype, --quantize, context length, compile mode,
+device, slots); `load(options)` returns a `Loaded`. The CLI, the server,
+eval, export and the benchmarks all call it. `add_model_args` declares its
+flags and `options_from_args` reads them back.
+
+With `compile="auto"` on the CPU, a checkpoint is compiled with AOTInductor
+on first use into the user cache (torchchat.compile_cache) and later loads
+open the cached package without reading the checkpoint's weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
+
+from torchchat.errors import UserError
+from torchchat.paths import user_path
+
+if TYPE_CHECKING:
+    from torchchat.checkpoint import Checkpoint
+    from torchchat.generate import LLMModel, Slot
+    from torchchat.tokenizer import Tokenizer
+
+COMPILE_MODES = ("auto", "aoti", "torch", "none")
+DTYPE_CHOICES = ("fp32", "bf16", "fp16")
+# Suffixes that make a positional MODEL a path rather than an alias.
+_PATH_SUFFIXES = (".gguf", ".pte", ".pt2", ".pth")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What to load and how. Exactly one source: `model` (an alias, or a path
+    to a checkpoint or artifact), `checkpoint` or `artifact`."""
+
+    model: Optional[str] = None
+    checkpoint: Optional[Path] = None  # a .gguf, an HF or Meta directory, a .pth
+    artifact: Optional[Path] = None  # an exported .pt2 or .pte
+    tokenizer: Optional[Path] = None
+    dtype: Optional[str] = None  # None: the checkpoint's own precision (fp32 compute)
+    quantize: Union[None, str, Dict[str, Any]] = None
+    max_seq_length: Optional[int] = None
+    compile: str = "auto"
+    device: str = "cpu"
+    slots: int = 0  # KV-cache rows of a package compiled here (the server's); 0: batch 1
+    quiet: bool = False  # no first-run compile progress on stderr
+
+
+@dataclass
+class Loaded:
+    """The loaded model and tokenizer. On a compile-cache miss the model is
+    compiled when the first slot is made, after the caller has checked its
+    input, so a bad prompt never waits for a compile."""
+
+    model: Optional[LLMModel]
+    step: Optional[Callable]  # a compiled decode step, or None
+    tokenizer: Tokenizer
+    info: Dict[str, Any]
+    load_start_ms: float
+    load_end_ms: float
+    max_seq_length: int
+    compile: Optional[Callable[[], Tuple[LLMModel, Dict[str, Any]]]] = None
+    device: str = field(default="cpu")
+
+    def ensure_model(self) -> LLMModel:
+        """The model, compiling it first on a cache miss."""
+        from torchchat.generate import now_ms
+
+        if self.model is None:
+            assert self.compile is not None
+            self.model, info = self.compile()
+            self.info.update(info)
+            self.load_end_ms = now_ms()
+        return self.model
+
+    def slot(self) -> Slot:
+        from torchchat.generate import Slot
+
+        return Slot(self.ensure_model(), self.step, self.device)
+
+    def check_fits(self, n_new: int) -> None:
+        from torchchat.generate import check_fits
+
+        check_fits(self.max_seq_length, n_new)
+
+
+# --- flags ------------------------------------------------------------------------
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The flags that choose and load a model (generate, chat, server, eval)."""
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="model alias (see `list`) or a path to a checkpoint, .gguf, .pt2 or .pte; "
+        "default: the built-in SmolLM2-135M-Instruct",
+    )
+    p.add_argument("--checkpoint-path", help="HF directory, Meta directory/.pth or .gguf file")
+    p.add_argument("--gguf-path", help="a .gguf file")
+    p.add_argument("--tokenizer-path", help="tokenizer file (default: from the checkpoint)")
+    p.add_argument("--aoti-package-path", help="an AOTInductor .pt2 package exported by //export")
+    p.add_argument("--pte-path", help="an ExecuTorch .pte program exported by //export")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        help="compute dtype (default fp32). A quantized GGUF runs in its own precision unless "
+        "--dtype or --quantize is given; --dtype fp32 dequantizes it",
+    )
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="torch",
+        default="auto",
+        choices=COMPILE_MODES,
+        help="auto (default): on CPU, compile the model with AOTInductor on first use and "
+        "reuse it from the user cache (aoti); --compile alone: torch.compile the decode step "
+        "in this process (torch); none: plain eager",
+    )
+    p.add_argument(
+        "--quantize", help='JSON (or a .json file), e.g. \'{"linear:int4": {"groupsize": 32}}\''
+    )
+    p.add_argument(
+        "--max-seq-length", type=int, help="KV cache length (default: min(model context, 2048))"
+    )
+    p.add_argument("--quiet", action="store_true", help="no stats or progress lines on stderr")
+
+
+def options_from_args(ns: argparse.Namespace, **overrides: Any) -> LoadOptions:
+    """LoadOptions from add_model_args' flags; `overrides` replace fields."""
+    if ns.checkpoint_path and ns.gguf_path:
+        raise UserError("give only one of --checkpoint-path and --gguf-path")
+    if ns.aoti_package_path and ns.pte_path:
+        raise UserError("give only one of --aoti-package-path and --pte-path")
+    fields: Dict[str, Any] = dict(
+        model=ns.model,
+        checkpoint=user_path(ns.gguf_path or ns.checkpoint_path),
+        artifact=user_path(ns.aoti_package_path or ns.pte_path),
+        tokenizer=user_path(ns.tokenizer_path),
+        dtype=ns.dtype,
+        quantize=ns.quantize,
+        max_seq_length=ns.max_seq_length,
+        compile=ns.compile,
+        device=ns.device,
+        quiet=ns.quiet,
+    )
+    fields.update(overrides)
+    return LoadOptions(**fields)
+
+
+def expected_errors() -> Tuple[type, ...]:
+    """Failures a user can cause while loading or running a model: one line
+    each. Anything else is a bug and keeps its traceback."""
+    from torchchat.artifacts import ArtifactError
+    from torchchat.checkpoint import CheckpointError
+    from torchchat.generate import ContextOverflow
+    from torchchat.model import ConfigError
+    from torchchat.quantize import QuantizeError
+    from torchchat.registry import RegistryError
+    from torchchat.tokenizer import TokenizerError
+
+    return (
+        UserError,
+        ArtifactError,
+        CheckpointError,
+        ConfigError,
+        ContextOverflow,
+        QuantizeError,
+        RegistryError,
+        TokenizerError,
+    )
+
+
+# --- sources ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the model comes from: a checkpoint to build, or an artifact."""
+
+    checkpoint: Optional[Path] = None
+    artifact: Optional[Path] = None
+
+    @property
+    def name(self) -> str:
+        p = self.artifact or self.checkpoint
+        assert p is not None
+        return p.stem if p.is_file() else p.name
+
+
+def _as_path(model: str) -> Optional[Path]:
+    """A positional MODEL that names an existing file or directory."""
+    if os.sep not in model and not model.endswith(_PATH_SUFFIXES):
+        return None
+    p = user_path(model)
+    return p if p is not None and p.exists() else None
+
+
+def resolve_source(options: LoadOptions) -> Source:
+    """The checkpoint or artifact the options name; an alias resolves to its
+    checkpoint, which must be downloaded."""
+    from torchchat import registry
+
+    given = [x for x in (options.checkpoint, options.artifact) if x is not None]
+    if options.model and given:
+        raise UserError(f"give either a model ({options.model}) or a path flag, not both")
+    if len(given) > 1:
+        raise UserError("give either a checkpoint or an exported artifact, not both")
+    if options.artifact is not None:
+        return Source(artifact=options.artifact)
+    if options.checkpoint is not None:
+        return Source(checkpoint=options.checkpoint)
+    path = _as_path(options.model) if options.model else None
+    if path is not None:
+        if path.suffix in (".pte", ".pt2"):
+            return Source(artifact=path)
+        return Source(checkpoint=path)
+    entry = registry.resolve(options.model or registry.DEFAULT_MODEL)
+    if not registry.is_downloaded(entry):
+        raise UserError(f"{entry.name} is not downloaded; run `torchchat download {options.model}`")
+    return Source(checkpoint=registry.checkpoint_path(entry))
+
+
+def dtype_of(options: LoadOptions, spec: Dict[str, Any]) -> str:
+    """The compute dtype: --quantize's precision, else --dtype, else fp32."""
+    from torchchat.model import DTYPE_NAMES
+
+    name = spec.get("precision", {}).get("dtype", options.dtype or "fp32")
+    if name not in DTYPE_NAMES:
+        raise UserError(f"unknown dtype {name!r} (known: {', '.join(DTYPE_NAMES)})")
+    return DTYPE_NAMES[name]
+
+
+# --- building ---------------------------------------------------------------------
+
+
+def runs_native(options: LoadOptions, spec: Dict[str, Any], ckpt: Checkpoint) -> bool:
+    """Whether a checkpoint runs in its own formats, read in place: a GGUF,
+    with neither --dtype nor --quantize asking for a conversion."""
+    return not spec and options.dtype is None and ckpt.format == "gguf"
+
+
+def build_model(
+    options: LoadOptions, ckpt: Checkpoint, spec: Dict[str, Any], dtype_name: str
+) -> Tuple[Any, Optional[Callable], Dict[str, Any]]:
+    """The eager model: a GGUF in its own formats, read in place, unless
+    --dtype or --quantize asks for a conversion; then the float model,
+    quantized as asked. Device, and --compile torch's step."""
+    import torch
+
+    from torchchat import checkpoint as ckpt_mod
+    from torchchat import quantize as quant_mod
+    from torchchat.model import DTYPES, attend_filled_cache
+
+    if runs_native(options, spec, ckpt):
+        model, counts = ckpt_mod.load_native(ckpt, options.max_seq_length)
+        quantize = {f"gguf {k}": v for k, v in counts.items()}
+    else:
+        model = ckpt_mod.load_model(ckpt, DTYPES[dtype_name], options.max_seq_length, "cpu")
+        counts = quant_mod.quantize_model(model, spec, ckpt.gguf_quantized) if spec else {}
+        quantize = {k: v for k, v in counts.items() if v}
+    model = attend_filled_cache(model).to(options.device)
+    step = None
+    if options.compile == "torch":
+        # FilledCacheSDPA reads the position with .item(); captured, it stays in
+        # the graph instead of splitting every layer in two.
+        torch._dynamo.config.capture_scalar_outputs = True
+        step = torch.compile(model, dynamic=False, fullgraph=True)
+    info = {
+        "checkpoint": str(ckpt.path),
+        "format": ckpt.format,
+        "dtype": dtype_name,
+        "quantize": quantize,
+    }
+    return model, step, info
+
+
+def tokenizer_source(ckpt: Checkpoint) -> Dict[str, Any]:
+    """What loading the tokenizer needs, from a Checkpoint (JSON-able: the
+    compile cache keeps it beside a package)."""
+    return {
+        "tokenizer_path": str(ckpt.tokenizer_path) if ckpt.tokenizer_path else None,
+        "chat_template": ckpt.chat_template,
+        "bos_id": ckpt.bos_id,
+        "eos_ids": list(ckpt.eos_ids),
+        "add_bos": ckpt.add_bos,
+    }
+
+
+class CompileProgress:
+    """The first run's compile stages, with the time they take: a bar on a
+    terminal, a line per stage otherwise."""
+
+    STAGES = ("export", "compile")
+
+    def __init__(self, name: str, quiet: bool):
+        from torchchat import compile_cache
+
+        self.quiet, self.bar, self.start = quiet, None, 0.0
+        if quiet:
+            return
+        print(
+            f"torchchat: compiling {name} for this CPU with AOTInductor; this happens once "
+            f"(about 2 min on 2 cores) and later runs start in about a second. Cached in "
+            f"{compile_cache.cache_dir()}; --compile none skips it.",
+            file=sys.stderr,
+            flush=True,
+        )
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=len(self.STAGES),
+                file=sys.stderr,
+                bar_format="{desc} {bar} {n}/{total} [{elapsed}]",
+            )
+
+    def stage(self, name: str) -> None:
+        from torchchat.generate import now_ms
+
+        if self.bar is not None:
+            self.bar.n = self.STAGES.index(name)
+            self.bar.set_description_str(f"{name:>8}")
+        elif not self.quiet:
+            print(f"torchchat: {name}...", file=sys.stderr, flush=True)
+        self.start = self.start or now_ms()
+
+    def close(self) -> None:
+        from torchchat.generate import now_ms
+
+        if self.bar is not None:
+            self.bar.n = len(self.STAGES)
+            self.bar.set_description_str("    done")
+            self.bar.close()
+        elif not self.quiet and self.start:
+            print(f"torchchat: compiled in {(now_ms() - self.start) / 1e3:.0f} s", file=sys.stderr)
+
+
+@dataclass
+class _Built:
+    """A model ready to run, or the means to compile one (cache miss)."""
+
+    model: Optional[Any]
+    step: Optional[Callable]
+    info: Dict[str, Any]
+    tokenizer: Dict[str, Any]
+    max_seq_length: int
+    compile: Optional[Callable[[], Tuple[Any, Dict[str, Any]]]] = None
+
+
+def _from_compile_cache(
+    options: LoadOptions, checkpoint: Path, spec: Dict[str, Any], dtype_name: str
+) -> _Built:
+    """The package for these options from the compile cache. A hit never
+    reads the checkpoint's weights (a GGUF's are mmapped and handed to the
+    code-only package in place); a miss builds the eager model and returns
+    `compile` to make the package (with `options.slots` cache rows)."""
+    import warnings
+
+    from torchchat import checkpoint as ckpt_mod
+    from torchchat import compile_cache
+    from torchchat.artifacts import ArtifactError
+
+    settings: Dict[str, Any] = {
+        "quantize": spec,
+        "dtype": options.dtype,
+        "resolved_dtype": dtype_name,
+        "max_seq_length": options.max_seq_length,
+    }
+    if options.slots:
+        settings["slots"] = options.slots
+    k = compile_cache.key(checkpoint, settings)
+    entry = compile_cache.lookup(k)
+    if entry is not None:
+        try:
+            constants = None
+            if entry.get("external_weights"):
+                ckpt = ckpt_mod.load_checkpoint(checkpoint)
+                constants = compile_cache.constants(k, ckpt)
+            backend = compile_cache.open_entry(k, constants)
+            info = dict(entry["info"], compiled=str(backend.path))
+            return _Built(backend, None, info, entry["tokenizer"], backend.max_seq_length)
+        except ArtifactError as e:
+            print(f"torchchat: compiling again: {e}", file=sys.stderr)
+            compile_cache.remove(k)
+    ckpt = ckpt_mod.load_checkpoint(checkpoint)
+    model, _, info = build_model(options, ckpt, spec, dtype_name)
+    native = runs_native(options, spec, ckpt)
+    tok_src = tokenizer_source(ckpt)
+
+    def compile() -> Tuple[Any, Dict[str, Any]]:
+        program = compile_cache.program(model, options.slots)
+        progress = CompileProgress(checkpoint.name, options.quiet)
+        try:
+            # torch.export warns about its own internals (pytree deprecations).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                constants = compile_cache.store(
+                    k,
+                    settings,
+                    program,
+                    ckpt,
+                    dtype_name,
+                    info["quantize"],
+                    info,
+                    tok_src,
+                    progress.stage,
+                    options.slots,
+                    external_weights=native,
+                )
+        finally:
+            progress.close()
+        backend = compile_cache.open_entry(k, constants)
+        return backend, {"compiled": str(backend.path)}
+
+    return _Built(None, None, info, tok_src, model.max_seq_length, compile)
+
+
+def _from_artifact(options: LoadOptions, path: Path) -> _Built:
+    from torchchat import artifacts
+
+    if path.suffix not in (".pt2", ".pte"):
+        raise UserError(f"{path}: an exported artifact is a .pt2 or a .pte file")
+    backend = artifacts.load(path, options.device)
+    info = {"backend": type(backend).__name__, "artifact": str(backend.path)}
+    return _Built(
+        backend, None, info, {"tokenizer_path": backend.tokenizer_path}, backend.max_seq_length
+    )
+
+
+def _check(options: LoadOptions) -> None:
+    import torch
+
+    if options.compile not in COMPILE_MODES:
+        raise UserError(f"unknown compile mode {options.compile!r}")
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this torch build has no usable CUDA device")
+    if options.max_seq_length is not None and options.max_seq_length < 2:
+        raise UserError("--max-seq-length must be at least 2")
+    if options.compile == "aoti" and options.device != "cpu":
+        raise UserError("--compile aoti runs on the CPU; use --compile torch or none")
+    if options.slots < 0:
+        raise UserError("slots must not be negative")
+
+
+def compile_mode(options: LoadOptions) -> str:
+    """`auto` made concrete: AOTInductor on the CPU, eager elsewhere."""
+    if options.compile == "auto":
+        return "aoti" if options.device == "cpu" else "none"
+    return options.compile
+
+
+def load(options: LoadOptions) -> Loaded:
+    """The model and tokenizer `options` name."""
+    from torchchat import checkpoint as ckpt_mod
+    from torchchat import quantize as quant_mod
+    from torchchat import tokenizer as tok_mod
+    from torchchat.generate import now_ms
+
+    start = now_ms()
+    _check(options)
+    spec = quant_mod.parse(options.quantize)
+    dtype_name = dtype_of(options, spec)
+    source = resolve_source(options)
+    if source.artifact is not None:
+        built = _from_artifact(options, source.artifact)
+    elif compile_mode(options) == "aoti":
+        assert source.checkpoint is not None
+        built = _from_compile_cache(options, source.checkpoint, spec, dtype_name)
+    else:
+        ckpt = ckpt_mod.load_checkpoint(source.checkpoint)  # type: ignore[arg-type]
+        model, step, info = build_model(options, ckpt, spec, dtype_name)
+        built = _Built(model, step, info, tokenizer_source(ckpt), model.max_seq_length)
+    tok_path = options.tokenizer or built.tokenizer.get("tokenizer_path")
+    if tok_path is None:
+        raise UserError(
+            "no tokenizer found next to the checkpoint or artifact; pass --tokenizer-path"
+        )
+    tok = tok_mod.load(
+        Path(tok_path),
+        chat_template=built.tokenizer.get("chat_template"),
+        bos_id=built.tokenizer.get("bos_id"),
+        eos_ids=tuple(built.tokenizer.get("eos_ids") or ()),
+        add_bos=built.tokenizer.get("add_bos"),
+    )
+    built.info["tokenizer"] = str(tok_path)
+    return Loaded(
+        built.model,
+        built.step,
+        tok,
+        built.info,
+        start,
+        now_ms(),
+        built.max_seq_length,
+        built.compile,
+        options.device,
+    )
