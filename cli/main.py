@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import tempfile
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any
 
 from torchchat import loading
 from torchchat.errors import EXIT_ERROR, EXIT_INTERRUPT, UserError
@@ -76,7 +76,7 @@ def _out(text: str) -> None:
     sys.stdout.flush()
 
 
-def _stats_out(args: argparse.Namespace, all_stats: List[Stats], info: Dict[str, Any]) -> None:
+def _stats_out(args: argparse.Namespace, all_stats: list[Stats], info: dict[str, Any]) -> None:
     if not args.stats_json:
         return
     path = user_path(args.stats_json)
@@ -250,7 +250,7 @@ COMMANDS = {
 }
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["server"]:
         from server.main import main as server_main

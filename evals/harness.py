@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any
 
 from evals.scoring import BranchScore, Group, Scorer, check_fits, tokens_of, total_logprob
 
@@ -53,7 +54,7 @@ def _make_lm_class() -> type:
             self,
             scorer: Scorer,
             tokenizer: Tokenizer,
-            progress: Optional[Callable[[int, int], Callable[[int], None]]] = None,
+            progress: Callable[[int, int], Callable[[int], None]] | None = None,
         ):
             super().__init__()
             self.scorer = scorer
@@ -65,7 +66,7 @@ def _make_lm_class() -> type:
             self.prefix_token = int(first)
 
         # -- tokenizing ------------------------------------------------------------
-        def _encode_pair(self, context: str, continuation: str) -> Tuple[List[int], List[int]]:
+        def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
             if not context:
                 return [self.prefix_token], self.tok.encode(continuation, bos=False)
             n = len(context) - len(context.rstrip())
@@ -75,7 +76,7 @@ def _make_lm_class() -> type:
             ctx = self.bos + self.tok.encode(context, bos=False)
             return ctx, whole[len(ctx) :]
 
-        def _fit(self, ctx: List[int], cont: List[int]) -> Tuple[List[int], int]:
+        def _fit(self, ctx: list[int], cont: list[int]) -> tuple[list[int], int]:
             """(context + continuation, tokens scored), cut on the left to
             the model's positions (lm-eval's max_length + 1 rule)."""
             full = (ctx + cont)[-(self.scorer.max_seq_length + 1) :]
@@ -83,7 +84,7 @@ def _make_lm_class() -> type:
 
         # -- grouping -------------------------------------------------------------
         @staticmethod
-        def _groups(seqs: Sequence[Tuple[List[int], int]]) -> List[Group]:
+        def _groups(seqs: Sequence[tuple[list[int], int]]) -> list[Group]:
             """One group for the sequences of a question: their common
             prefix, up to the first scored token of any."""
             cut = min(len(s) - n for s, n in seqs)
@@ -98,14 +99,14 @@ def _make_lm_class() -> type:
             return [Group(first[:cut], [s[cut:] for s, _ in seqs])]
 
         def loglikelihood(
-            self, requests: List[Instance], disable_tqdm: bool = False
-        ) -> List[Tuple[float, bool]]:
-            by_doc: Dict[Any, List[int]] = OrderedDict()
+            self, requests: list[Instance], disable_tqdm: bool = False
+        ) -> list[tuple[float, bool]]:
+            by_doc: dict[Any, list[int]] = OrderedDict()
             for i, r in enumerate(requests):
                 by_doc.setdefault((r.task_name, r.doc_id), []).append(i)
             seqs = [self._fit(*self._encode_pair(*r.args)) for r in requests]
-            groups: List[Group] = []
-            owners: List[List[int]] = []  # per group: the requests its branches answer
+            groups: list[Group] = []
+            owners: list[list[int]] = []  # per group: the requests its branches answer
             for members in by_doc.values():
                 gs = self._groups([seqs[i] for i in members])
                 owners += [members] if len(gs) == 1 else [[i] for i in members]
@@ -113,15 +114,15 @@ def _make_lm_class() -> type:
             for g in groups:
                 check_fits(g, self.scorer.max_seq_length)
             scores = self._score(groups)
-            out: List[Optional[Tuple[float, bool]]] = [None] * len(requests)
+            out: list[tuple[float, bool] | None] = [None] * len(requests)
             for g_scores, members in zip(scores, owners):
                 for s, i in zip(g_scores, members):
                     out[i] = total_logprob(s, seqs[i][1])
             return out  # type: ignore[return-value]
 
         def loglikelihood_rolling(
-            self, requests: List[Instance], disable_tqdm: bool = False
-        ) -> List[float]:
+            self, requests: list[Instance], disable_tqdm: bool = False
+        ) -> list[float]:
             groups, owner = [], []
             length = self.scorer.max_seq_length
             for i, r in enumerate(requests):
@@ -138,12 +139,12 @@ def _make_lm_class() -> type:
                 totals[i] += total_logprob(g_scores[0])[0]
             return totals
 
-        def generate_until(self, requests: List[Instance], disable_tqdm: bool = False) -> List[str]:
+        def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
             raise NotImplementedError(
                 "torchchat eval scores log-likelihoods; generation tasks are not supported"
             )
 
-        def _score(self, groups: List[Group]) -> List[List[BranchScore]]:
+        def _score(self, groups: list[Group]) -> list[list[BranchScore]]:
             total = sum(tokens_of(g) for g in groups)
             cb = self.progress(total, len(groups)) if self.progress else None
             return self.scorer.score(groups, cb)
@@ -157,7 +158,7 @@ def make_lm(scorer: Scorer, tokenizer: Tokenizer, progress=None) -> Any:  # noqa
     return _make_lm_class()(scorer, tokenizer, progress)
 
 
-def task_config(name: str, data_dir: Path) -> Dict[str, Any]:
+def task_config(name: str, data_dir: Path) -> dict[str, Any]:
     """The task's YAML, its data files pointed at `data_dir`."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
@@ -171,9 +172,9 @@ def run_tasks(
     lm: Any,
     names: Sequence[str],
     data_dir: Path,
-    limit: Optional[int] = None,
-    configs: Optional[List[Dict[str, Any]]] = None,
-) -> Dict[str, Dict[str, Any]]:
+    limit: int | None = None,
+    configs: list[dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
     """lm-eval's simple_evaluate on our task YAMLs (or given configs):
     {task: {"acc": .., "acc_stderr": .., "acc_norm": .., "n": ..}}."""
     _quiet_lm_eval()
@@ -196,9 +197,9 @@ def run_tasks(
             task_manager=TaskManager(include_defaults=False),
             log_samples=False,
         )
-    out: Dict[str, Dict[str, Any]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for task, metrics in results["results"].items():
-        row: Dict[str, Any] = {"n": results["n-samples"][task]["effective"]}
+        row: dict[str, Any] = {"n": results["n-samples"][task]["effective"]}
         for key, value in metrics.items():
             metric, _, filt = key.partition(",")
             if filt == "none" and isinstance(value, (int, float)):

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 from torchchat import loading
 from torchchat.errors import EXIT_ERROR, EXIT_INTERRUPT, UserError
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_args(args: argparse.Namespace) -> List[str]:
+def _check_args(args: argparse.Namespace) -> list[str]:
     from evals.harness import TASKS
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -144,8 +145,8 @@ def _scorer(loaded: loading.Loaded, batch_tokens: int) -> Any:
 
 
 def _ppl(
-    args: argparse.Namespace, scorer: Any, loaded: loading.Loaded, data: Optional[Path]
-) -> Dict[str, Any]:
+    args: argparse.Namespace, scorer: Any, loaded: loading.Loaded, data: Path | None
+) -> dict[str, Any]:
     from evals import data as data_mod
     from evals import perplexity
 
@@ -187,7 +188,7 @@ def _ppl(
     }
 
 
-def _print(results: Dict[str, Dict[str, Any]]) -> None:
+def _print(results: dict[str, dict[str, Any]]) -> None:
     if PPL in results:
         r = results[PPL]
         print(
@@ -209,7 +210,7 @@ def _print(results: Dict[str, Dict[str, Any]]) -> None:
         print("  ".join(parts))
 
 
-def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
+def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     from evals import data as data_mod
     from evals import harness
 
@@ -225,7 +226,7 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
             data = data_mod.data_dir()
         except data_mod.DataError as e:
             raise UserError(str(e)) from None
-    results: Dict[str, Dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = {}
     if PPL in tasks:
         results[PPL] = _ppl(args, scorer, loaded, data)
     if mc:
@@ -234,7 +235,7 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     return results
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
     args = build_parser().parse_args(argv)

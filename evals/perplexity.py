@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING
 
 from evals.scoring import Group, Scorer, check_fits, tokens_of
 
@@ -46,7 +47,7 @@ class Window:
     score_from: int
 
 
-def lm_eval_windows(n: int, window: int, stride: int) -> List[Window]:
+def lm_eval_windows(n: int, window: int, stride: int) -> list[Window]:
     if n < 2:
         raise PerplexityError(f"the text is {n} token(s); it needs at least 2")
     out, scored = [], 1  # token 0 has no context
@@ -61,7 +62,7 @@ def lm_eval_windows(n: int, window: int, stride: int) -> List[Window]:
     return out
 
 
-def llama_cpp_windows(n: int, window: int, stride: int) -> List[Window]:
+def llama_cpp_windows(n: int, window: int, stride: int) -> list[Window]:
     if stride <= 0:
         if n < 2 * window:
             raise PerplexityError(
@@ -77,7 +78,7 @@ def llama_cpp_windows(n: int, window: int, stride: int) -> List[Window]:
     ]
 
 
-def windows(n: int, window: int, stride: int, rule: str) -> List[Window]:
+def windows(n: int, window: int, stride: int, rule: str) -> list[Window]:
     if rule == "llama.cpp":
         return llama_cpp_windows(n, window, stride)
     if not 0 < stride < window:
@@ -90,7 +91,7 @@ def windows(n: int, window: int, stride: int, rule: str) -> List[Window]:
     return lm_eval_windows(n, window, stride)
 
 
-def groups(tokens: Sequence[int], plan: Sequence[Window], bos_id: Optional[int]) -> List[Group]:
+def groups(tokens: Sequence[int], plan: Sequence[Window], bos_id: int | None) -> list[Group]:
     """One group per window: its unscored head as the prefix, the scored
     tail as the branch. llama.cpp's rule without a stride puts bos first."""
     out = []
@@ -118,7 +119,7 @@ class Result:
         return self.tokens_run / self.seconds if self.seconds > 0 else 0.0
 
 
-def summarize(logprobs: Sequence[float], n_bytes: int) -> Tuple[float, float]:
+def summarize(logprobs: Sequence[float], n_bytes: int) -> tuple[float, float]:
     """(perplexity, bits per byte): exp of the mean negative log-likelihood
     per token, and the total in bits over the scored text's UTF-8 bytes
     (lm-eval's bits_per_byte)."""
@@ -133,8 +134,8 @@ def evaluate(
     window: int,
     stride: int,
     rule: str = "lm-eval",
-    limit: Optional[int] = None,
-    progress: Optional[Callable[[int, int], Callable[[int], None]]] = None,
+    limit: int | None = None,
+    progress: Callable[[int, int], Callable[[int], None]] | None = None,
 ) -> Result:
     """Perplexity of `text`; `limit` keeps the first windows only.
     `progress(total_tokens, windows)` returns the per-batch callback."""

@@ -19,8 +19,9 @@ Two ways to run groups, with the same results:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Protocol, Sequence, Tuple
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -30,16 +31,16 @@ from torchchat.model import AttentionRule, attend, within_window
 
 @dataclass
 class Group:
-    prefix: List[int]
-    branches: List[List[int]]
+    prefix: list[int]
+    branches: list[list[int]]
 
 
 @dataclass
 class BranchScore:
     """Per branch token: its log-probability and whether it was the argmax."""
 
-    logprobs: List[float] = field(default_factory=list)
-    greedy: List[bool] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    greedy: list[bool] = field(default_factory=list)
 
 
 Progress = Callable[[int], None]  # called with the tokens just run
@@ -49,8 +50,8 @@ class Scorer(Protocol):
     max_seq_length: int
 
     def score(
-        self, groups: Sequence[Group], progress: Optional[Progress] = None
-    ) -> List[List[BranchScore]]:
+        self, groups: Sequence[Group], progress: Progress | None = None
+    ) -> list[list[BranchScore]]:
         """Per group, per branch: the scores of the branch's tokens."""
         ...
 
@@ -90,8 +91,8 @@ class CachedScorer:
 
     @torch.inference_mode()
     def score(
-        self, groups: Sequence[Group], progress: Optional[Progress] = None
-    ) -> List[List[BranchScore]]:
+        self, groups: Sequence[Group], progress: Progress | None = None
+    ) -> list[list[BranchScore]]:
         out = []
         for g in groups:
             last = self._run(g.prefix, 0)[-1:]
@@ -123,14 +124,14 @@ class _NoCache(nn.Module):
 
     def update(
         self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return k, v
 
 
 class _PackedSDPA(nn.Module):
     """Attention under the plan's mask instead of the cache's causal one."""
 
-    def __init__(self, dim: int, plan: _Plan, rule: Optional[AttentionRule] = None):
+    def __init__(self, dim: int, plan: _Plan, rule: AttentionRule | None = None):
         super().__init__()
         self.dim = dim
         self.plan = plan
@@ -145,12 +146,12 @@ class _PackedSDPA(nn.Module):
 
 @dataclass
 class _Layout:
-    ids: List[int] = field(default_factory=list)
-    pos: List[int] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    pos: list[int] = field(default_factory=list)
     # per token: which tokens it may attend to, as (start, end) index ranges
-    spans: List[List[Tuple[int, int]]] = field(default_factory=list)
+    spans: list[list[tuple[int, int]]] = field(default_factory=list)
     # per group, per branch: the token indices whose logits predict it
-    reads: List[List[List[int]]] = field(default_factory=list)
+    reads: list[list[list[int]]] = field(default_factory=list)
 
     def add(self, g: Group) -> None:
         base, p = len(self.ids), len(g.prefix)
@@ -196,7 +197,7 @@ class PackedScorer:
         model.transformer.generate_full_logits = False
         self.device = next(model.parameters()).device
 
-    def _forward(self, groups: Sequence[Group]) -> List[List[BranchScore]]:
+    def _forward(self, groups: Sequence[Group]) -> list[list[BranchScore]]:
         lay = _Layout()
         for g in groups:
             lay.add(g)
@@ -227,10 +228,10 @@ class PackedScorer:
 
     @torch.inference_mode()
     def score(
-        self, groups: Sequence[Group], progress: Optional[Progress] = None
-    ) -> List[List[BranchScore]]:
-        out: List[List[BranchScore]] = []
-        batch: List[Group] = []
+        self, groups: Sequence[Group], progress: Progress | None = None
+    ) -> list[list[BranchScore]]:
+        out: list[list[BranchScore]] = []
+        batch: list[Group] = []
         size = 0
         for g in list(groups) + [None]:
             n = tokens_of(g) if g is not None else 0
@@ -251,7 +252,7 @@ def check_fits(g: Group, max_seq_length: int) -> None:
         raise ValueError(f"a group needs {longest} positions, the model has {max_seq_length}")
 
 
-def total_logprob(s: BranchScore, last: Optional[int] = None) -> Tuple[float, bool]:
+def total_logprob(s: BranchScore, last: int | None = None) -> tuple[float, bool]:
     """(sum of log-probabilities, all greedy) over the last `last` tokens."""
     lp = s.logprobs if last is None else s.logprobs[-last:]
     gr = s.greedy if last is None else s.greedy[-last:]

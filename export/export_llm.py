@@ -23,9 +23,10 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from export import quant
 from torchchat.atomic import OutputPathError, atomic_output, check_writable
@@ -49,10 +50,10 @@ class ExportError(Exception):
 class Stages:
     """Prints each stage as it starts and its wall time when it ends."""
 
-    def __init__(self, out: Optional[TextIO] = None, enabled: bool = True):
+    def __init__(self, out: TextIO | None = None, enabled: bool = True):
         self.out = out or sys.stderr
         self.enabled = enabled
-        self.times: Dict[str, float] = {}
+        self.times: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str, detail: str = ""):
@@ -75,9 +76,9 @@ class Source:
 
     ckpt: Checkpoint
     tokenizer_path: Path
-    chat_template: Optional[str]
-    bos_id: Optional[int]
-    eos_ids: List[int]
+    chat_template: str | None
+    bos_id: int | None
+    eos_ids: list[int]
     bos_token: str = ""
     eos_token: str = ""
     name: str = ""
@@ -87,7 +88,7 @@ class Source:
         return self.ckpt.config
 
 
-def resolve_checkpoint(model: Optional[str], checkpoint_path: Optional[Path]) -> Path:
+def resolve_checkpoint(model: str | None, checkpoint_path: Path | None) -> Path:
     """The checkpoint an alias, a positional path or --checkpoint-path names
     (torchchat.loading's rule, which generate and the server follow too)."""
     from torchchat import loading
@@ -102,7 +103,7 @@ def resolve_checkpoint(model: Optional[str], checkpoint_path: Optional[Path]) ->
     return source.checkpoint
 
 
-def load_source(path: Path, tokenizer_path: Optional[Path] = None) -> Source:
+def load_source(path: Path, tokenizer_path: Path | None = None) -> Source:
     from torchchat import checkpoint as ckpt_mod
     from torchchat import tokenizer as tok_mod
 
@@ -127,7 +128,7 @@ def load_source(path: Path, tokenizer_path: Optional[Path] = None) -> Source:
     )
 
 
-def check_max_seq_length(config: ModelConfig, max_seq_length: Optional[int]) -> int:
+def check_max_seq_length(config: ModelConfig, max_seq_length: int | None) -> int:
     from torchchat.model import context_length
 
     return context_length(config, max_seq_length)
@@ -141,7 +142,7 @@ def build(source: Source, dtype_name: str, max_seq_length: int) -> Model:
     return ckpt_mod.load_model(source.ckpt, DTYPES[dtype_name], max_seq_length, "cpu")
 
 
-def build_native(source: Source, max_seq_length: int) -> tuple[Model, Dict[str, int]]:
+def build_native(source: Source, max_seq_length: int) -> tuple[Model, dict[str, int]]:
     """A GGUF's model in its own formats, in place (--quantize gguf), and how
     many weights run in each format."""
     from torchchat import checkpoint as ckpt_mod
@@ -175,10 +176,10 @@ def enable_dynamic_shape(model: nn.Module) -> None:
 
 def et_metadata(
     source: Source, max_seq_length: int, custom_ops: bool, q4_kernels: bool = False
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     from torchchat import executorch_compat as et
 
-    extra: Dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     if q4_kernels:
         from kernels import et_ops
 
@@ -202,7 +203,7 @@ def et_metadata(
     )
 
 
-def exact_embedding(gguf_quantized: Optional[Dict[str, GGUFQuantized]]) -> bool:
+def exact_embedding(gguf_quantized: dict[str, GGUFQuantized] | None) -> bool:
     """Whether the checkpoint's embedding is GGUF Q8_0 blocks, which an 8-bit
     groups-of-32 embedding can keep exactly."""
     gq = (gguf_quantized or {}).get("tok_embeddings.weight")
@@ -210,7 +211,7 @@ def exact_embedding(gguf_quantized: Optional[Dict[str, GGUFQuantized]]) -> bool:
 
 
 def q4_transform(
-    gguf_quantized: Optional[Dict[str, GGUFQuantized]], embedding: bool, counts: Dict[str, int]
+    gguf_quantized: dict[str, GGUFQuantized] | None, embedding: bool, counts: dict[str, int]
 ) -> Callable:
     """linear:int4 for a .pte: torchchat.quantize's linears (GGUF Q4 blocks
     kept, float weights as Q4_1) and a GGUF Q8_0 unembedding run as
@@ -255,8 +256,8 @@ def q4_transform(
 
 
 def et_quant_transforms(
-    q: "quant.EtQuant", et_dtype: DType, skip_embedding: bool = False
-) -> List[Callable]:
+    q: quant.EtQuant, et_dtype: DType, skip_embedding: bool = False
+) -> list[Callable]:
     """ExecuTorch's quantization source transforms for `q`.
 
     The linear scheme covers the transformer layers only: the output
@@ -268,7 +269,7 @@ def et_quant_transforms(
 
     from torchchat import executorch_compat as et
 
-    transforms: List[Callable] = []
+    transforms: list[Callable] = []
     if q.embedding_quantize and not skip_embedding:
         transforms.append(et.quant_embedding_transform(q.embedding_quantize))
     if q.quantization_mode:
@@ -306,13 +307,13 @@ def export_pte(
     model: Model,
     source: Source,
     out_path: Path,
-    spec: Dict[str, Dict[str, Any]],
+    spec: dict[str, dict[str, Any]],
     dtype_name: str,
     max_seq_length: int,
     custom_ops: bool = True,
-    stages: Optional[Stages] = None,
-    gguf_quantized: Optional[Dict[str, GGUFQuantized]] = None,
-) -> Dict[str, Any]:
+    stages: Stages | None = None,
+    gguf_quantized: dict[str, GGUFQuantized] | None = None,
+) -> dict[str, Any]:
     """Lowers an eager fp32 Model to `out_path` through ExecuTorch's LLM flow."""
     import torch
     from executorch.extension.llm.export.builder import DType, LLMEdgeManager
@@ -343,7 +344,7 @@ def export_pte(
         dynamic_shapes=({1: tokens_dim}, None),
         metadata=et_metadata(source, max_seq_length, custom_ops, q.q4_kernels or q.gguf_kernels),
     )
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     exact_emb = q.q4_kernels and q.embedding_quantize == "8,32" and exact_embedding(gguf_quantized)
     with stages("quantize", q.describe() + f", dtype {dtype_name}"):
         transforms = et_quant_transforms(q, et_dtype, exact_emb) + et.get_source_transforms(
@@ -374,7 +375,7 @@ def export_pte(
         with atomic_output(str(out_path)) as tmp:
             with open(tmp, "wb") as f:
                 builder.export_program.write_to_file(f)
-    info: Dict[str, Any] = {"metadata": builder.metadata, "quantize": q.describe()}
+    info: dict[str, Any] = {"metadata": builder.metadata, "quantize": q.describe()}
     if counts:
         info["quantize_counts"] = {k: v for k, v in counts.items() if v}
     return info
@@ -400,7 +401,7 @@ def pt2_metadata(
     tokenizer_kind: str,
     quantize: str,
     slots: int = 0,
-) -> Dict[str, str]:
+) -> dict[str, str]:
     from torchchat.artifacts import pt2_metadata as metadata
 
     return metadata(
@@ -422,13 +423,13 @@ def export_pt2(
     model: Model,
     source: Source,
     out_path: Path,
-    spec: Dict[str, Dict[str, Any]],
+    spec: dict[str, dict[str, Any]],
     dtype_name: str,
     max_seq_length: int,
-    metadata: Dict[str, str],
-    stages: Optional[Stages] = None,
-    gguf_quantized: Optional[Dict[str, GGUFQuantized]] = None,
-) -> Dict[str, Any]:
+    metadata: dict[str, str],
+    stages: Stages | None = None,
+    gguf_quantized: dict[str, GGUFQuantized] | None = None,
+) -> dict[str, Any]:
     from torchchat import aoti
     from torchchat import quantize as tc_quant
     from torchchat.model import SlotModel, attend_filled_cache
@@ -438,7 +439,7 @@ def export_pt2(
     # whatever max_seq_length is.
     model = attend_filled_cache(model)
     aoti_spec = {k: v for k, v in quant.for_aoti(spec).items() if k != "gguf"}
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     if aoti_spec:
         with stages("quantize", json.dumps(aoti_spec)):
             counts = tc_quant.quantize_model(model, aoti_spec, gguf_quantized)
@@ -509,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _outputs(args: argparse.Namespace) -> Dict[str, Path]:
+def _outputs(args: argparse.Namespace) -> dict[str, Path]:
     outs = {}
     if args.output_pte_path:
         outs["pte"] = user_path(args.output_pte_path)
@@ -524,7 +525,7 @@ def _outputs(args: argparse.Namespace) -> Dict[str, Path]:
     return outs
 
 
-def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any]:
+def run(args: argparse.Namespace, out: TextIO | None = None) -> dict[str, Any]:
     from export import tokenizer_files
 
     out = out or sys.stderr
@@ -557,7 +558,7 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
     tok_override = user_path(args.tokenizer_path)
     for kind, path in outs.items():
         check_writable(str(path))
-    results: Dict[str, Any] = {}
+    results: dict[str, Any] = {}
 
     with stages("load", str(ckpt_path)):
         source = load_source(ckpt_path, tok_override)
@@ -598,7 +599,7 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> Dict[str, Any
             native = "gguf" in spec or (
                 not spec and args.dtype is None and source.ckpt.format == "gguf"
             )
-            native_counts: Dict[str, int] = {}
+            native_counts: dict[str, int] = {}
             with stages("load", f"weights, {dtype_name}, max_seq_length {max_seq_length}"):
                 if native:
                     model, native_counts = build_native(source, max_seq_length)
@@ -669,7 +670,7 @@ def _known_errors():
     )
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     known = _known_errors()
     try:

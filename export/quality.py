@@ -15,7 +15,8 @@ import argparse
 import json
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,14 +40,14 @@ STEPS = 32
 
 
 def reference(
-    model: LLMModel, prompts: Sequence[List[int]], steps: int = STEPS
-) -> List[Tuple[List[int], int]]:
+    model: LLMModel, prompts: Sequence[list[int]], steps: int = STEPS
+) -> list[tuple[list[int], int]]:
     """(prompt + greedy continuation, number of prompt tokens) per prompt."""
     return [(list(ids) + greedy(model, ids, steps), len(ids)) for ids in prompts]
 
 
 @torch.no_grad()
-def agreement(model: LLMModel, sequences: Sequence[Tuple[List[int], int]]) -> float:
+def agreement(model: LLMModel, sequences: Sequence[tuple[list[int], int]]) -> float:
     """Fraction of positions where the candidate's argmax is the reference
     token, feeding the candidate the reference sequence (teacher forcing)."""
     hit = total = 0
@@ -60,7 +61,7 @@ def agreement(model: LLMModel, sequences: Sequence[Tuple[List[int], int]]) -> fl
     return hit / total
 
 
-def decode_speed(model: LLMModel, prompt: List[int], steps: int = 64) -> float:
+def decode_speed(model: LLMModel, prompt: list[int], steps: int = 64) -> float:
     """Greedy decode tokens per second after the prompt's prefill."""
     stats = Stats()
     for _ in decode(Slot(model), prompt, argmax, steps + 1, stats=stats):
@@ -68,7 +69,7 @@ def decode_speed(model: LLMModel, prompt: List[int], steps: int = 64) -> float:
     return stats.decode_tok_s
 
 
-def et_quantized_eager(model: Model, spec: str | Dict[str, Any], dtype_name: str = "fp32") -> Model:
+def et_quantized_eager(model: Model, spec: str | dict[str, Any], dtype_name: str = "fp32") -> Model:
     """The eager model after ExecuTorch's own quantization source transforms."""
     from executorch.extension.llm.export.builder import DType
 
@@ -80,7 +81,7 @@ def et_quantized_eager(model: Model, spec: str | Dict[str, Any], dtype_name: str
     return model
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from export import export_llm
     from torchchat import artifacts
 

@@ -10,7 +10,7 @@ A scheme a target cannot run is an error, never silently dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any
 
 # One reader of the --quantize syntax for eager and export; the error type
 # is shared too, so callers catch one class.
@@ -19,7 +19,7 @@ from torchchat.quantize import QuantizeError, read_spec
 
 # Scheme -> allowed options. Names follow upstream torchchat's quantize.py;
 # linear:a8w8dq is ExecuTorch's 8da8w, which upstream never exposed.
-SCHEMES: Dict[str, set] = {
+SCHEMES: dict[str, set] = {
     "embedding": {"bitwidth", "groupsize"},
     "linear:int4": {"groupsize"},
     "linear:int8": {"groupsize"},
@@ -35,7 +35,7 @@ SCHEMES: Dict[str, set] = {
 # Upstream's presets use groupsize 256; 256 does not divide the 576-wide
 # projections of the built-in SmolLM2, which ExecuTorch would then leave
 # unquantized. 32 divides every Llama-family width and is GGUF's block size.
-PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mobile": {
         "embedding": {"bitwidth": 4, "groupsize": 32},
         "linear:a8w4dq": {"groupsize": 32},
@@ -61,7 +61,7 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
 _LINEAR = ("linear:int4", "linear:int8", "linear:a8w4dq", "linear:a8w8dq")
 
 
-def parse(value: Optional[str | Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+def parse(value: str | dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """A validated spec from JSON text, a .json file, a preset name or a dict."""
     spec = read_spec(value, SCHEMES, PRESETS)
     if not spec:
@@ -84,7 +84,7 @@ def parse(value: Optional[str | Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     return spec
 
 
-def dtype_of(spec: Dict[str, Dict[str, Any]], default: str) -> str:
+def dtype_of(spec: dict[str, dict[str, Any]], default: str) -> str:
     """The compute dtype name (fp32/bf16/fp16); precision overrides --dtype."""
     if "precision" in spec:
         return DTYPE_NAMES[spec["precision"].get("dtype", "fp32")]
@@ -95,9 +95,9 @@ def dtype_of(spec: Dict[str, Dict[str, Any]], default: str) -> str:
 class EtQuant:
     """Arguments for ExecuTorch's export_llama_lib._get_source_transforms."""
 
-    embedding_quantize: Optional[str] = None  # "bits,groupsize"
-    quantization_mode: Optional[str] = None  # "8da4w", "8da8w"
-    group_size: Optional[int] = None
+    embedding_quantize: str | None = None  # "bits,groupsize"
+    quantization_mode: str | None = None  # "8da4w", "8da8w"
+    group_size: int | None = None
     # linear:int4: torchchat::q4_linear / q8_linear (//kernels:et_q4_ops),
     # GGUF's blocks kept exactly, instead of an ExecuTorch transform.
     q4_kernels: bool = False
@@ -117,7 +117,7 @@ class EtQuant:
         return ", ".join(parts) or "none"
 
 
-def for_executorch(spec: Dict[str, Dict[str, Any]]) -> EtQuant:
+def for_executorch(spec: dict[str, dict[str, Any]]) -> EtQuant:
     q = EtQuant()
     if "gguf" in spec:
         q.gguf_kernels = True
@@ -156,7 +156,7 @@ def for_executorch(spec: Dict[str, Dict[str, Any]]) -> EtQuant:
     return q
 
 
-def for_aoti(spec: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+def for_aoti(spec: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The subset torchchat.quantize runs (it compiles into the .pt2 as aten ops)."""
     for key in ("linear:a8w4dq", "linear:a8w8dq"):
         if key in spec:

@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
 from torchchat.atomic import atomic_output
 
@@ -28,10 +27,10 @@ class TokenizerFilesError(Exception):
 class TokenizerFiles:
     file_name: str  # the runner's tokenizer file, relative to the artifact
     kind: str  # "hf_json", "sentencepiece" or "tiktoken"
-    written: List[Path]
+    written: list[Path]
 
 
-def planned_names(tokenizer_path: Path) -> List[str]:
+def planned_names(tokenizer_path: Path) -> list[str]:
     """File names an export will write, so they can be checked up front."""
     p = Path(tokenizer_path)
     main = p.name if p.name in ("tokenizer.json", "tokenizer.model") else "tokenizer.json"
@@ -60,13 +59,13 @@ def model_file_kind(path: Path) -> str:
 def write(
     out_dir: Path,
     tokenizer_path: Path,
-    chat_template: Optional[str],
+    chat_template: str | None,
     bos_token: str,
     eos_token: str,
 ) -> TokenizerFiles:
     out_dir = Path(out_dir)
     src = Path(tokenizer_path)
-    written: List[Path] = []
+    written: list[Path] = []
     base_config: dict = {}
     if src.suffix == ".gguf":
         base_config = _tokenizer_json_from_gguf(src, out_dir / "tokenizer.json")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import os
 from pathlib import Path
-from typing import Optional
 
 LIB_NAME = "libtorchchat_et_ops.so"
 # What a .pte records (a metadata method) when it needs this library; the
@@ -27,7 +26,7 @@ OPS = (
     "torchchat::ggml_embedding.out",
 )
 
-_lib: Optional[ctypes.CDLL] = None
+_lib: ctypes.CDLL | None = None
 
 
 class EtOpsError(RuntimeError):

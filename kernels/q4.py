@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -104,7 +105,7 @@ def _q4_linear_fake(
     x: torch.Tensor,
     qs: torch.Tensor,
     scales: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     n: int,
     k: int,
 ) -> torch.Tensor:
@@ -138,7 +139,7 @@ def _q8_linear_fake(
     x: torch.Tensor,
     qs: torch.Tensor,
     scales: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     n: int,
     k: int,
 ) -> torch.Tensor:
@@ -162,8 +163,8 @@ def _qtype_name(qtype: str | int) -> str:
 
 
 def pack_gguf_blocks(
-    qtype: str | int, blocks: np.ndarray, shape: Tuple[int, int]
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    qtype: str | int, blocks: np.ndarray, shape: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(qs, scales) from the raw bytes of a GGUF Q4_0/Q4_1 tensor of logical shape (N, K)."""
     name = _qtype_name(qtype)
     n, k = (int(s) for s in shape)
@@ -191,7 +192,7 @@ def pack_gguf_blocks(
     return torch.from_numpy(qs.copy()), torch.from_numpy(np.ascontiguousarray(scales))
 
 
-def pack_reader_tensor(t: gguf.ReaderTensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def pack_reader_tensor(t: gguf.ReaderTensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(qs, scales) from a gguf.ReaderTensor of type Q4_0 or Q4_1."""
     shape = tuple(int(x) for x in reversed(t.shape.tolist()))
     if len(shape) != 2:
@@ -201,7 +202,7 @@ def pack_reader_tensor(t: gguf.ReaderTensor) -> Tuple[torch.Tensor, torch.Tensor
 
 def pack_dqm(
     d: torch.Tensor, m: torch.Tensor, q: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(qs, scales) from per-block scales d [N, nb], mins m [N, nb] and codes q [N, K] in 0..15.
 
     d and m must be exactly representable in fp16 (as GGUF's are): the kernel
@@ -226,7 +227,7 @@ def pack_dqm(
     return qs, torch.cat([dh, mh], dim=1).contiguous()
 
 
-def quantize_q4_1(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def quantize_q4_1(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(qs, scales) of float weights [N, K] as GGUF Q4_1 blocks of 32: per block
     d = (max - min) / 15 and m = min, both rounded to fp16 first, so the codes
     are fitted to the values the kernel will use (llama.cpp rounds its codes
@@ -276,7 +277,7 @@ class Q4Linear(nn.Module):
         scales: torch.Tensor,
         in_features: int,
         out_features: int,
-        bias: Optional[torch.Tensor] = None,
+        bias: torch.Tensor | None = None,
     ):
         super().__init__()
         nb = num_blocks(in_features)
@@ -299,28 +300,26 @@ class Q4Linear(nn.Module):
         cls,
         qtype: str | int,
         blocks: np.ndarray,
-        shape: Tuple[int, int],
-        bias: Optional[torch.Tensor] = None,
-    ) -> "Q4Linear":
+        shape: tuple[int, int],
+        bias: torch.Tensor | None = None,
+    ) -> Q4Linear:
         qs, scales = pack_gguf_blocks(qtype, blocks, shape)
         return cls(qs, scales, int(shape[1]), int(shape[0]), bias)
 
     @classmethod
-    def from_reader_tensor(
-        cls, t: gguf.ReaderTensor, bias: Optional[torch.Tensor] = None
-    ) -> "Q4Linear":
+    def from_reader_tensor(cls, t: gguf.ReaderTensor, bias: torch.Tensor | None = None) -> Q4Linear:
         qs, scales = pack_reader_tensor(t)
         return cls(qs, scales, int(t.shape[0]), int(t.shape[1]), bias)
 
     @classmethod
     def from_dqm(
-        cls, d: torch.Tensor, m: torch.Tensor, q: torch.Tensor, bias: Optional[torch.Tensor] = None
-    ) -> "Q4Linear":
+        cls, d: torch.Tensor, m: torch.Tensor, q: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> Q4Linear:
         qs, scales = pack_dqm(d, m, q)
         return cls(qs, scales, int(q.shape[1]), int(q.shape[0]), bias)
 
     @classmethod
-    def from_float(cls, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> "Q4Linear":
+    def from_float(cls, w: torch.Tensor, bias: torch.Tensor | None = None) -> Q4Linear:
         """Float weights [N, K] quantized as GGUF Q4_1 (see quantize_q4_1)."""
         qs, scales = quantize_q4_1(w)
         return cls(qs, scales, int(w.shape[1]), int(w.shape[0]), bias)
@@ -345,7 +344,7 @@ def _default_weight_name(module_path: str) -> str:
 
 def quantize_model_q4(
     model: nn.Module,
-    gguf_quantized: Dict[str, object],
+    gguf_quantized: dict[str, object],
     weight_name: Callable[[str], str] = _default_weight_name,
 ) -> int:
     """Replaces, in place, each nn.Linear whose weight is a GGUF Q4_0/Q4_1 tensor.
@@ -377,8 +376,8 @@ def quantize_model_q4(
 
 
 def pack_q8_0_blocks(
-    blocks: np.ndarray, shape: Tuple[int, int]
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    blocks: np.ndarray, shape: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(qs int8 [N, K], scales float16 [N, K/32]) from a GGUF Q8_0 tensor's raw bytes."""
     n, k = (int(s) for s in shape)
     if n <= 0 or k <= 0 or k % BLOCK:
@@ -397,7 +396,7 @@ def pack_q8_0_blocks(
 class Q8Linear(nn.Module):
     """Drop-in for nn.Linear with exact GGUF Q8_0 weights (w = d*q), e.g. the output layer."""
 
-    def __init__(self, qs: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor] = None):
+    def __init__(self, qs: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
         n, k = qs.shape
         if (
@@ -417,14 +416,12 @@ class Q8Linear(nn.Module):
 
     @classmethod
     def from_gguf_blocks(
-        cls, blocks: np.ndarray, shape: Tuple[int, int], bias: Optional[torch.Tensor] = None
-    ) -> "Q8Linear":
+        cls, blocks: np.ndarray, shape: tuple[int, int], bias: torch.Tensor | None = None
+    ) -> Q8Linear:
         return cls(*pack_q8_0_blocks(blocks, shape), bias)
 
     @classmethod
-    def from_reader_tensor(
-        cls, t: gguf.ReaderTensor, bias: Optional[torch.Tensor] = None
-    ) -> "Q8Linear":
+    def from_reader_tensor(cls, t: gguf.ReaderTensor, bias: torch.Tensor | None = None) -> Q8Linear:
         import gguf
 
         if t.tensor_type != gguf.GGMLQuantizationType.Q8_0:

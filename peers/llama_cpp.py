@@ -28,9 +28,9 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 if not __package__:  # run as a script, not under Bazel: find peers/ beside it
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -82,7 +82,7 @@ def cpu_flags() -> set:
     return set()
 
 
-def isa_flags(flags: Optional[set] = None) -> List[str]:
+def isa_flags(flags: set | None = None) -> list[str]:
     """-DGGML_* for the instruction sets this CPU has (all off elsewhere)."""
     have = cpu_flags() if flags is None else flags
     return [
@@ -90,7 +90,7 @@ def isa_flags(flags: Optional[set] = None) -> List[str]:
     ]
 
 
-def cmake_flags() -> List[str]:
+def cmake_flags() -> list[str]:
     """The CMake flags for this CPU (also llama-cpp-python's CMAKE_ARGS)."""
     return COMMON_FLAGS + isa_flags()
 
@@ -109,7 +109,7 @@ TOOLS = {
 }
 
 
-def _flags(tool: str) -> List[str]:
+def _flags(tool: str) -> list[str]:
     extra = TOOLS[tool]
     names = {f.split("=")[0] for f in extra}
     return [f for f in cmake_flags() if f.split("=")[0] not in names] + extra
@@ -223,9 +223,9 @@ def python_package(log=_log) -> Path:  # noqa: ANN001
 
 @dataclass
 class Run:
-    perplexity: Optional[float]
-    hellaswag: Optional[float]  # its acc_norm, a fraction
-    tokens: Optional[int]  # the text's, as llama.cpp tokenized it
+    perplexity: float | None
+    hellaswag: float | None  # its acc_norm, a fraction
+    tokens: int | None  # the text's, as llama.cpp tokenized it
     seconds: float  # the whole command, load included
     log: str
 
@@ -255,7 +255,7 @@ def run(binary: Path, gguf: Path, args: Sequence[str], threads: int = 2) -> Run:
     )
 
 
-def hellaswag_file(docs: List[Dict], path: Path) -> None:
+def hellaswag_file(docs: list[dict], path: Path) -> None:
     """Docs in llama.cpp's HellaSwag format: per task six lines (the
     context, the gold ending's index, four endings). It scores
     context + " " + ending, as lm-eval's target delimiter does."""

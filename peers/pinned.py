@@ -15,9 +15,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List
 
 
 class DataError(Exception):
@@ -52,7 +52,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def pip_command() -> List[str]:
+def pip_command() -> list[str]:
     """A python with pip: this one, else the host's (a Bazel venv has none)."""
     for py in (sys.executable, shutil.which("python3.11"), shutil.which("python3")):
         if (

@@ -15,8 +15,9 @@ import os
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,7 +40,7 @@ class Config:
     vocab_size: int
     max_tokens_cap: int
     default_max_tokens: int = 200
-    api_key: Optional[str] = None
+    api_key: str | None = None
     max_body_bytes: int = 1 << 20
     # Request defaults for fields a request leaves out (the CLI's flags).
     temperature: float = 1.0
@@ -47,9 +48,9 @@ class Config:
     top_k: int = 0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
-    seed: Optional[int] = None
-    system_prompt: Optional[str] = None
-    info: Dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    system_prompt: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
     quiet: bool = True
 
@@ -66,8 +67,8 @@ class APIError(Exception):
         status: int,
         message: str,
         type_: str = "invalid_request_error",
-        param: Optional[str] = None,
-        code: Optional[str] = None,
+        param: str | None = None,
+        code: str | None = None,
     ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = (
@@ -78,7 +79,7 @@ class APIError(Exception):
             code,
         )
 
-    def body(self) -> Dict[str, Any]:
+    def body(self) -> dict[str, Any]:
         return {
             "error": {
                 "message": self.message,
@@ -88,11 +89,11 @@ class APIError(Exception):
             }
         }
 
-    def response(self, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
-def _error_json(status: int, message: str, type_: str, code: Optional[str]) -> bytes:
+def _error_json(status: int, message: str, type_: str, code: str | None) -> bytes:
     return json.dumps(APIError(status, message, type_, None, code).body()).encode()
 
 
@@ -165,7 +166,7 @@ _PAGE_CSP = (
 )
 
 
-def _static_files() -> Dict[str, Tuple[bytes, str]]:
+def _static_files() -> dict[str, tuple[bytes, str]]:
     """The chat page's files (server/static), read once: name -> (body, type)."""
     out = {}
     for name in sorted(os.listdir(STATIC_DIR)):
@@ -181,7 +182,7 @@ def _static_files() -> Dict[str, Tuple[bytes, str]]:
 _UNION_TAGS = {"system", "developer", "user", "assistant", "tool", "str", "int"}
 
 
-def _loc(loc: Sequence[Union[str, int]]) -> str:
+def _loc(loc: Sequence[str | int]) -> str:
     """pydantic's error location as OpenAI's `param` ("messages[0].role")."""
     out = ""
     for part in loc:
@@ -196,7 +197,7 @@ def _loc(loc: Sequence[Union[str, int]]) -> str:
     return out
 
 
-def _validation_message(exc: RequestValidationError) -> Tuple[str, Optional[str]]:
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "invalid request", None
@@ -290,7 +291,7 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
         return static_response(name)
 
     @app.get("/health")
-    async def health() -> Dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return {
             "status": "ok",
             "model": config.model_id,
@@ -300,11 +301,11 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
         }
 
     @app.get("/v1/models")
-    async def models() -> Dict[str, Any]:
+    async def models() -> dict[str, Any]:
         return schema.ModelList(data=[card()]).model_dump()
 
     @app.get("/v1/models/{model_id:path}")
-    async def model(model_id: str) -> Dict[str, Any]:
+    async def model(model_id: str) -> dict[str, Any]:
         check_model(model_id)
         return card().model_dump()
 
@@ -314,7 +315,7 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
         if refused:
             raise APIError(400, refused[1], param=refused[0], code="unsupported_parameter")
 
-    def params(req: schema._Sampling, max_tokens: Optional[int], choice: int) -> Params:
+    def params(req: schema._Sampling, max_tokens: int | None, choice: int) -> Params:
         if max_tokens is not None and max_tokens > config.max_tokens_cap:
             raise APIError(
                 400,
@@ -374,7 +375,7 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
         except QueueFull as e:
             raise APIError(429, str(e), "rate_limit_error", code="queue_full") from None
 
-    def make_usage(prompt_tokens: int, done: List[Done]) -> schema.Usage:
+    def make_usage(prompt_tokens: int, done: list[Done]) -> schema.Usage:
         completion = sum(d.completion_tokens for d in done)
         return schema.Usage(
             prompt_tokens=prompt_tokens,
@@ -392,7 +393,7 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
     def token_text(i: int) -> str:
         return tok.token_text(i)
 
-    def chat_logprobs(items: List[TokenLogprob]) -> schema.ChatLogprobs:
+    def chat_logprobs(items: list[TokenLogprob]) -> schema.ChatLogprobs:
         def top(i: int, lp: float) -> schema.TopLogprob:
             t = token_text(i)
             return schema.TopLogprob(token=t, logprob=lp, bytes=list(t.encode("utf-8")))
@@ -410,8 +411,8 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
         )
 
     async def events(
-        jobs: List[Tuple[List[int], Params]],
-    ) -> AsyncIterator[Tuple[int, Union[Delta, Done, Failed]]]:
+        jobs: list[tuple[list[int], Params]],
+    ) -> AsyncIterator[tuple[int, Delta | Done | Failed]]:
         """Every job's events as they come, (job index, event); cancels the
         jobs if the consumer stops early."""
         sink: asyncio.Queue = asyncio.Queue()
@@ -431,13 +432,13 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
         return APIError(500, ev.message, "server_error", code="generation_failed")
 
     async def collect(
-        jobs: List[Tuple[List[int], Params]], prefixes: List[str]
-    ) -> Tuple[List[str], List[List[TokenLogprob]], List[Optional[Done]]]:
+        jobs: list[tuple[list[int], Params]], prefixes: list[str]
+    ) -> tuple[list[str], list[list[TokenLogprob]], list[Done | None]]:
         """A non-streamed answer: each job's text after its prefix, its
         logprobs and how it ended."""
         texts = list(prefixes)
-        lps: List[List[TokenLogprob]] = [[] for _ in jobs]
-        done: List[Optional[Done]] = [None] * len(jobs)
+        lps: list[list[TokenLogprob]] = [[] for _ in jobs]
+        done: list[Done | None] = [None] * len(jobs)
         async for i, ev in events(jobs):
             if isinstance(ev, Failed):
                 raise failed(ev)
@@ -502,8 +503,8 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
         for i, text in enumerate(texts):
             d = done[i]
             assert d is not None
-            content: Optional[str] = text
-            calls: List[tools.ToolCall] = []
+            content: str | None = text
+            calls: list[tools.ToolCall] = []
             if use_tools:
                 content, calls = tools.parse(text, names)
             finish = "tool_calls" if calls else d.finish_reason
@@ -535,7 +536,7 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
         )
         return body.model_dump(exclude_none=False)
 
-    def chunk(rid: str, created: int, choices: List[Dict[str, Any]], **extra: Any) -> str:
+    def chunk(rid: str, created: int, choices: list[dict[str, Any]], **extra: Any) -> str:
         out = {
             "id": rid,
             "object": "chat.completion.chunk",
@@ -550,14 +551,14 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
     async def _chat_stream(
         rid: str,
         created: int,
-        ids: List[int],
-        jobs: List[Tuple[List[int], Params]],
-        names: List[str],
+        ids: list[int],
+        jobs: list[tuple[list[int], Params]],
+        names: list[str],
         include_usage: bool,
     ) -> AsyncIterator[str]:
         extra = {"usage": None} if include_usage else {}
         streams = [tools.ToolStream(names) if names else None for _ in jobs]
-        done: List[Done] = []
+        done: list[Done] = []
         for i in range(len(jobs)):
             first = {"index": i, "delta": {"role": "assistant", "content": ""}}
             yield chunk(rid, created, [dict(first, finish_reason=None, logprobs=None)], **extra)
@@ -606,8 +607,8 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
     @app.post("/v1/completions")
     async def completions(req: schema.CompletionRequest) -> Any:
         check_request(req)
-        prompts: List[List[int]] = []
-        texts: List[str] = []
+        prompts: list[list[int]] = []
+        texts: list[str] = []
         for k, p in enumerate(req.prompts()):
             param = "prompt" if isinstance(req.prompt, str) else f"prompt[{k}]"
             if isinstance(p, str):
@@ -668,7 +669,7 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
         )
         return body.model_dump(exclude_none=False)
 
-    def completion_logprobs(items: List[TokenLogprob], offset: int) -> schema.CompletionLogprobs:
+    def completion_logprobs(items: list[TokenLogprob], offset: int) -> schema.CompletionLogprobs:
         lp = schema.CompletionLogprobs()
         for x in items:
             t = token_text(x.id)
@@ -683,11 +684,11 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
         rid: str,
         created: int,
         prompt_tokens: int,
-        jobs: List[Tuple[List[int], Params]],
-        echo: List[str],
+        jobs: list[tuple[list[int], Params]],
+        echo: list[str],
         include_usage: bool,
     ) -> AsyncIterator[str]:
-        def piece(choices: List[Dict[str, Any]], **extra: Any) -> str:
+        def piece(choices: list[dict[str, Any]], **extra: Any) -> str:
             out = {
                 "id": rid,
                 "object": "text_completion",
@@ -704,7 +705,7 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
         for i, e in enumerate(echo):
             if e:
                 yield piece([{"index": i, "text": e, "finish_reason": None, "logprobs": None}])
-        done: List[Done] = []
+        done: list[Done] = []
         async for i, ev in events(jobs):
             if isinstance(ev, Failed):
                 yield json.dumps(failed(ev).body())

@@ -27,10 +27,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
 
 # Not resolve(): the runfiles tree is made of symlinks into the source tree.
 RUNFILES = Path(os.path.abspath(__file__)).parent.parent
@@ -51,7 +51,7 @@ PROMPTS = [
 class Request:
     ttft_s: float
     tokens: int
-    gaps_s: List[float]  # between consecutive streamed chunks
+    gaps_s: list[float]  # between consecutive streamed chunks
 
 
 def percentile(xs: Sequence[float], q: float) -> float:
@@ -64,7 +64,7 @@ def percentile(xs: Sequence[float], q: float) -> float:
 class Level:
     clients: int
     wall_s: float
-    requests: List[Request]
+    requests: list[Request]
 
     @property
     def tok_s(self) -> float:
@@ -88,10 +88,10 @@ def free_port() -> int:
 class Server:
     """A server process, alive between start() and stop()."""
 
-    def __init__(self, name: str, cmd: List[str], port: int, env: Dict[str, str]):
+    def __init__(self, name: str, cmd: list[str], port: int, env: dict[str, str]):
         self.name, self.cmd, self.port, self.env = name, cmd, port, env
         self.log = tempfile.NamedTemporaryFile("w+", prefix="bench-server-", suffix=".log")
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
         self.model = ""
 
     def start(self, timeout_s: float = 600) -> None:
@@ -144,7 +144,7 @@ def stream_completion(port: int, model: str, prompt: str, max_tokens: int) -> Re
         headers={"Content-Type": "application/json"},
     )
     t0 = time.perf_counter()
-    times: List[float] = []
+    times: list[float] = []
     tokens = None
     with urllib.request.urlopen(req, timeout=600) as r:
         for raw in r:
@@ -163,7 +163,7 @@ def stream_completion(port: int, model: str, prompt: str, max_tokens: int) -> Re
 
 
 def run_level(server: Server, clients: int, rounds: int, max_tokens: int) -> Level:
-    def client(i: int) -> List[Request]:
+    def client(i: int) -> list[Request]:
         prompts = [PROMPTS[(i + r * clients) % len(PROMPTS)] for r in range(rounds)]
         return [stream_completion(server.port, server.model, p, max_tokens) for p in prompts]
 
@@ -197,7 +197,7 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
-def servers(args: argparse.Namespace, gguf: Path, slots: int) -> List[Callable[[], Server]]:
+def servers(args: argparse.Namespace, gguf: Path, slots: int) -> list[Callable[[], Server]]:
     """Makers, so that each server (and llama-server's build) is set up only
     when its turn comes."""
     threads = str(args.threads)
@@ -231,7 +231,7 @@ def servers(args: argparse.Namespace, gguf: Path, slots: int) -> List[Callable[[
     return [makers[name] for name in args.servers.split(",")]
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gguf-path", help="the model (default: the built-in GGUF)")
     p.add_argument("--clients", default="1,4,8,16", help="concurrency levels")
@@ -248,12 +248,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     levels = [int(x) for x in args.clients.split(",")]
     gguf = Path(args.gguf_path).resolve() if args.gguf_path else builtin_gguf()
     slots = max(levels)
-    results: Dict[str, List[Level]] = {}
+    results: dict[str, list[Level]] = {}
     names = []
     for make in servers(args, gguf, slots):
         server = make()
@@ -296,9 +296,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def report(
     args: argparse.Namespace,
     gguf: Path,
-    names: List[str],
-    levels: List[int],
-    results: Dict[str, List[Level]],
+    names: list[str],
+    levels: list[int],
+    results: dict[str, list[Level]],
 ) -> None:
     peer = names[0]
     print(f"CPU: {cpu_model()}, {args.threads} threads; model {gguf.name}")

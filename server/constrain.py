@@ -17,16 +17,17 @@ sampling), and greedy picks the best allowed token.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
-from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterator, Sequence
+from functools import cache
+from typing import Any
 
 import torch
 
 # Grammar nodes are tuples, so that parser states are hashable and each
 # (state, character) step can be cached.
-Node = Tuple[Any, ...]
-Stack = Tuple[Node, ...]  # what is left to match; the top is last
-State = FrozenSet[Stack]  # every way the text so far can continue
+Node = tuple[Any, ...]
+Stack = tuple[Node, ...]  # what is left to match; the top is last
+State = frozenset[Stack]  # every way the text so far can continue
 
 EMPTY: Node = ("seq", ())
 STRING: Node = ("string", None)  # the maximum length, if any
@@ -106,12 +107,12 @@ def from_schema(schema: Any) -> Node:
     return ANY
 
 
-def _object(props: Dict[str, Any], required: set) -> Node:
+def _object(props: dict[str, Any], required: set) -> Node:
     names = list(props)
 
     # members(i, first): properties i.. in order; `first` when nothing has
     # been written yet (no comma). Optional properties may be left out.
-    @lru_cache(maxsize=None)
+    @cache
     def members(i: int, first: bool) -> Node:
         if i == len(names):
             return EMPTY
@@ -125,7 +126,7 @@ def _object(props: Dict[str, Any], required: set) -> Node:
     return seq(lit("{"), members(0, True), lit("}"))
 
 
-def tool_call(tools: Sequence[Dict[str, Any]], llama_json: bool = False) -> Node:
+def tool_call(tools: Sequence[dict[str, Any]], llama_json: bool = False) -> Node:
     """One call of one of `tools` (OpenAI tool objects), in the format our
     parser reads: Hermes/Qwen `<tool_call>{"name", "arguments"}</tool_call>`,
     or Llama 3.1's bare `{"name", "parameters"}`."""
@@ -201,7 +202,7 @@ def _expand(stack: Stack) -> Iterator[Stack]:
             raise ValueError(f"unknown grammar node {top!r}")
 
 
-def _read(stack: Stack, ch: str) -> Optional[Stack]:
+def _read(stack: Stack, ch: str) -> Stack | None:
     """`stack` (top reads a character) after reading `ch`, or None."""
     top, rest = stack[-1], stack[:-1]
     kind = top[0]
@@ -262,8 +263,8 @@ class Vocab:
         # loses a SentencePiece word's leading space).
         first = tokenizer.encode("a")[-1:]
         anchor = tokenizer.decode(first)
-        self.texts: List[Optional[str]] = []
-        self.root: List[Any] = [[], {}]  # [ids ending here, children by character]
+        self.texts: list[str | None] = []
+        self.root: list[Any] = [[], {}]  # [ids ending here, children by character]
         skip = set(tokenizer.eos_ids)
         if tokenizer.bos_id is not None:
             skip.add(tokenizer.bos_id)
@@ -290,7 +291,7 @@ class Constraint:
         self.state = start(grammar)
         self.vocab = vocab
         self.eos = list(eos_ids)
-        self._steps: Dict[Tuple[State, str], State] = {}
+        self._steps: dict[tuple[State, str], State] = {}
 
     def _step(self, state: State, ch: str) -> State:
         key = (state, ch)
@@ -316,7 +317,7 @@ class Constraint:
                 return False
         return True
 
-    def allowed(self) -> List[int]:
+    def allowed(self) -> list[int]:
         out = list(self.eos) if self.complete else []
         work = [(self.vocab.root, self.state)]
         while work:

@@ -30,9 +30,9 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -63,10 +63,10 @@ class QueueFull(Exception):
 
 @dataclass
 class _Pending:
-    ids: List[int]
+    ids: list[int]
     start: int
-    logits: Optional[torch.Tensor] = None
-    error: Optional[BaseException] = None
+    logits: torch.Tensor | None = None
+    error: BaseException | None = None
     # Its own event, so that a finished step wakes each waiting job once and
     # a job handing in its step wakes only the batcher (one shared condition
     # woke every slot's thread on every hand-in: a GIL storm at 8+ slots).
@@ -79,10 +79,10 @@ class Batcher:
     def __init__(self, model: object):
         self.model = model
         self.steps = 0  # forwards run so far
-        self.step_sizes: Deque[int] = collections.deque(maxlen=1024)  # slots per step
+        self.step_sizes: collections.deque[int] = collections.deque(maxlen=1024)  # slots per step
         self._cv = threading.Condition()
         self._active: set = set()
-        self._pending: Dict[int, _Pending] = {}
+        self._pending: dict[int, _Pending] = {}
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._thread.start()
 
@@ -145,7 +145,7 @@ class SlotView:
         self.index = index
         self.max_seq_length = max_seq_length
         self.chunk = chunk
-        self.cancel: Optional[threading.Event] = None
+        self.cancel: threading.Event | None = None
 
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         ids = tokens.reshape(-1).tolist()
@@ -174,13 +174,13 @@ class Params:
     repetition_penalty: float = 1.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
-    seed: Optional[int] = None
+    seed: int | None = None
     stop: Sequence[str] = ()
     logprobs: bool = False
     top_logprobs: int = 0
     ignore_eos: bool = False
     # Output held to this grammar (a forced tool call; see constrain.py).
-    grammar: Optional[constrain.Node] = None
+    grammar: constrain.Node | None = None
 
     def sampler(self) -> Sampler:
         """Raises ValueError (naming the value) for settings the sampler refuses."""
@@ -193,13 +193,13 @@ class Params:
 class TokenLogprob:
     id: int
     logprob: float
-    top: List[Tuple[int, float]]
+    top: list[tuple[int, float]]
 
 
 @dataclass
 class Delta:
     text: str
-    logprobs: List[TokenLogprob] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -230,14 +230,14 @@ class _Pick:
         sampler: Sampler,
         p: Params,
         stop_ids: Sequence[int],
-        vocab: Optional[Callable[[int], constrain.Vocab]] = None,
+        vocab: Callable[[int], constrain.Vocab] | None = None,
     ):
         self.sampler, self.p = sampler, p
         self.vocab = vocab
-        self.constraint: Optional[constrain.Constraint] = None
+        self.constraint: constrain.Constraint | None = None
         self.stop_ids = set(stop_ids)
-        self.counts: Dict[int, int] = {}
-        self.recorded: List[TokenLogprob] = []
+        self.counts: dict[int, int] = {}
+        self.recorded: list[TokenLogprob] = []
 
     def __call__(self, logits: torch.Tensor, history: Sequence[int]) -> int:
         logits = logits.reshape(-1).float()
@@ -258,14 +258,14 @@ class _Pick:
         self.counts[tok] = self.counts.get(tok, 0) + 1
         if self.p.logprobs and tok not in self.stop_ids:
             lp = torch.log_softmax(logits, dim=-1)
-            top: List[Tuple[int, float]] = []
+            top: list[tuple[int, float]] = []
             if self.p.top_logprobs:
                 v, i = torch.topk(lp, min(self.p.top_logprobs, lp.numel()))
                 top = list(zip(i.tolist(), v.tolist()))
             self.recorded.append(TokenLogprob(tok, float(lp[tok]), top))
         return tok
 
-    def take(self) -> List[TokenLogprob]:
+    def take(self) -> list[TokenLogprob]:
         out, self.recorded = self.recorded, []
         return out
 
@@ -275,10 +275,10 @@ class Engine:
 
     def __init__(
         self,
-        slots: List[Slot],
+        slots: list[Slot],
         tokenizer: Tokenizer,
         max_queue: int = 64,
-        batcher: Optional[Batcher] = None,
+        batcher: Batcher | None = None,
     ):
         if not slots:
             raise ValueError("an engine needs at least one slot")
@@ -289,12 +289,12 @@ class Engine:
         self.max_seq_length = slots[0].max_seq_length
         self._admitted = 0  # jobs queued or running
         self._lock = threading.Lock()
-        self._free: List[int] = list(range(len(slots)))
-        self._waiters: Deque[asyncio.Future] = collections.deque()
+        self._free: list[int] = list(range(len(slots)))
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self._pool = ThreadPoolExecutor(len(slots), thread_name_prefix="slot")
         # (batcher step when the job was cancelled, step when its slot was free)
-        self.cancellations: List[Tuple[int, int]] = []
-        self._vocab: Optional[constrain.Vocab] = None
+        self.cancellations: list[tuple[int, int]] = []
+        self._vocab: constrain.Vocab | None = None
         # Its own lock: building a vocabulary takes a moment, and admission
         # must not wait for it.
         self._vocab_lock = threading.Lock()
@@ -389,8 +389,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
         events: asyncio.Queue = asyncio.Queue()
-        slot: Optional[int] = None
-        fut: Optional[asyncio.Future] = None
+        slot: int | None = None
+        fut: asyncio.Future | None = None
         try:
             slot = await self._acquire(prompt)
 
@@ -428,7 +428,7 @@ class Engine:
         params: Params,
         cancel: threading.Event,
         emit: Callable[[Event], None],
-    ) -> Tuple[str, int]:
+    ) -> tuple[str, int]:
         """(done | cancelled | failed, the batcher step at which the slot left)."""
         status = self._generate(i, prompt, params, cancel, emit)
         return status, self.steps

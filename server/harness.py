@@ -6,7 +6,6 @@ import argparse
 import socket
 import threading
 import time
-from typing import List, Tuple
 
 import uvicorn
 
@@ -14,7 +13,7 @@ from server.app import Config, create_app
 from server.engine import Engine
 
 
-def engine_for(argv: List[str]) -> Tuple[Engine, Config]:
+def engine_for(argv: list[str]) -> tuple[Engine, Config]:
     """What `torchchat server ARGV` would serve; over the eager model unless
     ARGV gives --compile (most tests compare with `generate --compile none`,
     and a compile per test would cost half a minute)."""
@@ -33,7 +32,7 @@ class Slowed:
     def __init__(self, model: object, delay_s: float):
         self.model, self.delay_s = model, delay_s
 
-    def forward_slots(self, entries: List[Tuple[int, List[int], int]]) -> object:
+    def forward_slots(self, entries: list[tuple[int, list[int], int]]) -> object:
         time.sleep(self.delay_s)
         return self.model.forward_slots(entries)  # type: ignore[attr-defined]
 

@@ -14,7 +14,6 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 from torchchat import loading
 from torchchat.errors import EXIT_ERROR, EXIT_INTERRUPT, UserError
@@ -61,7 +60,7 @@ def model_id(args: argparse.Namespace) -> str:
     return args.model or registry.DEFAULT_MODEL
 
 
-def build(args: argparse.Namespace) -> Tuple[object, object]:
+def build(args: argparse.Namespace) -> tuple[object, object]:
     """(engine, config) for the flags; raises UserError for bad ones."""
     from server.app import Config
     from server.engine import batched_engine, eager_engine, serial_engine
@@ -149,7 +148,7 @@ def build(args: argparse.Namespace) -> Tuple[object, object]:
     return engine, config
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)

@@ -10,7 +10,7 @@ OpenAI-compatible servers do.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -41,10 +41,10 @@ class TextPart(_Strict):
     text: str
 
 
-Content = Union[str, List[TextPart]]
+Content = str | list[TextPart]
 
 
-def _text(content: Optional[Content]) -> str:
+def _text(content: Content | None) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -66,20 +66,20 @@ class ToolCallIn(_Open):
 class SystemMessage(_Open):
     role: Literal["system", "developer"]
     content: Content
-    name: Optional[str] = None
+    name: str | None = None
 
 
 class UserMessage(_Open):
     role: Literal["user"]
     content: Content
-    name: Optional[str] = None
+    name: str | None = None
 
 
 class AssistantMessage(_Open):
     role: Literal["assistant"]
-    content: Optional[Content] = None
-    name: Optional[str] = None
-    tool_calls: Optional[List[ToolCallIn]] = None
+    content: Content | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
 
 
 class ToolMessage(_Open):
@@ -90,19 +90,19 @@ class ToolMessage(_Open):
 
 # Tagged by role, so an unknown role is one clear error.
 Message = Annotated[
-    Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage], Field(discriminator="role")
+    SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")
 ]
 
 
 class FunctionDef(_Strict):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
-    description: Optional[str] = None
-    parameters: Optional[Dict[str, Any]] = None
-    strict: Optional[bool] = None
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
 
     @field_validator("parameters")
     @classmethod
-    def _schema_object(cls, v: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    def _schema_object(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None and v.get("type", "object") != "object":
             raise ValueError("function parameters must be a JSON Schema of type 'object'")
         if v is not None and not isinstance(v.get("properties", {}), dict):
@@ -140,7 +140,7 @@ UNSUPPORTED = {
 }
 
 
-def unsupported(extra: Optional[Dict[str, Any]]) -> Optional[Tuple[str, str]]:
+def unsupported(extra: dict[str, Any] | None) -> tuple[str, str] | None:
     """(field, why) for the first field set that this server refuses."""
     for name, value in (extra or {}).items():
         if name in UNSUPPORTED and value not in (None, {}, []):
@@ -153,16 +153,16 @@ def unsupported(extra: Optional[Dict[str, Any]]) -> Optional[Tuple[str, str]]:
 
 class _Sampling(_Open):
     model: str
-    max_tokens: Optional[int] = Field(default=None, ge=1)
-    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
-    top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
-    seed: Optional[int] = None
-    stop: Optional[Union[str, List[str]]] = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
+    stream_options: StreamOptions | None = None
     # llama-server's extensions
     top_k: int = Field(default=0, ge=0)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -173,27 +173,27 @@ class _Sampling(_Open):
 
     @field_validator("stop")
     @classmethod
-    def _stops(cls, v: Optional[Union[str, List[str]]]) -> Optional[Union[str, List[str]]]:
+    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
         if isinstance(v, list) and len(v) > MAX_STOP:
             raise ValueError(f"at most {MAX_STOP} stop sequences")
         return v
 
-    def stops(self) -> List[str]:
+    def stops(self) -> list[str]:
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: List[Message] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(default=None, ge=1)
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
-    top_logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
-    tools: Optional[List[Tool]] = None
-    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 
     @model_validator(mode="after")
-    def _checks(self) -> "ChatCompletionRequest":
+    def _checks(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
         if self.tool_choice in ("none", "auto", None):
@@ -210,7 +210,7 @@ class ChatCompletionRequest(_Sampling):
             )
         return self
 
-    def forced_tools(self) -> List["Tool"]:
+    def forced_tools(self) -> list[Tool]:
         """The tools one of which must be called (tool_choice "required" or
         a named function), else []."""
         if isinstance(self.tool_choice, NamedToolChoice):
@@ -218,13 +218,13 @@ class ChatCompletionRequest(_Sampling):
             return [t for t in self.tools or () if t.function.name == want]
         return list(self.tools or ()) if self.tool_choice == "required" else []
 
-    def template_messages(self) -> List[Dict[str, Any]]:
+    def template_messages(self) -> list[dict[str, Any]]:
         """Messages as chat templates expect them (text content, arguments as objects)."""
         import json
 
-        out: List[Dict[str, Any]] = []
+        out: list[dict[str, Any]] = []
         for m in self.messages:
-            d: Dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
+            d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
             d["content"] = _text(m.content)
             if isinstance(m, AssistantMessage) and m.tool_calls:
                 calls = []
@@ -250,22 +250,22 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[str, List[str], List[int], List[List[int]]]
+    prompt: str | list[str] | list[int] | list[list[int]]
     # OpenAI's completions default is 16 tokens.
-    max_tokens: Optional[int] = Field(default=16, ge=1)
-    logprobs: Optional[int] = Field(default=None, ge=0, le=5)
+    max_tokens: int | None = Field(default=16, ge=1)
+    logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
-    best_of: Optional[int] = Field(default=None, ge=1)
+    best_of: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
-    def _checks(self) -> "CompletionRequest":
+    def _checks(self) -> CompletionRequest:
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of other than n is not supported")
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt is an empty list")
         return self
 
-    def prompts(self) -> List[Union[str, List[int]]]:
+    def prompts(self) -> list[str | list[int]]:
         p = self.prompt
         if isinstance(p, str):
             return [p]
@@ -280,23 +280,23 @@ class CompletionRequest(_Sampling):
 class TopLogprob(_Strict):
     token: str
     logprob: float
-    bytes: Optional[List[int]] = None
+    bytes: list[int] | None = None
 
 
 class ChatTokenLogprob(TopLogprob):
-    top_logprobs: List[TopLogprob]
+    top_logprobs: list[TopLogprob]
 
 
 class ChatLogprobs(_Strict):
-    content: Optional[List[ChatTokenLogprob]] = None
-    refusal: Optional[List[ChatTokenLogprob]] = None
+    content: list[ChatTokenLogprob] | None = None
+    refusal: list[ChatTokenLogprob] | None = None
 
 
 class CompletionLogprobs(_Strict):
-    tokens: List[str] = []
-    token_logprobs: List[float] = []
-    top_logprobs: List[Dict[str, float]] = []
-    text_offset: List[int] = []
+    tokens: list[str] = []
+    token_logprobs: list[float] = []
+    top_logprobs: list[dict[str, float]] = []
+    text_offset: list[int] = []
 
 
 class ToolCallOut(_Strict):
@@ -307,20 +307,20 @@ class ToolCallOut(_Strict):
 
 class ToolCallDelta(_Strict):
     index: int
-    id: Optional[str] = None
-    type: Optional[Literal["function"]] = None
-    function: Optional[Dict[str, str]] = None
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: dict[str, str] | None = None
 
 
 class ChatMessageOut(_Strict):
     role: Literal["assistant"] = "assistant"
-    content: Optional[str] = None
-    refusal: Optional[str] = None
-    tool_calls: Optional[List[ToolCallOut]] = None
-    annotations: List[Dict[str, Any]] = Field(default_factory=list)
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
+    annotations: list[dict[str, Any]] = Field(default_factory=list)
 
     @model_serializer(mode="wrap")
-    def _omit_no_calls(self, handler: Any) -> Dict[str, Any]:
+    def _omit_no_calls(self, handler: Any) -> dict[str, Any]:
         # OpenAI leaves tool_calls out when there are none; its schema has
         # no null there.
         out = handler(self)
@@ -337,14 +337,14 @@ class Usage(_Strict):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    prompt_tokens_details: Optional[PromptTokensDetails] = None
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class ChatChoice(_Strict):
     index: int
     message: ChatMessageOut
     finish_reason: Literal["stop", "length", "tool_calls"]
-    logprobs: Optional[ChatLogprobs] = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(_Strict):
@@ -353,21 +353,21 @@ class ChatCompletion(_Strict):
     created: int
     model: str
     system_fingerprint: str
-    choices: List[ChatChoice]
+    choices: list[ChatChoice]
     usage: Usage
 
 
 class ChatDelta(_Strict):
-    role: Optional[Literal["assistant"]] = None
-    content: Optional[str] = None
-    tool_calls: Optional[List[ToolCallDelta]] = None
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(_Strict):
     index: int
     delta: ChatDelta
-    finish_reason: Optional[Literal["stop", "length", "tool_calls"]] = None
-    logprobs: Optional[ChatLogprobs] = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(_Strict):
@@ -376,15 +376,15 @@ class ChatCompletionChunk(_Strict):
     created: int
     model: str
     system_fingerprint: str
-    choices: List[ChatChunkChoice]
-    usage: Optional[Usage] = None
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
 
 
 class CompletionChoice(_Strict):
     index: int
     text: str
-    finish_reason: Optional[Literal["stop", "length"]] = None
-    logprobs: Optional[CompletionLogprobs] = None
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(_Strict):
@@ -393,8 +393,8 @@ class Completion(_Strict):
     created: int
     model: str
     system_fingerprint: str
-    choices: List[CompletionChoice]
-    usage: Optional[Usage] = None
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
 
 
 class ModelCard(_Strict):
@@ -403,19 +403,19 @@ class ModelCard(_Strict):
     created: int
     owned_by: str = "torchchat"
     # llama-server reports these too; clients size their prompts by them.
-    max_model_len: Optional[int] = None
+    max_model_len: int | None = None
 
 
 class ModelList(_Strict):
     object: Literal["list"] = "list"
-    data: List[ModelCard]
+    data: list[ModelCard]
 
 
 class ErrorBody(_Strict):
     message: str
     type: str
-    param: Optional[str] = None
-    code: Optional[str] = None
+    param: str | None = None
+    code: str | None = None
 
 
 class ErrorResponse(_Strict):

@@ -8,7 +8,7 @@ could still begin one and releases it once it cannot.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class StopMatcher:

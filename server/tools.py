@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
@@ -35,7 +36,7 @@ class ToolCall:
             self.id = "call_" + uuid.uuid4().hex[:24]
 
 
-def _call_from(obj: Any, names: Optional[Iterable[str]]) -> Optional[ToolCall]:
+def _call_from(obj: Any, names: Iterable[str] | None) -> ToolCall | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None
     args = obj.get("arguments", obj.get("parameters", {}))
@@ -51,7 +52,7 @@ def _call_from(obj: Any, names: Optional[Iterable[str]]) -> Optional[ToolCall]:
     return ToolCall(obj["name"], json.dumps(args, ensure_ascii=False))
 
 
-def parse(text: str, names: Optional[Sequence[str]] = None) -> Tuple[str, List[ToolCall]]:
+def parse(text: str, names: Sequence[str] | None = None) -> tuple[str, list[ToolCall]]:
     """(content without the calls, calls). A tagged call names any function;
     bare Llama JSON counts only when it names one of `names` (an ordinary
     JSON answer must stay an answer)."""
@@ -82,7 +83,7 @@ def parse(text: str, names: Optional[Sequence[str]] = None) -> Tuple[str, List[T
     return "", [c for c in calls if c is not None]
 
 
-def _split_json_objects(body: str) -> List[str]:
+def _split_json_objects(body: str) -> list[str]:
     """`{...}; {...}` into its objects (Llama 3.1 separates parallel calls with ';')."""
     dec = json.JSONDecoder()
     out, i = [], 0
@@ -131,7 +132,7 @@ class ToolStream:
         self.sent = max(self.sent, upto)
         return out
 
-    def finish(self) -> Tuple[str, List[ToolCall]]:
+    def finish(self) -> tuple[str, list[ToolCall]]:
         """(content not yet sent, calls)."""
         content, calls = parse(self.text, self.names)
         if not calls:

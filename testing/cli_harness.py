@@ -7,12 +7,11 @@ import tempfile
 import unittest
 import warnings
 from pathlib import Path
-from typing import List, Tuple
 
 from cli import main as cli
 
 
-def run(argv: List[str], stdin: str = "") -> Tuple[int, str, str]:
+def run(argv: list[str], stdin: str = "") -> tuple[int, str, str]:
     """Returns (exit code, stdout, stderr) of `torchchat ARGV` fed `stdin`."""
     out, err = io.StringIO(), io.StringIO()
     old_stdin = sys.stdin
@@ -43,7 +42,7 @@ class CliTestCase(unittest.TestCase):
     def tearDown(self) -> None:
         self.tmp.cleanup()
 
-    def assert_one_line_error(self, argv: List[str], pattern: str) -> None:
+    def assert_one_line_error(self, argv: list[str], pattern: str) -> None:
         rc, _, err = run(argv)
         self.assertEqual(rc, 1, err)
         # ExecuTorch's runtime logs its CPU probing the first time a program

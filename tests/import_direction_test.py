@@ -17,14 +17,14 @@ import ast
 import os
 import tempfile
 import unittest
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
 
 # Lowest first. kernels and tokenizers' bindings (llm_tokenizers) are the
 # ground; torchchat is the library; peers builds what we measure against;
 # export, evals and the server are features on the library; the command line
 # and the benchmarks sit on top.
-FLOORS: Dict[str, int] = {
+FLOORS: dict[str, int] = {
     "tools": 0,
     "kernels": 0,
     "llm_tokenizers": 0,
@@ -39,7 +39,7 @@ FLOORS: Dict[str, int] = {
 TEST_ONLY = ("testing", "tests")
 
 
-def imports(path: Path) -> Iterator[Tuple[int, str]]:
+def imports(path: Path) -> Iterator[tuple[int, str]]:
     """(line, top-level module) of every absolute import in a file."""
     tree = ast.parse(path.read_text(), str(path))
     for node in ast.walk(tree):
@@ -50,7 +50,7 @@ def imports(path: Path) -> Iterator[Tuple[int, str]]:
             yield node.lineno, node.module.split(".")[0]
 
 
-def violations(root: Path) -> List[str]:
+def violations(root: Path) -> list[str]:
     """`file:line: folder (floor) imports other (floor)` for each wrong import."""
     out = []
     for path in sorted(root.rglob("*.py")):

@@ -53,7 +53,7 @@ def build_model():
 def tensor_line(kind, t):
     vals = t.detach().contiguous().reshape(-1).tolist()
     parts = [kind, str(t.dim())] + [str(d) for d in t.shape]
-    parts += ["%.9g" % v for v in vals]
+    parts += [f"{v:.9g}" for v in vals]
     return " ".join(parts)
 
 

@@ -156,7 +156,7 @@ def gguf_llama(path):
     n = len(pieces)
     w = _gguf_writer(path)
     w.add_tokenizer_model("llama")
-    w.add_token_list(pieces + ["<0x%02X>" % b for b in range(256)])
+    w.add_token_list(pieces + [f"<0x{b:02X}>" for b in range(256)])
     w.add_token_scores([sp.get_score(i) for i in range(n)] + [0.0] * 256)
     w.add_token_types(
         [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 1 for i in range(n)] + [6] * 256

@@ -67,7 +67,7 @@ def add_byte_tokens(j):
     vocab = j["model"]["vocab"]
     n = max(vocab.values()) + 1
     for b in range(256):
-        vocab.setdefault("<0x%02X>" % b, n + b)
+        vocab.setdefault(f"<0x{b:02X}>", n + b)
 
 
 class HfComponents(unittest.TestCase):

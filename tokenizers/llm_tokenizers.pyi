@@ -1,6 +1,8 @@
 """Type stubs for the llm_tokenizers extension (tokenizers/bindings.cc)."""
 
-from typing import AbstractSet, Dict, List, Literal, Optional, Sequence, Union
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -14,25 +16,25 @@ class StreamDecoder:
     def flush(self) -> str:
         """Returns held-back bytes of an unfinished character (as U+FFFD)."""
 
-AllowedSpecial = Union[Literal["all", "none"], AbstractSet[str]]
+AllowedSpecial = Literal["all", "none"] | AbstractSet[str]
 
 class Tokenizer:
     def encode(
         self,
-        text: Union[str, bytes],
+        text: str | bytes,
         bos: bool = False,
         eos: bool = False,
         allowed_special: AllowedSpecial = "all",
-    ) -> List[int]:
+    ) -> list[int]:
         """Text (or raw bytes) to ids; special tokens not allowed are plain text."""
     def encode_batch(
         self,
-        texts: Sequence[Union[str, bytes]],
+        texts: Sequence[str | bytes],
         bos: bool = False,
         eos: bool = False,
         allowed_special: AllowedSpecial = "all",
         num_threads: int = 0,
-    ) -> List[List[int]]:
+    ) -> list[list[int]]:
         """Encodes many texts on num_threads threads (0: one per core)."""
     def decode(self, ids: Sequence[int]) -> str:
         """Ids to str; ill-formed UTF-8 becomes U+FFFD."""
@@ -42,7 +44,7 @@ class Tokenizer:
         """A decoder that takes one id at a time."""
     def id_to_piece(self, id: int) -> bytes:
         """Vocabulary entry of an id (raw bytes for byte-level BPE)."""
-    def piece_to_id(self, piece: Union[str, bytes]) -> int:
+    def piece_to_id(self, piece: str | bytes) -> int:
         """Id of a vocabulary entry or special token."""
     @property
     def vocab_size(self) -> int: ...
@@ -53,7 +55,7 @@ class Tokenizer:
     def add_bos(self) -> bool:
         """Whether a prompt without a chat template starts with bos_id."""
     @property
-    def eos_ids(self) -> List[int]:
+    def eos_ids(self) -> list[int]:
         """Ids that end generation (may be empty)."""
     @property
     def chat_template(self) -> str:
@@ -68,8 +70,8 @@ def load_tiktoken(
     path: str,
     *,
     pat_str: str,
-    special_tokens: Optional[Union[Dict[str, int], Sequence[str]]] = None,
-    bos: Optional[str] = None,
+    special_tokens: dict[str, int] | Sequence[str] | None = None,
+    bos: str | None = None,
     eos: Sequence[str] = (),
 ) -> Tokenizer:
     """A tiktoken file with tiktoken.Encoding's pat_str and special_tokens
@@ -105,7 +107,7 @@ class Sampler:
         """temperature <= 0 is greedy; 0 / 1.0 / 0.0 / 1.0 turn the others off."""
     def sample(
         self,
-        logits: Union[npt.NDArray[np.float32], Sequence[float]],
+        logits: npt.NDArray[np.float32] | Sequence[float],
         recent: Sequence[int] = ...,
     ) -> int:
         """Next id from 1-D logits; `recent` ids get the repetition penalty."""

@@ -414,7 +414,7 @@ class GgufLlamaParity(unittest.TestCase):
         w.add_head_count_kv(1)
         w.add_layer_norm_rms_eps(1e-5)
         n = sp.vocab_size()
-        toks = [sp.id_to_piece(i) for i in range(n)] + ["<0x%02X>" % b for b in range(256)]
+        toks = [sp.id_to_piece(i) for i in range(n)] + [f"<0x{b:02X}>" for b in range(256)]
         types = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 1 for i in range(n)]
         w.add_tokenizer_model("llama")
         w.add_token_list(toks)

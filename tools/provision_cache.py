@@ -15,7 +15,7 @@ import hashlib
 import os
 import shutil
 import time
-from typing import Callable
+from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

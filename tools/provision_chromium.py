@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import debian  # noqa: E402
@@ -63,7 +62,7 @@ def codename() -> str:
     return m.group(1)
 
 
-def plan(apt: provision_bazel.PrivateApt) -> List[Tuple[str, str]]:
+def plan(apt: provision_bazel.PrivateApt) -> list[tuple[str, str]]:
     """(package, version) that `apt-get install` would add to this host."""
     out = apt.run("-s", "-q", "install", PACKAGE, capture=True)
     # "Inst NAME [OLD] (NEW SUITE [ARCH])": OLD only when it would upgrade.

@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any
 
 import torch
 
@@ -24,10 +25,10 @@ from torchchat.atomic import atomic_output
 def compile_package(
     model: torch.nn.Module,
     out_path: Path,
-    metadata: Dict[str, str],
-    on_stage: Optional[Callable[[str], None]] = None,
+    metadata: dict[str, str],
+    on_stage: Callable[[str], None] | None = None,
     external_weights: bool = False,
-) -> Dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """Exports `model` with a dynamic token dimension and writes its package.
 
     With `external_weights` the package holds code only: whoever runs it
@@ -68,7 +69,7 @@ def compile_package(
         # private directory beside the target and rename from there.
         work = tempfile.mkdtemp(prefix=".aoti.", dir=parent)
         try:
-            configs: Dict[str, Any] = {"aot_inductor.metadata": metadata}
+            configs: dict[str, Any] = {"aot_inductor.metadata": metadata}
             if external_weights:
                 configs["aot_inductor.package_constants_in_so"] = False
             pkg = torch._inductor.aoti_compile_and_package(
@@ -83,10 +84,10 @@ def compile_package(
     return {k: v for k, v in ep.constants.items() if k not in own}
 
 
-def module_constants(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+def module_constants(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A module's parameters and buffers by name, as export names them (a
     tensor shared by two modules under both names)."""
-    out: Dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
     out.update(model.named_parameters(remove_duplicate=False))
     out.update(model.named_buffers(remove_duplicate=False))
     return out
@@ -99,7 +100,7 @@ class Runner:
     get_constant_fqns() lists), used in place: the caller keeps them alive,
     and the KV cache among them is written where it lies."""
 
-    def __init__(self, path: Path, constants: Optional[Dict[str, torch.Tensor]] = None):
+    def __init__(self, path: Path, constants: dict[str, torch.Tensor] | None = None):
         self._loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
         if constants is not None:
             need = self._loader.get_constant_fqns()
@@ -109,5 +110,5 @@ class Runner:
             self._constants = {k: constants[k] for k in need}
             self._loader.load_constants(self._constants, False, True, True)
 
-    def __call__(self, *inputs: torch.Tensor) -> List[Any]:
+    def __call__(self, *inputs: torch.Tensor) -> list[Any]:
         return self._loader.boxed_run(list(inputs))

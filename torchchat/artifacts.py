@@ -17,8 +17,9 @@ import struct
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import torch
 
@@ -37,16 +38,16 @@ class ArtifactError(Exception):
 class ExportedModel:
     kind = ""
 
-    def __init__(self, path: Path, metadata: Dict[str, Any]):
+    def __init__(self, path: Path, metadata: dict[str, Any]):
         self.path = Path(path)
         self.metadata = metadata
         self.max_seq_length: int = int(metadata["max_seq_len"])
         self.vocab_size: int = int(metadata["vocab_size"])
-        self.bos_id: Optional[int] = metadata.get("bos_id")
-        self.eos_ids: Tuple[int, ...] = tuple(metadata.get("eos_ids", ()))
+        self.bos_id: int | None = metadata.get("bos_id")
+        self.eos_ids: tuple[int, ...] = tuple(metadata.get("eos_ids", ()))
 
     @property
-    def tokenizer_path(self) -> Optional[Path]:
+    def tokenizer_path(self) -> Path | None:
         """The tokenizer file export_llm wrote beside the artifact, if present."""
         names = [self.metadata["tokenizer_file"]] if self.metadata.get("tokenizer_file") else []
         names += ["tokenizer.json", "tokenizer.model"]
@@ -96,7 +97,7 @@ class ExportedModel:
 class PteModel(ExportedModel):
     kind = "pte"
 
-    def __init__(self, path: Path, program: Any, method: Any, metadata: Dict[str, Any]):
+    def __init__(self, path: Path, program: Any, method: Any, metadata: dict[str, Any]):
         # program, method: executorch.runtime's Program and Method.
         super().__init__(path, metadata)
         self._program = program
@@ -128,7 +129,7 @@ class PteModel(ExportedModel):
 class Pt2Model(ExportedModel):
     kind = "pt2"
 
-    def __init__(self, path: Path, runner: Any, metadata: Dict[str, Any]):
+    def __init__(self, path: Path, runner: Any, metadata: dict[str, Any]):
         # runner: torch._inductor's AOTICompiledModel.
         super().__init__(path, metadata)
         self._runner = runner
@@ -175,7 +176,7 @@ PTE_METHODS = (
 PTE_OPTIONAL_METHODS = (et_ops.METADATA_METHOD,)
 
 
-def register_et_kernels() -> Optional[str]:
+def register_et_kernels() -> str | None:
     """Ops a .pte may use beyond the core set; they register on import.
 
     ExecuTorch's llama:: and quantized_decomposed:: kernels come with the
@@ -208,7 +209,7 @@ def register_et_kernels() -> Optional[str]:
     return None
 
 
-def _needs_torchchat_kernels(path: Path, meta: Dict[str, Any], why: str) -> ArtifactError:
+def _needs_torchchat_kernels(path: Path, meta: dict[str, Any], why: str) -> ArtifactError:
     version = meta["methods"].get(et_ops.METADATA_METHOD)
     return ArtifactError(
         f"{path} runs torchchat's ExecuTorch kernels ({', '.join(et_ops.OPS)}, "
@@ -243,13 +244,13 @@ def check_pte_header(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def native_stderr_captured() -> Iterator[List[str]]:
+def native_stderr_captured() -> Iterator[list[str]]:
     """ExecuTorch's runtime logs to file descriptor 2 as it loads (CPU probing,
     then the reason a load fails). Capture it while loading: a user sees one
     error line, with the runtime's last word in it, or nothing on success."""
     sys.stderr.flush()
     saved = os.dup(2)
-    lines: List[str] = []
+    lines: list[str] = []
     with tempfile.TemporaryFile() as f:
         os.dup2(f.fileno(), 2)
         try:
@@ -261,7 +262,7 @@ def native_stderr_captured() -> Iterator[List[str]]:
             lines.extend(f.read().decode(errors="replace").splitlines())
 
 
-def _last_log_line(lines: List[str]) -> str:
+def _last_log_line(lines: list[str]) -> str:
     # "[program.cpp:114] File size is too small..." -> its message.
     for line in reversed(lines):
         text = line.split("] ", 1)[-1].strip()
@@ -270,8 +271,8 @@ def _last_log_line(lines: List[str]) -> str:
     return ""
 
 
-def pte_metadata(program: Any) -> Dict[str, Any]:
-    raw: Dict[str, Any] = {}
+def pte_metadata(program: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
     for name in PTE_METHODS + PTE_OPTIONAL_METHODS:
         if name in program.method_names:
             vals = list(program.load_method(name).execute([]))
@@ -302,7 +303,7 @@ def load_pte(path: PathLike) -> PteModel:
     no_kernels = register_et_kernels()
     from executorch.runtime import Runtime
 
-    meta: Optional[Dict[str, Any]] = None
+    meta: dict[str, Any] | None = None
     with native_stderr_captured() as log:
         try:
             program = Runtime.get().load_program(str(path))
@@ -335,7 +336,7 @@ def load_pte(path: PathLike) -> PteModel:
 # --- .pt2 ---------------------------------------------------------------------
 
 
-def read_pt2_metadata(path: PathLike) -> Dict[str, str]:
+def read_pt2_metadata(path: PathLike) -> dict[str, str]:
     """The package's AOTI metadata, read without loading its shared library."""
     try:
         with zipfile.ZipFile(path) as z:
@@ -349,11 +350,11 @@ def read_pt2_metadata(path: PathLike) -> Dict[str, str]:
         raise ArtifactError(f"{path} is not an AOTInductor package (not a zip archive)") from None
 
 
-def host_cpu_isa() -> List[str]:
+def host_cpu_isa() -> list[str]:
     """Every vector ISA inductor can target here, e.g. ['AVX512', 'AVX2', ...]."""
     from torch._inductor import cpu_vec_isa
 
-    found: List[str] = []
+    found: list[str] = []
     for isa in cpu_vec_isa.valid_vec_isa_list():
         for word in str(isa).upper().split():
             if word not in found:
@@ -361,7 +362,7 @@ def host_cpu_isa() -> List[str]:
     return found
 
 
-def check_cpu_isa(meta: Dict[str, str], path: PathLike) -> None:
+def check_cpu_isa(meta: dict[str, str], path: PathLike) -> None:
     """A package's kernels use the exporting host's ISA; refuse a weaker CPU.
 
     Loading it anyway would die of SIGILL somewhere in the first forward.
@@ -384,7 +385,7 @@ def pt2_metadata(
     model_name: str,
     tokenizer_file: str,
     tokenizer_type: str,
-    bos_id: Optional[int],
+    bos_id: int | None,
     eos_ids: Sequence[int],
     max_seq_len: int,
     vocab_size: int,
@@ -392,7 +393,7 @@ def pt2_metadata(
     dtype: str,
     quantize: str,
     slots: int = 0,
-) -> Dict[str, str]:
+) -> dict[str, str]:
     """What a .pt2 records for its runners (all strings); parse_pt2_metadata
     reads it back, and aoti_run reads the same keys from C++."""
     batched = {"slots": str(slots)} if slots else {}
@@ -415,12 +416,12 @@ def pt2_metadata(
     }
 
 
-def parse_pt2_metadata(meta: Dict[str, str], path: PathLike) -> Dict[str, Any]:
+def parse_pt2_metadata(meta: dict[str, str], path: PathLike) -> dict[str, Any]:
     if meta.get("torchchat_format") != PT2_FORMAT:
         raise ArtifactError(
             f"{path} was not written by //export:export_llm (no {PT2_FORMAT} metadata)"
         )
-    out: Dict[str, Any] = dict(meta)
+    out: dict[str, Any] = dict(meta)
     out["max_seq_len"] = int(meta["max_seq_len"])
     out["vocab_size"] = int(meta["vocab_size"])
     out["n_layers"] = int(meta.get("n_layers", "0"))
@@ -441,7 +442,7 @@ def load_pt2(path: PathLike, device: str = "cpu") -> Pt2Model:
 
 
 def open_pt2(
-    path: Path, meta: Dict[str, Any], constants: Optional[Dict[str, torch.Tensor]] = None
+    path: Path, meta: dict[str, Any], constants: dict[str, torch.Tensor] | None = None
 ) -> Pt2Model:
     """Loads a package whose metadata and CPU ISA have been checked; a package
     compiled with external weights runs on `constants` (aoti.Runner)."""

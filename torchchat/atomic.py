@@ -7,7 +7,7 @@ Exports take minutes; an interrupted one must not leave a truncated .pte or
 import contextlib
 import os
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class OutputPathError(Exception):

@@ -23,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from importlib import metadata as pkg_metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -49,7 +50,7 @@ def cache_dir() -> Path:
     return Path(base) / "torchchat" / "compiled"
 
 
-def _files_of(checkpoint: Path) -> List[Path]:
+def _files_of(checkpoint: Path) -> list[Path]:
     """The files a checkpoint's model, tokenizer and template come from."""
     if checkpoint.is_dir():
         d = checkpoint
@@ -60,7 +61,7 @@ def _files_of(checkpoint: Path) -> List[Path]:
     return sorted(p for p in d.iterdir() if p.is_file())
 
 
-def _code_files() -> List[Path]:
+def _code_files() -> list[Path]:
     """Sources that decide the compiled graph, and the kernel library."""
     from kernels import q4
     from kernels.ggml import ops as ggml_ops
@@ -92,7 +93,7 @@ def _version(dist: str) -> str:
         return ""
 
 
-def key(checkpoint: Path, settings: Dict[str, Any]) -> str:
+def key(checkpoint: Path, settings: dict[str, Any]) -> str:
     """Names the compiled model for these inputs; any change makes a new key.
 
     Files count by path, size and mtime (hashing gigabytes would cost more
@@ -116,8 +117,8 @@ def key(checkpoint: Path, settings: Dict[str, Any]) -> str:
 
 
 def _pt2_metadata(
-    ckpt: Checkpoint, model: Model, dtype_name: str, counts: Dict[str, int], slots: int
-) -> Dict[str, str]:
+    ckpt: Checkpoint, model: Model, dtype_name: str, counts: dict[str, int], slots: int
+) -> dict[str, str]:
     from torchchat.artifacts import pt2_metadata
 
     return pt2_metadata(
@@ -139,7 +140,7 @@ def _constants_path(k: str) -> Path:
     return cache_dir() / f"{k}.constants.pt"
 
 
-def lookup(k: str) -> Optional[Dict[str, Any]]:
+def lookup(k: str) -> dict[str, Any] | None:
     """The entry's description, or None when it is absent or unreadable."""
     d = cache_dir()
     pt2, doc = d / f"{k}.pt2", d / f"{k}.json"
@@ -163,14 +164,14 @@ def program(model: Model, slots: int) -> torch.nn.Module:
     return SlotModel(model, slots, traceable=True) if slots else model
 
 
-def _recipe(constants: Dict[str, torch.Tensor], ckpt: Checkpoint) -> tuple:
+def _recipe(constants: dict[str, torch.Tensor], ckpt: Checkpoint) -> tuple:
     """How to rebuild each constant a code-only package needs without
     building the model: a GGUF tensor in place (by its Meta name), zeros
     (the KV cache), or a stored copy (norms, RoPE tables, masks: small; one
     copy of tensors that are equal, as the layers' masks are)."""
     by_ptr = {t.blocks.ctypes.data: name for name, t in ckpt.gguf.items()}
-    recipe: Dict[str, Any] = {}
-    stored: List[torch.Tensor] = []
+    recipe: dict[str, Any] = {}
+    stored: list[torch.Tensor] = []
     for name, t in constants.items():
         key = by_ptr.get(t.data_ptr()) if t.numel() else None
         if key is not None:
@@ -193,12 +194,12 @@ def _recipe(constants: Dict[str, torch.Tensor], ckpt: Checkpoint) -> tuple:
     return recipe, stored
 
 
-def constants(k: str, ckpt: Checkpoint) -> Dict[str, torch.Tensor]:
+def constants(k: str, ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     """The constants of entry `k`'s code-only package, from `ckpt` (a GGUF
     read in place) and what `store` kept: no model is built."""
     data = torch.load(_constants_path(k), weights_only=True)
-    views: Dict[str, torch.Tensor] = {}
-    out: Dict[str, torch.Tensor] = {}
+    views: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
     for name, how in data["recipe"].items():
         if "gguf" in how:
             t = ckpt.gguf[how["gguf"]]
@@ -213,7 +214,7 @@ def constants(k: str, ckpt: Checkpoint) -> Dict[str, torch.Tensor]:
     return out
 
 
-def open_entry(k: str, constants: Optional[Dict[str, torch.Tensor]] = None) -> Pt2Model:
+def open_entry(k: str, constants: dict[str, torch.Tensor] | None = None) -> Pt2Model:
     """The entry's package, loaded; its metadata was written by `store`. A
     code-only package (external weights) runs on `constants` in place."""
     from torchchat import artifacts
@@ -225,17 +226,17 @@ def open_entry(k: str, constants: Optional[Dict[str, torch.Tensor]] = None) -> P
 
 def store(
     k: str,
-    settings: Dict[str, Any],
+    settings: dict[str, Any],
     compiled: torch.nn.Module,
     ckpt: Checkpoint,
     dtype_name: str,
-    counts: Dict[str, int],
-    info: Dict[str, Any],
-    tokenizer: Dict[str, Any],
-    on_stage: Optional[Callable[[str], None]] = None,
+    counts: dict[str, int],
+    info: dict[str, Any],
+    tokenizer: dict[str, Any],
+    on_stage: Callable[[str], None] | None = None,
     slots: int = 0,
     external_weights: bool = False,
-) -> Optional[Dict[str, torch.Tensor]]:
+) -> dict[str, torch.Tensor] | None:
     """Compiles `compiled` (a `program`) into the entry `k`. With
     `external_weights` the package holds no weights: returns the constants
     it runs on (the program's own tensors, in place), and keeps how to
@@ -276,7 +277,7 @@ def remove(k: str) -> None:
         (cache_dir() / f"{k}{suffix}").unlink(missing_ok=True)
 
 
-def _remove_superseded(d: Path, k: str, source: str, settings: Dict[str, Any]) -> None:
+def _remove_superseded(d: Path, k: str, source: str, settings: dict[str, Any]) -> None:
     for doc in d.glob("*.json"):
         if doc.stem == k:
             continue

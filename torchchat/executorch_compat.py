@@ -14,10 +14,10 @@ runner/et/thread_pool.cc; thread_pool_test covers it.
 from __future__ import annotations
 
 import importlib
-from typing import Any, List, Tuple
+from typing import Any
 
 # (module, attribute) for each private or example-only API we call.
-APIS: Tuple[Tuple[str, str], ...] = (
+APIS: tuple[tuple[str, str], ...] = (
     ("executorch.examples.models.llama.model_args", "ModelArgs"),
     ("executorch.examples.models.llama.llama_transformer", "construct_transformer"),
     ("executorch.examples.models.llama.export_llama_lib", "_load_llama_model_metadata"),
@@ -48,7 +48,7 @@ def _get(module: str, name: str) -> Any:
         ) from e
 
 
-def check() -> List[str]:
+def check() -> list[str]:
     """Imports every API in APIS; returns their dotted names."""
     from torchchat import compat  # noqa: F401  (the llama example imports torchtune)
 
@@ -69,7 +69,7 @@ def load_llama_model_metadata(**kwargs: Any) -> Any:
     )
 
 
-def get_source_transforms(*args: Any, **kwargs: Any) -> List[Any]:
+def get_source_transforms(*args: Any, **kwargs: Any) -> list[Any]:
     return _get("executorch.examples.models.llama.export_llama_lib", "_get_source_transforms")(
         *args, **kwargs
     )

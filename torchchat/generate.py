@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -96,8 +97,8 @@ class Stats:
         n = self.num_generated_tokens - 1
         return n * 1e3 / ms if ms > 0 and n > 0 else 0.0
 
-    def to_json(self) -> Dict[str, object]:
-        out: Dict[str, object] = asdict(self)
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = asdict(self)
         out.update(
             ttft_s=self.ttft_s, prefill_tok_s=self.prefill_tok_s, decode_tok_s=self.decode_tok_s
         )
@@ -131,19 +132,19 @@ class Slot:
     the cache directly, so moving back (truncate) needs no cache reset.
     """
 
-    def __init__(self, model: LLMModel, step: Optional[Forward] = None, device: str = "cpu"):
+    def __init__(self, model: LLMModel, step: Forward | None = None, device: str = "cpu"):
         self.model = model
         # A compiled single-token step, when one is given (--compile).
         self._step = step if step is not None else model
         self.device = device
         self.max_seq_length: int = model.max_seq_length
-        self.tokens: List[int] = []
+        self.tokens: list[int] = []
 
     @property
     def pos(self) -> int:
         return len(self.tokens)
 
-    def check_fits(self, n_new: int, start: Optional[int] = None) -> None:
+    def check_fits(self, n_new: int, start: int | None = None) -> None:
         check_fits(self.max_seq_length, n_new, self.pos if start is None else start)
 
     def reuse(self, prompt: Sequence[int]) -> int:
@@ -184,7 +185,7 @@ def decode(
     pick: Pick,
     max_new_tokens: int,
     stop_ids: Sequence[int] = (),
-    stats: Optional[Stats] = None,
+    stats: Stats | None = None,
 ) -> Iterator[int]:
     """The generation loop: yields each sampled id, a final stop id included.
 
@@ -243,7 +244,7 @@ def argmax(logits: torch.Tensor, history: Sequence[int] = ()) -> int:
 
 def greedy(
     model: LLMModel, ids: Sequence[int], steps: int, stop_ids: Sequence[int] = ()
-) -> List[int]:
+) -> list[int]:
     """Up to `steps` greedy tokens after `ids`, ending before a stop id."""
     out = list(decode(Slot(model), ids, argmax, steps, stop_ids))
     return out[:-1] if out and out[-1] in set(stop_ids) else out
@@ -251,7 +252,7 @@ def greedy(
 
 @dataclass
 class Reply:
-    ids: List[int]  # without the stop id
+    ids: list[int]  # without the stop id
     text: str
     stats: Stats = field(default_factory=Stats)
 
@@ -262,8 +263,8 @@ def generate_text(
     prompt: Sequence[int],
     pick: Pick,
     max_new_tokens: int,
-    on_text: Optional[Callable[[str], Optional[bool]]] = None,
-    stop_ids: Optional[Sequence[int]] = None,
+    on_text: Callable[[str], bool | None] | None = None,
+    stop_ids: Sequence[int] | None = None,
 ) -> Reply:
     """decode() with the tokenizer's streaming decoder: on_text gets whole
     UTF-8 characters as they complete. A stop id is never printed.
@@ -275,8 +276,8 @@ def generate_text(
     stats = Stats()
     stop = tuple(tokenizer.eos_ids if stop_ids is None else stop_ids)
     stream = tokenizer.stream_decoder()
-    ids: List[int] = []
-    pieces: List[str] = []
+    ids: list[int] = []
+    pieces: list[str] = []
 
     def emit(text: str) -> bool:
         if text:
@@ -321,13 +322,13 @@ class ChatSession:
         slot: Slot,
         tokenizer: Tokenizer,
         template: ChatTemplate,
-        system_prompt: Optional[str] = None,
+        system_prompt: str | None = None,
     ):
         self.slot = slot
         self.tokenizer = tokenizer
         self.template = template
         self.system_prompt = system_prompt
-        self.messages: List[Dict[str, str]] = []
+        self.messages: list[dict[str, str]] = []
         self.dropped_last_turn = 0
         self.reset()
 
@@ -337,7 +338,7 @@ class ChatSession:
         )
         self.dropped_last_turn = 0
 
-    def _render(self) -> List[int]:
+    def _render(self) -> list[int]:
         # The template writes any bos itself.
         text = self.template.render(self.messages, add_generation_prompt=True)
         return self.tokenizer.encode(text, bos=False)
@@ -347,7 +348,7 @@ class ChatSession:
         text: str,
         pick: Pick,
         max_new_tokens: int,
-        on_text: Optional[Callable[[str], None]] = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> Reply:
         before = list(self.messages)
         self.messages.append({"role": "user", "content": text})

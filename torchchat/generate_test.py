@@ -36,7 +36,7 @@ TEMPLATE = (
 
 
 def write_tokenizer(path):
-    pieces = ["<unk>", "<s>", "</s>"] + ["<0x%02X>" % b for b in range(256)] + list("abcd")
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + list("abcd")
     with open(path, "wb") as f:
         f.write(struct.pack("<i", 6))
         for p in pieces:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any
 
 from torchchat.errors import UserError
 from torchchat.paths import user_path
@@ -39,13 +40,13 @@ class LoadOptions:
     """What to load and how. Exactly one source: `model` (an alias, or a path
     to a checkpoint or artifact), `checkpoint` or `artifact`."""
 
-    model: Optional[str] = None
-    checkpoint: Optional[Path] = None  # a .gguf, an HF or Meta directory, a .pth
-    artifact: Optional[Path] = None  # an exported .pt2 or .pte
-    tokenizer: Optional[Path] = None
-    dtype: Optional[str] = None  # None: the checkpoint's own precision (fp32 compute)
-    quantize: Union[None, str, Dict[str, Any]] = None
-    max_seq_length: Optional[int] = None
+    model: str | None = None
+    checkpoint: Path | None = None  # a .gguf, an HF or Meta directory, a .pth
+    artifact: Path | None = None  # an exported .pt2 or .pte
+    tokenizer: Path | None = None
+    dtype: str | None = None  # None: the checkpoint's own precision (fp32 compute)
+    quantize: None | str | dict[str, Any] = None
+    max_seq_length: int | None = None
     compile: str = "auto"
     device: str = "cpu"
     slots: int = 0  # KV-cache rows of a package compiled here (the server's); 0: batch 1
@@ -58,14 +59,14 @@ class Loaded:
     compiled when the first slot is made, after the caller has checked its
     input, so a bad prompt never waits for a compile."""
 
-    model: Optional[LLMModel]
-    step: Optional[Callable]  # a compiled decode step, or None
+    model: LLMModel | None
+    step: Callable | None  # a compiled decode step, or None
     tokenizer: Tokenizer
-    info: Dict[str, Any]
+    info: dict[str, Any]
     load_start_ms: float
     load_end_ms: float
     max_seq_length: int
-    compile: Optional[Callable[[], Tuple[LLMModel, Dict[str, Any]]]] = None
+    compile: Callable[[], tuple[LLMModel, dict[str, Any]]] | None = None
     device: str = field(default="cpu")
 
     def ensure_model(self) -> LLMModel:
@@ -138,7 +139,7 @@ def options_from_args(ns: argparse.Namespace, **overrides: Any) -> LoadOptions:
         raise UserError("give only one of --checkpoint-path and --gguf-path")
     if ns.aoti_package_path and ns.pte_path:
         raise UserError("give only one of --aoti-package-path and --pte-path")
-    fields: Dict[str, Any] = dict(
+    fields: dict[str, Any] = dict(
         model=ns.model,
         checkpoint=user_path(ns.gguf_path or ns.checkpoint_path),
         artifact=user_path(ns.aoti_package_path or ns.pte_path),
@@ -154,7 +155,7 @@ def options_from_args(ns: argparse.Namespace, **overrides: Any) -> LoadOptions:
     return LoadOptions(**fields)
 
 
-def expected_errors() -> Tuple[type, ...]:
+def expected_errors() -> tuple[type, ...]:
     """Failures a user can cause while loading or running a model: one line
     each. Anything else is a bug and keeps its traceback."""
     from torchchat.artifacts import ArtifactError
@@ -184,8 +185,8 @@ def expected_errors() -> Tuple[type, ...]:
 class Source:
     """Where the model comes from: a checkpoint to build, or an artifact."""
 
-    checkpoint: Optional[Path] = None
-    artifact: Optional[Path] = None
+    checkpoint: Path | None = None
+    artifact: Path | None = None
 
     @property
     def name(self) -> str:
@@ -194,7 +195,7 @@ class Source:
         return p.stem if p.is_file() else p.name
 
 
-def _as_path(model: str) -> Optional[Path]:
+def _as_path(model: str) -> Path | None:
     """A positional MODEL that names an existing file or directory."""
     if os.sep not in model and not model.endswith(_PATH_SUFFIXES):
         return None
@@ -227,7 +228,7 @@ def resolve_source(options: LoadOptions) -> Source:
     return Source(checkpoint=registry.checkpoint_path(entry))
 
 
-def dtype_of(options: LoadOptions, spec: Dict[str, Any]) -> str:
+def dtype_of(options: LoadOptions, spec: dict[str, Any]) -> str:
     """The compute dtype: --quantize's precision, else --dtype, else fp32."""
     from torchchat.model import DTYPE_NAMES
 
@@ -240,15 +241,15 @@ def dtype_of(options: LoadOptions, spec: Dict[str, Any]) -> str:
 # --- building ---------------------------------------------------------------------
 
 
-def runs_native(options: LoadOptions, spec: Dict[str, Any], ckpt: Checkpoint) -> bool:
+def runs_native(options: LoadOptions, spec: dict[str, Any], ckpt: Checkpoint) -> bool:
     """Whether a checkpoint runs in its own formats, read in place: a GGUF,
     with neither --dtype nor --quantize asking for a conversion."""
     return not spec and options.dtype is None and ckpt.format == "gguf"
 
 
 def build_model(
-    options: LoadOptions, ckpt: Checkpoint, spec: Dict[str, Any], dtype_name: str
-) -> Tuple[Any, Optional[Callable], Dict[str, Any]]:
+    options: LoadOptions, ckpt: Checkpoint, spec: dict[str, Any], dtype_name: str
+) -> tuple[Any, Callable | None, dict[str, Any]]:
     """The eager model: a GGUF in its own formats, read in place, unless
     --dtype or --quantize asks for a conversion; then the float model,
     quantized as asked. Device, and --compile torch's step."""
@@ -281,7 +282,7 @@ def build_model(
     return model, step, info
 
 
-def tokenizer_source(ckpt: Checkpoint) -> Dict[str, Any]:
+def tokenizer_source(ckpt: Checkpoint) -> dict[str, Any]:
     """What loading the tokenizer needs, from a Checkpoint (JSON-able: the
     compile cache keeps it beside a package)."""
     return {
@@ -346,16 +347,16 @@ class CompileProgress:
 class _Built:
     """A model ready to run, or the means to compile one (cache miss)."""
 
-    model: Optional[Any]
-    step: Optional[Callable]
-    info: Dict[str, Any]
-    tokenizer: Dict[str, Any]
+    model: Any | None
+    step: Callable | None
+    info: dict[str, Any]
+    tokenizer: dict[str, Any]
     max_seq_length: int
-    compile: Optional[Callable[[], Tuple[Any, Dict[str, Any]]]] = None
+    compile: Callable[[], tuple[Any, dict[str, Any]]] | None = None
 
 
 def _from_compile_cache(
-    options: LoadOptions, checkpoint: Path, spec: Dict[str, Any], dtype_name: str
+    options: LoadOptions, checkpoint: Path, spec: dict[str, Any], dtype_name: str
 ) -> _Built:
     """The package for these options from the compile cache. A hit never
     reads the checkpoint's weights (a GGUF's are mmapped and handed to the
@@ -367,7 +368,7 @@ def _from_compile_cache(
     from torchchat import compile_cache
     from torchchat.artifacts import ArtifactError
 
-    settings: Dict[str, Any] = {
+    settings: dict[str, Any] = {
         "quantize": spec,
         "dtype": options.dtype,
         "resolved_dtype": dtype_name,
@@ -394,7 +395,7 @@ def _from_compile_cache(
     native = runs_native(options, spec, ckpt)
     tok_src = tokenizer_source(ckpt)
 
-    def compile() -> Tuple[Any, Dict[str, Any]]:
+    def compile() -> tuple[Any, dict[str, Any]]:
         program = compile_cache.program(model, options.slots)
         progress = CompileProgress(checkpoint.name, options.quiet)
         try:

@@ -20,7 +20,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -78,28 +78,28 @@ class ModelConfig:
     qkv_bias: bool = False
     # Llama 3.1-style scaling: {"factor", "low_freq_factor", "high_freq_factor",
     # "original_max_position_embeddings"}.
-    rope_scaling: Optional[Dict[str, float]] = None
+    rope_scaling: dict[str, float] | None = None
     # Granite; 1.0 / None means "plain Llama".
     embedding_multiplier: float = 1.0
     residual_multiplier: float = 1.0
-    attention_multiplier: Optional[float] = None
+    attention_multiplier: float | None = None
     logits_scaling: float = 1.0
     # Qwen3: an RMSNorm over each head's q and k, before RoPE; OLMo 2: over
     # all of q's heads together, and all of k's (qk_norm_heads).
     qk_norm: bool = False
     qk_norm_heads: bool = False
     # SmolLM3: layers (0-based) whose attention uses no RoPE at all (NoPE).
-    no_rope_layers: Tuple[int, ...] = ()
+    no_rope_layers: tuple[int, ...] = ()
     # Attention over the last `sliding_window` positions only, in the
     # window_layers (below).
-    sliding_window: Optional[int] = None
+    sliding_window: int | None = None
     # Phi-4-mini: RoPE on the first `rotary_dim` dims of each head only
     # (None: all of them).
-    rotary_dim: Optional[int] = None
+    rotary_dim: int | None = None
     # Phi-3.5 / Phi-4-mini LongRoPE: {"short_factor", "long_factor" (per
     # frequency divisors), "original_max_position_embeddings",
     # "attention_factor" (scales cos and sin)}.
-    longrope: Optional[Dict[str, Any]] = None
+    longrope: dict[str, Any] | None = None
     # Gemma 2/3. Norms scale by (1 + w) (transformers' weights; a GGUF
     # stores w + 1 and plain norms).
     norm_unit_offset: bool = False
@@ -112,23 +112,23 @@ class ModelConfig:
     # OLMo 2 has only those: no norm before attention or the MLP.
     pre_norms: bool = True
     # q·k scale (query_pre_attn_scalar ** -0.5); None: 1/√head_dim.
-    attn_scale: Optional[float] = None
+    attn_scale: float | None = None
     # tanh soft-capping of attention scores (Gemma 2) and of the logits.
-    attn_softcap: Optional[float] = None
-    final_softcap: Optional[float] = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
     # Layers that attend over the last `sliding_window` positions only:
     # Gemma 2/3's interleaved local layers; every layer of Mistral 7B v0.1
     # and Phi-3.
-    window_layers: Tuple[int, ...] = ()
+    window_layers: tuple[int, ...] = ()
     # Gemma 3: the window layers' own RoPE base (None: the global tables).
-    local_rope_theta: Optional[float] = None
+    local_rope_theta: float | None = None
     architecture: str = "llama"
 
-    def to_json(self) -> Dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: Dict[str, Any]) -> "ModelConfig":
+    def from_json(cls, d: dict[str, Any]) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -136,7 +136,7 @@ class ModelConfig:
         return cls(**d)
 
     @classmethod
-    def from_hf(cls, cfg: Dict[str, Any]) -> "ModelConfig":
+    def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
         """From a transformers config.json (HF_ARCHITECTURES)."""
         arch = cfg.get("model_type", "llama")
         if arch not in HF_ARCHITECTURES:
@@ -181,7 +181,7 @@ class ModelConfig:
         if theta is None:
             theta = rope.get("rope_theta", 10000.0)
         window = cfg.get("sliding_window") if arch in ("phi3", "mistral", *GEMMA) else None
-        window_layers: Tuple[int, ...] = ()
+        window_layers: tuple[int, ...] = ()
         local_theta = None
         if arch in ("mistral", "phi3") and window:
             window_layers = tuple(range(cfg["num_hidden_layers"]))
@@ -230,7 +230,7 @@ class ModelConfig:
         )
 
     @classmethod
-    def from_meta_params(cls, p: Dict[str, Any], vocab_size: int, hidden_dim: int) -> "ModelConfig":
+    def from_meta_params(cls, p: dict[str, Any], vocab_size: int, hidden_dim: int) -> ModelConfig:
         """From Meta's params.json; the FFN width comes from the weights."""
         dim, n_heads = p["dim"], p["n_heads"]
         scaling = None
@@ -257,11 +257,11 @@ class ModelConfig:
         )
 
 
-def _positive(x: Any) -> Optional[float]:
+def _positive(x: Any) -> float | None:
     return float(x) if x else None
 
 
-def _hf_window_layers(cfg: Dict[str, Any], arch: str) -> Tuple[int, ...]:
+def _hf_window_layers(cfg: dict[str, Any], arch: str) -> tuple[int, ...]:
     """Gemma's local layers: `layer_types`, else its fixed interleaving
     (Gemma 2 every other layer from the first; Gemma 3 all but every
     `sliding_window_pattern`-th, default 6)."""
@@ -278,13 +278,13 @@ def _hf_window_layers(cfg: Dict[str, Any], arch: str) -> Tuple[int, ...]:
     return tuple(i for i, t in enumerate(types) if t == "sliding_attention")
 
 
-def interleaved_window_layers(n_layers: int, every: int) -> Tuple[int, ...]:
+def interleaved_window_layers(n_layers: int, every: int) -> tuple[int, ...]:
     """Gemma's fixed interleaving: every `every`-th layer global, the rest
     local (0: all local, as llama.cpp reads a pattern of 0)."""
     return tuple(i for i in range(n_layers) if every == 0 or (i + 1) % every != 0)
 
 
-def _hf_no_rope_layers(cfg: Dict[str, Any]) -> Tuple[int, ...]:
+def _hf_no_rope_layers(cfg: dict[str, Any]) -> tuple[int, ...]:
     """SmolLM3's `no_rope_layers` holds a use-RoPE flag per layer; without
     it, every `no_rope_layer_interval`-th layer (default 4) skips RoPE."""
     n = cfg["num_hidden_layers"]
@@ -297,7 +297,7 @@ def _hf_no_rope_layers(cfg: Dict[str, Any]) -> Tuple[int, ...]:
     return tuple(i for i, use in enumerate(flags) if not use)
 
 
-def _hf_longrope(cfg: Dict[str, Any], rotary_dim: int) -> Optional[Dict[str, Any]]:
+def _hf_longrope(cfg: dict[str, Any], rotary_dim: int) -> dict[str, Any] | None:
     """Phi-3.5 / Phi-4-mini's LongRoPE, as transformers computes it: the
     attention factor from `factor`, else from the ratio of the context to
     the original one."""
@@ -330,7 +330,7 @@ def _hf_longrope(cfg: Dict[str, Any], rotary_dim: int) -> Optional[Dict[str, Any
     }
 
 
-def _hf_rope_scaling(rs: Dict[str, Any]) -> Optional[Dict[str, float]]:
+def _hf_rope_scaling(rs: dict[str, Any]) -> dict[str, float] | None:
     """Llama 3.x scaling, or linear (positions divided by `factor`: every
     frequency's divisor is the factor)."""
     kind = rs.get("rope_type", rs.get("type")) if rs else None
@@ -401,7 +401,7 @@ class Model(nn.Module):
                 buf.zero_()
 
     def set_rope_freq_factors(
-        self, factors: torch.Tensor, rotary_dim: Optional[int] = None, scale: float = 1.0
+        self, factors: torch.Tensor, rotary_dim: int | None = None, scale: float = 1.0
     ) -> None:
         """RoPE tables with each frequency divided by its factor (GGUF's
         rope_freqs for Llama 3.1 scaling, LongRoPE's short factors, linear
@@ -422,7 +422,7 @@ class Model(nn.Module):
         rope.freqs_cos[:, : hd // 2] = cos
         rope.freqs_sin[:, : hd // 2] = sin
 
-    def load_weights(self, state_dict: Dict[str, torch.Tensor]) -> None:
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Loads Meta-named weights; the KV cache stays as built."""
         sd = dict(state_dict)
         if self.config.tie_embeddings:
@@ -447,7 +447,7 @@ class Model(nn.Module):
                 t.output.weight = t.tok_embeddings.weight
 
 
-def context_length(config: ModelConfig, requested: Optional[int]) -> int:
+def context_length(config: ModelConfig, requested: int | None) -> int:
     """The KV cache length for a requested --max-seq-length (None: the
     default, min(model context, 2048), and within a LongRoPE model's original
     context). One rule for generate, the server, eval and export."""
@@ -477,7 +477,7 @@ def context_length(config: ModelConfig, requested: Optional[int]) -> int:
 def build_model(
     config: ModelConfig,
     dtype: torch.dtype = torch.float32,
-    max_seq_length: Optional[int] = None,
+    max_seq_length: int | None = None,
     device: str = "cpu",
     full_logits: bool = False,
     meta_weights: bool = False,
@@ -557,14 +557,12 @@ def _inv_freqs(theta: float, dims: int) -> torch.Tensor:
 class AttentionRule:
     """How one layer's scores differ from plain causal SDPA."""
 
-    window: Optional[int] = None  # attend to positions p - window < j <= p
-    softcap: Optional[float] = None  # scores -> softcap * tanh(scores / softcap)
-    scale: Optional[float] = None  # instead of 1/sqrt(head_dim)
+    window: int | None = None  # attend to positions p - window < j <= p
+    softcap: float | None = None  # scores -> softcap * tanh(scores / softcap)
+    scale: float | None = None  # instead of 1/sqrt(head_dim)
 
 
-def attend(
-    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, rule: Optional[AttentionRule]
-) -> Tensor:
+def attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, rule: AttentionRule | None) -> Tensor:
     """SDPA of q [B, H, T, D] over k, v [B, KV_H, S, D] where `allowed`
     [T, S] (bool) is true, under `rule`. The window is the caller's: it is
     already in `allowed`."""
@@ -586,7 +584,7 @@ def attend(
 
 
 def within_window(
-    allowed: Tensor, q_pos: Tensor, k_pos: Tensor, rule: Optional[AttentionRule]
+    allowed: Tensor, q_pos: Tensor, k_pos: Tensor, rule: AttentionRule | None
 ) -> Tensor:
     """`allowed` [T, S] narrowed to the rule's window (q_pos [T], k_pos [S])."""
     if rule is None or rule.window is None:
@@ -795,7 +793,7 @@ class FilledCacheSDPA(nn.Module):
     ExecuTorch's own llama:: ops.)
     """
 
-    def __init__(self, dim: int, rule: Optional[AttentionRule] = None):
+    def __init__(self, dim: int, rule: AttentionRule | None = None):
         super().__init__()
         self.dim = dim
         self.rule = rule
@@ -830,7 +828,7 @@ def attend_filled_cache(model: Model) -> Model:
     return model
 
 
-def fold_multipliers(config: ModelConfig, sd: Dict[str, torch.Tensor]) -> ModelConfig:
+def fold_multipliers(config: ModelConfig, sd: dict[str, torch.Tensor]) -> ModelConfig:
     """Folds Granite's scalar multipliers into weights, in place.
 
     Each multiplier scales a linear map's output, so scaling that map's weight
@@ -886,7 +884,7 @@ class SlotKVCache(nn.Module):
     """ExecuTorch's static KVCache with one row per slot; writes each token's
     K/V at its own slot and position."""
 
-    def __init__(self, like: nn.Module, n_slots: int, plan: "SlotPlan"):
+    def __init__(self, like: nn.Module, n_slots: int, plan: SlotPlan):
         super().__init__()
         _, heads, length, head_dim = like.k_cache.shape
         shape = (n_slots, heads, length, head_dim)
@@ -907,7 +905,7 @@ class _SlotAttention(nn.Module):
     """ExecuTorch's SDPA interface over a SlotKVCache; `attend` is the
     attention of the step's tokens, [1, heads, T, head_dim]."""
 
-    def __init__(self, dim: int, plan: "SlotPlan", rule: Optional[AttentionRule] = None):
+    def __init__(self, dim: int, plan: SlotPlan, rule: AttentionRule | None = None):
         super().__init__()
         self.dim = dim
         self.plan = plan
@@ -1025,7 +1023,7 @@ class SlotModel(nn.Module):
         input_pos: torch.Tensor,
         slots: torch.Tensor,
         last: torch.Tensor,
-        spans: Optional[list] = None,
+        spans: list | None = None,
     ) -> torch.Tensor:
         """tokens [1, T] at positions input_pos [T] in slots [T]; the logits
         of the tokens at `last` [E], [E, vocab]. SlotSDPA also needs `spans`."""

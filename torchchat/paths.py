@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 
-def user_path(p: Optional[str]) -> Optional[Path]:
+def user_path(p: str | None) -> Path | None:
     """`bazel run` starts programs in the runfiles tree; a relative path is
     relative to where the user typed the command."""
     if p is None:

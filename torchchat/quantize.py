@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -49,10 +49,10 @@ _KNOWN = {
 
 
 def read_spec(
-    value: Optional[str | Dict[str, Any]],
-    schemes: Dict[str, set],
-    presets: Optional[Dict[str, dict]] = None,
-) -> Dict[str, Dict[str, Any]]:
+    value: str | dict[str, Any] | None,
+    schemes: dict[str, set],
+    presets: dict[str, dict] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Reads upstream torchchat's --quantize syntax, for eager and export alike.
 
     `value` is JSON text, a .json file, a preset name or a dict; `schemes`
@@ -100,7 +100,7 @@ def _loads(text: str, where: str):
         raise QuantizeError(f"{where}: invalid JSON: {e}") from None
 
 
-def parse(spec: Optional[str | Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+def parse(spec: str | dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """Validates a --quantize value (JSON text, a .json file or a dict)."""
     spec = read_spec(spec, _KNOWN)
     if not spec:
@@ -134,7 +134,7 @@ class Int4Linear(nn.Module):
         groupsize: int,
         in_features: int,
         out_features: int,
-        bias: Optional[torch.Tensor] = None,
+        bias: torch.Tensor | None = None,
     ):
         super().__init__()
         self.in_features, self.out_features, self.groupsize = in_features, out_features, groupsize
@@ -149,7 +149,7 @@ class Int4Linear(nn.Module):
         scale: torch.Tensor,
         zero: torch.Tensor,
         groupsize: int,
-        bias: Optional[torch.Tensor] = None,
+        bias: torch.Tensor | None = None,
     ) -> Int4Linear:
         """q: int [N, K] in 0..15; scale, zero: float [N, K // groupsize]."""
         n, k = q.shape
@@ -178,7 +178,7 @@ class Int4Linear(nn.Module):
 
 def quantize_int4(
     w: torch.Tensor, groupsize: int
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric per-group int4: codes 0..15, scale (max-min)/15, zero min."""
     n, k = w.shape
     if k % groupsize:
@@ -192,8 +192,8 @@ def quantize_int4(
 
 
 def gguf_q4_codes(
-    qtype: str, blocks: np.ndarray, shape: Tuple[int, int]
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    qtype: str, blocks: np.ndarray, shape: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact codes, scales and zeros of GGUF Q4_0 / Q4_1 blocks.
 
     Q4_1 block: fp16 d, fp16 m, 16 bytes; Q4_0: fp16 d, 16 bytes. Low nibbles
@@ -221,7 +221,7 @@ class Int8Linear(nn.Module):
     """int8 weight-only linear, symmetric per output channel."""
 
     def __init__(
-        self, weight_int8: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor] = None
+        self, weight_int8: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None
     ):
         super().__init__()
         self.register_buffer("weight_int8", weight_int8)
@@ -230,7 +230,7 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = weight_int8.shape
 
     @classmethod
-    def from_float(cls, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> Int8Linear:
+    def from_float(cls, w: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Linear:
         w = w.float()
         scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
         q = torch.clamp(torch.round(w / scales[:, None]), -128, 127).to(torch.int8)
@@ -265,7 +265,7 @@ class Int8Embedding(nn.Module):
     @classmethod
     def from_codes(
         cls, q: torch.Tensor, scales: torch.Tensor, groupsize: int, dtype: torch.dtype
-    ) -> "Int8Embedding":
+    ) -> Int8Embedding:
         """int8 codes [V, D] and a scale per group [V, D/groupsize], as they are."""
         emb = cls.__new__(cls)
         nn.Module.__init__(emb)
@@ -311,7 +311,7 @@ def _linears(model: nn.Module):
 
 
 def _output_q8_0(
-    parent: nn.Module, child_name: str, lin: nn.Linear, gguf_quantized: Dict[str, GGUFQuantized]
+    parent: nn.Module, child_name: str, lin: nn.Linear, gguf_quantized: dict[str, GGUFQuantized]
 ) -> int:
     gq = gguf_quantized.get("output.weight")
     q4 = _q4_kernel()
@@ -324,8 +324,8 @@ def _output_q8_0(
 
 
 def gguf_native_spec(
-    model: Model, gguf_quantized: Dict[str, GGUFQuantized]
-) -> Dict[str, Dict[str, Any]]:
+    model: Model, gguf_quantized: dict[str, GGUFQuantized]
+) -> dict[str, dict[str, Any]]:
     """The --quantize that runs a GGUF in its own precision, or {}.
 
     When every transformer-layer linear is Q4_0, Q4_1 or Q8_0 in the file,
@@ -342,7 +342,7 @@ def gguf_native_spec(
     )
     if not layers or not exact:
         return {}
-    spec: Dict[str, Dict[str, Any]] = {"linear:int4": {"groupsize": 32, GGUF_NATIVE: True}}
+    spec: dict[str, dict[str, Any]] = {"linear:int4": {"groupsize": 32, GGUF_NATIVE: True}}
     emb = gguf_quantized.get("tok_embeddings.weight")
     if emb is not None and emb.qtype == "Q8_0":
         spec["embedding"] = {"groupsize": 32}
@@ -351,9 +351,9 @@ def gguf_native_spec(
 
 def quantize_model(
     model: Model,
-    spec: Dict[str, Dict[str, Any]],
-    gguf_quantized: Optional[Dict[str, GGUFQuantized]] = None,
-) -> Dict[str, int]:
+    spec: dict[str, dict[str, Any]],
+    gguf_quantized: dict[str, GGUFQuantized] | None = None,
+) -> dict[str, int]:
     """Replaces modules in place; returns counts per scheme for reporting.
 
     `gguf_quantized` (Meta name -> GGUFQuantized) lets int4 take a GGUF

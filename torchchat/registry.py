@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -27,15 +26,15 @@ class RegistryError(Exception):
 @dataclass
 class ModelEntry:
     name: str  # distribution path, e.g. "meta-llama/Llama-3.2-1B-Instruct"
-    aliases: List[str]
+    aliases: list[str]
     channel: str
-    files: List[str] = field(default_factory=list)
-    tokenizer_file: Optional[str] = None
-    checkpoint_subdir: Optional[str] = None
-    builtin: Optional[Dict[str, str]] = None
+    files: list[str] = field(default_factory=list)
+    tokenizer_file: str | None = None
+    checkpoint_subdir: str | None = None
+    builtin: dict[str, str] | None = None
 
 
-def _load() -> Dict[str, ModelEntry]:
+def _load() -> dict[str, ModelEntry]:
     raw = json.loads((Path(__file__).parent / "models.json").read_text())
     out = {}
     for name, e in raw.items():

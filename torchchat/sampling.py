@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -25,7 +25,7 @@ class Sampler:
         top_p: float = 1.0,
         min_p: float = 0.0,
         repetition_penalty: float = 1.0,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ):
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")

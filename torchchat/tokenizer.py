@@ -8,9 +8,10 @@ are rendered with jinja2 in the environment transformers uses.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, NoReturn, Optional, Sequence
+from typing import Any, NoReturn
 
 import jinja2
 import jinja2.sandbox
@@ -35,9 +36,9 @@ class ChatTemplate:
 
     def render(
         self,
-        messages: Sequence[Dict[str, Any]],
+        messages: Sequence[dict[str, Any]],
         add_generation_prompt: bool = True,
-        tools: Optional[Sequence[Dict[str, Any]]] = None,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> str:
         # `tools` as transformers' apply_chat_template passes them (OpenAI's
         # tool objects); left undefined when absent, as templates expect.
@@ -64,8 +65,8 @@ class Tokenizer:
     def __init__(
         self,
         impl: llm_tokenizers.Tokenizer,
-        chat_template: Optional[str],
-        bos_id: Optional[int],
+        chat_template: str | None,
+        bos_id: int | None,
         eos_ids: Sequence[int],
         backend: str,
         add_bos: bool = True,
@@ -77,20 +78,20 @@ class Tokenizer:
         self.eos_ids = tuple(eos_ids)
         self.backend = backend
 
-    def encode(self, text: str, bos: bool = False) -> List[int]:
+    def encode(self, text: str, bos: bool = False) -> list[int]:
         # Special-token text in a prompt maps to its id, as in transformers.
         return list(self._impl.encode(text, bos=bos, eos=False, allowed_special="all"))
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._impl.decode(list(ids))
 
-    def token_text(self, i: Optional[int]) -> str:
+    def token_text(self, i: int | None) -> str:
         return "" if i is None else self._impl.decode([i])
 
     def stream_decoder(self) -> llm_tokenizers.StreamDecoder:
         return self._impl.stream_decoder()
 
-    def template(self) -> Optional[ChatTemplate]:
+    def template(self) -> ChatTemplate | None:
         if not self.chat_template:
             return None
         eos = self.token_text(self.eos_ids[0]) if self.eos_ids else ""
@@ -99,10 +100,10 @@ class Tokenizer:
 
 def load(
     path: os.PathLike | str,
-    chat_template: Optional[str] = None,
-    bos_id: Optional[int] = None,
+    chat_template: str | None = None,
+    bos_id: int | None = None,
     eos_ids: Sequence[int] = (),
-    add_bos: Optional[bool] = None,
+    add_bos: bool | None = None,
 ) -> Tokenizer:
     """Tokenizer for a GGUF file, tokenizer.json, or tokenizer.model."""
     p = Path(path)

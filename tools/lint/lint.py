@@ -15,8 +15,8 @@ import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Sequence
 
 CXX_SUFFIXES = (".cc", ".h", ".cpp")
 
@@ -31,7 +31,7 @@ def tools() -> tuple[str, str]:
     return clang_format.get_executable("clang-format"), find_ruff_bin()
 
 
-def tracked(root: Path) -> List[str]:
+def tracked(root: Path) -> list[str]:
     out = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True)
     return [f for f in out.stdout.decode().split("\0") if f and (root / f).is_file()]
 
