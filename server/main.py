@@ -62,7 +62,7 @@ def model_id(args: argparse.Namespace) -> str:
 
 def build(args: argparse.Namespace) -> tuple[object, object]:
     """(engine, config) for the flags; raises UserError for bad ones."""
-    from server.app import Config
+    from server.common import Config
     from server.engine import batched_engine, eager_engine, serial_engine
     from torchchat.model import Model
 

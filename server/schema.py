@@ -1,11 +1,14 @@
 """OpenAI's request and response bodies as pydantic models.
 
 Requests are validated here (types, ranges, roles, tool schemas); a body
-that fails becomes a 400 with OpenAI's error object in app.py. Fields
+that fails becomes a 400 with OpenAI's error object (common.py). Fields
 OpenAI documents that this server cannot honour are refused by name
 (UNSUPPORTED) rather than silently ignored; a few that change nothing
 here (user, metadata, store, ...) are accepted and ignored, as other
 OpenAI-compatible servers do.
+
+Every JSON body the server sends is one of the response models below:
+whole responses, each streamed chunk, and every error.
 """
 
 from __future__ import annotations
@@ -151,7 +154,9 @@ def unsupported(extra: dict[str, Any] | None) -> tuple[str, str] | None:
     return None
 
 
-class _Sampling(_Open):
+class SamplingRequest(_Open):
+    """What chat and completions requests share."""
+
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -184,7 +189,7 @@ class _Sampling(_Open):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingRequest):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
@@ -249,7 +254,7 @@ class ChatCompletionRequest(_Sampling):
         return out
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     # OpenAI's completions default is 16 tokens.
     max_tokens: int | None = Field(default=16, ge=1)
@@ -305,13 +310,6 @@ class ToolCallOut(_Strict):
     function: FunctionCall
 
 
-class ToolCallDelta(_Strict):
-    index: int
-    id: str | None = None
-    type: Literal["function"] | None = None
-    function: dict[str, str] | None = None
-
-
 class ChatMessageOut(_Strict):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
@@ -357,10 +355,24 @@ class ChatCompletion(_Strict):
     usage: Usage
 
 
+class ToolCallDelta(_Strict):
+    # Calls are parsed once the reply is complete, so each is sent whole.
+    index: int
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatDelta(_Strict):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_what_changed(self, handler: Any) -> dict[str, Any]:
+        # A delta carries only the fields it adds (OpenAI sends no nulls in
+        # it; the last one is {}).
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ChatChunkChoice(_Strict):
@@ -377,6 +389,8 @@ class ChatCompletionChunk(_Strict):
     model: str
     system_fingerprint: str
     choices: list[ChatChunkChoice]
+    # With stream_options.include_usage: null on every chunk but the last;
+    # without it, absent (see sse()).
     usage: Usage | None = None
 
 
@@ -388,6 +402,9 @@ class CompletionChoice(_Strict):
 
 
 class Completion(_Strict):
+    """A completion, and each streamed chunk of one (OpenAI streams the same
+    object, a piece of text per choice)."""
+
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -395,6 +412,11 @@ class Completion(_Strict):
     system_fingerprint: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+
+
+def sse(chunk: ChatCompletionChunk | Completion, include_usage: bool) -> str:
+    """One streamed chunk as an SSE event's data."""
+    return chunk.model_dump_json(exclude=None if include_usage else {"usage"})
 
 
 class ModelCard(_Strict):
@@ -411,7 +433,16 @@ class ModelList(_Strict):
     data: list[ModelCard]
 
 
+class Health(_Strict):
+    status: Literal["ok"] = "ok"
+    model: str
+    slots: int
+    slots_busy: int
+    queued: int
+
+
 class ErrorBody(_Strict):
+    # Always all four keys, param and code null when they do not apply.
     message: str
     type: str
     param: str | None = None
