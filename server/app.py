@@ -7,20 +7,21 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from server import chat, common, completions, health, models, page
+from server import chat, common, completions, health, metrics, models, page, props, tokens
 from server.common import Config, Served
 from server.engine import Engine
 
-__all__ = ["Config", "create_app"]  # Config is common's; main and the tests import it here
+__all__ = ["Config", "create_app"]  # Config is common's; the tests import it from here
 
 
 def create_app(engine: Engine, config: Config) -> ASGIApp:
     """The API as an ASGI app (FastAPI inside the body-size limit)."""
     page.files()  # a missing page fails at start, not at the first visit
     app = FastAPI(title="torchchat", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.served = Served(engine, config, engine.tokenizer.template())
+    template = engine.tokenizer.template()
+    app.state.served = Served(engine, config, template, metrics.Metrics(engine))
     common.install_error_handlers(app)
     app.middleware("http")(common.require_key)
-    for family in (page, health, models, chat, completions):
+    for family in (page, health, models, chat, completions, tokens, props, metrics):
         app.include_router(family.router)
     return common.BodyLimit(app, config.max_body_bytes)

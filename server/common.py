@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +27,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server import schema
 from server.engine import Engine
 from torchchat.tokenizer import ChatTemplate
+
+if TYPE_CHECKING:
+    from server.metrics import Metrics
 
 log = logging.getLogger("torchchat.server")
 
@@ -61,12 +64,13 @@ class Config:
 
 @dataclass
 class Served:
-    """What the routes read: the engine, the settings and the chat template
-    (compiled once)."""
+    """What the routes read: the engine, the settings, the chat template
+    (compiled once) and the metrics."""
 
     engine: Engine
     config: Config
     template: ChatTemplate | None
+    metrics: Metrics
 
 
 def served(request: Request) -> Served:
@@ -188,11 +192,17 @@ def install_error_handlers(app: FastAPI) -> None:
 # --- the API key ---------------------------------------------------------------------
 
 
+# llama-server's routes that read the model or its use; like its own, they
+# need the key when there is one.
+KEYED = frozenset({"/tokenize", "/detokenize", "/props", "/metrics"})
+
+
 async def require_key(request: Request, call_next: Any) -> Any:
-    """With --api-key, /v1/ routes need `Authorization: Bearer KEY`; the page,
-    /health and llama-server's routes do not."""
+    """With --api-key, /v1/ routes and KEYED need `Authorization: Bearer KEY`;
+    the page and /health do not."""
     key = served(request).config.api_key
-    if key and request.url.path.startswith("/v1/"):
+    path = request.url.path
+    if key and (path.startswith("/v1/") or path in KEYED):
         got = request.headers.get("authorization", "")
         if not secrets.compare_digest(got.encode(), f"Bearer {key}".encode()):
             return APIError(

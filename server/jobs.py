@@ -103,7 +103,8 @@ def usage(prompt_tokens: int, done: Sequence[Done]) -> schema.Usage:
 
 
 def finished(srv: Served, done: Done) -> None:
-    """A generation's end: its stats line to the log."""
+    """A generation's end: its Stats to /metrics, its stats line to the log."""
+    srv.metrics.observe(done.stats)
     if not srv.config.quiet:
         log.info("%s", done.stats.summary())
 

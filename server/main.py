@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-queue", type=int, default=64, help="generations that may wait for a slot (then 429)"
     )
-    p.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1/ routes")
+    p.add_argument(
+        "--api-key",
+        help="require Authorization: Bearer KEY on /v1/ routes and llama-server's",
+    )
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit")
     p.add_argument(
         "--max-tokens-cap",

@@ -19,6 +19,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
     field_validator,
     model_serializer,
     model_validator,
@@ -439,6 +442,80 @@ class Health(_Strict):
     slots: int
     slots_busy: int
     queued: int
+
+
+# --- llama-server's own endpoints (tools/server/README.md there) ------------------
+
+
+class TokenizeRequest(_Open):
+    content: StrictStr
+    add_special: StrictBool = False  # bos, where the model's prompts start with it
+    parse_special: StrictBool = True  # special-token text becomes its id
+    with_pieces: StrictBool = False
+
+
+class TokenPiece(_Strict):
+    id: int
+    # The token's text, or its bytes where they are not whole UTF-8.
+    piece: str | list[int]
+
+
+class TokenizeResponse(_Strict):
+    tokens: list[int] | list[TokenPiece]
+
+
+class DetokenizeRequest(_Open):
+    tokens: list[StrictInt]
+
+
+class DetokenizeResponse(_Strict):
+    content: str
+
+
+class GenerationParams(_Strict):
+    """The defaults a request's fields fall back to, under llama-server's
+    names (the ones that apply here)."""
+
+    seed: int
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repeat_last_n: int
+    repeat_penalty: float
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    max_tokens: int
+    n_predict: int
+    ignore_eos: bool = False
+    stream: bool = False
+    n_probs: int = 0
+
+
+class GenerationSettings(_Strict):
+    n_ctx: int
+    params: GenerationParams
+
+
+class Modalities(_Strict):
+    vision: bool = False
+    audio: bool = False
+
+
+class Props(_Strict):
+    default_generation_settings: GenerationSettings
+    total_slots: int
+    model_alias: str
+    model_path: str
+    modalities: Modalities = Field(default_factory=Modalities)
+    endpoint_slots: bool = False
+    endpoint_props: bool = False  # POST /props
+    endpoint_metrics: bool = True
+    webui: bool = True
+    chat_template: str
+    bos_token: str
+    eos_token: str
+    build_info: str
 
 
 class ErrorBody(_Strict):

@@ -78,12 +78,18 @@ class Tokenizer:
         self.eos_ids = tuple(eos_ids)
         self.backend = backend
 
-    def encode(self, text: str, bos: bool = False) -> list[int]:
-        # Special-token text in a prompt maps to its id, as in transformers.
-        return list(self._impl.encode(text, bos=bos, eos=False, allowed_special="all"))
+    def encode(self, text: str, bos: bool = False, special: bool = True) -> list[int]:
+        # Special-token text in a prompt maps to its id, as in transformers;
+        # special=False keeps it plain text (llama-server's parse_special).
+        allowed = "all" if special else "none"
+        return list(self._impl.encode(text, bos=bos, eos=False, allowed_special=allowed))
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._impl.decode(list(ids))
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        """The raw bytes, where a byte-level token may end mid-character."""
+        return self._impl.decode_bytes(list(ids))
 
     def token_text(self, i: int | None) -> str:
         return "" if i is None else self._impl.decode([i])
