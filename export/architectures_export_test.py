@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from export import export_llm
+from export.source import build, load_source
 from testing import tiny_archs, tiny_model
 from torchchat import tokenizer as tc_tokenizer
 from torchchat.generate import greedy
@@ -86,9 +87,9 @@ class ExportArchitectures(unittest.TestCase):
             ]
         )
         self.assertEqual(rc, 0)
-        source = export_llm.load_source(hf, None)
+        source = load_source(hf, None)
         check_config(source.ckpt.config)
-        eager = export_llm.build(source, "fp32", MAX_SEQ)
+        eager = build(source, "fp32", MAX_SEQ)
         tok = tc_tokenizer.load(out / "tokenizer.json")
         prompt = tok.encode(PROMPT, bos=tok.add_bos)
         with torch.no_grad():

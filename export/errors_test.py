@@ -156,6 +156,24 @@ class BadInputTest(unittest.TestCase):
             "--full-logits",
         )
 
+    def test_a_model_and_a_path_flag(self):
+        # The CLI's rule (torchchat.loading): one way to name the model.
+        self.assert_error(
+            r"give either a model \(tiny\) or a path flag, not both",
+            "tiny",
+            "--output-pte-path",
+            "OUT/m.pte",
+        )
+
+    def test_an_artifact_is_not_a_checkpoint(self):
+        pt2 = self.dir / "model.pt2"
+        pt2.touch()
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = export_llm.main([str(pt2), "--output-pte-path", str(self.dir / "m.pte")])
+        self.assertEqual(rc, 1)
+        self.assertRegex(err.getvalue(), r"model\.pt2 is an exported artifact, not a checkpoint")
+
     def test_missing_checkpoint(self):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):

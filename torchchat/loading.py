@@ -3,8 +3,10 @@
 `LoadOptions` says what to load (an alias, a checkpoint path, or an exported
 `.pt2`/`.pte`) and how (dtype, --quantize, context length, compile mode,
 device, slots); `load(options)` returns a `Loaded`. The CLI, the server,
-eval, export and the benchmarks all call it. `add_model_args` declares its
-flags and `options_from_args` reads them back.
+eval and the benchmarks all call it. `add_model_args` declares its flags and
+`options_from_args` reads them back. Export, which builds from a checkpoint
+for another runtime, shares the steps before the build: `add_source_args`,
+`source_options`, `resolve_source` and `load_tokenizer`.
 
 With `compile="auto"` on the CPU, a checkpoint is compiled with AOTInductor
 on first use into the user cache (torchchat.compile_cache) and later loads
@@ -94,19 +96,31 @@ class Loaded:
 # --- flags ------------------------------------------------------------------------
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The flags that choose and load a model (generate, chat, server, eval)."""
+def add_source_args(p: argparse.ArgumentParser, artifacts: bool = True) -> None:
+    """The flags that name a model and its tokenizer, for every command that
+    loads one; export reads checkpoints only (`artifacts=False`)."""
+    what = "a checkpoint, .gguf, .pt2 or .pte" if artifacts else "a checkpoint or .gguf"
     p.add_argument(
         "model",
         nargs="?",
-        help="model alias (see `list`) or a path to a checkpoint, .gguf, .pt2 or .pte; "
+        help=f"model alias (see `torchchat list`) or a path to {what}; "
         "default: the built-in SmolLM2-135M-Instruct",
     )
     p.add_argument("--checkpoint-path", help="HF directory, Meta directory/.pth or .gguf file")
     p.add_argument("--gguf-path", help="a .gguf file")
     p.add_argument("--tokenizer-path", help="tokenizer file (default: from the checkpoint)")
-    p.add_argument("--aoti-package-path", help="an AOTInductor .pt2 package exported by //export")
-    p.add_argument("--pte-path", help="an ExecuTorch .pte program exported by //export")
+    if artifacts:
+        p.add_argument(
+            "--aoti-package-path", help="an AOTInductor .pt2 package exported by //export"
+        )
+        p.add_argument("--pte-path", help="an ExecuTorch .pte program exported by //export")
+    else:
+        p.set_defaults(aoti_package_path=None, pte_path=None)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The flags that choose and load a model (generate, chat, server, eval)."""
+    add_source_args(p)
     p.add_argument(
         "--dtype",
         choices=DTYPE_CHOICES,
@@ -133,17 +147,25 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no stats or progress lines on stderr")
 
 
-def options_from_args(ns: argparse.Namespace, **overrides: Any) -> LoadOptions:
-    """LoadOptions from add_model_args' flags; `overrides` replace fields."""
+def source_options(ns: argparse.Namespace, **fields: Any) -> LoadOptions:
+    """LoadOptions naming the model add_source_args' flags give; `fields`
+    set the rest."""
     if ns.checkpoint_path and ns.gguf_path:
         raise UserError("give only one of --checkpoint-path and --gguf-path")
     if ns.aoti_package_path and ns.pte_path:
         raise UserError("give only one of --aoti-package-path and --pte-path")
-    fields: dict[str, Any] = dict(
+    source: dict[str, Any] = dict(
         model=ns.model,
         checkpoint=user_path(ns.gguf_path or ns.checkpoint_path),
         artifact=user_path(ns.aoti_package_path or ns.pte_path),
         tokenizer=user_path(ns.tokenizer_path),
+    )
+    return LoadOptions(**{**source, **fields})
+
+
+def options_from_args(ns: argparse.Namespace, **overrides: Any) -> LoadOptions:
+    """LoadOptions from add_model_args' flags; `overrides` replace fields."""
+    fields: dict[str, Any] = dict(
         dtype=ns.dtype,
         quantize=ns.quantize,
         max_seq_length=ns.max_seq_length,
@@ -152,7 +174,7 @@ def options_from_args(ns: argparse.Namespace, **overrides: Any) -> LoadOptions:
         quiet=ns.quiet,
     )
     fields.update(overrides)
-    return LoadOptions(**fields)
+    return source_options(ns, **fields)
 
 
 def expected_errors() -> tuple[type, ...]:
@@ -292,6 +314,26 @@ def tokenizer_source(ckpt: Checkpoint) -> dict[str, Any]:
         "eos_ids": list(ckpt.eos_ids),
         "add_bos": ckpt.add_bos,
     }
+
+
+def load_tokenizer(source: dict[str, Any], override: Path | None = None) -> tuple[Tokenizer, Path]:
+    """The tokenizer `tokenizer_source` describes, read from `override` (a
+    --tokenizer-path) when given, and the file it was read from."""
+    from torchchat import tokenizer as tok_mod
+
+    tok_path = override or source.get("tokenizer_path")
+    if tok_path is None:
+        raise UserError(
+            "no tokenizer found next to the checkpoint or artifact; pass --tokenizer-path"
+        )
+    tok = tok_mod.load(
+        Path(tok_path),
+        chat_template=source.get("chat_template"),
+        bos_id=source.get("bos_id"),
+        eos_ids=tuple(source.get("eos_ids") or ()),
+        add_bos=source.get("add_bos"),
+    )
+    return tok, Path(tok_path)
 
 
 class CompileProgress:
@@ -461,7 +503,6 @@ def load(options: LoadOptions) -> Loaded:
     """The model and tokenizer `options` name."""
     from torchchat import checkpoint as ckpt_mod
     from torchchat import quantize as quant_mod
-    from torchchat import tokenizer as tok_mod
     from torchchat.generate import now_ms
 
     start = now_ms()
@@ -478,18 +519,7 @@ def load(options: LoadOptions) -> Loaded:
         ckpt = ckpt_mod.load_checkpoint(source.checkpoint)  # type: ignore[arg-type]
         model, step, info = build_model(options, ckpt, spec, dtype_name)
         built = _Built(model, step, info, tokenizer_source(ckpt), model.max_seq_length)
-    tok_path = options.tokenizer or built.tokenizer.get("tokenizer_path")
-    if tok_path is None:
-        raise UserError(
-            "no tokenizer found next to the checkpoint or artifact; pass --tokenizer-path"
-        )
-    tok = tok_mod.load(
-        Path(tok_path),
-        chat_template=built.tokenizer.get("chat_template"),
-        bos_id=built.tokenizer.get("bos_id"),
-        eos_ids=tuple(built.tokenizer.get("eos_ids") or ()),
-        add_bos=built.tokenizer.get("add_bos"),
-    )
+    tok, tok_path = load_tokenizer(built.tokenizer, options.tokenizer)
     built.info["tokenizer"] = str(tok_path)
     return Loaded(
         built.model,

@@ -54,12 +54,12 @@ def export_key() -> str:
     change never benchmarks a stale artifact."""
     import hashlib
 
-    from export import export_llm, quant
+    from export import export_llm, pt2, pte, quant, source
     from torchchat import aoti, quantize
     from torchchat import model as model_mod
 
     h = hashlib.sha256()
-    for mod in (export_llm, quant, model_mod, aoti, quantize):
+    for mod in (export_llm, source, pte, pt2, quant, model_mod, aoti, quantize):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:12]
 
