@@ -98,16 +98,15 @@ def read_bandwidth(mib: int = 1024, reps: int = 5, threads: int = 0) -> float:
 def bytes_per_token(path: Path) -> int:
     """What one decode step reads: every tensor once, except that an untied
     embedding table is read one row at a time."""
-    import gguf
+    from torchchat.checkpoint.gguf_file import GGUFFile
 
-    r = gguf.GGUFReader(str(path))
-    names = {t.name for t in r.tensors}
+    tensors = GGUFFile(path).tensors
     total = 0
-    for t in r.tensors:
-        if t.name == "token_embd.weight" and "output.weight" in names:
-            total += int(t.n_bytes) // int(t.shape[1])
+    for name, t in tensors.items():
+        if name == "token_embd.weight" and "output.weight" in tensors:
+            total += t.blocks.nbytes // t.shape[0]
         else:
-            total += int(t.n_bytes)
+            total += t.blocks.nbytes
     return total
 
 
