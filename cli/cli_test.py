@@ -84,6 +84,7 @@ class CliTest(unittest.TestCase):
         runs = {}
         for name, extra in (
             ("default", []),
+            ("int16", ["--decode-x", "int16"]),
             ("int4", ["--quantize", '{"linear:int4": {"groupsize": 32}}']),
             ("fp32", ["--dtype", "fp32"]),
         ):
@@ -92,10 +93,12 @@ class CliTest(unittest.TestCase):
             self.assertEqual(rc, 0, err)
             runs[name] = (out, json.loads(stats.read_text())["model"]["quantize"])
         # The built-in Q4_1 GGUF runs in place: its 210 linears as Q4_1
-        # blocks, the tied Q8_0 embedding as embedding and unembedding; the
-        # same ids as asking for the linears alone (q4_linear on the same
-        # codes).
-        self.assertEqual(runs["default"][0], runs["int4"][0])
+        # blocks, the tied Q8_0 embedding as embedding and unembedding. With
+        # x at 16 bits, the same ids as asking for the linears alone
+        # (q4_linear on the same codes, x at 16 bits); by default x is 8-bit
+        # as in llama.cpp, which answers differently.
+        self.assertEqual(runs["int16"][0], runs["int4"][0])
+        self.assertEqual(runs["int16"][1], runs["default"][1])
         self.assertEqual(
             runs["default"][1], {"gguf Q4_1": 210, "gguf Q8_0": 1, "gguf embedding Q8_0": 1}
         )
@@ -116,6 +119,10 @@ class CliTest(unittest.TestCase):
                 "24",
                 "--stats-json",
                 str(stats),
+                # 8-bit x (the default, llama.cpp's) makes this 135M model
+                # answer "L'Étoile, la ..." as llama.cpp does; 16-bit, "Paris".
+                "--decode-x",
+                "int16",
             ],
             stdin="What is the capital of France?\nAnd of Italy?\n/exit\nnever read\n",
         )

@@ -53,6 +53,9 @@ class LoadOptions:
     device: str = "cpu"
     slots: int = 0  # KV-cache rows of a package compiled here (the server's); 0: batch 1
     quiet: bool = False  # no first-run compile progress on stderr
+    # GGUF decode's activation precision: "int8" (llama.cpp's, the default)
+    # or "int16" (closer to the dequantized model, slower); None: unchanged.
+    decode_x: str | None = None
 
 
 @dataclass
@@ -144,6 +147,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-seq-length", type=int, help="KV cache length (default: min(model context, 2048))"
     )
+    p.add_argument(
+        "--decode-x",
+        choices=["int8", "int16"],
+        help="a GGUF's decode rounds activations per block of 32 to int8 (default, as llama.cpp "
+        "does; fastest) or int16 (closer to the dequantized model, slower)",
+    )
     p.add_argument("--quiet", action="store_true", help="no stats or progress lines on stderr")
 
 
@@ -172,6 +181,7 @@ def options_from_args(ns: argparse.Namespace, **overrides: Any) -> LoadOptions:
         compile=ns.compile,
         device=ns.device,
         quiet=ns.quiet,
+        decode_x=getattr(ns, "decode_x", None),
     )
     fields.update(overrides)
     return source_options(ns, **fields)
@@ -499,6 +509,16 @@ def compile_mode(options: LoadOptions) -> str:
     return options.compile
 
 
+def set_decode_x(name: str) -> None:
+    """GGUF decode's activation precision for this process: the kernels
+    loaded now (the torch ops) and those loaded later (ExecuTorch's, which
+    read TORCHCHAT_GGML_X once)."""
+    from kernels.ggml import ops as ggml_ops
+
+    os.environ["TORCHCHAT_GGML_X"] = name
+    ggml_ops.set_decode_x(name)
+
+
 def load(options: LoadOptions) -> Loaded:
     """The model and tokenizer `options` name."""
     from torchchat import checkpoint as ckpt_mod
@@ -507,6 +527,8 @@ def load(options: LoadOptions) -> Loaded:
 
     start = now_ms()
     _check(options)
+    if options.decode_x:
+        set_decode_x(options.decode_x)
     spec = quant_mod.parse(options.quantize)
     dtype_name = dtype_of(options, spec)
     source = resolve_source(options)

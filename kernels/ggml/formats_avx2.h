@@ -76,6 +76,19 @@ TC_GGML_AVX2 inline void WidenSigned(__m256i bytes, __m256i* c) {
   c[1] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(bytes, 1));
 }
 
+// Codes as int16 from a format's Bytes (its 32 codes of a group as bytes,
+// unsigned, or signed where kSigned).
+template <class V>
+struct CodesFromBytes {
+  TC_GGML_AVX2 static void Codes(const uint8_t* p, int g, __m256i* c) {
+    if constexpr (V::kSigned) {
+      WidenSigned(V::Bytes(p, g), c);
+    } else {
+      Widen(V::Bytes(p, g), c);
+    }
+  }
+};
+
 // Byte e is 0x10 where bit e of the 32-bit word is set.
 TC_GGML_AVX2 inline __m256i FifthBits(uint32_t h) {
   const __m256i spread = _mm256_shuffle_epi8(
@@ -99,46 +112,52 @@ TC_GGML_AVX2 inline __m256i BitsOf(const uint8_t* p, int shift, int mask) {
 }
 
 template <>
-struct Avx2<Q4_0> : Avx2Small<Q4_0, 0, -1, 8> {
-  TC_GGML_AVX2 static void Codes(const uint8_t* p, int g, __m256i* c) {
-    Widen(Nibbles(p + g * Q4_0::kBytes + 2), c);
+struct Avx2<Q4_0> : Avx2Small<Q4_0, 0, -1, 8>, CodesFromBytes<Avx2<Q4_0>> {
+  static constexpr bool kSigned = false;
+  TC_GGML_AVX2 static __m256i Bytes(const uint8_t* p, int g) {
+    return Nibbles(p + g * Q4_0::kBytes + 2);
   }
 };
 
 template <>
-struct Avx2<Q4_1> : Avx2Small<Q4_1, 0, 2, 0> {
-  TC_GGML_AVX2 static void Codes(const uint8_t* p, int g, __m256i* c) {
-    Widen(Nibbles(p + g * Q4_1::kBytes + 4), c);
+struct Avx2<Q4_1> : Avx2Small<Q4_1, 0, 2, 0>, CodesFromBytes<Avx2<Q4_1>> {
+  static constexpr bool kSigned = false;
+  TC_GGML_AVX2 static __m256i Bytes(const uint8_t* p, int g) {
+    return Nibbles(p + g * Q4_1::kBytes + 4);
   }
 };
 
 template <>
-struct Avx2<Q5_0> : Avx2Small<Q5_0, 0, -1, 16> {
-  TC_GGML_AVX2 static void Codes(const uint8_t* p, int g, __m256i* c) {
+struct Avx2<Q5_0> : Avx2Small<Q5_0, 0, -1, 16>, CodesFromBytes<Avx2<Q5_0>> {
+  static constexpr bool kSigned = false;
+  TC_GGML_AVX2 static __m256i Bytes(const uint8_t* p, int g) {
     const uint8_t* b = p + g * Q5_0::kBytes;
-    Widen(_mm256_or_si256(Nibbles(b + 6), FifthBits(Le32(b + 2))), c);
+    return _mm256_or_si256(Nibbles(b + 6), FifthBits(Le32(b + 2)));
   }
 };
 
 template <>
-struct Avx2<Q5_1> : Avx2Small<Q5_1, 0, 2, 0> {
-  TC_GGML_AVX2 static void Codes(const uint8_t* p, int g, __m256i* c) {
+struct Avx2<Q5_1> : Avx2Small<Q5_1, 0, 2, 0>, CodesFromBytes<Avx2<Q5_1>> {
+  static constexpr bool kSigned = false;
+  TC_GGML_AVX2 static __m256i Bytes(const uint8_t* p, int g) {
     const uint8_t* b = p + g * Q5_1::kBytes;
-    Widen(_mm256_or_si256(Nibbles(b + 8), FifthBits(Le32(b + 4))), c);
+    return _mm256_or_si256(Nibbles(b + 8), FifthBits(Le32(b + 4)));
   }
 };
 
 template <>
-struct Avx2<Q8_0> : Avx2Small<Q8_0, 0, -1, 0> {
-  TC_GGML_AVX2 static void Codes(const uint8_t* p, int g, __m256i* c) {
-    WidenSigned(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + g * Q8_0::kBytes + 2)), c);
+struct Avx2<Q8_0> : Avx2Small<Q8_0, 0, -1, 0>, CodesFromBytes<Avx2<Q8_0>> {
+  static constexpr bool kSigned = true;
+  TC_GGML_AVX2 static __m256i Bytes(const uint8_t* p, int g) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + g * Q8_0::kBytes + 2));
   }
 };
 
 template <>
-struct Avx2<IQ4_NL> : Avx2Small<IQ4_NL, 0, -1, 0> {
-  TC_GGML_AVX2 static void Codes(const uint8_t* p, int g, __m256i* c) {
-    WidenSigned(Iq4Lookup(Nibbles(p + g * IQ4_NL::kBytes + 2)), c);
+struct Avx2<IQ4_NL> : Avx2Small<IQ4_NL, 0, -1, 0>, CodesFromBytes<Avx2<IQ4_NL>> {
+  static constexpr bool kSigned = true;
+  TC_GGML_AVX2 static __m256i Bytes(const uint8_t* p, int g) {
+    return Iq4Lookup(Nibbles(p + g * IQ4_NL::kBytes + 2));
   }
 };
 
@@ -168,23 +187,25 @@ struct Avx2K4 {
 };
 
 template <>
-struct Avx2<Q4_K> : Avx2K4<Q4_K> {
-  TC_GGML_AVX2 static void Codes(const uint8_t* b, int g, __m256i* c) {
-    Widen(BitsOf(b + 16 + 32 * (g / 2), 4 * (g % 2), 0xF), c);
+struct Avx2<Q4_K> : Avx2K4<Q4_K>, CodesFromBytes<Avx2<Q4_K>> {
+  static constexpr bool kSigned = false;
+  TC_GGML_AVX2 static __m256i Bytes(const uint8_t* b, int g) {
+    return BitsOf(b + 16 + 32 * (g / 2), 4 * (g % 2), 0xF);
   }
 };
 
 template <>
-struct Avx2<Q5_K> : Avx2K4<Q5_K> {
-  TC_GGML_AVX2 static void Codes(const uint8_t* b, int g, __m256i* c) {
+struct Avx2<Q5_K> : Avx2K4<Q5_K>, CodesFromBytes<Avx2<Q5_K>> {
+  static constexpr bool kSigned = false;
+  TC_GGML_AVX2 static __m256i Bytes(const uint8_t* b, int g) {
     const __m256i lo = BitsOf(b + 48 + 32 * (g / 2), 4 * (g % 2), 0xF);
     const __m256i hi = _mm256_slli_epi16(BitsOf(b + 16, g, 1), 4);
-    Widen(_mm256_or_si256(lo, hi), c);
+    return _mm256_or_si256(lo, hi);
   }
 };
 
 template <>
-struct Avx2<Q6_K> {
+struct Avx2<Q6_K> : CodesFromBytes<Avx2<Q6_K>> {
   static constexpr int kChunkBytes = Q6_K::kBytes;
   // Group g = 4n + j's halves take scales 8n + 2j and 8n + 2j + 1: in
   // storage order already.
@@ -200,16 +221,17 @@ struct Avx2<Q6_K> {
     _mm256_store_ps(m, _mm256_mul_ps(lo, k));
     _mm256_store_ps(m + 8, _mm256_mul_ps(hi, k));
   }
-  TC_GGML_AVX2 static void Codes(const uint8_t* b, int g, __m256i* c) {
+  static constexpr bool kSigned = false;
+  TC_GGML_AVX2 static __m256i Bytes(const uint8_t* b, int g) {
     const int n = g / 4, j = g % 4;
     const __m256i lo = BitsOf(b + 64 * n + 32 * (j % 2), 4 * (j / 2), 0xF);
     const __m256i hi = _mm256_slli_epi16(BitsOf(b + 128 + 32 * n, 2 * j, 3), 4);
-    Widen(_mm256_or_si256(lo, hi), c);
+    return _mm256_or_si256(lo, hi);
   }
 };
 
 template <>
-struct Avx2<Q2_K> {
+struct Avx2<Q2_K> : CodesFromBytes<Avx2<Q2_K>> {
   static constexpr int kChunkBytes = Q2_K::kBytes;
   TC_GGML_AVX2 static void ChunkScales(const uint8_t* p, float* s, float* m) {
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
@@ -224,13 +246,14 @@ struct Avx2<Q2_K> {
         m + 8,
         _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), dmin));
   }
-  TC_GGML_AVX2 static void Codes(const uint8_t* b, int g, __m256i* c) {
-    Widen(BitsOf(b + 16 + 32 * (g / 4), 2 * (g % 4), 3), c);
+  static constexpr bool kSigned = false;
+  TC_GGML_AVX2 static __m256i Bytes(const uint8_t* b, int g) {
+    return BitsOf(b + 16 + 32 * (g / 4), 2 * (g % 4), 3);
   }
 };
 
 template <>
-struct Avx2<Q3_K> {
+struct Avx2<Q3_K> : CodesFromBytes<Avx2<Q3_K>> {
   static constexpr int kChunkBytes = Q3_K::kBytes;
   TC_GGML_AVX2 static void ChunkScales(const uint8_t* p, float* s, float* m) {
     // ggml's dequantize_row_q3_K unpacking of the 16 6-bit scales.
@@ -250,15 +273,16 @@ struct Avx2<Q3_K> {
         s + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))), d));
     (void)m;
   }
-  TC_GGML_AVX2 static void Codes(const uint8_t* b, int g, __m256i* c) {
+  static constexpr bool kSigned = true;
+  TC_GGML_AVX2 static __m256i Bytes(const uint8_t* b, int g) {
     const __m256i q = BitsOf(b + 32 + 32 * (g / 4), 2 * (g % 4), 3);
     const __m256i h = _mm256_slli_epi16(BitsOf(b, g, 1), 2);  // 4 where the bit is set
-    WidenSigned(_mm256_sub_epi8(_mm256_add_epi8(q, h), _mm256_set1_epi8(4)), c);
+    return _mm256_sub_epi8(_mm256_add_epi8(q, h), _mm256_set1_epi8(4));
   }
 };
 
 template <>
-struct Avx2<IQ4_XS> {
+struct Avx2<IQ4_XS> : CodesFromBytes<Avx2<IQ4_XS>> {
   static constexpr int kChunkBytes = IQ4_XS::kBytes;
   // Group g's 6-bit scale: nibble g of scales_l, bits 2g..2g+1 of
   // scales_h on top; each lane shifts its own copy.
@@ -276,8 +300,9 @@ struct Avx2<IQ4_XS> {
     Spread(_mm256_mul_ps(_mm256_cvtepi32_ps(ls), _mm256_set1_ps(Half(p))), s);
     (void)m;
   }
-  TC_GGML_AVX2 static void Codes(const uint8_t* b, int g, __m256i* c) {
-    WidenSigned(Iq4Lookup(Nibbles(b + 8 + 16 * g)), c);
+  static constexpr bool kSigned = true;
+  TC_GGML_AVX2 static __m256i Bytes(const uint8_t* b, int g) {
+    return Iq4Lookup(Nibbles(b + 8 + 16 * g));
   }
 };
 

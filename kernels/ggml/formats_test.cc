@@ -3,9 +3,11 @@
 // the reference itself against gguf-py's dequantize.)
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/ggml/formats.h"
@@ -109,19 +111,34 @@ TEST(Linear, PathsAgree) {
         for (auto& v : x) v = g(rng);
         ASSERT_TRUE(ForceIsa("scalar"));
         ASSERT_EQ(nullptr, Linear(x.data(), m, w.data(), type, n, k, nullptr, ref.data()));
-        for (const char* isa : {"avx2", "avx512vnni"}) {
-          if (!ForceIsa(isa)) continue;  // not this CPU's
-          ASSERT_EQ(nullptr, Linear(x.data(), m, w.data(), type, n, k, nullptr, y.data()));
-          for (int64_t i = 0; i < m; ++i)
-            for (int64_t j = 0; j < n; ++j) {
-              double scale = 1e-6;
-              for (int64_t e = 0; e < k; ++e) scale += std::fabs(deq[j * k + e] * x[i * k + e]);
-              EXPECT_NEAR(y[i * n + j], ref[i * n + j], 3e-5 * scale)
-                  << TypeName(type) << " k=" << k << " m=" << m << " (" << i << ", " << j << ") on "
-                  << Isa();
-            }
-        }
+        for (const char* isa : {"avx2", "avx512vnni"})
+          for (const char* dx : {"int16", "int8"}) {
+            if (!ForceIsa(isa)) continue;  // not this CPU's
+            ASSERT_TRUE(ForceDecodeX(dx));
+            ASSERT_EQ(nullptr, Linear(x.data(), m, w.data(), type, n, k, nullptr, y.data()));
+            // Decode of a block type rounds x per 32 to 8 bits (1/254 of
+            // the block's largest value) or 16; floats and tiles are exact.
+            const bool block = type != kF32 && type != kF16 && type != kBF16;
+            const bool int8 = m < 8 && block && std::string(dx) == "int8";
+            for (int64_t i = 0; i < m; ++i)
+              for (int64_t j = 0; j < n; ++j) {
+                // int8's bound: each x off by at most 1/254 of its block's
+                // largest |x|, times |w|; float rounding on top.
+                double scale = 1e-6, bound = 0;
+                for (int64_t e = 0; e < k; ++e) {
+                  scale += std::fabs(deq[j * k + e] * x[i * k + e]);
+                  float amax = 0;
+                  for (int64_t f = e / 32 * 32; f < e / 32 * 32 + 32; ++f)
+                    amax = std::max(amax, std::fabs(x[i * k + f]));
+                  bound += std::fabs(deq[j * k + e]) * amax / 254;
+                }
+                EXPECT_NEAR(y[i * n + j], ref[i * n + j], 3e-5 * scale + (int8 ? bound : 0))
+                    << TypeName(type) << " k=" << k << " m=" << m << " (" << i << ", " << j
+                    << ") on " << Isa() << ", x " << dx;
+              }
+          }
         ASSERT_TRUE(ForceIsa(""));
+        ASSERT_TRUE(ForceDecodeX(""));
       }
     }
 }

@@ -27,8 +27,12 @@ namespace {
 // From this many rows of x, dequantized tiles (exact, and the dequantization
 // is shared by the rows); below, the int16 rows kernels.
 constexpr int64_t kTileMinM = 8;
-// The decode kernels prefetch this far ahead in each weight row: one call
-// reads a few hundred KB, too little for the hardware prefetcher to ramp up.
+// The decode kernels read one weight row at a time, front to back, and
+// leave prefetching to the hardware: reading 2 or 4 rows at once (to share
+// each load of x) or prefetching in software ran 6-15 GB/s from DRAM on a
+// 128K-row Q6_K output layer, one row 23-28 GB/s (Zen 4, 2 threads; the
+// read bandwidth there is ~32 GB/s). The float rows keep their own
+// prefetch distance.
 constexpr int kPrefetchBytes = 512;
 
 struct Job {
@@ -43,6 +47,8 @@ struct Job {
   const int16_t* xq = nullptr;
   const float* xsc16 = nullptr;
   const float* xs16 = nullptr;
+  // Decode with int8 x: the same scales and sums, and k codes per row.
+  const int8_t* xq8 = nullptr;
 };
 
 using RowsFn = void (*)(const Job&, int64_t n0, int64_t n1);
@@ -176,12 +182,74 @@ TC_GGML_AVX2 bool QuantizeX(const float* x, int64_t k, int16_t* q, float* sc16, 
   return true;
 }
 
+TC_GGML_AVX2 inline int HsumInt(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// As QuantizeX, to int8 (scale max|x| / 127, as llama.cpp's Q8_0
+// activations): x's rounding error is at most 1/254 of its block's largest
+// value per element, and twice the integer work fits in each instruction.
+TC_GGML_AVX2 bool QuantizeX8(const float* x, int64_t k, int8_t* q, float* sc16, float* s16) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  for (int64_t b = 0; b < k / 32; ++b) {
+    const float* p = x + b * 32;
+    __m256 v[4];
+    TC_UNROLL
+    for (int t = 0; t < 4; ++t) v[t] = _mm256_loadu_ps(p + 8 * t);
+    const __m256 amax =
+        _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                      _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+    const float mx = Hmax(amax);
+    if (!(mx <= 3.0e38f) || (mx != 0.f && mx < 1e-30f)) return false;
+    const __m256 inv = _mm256_set1_ps(mx == 0.f ? 0.f : 127.f / mx);
+    const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[0], inv));
+    const __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[1], inv));
+    const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], inv));
+    const __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], inv));
+    // Two packs interleave 32-bit groups across the 128-bit lanes; one
+    // permute of dwords restores element order.
+    const __m256i w = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32),
+                        _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    // The offsets' sums are of the rounded x, as the codes' dots are: the
+    // product is then w . x' exactly, and x's rounding error meets
+    // (code - offset), not the larger unsigned code.
+    const float d = mx / 127.f;
+    sc16[2 * b] = sc16[2 * b + 1] = d;
+    s16[2 * b] = d * float(HsumInt(_mm256_add_epi32(i0, i1)));
+    s16[2 * b + 1] = d * float(HsumInt(_mm256_add_epi32(i2, i3)));
+  }
+  return true;
+}
+
+// 32 codes (unsigned, or signed where V::kSigned) times 32 int8 x, summed
+// in pairs to 16 int16 (vpmaddubsw: unsigned by signed, so signed codes
+// lend their sign to x). No pair overflows: |code| <= 128, |x| <= 127.
+template <class V>
+TC_GGML_AVX2 inline __m256i Dot8Pairs(__m256i q, __m256i x) {
+  if constexpr (V::kSigned)
+    return _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+  return _mm256_maddubs_epi16(q, x);
+}
+
+// A group's scale per 8 int32 lanes: lanes 0..3 hold elements 0..15.
+template <class F>
+TC_GGML_AVX2 inline __m256 GroupScale(const float* ws, int g) {
+  if constexpr (F::kScale16)
+    return _mm256_set_m128(_mm_broadcast_ss(ws + 2 * g + 1), _mm_broadcast_ss(ws + 2 * g));
+  return _mm256_broadcast_ss(ws + 2 * g);
+}
+
 // The decode loop, by chunk of 256 elements (Avx2<F>: a K-quant block, or
 // eight 32-element blocks). Per chunk and weight row: the 16 half-scales
 // times x's group scales (ws), and the offsets' share m . sum(x) as one
 // vector FMA; per group of 32: the codes' exact integer dot with x
 // (two vpmaddwd), then one float FMA (two where halves differ in scale).
-// R weight rows at once share each load of x.
+// R weight rows at once would share each load of x; RowsAvx2 reads one at
+// a time, which streams faster from DRAM (kPrefetchBytes).
 template <class F, int R>
 TC_GGML_AVX2 inline void ChunksAvx2(const Job& a, int64_t n, int64_t i, __m256* acc, __m256* macc) {
   using V = Avx2<F>;
@@ -194,8 +262,6 @@ TC_GGML_AVX2 inline void ChunksAvx2(const Job& a, int64_t n, int64_t i, __m256* 
     TC_UNROLL
     for (int r = 0; r < R; ++r) {
       ch[r] = a.w + (n + r) * a.row_bytes + c * V::kChunkBytes;
-      _mm_prefetch(reinterpret_cast<const char*>(ch[r] + kPrefetchBytes), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(ch[r] + kPrefetchBytes + 64), _MM_HINT_T0);
       alignas(32) float sc[16], mn[16];
       V::ChunkScales(ch[r], sc, mn);
       const float* xs = xsc16 + c * 16;
@@ -278,11 +344,91 @@ TC_GGML_AVX2 inline void GroupAvx2(const Job& a, int64_t n, int64_t i) {
 
 template <class F>
 TC_GGML_AVX2 void RowsAvx2(const Job& a, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 2 <= n1; n += 2)
-    for (int64_t i = 0; i < a.m; ++i) GroupAvx2<F, 2>(a, n, i);
-  for (; n < n1; ++n)
+  for (int64_t n = n0; n < n1; ++n)
     for (int64_t i = 0; i < a.m; ++i) GroupAvx2<F, 1>(a, n, i);
+}
+
+// The 32-element blocks past the whole chunks (a K-quant row is whole
+// chunks), with the scalar scales.
+template <class F, int R>
+TC_GGML_AVX2 inline void Tail8Avx2(const Job& a, int64_t n, int64_t i, __m256* acc, float* mtail) {
+  const int8_t* xq = a.xq8 + i * a.k;
+  const float* xsc16 = a.xsc16 + i * (a.k / 16);
+  const float* xs16 = a.xs16 + i * (a.k / 16);
+  const __m256i ones = _mm256_set1_epi16(1);
+  using V = Avx2<F>;
+  if constexpr (F::kElems == 32) {
+    for (int64_t b = a.k / 256 * 8; b < a.k / 32; ++b) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * 32));
+      TC_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* blk = a.w + (n + r) * a.row_bytes + b * F::kBytes;
+        float s[2], m[2];
+        F::Scales(blk, s, m);
+        mtail[r] += m[0] * xs16[2 * b] + m[1] * xs16[2 * b + 1];
+        const __m256i p = _mm256_madd_epi16(Dot8Pairs<V>(V::Bytes(blk, 0), x), ones);
+        acc[r] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[0] * xsc16[2 * b]), acc[r]);
+      }
+    }
+  }
+}
+
+// The decode loop with int8 x: per group of 32 and weight row, one
+// vpmaddubsw, one vpmaddwd against ones and one FMA whose lanes carry each
+// half's scale. Scales, offsets and the R rows as in ChunksAvx2.
+template <class F, int R>
+TC_GGML_AVX2 inline void Group8Avx2(const Job& a, int64_t n, int64_t i) {
+  using V = Avx2<F>;
+  const int8_t* xq = a.xq8 + i * a.k;
+  const float* xsc16 = a.xsc16 + i * (a.k / 16);
+  const float* xs16 = a.xs16 + i * (a.k / 16);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[R], macc[R];
+  float mtail[R];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) {
+    acc[r] = macc[r] = _mm256_setzero_ps();
+    mtail[r] = 0.f;
+  }
+  for (int64_t c = 0; c < a.k / 256; ++c) {
+    const uint8_t* ch[R];
+    alignas(32) float ws[R][16];
+    TC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      ch[r] = a.w + (n + r) * a.row_bytes + c * V::kChunkBytes;
+      alignas(32) float sc[16], mn[16];
+      V::ChunkScales(ch[r], sc, mn);
+      const float* xs = xsc16 + c * 16;
+      _mm256_store_ps(ws[r], _mm256_mul_ps(_mm256_load_ps(sc), _mm256_loadu_ps(xs)));
+      _mm256_store_ps(ws[r] + 8, _mm256_mul_ps(_mm256_load_ps(sc + 8), _mm256_loadu_ps(xs + 8)));
+      if constexpr (F::kMin) {
+        const float* sum = xs16 + c * 16;
+        macc[r] = _mm256_fmadd_ps(_mm256_load_ps(mn), _mm256_loadu_ps(sum), macc[r]);
+        macc[r] = _mm256_fmadd_ps(_mm256_load_ps(mn + 8), _mm256_loadu_ps(sum + 8), macc[r]);
+      }
+    }
+    TC_UNROLL
+    for (int g = 0; g < 8; ++g) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * 256 + g * 32));
+      TC_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const __m256i p = _mm256_madd_epi16(Dot8Pairs<V>(V::Bytes(ch[r], g), x), ones);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), GroupScale<F>(ws[r], g), acc[r]);
+      }
+    }
+  }
+  Tail8Avx2<F, R>(a, n, i, acc, mtail);
+  TC_UNROLL
+  for (int r = 0; r < R; ++r)
+    a.y[i * a.n + n + r] =
+        Hsum(_mm256_add_ps(acc[r], macc[r])) + mtail[r] + (a.bias ? a.bias[n + r] : 0.f);
+}
+
+template <class F>
+TC_GGML_AVX2 void Rows8Avx2(const Job& a, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t i = 0; i < a.m; ++i) Group8Avx2<F, 1>(a, n, i);
 }
 
 // ----------------------------------------------------------- AVX-512 VNNI --
@@ -316,8 +462,6 @@ TC_GGML_VNNI inline void GroupVnni(const Job& a, int64_t n, int64_t i) {
     TC_UNROLL
     for (int r = 0; r < R; ++r) {
       ch[r] = a.w + (n + r) * a.row_bytes + c * V::kChunkBytes;
-      _mm_prefetch(reinterpret_cast<const char*>(ch[r] + kPrefetchBytes), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(ch[r] + kPrefetchBytes + 64), _MM_HINT_T0);
       alignas(32) float sc[16], mn[16];
       V::ChunkScales(ch[r], sc, mn);
       _mm512_store_ps(ws[r], _mm512_mul_ps(_mm512_load_ps(sc), _mm512_loadu_ps(xsc16 + c * 16)));
@@ -360,11 +504,82 @@ TC_GGML_VNNI inline void GroupVnni(const Job& a, int64_t n, int64_t i) {
 
 template <class F>
 TC_GGML_VNNI void RowsVnni(const Job& a, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 2 <= n1; n += 2)
-    for (int64_t i = 0; i < a.m; ++i) GroupVnni<F, 2>(a, n, i);
-  for (; n < n1; ++n)
+  for (int64_t n = n0; n < n1; ++n)
     for (int64_t i = 0; i < a.m; ++i) GroupVnni<F, 1>(a, n, i);
+}
+
+// The int8 loop with 512-bit dots: two groups of 32 per vpdpbusd, and one
+// FMA whose lanes carry the four halves' scales.
+template <class V>
+TC_GGML_VNNI inline __m512i Dot8Vnni(__m512i q, __m512i x) {
+  if constexpr (V::kSigned) {
+    const __mmask64 neg = _mm512_movepi8_mask(q);
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(q),
+                               _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x));
+  }
+  return _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
+}
+
+template <class F, int R>
+TC_GGML_VNNI inline void Group8Vnni(const Job& a, int64_t n, int64_t i) {
+  using V = Avx2<F>;
+  const int8_t* xq = a.xq8 + i * a.k;
+  const float* xsc16 = a.xsc16 + i * (a.k / 16);
+  const float* xs16 = a.xs16 + i * (a.k / 16);
+  const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  __m512 acc[R];
+  __m256 macc[R];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm512_setzero_ps();
+    macc[r] = _mm256_setzero_ps();
+  }
+  for (int64_t c = 0; c < a.k / 256; ++c) {
+    const uint8_t* ch[R];
+    alignas(64) float ws[R][16];
+    TC_UNROLL
+    for (int r = 0; r < R; ++r) {
+      ch[r] = a.w + (n + r) * a.row_bytes + c * V::kChunkBytes;
+      alignas(32) float sc[16], mn[16];
+      V::ChunkScales(ch[r], sc, mn);
+      _mm512_store_ps(ws[r], _mm512_mul_ps(_mm512_load_ps(sc), _mm512_loadu_ps(xsc16 + c * 16)));
+      if constexpr (F::kMin) {
+        const float* sum = xs16 + c * 16;
+        macc[r] = _mm256_fmadd_ps(_mm256_load_ps(mn), _mm256_loadu_ps(sum), macc[r]);
+        macc[r] = _mm256_fmadd_ps(_mm256_load_ps(mn + 8), _mm256_loadu_ps(sum + 8), macc[r]);
+      }
+    }
+    TC_UNROLL
+    for (int g = 0; g < 8; g += 2) {
+      const __m512i x = _mm512_loadu_si512(xq + c * 256 + g * 32);
+      TC_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(V::Bytes(ch[r], g)),
+                                             V::Bytes(ch[r], g + 1), 1);
+        const __m512 sv =
+            _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(_mm_load_ps(ws[r] + 2 * g)));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(Dot8Vnni<V>(q, x)), sv, acc[r]);
+      }
+    }
+  }
+  __m256 tail[R];
+  float mtail[R];
+  TC_UNROLL
+  for (int r = 0; r < R; ++r) {
+    tail[r] = _mm256_setzero_ps();
+    mtail[r] = 0.f;
+  }
+  Tail8Avx2<F, R>(a, n, i, tail, mtail);
+  TC_UNROLL
+  for (int r = 0; r < R; ++r)
+    a.y[i * a.n + n + r] = Hsum512(acc[r]) + Hsum(_mm256_add_ps(macc[r], tail[r])) + mtail[r] +
+                           (a.bias ? a.bias[n + r] : 0.f);
+}
+
+template <class F>
+TC_GGML_VNNI void Rows8Vnni(const Job& a, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t i = 0; i < a.m; ++i) Group8Vnni<F, 1>(a, n, i);
 }
 
 bool CpuHasVnni() {
@@ -453,7 +668,8 @@ bool CpuHasAvx2() {
 struct Kernels {
   RowsFn rows;  // decode
   DequantFn dequant;
-  bool int16_x;  // rows read Job::xq (a block format on a SIMD path)
+  bool int16_x;            // rows read Job::xq (a block format on a SIMD path)
+  RowsFn rows8 = nullptr;  // decode with int8 x (Job::xq8), where there is one
 };
 
 struct Format {
@@ -475,8 +691,8 @@ constexpr Format BlockFormat(const char* name) {
                 F::kBytes,
                 {RowsScalar<F>, DequantRowScalar<F>, false},
 #if TC_GGML_X86
-                {RowsAvx2<F>, DequantRowAvx2<F>, true},
-                {RowsVnni<F>, DequantRowAvx2<F>, true}
+                {RowsAvx2<F>, DequantRowAvx2<F>, true, Rows8Avx2<F>},
+                {RowsVnni<F>, DequantRowAvx2<F>, true, Rows8Vnni<F>}
 #endif
   };
 }
@@ -547,6 +763,15 @@ Path DefaultPath() {
 
 Path active_path = DefaultPath();
 
+// TORCHCHAT_GGML_X=int16 keeps decode's x at 16 bits (tests that compare
+// ids with a dequantized model); int8 is the default.
+bool DefaultX8() {
+  const char* env = std::getenv("TORCHCHAT_GGML_X");
+  return env == nullptr || std::string(env) != "int16";
+}
+
+bool x8 = DefaultX8();
+
 const Kernels& KernelsFor(const Format& f) {
 #if TC_GGML_X86
   if (active_path == Path::kAvx2) return f.avx2;
@@ -602,6 +827,19 @@ const char* TypeName(int type) {
 
 const char* Isa() { return PathName(active_path); }
 
+const char* DecodeX() { return x8 ? "int8" : "int16"; }
+
+bool ForceDecodeX(const char* x) {
+  const std::string s = x ? x : "";
+  if (s.empty()) {
+    x8 = DefaultX8();
+    return true;
+  }
+  if (s != "int8" && s != "int16") return false;
+  x8 = s == "int8";
+  return true;
+}
+
 bool ForceIsa(const char* isa) {
   const std::string s = isa ? isa : "";
   if (s.empty()) {
@@ -631,9 +869,26 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
   bool tiled = m >= kTileMinM && micro != nullptr;
   // Scratch reused across calls on this thread: decode allocates nothing.
   thread_local std::vector<int16_t> xq;
+  thread_local std::vector<int8_t> xq8;
   thread_local std::vector<float> xsc16, xs16;
 #if TC_GGML_X86
-  if (!tiled && kern.int16_x) {
+  if (!tiled && kern.int16_x && x8 && kern.rows8 != nullptr) {
+    xq8.resize(size_t(m * k));
+    xsc16.resize(size_t(m * k / 16));
+    xs16.resize(size_t(m * k / 16));
+    bool ok = true;
+    for (int64_t i = 0; i < m && ok; ++i)
+      ok = QuantizeX8(x + i * k, k, xq8.data() + i * k, xsc16.data() + i * (k / 16),
+                      xs16.data() + i * (k / 16));
+    if (ok) {
+      task.rows = kern.rows8;
+      task.job.xq8 = xq8.data();
+      task.job.xsc16 = xsc16.data();
+      task.job.xs16 = xs16.data();
+    } else {
+      tiled = micro != nullptr;
+    }
+  } else if (!tiled && kern.int16_x) {
     xq.resize(size_t(m * k));
     xsc16.resize(size_t(m * k / 16));
     xs16.resize(size_t(m * k / 16));

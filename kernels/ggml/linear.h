@@ -3,11 +3,15 @@
 // Q6_K, IQ4_NL, IQ4_XS, F16 and BF16 (and F32).
 //
 // Two paths, picked by the number of rows of x:
-//  - decode (M < kTileMinM): x is rounded per block of 32 to int16 (scale
-//    max|x| / 32767: an error of at most 2^-16 of the block's largest value
-//    per element; llama.cpp rounds x to 8 bits) and each group of 32 codes is
-//    an exact integer dot product (vpmaddwd), scaled in fp32. The offsets
-//    m * sum(x) use x's fp32 sums. F16/BF16/F32 keep x in fp32.
+//  - decode (M < kTileMinM): x is rounded per block of 32 to int8 (scale
+//    max|x| / 127, as llama.cpp's Q8_0 activations: an error of at most
+//    1/254 of the block's largest value per element; llama.cpp's K-quant
+//    dots round per 256) and each group of 32 codes is an exact integer dot
+//    product (vpmaddubsw, or vpdpbusd), scaled in fp32. The offsets
+//    m * sum(x) use x's fp32 sums, not the rounded ones. DecodeX "int16"
+//    rounds x to int16 instead (scale max|x| / 32767, vpmaddwd or vpdpwssd):
+//    2^-16 of the block's largest value, for checks against a dequantized
+//    model. F16/BF16/F32 keep x in fp32.
 //  - prefill: a few weight rows at a time are dequantized to fp32 and
 //    multiplied by the fp32 micro-kernels (tile_gemm.h): exact, up to the
 //    order of the sums.
@@ -43,5 +47,11 @@ const char* DequantizeRows(const uint8_t* w, int type, int64_t k, const int64_t*
 // tests and benchmarks ("" = the default); false if this CPU cannot run it.
 const char* Isa();
 bool ForceIsa(const char* isa);
+
+// Decode's x precision, "int8" (the default) or "int16"; TORCHCHAT_GGML_X
+// names the other. ForceDecodeX("") restores the default; false for a name
+// it does not know.
+const char* DecodeX();
+bool ForceDecodeX(const char* x);
 
 }  // namespace torchchat::kernels::ggml

@@ -29,26 +29,38 @@ def reference_weights(qtype: str, raw: np.ndarray, k: int) -> np.ndarray:
 class LinearTest(unittest.TestCase):
     N, K = 40, 512
 
-    def check(self, qtype: str, m: int, isa: str = "") -> None:
+    def check(self, qtype: str, m: int, isa: str = "", x: str = "int16") -> None:
         raw = random_tensor(qtype, self.N, self.K, seed=m + 7 * len(qtype))
         w = reference_weights(qtype, raw, self.K)
-        x = np.random.default_rng(1).standard_normal((m, self.K)).astype(np.float32)
+        xs = np.random.default_rng(1).standard_normal((m, self.K)).astype(np.float32)
         bias = np.random.default_rng(2).standard_normal(self.N).astype(np.float32)
-        ref = x.astype(np.float64) @ w.T + bias
-        scale = np.abs(x).astype(np.float64) @ np.abs(w).T + 1e-6
+        ref = xs.astype(np.float64) @ w.T + bias
+        scale = np.abs(xs).astype(np.float64) @ np.abs(w).T + 1e-6
         lin = ops.GGMLLinear(torch.from_numpy(raw), qtype, self.N, self.K, torch.from_numpy(bias))
-        with ops.using_isa(isa):
-            y = lin(torch.from_numpy(x)).double().numpy()
-        # Decode rounds x to int16 (2^-16 of each block's largest value);
-        # prefill's tiles and the scalar path are exact up to fp32 sums.
-        tol = 3e-5 if (m < 8 and isa != "scalar" and qtype not in FLOATS) else 2e-6
+        with ops.using_isa(isa), ops.using_decode_x(x):
+            y = lin(torch.from_numpy(xs)).double().numpy()
+        # Decode rounds x per block of 32, to int16 (2^-16 of the block's
+        # largest value) or int8 (1/254 of it); prefill's tiles and the
+        # scalar path are exact up to fp32 sums.
+        rounded = m < 8 and isa != "scalar" and qtype not in FLOATS
+        tol = 3e-5 if rounded else 2e-6
+        if rounded and x == "int8":
+            # Each x off by at most 1/254 of its block's largest |x|.
+            amax = np.repeat(np.abs(xs).reshape(m, -1, 32).max(axis=2), 32, axis=1) / 254
+            scale = scale + amax.astype(np.float64) @ np.abs(w).T / tol
         err = np.max(np.abs(y - ref) / scale)
-        self.assertLess(err, tol, f"{qtype} m={m} isa={isa or ops.isa()}: {err:.2e}")
+        self.assertLess(err, tol, f"{qtype} m={m} isa={isa or ops.isa()} x={x}: {err:.2e}")
 
     def test_every_format_decode(self) -> None:
         for qtype in ops.TYPES:
             for m in (1, 3):
                 self.check(qtype, m)
+
+    def test_every_format_decode_int8(self) -> None:
+        for isa in ("avx2", ""):  # "" is AVX-512 VNNI where the CPU has it
+            for qtype in ops.TYPES:
+                for m in (1, 3):
+                    self.check(qtype, m, isa, x="int8")
 
     def test_every_format_prefill(self) -> None:
         for qtype in ops.TYPES:

@@ -192,11 +192,13 @@ def _lib() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(q4.library_path()), mode=os.RTLD_GLOBAL)
     lib.torchchat_ggml_isa.restype = ctypes.c_char_p
     lib.torchchat_ggml_force_isa.argtypes = [ctypes.c_char_p]
+    lib.torchchat_ggml_decode_x.restype = ctypes.c_char_p
+    lib.torchchat_ggml_force_decode_x.argtypes = [ctypes.c_char_p]
     return lib
 
 
 def isa() -> str:
-    """The kernel path in use: "avx2" or "scalar"."""
+    """The kernel path in use: "avx512vnni", "avx2" or "scalar"."""
     return _lib().torchchat_ggml_isa().decode()
 
 
@@ -210,3 +212,26 @@ def using_isa(name: str) -> Iterator[None]:
         yield
     finally:
         lib.torchchat_ggml_force_isa(before.encode())
+
+
+def decode_x() -> str:
+    """Decode's activation precision: "int8" (the default) or "int16"."""
+    return _lib().torchchat_ggml_decode_x().decode()
+
+
+def set_decode_x(name: str) -> None:
+    """Decode's x rounded to `name` ("int8", "int16"; "" = the default) from now on."""
+    if not _lib().torchchat_ggml_force_decode_x(name.encode()):
+        raise GGMLError(f"unknown decode activation precision {name!r} (int8 or int16)")
+
+
+@contextlib.contextmanager
+def using_decode_x(name: str) -> Iterator[None]:
+    """Runs the block with decode's x rounded to `name` ("" = the default)."""
+    lib, before = _lib(), decode_x()
+    if not lib.torchchat_ggml_force_decode_x(name.encode()):
+        raise GGMLError(f"unknown decode activation precision {name!r} (int8 or int16)")
+    try:
+        yield
+    finally:
+        lib.torchchat_ggml_force_decode_x(before.encode())

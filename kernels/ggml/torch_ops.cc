@@ -182,3 +182,11 @@ extern "C" __attribute__((visibility("default"))) const char* torchchat_ggml_isa
 extern "C" __attribute__((visibility("default"))) int torchchat_ggml_force_isa(const char* isa) {
   return torchchat::kernels::ggml::ForceIsa(isa) ? 1 : 0;
 }
+
+extern "C" __attribute__((visibility("default"))) const char* torchchat_ggml_decode_x() {
+  return torchchat::kernels::ggml::DecodeX();
+}
+
+extern "C" __attribute__((visibility("default"))) int torchchat_ggml_force_decode_x(const char* x) {
+  return torchchat::kernels::ggml::ForceDecodeX(x) ? 1 : 0;
+}
