@@ -6,6 +6,9 @@ models to use:
 - Llama 3.1 JSON: the whole reply is `{"name": ..., "parameters": {...}}`
   (optionally after `<|python_tag|>`), several separated by `;`.
 
+A forced call (tool_choice "required" or a named function) is generated
+under `forced_grammar`, llguidance's Lark with each tool's JSON Schema.
+
 Streaming holds back text that may turn out to be a tool call (from a
 `<tool_call>` tag on, or a whole reply that starts like Llama's JSON) and
 decides at the end whether it was one.
@@ -19,6 +22,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from torchchat import grammar
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
@@ -94,6 +99,33 @@ def _split_json_objects(body: str) -> list[str]:
         while i < len(body) and body[i] in " \n\t;":
             i += 1
     return out
+
+
+def forced_grammar(tools: Sequence[dict[str, Any]], llama_json: bool = False) -> str:
+    """The grammar of one call of one of `tools` (OpenAI tool objects) in the
+    format parse() reads: Hermes/Qwen `<tool_call>{"name", "arguments"}</tool_call>`,
+    or Llama 3.1's bare `{"name", "parameters"}`; the arguments follow the
+    tool's `parameters` schema. Raises grammar.GrammarError for a schema the
+    engine does not take."""
+    key = "parameters" if llama_json else "arguments"
+    calls = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": t["function"]["name"]},
+                key: t["function"].get("parameters") or {"type": "object"},
+            },
+            "required": ["name", key],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
+    schema = {"anyOf": calls, "x-guidance": grammar.COMPACT}
+    body = "%json " + json.dumps(schema, ensure_ascii=False)
+    if llama_json:
+        return grammar.lark("start: " + body)
+    head, tail = json.dumps(OPEN + "\n"), json.dumps("\n" + CLOSE)
+    return grammar.lark(f"start: {head} call {tail}\ncall: {body}")
 
 
 class ToolStream:
