@@ -236,7 +236,13 @@ class _Pick:
     ):
         self.sampler, self.p = sampler, p
         self.tokenizer = tokenizer
-        self.guided: grammars.Guided | None = None
+        # Its matcher starts at the first token, whose logits give the model's
+        # vocabulary size; every later mask is filled while the forward runs.
+        self.guided = (
+            grammars.Guided(p.grammar, tokenizer, sampler)
+            if p.grammar is not None and tokenizer is not None
+            else None
+        )
         self.stop_ids = set(stop_ids)
         self.counts: dict[int, int] = {}
         self.recorded: list[TokenLogprob] = []
@@ -248,13 +254,6 @@ class _Pick:
             n = torch.tensor(list(self.counts.values()), dtype=torch.float32)
             logits = logits.clone()
             logits[ids] -= n * self.p.frequency_penalty + self.p.presence_penalty
-        if self.p.grammar is not None and self.guided is None and self.tokenizer is not None:
-            # Built at the first token, whose logits say the model's vocabulary
-            # size (the tokenizer may have fewer); every later mask is filled
-            # while the forward runs.
-            self.guided = grammars.Guided(
-                self.p.grammar, self.tokenizer, logits.numel(), self.sampler
-            )
         if self.guided is not None:
             tok = self.guided(logits, history)
         else:

@@ -155,19 +155,31 @@ class Guided:
     """A Pick held to `grammar`: the wrapped pick sees logits with every
     token the grammar does not allow next at -inf.
 
-    Build it before the prompt runs: the first mask is computed during the
-    prefill. One Guided serves one generation.
+    With `n_vocab` (the model's logits, which may outnumber the tokenizer's
+    ids) the first mask is computed at once, during the prefill; without,
+    at the first pick, from the logits' size. One Guided serves one
+    generation.
     """
 
-    def __init__(self, grammar: str, tokenizer: Tokenizer, n_vocab: int, pick: Pick):
-        self.pick = pick
+    def __init__(
+        self, grammar: str, tokenizer: Tokenizer, pick: Pick, n_vocab: int | None = None
+    ):
+        self.grammar, self.tokenizer, self.pick = grammar, tokenizer, pick
+        self.mask_s = 0.0  # time the sampler waited for masks (overlap left over)
+        self._next: Future | None = None
+        self.n_vocab = 0
+        if n_vocab is not None:
+            self._start(n_vocab)
+
+    def _start(self, n_vocab: int) -> None:
         self.n_vocab = n_vocab
-        self.matcher = llguidance.LLMatcher(table(tokenizer, n_vocab), grammar, log_level=0)
+        self.matcher = llguidance.LLMatcher(
+            table(self.tokenizer, n_vocab), self.grammar, log_level=0
+        )
         if self.matcher.is_error():
             raise GrammarError(_one_line(self.matcher.get_error()))
         self.bits = np.zeros((n_vocab + 31) // 32, dtype=np.int32)
-        self.mask_s = 0.0  # time the sampler waited for masks (overlap left over)
-        self._next: Future | None = _POOL.submit(self._fill)
+        self._next = _POOL.submit(self._fill)
 
     def _fill(self) -> None:
         self.matcher.unsafe_compute_mask_ptr(self.bits.ctypes.data, self.bits.nbytes)
@@ -181,6 +193,8 @@ class Guided:
         return torch.from_numpy(bits.astype(bool))
 
     def __call__(self, logits: torch.Tensor, history: Sequence[int]) -> int:
+        if not self.n_vocab:
+            self._start(logits.numel())
         t0 = time.perf_counter()
         allowed = self.allowed()
         self.mask_s += time.perf_counter() - t0

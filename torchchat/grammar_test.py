@@ -69,7 +69,7 @@ class GuidedTest(unittest.TestCase):
 
     def run_random(self, g, pick, seed, limit=300):
         gen = torch.Generator().manual_seed(seed)
-        guided = grammar.Guided(g, self.tok, tiny_model.VOCAB, pick)
+        guided = grammar.Guided(g, self.tok, pick, tiny_model.VOCAB)
         ids = []
         for _ in range(limit):
             tok = guided(torch.randn(tiny_model.VOCAB, generator=gen) * 4, ids)
@@ -100,7 +100,7 @@ class GuidedTest(unittest.TestCase):
     def test_the_mask_only_removes_tokens(self):
         # The best token overall does not fit: the best one that does is taken.
         g = grammar.json_schema({"enum": ["dog"]})
-        guided = grammar.Guided(g, self.tok, tiny_model.VOCAB, argmax)
+        guided = grammar.Guided(g, self.tok, argmax)
         logits = torch.zeros(tiny_model.VOCAB)
         x, quote = self.tok.encode("x")[0], self.tok.encode('"')[0]
         logits[x], logits[quote] = 9.0, 3.0
