@@ -116,7 +116,9 @@ def _grammar(args: argparse.Namespace) -> str | None:
     """--json-schema's or --grammar's grammar, compiled; a bad file is a UserError."""
     from torchchat import grammar
 
-    kind, path = ("json-schema", args.json_schema) if args.json_schema else ("grammar", args.grammar)
+    kind, path = (
+        ("json-schema", args.json_schema) if args.json_schema else ("grammar", args.grammar)
+    )
     if not path:
         return None
     try:

@@ -248,7 +248,15 @@ class BadInputTest(unittest.TestCase):
             (
                 "response_format schema with a keyword the engine lacks",
                 "/v1/chat/completions",
-                self.chat(response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object", "not": {"type": "null"}}}}),
+                self.chat(
+                    response_format={
+                        "type": "json_schema",
+                        "json_schema": {
+                            "name": "s",
+                            "schema": {"type": "object", "not": {"type": "null"}},
+                        },
+                    }
+                ),
                 400,
                 "response_format.json_schema.schema",
                 "invalid_schema",
@@ -256,7 +264,14 @@ class BadInputTest(unittest.TestCase):
             (
                 "response_format schema with a $ref to nowhere",
                 "/v1/completions",
-                {"model": self.model, "prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {"$ref": "#/$defs/nowhere"}}}},
+                {
+                    "model": self.model,
+                    "prompt": "x",
+                    "response_format": {
+                        "type": "json_schema",
+                        "json_schema": {"name": "s", "schema": {"$ref": "#/$defs/nowhere"}},
+                    },
+                },
                 400,
                 "response_format.json_schema.schema",
                 "invalid_schema",

@@ -80,9 +80,7 @@ async def chat(req: schema.ChatCompletionRequest, srv: Server) -> Any:
         try:
             grammar = tools.forced_grammar(defs, llama_json)
         except GrammarError as e:
-            raise APIError(
-                400, f"tools: {e}", param="tools", code="invalid_schema"
-            ) from None
+            raise APIError(400, f"tools: {e}", param="tools", code="invalid_schema") from None
     todo: list[jobs.Job] = []
     for j in range(req.n):
         p = jobs.params(srv.config, req, max_tokens, j)

@@ -137,7 +137,10 @@ class StructuredTest(unittest.TestCase):
 
     @staticmethod
     def fmt(schema):
-        return {"type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": True}}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "s", "schema": schema, "strict": True},
+        }
 
     def test_a_random_model_obeys_every_schema(self):
         ok = 0
@@ -220,9 +223,7 @@ class StructuredTest(unittest.TestCase):
                 ),
             },
         }
-        r = self.chat(
-            tools=[weather], tool_choice="required", n=SLOTS, seed=11, temperature=1.0
-        )
+        r = self.chat(tools=[weather], tool_choice="required", n=SLOTS, seed=11, temperature=1.0)
         for c in r.choices:
             self.assertEqual(c.finish_reason, "tool_calls", c)
             (call,) = c.message.tool_calls

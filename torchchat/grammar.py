@@ -161,12 +161,15 @@ class Guided:
     generation.
     """
 
-    def __init__(
-        self, grammar: str, tokenizer: Tokenizer, pick: Pick, n_vocab: int | None = None
-    ):
+    # False computes each mask at the pick, after the forward: only
+    # //server:structured_bench turns it off, to measure what overlap saves.
+    overlap = True
+
+    def __init__(self, grammar: str, tokenizer: Tokenizer, pick: Pick, n_vocab: int | None = None):
         self.grammar, self.tokenizer, self.pick = grammar, tokenizer, pick
         self.mask_s = 0.0  # time the sampler waited for masks (overlap left over)
         self._next: Future | None = None
+        self._stale = False  # the mask awaits a fill at the next pick
         self.n_vocab = 0
         if n_vocab is not None:
             self._start(n_vocab)
@@ -189,6 +192,9 @@ class Guided:
         if self._next is not None:
             self._next.result()
             self._next = None
+        if self._stale:
+            self._fill()
+            self._stale = False
         bits = np.unpackbits(self.bits.view(np.uint8), bitorder="little")[: self.n_vocab]
         return torch.from_numpy(bits.astype(bool))
 
@@ -206,5 +212,8 @@ class Guided:
         if not self.matcher.consume_token(tok):
             raise RuntimeError(f"grammar: token {tok} was refused: {self.matcher.get_error()}")
         # Step t+1's mask, while the caller runs the forward for it.
-        self._next = _POOL.submit(self._fill)
+        if self.overlap:
+            self._next = _POOL.submit(self._fill)
+        else:
+            self._stale = True
         return tok
