@@ -101,11 +101,31 @@ def _split_json_objects(body: str) -> list[str]:
     return out
 
 
+_DATA = {"const", "enum", "default", "examples"}
+
+
+def closed(schema: Any) -> Any:
+    """`schema` with every object that lists `properties` but says nothing
+    of others closed to them (`additionalProperties: false`), as OpenAI's
+    strict function calling requires: a forced call writes the arguments
+    the tool declares, never a made-up key."""
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    # Values (const, enum, ...) are data, not schemas.
+    out = {k: v if k in _DATA else closed(v) for k, v in schema.items()}
+    if isinstance(schema.get("properties"), dict):
+        out["properties"] = {k: closed(v) for k, v in schema["properties"].items()}
+        out.setdefault("additionalProperties", False)
+    return out
+
+
 def forced_grammar(tools: Sequence[dict[str, Any]], llama_json: bool = False) -> str:
     """The grammar of one call of one of `tools` (OpenAI tool objects) in the
     format parse() reads: Hermes/Qwen `<tool_call>{"name", "arguments"}</tool_call>`,
     or Llama 3.1's bare `{"name", "parameters"}`; the arguments follow the
-    tool's `parameters` schema. Raises grammar.GrammarError for a schema the
+    tool's `parameters` schema, closed to undeclared keys. Raises grammar.GrammarError for a schema the
     engine does not take."""
     key = "parameters" if llama_json else "arguments"
     calls = [
@@ -113,7 +133,7 @@ def forced_grammar(tools: Sequence[dict[str, Any]], llama_json: bool = False) ->
             "type": "object",
             "properties": {
                 "name": {"const": t["function"]["name"]},
-                key: t["function"].get("parameters") or {"type": "object"},
+                key: closed(t["function"].get("parameters") or {"type": "object"}),
             },
             "required": ["name", key],
             "additionalProperties": False,
