@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -144,6 +143,20 @@ def table(tokenizer: Tokenizer, n_vocab: int) -> llguidance.LLTokenizer:
         return hit[1]
 
 
+def warm(tokenizer: Tokenizer, n_vocab: int) -> None:
+    """Builds table() in the background (a server at start), so that the
+    first structured request does not wait for it. A failure here shows
+    again, reported, at that request."""
+
+    def build() -> None:
+        try:
+            table(tokenizer, n_vocab)
+        except Exception:  # noqa: BLE001 (reported by the request that needs it)
+            pass
+
+    threading.Thread(target=build, name="grammar-table", daemon=True).start()
+
+
 # --- the mask in the sampler ---------------------------------------------------------
 
 # Masks are computed here, beside the forward. A few workers: the slots of a
@@ -167,7 +180,6 @@ class Guided:
 
     def __init__(self, grammar: str, tokenizer: Tokenizer, pick: Pick, n_vocab: int | None = None):
         self.grammar, self.tokenizer, self.pick = grammar, tokenizer, pick
-        self.mask_s = 0.0  # time the sampler waited for masks (overlap left over)
         self._next: Future | None = None
         self._stale = False  # the mask awaits a fill at the next pick
         self.n_vocab = 0
@@ -201,9 +213,7 @@ class Guided:
     def __call__(self, logits: torch.Tensor, history: Sequence[int]) -> int:
         if not self.n_vocab:
             self._start(logits.numel())
-        t0 = time.perf_counter()
         allowed = self.allowed()
-        self.mask_s += time.perf_counter() - t0
         if self.matcher.is_error() or not bool(allowed.any()):
             raise RuntimeError(f"grammar: no token can continue: {self.matcher.get_error()}")
         flat = logits.reshape(-1).float()
