@@ -7,7 +7,8 @@ built-in model) and, for each slot count N, runs N concurrent generations
 of `--max-tokens` tokens, greedy, three ways: unconstrained (`ignore_eos`),
 held to a JSON Schema whose answers are longer than `--max-tokens` (so
 every generation runs to the same length), and the same with the mask
-computed after the forward instead of during it. It prints the mean time
+computed after the forward instead of during it, the three taking turns
+in each round. It prints the mean time
 per token after the first (each stream's decode time over its tokens) and
 the overhead against unconstrained, with the CPU it ran on.
 """
@@ -69,17 +70,30 @@ async def _run(engine: Engine, prompts: list[list[int]], params: Params) -> list
     return out
 
 
-def measure(engine: Engine, prompts: list[list[int]], params: Params, rounds: int) -> float:
-    asyncio.run(_run(engine, prompts, params))  # warm-up (and the grammar's token table)
-    per_round = [statistics.mean(asyncio.run(_run(engine, prompts, params))) for _ in range(rounds)]
-    return statistics.median(per_round)
+def measure(
+    engine: Engine, prompts: list[list[int]], modes: list[tuple[Params, bool]], rounds: int
+) -> list[float]:
+    """Each mode's (params, mask overlapped) median ms per token. The modes
+    take turns within each round, so that a host that slows down for a while
+    slows every mode alike."""
+    times: list[list[float]] = [[] for _ in modes]
+    for r in range(rounds + 1):  # round 0 warms up (and builds the grammar's table)
+        for k, (params, overlap) in enumerate(modes):
+            grammar.Guided.overlap = overlap
+            try:
+                t = statistics.mean(asyncio.run(_run(engine, prompts, params)))
+            finally:
+                grammar.Guided.overlap = True
+            if r:
+                times[k].append(t)
+    return [statistics.median(t) for t in times]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = server_main.build_parser()
     p.add_argument("--slots", default="1,8", help="concurrent generations to measure")
     p.add_argument("--max-tokens", type=int, default=48)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
     counts = [int(x) for x in args.slots.split(",")]
     args.parallel = max(counts)
@@ -92,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"model: {server_main.model_id(args)}, compile: {args.compile}, vocabulary: {config.vocab_size}"
     )
-    print(f"{args.max_tokens} tokens a stream, greedy, median of {args.rounds} rounds\n")
+    print(
+        f"{args.max_tokens} tokens a stream, greedy, median of {args.rounds} rounds, the modes taking turns\n"
+    )
     print(
         "| slots | unconstrained ms/token | JSON Schema ms/token | overhead | mask after forward ms/token | overhead |"
     )
@@ -101,13 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         prompts = [tok.encode(PROMPTS[i % len(PROMPTS)], bos=tok.add_bos) for i in range(n)]
         base = Params(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
         held = Params(max_tokens=args.max_tokens, temperature=0.0, grammar=g)
-        plain = measure(engine, prompts, base, args.rounds)
-        overlapped = measure(engine, prompts, held, args.rounds)
-        grammar.Guided.overlap = False
-        try:
-            serial = measure(engine, prompts, held, args.rounds)
-        finally:
-            grammar.Guided.overlap = True
+        modes = [(base, True), (held, True), (held, False)]
+        plain, overlapped, serial = measure(engine, prompts, modes, args.rounds)
         print(
             f"| {n} | {plain:.2f} | {overlapped:.2f} | {100 * (overlapped / plain - 1):+.1f}% "
             f"| {serial:.2f} | {100 * (serial / plain - 1):+.1f}% |",
