@@ -67,10 +67,13 @@ async def _run(engine: Engine, prompts: list[list[int]], params: Params) -> list
             s = ev.stats
             out.append((s.inference_end_ms - s.first_token_ms) / (s.num_generated_tokens - 1))
     await asyncio.gather(*tasks)
+    # A slot is free again once its worker thread returns, on this loop.
+    while engine.busy():
+        await asyncio.sleep(0.001)
     return out
 
 
-def measure(
+async def measure(
     engine: Engine, prompts: list[list[int]], modes: list[tuple[Params, bool]], rounds: int
 ) -> list[float]:
     """Each mode's (params, mask overlapped) median ms per token. The modes
@@ -81,7 +84,7 @@ def measure(
         for k, (params, overlap) in enumerate(modes):
             grammar.Guided.overlap = overlap
             try:
-                t = statistics.mean(asyncio.run(_run(engine, prompts, params)))
+                t = statistics.mean(await _run(engine, prompts, params))
             finally:
                 grammar.Guided.overlap = True
             if r:
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         base = Params(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
         held = Params(max_tokens=args.max_tokens, temperature=0.0, grammar=g)
         modes = [(base, True), (held, True), (held, False)]
-        plain, overlapped, serial = measure(engine, prompts, modes, args.rounds)
+        # One event loop for the whole run, as in the server.
+        plain, overlapped, serial = asyncio.run(measure(engine, prompts, modes, args.rounds))
         print(
             f"| {n} | {plain:.2f} | {overlapped:.2f} | {100 * (overlapped / plain - 1):+.1f}% "
             f"| {serial:.2f} | {100 * (serial / plain - 1):+.1f}% |",
