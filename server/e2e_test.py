@@ -13,10 +13,16 @@ import zipfile
 from pathlib import Path
 
 import openai
+import pydantic
 
 RUNFILES = Path(os.environ.get("TEST_SRCDIR", "."), "_main")
 TORCHCHAT = RUNFILES / "cli" / "torchchat"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+class City(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=40)
+    country: str = pydantic.Field(max_length=40)
 
 
 def free_port() -> int:
@@ -81,6 +87,15 @@ class BuiltinServerTest(unittest.TestCase):
         )
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         self.assertIn("Paris", text)
+
+    def test_structured_output(self):
+        # openai's parse(): the pydantic model as a strict JSON Schema, the
+        # answer parsed back into it.
+        r = self.client.chat.completions.parse(
+            model=self.model, messages=QUESTION, temperature=0, max_tokens=80, response_format=City
+        )
+        self.assertIsInstance(r.choices[0].message.parsed, City)
+        self.assertIn("Paris", r.choices[0].message.parsed.name)
 
 
 if __name__ == "__main__":
