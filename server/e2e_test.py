@@ -91,11 +91,14 @@ class BuiltinServerTest(unittest.TestCase):
     def test_structured_output(self):
         # openai's parse(): the pydantic model as a strict JSON Schema, the
         # answer parsed back into it.
+        ask = [{"role": "user", "content": "The capital of France, as JSON: its name and country."}]
         r = self.client.chat.completions.parse(
-            model=self.model, messages=QUESTION, temperature=0, max_tokens=80, response_format=City
+            model=self.model, messages=ask, temperature=0, max_tokens=80, response_format=City
         )
-        self.assertIsInstance(r.choices[0].message.parsed, City)
-        self.assertIn("Paris", r.choices[0].message.parsed.name)
+        city = r.choices[0].message.parsed
+        self.assertIsInstance(city, City)
+        # SmolLM2-135M's answer; the form is the grammar's, the words its own.
+        self.assertEqual((city.name.lower(), city.country.lower()), ("paris", "france"))
 
 
 if __name__ == "__main__":
