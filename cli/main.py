@@ -24,13 +24,22 @@ from torchchat.paths import user_path
 from torchchat.sampling import add_sampling_args, sampler_from_args
 
 if TYPE_CHECKING:
-    from torchchat.generate import Stats
+    from torchchat.generate import Pick, Stats
 
 
 def _add_answer_args(p: argparse.ArgumentParser) -> None:
     loading.add_model_args(p)
     add_sampling_args(p)
     p.add_argument("--stats-json", help="write per-answer stats to this JSON file")
+    held = p.add_mutually_exclusive_group()
+    held.add_argument(
+        "--json-schema", metavar="FILE", help="answer with JSON that validates against this schema"
+    )
+    held.add_argument(
+        "--grammar",
+        metavar="FILE",
+        help="answer in this grammar: Lark (llguidance's) or llama.cpp's GBNF",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +112,28 @@ def _hint_chat_template(tok: Any) -> None:
         )
 
 
+def _grammar(args: argparse.Namespace) -> str | None:
+    """--json-schema's or --grammar's grammar, compiled; a bad file is a UserError."""
+    from torchchat import grammar
+
+    kind, path = (
+        ("json-schema", args.json_schema) if args.json_schema else ("grammar", args.grammar)
+    )
+    if not path:
+        return None
+    try:
+        return grammar.from_file(user_path(path), kind)
+    except grammar.GrammarError as e:
+        raise UserError(f"--{kind}: {e}") from None
+
+
+def _held(g: str | None, tok: Any, sampler: Pick) -> Pick:
+    """The sampler, held to the grammar for one answer."""
+    from torchchat.grammar import Guided
+
+    return sampler if g is None else Guided(g, tok, sampler)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from torchchat.generate import Reply, Stats, generate_text
 
@@ -111,6 +142,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt = _text(args.prompt, "--prompt")
     system = _text(args.system_prompt, "--system-prompt") if args.system_prompt else None
     sampler = sampler_from_args(args)
+    held = _grammar(args)
     loaded = loading.load(loading.options_from_args(args))
     tok = loaded.tokenizer
     if args.chat_template:
@@ -130,7 +162,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         try:
             if not args.chat_template:
                 _out(prompt)
-            reply = generate_text(slot, tok, ids, sampler, args.max_new_tokens, _out)
+            pick = _held(held, tok, sampler)
+            reply = generate_text(slot, tok, ids, pick, args.max_new_tokens, _out)
         except KeyboardInterrupt:  # between the echo and the first decode step
             reply = Reply([], "", Stats(stop_reason="interrupted"))
         _out("\n")
@@ -155,6 +188,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     system = _text(args.system_prompt, "--system-prompt") if args.system_prompt else None
     sampler = sampler_from_args(args)
+    held = _grammar(args)
     loaded = loading.load(loading.options_from_args(args))
     template = loaded.tokenizer.template()
     if template is None:
@@ -185,7 +219,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         try:
             line = _text(line, "the input line")
             _out("Assistant: ")
-            reply = session.turn(line, sampler, args.max_new_tokens, _out)
+            pick = _held(held, loaded.tokenizer, sampler)
+            reply = session.turn(line, pick, args.max_new_tokens, _out)
         except (UserError, ContextOverflow) as e:
             _out("\n")
             print(f"torchchat: error: {e}", file=sys.stderr)

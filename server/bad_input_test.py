@@ -246,6 +246,72 @@ class BadInputTest(unittest.TestCase):
                 None,
             ),
             (
+                "response_format schema with a keyword the engine lacks",
+                "/v1/chat/completions",
+                self.chat(
+                    response_format={
+                        "type": "json_schema",
+                        "json_schema": {
+                            "name": "s",
+                            "schema": {"type": "object", "not": {"type": "null"}},
+                        },
+                    }
+                ),
+                400,
+                "response_format.json_schema.schema",
+                "invalid_schema",
+            ),
+            (
+                "response_format schema with a $ref to nowhere",
+                "/v1/completions",
+                {
+                    "model": self.model,
+                    "prompt": "x",
+                    "response_format": {
+                        "type": "json_schema",
+                        "json_schema": {"name": "s", "schema": {"$ref": "#/$defs/nowhere"}},
+                    },
+                },
+                400,
+                "response_format.json_schema.schema",
+                "invalid_schema",
+            ),
+            (
+                "response_format json_schema without json_schema",
+                "/v1/chat/completions",
+                self.chat(response_format={"type": "json_schema"}),
+                400,
+                None,
+                None,
+            ),
+            (
+                "response_format with ignore_eos",
+                "/v1/chat/completions",
+                self.chat(response_format={"type": "json_object"}, ignore_eos=True),
+                400,
+                "ignore_eos",
+                None,
+            ),
+            (
+                "tool parameters the engine lacks, forced",
+                "/v1/chat/completions",
+                self.chat(
+                    tools=[
+                        {
+                            "type": "function",
+                            "function": {
+                                "name": "f",
+                                "parameters": {"type": "object", "uniqueItems": True},
+                            },
+                        }
+                    ],
+                    tool_choice="required",
+                ),
+                400,
+                "tools",
+                "invalid_schema",
+            ),
+            (
                 "logit_bias",
                 "/v1/chat/completions",
                 self.chat(logit_bias={"5": 3}),

@@ -1,6 +1,6 @@
 """POST /v1/chat/completions: messages rendered with the model's chat
 template, tool calls parsed out of the reply (or forced by a grammar),
-whole or streamed."""
+response_format's JSON held by a grammar, whole or streamed."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from typing import Any
 from fastapi import APIRouter
 from sse_starlette import EventSourceResponse
 
-from server import constrain, jobs, schema, tools
+from server import jobs, schema, tools
 from server.common import APIError, Served, Server
 from server.engine import Delta, Done, Failed, TokenLogprob
+from torchchat.grammar import GrammarError
 from torchchat.tokenizer import TokenizerError
 
 router = APIRouter()
@@ -69,12 +70,17 @@ async def chat(req: schema.ChatCompletionRequest, srv: Server) -> Any:
     jobs.check_n(srv, req.n, req.n)
     max_tokens = req.max_completion_tokens or req.max_tokens
     forced = req.forced_tools()
-    grammar = None
+    # A forced call's grammar wins over response_format: the reply is the call.
+    grammar = jobs.response_grammar(req) if not forced else None
     if forced:
         # Llama 3.1's templates ask for bare JSON; every other template
         # gets the tagged form, which our parser reads unambiguously.
         llama_json = "<|python_tag|>" in (srv.engine.tokenizer.chat_template or "")
-        grammar = constrain.tool_call([t.model_dump(exclude_none=True) for t in forced], llama_json)
+        defs = [t.model_dump(exclude_none=True) for t in forced]
+        try:
+            grammar = tools.forced_grammar(defs, llama_json)
+        except GrammarError as e:
+            raise APIError(400, f"tools: {e}", param="tools", code="invalid_schema") from None
     todo: list[jobs.Job] = []
     for j in range(req.n):
         p = jobs.params(srv.config, req, max_tokens, j)

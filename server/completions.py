@@ -62,12 +62,14 @@ async def completions(req: schema.CompletionRequest, srv: Server) -> Any:
     jobs.check_request(srv.config, req)
     ids_list, texts = prompts(srv, req)
     jobs.check_n(srv, req.n, len(ids_list) * req.n)
+    grammar = jobs.response_grammar(req)
     todo: list[jobs.Job] = []
     for ids in ids_list:
         for j in range(req.n):
             p = jobs.params(srv.config, req, req.max_tokens, j)
             p.logprobs = req.logprobs is not None
             p.top_logprobs = req.logprobs or 0
+            p.grammar = grammar
             todo.append((ids, p))
     jobs.admit(srv, len(todo))
     rid = "cmpl-" + uuid.uuid4().hex

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from server import constrain
 from server.stop import StopMatcher
+from torchchat import grammar as grammars
 from torchchat.generate import Slot, Stats, generate_text
 from torchchat.sampling import Sampler
 from torchchat.tokenizer import Tokenizer
@@ -179,8 +179,9 @@ class Params:
     logprobs: bool = False
     top_logprobs: int = 0
     ignore_eos: bool = False
-    # Output held to this grammar (a forced tool call; see constrain.py).
-    grammar: constrain.Node | None = None
+    # Output held to this grammar (llguidance's, from torchchat.grammar): a
+    # response_format's schema or a forced tool call.
+    grammar: str | None = None
 
     def sampler(self) -> Sampler:
         """Raises ValueError (naming the value) for settings the sampler refuses."""
@@ -222,19 +223,26 @@ Event = object  # Delta | Done | Failed
 class _Pick:
     """The request's Sampler behind decode()'s Pick, with OpenAI's frequency
     and presence penalties applied to the logits first (the Sampler has no
-    such setting; they count this generation's tokens only) and each token's
-    logprob recorded for the response."""
+    such setting; they count this generation's tokens only), the grammar's
+    mask (torchchat.grammar.Guided) when the output is held to one, and each
+    token's logprob recorded for the response."""
 
     def __init__(
         self,
         sampler: Sampler,
         p: Params,
         stop_ids: Sequence[int],
-        vocab: Callable[[int], constrain.Vocab] | None = None,
+        tokenizer: Tokenizer | None = None,
     ):
         self.sampler, self.p = sampler, p
-        self.vocab = vocab
-        self.constraint: constrain.Constraint | None = None
+        self.tokenizer = tokenizer
+        # Its matcher starts at the first token, whose logits give the model's
+        # vocabulary size; every later mask is filled while the forward runs.
+        self.guided = (
+            grammars.Guided(p.grammar, tokenizer, sampler)
+            if p.grammar is not None and tokenizer is not None
+            else None
+        )
         self.stop_ids = set(stop_ids)
         self.counts: dict[int, int] = {}
         self.recorded: list[TokenLogprob] = []
@@ -246,13 +254,8 @@ class _Pick:
             n = torch.tensor(list(self.counts.values()), dtype=torch.float32)
             logits = logits.clone()
             logits[ids] -= n * self.p.frequency_penalty + self.p.presence_penalty
-        if self.p.grammar is not None and self.constraint is None and self.vocab is not None:
-            # The vocabulary's size is the logits' (the tokenizer may have fewer).
-            vocab = self.vocab(logits.numel())
-            self.constraint = constrain.Constraint(self.p.grammar, vocab, self.stop_ids)
-        if self.constraint is not None:
-            tok = self.constraint.pick(logits, lambda x: self.sampler(x, history))
-            self.constraint.advance(tok)
+        if self.guided is not None:
+            tok = self.guided(logits, history)
         else:
             tok = self.sampler(logits, history)
         self.counts[tok] = self.counts.get(tok, 0) + 1
@@ -294,17 +297,6 @@ class Engine:
         self._pool = ThreadPoolExecutor(len(slots), thread_name_prefix="slot")
         # (batcher step when the job was cancelled, step when its slot was free)
         self.cancellations: list[tuple[int, int]] = []
-        self._vocab: constrain.Vocab | None = None
-        # Its own lock: building a vocabulary takes a moment, and admission
-        # must not wait for it.
-        self._vocab_lock = threading.Lock()
-
-    def vocab(self, size: int) -> constrain.Vocab:
-        """Token texts for constrained decoding, built on first use."""
-        with self._vocab_lock:
-            if self._vocab is None or len(self._vocab.texts) != size:
-                self._vocab = constrain.Vocab(self.tokenizer, size)
-            return self._vocab
 
     @property
     def n_slots(self) -> int:
@@ -448,7 +440,7 @@ class Engine:
             self.batcher.join(view.index)
         try:
             tok = self.tokenizer
-            pick = _Pick(params.sampler(), params, tok.eos_ids, self.vocab)
+            pick = _Pick(params.sampler(), params, tok.eos_ids, tok)
             stops = StopMatcher(params.stop)
 
             def on_text(text: str) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from server import schema
 from server.common import APIError, Config, Served, check_model
 from server.engine import Delta, Done, Failed, Params, QueueFull, TokenLogprob
+from torchchat import grammar
 
 log = logging.getLogger("torchchat.server")
 
@@ -23,6 +24,34 @@ def check_request(config: Config, req: schema.SamplingRequest) -> None:
     refused = schema.unsupported(req.model_extra)
     if refused:
         raise APIError(400, refused[1], param=refused[0], code="unsupported_parameter")
+
+
+def response_grammar(req: schema.SamplingRequest) -> str | None:
+    """The grammar response_format asks for (JSON mode, or a JSON Schema),
+    or None for plain text; a schema the engine refuses is a 400 with its
+    reason."""
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if req.ignore_eos:
+        raise APIError(
+            400,
+            "ignore_eos cannot be combined with response_format: the output ends where "
+            "the JSON does",
+            param="ignore_eos",
+        )
+    if fmt.type == "json_object":
+        return grammar.json_object()
+    assert fmt.json_schema is not None  # ResponseFormat checks it
+    try:
+        return grammar.json_schema(fmt.json_schema.schema_)
+    except grammar.GrammarError as e:
+        raise APIError(
+            400,
+            f"response_format.json_schema.schema: {e}",
+            param="response_format.json_schema.schema",
+            code="invalid_schema",
+        ) from None
 
 
 def params(

@@ -67,6 +67,7 @@ def build(args: argparse.Namespace) -> tuple[object, object]:
     """(engine, config) for the flags; raises UserError for bad ones."""
     from server.common import Config
     from server.engine import batched_engine, eager_engine, serial_engine
+    from torchchat import grammar
     from torchchat.model import Model
 
     for name in ("parallel", "max_queue", "max_body_bytes", "prefill_chunk"):
@@ -117,6 +118,7 @@ def build(args: argparse.Namespace) -> tuple[object, object]:
             )
         engine = serial_engine(loaded.model, loaded.tokenizer, args.max_queue)
         vocab = loaded.model.vocab_size
+    grammar.warm(loaded.tokenizer, vocab)  # response_format's token table
     seq = engine.max_seq_length
     cap = args.max_tokens_cap or seq
     if cap < 1:

@@ -130,6 +130,28 @@ class NamedToolChoice(_Strict):
     function: NamedFunction
 
 
+class JSONSchemaFormat(_Open):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    # `schema` would shadow BaseModel's method.
+    schema_: dict[str, Any] | bool = Field(default=True, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's response_format: plain text, any JSON object (JSON mode), or
+    JSON that validates against a schema (structured outputs)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _checks(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs json_schema: {name, schema}")
+        return self
+
+
 class StreamOptions(_Open):
     include_usage: bool = False
 
@@ -137,7 +159,6 @@ class StreamOptions(_Open):
 # Fields that would change the output in ways this server does not implement.
 UNSUPPORTED = {
     "logit_bias": "logit_bias is not supported",
-    "response_format": "response_format (JSON mode, structured outputs) is not supported",
     "functions": "functions is deprecated and not supported; use tools",
     "function_call": "function_call is deprecated and not supported; use tool_choice",
     "audio": "audio output is not supported",
@@ -150,9 +171,6 @@ def unsupported(extra: dict[str, Any] | None) -> tuple[str, str] | None:
     """(field, why) for the first field set that this server refuses."""
     for name, value in (extra or {}).items():
         if name in UNSUPPORTED and value not in (None, {}, []):
-            if name == "response_format" and isinstance(value, dict):
-                if value.get("type") == "text":
-                    continue
             return name, UNSUPPORTED[name]
     return None
 
@@ -171,6 +189,7 @@ class SamplingRequest(_Open):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
     # llama-server's extensions
     top_k: int = Field(default=0, ge=0)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)

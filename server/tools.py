@@ -6,6 +6,9 @@ models to use:
 - Llama 3.1 JSON: the whole reply is `{"name": ..., "parameters": {...}}`
   (optionally after `<|python_tag|>`), several separated by `;`.
 
+A forced call (tool_choice "required" or a named function) is generated
+under `forced_grammar`, llguidance's Lark with each tool's JSON Schema.
+
 Streaming holds back text that may turn out to be a tool call (from a
 `<tool_call>` tag on, or a whole reply that starts like Llama's JSON) and
 decides at the end whether it was one.
@@ -19,6 +22,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from torchchat import grammar
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
@@ -94,6 +99,53 @@ def _split_json_objects(body: str) -> list[str]:
         while i < len(body) and body[i] in " \n\t;":
             i += 1
     return out
+
+
+_DATA = {"const", "enum", "default", "examples"}
+
+
+def closed(schema: Any) -> Any:
+    """`schema` with every object that lists `properties` but says nothing
+    of others closed to them (`additionalProperties: false`), as OpenAI's
+    strict function calling requires: a forced call writes the arguments
+    the tool declares, never a made-up key."""
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    # Values (const, enum, ...) are data, not schemas.
+    out = {k: v if k in _DATA else closed(v) for k, v in schema.items()}
+    if isinstance(schema.get("properties"), dict):
+        out["properties"] = {k: closed(v) for k, v in schema["properties"].items()}
+        out.setdefault("additionalProperties", False)
+    return out
+
+
+def forced_grammar(tools: Sequence[dict[str, Any]], llama_json: bool = False) -> str:
+    """The grammar of one call of one of `tools` (OpenAI tool objects) in the
+    format parse() reads: Hermes/Qwen `<tool_call>{"name", "arguments"}</tool_call>`,
+    or Llama 3.1's bare `{"name", "parameters"}`; the arguments follow the
+    tool's `parameters` schema, closed to undeclared keys. Raises grammar.GrammarError for a schema the
+    engine does not take."""
+    key = "parameters" if llama_json else "arguments"
+    calls = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": t["function"]["name"]},
+                key: closed(t["function"].get("parameters") or {"type": "object"}),
+            },
+            "required": ["name", key],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
+    schema = {"anyOf": calls, "x-guidance": grammar.COMPACT}
+    body = "%json " + json.dumps(schema, ensure_ascii=False)
+    if llama_json:
+        return grammar.lark("start: " + body)
+    head, tail = json.dumps(OPEN + "\n"), json.dumps("\n" + CLOSE)
+    return grammar.lark(f"start: {head} call {tail}\ncall: {body}")
 
 
 class ToolStream:

@@ -46,6 +46,26 @@ class ParseTest(unittest.TestCase):
             self.assertEqual((content, calls), (text, []), text)
 
 
+class ClosedTest(unittest.TestCase):
+    def test_objects_with_properties_are_closed_unless_they_say(self):
+        schema = {
+            "type": "object",
+            "properties": {
+                "a": {"type": "object", "properties": {"b": {}}},
+                "c": {"type": "object", "properties": {}, "additionalProperties": True},
+                "d": {"const": {"properties": {"x": 1}}},
+            },
+            "$defs": {"e": {"properties": {"f": {}}}},
+        }
+        out = tools.closed(schema)
+        self.assertIs(out["additionalProperties"], False)
+        self.assertIs(out["properties"]["a"]["additionalProperties"], False)
+        self.assertIs(out["properties"]["c"]["additionalProperties"], True)
+        self.assertEqual(out["properties"]["d"], {"const": {"properties": {"x": 1}}})
+        self.assertIs(out["$defs"]["e"]["additionalProperties"], False)
+        self.assertNotIn("additionalProperties", schema)  # not changed in place
+
+
 class StreamTest(unittest.TestCase):
     def stream(self, text, step=3):
         ts = tools.ToolStream(["get_weather"])

@@ -91,6 +91,24 @@ class Tokenizer:
         """The raw bytes, where a byte-level token may end mid-character."""
         return self._impl.decode_bytes(list(ids))
 
+    def vocab_bytes(self) -> tuple[list[bytes], set[int]]:
+        """Each id's bytes as they read after other text, and the ids of
+        special tokens (text that encodes to the id only where special
+        tokens are parsed: bos, eos, chat markers), for a grammar engine's
+        token table."""
+        # Decoding an id alone drops a SentencePiece word's leading space.
+        anchor = self._impl.encode("a", bos=False, eos=False, allowed_special="none")[-1:]
+        head = len(self._impl.decode_bytes(anchor))
+        n = self._impl.vocab_size
+        pieces = [self._impl.decode_bytes(anchor + [i])[head:] for i in range(n)]
+        parsed = self._impl.encode_batch(pieces, allowed_special="all")
+        plain = self._impl.encode_batch(pieces, allowed_special="none")
+        special = {i for i in range(n) if parsed[i] == [i] and plain[i] != [i]}
+        special.update(self.eos_ids)
+        if self.bos_id is not None:
+            special.add(self.bos_id)
+        return pieces, special
+
     def token_text(self, i: int | None) -> str:
         return "" if i is None else self._impl.decode([i])
 
