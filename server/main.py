@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompt tokens per batched step: the longest a prompt stalls other streams",
     )
     p.add_argument("--model-id", help="the model name clients send (default: from the flags)")
+    p.add_argument(
+        "--pooling",
+        choices=("mean", "last", "cls"),
+        default="mean",
+        help="/v1/embeddings: pool the last hidden states by their mean (default), the last "
+        "token's or the first's",
+    )
     return p
 
 
@@ -136,6 +143,7 @@ def build(args: argparse.Namespace) -> tuple[object, object]:
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
         system_prompt=args.system_prompt,
+        pooling=args.pooling,
         info=loaded.info,
         quiet=args.quiet,
     )

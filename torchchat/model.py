@@ -735,6 +735,8 @@ def softcapped_transformer(transformer: nn.Module, cap: float) -> nn.Module:
     class SoftcappedTransformer(base):
         def forward(self, tokens=None, attn_options=None, h=None):  # noqa: ANN001, ANN202
             logits = super().forward(tokens, attn_options, h)
+            if not self.apply_output:  # hidden states (SlotModel.hidden_slots): no cap
+                return logits
             return torch.tanh(logits / self.final_softcap) * self.final_softcap
 
     out = SoftcappedTransformer(transformer.params, transformer.layers, transformer.rope)
@@ -1038,6 +1040,25 @@ class SlotModel(nn.Module):
     def forward_slots(self, entries: list) -> torch.Tensor:
         device = next(self.model.parameters()).device
         return self.forward(*slot_inputs(entries, self.n_slots, self.max_seq_length, device))
+
+    def hidden_slots(self, entries: list) -> list[torch.Tensor]:
+        """Like forward_slots, but each entry's last hidden state at every
+        one of its tokens, [len(ids), dim]: the final norm's output, which
+        the output layer would turn into logits (transformers'
+        `last_hidden_state`, llama.cpp's embeddings). The same forward, with
+        ExecuTorch's Transformer told to skip its output layer."""
+        device = next(self.model.parameters()).device
+        tokens, pos, slots, _, spans = slot_inputs(
+            entries, self.n_slots, self.max_seq_length, device
+        )
+        every = torch.arange(tokens.shape[1], device=device)
+        transformer = self.model.transformer
+        transformer.apply_output = False
+        try:
+            h = self.forward(tokens, pos, slots, every, spans)
+        finally:
+            transformer.apply_output = True
+        return [h[first : first + n] for _, first, n, _ in spans]
 
 
 def slot_inputs(entries: list, n_slots: int, max_seq_length: int, device: Any = "cpu") -> tuple:
