@@ -22,15 +22,63 @@ from torchchat import loading
 from torchchat.errors import EXIT_ERROR, EXIT_INTERRUPT, UserError
 from torchchat.paths import user_path
 from torchchat.sampling import add_sampling_args, sampler_from_args
+from torchchat.speculate import DEFAULT_DRAFT_K, SPECULATE_MODES
 
 if TYPE_CHECKING:
-    from torchchat.generate import Stats
+    from torchchat.generate import Slot, Stats
 
 
 def _add_answer_args(p: argparse.ArgumentParser) -> None:
     loading.add_model_args(p)
     add_sampling_args(p)
     p.add_argument("--stats-json", help="write per-answer stats to this JSON file")
+    p.add_argument(
+        "--speculate",
+        choices=SPECULATE_MODES,
+        help="speculative decoding: prompt-lookup guesses the next ids from earlier text "
+        "(prompt and reply) and the model checks them in one forward; output unchanged",
+    )
+    p.add_argument(
+        "--draft-k",
+        type=int,
+        default=DEFAULT_DRAFT_K,
+        help=f"ids guessed per forward with --speculate (default {DEFAULT_DRAFT_K})",
+    )
+
+
+def _load(args: argparse.Namespace) -> loading.Loaded:
+    """The model the flags name. Speculation verifies a draft with every
+    position's logits, which the compiled package gives with a cache row
+    (as the server's), so with --speculate it is compiled that way."""
+    options = loading.options_from_args(args)
+    if args.speculate and loading.compile_mode(options) == "aoti":
+        options = loading.options_from_args(args, slots=1)
+    return loading.load(options)
+
+
+def _slot(args: argparse.Namespace, loaded: loading.Loaded) -> Slot:
+    """The loaded model's slot, drafting as --speculate asks."""
+    import torch
+
+    from torchchat.artifacts import ArtifactError
+    from torchchat.speculate import PromptLookup
+
+    slot = loaded.slot()
+    if not args.speculate:
+        return slot
+    if args.draft_k < 1:
+        raise UserError("--draft-k must be at least 1")
+    model = slot.model
+    try:
+        # A probe at positions 0-1, which the first prompt overwrites.
+        model.forward_all(torch.tensor([[0, 0]]), torch.tensor([0, 1]))  # type: ignore[attr-defined]
+    except (AttributeError, ArtifactError) as e:
+        raise UserError(
+            f"--speculate needs every position's logits, which this model does not give ({e}); "
+            "export it with --slots or --full-logits"
+        ) from None
+    slot.draft, slot.draft_k = PromptLookup(), args.draft_k
+    return slot
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +159,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt = _text(args.prompt, "--prompt")
     system = _text(args.system_prompt, "--system-prompt") if args.system_prompt else None
     sampler = sampler_from_args(args)
-    loaded = loading.load(loading.options_from_args(args))
+    loaded = _load(args)
     tok = loaded.tokenizer
     if args.chat_template:
         template = tok.template()
@@ -124,7 +172,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         ids = tok.encode(prompt, bos=tok.add_bos)
     loaded.check_fits(len(ids))
-    slot = loaded.slot()
+    slot = _slot(args, loaded)
     all_stats = []
     for _ in range(args.num_samples):
         try:
@@ -155,11 +203,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     system = _text(args.system_prompt, "--system-prompt") if args.system_prompt else None
     sampler = sampler_from_args(args)
-    loaded = loading.load(loading.options_from_args(args))
+    loaded = _load(args)
     template = loaded.tokenizer.template()
     if template is None:
         raise UserError("this model has no chat template; use `generate` instead")
-    session = ChatSession(loaded.slot(), loaded.tokenizer, template, system)
+    session = ChatSession(_slot(args, loaded), loaded.tokenizer, template, system)
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")  # _text reports bad bytes
     interactive = sys.stdin.isatty()

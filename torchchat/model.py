@@ -395,6 +395,14 @@ class Model(nn.Module):
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         return self.transformer(tokens, {"input_pos": input_pos})
 
+    def forward_all(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """The same forward with every position's logits, [T, vocab]
+        (speculative decoding verifies a draft with it): ExecuTorch's
+        Transformer keeps the positions `last_valid_token_pos` names."""
+        every = torch.arange(tokens.shape[1], device=tokens.device)
+        logits = self.transformer(tokens, {"input_pos": input_pos, "last_valid_token_pos": every})
+        return logits.reshape(tokens.shape[1], -1)
+
     def reset_cache(self) -> None:
         for name, buf in self.named_buffers():
             if name.endswith(("k_cache", "v_cache")):
