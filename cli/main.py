@@ -36,7 +36,14 @@ def _add_answer_args(p: argparse.ArgumentParser) -> None:
         "--speculate",
         choices=SPECULATE_MODES,
         help="speculative decoding: prompt-lookup guesses the next ids from earlier text "
-        "(prompt and reply) and the model checks them in one forward; output unchanged",
+        "(prompt and reply), draft asks --draft's model; the model checks the guesses in one "
+        "forward, and the output is unchanged",
+    )
+    p.add_argument(
+        "--draft",
+        metavar="MODEL",
+        help="a model with the same tokenizer that drafts for --speculate draft (an alias, "
+        "a checkpoint or a .gguf; implies --speculate draft)",
     )
     p.add_argument(
         "--draft-k",
@@ -46,12 +53,22 @@ def _add_answer_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _speculate(args: argparse.Namespace) -> str | None:
+    """The --speculate mode, with --draft alone meaning `draft`."""
+    mode = args.speculate or ("draft" if args.draft else None)
+    if args.draft and mode != "draft":
+        raise UserError(f"--draft drafts for --speculate draft, not {mode}")
+    if mode == "draft" and not args.draft:
+        raise UserError("--speculate draft needs --draft MODEL")
+    return mode
+
+
 def _load(args: argparse.Namespace) -> loading.Loaded:
     """The model the flags name. Speculation verifies a draft with every
     position's logits, which the compiled package gives with a cache row
     (as the server's), so with --speculate it is compiled that way."""
     options = loading.options_from_args(args)
-    if args.speculate and loading.compile_mode(options) == "aoti":
+    if _speculate(args) and loading.compile_mode(options) == "aoti":
         options = loading.options_from_args(args, slots=1)
     return loading.load(options)
 
@@ -64,7 +81,8 @@ def _slot(args: argparse.Namespace, loaded: loading.Loaded) -> Slot:
     from torchchat.speculate import PromptLookup
 
     slot = loaded.slot()
-    if not args.speculate:
+    mode = _speculate(args)
+    if not mode:
         return slot
     if args.draft_k < 1:
         raise UserError("--draft-k must be at least 1")
@@ -77,8 +95,36 @@ def _slot(args: argparse.Namespace, loaded: loading.Loaded) -> Slot:
             f"--speculate needs every position's logits, which this model does not give ({e}); "
             "export it with --slots or --full-logits"
         ) from None
-    slot.draft, slot.draft_k = PromptLookup(), args.draft_k
+    slot.draft = PromptLookup() if mode == "prompt-lookup" else _draft_model(args, loaded)
+    slot.draft_k = args.draft_k
     return slot
+
+
+# Text whose ids two tokenizers must agree on for one to draft for the other.
+_TOKENIZER_PROBE = "Hello, world! Speculative decoding: 1234 ids, <tag> and\n\tthe end."
+
+
+def _draft_model(args: argparse.Namespace, loaded: loading.Loaded) -> Any:
+    """--draft's model, loaded as the target is (its compile mode, context
+    and device), refused unless its tokenizer gives the same ids."""
+    from torchchat.speculate import DraftModel
+
+    path = user_path(args.draft)
+    options = loading.LoadOptions(
+        model=str(path) if path is not None and path.exists() else args.draft,
+        compile=args.compile,
+        max_seq_length=args.max_seq_length,
+        device=args.device,
+        quiet=args.quiet,
+    )
+    draft = loading.load(options)
+    mine, theirs = loaded.tokenizer, draft.tokenizer
+    if mine.encode(_TOKENIZER_PROBE, bos=False) != theirs.encode(_TOKENIZER_PROBE, bos=False):
+        raise UserError(f"--draft {args.draft}: its tokenizer differs from the model's")
+    model: Any = loaded.model
+    # The eager model names its vocabulary in its config, an artifact itself.
+    vocab = model.config.vocab_size if hasattr(model, "config") else model.vocab_size
+    return DraftModel(draft.ensure_model(), vocab)
 
 
 def build_parser() -> argparse.ArgumentParser:

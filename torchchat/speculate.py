@@ -5,18 +5,27 @@ occurred before, in the prompt or the reply so far, guess that what followed
 them then follows them now. Edits, summaries, code changes and quoted
 answers copy long runs of their prompt, and each run is then verified k ids
 at a time in one forward instead of k forwards.
+
+A draft model: a smaller or cheaper model with the same tokenizer guesses
+with its own greedy continuation. Its guesses are one id each (not a
+distribution), so decode()'s keep-a-guess-the-pick-equals is exact
+rejection sampling for them too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-SPECULATE_MODES = ("prompt-lookup",)
-# Guesses verified per forward. On the built-in model on 2 CPU cores a
-# forward of k + 1 ids costs about (1 + k/4) single-id forwards, so a run
-# of guesses is cheap to check and long runs pay off; past 8 a rejected
-# draft wastes more than a copied run saves (torchchat/bench/speculate.py).
-DEFAULT_DRAFT_K = 6
+from torchchat.generate import LLMModel, Slot, argmax
+
+SPECULATE_MODES = ("prompt-lookup", "draft")
+# Guesses verified per forward: 7, so that the id and its guesses are 8
+# rows. The compiled 4-bit kernels run 8 or more rows as dequantized tiles
+# and fewer row by row: on the built-in model on 2 cores a forward of 8
+# ids costs 2.0x one id's, while 5 cost 2.6x and 7 cost 3.6x; longer
+# drafts cost more and are accepted less (torchchat/README.md, measured by
+# //torchchat:speculate_bench).
+DEFAULT_DRAFT_K = 7
 
 
 class PromptLookup:
@@ -50,3 +59,34 @@ class PromptLookup:
             if c is not None:
                 return h[c : c + k]
         return []
+
+
+class DraftModel:
+    """Guesses the draft model's greedy continuation of the history.
+
+    It keeps its own slot (its own KV cache), so each call runs only the ids
+    that cache lacks, then k greedy steps; guesses the target kept are in
+    its cache already for the next call. Ids past `vocab_size` (a draft
+    whose vocabulary is padded wider) end a draft.
+    """
+
+    def __init__(self, model: LLMModel, vocab_size: int):
+        self.slot = Slot(model)
+        self.vocab_size = vocab_size
+
+    def __call__(self, history: Sequence[int], k: int) -> list[int]:
+        k = min(k, self.slot.max_seq_length - len(history))
+        if k <= 0 or not history:
+            return []
+        common = self.slot.reuse(history)
+        logits = self.slot.prefill(list(history[common:]))
+        out: list[int] = []
+        while True:
+            t = argmax(logits)
+            if t >= self.vocab_size:
+                break
+            out.append(t)
+            if len(out) == k:
+                break
+            logits = self.slot.step(t)
+        return out

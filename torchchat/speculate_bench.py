@@ -59,11 +59,26 @@ def run(slot: Slot, ids: list[int], steps: int) -> tuple[list[int], Stats]:
     return out, stats
 
 
+def forward_ms(model: object, n: int, start: int = 256, reps: int = 20) -> float:
+    """Median ms of one forward of n ids (every position's logits) at `start`."""
+    import time
+
+    tokens = torch.full((1, n), 100, dtype=torch.long)
+    pos = torch.arange(start, start + n)
+    times = []
+    with torch.inference_mode():
+        for _ in range(reps + 3):
+            t = time.perf_counter()
+            model.forward_all(tokens, pos)  # type: ignore[attr-defined]
+            times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times[3:])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="alias or path (default: the built-in model)")
     p.add_argument("--compile", default="auto", choices=loading.COMPILE_MODES)
-    p.add_argument("--draft-k", default="4,6,8", help="comma-separated k values")
+    p.add_argument("--draft-k", default="4,7,8,12", help="comma-separated k values")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
@@ -79,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     assert template is not None, "the bench prompts are chat turns"
     threads = torch.get_num_threads()
     print(f"model: {loaded.info.get('checkpoint')} ({loaded.info.get('compiled', 'eager')})")
+    # What a draft costs to verify: a forward of k + 1 ids against one of 1.
+    one = forward_ms(model, 1)
+    costs = {n: forward_ms(model, n) for n in (1, 2, 4, 5, 7, 8, 9, 12, 16)}
+    print(
+        "forward of n ids, ms (x one id): "
+        + ", ".join(f"{n}: {ms:.1f} ({ms / one:.1f}x)" for n, ms in costs.items()),
+        flush=True,
+    )
     rows = []
     for name, text in PROMPTS.items():
         msgs = [{"role": "user", "content": text}]

@@ -1,7 +1,8 @@
-"""Speculative decoding with prompt lookup: the same ids as plain decoding,
-greedy and seeded sampling, on the tiny random model (eager) and on its
-compiled package with slots (the server's), through rollbacks, a full
-context and a continued conversation; and the drafter itself."""
+"""Speculative decoding with prompt lookup and with a draft model: the same
+ids as plain decoding, greedy and seeded sampling, on the tiny random model
+(eager) and on its compiled package with slots (the server's), through
+rollbacks, a full context and a continued conversation; sampling keeps the
+target's distribution (chi-square on a known Markov chain); the drafters."""
 
 import os
 import tempfile
@@ -15,7 +16,7 @@ from torchchat.checkpoint import load_checkpoint, load_model
 from torchchat.generate import Slot, Stats, argmax, decode
 from torchchat.model import attend_filled_cache
 from torchchat.sampling import Sampler
-from torchchat.speculate import PromptLookup
+from torchchat.speculate import DraftModel, PromptLookup
 
 STEPS = 120
 
@@ -129,6 +130,85 @@ class SpeculativeDecodeTest(unittest.TestCase):
         self.assertEqual(got, want)
         self.assertGreater(stats.num_accepted_tokens, 0)
         self.assertGreater(stats.num_draft_tokens, stats.num_accepted_tokens)
+
+
+class DraftModelTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        tmp = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
+
+        def tiny(seed):
+            d = tiny_model.write_checkpoint(os.path.join(tmp, f"tiny{seed}"), seed=seed)
+            return attend_filled_cache(load_model(load_checkpoint(d), torch.float32, 256))
+
+        # Each model its own cache: the target, itself again, another one.
+        cls.target, cls.same, cls.other = tiny(0), tiny(0), tiny(1)
+        g = torch.Generator().manual_seed(5)
+        cls.prompt = torch.randint(3, tiny_model.VOCAB, (24,), generator=g).tolist()
+
+    def decode(self, drafter, pick, steps=80):
+        stats = Stats()
+        slot = Slot(self.target, draft=drafter, draft_k=5 if drafter else 0)
+        return list(decode(slot, self.prompt, pick, steps, (), stats)), stats
+
+    def test_same_ids_as_plain_decoding(self):
+        want, _ = self.decode(None, argmax)
+        got, stats = self.decode(DraftModel(self.same, tiny_model.VOCAB), argmax)
+        self.assertEqual(got, want)
+        # The model drafting for itself: every guess is kept.
+        self.assertEqual(stats.num_accepted_tokens, stats.num_draft_tokens)
+        got, stats = self.decode(DraftModel(self.other, tiny_model.VOCAB), argmax)
+        self.assertEqual(got, want)
+        self.assertLess(stats.num_accepted_tokens, stats.num_draft_tokens)
+        for seed in (1, 2):
+
+            def sampler():
+                return Sampler(0.9, 50, 0.95, 0.0, 1.0, seed)
+
+            want, _ = self.decode(None, sampler())
+            got, stats = self.decode(DraftModel(self.other, tiny_model.VOCAB), sampler())
+            self.assertEqual(got, want)
+            self.assertGreater(stats.num_draft_tokens, 0)
+
+
+class MarkovModel:
+    """Logits that depend on the previous id only: a chain whose marginals
+    are known exactly."""
+
+    max_seq_length = 64
+
+    def __init__(self, logits):
+        self.logits = logits  # [V, V]: row = previous id
+
+    def __call__(self, tokens, input_pos):
+        return self.logits[tokens[0, -1:]]
+
+    def forward_all(self, tokens, input_pos):
+        return self.logits[tokens[0]]
+
+
+class SamplingDistributionTest(unittest.TestCase):
+    def test_rejection_keeps_the_target_distribution(self):
+        from scipy.stats import chisquare
+
+        g = torch.Generator().manual_seed(0)
+        v, steps, n = 4, 4, 3000
+        chain = torch.randn(v, v, generator=g) * 1.5
+        p = torch.softmax(chain.double(), dim=-1)
+        # A drafter that guesses one fixed id, right some of the time.
+        model = MarkovModel(chain)
+        counts = torch.zeros(steps, v)
+        for seed in range(n):
+            slot = Slot(model, draft=lambda h, k: [2] * k, draft_k=3)
+            out = list(decode(slot, [0], Sampler(1.0, 0, 1.0, 0.0, 1.0, seed), steps))
+            for i, t in enumerate(out):
+                counts[i, t] += 1
+        marginal = p[0]
+        for i in range(steps):
+            with self.subTest(position=i):
+                expected = (marginal / marginal.sum() * n).numpy()
+                self.assertGreater(chisquare(counts[i].double().numpy(), expected).pvalue, 1e-3)
+            marginal = marginal @ p
 
 
 if __name__ == "__main__":
