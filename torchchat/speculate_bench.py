@@ -10,6 +10,8 @@ of the same prompt, whether the ids are the same, and the CPU.
 
     tools/bazel run //torchchat:speculate_bench
     tools/bazel run //torchchat:speculate_bench -- --compile none --draft-k 4,8
+    # a draft model: the built-in 4-bit GGUF drafting for its own weights in fp32
+    tools/bazel run //torchchat:speculate_bench -- --dtype fp32 --draft smollm2 --draft-k 7
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from torchchat import loading
 from torchchat.generate import Slot, Stats, argmax, decode
-from torchchat.speculate import PromptLookup
+from torchchat.speculate import DraftModel, PromptLookup
 
 # Written for this benchmark: a paragraph with a few misspellings to fix.
 TEXT = (
@@ -55,6 +57,8 @@ def cpu_model() -> str:
 def run(slot: Slot, ids: list[int], steps: int) -> tuple[list[int], Stats]:
     stats = Stats()
     slot.truncate(0)  # every round prefills the whole prompt
+    if isinstance(slot.draft, DraftModel):
+        slot.draft.slot.truncate(0)  # and so does a draft model, within decode
     out = list(decode(slot, ids, argmax, steps, (), stats))
     return out, stats
 
@@ -78,17 +82,27 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="alias or path (default: the built-in model)")
     p.add_argument("--compile", default="auto", choices=loading.COMPILE_MODES)
+    p.add_argument("--dtype", choices=loading.DTYPE_CHOICES, help="the model's (see generate)")
+    p.add_argument(
+        "--draft", help="also draft with this model (alias or path), as generate --draft"
+    )
     p.add_argument("--draft-k", default="4,7,8,12", help="comma-separated k values")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     ks = [int(k) for k in args.draft_k.split(",")]
 
-    options = loading.LoadOptions(model=args.model, compile=args.compile)
+    options = loading.LoadOptions(model=args.model, compile=args.compile, dtype=args.dtype)
     if loading.compile_mode(options) == "aoti":
-        options = loading.LoadOptions(model=args.model, compile="aoti", slots=1)
+        options = loading.LoadOptions(model=args.model, compile="aoti", dtype=args.dtype, slots=1)
     loaded = loading.load(options)
     model = loaded.ensure_model()
+    drafter = None
+    if args.draft:
+        draft = loading.load(loading.LoadOptions(model=args.draft, compile=args.compile))
+        vocab = getattr(model, "vocab_size", None) or model.config.vocab_size  # type: ignore[attr-defined]
+        drafter = DraftModel(draft.ensure_model(), vocab)
+        print(f"draft: {draft.info.get('checkpoint')} ({draft.info.get('compiled', 'eager')})")
     tok = loaded.tokenizer
     template = tok.template()
     assert template is not None, "the bench prompts are chat turns"
@@ -108,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         ids = tok.encode(template.render(msgs, add_generation_prompt=True), bos=False)
         runs: list[tuple[str, int, Slot]] = [("plain", 0, Slot(model))]
         runs += [("prompt-lookup", k, Slot(model, draft=PromptLookup(), draft_k=k)) for k in ks]
+        if drafter is not None:
+            runs += [("draft model", k, Slot(model, draft=drafter, draft_k=k)) for k in ks]
         base_ids: list[int] | None = None
         base_speed = 0.0
         for mode, k, slot in runs:
