@@ -3,14 +3,16 @@
 Each input runs through the engine's own model (a slot, batched with the
 running generations) and comes back as its last hidden state at every
 token: the final norm's output, before the output layer. Those are pooled
-to one vector (`--pooling`: the mean over the tokens, the last token's, or
-the first's) and scaled to unit Euclidean length, as llama-server does with
+to one vector (`--pooling`, else what the checkpoint names, else the mean
+over the tokens; or the last token's, or the first's) and scaled to unit Euclidean length, as llama-server does with
 its default `embd_normalize` of 2.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +24,34 @@ from server.common import APIError, Served, Server, check_model
 router = APIRouter()
 
 POOLINGS = ("mean", "last", "cls")
+# llama.cpp's llama_pooling_type, as a GGUF's `<arch>.pooling_type` stores it.
+_GGUF_POOLING = {1: "mean", 2: "cls", 3: "last"}
+# sentence-transformers' 1_Pooling/config.json switches.
+_ST_POOLING = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_lasttoken": "last",
+}
+
+
+def model_pooling(checkpoint: str | None) -> str | None:
+    """The pooling a checkpoint names for its embeddings: a GGUF's
+    `<arch>.pooling_type`, or sentence-transformers' `1_Pooling/config.json`
+    beside an HF checkpoint. None where it names none (decoder LLMs)."""
+    if not checkpoint:
+        return None
+    path = Path(checkpoint)
+    if path.is_file() and path.suffix == ".gguf":
+        from torchchat.checkpoint.gguf_file import GGUFFile
+
+        fields = GGUFFile(path).fields
+        kind = fields.get(f"{fields.get('general.architecture')}.pooling_type")
+        return _GGUF_POOLING.get(int(kind)) if kind is not None else None
+    config = path / "1_Pooling" / "config.json"
+    if path.is_dir() and config.is_file():
+        switches = json.loads(config.read_text())
+        return next((how for key, how in _ST_POOLING.items() if switches.get(key)), None)
+    return None
 
 
 def pool(hidden: torch.Tensor, how: str) -> torch.Tensor:

@@ -7,6 +7,7 @@ import base64
 import http.client
 import json
 import os
+import shutil
 import tempfile
 import threading
 import unittest
@@ -162,6 +163,31 @@ class EmbeddingsTest(unittest.TestCase):
         self.assertEqual((status, body["error"]["code"]), (404, "model_not_found"))
         # The server still serves.
         self.embed("Hello")
+
+    def test_pooling_from_the_checkpoint(self):
+        import gguf
+
+        from server.embeddings import model_pooling
+
+        tmp = Path(self.tmp.name)
+        path = tmp / "last.gguf"
+        w = gguf.GGUFWriter(str(path), "llama")
+        w.add_uint32("llama.pooling_type", 3)  # llama.cpp's LLAMA_POOLING_TYPE_LAST
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        self.assertEqual(model_pooling(str(path)), "last")
+        self.assertIsNone(model_pooling(str(tmp / "hf")))
+        # sentence-transformers' pooling config beside an HF checkpoint.
+        st = tmp / "st"
+        shutil.copytree(tmp / "hf", st)
+        (st / "1_Pooling").mkdir()
+        (st / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+        self.assertEqual(engine_for(["--checkpoint-path", str(st), "--quiet"])[1].pooling, "cls")
+        flag = ["--checkpoint-path", str(st), "--quiet", "--pooling", "mean"]
+        self.assertEqual(engine_for(flag)[1].pooling, "mean")
+        self.assertEqual(self.server.config.pooling, "mean")  # a decoder LLM's default
 
     def test_compiled_package_refuses(self):
         class Package:  # a batch-1 artifact: logits only

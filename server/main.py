@@ -54,9 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pooling",
         choices=("mean", "last", "cls"),
-        default="mean",
-        help="/v1/embeddings: pool the last hidden states by their mean (default), the last "
-        "token's or the first's",
+        help="/v1/embeddings: pool the last hidden states by their mean, the last token's or "
+        "the first's (default: what the checkpoint names, else mean)",
     )
     return p
 
@@ -73,6 +72,7 @@ def model_id(args: argparse.Namespace) -> str:
 def build(args: argparse.Namespace) -> tuple[object, object]:
     """(engine, config) for the flags; raises UserError for bad ones."""
     from server.common import Config
+    from server.embeddings import model_pooling
     from server.engine import batched_engine, eager_engine, serial_engine
     from torchchat.model import Model
 
@@ -143,7 +143,7 @@ def build(args: argparse.Namespace) -> tuple[object, object]:
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
         system_prompt=args.system_prompt,
-        pooling=args.pooling,
+        pooling=args.pooling or model_pooling(loaded.info.get("checkpoint")) or "mean",
         info=loaded.info,
         quiet=args.quiet,
     )
