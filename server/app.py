@@ -7,7 +7,18 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from server import chat, common, completions, health, metrics, models, page, props, tokens
+from server import (
+    chat,
+    common,
+    completions,
+    embeddings,
+    health,
+    metrics,
+    models,
+    page,
+    props,
+    tokens,
+)
 from server.common import Config, Served
 from server.engine import Engine
 
@@ -22,6 +33,6 @@ def create_app(engine: Engine, config: Config) -> ASGIApp:
     app.state.served = Served(engine, config, template, metrics.Metrics(engine))
     common.install_error_handlers(app)
     app.middleware("http")(common.require_key)
-    for family in (page, health, models, chat, completions, tokens, props, metrics):
+    for family in (page, health, models, chat, completions, embeddings, tokens, props, metrics):
         app.include_router(family.router)
     return common.BodyLimit(app, config.max_body_bytes)

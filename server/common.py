@@ -51,6 +51,7 @@ class Config:
     repetition_penalty: float = 1.0
     seed: int | None = None
     system_prompt: str | None = None
+    pooling: str = "mean"  # /v1/embeddings: mean, last or cls
     info: dict[str, Any] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
     quiet: bool = True

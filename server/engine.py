@@ -65,6 +65,8 @@ class QueueFull(Exception):
 class _Pending:
     ids: list[int]
     start: int
+    # Wants the last hidden state of every token (an embedding), not logits.
+    hidden: bool = False
     logits: torch.Tensor | None = None
     error: BaseException | None = None
     # Its own event, so that a finished step wakes each waiting job once and
@@ -95,9 +97,10 @@ class Batcher:
             self._active.discard(slot)
             self._cv.notify()  # the batcher may be waiting for this slot
 
-    def run(self, slot: int, ids: Sequence[int], start: int) -> torch.Tensor:
-        """Blocks until the step that includes (ids at start) has run."""
-        item = _Pending(list(ids), start)
+    def run(self, slot: int, ids: Sequence[int], start: int, hidden: bool = False) -> torch.Tensor:
+        """Blocks until the step that includes (ids at start) has run; the
+        logits of the last id, or with `hidden` every id's last hidden state."""
+        item = _Pending(list(ids), start, hidden)
         with self._cv:
             self._pending[slot] = item
             self._cv.notify()  # only the batcher waits on it
@@ -121,19 +124,32 @@ class Batcher:
                     self._cv.wait(left)
                 batch = sorted(self._pending.items())
                 self._pending = {}
-            try:
-                logits = self.model.forward_slots([(s, p.ids, p.start) for s, p in batch])
-                error = None
-            except Exception as e:  # handed to each waiting job
-                logits, error = None, e
+            # Embeddings want another output than generations: a forward of
+            # their own in the same step.
+            for hidden in (False, True):
+                part = [(s, p) for s, p in batch if p.hidden == hidden]
+                if part:
+                    self._forward(part, hidden)
             with self._cv:
                 self.steps += 1
                 self.step_sizes.append(len(batch))
-            for i, (_, p) in enumerate(batch):
-                if logits is not None:
-                    p.logits = logits[i : i + 1]
-                p.error = error
+            for _, p in batch:
                 p.done.set()
+
+    def _forward(self, part: list[tuple[int, _Pending]], hidden: bool) -> None:
+        entries = [(s, p.ids, p.start) for s, p in part]
+        try:
+            if hidden:
+                out = self.model.hidden_slots(entries)
+            else:
+                logits = self.model.forward_slots(entries)
+                out = [logits[i : i + 1] for i in range(len(part))]
+        except Exception as e:  # handed to each waiting job
+            for _, p in part:
+                p.error = e
+            return
+        for (_, p), x in zip(part, out):
+            p.logits = x
 
 
 class SlotView:
@@ -157,6 +173,15 @@ class SlotView:
             logits = self.batcher.run(self.index, ids[c : c + self.chunk], start + c)
         assert logits is not None
         return logits
+
+    def hidden(self, ids: Sequence[int]) -> torch.Tensor:
+        """Every id's last hidden state, [len(ids), dim], run from position 0
+        in chunks as a prompt is (causal attention: the same as one run)."""
+        out = [
+            self.batcher.run(self.index, ids[c : c + self.chunk], c, hidden=True)
+            for c in range(0, len(ids), self.chunk)
+        ]
+        return torch.cat(out)
 
 
 # --- jobs ------------------------------------------------------------------------
@@ -358,6 +383,55 @@ class Engine:
                 fut.set_result(i)
                 return
         self._free.append(i)
+
+    @property
+    def embeds(self) -> bool:
+        """Whether the model gives hidden states: the eager SlotModel does; a
+        compiled or exported package returns logits only."""
+        return self.batcher is not None and hasattr(self.batcher.model, "hidden_slots")
+
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Each input's last hidden states, [len, dim], each run in a free slot
+        through the batcher, beside the running generations, at most a slot
+        per input at once. The caller has admitted min(len(inputs), n_slots)
+        jobs; they are returned when this ends, however it ends."""
+        loop = asyncio.get_running_loop()
+        out: list[torch.Tensor | None] = [None] * len(inputs)
+        todo = collections.deque(range(len(inputs)))
+        workers = min(len(inputs), len(self.slots))
+
+        async def worker() -> None:
+            while todo:
+                k = todo.popleft()
+                i = await self._acquire(inputs[k])
+                fut = loop.run_in_executor(self._pool, self._hidden, i, inputs[k])
+                # The slot stays taken until its thread is done, even if the
+                # client leaves first.
+                fut.add_done_callback(lambda _, i=i: self._release(i))
+                out[k] = await asyncio.shield(fut)
+
+        tasks = [loop.create_task(worker()) for _ in range(workers)]
+        for t in tasks:
+            t.add_done_callback(lambda _: self._finished())
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()  # one failed: the others stop taking inputs
+        return out  # type: ignore[return-value]
+
+    def _hidden(self, i: int, ids: Sequence[int]) -> torch.Tensor:
+        slot, view = self.slots[i], self.slots[i].model
+        assert isinstance(view, SlotView)
+        self.batcher.join(view.index)  # type: ignore[union-attr]
+        try:
+            slot.truncate(0)
+            h = view.hidden(ids)
+            # The cache now holds these ids: a later prompt may reuse them.
+            slot.tokens.extend(int(t) for t in ids)
+            return h
+        finally:
+            self.batcher.leave(view.index)  # type: ignore[union-attr]
 
     def start(
         self, prompt: Sequence[int], params: Params, sink: asyncio.Queue, index: int

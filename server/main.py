@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompt tokens per batched step: the longest a prompt stalls other streams",
     )
     p.add_argument("--model-id", help="the model name clients send (default: from the flags)")
+    p.add_argument(
+        "--pooling",
+        choices=("mean", "last", "cls"),
+        help="/v1/embeddings: pool the last hidden states by their mean, the last token's or "
+        "the first's (default: what the checkpoint names, else mean)",
+    )
     return p
 
 
@@ -66,6 +72,7 @@ def model_id(args: argparse.Namespace) -> str:
 def build(args: argparse.Namespace) -> tuple[object, object]:
     """(engine, config) for the flags; raises UserError for bad ones."""
     from server.common import Config
+    from server.embeddings import model_pooling
     from server.engine import batched_engine, eager_engine, serial_engine
     from torchchat import grammar
     from torchchat.model import Model
@@ -138,6 +145,7 @@ def build(args: argparse.Namespace) -> tuple[object, object]:
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
         system_prompt=args.system_prompt,
+        pooling=args.pooling or model_pooling(loaded.info.get("checkpoint")) or "mean",
         info=loaded.info,
         quiet=args.quiet,
     )

@@ -463,6 +463,56 @@ class Health(_Strict):
     queued: int
 
 
+# --- embeddings ------------------------------------------------------------------
+
+# OpenAI's limit on inputs per request.
+MAX_EMBEDDING_INPUTS = 2048
+
+
+class EmbeddingRequest(_Open):
+    model: str
+    # A string, strings, token ids, or lists of token ids (OpenAI's four).
+    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("input is an empty list")
+        if isinstance(v, list) and len(v) > MAX_EMBEDDING_INPUTS and not isinstance(v[0], int):
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
+        return v
+
+    def inputs(self) -> list[str | list[int]]:
+        x = self.input
+        if isinstance(x, str):
+            return [x]
+        if all(isinstance(i, int) for i in x):
+            return [list(x)]  # type: ignore[arg-type]
+        return list(x)  # type: ignore[arg-type]
+
+
+class Embedding(_Strict):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    # base64: the little-endian float32 bytes, as OpenAI sends them.
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(_Strict):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(_Strict):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
 # --- llama-server's own endpoints (tools/server/README.md there) ------------------
 
 

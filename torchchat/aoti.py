@@ -39,7 +39,8 @@ def compile_package(
 
     forward(tokens[1, T], input_pos[T]) for 1 <= T < max_seq_length, or for
     a traceable SlotModel forward(tokens[1, T], input_pos[T], slots[T],
-    last[E]) with 1 <= E <= its slots. The write is atomic, so an
+    last[E]) with 1 <= E <= T's bound (a slot may ask for every one of its
+    tokens' logits: speculative decoding verifies a draft so). The write is atomic, so an
     interrupted compile leaves nothing at `out_path`. `on_stage` hears
     "export" and then "compile" as each starts.
     """
@@ -56,10 +57,14 @@ def compile_package(
     dynamic: tuple = ({1: T}, {0: T})
     if n_slots:
         # Two entries, so that neither dimension is specialized to 1: slot 0
-        # holds the first n - 1 tokens, slot 1 the last.
-        example = (example[0], torch.tensor([*range(n - 1), 0]))
-        example += (torch.tensor([0] * (n - 1) + [1]), torch.tensor([n - 2, n - 1]))
-        dynamic += ({0: T}, {0: torch.export.Dim("E", min=1, max=n_slots)})
+        # holds the first n - 1 tokens, slot 1 the last (with one slot, the
+        # last two logits of one sequence).
+        other = 1 if n_slots > 1 else 0
+        last_pos = 0 if other else n - 1
+        example = (example[0], torch.tensor([*range(n - 1), last_pos]))
+        example += (torch.tensor([0] * (n - 1) + [other]), torch.tensor([n - 2, n - 1]))
+        E = torch.export.Dim("E", min=1, max=n_slots * max_seq_length)
+        dynamic += ({0: T}, {0: E})
     with torch.no_grad():
         ep = torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
     stage("compile")

@@ -150,6 +150,18 @@ class Pt2Model(ExportedModel):
             inputs += [torch.zeros_like(inputs[1]), input_pos.new_tensor([len(input_pos) - 1])]
         return self._runner(*inputs)[0]
 
+    def forward_all(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Every position's logits, [T, vocab]: a package with slots names
+        the positions it returns (`last`), so it has them without
+        --full-logits (speculative decoding verifies with it, in row 0)."""
+        if not self.n_slots:
+            return super().forward_all(tokens, input_pos)
+        self._check_positions(tokens, input_pos)
+        pos = input_pos.to(torch.long)
+        every = torch.arange(len(pos))
+        out = self._runner(tokens.to(torch.long), pos, torch.zeros_like(pos), every)[0]
+        return out.reshape(len(pos), -1)
+
     def forward_slots(self, entries: list) -> torch.Tensor:
         """SlotModel.forward_slots over a package exported with --slots: the
         last logits of each (slot, ids, start) entry, [entries, vocab]."""

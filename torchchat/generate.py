@@ -31,12 +31,23 @@ Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Picks the next token from logits given every token so far; the tokenizers
 # library's Sampler applies its repetition window itself.
 Pick = Callable[[torch.Tensor, Sequence[int]], int]
+# Speculative decoding's drafter: up to k guesses at the ids that follow
+# `history` (every token so far); [] when it has none.
+Draft = Callable[[Sequence[int], int], list[int]]
 
 
 class LLMModel(Protocol):
     max_seq_length: int
 
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor: ...
+
+
+class VerifyingModel(LLMModel, Protocol):
+    """A model that can also return every position's logits, [T, vocab]:
+    what speculative decoding verifies a draft with (the eager Model, a .pt2
+    with slots or full logits)."""
+
+    def forward_all(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor: ...
 
 
 class ContextOverflow(ValueError):
@@ -74,6 +85,10 @@ class Stats:
     inference_end_ms: float = 0.0
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0
+    # Speculative decoding: ids drafted and verified, and how many of them
+    # the model's own picks kept (each kept one saves a forward).
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
     peak_rss_bytes: int = 0
     stop_reason: str = ""  # one of STOP_REASONS
 
@@ -97,6 +112,10 @@ class Stats:
         n = self.num_generated_tokens - 1
         return n * 1e3 / ms if ms > 0 and n > 0 else 0.0
 
+    @property
+    def acceptance_rate(self) -> float:
+        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
+
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = asdict(self)
         out.update(
@@ -106,10 +125,16 @@ class Stats:
 
     def summary(self) -> str:
         """The line the C++ runners print, so logs read the same."""
+        draft = ""
+        if self.num_draft_tokens:
+            draft = (
+                f", draft accepted {self.num_accepted_tokens}/{self.num_draft_tokens} "
+                f"({self.acceptance_rate:.0%})"
+            )
         return (
             f"load {self.load_s:.2f} s, ttft {self.ttft_s:.3f} s, prefill "
             f"{self.num_prompt_tokens} tok at {self.prefill_tok_s:.1f} tok/s, decode "
-            f"{self.num_generated_tokens} tok at {self.decode_tok_s:.1f} tok/s, peak rss "
+            f"{self.num_generated_tokens} tok at {self.decode_tok_s:.1f} tok/s{draft}, peak rss "
             f"{self.peak_rss_bytes / 1048576:.0f} MiB, stop {self.stop_reason}"
         )
 
@@ -130,15 +155,27 @@ class Slot:
 
     `tokens` are the ids whose K/V sit at positions 0..len-1. Positions index
     the cache directly, so moving back (truncate) needs no cache reset.
+
+    With a `draft` and `draft_k` > 0, decode() on this slot speculates (see
+    there); the model must then be a VerifyingModel.
     """
 
-    def __init__(self, model: LLMModel, step: Forward | None = None, device: str = "cpu"):
+    def __init__(
+        self,
+        model: LLMModel,
+        step: Forward | None = None,
+        device: str = "cpu",
+        draft: Draft | None = None,
+        draft_k: int = 0,
+    ):
         self.model = model
         # A compiled single-token step, when one is given (--compile).
         self._step = step if step is not None else model
         self.device = device
         self.max_seq_length: int = model.max_seq_length
         self.tokens: list[int] = []
+        self.draft = draft
+        self.draft_k = draft_k
 
     @property
     def pos(self) -> int:
@@ -177,6 +214,11 @@ class Slot:
     def step(self, token: int) -> torch.Tensor:
         return self._run(self._step, [token])
 
+    def verify(self, ids: Sequence[int]) -> torch.Tensor:
+        """Runs `ids` at the slot's next positions as one forward; the
+        logits after each, [len(ids), vocab]."""
+        return self._run(self.model.forward_all, ids)  # type: ignore[attr-defined]
+
 
 @torch.inference_mode()
 def decode(
@@ -193,6 +235,18 @@ def decode(
     samples and steps until a stop id, `max_new_tokens` or a full context.
     A consumer may stop early by closing the iterator (or breaking out);
     `stats` is complete once the iterator is exhausted or closed.
+
+    On a slot with a drafter (speculative decoding), each step runs the
+    sampled id and the drafter's guesses at the ids after it as one
+    forward, which gives the logits after each. The next picks are then
+    made from those logits, exactly as plain decoding would make them, and
+    each pick that equals the next guess keeps it (its logits are already
+    there); the first that differs drops the rest of the draft (the slot
+    moves back past them) and is run as usual. Every id is thus picked by
+    `pick` from the model's logits after the same ids, so the output is
+    plain decoding's (up to the rounding of a forward over several tokens),
+    sampling included: a guess is kept exactly when the draw lands on it,
+    which is rejection sampling for a drafter that proposes one id.
     """
     stats = stats if stats is not None else Stats()
     prompt = [int(i) for i in prompt]
@@ -202,6 +256,9 @@ def decode(
     common = slot.reuse(prompt)
     history = list(prompt)
     n = 0
+    # Drafted ids the slot has run past the last pick, each with the logits
+    # after it.
+    ahead: list[tuple[int, torch.Tensor]] = []
     try:
         logits = slot.prefill(prompt[common:])
         stats.num_prompt_tokens = len(prompt) - common
@@ -213,6 +270,15 @@ def decode(
             n += 1
             history.append(tok)
             stats.num_generated_tokens = n
+            # The positions the cache holds before tok (drafts not counted).
+            held = slot.pos - len(ahead)
+            kept = None
+            if ahead and tok == ahead[0][0]:
+                kept = ahead.pop(0)[1]
+                stats.num_accepted_tokens += 1
+            elif ahead:
+                slot.truncate(held)
+                ahead = []
             # Decided before the yield: a consumer that stops at a stop id
             # closes the iterator there.
             done = ""
@@ -220,22 +286,43 @@ def decode(
                 done = "eos"
             elif n == max_new_tokens:
                 done = "max_new_tokens"
-            elif slot.pos >= slot.max_seq_length:
+            elif held >= slot.max_seq_length:
                 done = "context"
             if done:
                 stats.stop_reason = done
             yield tok
             if done:
                 break  # the last token never needs to run
-            logits = slot.step(tok)
+            if kept is not None:
+                logits = kept
+            else:
+                logits, ahead = _advance(slot, tok, history, max_new_tokens - n, stats)
     except KeyboardInterrupt:
         stats.stop_reason = "interrupted"
         raise
     finally:
+        if ahead:  # guesses never checked: the cache must not claim them
+            slot.truncate(slot.pos - len(ahead))
         stats.inference_end_ms = now_ms()
         if not stats.first_token_ms:
             stats.first_token_ms = stats.prompt_eval_end_ms = stats.inference_end_ms
         stats.peak_rss_bytes = peak_rss_bytes()
+
+
+def _advance(
+    slot: Slot, tok: int, history: Sequence[int], left: int, stats: Stats
+) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+    """Runs `tok`: alone, or with the slot's drafter's guesses after it, in
+    one forward. Its logits, and each guess with the logits after it."""
+    # At most one guess fewer than the picks left (the last pick needs no
+    # guess), and within the cache.
+    k = min(slot.draft_k, left - 1, slot.max_seq_length - slot.pos - 1)
+    draft = slot.draft(history, k)[:k] if slot.draft is not None and k > 0 else []
+    if not draft:
+        return slot.step(tok), []
+    out = slot.verify([tok, *draft])
+    stats.num_draft_tokens += len(draft)
+    return out[:1], [(int(d), out[i + 1 : i + 2]) for i, d in enumerate(draft)]
 
 
 def argmax(logits: torch.Tensor, history: Sequence[int] = ()) -> int:

@@ -395,6 +395,14 @@ class Model(nn.Module):
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         return self.transformer(tokens, {"input_pos": input_pos})
 
+    def forward_all(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """The same forward with every position's logits, [T, vocab]
+        (speculative decoding verifies a draft with it): ExecuTorch's
+        Transformer keeps the positions `last_valid_token_pos` names."""
+        every = torch.arange(tokens.shape[1], device=tokens.device)
+        logits = self.transformer(tokens, {"input_pos": input_pos, "last_valid_token_pos": every})
+        return logits.reshape(tokens.shape[1], -1)
+
     def reset_cache(self) -> None:
         for name, buf in self.named_buffers():
             if name.endswith(("k_cache", "v_cache")):
@@ -735,6 +743,8 @@ def softcapped_transformer(transformer: nn.Module, cap: float) -> nn.Module:
     class SoftcappedTransformer(base):
         def forward(self, tokens=None, attn_options=None, h=None):  # noqa: ANN001, ANN202
             logits = super().forward(tokens, attn_options, h)
+            if not self.apply_output:  # hidden states (SlotModel.hidden_slots): no cap
+                return logits
             return torch.tanh(logits / self.final_softcap) * self.final_softcap
 
     out = SoftcappedTransformer(transformer.params, transformer.layers, transformer.rope)
@@ -1038,6 +1048,25 @@ class SlotModel(nn.Module):
     def forward_slots(self, entries: list) -> torch.Tensor:
         device = next(self.model.parameters()).device
         return self.forward(*slot_inputs(entries, self.n_slots, self.max_seq_length, device))
+
+    def hidden_slots(self, entries: list) -> list[torch.Tensor]:
+        """Like forward_slots, but each entry's last hidden state at every
+        one of its tokens, [len(ids), dim]: the final norm's output, which
+        the output layer would turn into logits (transformers'
+        `last_hidden_state`, llama.cpp's embeddings). The same forward, with
+        ExecuTorch's Transformer told to skip its output layer."""
+        device = next(self.model.parameters()).device
+        tokens, pos, slots, _, spans = slot_inputs(
+            entries, self.n_slots, self.max_seq_length, device
+        )
+        every = torch.arange(tokens.shape[1], device=device)
+        transformer = self.model.transformer
+        transformer.apply_output = False
+        try:
+            h = self.forward(tokens, pos, slots, every, spans)
+        finally:
+            transformer.apply_output = True
+        return [h[first : first + n] for _, first, n, _ in spans]
 
 
 def slot_inputs(entries: list, n_slots: int, max_seq_length: int, device: Any = "cpu") -> tuple:

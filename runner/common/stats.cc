@@ -49,13 +49,15 @@ std::string Stats::ToJson() const {
                 "\"inference_start_ms\": %.3f, \"prompt_eval_end_ms\": %.3f, "
                 "\"first_token_ms\": %.3f, \"inference_end_ms\": %.3f, "
                 "\"num_prompt_tokens\": %lld, \"num_generated_tokens\": %lld, "
+                "\"num_draft_tokens\": %lld, \"num_accepted_tokens\": %lld, "
                 "\"peak_rss_bytes\": %lld, \"stop_reason\": \"%s\", \"ttft_s\": %.6f, "
                 "\"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f}",
                 model_load_start_ms, model_load_end_ms, inference_start_ms, prompt_eval_end_ms,
                 first_token_ms, inference_end_ms, static_cast<long long>(num_prompt_tokens),
                 static_cast<long long>(num_generated_tokens),
-                static_cast<long long>(peak_rss_bytes), stop_reason.c_str(), ttft_s(),
-                prefill_tok_s(), decode_tok_s());
+                static_cast<long long>(num_draft_tokens),
+                static_cast<long long>(num_accepted_tokens), static_cast<long long>(peak_rss_bytes),
+                stop_reason.c_str(), ttft_s(), prefill_tok_s(), decode_tok_s());
   return buf;
 }
 

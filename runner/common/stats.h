@@ -25,6 +25,10 @@ struct Stats {
   double inference_end_ms = 0;
   int64_t num_prompt_tokens = 0;
   int64_t num_generated_tokens = 0;
+  // Speculative decoding (Python's generate --speculate; the C++ runners do
+  // not speculate, so 0 here): ids drafted, and the ones the model kept.
+  int64_t num_draft_tokens = 0;
+  int64_t num_accepted_tokens = 0;
   int64_t peak_rss_bytes = 0;
   // Ours, not ExecuTorch's: one of kStopReasons.
   std::string stop_reason;
