@@ -26,13 +26,13 @@ from typing import Any
 
 from evals import data as data_mod
 from evals import harness, perplexity
-from evals.scoring import Group, PackedScorer
+from evals.scoring import CachedScorer, Group, PackedScorer, Scorer, one_token_at_a_time
 from peers import llama_cpp
 from torchchat import loading
 from torchchat.paths import user_path
 
 
-def llama_cpp_style_hellaswag(scorer: PackedScorer, tok: Any, docs: list[dict]) -> float:
+def llama_cpp_style_hellaswag(scorer: Scorer, tok: Any, docs: list[dict]) -> float:
     """llama.cpp's hellaswag_score on our model: tokenize context + " " +
     ending whole, split off the common prefix, and pick the ending with
     the highest mean log-probability per token."""
@@ -60,6 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--chunks", type=int, help="only the first N windows (llama's --chunks)")
     p.add_argument("--hellaswag", type=int, default=400, help="items (0: skip)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="score one token at a time through the KV cache, as generation decodes (a GGUF's "
+        "8-bit activations), not in packed prefill forwards; slower: use --chunks",
+    )
     p.add_argument("--output-json")
     args = p.parse_args(argv)
 
@@ -72,12 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = data_mod.data_dir()
     text = user_path(args.text) or data / data_mod.DEFAULT_TEXT
     loaded = loading.load(loading.LoadOptions(checkpoint=gguf, max_seq_length=2048, compile="none"))
-    scorer = PackedScorer(loaded.model, batch_tokens=max(1024, args.ctx))
+    scorer: Any = (
+        CachedScorer(one_token_at_a_time(loaded.model), loaded.max_seq_length)
+        if args.decode
+        else PackedScorer(loaded.model, batch_tokens=max(1024, args.ctx))
+    )
     out: dict[str, Any] = {
         "gguf": str(gguf),
         "text": str(text),
         "ctx": args.ctx,
         "stride": args.stride,
+        "scoring": "decode" if args.decode else "packed prefill",
     }
 
     # -- perplexity --

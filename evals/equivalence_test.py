@@ -1,4 +1,4 @@
-"""Eager, .pt2 and .pte score alike: the tiny model exported with
+"""Eager, .pt2, .pte and eager one token at a time score alike: the tiny model exported with
 --full-logits, against the eager model's packed scoring and a plain
 one-request-at-a-time computation. An artifact without full logits is
 refused with the flag that fixes it."""
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from evals import harness, perplexity
-from evals.scoring import CachedScorer, Group, PackedScorer
+from evals.scoring import CachedScorer, Group, PackedScorer, one_token_at_a_time
 from testing import tiny_model
 from torchchat import artifacts, checkpoint, tokenizer
 
@@ -51,6 +51,9 @@ class EquivalenceTest(unittest.TestCase):
             "eager": PackedScorer(checkpoint.load_model(ckpt, torch.float32, 64), batch_tokens=40),
             "pte": CachedScorer(pte.forward_all, pte.max_seq_length),
             "pt2": CachedScorer(pt2.forward_all, pt2.max_seq_length),
+            "decode": CachedScorer(
+                one_token_at_a_time(checkpoint.load_model(ckpt, torch.float32, 64)), 64
+            ),
         }
 
     def test_group_scores_agree(self):

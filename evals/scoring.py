@@ -12,8 +12,9 @@ Two ways to run groups, with the same results:
   mask that lets a branch see only its prefix and itself. The KV cache is
   bypassed and logits are computed only where a score needs them.
 - `CachedScorer` (any forward that returns every position's logits: a
-  .pte or .pt2 exported with --full-logits): one group at a time, the
-  prefix prefilled once and each branch run after it from the KV cache.
+  .pte or .pt2 exported with --full-logits, or `one_token_at_a_time`):
+  one group at a time, the prefix prefilled once and each branch run after
+  it from the KV cache.
 """
 
 from __future__ import annotations
@@ -106,6 +107,23 @@ class CachedScorer:
             if progress:
                 progress(tokens_of(g))
         return out
+
+
+def one_token_at_a_time(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A forward_all for CachedScorer that runs each token as generation's
+    decode step does (one row through the KV cache): scores the decode
+    kernels, e.g. a GGUF's 8-bit activations, which prefill never runs."""
+
+    def forward_all(tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        rows = [
+            model(tokens[:, i : i + 1], input_pos[i : i + 1]).reshape(1, -1)
+            for i in range(tokens.shape[1])
+        ]
+        return torch.cat(rows)
+
+    return forward_all
 
 
 # --- packed: many groups in one eager forward ------------------------------------------

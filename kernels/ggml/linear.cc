@@ -27,6 +27,11 @@ namespace {
 // From this many rows of x, dequantized tiles (exact, and the dequantization
 // is shared by the rows); below, the int16 rows kernels.
 constexpr int64_t kTileMinM = 8;
+// The int8 rows kernels take four rows of x per weight row, unpacking its
+// codes once: 85 GMAC/s from 4 rows to 256 on Zen 4 (2 threads, Q4_K 8192 x
+// 2048), against the tiles' 56 at 8 rows and 80-85 from 64. So int8 x runs
+// them up to here, and the tiles, as fast and exact, above.
+constexpr int64_t kTileMinM8 = 32;
 // The decode kernels read one weight row at a time, front to back, and
 // leave prefetching to the hardware: reading 2 or 4 rows at once (to share
 // each load of x) or prefetching in software ran 6-15 GB/s from DRAM on a
@@ -225,16 +230,6 @@ TC_GGML_AVX2 bool QuantizeX8(const float* x, int64_t k, int8_t* q, float* sc16, 
   return true;
 }
 
-// 32 codes (unsigned, or signed where V::kSigned) times 32 int8 x, summed
-// in pairs to 16 int16 (vpmaddubsw: unsigned by signed, so signed codes
-// lend their sign to x). No pair overflows: |code| <= 128, |x| <= 127.
-template <class V>
-TC_GGML_AVX2 inline __m256i Dot8Pairs(__m256i q, __m256i x) {
-  if constexpr (V::kSigned)
-    return _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
-  return _mm256_maddubs_epi16(q, x);
-}
-
 // A group's scale per 8 int32 lanes: lanes 0..3 hold elements 0..15.
 template <class F>
 TC_GGML_AVX2 inline __m256 GroupScale(const float* ws, int g) {
@@ -348,87 +343,103 @@ TC_GGML_AVX2 void RowsAvx2(const Job& a, int64_t n0, int64_t n1) {
     for (int64_t i = 0; i < a.m; ++i) GroupAvx2<F, 1>(a, n, i);
 }
 
-// The 32-element blocks past the whole chunks (a K-quant row is whole
-// chunks), with the scalar scales.
-template <class F, int R>
-TC_GGML_AVX2 inline void Tail8Avx2(const Job& a, int64_t n, int64_t i, __m256* acc, float* mtail) {
-  const int8_t* xq = a.xq8 + i * a.k;
-  const float* xsc16 = a.xsc16 + i * (a.k / 16);
-  const float* xs16 = a.xs16 + i * (a.k / 16);
-  const __m256i ones = _mm256_set1_epi16(1);
+// The int8 loop: one weight row against MR rows of x (decode has one;
+// prefill takes them MR at a time, so each group's codes are unpacked once
+// for MR dots). Per chunk: the 16 half-scales times each x row's scales, and
+// the offsets' share m . sum(x') as vector FMAs; per group of 32 and x row:
+// one vpmaddubsw, one vpmaddwd against ones, one FMA whose lanes carry each
+// half's scale.
+template <class F, int MR>
+TC_GGML_AVX2 inline void Group8Avx2(const Job& a, int64_t n, int64_t i0) {
   using V = Avx2<F>;
-  if constexpr (F::kElems == 32) {
-    for (int64_t b = a.k / 256 * 8; b < a.k / 32; ++b) {
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * 32));
-      TC_UNROLL
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* blk = a.w + (n + r) * a.row_bytes + b * F::kBytes;
-        float s[2], m[2];
-        F::Scales(blk, s, m);
-        mtail[r] += m[0] * xs16[2 * b] + m[1] * xs16[2 * b + 1];
-        const __m256i p = _mm256_madd_epi16(Dot8Pairs<V>(V::Bytes(blk, 0), x), ones);
-        acc[r] =
-            _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[0] * xsc16[2 * b]), acc[r]);
-      }
-    }
-  }
-}
-
-// The decode loop with int8 x: per group of 32 and weight row, one
-// vpmaddubsw, one vpmaddwd against ones and one FMA whose lanes carry each
-// half's scale. Scales, offsets and the R rows as in ChunksAvx2.
-template <class F, int R>
-TC_GGML_AVX2 inline void Group8Avx2(const Job& a, int64_t n, int64_t i) {
-  using V = Avx2<F>;
-  const int8_t* xq = a.xq8 + i * a.k;
-  const float* xsc16 = a.xsc16 + i * (a.k / 16);
-  const float* xs16 = a.xs16 + i * (a.k / 16);
+  const int64_t k = a.k;
+  const int8_t* xq = a.xq8 + i0 * k;
+  const float* xsc16 = a.xsc16 + i0 * (k / 16);
+  const float* xs16 = a.xs16 + i0 * (k / 16);
+  const uint8_t* row = a.w + n * a.row_bytes;
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[R], macc[R];
-  float mtail[R];
+  __m256 acc[MR], macc[MR];
+  float mtail[MR];
   TC_UNROLL
-  for (int r = 0; r < R; ++r) {
-    acc[r] = macc[r] = _mm256_setzero_ps();
-    mtail[r] = 0.f;
+  for (int j = 0; j < MR; ++j) {
+    acc[j] = macc[j] = _mm256_setzero_ps();
+    mtail[j] = 0.f;
   }
-  for (int64_t c = 0; c < a.k / 256; ++c) {
-    const uint8_t* ch[R];
-    alignas(32) float ws[R][16];
+  for (int64_t c = 0; c < k / 256; ++c) {
+    const uint8_t* ch = row + c * V::kChunkBytes;
+    alignas(32) float ws[MR][16];
+    alignas(32) float sc[16], mn[16];
+    V::ChunkScales(ch, sc, mn);
     TC_UNROLL
-    for (int r = 0; r < R; ++r) {
-      ch[r] = a.w + (n + r) * a.row_bytes + c * V::kChunkBytes;
-      alignas(32) float sc[16], mn[16];
-      V::ChunkScales(ch[r], sc, mn);
-      const float* xs = xsc16 + c * 16;
-      _mm256_store_ps(ws[r], _mm256_mul_ps(_mm256_load_ps(sc), _mm256_loadu_ps(xs)));
-      _mm256_store_ps(ws[r] + 8, _mm256_mul_ps(_mm256_load_ps(sc + 8), _mm256_loadu_ps(xs + 8)));
+    for (int j = 0; j < MR; ++j) {
+      const float* xs = xsc16 + j * (k / 16) + c * 16;
+      _mm256_store_ps(ws[j], _mm256_mul_ps(_mm256_load_ps(sc), _mm256_loadu_ps(xs)));
+      _mm256_store_ps(ws[j] + 8, _mm256_mul_ps(_mm256_load_ps(sc + 8), _mm256_loadu_ps(xs + 8)));
       if constexpr (F::kMin) {
-        const float* sum = xs16 + c * 16;
-        macc[r] = _mm256_fmadd_ps(_mm256_load_ps(mn), _mm256_loadu_ps(sum), macc[r]);
-        macc[r] = _mm256_fmadd_ps(_mm256_load_ps(mn + 8), _mm256_loadu_ps(sum + 8), macc[r]);
+        const float* sum = xs16 + j * (k / 16) + c * 16;
+        macc[j] = _mm256_fmadd_ps(_mm256_load_ps(mn), _mm256_loadu_ps(sum), macc[j]);
+        macc[j] = _mm256_fmadd_ps(_mm256_load_ps(mn + 8), _mm256_loadu_ps(sum + 8), macc[j]);
       }
     }
     TC_UNROLL
     for (int g = 0; g < 8; ++g) {
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * 256 + g * 32));
+      const __m256i q = V::Bytes(ch, g);
+      // Signed codes: |q| against x with q's sign (vpmaddubsw is unsigned
+      // by signed). No pair overflows int16: |q| <= 128, |x| <= 127.
+      const __m256i qa = V::kSigned ? _mm256_sign_epi8(q, q) : q;
       TC_UNROLL
-      for (int r = 0; r < R; ++r) {
-        const __m256i p = _mm256_madd_epi16(Dot8Pairs<V>(V::Bytes(ch[r], g), x), ones);
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), GroupScale<F>(ws[r], g), acc[r]);
+      for (int j = 0; j < MR; ++j) {
+        __m256i x =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + j * k + c * 256 + g * 32));
+        if constexpr (V::kSigned) x = _mm256_sign_epi8(x, q);
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, x), ones);
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), GroupScale<F>(ws[j], g), acc[j]);
       }
     }
   }
-  Tail8Avx2<F, R>(a, n, i, acc, mtail);
+  // The 32-element blocks past the whole chunks (a K-quant row is whole
+  // chunks), with the scalar scales.
+  if constexpr (F::kElems == 32) {
+    for (int64_t b = k / 256 * 8; b < k / 32; ++b) {
+      const uint8_t* blk = row + b * F::kBytes;
+      float s[2], m[2];
+      F::Scales(blk, s, m);
+      const __m256i q = V::Bytes(blk, 0);
+      const __m256i qa = V::kSigned ? _mm256_sign_epi8(q, q) : q;
+      TC_UNROLL
+      for (int j = 0; j < MR; ++j) {
+        const int64_t r16 = j * (k / 16) + 2 * b;
+        mtail[j] += m[0] * xs16[r16] + m[1] * xs16[r16 + 1];
+        __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + j * k + b * 32));
+        if constexpr (V::kSigned) x = _mm256_sign_epi8(x, q);
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, x), ones);
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[0] * xsc16[r16]), acc[j]);
+      }
+    }
+  }
   TC_UNROLL
-  for (int r = 0; r < R; ++r)
-    a.y[i * a.n + n + r] =
-        Hsum(_mm256_add_ps(acc[r], macc[r])) + mtail[r] + (a.bias ? a.bias[n + r] : 0.f);
+  for (int j = 0; j < MR; ++j)
+    a.y[(i0 + j) * a.n + n] =
+        Hsum(_mm256_add_ps(acc[j], macc[j])) + mtail[j] + (a.bias ? a.bias[n] : 0.f);
 }
+
+// Rows of x four at a time, each weight row read once per call.
+constexpr int kMR = 4;
+
+// Prefill's rows of x in blocks of kMB (128 KB of int8 x at k = 2048, in
+// L2), each block against the task's weight rows (a few KB, in L1).
+constexpr int64_t kMB = 64;
 
 template <class F>
 TC_GGML_AVX2 void Rows8Avx2(const Job& a, int64_t n0, int64_t n1) {
-  for (int64_t n = n0; n < n1; ++n)
-    for (int64_t i = 0; i < a.m; ++i) Group8Avx2<F, 1>(a, n, i);
+  for (int64_t ib = 0; ib < a.m; ib += kMB) {
+    const int64_t ie = std::min(a.m, ib + kMB);
+    for (int64_t n = n0; n < n1; ++n) {
+      int64_t i = ib;
+      for (; i + kMR <= ie; i += kMR) Group8Avx2<F, kMR>(a, n, i);
+      for (; i < ie; ++i) Group8Avx2<F, 1>(a, n, i);
+    }
+  }
 }
 
 // ----------------------------------------------------------- AVX-512 VNNI --
@@ -509,77 +520,92 @@ TC_GGML_VNNI void RowsVnni(const Job& a, int64_t n0, int64_t n1) {
 }
 
 // The int8 loop with 512-bit dots: two groups of 32 per vpdpbusd, and one
-// FMA whose lanes carry the four halves' scales.
-template <class V>
-TC_GGML_VNNI inline __m512i Dot8Vnni(__m512i q, __m512i x) {
-  if constexpr (V::kSigned) {
-    const __mmask64 neg = _mm512_movepi8_mask(q);
-    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(q),
-                               _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x));
-  }
-  return _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x);
-}
-
-template <class F, int R>
-TC_GGML_VNNI inline void Group8Vnni(const Job& a, int64_t n, int64_t i) {
+// FMA whose lanes carry the four halves' scales; MR rows of x, and the
+// 32-element blocks past the whole chunks, as in Group8Avx2.
+template <class F, int MR>
+TC_GGML_VNNI inline void Group8Vnni(const Job& a, int64_t n, int64_t i0) {
   using V = Avx2<F>;
-  const int8_t* xq = a.xq8 + i * a.k;
-  const float* xsc16 = a.xsc16 + i * (a.k / 16);
-  const float* xs16 = a.xs16 + i * (a.k / 16);
+  const int64_t k = a.k;
+  const int8_t* xq = a.xq8 + i0 * k;
+  const float* xsc16 = a.xsc16 + i0 * (k / 16);
+  const float* xs16 = a.xs16 + i0 * (k / 16);
+  const uint8_t* row = a.w + n * a.row_bytes;
   const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  __m512 acc[R];
-  __m256 macc[R];
+  __m512 acc[MR];
+  __m256 macc[MR];
   TC_UNROLL
-  for (int r = 0; r < R; ++r) {
-    acc[r] = _mm512_setzero_ps();
-    macc[r] = _mm256_setzero_ps();
+  for (int j = 0; j < MR; ++j) {
+    acc[j] = _mm512_setzero_ps();
+    macc[j] = _mm256_setzero_ps();
   }
-  for (int64_t c = 0; c < a.k / 256; ++c) {
-    const uint8_t* ch[R];
-    alignas(64) float ws[R][16];
+  for (int64_t c = 0; c < k / 256; ++c) {
+    const uint8_t* ch = row + c * V::kChunkBytes;
+    alignas(64) float ws[MR][16];
+    alignas(32) float sc[16], mn[16];
+    V::ChunkScales(ch, sc, mn);
     TC_UNROLL
-    for (int r = 0; r < R; ++r) {
-      ch[r] = a.w + (n + r) * a.row_bytes + c * V::kChunkBytes;
-      alignas(32) float sc[16], mn[16];
-      V::ChunkScales(ch[r], sc, mn);
-      _mm512_store_ps(ws[r], _mm512_mul_ps(_mm512_load_ps(sc), _mm512_loadu_ps(xsc16 + c * 16)));
+    for (int j = 0; j < MR; ++j) {
+      _mm512_store_ps(
+          ws[j], _mm512_mul_ps(_mm512_load_ps(sc), _mm512_loadu_ps(xsc16 + j * (k / 16) + c * 16)));
       if constexpr (F::kMin) {
-        const float* sum = xs16 + c * 16;
-        macc[r] = _mm256_fmadd_ps(_mm256_load_ps(mn), _mm256_loadu_ps(sum), macc[r]);
-        macc[r] = _mm256_fmadd_ps(_mm256_load_ps(mn + 8), _mm256_loadu_ps(sum + 8), macc[r]);
+        const float* sum = xs16 + j * (k / 16) + c * 16;
+        macc[j] = _mm256_fmadd_ps(_mm256_load_ps(mn), _mm256_loadu_ps(sum), macc[j]);
+        macc[j] = _mm256_fmadd_ps(_mm256_load_ps(mn + 8), _mm256_loadu_ps(sum + 8), macc[j]);
       }
     }
     TC_UNROLL
     for (int g = 0; g < 8; g += 2) {
-      const __m512i x = _mm512_loadu_si512(xq + c * 256 + g * 32);
+      const __m512i q =
+          _mm512_inserti64x4(_mm512_castsi256_si512(V::Bytes(ch, g)), V::Bytes(ch, g + 1), 1);
+      const __m512i qa = V::kSigned ? _mm512_abs_epi8(q) : q;
+      const __mmask64 neg = V::kSigned ? _mm512_movepi8_mask(q) : 0;
       TC_UNROLL
-      for (int r = 0; r < R; ++r) {
-        const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(V::Bytes(ch[r], g)),
-                                             V::Bytes(ch[r], g + 1), 1);
+      for (int j = 0; j < MR; ++j) {
+        __m512i x = _mm512_loadu_si512(xq + j * k + c * 256 + g * 32);
+        if constexpr (V::kSigned) x = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);
+        const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qa, x);
         const __m512 sv =
-            _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(_mm_load_ps(ws[r] + 2 * g)));
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(Dot8Vnni<V>(q, x)), sv, acc[r]);
+            _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(_mm_load_ps(ws[j] + 2 * g)));
+        acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sv, acc[j]);
       }
     }
   }
-  __m256 tail[R];
-  float mtail[R];
-  TC_UNROLL
-  for (int r = 0; r < R; ++r) {
-    tail[r] = _mm256_setzero_ps();
-    mtail[r] = 0.f;
+  if constexpr (F::kElems == 32) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t b = k / 256 * 8; b < k / 32; ++b) {
+      const uint8_t* blk = row + b * F::kBytes;
+      float s[2], m[2];
+      F::Scales(blk, s, m);
+      const __m256i q = V::Bytes(blk, 0);
+      const __m256i qa = V::kSigned ? _mm256_sign_epi8(q, q) : q;
+      TC_UNROLL
+      for (int j = 0; j < MR; ++j) {
+        const int64_t r16 = j * (k / 16) + 2 * b;
+        __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + j * k + b * 32));
+        if constexpr (V::kSigned) x = _mm256_sign_epi8(x, q);
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, x), ones);
+        macc[j] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[0] * xsc16[r16]), macc[j]);
+        macc[j] = _mm256_add_ps(
+            macc[j], _mm256_setr_ps(m[0] * xs16[r16] + m[1] * xs16[r16 + 1], 0, 0, 0, 0, 0, 0, 0));
+      }
+    }
   }
-  Tail8Avx2<F, R>(a, n, i, tail, mtail);
   TC_UNROLL
-  for (int r = 0; r < R; ++r)
-    a.y[i * a.n + n + r] = Hsum512(acc[r]) + Hsum(_mm256_add_ps(macc[r], tail[r])) + mtail[r] +
-                           (a.bias ? a.bias[n + r] : 0.f);
+  for (int j = 0; j < MR; ++j)
+    a.y[(i0 + j) * a.n + n] = Hsum512(acc[j]) + Hsum(macc[j]) + (a.bias ? a.bias[n] : 0.f);
 }
 
 template <class F>
 TC_GGML_VNNI void Rows8Vnni(const Job& a, int64_t n0, int64_t n1) {
-  for (int64_t n = n0; n < n1; ++n)
-    for (int64_t i = 0; i < a.m; ++i) Group8Vnni<F, 1>(a, n, i);
+  for (int64_t ib = 0; ib < a.m; ib += kMB) {
+    const int64_t ie = std::min(a.m, ib + kMB);
+    for (int64_t n = n0; n < n1; ++n) {
+      int64_t i = ib;
+      for (; i + kMR <= ie; i += kMR) Group8Vnni<F, kMR>(a, n, i);
+      for (; i < ie; ++i) Group8Vnni<F, 1>(a, n, i);
+    }
+  }
 }
 
 bool CpuHasVnni() {
@@ -866,13 +892,17 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
   if (active_path == Path::kAvx2) micro = tile::MicroAvx2();
   if (active_path == Path::kVnni) micro = tile::MicroAvx512();
 #endif
-  bool tiled = m >= kTileMinM && micro != nullptr;
+  // Below kTileMinM8 rows with int8 x (decode, a server's batched decode),
+  // below kTileMinM with int16, the integer rows kernels; above, the exact
+  // tiles.
+  const bool int8_rows = x8 && kern.rows8 != nullptr && m < kTileMinM8;
+  bool tiled = !int8_rows && m >= kTileMinM && micro != nullptr;
   // Scratch reused across calls on this thread: decode allocates nothing.
   thread_local std::vector<int16_t> xq;
   thread_local std::vector<int8_t> xq8;
   thread_local std::vector<float> xsc16, xs16;
 #if TC_GGML_X86
-  if (!tiled && kern.int16_x && x8 && kern.rows8 != nullptr) {
+  if (int8_rows) {
     xq8.resize(size_t(m * k));
     xsc16.resize(size_t(m * k / 16));
     xs16.resize(size_t(m * k / 16));
@@ -886,7 +916,7 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
       task.job.xsc16 = xsc16.data();
       task.job.xs16 = xs16.data();
     } else {
-      tiled = micro != nullptr;
+      tiled = micro != nullptr;  // x beyond int8's reach: the exact tiles
     }
   } else if (!tiled && kern.int16_x) {
     xq.resize(size_t(m * k));

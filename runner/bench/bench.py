@@ -4,11 +4,12 @@
 
 Runs the same prompts through the torchchat CLI (eager, and its default:
 compiled, a GGUF in its own precision), aoti_run (fp32 and 4-bit), et_run
-(fp32 and the exact 4-bit .pte) and ExecuTorch's own TextLLMRunner (and llama.cpp when llama-cpp-python is
-installed, on the built-in GGUF or a --model GGUF), takes each one's own stats, and prints the CPU,
-the ISA paths taken, a measured memory bandwidth, TTFT, prefill and decode
-tok/s, each runtime's fraction of its bandwidth roofline and ratios against
-the peers. Artifacts not given are exported once into the cache
+(fp32 and the exact 4-bit .pte) and ExecuTorch's own TextLLMRunner (and llama.cpp when
+llama-cpp-python is installed, on the built-in GGUF or a --model GGUF, cross-checked by
+llama-bench standalone), takes each one's own stats, and prints the CPU, the ISA paths taken,
+a measured read bandwidth, TTFT, prefill and decode tok/s, each runtime's fraction of its
+bandwidth roofline and ratios against the peers. Every runtime and peer runs in a fresh
+process of its own. Artifacts not given are exported once into the cache
 (${XDG_CACHE_HOME:-~/.cache}/torchchat/bench). Numbers are only comparable
 within one run of this tool.
 """
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from runner.bench import gguf_bench
 
 # Not resolve(): the runfiles tree is made of symlinks into the source tree.
 RUNFILES = Path(os.path.abspath(__file__)).parent.parent.parent
@@ -181,22 +184,16 @@ def run_et_runner(pte, prompt, n):
     }
 
 
-_LLAMA = {}
-
-
 def run_llama_cpp(gguf, prompt, n, threads, max_seq):
     """llama.cpp's own timings (llama_perf_context), like the runners' Stats."""
     import llama_cpp
 
-    llm = _LLAMA.get(gguf)
-    if llm is None:
-        llm = llama_cpp.Llama(
-            model_path=str(gguf), n_ctx=max_seq, n_threads=threads or 2, verbose=False
-        )
-        # Warm up like the runners' --warmup 1: the first generation pays for
-        # page faults and thread start-up.
-        llm.create_completion(PROMPTS[0], max_tokens=4, temperature=0)
-        _LLAMA[gguf] = llm
+    llm = llama_cpp.Llama(
+        model_path=str(gguf), n_ctx=max_seq, n_threads=threads or 2, verbose=False
+    )
+    # Warm up like the runners' --warmup 1: the first generation pays for
+    # page faults and thread start-up.
+    llm.create_completion(PROMPTS[0], max_tokens=4, temperature=0)
     llm.reset()
     llama_cpp.llama_perf_context_reset(llm.ctx)
     t0 = time.perf_counter()
@@ -212,6 +209,34 @@ def run_llama_cpp(gguf, prompt, n, threads, max_seq):
         "decode": perf.n_eval * 1e3 / perf.t_eval_ms if perf.t_eval_ms else 0.0,
         "tokens": count,
     }
+
+
+CHILD = "--child"
+
+
+def in_child(kind, *args):
+    """One in-process measurement (ExecuTorch's TextLLMRunner, llama-cpp-python)
+    in a fresh process of its own: ExecuTorch's thread pool, left in a
+    process, slowed llama.cpp there by 1.6-2.8x."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    cmd = [sys.executable, os.path.abspath(__file__), CHILD, kind, *map(str, args)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise RuntimeError((p.stderr.strip().splitlines() or ["no output"])[-1])
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def child_main(argv):
+    kind, *rest = argv
+    if kind == "et-runner":
+        pte, prompt, n = rest
+        out = run_et_runner(Path(pte), prompt, int(n))
+    elif kind == "llama-cpp":
+        gguf, prompt, n, threads, max_seq = rest
+        out = run_llama_cpp(Path(gguf), prompt, int(n), int(threads), int(max_seq))
+    else:
+        raise SystemExit(f"bench: unknown child {kind!r}")
+    print(json.dumps(out))
 
 
 def builtin_gguf():
@@ -252,23 +277,6 @@ def isa_paths():
     }
 
 
-def triad_gb_s(threads, mib=256, reps=8):
-    """STREAM triad a = b + s*c over buffers far larger than any cache, on
-    the bench's threads: the best of `reps`, counting 3 arrays of traffic."""
-    import torch
-
-    torch.set_num_threads(threads)
-    n = mib * 2**20 // 4
-    a, b, c = torch.empty(n), torch.rand(n), torch.rand(n)
-    torch.add(b, c, alpha=3.0, out=a)  # fault the pages in
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.add(b, c, alpha=3.0, out=a)
-        best = min(best, time.perf_counter() - t)
-    return 3 * n * 4 / best / 1e9
-
-
 def weight_bytes(gguf):
     """Bytes one decode step reads: every weight once (the embedding is tied
     to the output, so its matrix is read by the unembedding), as the GGUF
@@ -283,6 +291,8 @@ def weight_bytes(gguf):
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == CHILD:
+        return child_main(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model alias or checkpoint (default: the built-in model)")
     ap.add_argument("--pte", help="an exported fp32 .pte (default: export once into the cache)")
@@ -342,7 +352,10 @@ def main():
             "fp32",
             lambda p, n: run_runner(binary("runner/et/et_run"), pte(), p, n, args.num_threads),
         ),
-        "ExecuTorch's TextLLMRunner, same .pte": ("fp32", lambda p, n: run_et_runner(pte(), p, n)),
+        "ExecuTorch's TextLLMRunner, same .pte": (
+            "fp32",
+            lambda p, n: in_child("et-runner", pte(), p, n),
+        ),
     }
     if not args.model:
         # export's default for a 4-bit GGUF keeps its codes; a .pte keeps
@@ -377,12 +390,12 @@ def main():
         if gguf.suffix == ".gguf":
             runs["llama.cpp (same GGUF)"] = (
                 "q4",
-                lambda p, n: run_llama_cpp(gguf, p, n, args.num_threads, seq),
+                lambda p, n: in_child("llama-cpp", gguf, p, n, args.num_threads, seq),
             )
     except ImportError:
         print("bench: llama-cpp-python is not installed; skipping llama.cpp", file=sys.stderr)
 
-    bandwidth = triad_gb_s(threads)
+    bandwidth = gguf_bench.read_bandwidth(threads=threads)
     nbytes = weight_bytes(builtin_gguf()) if not args.model else None
     long = long_prompt(args.prefill_tokens)
     results = {}
@@ -406,6 +419,20 @@ def main():
         results[name] = r
         print(f"bench: {name}: decode {r['decode']:.1f} tok/s", file=sys.stderr)
 
+    if "llama.cpp (same GGUF)" in results:
+        # The cross-check: llama.cpp's own benchmark, standalone.
+        try:
+            lb = gguf_bench.llama_bench(gguf, args.prefill_tokens, args.max_new_tokens, threads)
+            results["llama.cpp's llama-bench (standalone)"] = {
+                "decode": lb["decode"],
+                "prefill": lb["prefill"],
+                "ttft_s": args.prefill_tokens / lb["prefill"],
+                "kind": "q4",
+                "roofline": lb["decode"] * nbytes["q4"] / 1e9 / bandwidth if nbytes else 0.0,
+            }
+        except Exception as e:
+            print(f"bench: llama-bench: {e}", file=sys.stderr)
+
     wall = None
     if not any("generate, default" in k for k in args.skip):
         walls = []
@@ -417,7 +444,7 @@ def main():
 
     paths = ", ".join(f"{k} {v}" for k, v in isa_paths().items())
     print(f"\nCPU: {cpu_model()}, {threads} threads; ISA paths: {paths}")
-    print(f"memory bandwidth (triad, 3 x 256 MiB, {threads} threads): {bandwidth:.1f} GB/s")
+    print(f"read bandwidth (a sum over 1 GiB, {threads} threads): {bandwidth:.1f} GB/s")
     if nbytes:
         print(
             f"weights read per token: {nbytes['q4'] / 1e6:.0f} MB (GGUF codes), "
@@ -460,7 +487,8 @@ def main():
     print(
         f"\n(decode: median of {len(PROMPTS)} prompts, {args.max_new_tokens} new tokens, "
         f"greedy; TTFT and prefill: the best of 2 runs of a {args.prefill_tokens}-token "
-        "prompt; of roofline: weight bytes per token x decode tok/s / triad bandwidth)"
+        "prompt; of roofline: weight bytes per token x decode tok/s / read bandwidth; "
+        "llama-bench: its own pp and tg, standalone, the cross-check of the llama.cpp row)"
     )
 
 

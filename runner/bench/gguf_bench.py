@@ -38,26 +38,66 @@ PROMPTS = [
 ]
 
 
-def run_child(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> tuple:
-    """(returncode, stdout, stderr, seconds, peak RSS bytes) of a fresh process."""
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (the CLI's launcher runs Python as a child)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def _hwm(pid: int) -> int:
+    """The process's peak RSS in bytes (VmHWM), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_child(
+    cmd: list[str], env: dict | None = None, timeout: float = 3600, stdin: Path | None = None
+) -> tuple:
+    """(returncode, stdout, stderr, seconds, peak RSS bytes) of a fresh process.
+
+    Peak RSS is the largest VmHWM in the child's process tree, polled: a
+    forked child's ru_maxrss starts from this process's RSS at the fork
+    (Linux copies the high-water mark), which would put this bench's own
+    size, over 1 GB once torch has run, under every child's number."""
     t = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+    peak = 0
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        open(stdin or os.devnull) as inp,
+    ):
+        p = subprocess.Popen(cmd, stdin=inp, stdout=out, stderr=err, env=env)
         deadline = time.monotonic() + timeout
         while True:
-            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            peak = max([peak] + [_hwm(c) for c in _tree(p.pid)])
+            pid, status, _ = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break
             if time.monotonic() > deadline:
                 p.kill()
-                pid, status, usage = os.wait4(p.pid, 0)
+                pid, status, _ = os.wait4(p.pid, 0)
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
         secs = time.perf_counter() - t
         out.seek(0)
         err.seek(0)
         rc = os.waitstatus_to_exitcode(status)
-        return rc, out.read().decode(), err.read().decode(), secs, usage.ru_maxrss * 1024
+        return rc, out.read().decode(), err.read().decode(), secs, peak
 
 
 def cpu_kind() -> str:
@@ -165,20 +205,15 @@ def llama_cpp_python(path: Path, prompts: list[str], n: int, seq: int, threads: 
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
         json.dump(prompts, f)
         f.flush()
-        t = time.perf_counter()
-        with open(f.name) as stdin:
-            p = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            _, status, usage = os.wait4(p.pid, 0)
-        out = p.stdout.read().decode()
-        err = p.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
+        rc, out, err, secs, rss = run_child(cmd, stdin=Path(f.name))
+    if rc != 0:
         raise RuntimeError(f"llama-cpp-python failed: {err.strip().splitlines()[-1:]}")
     rows = json.loads(out)
     return {
         "decode": statistics.median(r["decode"] for r in rows[:-1]),
         "prefill": rows[-1]["prefill"],
-        "rss": usage.ru_maxrss * 1024,
-        "secs": time.perf_counter() - t,
+        "rss": rss,
+        "secs": secs,
     }
 
 
