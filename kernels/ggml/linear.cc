@@ -154,39 +154,6 @@ TC_GGML_AVX2 inline float Hmax(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// One row of x (k floats) to int16 per block of 32 (q; the block's scale in
-// sc16 twice, once per half) and fp32 sums per 16 (s16). False if a block
-// is not finite or too small for 32767/max to be finite: the caller then
-// uses the exact tiles.
-TC_GGML_AVX2 bool QuantizeX(const float* x, int64_t k, int16_t* q, float* sc16, float* s16) {
-  const __m256 sign = _mm256_set1_ps(-0.f);
-  for (int64_t b = 0; b < k / 32; ++b) {
-    const float* p = x + b * 32;
-    __m256 v[4];
-    TC_UNROLL
-    for (int t = 0; t < 4; ++t) v[t] = _mm256_loadu_ps(p + 8 * t);
-    const __m256 amax =
-        _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-                      _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
-    const float mx = Hmax(amax);
-    if (!(mx <= 3.0e38f) || (mx != 0.f && mx < 1e-30f)) return false;
-    const __m256 inv = _mm256_set1_ps(mx == 0.f ? 0.f : 32767.f / mx);
-    const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[0], inv));
-    const __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[1], inv));
-    const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], inv));
-    const __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], inv));
-    // packs interleaves 128-bit lanes; the permute restores element order.
-    const __m256i lo = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xD8);
-    const __m256i hi = _mm256_permute4x64_epi64(_mm256_packs_epi32(i2, i3), 0xD8);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32), lo);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32 + 16), hi);
-    sc16[2 * b] = sc16[2 * b + 1] = mx / 32767.f;
-    s16[2 * b] = Hsum(_mm256_add_ps(v[0], v[1]));
-    s16[2 * b + 1] = Hsum(_mm256_add_ps(v[2], v[3]));
-  }
-  return true;
-}
-
 TC_GGML_AVX2 inline int HsumInt(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
@@ -194,38 +161,62 @@ TC_GGML_AVX2 inline int HsumInt(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-// As QuantizeX, to int8 (scale max|x| / 127, as llama.cpp's Q8_0
-// activations): x's rounding error is at most 1/254 of its block's largest
-// value per element, and twice the integer work fits in each instruction.
-TC_GGML_AVX2 bool QuantizeX8(const float* x, int64_t k, int8_t* q, float* sc16, float* s16) {
+// x's block b of 32 rounded to integers of at most `limit` (elements 0..31
+// in i[0..3]), its scale max|x| / limit in sc16 twice (once per half), and
+// the sums per 16 of the rounded values times the scale in s16: the
+// offsets' share m . sum(x') then matches the codes' dots, so the product
+// is w . x' exactly, and x's rounding error meets (code - offset), not the
+// larger unsigned code. False if the block is not finite or too small for
+// limit / max to be finite: the caller then uses the exact tiles.
+TC_GGML_AVX2 inline bool RoundBlock(const float* x, int64_t b, float limit, __m256i* i, float* sc16,
+                                    float* s16) {
   const __m256 sign = _mm256_set1_ps(-0.f);
+  __m256 v[4];
+  TC_UNROLL
+  for (int t = 0; t < 4; ++t) v[t] = _mm256_loadu_ps(x + b * 32 + 8 * t);
+  const __m256 amax =
+      _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                    _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+  const float mx = Hmax(amax);
+  if (!(mx <= 3.0e38f) || (mx != 0.f && mx < 1e-30f)) return false;
+  const __m256 inv = _mm256_set1_ps(mx == 0.f ? 0.f : limit / mx);
+  TC_UNROLL
+  for (int t = 0; t < 4; ++t) i[t] = _mm256_cvtps_epi32(_mm256_mul_ps(v[t], inv));
+  const float d = mx / limit;
+  sc16[2 * b] = sc16[2 * b + 1] = d;
+  s16[2 * b] = d * float(HsumInt(_mm256_add_epi32(i[0], i[1])));
+  s16[2 * b + 1] = d * float(HsumInt(_mm256_add_epi32(i[2], i[3])));
+  return true;
+}
+
+// One row of x (k floats) to int16 per block of 32 (RoundBlock at 32767:
+// an error of at most 2^-16 of the block's largest value per element).
+TC_GGML_AVX2 bool QuantizeX(const float* x, int64_t k, int16_t* q, float* sc16, float* s16) {
   for (int64_t b = 0; b < k / 32; ++b) {
-    const float* p = x + b * 32;
-    __m256 v[4];
-    TC_UNROLL
-    for (int t = 0; t < 4; ++t) v[t] = _mm256_loadu_ps(p + 8 * t);
-    const __m256 amax =
-        _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-                      _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
-    const float mx = Hmax(amax);
-    if (!(mx <= 3.0e38f) || (mx != 0.f && mx < 1e-30f)) return false;
-    const __m256 inv = _mm256_set1_ps(mx == 0.f ? 0.f : 127.f / mx);
-    const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v[0], inv));
-    const __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v[1], inv));
-    const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], inv));
-    const __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], inv));
+    __m256i i[4];
+    if (!RoundBlock(x, b, 32767.f, i, sc16, s16)) return false;
+    // packs interleaves 128-bit lanes; the permute restores element order.
+    const __m256i lo = _mm256_permute4x64_epi64(_mm256_packs_epi32(i[0], i[1]), 0xD8);
+    const __m256i hi = _mm256_permute4x64_epi64(_mm256_packs_epi32(i[2], i[3]), 0xD8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32), lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32 + 16), hi);
+  }
+  return true;
+}
+
+// As QuantizeX, to int8 (RoundBlock at 127, as llama.cpp's Q8_0
+// activations): at most 1/254 of the block's largest value per element,
+// and twice the integer work fits in each instruction.
+TC_GGML_AVX2 bool QuantizeX8(const float* x, int64_t k, int8_t* q, float* sc16, float* s16) {
+  for (int64_t b = 0; b < k / 32; ++b) {
+    __m256i i[4];
+    if (!RoundBlock(x, b, 127.f, i, sc16, s16)) return false;
     // Two packs interleave 32-bit groups across the 128-bit lanes; one
     // permute of dwords restores element order.
-    const __m256i w = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    const __m256i w =
+        _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32),
                         _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
-    // The offsets' sums are of the rounded x, as the codes' dots are: the
-    // product is then w . x' exactly, and x's rounding error meets
-    // (code - offset), not the larger unsigned code.
-    const float d = mx / 127.f;
-    sc16[2 * b] = sc16[2 * b + 1] = d;
-    s16[2 * b] = d * float(HsumInt(_mm256_add_epi32(i0, i1)));
-    s16[2 * b + 1] = d * float(HsumInt(_mm256_add_epi32(i2, i3)));
   }
   return true;
 }
