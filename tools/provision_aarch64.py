@@ -127,14 +127,18 @@ def write_wrappers(prefix: str) -> None:
     lines["qemu-aarch64"] = (
         'exec "$root/usr/bin/qemu-aarch64-static" -L "$root/usr/aarch64-linux-gnu"'
     )
+    # x86-64 on an older x86-64 CPU (-cpu Haswell: AVX2 and no AVX-512), for
+    # //tests:avx2_kind_test.
+    lines["qemu-x86_64"] = 'exec "$root/usr/bin/qemu-x86_64-static"'
+
     for name, line in lines.items():
         path = os.path.join(bindir, name)
         with open(path, "w") as f:
             f.write(head + line + ' "$@"\n')
         os.chmod(path, 0o755)
-    # qemu-user-static carries every architecture; only aarch64's is used.
+    # qemu-user-static carries every architecture; aarch64's and x86-64's are used.
     for other in glob.glob(os.path.join(prefix, "usr/bin/qemu-*-static")):
-        if os.path.basename(other) != "qemu-aarch64-static":
+        if os.path.basename(other) not in ("qemu-aarch64-static", "qemu-x86_64-static"):
             os.remove(other)
 
 

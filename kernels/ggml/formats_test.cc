@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -142,6 +143,14 @@ TEST(Linear, PathsAgree) {
         ASSERT_TRUE(ForceDecodeX(""));
       }
     }
+}
+
+// //tests:avx2_kind_test runs this on emulated CPUs and names the path
+// cpuid must pick there.
+TEST(Linear, PicksTheCpusPath) {
+  const char* want = std::getenv("TORCHCHAT_EXPECT_GGML_ISA");
+  if (want == nullptr) GTEST_SKIP() << "no TORCHCHAT_EXPECT_GGML_ISA";
+  EXPECT_STREQ(Isa(), want);
 }
 
 TEST(Linear, RefusesBadShapes) {

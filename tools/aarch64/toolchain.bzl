@@ -33,6 +33,13 @@ filegroup(
     visibility = ["//visibility:public"],
 )
 
+# Runs an x86-64 program on an emulated older CPU: qemu-x86_64 -cpu MODEL PROGRAM ARGS...
+filegroup(
+    name = "qemu_x86_64",
+    srcs = ["bin/qemu-x86_64"],
+    visibility = ["//visibility:public"],
+)
+
 # The cross compiler itself, for building against a package outside Bazel.
 filegroup(
     name = "gcc",
@@ -51,6 +58,7 @@ def _aarch64_toolchain_impl(rctx):
         "the aarch64 toolchain",
     )
     rctx.symlink(prefix + "/bin/qemu-aarch64", "bin/qemu-aarch64")
+    rctx.symlink(prefix + "/bin/qemu-x86_64", "bin/qemu-x86_64")
     rctx.symlink(prefix + "/bin/aarch64-linux-gnu-gcc", "bin/aarch64-linux-gnu-gcc")
     rctx.symlink(prefix + "/executorch/lib", "executorch/lib")
     tool = prefix + "/bin/aarch64-linux-gnu-"
