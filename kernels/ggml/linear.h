@@ -3,15 +3,16 @@
 // Q6_K, IQ4_NL, IQ4_XS, F16 and BF16 (and F32).
 //
 // Two paths, picked by the number of rows of x:
-//  - decode (M < kTileMinM): x is rounded per block of 32 to int8 (scale
-//    max|x| / 127, as llama.cpp's Q8_0 activations: an error of at most
-//    1/254 of the block's largest value per element; llama.cpp's K-quant
-//    dots round per 256) and each group of 32 codes is an exact integer dot
-//    product (vpmaddubsw, or vpdpbusd), scaled in fp32. The offsets
-//    m * sum(x) use x's fp32 sums, not the rounded ones. DecodeX "int16"
-//    rounds x to int16 instead (scale max|x| / 32767, vpmaddwd or vpdpwssd):
-//    2^-16 of the block's largest value, for checks against a dequantized
-//    model. F16/BF16/F32 keep x in fp32.
+//  - decode (below 32 rows of x; 8 with int16 x): x is rounded per block of
+//    32 to int8 (scale max|x| / 127, as llama.cpp's Q8_0 activations: an
+//    error of at most 1/254 of the block's largest value per element;
+//    llama.cpp's K-quant dots round per 256) and each group of 32 codes is
+//    an exact integer dot product (vpmaddubsw, or vpdpbusd), scaled in fp32,
+//    four rows of x per weight row. The offsets m * sum(x') use the rounded
+//    x's sums, so the product is w . x' exactly. DecodeX "int16" rounds x
+//    to int16 instead (scale max|x| / 32767, vpmaddwd or vpdpwssd): 2^-16 of
+//    the block's largest value, for checks against a dequantized model.
+//    F16/BF16/F32 keep x in fp32.
 //  - prefill: a few weight rows at a time are dequantized to fp32 and
 //    multiplied by the fp32 micro-kernels (tile_gemm.h): exact, up to the
 //    order of the sums.
