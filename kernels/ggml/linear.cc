@@ -334,6 +334,37 @@ TC_GGML_AVX2 void RowsAvx2(const Job& a, int64_t n0, int64_t n1) {
     for (int64_t i = 0; i < a.m; ++i) GroupAvx2<F, 1>(a, n, i);
 }
 
+// The int8 loops' 32-element blocks past the whole chunks (a K-quant row is
+// whole chunks), with the scalar scales: into acc (codes) and mtail
+// (offsets), for weight row n and x rows i0..i0 + MR - 1.
+template <class F, int MR>
+TC_GGML_AVX2 inline void Tail8(const Job& a, int64_t n, int64_t i0, __m256* acc, float* mtail) {
+  if constexpr (F::kElems == 32) {
+    using V = Avx2<F>;
+    const int64_t k = a.k;
+    const int8_t* xq = a.xq8 + i0 * k;
+    const float* xsc16 = a.xsc16 + i0 * (k / 16);
+    const float* xs16 = a.xs16 + i0 * (k / 16);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t b = k / 256 * 8; b < k / 32; ++b) {
+      const uint8_t* blk = a.w + n * a.row_bytes + b * F::kBytes;
+      float s[2], m[2];
+      F::Scales(blk, s, m);
+      const __m256i q = V::Bytes(blk, 0);
+      const __m256i qa = V::kSigned ? _mm256_sign_epi8(q, q) : q;
+      TC_UNROLL
+      for (int j = 0; j < MR; ++j) {
+        const int64_t r16 = j * (k / 16) + 2 * b;
+        mtail[j] += m[0] * xs16[r16] + m[1] * xs16[r16 + 1];
+        __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + j * k + b * 32));
+        if constexpr (V::kSigned) x = _mm256_sign_epi8(x, q);
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, x), ones);
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[0] * xsc16[r16]), acc[j]);
+      }
+    }
+  }
+}
+
 // The int8 loop: one weight row against MR rows of x (decode has one;
 // prefill takes them MR at a time, so each group's codes are unpacked once
 // for MR dots). Per chunk: the 16 half-scales times each x row's scales, and
@@ -388,26 +419,7 @@ TC_GGML_AVX2 inline void Group8Avx2(const Job& a, int64_t n, int64_t i0) {
       }
     }
   }
-  // The 32-element blocks past the whole chunks (a K-quant row is whole
-  // chunks), with the scalar scales.
-  if constexpr (F::kElems == 32) {
-    for (int64_t b = k / 256 * 8; b < k / 32; ++b) {
-      const uint8_t* blk = row + b * F::kBytes;
-      float s[2], m[2];
-      F::Scales(blk, s, m);
-      const __m256i q = V::Bytes(blk, 0);
-      const __m256i qa = V::kSigned ? _mm256_sign_epi8(q, q) : q;
-      TC_UNROLL
-      for (int j = 0; j < MR; ++j) {
-        const int64_t r16 = j * (k / 16) + 2 * b;
-        mtail[j] += m[0] * xs16[r16] + m[1] * xs16[r16 + 1];
-        __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + j * k + b * 32));
-        if constexpr (V::kSigned) x = _mm256_sign_epi8(x, q);
-        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, x), ones);
-        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[0] * xsc16[r16]), acc[j]);
-      }
-    }
-  }
+  Tail8<F, MR>(a, n, i0, acc, mtail);
   TC_UNROLL
   for (int j = 0; j < MR; ++j)
     a.y[(i0 + j) * a.n + n] =
@@ -511,8 +523,8 @@ TC_GGML_VNNI void RowsVnni(const Job& a, int64_t n0, int64_t n1) {
 }
 
 // The int8 loop with 512-bit dots: two groups of 32 per vpdpbusd, and one
-// FMA whose lanes carry the four halves' scales; MR rows of x, and the
-// 32-element blocks past the whole chunks, as in Group8Avx2.
+// FMA whose lanes carry the four halves' scales; MR rows of x as in
+// Group8Avx2, and its Tail8.
 template <class F, int MR>
 TC_GGML_VNNI inline void Group8Vnni(const Job& a, int64_t n, int64_t i0) {
   using V = Avx2<F>;
@@ -561,30 +573,18 @@ TC_GGML_VNNI inline void Group8Vnni(const Job& a, int64_t n, int64_t i0) {
       }
     }
   }
-  if constexpr (F::kElems == 32) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int64_t b = k / 256 * 8; b < k / 32; ++b) {
-      const uint8_t* blk = row + b * F::kBytes;
-      float s[2], m[2];
-      F::Scales(blk, s, m);
-      const __m256i q = V::Bytes(blk, 0);
-      const __m256i qa = V::kSigned ? _mm256_sign_epi8(q, q) : q;
-      TC_UNROLL
-      for (int j = 0; j < MR; ++j) {
-        const int64_t r16 = j * (k / 16) + 2 * b;
-        __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + j * k + b * 32));
-        if constexpr (V::kSigned) x = _mm256_sign_epi8(x, q);
-        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, x), ones);
-        macc[j] =
-            _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[0] * xsc16[r16]), macc[j]);
-        macc[j] = _mm256_add_ps(
-            macc[j], _mm256_setr_ps(m[0] * xs16[r16] + m[1] * xs16[r16 + 1], 0, 0, 0, 0, 0, 0, 0));
-      }
-    }
+  __m256 tail[MR];
+  float mtail[MR];
+  TC_UNROLL
+  for (int j = 0; j < MR; ++j) {
+    tail[j] = _mm256_setzero_ps();
+    mtail[j] = 0.f;
   }
+  Tail8<F, MR>(a, n, i0, tail, mtail);
   TC_UNROLL
   for (int j = 0; j < MR; ++j)
-    a.y[(i0 + j) * a.n + n] = Hsum512(acc[j]) + Hsum(macc[j]) + (a.bias ? a.bias[n] : 0.f);
+    a.y[(i0 + j) * a.n + n] = Hsum512(acc[j]) + Hsum(_mm256_add_ps(macc[j], tail[j])) + mtail[j] +
+                              (a.bias ? a.bias[n] : 0.f);
 }
 
 template <class F>
