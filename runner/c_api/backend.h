@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "runner/c_api/torchchat.h"
 #include "runner/common/model.h"
 
 namespace torchchat::c_api {
@@ -15,6 +16,14 @@ namespace torchchat::c_api {
 const char* BackendName();
 
 Result<std::unique_ptr<LLMModel>> LoadBackendModel(const std::string& path, int num_threads);
+
+// Points the backend's runtime log at EmitLog, once per process; called
+// before anything that could log.
+void RouteRuntimeLog();
+
+// Where a runtime's log line goes: nowhere, stderr or the application's
+// callback, as torchchat_set_log says (c_api.cc).
+void EmitLog(torchchat_log_level level, const std::string& line);
 
 }  // namespace torchchat::c_api
 

@@ -1,9 +1,11 @@
 // torchchat.h over the shared loop: TextLLMRunner, ChatSession, the
 // tokenizers and the sampler. Only handles, status codes and the error text
 // live here; every decision about generation is the loop's.
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -25,6 +27,19 @@ namespace torchchat::c_api {
 namespace {
 
 thread_local std::string g_last_error;
+
+// torchchat_set_log's settings. Lines are rare (loading), so a mutex.
+struct LogSink {
+  std::mutex mu;
+  torchchat_log_level min_level = TORCHCHAT_LOG_OFF;
+  torchchat_log_callback callback = nullptr;
+  void* user_data = nullptr;
+};
+
+LogSink& Sink() {
+  static LogSink* sink = new LogSink();  // never destroyed: runtimes log from exit handlers
+  return *sink;
+}
 
 torchchat_status Fail(torchchat_status status, std::string message) {
   g_last_error = std::move(message);
@@ -221,6 +236,24 @@ torchchat_status CopyIds(const std::vector<T>& ids, int32_t* out, size_t cap, si
 }
 
 }  // namespace
+
+void EmitLog(torchchat_log_level level, const std::string& line) {
+  LogSink& sink = Sink();
+  torchchat_log_callback callback;
+  void* user_data;
+  {
+    std::lock_guard<std::mutex> lock(sink.mu);
+    if (level < sink.min_level) return;
+    callback = sink.callback;
+    user_data = sink.user_data;
+  }
+  // Outside the lock: the callback may call torchchat_set_log.
+  if (callback != nullptr) {
+    callback(level, line.c_str(), user_data);
+  } else {
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+}
 }  // namespace torchchat::c_api
 
 using torchchat::c_api::CheckText;
@@ -250,6 +283,22 @@ int32_t torchchat_api_version(void) { return TORCHCHAT_API_VERSION; }
 const char* torchchat_backend(void) { return torchchat::c_api::BackendName(); }
 
 const char* torchchat_last_error(void) { return torchchat::c_api::g_last_error.c_str(); }
+
+torchchat_status torchchat_set_log(torchchat_log_level min_level, torchchat_log_callback callback,
+                                   void* user_data) {
+  if (min_level < TORCHCHAT_LOG_DEBUG || min_level > TORCHCHAT_LOG_OFF) {
+    return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT, "torchchat_set_log: min_level " +
+                                                      std::to_string(static_cast<int>(min_level)) +
+                                                      " is not a torchchat_log_level");
+  }
+  torchchat::c_api::RouteRuntimeLog();
+  auto& sink = torchchat::c_api::Sink();
+  std::lock_guard<std::mutex> lock(sink.mu);
+  sink.min_level = min_level;
+  sink.callback = callback;
+  sink.user_data = user_data;
+  return Ok();
+}
 
 const char* torchchat_status_name(torchchat_status status) {
   switch (status) {
@@ -295,6 +344,7 @@ torchchat_status torchchat_runner_create(const char* model_path,
         TORCHCHAT_ERROR_INVALID_ARGUMENT,
         std::string(kFn) + ": max_context must be >= 0, not " + std::to_string(o.max_context));
   }
+  torchchat::c_api::RouteRuntimeLog();
   return Guard(kFn, [&]() -> torchchat_status {
     auto state = std::make_shared<RunnerState>();
     state->load_start_ms = torchchat::NowMs();

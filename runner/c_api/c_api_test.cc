@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -284,6 +285,45 @@ TEST_F(CApiTest, HandlesOutliveTheirRunner) {
   ASSERT_EQ(torchchat_tokenizer_encode(tok, "ab", 2, 0, ids, 4, &n), TORCHCHAT_OK);
   EXPECT_EQ(n, 2u);
   torchchat_tokenizer_free(tok);
+}
+
+struct LogLines {
+  std::vector<std::pair<torchchat_log_level, std::string>> lines;
+};
+
+void CollectLog(torchchat_log_level level, const char* line, void* user) {
+  static_cast<LogLines*>(user)->lines.emplace_back(level, line);
+}
+
+// The scripted backend logs "loaded scripted:N" at INFO on each load, as a
+// runtime would.
+TEST_F(CApiTest, QuietUnlessAskedToLog) {
+  ::testing::internal::CaptureStderr();
+  torchchat_runner_free(Create());
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+
+  ASSERT_EQ(torchchat_set_log(TORCHCHAT_LOG_INFO, nullptr, nullptr), TORCHCHAT_OK);
+  ::testing::internal::CaptureStderr();
+  torchchat_runner_free(Create());
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "scripted_backend.cc] loaded scripted:64\n");
+
+  LogLines got;
+  ASSERT_EQ(torchchat_set_log(TORCHCHAT_LOG_ERROR, CollectLog, &got), TORCHCHAT_OK);
+  torchchat_runner_free(Create());
+  EXPECT_TRUE(got.lines.empty());
+  ASSERT_EQ(torchchat_set_log(TORCHCHAT_LOG_DEBUG, CollectLog, &got), TORCHCHAT_OK);
+  ::testing::internal::CaptureStderr();
+  torchchat_runner_free(Create());
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  ASSERT_EQ(got.lines.size(), 1u);
+  EXPECT_EQ(got.lines[0].first, TORCHCHAT_LOG_INFO);
+  EXPECT_EQ(got.lines[0].second, "scripted_backend.cc] loaded scripted:64");
+
+  EXPECT_EQ(torchchat_set_log(static_cast<torchchat_log_level>(7), nullptr, nullptr),
+            TORCHCHAT_ERROR_INVALID_ARGUMENT);
+  EXPECT_STREQ(torchchat_last_error(),
+               "torchchat_set_log: min_level 7 is not a torchchat_log_level");
+  ASSERT_EQ(torchchat_set_log(TORCHCHAT_LOG_OFF, nullptr, nullptr), TORCHCHAT_OK);
 }
 
 }  // namespace

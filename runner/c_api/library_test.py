@@ -30,6 +30,8 @@ OK, INVALID, LOAD, CONTEXT, RUNTIME, TOO_SMALL = range(6)
 STOP_EOS, STOP_MAX, STOP_CONTEXT, STOP_STOPPED = range(4)
 
 CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p)
+LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+LOG_INFO = 1
 NO_CALLBACK = CALLBACK()  # NULL
 
 
@@ -81,6 +83,7 @@ def load(path):
         "torchchat_api_version": (ctypes.c_int32, []),
         "torchchat_backend": (ctypes.c_char_p, []),
         "torchchat_last_error": (ctypes.c_char_p, []),
+        "torchchat_set_log": (ctypes.c_int, [ctypes.c_int, LOG_CALLBACK, p]),
         "torchchat_runner_default_options": (Options, []),
         "torchchat_runner_create": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(Options), vp]),
         "torchchat_runner_free": (None, [p]),
@@ -167,7 +170,7 @@ class LibraryTest(unittest.TestCase):
         if self.aoti:
             want |= AOTI_SHIM
         self.assertEqual(exported(LIB), want)
-        self.assertEqual(self.lib.torchchat_api_version(), 1000)
+        self.assertEqual(self.lib.torchchat_api_version(), 1001)
 
     def test_generate_equals_the_runner(self):
         h = self.runner()
@@ -296,6 +299,48 @@ class LibraryTest(unittest.TestCase):
             OK,
         )
 
+    def test_quiet_unless_asked_to_log(self):
+        def child(mode):
+            r = subprocess.run(
+                [sys.executable, __file__, LIB, ARTIFACT, RUNNER, "--log-child", mode],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return r.stdout, r.stderr
+
+        out, err = child("default")
+        self.assertEqual((out, err), ("0 lines\n", ""))
+        out, err = child("callback")
+        self.assertEqual(err, "")
+        if not self.aoti:
+            # ExecuTorch logs as it loads a program (mmap_data_loader.cpp ...).
+            self.assertNotEqual(out, "0 lines\n")
+            out, err = child("stderr")
+            self.assertIn(".cpp:", err)
+
+
+def log_child(mode: str) -> None:
+    """Loads the library in a fresh process and runs a little, logging as `mode` says."""
+    lib = load(LIB)
+    lines = []
+    keep = LOG_CALLBACK(lambda level, line, _: lines.append(line))
+    if mode == "stderr":
+        assert lib.torchchat_set_log(LOG_INFO, LOG_CALLBACK(), None) == OK
+    elif mode == "callback":
+        assert lib.torchchat_set_log(LOG_INFO, keep, None) == OK
+    h = ctypes.c_void_p()
+    assert lib.torchchat_runner_create(ARTIFACT.encode(), None, ctypes.byref(h)) == OK
+    config = lib.torchchat_default_generation_config()
+    config.max_new_tokens = 2
+    assert lib.torchchat_generate(h, b"hi", ctypes.byref(config), NO_CALLBACK, None, None) == OK
+    lib.torchchat_runner_free(h)
+    print(f"{len(lines)} lines")
+
 
 if __name__ == "__main__":
-    unittest.main(argv=sys.argv[:1])
+    if "--log-child" in sys.argv:
+        log_child(sys.argv[sys.argv.index("--log-child") + 1])
+    else:
+        unittest.main(argv=sys.argv[:1])

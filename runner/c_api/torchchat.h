@@ -49,7 +49,7 @@ extern "C" {
 
 /* The API version: MAJOR changes break source or binary compatibility. */
 #define TORCHCHAT_API_VERSION_MAJOR 1
-#define TORCHCHAT_API_VERSION_MINOR 0
+#define TORCHCHAT_API_VERSION_MINOR 1
 #define TORCHCHAT_API_VERSION (TORCHCHAT_API_VERSION_MAJOR * 1000 + TORCHCHAT_API_VERSION_MINOR)
 
 #if defined(__GNUC__)
@@ -95,6 +95,33 @@ TORCHCHAT_EXPORT const char* torchchat_backend(void);
 TORCHCHAT_EXPORT const char* torchchat_last_error(void);
 /* A constant name for a status, e.g. "TORCHCHAT_ERROR_CONTEXT". */
 TORCHCHAT_EXPORT const char* torchchat_status_name(torchchat_status status);
+
+/* ---- Logging (since 1.1) ---------------------------------------------- */
+
+typedef enum torchchat_log_level {
+  TORCHCHAT_LOG_DEBUG = 0,
+  TORCHCHAT_LOG_INFO = 1,
+  TORCHCHAT_LOG_ERROR = 2,
+  TORCHCHAT_LOG_OFF = 3
+} torchchat_log_level;
+
+/* One log line of the runtime underneath, without a newline, e.g.
+ * "mmap_data_loader.cpp:122] ..."; `line` is valid only during the call,
+ * which may come from any thread the runtime runs. */
+typedef void (*torchchat_log_callback)(torchchat_log_level level, const char* line,
+                                       void* user_data);
+
+/* The library is quiet by default (TORCHCHAT_LOG_OFF): it writes nothing
+ * to stdout or stderr, and failures reach the caller only as a status and
+ * torchchat_last_error(). From this call on, the runtime's lines at
+ * `min_level` or above go to `callback`, or to stderr when it is NULL.
+ * libtorchchat_et.so routes ExecuTorch's log here; libtorchchat_aoti.so has
+ * nothing to route (libtorch logs only warnings, as TORCH_CPP_LOG_LEVEL
+ * says). Any thread. A level outside the enum is
+ * TORCHCHAT_ERROR_INVALID_ARGUMENT. */
+TORCHCHAT_EXPORT torchchat_status torchchat_set_log(torchchat_log_level min_level,
+                                                    torchchat_log_callback callback,
+                                                    void* user_data);
 
 /* ---- Runners ---------------------------------------------------------- */
 
