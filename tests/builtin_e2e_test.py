@@ -1,11 +1,13 @@
 """Slow: the built-in SmolLM2-135M end to end, as the README runs it.
 
-Exports the built-in model both ways through export_llm's command line, then
-asks each runtime the same question: eager-style loaders in Python
+The .pte is //tests:builtin_pte (export_llm's command line with the README's
+own arguments, run once per build and shared with readme_examples_test); the
+.pt2 is exported here through export_llm's command line. Then each runtime
+is asked the same question: eager-style loaders in Python
 (torchchat.artifacts), aoti_run and et_run in chat mode, and ExecuTorch's own
 TextLLMRunner on our .pte, and the C example built with plain cc and
 pkg-config from the torchchat-et package. Greedy ids must also agree between
-the eager model, aoti_run and et_run. MAX_SEQ keeps both exports inside CI's budget.
+the eager model, aoti_run and et_run.
 """
 
 import json
@@ -29,7 +31,8 @@ RUNFILES = Path(os.environ["TEST_SRCDIR"]) / "_main"
 AOTI_RUN = RUNFILES / "runner" / "aoti" / "aoti_run"
 ET_RUN = RUNFILES / "runner" / "et" / "et_run"
 ET_DIST = RUNFILES / "runner" / "c_api" / "torchchat-et.tar.gz"
-MAX_SEQ = 128
+BUILTIN_PTE = RUNFILES / "tests" / "builtin" / "model.pte"
+MAX_SEQ = 256  # the .pte's (the README's --max-seq-length)
 QUESTION = "What is the capital of France?"
 COMPLETION = "The capital of France is"
 STEPS = 12
@@ -39,14 +42,11 @@ class BuiltinModelTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = Path(tempfile.mkdtemp())
-        cls.pte = cls.dir / "pte" / "model.pte"
+        cls.pte = BUILTIN_PTE
         cls.pt2 = cls.dir / "pt2" / "model.pt2"
-        cls.pte.parent.mkdir()
         cls.pt2.parent.mkdir()
         rc = export_llm.main(
             [
-                "--output-pte-path",
-                str(cls.pte),
                 "--output-aoti-package-path",
                 str(cls.pt2),
                 "--max-seq-length",

@@ -12,7 +12,9 @@ What the test changes, and why:
 - `model.gguf`, the README's stand-in for the reader's own file, becomes the
   built-in model's GGUF.
 - An artifact under `out/` is made first by the README's own export_llm
-  line that writes it (through the //export:export_llm binary).
+  line that writes it (through the //export:export_llm binary). A line that
+  asks for exactly what //tests:builtin_pte was built with (the same output
+  flag and BUILTIN_PTE_ARGS) takes that file instead of exporting it again.
 - `--compile none` unless the line sets --compile: the compiled package
   gives the same ids and each set of flags would compile for about 2
   minutes (//cli:compile_test covers it); `--seed 0` unless the line sets a
@@ -24,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import tempfile
 import unittest
@@ -45,6 +48,9 @@ MIN_WORDS = 5
 # The README's stand-in for a file the reader brings.
 PLACEHOLDER_GGUF = "model.gguf"
 OUTPUT_FLAGS = ("--output-pte-path", "--output-aoti-package-path")
+# What //tests:builtin_pte ran export_llm with, besides its output path.
+BUILTIN_PTE_ARGS = os.environ["BUILTIN_PTE_ARGS"].split()
+BUILTIN_PTE_DIR = RUNFILES / "tests" / "builtin"
 
 
 @dataclass
@@ -198,6 +204,10 @@ class ReadmeExamplesTest(unittest.TestCase):
             if artifact in outputs:
                 for out in outputs:
                     (self.dir / out).parent.mkdir(parents=True, exist_ok=True)
+                if args[:1] == ["--output-pte-path"] and args[2:] == BUILTIN_PTE_ARGS:
+                    self.copy_builtin_pte(Path(args[1]))
+                    self.exported |= outputs
+                    return
                 p = subprocess.run(
                     [str(EXPORT_LLM), *args, "--quiet"],
                     capture_output=True,
@@ -210,6 +220,13 @@ class ReadmeExamplesTest(unittest.TestCase):
                 self.exported |= outputs
                 return
         self.fail(f"{readme} has no export line that writes {artifact}")
+
+    def copy_builtin_pte(self, pte: Path) -> None:
+        """The line's own output: //tests:builtin_pte ran the same command."""
+        out = self.dir / pte
+        print(f"{pte}: //tests:builtin_pte, made with the same arguments", flush=True)
+        for f in BUILTIN_PTE_DIR.iterdir():
+            shutil.copyfile(f, out.parent / (out.name if f.suffix == ".pte" else f.name))
 
 
 if __name__ == "__main__":
