@@ -29,6 +29,7 @@ from evals import harness, perplexity
 from evals.scoring import CachedScorer, Group, PackedScorer, Scorer, one_token_at_a_time
 from peers import llama_cpp
 from torchchat import loading
+from torchchat.model import Model
 from torchchat.paths import user_path
 
 
@@ -78,10 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = data_mod.data_dir()
     text = user_path(args.text) or data / data_mod.DEFAULT_TEXT
     loaded = loading.load(loading.LoadOptions(checkpoint=gguf, max_seq_length=2048, compile="none"))
+    model = loaded.ensure_model()
+    assert isinstance(model, Model), "compile none loads an eager Model"
     scorer: Any = (
-        CachedScorer(one_token_at_a_time(loaded.model), loaded.max_seq_length)
+        CachedScorer(one_token_at_a_time(model), loaded.max_seq_length)
         if args.decode
-        else PackedScorer(loaded.model, batch_tokens=max(1024, args.ctx))
+        else PackedScorer(model, batch_tokens=max(1024, args.ctx))
     )
     out: dict[str, Any] = {
         "gguf": str(gguf),

@@ -60,7 +60,8 @@ def _make_lm_class() -> type:
             self.scorer = scorer
             self.tok = tokenizer
             self.progress = progress
-            self.bos = [tokenizer.bos_id] if tokenizer.add_bos else []
+            bos = tokenizer.bos_id
+            self.bos = [bos] if tokenizer.add_bos and bos is not None else []
             # lm-eval's prefix_token_id: what an empty context conditions on.
             first = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_ids[0]
             self.prefix_token = int(first)

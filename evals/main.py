@@ -131,8 +131,9 @@ def _progress(desc: str) -> Callable[[int, int], Callable[[int], None]]:
 def _scorer(loaded: loading.Loaded, batch_tokens: int) -> Any:
     from evals.scoring import CachedScorer, PackedScorer
     from torchchat.artifacts import ArtifactError, ExportedModel
+    from torchchat.model import Model
 
-    model = loaded.model
+    model = loaded.ensure_model()
     if isinstance(model, ExportedModel):
         import torch
 
@@ -141,16 +142,26 @@ def _scorer(loaded: loading.Loaded, batch_tokens: int) -> Any:
         except ArtifactError as e:
             raise UserError(str(e)) from None
         return CachedScorer(model.forward_all, model.max_seq_length)
+    if not isinstance(model, Model):
+        raise UserError(f"eval cannot score a {type(model).__name__}")
     return PackedScorer(model, batch_tokens)
 
 
-def _ppl(
-    args: argparse.Namespace, scorer: Any, loaded: loading.Loaded, data: Path | None
-) -> dict[str, Any]:
+def _eval_data() -> Path:
+    """The prepared eval data (made on first use, then found)."""
+    from evals import data as data_mod
+
+    try:
+        return data_mod.data_dir()
+    except data_mod.DataError as e:
+        raise UserError(str(e)) from None
+
+
+def _ppl(args: argparse.Namespace, scorer: Any, loaded: loading.Loaded) -> dict[str, Any]:
     from evals import data as data_mod
     from evals import perplexity
 
-    path = user_path(args.text) if args.text else (data / data_mod.DEFAULT_TEXT)
+    path = user_path(args.text) if args.text else _eval_data() / data_mod.DEFAULT_TEXT
     text = _read_text(path)
     window = args.window or min(DEFAULT_WINDOW, scorer.max_seq_length)
     if window > scorer.max_seq_length:
@@ -211,7 +222,6 @@ def _print(results: dict[str, dict[str, Any]]) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    from evals import data as data_mod
     from evals import harness
 
     tasks = _check_args(args)
@@ -220,18 +230,14 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     loaded = loading.load(loading.options_from_args(args, compile="none"))
     scorer = _scorer(loaded, args.batch_tokens)
     mc = [t for t in tasks if t != PPL]
-    data = None
     if mc or (PPL in tasks and not args.text):
-        try:
-            data = data_mod.data_dir()
-        except data_mod.DataError as e:
-            raise UserError(str(e)) from None
+        _eval_data()  # prepared (or refused) before minutes of scoring
     results: dict[str, dict[str, Any]] = {}
     if PPL in tasks:
-        results[PPL] = _ppl(args, scorer, loaded, data)
+        results[PPL] = _ppl(args, scorer, loaded)
     if mc:
         lm = harness.make_lm(scorer, loaded.tokenizer, _progress("tasks"))
-        results.update(harness.run_tasks(lm, mc, data, args.limit))
+        results.update(harness.run_tasks(lm, mc, _eval_data(), args.limit))
     return results
 
 

@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from torchchat.model import AttentionRule, attend, within_window
+from torchchat.model import AttentionRule, Model, attend, within_window
 
 
 @dataclass
@@ -201,7 +201,7 @@ class PackedScorer:
     eager torchchat.model.Model (its cache and SDPA modules are replaced:
     the model is the scorer's from then on)."""
 
-    def __init__(self, model: nn.Module, batch_tokens: int = 1024):
+    def __init__(self, model: Model, batch_tokens: int = 1024):
         self.model = model
         self.max_seq_length: int = model.max_seq_length
         self.batch_tokens = batch_tokens

@@ -190,7 +190,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> dict[str, Any]:
     return results
 
 
-def expected_errors() -> tuple[type, ...]:
+def expected_errors() -> tuple[type[BaseException], ...]:
     """Failures bad input causes: one line each (loading's, and export's own)."""
     return (*loading.expected_errors(), OutputPathError, tokenizer_files.TokenizerFilesError)
 

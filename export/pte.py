@@ -149,11 +149,11 @@ def q4_transform(
                 "linear:int4 for a .pte needs the q4 op library (//kernels:q4); "
                 "torch's int4pack fallback has no ExecuTorch kernel"
             )
-        if embedding:
+        if embedding and gguf_quantized is not None:
             from kernels import q4
 
             gq = gguf_quantized["tok_embeddings.weight"]
-            qs, scales = q4.pack_q8_0_blocks(gq.blocks, gq.shape)
+            qs, scales = q4.pack_q8_0_blocks(gq.blocks, (int(gq.shape[0]), int(gq.shape[1])))
             vocab, dim = qs.shape
             emb = et.quantized_group_embedding(
                 "cpu", vocab, dim, 32, dtype=torch.float32, scales_precision=torch.float16

@@ -18,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -271,6 +271,11 @@ def dequantize(qs: torch.Tensor, scales: torch.Tensor, k: int) -> torch.Tensor:
 class Q4Linear(nn.Module):
     """Drop-in for nn.Linear with exact GGUF 4-bit weights (CPU)."""
 
+    # Buffers, typed for the checker (nn.Module's __getattr__ is not).
+    qs: torch.Tensor
+    scales: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(
         self,
         qs: torch.Tensor,
@@ -337,6 +342,17 @@ class Q4Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+class GGUFBlocks(Protocol):
+    """A GGUF tensor as its file holds it (torchchat.checkpoint's GGUFTensor)."""
+
+    @property
+    def qtype(self) -> str: ...
+    @property
+    def blocks(self) -> np.ndarray: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
 def _default_weight_name(module_path: str) -> str:
     # torchchat's model nests the Meta-named modules under "transformer.".
     return module_path.removeprefix("transformer.") + ".weight"
@@ -344,7 +360,7 @@ def _default_weight_name(module_path: str) -> str:
 
 def quantize_model_q4(
     model: nn.Module,
-    gguf_quantized: dict[str, object],
+    gguf_quantized: Mapping[str, GGUFBlocks],
     weight_name: Callable[[str], str] = _default_weight_name,
 ) -> int:
     """Replaces, in place, each nn.Linear whose weight is a GGUF Q4_0/Q4_1 tensor.
@@ -362,12 +378,11 @@ def quantize_model_q4(
             gq = gguf_quantized.get(weight_name(full))
             if gq is None or getattr(gq, "qtype", None) not in _QTYPES:
                 continue
-            if tuple(int(s) for s in gq.shape) != (child.out_features, child.in_features):
-                raise Q4Error(
-                    f"q4: {full}: GGUF shape {tuple(gq.shape)} != linear {(child.out_features, child.in_features)}"
-                )
+            shape = (child.out_features, child.in_features)
+            if tuple(int(s) for s in gq.shape) != shape:
+                raise Q4Error(f"q4: {full}: GGUF shape {tuple(gq.shape)} != linear {shape}")
             bias = None if child.bias is None else child.bias.data
-            setattr(mod, child_name, Q4Linear.from_gguf_blocks(gq.qtype, gq.blocks, gq.shape, bias))
+            setattr(mod, child_name, Q4Linear.from_gguf_blocks(gq.qtype, gq.blocks, shape, bias))
             count += 1
     return count
 
@@ -395,6 +410,10 @@ def pack_q8_0_blocks(
 
 class Q8Linear(nn.Module):
     """Drop-in for nn.Linear with exact GGUF Q8_0 weights (w = d*q), e.g. the output layer."""
+
+    qs: torch.Tensor
+    scales: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, qs: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
@@ -426,8 +445,8 @@ class Q8Linear(nn.Module):
 
         if t.tensor_type != gguf.GGMLQuantizationType.Q8_0:
             raise Q4Error(f"q8: tensor {t.name} is {t.tensor_type.name}, need Q8_0")
-        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
-        return cls.from_gguf_blocks(np.asarray(t.data), shape, bias)
+        cols, rows = (int(x) for x in t.shape.tolist())
+        return cls.from_gguf_blocks(np.asarray(t.data), (rows, cols), bias)
 
     def dequantized(self) -> torch.Tensor:
         d = self.scales.float().repeat_interleave(BLOCK, dim=1)

@@ -82,10 +82,10 @@ def parse(text: str, names: Sequence[str] | None = None) -> tuple[str, list[Tool
         parts = [json.loads(p) for p in _split_json_objects(body)]
     except ValueError:
         return text, []
-    calls = [_call_from(p, names) for p in parts]
-    if not calls or any(c is None for c in calls):
+    found = [_call_from(p, names) for p in parts]
+    if not found or any(c is None for c in found):
         return text, []
-    return "", [c for c in calls if c is not None]
+    return "", [c for c in found if c is not None]
 
 
 def _split_json_objects(body: str) -> list[str]:

@@ -15,15 +15,18 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from torchchat.atomic import atomic_output
 
+if TYPE_CHECKING:
+    from torchchat.model import Model, SlotModel
+
 
 def compile_package(
-    model: torch.nn.Module,
+    model: Model | SlotModel,
     out_path: Path,
     metadata: dict[str, str],
     on_stage: Callable[[str], None] | None = None,

@@ -35,7 +35,7 @@ from torchchat.atomic import atomic_output
 if TYPE_CHECKING:
     from torchchat.artifacts import Pt2Model
     from torchchat.checkpoint import Checkpoint
-    from torchchat.model import Model
+    from torchchat.model import Model, SlotModel
 
 CACHE_ENV = "TORCHCHAT_COMPILE_CACHE"
 # Bumped when an entry's layout changes.
@@ -67,9 +67,9 @@ def _code_files() -> list[Path]:
     from kernels.ggml import ops as ggml_ops
     from torchchat import aoti, model, quantize
 
-    files = [Path(m.__file__) for m in (aoti, model, quantize, q4, ggml_ops)]
+    files = [Path(str(m.__file__)) for m in (aoti, model, quantize, q4, ggml_ops)]
     # Every reader of the checkpoint package decides weights and layouts.
-    files += sorted((Path(model.__file__).parent / "checkpoint").glob("*.py"))
+    files += sorted((Path(str(model.__file__)).parent / "checkpoint").glob("*.py"))
     files.append(Path(__file__))
     lib = q4.library_path()
     return files + ([lib] if lib.is_file() else [])
@@ -156,7 +156,7 @@ def lookup(k: str) -> dict[str, Any] | None:
     return entry if ok and "info" in entry else None
 
 
-def program(model: Model, slots: int) -> torch.nn.Module:
+def program(model: Model, slots: int) -> Model | SlotModel:
     """What an entry compiles: the model, or with `slots` the server's
     batched SlotModel over it."""
     from torchchat.model import SlotModel
@@ -227,7 +227,7 @@ def open_entry(k: str, constants: dict[str, torch.Tensor] | None = None) -> Pt2M
 def store(
     k: str,
     settings: dict[str, Any],
-    compiled: torch.nn.Module,
+    compiled: Model | SlotModel,
     ckpt: Checkpoint,
     dtype_name: str,
     counts: dict[str, int],
@@ -259,7 +259,9 @@ def store(
     }
     with atomic_output(str(d / f"{k}.json")) as tmp:
         Path(tmp).write_text(json.dumps(entry, indent=1))
-    model = getattr(compiled, "model", compiled)
+    from torchchat.model import SlotModel
+
+    model = compiled.model if isinstance(compiled, SlotModel) else compiled
     metadata = _pt2_metadata(ckpt, model, dtype_name, counts, slots)
     extra = aoti.compile_package(compiled, d / f"{k}.pt2", metadata, on_stage, external_weights)
     result = None
@@ -268,7 +270,7 @@ def store(
         recipe, stored = _recipe(result, ckpt)
         with atomic_output(str(_constants_path(k))) as tmp:
             torch.save({"recipe": recipe, "stored": stored}, tmp)
-    _remove_superseded(d, k, entry["source"], settings)
+    _remove_superseded(d, k, str(ckpt.path.resolve()), settings)
     return result
 
 

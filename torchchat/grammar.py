@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 # JSON written without optional whitespace (json.dumps(separators=(",", ":"))):
 # a model, a weak one most of all, cannot then spin on spaces and newlines.
+# schema() spells the same options out, where llguidance's typed signature
+# reads them.
 COMPACT = {"whitespace_flexible": False}
 
 
@@ -68,7 +70,11 @@ def json_schema(schema: Any) -> str:
     if not isinstance(schema, (dict, bool)):
         raise GrammarError("a JSON Schema must be an object")
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=COMPACT)
+        # A boolean schema (true/false) goes as its JSON text.
+        text_or_dict = schema if isinstance(schema, dict) else json.dumps(schema)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            text_or_dict, defaults={"whitespace_flexible": False}
+        )
     except ValueError as e:
         raise GrammarError(_one_line(str(e))) from None
     return _checked(grammar)

@@ -187,7 +187,7 @@ def options_from_args(ns: argparse.Namespace, **overrides: Any) -> LoadOptions:
     return source_options(ns, **fields)
 
 
-def expected_errors() -> tuple[type, ...]:
+def expected_errors() -> tuple[type[BaseException], ...]:
     """Failures a user can cause while loading or running a model: one line
     each. Anything else is a bug and keeps its traceback."""
     from torchchat.artifacts import ArtifactError

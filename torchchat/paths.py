@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import overload
 
 
+@overload
+def user_path(p: str) -> Path: ...
+@overload
+def user_path(p: None) -> None: ...
 def user_path(p: str | None) -> Path | None:
     """`bazel run` starts programs in the runfiles tree; a relative path is
     relative to where the user typed the command."""

@@ -121,6 +121,10 @@ class GGMLLinear(nn.Module):
     `scale` multiplies the output (Granite's multipliers, folded here
     because a block's own scales cannot take them exactly)."""
 
+    # Buffers, typed for the checker (nn.Module's __getattr__ is not).
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(
         self,
         weight: torch.Tensor,
@@ -132,7 +136,7 @@ class GGMLLinear(nn.Module):
     ):
         super().__init__()
         _check_weight(weight, qtype, out_features, in_features)
-        self.qtype, self.type = qtype, TYPES[qtype]
+        self.qtype, self.ggml_type = qtype, TYPES[qtype]
         self.in_features, self.out_features = in_features, out_features
         self.scale = float(scale)
         self.register_buffer("weight", weight)
@@ -140,14 +144,14 @@ class GGMLLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.torchchat.ggml_linear.default(
-            x, self.weight, self.type, self.out_features, self.in_features, self.bias
+            x, self.weight, self.ggml_type, self.out_features, self.in_features, self.bias
         )
         return y * self.scale if self.scale != 1.0 else y
 
     def dequantized(self) -> torch.Tensor:
         rows = torch.arange(self.out_features)
         return torch.ops.torchchat.ggml_embedding.default(
-            rows, self.weight, self.type, self.in_features
+            rows, self.weight, self.ggml_type, self.in_features
         )
 
     def extra_repr(self) -> str:
@@ -161,6 +165,8 @@ class GGMLEmbedding(nn.Module):
     """Drop-in for nn.Embedding over a GGUF tensor: the looked-up rows are
     dequantized, in `dtype`, times `scale`."""
 
+    weight: torch.Tensor
+
     def __init__(
         self,
         weight: torch.Tensor,
@@ -171,14 +177,14 @@ class GGMLEmbedding(nn.Module):
     ):
         super().__init__()
         _check_weight(weight, qtype, weight.shape[0], embedding_dim)
-        self.qtype, self.type = qtype, TYPES[qtype]
+        self.qtype, self.ggml_type = qtype, TYPES[qtype]
         self.num_embeddings, self.embedding_dim = int(weight.shape[0]), embedding_dim
         self.out_dtype, self.scale = dtype, float(scale)
         self.register_buffer("weight", weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out = torch.ops.torchchat.ggml_embedding.default(
-            ids, self.weight, self.type, self.embedding_dim
+            ids, self.weight, self.ggml_type, self.embedding_dim
         )
         if self.scale != 1.0:
             out = out * self.scale

@@ -70,7 +70,7 @@ class GGUFFile:
         # Copy-on-write: torch takes writable arrays without a warning, and
         # nothing ever writes, so every page stays the page cache's.
         self.data = np.memmap(self.path, mode="c")
-        self._buf = memoryview(self.data)
+        self._buf = self.data.data  # a memoryview of the mapping
         self.fields: dict[str, Any] = {}
         self.tensors: dict[str, GGUFTensor] = {}
         try:
