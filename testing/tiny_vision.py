@@ -26,7 +26,7 @@ TEMPLATE = (
 )
 
 
-def hf_gemma3_vision(seed: int = 0) -> "transformers.Gemma3ForConditionalGeneration":  # noqa: F821
+def hf_gemma3_vision(seed: int = 0) -> transformers.Gemma3ForConditionalGeneration:  # noqa: F821
     import transformers
 
     torch.manual_seed(seed)
@@ -71,7 +71,7 @@ def hf_gemma3_vision(seed: int = 0) -> "transformers.Gemma3ForConditionalGenerat
     return m
 
 
-def processor(d: Path | None = None) -> "transformers.Gemma3ImageProcessorPil":  # noqa: F821
+def processor(d: Path | None = None) -> transformers.Gemma3ImageProcessorPil:  # noqa: F821
     import transformers
 
     size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}

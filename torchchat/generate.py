@@ -472,14 +472,13 @@ class ChatSession:
     def _spans(self, ids: Sequence[int]) -> list[ImageSpan]:
         if self.vision is None:
             return []
-        from torchchat.vision import ImageSpan, image_runs
+        from torchchat.vision import ImageError, ImageSpan, image_runs
 
         embeds = [e for m in self.images for e in m]
         starts = image_runs(ids, self.vision.config)
         if len(starts) != len(embeds):
-            raise ValueError(
-                f"the chat template placed {len(starts)} images, the conversation has "
-                f"{len(embeds)}"
+            raise ImageError(
+                f"the chat template placed {len(starts)} images, the conversation has {len(embeds)}"
             )
         return [ImageSpan(s, e, k) for s, (e, k) in zip(starts, embeds)]
 
@@ -495,7 +494,9 @@ class ChatSession:
         its text, as the model's template places content parts."""
         before, before_images = list(self.messages), list(self.images)
         if images and self.vision is None:
-            raise ValueError("this model takes no images")
+            from torchchat.vision import ImageError
+
+            raise ImageError("this model takes no images")
         embeds = self.vision.embed(images) if images and self.vision is not None else []
         content: str | list[dict[str, str]] = text
         if embeds:
@@ -519,9 +520,7 @@ class ChatSession:
             self.messages, self.images = before, before_images
             raise
         budget = max(1, min(max_new_tokens, self.slot.max_seq_length - len(ids)))
-        reply = generate_text(
-            self.slot, self.tokenizer, ids, pick, budget, on_text, images=spans
-        )
+        reply = generate_text(self.slot, self.tokenizer, ids, pick, budget, on_text, images=spans)
         self.messages.append({"role": "assistant", "content": reply.text})
         self.images.append([])
         return reply

@@ -73,6 +73,8 @@ class Loaded:
     max_seq_length: int
     compile: Callable[[], tuple[LLMModel, dict[str, Any]]] | None = None
     device: str = field(default="cpu")
+    # The vision tower (torchchat.vision.Vision) of an eager model that has one.
+    vision: Any | None = None
 
     def ensure_model(self) -> LLMModel:
         """The model, compiling it first on a cache miss."""
@@ -197,9 +199,11 @@ def expected_errors() -> tuple[type, ...]:
     from torchchat.quantize import QuantizeError
     from torchchat.registry import RegistryError
     from torchchat.tokenizer import TokenizerError
+    from torchchat.vision import ImageError
 
     return (
         UserError,
+        ImageError,
         ArtifactError,
         CheckpointError,
         ConfigError,
@@ -405,6 +409,7 @@ class _Built:
     tokenizer: dict[str, Any]
     max_seq_length: int
     compile: Callable[[], tuple[Any, dict[str, Any]]] | None = None
+    vision: Any | None = None
 
 
 def _from_compile_cache(
@@ -541,6 +546,7 @@ def load(options: LoadOptions) -> Loaded:
         ckpt = ckpt_mod.load_checkpoint(source.checkpoint)  # type: ignore[arg-type]
         model, step, info = build_model(options, ckpt, spec, dtype_name)
         built = _Built(model, step, info, tokenizer_source(ckpt), model.max_seq_length)
+        built.vision = _vision(ckpt, dtype_name, options.device)
     tok, tok_path = load_tokenizer(built.tokenizer, options.tokenizer)
     built.info["tokenizer"] = str(tok_path)
     return Loaded(
@@ -553,4 +559,18 @@ def load(options: LoadOptions) -> Loaded:
         built.max_seq_length,
         built.compile,
         options.device,
+        built.vision,
     )
+
+
+def _vision(ckpt: Checkpoint, dtype_name: str, device: str) -> Any | None:
+    """The checkpoint's vision tower, in the model's precision."""
+    if ckpt.vision is None:
+        return None
+    import torch
+
+    from torchchat.model import DTYPES
+    from torchchat.vision import Vision, build_encoder
+
+    dtype = DTYPES.get(dtype_name, torch.float32)
+    return Vision(build_encoder(ckpt.vision, ckpt.vision_weights, dtype).to(device))

@@ -20,8 +20,8 @@ import contextlib
 import copy
 import dataclasses
 import math
-from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -291,9 +291,22 @@ def expand_images(text: str, tokenizer: Tokenizer, c: VisionConfig) -> str:
     return text.replace(boi, full)
 
 
+def with_markers(text: str, n: int, tokenizer: Tokenizer, c: VisionConfig) -> str:
+    """A plain prompt (no chat template) with a begin-of-image marker per
+    image: where the prompt writes them, else all before its text, as
+    transformers' processor puts images that a text does not place."""
+    boi = tokenizer.token_text(c.boi_id)
+    have = text.count(boi)
+    if have == 0:
+        return boi * n + text
+    if have != n:
+        raise ImageError(f"the prompt has {have} image markers ({boi}) for {n} images")
+    return text
+
+
 def image_runs(ids: Sequence[int], c: VisionConfig) -> list[int]:
     """The start of each run of soft tokens in `ids`; each must be exactly
-    mm_tokens long (ValueError otherwise)."""
+    mm_tokens long (ImageError otherwise)."""
     starts, i = [], 0
     while i < len(ids):
         if ids[i] != c.image_id:
@@ -303,7 +316,7 @@ def image_runs(ids: Sequence[int], c: VisionConfig) -> list[int]:
         while j < len(ids) and ids[j] == c.image_id:
             j += 1
         if j - i != c.mm_tokens:
-            raise ValueError(f"an image takes {c.mm_tokens} soft tokens; the prompt has {j - i}")
+            raise ImageError(f"an image takes {c.mm_tokens} soft tokens; the prompt has {j - i}")
         starts.append(i)
         i = j
     return starts
@@ -336,5 +349,5 @@ class Vision:
         """ImageSpans for a prompt's soft-token runs, one image each, in order."""
         starts = image_runs(ids, self.config)
         if len(starts) != len(images):
-            raise ValueError(f"the prompt has places for {len(starts)} images, given {len(images)}")
+            raise ImageError(f"the prompt has places for {len(starts)} images, given {len(images)}")
         return [ImageSpan(s, e, k) for s, (e, k) in zip(starts, self.embed(images))]
