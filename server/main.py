@@ -102,6 +102,14 @@ def build(args: argparse.Namespace) -> tuple[object, object]:
             file=sys.stderr,
         )
         mode = "none"
+    if mode == "aoti" and args.compile == "auto" and loading.sees_images(options):
+        # The compiled package takes token ids only; images enter as embeddings.
+        print(
+            "torchchat server: this model sees images; serving the eager model "
+            "(--compile aoti serves text only, faster)",
+            file=sys.stderr,
+        )
+        mode = "none"
     slots = args.parallel if mode == "aoti" and args.parallel > 1 else 0
     loaded = loading.load(replace(options, compile=mode, slots=slots))
     loaded.ensure_model()  # compiles now on a cache miss, not at the first request

@@ -264,6 +264,25 @@ def resolve_source(options: LoadOptions) -> Source:
     return Source(checkpoint=registry.checkpoint_path(entry))
 
 
+def sees_images(options: LoadOptions) -> bool:
+    """Whether the checkpoint the options name has a vision tower (a Gemma 3
+    4B-and-up HF directory), read from its config.json without loading it."""
+    import json
+
+    try:
+        source = resolve_source(options)
+    except UserError:
+        return False
+    d = source.checkpoint
+    if d is None or not (d / "config.json").is_file():
+        return False
+    try:
+        cfg = json.loads((d / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return cfg.get("model_type") == "gemma3" and "vision_config" in cfg
+
+
 def dtype_of(options: LoadOptions, spec: dict[str, Any]) -> str:
     """The compute dtype: --quantize's precision, else --dtype, else fp32."""
     from torchchat.model import DTYPE_NAMES
