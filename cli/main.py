@@ -85,10 +85,12 @@ def _load(args: argparse.Namespace) -> loading.Loaded:
     position's logits, which the compiled package gives with a cache row
     (as the server's), so with --speculate it is compiled that way."""
     options = loading.options_from_args(args)
-    if args.image and loading.compile_mode(options) != "none":
+    images = args.image or args.mmproj
+    if images and loading.compile_mode(options) != "none":
         # The compiled package takes ids only; images enter as embeddings.
         if args.compile not in ("auto", "none"):
-            raise UserError(f"--image runs the eager model; drop --compile {args.compile}")
+            flag = "--image" if args.image else "--mmproj"
+            raise UserError(f"{flag} runs the eager model; drop --compile {args.compile}")
         options = loading.options_from_args(args, compile="none")
     elif _speculate(args) and loading.compile_mode(options) == "aoti":
         options = loading.options_from_args(args, slots=1)

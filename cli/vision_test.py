@@ -3,6 +3,7 @@ tower: --image, /image, and one-line errors."""
 
 import importlib.util
 import os
+import shutil
 import unittest
 from pathlib import Path
 
@@ -52,6 +53,26 @@ class VisionCliTest(CliTestCase):
         )
         bare = self.ok(["generate", *self.base, "--prompt", "Hello", "--image", CHINA])
         self.assertEqual(marked.split("Hello", 1)[1], bare.split("Hello", 1)[1])
+
+    def test_mmproj_beside_a_text_checkpoint(self):
+        # The text model alone (its vision tensors dropped) and the tower as
+        # llama.cpp's mmproj GGUF answer as the whole checkpoint does.
+        from safetensors.torch import load_file, save_file
+
+        text = self.dir / "text-only"
+        shutil.copytree(self.ckpt, text)
+        weights = load_file(str(text / "model.safetensors"))
+        kept = {k: v for k, v in weights.items() if k.startswith("language_model")}
+        save_file(kept, str(text / "model.safetensors"), metadata={"format": "pt"})
+        mmproj = str(tiny_vision.write_mmproj(Path(self.ckpt), self.dir / "mmproj.gguf"))
+        ask = ["--chat-template", "--prompt", "Hello", "--image", CHINA]
+        want = self.ok(["generate", *self.base, *ask])
+        base = ["--checkpoint-path", str(text), "--temperature", "0", "--max-new-tokens", "12"]
+        self.assertEqual(self.ok(["generate", *base, "--mmproj", mmproj, *ask]), want)
+        self.assert_one_line_error(["generate", *base, *ask], r"--image: this model sees no images")
+        self.assert_one_line_error(
+            ["generate", *self.base, "--mmproj", mmproj, *ask], r"has its own vision tower"
+        )
 
     def test_one_line_errors(self):
         text = self.dir / "not-an-image.png"

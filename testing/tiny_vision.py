@@ -98,3 +98,51 @@ def write_gemma3_vision(d: Path, seed: int = 0) -> Path:
     )
     processor(d)
     return d
+
+
+def write_mmproj(d: Path, path: Path) -> Path:
+    """The checkpoint's vision tower as llama.cpp's converter writes an
+    mmproj GGUF for Gemma 3: gguf-py's names for the HF tensors, the
+    projector's norm stored as 1 + w, its projection in F16, the patch and
+    position embeddings in F32, and the clip.vision.* keys."""
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+
+    cfg = json.loads((Path(d) / "config.json").read_text())
+    v = cfg["vision_config"]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, v["num_hidden_layers"])
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_clip_has_vision_encoder(True)
+    w.add_clip_projector_type(gguf.VisionProjectorType.GEMMA3)
+    w.add_vision_image_size(v["image_size"])
+    w.add_vision_patch_size(v["patch_size"])
+    w.add_vision_embedding_length(v["hidden_size"])
+    w.add_vision_feed_forward_length(v["intermediate_size"])
+    w.add_vision_block_count(v["num_hidden_layers"])
+    w.add_vision_head_count(v["num_attention_heads"])
+    w.add_vision_projection_dim(cfg["text_config"]["hidden_size"])
+    w.add_vision_image_mean([0.5, 0.5, 0.5])
+    w.add_vision_image_std([0.5, 0.5, 0.5])
+    w.add_vision_attention_layernorm_eps(1e-6)
+    w.add_vision_use_gelu(True)
+    w.add_vision_projector_scale_factor(v["image_size"] // v["patch_size"] // int(MM_TOKENS**0.5))
+    for name, t in load_file(str(Path(d) / "model.safetensors")).items():
+        if not name.startswith(("vision_tower.", "multi_modal_projector.")) or ".head." in name:
+            continue
+        # The names a Gemma 3 checkpoint on the Hub has.
+        hf = name.replace("vision_tower.", "vision_tower.vision_model.").replace(
+            "_weight", ".weight"
+        )
+        base, suffix = hf.rsplit(".", 1)
+        data = t.float().numpy()
+        if "soft_emb_norm" in hf:
+            data = data + 1
+        if "input_projection" in hf:
+            data = data.astype(np.float16)
+        w.add_tensor(f"{names.get_name(base)}.{suffix}", data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

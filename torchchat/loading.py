@@ -53,6 +53,8 @@ class LoadOptions:
     device: str = "cpu"
     slots: int = 0  # KV-cache rows of a package compiled here (the server's); 0: batch 1
     quiet: bool = False  # no first-run compile progress on stderr
+    # llama.cpp's mmproj GGUF: a vision tower for the (text) checkpoint.
+    mmproj: Path | None = None
     # GGUF decode's activation precision: "int8" (llama.cpp's, the default)
     # or "int16" (closer to the dequantized model, slower); None: unchanged.
     decode_x: str | None = None
@@ -150,6 +152,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--max-seq-length", type=int, help="KV cache length (default: min(model context, 2048))"
     )
     p.add_argument(
+        "--mmproj",
+        metavar="PATH",
+        help="llama.cpp's mmproj GGUF beside a text checkpoint: its vision tower (Gemma 3's), "
+        "so the model sees images; runs the eager model",
+    )
+    p.add_argument(
         "--decode-x",
         choices=["int8", "int16"],
         help="a GGUF's decode rounds activations per block of 32 to int8 (default, as llama.cpp "
@@ -184,6 +192,7 @@ def options_from_args(ns: argparse.Namespace, **overrides: Any) -> LoadOptions:
         device=ns.device,
         quiet=ns.quiet,
         decode_x=getattr(ns, "decode_x", None),
+        mmproj=user_path(getattr(ns, "mmproj", None)),
     )
     fields.update(overrides)
     return source_options(ns, **fields)
@@ -269,6 +278,8 @@ def sees_images(options: LoadOptions) -> bool:
     4B-and-up HF directory), read from its config.json without loading it."""
     import json
 
+    if options.mmproj is not None:
+        return True
     try:
         source = resolve_source(options)
     except UserError:
@@ -568,6 +579,13 @@ def load(options: LoadOptions) -> Loaded:
         built.vision = _vision(ckpt, dtype_name, options.device)
     tok, tok_path = load_tokenizer(built.tokenizer, options.tokenizer)
     built.info["tokenizer"] = str(tok_path)
+    if options.mmproj is not None:
+        if built.model is None or not hasattr(built.model, "config"):
+            raise UserError("--mmproj runs the eager model: add --compile none")
+        if built.vision is not None:
+            raise UserError("--mmproj: this checkpoint has its own vision tower")
+        built.vision = _mmproj_vision(options, built.model.config.dim, tok, dtype_name)
+        built.info["mmproj"] = str(options.mmproj)
     return Loaded(
         built.model,
         built.step,
@@ -580,6 +598,29 @@ def load(options: LoadOptions) -> Loaded:
         options.device,
         built.vision,
     )
+
+
+def _mmproj_vision(options: LoadOptions, dim: int, tok: Tokenizer, dtype_name: str) -> Any:
+    """The vision tower of an mmproj GGUF; its image tokens are the text
+    tokenizer's."""
+    import torch
+
+    from torchchat.checkpoint.mmproj import load_mmproj
+    from torchchat.model import DTYPES
+    from torchchat.vision import Vision, build_encoder
+
+    assert options.mmproj is not None
+    if not options.mmproj.is_file():
+        raise UserError(f"--mmproj {options.mmproj}: no such file")
+    ids = []
+    for text in ("<start_of_image>", "<end_of_image>", "<image_soft_token>"):
+        got = tok.encode(text, bos=False)
+        if len(got) != 1:
+            raise UserError(f"--mmproj: the model's tokenizer has no {text} token")
+        ids.append(got[0])
+    config, weights = load_mmproj(options.mmproj, dim, (ids[0], ids[1], ids[2]))
+    dtype = DTYPES.get(dtype_name, torch.float32)
+    return Vision(build_encoder(config, weights, dtype).to(options.device))
 
 
 def _vision(ckpt: Checkpoint, dtype_name: str, device: str) -> Any | None:

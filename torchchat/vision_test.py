@@ -4,6 +4,7 @@ greedy ids on a text + image prompt."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import tempfile
@@ -13,8 +14,16 @@ from pathlib import Path
 import torch
 import transformers
 
-from testing.tiny_vision import IMAGE_ID, MM_TOKENS, write_gemma3_vision
-from torchchat.checkpoint import load_checkpoint, load_model
+from testing.tiny_vision import (
+    BOI_ID,
+    EOI_ID,
+    IMAGE_ID,
+    MM_TOKENS,
+    write_gemma3_vision,
+    write_mmproj,
+)
+from torchchat.checkpoint import CheckpointError, load_checkpoint, load_model
+from torchchat.checkpoint.mmproj import load_mmproj
 from torchchat.generate import Slot, argmax, decode
 from torchchat.model import attend_filled_cache
 from torchchat.vision import (
@@ -107,6 +116,28 @@ class VisionTest(unittest.TestCase):
         self.assertEqual(again, want)
         other = self.vision.spans(self.prompt, [self.images[0], self.images[0]])
         self.assertEqual(slot.reuse(self.prompt, other), other[1].start)
+
+    def test_mmproj_gguf(self):
+        # The same tower as llama.cpp's converter writes it: the same config,
+        # and the same logits but for its F16 projection's rounding.
+        path = write_mmproj(self.dir, self.tmp / "mmproj.gguf")
+        config, weights = load_mmproj(path, 64, (BOI_ID, EOI_ID, IMAGE_ID))
+        # (The file holds eps as float32.)
+        self.assertEqual(dataclasses.replace(config, eps=1e-6), self.ckpt.vision)
+        vision = Vision(build_encoder(config, weights))
+        spans = vision.spans(self.prompt, self.images)
+        for a, b in zip(spans, self.spans()):
+            self.assertLessEqual((a.embeds - b.embeds).abs().max().item(), 2e-3)
+        ids, extra = self.reference()
+        model = attend_filled_cache(load_model(self.ckpt, torch.float32, 128, full_logits=True))
+        with torch.inference_mode():
+            want = self.ref(input_ids=ids, **extra).logits
+            got = model(
+                ids, torch.arange(ids.shape[1]), images=[(s.start, s.embeds) for s in spans]
+            )
+        self.assertLessEqual((got - want).abs().max().item(), 2e-3)
+        with self.assertRaisesRegex(CheckpointError, "not a GGUF file"):
+            load_mmproj(self.dir / "model.safetensors", 64, (0, 1, 2))
 
     def test_bad_images_are_one_line(self):
         with self.assertRaisesRegex(ImageError, "part 2: not an image"):
