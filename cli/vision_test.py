@@ -39,9 +39,9 @@ class VisionCliTest(CliTestCase):
         # chat's first turn renders as generate --chat-template does, and
         # /image attaches to the next turn as --image does to the first.
         chat = self.ok(["chat", *self.base, "--image", CHINA], "Hello\n")
-        self.assertEqual(chat.strip(), china.strip())
+        self.assertEqual(chat.strip(), "Assistant: " + china.strip())
         chat = self.ok(["chat", *self.base, "--compile", "none"], f"/image {CHINA}\nHello\n")
-        self.assertEqual(chat.strip(), china.strip())
+        self.assertEqual(chat.strip(), "Assistant: " + china.strip())
         # Two images, the second turn's after the first's answer.
         two = self.ok(
             ["chat", *self.base, "--image", CHINA], f"Hello\n/image {FLOWER}\n/image {CHINA}\nHi\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import time
 from typing import Any
 
 from server.common import APIError, Config
@@ -32,25 +33,38 @@ def _data_url(where: str, url: str, limit: int) -> bytes:
         raise _bad(where, "the data: URL is not valid base64") from None
 
 
-async def _fetch(where: str, url: str, limit: int) -> bytes:
-    import httpx
+def _get(url: str, limit: int) -> bytes:
+    """GET `url` (stdlib urllib), at most `limit` bytes, in FETCH_TIMEOUT_S
+    overall; raises ValueError with the reason."""
+    import urllib.error
+    import urllib.request
 
-    data = bytearray()
+    deadline = time.monotonic() + FETCH_TIMEOUT_S
     try:
-        async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=True) as client:
-            async with asyncio.timeout(FETCH_TIMEOUT_S):
-                async with client.stream("GET", url) as r:
-                    if r.status_code != 200:
-                        raise _bad(where, f"fetching the image gave HTTP {r.status_code}")
-                    async for chunk in r.aiter_bytes():
-                        data += chunk
-                        if len(data) > limit:
-                            raise _bad(
-                                where, f"the image is larger than {limit} bytes", "image_too_large"
-                            )
-    except (httpx.HTTPError, TimeoutError) as e:
-        raise _bad(where, f"cannot fetch the image ({type(e).__name__})") from None
-    return bytes(data)
+        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as r:  # noqa: S310 (http(s) only)
+            data = bytearray()
+            while chunk := r.read(1 << 16):
+                data += chunk
+                if len(data) > limit:
+                    raise OverflowError(limit)
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+            return bytes(data)
+    except urllib.error.HTTPError as e:
+        raise ValueError(f"fetching the image gave HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise ValueError(f"cannot fetch the image ({type(e).__name__})") from None
+
+
+async def _fetch(where: str, url: str, limit: int) -> bytes:
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(_get, url, limit), FETCH_TIMEOUT_S + 1)
+    except OverflowError:
+        raise _bad(where, f"the image is larger than {limit} bytes", "image_too_large") from None
+    except TimeoutError:
+        raise _bad(where, f"fetching the image took over {FETCH_TIMEOUT_S:g} s") from None
+    except ValueError as e:
+        raise _bad(where, str(e)) from None
 
 
 async def read_images(config: Config, parts: list[tuple[str, str]]) -> list[Any]:

@@ -79,7 +79,7 @@ class VisionServerTest(unittest.TestCase):
 
     def complete(self, messages) -> str:
         r = self.client.chat.completions.create(
-            model="m", messages=messages, temperature=0, max_tokens=TOKENS
+            model=self.config.model_id, messages=messages, temperature=0, max_tokens=TOKENS
         )
         return r.choices[0].message.content
 
@@ -144,7 +144,7 @@ class VisionServerTest(unittest.TestCase):
         try:
             client = openai.OpenAI(base_url=server.base_url, api_key="x")
             with self.assertRaises(openai.BadRequestError) as cm:
-                client.chat.completions.create(model="m", messages=ask(data_url(b"x")))
+                client.chat.completions.create(model=config.model_id, messages=ask(data_url(b"x")))
             self.assertEqual(cm.exception.body["code"], "images_unsupported")
         finally:
             server.close()
