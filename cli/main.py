@@ -360,7 +360,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
                         "/image: this model sees no images here (Gemma 3 4B and up do, in the "
                         "eager model: start chat with --compile none or --image)"
                     )
-                attached += _images([_text(line[len("/image") :].strip(), "/image")])
+                path = _text(line[len("/image") :].strip(), "/image")
+                if not path:
+                    raise UserError("/image needs a PATH")
+                attached += _images([path])
                 print(f"(image attached to the next turn: {len(attached)})", file=sys.stderr)
             except (UserError, ImageError) as e:
                 print(f"torchchat: error: {e}", file=sys.stderr)
