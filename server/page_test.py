@@ -166,7 +166,10 @@ class PageTest(unittest.TestCase):
         # part the page sent (server/vision_test.py covers a model that does).
         self.page.set_input_files("#image-file", CHINA)
         self.wait_until("() => document.querySelectorAll('#attached img').length === 1")
-        self.ask("what is this?")
+        self.page.fill("#input", "what is this?")
+        self.page.press("#input", "Enter")
+        # The 400 comes at once: the page may never be seen streaming.
+        self.wait_until("() => document.querySelectorAll('.msg.assistant.error').length === 1")
         self.wait_until("() => document.body.dataset.state === 'idle'")
         stats = self.page.inner_text(".msg.assistant:last-child .stats")
         self.assertRegex(stats, r"messages\[0\]\.content\[0\]: this model takes no images")
