@@ -96,9 +96,6 @@ class VisionConfig:
             **extra,
         )
 
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
 
 # --- the vision tower and projector ----------------------------------------------
 
@@ -293,8 +290,7 @@ def expand_images(text: str, tokenizer: Tokenizer, c: VisionConfig) -> str:
 
 def with_markers(text: str, n: int, tokenizer: Tokenizer, c: VisionConfig) -> str:
     """A plain prompt (no chat template) with a begin-of-image marker per
-    image: where the prompt writes them, else all before its text, as
-    transformers' processor puts images that a text does not place."""
+    image: where the prompt writes them, else all before its text."""
     boi = tokenizer.token_text(c.boi_id)
     have = text.count(boi)
     if have == 0:
