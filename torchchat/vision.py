@@ -9,8 +9,10 @@ run of soft tokens in both directions, as transformers' Gemma 3 does.
 
 from __future__ import annotations
 
+import collections
 import io
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,21 +327,42 @@ def pixel_key(pixels: Tensor) -> str:
 
 
 class Vision:
-    """A loaded vision tower with its config: images -> ImageSpans."""
+    """A loaded vision tower with its config: images -> ImageSpans.
+
+    The last CACHED images' embeddings are kept by key: a chat sends every
+    earlier turn's images again with each new one (the server's clients,
+    the page), and the tower costs far more than the preprocessing."""
+
+    CACHED = 16
 
     def __init__(self, encoder: VisionEncoder):
         self.encoder = encoder
         self.config = encoder.config
+        self._cache: collections.OrderedDict[str, Tensor] = collections.OrderedDict()
+        self._lock = threading.Lock()  # the server embeds from several threads
 
     @torch.inference_mode()
     def embed(self, images: Sequence[Image.Image]) -> list[tuple[Tensor, str]]:
         """Each image's soft-token embeddings [mm_tokens, text_dim] and key."""
         if not images:
             return []
-        pixels = torch.stack([preprocess(im, self.config) for im in images])
-        dtype = self.encoder.mm_input_projection.dtype
-        out = self.encoder(pixels.to(dtype))
-        return [(out[i], pixel_key(pixels[i])) for i in range(len(images))]
+        pixels = [preprocess(im, self.config) for im in images]
+        keys = [pixel_key(p) for p in pixels]
+        with self._lock:
+            known = {k: self._cache[k] for k in keys if k in self._cache}
+        todo = list({k: i for i, k in enumerate(keys) if k not in known}.values())
+        if todo:
+            dtype = self.encoder.mm_input_projection.dtype
+            out = self.encoder(torch.stack([pixels[i] for i in todo]).to(dtype))
+            for j, i in enumerate(todo):
+                known[keys[i]] = out[j]
+        with self._lock:
+            for k in keys:
+                self._cache[k] = known[k]
+                self._cache.move_to_end(k)
+            while len(self._cache) > self.CACHED:
+                self._cache.popitem(last=False)
+        return [(known[k], k) for k in keys]
 
     def spans(self, ids: Sequence[int], images: Sequence[Image.Image]) -> list[ImageSpan]:
         """ImageSpans for a prompt's soft-token runs, one image each, in order."""

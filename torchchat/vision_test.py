@@ -116,6 +116,9 @@ class VisionTest(unittest.TestCase):
         self.assertEqual(again, want)
         other = self.vision.spans(self.prompt, [self.images[0], self.images[0]])
         self.assertEqual(slot.reuse(self.prompt, other), other[1].start)
+        # An image seen before is not run through the tower again.
+        first = self.vision.embed([self.images[1]])[0][0]
+        self.assertIs(self.vision.embed([self.images[1]])[0][0], first)
 
     def test_mmproj_gguf(self):
         # The same tower as llama.cpp's converter writes it: the same config,
