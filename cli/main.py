@@ -32,6 +32,14 @@ def _add_answer_args(p: argparse.ArgumentParser) -> None:
     loading.add_model_args(p)
     add_sampling_args(p)
     p.add_argument("--stats-json", help="write per-answer stats to this JSON file")
+    p.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an image for the model to see (repeatable; Gemma 3 4B and up); runs the eager "
+        "model. In chat it goes with the first turn; /image PATH attaches one to the next",
+    )
     held = p.add_mutually_exclusive_group()
     held.add_argument(
         "--json-schema", metavar="FILE", help="answer with JSON that validates against this schema"
@@ -77,9 +85,29 @@ def _load(args: argparse.Namespace) -> loading.Loaded:
     position's logits, which the compiled package gives with a cache row
     (as the server's), so with --speculate it is compiled that way."""
     options = loading.options_from_args(args)
-    if _speculate(args) and loading.compile_mode(options) == "aoti":
+    images = args.image or args.mmproj
+    if images and loading.compile_mode(options) != "none":
+        # The compiled package takes ids only; images enter as embeddings.
+        if args.compile not in ("auto", "none"):
+            flag = "--image" if args.image else "--mmproj"
+            raise UserError(f"{flag} runs the eager model; drop --compile {args.compile}")
+        options = loading.options_from_args(args, compile="none")
+    elif _speculate(args) and loading.compile_mode(options) == "aoti":
         options = loading.options_from_args(args, slots=1)
-    return loading.load(options)
+    loaded = loading.load(options)
+    if args.image and loaded.vision is None:
+        raise UserError("--image: this model sees no images (Gemma 3 4B and up do)")
+    return loaded
+
+
+def _images(paths: list[str]) -> list[Any]:
+    from torchchat.vision import read_image
+
+    out = []
+    for p in paths:
+        path = user_path(p)
+        out.append(read_image(path if path is not None else p))
+    return out
 
 
 def _slot(args: argparse.Namespace, loaded: loading.Loaded) -> Slot:
@@ -230,6 +258,7 @@ def _held(g: str | None, tok: Any, sampler: Pick) -> Pick:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from torchchat.generate import Reply, Stats, generate_text
+    from torchchat.vision import expand_images, with_markers
 
     if args.num_samples < 1:
         raise UserError("--num-samples must be at least 1")
@@ -237,19 +266,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
     system = _text(args.system_prompt, "--system-prompt") if args.system_prompt else None
     sampler = sampler_from_args(args)
     held = _grammar(args)
+    images = _images(args.image)
     loaded = _load(args)
     tok = loaded.tokenizer
+    vision = loaded.vision if images else None
     if args.chat_template:
         template = tok.template()
         if template is None:
             raise UserError("this model has no chat template; drop --chat-template")
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": prompt})
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+        content: Any = prompt
+        if images:
+            content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
+        messages.append({"role": "user", "content": content})
         # The template writes any bos itself.
-        ids = tok.encode(template.render(messages, add_generation_prompt=True), bos=False)
+        text = template.render(messages, add_generation_prompt=True)
+        bos = False
     else:
-        ids = tok.encode(prompt, bos=tok.add_bos)
+        text, bos = prompt, tok.add_bos
+        if vision is not None:
+            text = with_markers(text, len(images), tok, vision.config)
+    if vision is not None:
+        text = expand_images(text, tok, vision.config)
+    ids = tok.encode(text, bos=bos)
     loaded.check_fits(len(ids))
+    spans = vision.spans(ids, images) if vision is not None else []
     slot = _slot(args, loaded)
     all_stats = []
     for _ in range(args.num_samples):
@@ -257,7 +298,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if not args.chat_template:
                 _out(prompt)
             pick = _held(held, tok, sampler)
-            reply = generate_text(slot, tok, ids, pick, args.max_new_tokens, _out)
+            reply = generate_text(slot, tok, ids, pick, args.max_new_tokens, _out, images=spans)
         except KeyboardInterrupt:  # between the echo and the first decode step
             reply = Reply([], "", Stats(stop_reason="interrupted"))
         _out("\n")
@@ -279,6 +320,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from torchchat.generate import ChatSession, ContextOverflow
+    from torchchat.vision import ImageError
 
     system = _text(args.system_prompt, "--system-prompt") if args.system_prompt else None
     sampler = sampler_from_args(args)
@@ -287,7 +329,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     template = loaded.tokenizer.template()
     if template is None:
         raise UserError("this model has no chat template; use `generate` instead")
-    session = ChatSession(_slot(args, loaded), loaded.tokenizer, template, system)
+    session = ChatSession(_slot(args, loaded), loaded.tokenizer, template, system, loaded.vision)
+    # Images for the next turn: --image's, then each /image line's.
+    attached = _images(args.image)
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")  # _text reports bad bytes
     interactive = sys.stdin.isatty()
@@ -309,13 +353,29 @@ def cmd_chat(args: argparse.Namespace) -> int:
             continue
         if line in ("/exit", "/quit", "/bye"):
             break
+        if line == "/image" or line.startswith("/image "):
+            try:
+                if loaded.vision is None:
+                    raise UserError(
+                        "/image: this model sees no images here (Gemma 3 4B and up do, in the "
+                        "eager model: start chat with --compile none or --image)"
+                    )
+                path = _text(line[len("/image") :].strip(), "/image")
+                if not path:
+                    raise UserError("/image needs a PATH")
+                attached += _images([path])
+                print(f"(image attached to the next turn: {len(attached)})", file=sys.stderr)
+            except (UserError, ImageError) as e:
+                print(f"torchchat: error: {e}", file=sys.stderr)
+            continue
         # A line the session refuses leaves the conversation as it was.
         try:
             line = _text(line, "the input line")
             _out("Assistant: ")
             pick = _held(held, loaded.tokenizer, sampler)
-            reply = session.turn(line, pick, args.max_new_tokens, _out)
-        except (UserError, ContextOverflow) as e:
+            reply = session.turn(line, pick, args.max_new_tokens, _out, attached)
+            attached = []
+        except (UserError, ContextOverflow, ImageError) as e:
             _out("\n")
             print(f"torchchat: error: {e}", file=sys.stderr)
             continue

@@ -139,12 +139,27 @@ class BadInputTest(unittest.TestCase):
                 None,
             ),
             (
-                "image part",
+                "image part to a model that sees none",
                 "/v1/chat/completions",
                 self.chat(
                     messages=[
                         {
                             "role": "user",
+                            "content": [{"type": "image_url", "image_url": {"url": "x"}}],
+                        }
+                    ]
+                ),
+                400,
+                "messages[0].content[0]",
+                "images_unsupported",
+            ),
+            (
+                "image part in a system message",
+                "/v1/chat/completions",
+                self.chat(
+                    messages=[
+                        {
+                            "role": "system",
                             "content": [{"type": "image_url", "image_url": {"url": "x"}}],
                         }
                     ]

@@ -4,6 +4,7 @@ response_format's JSON held by a grammar, whole or streamed."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -12,11 +13,12 @@ from typing import Any
 from fastapi import APIRouter
 from sse_starlette import EventSourceResponse
 
-from server import jobs, schema, tools
+from server import images, jobs, schema, tools
 from server.common import APIError, Served, Server
 from server.engine import Delta, Done, Failed, TokenLogprob
 from torchchat.grammar import GrammarError
 from torchchat.tokenizer import TokenizerError
+from torchchat.vision import ImageError, expand_images
 
 router = APIRouter()
 
@@ -42,7 +44,9 @@ def logprobs(srv: Served, items: list[TokenLogprob]) -> schema.ChatLogprobs:
 
 
 def prompt_ids(srv: Served, req: schema.ChatCompletionRequest, use_tools: bool) -> list[int]:
-    """The request's messages (and tools), rendered and encoded."""
+    """The request's messages (and tools), rendered and encoded; each image
+    part expanded to the vision tower's soft tokens, as the model's
+    processor expands it."""
     if srv.template is None:
         raise APIError(
             400, "this model has no chat template; use /v1/completions", code="no_template"
@@ -55,9 +59,24 @@ def prompt_ids(srv: Served, req: schema.ChatCompletionRequest, use_tools: bool) 
     try:
         # The template writes any bos itself, as in `generate --chat-template`.
         text = srv.template.render(messages, add_generation_prompt=True, tools=tool_defs)
+        vision = srv.engine.vision
+        if vision is not None:
+            text = expand_images(text, srv.engine.tokenizer, vision.config)  # type: ignore[attr-defined]
         return srv.engine.tokenizer.encode(text, bos=False)
     except TokenizerError as e:
         raise APIError(400, str(e), param="messages", code="template_error") from None
+
+
+async def image_spans(srv: Served, ids: list[int], pictures: list[Any]) -> list[Any]:
+    """The images' embeddings at their soft tokens' places in `ids`, made
+    by the vision tower off the event loop."""
+    vision = srv.engine.vision
+    if vision is None or not pictures:
+        return []
+    try:
+        return await asyncio.to_thread(vision.spans, ids, pictures)  # type: ignore[attr-defined]
+    except ImageError as e:
+        raise APIError(400, str(e), param="messages", code="invalid_image") from None
 
 
 @router.post("/v1/chat/completions")
@@ -65,8 +84,19 @@ async def chat(req: schema.ChatCompletionRequest, srv: Server) -> Any:
     jobs.check_request(srv.config, req)
     use_tools = bool(req.tools) and req.tool_choice != "none"
     names = [t.function.name for t in req.tools or ()] if use_tools else []
+    parts = req.image_parts()
+    if parts and srv.engine.vision is None:
+        raise APIError(
+            400,
+            f"{parts[0][0]}: this model takes no images (a Gemma 3 4B or larger checkpoint "
+            "does, served with --compile none)",
+            param=parts[0][0],
+            code="images_unsupported",
+        )
+    pictures = await images.read_images(srv.config, parts) if parts else []
     ids = prompt_ids(srv, req, use_tools)
     jobs.check_context(srv.config, ids, "messages")
+    spans = await image_spans(srv, ids, pictures)
     jobs.check_n(srv, req.n, req.n)
     max_tokens = req.max_completion_tokens or req.max_tokens
     forced = req.forced_tools()
@@ -86,6 +116,7 @@ async def chat(req: schema.ChatCompletionRequest, srv: Server) -> Any:
         p = jobs.params(srv.config, req, max_tokens, j)
         p.logprobs, p.top_logprobs = req.logprobs, req.top_logprobs or 0
         p.grammar = grammar
+        p.images = spans
         todo.append((ids, p))
     jobs.admit(srv, len(todo))
     rid = "chatcmpl-" + uuid.uuid4().hex

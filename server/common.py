@@ -52,6 +52,11 @@ class Config:
     seed: int | None = None
     system_prompt: str | None = None
     pooling: str = "mean"  # /v1/embeddings: mean, last or cls
+    # Image parts: whether http(s) URLs are fetched, how many a request may
+    # hold, and how many bytes each.
+    allow_image_urls: bool = False
+    max_images: int = 4
+    max_image_bytes: int = 20 << 20
     info: dict[str, Any] = field(default_factory=dict)
     created: int = field(default_factory=lambda: int(time.time()))
     quiet: bool = True

@@ -67,6 +67,8 @@ class _Pending:
     start: int
     # Wants the last hidden state of every token (an embedding), not logits.
     hidden: bool = False
+    # Image embeddings at offsets into ids (torchchat.model.Images).
+    images: list = field(default_factory=list)
     logits: torch.Tensor | None = None
     error: BaseException | None = None
     # Its own event, so that a finished step wakes each waiting job once and
@@ -97,10 +99,19 @@ class Batcher:
             self._active.discard(slot)
             self._cv.notify()  # the batcher may be waiting for this slot
 
-    def run(self, slot: int, ids: Sequence[int], start: int, hidden: bool = False) -> torch.Tensor:
+    def run(
+        self,
+        slot: int,
+        ids: Sequence[int],
+        start: int,
+        hidden: bool = False,
+        images: Sequence = (),
+    ) -> torch.Tensor:
         """Blocks until the step that includes (ids at start) has run; the
-        logits of the last id, or with `hidden` every id's last hidden state."""
-        item = _Pending(list(ids), start, hidden)
+        logits of the last id, or with `hidden` every id's last hidden state.
+        `images` (offsets into ids) run in a forward of their own in the step:
+        their attention mask is opened for their positions in every slot."""
+        item = _Pending(list(ids), start, hidden, list(images))
         with self._cv:
             self._pending[slot] = item
             self._cv.notify()  # only the batcher waits on it
@@ -127,9 +138,12 @@ class Batcher:
             # Embeddings want another output than generations: a forward of
             # their own in the same step.
             for hidden in (False, True):
-                part = [(s, p) for s, p in batch if p.hidden == hidden]
+                part = [(s, p) for s, p in batch if p.hidden == hidden and not p.images]
                 if part:
                     self._forward(part, hidden)
+            for s, p in batch:
+                if p.images:
+                    self._forward([(s, p)], p.hidden)
             with self._cv:
                 self.steps += 1
                 self.step_sizes.append(len(batch))
@@ -139,8 +153,11 @@ class Batcher:
     def _forward(self, part: list[tuple[int, _Pending]], hidden: bool) -> None:
         entries = [(s, p.ids, p.start) for s, p in part]
         try:
+            images = part[0][1].images
             if hidden:
                 out = self.model.hidden_slots(entries)
+            elif images:
+                out = [self.model.forward_slots(entries, images=images)]
             else:
                 logits = self.model.forward_slots(entries)
                 out = [logits[i : i + 1] for i in range(len(part))]
@@ -163,14 +180,25 @@ class SlotView:
         self.chunk = chunk
         self.cancel: threading.Event | None = None
 
-    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, tokens: torch.Tensor, input_pos: torch.Tensor, images: Sequence = ()
+    ) -> torch.Tensor:
         ids = tokens.reshape(-1).tolist()
         start = int(input_pos[0])
         logits = None
-        for c in range(0, len(ids), self.chunk):
+        c = 0
+        while c < len(ids):
             if self.cancel is not None and self.cancel.is_set():
                 raise Cancelled()
-            logits = self.batcher.run(self.index, ids[c : c + self.chunk], start + c)
+            end = min(c + self.chunk, len(ids))
+            # An image's soft tokens run in one forward: a chunk that would
+            # cut one ends after it instead.
+            for off, e in images:
+                if off < end < off + e.shape[0]:
+                    end = off + e.shape[0]
+            mine = [(off - c, e) for off, e in images if c <= off < end]
+            logits = self.batcher.run(self.index, ids[c:end], start + c, images=mine)
+            c = end
         assert logits is not None
         return logits
 
@@ -207,6 +235,8 @@ class Params:
     # Output held to this grammar (llguidance's, from torchchat.grammar): a
     # response_format's schema or a forced tool call.
     grammar: str | None = None
+    # The prompt's images (torchchat.vision.ImageSpan), at their positions.
+    images: Sequence = ()
 
     def sampler(self) -> Sampler:
         """Raises ValueError (naming the value) for settings the sampler refuses."""
@@ -313,6 +343,8 @@ class Engine:
         self.slots = slots
         self.tokenizer = tokenizer
         self.batcher = batcher
+        # The eager model's vision tower (torchchat.vision.Vision), if it has one.
+        self.vision: object | None = None
         self.max_queue = max_queue
         self.max_seq_length = slots[0].max_seq_length
         self._admitted = 0  # jobs queued or running
@@ -526,7 +558,7 @@ class Engine:
             slot.check_fits(len(prompt), 0)
             budget = max(1, min(params.max_tokens, slot.max_seq_length - len(prompt)))
             stop_ids = () if params.ignore_eos else None
-            reply = generate_text(slot, tok, prompt, pick, budget, on_text, stop_ids)
+            reply = generate_text(slot, tok, prompt, pick, budget, on_text, stop_ids, params.images)
             if cancel.is_set():
                 return "cancelled"
             tail = stops.flush()

@@ -52,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model-id", help="the model name clients send (default: from the flags)")
     p.add_argument(
+        "--allow-image-urls",
+        action="store_true",
+        help="fetch http(s) image URLs in image_url parts (10 s and --max-image-bytes each); "
+        "by default only data: URLs are taken",
+    )
+    p.add_argument("--max-images", type=int, default=4, help="image parts a request may hold")
+    p.add_argument(
+        "--max-image-bytes", type=int, default=20 << 20, help="largest image a part may hold"
+    )
+    p.add_argument(
         "--pooling",
         choices=("mean", "last", "cls"),
         help="/v1/embeddings: pool the last hidden states by their mean, the last token's or "
@@ -77,7 +87,7 @@ def build(args: argparse.Namespace) -> tuple[object, object]:
     from torchchat import grammar
     from torchchat.model import Model
 
-    for name in ("parallel", "max_queue", "max_body_bytes", "prefill_chunk"):
+    for name in ("parallel", "max_queue", "max_body_bytes", "prefill_chunk", "max_image_bytes"):
         if getattr(args, name) < (0 if name == "max_queue" else 1):
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     # As generate, the model is compiled on first use (AOTInductor, cached),
@@ -92,6 +102,14 @@ def build(args: argparse.Namespace) -> tuple[object, object]:
             file=sys.stderr,
         )
         mode = "none"
+    if mode == "aoti" and args.compile == "auto" and loading.sees_images(options):
+        # The compiled package takes token ids only; images enter as embeddings.
+        print(
+            "torchchat server: this model sees images; serving the eager model "
+            "(--compile aoti serves text only, faster)",
+            file=sys.stderr,
+        )
+        mode = "none"
     slots = args.parallel if mode == "aoti" and args.parallel > 1 else 0
     loaded = loading.load(replace(options, compile=mode, slots=slots))
     loaded.ensure_model()  # compiles now on a cache miss, not at the first request
@@ -99,6 +117,7 @@ def build(args: argparse.Namespace) -> tuple[object, object]:
         engine = eager_engine(
             loaded.model, loaded.tokenizer, args.parallel, args.max_queue, args.prefill_chunk
         )
+        engine.vision = loaded.vision
         vocab = loaded.model.config.vocab_size
     elif getattr(loaded.model, "n_slots", 0):  # a .pt2 exported with --slots
         n = loaded.model.n_slots
@@ -148,6 +167,9 @@ def build(args: argparse.Namespace) -> tuple[object, object]:
         pooling=args.pooling or model_pooling(loaded.info.get("checkpoint")) or "mean",
         info=loaded.info,
         quiet=args.quiet,
+        allow_image_urls=args.allow_image_urls,
+        max_images=args.max_images,
+        max_image_bytes=args.max_image_bytes,
     )
     # The CLI's sampling defaults must be valid before the first request.
     try:

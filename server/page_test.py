@@ -8,11 +8,13 @@ Markdown without ever letting a reply's markup through. A screenshot of
 the page goes to the test's undeclared outputs.
 """
 
+import importlib.util
 import os
 import re
 import tempfile
 import time
 import unittest
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -23,6 +25,10 @@ from server.harness import Running, Slowed, engine_for
 from testing import tiny_model
 
 SYSTEM = "Answer briefly."
+# A real photo from a PyPI package in the lock (scikit-learn).
+CHINA = str(
+    Path(importlib.util.find_spec("sklearn").origin).parent / "datasets" / "images" / "china.jpg"
+)
 # Slow enough that a 40-token reply takes about a second to stream.
 STEP_S = 0.03
 
@@ -154,6 +160,21 @@ class PageTest(unittest.TestCase):
         # The page is usable again, and the stopped reply stays in the chat.
         self.assertFalse(self.page.is_disabled("#send"))
         self.assertTrue(self.page.is_hidden("#stop"))
+
+    def test_attach_sends_an_image_part(self):
+        # The tiny text model sees no images: the server's 400 names the
+        # part the page sent (server/vision_test.py covers a model that does).
+        self.page.set_input_files("#image-file", CHINA)
+        self.wait_until("() => document.querySelectorAll('#attached img').length === 1")
+        self.page.fill("#input", "what is this?")
+        self.page.press("#input", "Enter")
+        # The 400 comes at once: the page may never be seen streaming.
+        self.wait_until("() => document.querySelectorAll('.msg.assistant.error').length === 1")
+        self.wait_until("() => document.body.dataset.state === 'idle'")
+        stats = self.page.inner_text(".msg.assistant:last-child .stats")
+        self.assertRegex(stats, r"messages\[0\]\.content\[0\]: this model takes no images")
+        self.assertEqual(self.page.eval_on_selector_all(".msg.user img", "e => e.length"), 1)
+        self.assertEqual(self.page.eval_on_selector_all("#attached img", "e => e.length"), 0)
 
     def test_markdown_is_rendered_and_never_injects_markup(self):
         reply = (

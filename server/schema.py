@@ -50,12 +50,38 @@ class TextPart(_Strict):
 Content = str | list[TextPart]
 
 
-def _text(content: Content | None) -> str:
+class ImageURL(_Strict):
+    # A data: URL (base64), or http(s) where the server allows it.
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+# A user's content may hold images; other roles' text only, as OpenAI's.
+UserContent = str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]]
+
+
+def _text(content: UserContent | None) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.text for p in content)
+    return "".join(p.text for p in content if isinstance(p, TextPart))
+
+
+def _template_content(content: UserContent | None) -> str | list[dict[str, str]]:
+    """Text as a string; with images, parts as chat templates take them
+    ({"type": "image"} where each image goes), in the request's order."""
+    if isinstance(content, list) and any(isinstance(p, ImagePart) for p in content):
+        return [
+            {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image"}
+            for p in content
+        ]
+    return _text(content)
 
 
 class FunctionCall(_Open):
@@ -77,7 +103,7 @@ class SystemMessage(_Open):
 
 class UserMessage(_Open):
     role: Literal["user"]
-    content: Content
+    content: UserContent
     name: str | None = None
 
 
@@ -245,6 +271,17 @@ class ChatCompletionRequest(SamplingRequest):
             return [t for t in self.tools or () if t.function.name == want]
         return list(self.tools or ()) if self.tool_choice == "required" else []
 
+    def image_parts(self) -> list[tuple[str, str]]:
+        """(where, url) of each image part, in the order the template
+        places them; `where` names the part as a 400 does."""
+        return [
+            (f"messages[{i}].content[{j}]", p.image_url.url)
+            for i, m in enumerate(self.messages)
+            if isinstance(m, UserMessage) and isinstance(m.content, list)
+            for j, p in enumerate(m.content)
+            if isinstance(p, ImagePart)
+        ]
+
     def template_messages(self) -> list[dict[str, Any]]:
         """Messages as chat templates expect them (text content, arguments as objects)."""
         import json
@@ -252,7 +289,7 @@ class ChatCompletionRequest(SamplingRequest):
         out: list[dict[str, Any]] = []
         for m in self.messages:
             d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
-            d["content"] = _text(m.content)
+            d["content"] = _template_content(m.content)
             if isinstance(m, AssistantMessage) and m.tool_calls:
                 calls = []
                 for c in m.tool_calls:

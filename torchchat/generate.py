@@ -18,12 +18,15 @@ import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from torchchat.tokenizer import ChatTemplate, Tokenizer
+    from torchchat.vision import ImageSpan, Vision
 
 # What an exported artifact or the eager model provides. forward returns the
 # logits of the last position, [1, vocab].
@@ -174,6 +177,8 @@ class Slot:
         self.device = device
         self.max_seq_length: int = model.max_seq_length
         self.tokens: list[int] = []
+        # Images whose soft tokens the cache holds, at their positions.
+        self.images: list[ImageSpan] = []
         self.draft = draft
         self.draft_k = draft_k
 
@@ -184,23 +189,43 @@ class Slot:
     def check_fits(self, n_new: int, start: int | None = None) -> None:
         check_fits(self.max_seq_length, n_new, self.pos if start is None else start)
 
-    def reuse(self, prompt: Sequence[int]) -> int:
+    def reuse(self, prompt: Sequence[int], images: Sequence[ImageSpan] = ()) -> int:
         """Keeps the cached prefix `prompt` shares (never all of it: the last
-        token must run to give logits) and returns its length."""
+        token must run to give logits) and returns its length. An image's
+        soft tokens count as shared only where the cache holds the same
+        image (by key) at the same place, and are kept or run whole; the
+        prompt's `images` are then the slot's."""
         common, limit = 0, min(len(self.tokens), len(prompt) - 1)
         while common < limit and self.tokens[common] == prompt[common]:
             common += 1
+        held = {(h.start, h.key) for h in self.images}
+        for span in [*self.images, *images]:
+            same = (span.start, span.key) in held and any(
+                (s.start, s.key) == (span.start, span.key) for s in images
+            )
+            if span.start < common and (not same or common < span.end):
+                common = span.start
         self.truncate(common)
+        self.images += [s for s in images if s.start >= common]
         return common
 
     def truncate(self, n: int) -> None:
         del self.tokens[n:]
+        self.images = [h for h in self.images if h.end <= n]
 
     def _run(self, fn: Forward, ids: Sequence[int]) -> torch.Tensor:
         start = self.pos
+        end = start + len(ids)
         tokens = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        pos = torch.arange(start, start + len(ids), dtype=torch.long, device=self.device)
-        logits = fn(tokens, pos)
+        pos = torch.arange(start, end, dtype=torch.long, device=self.device)
+        spans = [s for s in self.images if s.start < end and s.end > start]
+        if any(s.start < start or s.end > end for s in spans):
+            raise ValueError("an image's soft tokens must run in one forward")
+        if spans:
+            images = [(s.start - start, s.embeds) for s in spans]
+            logits = fn(tokens, pos, images=images)  # type: ignore[call-arg]
+        else:
+            logits = fn(tokens, pos)
         self.tokens.extend(int(i) for i in ids)
         return logits
 
@@ -228,6 +253,7 @@ def decode(
     max_new_tokens: int,
     stop_ids: Sequence[int] = (),
     stats: Stats | None = None,
+    images: Sequence[ImageSpan] = (),
 ) -> Iterator[int]:
     """The generation loop: yields each sampled id, a final stop id included.
 
@@ -247,13 +273,16 @@ def decode(
     plain decoding's (up to the rounding of a forward over several tokens),
     sampling included: a guess is kept exactly when the draw lands on it,
     which is rejection sampling for a drafter that proposes one id.
+
+    `images` put embeddings at the prompt's soft-token positions
+    (torchchat.vision); the prefill runs each image's tokens in one forward.
     """
     stats = stats if stats is not None else Stats()
     prompt = [int(i) for i in prompt]
     stop = set(stop_ids)
     stats.inference_start_ms = now_ms()
     stats.stop_reason = "max_new_tokens"
-    common = slot.reuse(prompt)
+    common = slot.reuse(prompt, images)
     history = list(prompt)
     n = 0
     # Drafted ids the slot has run past the last pick, each with the logits
@@ -352,6 +381,7 @@ def generate_text(
     max_new_tokens: int,
     on_text: Callable[[str], bool | None] | None = None,
     stop_ids: Sequence[int] | None = None,
+    images: Sequence[ImageSpan] = (),
 ) -> Reply:
     """decode() with the tokenizer's streaming decoder: on_text gets whole
     UTF-8 characters as they complete. A stop id is never printed.
@@ -374,7 +404,7 @@ def generate_text(
         return False
 
     try:
-        steps = decode(slot, prompt, pick, max_new_tokens, stop, stats)
+        steps = decode(slot, prompt, pick, max_new_tokens, stop, stats, images)
         for tok in steps:
             if tok in stop:
                 break
@@ -410,12 +440,16 @@ class ChatSession:
         tokenizer: Tokenizer,
         template: ChatTemplate,
         system_prompt: str | None = None,
+        vision: Vision | None = None,
     ):
         self.slot = slot
         self.tokenizer = tokenizer
         self.template = template
         self.system_prompt = system_prompt
-        self.messages: list[dict[str, str]] = []
+        self.vision = vision
+        self.messages: list[dict[str, Any]] = []
+        # Each message's images' (embeddings, key), in order.
+        self.images: list[list[tuple[torch.Tensor, str]]] = []
         self.dropped_last_turn = 0
         self.reset()
 
@@ -423,12 +457,30 @@ class ChatSession:
         self.messages = (
             [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         )
+        self.images = [[] for _ in self.messages]
         self.dropped_last_turn = 0
 
     def _render(self) -> list[int]:
         # The template writes any bos itself.
         text = self.template.render(self.messages, add_generation_prompt=True)
+        if self.vision is not None:
+            from torchchat.vision import expand_images
+
+            text = expand_images(text, self.tokenizer, self.vision.config)
         return self.tokenizer.encode(text, bos=False)
+
+    def _spans(self, ids: Sequence[int]) -> list[ImageSpan]:
+        if self.vision is None:
+            return []
+        from torchchat.vision import ImageError, ImageSpan, image_runs
+
+        embeds = [e for m in self.images for e in m]
+        starts = image_runs(ids, self.vision.config)
+        if len(starts) != len(embeds):
+            raise ImageError(
+                f"the chat template placed {len(starts)} images, the conversation has {len(embeds)}"
+            )
+        return [ImageSpan(s, e, k) for s, (e, k) in zip(starts, embeds)]
 
     def turn(
         self,
@@ -436,9 +488,21 @@ class ChatSession:
         pick: Pick,
         max_new_tokens: int,
         on_text: Callable[[str], None] | None = None,
+        images: Sequence[Image] = (),
     ) -> Reply:
-        before = list(self.messages)
-        self.messages.append({"role": "user", "content": text})
+        """One exchange; `images` (PIL images) go with the question, before
+        its text, as the model's template places content parts."""
+        before, before_images = list(self.messages), list(self.images)
+        if images and self.vision is None:
+            from torchchat.vision import ImageError
+
+            raise ImageError("this model takes no images")
+        embeds = self.vision.embed(images) if images and self.vision is not None else []
+        content: str | list[dict[str, str]] = text
+        if embeds:
+            content = [{"type": "image"} for _ in embeds] + [{"type": "text", "text": text}]
+        self.messages.append({"role": "user", "content": content})
+        self.images.append(embeds)
         self.dropped_last_turn = 0
         first = 1 if self.system_prompt else 0
         room = self.slot.max_seq_length - min(max_new_tokens, CHAT_ANSWER_RESERVE)
@@ -447,13 +511,16 @@ class ChatSession:
             while len(ids) > room and len(self.messages) > first + 1:
                 drop = 2 if len(self.messages) - first >= 3 else 1
                 del self.messages[first : first + drop]
+                del self.images[first : first + drop]
                 self.dropped_last_turn += 1
                 ids = self._render()
             self.slot.check_fits(len(ids), 0)
+            spans = self._spans(ids)
         except Exception:
-            self.messages = before
+            self.messages, self.images = before, before_images
             raise
         budget = max(1, min(max_new_tokens, self.slot.max_seq_length - len(ids)))
-        reply = generate_text(self.slot, self.tokenizer, ids, pick, budget, on_text)
+        reply = generate_text(self.slot, self.tokenizer, ids, pick, budget, on_text, images=spans)
         self.messages.append({"role": "assistant", "content": reply.text})
+        self.images.append([])
         return reply

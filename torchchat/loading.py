@@ -53,6 +53,8 @@ class LoadOptions:
     device: str = "cpu"
     slots: int = 0  # KV-cache rows of a package compiled here (the server's); 0: batch 1
     quiet: bool = False  # no first-run compile progress on stderr
+    # llama.cpp's mmproj GGUF: a vision tower for the (text) checkpoint.
+    mmproj: Path | None = None
     # GGUF decode's activation precision: "int8" (llama.cpp's, the default)
     # or "int16" (closer to the dequantized model, slower); None: unchanged.
     decode_x: str | None = None
@@ -73,6 +75,8 @@ class Loaded:
     max_seq_length: int
     compile: Callable[[], tuple[LLMModel, dict[str, Any]]] | None = None
     device: str = field(default="cpu")
+    # The vision tower (torchchat.vision.Vision) of an eager model that has one.
+    vision: Any | None = None
 
     def ensure_model(self) -> LLMModel:
         """The model, compiling it first on a cache miss."""
@@ -148,6 +152,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--max-seq-length", type=int, help="KV cache length (default: min(model context, 2048))"
     )
     p.add_argument(
+        "--mmproj",
+        metavar="PATH",
+        help="llama.cpp's mmproj GGUF beside a text checkpoint: its vision tower (Gemma 3's), "
+        "so the model sees images; runs the eager model",
+    )
+    p.add_argument(
         "--decode-x",
         choices=["int8", "int16"],
         help="a GGUF's decode rounds activations per block of 32 to int8 (default, as llama.cpp "
@@ -182,6 +192,7 @@ def options_from_args(ns: argparse.Namespace, **overrides: Any) -> LoadOptions:
         device=ns.device,
         quiet=ns.quiet,
         decode_x=getattr(ns, "decode_x", None),
+        mmproj=user_path(getattr(ns, "mmproj", None)),
     )
     fields.update(overrides)
     return source_options(ns, **fields)
@@ -197,9 +208,11 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from torchchat.quantize import QuantizeError
     from torchchat.registry import RegistryError
     from torchchat.tokenizer import TokenizerError
+    from torchchat.vision import ImageError
 
     return (
         UserError,
+        ImageError,
         ArtifactError,
         CheckpointError,
         ConfigError,
@@ -258,6 +271,27 @@ def resolve_source(options: LoadOptions) -> Source:
     if not registry.is_downloaded(entry):
         raise UserError(f"{entry.name} is not downloaded; run `torchchat download {options.model}`")
     return Source(checkpoint=registry.checkpoint_path(entry))
+
+
+def sees_images(options: LoadOptions) -> bool:
+    """Whether the checkpoint the options name has a vision tower (a Gemma 3
+    4B-and-up HF directory), read from its config.json without loading it."""
+    import json
+
+    if options.mmproj is not None:
+        return True
+    try:
+        source = resolve_source(options)
+    except UserError:
+        return False
+    d = source.checkpoint
+    if d is None or not (d / "config.json").is_file():
+        return False
+    try:
+        cfg = json.loads((d / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return cfg.get("model_type") == "gemma3" and "vision_config" in cfg
 
 
 def dtype_of(options: LoadOptions, spec: dict[str, Any]) -> str:
@@ -405,6 +439,7 @@ class _Built:
     tokenizer: dict[str, Any]
     max_seq_length: int
     compile: Callable[[], tuple[Any, dict[str, Any]]] | None = None
+    vision: Any | None = None
 
 
 def _from_compile_cache(
@@ -541,8 +576,16 @@ def load(options: LoadOptions) -> Loaded:
         ckpt = ckpt_mod.load_checkpoint(source.checkpoint)  # type: ignore[arg-type]
         model, step, info = build_model(options, ckpt, spec, dtype_name)
         built = _Built(model, step, info, tokenizer_source(ckpt), model.max_seq_length)
+        built.vision = _vision(ckpt, dtype_name, options.device)
     tok, tok_path = load_tokenizer(built.tokenizer, options.tokenizer)
     built.info["tokenizer"] = str(tok_path)
+    if options.mmproj is not None:
+        if built.model is None or not hasattr(built.model, "config"):
+            raise UserError("--mmproj runs the eager model: add --compile none")
+        if built.vision is not None:
+            raise UserError("--mmproj: this checkpoint has its own vision tower")
+        built.vision = _mmproj_vision(options, built.model.config.dim, tok, dtype_name)
+        built.info["mmproj"] = str(options.mmproj)
     return Loaded(
         built.model,
         built.step,
@@ -553,4 +596,41 @@ def load(options: LoadOptions) -> Loaded:
         built.max_seq_length,
         built.compile,
         options.device,
+        built.vision,
     )
+
+
+def _mmproj_vision(options: LoadOptions, dim: int, tok: Tokenizer, dtype_name: str) -> Any:
+    """The vision tower of an mmproj GGUF; its image tokens are the text
+    tokenizer's."""
+    import torch
+
+    from torchchat.checkpoint.mmproj import load_mmproj
+    from torchchat.model import DTYPES
+    from torchchat.vision import Vision, build_encoder
+
+    assert options.mmproj is not None
+    if not options.mmproj.is_file():
+        raise UserError(f"--mmproj {options.mmproj}: no such file")
+    ids = []
+    for text in ("<start_of_image>", "<end_of_image>", "<image_soft_token>"):
+        got = tok.encode(text, bos=False)
+        if len(got) != 1:
+            raise UserError(f"--mmproj: the model's tokenizer has no {text} token")
+        ids.append(got[0])
+    config, weights = load_mmproj(options.mmproj, dim, (ids[0], ids[1], ids[2]))
+    dtype = DTYPES.get(dtype_name, torch.float32)
+    return Vision(build_encoder(config, weights, dtype).to(options.device))
+
+
+def _vision(ckpt: Checkpoint, dtype_name: str, device: str) -> Any | None:
+    """The checkpoint's vision tower, in the model's precision."""
+    if ckpt.vision is None:
+        return None
+    import torch
+
+    from torchchat.model import DTYPES
+    from torchchat.vision import Vision, build_encoder
+
+    dtype = DTYPES.get(dtype_name, torch.float32)
+    return Vision(build_encoder(ckpt.vision, ckpt.vision_weights, dtype).to(device))

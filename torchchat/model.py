@@ -16,9 +16,11 @@ RoPE layout (interleaved pairs); checkpoint loaders convert to that.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +58,10 @@ HF_ARCHITECTURES = (
 GEMMA = ("gemma2", "gemma3_text")
 # Gemma's GELU (transformers' gelu_pytorch_tanh, llama.cpp's GELU).
 GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh")
+
+
+# Images in a forward: (offset in its tokens, soft-token embeddings [n, dim]).
+Images = Sequence[tuple[int, Tensor]]
 
 
 class ConfigError(ValueError):
@@ -392,8 +398,48 @@ class Model(nn.Module):
         self.max_seq_length = max_seq_length
         self.transformer = transformer
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        return self.transformer(tokens, {"input_pos": input_pos})
+    def forward(
+        self, tokens: torch.Tensor, input_pos: torch.Tensor, images: Images = ()
+    ) -> torch.Tensor:
+        if not images:
+            return self.transformer(tokens, {"input_pos": input_pos})
+        with self.image_blocks(input_pos, images):
+            return self.transformer(None, {"input_pos": input_pos}, self.embed(tokens, images))
+
+    def embed(self, tokens: torch.Tensor, images: Images) -> torch.Tensor:
+        """The first layer's input, [1, T, dim]: token embeddings, with each
+        image's soft-token embeddings at its offset in `tokens`. Gemma's
+        first block scales its input by sqrt(dim), which transformers does to
+        token embeddings only, so the images' are divided by it here."""
+        vocab = self.config.vocab_size
+        t = self.transformer
+        h = t.tok_embeddings(torch.where(tokens < vocab, tokens, torch.zeros_like(tokens)))
+        h = h.clone()
+        for offset, e in images:
+            scale = torch.tensor(self.config.embedding_scale, dtype=h.dtype)
+            h[0, offset : offset + e.shape[0]] = e.to(h.dtype) / scale
+        return h
+
+    @contextlib.contextmanager
+    def image_blocks(self, input_pos: torch.Tensor, images: Images) -> Iterator[None]:
+        """Each image's soft tokens attend to one another in both directions
+        (transformers' Gemma 3 mask) while this forward runs: the causal
+        masks open above the diagonal over the image's positions, which
+        this forward writes to the cache before it attends."""
+        saved = []
+        try:
+            for offset, e in images:
+                a = int(input_pos[offset])
+                b = a + e.shape[0]
+                upper = torch.ones(b - a, b - a, dtype=torch.bool).triu(1)
+                for layer in self.transformer.layers:
+                    mask = layer.attention.mask
+                    saved.append((mask, a, b, mask[a:b, a:b].clone()))
+                    mask[a:b, a:b] |= upper.to(mask.device)
+            yield
+        finally:
+            for mask, a, b, old in reversed(saved):
+                mask[a:b, a:b] = old
 
     def forward_all(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """The same forward with every position's logits, [T, vocab]
@@ -1034,20 +1080,30 @@ class SlotModel(nn.Module):
         slots: torch.Tensor,
         last: torch.Tensor,
         spans: list | None = None,
+        images: Images = (),
     ) -> torch.Tensor:
         """tokens [1, T] at positions input_pos [T] in slots [T]; the logits
-        of the tokens at `last` [E], [E, vocab]. SlotSDPA also needs `spans`."""
+        of the tokens at `last` [E], [E, vocab]. SlotSDPA also needs `spans`.
+        `images` (offsets into tokens) open the causal mask over their
+        positions for every slot: a forward with images runs alone."""
         self.plan.batch = SlotBatch(slots, spans)
-        logits = self.model.transformer(
-            tokens, {"input_pos": input_pos, "last_valid_token_pos": last}
-        )
+        opts = {"input_pos": input_pos, "last_valid_token_pos": last}
+        if images:
+            with self.model.image_blocks(input_pos, images):
+                logits = self.model.transformer(None, opts, self.model.embed(tokens, images))
+        else:
+            logits = self.model.transformer(tokens, opts)
         if logits.dim() == 3 and logits.shape[1] == tokens.shape[1] != last.shape[0]:
             logits = logits[:, last]  # full_logits
         return logits.reshape(last.shape[0], -1)
 
-    def forward_slots(self, entries: list) -> torch.Tensor:
+    def forward_slots(self, entries: list, images: Images = ()) -> torch.Tensor:
+        """`images` belong to the only entry (offsets into its ids)."""
+        if images and len(entries) != 1:
+            raise ValueError("a forward with images runs one slot")
         device = next(self.model.parameters()).device
-        return self.forward(*slot_inputs(entries, self.n_slots, self.max_seq_length, device))
+        args = slot_inputs(entries, self.n_slots, self.max_seq_length, device)
+        return self.forward(*args, images=images)
 
     def hidden_slots(self, entries: list) -> list[torch.Tensor]:
         """Like forward_slots, but each entry's last hidden state at every

@@ -4,7 +4,8 @@
 // closes the connection so the server cancels the generation and frees its
 // slot.
 const $ = (id) => document.getElementById(id);
-const state = { messages: [], controller: null, model: null };
+// images: data: URLs attached to the next message.
+const state = { messages: [], controller: null, model: null, images: [] };
 const SETTINGS = ["system", "temperature", "max-tokens"];
 
 function setStatus(s) {
@@ -117,9 +118,47 @@ function statsLine(s) {
   return parts.join(" · ");
 }
 
+function showAttached() {
+  $("attached").replaceChildren(...state.images.map((url) => {
+    const img = document.createElement("img");
+    img.src = url;
+    img.alt = "attached image";
+    return img;
+  }));
+}
+
+function readAsDataURL(file) {
+  return new Promise((resolve, reject) => {
+    const r = new FileReader();
+    r.onload = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+    r.readAsDataURL(file);
+  });
+}
+
 async function send(text) {
-  state.messages.push({ role: "user", content: text });
-  addMessage("user").body.textContent = text;
+  const images = state.images;
+  state.images = [];
+  showAttached();
+  // With images, OpenAI's content parts: the images, then the text.
+  const content = images.length
+    ? images.map((url) => ({ type: "image_url", image_url: { url } }))
+        .concat([{ type: "text", text }])
+    : text;
+  state.messages.push({ role: "user", content });
+  const mine = addMessage("user");
+  if (images.length) {
+    const row = document.createElement("div");
+    row.className = "images";
+    for (const url of images) {
+      const img = document.createElement("img");
+      img.src = url;
+      img.alt = "sent image";
+      row.append(img);
+    }
+    mine.body.append(row);
+  }
+  mine.body.append(document.createTextNode(text));
   const view = addMessage("assistant");
   view.el.classList.add("streaming");
   scrollDown();
@@ -220,10 +259,18 @@ $("input").addEventListener("keydown", (e) => {
     $("composer").requestSubmit();
   }
 });
+$("attach").addEventListener("click", () => $("image-file").click());
+$("image-file").addEventListener("change", async () => {
+  for (const file of $("image-file").files) state.images.push(await readAsDataURL(file));
+  $("image-file").value = "";
+  showAttached();
+});
 $("stop").addEventListener("click", () => state.controller && state.controller.abort());
 $("new-chat").addEventListener("click", () => {
   if (state.controller) state.controller.abort();
   state.messages = [];
+  state.images = [];
+  showAttached();
   $("log").replaceChildren();
   $("input").focus();
 });

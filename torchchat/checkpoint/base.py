@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from torchchat.model import ConfigError, ModelConfig
+from torchchat.vision import VisionConfig
 
 
 class CheckpointError(Exception):
@@ -72,6 +73,9 @@ class Checkpoint:
     bos_id: int | None = None
     eos_ids: tuple[int, ...] = ()
     add_bos: bool | None = None  # for prompts without a chat template
+    # Gemma 3's vision tower and projector (torchchat.vision), when it has one.
+    vision: VisionConfig | None = None
+    vision_weights: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def state_dict(self) -> dict[str, torch.Tensor]:

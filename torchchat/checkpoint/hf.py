@@ -19,6 +19,7 @@ from torchchat.checkpoint.base import (
     to_meta_rope,
 )
 from torchchat.model import ModelConfig
+from torchchat.vision import VisionConfig, vision_tensor_name
 
 _HF_LAYER = {
     "input_layernorm.weight": "attention_norm.weight",
@@ -68,7 +69,7 @@ def hf_tensor_name(name: str, post_norms: bool = False) -> str | None:
 
 
 # Gemma 3 4B and up (Gemma3ForConditionalGeneration): the language model's
-# weights under these prefixes, beside a vision tower we do not run.
+# weights under these prefixes, beside the vision tower (torchchat.vision).
 _GEMMA3_TEXT_PREFIXES = ("language_model.model.", "model.language_model.")
 _GEMMA3_VISION = (
     "vision_tower.",
@@ -109,7 +110,12 @@ def load_hf(d: Path) -> Checkpoint:
 
     cfg = json.loads((d / "config.json").read_text())
     multimodal = cfg.get("model_type") == "gemma3" and "text_config" in cfg
+    vision = None
     if multimodal:
+        try:
+            vision = VisionConfig.from_hf(cfg, d)
+        except ValueError as e:
+            raise CheckpointError(f"{d}: {e}") from None
         cfg = _gemma3_text_config(cfg)
     config = ModelConfig.from_hf(cfg)
     index = d / "model.safetensors.index.json"
@@ -122,9 +128,18 @@ def load_hf(d: Path) -> Checkpoint:
     if missing:
         raise CheckpointError(f"{d}: missing shard(s) {', '.join(missing)}")
     sd: dict[str, torch.Tensor] = {}
+    vision_sd: dict[str, torch.Tensor] = {}
     for f in files:
         for name, w in load_file(str(d / f)).items():
             if multimodal:
+                if name.startswith(_GEMMA3_VISION):
+                    try:
+                        vname = vision_tensor_name(name.removeprefix("model."))
+                    except ValueError as e:
+                        raise CheckpointError(f"{d}: {e}") from None
+                    if vname is not None:
+                        vision_sd[vname] = w
+                    continue
                 name = _gemma3_text_name(name)
                 if name is None:
                     continue
@@ -162,4 +177,6 @@ def load_hf(d: Path) -> Checkpoint:
         bos_id=cfg.get("bos_token_id"),
         eos_ids=eos_ids,
         add_bos=add_bos,
+        vision=vision if vision_sd else None,
+        vision_weights=vision_sd,
     )
