@@ -165,11 +165,13 @@ def vm_hwm_bytes() -> int:
     return 0
 
 
-def held_bytes(model: torch.nn.Module) -> tuple[int, int]:
-    """(weight bytes, KV-cache bytes) a model holds, each storage once (a
-    tied embedding and output, the mmapped GGUF's views)."""
+def held_bytes(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(weights, KV cache, other buffers) a model holds, in bytes, each
+    storage once (a tied embedding and output; the mmapped GGUF's views,
+    which are resident only where read). Other buffers: each layer's causal
+    mask (ExecuTorch's, max_seq_length squared) and the RoPE tables."""
     seen: set[int] = set()
-    weights = cache = 0
+    weights = cache = other = 0
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         if t is None or t.is_meta:
             continue
@@ -180,9 +182,11 @@ def held_bytes(model: torch.nn.Module) -> tuple[int, int]:
         n = t.untyped_storage().nbytes()
         if name.endswith(("k_cache", "v_cache")):
             cache += n
-        elif not name.endswith(("mask", "freqs_cos", "freqs_sin")):
+        elif name.endswith(("mask", "freqs_cos", "freqs_sin")):
+            other += n
+        else:
             weights += n
-    return weights, cache
+    return weights, cache, other
 
 
 class StageModel:
@@ -208,10 +212,11 @@ class StageModel:
         the last position (when `logits`; else nothing worth sending)."""
         t = self.transformer
         options = {"input_pos": input_pos}
-        if not (self.rank.last and not logits):
-            if x.dtype == torch.long:
-                return t(x, options)
+        if x.dtype == torch.long:
+            return t(x, options)
+        if logits or not self.rank.last:
             return t(None, options, x)
+        # A prompt's chunk before its last: its logits are never used.
         t.apply_output = False
         try:
             return t(None, options, x)
@@ -219,13 +224,14 @@ class StageModel:
             t.apply_output = True
 
     def report(self) -> dict[str, Any]:
-        weights, cache = held_bytes(self.model)
+        weights, cache, other = held_bytes(self.model)
         layers = self.model.layers
         return {
             "rank": self.rank.rank,
             "layers": [layers.start, layers.stop],
             "weight_bytes": weights,
             "kv_cache_bytes": cache,
+            "buffer_bytes": other,
             "peak_rss_bytes": vm_hwm_bytes(),
         }
 
@@ -377,7 +383,7 @@ def describe(reports: Sequence[dict[str, Any]]) -> list[str]:
     return [
         f"pipeline rank {r['rank']}: layers {r['layers'][0]}-{r['layers'][1] - 1}, weights "
         f"{r['weight_bytes'] / mib:.1f} MiB, kv cache {r['kv_cache_bytes'] / mib:.1f} MiB, "
-        f"peak rss {r['peak_rss_bytes'] / mib:.0f} MiB"
+        f"masks {r['buffer_bytes'] / mib:.1f} MiB, peak rss {r['peak_rss_bytes'] / mib:.0f} MiB"
         for r in reports
     ]
 

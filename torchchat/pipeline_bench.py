@@ -64,10 +64,14 @@ def _generate(model: Any, tokenizer: Any, args: argparse.Namespace) -> dict[str,
 
 
 def child_floor(args: argparse.Namespace) -> dict[str, Any]:
-    """What every rank pays before a model: the imports and the tokenizer."""
+    """What every rank pays before a model: the imports, the checkpoint's
+    header and the tokenizer."""
     from kernels.ggml import ops  # noqa: F401
-    from torchchat import checkpoint, loading, pipeline  # noqa: F401
+    from torchchat import checkpoint, loading, pipeline
 
+    source = loading.resolve_source(_options(args, 0, 0))
+    ckpt = checkpoint.load_checkpoint(source.checkpoint, stage=lambda n: range(0, 0))
+    loading.load_tokenizer(loading.tokenizer_source(ckpt))
     return {"peak_rss_bytes": pipeline.vm_hwm_bytes()}
 
 
@@ -76,8 +80,13 @@ def child_single(args: argparse.Namespace) -> dict[str, Any]:
 
     loaded = loading.load(_options(args, 0, 0))
     out = _generate(loaded.model, loaded.tokenizer, args)
-    weights, cache = pipeline.held_bytes(loaded.model)
-    out.update(weight_bytes=weights, kv_cache_bytes=cache, peak_rss_bytes=pipeline.vm_hwm_bytes())
+    weights, cache, other = pipeline.held_bytes(loaded.model)
+    out.update(
+        weight_bytes=weights,
+        kv_cache_bytes=cache,
+        buffer_bytes=other,
+        peak_rss_bytes=pipeline.vm_hwm_bytes(),
+    )
     return out
 
 
@@ -181,21 +190,26 @@ def main() -> int:
     single = _run_child("single", argv)
     piped = {mb: _run_child(f"pipeline:{mb}", argv) for mb in (32, 0)}
     print(f"\nfloor (imports, no model): peak RSS {floor / MIB:.0f} MiB\n")
-    print("| run | rank | layers | weights MiB | KV cache MiB | peak RSS MiB | above floor MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| run | rank | layers | weights MiB | KV cache MiB | masks MiB | peak RSS MiB "
+        "| above floor MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     n_layers = None
     for r in piped[32]["ranks"]:
         n_layers = r["layers"][1]
     print(
         f"| one process | - | 0-{(n_layers or 1) - 1} | {single['weight_bytes'] / MIB:.1f} | "
-        f"{single['kv_cache_bytes'] / MIB:.1f} | {single['peak_rss_bytes'] / MIB:.0f} | "
+        f"{single['kv_cache_bytes'] / MIB:.1f} | {single['buffer_bytes'] / MIB:.1f} | "
+        f"{single['peak_rss_bytes'] / MIB:.0f} | "
         f"{(single['peak_rss_bytes'] - floor) / MIB:.0f} |"
     )
     for r in piped[32]["ranks"]:
         print(
             f"| pipeline {args.ranks} | {r['rank']} | {r['layers'][0]}-{r['layers'][1] - 1} | "
             f"{r['weight_bytes'] / MIB:.1f} | {r['kv_cache_bytes'] / MIB:.1f} | "
-            f"{r['peak_rss_bytes'] / MIB:.0f} | {(r['peak_rss_bytes'] - floor) / MIB:.0f} |"
+            f"{r['buffer_bytes'] / MIB:.1f} | {r['peak_rss_bytes'] / MIB:.0f} | "
+            f"{(r['peak_rss_bytes'] - floor) / MIB:.0f} |"
         )
     print("\n| run | prefill tok/s | decode tok/s |")
     print("|---|---|---|")
@@ -212,6 +226,15 @@ def main() -> int:
         f"one send/recv hop {msg['send_recv']:.0f} us"
     )
     return 0
+
+
+def _isa() -> str:
+    """The kernels' widest instruction set on this CPU."""
+    with open("/proc/cpuinfo") as f:
+        flags = next((ln for ln in f if ln.startswith("flags")), "").split()
+    if "avx512_vnni" in flags:
+        return "AVX-512 VNNI"
+    return "AVX2" if "avx2" in flags else "no AVX2"
 
 
 def _cpu_name() -> str:
