@@ -127,6 +127,9 @@ def init(rank: Rank, store: Any = None) -> None:
     torch.set_num_threads(max(1, cores // max(1, rank.local_world)))
     if _RANK is not None:
         return
+    if rank.local_world == rank.world:
+        # Every rank on this host: gloo on loopback, not the hostname's address.
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     kw: dict[str, Any] = {"store": store} if store is not None else {"init_method": "env://"}
     dist.init_process_group("gloo", rank=rank.rank, world_size=rank.world, timeout=_TIMEOUT, **kw)
     _RANK = rank

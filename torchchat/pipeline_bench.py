@@ -182,7 +182,8 @@ def main() -> int:
     argv = sys.argv[1:]
     cpu = _cpu_name()
     print(
-        f"{cpu}, {len(os.sched_getaffinity(0))} cores; eager, {args.prompt_tokens}-token "
+        f"{cpu} ({_isa()}), {len(os.sched_getaffinity(0))} cores; eager, "
+        f"{args.prompt_tokens}-token "
         f"prompt, {args.new_tokens} greedy tokens, context {args.max_seq_length}, "
         f"median of {args.rounds}"
     )
