@@ -11,11 +11,13 @@ stops generation and exits 130 without a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from torchchat import loading
@@ -67,6 +69,20 @@ def _add_answer_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_DRAFT_K,
         help=f"ids guessed per forward with --speculate (default {DEFAULT_DRAFT_K})",
+    )
+    p.add_argument(
+        "--pipeline-parallel",
+        type=int,
+        metavar="N",
+        help="split the model's layers across N processes (torchrun's, on one host or several; "
+        "without torchrun, N on this host), each reading only its own layers",
+    )
+    p.add_argument(
+        "--pipeline-microbatch",
+        type=int,
+        metavar="TOKENS",
+        help="with --pipeline-parallel, prefill prompts in chunks of at least this many tokens "
+        "(default 32; 0: whole)",
     )
 
 
@@ -453,9 +469,49 @@ def main(argv: list[str] | None = None) -> int:
     # torchao registers an Enum with torch's pytree at import, which torch
     # now logs as deprecated: a warning about our dependencies, not for users.
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    if (getattr(args, "pipeline_parallel", None) or 0) > 1:
+        return _dispatch(args, lambda: _pipelined(args, argv))
+    return _dispatch(args, lambda: COMMANDS[args.command](args))
+
+
+def _rank_entry(argv: list[str]) -> None:
+    """A rank that launch_local started: the same command line."""
+    sys.exit(main(argv))
+
+
+def _pipelined(args: argparse.Namespace, argv: list[str]) -> int:
+    """generate or chat with the model split across ranks: rank 0 runs the
+    command over the pipeline, the others serve their stages until it is
+    done. Without torchrun, the other ranks start here, on this host."""
+    from torchchat import pipeline
+
+    n = args.pipeline_parallel
+    if _speculate(args):
+        raise UserError("--speculate and --draft run in one process; drop --pipeline-parallel")
+    procs = []
+    if pipeline.under_launcher():
+        rank = pipeline.join(n)
+    else:
+        rank, procs = pipeline.launch_local(n, functools.partial(_rank_entry, argv))
+    if not rank.first:
+        loading.serve_stage(loading.options_from_args(args))
+        return 0
+    try:
+        code = COMMANDS[args.command](args)
+    finally:
+        reports = pipeline.shutdown(rank)
+        for p in procs:
+            p.join()
+    if not args.quiet:
+        for line in pipeline.describe(reports):
+            print(line, file=sys.stderr)
+    return code
+
+
+def _dispatch(args: argparse.Namespace, run: Callable[[], int]) -> int:
     expected = loading.expected_errors()
     try:
-        return COMMANDS[args.command](args)
+        return run()
     except expected as e:
         sys.stdout.flush()
         print(f"torchchat: error: {e}", file=sys.stderr)

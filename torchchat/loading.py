@@ -58,6 +58,12 @@ class LoadOptions:
     # GGUF decode's activation precision: "int8" (llama.cpp's, the default)
     # or "int16" (closer to the dequantized model, slower); None: unchanged.
     decode_x: str | None = None
+    # Pipeline parallelism (torchchat.pipeline): this many ranks, launched by
+    # torchrun or pipeline.launch_local, each loading only its own stage;
+    # 0 or 1: the whole model here. Prompts go through in micro-batches of
+    # at least `pipeline_microbatch` tokens.
+    pipeline: int = 0
+    pipeline_microbatch: int = 32
 
 
 @dataclass
@@ -193,7 +199,10 @@ def options_from_args(ns: argparse.Namespace, **overrides: Any) -> LoadOptions:
         quiet=ns.quiet,
         decode_x=getattr(ns, "decode_x", None),
         mmproj=user_path(getattr(ns, "mmproj", None)),
+        pipeline=getattr(ns, "pipeline_parallel", None) or 0,
     )
+    if getattr(ns, "pipeline_microbatch", None) is not None:
+        fields["pipeline_microbatch"] = ns.pipeline_microbatch
     fields.update(overrides)
     return source_options(ns, **fields)
 
@@ -330,7 +339,9 @@ def build_model(
         quantize = {f"gguf {k}": v for k, v in counts.items()}
     else:
         model = ckpt_mod.load_model(ckpt, DTYPES[dtype_name], options.max_seq_length, "cpu")
-        counts = quant_mod.quantize_model(model, spec, ckpt.gguf_quantized) if spec else {}
+        # A pipeline stage's model counts its layers from 0.
+        gguf = {ckpt_mod.stage_name(k, ckpt.layers): t for k, t in ckpt.gguf_quantized.items()}
+        counts = quant_mod.quantize_model(model, spec, gguf) if spec else {}
         quantize = {k: v for k, v in counts.items() if v}
     model = attend_filled_cache(model).to(options.device)
     step = None
@@ -522,6 +533,40 @@ def _from_artifact(options: LoadOptions, path: Path) -> _Built:
     )
 
 
+def _pipeline_stage(
+    options: LoadOptions, source: Source, spec: dict[str, Any], dtype_name: str
+) -> _Built:
+    """This rank's stage of a pipeline (torchchat.pipeline), read from the
+    checkpoint alone: on rank 0 the Pipeline that runs every stage, on the
+    others the stage that pipeline.serve runs."""
+    from torchchat import checkpoint as ckpt_mod
+    from torchchat import pipeline
+
+    if source.checkpoint is None:
+        raise UserError(
+            "--pipeline-parallel splits a checkpoint's layers; an exported .pt2 or .pte runs whole"
+        )
+    if options.compile in ("aoti", "torch"):
+        raise UserError("--pipeline-parallel runs each stage eager; drop --compile")
+    if options.device != "cpu":
+        raise UserError("--pipeline-parallel runs on the CPU (gloo)")
+    rank = pipeline.join(options.pipeline)
+    ckpt = ckpt_mod.load_checkpoint(source.checkpoint, stage=rank.layers)
+    model, _, info = build_model(options, ckpt, spec, dtype_name)
+    stage = pipeline.StageModel(model, rank)
+    info["pipeline"] = {"ranks": rank.world, "microbatch": options.pipeline_microbatch}
+    out: Any = pipeline.Pipeline(stage, options.pipeline_microbatch) if rank.first else stage
+    return _Built(out, None, info, tokenizer_source(ckpt), model.max_seq_length)
+
+
+def serve_stage(options: LoadOptions) -> None:
+    """A pipeline rank past 0 (torchrun's, or launch_local's): loads its
+    stage and runs it until rank 0 closes the pipeline."""
+    from torchchat import pipeline
+
+    pipeline.serve(load(options).model)
+
+
 def _check(options: LoadOptions) -> None:
     import torch
 
@@ -567,7 +612,9 @@ def load(options: LoadOptions) -> Loaded:
     spec = quant_mod.parse(options.quantize)
     dtype_name = dtype_of(options, spec)
     source = resolve_source(options)
-    if source.artifact is not None:
+    if options.pipeline > 1:
+        built = _pipeline_stage(options, source, spec, dtype_name)
+    elif source.artifact is not None:
         built = _from_artifact(options, source.artifact)
     elif compile_mode(options) == "aoti":
         assert source.checkpoint is not None

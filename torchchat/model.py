@@ -397,6 +397,8 @@ class Model(nn.Module):
         self.config = config
         self.max_seq_length = max_seq_length
         self.transformer = transformer
+        # The layers it holds: all of them, or one pipeline stage's.
+        self.layers = range(config.n_layers)
 
     def forward(
         self, tokens: torch.Tensor, input_pos: torch.Tensor, images: Images = ()
@@ -479,12 +481,14 @@ class Model(nn.Module):
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Loads Meta-named weights; the KV cache stays as built."""
         sd = dict(state_dict)
-        if self.config.tie_embeddings:
+        # A last pipeline stage has the output but not the embedding it shares.
+        tied = self.config.tie_embeddings and self.transformer.tok_embeddings is not None
+        if tied:
             sd.pop("output.weight", None)
         sd = {f"transformer.{k}": v for k, v in sd.items()}
         missing, unexpected = self.load_state_dict(sd, strict=False)
         missing = [k for k in missing if not k.endswith(("k_cache", "v_cache"))]
-        if self.config.tie_embeddings:
+        if tied:
             missing = [k for k in missing if k != "transformer.output.weight"]
         if missing or unexpected:
             raise ValueError(
@@ -535,13 +539,22 @@ def build_model(
     device: str = "cpu",
     full_logits: bool = False,
     meta_weights: bool = False,
+    layers: range | None = None,
 ) -> Model:
     """An un-initialised model for `config` with a zero-filled cache. With
     `meta_weights` its parameters are on the meta device (no memory), for a
     caller that installs weights it already holds (a GGUF read in place);
-    buffers (cache, masks, RoPE tables) are real either way."""
+    buffers (cache, masks, RoPE tables) are real either way.
+
+    `layers` builds one pipeline stage (see `stage_config`): only those
+    layers and their caches, the embedding only in the first stage, the
+    final norm and output only in the last; any other stage returns every
+    position's hidden state."""
     from torchchat import executorch_compat as et
 
+    whole = config
+    if layers is not None:
+        config = stage_config(config, layers)
     max_seq_length = context_length(config, max_seq_length)
     original = (config.longrope or {}).get("original_max_position_embeddings")
     long_rope = bool(original and max_seq_length > original)
@@ -579,10 +592,46 @@ def build_model(
         model.set_rope_freq_factors(
             torch.tensor(factors), rot, float(lr.get("attention_factor", 1.0))
         )
+    if layers is not None:
+        _keep_stage(transformer, whole, layers)
+        model.config, model.layers = whole, layers
     model.tie_weights()
     if meta_weights:
         return model.eval()
     return model.to(device).eval()
+
+
+def stage_config(config: ModelConfig, layers: range) -> ModelConfig:
+    """The config that builds layers `layers` of `config` alone, numbered
+    from 0: what a layer's index decides (NoPE, window layers, Gemma's
+    embedding scale in the first layer) moves with it."""
+    if not (0 <= layers.start < layers.stop <= config.n_layers and layers.step == 1):
+        raise ConfigError(f"layers {layers.start}..{layers.stop - 1} of {config.n_layers}")
+
+    def local(indices: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(i - layers.start for i in indices if i in layers)
+
+    return dataclasses.replace(
+        config,
+        n_layers=len(layers),
+        no_rope_layers=local(config.no_rope_layers),
+        window_layers=local(config.window_layers),
+        embedding_scale=config.embedding_scale if layers.start == 0 else 1.0,
+    )
+
+
+def _keep_stage(transformer: nn.Module, config: ModelConfig, layers: range) -> None:
+    """Drops what another stage runs: ExecuTorch's Transformer then embeds
+    only when it has an embedding, and returns normed logits only when it
+    has an output; else the hidden state of every position."""
+    if layers.start > 0:
+        transformer.tok_embeddings = None
+        transformer.apply_embedding = False
+    if layers.stop < config.n_layers:
+        transformer.norm = nn.Identity()
+        transformer.output = None
+        transformer.apply_output = False
+        transformer.generate_full_logits = True
 
 
 def _real_rope(transformer: nn.Module, args: Any) -> None:
@@ -895,17 +944,21 @@ def fold_multipliers(config: ModelConfig, sd: dict[str, torch.Tensor]) -> ModelC
     att, logit = config.attention_multiplier, config.logits_scaling
     if emb == 1.0 and res == 1.0 and att is None and logit == 1.0:
         return config
+    # A pipeline stage's weights lack the other stages' (in_stage).
     tie = config.tie_embeddings
-    if tie and "output.weight" not in sd:
+    if tie and "output.weight" not in sd and "tok_embeddings.weight" in sd:
         sd["output.weight"] = sd["tok_embeddings.weight"]
-    sd["tok_embeddings.weight"] = sd["tok_embeddings.weight"] * emb
-    sd["output.weight"] = sd["output.weight"] / logit
+    if "tok_embeddings.weight" in sd:
+        sd["tok_embeddings.weight"] = sd["tok_embeddings.weight"] * emb
+    if "output.weight" in sd:
+        sd["output.weight"] = sd["output.weight"] / logit
     # SDPA divides by sqrt(head_dim); Granite wants `att` instead.
     q_scale = 1.0 if att is None else float(att) * math.sqrt(config.head_dim)
     for i in range(config.n_layers):
         p = f"layers.{i}."
         for name in ("attention.wo.weight", "feed_forward.w2.weight"):
-            sd[p + name] = sd[p + name] * res
+            if p + name in sd:
+                sd[p + name] = sd[p + name] * res
         for name in ("attention.wq.weight", "attention.wq.bias"):
             if p + name in sd:
                 sd[p + name] = sd[p + name] * q_scale

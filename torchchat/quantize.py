@@ -370,7 +370,8 @@ def quantize_model(
         "output_q8_0": 0,
     }
     dtype = next(model.parameters()).dtype
-    if "embedding" in spec:
+    # A pipeline stage past the first has no embedding.
+    if "embedding" in spec and model.transformer.tok_embeddings is not None:
         t = model.transformer
         g = spec["embedding"].get("groupsize", 0)
         gq = gguf_quantized.get("tok_embeddings.weight")

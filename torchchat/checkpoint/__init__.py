@@ -14,6 +14,7 @@ from torchchat.checkpoint.base import (
     GGUFTensor,
     hf_to_meta_rope,
     load_checkpoint,
+    stage_name,
 )
 from torchchat.checkpoint.build import load_model, load_native
 from torchchat.checkpoint.gguf import dequantize_gguf_tensor
@@ -32,4 +33,5 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "load_native",
+    "stage_name",
 ]

@@ -4,6 +4,8 @@ weight names and RoPE layout the model consumes."""
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +78,10 @@ class Checkpoint:
     # Gemma 3's vision tower and projector (torchchat.vision), when it has one.
     vision: VisionConfig | None = None
     vision_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    # A pipeline stage's checkpoint: the layers whose tensors it holds (with
+    # the embedding, norm and output only where in_stage says); the model
+    # built from it is that stage (checkpoint.build). None: every layer.
+    layers: range | None = None
 
     @property
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -158,6 +164,42 @@ def split_fused(layer: str, part: str, n_rows: int, config: ModelConfig) -> dict
     }
 
 
+# --- pipeline stages --------------------------------------------------------------
+
+_LAYER_NAME = re.compile(r"layers\.(\d+)\.(.+)")
+
+
+def in_stage(meta: str, config: ModelConfig, layers: range | None) -> bool:
+    """Whether a pipeline stage holding `layers` needs the Meta-named weight:
+    its layers' own, the embedding in the first stage (and in the last when
+    the output shares it), the final norm and output in the last."""
+    if layers is None:
+        return True
+    m = _LAYER_NAME.fullmatch(meta)
+    if m:
+        return int(m.group(1)) in layers
+    first, last = layers.start == 0, layers.stop == config.n_layers
+    if meta == "tok_embeddings.weight":
+        return first or (last and config.tie_embeddings)
+    return last
+
+
+def stage_name(meta: str, layers: range | None) -> str:
+    """A stage model's name for a checkpoint's weight: its layers count from 0."""
+    m = _LAYER_NAME.fullmatch(meta)
+    if layers is None or not m:
+        return meta
+    return f"layers.{int(m.group(1)) - layers.start}.{m.group(2)}"
+
+
+def checkpoint_name(name: str, layers: range | None) -> str:
+    """stage_name's inverse: the checkpoint's name for a stage model's weight."""
+    m = _LAYER_NAME.fullmatch(name)
+    if layers is None or not m:
+        return name
+    return f"layers.{int(m.group(1)) + layers.start}.{m.group(2)}"
+
+
 def find_tokenizer(d: Path) -> Path | None:
     for name in ("tokenizer.json", "tokenizer.model", "original/tokenizer.model"):
         if (d / name).exists():
@@ -168,8 +210,14 @@ def find_tokenizer(d: Path) -> Path | None:
 # --- reading ----------------------------------------------------------------------
 
 
-def load_checkpoint(path: os.PathLike | str) -> Checkpoint:
-    """Loads a .gguf file, an HF directory or a Meta directory/.pth."""
+# A pipeline stage's layers, given the model's layer count.
+Stage = Callable[[int], range]
+
+
+def load_checkpoint(path: os.PathLike | str, stage: Stage | None = None) -> Checkpoint:
+    """Loads a .gguf file, an HF directory or a Meta directory/.pth. With
+    `stage`, a GGUF or safetensors checkpoint reads only the tensors of the
+    pipeline stage it names (in_stage), and its `layers` say which."""
     from torchchat.checkpoint import gguf, hf, meta
 
     p = Path(path)
@@ -177,14 +225,19 @@ def load_checkpoint(path: os.PathLike | str) -> Checkpoint:
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
         if p.is_file() and p.suffix == ".gguf":
-            return gguf.load_gguf(p)
+            return gguf.load_gguf(p, stage)
         d = p if p.is_dir() else p.parent
         if (d / "config.json").exists() and any(d.glob("*.safetensors")):
-            return hf.load_hf(d)
+            return hf.load_hf(d, stage)
         if (d / "params.json").exists():
+            if stage is not None:
+                raise CheckpointError(
+                    f"{p}: a Meta .pth checkpoint is read whole; a pipeline stage needs a "
+                    "GGUF or safetensors checkpoint"
+                )
             return meta.load_meta(p)
         if p.is_dir() and len(list(p.glob("*.gguf"))) == 1:
-            return gguf.load_gguf(next(p.glob("*.gguf")))
+            return gguf.load_gguf(next(p.glob("*.gguf")), stage)
     except (CheckpointError, ConfigError):
         raise
     except (KeyError, ValueError, OSError, RuntimeError, IndexError, EOFError) as e:

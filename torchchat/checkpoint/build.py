@@ -17,7 +17,14 @@ import math
 import torch
 from torch import nn
 
-from torchchat.checkpoint.base import Checkpoint, CheckpointError, GGUFTensor
+from torchchat.checkpoint.base import (
+    Checkpoint,
+    CheckpointError,
+    GGUFTensor,
+    checkpoint_name,
+    in_stage,
+    stage_name,
+)
 from torchchat.model import Model, build_model, fold_multipliers
 
 
@@ -28,10 +35,20 @@ def load_model(
     device: str = "cpu",
     full_logits: bool = False,
 ) -> Model:
-    """Builds the model for `ckpt` and loads its float weights (before quantizing)."""
-    sd = dict(ckpt.state_dict)
+    """Builds the model for `ckpt` and loads its float weights (before
+    quantizing): a pipeline stage's checkpoint builds that stage alone
+    (build_model's `layers`)."""
+    layers = ckpt.layers
+    sd = {k: v for k, v in ckpt.state_dict.items() if in_stage(k, ckpt.config, layers)}
     config = fold_multipliers(ckpt.config, sd)
-    model = build_model(config, dtype, max_seq_length, "cpu", full_logits)
+    model = build_model(config, dtype, max_seq_length, "cpu", full_logits, layers=layers)
+    if layers is not None:
+        t = model.transformer
+        if t.output is not None and "output.weight" not in sd:
+            sd["output.weight"] = sd["tok_embeddings.weight"]  # tied
+        drop = {"tok_embeddings.weight"} if t.tok_embeddings is None else set()
+        drop |= {"output.weight"} if t.output is None else set()
+        sd = {stage_name(k, layers): v for k, v in sd.items() if k not in drop}
     try:
         model.load_weights(sd)
     except (ValueError, RuntimeError) as e:
@@ -124,10 +141,14 @@ def _native_embedding(
 
 
 def load_native(
-    ckpt: Checkpoint, max_seq_length: int | None = None, full_logits: bool = False
+    ckpt: Checkpoint,
+    max_seq_length: int | None = None,
+    full_logits: bool = False,
 ) -> tuple[Model, dict[str, int]]:
     """A GGUF's model with every tensor in its own format, in place; and how
-    many weights run in each format."""
+    many weights run in each format. A pipeline stage's checkpoint builds
+    that stage alone (build_model's `layers`)."""
+    layers = ckpt.layers
     if ckpt.format != "gguf":
         raise CheckpointError(f"{ckpt.path} is not a GGUF file; its weights are float")
     config = dataclasses.replace(
@@ -138,7 +159,7 @@ def load_native(
         logits_scaling=1.0,
     )
     model = build_model(
-        config, torch.float32, max_seq_length, "cpu", full_logits, meta_weights=True
+        config, torch.float32, max_seq_length, "cpu", full_logits, meta_weights=True, layers=layers
     )
     scales = _output_scales(ckpt)
     tensors = ckpt.gguf
@@ -147,6 +168,7 @@ def load_native(
     views: dict[int, torch.Tensor] = {}
 
     def take(name: str) -> GGUFTensor:
+        name = checkpoint_name(name, layers)
         if name not in tensors:
             raise CheckpointError(f"{ckpt.path}: GGUF has no tensor for {name}")
         used.add(name)
@@ -165,7 +187,7 @@ def load_native(
                 if child.bias is not None:
                     bias = take(f"{full}.bias").dequantize()
                 w = take(f"{full}.weight")
-                scale = scales.get(f"{full}.weight", 1.0)
+                scale = scales.get(checkpoint_name(f"{full}.weight", layers), 1.0)
                 mod, how = _native_linear(
                     w, child.out_features, child.in_features, bias, scale, views
                 )
@@ -173,7 +195,7 @@ def load_native(
                 count(how)
             elif isinstance(child, nn.Embedding):
                 w = take(f"{full}.weight")
-                scale = scales.get(f"{full}.weight", 1.0)
+                scale = scales.get(checkpoint_name(f"{full}.weight", layers), 1.0)
                 mod, how = _native_embedding(w, child.embedding_dim, scale, views)
                 setattr(parent, child_name, mod)
                 count(f"embedding {how}")
@@ -188,7 +210,12 @@ def load_native(
             )
         mod_name, _, attr = name.rpartition(".")
         setattr(t.get_submodule(mod_name), attr, nn.Parameter(value, requires_grad=False))
-    unused = sorted(set(tensors) - used - {"output.weight"})
+    # A stage checks its own layers' tensors (the checkpoint may hold more).
+    unused = sorted(
+        n
+        for n in set(tensors) - used - {"output.weight"}
+        if layers is None or (in_stage(n, ckpt.config, layers) and n.startswith("layers."))
+    )
     if unused:
         raise CheckpointError(
             f"{ckpt.path}: GGUF tensors with no place in the model: {', '.join(unused[:5])}"

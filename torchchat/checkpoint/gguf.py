@@ -20,6 +20,8 @@ from torchchat.checkpoint.base import (
     Checkpoint,
     CheckpointError,
     GGUFTensor,
+    Stage,
+    in_stage,
     meta_rope_rows,
     rotated,
     split_fused,
@@ -228,8 +230,10 @@ def _in_meta_layout(meta: str, t: GGUFTensor, arch: str, config: ModelConfig) ->
     return GGUFTensor("F32", w.view(np.uint8), t.shape)
 
 
-def load_gguf(path: Path) -> Checkpoint:
-    """A GGUF's config, tokenizer facts and tensors, in place."""
+def load_gguf(path: Path, stage: Stage | None = None) -> Checkpoint:
+    """A GGUF's config, tokenizer facts and tensors, in place. With `stage`,
+    only that pipeline stage's tensors (in_stage): no other layer's rows are
+    ever moved or read."""
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
@@ -247,11 +251,14 @@ def load_gguf(path: Path) -> Checkpoint:
     tensors = reader.tensors
     config = _config(path, reader, tensors)
     arch = config.architecture
+    layers = None if stage is None else stage(config.n_layers)
     weights: dict[str, GGUFTensor] = {}
     for name, t in tensors.items():
         if name in _ROPE_TENSORS:
             continue
         m = re.fullmatch(r"blk\.(\d+)\.(.+)", name)
+        if m and layers is not None and int(m.group(1)) not in layers:
+            continue
         if m and m.group(2) in _GGUF_FUSED.get(arch, ()):
             whole = t
             layer = f"layers.{m.group(1)}."
@@ -261,8 +268,9 @@ def load_gguf(path: Path) -> Checkpoint:
         meta = gguf_tensor_name(name)
         if meta is None:
             raise CheckpointError(f"GGUF tensor {name!r} has no place in the model")
-        weights[meta] = _in_meta_layout(meta, t, arch, config)
-    if config.tie_embeddings:
+        if in_stage(meta, config, layers):
+            weights[meta] = _in_meta_layout(meta, t, arch, config)
+    if config.tie_embeddings and "tok_embeddings.weight" in weights:
         weights["output.weight"] = weights["tok_embeddings.weight"]
     factors = None
     if "rope_freqs.weight" in tensors:
@@ -282,6 +290,7 @@ def load_gguf(path: Path) -> Checkpoint:
         bos_id=None if bos is None else int(bos),
         eos_ids=tuple(dict.fromkeys(eos_ids)),
         add_bos=_field(reader, "tokenizer.ggml.add_bos_token"),
+        layers=layers,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ import torch
 from torchchat.checkpoint.base import (
     Checkpoint,
     CheckpointError,
+    Stage,
     find_tokenizer,
+    in_stage,
     rotated,
     split_fused,
     to_meta_rope,
@@ -105,9 +108,22 @@ def _gemma3_text_name(name: str) -> str | None:
     return name
 
 
-def load_hf(d: Path) -> Checkpoint:
-    from safetensors.torch import load_file
+def _tensors(
+    path: Path, keep: Callable[[str], bool] = lambda name: True
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """A safetensors file's tensors whose names `keep` keeps; the others
+    are never read."""
+    from safetensors import safe_open
 
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            if keep(name):
+                yield name, f.get_tensor(name)
+
+
+def load_hf(d: Path, stage: Stage | None = None) -> Checkpoint:
+    """An HF checkpoint; with `stage`, only the tensors of that pipeline
+    stage are read (in_stage)."""
     cfg = json.loads((d / "config.json").read_text())
     multimodal = cfg.get("model_type") == "gemma3" and "text_config" in cfg
     vision = None
@@ -118,6 +134,7 @@ def load_hf(d: Path) -> Checkpoint:
             raise CheckpointError(f"{d}: {e}") from None
         cfg = _gemma3_text_config(cfg)
     config = ModelConfig.from_hf(cfg)
+    layers = None if stage is None else stage(config.n_layers)
     index = d / "model.safetensors.index.json"
     if index.exists():
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -127,22 +144,37 @@ def load_hf(d: Path) -> Checkpoint:
     missing = [f for f in files if not (d / f).exists()]
     if missing:
         raise CheckpointError(f"{d}: missing shard(s) {', '.join(missing)}")
+
+    def text_name(name: str) -> str | None:
+        return _gemma3_text_name(name) if multimodal else name
+
+    def keep(name: str) -> bool:
+        """Whether a pipeline stage holding `layers` reads the tensor."""
+        text = text_name(name)
+        if layers is None or text is None:
+            return layers is None
+        m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", text)
+        if m:
+            return int(m.group(1)) in layers
+        meta = hf_tensor_name(text, config.post_norms)
+        return meta is None or in_stage(meta, config, layers)
+
     sd: dict[str, torch.Tensor] = {}
     vision_sd: dict[str, torch.Tensor] = {}
     for f in files:
-        for name, w in load_file(str(d / f)).items():
-            if multimodal:
-                if name.startswith(_GEMMA3_VISION):
-                    try:
-                        vname = vision_tensor_name(name.removeprefix("model."))
-                    except ValueError as e:
-                        raise CheckpointError(f"{d}: {e}") from None
-                    if vname is not None:
-                        vision_sd[vname] = w
-                    continue
-                name = _gemma3_text_name(name)
-                if name is None:
-                    continue
+        for name, w in _tensors(d / f, keep):
+            if multimodal and name.startswith(_GEMMA3_VISION):
+                try:
+                    vname = vision_tensor_name(name.removeprefix("model."))
+                except ValueError as e:
+                    raise CheckpointError(f"{d}: {e}") from None
+                if vname is not None:
+                    vision_sd[vname] = w
+                continue
+            text = text_name(name)
+            if text is None:
+                continue
+            name = text
             m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
             if m and m.group(2) in _HF_FUSED:
                 layer = f"layers.{m.group(1)}."
@@ -179,4 +211,5 @@ def load_hf(d: Path) -> Checkpoint:
         add_bos=add_bos,
         vision=vision if vision_sd else None,
         vision_weights=vision_sd,
+        layers=layers,
     )

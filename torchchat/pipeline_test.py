@@ -1,0 +1,131 @@
+"""--pipeline-parallel 2 against one process: the same greedy ids, and each
+rank holding only its own half of the layers.
+
+Two local ranks (pipeline.launch_local: a spawned process for rank 1, this
+one as rank 0) over gloo on 127.0.0.1 / lo. The prompts are longer than two
+micro-batches, so prefill goes through the pipeline in chunks; a second
+turn on the same slot extends the first (its cache reused, as chat does).
+"""
+
+import functools
+import os
+import tempfile
+import unittest
+from pathlib import Path
+
+os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+
+import torch
+
+from testing import gguf_blocks
+from torchchat import loading, pipeline, registry
+from torchchat.checkpoint import load_checkpoint, load_native
+from torchchat.checkpoint.base import in_stage
+from torchchat.generate import Slot, argmax, decode
+from torchchat.model import attend_filled_cache
+
+CONTEXT = 192
+
+
+def two_turns(model) -> list[int]:
+    """Greedy ids of two turns on one slot: a prompt of 70 ids, then the
+    conversation so far plus 40 more."""
+    g = torch.Generator().manual_seed(1)
+    vocab = model.config.vocab_size
+    first = torch.randint(2, vocab, (70,), generator=g).tolist()
+    more = torch.randint(2, vocab, (40,), generator=g).tolist()
+    slot = Slot(model)
+    out = list(decode(slot, first, argmax, 12))
+    out += decode(slot, first + out + more, argmax, 12)
+    return out
+
+
+def one_process(path: Path) -> list[int]:
+    """The whole model in this process, at the ranks' one thread each (two
+    local ranks on this 2-core machine): SDPA splits its sums by threads,
+    and the int8 decode activations can round such a difference into a
+    visible one (the built-in model at 1 and at 2 threads picks another id
+    by the 8th token of this prompt, in one process too)."""
+    model, _ = load_native(load_checkpoint(path), CONTEXT)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))
+    try:
+        return two_turns(attend_filled_cache(model))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def stage_bytes(path: Path, layers: range) -> int:
+    """What a stage reads of the file: its own tensors (a tied output is
+    the embedding's bytes, counted once)."""
+    ckpt = load_checkpoint(path)
+    seen, total = set(), 0
+    for name, t in ckpt.gguf.items():
+        if in_stage(name, ckpt.config, layers) and id(t.blocks) not in seen:
+            seen.add(id(t.blocks))
+            total += t.blocks.nbytes
+    return total
+
+
+def run_pipeline(path: Path, tokenizer: Path | None) -> tuple[list[int], list[dict]]:
+    options = loading.LoadOptions(
+        checkpoint=path, tokenizer=tokenizer, compile="none", max_seq_length=CONTEXT, pipeline=2
+    )
+    rank, procs = pipeline.launch_local(2, functools.partial(loading.serve_stage, options))
+    try:
+        pipe = loading.load(options).model
+        ids = two_turns(pipe)
+    finally:
+        reports = pipeline.shutdown(rank)
+        for p in procs:
+            p.join(60)
+    return ids, reports
+
+
+class PipelineTest(unittest.TestCase):
+    def check(self, path: Path, tokenizer: Path | None = None) -> None:
+        want = one_process(path)
+        got, reports = run_pipeline(path, tokenizer)
+        self.assertEqual(got, want)
+        n = load_checkpoint(path).config.n_layers
+        halves = pipeline.split_layers(n, 2)
+        self.assertEqual([len(h) for h in halves], [n // 2, n - n // 2])
+        for r, layers in zip(reports, halves):
+            self.assertEqual(r["layers"], [layers.start, layers.stop])
+            # Only its own tensors: the bytes of its layers (and embedding
+            # or output), never the other half's.
+            self.assertEqual(r["weight_bytes"], stage_bytes(path, layers))
+        whole = stage_bytes(path, range(n))
+        for r in reports:
+            self.assertLess(r["weight_bytes"], whole)
+
+    def test_tiny_gguf(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = gguf_blocks.write_model(
+                Path(d) / "tiny.gguf", {"*": "Q4_1", "token_embd.weight": "Q8_0"}, n_layers=4
+            )
+            tok = Path(d) / "tokenizer.json"
+            from testing.tiny_model import write_tokenizer
+
+            write_tokenizer(Path(d))
+            self.check(path, tok)
+
+    def test_builtin_model(self):
+        # SmolLM2-135M-Instruct's Q4_1 GGUF, 30 layers, tied embedding:
+        # rank 1's output reads the embedding's bytes too.
+        self.check(registry.model_path(registry.resolve(registry.DEFAULT_MODEL)))
+
+    def test_microbatches(self):
+        self.assertEqual(pipeline.microbatches(70, 32), [(0, 32), (32, 70)])
+        self.assertEqual(pipeline.microbatches(63, 32), [(0, 63)])
+        self.assertEqual(pipeline.microbatches(96, 32), [(0, 32), (32, 64), (64, 96)])
+        self.assertEqual(pipeline.microbatches(5, 0), [(0, 5)])
+
+    def test_split_layers(self):
+        self.assertEqual(pipeline.split_layers(5, 2), [range(0, 3), range(3, 5)])
+        with self.assertRaises(pipeline.PipelineError):
+            pipeline.split_layers(2, 3)
+
+
+if __name__ == "__main__":
+    unittest.main()
