@@ -164,11 +164,12 @@ class Pt2Model(ExportedModel):
 
     def forward_slots(self, entries: list) -> torch.Tensor:
         """SlotModel.forward_slots over a package exported with --slots: the
-        last logits of each (slot, ids, start) entry, [entries, vocab]."""
+        last logits of each (slot, ids, start) entry, [entries, vocab], or
+        every id's of an entry (slot, ids, start, True)."""
         from torchchat.model import slot_inputs
 
         inputs = slot_inputs(entries, self.n_slots, self.max_seq_length)[:4]
-        return self._runner(*inputs)[0].reshape(len(entries), -1)
+        return self._runner(*inputs)[0].reshape(len(inputs[3]), -1)
 
 
 # --- .pte ---------------------------------------------------------------------

@@ -1004,7 +1004,8 @@ class SlotModel(nn.Module):
     """A Model whose KV cache has `n_slots` independent rows.
 
     `forward_slots([(slot, ids, start), ...])` runs every entry in one
-    forward and returns the last-position logits of each, [entries, vocab].
+    forward and returns the last-position logits of each, [entries, vocab]
+    (an entry `(slot, ids, start, True)` gets a row for each of its ids).
     Weights and every module but the cache and SDPA stay ExecuTorch's.
 
     `traceable=True` attends with MaskedSlotSDPA, so that `forward` (the
@@ -1070,18 +1071,23 @@ class SlotModel(nn.Module):
 
 
 def slot_inputs(entries: list, n_slots: int, max_seq_length: int, device: Any = "cpu") -> tuple:
-    """SlotModel.forward's arguments for [(slot, ids, start), ...]."""
+    """SlotModel.forward's arguments for [(slot, ids, start[, every]), ...]:
+    an entry with `every` true asks for the logits after each of its ids
+    (speculative decoding verifies a draft so), the others for their last."""
     ids, pos, slots, spans, last = [], [], [], [], []
-    for slot, toks, start in entries:
+    for entry in entries:
+        slot, toks, start = entry[:3]
+        every = len(entry) > 3 and entry[3]
         if not 0 <= slot < n_slots:
             raise ValueError(f"slot {slot} out of range (0..{n_slots - 1})")
         if start + len(toks) > max_seq_length:
             raise ValueError(f"slot {slot}: {start}+{len(toks)} exceeds the cache")
-        spans.append((slot, len(ids), len(toks), start))
+        first = len(ids)
+        spans.append((slot, first, len(toks), start))
         ids.extend(toks)
         pos.extend(range(start, start + len(toks)))
         slots.extend([slot] * len(toks))
-        last.append(len(ids) - 1)
+        last.extend(range(first, len(ids)) if every else [len(ids) - 1])
 
     def t(x: list) -> torch.Tensor:
         return torch.tensor(x, dtype=torch.long, device=device)
