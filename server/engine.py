@@ -424,9 +424,10 @@ class Engine:
 
     @property
     def embeds(self) -> bool:
-        """Whether the model gives hidden states: the eager SlotModel does; a
-        compiled or exported package returns logits only."""
-        return self.batcher is not None and hasattr(self.batcher.model, "hidden_slots")
+        """Whether the model gives hidden states: the eager SlotModel and a
+        package with slots do; a batch-1 package returns logits only."""
+        model = self.batcher.model if self.batcher is not None else None
+        return hasattr(model, "hidden_slots") and getattr(model, "gives_hidden", True)
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Each input's last hidden states, [len, dim], each run in a free slot

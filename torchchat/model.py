@@ -1010,7 +1010,10 @@ class SlotModel(nn.Module):
 
     `traceable=True` attends with MaskedSlotSDPA, so that `forward` (the
     same batch as tensors) can be exported; eager serving keeps SlotSDPA,
-    whose per-slot arithmetic equals the batch-1 model's.
+    whose per-slot arithmetic equals the batch-1 model's. Traceable, its
+    forward also returns the hidden states it turned into those logits: a
+    package with slots has them as its second output, which the server's
+    /v1/embeddings reads (with `last` naming every token).
     """
 
     def __init__(self, model: Model, n_slots: int, traceable: bool = False):
@@ -1019,6 +1022,7 @@ class SlotModel(nn.Module):
         self.n_slots = n_slots
         self.max_seq_length = model.max_seq_length
         self.plan = SlotPlan()
+        self.traceable = traceable
         sdpa = MaskedSlotSDPA if traceable else SlotSDPA
         for layer in model.transformer.layers:
             attn = layer.attention
@@ -1035,20 +1039,38 @@ class SlotModel(nn.Module):
         slots: torch.Tensor,
         last: torch.Tensor,
         spans: list | None = None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """tokens [1, T] at positions input_pos [T] in slots [T]; the logits
-        of the tokens at `last` [E], [E, vocab]. SlotSDPA also needs `spans`."""
+        of the tokens at `last` [E], [E, vocab], and when traceable their
+        hidden states too, [E, dim]. SlotSDPA also needs `spans`."""
         self.plan.batch = SlotBatch(slots, spans)
-        logits = self.model.transformer(
-            tokens, {"input_pos": input_pos, "last_valid_token_pos": last}
-        )
-        if logits.dim() == 3 and logits.shape[1] == tokens.shape[1] != last.shape[0]:
-            logits = logits[:, last]  # full_logits
-        return logits.reshape(last.shape[0], -1)
+        t = self.model.transformer
+        options = {"input_pos": input_pos, "last_valid_token_pos": last}
+        if not self.traceable or not t.apply_output:
+            return self._rows(t(tokens, options), tokens, last)
+        # The Transformer without its output layer gives the final norm's
+        # output; the output layer (and a softcap) then runs here, on it.
+        t.apply_output = False
+        try:
+            h = t(tokens, options)
+        finally:
+            t.apply_output = True
+        logits = t.output(h)
+        cap = getattr(t, "final_softcap", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return self._rows(logits, tokens, last), self._rows(h, tokens, last)
+
+    @staticmethod
+    def _rows(x: torch.Tensor, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3 and x.shape[1] == tokens.shape[1] != last.shape[0]:
+            x = x[:, last]  # full_logits
+        return x.reshape(last.shape[0], -1)
 
     def forward_slots(self, entries: list) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        return self.forward(*slot_inputs(entries, self.n_slots, self.max_seq_length, device))
+        out = self.forward(*slot_inputs(entries, self.n_slots, self.max_seq_length, device))
+        return out[0] if isinstance(out, tuple) else out
 
     def hidden_slots(self, entries: list) -> list[torch.Tensor]:
         """Like forward_slots, but each entry's last hidden state at every
