@@ -624,8 +624,8 @@ def serial_engine(model: object, tokenizer: Tokenizer, max_queue: int) -> Engine
 def sequences(model: object, n: int, chunk: int = 128) -> list[object]:
     """`n` independent sequences over one model (each with its own KV-cache
     row), as `LLMModel`s: a draft model's, one per slot. An eager model
-    gets a SlotModel, which with a package exported with --slots is batched
-    by a Batcher of its own; a batch-1 model serves one sequence only."""
+    becomes a SlotModel; it, or a package with slots, is batched by a
+    Batcher of its own. A batch-1 model serves one sequence only."""
     from torchchat.model import Model, SlotModel
 
     if isinstance(model, Model):
