@@ -20,11 +20,10 @@ import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from torchchat import loading
+from torchchat import loading, speculate_flags
 from torchchat.errors import EXIT_ERROR, EXIT_INTERRUPT, UserError
 from torchchat.paths import user_path
 from torchchat.sampling import add_sampling_args, sampler_from_args
-from torchchat.speculate import DEFAULT_DRAFT_K, SPECULATE_MODES
 
 if TYPE_CHECKING:
     from torchchat.generate import Pick, Slot, Stats
@@ -51,25 +50,7 @@ def _add_answer_args(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="answer in this grammar: Lark (llguidance's) or llama.cpp's GBNF",
     )
-    p.add_argument(
-        "--speculate",
-        choices=SPECULATE_MODES,
-        help="speculative decoding: prompt-lookup guesses the next ids from earlier text "
-        "(prompt and reply), draft asks --draft's model; the model checks the guesses in one "
-        "forward, and the output is unchanged",
-    )
-    p.add_argument(
-        "--draft",
-        metavar="MODEL",
-        help="a model with the same tokenizer that drafts for --speculate draft (an alias, "
-        "a checkpoint or a .gguf; implies --speculate draft)",
-    )
-    p.add_argument(
-        "--draft-k",
-        type=int,
-        default=DEFAULT_DRAFT_K,
-        help=f"ids guessed per forward with --speculate (default {DEFAULT_DRAFT_K})",
-    )
+    speculate_flags.add_args(p)
     p.add_argument(
         "--pipeline-parallel",
         type=int,
@@ -86,16 +67,6 @@ def _add_answer_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _speculate(args: argparse.Namespace) -> str | None:
-    """The --speculate mode, with --draft alone meaning `draft`."""
-    mode = args.speculate or ("draft" if args.draft else None)
-    if args.draft and mode != "draft":
-        raise UserError(f"--draft drafts for --speculate draft, not {mode}")
-    if mode == "draft" and not args.draft:
-        raise UserError("--speculate draft needs --draft MODEL")
-    return mode
-
-
 def _load(args: argparse.Namespace) -> loading.Loaded:
     """The model the flags name. Speculation verifies a draft with every
     position's logits, which the compiled package gives with a cache row
@@ -108,7 +79,7 @@ def _load(args: argparse.Namespace) -> loading.Loaded:
             flag = "--image" if args.image else "--mmproj"
             raise UserError(f"{flag} runs the eager model; drop --compile {args.compile}")
         options = loading.options_from_args(args, compile="none")
-    elif _speculate(args) and loading.compile_mode(options) == "aoti":
+    elif speculate_flags.mode(args) and loading.compile_mode(options) == "aoti":
         options = loading.options_from_args(args, slots=1)
     loaded = loading.load(options)
     if args.image and loaded.vision is None:
@@ -128,56 +99,21 @@ def _images(paths: list[str]) -> list[Any]:
 
 def _slot(args: argparse.Namespace, loaded: loading.Loaded) -> Slot:
     """The loaded model's slot, drafting as --speculate asks."""
-    import torch
-
-    from torchchat.artifacts import ArtifactError
-    from torchchat.speculate import PromptLookup
+    from torchchat.speculate import DraftModel, PromptLookup
 
     slot = loaded.slot()
-    mode = _speculate(args)
+    mode = speculate_flags.mode(args)
     if not mode:
         return slot
-    if args.draft_k < 1:
-        raise UserError("--draft-k must be at least 1")
-    model = slot.model
-    try:
-        # A probe at positions 0-1, which the first prompt overwrites.
-        model.forward_all(torch.tensor([[0, 0]]), torch.tensor([0, 1]))  # type: ignore[attr-defined]
-    except (AttributeError, ArtifactError) as e:
-        raise UserError(
-            f"--speculate needs every position's logits, which this model does not give ({e}); "
-            "export it with --slots or --full-logits"
-        ) from None
-    slot.draft = PromptLookup() if mode == "prompt-lookup" else _draft_model(args, loaded)
-    slot.draft_k = args.draft_k
+    k, adapt = speculate_flags.draft_k(args)
+    speculate_flags.check_verifies(slot.model)
+    if mode == "prompt-lookup":
+        slot.draft = PromptLookup()
+    else:
+        draft = speculate_flags.load_draft(args, loaded)
+        slot.draft = DraftModel(draft.ensure_model(), speculate_flags.vocab_size(loaded.model))
+    slot.draft_k, slot.adapt_k = k, adapt
     return slot
-
-
-# Text whose ids two tokenizers must agree on for one to draft for the other.
-_TOKENIZER_PROBE = "Hello, world! Speculative decoding: 1234 ids, <tag> and\n\tthe end."
-
-
-def _draft_model(args: argparse.Namespace, loaded: loading.Loaded) -> Any:
-    """--draft's model, loaded as the target is (its compile mode, context
-    and device), refused unless its tokenizer gives the same ids."""
-    from torchchat.speculate import DraftModel
-
-    path = user_path(args.draft)
-    options = loading.LoadOptions(
-        model=str(path) if path is not None and path.exists() else args.draft,
-        compile=args.compile,
-        max_seq_length=args.max_seq_length,
-        device=args.device,
-        quiet=args.quiet,
-    )
-    draft = loading.load(options)
-    mine, theirs = loaded.tokenizer, draft.tokenizer
-    if mine.encode(_TOKENIZER_PROBE, bos=False) != theirs.encode(_TOKENIZER_PROBE, bos=False):
-        raise UserError(f"--draft {args.draft}: its tokenizer differs from the model's")
-    model: Any = loaded.model
-    # The eager model names its vocabulary in its config, an artifact itself.
-    vocab = model.config.vocab_size if hasattr(model, "config") else model.vocab_size
-    return DraftModel(draft.ensure_model(), vocab)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -486,7 +422,7 @@ def _pipelined(args: argparse.Namespace, argv: list[str]) -> int:
     from torchchat import pipeline
 
     n = args.pipeline_parallel
-    if _speculate(args):
+    if speculate_flags.mode(args):
         raise UserError("--speculate and --draft run in one process; drop --pipeline-parallel")
     procs = []
     if pipeline.under_launcher():

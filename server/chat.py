@@ -157,7 +157,7 @@ async def chat(req: schema.ChatCompletionRequest, srv: Server) -> Any:
         model=srv.config.model_id,
         system_fingerprint=srv.config.fingerprint,
         choices=choices,
-        usage=jobs.usage(len(ids), done),
+        usage=jobs.usage(srv, len(ids), done),
     )
     return body.model_dump(exclude_none=False)
 
@@ -231,5 +231,5 @@ async def _stream(
                 yield chunk([choice(i, tool_calls=deltas)])
         yield chunk([choice(i, finish_reason=finish)])
     if include_usage:
-        yield chunk([], usage=jobs.usage(len(ids), done))
+        yield chunk([], usage=jobs.usage(srv, len(ids), done))
     yield "[DONE]"

@@ -97,7 +97,7 @@ async def completions(req: schema.CompletionRequest, srv: Server) -> Any:
         model=srv.config.model_id,
         system_fingerprint=srv.config.fingerprint,
         choices=choices,
-        usage=jobs.usage(prompt_tokens, done),
+        usage=jobs.usage(srv, prompt_tokens, done),
     )
     return body.model_dump(exclude_none=False)
 
@@ -140,5 +140,5 @@ async def _stream(
         jobs.finished(srv, ev)
         yield chunk([schema.CompletionChoice(index=i, text="", finish_reason=ev.finish_reason)])
     if include_usage:
-        yield chunk([], usage=jobs.usage(prompt_tokens, done))
+        yield chunk([], usage=jobs.usage(srv, prompt_tokens, done))
     yield "[DONE]"

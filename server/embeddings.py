@@ -119,8 +119,10 @@ async def embeddings(req: schema.EmbeddingRequest, srv: Server) -> dict[str, Any
     if not engine.embeds:
         raise APIError(
             501,
-            "this server's model is a compiled or exported package, which returns logits "
-            "only; start the server with --compile none to serve embeddings",
+            "this server's model is a batch-1 package (a .pte, a .pt2 exported without "
+            "--slots, or the model compiled for --parallel 1), which returns logits only; "
+            "serve a .pt2 exported with --slots, or start with --parallel 2 or more or "
+            "--compile none, for embeddings",
             "not_supported_error",
             code="embeddings_not_supported",
         )

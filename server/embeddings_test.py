@@ -200,7 +200,32 @@ class EmbeddingsTest(unittest.TestCase):
         finally:
             server.close()
         self.assertEqual(status, 501, body)
-        self.assertIn("--compile none", body["error"]["message"])
+        self.assertIn("--slots", body["error"]["message"])
+
+    def test_package_with_slots(self):
+        """A .pt2 exported with --slots returns hidden states beside its
+        logits: the same vectors as the eager model's (the compiled default
+        server serves such a package)."""
+        pt2 = os.path.abspath(os.environ["TINY_SLOTS"])
+        ckpt = os.path.join(os.path.dirname(pt2), "ckpt")
+        texts = ["the quick brown fox", "jumps over the lazy dog " * 2, "a"]
+        got = []
+        for argv in (
+            ["--checkpoint-path", ckpt, "--max-seq-length", "64"],
+            ["--aoti-package-path", pt2],
+        ):
+            engine, config = engine_for(
+                [*argv, "--quiet", "--parallel", "2", "--prefill-chunk", "8"]
+            )
+            server = Running(engine, config)
+            try:
+                status, body = call(server, {"model": config.model_id, "input": texts})
+            finally:
+                server.close()
+            self.assertEqual(status, 200, body)
+            got.append(np.array([d["embedding"] for d in body["data"]]))
+        self.assertEqual(got[1].shape, got[0].shape)
+        np.testing.assert_allclose(got[1], got[0], atol=TOL)
 
 
 if __name__ == "__main__":

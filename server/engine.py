@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -38,7 +39,7 @@ import torch
 
 from server.stop import StopMatcher
 from torchchat import grammar as grammars
-from torchchat.generate import Slot, Stats, generate_text
+from torchchat.generate import AdaptK, Draft, Slot, Stats, generate_text
 from torchchat.sampling import Sampler
 from torchchat.tokenizer import Tokenizer
 
@@ -67,6 +68,8 @@ class _Pending:
     start: int
     # Wants the last hidden state of every token (an embedding), not logits.
     hidden: bool = False
+    # Wants the logits after every token (a speculative draft to verify).
+    every: bool = False
     # Image embeddings at offsets into ids (torchchat.model.Images).
     images: list = field(default_factory=list)
     logits: torch.Tensor | None = None
@@ -105,13 +108,15 @@ class Batcher:
         ids: Sequence[int],
         start: int,
         hidden: bool = False,
+        every: bool = False,
         images: Sequence = (),
     ) -> torch.Tensor:
         """Blocks until the step that includes (ids at start) has run; the
-        logits of the last id, or with `hidden` every id's last hidden state.
+        logits of the last id, [1, vocab], or with `every` of each id,
+        [len(ids), vocab], or with `hidden` every id's last hidden state.
         `images` (offsets into ids) run in a forward of their own in the step:
         their attention mask is opened for their positions in every slot."""
-        item = _Pending(list(ids), start, hidden, list(images))
+        item = _Pending(list(ids), start, hidden, every, list(images))
         with self._cv:
             self._pending[slot] = item
             self._cv.notify()  # only the batcher waits on it
@@ -151,7 +156,7 @@ class Batcher:
                 p.done.set()
 
     def _forward(self, part: list[tuple[int, _Pending]], hidden: bool) -> None:
-        entries = [(s, p.ids, p.start) for s, p in part]
+        entries = [(s, p.ids, p.start, p.every) for s, p in part]
         try:
             images = part[0][1].images
             if hidden:
@@ -160,7 +165,9 @@ class Batcher:
                 out = [self.model.forward_slots(entries, images=images)]
             else:
                 logits = self.model.forward_slots(entries)
-                out = [logits[i : i + 1] for i in range(len(part))]
+                # Each entry's rows: one, or one per id it verifies.
+                rows = [len(p.ids) if p.every else 1 for _, p in part]
+                out = [logits[e - r : e] for r, e in zip(rows, itertools.accumulate(rows))]
         except Exception as e:  # handed to each waiting job
             for _, p in part:
                 p.error = e
@@ -201,6 +208,19 @@ class SlotView:
             c = end
         assert logits is not None
         return logits
+
+    def forward_all(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """The logits after each token, [T, vocab], in the same batched step
+        as the other slots' tokens: what a speculating slot verifies its
+        draft with (torchchat.generate.VerifyingModel)."""
+        ids = tokens.reshape(-1).tolist()
+        start = int(input_pos[0])
+        out = []
+        for c in range(0, len(ids), self.chunk):
+            if self.cancel is not None and self.cancel.is_set():
+                raise Cancelled()
+            out.append(self.batcher.run(self.index, ids[c : c + self.chunk], start + c, every=True))
+        return torch.cat(out)
 
     def hidden(self, ids: Sequence[int]) -> torch.Tensor:
         """Every id's last hidden state, [len(ids), dim], run from position 0
@@ -417,10 +437,23 @@ class Engine:
         self._free.append(i)
 
     @property
+    def speculates(self) -> bool:
+        """Whether slots draft and verify (--speculate)."""
+        return any(s.draft is not None for s in self.slots)
+
+    def speculate(self, drafters: Sequence[Draft], k: int, adapt: AdaptK | None = None) -> None:
+        """Each slot drafts with its own drafter, up to `k` ids per step (or
+        as `adapt` moves k), verified by its model in the batched step:
+        decode() on the slot does the rest, as in generate."""
+        for slot, draft in zip(self.slots, drafters, strict=True):
+            slot.draft, slot.draft_k, slot.adapt_k = draft, k, adapt
+
+    @property
     def embeds(self) -> bool:
-        """Whether the model gives hidden states: the eager SlotModel does; a
-        compiled or exported package returns logits only."""
-        return self.batcher is not None and hasattr(self.batcher.model, "hidden_slots")
+        """Whether the model gives hidden states: the eager SlotModel and a
+        package with slots do; a batch-1 package returns logits only."""
+        model = self.batcher.model if self.batcher is not None else None
+        return hasattr(model, "hidden_slots") and getattr(model, "gives_hidden", True)
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Each input's last hidden states, [len, dim], each run in a free slot
@@ -612,3 +645,21 @@ def batched_engine(
 def serial_engine(model: object, tokenizer: Tokenizer, max_queue: int) -> Engine:
     """One slot over a batch-1 model (an exported .pte or .pt2)."""
     return Engine([Slot(model)], tokenizer, max_queue)
+
+
+def sequences(model: object, n: int, chunk: int = 128) -> list[object]:
+    """`n` independent sequences over one model (each with its own KV-cache
+    row), as `LLMModel`s: a draft model's, one per slot. An eager model
+    becomes a SlotModel; it, or a package with slots, is batched by a
+    Batcher of its own. A batch-1 model serves one sequence only."""
+    from torchchat.model import Model, SlotModel
+
+    if isinstance(model, Model):
+        model = SlotModel(model, n)
+    if getattr(model, "n_slots", 0) >= n:
+        batcher = Batcher(model)
+        seq = model.max_seq_length  # type: ignore[attr-defined]
+        return [SlotView(batcher, i, seq, chunk) for i in range(n)]
+    if n == 1:
+        return [model]
+    raise ValueError(f"{type(model).__name__} has a batch-1 cache: it cannot draft for {n} slots")

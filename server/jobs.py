@@ -119,8 +119,14 @@ def admit(srv: Served, jobs: int) -> None:
         raise APIError(429, str(e), "rate_limit_error", code="queue_full") from None
 
 
-def usage(prompt_tokens: int, done: Sequence[Done]) -> schema.Usage:
+def usage(srv: Served, prompt_tokens: int, done: Sequence[Done]) -> schema.Usage:
     completion = sum(d.completion_tokens for d in done)
+    speculative = None
+    if srv.engine.speculates:
+        speculative = schema.SpeculativeUsage(
+            draft_tokens=sum(d.stats.num_draft_tokens for d in done),
+            accepted_tokens=sum(d.stats.num_accepted_tokens for d in done),
+        )
     return schema.Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion,
@@ -128,6 +134,7 @@ def usage(prompt_tokens: int, done: Sequence[Done]) -> schema.Usage:
         prompt_tokens_details=schema.PromptTokensDetails(
             cached_tokens=min((d.cached_tokens for d in done), default=0)
         ),
+        speculative=speculative,
     )
 
 

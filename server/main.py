@@ -15,7 +15,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from torchchat import loading
+from torchchat import loading, speculate_flags
 from torchchat.errors import EXIT_ERROR, EXIT_INTERRUPT, UserError
 from torchchat.sampling import add_sampling_args
 
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompt tokens per batched step: the longest a prompt stalls other streams",
     )
     p.add_argument("--model-id", help="the model name clients send (default: from the flags)")
+    # Per slot, beside the others' decode tokens in the same batched step.
+    speculate_flags.add_args(p)
     p.add_argument(
         "--allow-image-urls",
         action="store_true",
@@ -110,7 +112,11 @@ def build(args: argparse.Namespace) -> tuple[object, object]:
             file=sys.stderr,
         )
         mode = "none"
-    slots = args.parallel if mode == "aoti" and args.parallel > 1 else 0
+    speculate = speculate_flags.mode(args)
+    k, adapt = speculate_flags.draft_k(args) if speculate else (0, None)
+    # A package verifies a draft through its `last` input, which only one
+    # exported with slots has; a batch-1 one gives the last logits only.
+    slots = args.parallel if mode == "aoti" and (args.parallel > 1 or speculate) else 0
     loaded = loading.load(replace(options, compile=mode, slots=slots))
     loaded.ensure_model()  # compiles now on a cache miss, not at the first request
     if isinstance(loaded.model, Model):
@@ -144,6 +150,8 @@ def build(args: argparse.Namespace) -> tuple[object, object]:
             )
         engine = serial_engine(loaded.model, loaded.tokenizer, args.max_queue)
         vocab = loaded.model.vocab_size
+    if speculate:
+        engine.speculate(_drafters(args, loaded, speculate, engine, mode), k, adapt)
     grammar.warm(loaded.tokenizer, vocab)  # response_format's token table
     seq = engine.max_seq_length
     cap = args.max_tokens_cap or seq
@@ -181,6 +189,30 @@ def build(args: argparse.Namespace) -> tuple[object, object]:
     except ValueError as e:
         raise UserError(str(e)) from e
     return engine, config
+
+
+def _drafters(
+    args: argparse.Namespace, loaded: loading.Loaded, speculate: str, engine: object, mode: str
+) -> list[object]:
+    """A drafter per slot: prompt lookup, or --draft's model with a cache row
+    per slot (loaded as the model is, batched by a Batcher of its own)."""
+    from server.engine import sequences
+    from torchchat.speculate import DraftModel, PromptLookup
+
+    n = engine.n_slots  # type: ignore[attr-defined]
+    if engine.batcher is None:  # type: ignore[attr-defined]
+        # A batch-1 artifact verifies with forward_all, which only one
+        # exported with --full-logits has.
+        speculate_flags.check_verifies(loaded.model)
+    if speculate == "prompt-lookup":
+        return [PromptLookup() for _ in range(n)]
+    draft = speculate_flags.load_draft(args, loaded, compile=mode, slots=n if mode == "aoti" else 0)
+    try:
+        views = sequences(draft.ensure_model(), n, args.prefill_chunk)
+    except ValueError as e:
+        raise UserError(f"--draft {args.draft}: {e}") from None
+    vocab = speculate_flags.vocab_size(loaded.model)
+    return [DraftModel(v, vocab) for v in views]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,6 +100,18 @@ class Metrics:
             buckets=ITL_BUCKETS,
             registry=r,
         )
+        # Our own too: llama-server counts drafts in a response's timings
+        # only (draft_n, draft_n_accepted). Their ratio is the acceptance.
+        self.draft_tokens = Counter(
+            "torchchat:draft_tokens",
+            "Ids drafted by speculative decoding and verified by the model.",
+            registry=r,
+        )
+        self.draft_accepted = Counter(
+            "torchchat:draft_accepted_tokens",
+            "Drafted ids the model's own picks kept.",
+            registry=r,
+        )
         self._lock = threading.Lock()
         self._prompt, self._predicted = _Rate(), _Rate()
 
@@ -112,6 +124,8 @@ class Metrics:
         self.prompt_seconds.inc(prompt_s)
         self.tokens_predicted.inc(n)
         self.tokens_predicted_seconds.inc(decode_s)
+        self.draft_tokens.inc(stats.num_draft_tokens)
+        self.draft_accepted.inc(stats.num_accepted_tokens)
         with self._lock:
             self._prompt.add(stats.num_prompt_tokens, prompt_s)
             self._predicted.add(n, decode_s)

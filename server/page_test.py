@@ -2,13 +2,17 @@
 tools/chromium), driven by Playwright, against the tiny random model.
 
 A typed message streams in token by token and ends as exactly the reply
-the API gives for the same messages; the stats line shows tok/s; Stop
+the API gives for the same messages; the stats line shows tok/s and the
+speculative acceptance the server's usage reports (it drafts by prompt
+lookup); a JSON schema in its box gets the API's schema-held reply, and a
+box that is not JSON is one line on the page; Stop
 aborts the request and the server frees its slot; replies are rendered as
 Markdown without ever letting a reply's markup through. A screenshot of
 the page goes to the test's undeclared outputs.
 """
 
 import importlib.util
+import json
 import os
 import re
 import tempfile
@@ -18,6 +22,7 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import jsonschema
 import openai
 from playwright.sync_api import sync_playwright
 
@@ -42,7 +47,17 @@ class PageTest(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
         ckpt = str(tiny_model.write_checkpoint(os.path.join(cls.tmp.name, "tiny")))
-        engine, config = engine_for(["--checkpoint-path", ckpt, "--quiet", "--parallel", "2"])
+        engine, config = engine_for(
+            [
+                "--checkpoint-path",
+                ckpt,
+                "--quiet",
+                "--parallel",
+                "2",
+                "--speculate",
+                "prompt-lookup",
+            ]
+        )
         engine.batcher.model = Slowed(engine.batcher.model, STEP_S)
         cls.engine, cls.model = engine, config.model_id
         cls.server = Running(engine, config)
@@ -90,6 +105,9 @@ class PageTest(unittest.TestCase):
         self.page.press("#input", "Enter")
         self.wait_until("() => document.body.dataset.state === 'streaming'")
 
+    def wait_idle(self, timeout_s=60):
+        self.wait_until("() => document.body.dataset.state === 'idle'", timeout_s=timeout_s)
+
     def reply_text(self):
         return self.page.inner_text(".msg.assistant:last-child .body")
 
@@ -122,11 +140,22 @@ class PageTest(unittest.TestCase):
         self.assertTrue(final.strip())
         self.assertEqual(words(final), words(want.choices[0].message.content))
         stats = self.page.inner_text(".msg.assistant:last-child .stats")
-        m = re.fullmatch(r"(\d+) tokens · ([\d.]+) tok/s · first token \d+ ms · (\w+)", stats)
+        m = re.fullmatch(
+            r"(\d+) tokens · ([\d.]+) tok/s · first token \d+ ms · "
+            r"draft accepted (\d+)/(\d+) \((\d+)%\) · (\w+)",
+            stats,
+        )
         self.assertIsNotNone(m, stats)
         self.assertEqual(int(m.group(1)), want.usage.completion_tokens)
         self.assertGreater(float(m.group(2)), 0)
-        self.assertEqual(m.group(3), want.choices[0].finish_reason)
+        # The same generation as the API's (greedy, the same slot state):
+        # the same drafts, kept as often.
+        draft = want.usage.speculative
+        self.assertEqual(
+            [int(m.group(3)), int(m.group(4))], [draft["accepted_tokens"], draft["draft_tokens"]]
+        )
+        self.assertEqual(int(m.group(5)), round(100 * int(m.group(3)) / int(m.group(4))))
+        self.assertEqual(m.group(6), want.choices[0].finish_reason)
         self.assertEqual(self.page.inner_text(".msg.user .body"), question)
 
         out = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR", self.tmp.name)
@@ -136,6 +165,53 @@ class PageTest(unittest.TestCase):
             png = f.read()
         self.assertTrue(png.startswith(b"\x89PNG"))
         self.assertGreater(len(png), 10_000)
+
+    def test_json_schema_box(self):
+        self.configure(max_tokens=60)
+        schema = {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "maxLength": 8},
+                "mood": {"enum": ["calm", "busy"]},
+            },
+            "required": ["name", "mood"],
+            "additionalProperties": False,
+        }
+        self.page.fill("#json-schema", json.dumps(schema))
+        self.ask("who are you?")
+        self.wait_idle()
+        got = self.reply_text()
+        want = self.client.chat.completions.create(
+            model=self.model,
+            messages=[
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "who are you?"},
+            ],
+            temperature=0,
+            max_tokens=60,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "page", "schema": schema, "strict": True},
+            },
+        )
+        self.assertEqual(got, want.choices[0].message.content)
+        jsonschema.validate(json.loads(got), schema)
+        # Shown as it came, in a code block, not as Markdown.
+        self.assertEqual(self.page.locator(".msg.assistant:last-child pre code").count(), 1)
+        # A box that is not JSON: the parser's reason on the page, nothing sent.
+        steps = self.engine.steps
+        self.page.fill("#json-schema", "{not json")
+        self.page.fill("#input", "again")
+        self.page.press("#input", "Enter")
+        self.wait_idle()
+        stats = self.page.inner_text(".msg.assistant:last-child .stats")
+        self.assertRegex(stats, r"^0 tokens · error: JSON schema: [^\n]+$")
+        self.assertEqual(self.engine.steps, steps)
+        # An empty box asks for plain text again.
+        self.page.fill("#json-schema", "")
+        self.ask("the quick brown fox")
+        self.wait_idle()
+        self.assertEqual(self.page.locator(".msg.assistant:last-child pre").count(), 0)
 
     def test_stop_cancels_the_request_on_the_server(self):
         self.configure(max_tokens=200)

@@ -390,11 +390,27 @@ class PromptTokensDetails(_Strict):
     cached_tokens: int = 0
 
 
+class SpeculativeUsage(_Strict):
+    # Ids the drafter guessed and the model verified, and how many of them
+    # it kept (llama-server's timings call them draft_n, draft_n_accepted).
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+
+
 class Usage(_Strict):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails | None = None
+    # torchchat's extension, from a server started with --speculate only.
+    speculative: SpeculativeUsage | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_no_speculation(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("speculative") is None:
+            out.pop("speculative", None)
+        return out
 
 
 class ChatChoice(_Strict):

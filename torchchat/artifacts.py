@@ -164,11 +164,30 @@ class Pt2Model(ExportedModel):
 
     def forward_slots(self, entries: list) -> torch.Tensor:
         """SlotModel.forward_slots over a package exported with --slots: the
-        last logits of each (slot, ids, start) entry, [entries, vocab]."""
+        last logits of each (slot, ids, start) entry, [entries, vocab], or
+        every id's of an entry (slot, ids, start, True)."""
         from torchchat.model import slot_inputs
 
         inputs = slot_inputs(entries, self.n_slots, self.max_seq_length)[:4]
-        return self._runner(*inputs)[0].reshape(len(entries), -1)
+        return self._runner(*inputs)[0].reshape(len(inputs[3]), -1)
+
+    @property
+    def gives_hidden(self) -> bool:
+        """Whether the package returns hidden states beside its logits
+        (every package with slots does, from the release that added them)."""
+        return "hidden" in self.metadata.get("outputs", "").split(",")
+
+    def hidden_slots(self, entries: list) -> list[torch.Tensor]:
+        """SlotModel.hidden_slots over a package with hidden states: every
+        id's last hidden state, [len(ids), dim] per (slot, ids, start)."""
+        from torchchat.model import slot_inputs
+
+        if not self.gives_hidden:
+            raise ArtifactError(f"{self.path} returns logits only (no hidden states)")
+        tokens, pos, slots, _, spans = slot_inputs(entries, self.n_slots, self.max_seq_length)
+        every = torch.arange(tokens.shape[1])
+        h = self._runner(tokens, pos, slots, every)[1].reshape(tokens.shape[1], -1)
+        return [h[first : first + n] for _, first, n, _ in spans]
 
 
 # --- .pte ---------------------------------------------------------------------
@@ -408,7 +427,8 @@ def pt2_metadata(
 ) -> dict[str, str]:
     """What a .pt2 records for its runners (all strings); parse_pt2_metadata
     reads it back, and aoti_run reads the same keys from C++."""
-    batched = {"slots": str(slots)} if slots else {}
+    # A package with slots returns the hidden states beside the logits.
+    batched = {"slots": str(slots), "outputs": "logits,hidden"} if slots else {}
     return {
         **batched,
         "torchchat_format": PT2_FORMAT,
@@ -423,7 +443,8 @@ def pt2_metadata(
         "dtype": dtype,
         "quantize": quantize,
         # forward(tokens[1, T], input_pos[T]) -> logits[1, vocab]; with
-        # slots, forward(tokens, input_pos, slots[T], last[E]) -> [E, vocab]
+        # slots, forward(tokens, input_pos, slots[T], last[E]) -> ([E, vocab],
+        # [E, dim])
         "input_pos": "positions",
     }
 

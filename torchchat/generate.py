@@ -37,6 +37,9 @@ Pick = Callable[[torch.Tensor, Sequence[int]], int]
 # Speculative decoding's drafter: up to k guesses at the ids that follow
 # `history` (every token so far); [] when it has none.
 Draft = Callable[[Sequence[int], int], list[int]]
+# Adaptive draft length: the next k, given the last k and how many guesses
+# the last verified draft had and how many of them were kept.
+AdaptK = Callable[[int, int, int], int]
 
 
 class LLMModel(Protocol):
@@ -160,7 +163,9 @@ class Slot:
     the cache directly, so moving back (truncate) needs no cache reset.
 
     With a `draft` and `draft_k` > 0, decode() on this slot speculates (see
-    there); the model must then be a VerifyingModel.
+    there); the model must then be a VerifyingModel. With `adapt_k`, each
+    generation starts at `draft_k` guesses per forward and moves it as
+    `adapt_k` says after each verified draft.
     """
 
     def __init__(
@@ -170,6 +175,7 @@ class Slot:
         device: str = "cpu",
         draft: Draft | None = None,
         draft_k: int = 0,
+        adapt_k: AdaptK | None = None,
     ):
         self.model = model
         # A compiled single-token step, when one is given (--compile).
@@ -181,6 +187,7 @@ class Slot:
         self.images: list[ImageSpan] = []
         self.draft = draft
         self.draft_k = draft_k
+        self.adapt_k = adapt_k
 
     @property
     def pos(self) -> int:
@@ -286,8 +293,9 @@ def decode(
     history = list(prompt)
     n = 0
     # Drafted ids the slot has run past the last pick, each with the logits
-    # after it.
+    # after it; how many the draft had; the guesses the next draft may make.
     ahead: list[tuple[int, torch.Tensor]] = []
+    drafted, k = 0, slot.draft_k
     try:
         logits = slot.prefill(prompt[common:])
         stats.num_prompt_tokens = len(prompt) - common
@@ -305,7 +313,11 @@ def decode(
             if ahead and tok == ahead[0][0]:
                 kept = ahead.pop(0)[1]
                 stats.num_accepted_tokens += 1
+                if not ahead and slot.adapt_k is not None:
+                    k = slot.adapt_k(k, drafted, drafted)
             elif ahead:
+                if slot.adapt_k is not None:
+                    k = slot.adapt_k(k, drafted, drafted - len(ahead))
                 slot.truncate(held)
                 ahead = []
             # Decided before the yield: a consumer that stops at a stop id
@@ -325,7 +337,8 @@ def decode(
             if kept is not None:
                 logits = kept
             else:
-                logits, ahead = _advance(slot, tok, history, max_new_tokens - n, stats)
+                logits, ahead = _advance(slot, tok, history, k, max_new_tokens - n, stats)
+                drafted = len(ahead)
     except KeyboardInterrupt:
         stats.stop_reason = "interrupted"
         raise
@@ -339,13 +352,14 @@ def decode(
 
 
 def _advance(
-    slot: Slot, tok: int, history: Sequence[int], left: int, stats: Stats
+    slot: Slot, tok: int, history: Sequence[int], k: int, left: int, stats: Stats
 ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
-    """Runs `tok`: alone, or with the slot's drafter's guesses after it, in
-    one forward. Its logits, and each guess with the logits after it."""
+    """Runs `tok`: alone, or with up to `k` of the slot's drafter's guesses
+    after it, in one forward. Its logits, and each guess with the logits
+    after it."""
     # At most one guess fewer than the picks left (the last pick needs no
     # guess), and within the cache.
-    k = min(slot.draft_k, left - 1, slot.max_seq_length - slot.pos - 1)
+    k = min(k, left - 1, slot.max_seq_length - slot.pos - 1)
     draft = slot.draft(history, k)[:k] if slot.draft is not None and k > 0 else []
     if not draft:
         return slot.step(tok), []

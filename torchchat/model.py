@@ -1103,12 +1103,16 @@ class SlotModel(nn.Module):
     """A Model whose KV cache has `n_slots` independent rows.
 
     `forward_slots([(slot, ids, start), ...])` runs every entry in one
-    forward and returns the last-position logits of each, [entries, vocab].
+    forward and returns the last-position logits of each, [entries, vocab]
+    (an entry `(slot, ids, start, True)` gets a row for each of its ids).
     Weights and every module but the cache and SDPA stay ExecuTorch's.
 
     `traceable=True` attends with MaskedSlotSDPA, so that `forward` (the
     same batch as tensors) can be exported; eager serving keeps SlotSDPA,
-    whose per-slot arithmetic equals the batch-1 model's.
+    whose per-slot arithmetic equals the batch-1 model's. Traceable, its
+    forward also returns the hidden states it turned into those logits: a
+    package with slots has them as its second output, which the server's
+    /v1/embeddings reads (with `last` naming every token).
     """
 
     def __init__(self, model: Model, n_slots: int, traceable: bool = False):
@@ -1117,6 +1121,7 @@ class SlotModel(nn.Module):
         self.n_slots = n_slots
         self.max_seq_length = model.max_seq_length
         self.plan = SlotPlan()
+        self.traceable = traceable
         sdpa = MaskedSlotSDPA if traceable else SlotSDPA
         for layer in model.transformer.layers:
             attn = layer.attention
@@ -1134,21 +1139,39 @@ class SlotModel(nn.Module):
         last: torch.Tensor,
         spans: list | None = None,
         images: Images = (),
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """tokens [1, T] at positions input_pos [T] in slots [T]; the logits
-        of the tokens at `last` [E], [E, vocab]. SlotSDPA also needs `spans`.
-        `images` (offsets into tokens) open the causal mask over their
-        positions for every slot: a forward with images runs alone."""
+        of the tokens at `last` [E], [E, vocab], and when traceable their
+        hidden states too, [E, dim]. SlotSDPA also needs `spans`. `images`
+        (offsets into tokens) open the causal mask over their positions for
+        every slot: a forward with images runs alone."""
         self.plan.batch = SlotBatch(slots, spans)
-        opts = {"input_pos": input_pos, "last_valid_token_pos": last}
+        t = self.model.transformer
+        options = {"input_pos": input_pos, "last_valid_token_pos": last}
         if images:
             with self.model.image_blocks(input_pos, images):
-                logits = self.model.transformer(None, opts, self.model.embed(tokens, images))
-        else:
-            logits = self.model.transformer(tokens, opts)
-        if logits.dim() == 3 and logits.shape[1] == tokens.shape[1] != last.shape[0]:
-            logits = logits[:, last]  # full_logits
-        return logits.reshape(last.shape[0], -1)
+                logits = t(None, options, self.model.embed(tokens, images))
+            return self._rows(logits, tokens, last)
+        if not self.traceable or not t.apply_output:
+            return self._rows(t(tokens, options), tokens, last)
+        # The Transformer without its output layer gives the final norm's
+        # output; the output layer (and a softcap) then runs here, on it.
+        t.apply_output = False
+        try:
+            h = t(tokens, options)
+        finally:
+            t.apply_output = True
+        logits = t.output(h)
+        cap = getattr(t, "final_softcap", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return self._rows(logits, tokens, last), self._rows(h, tokens, last)
+
+    @staticmethod
+    def _rows(x: torch.Tensor, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3 and x.shape[1] == tokens.shape[1] != last.shape[0]:
+            x = x[:, last]  # full_logits
+        return x.reshape(last.shape[0], -1)
 
     def forward_slots(self, entries: list, images: Images = ()) -> torch.Tensor:
         """`images` belong to the only entry (offsets into its ids)."""
@@ -1156,7 +1179,8 @@ class SlotModel(nn.Module):
             raise ValueError("a forward with images runs one slot")
         device = next(self.model.parameters()).device
         args = slot_inputs(entries, self.n_slots, self.max_seq_length, device)
-        return self.forward(*args, images=images)
+        out = self.forward(*args, images=images)
+        return out[0] if isinstance(out, tuple) else out
 
     def hidden_slots(self, entries: list) -> list[torch.Tensor]:
         """Like forward_slots, but each entry's last hidden state at every
@@ -1179,18 +1203,23 @@ class SlotModel(nn.Module):
 
 
 def slot_inputs(entries: list, n_slots: int, max_seq_length: int, device: Any = "cpu") -> tuple:
-    """SlotModel.forward's arguments for [(slot, ids, start), ...]."""
+    """SlotModel.forward's arguments for [(slot, ids, start[, every]), ...]:
+    an entry with `every` true asks for the logits after each of its ids
+    (speculative decoding verifies a draft so), the others for their last."""
     ids, pos, slots, spans, last = [], [], [], [], []
-    for slot, toks, start in entries:
+    for entry in entries:
+        slot, toks, start = entry[:3]
+        every = len(entry) > 3 and entry[3]
         if not 0 <= slot < n_slots:
             raise ValueError(f"slot {slot} out of range (0..{n_slots - 1})")
         if start + len(toks) > max_seq_length:
             raise ValueError(f"slot {slot}: {start}+{len(toks)} exceeds the cache")
-        spans.append((slot, len(ids), len(toks), start))
+        first = len(ids)
+        spans.append((slot, first, len(toks), start))
         ids.extend(toks)
         pos.extend(range(start, start + len(toks)))
         slots.extend([slot] * len(toks))
-        last.append(len(ids) - 1)
+        last.extend(range(first, len(ids)) if every else [len(ids) - 1])
 
     def t(x: list) -> torch.Tensor:
         return torch.tensor(x, dtype=torch.long, device=device)

@@ -26,6 +26,30 @@ SPECULATE_MODES = ("prompt-lookup", "draft")
 # drafts cost more and are accepted less (torchchat/README.md, measured by
 # //torchchat:speculate_bench).
 DEFAULT_DRAFT_K = 7
+# `--draft-k auto`'s bounds: up to 16 rows a forward (the tiles' next size).
+ADAPTIVE_K_RANGE = (1, 15)
+
+
+class AdaptiveK:
+    """The draft length of `--draft-k auto` (a torchchat.generate.AdaptK):
+    after a draft of the full length was kept whole, guess two more next
+    time; after fewer than half of a draft's guesses were kept, one fewer;
+    within [lo, hi]. Long runs of copied text grow k to cover them in fewer
+    forwards; text the drafter cannot guess stops paying for rows it then
+    throws away (transformers' assisted generation moves its k the same
+    way)."""
+
+    def __init__(self, lo: int = ADAPTIVE_K_RANGE[0], hi: int = ADAPTIVE_K_RANGE[1]):
+        if not 1 <= lo <= hi:
+            raise ValueError(f"adaptive k needs 1 <= lo <= hi, got {lo} and {hi}")
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, k: int, drafted: int, accepted: int) -> int:
+        if accepted == drafted >= k:
+            k += 2
+        elif 2 * accepted < drafted:
+            k -= 1
+        return max(self.lo, min(self.hi, k))
 
 
 class PromptLookup:

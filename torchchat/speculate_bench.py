@@ -10,6 +10,7 @@ of the same prompt, whether the ids are the same, and the CPU.
 
     tools/bazel run //torchchat:speculate_bench
     tools/bazel run //torchchat:speculate_bench -- --compile none --draft-k 4,8
+    tools/bazel run //torchchat:speculate_bench -- --draft-k 7,auto   # fixed against adaptive k
     # a draft model: the built-in 4-bit GGUF drafting for its own weights in fp32
     tools/bazel run //torchchat:speculate_bench -- --dtype fp32 --draft smollm2 --draft-k 7
 """
@@ -24,7 +25,7 @@ import torch
 
 from torchchat import loading
 from torchchat.generate import Slot, Stats, argmax, decode
-from torchchat.speculate import DraftModel, PromptLookup
+from torchchat.speculate import DEFAULT_DRAFT_K, AdaptiveK, DraftModel, PromptLookup
 
 # Written for this benchmark: a paragraph with a few misspellings to fix.
 TEXT = (
@@ -63,6 +64,13 @@ def run(slot: Slot, ids: list[int], steps: int) -> tuple[list[int], Stats]:
     return out, stats
 
 
+def drafting(model: object, drafter: object, k: str) -> Slot:
+    """A slot drafting `k` ids a step, or with k "auto" as --draft-k auto."""
+    if k == "auto":
+        return Slot(model, draft=drafter, draft_k=DEFAULT_DRAFT_K, adapt_k=AdaptiveK())  # type: ignore[arg-type]
+    return Slot(model, draft=drafter, draft_k=int(k))  # type: ignore[arg-type]
+
+
 def forward_ms(model: object, n: int, start: int = 256, reps: int = 20) -> float:
     """Median ms of one forward of n ids (every position's logits) at `start`."""
     import time
@@ -86,11 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--draft", help="also draft with this model (alias or path), as generate --draft"
     )
-    p.add_argument("--draft-k", default="4,7,8,12", help="comma-separated k values")
+    p.add_argument(
+        "--draft-k", default="4,7,8,12", help="comma-separated k values, or auto (adaptive)"
+    )
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
-    ks = [int(k) for k in args.draft_k.split(",")]
+    ks = args.draft_k.split(",")
 
     options = loading.LoadOptions(model=args.model, compile=args.compile, dtype=args.dtype)
     if loading.compile_mode(options) == "aoti":
@@ -120,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in PROMPTS.items():
         msgs = [{"role": "user", "content": text}]
         ids = tok.encode(template.render(msgs, add_generation_prompt=True), bos=False)
-        runs: list[tuple[str, int, Slot]] = [("plain", 0, Slot(model))]
-        runs += [("prompt-lookup", k, Slot(model, draft=PromptLookup(), draft_k=k)) for k in ks]
+        runs: list[tuple[str, str, Slot]] = [("plain", "", Slot(model))]
+        runs += [("prompt-lookup", k, drafting(model, PromptLookup(), k)) for k in ks]
         if drafter is not None:
-            runs += [("draft model", k, Slot(model, draft=drafter, draft_k=k)) for k in ks]
+            runs += [("draft model", k, drafting(model, drafter, k)) for k in ks]
         base_ids: list[int] | None = None
         base_speed = 0.0
         for mode, k, slot in runs:

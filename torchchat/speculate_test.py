@@ -16,7 +16,7 @@ from torchchat.checkpoint import load_checkpoint, load_model
 from torchchat.generate import Slot, Stats, argmax, decode
 from torchchat.model import attend_filled_cache
 from torchchat.sampling import Sampler
-from torchchat.speculate import DraftModel, PromptLookup
+from torchchat.speculate import AdaptiveK, DraftModel, PromptLookup
 
 STEPS = 120
 
@@ -130,6 +130,45 @@ class SpeculativeDecodeTest(unittest.TestCase):
         self.assertEqual(got, want)
         self.assertGreater(stats.num_accepted_tokens, 0)
         self.assertGreater(stats.num_draft_tokens, stats.num_accepted_tokens)
+
+
+class AdaptiveKTest(unittest.TestCase):
+    def test_rule(self):
+        a = AdaptiveK(1, 10)
+        self.assertEqual(a(7, 7, 7), 9)  # a full draft kept whole: two more
+        self.assertEqual(a(9, 9, 9), 10)  # up to hi
+        self.assertEqual(a(7, 3, 3), 7)  # a short draft kept whole: k was not the limit
+        self.assertEqual(a(7, 7, 3), 6)  # fewer than half kept: one fewer
+        self.assertEqual(a(7, 7, 4), 7)  # half or more: as it was
+        self.assertEqual(a(1, 1, 0), 1)  # down to lo
+        with self.assertRaises(ValueError):
+            AdaptiveK(0, 4)
+
+    def test_decode_moves_k_and_keeps_plain_ids(self):
+        """On the tiny model, a drafter that knows the answer makes every
+        draft whole, so k grows to its bound; one that is always wrong
+        shrinks k to 1. The ids are plain decoding's either way."""
+        tmp = tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR"))
+        ckpt = tiny_model.write_checkpoint(os.path.join(tmp, "tiny"))
+        model = attend_filled_cache(load_model(load_checkpoint(ckpt), torch.float32, 256))
+        prompt = list(range(3, 23))
+        want = list(decode(Slot(model), prompt, argmax, 80))
+        for wrong, ks_want in (
+            (False, [4, 6, 8, 8, 8]),
+            (True, [4, 3, 2, 1, 1]),
+        ):
+            asked = []
+
+            def drafter(history, k, wrong=wrong, asked=asked):
+                asked.append(k)
+                at = len(history) - len(prompt)
+                guess = want[at : at + k]
+                return [(t + 1) % tiny_model.VOCAB for t in guess] if wrong else guess
+
+            slot = Slot(model, draft=drafter, draft_k=4, adapt_k=AdaptiveK(1, 8))
+            with self.subTest(wrong=wrong):
+                self.assertEqual(list(decode(slot, prompt, argmax, 80)), want)
+                self.assertEqual(asked[:5], ks_want)
 
 
 class DraftModelTest(unittest.TestCase):

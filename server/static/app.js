@@ -2,11 +2,13 @@
 // The chat page: streams /v1/chat/completions (SSE) into the log, renders
 // replies as Markdown (markdown.js), and aborts the fetch on Stop, which
 // closes the connection so the server cancels the generation and frees its
-// slot.
+// slot. With a JSON schema in its box, it asks for replies that fit it
+// (response_format json_schema) and shows them as JSON; with a server that
+// speculates, the stats line shows how many drafted tokens were kept.
 const $ = (id) => document.getElementById(id);
 // images: data: URLs attached to the next message.
 const state = { messages: [], controller: null, model: null, images: [] };
-const SETTINGS = ["system", "temperature", "max-tokens"];
+const SETTINGS = ["system", "temperature", "max-tokens", "json-schema"];
 
 function setStatus(s) {
   // Tests and styles key off this: "idle" or "streaming".
@@ -114,6 +116,12 @@ function statsLine(s) {
     parts.push(((s.tokens - 1) / ((s.last - s.first) / 1000)).toFixed(1) + " tok/s");
   }
   if (s.first !== null) parts.push("first token " + Math.round(s.first - s.start) + " ms");
+  // The server's usage.speculative: drafted tokens the model kept.
+  if (s.draft && s.draft.draft_tokens) {
+    const d = s.draft;
+    const pct = Math.round((100 * d.accepted_tokens) / d.draft_tokens);
+    parts.push("draft accepted " + d.accepted_tokens + "/" + d.draft_tokens + " (" + pct + "%)");
+  }
   if (s.finish) parts.push(s.finish);
   return parts.join(" · ");
 }
@@ -134,6 +142,20 @@ function readAsDataURL(file) {
     r.onerror = () => reject(r.error);
     r.readAsDataURL(file);
   });
+}
+
+// response_format for the schema box: null when it is empty; throws, with
+// the parser's reason, when it is not JSON.
+function responseFormat() {
+  const text = $("json-schema").value.trim();
+  if (!text) return null;
+  let schema;
+  try {
+    schema = JSON.parse(text);
+  } catch (e) {
+    throw new Error("JSON schema: " + e.message);
+  }
+  return { type: "json_schema", json_schema: { name: "page", schema, strict: true } };
 }
 
 async function send(text) {
@@ -162,6 +184,13 @@ async function send(text) {
   const view = addMessage("assistant");
   view.el.classList.add("streaming");
   scrollDown();
+  let format = null;
+  let formatError = null;
+  try {
+    format = responseFormat();
+  } catch (e) {
+    formatError = e;
+  }
 
   const system = $("system").value.trim();
   const body = {
@@ -172,19 +201,31 @@ async function send(text) {
     temperature: parseFloat($("temperature").value),
     max_tokens: parseInt($("max-tokens").value, 10) || undefined,
   };
+  if (format) body.response_format = format;
   const controller = new AbortController();
   state.controller = controller;
   setStatus("streaming");
-  const s = { start: performance.now(), first: null, last: null, tokens: 0, finish: null };
+  const s = { start: performance.now(), first: null, last: null, tokens: 0, finish: null, draft: null };
   let reply = "";
   let drawn = false;
   const draw = () => {
     drawn = false;
-    view.body.innerHTML = renderMarkdown(reply);
+    if (format) {
+      // JSON as it came: Markdown would read its * and _ as emphasis.
+      const code = document.createElement("code");
+      code.className = "language-json";
+      code.textContent = reply;
+      const pre = document.createElement("pre");
+      pre.append(code);
+      view.body.replaceChildren(pre);
+    } else {
+      view.body.innerHTML = renderMarkdown(reply);
+    }
     view.stats.textContent = statsLine(s);
     scrollDown();
   };
   try {
+    if (formatError) throw formatError;
     const r = await fetch("/v1/chat/completions", {
       method: "POST",
       headers: headers(),
@@ -196,7 +237,10 @@ async function send(text) {
       if (data === "[DONE]") break;
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.message);
-      if (chunk.usage) s.tokens = chunk.usage.completion_tokens;
+      if (chunk.usage) {
+        s.tokens = chunk.usage.completion_tokens;
+        s.draft = chunk.usage.speculative || null;
+      }
       for (const c of chunk.choices || []) {
         const d = c.delta || {};
         let piece = d.content || "";
