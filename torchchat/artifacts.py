@@ -335,6 +335,7 @@ def load_pte(path: PathLike) -> PteModel:
     from executorch.runtime import Runtime
 
     meta: dict[str, Any] | None = None
+    error: Exception | None = None
     with native_stderr_captured() as log:
         try:
             program = Runtime.get().load_program(str(path))
@@ -343,9 +344,7 @@ def load_pte(path: PathLike) -> PteModel:
             if not (no_kernels and et_ops.METADATA_METHOD in meta["methods"]):
                 method = program.load_method("forward")
             error = None
-        except ArtifactError as e:
-            error = e
-        except Exception as e:
+        except Exception as e:  # ArtifactError included: raised as it is below
             error = e
     if isinstance(error, ArtifactError):
         raise error
@@ -354,7 +353,7 @@ def load_pte(path: PathLike) -> PteModel:
             raise _needs_torchchat_kernels(path, meta, no_kernels)
         if error is not None and "torchchat::" in "\n".join(log):
             raise _needs_torchchat_kernels(path, meta, _last_log_line(log)) from error
-    if error is not None:
+    if error is not None or meta is None:
         why = _last_log_line(log) or f"{type(error).__name__}: {error}"
         raise ArtifactError(f"cannot load {path}: {why}") from error
     if not meta["use_kv_cache"]:

@@ -392,6 +392,10 @@ class Model(nn.Module):
     directly, so a new conversation simply starts again at position 0.
     """
 
+    # ExecuTorch's Transformer ships no types, and read through nn.Module's
+    # __getattr__ each of its submodules would be `Tensor | Module`.
+    transformer: Any
+
     def __init__(self, config: ModelConfig, transformer: nn.Module, max_seq_length: int):
         super().__init__()
         self.config = config

@@ -192,7 +192,7 @@ def quantize_int4(
 
 
 def gguf_q4_codes(
-    qtype: str, blocks: np.ndarray, shape: tuple[int, int]
+    qtype: str, blocks: np.ndarray, shape: tuple[int, ...]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact codes, scales and zeros of GGUF Q4_0 / Q4_1 blocks.
 
@@ -248,6 +248,10 @@ class Int8Linear(nn.Module):
 
 class Int8Embedding(nn.Module):
     """int8 embedding table with a scale per row (groupsize 0) or group."""
+
+    # Buffers, typed for the checker (nn.Module's __getattr__ is not).
+    weight_int8: torch.Tensor
+    scales: torch.Tensor
 
     def __init__(
         self, weight: torch.Tensor, groupsize: int = 0, dtype: torch.dtype = torch.float32

@@ -36,6 +36,12 @@ class ImageError(ValueError):
 MAX_PIXELS = 8192 * 8192
 
 
+def _given(value: int | None, name: str) -> int:
+    if value is None:
+        raise ValueError(f"config.json has no {name}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class VisionConfig:
     """The vision tower (SigLIP), the projector and the image processor."""
@@ -66,7 +72,9 @@ class VisionConfig:
         import transformers
 
         full = transformers.Gemma3Config(**cfg)
-        v, t = full.vision_config, full.text_config
+        # Typed `PreTrainedConfig | dict | None`; Gemma3Config always builds both.
+        v: Any = full.vision_config
+        t: Any = full.text_config
         extra: dict[str, Any] = {}
         pre = d / "preprocessor_config.json" if d is not None else None
         if pre is not None and pre.exists():
@@ -91,10 +99,10 @@ class VisionConfig:
             patch_size=v.patch_size,
             eps=v.layer_norm_eps,
             text_dim=t.hidden_size,
-            mm_tokens=full.mm_tokens_per_image,
-            boi_id=full.boi_token_index,
-            eoi_id=full.eoi_token_index,
-            image_id=full.image_token_index,
+            mm_tokens=_given(full.mm_tokens_per_image, "mm_tokens_per_image"),
+            boi_id=_given(full.boi_token_index, "boi_token_index"),
+            eoi_id=_given(full.eoi_token_index, "eoi_token_index"),
+            image_id=_given(full.image_token_index, "image_token_index"),
             **extra,
         )
 

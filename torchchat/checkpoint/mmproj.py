@@ -53,6 +53,13 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
     return f.contents()
 
 
+def _rgb(reader: Any, key: str, path: Path) -> tuple[float, float, float]:
+    values = [float(x) for x in _field(reader, key, [0.5] * 3)]
+    if len(values) != 3:
+        raise CheckpointError(f"{path}: {key} has {len(values)} values, not 3 (R, G, B)")
+    return values[0], values[1], values[2]
+
+
 def load_mmproj(path: Path, text_dim: int, ids: tuple[int, int, int]) -> tuple[VisionConfig, dict]:
     """(VisionConfig, VisionEncoder weights) from an mmproj GGUF whose
     projector feeds a text model of width `text_dim`; `ids` are the text
@@ -93,8 +100,8 @@ def load_mmproj(path: Path, text_dim: int, ids: tuple[int, int, int]) -> tuple[V
         boi_id=ids[0],
         eoi_id=ids[1],
         image_id=ids[2],
-        mean=tuple(float(x) for x in _field(reader, "clip.vision.image_mean", [0.5] * 3)),
-        std=tuple(float(x) for x in _field(reader, "clip.vision.image_std", [0.5] * 3)),
+        mean=_rgb(reader, "clip.vision.image_mean", path),
+        std=_rgb(reader, "clip.vision.image_std", path),
     )
     weights: dict[str, torch.Tensor] = {}
     for t in reader.tensors:
