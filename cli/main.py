@@ -424,7 +424,7 @@ def _pipelined(args: argparse.Namespace, argv: list[str]) -> int:
     n = args.pipeline_parallel
     if speculate_flags.mode(args):
         raise UserError("--speculate and --draft run in one process; drop --pipeline-parallel")
-    procs = []
+    procs: list[Any] = []
     if pipeline.under_launcher():
         rank = pipeline.join(n)
     else:

@@ -8,7 +8,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from sse_starlette import EventSourceResponse
@@ -184,7 +184,7 @@ async def _stream(
 
     def choice(
         i: int,
-        finish_reason: str | None = None,
+        finish_reason: Literal["stop", "length", "tool_calls"] | None = None,
         lp: schema.ChatLogprobs | None = None,
         **delta: Any,
     ) -> schema.ChatChunkChoice:
@@ -213,7 +213,7 @@ async def _stream(
             continue
         done.append(ev)
         jobs.finished(srv, ev)
-        finish = ev.finish_reason
+        finish: Literal["stop", "length", "tool_calls"] = ev.finish_reason
         if ts:
             rest, calls = ts.finish()
             if rest:

@@ -34,6 +34,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -280,7 +281,7 @@ class Delta:
 
 @dataclass
 class Done:
-    finish_reason: str  # stop, length
+    finish_reason: Literal["stop", "length"]
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
@@ -599,7 +600,9 @@ class Engine:
             if tail or rest:
                 emit(Delta(tail, rest))
             stats = reply.stats
-            finish = "stop" if stats.stop_reason in ("eos", "stopped") else "length"
+            finish: Literal["stop", "length"] = (
+                "stop" if stats.stop_reason in ("eos", "stopped") else "length"
+            )
             emit(
                 Done(
                     finish,

@@ -13,6 +13,7 @@ whole responses, each streamed chunk, and every error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -65,7 +66,7 @@ class ImagePart(_Strict):
 UserContent = str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]]
 
 
-def _text(content: UserContent | None) -> str:
+def _text(content: str | Sequence[TextPart | ImagePart] | None) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -73,7 +74,9 @@ def _text(content: UserContent | None) -> str:
     return "".join(p.text for p in content if isinstance(p, TextPart))
 
 
-def _template_content(content: UserContent | None) -> str | list[dict[str, str]]:
+def _template_content(
+    content: str | Sequence[TextPart | ImagePart] | None,
+) -> str | list[dict[str, str]]:
     """Text as a string; with images, parts as chat templates take them
     ({"type": "image"} where each image goes), in the request's order."""
     if isinstance(content, list) and any(isinstance(p, ImagePart) for p in content):
@@ -307,8 +310,9 @@ class ChatCompletionRequest(SamplingRequest):
                 d["tool_calls"] = calls
             if isinstance(m, ToolMessage):
                 d["tool_call_id"] = m.tool_call_id
-            if getattr(m, "name", None):
-                d["name"] = m.name
+            name = getattr(m, "name", None)
+            if name:
+                d["name"] = name
             out.append(d)
         return out
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -261,7 +261,7 @@ def decode(
     stop_ids: Sequence[int] = (),
     stats: Stats | None = None,
     images: Sequence[ImageSpan] = (),
-) -> Iterator[int]:
+) -> Generator[int, None, None]:
     """The generation loop: yields each sampled id, a final stop id included.
 
     Prefills only the part of `prompt` the slot does not hold yet, then

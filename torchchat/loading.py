@@ -564,7 +564,9 @@ def serve_stage(options: LoadOptions) -> None:
     stage and runs it until rank 0 closes the pipeline."""
     from torchchat import pipeline
 
-    pipeline.serve(load(options).model)
+    stage = load(options).ensure_model()
+    assert isinstance(stage, pipeline.StageModel), "a rank past 0 loads its stage"
+    pipeline.serve(stage)
 
 
 def _check(options: LoadOptions) -> None:

@@ -79,9 +79,9 @@ class PromptLookup:
                 self._index[tuple(h[c - n : c])] = c
         self._seen = h
         for n in range(min(self.max_ngram, len(h)), 0, -1):
-            c = self._index.get(tuple(h[-n:]))
-            if c is not None:
-                return h[c : c + k]
+            at = self._index.get(tuple(h[-n:]))
+            if at is not None:
+                return h[at : at + k]
         return []
 
 

@@ -1,10 +1,13 @@
-"""Checks (or, with --fix, applies) the tree's one C++ and one Python style.
+"""Checks (or, with --fix, applies) the tree's one C++ and one Python style,
+and the library code's types.
 
     tools/bazel run //tools/lint            # check; exits 1 on any finding
     tools/bazel run //tools/lint -- --fix   # rewrite files in place
 
 C++ goes through clang-format (.clang-format) and Python through ruff's
-formatter and linter (ruff.toml), both pinned in the Python lock. The files
+formatter and linter (ruff.toml), both pinned in the Python lock, and the
+library code through mypy (mypy.ini; also pinned), which --fix only checks.
+Its cache lives in the user cache, so a second run reads only what changed. The files
 are the ones git tracks, so build outputs and the vendored lock are never
 touched.
 """
@@ -31,6 +34,22 @@ def tools() -> tuple[str, str]:
     return clang_format.get_executable("clang-format"), find_ruff_bin()
 
 
+def mypy(root: Path) -> int:
+    """mypy over mypy.ini's files; 0 when they type-check."""
+    from mypy import api
+
+    from tools.provision_cache import cache_dir
+
+    os.chdir(root)  # mypy.ini's `files` are relative to the tree
+    out, err, rc = api.run(
+        ["--config-file", str(root / "mypy.ini"), "--cache-dir", f"{cache_dir()}/mypy"]
+    )
+    if rc:
+        sys.stdout.write(out)
+        sys.stderr.write(err)
+    return rc
+
+
 def tracked(root: Path) -> list[str]:
     out = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True)
     return [f for f in out.stdout.decode().split("\0") if f and (root / f).is_file()]
@@ -53,10 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc |= run([clang_format, "-i", "--style=file", *cxx], root)
         rc |= run([ruff, "check", "--fix", "--quiet", "."], root)
         rc |= run([ruff, "format", "--quiet", "."], root)
-        return rc
+        return rc | mypy(root)
     rc |= run([clang_format, "--dry-run", "-Werror", "--style=file", *cxx], root)
     rc |= run([ruff, "format", "--check", "--quiet", "."], root)
     rc |= run([ruff, "check", "--quiet", "."], root)
+    rc |= mypy(root)
     print(
         "lint: clean" if rc == 0 else "lint: run `tools/bazel run //tools/lint -- --fix`",
         file=sys.stderr,

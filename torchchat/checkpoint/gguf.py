@@ -172,7 +172,7 @@ def _config(path: Path, reader: GGUFFile, tensors: dict[str, GGUFTensor]) -> Mod
                 "rope_factors_short.weight"
             )
         rot = config.rotary_dim or head_dim
-        factors = {}
+        factors: dict[str, list[float]] = {}
         for key in ("short", "long"):
             name = f"rope_factors_{key}.weight"
             if name not in tensors:
@@ -262,8 +262,8 @@ def load_gguf(path: Path, stage: Stage | None = None) -> Checkpoint:
         if m and m.group(2) in _GGUF_FUSED.get(arch, ()):
             whole = t
             layer = f"layers.{m.group(1)}."
-            for meta, rows in split_fused(layer, m.group(2), whole.shape[0], config).items():
-                weights[meta] = _in_meta_layout(meta, whole.take_rows(rows), arch, config)
+            for part, rows in split_fused(layer, m.group(2), whole.shape[0], config).items():
+                weights[part] = _in_meta_layout(part, whole.take_rows(rows), arch, config)
             continue
         meta = gguf_tensor_name(name)
         if meta is None:

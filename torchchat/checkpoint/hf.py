@@ -178,9 +178,9 @@ def load_hf(d: Path, stage: Stage | None = None) -> Checkpoint:
             m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
             if m and m.group(2) in _HF_FUSED:
                 layer = f"layers.{m.group(1)}."
-                for meta, rows in split_fused(layer, m.group(2), w.shape[0], config).items():
+                for part, rows in split_fused(layer, m.group(2), w.shape[0], config).items():
                     piece = w[rows]
-                    sd[meta] = to_meta_rope(meta, piece, config) if rotated(meta) else piece
+                    sd[part] = to_meta_rope(part, piece, config) if rotated(part) else piece
                 continue
             meta = hf_tensor_name(name, config.post_norms)
             if meta is None:
