@@ -266,7 +266,10 @@ def servers(args: argparse.Namespace, gguf: Path, slots: int) -> list[Callable[[
             cmd = [str(TORCHCHAT), "serve-cluster", "--gguf-path", str(gguf), "--port", str(port)]
             cmd += ["--parallel", str(slots), "--max-seq-length", str(args.ctx), "--quiet"]
             cmd += ["--replicas", str(replicas), "--replica-cpus", str(cpus), "--routing", routing]
-            name = f"serve-cluster, {replicas} replica{'s' if replicas > 1 else ''} x {cpus} "
+            if args.cluster_eager:
+                cmd += ["--compile", "none"]
+            name = f"serve-cluster{' --compile none' if args.cluster_eager else ''}, "
+            name += f"{replicas} replica{'s' if replicas > 1 else ''} x {cpus} "
             name += f"thread{'s' if cpus > 1 else ''}, {routing} routing"
             return Server(name, cmd, port, {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"})
 
@@ -299,6 +302,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="llama-server,compiled,eager",
         help="which, in order (the first is the peer): llama-server, compiled, eager, and "
         "serve-cluster's cluster1, cluster2 (prefix routing), cluster1-pow2, cluster2-pow2",
+    )
+    p.add_argument(
+        "--cluster-eager",
+        action="store_true",
+        help="serve-cluster's replicas serve the eager model (--compile none), as `eager` does",
     )
     p.add_argument(
         "--conversation",
@@ -403,7 +411,7 @@ def cluster_model(names: list[str], levels: list[int], results: dict[str, list[L
     the scaling model on paper: R replicas on R hosts of this kind give R x
     one replica's throughput at clients/R each."""
     plain = next((n for n in names if n.startswith("torchchat server")), None)
-    one = [n for n in names if n.startswith("serve-cluster, 1 replica ")]
+    one = [n for n in names if n.startswith("serve-cluster") and ", 1 replica " in n]
     if 1 in levels and plain:
         i = levels.index(1)
         base = results[plain][i]

@@ -62,11 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Flags whose value is a file: a replica runs in another directory (and
+# maybe on another host, where the recipe has the same paths).
+PATH_FLAGS = ("--checkpoint-path", "--gguf-path", "--tokenizer-path", "--pte-path",
+              "--aoti-package-path")  # fmt: skip
+
+
+def absolute(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    for a in argv:
+        flag, eq, value = a.partition("=")
+        if eq and flag in PATH_FLAGS:
+            a = f"{flag}={os.path.abspath(value)}"
+        elif out and out[-1] in PATH_FLAGS:
+            a = os.path.abspath(a)
+        out.append(a)
+    return out
+
+
 def split_argv(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """(the cluster's flags, the rest: what each replica's server takes)."""
     only = argparse.ArgumentParser(add_help=False)
     add_cluster_args(only)
-    return only.parse_known_args(argv)
+    ns, rest = only.parse_known_args(argv)
+    return ns, absolute(rest)
 
 
 def check(args: argparse.Namespace) -> None:
@@ -124,6 +143,10 @@ def connect(args: argparse.Namespace) -> None:
 
     if ray.is_initialized():
         return
+    # Ray puts the driver's directory first on its workers' path: make it the
+    # root this code runs from, so that replicas import the same modules
+    # (a source checkout's kernels/ has no built libraries).
+    os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if args.address:
         # This process joins as a driver on the head node, whose address
         # Ray must see as this node's (not another interface of the host).
@@ -184,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"torchchat serve-cluster: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as e:  # noqa: BLE001 (Ray's failures to deploy: one line)
-        if type(e).__module__.startswith("ray"):
+        if type(e).__module__.startswith("ray") or "Deploying application" in str(e):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             print(f"torchchat serve-cluster: error: {first}", file=sys.stderr)
             return EXIT_ERROR

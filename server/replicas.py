@@ -103,10 +103,11 @@ class Replica:
         # node's own cache), never sent through the object store.
         args = main.build_parser().parse_args(argv)
         self.engine, self.config = main.build(args)
-        self.app = create_app(self.engine, self.config)
+        # Not `self.app`: serve.ingress's wrapper has a property of that name.
+        self.served_app = create_app(self.engine, self.config)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return self.app
+        return self.served_app
 
     def check_health(self) -> None:
         """Serve's periodic check: a replica whose batcher died is replaced."""
@@ -131,7 +132,7 @@ class Replica:
         async def send(msg: Message) -> None:
             await out.put(msg)
 
-        task = asyncio.ensure_future(self.app(req.scope, receive, send))
+        task = asyncio.ensure_future(self.served_app(req.scope, receive, send))
         task.add_done_callback(lambda _: out.put_nowait(None))
         try:
             while (msg := await out.get()) is not None:
