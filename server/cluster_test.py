@@ -28,6 +28,10 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+# The test's own cluster, on loopback. Ray turns token auth on when a token
+# sits in ~/.ray (another user of this machine may have made one), and then
+# the worker node, in Bazel's sandbox, was refused by the head.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 import httpx2 as httpx
 
