@@ -1,4 +1,4 @@
-"""torchchat command line: generate, chat, server, eval, list, where, download, remove.
+"""torchchat command line: generate, chat, server, serve-cluster, eval, list, where, download, remove.
 
 The top of the house: it parses flags and hands each command to the module
 that does the work (torchchat.loading and torchchat.generate, the server,
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_answer_args(c)
     # Its flags live in server/main.py; main() hands it the rest of argv.
     sub.add_parser("server", help="OpenAI-compatible HTTP server (server/README.md)")
+    sub.add_parser(
+        "serve-cluster", help="the server as Ray Serve replicas across a cluster (server/README.md)"
+    )
     sub.add_parser("eval", help="perplexity and benchmark tasks (evals/README.md)")
     sub.add_parser("list", help="list known models")
     for name, text in (
@@ -397,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
         from server.main import main as server_main
 
         return server_main(argv[1:])
+    if argv[:1] == ["serve-cluster"]:
+        from server.cluster import main as cluster_main
+
+        return cluster_main(argv[1:])
     if argv[:1] == ["eval"]:
         from evals.main import main as eval_main
 

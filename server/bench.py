@@ -52,6 +52,9 @@ class Request:
     ttft_s: float
     tokens: int
     gaps_s: list[float]  # between consecutive streamed chunks
+    text: str = ""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, found in the slot's KV cache
 
 
 def percentile(xs: Sequence[float], q: float) -> float:
@@ -72,6 +75,12 @@ class Level:
 
     def ttft_ms(self, q: float) -> float:
         return 1000 * percentile([r.ttft_s for r in self.requests], q)
+
+    @property
+    def hit_rate(self) -> float:
+        """The share of prompt tokens found in a slot's KV cache."""
+        prompt = sum(r.prompt_tokens for r in self.requests)
+        return sum(r.cached_tokens for r in self.requests) / prompt if prompt else 0.0
 
     @property
     def itl_ms(self) -> float:
@@ -118,7 +127,7 @@ class Server:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.terminate()  # serve-cluster takes it as Ctrl-C: its cluster stops too
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -145,27 +154,51 @@ def stream_completion(port: int, model: str, prompt: str, max_tokens: int) -> Re
     )
     t0 = time.perf_counter()
     times: list[float] = []
-    tokens = None
+    usage: dict = {}
+    text = ""
     with urllib.request.urlopen(req, timeout=600) as r:
         for raw in r:
             line = raw.decode().strip()
             if not line.startswith("data:") or line == "data: [DONE]":
                 continue
             msg = json.loads(line[5:])
-            if msg.get("usage"):
-                tokens = msg["usage"]["completion_tokens"]
-            if any(c.get("text") for c in msg.get("choices", ())):
+            if "error" in msg:
+                raise RuntimeError(f"port {port}: {msg['error']['message']}")
+            usage = msg.get("usage") or usage
+            pieces = [c.get("text") or "" for c in msg.get("choices", ())]
+            if any(pieces):
                 times.append(time.perf_counter())
+                text += "".join(pieces)
     if not times:
         raise RuntimeError(f"port {port}: a completion streamed no text")
     gaps = [b - a for a, b in zip(times, times[1:])]
-    return Request(times[0] - t0, tokens if tokens is not None else len(times), gaps)
+    details = usage.get("prompt_tokens_details") or {}
+    return Request(
+        times[0] - t0,
+        usage.get("completion_tokens", len(times)),
+        gaps,
+        text,
+        usage.get("prompt_tokens", 0),
+        details.get("cached_tokens", 0),
+    )
 
 
-def run_level(server: Server, clients: int, rounds: int, max_tokens: int) -> Level:
+def run_level(
+    server: Server, clients: int, rounds: int, max_tokens: int, conversation: bool = False
+) -> Level:
     def client(i: int) -> list[Request]:
         prompts = [PROMPTS[(i + r * clients) % len(PROMPTS)] for r in range(rounds)]
-        return [stream_completion(server.port, server.model, p, max_tokens) for p in prompts]
+        if not conversation:
+            return [stream_completion(server.port, server.model, p, max_tokens) for p in prompts]
+        # Each round continues the client's text: its prompt is the last
+        # round's prompt and answer, then a new line (a chat's shape), so a
+        # replica that holds the last round's cache prefills only the rest.
+        # The client number leads, so that no two clients share a prefix.
+        text, out = f"Client {i}. {prompts[0]}", []
+        for r in range(rounds):
+            out.append(stream_completion(server.port, server.model, text, max_tokens))
+            text += out[-1].text + "\n" + prompts[(r + 1) % rounds]
+        return out
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -222,11 +255,36 @@ def servers(args: argparse.Namespace, gguf: Path, slots: int) -> list[Callable[[
 
         return make
 
+    def cluster(replicas: int, routing: str) -> Callable[[], Server]:
+        # `serve-cluster` with a one-node Ray cluster of its own on 127.0.0.1;
+        # the replicas split the threads (Ray gives each OMP_NUM_THREADS of
+        # its CPUs), so two replicas here share the cores one has alone.
+        cpus = max(1, args.threads // replicas)
+
+        def make() -> Server:
+            port = free_port()
+            cmd = [str(TORCHCHAT), "serve-cluster", "--gguf-path", str(gguf), "--port", str(port)]
+            cmd += ["--parallel", str(slots), "--max-seq-length", str(args.ctx), "--quiet"]
+            cmd += ["--replicas", str(replicas), "--replica-cpus", str(cpus), "--routing", routing]
+            if args.cluster_eager:
+                cmd += ["--compile", "none"]
+            name = f"serve-cluster{' --compile none' if args.cluster_eager else ''}, "
+            name += f"{replicas} replica{'s' if replicas > 1 else ''} x {cpus} "
+            name += f"thread{'s' if cpus > 1 else ''}, {routing} routing"
+            return Server(name, cmd, port, {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"})
+
+        return make
+
     makers = {
         "llama-server": llama,
         # The default compiles on first use (minutes, once; cached).
         "compiled": ours("torchchat server (default: compiled)"),
         "eager": ours("torchchat server --compile none", "--compile", "none"),
+        # Run after "compiled": the replicas load its cached package.
+        "cluster1-pow2": cluster(1, "pow2"),
+        "cluster1": cluster(1, "prefix"),
+        "cluster2-pow2": cluster(2, "pow2"),
+        "cluster2": cluster(2, "prefix"),
     }
     return [makers[name] for name in args.servers.split(",")]
 
@@ -242,7 +300,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--servers",
         default="llama-server,compiled,eager",
-        help="which, in order (the first is the peer)",
+        help="which, in order (the first is the peer): llama-server, compiled, eager, and "
+        "serve-cluster's cluster1, cluster2 (prefix routing), cluster1-pow2, cluster2-pow2",
+    )
+    p.add_argument(
+        "--cluster-eager",
+        action="store_true",
+        help="serve-cluster's replicas serve the eager model (--compile none), as `eager` does",
+    )
+    p.add_argument(
+        "--conversation",
+        action="store_true",
+        help="each client's rounds continue its own text (shared prefixes: the KV-cache hit "
+        "rate shows whether requests reach the replica holding their prefix)",
     )
     p.add_argument("--json", help="also write the results here")
     return p.parse_args(argv)
@@ -264,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream_completion(server.port, server.model, PROMPTS[0], 8)  # warm-up
             results[server.name] = []
             for n in levels:
-                level = run_level(server, n, args.rounds, args.max_tokens)
+                level = run_level(server, n, args.rounds, args.max_tokens, args.conversation)
                 results[server.name].append(level)
                 print(
                     f"bench: {server.name}, {n} clients: {level.tok_s:.1f} tok/s",
@@ -284,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "ttft_p95_ms": lv.ttft_ms(95),
                     "itl_p50_ms": lv.itl_ms,
                     "wall_s": lv.wall_s,
+                    "prefix_hit_rate": lv.hit_rate,
                 }
                 for lv in lvs
             ]
@@ -309,16 +380,19 @@ def report(
     )
     print()
     print(
-        "| server | clients | decode tok/s, all streams | ratio | TTFT p50 / p95 ms | ITL p50 ms |"
+        "| server | clients | decode tok/s, all streams | ratio | TTFT p50 / p95 ms | ITL p50 ms "
+        "| prefix hit rate |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for name in names:
         for i, n in enumerate(levels):
             lv, base = results[name][i], results[peer][i]
             print(
                 f"| {name} | {n} | {lv.tok_s:.1f} | {lv.tok_s / base.tok_s:.2f}x | "
-                f"{lv.ttft_ms(50):.0f} / {lv.ttft_ms(95):.0f} | {lv.itl_ms:.1f} |"
+                f"{lv.ttft_ms(50):.0f} / {lv.ttft_ms(95):.0f} | {lv.itl_ms:.1f} | "
+                f"{lv.hit_rate:.0%} |"
             )
+    cluster_model(names, levels, results)
     # The issue's targets, at 8 clients where measured.
     if 8 in levels and 1 in levels:
         i8, i1 = levels.index(8), levels.index(1)
@@ -330,6 +404,32 @@ def report(
                 f"(target 3x), {lv8.tok_s / base8.tok_s:.2f}x {peer} (target 1.5x), "
                 f"TTFT p95 {lv8.ttft_ms(95) / base8.ttft_ms(95):.2f}x {peer}'s (target <= 2x)"
             )
+
+
+def cluster_model(names: list[str], levels: list[int], results: dict[str, list[Level]]) -> None:
+    """What Ray adds per request (one client, against the plain server), and
+    the scaling model on paper: R replicas on R hosts of this kind give R x
+    one replica's throughput at clients/R each."""
+    plain = next((n for n in names if n.startswith("torchchat server")), None)
+    one = [n for n in names if n.startswith("serve-cluster") and ", 1 replica " in n]
+    if 1 in levels and plain:
+        i = levels.index(1)
+        base = results[plain][i]
+        print()
+        for name in one:
+            lv = results[name][i]
+            print(
+                f"{name}: +{lv.ttft_ms(50) - base.ttft_ms(50):.1f} ms a request (TTFT p50) and "
+                f"+{lv.itl_ms - base.itl_ms:.2f} ms a token (ITL p50) over {plain}, 1 client"
+            )
+    for name in one:
+        print()
+        print(f"On paper, R hosts of this kind, each a replica as {name!r}:")
+        for n in levels:
+            for r in (2, 4):
+                if n % r == 0 and n // r in levels:
+                    per = results[name][levels.index(n // r)].tok_s
+                    print(f"  {r} replicas, {n} clients: {r} x {per:.1f} = {r * per:.1f} tok/s")
 
 
 if __name__ == "__main__":

@@ -94,6 +94,9 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def join(self, slot: int) -> None:
         with self._cv:
             self._active.add(slot)
@@ -386,6 +389,12 @@ class Engine:
 
     def busy(self) -> int:
         return len(self.slots) - len(self._free)
+
+    def problem(self) -> str | None:
+        """Why this engine cannot serve, or None when it can."""
+        if self.batcher is not None and not self.batcher.alive():
+            return "the batcher thread has stopped"
+        return None
 
     def queued(self) -> int:
         return len(self._waiters)

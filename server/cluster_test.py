@@ -1,0 +1,350 @@
+"""`serve-cluster` on two Ray nodes of this machine (head and worker, each
+its own `ray start`, on 127.0.0.1), one replica of the tiny model on each:
+prefix affinity keeps a conversation on the replica that holds its cache,
+the API key holds at Ray's HTTP proxy, and a replica killed under 16
+streaming clients leaves no hung or corrupt request, is replaced, and then
+every request succeeds.
+
+Every address is 127.0.0.1; each request has a timeout and each loop a
+bound. Teardown ends only the processes this test's `ray start` spawned
+(they carry its tag in their environment), never another user's Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import uuid
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+# The test's own cluster, on loopback. Ray turns token auth on when a token
+# sits in ~/.ray (another user of this machine may have made one), and then
+# the worker node, in Bazel's sandbox, was refused by the head.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+import httpx2 as httpx
+
+from server import cluster
+from testing import tiny_model
+
+KEY = "s3cret"
+TAG = "TORCHCHAT_CLUSTER_TEST"
+WORDS = "quick brown fox jumps over the lazy dog pack my box with five dozen liquor jugs".split()
+PROMPTS = [" ".join(WORDS[i % 7 : i % 7 + 2 + i % 9]) for i in range(16)]
+MAX_TOKENS = 128
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def ours(tag: str) -> dict[int, str]:
+    """{pid: command line} of the live processes carrying this test's tag."""
+    found = {}
+    needle = f"{TAG}={tag}".encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if needle in (d / "environ").read_bytes().split(b"\0"):
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found[int(d.name)] = cmd.strip()
+        except OSError:
+            continue  # gone, or not ours to read
+    return found
+
+
+def replica_pids(tag: str) -> set[int]:
+    return {p for p, cmd in ours(tag).items() if "ServeReplica:torchchat:Replica" in cmd}
+
+
+def cpu_ticks(pid: int) -> int:
+    """User + system time of a process (and its threads), in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def node_args(temp: str, cpus: int) -> list[str]:
+    nm, om, client, rt, metrics, agent, agent_grpc, workers = free_ports(8)
+    # Worker ports: a small block above a free port (Ray takes a range).
+    return [
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={cpus}",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+        "--object-store-memory=100000000",
+        f"--node-manager-port={nm}",
+        f"--object-manager-port={om}",
+        f"--ray-client-server-port={client}",
+        f"--runtime-env-agent-port={rt}",
+        f"--metrics-export-port={metrics}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--min-worker-port={workers}",
+        f"--max-worker-port={min(workers + 40, 65535)}",
+    ]
+
+
+class ClusterTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tag = uuid.uuid4().hex
+        base = os.environ.get("TEST_TMPDIR", tempfile.gettempdir())
+        cls.tmp = tempfile.mkdtemp(dir=base)
+        # Ray's unix sockets live under its temp dir, and a socket path has
+        # at most 107 bytes: Bazel's TEST_TMPDIR is too deep for that.
+        cls.ray_tmp = tempfile.mkdtemp(prefix="tcray", dir=base if len(base) < 40 else "/tmp")
+        cls.ckpt = str(tiny_model.write_checkpoint(os.path.join(cls.tmp, "tiny")))
+        env = dict(os.environ)
+        env[TAG] = cls.tag
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        ray_cli = [sys.executable, "-m", "server.ray_node", "start"]
+        (gcs,) = free_ports(1)
+        cls.address = f"127.0.0.1:{gcs}"
+        try:
+            for args in (
+                ["--head", f"--port={gcs}", "--include-dashboard=false"],
+                [f"--address={cls.address}"],
+            ):
+                subprocess.run(
+                    [*ray_cli, *args, *node_args(cls.ray_tmp, 2)],
+                    env=env,
+                    check=True,
+                    timeout=120,
+                    stdout=subprocess.DEVNULL,
+                )
+            import ray
+
+            ray.init(address=cls.address, _node_ip_address="127.0.0.1", logging_level="WARNING")
+            (cls.port,) = free_ports(1)
+            argv = [
+                "--checkpoint-path", cls.ckpt, "--compile", "none", "--quiet",
+                "--parallel", "4", "--api-key", KEY,
+                "--address", cls.address, "--port", str(cls.port),
+                "--replicas", "2", "--max-replicas-per-node", "1",
+            ]  # fmt: skip
+            args = cluster.build_parser().parse_args(argv)
+            _, replica_argv = cluster.split_argv(argv)
+            start = time.monotonic()
+            cls.url = cluster.deploy(args, replica_argv)
+            print(f"deployed in {time.monotonic() - start:.1f} s", file=sys.stderr)
+        except BaseException:
+            cls.stop_cluster()
+            raise
+        cls.client = httpx.Client(
+            base_url=f"http://127.0.0.1:{cls.port}",
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=httpx.Timeout(60, connect=10),
+        )
+
+    @classmethod
+    def stop_cluster(cls):
+        try:
+            import ray
+
+            ray.shutdown()
+        finally:
+            # Only what this test's `ray start` spawned: TERM, then KILL.
+            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+                for pid in ours(cls.tag):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+                deadline = time.monotonic() + wait
+                while ours(cls.tag) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            shutil.rmtree(cls.ray_tmp, ignore_errors=True)
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.stop_cluster()
+
+    def complete(self, prompt: str) -> str:
+        r = self.client.post(
+            "/v1/completions",
+            json={
+                "model": "tiny",
+                "prompt": prompt,
+                "max_tokens": MAX_TOKENS,
+                "temperature": 0,
+                "ignore_eos": True,
+            },
+        )
+        self.assertEqual(r.status_code, 200, r.text)
+        return r.json()["choices"][0]["text"]
+
+    def chat(self, messages: list[dict]) -> dict:
+        r = self.client.post(
+            "/v1/chat/completions",
+            json={"model": "tiny", "messages": messages, "max_tokens": 8, "temperature": 0},
+        )
+        self.assertEqual(r.status_code, 200, r.text)
+        return r.json()
+
+    def test_1_api_key_at_the_proxy(self):
+        with httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30) as bare:
+            r = bare.get("/v1/models")
+            self.assertEqual(r.status_code, 401)
+            self.assertEqual(r.json()["error"]["code"], "invalid_api_key")
+            r = bare.post("/v1/completions", json={"model": "tiny", "prompt": "hi"})
+            self.assertEqual(r.status_code, 401)
+            self.assertEqual(bare.get("/health").status_code, 200)  # as the server: no key
+        r = self.client.get("/v1/models")
+        self.assertEqual(r.status_code, 200)
+        self.assertEqual(r.json()["data"][0]["id"], "tiny")
+        # Bad input is still the replica's one-line 400, through the front.
+        r = self.client.post("/v1/completions", json={"model": "tiny", "prompt": 3})
+        self.assertEqual(r.status_code, 400)
+        self.assertIn("prompt", r.json()["error"]["message"])
+
+    def test_2_prefix_affinity(self):
+        """Each conversation's later turns reuse the KV cache of its earlier
+        ones: they reach the replica that served them."""
+        cached = prompt = 0
+        for c in range(6):
+            messages = [
+                {"role": "system", "content": f"conversation {c}: " + " ".join(WORDS[c:])},
+                {"role": "user", "content": PROMPTS[c]},
+            ]
+            for turn in range(3):
+                r = self.chat(messages)
+                usage = r["usage"]
+                if turn:
+                    prompt += usage["prompt_tokens"]
+                    cached += usage["prompt_tokens_details"]["cached_tokens"]
+                    self.assertGreater(
+                        usage["prompt_tokens_details"]["cached_tokens"], 0, (c, turn)
+                    )
+                messages += [
+                    {"role": "assistant", "content": r["choices"][0]["message"]["content"]},
+                    {"role": "user", "content": PROMPTS[c + turn + 1]},
+                ]
+        print(f"prefix hit rate of later turns: {cached / prompt:.0%}", file=sys.stderr)
+
+    def test_3_replica_killed_under_load(self):
+        before = replica_pids(self.tag)
+        self.assertEqual(len(before), 2, ours(self.tag))
+        expected = [self.complete(p) for p in PROMPTS]
+        results: list[tuple[str, int, str, dict | None]] = [("none", 0, "", None)] * 16
+        first_token = threading.Semaphore(0)
+
+        def stream(i: int) -> None:
+            text, error, outcome = "", None, "cut"
+            body = {
+                "model": "tiny",
+                "prompt": PROMPTS[i],
+                "max_tokens": MAX_TOKENS,
+                "temperature": 0,
+                "ignore_eos": True,
+                "stream": True,
+            }
+            try:
+                with self.client.stream("POST", "/v1/completions", json=body) as r:
+                    if r.status_code != 200:
+                        r.read()
+                        results[i] = ("status", r.status_code, "", r.json())
+                        return
+                    for line in r.iter_lines():
+                        if not line.startswith("data: "):
+                            continue
+                        data = line[len("data: ") :]
+                        if data == "[DONE]":
+                            outcome = "done"
+                            break
+                        event = json.loads(data)
+                        if "error" in event:
+                            outcome, error = "error", event
+                            break
+                        if not text:
+                            first_token.release()
+                        text += event["choices"][0]["text"]
+            except httpx.HTTPError as e:
+                outcome = f"transport: {e!r}"
+            results[i] = (outcome, 200, text, error)
+
+        ticks = {p: cpu_ticks(p) for p in before}
+        threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(16)]
+        for t in threads:
+            t.start()
+        for _ in range(6):  # a few streams are decoding
+            self.assertTrue(first_token.acquire(timeout=60), "no stream started")
+        # The replica that is decoding more: it has streams to cut.
+        victim = max(before, key=lambda p: cpu_ticks(p) - ticks[p])
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.assertFalse(any(t.is_alive() for t in threads), "a request hung")
+
+        retryable = 0
+        for i, (outcome, status, text, error) in enumerate(results):
+            if outcome == "done":
+                self.assertEqual(text, expected[i], f"client {i}: corrupt text")
+            elif outcome == "status":
+                self.assertEqual(status, 503, (i, error))
+                self.assertEqual(error["error"]["code"], "replica_unavailable")
+                retryable += 1
+            elif outcome == "error":
+                self.assertEqual(error["error"]["code"], "replica_unavailable", (i, error))
+                self.assertTrue(expected[i].startswith(text), f"client {i}: corrupt text")
+                retryable += 1
+            else:
+                self.fail(f"client {i}: {outcome}")
+        # The kill really hit requests in flight.
+        self.assertGreater(retryable, 0, results)
+        print(f"{16 - retryable} of 16 completed, {retryable} got a retryable 503", file=sys.stderr)
+
+        # Serve replaces the replica.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            now = replica_pids(self.tag)
+            if len(now) == 2 and victim not in now and self.running() == 2:
+                break
+            time.sleep(0.5)
+        else:
+            self.fail(f"the replica was not replaced: {replica_pids(self.tag)}")
+        # Then every request succeeds, and gives what it gave before.
+        for _ in range(2):
+            threads_out: list[str | None] = [None] * 16
+
+            def one(i: int) -> None:
+                threads_out[i] = self.complete(PROMPTS[i])
+
+            ts = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(16)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(timeout=90)
+            self.assertEqual(threads_out, expected)
+
+    def running(self) -> int:
+        from ray import serve
+
+        app = serve.status().applications["torchchat"]
+        return app.deployments["Replica"].replica_states.get("RUNNING", 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
