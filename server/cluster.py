@@ -133,7 +133,8 @@ def replica_options(args: argparse.Namespace) -> dict[str, object]:
         from ray.serve.config import RequestRouterConfig
 
         options["request_router_config"] = RequestRouterConfig(
-            request_router_class=PrefixCacheAffinityRouter
+            # Ray's pydantic field is typed loosely; it takes the class itself.
+            request_router_class=PrefixCacheAffinityRouter  # type: ignore[arg-type]
         )
     return options
 

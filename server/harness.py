@@ -22,7 +22,7 @@ def engine_for(argv: list[str]) -> tuple[Engine, Config]:
     if "--compile" not in argv:
         argv = [*argv, "--compile", "none"]
     args: argparse.Namespace = main.build_parser().parse_args(argv)
-    return main.build(args)  # type: ignore[return-value]
+    return main.build(args)
 
 
 class Slowed:

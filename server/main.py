@@ -14,10 +14,15 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torchchat import loading, speculate_flags
 from torchchat.errors import EXIT_ERROR, EXIT_INTERRUPT, UserError
 from torchchat.sampling import add_sampling_args
+
+if TYPE_CHECKING:
+    from server.common import Config
+    from server.engine import Engine
 
 DEFAULT_PORT = 8000
 
@@ -81,7 +86,7 @@ def model_id(args: argparse.Namespace) -> str:
     return args.model or registry.DEFAULT_MODEL
 
 
-def build(args: argparse.Namespace) -> tuple[object, object]:
+def build(args: argparse.Namespace) -> tuple[Engine, Config]:
     """(engine, config) for the flags; raises UserError for bad ones."""
     from server.common import Config
     from server.embeddings import model_pooling

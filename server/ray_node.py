@@ -13,14 +13,15 @@ import sys
 def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     if sys.argv[1:2] == ["serve"]:
-        from ray.serve.scripts import cli
+        from ray.serve.scripts import cli as serve_cli
 
         sys.argv = ["serve", *sys.argv[2:]]
+        serve_cli()
     else:
-        from ray.scripts.scripts import main as cli
+        from ray.scripts.scripts import main as ray_cli
 
         sys.argv = ["ray", *sys.argv[1:]]
-    cli()
+        ray_cli()
 
 
 if __name__ == "__main__":

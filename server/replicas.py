@@ -186,7 +186,8 @@ class Front:
         started, sse = False, False
         for attempt in range(2):
             try:
-                async for msg in self.replicas.remote(req):
+                # A handle with stream=True answers with a generator.
+                async for msg in self.replicas.remote(req):  # type: ignore[union-attr]
                     if msg["type"] == "http.response.start":
                         started = True
                         sse = (b"content-type", b"text/event-stream") in [
