@@ -286,10 +286,15 @@ const char* torchchat_last_error(void) { return torchchat::c_api::g_last_error.c
 
 torchchat_status torchchat_set_log(torchchat_log_level min_level, torchchat_log_callback callback,
                                    void* user_data) {
-  if (min_level < TORCHCHAT_LOG_DEBUG || min_level > TORCHCHAT_LOG_OFF) {
-    return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT, "torchchat_set_log: min_level " +
-                                                      std::to_string(static_cast<int>(min_level)) +
-                                                      " is not a torchchat_log_level");
+  // A C caller may pass any int; reading it as the enum would be undefined
+  // behaviour in C++ when it is out of range, so its bytes are read as one.
+  static_assert(sizeof(int) == sizeof(torchchat_log_level));
+  int raw;
+  std::memcpy(&raw, &min_level, sizeof raw);
+  if (raw < TORCHCHAT_LOG_DEBUG || raw > TORCHCHAT_LOG_OFF) {
+    return Fail(
+        TORCHCHAT_ERROR_INVALID_ARGUMENT,
+        "torchchat_set_log: min_level " + std::to_string(raw) + " is not a torchchat_log_level");
   }
   torchchat::c_api::RouteRuntimeLog();
   auto& sink = torchchat::c_api::Sink();
