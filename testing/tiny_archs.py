@@ -162,6 +162,30 @@ _GGUF_TOP = {
 }
 
 
+def hf_greedy(
+    ref: "transformers.PreTrainedModel",
+    ids: torch.Tensor,
+    steps: int,
+    pad_token_id: int = 0,
+    **inputs,
+) -> list[int]:
+    """transformers' own greedy continuation of `ids` [1, T]: exactly `steps`
+    ids, never stopped early. The explicit mask keeps generate from reading a
+    prompt id equal to the pad id as padding; `inputs` go along (pixels)."""
+    with torch.inference_mode():
+        out = ref.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=pad_token_id,
+            **inputs,
+        )
+    return out[0, ids.shape[1] :].tolist()
+
+
 def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
     """convert_hf_to_gguf's LlamaModel.permute: HF halves -> interleaved."""
     return (

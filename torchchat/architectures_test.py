@@ -26,7 +26,15 @@ import torch
 import transformers
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-from testing.tiny_archs import CONFIGS, HF_VARIANTS, VOCAB, hf_model, model_type, write_gguf
+from testing.tiny_archs import (
+    CONFIGS,
+    HF_VARIANTS,
+    VOCAB,
+    hf_greedy,
+    hf_model,
+    model_type,
+    write_gguf,
+)
 from torchchat import quantize
 from torchchat.checkpoint import CheckpointError, load_checkpoint, load_model
 from torchchat.generate import Slot, argmax, decode
@@ -85,16 +93,7 @@ def greedy_ours(model, prompt):
 
 
 def greedy_ref(ref, prompt):
-    ids = torch.tensor([prompt])
-    return ref.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=STEPS,
-        min_new_tokens=STEPS,
-        do_sample=False,
-        eos_token_id=None,
-        pad_token_id=0,
-    )[0, len(prompt) :].tolist()
+    return hf_greedy(ref, torch.tensor([prompt]), STEPS)
 
 
 class ArchitectureTest(unittest.TestCase):

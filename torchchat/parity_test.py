@@ -15,6 +15,7 @@ import torch
 import transformers
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
+from testing.tiny_archs import hf_greedy
 from torchchat import registry
 from torchchat.checkpoint import load_checkpoint, load_model
 from torchchat.generate import Slot, Stats, argmax, decode
@@ -71,17 +72,7 @@ class ParityTest(unittest.TestCase):
     def test_greedy_64_tokens_match(self):
         # The prompt holds <|im_end|> (id 2, also the pad id): an explicit
         # attention mask keeps generate from masking it out as padding.
-        ids = torch.tensor([PROMPT])
-        with torch.inference_mode():
-            ref = self.ref.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=64,
-                min_new_tokens=64,
-                do_sample=False,
-                eos_token_id=None,
-                pad_token_id=2,
-            )[0, len(PROMPT) :].tolist()
+        ref = hf_greedy(self.ref, torch.tensor([PROMPT]), 64, pad_token_id=2)
         model = self.model
 
         class LastPosition:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from testing.tiny_archs import hf_greedy
 from testing.tiny_vision import (
     BOI_ID,
     EOI_ID,
@@ -95,17 +96,7 @@ class VisionTest(unittest.TestCase):
 
     def test_greedy_ids_through_the_cache(self):
         ids, extra = self.reference()
-        with torch.inference_mode():
-            want = self.ref.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=STEPS,
-                min_new_tokens=STEPS,
-                do_sample=False,
-                eos_token_id=None,
-                pad_token_id=0,
-                **extra,
-            )[0, ids.shape[1] :].tolist()
+        want = hf_greedy(self.ref, ids, STEPS, **extra)
         model = attend_filled_cache(load_model(self.ckpt, torch.float32, 128))
         slot = Slot(model)
         got = list(decode(slot, self.prompt, argmax, STEPS, images=self.spans()))
