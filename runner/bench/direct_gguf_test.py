@@ -57,12 +57,8 @@ class DirectGGUFTest(unittest.TestCase):
         # layers, tied embedding; compared tensor by tensor with one it
         # wrote) and Llama 3.1 8B (32 layers, untied; its published file's
         # load log: q4_K 193 tensors, q6_K 33).
-        self.assertEqual(
-            Counter(q4_k_m_types(16, tied=True).values()), {"Q4_K": 96, "Q6_K": 17}
-        )
-        self.assertEqual(
-            Counter(q4_k_m_types(32, tied=False).values()), {"Q4_K": 193, "Q6_K": 33}
-        )
+        self.assertEqual(Counter(q4_k_m_types(16, tied=True).values()), {"Q4_K": 96, "Q6_K": 17})
+        self.assertEqual(Counter(q4_k_m_types(32, tied=False).values()), {"Q4_K": 193, "Q6_K": 33})
         types = q4_k_m_types(16, tied=True)
         more = [i for i in range(16) if types[f"blk.{i}.ffn_down.weight"] == "Q6_K"]
         self.assertEqual(more, [0, 1, 4, 7, 10, 13, 14, 15])
