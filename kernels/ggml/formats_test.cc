@@ -189,11 +189,11 @@ TEST(Linear, RowsAreIndependentOfTheBatchAndThreads) {
             ASSERT_EQ(nullptr, Linear(x.data() + i * k, 1, w.data(), type, n, k, bias.data(),
                                       alone.data() + i * n));
           for (int64_t rows : {2, 4, 5, 7, 8, 9, 16, 31, 32, 33, 40})
-            for (const Q4ParallelFor* pf : {static_cast<const Q4ParallelFor*>(nullptr), &two,
-                                            &other}) {
+            for (const Q4ParallelFor* pf :
+                 {static_cast<const Q4ParallelFor*>(nullptr), &two, &other}) {
               std::fill(y.begin(), y.end(), 0.f);
-              ASSERT_EQ(nullptr, Linear(x.data(), rows, w.data(), type, n, k, bias.data(),
-                                        y.data(), pf));
+              ASSERT_EQ(nullptr,
+                        Linear(x.data(), rows, w.data(), type, n, k, bias.data(), y.data(), pf));
               ASSERT_EQ(0, std::memcmp(y.data(), alone.data(), size_t(rows * n) * sizeof(float)))
                   << TypeName(type) << " k=" << k << " m=" << rows << " on " << Isa() << ", x "
                   << dx << (pf ? ", 2 threads" : "");

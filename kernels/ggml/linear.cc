@@ -655,8 +655,8 @@ TC_GGML_AVX2 inline void FloatGroupAvx2(const Job& a, int64_t n, int64_t i) {
       _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
       TC_UNROLL
       for (int h = 0; h < A; ++h)
-        acc[r][h] = _mm256_fmadd_ps(_mm256_loadu_ps(x + e + 8 * h), Load8(p + 8 * h * F::kSize, F{}),
-                                    acc[r][h]);
+        acc[r][h] = _mm256_fmadd_ps(_mm256_loadu_ps(x + e + 8 * h),
+                                    Load8(p + 8 * h * F::kSize, F{}), acc[r][h]);
     }
   }
   TC_UNROLL
