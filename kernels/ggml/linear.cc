@@ -26,11 +26,17 @@ namespace {
 
 // Float formats: from this many rows of x, dequantized tiles (the
 // conversion is shared by the rows), below it the float rows kernels, which
-// sum in the tiles' order. Block formats run the integer rows kernels at
-// every m: they take four rows of x per weight row, unpacking its codes
-// once, 85 GMAC/s from 4 rows to 256 on Zen 4 (2 threads, Q4_K 8192 x
-// 2048, int8 x), against the tiles' 56 at 8 rows and 80-85 from 64.
+// sum in the tiles' order: the same bits either way.
 constexpr int64_t kTileMinM = 8;
+// Block formats: below this many rows of x (decode, a speculative draft's
+// check, a server step's decode rows) x is rounded and the integer rows
+// kernels run, int8 (four rows of x per weight row) or int16; from it
+// (prefill), the exact fp32 tiles. Every row of a call takes the same path,
+// so a row's bits are the same in any call of fewer rows. Rounding prefill
+// too would keep them at any m, but the rows kernels are slower there:
+// eager prefill of the built-in model (Q4_1, k = 576) ran 296 tok/s against
+// the tiles' 483 (Zen 4, 2 threads; Q4_K 8192 x 2048 at 256 rows was even).
+constexpr int64_t kRowsMaxM = 32;
 // The decode kernels read one weight row at a time, front to back, and
 // leave prefetching to the hardware: reading 2 or 4 rows at once (to share
 // each load of x) or prefetching in software ran 6-15 GB/s from DRAM on a
@@ -889,13 +895,12 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
   if (active_path == Path::kAvx2) micro = tile::MicroAvx2();
   if (active_path == Path::kVnni) micro = tile::MicroAvx512();
 #endif
-  // A row's path depends on the row alone, never on how many rows share the
-  // call: a block format's rows are rounded and run by the integer rows
-  // kernels at any m (prefill too), so one id alone, the same id among a
-  // speculative draft's, and one slot's id beside another slot's prefill
-  // give the same bits. Float formats run rows below kTileMinM and tiles
-  // above, with the same sums in the same order (FloatRows).
-  bool tiled = !kern.int16_x && m >= kTileMinM && micro != nullptr;
+  // A row's path and sums must not depend on how many rows share the call
+  // (below kRowsMaxM for block formats): one id alone and the same id among
+  // a speculative draft's give the same bits. Float formats run rows below
+  // kTileMinM and tiles above, with the same sums in the same order.
+  const bool rounded = kern.int16_x && m < kRowsMaxM;
+  bool tiled = !rounded && m >= kTileMinM && micro != nullptr;
   // Scratch reused across calls on this thread: decode allocates nothing.
   thread_local std::vector<int16_t> xq;
   thread_local std::vector<int8_t> xq8;
@@ -905,7 +910,7 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
   thread_local std::vector<int64_t> exact_rows;
   exact_rows.clear();
 #if TC_GGML_X86
-  if (kern.int16_x) {
+  if (rounded) {
     const bool int8_rows = x8 && kern.rows8 != nullptr;
     const size_t k16 = size_t(k / 16);
     xsc16.resize(size_t(m) * k16);
