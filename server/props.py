@@ -23,6 +23,8 @@ RANDOM_SEED = 0xFFFFFFFF
 @router.get("/props")
 async def props(srv: Server) -> dict[str, Any]:
     config, tok = srv.config, srv.engine.tokenizer
+    spec = config.speculative
+    n_min, n_max = (spec["n_min"], spec["n_max"]) if spec is not None else (0, 0)
     params = schema.GenerationParams(
         seed=RANDOM_SEED if config.seed is None else config.seed,
         temperature=config.temperature,
@@ -33,10 +35,9 @@ async def props(srv: Server) -> dict[str, Any]:
         repeat_penalty=config.repetition_penalty,
         max_tokens=config.default_max_tokens,
         n_predict=config.default_max_tokens,
+        speculative_n_min=n_min,
+        speculative_n_max=n_max,
     )
-    spec = config.speculative
-    if spec is not None:
-        params.speculative_n_min, params.speculative_n_max = spec["n_min"], spec["n_max"]
     info = config.info
     return schema.Props(
         default_generation_settings=schema.GenerationSettings(

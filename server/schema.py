@@ -618,8 +618,8 @@ class GenerationParams(_Strict):
     n_probs: int = 0
     # llama-server's draft length bounds; 0 and 0 when the server does not
     # speculate.
-    speculative_n_max: int = Field(0, serialization_alias="speculative.n_max")
-    speculative_n_min: int = Field(0, serialization_alias="speculative.n_min")
+    speculative_n_max: int = Field(serialization_alias="speculative.n_max")
+    speculative_n_min: int = Field(serialization_alias="speculative.n_min")
 
 
 class SpeculativeSettings(_Strict):
