@@ -58,6 +58,9 @@ class Config:
     max_images: int = 4
     max_image_bytes: int = 20 << 20
     info: dict[str, Any] = field(default_factory=dict)
+    # --speculate's settings for /props (server/schema.SpeculativeSettings's
+    # fields), None when the server does not speculate.
+    speculative: dict[str, Any] | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     quiet: bool = True
 

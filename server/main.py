@@ -183,6 +183,7 @@ def build(args: argparse.Namespace) -> tuple[Engine, Config]:
         allow_image_urls=args.allow_image_urls,
         max_images=args.max_images,
         max_image_bytes=args.max_image_bytes,
+        speculative=_speculative(args, speculate, k, adapt),
     )
     # The CLI's sampling defaults must be valid before the first request.
     try:
@@ -194,6 +195,26 @@ def build(args: argparse.Namespace) -> tuple[Engine, Config]:
     except ValueError as e:
         raise UserError(str(e)) from e
     return engine, config
+
+
+def _speculative(
+    args: argparse.Namespace, speculate: str | None, k: int, adapt: object
+) -> dict[str, object] | None:
+    """--speculate's settings as /props shows them."""
+    if not speculate:
+        return None
+    from torchchat.speculate import AdaptiveK, PromptLookup
+
+    auto = isinstance(adapt, AdaptiveK)
+    lo, hi = (adapt.lo, adapt.hi) if isinstance(adapt, AdaptiveK) else (k, k)
+    return {
+        "mode": speculate,
+        "draft_model": args.draft,
+        "draft_k": "auto" if auto else k,
+        "n_min": lo,
+        "n_max": hi,
+        "ngram_max": PromptLookup().max_ngram if speculate == "prompt-lookup" else None,
+    }
 
 
 def _drafters(

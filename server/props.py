@@ -1,5 +1,7 @@
 """GET /props, as llama-server defines it: the defaults a request's fields
-fall back to, the slots, the model's path and chat template, the build."""
+fall back to (speculative.n_max/n_min among them), the slots, the model's
+path and chat template, the build; and torchchat's `speculative`: the
+--speculate mode, --draft, --draft-k and prompt lookup's n-gram."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ RANDOM_SEED = 0xFFFFFFFF
 @router.get("/props")
 async def props(srv: Server) -> dict[str, Any]:
     config, tok = srv.config, srv.engine.tokenizer
+    spec = config.speculative
+    n_min, n_max = (spec["n_min"], spec["n_max"]) if spec is not None else (0, 0)
     params = schema.GenerationParams(
         seed=RANDOM_SEED if config.seed is None else config.seed,
         temperature=config.temperature,
@@ -31,6 +35,8 @@ async def props(srv: Server) -> dict[str, Any]:
         repeat_penalty=config.repetition_penalty,
         max_tokens=config.default_max_tokens,
         n_predict=config.default_max_tokens,
+        speculative_n_min=n_min,
+        speculative_n_max=n_max,
     )
     info = config.info
     return schema.Props(
@@ -46,4 +52,12 @@ async def props(srv: Server) -> dict[str, Any]:
         bos_token=tok.token_text(tok.bos_id),
         eos_token=tok.token_text(tok.eos_ids[0] if tok.eos_ids else None),
         build_info=f"torchchat (torch {torch.__version__})",
-    ).model_dump()
+        speculative=None
+        if spec is None
+        else schema.SpeculativeSettings(
+            mode=spec["mode"],
+            draft_model=spec["draft_model"],
+            draft_k=spec["draft_k"],
+            ngram_max=spec["ngram_max"],
+        ),
+    ).model_dump(by_alias=True)

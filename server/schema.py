@@ -616,6 +616,20 @@ class GenerationParams(_Strict):
     ignore_eos: bool = False
     stream: bool = False
     n_probs: int = 0
+    # llama-server's draft length bounds; 0 and 0 when the server does not
+    # speculate.
+    speculative_n_max: int = Field(serialization_alias="speculative.n_max")
+    speculative_n_min: int = Field(serialization_alias="speculative.n_min")
+
+
+class SpeculativeSettings(_Strict):
+    """--speculate as the server runs it (torchchat's own field: llama-server
+    has only the n_max/n_min above)."""
+
+    mode: str  # "prompt-lookup" or "draft"
+    draft_model: str | None  # --draft as given
+    draft_k: int | str  # ids per draft, or "auto"
+    ngram_max: int | None  # prompt lookup's longest n-gram
 
 
 class GenerationSettings(_Strict):
@@ -637,6 +651,7 @@ class Props(_Strict):
     endpoint_slots: bool = False
     endpoint_props: bool = False  # POST /props
     endpoint_metrics: bool = True
+    speculative: SpeculativeSettings | None = None
     webui: bool = True
     chat_template: str
     bos_token: str

@@ -2,8 +2,9 @@
 clients at once get, greedy, exactly what a plain server gives each alone
 (prompt lookup and a draft model, fixed and adaptive k, eager and the tiny
 compiled package with slots); usage.speculative and /metrics count the
-drafts; bad flags are one line."""
+drafts; /props shows the settings; bad flags are one line."""
 
+import json
 import os
 import tempfile
 import unittest
@@ -24,6 +25,13 @@ WORDS = "the quick brown fox jumps over the lazy dog while the cat sleeps".split
 # that does not: guesses are kept and rolled back.
 PROMPTS = [" ".join(WORDS[i % 5 :] * (1 + i % 3)) for i in range(6)] + ["fox", "lazy cat"]
 TOKENS = 40
+
+
+def props(s) -> tuple[dict | None, dict]:
+    """/props' speculative settings and default params."""
+    with urllib.request.urlopen(s[0].url + "/props") as r:
+        body = json.loads(r.read())
+    return body["speculative"], body["default_generation_settings"]["params"]
 
 
 class SpeculateServerTest(unittest.TestCase):
@@ -88,12 +96,26 @@ class SpeculateServerTest(unittest.TestCase):
         self.assertEqual(samples["torchchat:draft_accepted_tokens_total"], accepted)
 
     def test_adaptive_k(self):
-        self.check("--speculate", "prompt-lookup", "--draft-k", "auto")
+        s, _, _ = self.check("--speculate", "prompt-lookup", "--draft-k", "auto")
+        spec, params = props(s)
+        self.assertEqual(
+            spec, {"mode": "prompt-lookup", "draft_model": None, "draft_k": "auto", "ngram_max": 3}
+        )
+        self.assertEqual((params["speculative.n_min"], params["speculative.n_max"]), (1, 15))
 
     def test_draft_model(self):
         # The model drafting for itself: its guesses are its own picks.
-        _, drafted, accepted = self.check("--draft", self.ckpt, "--draft-k", "3")
+        s, drafted, accepted = self.check("--draft", self.ckpt, "--draft-k", "3")
         self.assertGreater(accepted, drafted // 2)
+        spec, params = props(s)
+        self.assertEqual(
+            spec, {"mode": "draft", "draft_model": self.ckpt, "draft_k": 3, "ngram_max": None}
+        )
+        self.assertEqual((params["speculative.n_min"], params["speculative.n_max"]), (3, 3))
+        # A plain server: no speculative settings, llama-server's bounds 0.
+        spec, params = props(self.plain)
+        self.assertIsNone(spec)
+        self.assertEqual((params["speculative.n_min"], params["speculative.n_max"]), (0, 0))
 
     def test_streamed_chat_usage(self):
         s = self.serve("--checkpoint-path", self.ckpt, "--speculate", "prompt-lookup")

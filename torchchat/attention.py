@@ -112,6 +112,8 @@ class FilledCacheSDPA(nn.Module):
         seqlen: int,
         mask: torch.Tensor,
     ) -> torch.Tensor:
+        if 1 < seqlen <= ROWWISE_MAX_ROWS and not torch.compiler.is_compiling():
+            return self.rowwise(input_pos, q, k, v, bsz, mask)
         if self.rule is None or self.rule.softcap is None:
             # A capped layer's explicit attention keeps the whole cache:
             # inductor cannot lower its matmuls over the unbacked length.
@@ -121,3 +123,23 @@ class FilledCacheSDPA(nn.Module):
             k, v, mask = k[:, :, :end], v[:, :, :end], mask[:, :end]
         y = attend(q, k, v, mask, self.rule)
         return y.transpose(1, 2).reshape(bsz, seqlen, self.dim)
+
+    def rowwise(
+        self, input_pos: Tensor, q: Tensor, k: Tensor, v: Tensor, bsz: int, mask: Tensor
+    ) -> Tensor:
+        """Each query row as the one-id forward at its position computes it:
+        torch's SDPA sums a batch of rows in another order than one row
+        (1 ulp apart), and the int8 activations of the GGUF kernels round
+        such a difference into whole logits (0.85 on the built-in model),
+        so a speculative draft verified in one forward would not keep plain
+        decoding's ids. Eager only: a traced graph cannot loop over rows."""
+        rows = [
+            self.forward(input_pos[t : t + 1], q[:, :, t : t + 1], k, v, bsz, 1, mask[t : t + 1])
+            for t in range(q.shape[2])
+        ]
+        return torch.cat(rows, dim=1)
+
+
+# Forwards of up to this many ids (a speculative draft and its check,
+# draft_k <= 15) attend one row at a time in eager (FilledCacheSDPA.rowwise).
+ROWWISE_MAX_ROWS = 16

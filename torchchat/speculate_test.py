@@ -2,7 +2,8 @@
 ids as plain decoding, greedy and seeded sampling, on the tiny random model
 (eager) and on its compiled package with slots (the server's), through
 rollbacks, a full context and a continued conversation; sampling keeps the
-target's distribution (chi-square on a known Markov chain); the drafters."""
+target's distribution (chi-square on a known Markov chain); the drafters;
+and the built-in GGUF at its default int8 activations, greedy."""
 
 import os
 import tempfile
@@ -130,6 +131,33 @@ class SpeculativeDecodeTest(unittest.TestCase):
         self.assertEqual(got, want)
         self.assertGreater(stats.num_accepted_tokens, 0)
         self.assertGreater(stats.num_draft_tokens, stats.num_accepted_tokens)
+
+
+class BuiltinGGUFTest(unittest.TestCase):
+    """The built-in Q4_1 GGUF in its own kernels, at their default int8
+    activations: a forward of several ids must give each id the bits of a
+    forward of that id alone, or rounding x to 8 bits turns 1-ulp sums into
+    other ids (kernels/README.md)."""
+
+    def test_greedy_is_plain_decoding(self):
+        from kernels.ggml import ops
+        from torchchat import registry
+        from torchchat.checkpoint import load_native
+
+        self.assertEqual(ops.decode_x(), "int8")
+        path = registry.model_path(registry.resolve(registry.DEFAULT_MODEL))
+        model = attend_filled_cache(load_native(load_checkpoint(path), 256)[0])
+        g = torch.Generator().manual_seed(0)
+        words = torch.randint(2, model.config.vocab_size, (16,), generator=g).tolist()
+        prompt = words * 3 + torch.randint(2, model.config.vocab_size, (8,), generator=g).tolist()
+        want = list(decode(Slot(model), prompt, argmax, 48))
+        for k in (3, 8):
+            with self.subTest(k=k):
+                stats = Stats()
+                got = list(decode(with_drafts(model, k), prompt, argmax, 48, (), stats))
+                self.assertEqual(got, want)
+                self.assertGreater(stats.num_accepted_tokens, 0)
+                self.assertGreater(stats.num_draft_tokens, stats.num_accepted_tokens)
 
 
 class AdaptiveKTest(unittest.TestCase):

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/ggml/formats.h"
@@ -117,9 +118,9 @@ TEST(Linear, PathsAgree) {
             if (!ForceIsa(isa)) continue;  // not this CPU's
             ASSERT_TRUE(ForceDecodeX(dx));
             ASSERT_EQ(nullptr, Linear(x.data(), m, w.data(), type, n, k, nullptr, y.data()));
-            // Below 32 rows (8 with int16) a block type rounds x per 32 to
-            // 8 bits (1/254 of the block's largest value) or 16; floats and
-            // tiles are exact.
+            // Below 32 rows a block type rounds x per 32 to 8 bits (1/254
+            // of the block's largest value) or 16; floats and tiles are
+            // exact.
             const bool block = type != kF32 && type != kF16 && type != kBF16;
             const bool int8 = m < 32 && block && std::string(dx) == "int8";
             for (int64_t i = 0; i < m; ++i)
@@ -142,6 +143,68 @@ TEST(Linear, PathsAgree) {
         ASSERT_TRUE(ForceIsa(""));
         ASSERT_TRUE(ForceDecodeX(""));
       }
+    }
+}
+
+// Two threads, as at::parallel_for or ExecuTorch's pool would split the
+// weight rows: [0, cut) on a second thread, the rest here, cut a whole
+// number of grains at `at` of n.
+struct TwoThreads {
+  double at;
+  static void Run(void* self, int64_t n, int64_t grain, Q4Task fn, void* ctx) {
+    const double at = static_cast<TwoThreads*>(self)->at;
+    const int64_t cut = std::min(n, std::max<int64_t>(grain, int64_t(n * at) / grain * grain));
+    std::thread t(fn, ctx, 0, cut);
+    if (cut < n) fn(ctx, cut, n);
+    t.join();
+  }
+};
+
+// A row's result is the same bits whatever rows share its call and however
+// the weight rows are split across threads: one id alone and the same id
+// in a speculative draft must not round differently. Every format, path
+// and decode precision, block formats below 32 rows (from 32 they run the
+// exact tiles), floats at any m; m spans the old switch to the tiles at 8,
+// and one row cannot be rounded (inf).
+TEST(Linear, RowsAreIndependentOfTheBatchAndThreads) {
+  const int types[] = {kF32,  kF16,  kBF16, kQ4_0, kQ4_1, kQ5_0,   kQ5_1,  kQ8_0,
+                       kQ2_K, kQ3_K, kQ4_K, kQ5_K, kQ6_K, kIQ4_NL, kIQ4_XS};
+  std::mt19937 rng(3);
+  std::normal_distribution<float> g;
+  const int64_t n = 70, m = 40;
+  TwoThreads half{0.5}, third{0.3};
+  const Q4ParallelFor two{TwoThreads::Run, &half}, other{TwoThreads::Run, &third};
+  for (int type : types)
+    for (int64_t k : {512, 576}) {
+      if (RowBytes(type, k) < 0) continue;
+      const auto w = RandomWeights(type, n, k, rng);
+      std::vector<float> x(static_cast<size_t>(m * k)), bias(static_cast<size_t>(n));
+      for (auto& v : x) v = g(rng);
+      for (auto& v : bias) v = g(rng);
+      x[size_t(9 * k + 3)] = INFINITY;  // row 9: beyond int8's and int16's reach
+      for (const char* isa : {"scalar", "avx2", "avx512vnni"})
+        for (const char* dx : {"int8", "int16"}) {
+          if (!ForceIsa(isa)) continue;
+          ASSERT_TRUE(ForceDecodeX(dx));
+          std::vector<float> alone(size_t(m * n)), y(size_t(m * n));
+          for (int64_t i = 0; i < m; ++i)
+            ASSERT_EQ(nullptr, Linear(x.data() + i * k, 1, w.data(), type, n, k, bias.data(),
+                                      alone.data() + i * n));
+          const bool block = type != kF32 && type != kF16 && type != kBF16;
+          for (int64_t rows : {2, 4, 5, 7, 8, 9, 16, 31, 32, 33, 40})
+            if (!block || rows < 32)
+              for (const Q4ParallelFor* pf :
+                   {static_cast<const Q4ParallelFor*>(nullptr), &two, &other}) {
+                std::fill(y.begin(), y.end(), 0.f);
+                ASSERT_EQ(nullptr,
+                          Linear(x.data(), rows, w.data(), type, n, k, bias.data(), y.data(), pf));
+                ASSERT_EQ(0, std::memcmp(y.data(), alone.data(), size_t(rows * n) * sizeof(float)))
+                    << TypeName(type) << " k=" << k << " m=" << rows << " on " << Isa() << ", x "
+                    << dx << (pf ? ", 2 threads" : "");
+              }
+        }
+      ASSERT_TRUE(ForceIsa(""));
+      ASSERT_TRUE(ForceDecodeX(""));
     }
 }
 

@@ -24,14 +24,19 @@
 namespace torchchat::kernels::ggml {
 namespace {
 
-// From this many rows of x, dequantized tiles (exact, and the dequantization
-// is shared by the rows); below, the int16 rows kernels.
+// Float formats: from this many rows of x, dequantized tiles (the
+// conversion is shared by the rows), below it the float rows kernels, which
+// sum in the tiles' order: the same bits either way.
 constexpr int64_t kTileMinM = 8;
-// The int8 rows kernels take four rows of x per weight row, unpacking its
-// codes once: 85 GMAC/s from 4 rows to 256 on Zen 4 (2 threads, Q4_K 8192 x
-// 2048), against the tiles' 56 at 8 rows and 80-85 from 64. So int8 x runs
-// them up to here, and the tiles, as fast and exact, above.
-constexpr int64_t kTileMinM8 = 32;
+// Block formats: below this many rows of x (decode, a speculative draft's
+// check, a server step's decode rows) x is rounded and the integer rows
+// kernels run, int8 (four rows of x per weight row) or int16; from it
+// (prefill), the exact fp32 tiles. Every row of a call takes the same path,
+// so a row's bits are the same in any call of fewer rows. Rounding prefill
+// too would keep them at any m, but the rows kernels are slower there:
+// eager prefill of the built-in model (Q4_1, k = 576) ran 296 tok/s against
+// the tiles' 483 (Zen 4, 2 threads; Q4_K 8192 x 2048 at 256 rows was even).
+constexpr int64_t kRowsMaxM = 32;
 // The decode kernels read one weight row at a time, front to back, and
 // leave prefetching to the hardware: reading 2 or 4 rows at once (to share
 // each load of x) or prefetching in software ran 6-15 GB/s from DRAM on a
@@ -637,36 +642,43 @@ TC_GGML_AVX2 inline __m256 Load8(const uint8_t* p, F32) {
   return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
 }
 
-// Float weights: exact fp32 products, 8 elements at a time (k % 32 == 0).
-template <class F, int R>
+// Float weights: exact fp32 products, in the lanes of the tile micro-kernel
+// the same path runs from kTileMinM rows (tile_gemm.cc), so a row sums in
+// one order whatever m is: A = 1, one 8-lane sum stepping by 8 (AVX2
+// tiles); A = 2, two stepping by 16, added before the horizontal sum
+// (AVX-512 tiles: lanes 0-7 and 8-15 of one 16-lane sum). k % 32 == 0.
+template <class F, int R, int A>
 TC_GGML_AVX2 inline void FloatGroupAvx2(const Job& a, int64_t n, int64_t i) {
   const float* x = a.x + i * a.k;
-  __m256 acc[R][2];
+  __m256 acc[R][A];
   TC_UNROLL
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  for (int64_t e = 0; e < a.k; e += 16) {
-    const __m256 x0 = _mm256_loadu_ps(x + e), x1 = _mm256_loadu_ps(x + e + 8);
+  for (int r = 0; r < R; ++r) TC_UNROLL
+  for (int h = 0; h < A; ++h) acc[r][h] = _mm256_setzero_ps();
+  for (int64_t e = 0; e < a.k; e += 8 * A) {
     TC_UNROLL
     for (int r = 0; r < R; ++r) {
       const uint8_t* p = a.w + (n + r) * a.row_bytes + e * F::kSize;
       _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
-      acc[r][0] = _mm256_fmadd_ps(Load8(p, F{}), x0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(Load8(p + 8 * F::kSize, F{}), x1, acc[r][1]);
+      TC_UNROLL
+      for (int h = 0; h < A; ++h)
+        acc[r][h] = _mm256_fmadd_ps(_mm256_loadu_ps(x + e + 8 * h),
+                                    Load8(p + 8 * h * F::kSize, F{}), acc[r][h]);
     }
   }
   TC_UNROLL
-  for (int r = 0; r < R; ++r)
-    a.y[i * a.n + n + r] =
-        Hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + (a.bias ? a.bias[n + r] : 0.f);
+  for (int r = 0; r < R; ++r) {
+    const __m256 sum = A == 2 ? _mm256_add_ps(acc[r][0], acc[r][A - 1]) : acc[r][0];
+    a.y[i * a.n + n + r] = Hsum(sum) + (a.bias ? a.bias[n + r] : 0.f);
+  }
 }
 
-template <class F>
+template <class F, int A>
 TC_GGML_AVX2 void FloatRowsAvx2(const Job& a, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + 2 <= n1; n += 2)
-    for (int64_t i = 0; i < a.m; ++i) FloatGroupAvx2<F, 2>(a, n, i);
+    for (int64_t i = 0; i < a.m; ++i) FloatGroupAvx2<F, 2, A>(a, n, i);
   for (; n < n1; ++n)
-    for (int64_t i = 0; i < a.m; ++i) FloatGroupAvx2<F, 1>(a, n, i);
+    for (int64_t i = 0; i < a.m; ++i) FloatGroupAvx2<F, 1, A>(a, n, i);
 }
 
 template <class F>
@@ -722,8 +734,8 @@ constexpr Format FloatFormat(const char* name) {
                 32 * F::kSize,
                 {FloatRowsScalar<F>, DequantFloatScalar<F>, false},
 #if TC_GGML_X86
-                {FloatRowsAvx2<F>, DequantFloatAvx2<F>, false},
-                {FloatRowsAvx2<F>, DequantFloatAvx2<F>, false}
+                {FloatRowsAvx2<F, 1>, DequantFloatAvx2<F>, false},
+                {FloatRowsAvx2<F, 2>, DequantFloatAvx2<F>, false}
 #endif
   };
 }
@@ -883,47 +895,57 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
   if (active_path == Path::kAvx2) micro = tile::MicroAvx2();
   if (active_path == Path::kVnni) micro = tile::MicroAvx512();
 #endif
-  // Below kTileMinM8 rows with int8 x (decode, a server's batched decode),
-  // below kTileMinM with int16, the integer rows kernels; above, the exact
-  // tiles.
-  const bool int8_rows = x8 && kern.rows8 != nullptr && m < kTileMinM8;
-  bool tiled = !int8_rows && m >= kTileMinM && micro != nullptr;
+  // A row's path and sums must not depend on how many rows share the call
+  // (below kRowsMaxM for block formats): one id alone and the same id among
+  // a speculative draft's give the same bits. Float formats run rows below
+  // kTileMinM and tiles above, with the same sums in the same order.
+  const bool rounded = kern.int16_x && m < kRowsMaxM;
+  bool tiled = !rounded && m >= kTileMinM && micro != nullptr;
   // Scratch reused across calls on this thread: decode allocates nothing.
   thread_local std::vector<int16_t> xq;
   thread_local std::vector<int8_t> xq8;
   thread_local std::vector<float> xsc16, xs16;
+  // Rows of x that cannot be rounded (not finite, or too small for
+  // limit / max): each runs alone through the exact tiles afterwards.
+  thread_local std::vector<int64_t> exact_rows;
+  exact_rows.clear();
 #if TC_GGML_X86
-  if (int8_rows) {
-    xq8.resize(size_t(m * k));
-    xsc16.resize(size_t(m * k / 16));
-    xs16.resize(size_t(m * k / 16));
-    bool ok = true;
-    for (int64_t i = 0; i < m && ok; ++i)
-      ok = QuantizeX8(x + i * k, k, xq8.data() + i * k, xsc16.data() + i * (k / 16),
-                      xs16.data() + i * (k / 16));
-    if (ok) {
+  if (rounded) {
+    const bool int8_rows = x8 && kern.rows8 != nullptr;
+    const size_t k16 = size_t(k / 16);
+    xsc16.resize(size_t(m) * k16);
+    xs16.resize(size_t(m) * k16);
+    if (int8_rows) {
+      xq8.resize(size_t(m * k));
+    } else {
+      xq.resize(size_t(m * k));
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      float* sc = xsc16.data() + i * k16;
+      float* sm = xs16.data() + i * k16;
+      const bool ok = int8_rows ? QuantizeX8(x + i * k, k, xq8.data() + i * k, sc, sm)
+                                : QuantizeX(x + i * k, k, xq.data() + i * k, sc, sm);
+      if (!ok) {
+        // Zero scales make the rows kernels' result for it finite (and
+        // unused); the tiles below overwrite it.
+        std::fill(sc, sc + k16, 0.f);
+        std::fill(sm, sm + k16, 0.f);
+        if (int8_rows) {
+          std::fill(xq8.data() + i * k, xq8.data() + (i + 1) * k, int8_t(0));
+        } else {
+          std::fill(xq.data() + i * k, xq.data() + (i + 1) * k, int16_t(0));
+        }
+        exact_rows.push_back(i);
+      }
+    }
+    if (int8_rows) {
       task.rows = kern.rows8;
       task.job.xq8 = xq8.data();
-      task.job.xsc16 = xsc16.data();
-      task.job.xs16 = xs16.data();
     } else {
-      tiled = micro != nullptr;  // x beyond int8's reach: the exact tiles
-    }
-  } else if (!tiled && kern.int16_x) {
-    xq.resize(size_t(m * k));
-    xsc16.resize(size_t(m * k / 16));
-    xs16.resize(size_t(m * k / 16));
-    bool ok = true;
-    for (int64_t i = 0; i < m && ok; ++i)
-      ok = QuantizeX(x + i * k, k, xq.data() + i * k, xsc16.data() + i * (k / 16),
-                     xs16.data() + i * (k / 16));
-    if (ok) {
       task.job.xq = xq.data();
-      task.job.xsc16 = xsc16.data();
-      task.job.xs16 = xs16.data();
-    } else {
-      tiled = micro != nullptr;  // x beyond int16's reach: the exact tiles
     }
+    task.job.xsc16 = xsc16.data();
+    task.job.xs16 = xs16.data();
   }
 #endif
   if (tiled) task.micro = micro;
@@ -934,6 +956,16 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
     pf->run(pf->self, n, grain, RunTask, &task);
   } else {
     RunTask(&task, 0, n);
+  }
+  for (int64_t i : exact_rows) {
+    Task one{Job{x + i * k, 1, k, w, n, task.job.row_bytes, bias, y + i * n}, kern.rows,
+             kern.dequant, micro};
+    const int64_t g = ((grain + tile::kNR - 1) / tile::kNR) * tile::kNR;
+    if (pf != nullptr && pf->run != nullptr && n > g) {
+      pf->run(pf->self, n, g, RunTask, &one);
+    } else {
+      RunTask(&one, 0, n);
+    }
   }
   return nullptr;
 }

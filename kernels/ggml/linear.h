@@ -2,20 +2,25 @@
 // bytes (formats.h): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K,
 // Q6_K, IQ4_NL, IQ4_XS, F16 and BF16 (and F32).
 //
-// Two paths, picked by the number of rows of x:
-//  - decode (below 32 rows of x; 8 with int16 x): x is rounded per block of
-//    32 to int8 (scale max|x| / 127, as llama.cpp's Q8_0 activations: an
-//    error of at most 1/254 of the block's largest value per element;
-//    llama.cpp's K-quant dots round per 256) and each group of 32 codes is
-//    an exact integer dot product (vpmaddubsw, or vpdpbusd), scaled in fp32,
-//    four rows of x per weight row. The offsets m * sum(x') use the rounded
-//    x's sums, so the product is w . x' exactly. DecodeX "int16" rounds x
-//    to int16 instead (scale max|x| / 32767, vpmaddwd or vpdpwssd): 2^-16 of
-//    the block's largest value, for checks against a dequantized model.
-//    F16/BF16/F32 keep x in fp32.
-//  - prefill: a few weight rows at a time are dequantized to fp32 and
-//    multiplied by the fp32 micro-kernels (tile_gemm.h): exact, up to the
-//    order of the sums.
+// Block formats (on the SIMD paths), below 32 rows of x (decode, a
+// speculative draft's check, a server step's decode rows): x is rounded per
+// block of 32 to int8 (scale max|x| / 127, as llama.cpp's Q8_0
+// activations: an error of at most 1/254 of the block's largest value per
+// element; llama.cpp's K-quant dots round per 256) and each group of 32
+// codes is an exact integer dot product (vpmaddubsw, or vpdpbusd), scaled
+// in fp32, four rows of x per weight row. The offsets m * sum(x') use the
+// rounded x's sums, so the product is w . x' exactly. DecodeX "int16"
+// rounds x to int16 instead (scale max|x| / 32767, vpmaddwd or vpdpwssd):
+// 2^-16 of the block's largest value, for checks against a dequantized
+// model. A row that cannot be rounded (not finite) runs alone through the
+// fp32 tiles. From 32 rows (prefill): a few weight rows at a time are
+// dequantized to fp32 and multiplied by the fp32 micro-kernels
+// (tile_gemm.h): exact, up to the order of the sums.
+// Float formats (F16/BF16/F32): fp32 rows below 8 rows of x, fp32 tiles
+// above, summing in the same lanes and order.
+// So a row's result is the same bits in any call of fewer than 32 rows (a
+// float format's: any call), however the weight rows are split across
+// threads (formats_test).
 // The scalar path (any CPU, and LinearIsa "scalar") keeps x in fp32 always.
 #pragma once
 

@@ -39,10 +39,11 @@ class LinearTest(unittest.TestCase):
         lin = ops.GGMLLinear(torch.from_numpy(raw), qtype, self.N, self.K, torch.from_numpy(bias))
         with ops.using_isa(isa), ops.using_decode_x(x):
             y = lin(torch.from_numpy(xs)).double().numpy()
-        # Decode rounds x per block of 32, to int16 (2^-16 of the block's
-        # largest value, below 8 rows) or int8 (1/254 of it, below 32 rows);
-        # prefill's tiles and the scalar path are exact up to fp32 sums.
-        rounded = (m < 8 or x == "int8" and m < 32) and isa != "scalar" and qtype not in FLOATS
+        # Below 32 rows block formats round x per block of 32, to int16
+        # (2^-16 of the block's largest value) or int8 (1/254 of it); from
+        # 32 their tiles, float formats and the scalar path are exact up to
+        # fp32 sums.
+        rounded = m < 32 and isa != "scalar" and qtype not in FLOATS
         tol = 3e-5 if rounded else 2e-6
         if rounded and x == "int8":
             # Each x off by at most 1/254 of its block's largest |x|.
@@ -59,7 +60,7 @@ class LinearTest(unittest.TestCase):
     def test_every_format_decode_int8(self) -> None:
         for isa in ("avx2", ""):  # "" is AVX-512 VNNI where the CPU has it
             for qtype in ops.TYPES:
-                for m in (1, 3, 5, 16):  # 5: four rows at once, then one
+                for m in (1, 3, 5, 16, 40):  # 5: four rows at once, then one
                     self.check(qtype, m, isa, x="int8")
 
     def test_every_format_prefill(self) -> None:
@@ -69,6 +70,30 @@ class LinearTest(unittest.TestCase):
     def test_every_format_scalar(self) -> None:
         for qtype in ops.TYPES:
             self.check(qtype, 2, "scalar")
+
+    def test_rows_independent_of_batch_and_threads(self) -> None:
+        """Through the op and at::parallel_for: each row of one call of up
+        to 31 rows (block formats; floats 40) on 2 threads is bit for bit
+        that row alone on 1 thread, so a speculative draft's check changes
+        no id."""
+        n, k, m = 264, 512, 40
+        x = torch.from_numpy(np.random.default_rng(3).standard_normal((m, k)).astype(np.float32))
+        threads = torch.get_num_threads()
+        try:
+            for qtype in ops.TYPES:
+                raw = random_tensor(qtype, n, k, seed=11)
+                lin = ops.GGMLLinear(torch.from_numpy(raw), qtype, n, k)
+                for isa in ("avx2", ""):
+                    for dx in ("int8", "int16"):
+                        with ops.using_isa(isa), ops.using_decode_x(dx):
+                            torch.set_num_threads(1)
+                            alone = torch.cat([lin(x[i : i + 1]) for i in range(m)])
+                            torch.set_num_threads(2)
+                            for rows in (8, 31) if qtype not in FLOATS else (8, 40):
+                                with self.subTest(qtype=qtype, isa=isa or ops.isa(), x=dx, m=rows):
+                                    self.assertTrue(torch.equal(lin(x[:rows]), alone[:rows]))
+        finally:
+            torch.set_num_threads(threads)
 
     def test_embedding_rows_equal_gguf(self) -> None:
         for qtype in ops.TYPES:
