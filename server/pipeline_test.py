@@ -1,5 +1,5 @@
-"""`torchchat server --pipeline-parallel 2` on a tiny 4-layer GGUF, started
-as a user starts it (the server spawns rank 1 itself, both on 127.0.0.1 /
+"""`torchchat server --pipeline-parallel 2` on a tiny 4-layer F32 GGUF, started
+as a user starts it, in a process of its own (the server spawns rank 1 itself, both on 127.0.0.1 /
 lo): greedy completions, chats and embeddings through the HTTP API are a
 one-process server's, alone and 4 at once (batched across the ranks); a
 client that leaves mid-stream and bad requests leave the ranks serving;
@@ -35,6 +35,8 @@ PROMPTS = [" ".join(tiny_model.TEXT[i : i + 1 + i % 4]) for i in range(4)]
 # Long enough for micro-batches of 32 through the stages.
 LONG = " ".join(tiny_model.TEXT[:7])
 MAX_TOKENS = 24
+# `torchchat server ARGV` (the CLI hands its argv to server.main as this does).
+SERVER = "import sys; from server.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 def free_port() -> int:
@@ -81,14 +83,18 @@ class PipelineServerTest(unittest.TestCase):
         cls.tmp = tempfile.TemporaryDirectory()
         d = Path(cls.tmp.name)
         ckpt = tiny_model.write_checkpoint(d / "tiny", n_layers=4)
-        gguf = tiny_model.write_gguf(ckpt, d / "tiny.gguf")
+        # F32: the quantized kernels round decode rows (under 32) to int8
+        # and larger steps not, so which requests share a step (4 at once,
+        # or a prompt's cached prefix) would move ids in one process too.
+        # The quantized stages are //torchchat:pipeline_test's.
+        gguf = tiny_model.write_gguf(ckpt, d / "tiny.gguf", ("F32",), "F32", "F32")
         model = ["--gguf-path", str(gguf), "--tokenizer-path", str(ckpt / "tokenizer.json")]
         model += ["--compile", "none", "--parallel", "4", "--model-id", "tiny"]
         port = free_port()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         cls.log = open(d / "server.log", "w+")
         cls.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", *model, "--port", str(port)]
+            [sys.executable, "-c", SERVER, *model, "--port", str(port)]
             + ["--pipeline-parallel", "2"],
             stdout=cls.log,
             stderr=subprocess.STDOUT,
@@ -107,8 +113,9 @@ class PipelineServerTest(unittest.TestCase):
             except httpx.HTTPError:
                 pass
             if cls.proc.poll() is not None or time.monotonic() > deadline:
+                out = cls.output()
                 cls.tearDownClass()
-                raise RuntimeError(f"the pipeline server did not start:\n{cls.output()}")
+                raise RuntimeError(f"the pipeline server did not start:\n{out}")
             time.sleep(0.3)
 
     @classmethod

@@ -104,13 +104,12 @@ def flaky_stage(options: loading.LoadOptions) -> None:
     loading.serve_stage(options)
 
 
-def slot_steps(model) -> tuple[list[list[int]], torch.Tensor]:
+def slot_steps(model, vocab: int) -> tuple[list[list[int]], torch.Tensor]:
     """Greedy ids of three slots stepped together (SlotModel's
     forward_slots): prompts of 70, 10 and 40 ids prefilled in one step, then
     12 decode steps of all three (slot 1 verifying two ids at once in the
     first); and slot 2's prompt's hidden states."""
     g = torch.Generator().manual_seed(2)
-    vocab = model.config.vocab_size
     prompts = [torch.randint(2, vocab, (n,), generator=g).tolist() for n in (70, 10, 40)]
     logits = model.forward_slots([(s, p, 0) for s, p in enumerate(prompts)])
     ids = [[int(x)] for x in logits.argmax(-1)]
@@ -178,7 +177,7 @@ class PipelineTest(unittest.TestCase):
             threads = torch.get_num_threads()
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))
             try:
-                want_ids, want_hidden = slot_steps(SlotModel(model, 3))
+                want_ids, want_hidden = slot_steps(SlotModel(model, 3), model.config.vocab_size)
             finally:
                 torch.set_num_threads(threads)
             options = loading.LoadOptions(
@@ -195,7 +194,7 @@ class PipelineTest(unittest.TestCase):
                     slots.forward_slots([(3, [5], 0)])
                 self.assertIsNone(slots.problem())
                 # The ranks are still in step: one process's ids.
-                got_ids, got_hidden = slot_steps(slots)
+                got_ids, got_hidden = slot_steps(slots, model.config.vocab_size)
                 self.assertEqual(got_ids, want_ids)
                 torch.testing.assert_close(got_hidden, want_hidden, atol=1e-4, rtol=1e-4)
                 # A rank that dies: the step fails, the pipeline says it is
