@@ -4,8 +4,8 @@ prefix affinity keeps a conversation on the replica that holds its cache,
 the API key holds at Ray's HTTP proxy, and a replica killed under 16
 streaming clients leaves no hung or corrupt request, is replaced, and then
 every request succeeds. Last, the app redeployed with --routing pow2 and
-autoscaling between 1 and 2 replicas gives the same answers, scales down
-to 1 when idle and back up to 2 under load.
+autoscaling between 1 and 2 replicas gives the same answers, starts at 1
+replica, scales up to 2 under load and back down to 1 when idle.
 
 Every address is 127.0.0.1; each request has a timeout and each loop a
 bound. Teardown ends only the processes this test's `ray start` spawned
@@ -363,7 +363,7 @@ class ClusterTest(unittest.TestCase):
         with httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30) as bare:
             self.assertEqual(bare.get("/v1/models").status_code, 401)
         self.assertEqual(self.complete(PROMPTS[0]), expected[0])
-        # Idle: down to --min-replicas.
+        # Deployed anew, autoscaling starts at --min-replicas.
         self.wait_running(1, 60)
         # 8 clients in a loop: 8 ongoing requests against a target of 4 (the
         # replica's --parallel) a replica: up to --max-replicas.
@@ -392,6 +392,9 @@ class ClusterTest(unittest.TestCase):
             self.assertTrue(done, f"client {i} finished no request")
             for status, text in done:
                 self.assertEqual((status, text), (200, expected[i]), f"client {i}")
+        # Idle again: back down once the look-back window's average falls.
+        self.wait_running(1, 120)
+        self.assertEqual(self.complete(PROMPTS[1]), expected[1])
 
     def wait_running(self, n: int, timeout: float) -> None:
         start = time.monotonic()

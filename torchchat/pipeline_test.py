@@ -104,14 +104,15 @@ def flaky_stage(options: loading.LoadOptions) -> None:
     loading.serve_stage(options)
 
 
-def slot_steps(model, vocab: int) -> tuple[list[list[int]], torch.Tensor]:
+def slot_steps(model, vocab: int) -> tuple[list[list[int]], list[torch.Tensor], torch.Tensor]:
     """Greedy ids of three slots stepped together (SlotModel's
     forward_slots): prompts of 70, 10 and 40 ids prefilled in one step, then
     12 decode steps of all three (slot 1 verifying two ids at once in the
-    first); and slot 2's prompt's hidden states."""
+    first); every step's logits; and slot 2's prompt's hidden states."""
     g = torch.Generator().manual_seed(2)
     prompts = [torch.randint(2, vocab, (n,), generator=g).tolist() for n in (70, 10, 40)]
     logits = model.forward_slots([(s, p, 0) for s, p in enumerate(prompts)])
+    steps = [logits]
     ids = [[int(x)] for x in logits.argmax(-1)]
     pos = [len(p) for p in prompts]
     for step in range(12):
@@ -122,6 +123,7 @@ def slot_steps(model, vocab: int) -> tuple[list[list[int]], torch.Tensor]:
             else:
                 entries.append((s, [ids[s][-1]], pos[s]))
         out = model.forward_slots(entries)
+        steps.append(out)
         row = -1
         for s in range(3):
             n = len(entries[s][1])
@@ -129,7 +131,7 @@ def slot_steps(model, vocab: int) -> tuple[list[list[int]], torch.Tensor]:
             pos[s] += n
             ids[s].append(int(out[row].argmax()))
     (hidden,) = model.hidden_slots([(2, prompts[2], 0)])
-    return ids, hidden
+    return ids, steps, hidden
 
 
 class PipelineTest(unittest.TestCase):
@@ -177,7 +179,9 @@ class PipelineTest(unittest.TestCase):
             threads = torch.get_num_threads()
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))
             try:
-                want_ids, want_hidden = slot_steps(SlotModel(model, 3), model.config.vocab_size)
+                want_ids, want_logits, want_hidden = slot_steps(
+                    SlotModel(model, 3), model.config.vocab_size
+                )
             finally:
                 torch.set_num_threads(threads)
             options = loading.LoadOptions(
@@ -194,8 +198,12 @@ class PipelineTest(unittest.TestCase):
                     slots.forward_slots([(3, [5], 0)])
                 self.assertIsNone(slots.problem())
                 # The ranks are still in step: one process's ids.
-                got_ids, got_hidden = slot_steps(slots, model.config.vocab_size)
+                got_ids, got_logits, got_hidden = slot_steps(slots, model.config.vocab_size)
                 self.assertEqual(got_ids, want_ids)
+                # Every row is the one asked for (a random model's argmax
+                # alone can miss a wrong row).
+                for got, want in zip(got_logits, want_logits):
+                    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
                 torch.testing.assert_close(got_hidden, want_hidden, atol=1e-4, rtol=1e-4)
                 # A rank that dies: the step fails, the pipeline says it is
                 # broken, and shutting down returns.
