@@ -157,11 +157,18 @@ def _eval_data() -> Path:
         raise UserError(str(e)) from None
 
 
-def _ppl(args: argparse.Namespace, scorer: Any, loaded: loading.Loaded) -> dict[str, Any]:
+def _ppl(
+    args: argparse.Namespace, scorer: Any, loaded: loading.Loaded, data: Path | None
+) -> dict[str, Any]:
+    """Perplexity over --text, else over the eval data's default text."""
     from evals import data as data_mod
     from evals import perplexity
 
-    path = user_path(args.text) if args.text else _eval_data() / data_mod.DEFAULT_TEXT
+    if args.text:
+        path = user_path(args.text)
+    else:
+        assert data is not None
+        path = data / data_mod.DEFAULT_TEXT
     text = _read_text(path)
     window = args.window or min(DEFAULT_WINDOW, scorer.max_seq_length)
     if window > scorer.max_seq_length:
@@ -230,14 +237,15 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     loaded = loading.load(loading.options_from_args(args, compile="none"))
     scorer = _scorer(loaded, args.batch_tokens)
     mc = [t for t in tasks if t != PPL]
-    if mc or (PPL in tasks and not args.text):
-        _eval_data()  # prepared (or refused) before minutes of scoring
+    # Prepared (or refused) once, before minutes of scoring.
+    data = _eval_data() if mc or (PPL in tasks and not args.text) else None
     results: dict[str, dict[str, Any]] = {}
     if PPL in tasks:
-        results[PPL] = _ppl(args, scorer, loaded)
+        results[PPL] = _ppl(args, scorer, loaded, data)
     if mc:
+        assert data is not None
         lm = harness.make_lm(scorer, loaded.tokenizer, _progress("tasks"))
-        results.update(harness.run_tasks(lm, mc, _eval_data(), args.limit))
+        results.update(harness.run_tasks(lm, mc, data, args.limit))
     return results
 
 

@@ -27,7 +27,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from torchchat.model import AttentionRule, Model, attend, within_window
+from torchchat.attention import AttentionRule, attend, within_window
+from torchchat.model import Model
 
 
 @dataclass

@@ -115,7 +115,7 @@ def check_request(
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> dict[str, Any]:
     """Exports what `args` ask for; returns what was written, by kind."""
-    from torchchat.model import context_length
+    from torchchat.config import context_length
 
     out = out or sys.stderr
     stages = Stages(out, enabled=not args.quiet)

@@ -110,7 +110,8 @@ def export_model(
     was quantized here, if anything was)."""
     from torchchat import aoti
     from torchchat import quantize as tc_quant
-    from torchchat.model import SlotModel, attend_filled_cache
+    from torchchat.model import attend_filled_cache
+    from torchchat.slots import SlotModel
 
     stages = stages or Stages(enabled=False)
     # The graph the CLI compiles too: attention over the filled cache only,

@@ -206,7 +206,7 @@ def rule_sdpa_custom_ops(model: nn.Module) -> nn.Module:
     the window as a mask (a score cap stays aten: the op has none)."""
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 (registers llama::)
 
-    from torchchat.model import RuleSDPA
+    from torchchat.attention import RuleSDPA
 
     for m in model.modules():
         if isinstance(m, RuleSDPA):

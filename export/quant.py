@@ -14,7 +14,7 @@ from typing import Any
 
 # One reader of the --quantize syntax for eager and export; the error type
 # is shared too, so callers catch one class.
-from torchchat.model import DTYPE_NAMES
+from torchchat.config import DTYPE_NAMES
 from torchchat.quantize import QuantizeError, read_spec
 
 # Scheme -> allowed options. Names follow upstream torchchat's quantize.py;

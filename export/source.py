@@ -19,7 +19,8 @@ from torchchat.errors import UserError
 
 if TYPE_CHECKING:
     from torchchat.checkpoint import Checkpoint
-    from torchchat.model import Model, ModelConfig
+    from torchchat.config import ModelConfig
+    from torchchat.model import Model
     from torchchat.tokenizer import Tokenizer
 
 
@@ -74,7 +75,7 @@ def load_source(path: Path, tokenizer_path: Path | None = None) -> Source:
 def build(source: Source, dtype_name: str, max_seq_length: int) -> Model:
     """The eager torchchat.model.Model with the checkpoint's weights."""
     from torchchat import checkpoint as ckpt_mod
-    from torchchat.model import DTYPES
+    from torchchat.config import DTYPES
 
     return ckpt_mod.load_model(source.ckpt, DTYPES[dtype_name], max_seq_length, "cpu")
 

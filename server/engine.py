@@ -641,7 +641,7 @@ def eager_engine(
     model: object, tokenizer: Tokenizer, parallel: int, max_queue: int, chunk: int = 128
 ) -> Engine:
     """`parallel` slots over one batched copy of the eager model's cache."""
-    from torchchat.model import SlotModel
+    from torchchat.slots import SlotModel
 
     return batched_engine(SlotModel(model, parallel), parallel, tokenizer, max_queue, chunk)
 
@@ -667,7 +667,8 @@ def sequences(model: object, n: int, chunk: int = 128) -> list[object]:
     row), as `LLMModel`s: a draft model's, one per slot. An eager model
     becomes a SlotModel; it, or a package with slots, is batched by a
     Batcher of its own. A batch-1 model serves one sequence only."""
-    from torchchat.model import Model, SlotModel
+    from torchchat.model import Model
+    from torchchat.slots import SlotModel
 
     if isinstance(model, Model):
         model = SlotModel(model, n)

@@ -22,7 +22,8 @@ import torch
 from torchchat.atomic import atomic_output
 
 if TYPE_CHECKING:
-    from torchchat.model import Model, SlotModel
+    from torchchat.model import Model
+    from torchchat.slots import SlotModel
 
 
 def compile_package(

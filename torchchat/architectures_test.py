@@ -37,8 +37,10 @@ from testing.tiny_archs import (
 )
 from torchchat import quantize
 from torchchat.checkpoint import CheckpointError, load_checkpoint, load_model
+from torchchat.config import ConfigError
 from torchchat.generate import Slot, argmax, decode
-from torchchat.model import ConfigError, SlotModel, attend_filled_cache
+from torchchat.model import attend_filled_cache
+from torchchat.slots import SlotModel
 
 PROMPT_LEN = 64
 STEPS = 32

@@ -166,7 +166,7 @@ class Pt2Model(ExportedModel):
         """SlotModel.forward_slots over a package exported with --slots: the
         last logits of each (slot, ids, start) entry, [entries, vocab], or
         every id's of an entry (slot, ids, start, True)."""
-        from torchchat.model import slot_inputs
+        from torchchat.slots import slot_inputs
 
         inputs = slot_inputs(entries, self.n_slots, self.max_seq_length)[:4]
         return self._runner(*inputs)[0].reshape(len(inputs[3]), -1)
@@ -180,7 +180,7 @@ class Pt2Model(ExportedModel):
     def hidden_slots(self, entries: list) -> list[torch.Tensor]:
         """SlotModel.hidden_slots over a package with hidden states: every
         id's last hidden state, [len(ids), dim] per (slot, ids, start)."""
-        from torchchat.model import slot_inputs
+        from torchchat.slots import slot_inputs
 
         if not self.gives_hidden:
             raise ArtifactError(f"{self.path} returns logits only (no hidden states)")

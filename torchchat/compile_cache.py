@@ -35,7 +35,8 @@ from torchchat.atomic import atomic_output
 if TYPE_CHECKING:
     from torchchat.artifacts import Pt2Model
     from torchchat.checkpoint import Checkpoint
-    from torchchat.model import Model, SlotModel
+    from torchchat.model import Model
+    from torchchat.slots import SlotModel
 
 CACHE_ENV = "TORCHCHAT_COMPILE_CACHE"
 # Bumped when an entry's layout changes.
@@ -159,7 +160,7 @@ def lookup(k: str) -> dict[str, Any] | None:
 def program(model: Model, slots: int) -> Model | SlotModel:
     """What an entry compiles: the model, or with `slots` the server's
     batched SlotModel over it."""
-    from torchchat.model import SlotModel
+    from torchchat.slots import SlotModel
 
     return SlotModel(model, slots, traceable=True) if slots else model
 
@@ -259,7 +260,7 @@ def store(
     }
     with atomic_output(str(d / f"{k}.json")) as tmp:
         Path(tmp).write_text(json.dumps(entry, indent=1))
-    from torchchat.model import SlotModel
+    from torchchat.slots import SlotModel
 
     model = compiled.model if isinstance(compiled, SlotModel) else compiled
     metadata = _pt2_metadata(ckpt, model, dtype_name, counts, slots)

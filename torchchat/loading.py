@@ -212,8 +212,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     each. Anything else is a bug and keeps its traceback."""
     from torchchat.artifacts import ArtifactError
     from torchchat.checkpoint import CheckpointError
+    from torchchat.config import ConfigError
     from torchchat.generate import ContextOverflow
-    from torchchat.model import ConfigError
     from torchchat.quantize import QuantizeError
     from torchchat.registry import RegistryError
     from torchchat.tokenizer import TokenizerError
@@ -305,7 +305,7 @@ def sees_images(options: LoadOptions) -> bool:
 
 def dtype_of(options: LoadOptions, spec: dict[str, Any]) -> str:
     """The compute dtype: --quantize's precision, else --dtype, else fp32."""
-    from torchchat.model import DTYPE_NAMES
+    from torchchat.config import DTYPE_NAMES
 
     name = spec.get("precision", {}).get("dtype", options.dtype or "fp32")
     if name not in DTYPE_NAMES:
@@ -332,7 +332,8 @@ def build_model(
 
     from torchchat import checkpoint as ckpt_mod
     from torchchat import quantize as quant_mod
-    from torchchat.model import DTYPES, attend_filled_cache
+    from torchchat.config import DTYPES
+    from torchchat.model import attend_filled_cache
 
     if runs_native(options, spec, ckpt):
         model, counts = ckpt_mod.load_native(ckpt, options.max_seq_length)
@@ -655,7 +656,7 @@ def _mmproj_vision(options: LoadOptions, dim: int, tok: Tokenizer, dtype_name: s
     import torch
 
     from torchchat.checkpoint.mmproj import load_mmproj
-    from torchchat.model import DTYPES
+    from torchchat.config import DTYPES
     from torchchat.vision import Vision, build_encoder
 
     assert options.mmproj is not None
@@ -678,7 +679,7 @@ def _vision(ckpt: Checkpoint, dtype_name: str, device: str) -> Any | None:
         return None
     import torch
 
-    from torchchat.model import DTYPES
+    from torchchat.config import DTYPES
     from torchchat.vision import Vision, build_encoder
 
     dtype = DTYPES.get(dtype_name, torch.float32)

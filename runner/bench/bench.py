@@ -58,11 +58,12 @@ def export_key() -> str:
     import hashlib
 
     from export import export_llm, pt2, pte, quant, source
-    from torchchat import aoti, quantize
+    from torchchat import aoti, attention, blocks, config, quantize, slots
     from torchchat import model as model_mod
 
     h = hashlib.sha256()
-    for mod in (export_llm, source, pte, pt2, quant, model_mod, aoti, quantize):
+    mods = (export_llm, source, pte, pt2, quant, model_mod, attention, blocks, config, slots)
+    for mod in (*mods, aoti, quantize):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:12]
 

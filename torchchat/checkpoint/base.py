@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torchchat.model import ConfigError, ModelConfig
+from torchchat.config import ConfigError, ModelConfig
 from torchchat.vision import VisionConfig
 
 

@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from torchchat.architectures import (
+    Architecture,
+    ArchitectureError,
+    architecture,
+    from_gguf_name,
+)
 from torchchat.checkpoint.base import (
     Checkpoint,
     CheckpointError,
@@ -28,7 +34,7 @@ from torchchat.checkpoint.base import (
     to_meta_rope,
 )
 from torchchat.checkpoint.gguf_file import GGUFFile, GGUFFormatError
-from torchchat.model import ModelConfig, interleaved_window_layers
+from torchchat.config import ModelConfig, interleaved_window_layers
 
 if TYPE_CHECKING:
     import gguf
@@ -57,25 +63,6 @@ _GGUF_TOP = {
     "output_norm.weight": "norm.weight",
     "output.weight": "output.weight",
 }
-_GGUF_ARCHS = (
-    "llama",
-    "qwen2",
-    "qwen3",
-    "granite",
-    "smollm3",
-    "phi3",
-    "gemma2",
-    "gemma3",
-    "olmo2",
-)
-_GGUF_GEMMA = ("gemma2", "gemma3")
-# Fused projections llama.cpp keeps for these (split on load).
-_GGUF_FUSED = {"phi3": ("attn_qkv.weight", "ffn_up.weight")}
-# llama.cpp permutes Q/K into Meta's interleaved layout for these only; qwen2
-# and qwen3 keep the NEOX (HF) layout.
-_GGUF_META_ROPE = ("llama", "granite", "smollm3")
-# llama.cpp's smollm3 skips RoPE in every 4th layer; the GGUF does not say so.
-_GGUF_NO_ROPE_STEP = {"smollm3": 4}
 
 
 def gguf_tensor_name(name: str) -> str | None:
@@ -106,22 +93,21 @@ def _field(reader: GGUFFile, key: str, default: Any = None) -> Any:
 
 def _config(path: Path, reader: GGUFFile, tensors: dict[str, GGUFTensor]) -> ModelConfig:
     """The ModelConfig a GGUF describes (llama.cpp's defaults where it is silent)."""
-    arch = _field(reader, "general.architecture")
-    if arch not in _GGUF_ARCHS:
-        raise CheckpointError(
-            f"GGUF architecture {arch!r} is not supported ({', '.join(_GGUF_ARCHS)} are)"
-        )
+    try:
+        arch = from_gguf_name(_field(reader, "general.architecture"))
+    except ArchitectureError as e:
+        raise CheckpointError(str(e)) from None
     if "token_embd.weight" not in tensors:
         raise CheckpointError(f"GGUF {path} has no token_embd.weight")
 
     def a(key: str, default: Any = None) -> Any:
-        return _field(reader, f"{arch}.{key}", default)
+        return _field(reader, f"{arch.name}.{key}", default)
 
     n_heads = int(a("attention.head_count"))
     dim = int(a("embedding_length"))
     vocab = int(tensors["token_embd.weight"].shape[0])
     # phi3's rope.dimension_count is the rotary part of a head (Phi-4-mini).
-    rope_dims = None if arch == "phi3" else a("rope.dimension_count")
+    rope_dims = None if arch.phi_rope else a("rope.dimension_count")
     head_dim = int(a("attention.key_length", rope_dims or dim // n_heads))
     config = ModelConfig(
         dim=dim,
@@ -144,9 +130,9 @@ def _config(path: Path, reader: GGUFFile, tensors: dict[str, GGUFTensor]) -> Mod
         no_rope_layers=tuple(
             i
             for i in range(int(a("block_count")))
-            if arch in _GGUF_NO_ROPE_STEP and (i + 1) % _GGUF_NO_ROPE_STEP[arch] == 0
+            if arch.no_rope_every and (i + 1) % arch.no_rope_every == 0
         ),
-        architecture=arch,
+        architecture=arch.name,
     )
     scaling = a("rope.scaling.type")
     if scaling == "linear":
@@ -156,9 +142,9 @@ def _config(path: Path, reader: GGUFFile, tensors: dict[str, GGUFTensor]) -> Mod
     rotary = a("rope.dimension_count")
     if rotary is not None and int(rotary) != head_dim:
         rot = int(rotary)
-        if arch != "phi3" or rot <= 0 or rot % 2 or rot > head_dim:
+        if not arch.phi_rope or rot <= 0 or rot % 2 or rot > head_dim:
             raise CheckpointError(
-                f"GGUF {arch}.rope.dimension_count {rotary} with head size {head_dim}: "
+                f"GGUF {arch.name}.rope.dimension_count {rotary} with head size {head_dim}: "
                 "partial rotary is supported for phi3 only, over an even number of dims"
             )
         config.rotary_dim = rot
@@ -166,9 +152,9 @@ def _config(path: Path, reader: GGUFFile, tensors: dict[str, GGUFTensor]) -> Mod
         # Phi-3.5 / Phi-4-mini LongRoPE, as llama.cpp reads it: the short
         # factors up to the original context, the long ones past it, cos
         # and sin scaled by rope.scaling.attn_factor.
-        if arch != "phi3" or "rope_factors_short.weight" not in tensors:
+        if not arch.phi_rope or "rope_factors_short.weight" not in tensors:
             raise CheckpointError(
-                f"GGUF {arch}: LongRoPE factors are supported for phi3 only, with "
+                f"GGUF {arch.name}: LongRoPE factors are supported for phi3 only, with "
                 "rope_factors_short.weight"
             )
         rot = config.rotary_dim or head_dim
@@ -190,7 +176,7 @@ def _config(path: Path, reader: GGUFFile, tensors: dict[str, GGUFTensor]) -> Mod
             ),
             "attention_factor": float(a("rope.scaling.attn_factor", 1.0)),
         }
-    if arch == "olmo2":
+    if arch.post_norms_only:
         # OLMo 2: norms after attention and the MLP only, and over all of
         # q's and k's heads at once.
         if a("attention.sliding_window"):
@@ -200,16 +186,17 @@ def _config(path: Path, reader: GGUFFile, tensors: dict[str, GGUFTensor]) -> Mod
         config.pre_norms = "blk.0.attn_norm.weight" in tensors
         config.post_norms = True
         config.qk_norm_heads = (
-            config.qk_norm
+            arch.qk_norm_all_heads
+            and config.qk_norm
             and int(np.prod(tensors["blk.0.attn_q_norm.weight"].shape)) == n_heads * head_dim
         )
     if a("attention.sliding_window"):
         config.sliding_window = int(a("attention.sliding_window"))
-        if arch == "phi3":
+        if arch.window == "all":
             # Every layer's, as transformers computes Phi-3 (llama.cpp
             # turns Phi's window off).
             config.window_layers = tuple(range(config.n_layers))
-    if arch in _GGUF_GEMMA:
+    if arch.gemma:
         _gemma(config, arch, a)
     return config
 
@@ -218,11 +205,13 @@ def _config(path: Path, reader: GGUFFile, tensors: dict[str, GGUFTensor]) -> Mod
 _ROPE_TENSORS = ("rope_freqs.weight", "rope_factors_short.weight", "rope_factors_long.weight")
 
 
-def _in_meta_layout(meta: str, t: GGUFTensor, arch: str, config: ModelConfig) -> GGUFTensor:
+def _in_meta_layout(
+    meta: str, t: GGUFTensor, arch: Architecture, config: ModelConfig
+) -> GGUFTensor:
     """llama.cpp permutes q/k into Meta's interleaved layout for some
     architectures only; the others move here, by whole rows of blocks (1-D
     biases and norms as floats)."""
-    if arch in _GGUF_META_ROPE or not rotated(meta):
+    if arch.gguf_meta_rope or not rotated(meta):
         return t
     if len(t.shape) == 2:
         return t.take_rows(meta_rope_rows(meta, t.shape[0], config))
@@ -250,7 +239,7 @@ def load_gguf(path: Path, stage: Stage | None = None) -> Checkpoint:
         ) from None
     tensors = reader.tensors
     config = _config(path, reader, tensors)
-    arch = config.architecture
+    arch = architecture(config.architecture)
     layers = None if stage is None else stage(config.n_layers)
     weights: dict[str, GGUFTensor] = {}
     for name, t in tensors.items():
@@ -259,7 +248,7 @@ def load_gguf(path: Path, stage: Stage | None = None) -> Checkpoint:
         m = re.fullmatch(r"blk\.(\d+)\.(.+)", name)
         if m and layers is not None and int(m.group(1)) not in layers:
             continue
-        if m and m.group(2) in _GGUF_FUSED.get(arch, ()):
+        if m and m.group(2) in arch.gguf_fused:
             whole = t
             layer = f"layers.{m.group(1)}."
             for part, rows in split_fused(layer, m.group(2), whole.shape[0], config).items():
@@ -294,7 +283,7 @@ def load_gguf(path: Path, stage: Stage | None = None) -> Checkpoint:
     )
 
 
-def _gemma(config: ModelConfig, arch: str, a: Any) -> None:
+def _gemma(config: ModelConfig, arch: Architecture, a: Any) -> None:
     """Gemma 2/3 as llama.cpp reads them. Its converter stores every norm
     weight + 1, so the norms are plain; what the GGUF does not say (the
     local-layer pattern, the local RoPE base, the query scale) takes
@@ -302,20 +291,21 @@ def _gemma(config: ModelConfig, arch: str, a: Any) -> None:
     config.hidden_act = "gelu_tanh"
     config.embedding_scale = float(np.sqrt(config.dim))
     config.post_norms = True
-    if arch == "gemma2":
+    if arch.gguf_softcaps:
         # Both caps always apply in llama.cpp's gemma2, 50 and 30 by default.
-        config.attn_softcap = float(a("attn_logit_softcapping", 50.0))
-        config.final_softcap = float(a("final_logit_softcapping", 30.0))
+        attn_cap, final_cap = arch.gguf_softcaps
+        config.attn_softcap = float(a("attn_logit_softcapping", attn_cap))
+        config.final_softcap = float(a("final_logit_softcapping", final_cap))
     else:
         config.final_softcap = float(a("final_logit_softcapping", 0.0)) or None
     # llama.cpp scales queries by 1/sqrt(dim / heads) for the 27B models
     # (46 gemma2 layers, 62 gemma3), by 1/sqrt(head_dim) otherwise.
     per_head = config.dim // config.n_heads
-    if config.n_layers == {"gemma2": 46, "gemma3": 62}[arch] and per_head != config.head_dim:
+    if config.n_layers == arch.gguf_dim_query_scale_layers and per_head != config.head_dim:
         config.attn_scale = float(per_head) ** -0.5
     window = config.sliding_window
-    if arch == "gemma2" and not window:
-        window = config.sliding_window = 4096  # llama.cpp's default for gemma2
+    if arch.gguf_window and not window:
+        window = config.sliding_window = arch.gguf_window  # llama.cpp's default
     if not window:
         return
     pattern = a("attention.sliding_window_pattern")
@@ -323,12 +313,12 @@ def _gemma(config: ModelConfig, arch: str, a: Any) -> None:
     if isinstance(pattern, list):
         if len(pattern) != n:
             raise CheckpointError(
-                f"GGUF {arch}.attention.sliding_window_pattern has {len(pattern)} entries "
+                f"GGUF {arch.name}.attention.sliding_window_pattern has {len(pattern)} entries "
                 f"for {n} layers"
             )
         config.window_layers = tuple(i for i, swa in enumerate(pattern) if swa)
     else:
-        every = int(pattern if pattern is not None else (2 if arch == "gemma2" else 6))
+        every = int(pattern if pattern is not None else arch.window_every)
         config.window_layers = interleaved_window_layers(n, every)
-    if arch == "gemma3":
+    if arch.local_rope:
         config.local_rope_theta = float(a("rope.freq_base_swa", 10000.0))

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from torchchat.architectures import architecture
 from torchchat.checkpoint.base import (
     Checkpoint,
     CheckpointError,
@@ -21,7 +22,7 @@ from torchchat.checkpoint.base import (
     split_fused,
     to_meta_rope,
 )
-from torchchat.model import ModelConfig
+from torchchat.config import ModelConfig
 from torchchat.vision import VisionConfig, vision_tensor_name
 
 _HF_LAYER = {
@@ -45,10 +46,6 @@ _HF_TOP = {
     "model.norm.weight": "norm.weight",
     "lm_head.weight": "output.weight",
 }
-
-
-# Phi-3 fuses q/k/v into one projection and gate/up into another.
-_HF_FUSED = ("self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight")
 
 
 # Gemma 2/3 name their norms after the position, not the role:
@@ -134,6 +131,7 @@ def load_hf(d: Path, stage: Stage | None = None) -> Checkpoint:
             raise CheckpointError(f"{d}: {e}") from None
         cfg = _gemma3_text_config(cfg)
     config = ModelConfig.from_hf(cfg)
+    fused = architecture(config.architecture).hf_fused
     layers = None if stage is None else stage(config.n_layers)
     index = d / "model.safetensors.index.json"
     if index.exists():
@@ -176,7 +174,7 @@ def load_hf(d: Path, stage: Stage | None = None) -> Checkpoint:
                 continue
             name = text
             m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
-            if m and m.group(2) in _HF_FUSED:
+            if m and m.group(2) in fused:
                 layer = f"layers.{m.group(1)}."
                 for part, rows in split_fused(layer, m.group(2), w.shape[0], config).items():
                     piece = w[rows]

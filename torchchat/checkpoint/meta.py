@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from torchchat.checkpoint.base import Checkpoint, CheckpointError, find_tokenizer
-from torchchat.model import ModelConfig
+from torchchat.config import ModelConfig
 
 # Meta's Llama 3 instruct format: each turn is a role header, a blank line,
 # the trimmed text and <|eot_id|>; bos opens the conversation. Meta's
