@@ -21,7 +21,7 @@ rollback) needs no message.
 
 The server batches many sequences (slots) in one forward: `SlotPipeline`
 turns the pipeline into such a batched model. Each stage gives its layers
-a KV-cache row per slot (torchchat.model's SlotModel, built in place), and
+a KV-cache row per slot (torchchat.slots' SlotModel, built in place), and
 a step's tokens of every slot travel rank to rank as one message with a
 table of (slot, tokens, start position, rows wanted), cut into
 micro-batches the same way. The last rank answers every message with a
@@ -252,13 +252,13 @@ class StageModel:
         )
         if self.dtype not in _DTYPES:
             self.dtype = torch.float32
-        # The server's slots (torchchat.model.SlotModel), once opened.
+        # The server's slots (torchchat.slots.SlotModel), once opened.
         self.slots: Any = None
 
     def open_slots(self, n: int) -> None:
         """Gives each of this stage's layers a KV-cache row per slot, in
         place: from now on the stage runs slots steps only."""
-        from torchchat.model import SlotModel
+        from torchchat.slots import SlotModel
 
         if self.slots is None:
             self.slots = SlotModel(self.model, n)
@@ -274,7 +274,7 @@ class StageModel:
         rows wanted) say. The hidden states after this stage's layers; on
         the last stage the rows wanted ([rows, vocab] logits, or with
         `hidden` the final norm's output, [rows, dim]), None for none."""
-        from torchchat.model import SlotBatch
+        from torchchat.slots import SlotBatch
 
         sm = self.slots
         if sm is None:
@@ -466,7 +466,7 @@ def slot_chunks(pieces: Sequence[Piece], size: int) -> list[list[Piece]]:
 
 class SlotPipeline:
     """Rank 0's pipeline as the server's batched model: `forward_slots` and
-    `hidden_slots` as torchchat.model.SlotModel's, each a step through every
+    `hidden_slots` as torchchat.slots.SlotModel's, each a step through every
     stage, whose layers hold a cache row per slot. Opening it gives every
     stage its slots (and checks that each could)."""
 

@@ -27,7 +27,8 @@ from torchchat import loading, pipeline, registry
 from torchchat.checkpoint import load_checkpoint, load_native
 from torchchat.checkpoint.base import in_stage
 from torchchat.generate import Slot, argmax, decode
-from torchchat.model import SlotModel, attend_filled_cache
+from torchchat.model import attend_filled_cache
+from torchchat.slots import SlotModel
 
 CONTEXT = 192
 
