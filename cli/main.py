@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from torchchat import loading, speculate_flags
+from torchchat import loading, pipeline, speculate_flags
 from torchchat.errors import EXIT_ERROR, EXIT_INTERRUPT, UserError
 from torchchat.paths import user_path
 from torchchat.sampling import add_sampling_args, sampler_from_args
@@ -51,20 +51,7 @@ def _add_answer_args(p: argparse.ArgumentParser) -> None:
         help="answer in this grammar: Lark (llguidance's) or llama.cpp's GBNF",
     )
     speculate_flags.add_args(p)
-    p.add_argument(
-        "--pipeline-parallel",
-        type=int,
-        metavar="N",
-        help="split the model's layers across N processes (torchrun's, on one host or several; "
-        "without torchrun, N on this host), each reading only its own layers",
-    )
-    p.add_argument(
-        "--pipeline-microbatch",
-        type=int,
-        metavar="TOKENS",
-        help="with --pipeline-parallel, prefill prompts in chunks of at least this many tokens "
-        "(default 32; 0: whole)",
-    )
+    pipeline.add_args(p)
 
 
 def _load(args: argparse.Namespace) -> loading.Loaded:

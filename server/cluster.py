@@ -38,6 +38,25 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
         "(target: --parallel per replica)",
     )
     g.add_argument("--max-replicas", type=int)
+    g.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        help="autoscaling's target of ongoing requests per replica (default: --parallel)",
+    )
+    g.add_argument(
+        "--upscale-delay-s",
+        type=float,
+        default=30.0,
+        help="autoscaling: how long the load must call for more replicas before they start "
+        "(default 30, Serve's)",
+    )
+    g.add_argument(
+        "--downscale-delay-s",
+        type=float,
+        default=600.0,
+        help="autoscaling: how long it must call for fewer before replicas stop (default 600, "
+        "Serve's)",
+    )
     g.add_argument("--replica-cpus", type=float, default=1.0, help="Ray CPUs each replica reserves")
     g.add_argument(
         "--max-replicas-per-node", type=int, help="at most this many replicas on one node"
@@ -99,8 +118,17 @@ def check(args: argparse.Namespace) -> None:
         raise UserError("--min-replicas must be between 0 and --max-replicas")
     if args.max_replicas is not None and args.max_replicas < 1:
         raise UserError("--max-replicas must be positive")
+    if args.target_ongoing_requests is not None and args.target_ongoing_requests <= 0:
+        raise UserError("--target-ongoing-requests must be positive")
+    if args.upscale_delay_s < 0 or args.downscale_delay_s < 0:
+        raise UserError("--upscale-delay-s and --downscale-delay-s must not be negative")
     if args.replica_cpus < 0:
         raise UserError("--replica-cpus must not be negative")
+    if (args.pipeline_parallel or 0) > 1:
+        raise UserError(
+            "--pipeline-parallel: each serve-cluster replica holds the whole model; split one "
+            "across ranks with `torchchat server --pipeline-parallel N`"
+        )
 
 
 def replica_options(args: argparse.Namespace) -> dict[str, object]:
@@ -117,7 +145,9 @@ def replica_options(args: argparse.Namespace) -> dict[str, object]:
         options["autoscaling_config"] = {
             "min_replicas": args.min_replicas,
             "max_replicas": args.max_replicas,
-            "target_ongoing_requests": args.parallel,
+            "target_ongoing_requests": args.target_ongoing_requests or args.parallel,
+            "upscale_delay_s": args.upscale_delay_s,
+            "downscale_delay_s": args.downscale_delay_s,
         }
     else:
         options["num_replicas"] = args.replicas

@@ -3,7 +3,9 @@ its own `ray start`, on 127.0.0.1), one replica of the tiny model on each:
 prefix affinity keeps a conversation on the replica that holds its cache,
 the API key holds at Ray's HTTP proxy, and a replica killed under 16
 streaming clients leaves no hung or corrupt request, is replaced, and then
-every request succeeds.
+every request succeeds. Last, the app redeployed with --routing pow2 and
+autoscaling between 1 and 2 replicas gives the same answers, starts at 1
+replica, scales up to 2 under load and back down to 1 when idle.
 
 Every address is 127.0.0.1; each request has a timeout and each loop a
 bound. Teardown ends only the processes this test's `ray start` spawned
@@ -116,6 +118,9 @@ class ClusterTest(unittest.TestCase):
         cls.ckpt = str(tiny_model.write_checkpoint(os.path.join(cls.tmp, "tiny")))
         env = dict(os.environ)
         env[TAG] = cls.tag
+        # Autoscaling's load reports every second, not every 10 (test_4).
+        env["RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "1"
+        env["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         ray_cli = [sys.executable, "-m", "server.ray_node", "start"]
         (gcs,) = free_ports(1)
@@ -136,17 +141,7 @@ class ClusterTest(unittest.TestCase):
 
             ray.init(address=cls.address, _node_ip_address="127.0.0.1", logging_level="WARNING")
             (cls.port,) = free_ports(1)
-            argv = [
-                "--checkpoint-path", cls.ckpt, "--compile", "none", "--quiet",
-                "--parallel", "4", "--api-key", KEY,
-                "--address", cls.address, "--port", str(cls.port),
-                "--replicas", "2", "--max-replicas-per-node", "1",
-            ]  # fmt: skip
-            args = cluster.build_parser().parse_args(argv)
-            _, replica_argv = cluster.split_argv(argv)
-            start = time.monotonic()
-            cls.url = cluster.deploy(args, replica_argv)
-            print(f"deployed in {time.monotonic() - start:.1f} s", file=sys.stderr)
+            cls.url = cls.deploy("--replicas", "2")
         except BaseException:
             cls.stop_cluster()
             raise
@@ -155,6 +150,22 @@ class ClusterTest(unittest.TestCase):
             headers={"Authorization": f"Bearer {KEY}"},
             timeout=httpx.Timeout(60, connect=10),
         )
+
+    @classmethod
+    def deploy(cls, *flags: str) -> str:
+        argv = [
+            "--checkpoint-path", cls.ckpt, "--compile", "none", "--quiet",
+            "--parallel", "4", "--api-key", KEY,
+            "--address", cls.address, "--port", str(cls.port),
+            "--max-replicas-per-node", "1", *flags,
+        ]  # fmt: skip
+        args = cluster.build_parser().parse_args(argv)
+        cluster.check(args)
+        _, replica_argv = cluster.split_argv(argv)
+        start = time.monotonic()
+        url = cluster.deploy(args, replica_argv)
+        print(f"deployed {flags} in {time.monotonic() - start:.1f} s", file=sys.stderr)
+        return url
 
     @classmethod
     def stop_cluster(cls):
@@ -338,6 +349,60 @@ class ClusterTest(unittest.TestCase):
             for t in ts:
                 t.join(timeout=90)
             self.assertEqual(threads_out, expected)
+
+    def test_4_pow2_autoscaled(self):
+        expected = [self.complete(p) for p in PROMPTS[:8]]
+        from ray import serve
+
+        serve.delete("torchchat")
+        self.deploy(
+            "--routing", "pow2", "--min-replicas", "1", "--max-replicas", "2",
+            "--upscale-delay-s", "1", "--downscale-delay-s", "2",
+        )  # fmt: skip
+        # pow2: Ray's proxy straight to the replicas' app, key and all.
+        with httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30) as bare:
+            self.assertEqual(bare.get("/v1/models").status_code, 401)
+        self.assertEqual(self.complete(PROMPTS[0]), expected[0])
+        # Deployed anew, autoscaling starts at --min-replicas.
+        self.wait_running(1, 60)
+        # 8 clients in a loop: 8 ongoing requests against a target of 4 (the
+        # replica's --parallel) a replica: up to --max-replicas.
+        stop = threading.Event()
+        results: list[list[tuple[int, str]]] = [[] for _ in range(8)]
+
+        def load(i: int) -> None:
+            body = {"model": "tiny", "prompt": PROMPTS[i], "max_tokens": MAX_TOKENS}
+            body |= {"temperature": 0, "ignore_eos": True}
+            deadline = time.monotonic() + 150
+            while not stop.is_set() and time.monotonic() < deadline:
+                r = self.client.post("/v1/completions", json=body)
+                text = r.json()["choices"][0]["text"] if r.status_code == 200 else r.text
+                results[i].append((r.status_code, text))
+
+        threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            self.wait_running(2, 120)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        for i, done in enumerate(results):
+            self.assertTrue(done, f"client {i} finished no request")
+            for status, text in done:
+                self.assertEqual((status, text), (200, expected[i]), f"client {i}")
+        # Idle again: back down once the look-back window's average falls.
+        self.wait_running(1, 120)
+        self.assertEqual(self.complete(PROMPTS[1]), expected[1])
+
+    def wait_running(self, n: int, timeout: float) -> None:
+        start = time.monotonic()
+        while self.running() != n:
+            if time.monotonic() - start > timeout:
+                self.fail(f"{self.running()} replicas running after {timeout} s, not {n}")
+            time.sleep(0.5)
+        print(f"{n} replicas running after {time.monotonic() - start:.1f} s", file=sys.stderr)
 
     def running(self) -> int:
         from ray import serve

@@ -394,7 +394,10 @@ class Engine:
         """Why this engine cannot serve, or None when it can."""
         if self.batcher is not None and not self.batcher.alive():
             return "the batcher thread has stopped"
-        return None
+        # A batched model that can break says why (torchchat.pipeline's
+        # SlotPipeline, whose ranks are other processes).
+        check = getattr(self.batcher.model, "problem", None) if self.batcher else None
+        return check() if callable(check) else None
 
     def queued(self) -> int:
         return len(self._waiters)

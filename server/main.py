@@ -5,18 +5,25 @@ Takes generate's model flags (an alias, --gguf-path, --checkpoint-path,
 (--temperature, --top-k, --top-p, --min-p, --repetition-penalty, --seed,
 --max-new-tokens, --system-prompt) become the defaults for request fields
 a client leaves out. Errors a user can cause print one line and exit 1.
+
+With --pipeline-parallel N the model's layers are split across N ranks
+(torchchat.pipeline): rank 0 serves HTTP over a SlotPipeline, batched as
+the eager model is, and the other ranks run their stages until rank 0
+stops them. Without torchrun, the other ranks start here, on this host.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torchchat import loading, speculate_flags
+from torchchat import loading, pipeline, speculate_flags
 from torchchat.errors import EXIT_ERROR, EXIT_INTERRUPT, UserError
 from torchchat.sampling import add_sampling_args
 
@@ -58,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-id", help="the model name clients send (default: from the flags)")
     # Per slot, beside the others' decode tokens in the same batched step.
     speculate_flags.add_args(p)
+    pipeline.add_args(p)
     p.add_argument(
         "--allow-image-urls",
         action="store_true",
@@ -88,10 +96,7 @@ def model_id(args: argparse.Namespace) -> str:
 
 def build(args: argparse.Namespace) -> tuple[Engine, Config]:
     """(engine, config) for the flags; raises UserError for bad ones."""
-    from server.common import Config
-    from server.embeddings import model_pooling
     from server.engine import batched_engine, eager_engine, serial_engine
-    from torchchat import grammar
     from torchchat.model import Model
 
     for name in ("parallel", "max_queue", "max_body_bytes", "prefill_chunk", "max_image_bytes"):
@@ -101,6 +106,8 @@ def build(args: argparse.Namespace) -> tuple[Engine, Config]:
     # here with a cache row per slot, so that it is batched like the eager
     # SlotModel; `--compile none` serves the eager SlotModel.
     options = loading.options_from_args(args)
+    if options.pipeline > 1:
+        return _pipeline_engine(args, options)
     mode = loading.compile_mode(options)
     if mode == "torch":
         print(
@@ -157,6 +164,34 @@ def build(args: argparse.Namespace) -> tuple[Engine, Config]:
         vocab = loaded.model.vocab_size
     if speculate:
         engine.speculate(_drafters(args, loaded, speculate, engine, mode), k, adapt)
+    return engine, _config(args, engine, loaded, vocab)
+
+
+def _pipeline_engine(
+    args: argparse.Namespace, options: loading.LoadOptions
+) -> tuple[Engine, Config]:
+    """Rank 0 of a pipeline: --parallel slots over every stage, batched by
+    one Batcher as the eager model is (each step a message through the
+    ranks)."""
+    from server.engine import batched_engine
+
+    if speculate_flags.mode(args):
+        raise UserError("--speculate and --draft run in one process; drop --pipeline-parallel")
+    loaded = loading.load(options)
+    pipe = loaded.ensure_model()
+    assert isinstance(pipe, pipeline.Pipeline), "rank 0 loads the Pipeline"
+    slots = pipeline.SlotPipeline(pipe, args.parallel)
+    engine = batched_engine(
+        slots, args.parallel, loaded.tokenizer, args.max_queue, args.prefill_chunk
+    )
+    return engine, _config(args, engine, loaded, slots.vocab_size)
+
+
+def _config(args: argparse.Namespace, engine: Engine, loaded: loading.Loaded, vocab: int) -> Config:
+    from server.common import Config
+    from server.embeddings import model_pooling
+    from torchchat import grammar
+
     grammar.warm(loaded.tokenizer, vocab)  # response_format's token table
     seq = engine.max_seq_length
     cap = args.max_tokens_cap or seq
@@ -194,7 +229,7 @@ def build(args: argparse.Namespace) -> tuple[Engine, Config]:
         ).sampler()
     except ValueError as e:
         raise UserError(str(e)) from e
-    return engine, config
+    return config
 
 
 def _speculative(
@@ -242,9 +277,17 @@ def _drafters(
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    if (args.pipeline_parallel or 0) > 1:
+        return _pipelined(args, argv)
+    return serve(args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Builds the engine and serves HTTP until interrupted."""
     expected = loading.expected_errors()
     try:
         engine, config = build(args)
@@ -267,6 +310,54 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPT
     return 0
+
+
+def _rank_entry(argv: list[str]) -> None:
+    """A rank that pipeline.launch_local started: the same command line."""
+    sys.exit(main(argv))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _pipelined(args: argparse.Namespace, argv: list[str]) -> int:
+    """The server with the model split across ranks: rank 0 serves, the
+    others run their stages until rank 0 stops them, which it does however
+    it ends (an error, Ctrl-C, SIGTERM)."""
+    expected = loading.expected_errors()
+    procs: list = []
+    try:
+        if pipeline.under_launcher():
+            rank = pipeline.join(args.pipeline_parallel)
+        else:
+            rank, procs = pipeline.launch_local(
+                args.pipeline_parallel, functools.partial(_rank_entry, argv)
+            )
+        if not rank.first:
+            # Rank 0 decides when to stop: a terminal's Ctrl-C reaches every
+            # rank it started, and this one waits for rank 0's word.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            loading.serve_stage(loading.options_from_args(args))
+            return 0
+    except expected as e:
+        print(f"torchchat server: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    # uvicorn re-raises the SIGTERM it caught once it has stopped: as
+    # Ctrl-C, so that the ranks are stopped below instead of the process
+    # dying at once.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return serve(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPT
+    finally:
+        reports = pipeline.shutdown(rank)
+        for p in procs:
+            p.join(timeout=60)
+        if not args.quiet:
+            for line in pipeline.describe(reports):
+                print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,15 @@ stage. The KV cache of each layer lives with its stage, indexed by
 position as in one process, so a slot's truncation (chat, speculation's
 rollback) needs no message.
 
+The server batches many sequences (slots) in one forward: `SlotPipeline`
+turns the pipeline into such a batched model. Each stage gives its layers
+a KV-cache row per slot (torchchat.slots' SlotModel, built in place), and
+a step's tokens of every slot travel rank to rank as one message with a
+table of (slot, tokens, start position, rows wanted), cut into
+micro-batches the same way. The last rank answers every message with a
+status: the rows asked for, or why its stage failed, so that an error in
+one stage fails that step on rank 0 and leaves every rank in step.
+
 Launch: `torchrun` (its RANK, WORLD_SIZE, MASTER_ADDR/PORT, LOCAL_WORLD_SIZE
 environment), or `launch_local`, which starts the other ranks of one host
 itself, on the loopback interface.
@@ -26,8 +35,11 @@ itself, on the loopback interface.
 
 from __future__ import annotations
 
+import argparse
+import logging
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -40,11 +52,22 @@ from torchchat.errors import UserError
 if TYPE_CHECKING:
     from torchchat.model import Model
 
+log = logging.getLogger("torchchat.pipeline")
+
 # Message tags between neighbouring ranks: a header, then the hidden
-# states it describes; the last rank's logits to rank 0.
-_HEADER, _HIDDEN, _LOGITS = 1, 2, 3
-# header = [op, tokens, start position, logits wanted, dtype]
-_RUN, _STOP = 1, 0
+# states it describes; the last rank's logits to rank 0. A slots step
+# also sends its table of entries; the last rank answers it with a reply
+# header, then the rows, or a stage's error message.
+_HEADER, _HIDDEN, _LOGITS, _ENTRIES, _REPLY, _MESSAGE = 1, 2, 3, 4, 5, 6
+# header = [op, tokens, start position, logits wanted, dtype]; for _SLOTS
+# [op, tokens, entries, hidden wanted, dtype]; for _OPEN_SLOTS [op, slots,
+# 0, 0, 0]; for _FAILED [op, message bytes, 0, 0, 0].
+_RUN, _STOP, _OPEN_SLOTS, _SLOTS, _FAILED = 1, 0, 2, 3, 4
+# reply = [status, rows, columns]
+_OK = 0
+# What a slots entry wants from the last rank: no row (a chunk of a prompt
+# before its last), its last token's, or every token's.
+_NO_ROW, _LAST_ROW, _EVERY_ROW = 0, 1, 2
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Ranks wait for their neighbours between chat turns for as long as a user
 # types; a dead peer ends the wait at once (its sockets close).
@@ -59,6 +82,28 @@ DEFAULT_MICROBATCH = 32
 
 class PipelineError(UserError):
     """A pipeline that cannot be set up as asked (one line for the user)."""
+
+
+class StageFailed(RuntimeError):
+    """A stage raised on a step; every rank is still in step."""
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    """--pipeline-parallel and --pipeline-microbatch (generate, chat, server)."""
+    p.add_argument(
+        "--pipeline-parallel",
+        type=int,
+        metavar="N",
+        help="split the model's layers across N processes (torchrun's, on one host or several; "
+        "without torchrun, N on this host), each reading only its own layers",
+    )
+    p.add_argument(
+        "--pipeline-microbatch",
+        type=int,
+        metavar="TOKENS",
+        help="with --pipeline-parallel, send prompts through the stages in chunks of at least "
+        f"this many tokens (default {DEFAULT_MICROBATCH}; 0: whole)",
+    )
 
 
 @dataclass(frozen=True)
@@ -207,6 +252,70 @@ class StageModel:
         )
         if self.dtype not in _DTYPES:
             self.dtype = torch.float32
+        # The server's slots (torchchat.slots.SlotModel), once opened.
+        self.slots: Any = None
+
+    def open_slots(self, n: int) -> None:
+        """Gives each of this stage's layers a KV-cache row per slot, in
+        place: from now on the stage runs slots steps only."""
+        from torchchat.slots import SlotModel
+
+        if self.slots is None:
+            self.slots = SlotModel(self.model, n)
+        elif self.slots.n_slots != n:
+            raise PipelineError(f"this stage has {self.slots.n_slots} slots, not {n}")
+
+    @torch.inference_mode()
+    def run_slots(
+        self, x: torch.Tensor, entries: torch.Tensor, hidden: bool = False
+    ) -> torch.Tensor | None:
+        """One slots step: ids [1, T] (the first stage) or hidden states
+        [1, T, dim], laid out as `entries` [E, 4] (slot, tokens, start,
+        rows wanted) say. The hidden states after this stage's layers; on
+        the last stage the rows wanted ([rows, vocab] logits, or with
+        `hidden` the final norm's output, [rows, dim]), None for none."""
+        from torchchat.slots import SlotBatch
+
+        sm = self.slots
+        if sm is None:
+            raise RuntimeError("this stage has no slots open")
+        spans: list[tuple[int, int, int, int]] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        rows: list[int] = []
+        first = 0
+        for slot, n, start, want in entries.tolist():
+            if not 0 <= slot < sm.n_slots:
+                raise ValueError(f"slot {slot} out of range (0..{sm.n_slots - 1})")
+            if start < 0 or start + n > sm.max_seq_length:
+                raise ValueError(f"slot {slot}: {start}+{n} exceeds the cache")
+            spans.append((slot, first, n, start))
+            pos.extend(range(start, start + n))
+            slots.extend([slot] * n)
+            if want == _EVERY_ROW:
+                rows.extend(range(first, first + n))
+            elif want == _LAST_ROW:
+                rows.append(first + n - 1)
+            first += n
+        if first != x.shape[1]:
+            raise ValueError(f"the entries name {first} tokens, the step has {x.shape[1]}")
+        sm.plan.batch = SlotBatch(torch.tensor(slots), spans)
+        # Only the last stage reads last_valid_token_pos (the others give
+        # every position); it needs one even when no row is wanted.
+        options = {
+            "input_pos": torch.tensor(pos),
+            "last_valid_token_pos": torch.tensor(rows or [first - 1]),
+        }
+        t = self.transformer
+        if not self.rank.last:
+            return t(x, options) if x.dtype == torch.long else t(None, options, x)
+        output = t.apply_output
+        t.apply_output = output and bool(rows) and not hidden
+        try:
+            out = t(x, options) if x.dtype == torch.long else t(None, options, x)
+        finally:
+            t.apply_output = output
+        return out.reshape(len(rows), -1).float() if rows else None
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor, input_pos: torch.Tensor, logits: bool = True) -> torch.Tensor:
@@ -288,10 +397,17 @@ class Pipeline:
         # Logits the last rank owes for a forward that was interrupted
         # (Ctrl-C) after its last chunk went out: received before stopping.
         self._owed = False
+        # One exchange with the ranks at a time: the server's batcher thread
+        # steps while its main thread may close the pipeline.
+        self.lock = threading.Lock()
+        self.closed = False
+        self.slotted = False  # the stages' caches have slots (SlotPipeline)
         _OPEN.append(self)
 
     @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        if self.slotted:
+            raise RuntimeError("this pipeline serves slots (SlotPipeline)")
         sends = _Sends()
         chunks = microbatches(tokens.shape[1], self.microbatch)
         for i, (a, b) in enumerate(chunks):
@@ -315,13 +431,172 @@ class Pipeline:
     def close(self) -> list[dict[str, Any]]:
         """Stops every rank; what each held and its peak RSS, by rank."""
         _OPEN.remove(self)
-        if self._owed:
-            self._logits()
-        return stop_ranks(self.rank, self.stage.report())
+        with self.lock:  # after the step in flight, if any
+            self.closed = True
+            if self._owed:
+                self._logits()
+            return stop_ranks(self.rank, self.stage.report())
 
 
 # Pipelines this process opened and has not closed (shutdown closes them).
 _OPEN: list[Pipeline] = []
+
+
+Piece = tuple[int, list[int], int, int]  # (slot, ids, start, rows wanted)
+
+
+def slot_chunks(pieces: Sequence[Piece], size: int) -> list[list[Piece]]:
+    """A step's entries cut into micro-batches of at least `size` tokens
+    (`microbatches` over all of them, in order): an entry cut in two keeps
+    its rows wanted in its last piece (every piece, for every row)."""
+    total = sum(len(ids) for _, ids, _, _ in pieces)
+    out = []
+    for a, b in microbatches(total, size):
+        chunk, f = [], 0
+        for slot, ids, start, want in pieces:
+            lo, hi = max(a, f), min(b, f + len(ids))
+            if lo < hi:
+                end = hi == f + len(ids)
+                part_want = want if end or want == _EVERY_ROW else _NO_ROW
+                chunk.append((slot, ids[lo - f : hi - f], start + lo - f, part_want))
+            f += len(ids)
+        out.append(chunk)
+    return out
+
+
+class SlotPipeline:
+    """Rank 0's pipeline as the server's batched model: `forward_slots` and
+    `hidden_slots` as torchchat.slots.SlotModel's, each a step through every
+    stage, whose layers hold a cache row per slot. Opening it gives every
+    stage its slots (and checks that each could)."""
+
+    def __init__(self, pipe: Pipeline, n_slots: int):
+        self.pipe = pipe
+        self.stage = pipe.stage
+        self.n_slots = n_slots
+        self.max_seq_length = pipe.max_seq_length
+        self.vocab_size = pipe.vocab_size
+        self.config = pipe.config
+        # Why the pipeline cannot serve: a rank has gone, so the ranks'
+        # messages are out of step and every later step would hang or fail.
+        self.broken: str | None = None
+        with pipe.lock:
+            pipe.slotted = True
+            self.stage.open_slots(n_slots)
+            sends = _Sends()
+            try:
+                sends.add(1, _HEADER, _header(_OPEN_SLOTS, n_slots, 0, False, torch.float32))
+                _, failed = _reply(pipe.rank)
+                sends.wait()
+            except RuntimeError as e:  # gloo's: a rank that failed to load has gone
+                raise PipelineError(f"a pipeline rank has gone ({e})") from None
+        if failed is not None:
+            raise PipelineError(f"a pipeline rank could not open {n_slots} slots: {failed}")
+
+    def problem(self) -> str | None:
+        return self.broken
+
+    def forward_slots(self, entries: list, images: Sequence = ()) -> torch.Tensor:
+        """[(slot, ids, start[, every]), ...]: each entry's last logits, or
+        every id's for one with `every`, [rows, vocab]."""
+        if images:
+            raise ValueError("images run in one process; drop --pipeline-parallel")
+        pieces = [
+            (e[0], list(e[1]), e[2], _EVERY_ROW if len(e) > 3 and e[3] else _LAST_ROW)
+            for e in entries
+        ]
+        return self._step(pieces, hidden=False)
+
+    def hidden_slots(self, entries: list) -> list[torch.Tensor]:
+        """Each entry's final-norm output at every one of its ids, [len(ids), dim]."""
+        pieces = [(e[0], list(e[1]), e[2], _EVERY_ROW) for e in entries]
+        h = self._step(pieces, hidden=True)
+        return list(torch.split(h, [len(p[1]) for p in pieces]))
+
+    def _step(self, pieces: list[Piece], hidden: bool) -> torch.Tensor:
+        with self.pipe.lock:
+            if self.pipe.closed:
+                raise RuntimeError("the pipeline is closed")
+            if self.broken is not None:
+                raise RuntimeError(self.broken)
+            try:
+                return self._exchange(pieces, hidden)
+            except StageFailed:
+                raise
+            except RuntimeError as e:  # gloo's: a peer's socket closed
+                self.broken = f"pipeline rank lost: {e}"
+                log.error("%s", self.broken)
+                raise
+
+    @torch.inference_mode()
+    def _exchange(self, pieces: list[Piece], hidden: bool) -> torch.Tensor:
+        sends = _Sends()
+        sent, failed = 0, None
+        for chunk in slot_chunks(pieces, self.pipe.microbatch):
+            ids = torch.tensor([[i for _, chunk_ids, _, _ in chunk for i in chunk_ids]])
+            table = torch.tensor([[s, len(c), start, w] for s, c, start, w in chunk])
+            try:
+                h = self.stage.run_slots(ids, table, hidden)
+            except Exception as e:  # nothing of this chunk went out
+                failed = f"{type(e).__name__}: {e}"
+                break
+            assert h is not None
+            h = h.contiguous()
+            sends.add(1, _HEADER, _header(_SLOTS, ids.shape[1], len(chunk), hidden, h.dtype))
+            sends.add(1, _ENTRIES, table)
+            sends.add(1, _HIDDEN, h)
+            sent += 1
+        rows = []
+        for _ in range(sent):  # every chunk that went out is answered
+            out, why = _reply(self.pipe.rank)
+            failed = failed or why
+            if out is not None:
+                rows.append(out)
+        sends.wait()
+        if failed is not None:
+            raise StageFailed(f"pipeline stage failed: {failed}")
+        width = self.stage.dim if hidden else self.vocab_size
+        return torch.cat(rows) if rows else torch.empty(0, width)
+
+
+def _reply(rank: Rank) -> tuple[torch.Tensor | None, str | None]:
+    """Rank 0: the last rank's answer to one message: (rows, None), or
+    (None, why its stage failed)."""
+    import torch.distributed as dist
+
+    head = torch.empty(3, dtype=torch.long)
+    last = rank.world - 1
+    dist.recv(head, last, tag=_REPLY)
+    status, rows, cols = (int(x) for x in head)
+    if status != _OK:
+        msg = torch.empty(rows, dtype=torch.uint8)
+        dist.recv(msg, last, tag=_MESSAGE)
+        return None, bytes(msg.tolist()).decode(errors="replace")
+    if rows == 0:
+        return None, None
+    out = torch.empty(rows, cols, dtype=torch.float32)
+    dist.recv(out, last, tag=_LOGITS)
+    return out, None
+
+
+def _message(text: str) -> torch.Tensor:
+    """An error's text as bytes to send (never empty: gloo sends no empty tensor)."""
+    return torch.tensor(list((text or "failed").encode()[:4096]), dtype=torch.uint8)
+
+
+def _answer(out: torch.Tensor | None, failed: str | None) -> None:
+    """The last rank: a reply to rank 0 (the rows, or the failure)."""
+    import torch.distributed as dist
+
+    if failed is not None:
+        msg = _message(failed)
+        dist.send(torch.tensor([_FAILED, msg.numel(), 0]), 0, tag=_REPLY)
+        dist.send(msg, 0, tag=_MESSAGE)
+        return
+    rows, cols = (0, 0) if out is None else out.shape
+    dist.send(torch.tensor([_OK, rows, cols]), 0, tag=_REPLY)
+    if out is not None:
+        dist.send(out.contiguous(), 0, tag=_LOGITS)
 
 
 def stop_ranks(rank: Rank, report: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -366,6 +641,9 @@ def serve(stage: StageModel) -> None:
             if not rank.last:
                 dist.send(header, nxt, tag=_HEADER)
             break
+        if op in (_OPEN_SLOTS, _SLOTS, _FAILED):
+            _serve_slots(stage, header, sends)
+            continue
         h = torch.empty(1, n, stage.dim, dtype=_DTYPES[dtype])
         dist.recv(h, prev, tag=_HIDDEN)
         out = stage.run(h, torch.arange(start, start + n), bool(logits))
@@ -378,6 +656,56 @@ def serve(stage: StageModel) -> None:
         sends.add(nxt, _HIDDEN, out.contiguous())
     dist.gather_object(stage.report(), None, dst=0)
     close_group()
+
+
+def _serve_slots(stage: StageModel, header: torch.Tensor, sends: _Sends) -> None:
+    """One slots message on a rank past 0 (its header received): opening
+    the slots, a step, or an earlier stage's failure, which is passed on
+    to the last rank, which answers rank 0 either way."""
+    import torch.distributed as dist
+
+    rank = stage.rank
+    prev = rank.rank - 1
+    op, n, n_entries, hidden, dtype = (int(x) for x in header)
+    out: torch.Tensor | None = None
+    table = torch.empty(0)
+    failed = None
+    if op == _FAILED:
+        msg = torch.empty(n, dtype=torch.uint8)
+        dist.recv(msg, prev, tag=_MESSAGE)
+        failed = bytes(msg.tolist()).decode(errors="replace")
+    elif op == _OPEN_SLOTS:
+        try:
+            stage.open_slots(n)
+        except Exception as e:
+            failed = f"rank {rank.rank}: {type(e).__name__}: {e}"
+    else:
+        table = torch.empty(n_entries, 4, dtype=torch.long)
+        dist.recv(table, prev, tag=_ENTRIES)
+        h = torch.empty(1, n, stage.dim, dtype=_DTYPES[dtype])
+        dist.recv(h, prev, tag=_HIDDEN)
+        try:
+            out = stage.run_slots(h, table, bool(hidden))
+        except Exception as e:
+            # Said here (the operator's log) and to rank 0, which fails the step.
+            log.exception("pipeline rank %d: a slots step failed", rank.rank)
+            failed = f"rank {rank.rank}: {type(e).__name__}: {e}"
+    if rank.last:
+        _answer(out, failed)
+        return
+    nxt = rank.rank + 1
+    sends.wait()
+    if failed is not None:
+        msg = _message(failed)
+        sends.add(nxt, _HEADER, _header(_FAILED, msg.numel(), 0, False, torch.float32))
+        sends.add(nxt, _MESSAGE, msg)
+    elif op == _OPEN_SLOTS:
+        sends.add(nxt, _HEADER, header)
+    else:
+        assert out is not None
+        sends.add(nxt, _HEADER, header)
+        sends.add(nxt, _ENTRIES, table)
+        sends.add(nxt, _HIDDEN, out.contiguous())
 
 
 def describe(reports: Sequence[dict[str, Any]]) -> list[str]:

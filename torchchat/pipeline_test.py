@@ -5,6 +5,11 @@ Two local ranks (pipeline.launch_local: a spawned process for rank 1, this
 one as rank 0) over gloo on 127.0.0.1 / lo. The prompts are longer than two
 micro-batches, so prefill goes through the pipeline in chunks; a second
 turn on the same slot extends the first (its cache reused, as chat does).
+
+The server's SlotPipeline: three slots stepped together give the ids and
+hidden states of SlotModel in one process; a stage that raises fails its
+step and leaves the ranks in step; a rank that dies breaks the pipeline
+(it says so) and shutting down does not hang.
 """
 
 import functools
@@ -23,6 +28,7 @@ from torchchat.checkpoint import load_checkpoint, load_native
 from torchchat.checkpoint.base import in_stage
 from torchchat.generate import Slot, argmax, decode
 from torchchat.model import attend_filled_cache
+from torchchat.slots import SlotModel
 
 CONTEXT = 192
 
@@ -82,6 +88,53 @@ def run_pipeline(path: Path, tokenizer: Path | None) -> tuple[list[int], list[di
     return ids, reports
 
 
+# A slots step at this position fails on rank 1 (flaky_stage).
+FAIL_AT = 150
+
+
+def flaky_stage(options: loading.LoadOptions) -> None:
+    """Rank 1 of the slots test: its stage raises on a step at FAIL_AT."""
+    run_slots = pipeline.StageModel.run_slots
+
+    def failing(self, x, entries, hidden=False):
+        if int(entries[0, 2]) == FAIL_AT:
+            raise RuntimeError("injected stage failure")
+        return run_slots(self, x, entries, hidden)
+
+    pipeline.StageModel.run_slots = failing
+    loading.serve_stage(options)
+
+
+def slot_steps(model, vocab: int) -> tuple[list[list[int]], list[torch.Tensor], torch.Tensor]:
+    """Greedy ids of three slots stepped together (SlotModel's
+    forward_slots): prompts of 70, 10 and 40 ids prefilled in one step, then
+    12 decode steps of all three (slot 1 verifying two ids at once in the
+    first); every step's logits; and slot 2's prompt's hidden states."""
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(2, vocab, (n,), generator=g).tolist() for n in (70, 10, 40)]
+    logits = model.forward_slots([(s, p, 0) for s, p in enumerate(prompts)])
+    steps = [logits]
+    ids = [[int(x)] for x in logits.argmax(-1)]
+    pos = [len(p) for p in prompts]
+    for step in range(12):
+        entries = []
+        for s in range(3):
+            if s == 1 and step == 0:
+                entries.append((s, [ids[s][-1], 7], pos[s], True))
+            else:
+                entries.append((s, [ids[s][-1]], pos[s]))
+        out = model.forward_slots(entries)
+        steps.append(out)
+        row = -1
+        for s in range(3):
+            n = len(entries[s][1])
+            row += n if len(entries[s]) > 3 else 1  # its last row
+            pos[s] += n
+            ids[s].append(int(out[row].argmax()))
+    (hidden,) = model.hidden_slots([(2, prompts[2], 0)])
+    return ids, steps, hidden
+
+
 class PipelineTest(unittest.TestCase):
     def check(self, path: Path, tokenizer: Path | None = None) -> None:
         want = one_process(path)
@@ -114,6 +167,72 @@ class PipelineTest(unittest.TestCase):
         # SmolLM2-135M-Instruct's Q4_1 GGUF, 30 layers, tied embedding:
         # rank 1's output reads the embedding's bytes too.
         self.check(registry.model_path(registry.resolve(registry.DEFAULT_MODEL)))
+
+    def test_slots(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = gguf_blocks.write_model(
+                Path(d) / "tiny.gguf", {"*": "Q4_1", "token_embd.weight": "Q8_0"}, n_layers=4
+            )
+            from testing.tiny_model import write_tokenizer
+
+            tok = write_tokenizer(Path(d))
+            model, _ = load_native(load_checkpoint(path), CONTEXT)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))
+            try:
+                want_ids, want_logits, want_hidden = slot_steps(
+                    SlotModel(model, 3), model.config.vocab_size
+                )
+            finally:
+                torch.set_num_threads(threads)
+            options = loading.LoadOptions(
+                checkpoint=path, tokenizer=tok, compile="none", max_seq_length=CONTEXT, pipeline=2
+            )
+            rank, procs = pipeline.launch_local(2, functools.partial(flaky_stage, options))
+            try:
+                slots = pipeline.SlotPipeline(loading.load(options).model, 3)
+                # Rank 1's stage raises: the step fails, on rank 0, saying why.
+                with self.assertRaisesRegex(pipeline.StageFailed, "rank 1: .*injected"):
+                    slots.forward_slots([(2, [5, 6], FAIL_AT)])
+                # Rank 0's own stage refuses a step: nothing went out.
+                with self.assertRaisesRegex(pipeline.StageFailed, "slot 3 out of range"):
+                    slots.forward_slots([(3, [5], 0)])
+                self.assertIsNone(slots.problem())
+                # The ranks are still in step: one process's ids.
+                got_ids, got_logits, got_hidden = slot_steps(slots, model.config.vocab_size)
+                self.assertEqual(got_ids, want_ids)
+                # Every row is the one asked for (a random model's argmax
+                # alone can miss a wrong row).
+                for got, want in zip(got_logits, want_logits):
+                    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+                torch.testing.assert_close(got_hidden, want_hidden, atol=1e-4, rtol=1e-4)
+                # A rank that dies: the step fails, the pipeline says it is
+                # broken, and shutting down returns.
+                procs[0].kill()
+                procs[0].join(30)
+                with self.assertRaises(RuntimeError):
+                    slots.forward_slots([(0, [5], 0)])
+                self.assertIn("pipeline rank lost", slots.problem() or "")
+                with self.assertRaisesRegex(RuntimeError, "pipeline rank lost"):
+                    slots.forward_slots([(0, [5], 0)])
+            finally:
+                pipeline.shutdown(rank)
+                for p in procs:
+                    p.join(60)
+
+    def test_slot_chunks(self):
+        pieces = [(0, list(range(40)), 5, 1), (1, [7], 9, 1), (2, list(range(30)), 0, 2)]
+        chunks = pipeline.slot_chunks(pieces, 32)
+        self.assertEqual([sum(len(p[1]) for p in c) for c in chunks], [32, 39])
+        self.assertEqual(chunks[0], [(0, list(range(32)), 5, 0)])
+        self.assertEqual(
+            chunks[1],
+            [(0, list(range(32, 40)), 37, 1), (1, [7], 9, 1), (2, list(range(30)), 0, 2)],
+        )
+        # An entry cut in two that wants every row wants them in each piece.
+        (a,), (b,) = pipeline.slot_chunks([(0, list(range(64)), 0, 2)], 32)
+        self.assertEqual((a[3], b[3], b[2]), (2, 2, 32))
+        self.assertEqual(pipeline.slot_chunks(pieces, 0), [pieces])
 
     def test_microbatches(self):
         self.assertEqual(pipeline.microbatches(70, 32), [(0, 32), (32, 70)])
