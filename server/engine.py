@@ -5,7 +5,7 @@ free `torchchat.generate.Slot` and runs the same `generate_text()` /
 `decode()` loop that `torchchat generate` and `chat` run, in a worker
 thread, with its own `Sampler` (so its own RNG stream) and its own `Stats`.
 
-Over the eager model the slots share one `SlotModel` (torchchat/model.py):
+Over the eager model the slots share one `SlotModel` (torchchat/slots.py):
 one KV-cache row per slot. A slot's forward does not run the model itself;
 it hands its tokens to the `Batcher`, whose thread waits until every slot
 inside a generation has handed in its next step (a decode token, or one
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import logging
 import threading
@@ -34,7 +35,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
@@ -43,6 +44,10 @@ from torchchat import grammar as grammars
 from torchchat.generate import AdaptK, Draft, Slot, Stats, generate_text
 from torchchat.sampling import Sampler
 from torchchat.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from torchchat.generate import LLMModel
+    from torchchat.model import Images, Model
 
 log = logging.getLogger("torchchat.server")
 
@@ -61,6 +66,18 @@ class QueueFull(Exception):
 
 
 # --- the batcher ---------------------------------------------------------------
+
+
+class SlotsModel(Protocol):
+    """What a Batcher steps: torchchat.slots.SlotModel, a .pt2 exported
+    with --slots (Pt2Model) or a pipeline's SlotPipeline."""
+
+    @property
+    def max_seq_length(self) -> int: ...
+
+    def forward_slots(self, entries: list, images: Images = ()) -> torch.Tensor: ...
+
+    def hidden_slots(self, entries: list) -> list[torch.Tensor]: ...
 
 
 @dataclass
@@ -84,7 +101,7 @@ class _Pending:
 class Batcher:
     """Runs every slot's next step as one `SlotModel.forward_slots` call."""
 
-    def __init__(self, model: object):
+    def __init__(self, model: SlotsModel):
         self.model = model
         self.steps = 0  # forwards run so far
         self.step_sizes: collections.deque[int] = collections.deque(maxlen=1024)  # slots per step
@@ -441,6 +458,10 @@ class Engine:
                 self._waiters.remove(fut)
             raise
 
+    def _release_after(self, i: int, _done: object) -> None:
+        """A future's done-callback: its slot is free once its thread is."""
+        self._release(i)
+
     def _release(self, i: int) -> None:
         while self._waiters:
             fut = self._waiters.popleft()
@@ -485,7 +506,7 @@ class Engine:
                 fut = loop.run_in_executor(self._pool, self._hidden, i, inputs[k])
                 # The slot stays taken until its thread is done, even if the
                 # client leaves first.
-                fut.add_done_callback(lambda _, i=i: self._release(i))
+                fut.add_done_callback(functools.partial(self._release_after, i))
                 out[k] = await asyncio.shield(fut)
 
         tasks = [loop.create_task(worker()) for _ in range(workers)]
@@ -589,7 +610,7 @@ class Engine:
         view = slot.model if isinstance(slot.model, SlotView) else None
         if view is not None:
             view.cancel = cancel
-            self.batcher.join(view.index)
+            view.batcher.join(view.index)
         try:
             tok = self.tokenizer
             pick = _Pick(params.sampler(), params, tok.eos_ids, tok)
@@ -633,12 +654,12 @@ class Engine:
             return "failed"
         finally:
             if view is not None:
-                self.batcher.leave(view.index)
+                view.batcher.leave(view.index)
                 view.cancel = None
 
 
 def eager_engine(
-    model: object, tokenizer: Tokenizer, parallel: int, max_queue: int, chunk: int = 128
+    model: Model, tokenizer: Tokenizer, parallel: int, max_queue: int, chunk: int = 128
 ) -> Engine:
     """`parallel` slots over one batched copy of the eager model's cache."""
     from torchchat.slots import SlotModel
@@ -647,34 +668,38 @@ def eager_engine(
 
 
 def batched_engine(
-    slots_model: object, parallel: int, tokenizer: Tokenizer, max_queue: int, chunk: int = 128
+    slots_model: SlotsModel, parallel: int, tokenizer: Tokenizer, max_queue: int, chunk: int = 128
 ) -> Engine:
     """Slots 0..parallel-1 of a model with `forward_slots` (a SlotModel, or a
     .pt2 exported with --slots), batched by one Batcher."""
     batcher = Batcher(slots_model)
-    seq = slots_model.max_seq_length  # type: ignore[attr-defined]
+    seq = slots_model.max_seq_length
     slots = [Slot(SlotView(batcher, i, seq, chunk)) for i in range(parallel)]
     return Engine(slots, tokenizer, max_queue, batcher)
 
 
-def serial_engine(model: object, tokenizer: Tokenizer, max_queue: int) -> Engine:
+def serial_engine(model: LLMModel, tokenizer: Tokenizer, max_queue: int) -> Engine:
     """One slot over a batch-1 model (an exported .pte or .pt2)."""
     return Engine([Slot(model)], tokenizer, max_queue)
 
 
-def sequences(model: object, n: int, chunk: int = 128) -> list[object]:
+def sequences(model: LLMModel, n: int, chunk: int = 128) -> list[LLMModel]:
     """`n` independent sequences over one model (each with its own KV-cache
     row), as `LLMModel`s: a draft model's, one per slot. An eager model
     becomes a SlotModel; it, or a package with slots, is batched by a
     Batcher of its own. A batch-1 model serves one sequence only."""
+    from torchchat.artifacts import Pt2Model
     from torchchat.model import Model
     from torchchat.slots import SlotModel
 
+    slotted: SlotsModel | None = None
     if isinstance(model, Model):
-        model = SlotModel(model, n)
-    if getattr(model, "n_slots", 0) >= n:
-        batcher = Batcher(model)
-        seq = model.max_seq_length  # type: ignore[attr-defined]
+        slotted = SlotModel(model, n)
+    elif isinstance(model, Pt2Model) and model.n_slots >= n:
+        slotted = model
+    if slotted is not None:
+        batcher = Batcher(slotted)
+        seq = slotted.max_seq_length
         return [SlotView(batcher, i, seq, chunk) for i in range(n)]
     if n == 1:
         return [model]

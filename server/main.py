@@ -30,6 +30,7 @@ from torchchat.sampling import add_sampling_args
 if TYPE_CHECKING:
     from server.common import Config
     from server.engine import Engine
+    from torchchat.generate import Draft
 
 DEFAULT_PORT = 8000
 
@@ -97,6 +98,7 @@ def model_id(args: argparse.Namespace) -> str:
 def build(args: argparse.Namespace) -> tuple[Engine, Config]:
     """(engine, config) for the flags; raises UserError for bad ones."""
     from server.engine import batched_engine, eager_engine, serial_engine
+    from torchchat.artifacts import ExportedModel, Pt2Model
     from torchchat.model import Model
 
     for name in ("parallel", "max_queue", "max_body_bytes", "prefill_chunk", "max_image_bytes"):
@@ -130,15 +132,15 @@ def build(args: argparse.Namespace) -> tuple[Engine, Config]:
     # exported with slots has; a batch-1 one gives the last logits only.
     slots = args.parallel if mode == "aoti" and (args.parallel > 1 or speculate) else 0
     loaded = loading.load(replace(options, compile=mode, slots=slots))
-    loaded.ensure_model()  # compiles now on a cache miss, not at the first request
-    if isinstance(loaded.model, Model):
+    model = loaded.ensure_model()  # compiles now on a cache miss, not at the first request
+    if isinstance(model, Model):
         engine = eager_engine(
-            loaded.model, loaded.tokenizer, args.parallel, args.max_queue, args.prefill_chunk
+            model, loaded.tokenizer, args.parallel, args.max_queue, args.prefill_chunk
         )
         engine.vision = loaded.vision
-        vocab = loaded.model.config.vocab_size
-    elif getattr(loaded.model, "n_slots", 0):  # a .pt2 exported with --slots
-        n = loaded.model.n_slots
+        vocab = model.config.vocab_size
+    elif isinstance(model, Pt2Model) and model.n_slots:  # a .pt2 exported with --slots
+        n = model.n_slots
         if args.parallel > n:
             print(
                 f"torchchat server: {args.aoti_package_path} has {n} slots; serving {n} "
@@ -146,22 +148,25 @@ def build(args: argparse.Namespace) -> tuple[Engine, Config]:
                 file=sys.stderr,
             )
         engine = batched_engine(
-            loaded.model,
+            model,
             min(args.parallel, n),
             loaded.tokenizer,
             args.max_queue,
             args.prefill_chunk,
         )
-        vocab = loaded.model.vocab_size
+        vocab = model.vocab_size
     else:
+        # Anything else the loader gives is an exported artifact (.pte,
+        # batch-1 .pt2) with the metadata it was exported with.
+        assert isinstance(model, ExportedModel)
         if args.parallel != 1:
             print(
                 f"torchchat server: {type(loaded.model).__name__} has a batch-1 cache; "
                 "serving one request at a time",
                 file=sys.stderr,
             )
-        engine = serial_engine(loaded.model, loaded.tokenizer, args.max_queue)
-        vocab = loaded.model.vocab_size
+        engine = serial_engine(model, loaded.tokenizer, args.max_queue)
+        vocab = model.vocab_size
     if speculate:
         engine.speculate(_drafters(args, loaded, speculate, engine, mode), k, adapt)
     return engine, _config(args, engine, loaded, vocab)
@@ -218,7 +223,7 @@ def _config(args: argparse.Namespace, engine: Engine, loaded: loading.Loaded, vo
         allow_image_urls=args.allow_image_urls,
         max_images=args.max_images,
         max_image_bytes=args.max_image_bytes,
-        speculative=_speculative(args, speculate, k, adapt),
+        speculative=_speculative(args),
     )
     # The CLI's sampling defaults must be valid before the first request.
     try:
@@ -232,14 +237,14 @@ def _config(args: argparse.Namespace, engine: Engine, loaded: loading.Loaded, vo
     return config
 
 
-def _speculative(
-    args: argparse.Namespace, speculate: str | None, k: int, adapt: object
-) -> dict[str, object] | None:
+def _speculative(args: argparse.Namespace) -> dict[str, object] | None:
     """--speculate's settings as /props shows them."""
+    speculate = speculate_flags.mode(args)
     if not speculate:
         return None
     from torchchat.speculate import AdaptiveK, PromptLookup
 
+    k, adapt = speculate_flags.draft_k(args)
     auto = isinstance(adapt, AdaptiveK)
     lo, hi = (adapt.lo, adapt.hi) if isinstance(adapt, AdaptiveK) else (k, k)
     return {
@@ -253,15 +258,15 @@ def _speculative(
 
 
 def _drafters(
-    args: argparse.Namespace, loaded: loading.Loaded, speculate: str, engine: object, mode: str
-) -> list[object]:
+    args: argparse.Namespace, loaded: loading.Loaded, speculate: str, engine: Engine, mode: str
+) -> list[Draft]:
     """A drafter per slot: prompt lookup, or --draft's model with a cache row
     per slot (loaded as the model is, batched by a Batcher of its own)."""
     from server.engine import sequences
     from torchchat.speculate import DraftModel, PromptLookup
 
-    n = engine.n_slots  # type: ignore[attr-defined]
-    if engine.batcher is None:  # type: ignore[attr-defined]
+    n = engine.n_slots
+    if engine.batcher is None:
         # A batch-1 artifact verifies with forward_all, which only one
         # exported with --full-logits has.
         speculate_flags.check_verifies(loaded.model)
@@ -298,10 +303,10 @@ def serve(args: argparse.Namespace) -> int:
 
     from server.app import create_app
 
-    app = create_app(engine, config)  # type: ignore[arg-type]
+    app = create_app(engine, config)
     print(
-        f"torchchat server: {config.model_id} on http://{args.host}:{args.port}/v1 "  # type: ignore[attr-defined]
-        f"({engine.n_slots} slots)",  # type: ignore[attr-defined]
+        f"torchchat server: {config.model_id} on http://{args.host}:{args.port}/v1 "
+        f"({engine.n_slots} slots)",
         file=sys.stderr,
         flush=True,
     )

@@ -162,11 +162,14 @@ class Pt2Model(ExportedModel):
         out = self._runner(tokens.to(torch.long), pos, torch.zeros_like(pos), every)[0]
         return out.reshape(len(pos), -1)
 
-    def forward_slots(self, entries: list) -> torch.Tensor:
+    def forward_slots(self, entries: list, images: Sequence = ()) -> torch.Tensor:
         """SlotModel.forward_slots over a package exported with --slots: the
         last logits of each (slot, ids, start) entry, [entries, vocab], or
         every id's of an entry (slot, ids, start, True)."""
         from torchchat.slots import slot_inputs
+
+        if images:
+            raise ArtifactError(f"{self.path} takes token ids only, not images")
 
         inputs = slot_inputs(entries, self.n_slots, self.max_seq_length)[:4]
         return self._runner(*inputs)[0].reshape(len(inputs[3]), -1)
