@@ -431,7 +431,11 @@ class Model(nn.Module):
         """Each image's soft tokens attend to one another in both directions
         (transformers' Gemma 3 mask) while this forward runs: the causal
         masks open above the diagonal over the image's positions, which
-        this forward writes to the cache before it attends."""
+        this forward writes to the cache before it attends. Other families'
+        text models (SmolVLM's Llama) read images causally."""
+        if self.config.architecture != "gemma3":
+            yield
+            return
         saved = []
         try:
             for offset, e in images:
