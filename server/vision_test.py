@@ -153,7 +153,7 @@ class VisionServerTest(unittest.TestCase):
 
 
 class SmolVLMServerTest(unittest.TestCase):
-    """The second family: two images (2 x 2 tiles and one tile) in one
+    """The second family: two images (2 x 2 tiles and 1 x 2) in one
     message answer as the chat session does, beside a text request."""
 
     def test_image_parts_answer_as_chat_does(self):
@@ -164,7 +164,7 @@ class SmolVLMServerTest(unittest.TestCase):
             session = ChatSession(loaded.slot(), tok, tok.template(), None, loaded.vision)
             photo = read_image(CHINA)
             buf = io.BytesIO()
-            photo.resize((20, 30)).save(buf, "PNG")
+            photo.resize((200, 40)).save(buf, "PNG")
             small = buf.getvalue()
             want = session.turn("Hello", argmax, TOKENS, images=[photo, open_image(small)]).text
             session.reset()

@@ -90,8 +90,10 @@ class SmolVLMTest(unittest.TestCase):
 
     def test_processor_matches_transformers_on_a_photo(self):
         photo = read_image(CHINA)
-        for longest, tile, split in ((2048, 512, True), (1536, 384, True), (64, 32, False)):
-            for im in (photo, photo.rotate(90, expand=True)):
+        sizes = ((2048, 512, True), (1536, 384, True), (64, 32, True), (64, 32, False))
+        for longest, tile, split in sizes:
+            # An odd width after the first resize (rounded up to even).
+            for im in (photo, photo.rotate(90, expand=True), photo.resize((6, 40))):
                 with self.subTest(longest=longest, tile=tile, split=split, size=im.size):
                     proc = transformers.SmolVLMImageProcessorPil(
                         size={"longest_edge": longest},
