@@ -117,9 +117,13 @@ def write_smolvlm(d: Path, seed: int = 0, family: str = "smolvlm") -> Path:
     if tok.token_to_id(IMAGE) != IMAGE_ID:
         raise RuntimeError("the tiny tokenizer's image token moved")
     tok.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(
-        json.dumps({"bos_token": BOS, "eos_token": EOS, "chat_template": template()})
-    )
+    tok_cfg = {"bos_token": BOS, "eos_token": EOS}
+    if family == "smolvlm":
+        tok_cfg["chat_template"] = template()
+    else:
+        # As SmolVLM-256M-Instruct ships it: the processor's chat_template.json.
+        (d / "chat_template.json").write_text(json.dumps({"chat_template": template()}))
+    (d / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
     processor(d, family)
     (d / "processor_config.json").write_text(json.dumps({"image_seq_len": SEQ_LEN}))
     return d

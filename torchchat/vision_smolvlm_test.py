@@ -25,6 +25,7 @@ from testing.tiny_smolvlm import (
     LONGEST,
     SEQ_LEN,
     TILE,
+    template,
     write_mmproj,
     write_smolvlm,
 )
@@ -112,7 +113,7 @@ class SmolVLMTest(unittest.TestCase):
         """transformers' prompt: its chat template, each <image> expanded as
         SmolVLM's processor does, and its pixels."""
         text = self.hf_tok.apply_chat_template(
-            self.messages, tokenize=False, add_generation_prompt=True
+            self.messages, chat_template=template(), tokenize=False, add_generation_prompt=True
         )
         out = self.proc(images=[self.images], return_tensors="pt", return_row_col_info=True)
         pieces = text.split(IMAGE)

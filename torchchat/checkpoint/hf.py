@@ -239,6 +239,9 @@ def load_hf(d: Path, stage: Stage | None = None) -> Checkpoint:
         template, add_bos = tc.get("chat_template"), tc.get("add_bos_token")
     if template is None and (d / "chat_template.jinja").exists():
         template = (d / "chat_template.jinja").read_text()
+    if template is None and (d / "chat_template.json").exists():
+        # A processor's template (SmolVLM's, Idefics3's), beside the tokenizer.
+        template = json.loads((d / "chat_template.json").read_text()).get("chat_template")
     eos = cfg.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
     return Checkpoint(
