@@ -38,7 +38,7 @@ def _add_answer_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PATH",
-        help="an image for the model to see (repeatable; Gemma 3 4B and up); runs the eager "
+        help="an image for the model to see (repeatable; Gemma 3 4B and up, SmolVLM); runs the eager "
         "model. In chat it goes with the first turn; /image PATH attaches one to the next",
     )
     held = p.add_mutually_exclusive_group()
@@ -70,7 +70,7 @@ def _load(args: argparse.Namespace) -> loading.Loaded:
         options = loading.options_from_args(args, slots=1)
     loaded = loading.load(options)
     if args.image and loaded.vision is None:
-        raise UserError("--image: this model sees no images (Gemma 3 4B and up do)")
+        raise UserError("--image: this model sees no images (Gemma 3 4B and up and SmolVLM do)")
     return loaded
 
 
@@ -200,7 +200,6 @@ def _held(g: str | None, tok: Any, sampler: Pick) -> Pick:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from torchchat.generate import Reply, Stats, generate_text
-    from torchchat.vision import expand_images, with_markers
 
     if args.num_samples < 1:
         raise UserError("--num-samples must be at least 1")
@@ -227,9 +226,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         text, bos = prompt, tok.add_bos
         if vision is not None:
-            text = with_markers(text, len(images), tok, vision.config)
+            text = vision.with_markers(text, len(images), tok)
     if vision is not None:
-        text = expand_images(text, tok, vision.config)
+        text = vision.expand(text, tok, [im.size for im in images])
     ids = tok.encode(text, bos=bos)
     loaded.check_fits(len(ids))
     spans = vision.spans(ids, images) if vision is not None else []
@@ -299,7 +298,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             try:
                 if loaded.vision is None:
                     raise UserError(
-                        "/image: this model sees no images here (Gemma 3 4B and up do, in the "
+                        "/image: this model sees no images here (Gemma 3 4B and up and SmolVLM do, in the "
                         "eager model: start chat with --compile none or --image)"
                     )
                 path = _text(line[len("/image") :].strip(), "/image")

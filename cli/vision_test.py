@@ -1,5 +1,6 @@
 """generate and chat with images on a tiny random Gemma 3 with a vision
-tower: --image, /image, and one-line errors."""
+tower: --image, /image, and one-line errors; and on a tiny SmolVLM, the
+second family: --image, a plain prompt's marker, --mmproj."""
 
 import importlib.util
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from testing import tiny_model, tiny_vision
+from testing import tiny_model, tiny_smolvlm, tiny_vision
 from testing.cli_harness import CliTestCase, run
 
 # A real photo from a PyPI package in the lock (scikit-learn).
@@ -93,6 +94,43 @@ class VisionCliTest(CliTestCase):
         self.assertEqual(rc, 0, err)
         self.assertIn("not-an-image.png: not an image", err)
         self.assertEqual(len(out.strip().splitlines()), 1, out)
+
+
+class SmolVLMCliTest(CliTestCase):
+    def ok(self, argv, stdin=""):
+        rc, out, err = run(argv, stdin)
+        self.assertEqual(rc, 0, err)
+        return out
+
+    def test_generate_chat_and_mmproj(self):
+        from safetensors.torch import load_file, save_file
+
+        ckpt = tiny_smolvlm.write_smolvlm(self.dir / "smolvlm")
+        base = ["--temperature", "0", "--max-new-tokens", "12"]
+        whole = ["--checkpoint-path", str(ckpt), *base]
+        ask = ["--chat-template", "--prompt", "Hello", "--image", CHINA]
+        want = self.ok(["generate", *whole, *ask])
+        plain = self.ok(
+            ["generate", *whole, "--compile", "none", "--chat-template", "--prompt", "Hello"]
+        )
+        self.assertNotEqual(want, plain)
+        chat = self.ok(["chat", *whole, "--image", CHINA], "Hello\n")
+        self.assertEqual(chat.strip().removeprefix("Assistant:").strip(), want.strip())
+        # A plain prompt takes its images before the text, or at <image>.
+        marked = self.ok(["generate", *whole, "--prompt", "<image>Hello", "--image", CHINA])
+        bare = self.ok(["generate", *whole, "--prompt", "Hello", "--image", CHINA])
+        self.assertEqual(marked.split("Hello", 1)[1], bare.split("Hello", 1)[1])
+        # The text model alone and the tower as llama.cpp's idefics3 mmproj.
+        text = self.dir / "text-only"
+        shutil.copytree(ckpt, text)
+        weights = load_file(str(text / "model.safetensors"))
+        kept = {
+            k: v for k, v in weights.items() if not k.startswith(("model.vision", "model.conn"))
+        }
+        save_file(kept, str(text / "model.safetensors"), metadata={"format": "pt"})
+        mmproj = str(tiny_smolvlm.write_mmproj(ckpt, self.dir / "mmproj.gguf"))
+        got = self.ok(["generate", "--checkpoint-path", str(text), *base, "--mmproj", mmproj, *ask])
+        self.assertEqual(got, want)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from server.common import APIError, Served, Server
 from server.engine import Delta, Done, Failed, TokenLogprob
 from torchchat.grammar import GrammarError
 from torchchat.tokenizer import TokenizerError
-from torchchat.vision import ImageError, expand_images
+from torchchat.vision import ImageError
 
 router = APIRouter()
 
@@ -43,10 +43,15 @@ def logprobs(srv: Served, items: list[TokenLogprob]) -> schema.ChatLogprobs:
     )
 
 
-def prompt_ids(srv: Served, req: schema.ChatCompletionRequest, use_tools: bool) -> list[int]:
+def prompt_ids(
+    srv: Served,
+    req: schema.ChatCompletionRequest,
+    use_tools: bool,
+    sizes: list[tuple[int, int]] | None = None,
+) -> list[int]:
     """The request's messages (and tools), rendered and encoded; each image
     part expanded to the vision tower's soft tokens, as the model's
-    processor expands it."""
+    processor expands it (`sizes`: the images' (width, height), in order)."""
     if srv.template is None:
         raise APIError(
             400, "this model has no chat template; use /v1/completions", code="no_template"
@@ -61,10 +66,12 @@ def prompt_ids(srv: Served, req: schema.ChatCompletionRequest, use_tools: bool) 
         text = srv.template.render(messages, add_generation_prompt=True, tools=tool_defs)
         vision = srv.engine.vision
         if vision is not None:
-            text = expand_images(text, srv.engine.tokenizer, vision.config)  # type: ignore[attr-defined]
+            text = vision.expand(text, srv.engine.tokenizer, sizes or [])  # type: ignore[attr-defined]
         return srv.engine.tokenizer.encode(text, bos=False)
     except TokenizerError as e:
         raise APIError(400, str(e), param="messages", code="template_error") from None
+    except ImageError as e:
+        raise APIError(400, str(e), param="messages", code="invalid_image") from None
 
 
 async def image_spans(srv: Served, ids: list[int], pictures: list[Any]) -> list[Any]:
@@ -88,13 +95,13 @@ async def chat(req: schema.ChatCompletionRequest, srv: Server) -> Any:
     if parts and srv.engine.vision is None:
         raise APIError(
             400,
-            f"{parts[0][0]}: this model takes no images (a Gemma 3 4B or larger checkpoint "
-            "does, served with --compile none)",
+            f"{parts[0][0]}: this model takes no images (a Gemma 3 4B or larger or a SmolVLM "
+            "checkpoint does, served with --compile none)",
             param=parts[0][0],
             code="images_unsupported",
         )
     pictures = await images.read_images(srv.config, parts) if parts else []
-    ids = prompt_ids(srv, req, use_tools)
+    ids = prompt_ids(srv, req, use_tools, [p.size for p in pictures])
     jobs.check_context(srv.config, ids, "messages")
     spans = await image_spans(srv, ids, pictures)
     jobs.check_n(srv, req.n, req.n)

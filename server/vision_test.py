@@ -1,12 +1,14 @@
 """Image parts in /v1/chat/completions on a tiny Gemma 3 with a vision
 tower: the openai client's content parts give what `chat --image` gives,
-batched beside text-only requests; every bad part is a 400 naming it."""
+batched beside text-only requests; every bad part is a 400 naming it. The
+same on a tiny SmolVLM (its images split into tiles)."""
 
 import base64
 import concurrent.futures
 import functools
 import http.server
 import importlib.util
+import io
 import os
 import tempfile
 import threading
@@ -18,10 +20,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import openai
 
 from server.harness import Running, engine_for
-from testing import tiny_model, tiny_vision
+from testing import tiny_model, tiny_smolvlm, tiny_vision
 from torchchat import loading
 from torchchat.generate import ChatSession, argmax
-from torchchat.vision import read_image
+from torchchat.vision import open_image, read_image
 
 # Real photos from a PyPI package in the lock (scikit-learn).
 IMAGES = Path(importlib.util.find_spec("sklearn").origin).parent / "datasets/images"
@@ -148,6 +150,50 @@ class VisionServerTest(unittest.TestCase):
             self.assertEqual(cm.exception.body["code"], "images_unsupported")
         finally:
             server.close()
+
+
+class SmolVLMServerTest(unittest.TestCase):
+    """The second family: two images (2 x 2 tiles and 1 x 2) in one
+    message answer as the chat session does, beside a text request."""
+
+    def test_image_parts_answer_as_chat_does(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = tiny_smolvlm.write_smolvlm(Path(tmp) / "smolvlm")
+            loaded = loading.load(loading.LoadOptions(checkpoint=ckpt, compile="none"))
+            tok = loaded.tokenizer
+            session = ChatSession(loaded.slot(), tok, tok.template(), None, loaded.vision)
+            photo = read_image(CHINA)
+            buf = io.BytesIO()
+            photo.resize((200, 40)).save(buf, "PNG")
+            small = buf.getvalue()
+            want = session.turn("Hello", argmax, TOKENS, images=[photo, open_image(small)]).text
+            session.reset()
+            want_text = session.turn("Hello", argmax, TOKENS).text
+            engine, config = engine_for(
+                ["--checkpoint-path", str(ckpt), "--parallel", "2", "--quiet"]
+                + ["--max-body-bytes", str(4 << 20)]
+            )
+            server = Running(engine, config)
+            try:
+                client = openai.OpenAI(base_url=server.base_url, api_key="x")
+
+                def complete(messages: list) -> str | None:
+                    r = client.chat.completions.create(
+                        model=config.model_id, messages=messages, temperature=0, max_tokens=TOKENS
+                    )
+                    return r.choices[0].message.content
+
+                two = ask(data_url(CHINA.read_bytes()))
+                two[0]["content"].insert(
+                    1, {"type": "image_url", "image_url": {"url": data_url(small)}}
+                )
+                msgs = [two, [{"role": "user", "content": "Hello"}]] * 2
+                with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                    got = list(pool.map(complete, msgs))
+                self.assertNotEqual(want, want_text)
+                self.assertEqual(got, [want, want_text] * 2)
+            finally:
+                server.close()
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ class Architecture:
     refuses_use_sliding_window: bool = False
     # Gemma 3: the local layers' own RoPE base.
     local_rope: bool = False
+    # Gemma 3: an image's soft tokens attend to one another both ways (the
+    # other families' text models read images causally).
+    bidirectional_images: bool = False
     # Phi-3: partial rotary and LongRoPE.
     phi_rope: bool = False
     # SmolLM3: every n-th layer has no RoPE (HF's config.json may list the
@@ -82,7 +85,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         gguf=False,
         window="all",
         refuses_use_sliding_window=True,
-    ),  # fmt: skip
+    ),
     Architecture("qwen2", hf_types=("qwen2",), qkv_bias=True, refuses_use_sliding_window=True),
     Architecture("qwen3", hf_types=("qwen3",), qk_norm=True, refuses_use_sliding_window=True),
     Architecture("granite", hf_types=("granite",), gguf_meta_rope=True),
@@ -92,7 +95,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         no_rope_every=4,
         gguf_meta_rope=True,
         refuses_use_sliding_window=True,
-    ),  # fmt: skip
+    ),
     Architecture(
         "phi3",
         hf_types=("phi3",),
@@ -100,7 +103,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         phi_rope=True,
         hf_fused=("self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight"),
         gguf_fused=("attn_qkv.weight", "ffn_up.weight"),
-    ),  # fmt: skip
+    ),
     Architecture(
         "gemma2",
         hf_types=("gemma2",),
@@ -110,7 +113,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         gguf_softcaps=(50.0, 30.0),
         gguf_window=4096,
         gguf_dim_query_scale_layers=46,
-    ),  # fmt: skip
+    ),
     Architecture(
         "gemma3",
         hf_types=("gemma3_text",),
@@ -119,15 +122,16 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         window="interleaved",
         window_every=6,
         local_rope=True,
+        bidirectional_images=True,
         gguf_dim_query_scale_layers=62,
-    ),  # fmt: skip
+    ),
     Architecture(
         "olmo2",
         hf_types=("olmo2",),
         post_norms_only=True,
         qk_norm=True,
         qk_norm_all_heads=True,
-    ),  # fmt: skip
+    ),
 )
 
 _BY_NAME = {a.name: a for a in ARCHITECTURES}

@@ -462,8 +462,10 @@ class ChatSession:
         self.system_prompt = system_prompt
         self.vision = vision
         self.messages: list[dict[str, Any]] = []
-        # Each message's images' (embeddings, key), in order.
+        # Each message's images' (embeddings, key), in order, and their
+        # (width, height): a SmolVLM image's tokens depend on its shape.
         self.images: list[list[tuple[torch.Tensor, str]]] = []
+        self.sizes: list[list[tuple[int, int]]] = []
         self.dropped_last_turn = 0
         self.reset()
 
@@ -472,29 +474,27 @@ class ChatSession:
             [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         )
         self.images = [[] for _ in self.messages]
+        self.sizes = [[] for _ in self.messages]
         self.dropped_last_turn = 0
 
     def _render(self) -> list[int]:
         # The template writes any bos itself.
         text = self.template.render(self.messages, add_generation_prompt=True)
         if self.vision is not None:
-            from torchchat.vision import expand_images
-
-            text = expand_images(text, self.tokenizer, self.vision.config)
+            sizes = [size for m in self.sizes for size in m]
+            text = self.vision.expand(text, self.tokenizer, sizes)
         return self.tokenizer.encode(text, bos=False)
 
     def _spans(self, ids: Sequence[int]) -> list[ImageSpan]:
         if self.vision is None:
             return []
-        from torchchat.vision import ImageError, ImageSpan, image_runs
+        from torchchat.vision import ImageError
 
         embeds = [e for m in self.images for e in m]
-        starts = image_runs(ids, self.vision.config)
-        if len(starts) != len(embeds):
-            raise ImageError(
-                f"the chat template placed {len(starts)} images, the conversation has {len(embeds)}"
-            )
-        return [ImageSpan(s, e, k) for s, (e, k) in zip(starts, embeds)]
+        try:
+            return self.vision.place(ids, embeds)
+        except ImageError as e:
+            raise ImageError(f"the chat template's image places: {e}") from None
 
     def turn(
         self,
@@ -506,7 +506,7 @@ class ChatSession:
     ) -> Reply:
         """One exchange; `images` (PIL images) go with the question, before
         its text, as the model's template places content parts."""
-        before, before_images = list(self.messages), list(self.images)
+        before = list(self.messages), list(self.images), list(self.sizes)
         if images and self.vision is None:
             from torchchat.vision import ImageError
 
@@ -517,6 +517,7 @@ class ChatSession:
             content = [{"type": "image"} for _ in embeds] + [{"type": "text", "text": text}]
         self.messages.append({"role": "user", "content": content})
         self.images.append(embeds)
+        self.sizes.append([im.size for im in images] if embeds else [])
         self.dropped_last_turn = 0
         first = 1 if self.system_prompt else 0
         room = self.slot.max_seq_length - min(max_new_tokens, CHAT_ANSWER_RESERVE)
@@ -526,15 +527,17 @@ class ChatSession:
                 drop = 2 if len(self.messages) - first >= 3 else 1
                 del self.messages[first : first + drop]
                 del self.images[first : first + drop]
+                del self.sizes[first : first + drop]
                 self.dropped_last_turn += 1
                 ids = self._render()
             self.slot.check_fits(len(ids), 0)
             spans = self._spans(ids)
         except Exception:
-            self.messages, self.images = before, before_images
+            self.messages, self.images, self.sizes = before
             raise
         budget = max(1, min(max_new_tokens, self.slot.max_seq_length - len(ids)))
         reply = generate_text(self.slot, self.tokenizer, ids, pick, budget, on_text, images=spans)
         self.messages.append({"role": "assistant", "content": reply.text})
         self.images.append([])
+        self.sizes.append([])
         return reply

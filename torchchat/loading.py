@@ -160,7 +160,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mmproj",
         metavar="PATH",
-        help="llama.cpp's mmproj GGUF beside a text checkpoint: its vision tower (Gemma 3's), "
+        help="llama.cpp's mmproj GGUF beside a text checkpoint: its vision tower (Gemma 3's or SmolVLM's), "
         "so the model sees images; runs the eager model",
     )
     p.add_argument(
@@ -284,7 +284,8 @@ def resolve_source(options: LoadOptions) -> Source:
 
 def sees_images(options: LoadOptions) -> bool:
     """Whether the checkpoint the options name has a vision tower (a Gemma 3
-    4B-and-up HF directory), read from its config.json without loading it."""
+    4B-and-up or a SmolVLM HF directory), read from its config.json without
+    loading it."""
     import json
 
     if options.mmproj is not None:
@@ -300,7 +301,7 @@ def sees_images(options: LoadOptions) -> bool:
         cfg = json.loads((d / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return cfg.get("model_type") == "gemma3" and "vision_config" in cfg
+    return cfg.get("model_type") in ("gemma3", "smolvlm", "idefics3") and "vision_config" in cfg
 
 
 def dtype_of(options: LoadOptions, spec: dict[str, Any]) -> str:
@@ -651,25 +652,33 @@ def load(options: LoadOptions) -> Loaded:
 
 
 def _mmproj_vision(options: LoadOptions, dim: int, tok: Tokenizer, dtype_name: str) -> Any:
-    """The vision tower of an mmproj GGUF; its image tokens are the text
-    tokenizer's."""
+    """The vision tower of an mmproj GGUF (Gemma 3's or SmolVLM's); its
+    image tokens are the text tokenizer's."""
     import torch
 
-    from torchchat.checkpoint.mmproj import load_mmproj
+    from torchchat.checkpoint.mmproj import load_mmproj, load_mmproj_smolvlm, projector_type
     from torchchat.config import DTYPES
     from torchchat.vision import Vision, build_encoder
+    from torchchat.vision_smolvlm import IMAGE, build_vision
 
     assert options.mmproj is not None
     if not options.mmproj.is_file():
         raise UserError(f"--mmproj {options.mmproj}: no such file")
+    dtype = DTYPES.get(dtype_name, torch.float32)
+    smolvlm = projector_type(options.mmproj) == "idefics3"
     ids = []
-    for text in ("<start_of_image>", "<end_of_image>", "<image_soft_token>"):
+    texts = (IMAGE,) if smolvlm else ("<start_of_image>", "<end_of_image>", "<image_soft_token>")
+    for text in texts:
         got = tok.encode(text, bos=False)
         if len(got) != 1:
             raise UserError(f"--mmproj: the model's tokenizer has no {text} token")
         ids.append(got[0])
+    if smolvlm:
+        smol, smol_weights = load_mmproj_smolvlm(options.mmproj, dim, ids[0])
+        vision = build_vision(smol, smol_weights, dtype)
+        vision.encoder.to(options.device)
+        return vision
     config, weights = load_mmproj(options.mmproj, dim, (ids[0], ids[1], ids[2]))
-    dtype = DTYPES.get(dtype_name, torch.float32)
     return Vision(build_encoder(config, weights, dtype).to(options.device))
 
 
@@ -680,7 +689,12 @@ def _vision(ckpt: Checkpoint, dtype_name: str, device: str) -> Any | None:
     import torch
 
     from torchchat.config import DTYPES
-    from torchchat.vision import Vision, build_encoder
+    from torchchat.vision import Vision, VisionConfig, build_encoder
+    from torchchat.vision_smolvlm import build_vision
 
     dtype = DTYPES.get(dtype_name, torch.float32)
+    if not isinstance(ckpt.vision, VisionConfig):
+        vision = build_vision(ckpt.vision, ckpt.vision_weights, dtype)
+        vision.encoder.to(device)
+        return vision
     return Vision(build_encoder(ckpt.vision, ckpt.vision_weights, dtype).to(device))

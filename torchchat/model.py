@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchchat.architectures import architecture
 from torchchat.attention import FilledCacheSDPA
 from torchchat.blocks import add_extras
 from torchchat.config import ModelConfig, context_length, stage_config
@@ -113,7 +114,11 @@ class Model(nn.Module):
         """Each image's soft tokens attend to one another in both directions
         (transformers' Gemma 3 mask) while this forward runs: the causal
         masks open above the diagonal over the image's positions, which
-        this forward writes to the cache before it attends."""
+        this forward writes to the cache before it attends. Other families'
+        text models (SmolVLM's Llama) read images causally."""
+        if not architecture(self.config.architecture).bidirectional_images:
+            yield
+            return
         saved = []
         try:
             for offset, e in images:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -110,8 +110,21 @@ class VisionConfig:
 # --- the vision tower and projector ----------------------------------------------
 
 
+class TowerShape(Protocol):
+    """What a SigLIP layer reads of a family's config."""
+
+    @property
+    def hidden(self) -> int: ...
+    @property
+    def intermediate(self) -> int: ...
+    @property
+    def heads(self) -> int: ...
+    @property
+    def eps(self) -> float: ...
+
+
 class SiglipLayer(nn.Module):
-    def __init__(self, c: VisionConfig):
+    def __init__(self, c: TowerShape):
         super().__init__()
         self.heads = c.heads
         self.layer_norm1 = nn.LayerNorm(c.hidden, eps=c.eps)
@@ -349,19 +362,36 @@ class Vision:
         self._cache: collections.OrderedDict[str, Tensor] = collections.OrderedDict()
         self._lock = threading.Lock()  # the server embeds from several threads
 
+    def pixels(self, img: Image.Image) -> Tensor:
+        """The image as the tower's input (one family's preprocessing)."""
+        return preprocess(img, self.config)
+
+    def encode(self, pixels: list[Tensor]) -> list[Tensor]:
+        """Each image's soft-token embeddings [n, text_dim] from its pixels."""
+        dtype = self.encoder.mm_input_projection.dtype
+        return list(self.encoder(torch.stack(pixels).to(dtype)))
+
+    def with_markers(self, text: str, n: int, tokenizer: Tokenizer) -> str:
+        return with_markers(text, n, tokenizer, self.config)
+
+    def expand(self, text: str, tokenizer: Tokenizer, sizes: Sequence[tuple[int, int]]) -> str:
+        """The rendered prompt with each image's marker expanded to its soft
+        tokens; `sizes` are the images' (width, height), in order, for the
+        families whose token count depends on them."""
+        return expand_images(text, tokenizer, self.config)
+
     @torch.inference_mode()
     def embed(self, images: Sequence[Image.Image]) -> list[tuple[Tensor, str]]:
-        """Each image's soft-token embeddings [mm_tokens, text_dim] and key."""
+        """Each image's soft-token embeddings [n, text_dim] and key."""
         if not images:
             return []
-        pixels = [preprocess(im, self.config) for im in images]
+        pixels = [self.pixels(im) for im in images]
         keys = [pixel_key(p) for p in pixels]
         with self._lock:
             known = {k: self._cache[k] for k in keys if k in self._cache}
         todo = list({k: i for i, k in enumerate(keys) if k not in known}.values())
         if todo:
-            dtype = self.encoder.mm_input_projection.dtype
-            out = self.encoder(torch.stack([pixels[i] for i in todo]).to(dtype))
+            out = self.encode([pixels[i] for i in todo])
             for j, i in enumerate(todo):
                 known[keys[i]] = out[j]
         with self._lock:
@@ -372,9 +402,16 @@ class Vision:
                 self._cache.popitem(last=False)
         return [(known[k], k) for k in keys]
 
+    def place(self, ids: Sequence[int], embedded: Sequence[tuple[Tensor, str]]) -> list[ImageSpan]:
+        """ImageSpans for a prompt's soft-token runs, given each image's
+        (embeddings, key) in order."""
+        starts = image_runs(ids, self.config)
+        if len(starts) != len(embedded):
+            raise ImageError(
+                f"the prompt has places for {len(starts)} images, given {len(embedded)}"
+            )
+        return [ImageSpan(s, e, k) for s, (e, k) in zip(starts, embedded)]
+
     def spans(self, ids: Sequence[int], images: Sequence[Image.Image]) -> list[ImageSpan]:
         """ImageSpans for a prompt's soft-token runs, one image each, in order."""
-        starts = image_runs(ids, self.config)
-        if len(starts) != len(images):
-            raise ImageError(f"the prompt has places for {len(starts)} images, given {len(images)}")
-        return [ImageSpan(s, e, k) for s, (e, k) in zip(starts, self.embed(images))]
+        return self.place(ids, self.embed(images))

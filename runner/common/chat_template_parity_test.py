@@ -108,6 +108,22 @@ WEATHER_TOOL = {
 # tool calls and template kwargs, which the role/content API cannot express.
 CONVERSATIONS.update(
     {
+        # Content parts, as chat --image and the server pass images: the
+        # vision templates (SmolVLM's) write each image's marker in place.
+        "image_parts": {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image"},
+                        {"type": "text", "text": "What is this? And this:"},
+                        {"type": "image"},
+                    ],
+                },
+                {"role": "assistant", "content": "A temple."},
+                {"role": "user", "content": [{"type": "text", "text": "Now"}, {"type": "image"}]},
+            ]
+        },
         "tools": {
             "messages": [
                 {"role": "system", "content": "You can call tools."},

@@ -14,6 +14,7 @@ import torch
 
 from torchchat.config import ConfigError, ModelConfig
 from torchchat.vision import VisionConfig
+from torchchat.vision_smolvlm import SmolVLMConfig
 
 
 class CheckpointError(Exception):
@@ -75,8 +76,9 @@ class Checkpoint:
     bos_id: int | None = None
     eos_ids: tuple[int, ...] = ()
     add_bos: bool | None = None  # for prompts without a chat template
-    # Gemma 3's vision tower and projector (torchchat.vision), when it has one.
-    vision: VisionConfig | None = None
+    # The vision tower and projector, when it has one: Gemma 3's
+    # (torchchat.vision) or SmolVLM's (torchchat.vision_smolvlm).
+    vision: VisionConfig | SmolVLMConfig | None = None
     vision_weights: dict[str, torch.Tensor] = field(default_factory=dict)
     # A pipeline stage's checkpoint: the layers whose tensors it holds (with
     # the embedding, norm and output only where in_stage says); the model

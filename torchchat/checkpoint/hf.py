@@ -24,6 +24,9 @@ from torchchat.checkpoint.base import (
 )
 from torchchat.config import ModelConfig
 from torchchat.vision import VisionConfig, vision_tensor_name
+from torchchat.vision_smolvlm import MODEL_TYPES as SMOLVLM_TYPES
+from torchchat.vision_smolvlm import SmolVLMConfig
+from torchchat.vision_smolvlm import tensor_name as smolvlm_tensor_name
 
 _HF_LAYER = {
     "input_layernorm.weight": "attention_norm.weight",
@@ -105,6 +108,31 @@ def _gemma3_text_name(name: str) -> str | None:
     return name
 
 
+def _smolvlm_text_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """SmolVLM/Idefics3's text model's config.json (a Llama's): its
+    `text_config` may hold only what differs from the defaults, which
+    transformers fills in."""
+    import transformers
+
+    kind = transformers.SmolVLMConfig if cfg["model_type"] == "smolvlm" else None
+    full = (kind or transformers.Idefics3Config)(**cfg)
+    text: dict[str, Any] = full.text_config.to_dict()  # type: ignore[union-attr]
+    for key in ("tie_word_embeddings", "bos_token_id", "eos_token_id"):
+        if key in cfg:
+            text.setdefault(key, cfg[key])
+    return text
+
+
+def _smolvlm_text_name(name: str) -> str | None:
+    """A SmolVLM tensor's name in the text model, or None for the vision
+    tower and connector."""
+    if name.startswith("model.text_model."):
+        return "model." + name[len("model.text_model.") :]
+    if name.startswith(("model.vision_model.", "model.connector.")):
+        return None
+    return name
+
+
 def _tensors(
     path: Path, keep: Callable[[str], bool] = lambda name: True
 ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -123,13 +151,17 @@ def load_hf(d: Path, stage: Stage | None = None) -> Checkpoint:
     stage are read (in_stage)."""
     cfg = json.loads((d / "config.json").read_text())
     multimodal = cfg.get("model_type") == "gemma3" and "text_config" in cfg
-    vision = None
-    if multimodal:
-        try:
+    smolvlm = cfg.get("model_type") in SMOLVLM_TYPES
+    vision: VisionConfig | SmolVLMConfig | None = None
+    try:
+        if multimodal:
             vision = VisionConfig.from_hf(cfg, d)
-        except ValueError as e:
-            raise CheckpointError(f"{d}: {e}") from None
-        cfg = _gemma3_text_config(cfg)
+            cfg = _gemma3_text_config(cfg)
+        elif smolvlm:
+            vision = SmolVLMConfig.from_hf(cfg, d)
+            cfg = _smolvlm_text_config(cfg)
+    except ValueError as e:
+        raise CheckpointError(f"{d}: {e}") from None
     config = ModelConfig.from_hf(cfg)
     fused = architecture(config.architecture).hf_fused
     layers = None if stage is None else stage(config.n_layers)
@@ -144,6 +176,8 @@ def load_hf(d: Path, stage: Stage | None = None) -> Checkpoint:
         raise CheckpointError(f"{d}: missing shard(s) {', '.join(missing)}")
 
     def text_name(name: str) -> str | None:
+        if smolvlm:
+            return _smolvlm_text_name(name)
         return _gemma3_text_name(name) if multimodal else name
 
     def keep(name: str) -> bool:
@@ -164,6 +198,14 @@ def load_hf(d: Path, stage: Stage | None = None) -> Checkpoint:
             if multimodal and name.startswith(_GEMMA3_VISION):
                 try:
                     vname = vision_tensor_name(name.removeprefix("model."))
+                except ValueError as e:
+                    raise CheckpointError(f"{d}: {e}") from None
+                if vname is not None:
+                    vision_sd[vname] = w
+                continue
+            if smolvlm and name.startswith(("model.vision_model.", "model.connector.")):
+                try:
+                    vname = smolvlm_tensor_name(name.removeprefix("model."))
                 except ValueError as e:
                     raise CheckpointError(f"{d}: {e}") from None
                 if vname is not None:
@@ -195,6 +237,9 @@ def load_hf(d: Path, stage: Stage | None = None) -> Checkpoint:
         template, add_bos = tc.get("chat_template"), tc.get("add_bos_token")
     if template is None and (d / "chat_template.jinja").exists():
         template = (d / "chat_template.jinja").read_text()
+    if template is None and (d / "chat_template.json").exists():
+        # A processor's template (SmolVLM's, Idefics3's), beside the tokenizer.
+        template = json.loads((d / "chat_template.json").read_text()).get("chat_template")
     eos = cfg.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
     return Checkpoint(

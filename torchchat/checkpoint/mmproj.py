@@ -1,6 +1,7 @@
 """llama.cpp's `mmproj` GGUF: a vision tower and projector beside a text
 GGUF (llama.cpp's `--mmproj`). Gemma 3's (projector type `gemma3`) is read
-into torchchat.vision's VisionEncoder; any other is refused in one line."""
+into torchchat.vision's VisionEncoder, SmolVLM's (`idefics3`) into
+torchchat.vision_smolvlm's SmolVLMEncoder; any other is refused in one line."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from torchchat.checkpoint.base import CheckpointError
 from torchchat.vision import VisionConfig
+from torchchat.vision_smolvlm import SmolVLMConfig
 
 # llama.cpp's names (gguf-py's MODEL_TENSOR.V_*) -> VisionEncoder's.
 _TOP = {
@@ -22,6 +24,7 @@ _TOP = {
     "v.post_ln.bias": "post_layernorm.bias",
     "mm.input_projection.weight": "mm_input_projection",
     "mm.soft_emb_norm.weight": "mm_soft_emb_norm",
+    "mm.model.fc.weight": "proj.weight",  # SmolVLM's connector
 }
 _BLOCK = {
     "attn_q": "q_proj",
@@ -60,10 +63,8 @@ def _rgb(reader: Any, key: str, path: Path) -> tuple[float, float, float]:
     return values[0], values[1], values[2]
 
 
-def load_mmproj(path: Path, text_dim: int, ids: tuple[int, int, int]) -> tuple[VisionConfig, dict]:
-    """(VisionConfig, VisionEncoder weights) from an mmproj GGUF whose
-    projector feeds a text model of width `text_dim`; `ids` are the text
-    tokenizer's (begin-of-image, end-of-image, soft token) ids."""
+def _open(path: Path) -> tuple[Any, str]:
+    """The file's reader and projector type."""
     import gguf
 
     try:
@@ -74,18 +75,84 @@ def load_mmproj(path: Path, text_dim: int, ids: tuple[int, int, int]) -> tuple[V
     kind = _field(reader, "clip.vision.projector_type") or _field(reader, "clip.projector_type")
     if arch != "clip" or not _field(reader, "clip.has_vision_encoder", False):
         raise CheckpointError(f"{path}: not an mmproj GGUF with a vision encoder")
-    if kind != "gemma3":
+    if kind not in ("gemma3", "idefics3"):
         raise CheckpointError(
-            f"{path}: mmproj projector type {kind!r} is not supported (Gemma 3's only)"
+            f"{path}: mmproj projector type {kind!r} is not supported "
+            "(Gemma 3's gemma3 and SmolVLM's idefics3 are)"
         )
-    image_size = int(_field(reader, "clip.vision.image_size"))
-    patch = int(_field(reader, "clip.vision.patch_size"))
-    scale = int(_field(reader, "clip.vision.projector.scale_factor", _DEFAULT_SCALE))
+    return reader, str(kind)
+
+
+def projector_type(path: Path) -> str:
+    """The projector type of an mmproj GGUF we read: gemma3 or idefics3."""
+    return _open(path)[1]
+
+
+def _weights(reader: Any, path: Path) -> dict[str, torch.Tensor]:
+    import gguf
+
+    weights: dict[str, torch.Tensor] = {}
+    for t in reader.tensors:
+        ours = _name(t.name)
+        if ours is None:
+            raise CheckpointError(f"{path}: tensor {t.name!r} has no place in the vision tower")
+        shape = tuple(int(n) for n in reversed(t.shape))
+        data = gguf.quants.dequantize(t.data, t.tensor_type)
+        w = torch.from_numpy(np.asarray(data, dtype=np.float32).reshape(shape).copy())
+        # llama.cpp's converter stores Gemma's (1 + w) norm weight as 1 + w.
+        weights[ours] = w - 1.0 if ours == "mm_soft_emb_norm" else w
+    return weights
+
+
+def _check_width(reader: Any, path: Path, text_dim: int) -> None:
     proj = int(_field(reader, "clip.vision.projection_dim", text_dim))
     if proj != text_dim:
         raise CheckpointError(
             f"{path}: its projector gives width {proj}, the text model's is {text_dim}"
         )
+
+
+def load_mmproj_smolvlm(
+    path: Path, text_dim: int, image_id: int
+) -> tuple[SmolVLMConfig, dict[str, torch.Tensor]]:
+    """(SmolVLMConfig, SmolVLMEncoder weights) from a SmolVLM mmproj GGUF
+    (projector type idefics3); `image_id` is the text tokenizer's <image>.
+    The processor's longest edge is the file's preproc_image_size; image
+    splitting is on, as in SmolVLM's processor."""
+    reader, kind = _open(path)
+    if kind != "idefics3":
+        raise CheckpointError(f"{path}: projector type {kind!r}, not SmolVLM's idefics3")
+    _check_width(reader, path, text_dim)
+    image_size = int(_field(reader, "clip.vision.image_size"))
+    config = SmolVLMConfig(
+        hidden=int(_field(reader, "clip.vision.embedding_length")),
+        intermediate=int(_field(reader, "clip.vision.feed_forward_length")),
+        layers=int(_field(reader, "clip.vision.block_count")),
+        heads=int(_field(reader, "clip.vision.attention.head_count")),
+        image_size=image_size,
+        patch_size=int(_field(reader, "clip.vision.patch_size")),
+        eps=float(_field(reader, "clip.vision.attention.layer_norm_epsilon", 1e-6)),
+        text_dim=text_dim,
+        scale_factor=int(_field(reader, "clip.vision.projector.scale_factor", 2)),
+        image_id=image_id,
+        longest_edge=int(_field(reader, "clip.vision.preproc_image_size", 4 * image_size)),
+        mean=_rgb(reader, "clip.vision.image_mean", path),
+        std=_rgb(reader, "clip.vision.image_std", path),
+    )
+    return config, _weights(reader, path)
+
+
+def load_mmproj(path: Path, text_dim: int, ids: tuple[int, int, int]) -> tuple[VisionConfig, dict]:
+    """(VisionConfig, VisionEncoder weights) from an mmproj GGUF whose
+    projector feeds a text model of width `text_dim`; `ids` are the text
+    tokenizer's (begin-of-image, end-of-image, soft token) ids."""
+    reader, kind = _open(path)
+    if kind != "gemma3":
+        raise CheckpointError(f"{path}: projector type {kind!r}, not Gemma 3's gemma3")
+    image_size = int(_field(reader, "clip.vision.image_size"))
+    patch = int(_field(reader, "clip.vision.patch_size"))
+    scale = int(_field(reader, "clip.vision.projector.scale_factor", _DEFAULT_SCALE))
+    _check_width(reader, path, text_dim)
     side = image_size // patch // scale
     config = VisionConfig(
         hidden=int(_field(reader, "clip.vision.embedding_length")),
@@ -103,14 +170,4 @@ def load_mmproj(path: Path, text_dim: int, ids: tuple[int, int, int]) -> tuple[V
         mean=_rgb(reader, "clip.vision.image_mean", path),
         std=_rgb(reader, "clip.vision.image_std", path),
     )
-    weights: dict[str, torch.Tensor] = {}
-    for t in reader.tensors:
-        ours = _name(t.name)
-        if ours is None:
-            raise CheckpointError(f"{path}: tensor {t.name!r} has no place in the vision tower")
-        shape = tuple(int(n) for n in reversed(t.shape))
-        data = gguf.quants.dequantize(t.data, t.tensor_type)
-        w = torch.from_numpy(np.asarray(data, dtype=np.float32).reshape(shape).copy())
-        # llama.cpp's converter stores Gemma's (1 + w) norm weight as 1 + w.
-        weights[ours] = w - 1.0 if ours == "mm_soft_emb_norm" else w
-    return config, weights
+    return config, _weights(reader, path)
