@@ -5,10 +5,12 @@ real photo (scikit-learn's china.jpg) at the tower's size as a PPM, two
 images in the prompt.
 """
 
+import ctypes
 import importlib.util
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import unittest
 from pathlib import Path
@@ -26,7 +28,7 @@ from torchchat.vision import Vision, build_encoder, expand_images, read_image, w
 
 MAX_SEQ = 128
 STEPS = 32
-PROMPT = "Describe the pictures:"
+PROMPT = "Once upon a time"
 CHINA = Path(importlib.util.find_spec("sklearn").origin).parent / "datasets/images/china.jpg"
 
 
@@ -112,6 +114,27 @@ class VisionPte(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertEqual(out, PROMPT + r.stdout)
 
+    def test_c_api_equals_et_run(self):
+        # In its own process: ExecuTorch's Python runtime, loaded here, and
+        # the library's copy of the kernels cannot share one.
+        r = subprocess.run(
+            [sys.executable, __file__, "--c-api", str(self.pte), *map(str, self.images)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        got = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual(got["api_version"], 1002)
+        self.assertEqual(got["image_size"], IMAGE_SIZE)
+        self.assertEqual(got["status"], 0, got["error"])
+        want = self.et_run()
+        self.assertEqual(want.returncode, 0, want.stderr[-2000:])
+        self.assertEqual(got["text"] + "\n", want.stdout)
+        # One image for a prompt with places for two: INVALID_ARGUMENT.
+        self.assertEqual(got["mismatch_status"], 1)
+        self.assertIn("2 image markers", got["mismatch_error"])
+
     def test_bad_input_is_one_line(self):
         bad = self.tmp / "bad.ppm"
         bad.write_text("hello")
@@ -139,5 +162,69 @@ class VisionPte(unittest.TestCase):
         self.assertIn("vision encoder", err.strip().splitlines()[-1])
 
 
+class Img(ctypes.Structure):
+    _fields_ = [("rgb", ctypes.c_char_p), ("width", ctypes.c_int32), ("height", ctypes.c_int32)]
+
+
+class Config(ctypes.Structure):
+    _fields_ = [
+        ("max_new_tokens", ctypes.c_int64),
+        ("temperature", ctypes.c_float),
+        ("top_k", ctypes.c_int32),
+        ("top_p", ctypes.c_float),
+        ("min_p", ctypes.c_float),
+        ("repetition_penalty", ctypes.c_float),
+        ("seed", ctypes.c_uint64),
+    ]
+
+
+def c_api_run(pte: str, image_paths: list[str]) -> dict:
+    """torchchat_generate_with_images on `pte` through libtorchchat_et.so."""
+    lib = ctypes.CDLL(str(_runfile("runner/c_api/libtorchchat_et.so.1")))
+    cb_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p)
+    vp = ctypes.c_void_p
+    lib.torchchat_last_error.restype = ctypes.c_char_p
+    lib.torchchat_runner_create.argtypes = [ctypes.c_char_p, vp, vp]
+    lib.torchchat_runner_image_size.restype = ctypes.c_int64
+    lib.torchchat_runner_image_size.argtypes = [vp]
+    lib.torchchat_default_generation_config.restype = Config
+    lib.torchchat_generate_with_images.argtypes = [
+        vp,
+        ctypes.c_char_p,
+        ctypes.POINTER(Img),
+        ctypes.c_size_t,
+        ctypes.POINTER(Config),
+        cb_type,
+        vp,
+        vp,
+    ]
+    lib.torchchat_runner_free.argtypes = [vp]
+    h = ctypes.c_void_p()
+    if lib.torchchat_runner_create(pte.encode(), None, ctypes.byref(h)) != 0:
+        raise RuntimeError(lib.torchchat_last_error().decode())
+    pixels = [Image.open(p).tobytes() for p in image_paths]
+    images = (Img * len(pixels))(*(Img(b, IMAGE_SIZE, IMAGE_SIZE) for b in pixels))
+    config = lib.torchchat_default_generation_config()
+    config.max_new_tokens = STEPS
+    pieces: list[bytes] = []
+    cb = cb_type(lambda text, n, _: pieces.append(ctypes.string_at(text, n)) or 0)
+    out = {"api_version": lib.torchchat_api_version(), "image_size": 0}
+    out["image_size"] = lib.torchchat_runner_image_size(h)
+    args = (ctypes.byref(config), cb, None, None)
+    out["status"] = lib.torchchat_generate_with_images(
+        h, PROMPT.encode(), images, len(pixels), *args
+    )
+    out["error"] = lib.torchchat_last_error().decode()
+    out["text"] = b"".join(pieces).decode()
+    marked = b"<start_of_image> and <start_of_image>"
+    out["mismatch_status"] = lib.torchchat_generate_with_images(h, marked, images, 1, *args)
+    out["mismatch_error"] = lib.torchchat_last_error().decode()
+    lib.torchchat_runner_free(h)
+    return out
+
+
 if __name__ == "__main__":
-    unittest.main()
+    if sys.argv[1:2] == ["--c-api"]:
+        print(json.dumps(c_api_run(sys.argv[2], sys.argv[3:])))
+    else:
+        unittest.main()

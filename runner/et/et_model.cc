@@ -36,9 +36,10 @@ class EtModel : public LLMModel {
         executorch::extension::from_blob(&start_pos_, {1}, executorch::aten::ScalarType::Long);
     if (md_.vision.image_size > 0) {
       // A multimodal program: token_embedding, then text_decoder.
-      auto emb = module_->execute("token_embedding", {EValue(tokens_t)});
-      if (!emb.ok()) return MakeError("token_embedding failed: " + ErrorName(emb.error()));
-      return Logits(module_->execute("text_decoder", {(*emb)[0], EValue(pos_t)}), "text_decoder");
+      auto emb = Embeddings("token_embedding", EValue(tokens_t));
+      if (!emb.ok()) return MakeError(emb.error());
+      return Logits(module_->execute("text_decoder", {EValue(*emb), EValue(pos_t)}),
+                    "text_decoder");
     }
     return Logits(module_->forward({EValue(tokens_t), EValue(pos_t)}), "forward");
   }
@@ -56,18 +57,40 @@ class EtModel : public LLMModel {
                                                      {1, 3, s, s}, executorch::aten::ScalarType::Byte);
     auto pos_t =
         executorch::extension::from_blob(&start_pos_, {1}, executorch::aten::ScalarType::Long);
-    auto emb = module_->execute("vision_encoder", {EValue(pixels_t)});
-    if (!emb.ok()) return MakeError("vision_encoder failed: " + ErrorName(emb.error()));
-    const int64_t n = (*emb)[0].toTensor().size(1);
+    auto emb = Embeddings("vision_encoder", EValue(pixels_t));
+    if (!emb.ok()) return MakeError(emb.error());
+    const int64_t n = (*emb)->size(1);
     if (n != md_.vision.image_tokens) {
       return MakeError("vision_encoder returned " + std::to_string(n) +
                        " soft tokens; get_image_tokens says " +
                        std::to_string(md_.vision.image_tokens));
     }
-    return Logits(module_->execute("image_decoder", {(*emb)[0], EValue(pos_t)}), "image_decoder");
+    return Logits(module_->execute("image_decoder", {EValue(*emb), EValue(pos_t)}),
+                  "image_decoder");
   }
 
  private:
+  // An encoder method's output [1, T, dim], copied out: the methods of a
+  // multimodal program share their memory arenas (the KV cache is shared
+  // state), so the decoder would overwrite its own input in place.
+  Result<executorch::extension::TensorPtr> Embeddings(const char* method, EValue input) {
+    auto out = module_->execute(method, {std::move(input)});
+    if (!out.ok()) return MakeError(std::string(method) + " failed: " + ErrorName(out.error()));
+    if (out->empty() || !(*out)[0].isTensor()) {
+      return MakeError(std::string(method) + " returned no tensor");
+    }
+    const auto& t = (*out)[0].toTensor();
+    if (t.scalar_type() != executorch::aten::ScalarType::Float || t.dim() != 3) {
+      return MakeError(std::string(method) + " did not return float32 [1, T, dim]");
+    }
+    embeddings_.assign(t.const_data_ptr<float>(), t.const_data_ptr<float>() + t.numel());
+    return executorch::extension::from_blob(
+        embeddings_.data(),
+        {1, static_cast<executorch::aten::SizesType>(t.size(1)),
+         static_cast<executorch::aten::SizesType>(t.size(2))},
+        executorch::aten::ScalarType::Float);
+  }
+
   Result<const float*> Logits(const executorch::runtime::Result<std::vector<EValue>>& out,
                               const char* method) {
     if (!out.ok()) return MakeError(std::string(method) + " failed: " + ErrorName(out.error()));
@@ -90,6 +113,7 @@ class EtModel : public LLMModel {
   std::unique_ptr<Module> module_;
   ModelMetadata md_;
   int64_t start_pos_ = 0;
+  std::vector<float> embeddings_;
 };
 
 Result<int64_t> GetInt(Module& m, const char* method) {
@@ -124,7 +148,13 @@ Result<std::unique_ptr<LLMModel>> LoadEtModel(const std::string& path, int num_t
   }
   std::vector<std::string> methods = {"forward"};
   if (auto names = module->method_names(); names.ok() && names->count("vision_encoder") != 0) {
-    // export/vision_pte.py's program: ExecuTorch's multimodal methods.
+    // export/vision_pte.py's program: ExecuTorch's multimodal methods, whose
+    // two decoders share the KV cache: their arenas must be one.
+    module = std::make_unique<Module>(path, Module::LoadMode::MmapUseMlockIgnoreErrors, nullptr,
+                                      nullptr, nullptr, /*share_memory_arenas=*/true);
+    if (const Error e = module->load(); e != Error::Ok) {
+      return MakeError("cannot load " + path + " as an ExecuTorch program (" + ErrorName(e) + ")");
+    }
     VisionMetadata& v = md.vision;
     for (auto [field, method] : {std::pair{&v.image_size, "get_image_size"},
                                  std::pair{&v.image_tokens, "get_image_tokens"},
