@@ -44,6 +44,10 @@ class PixelsEncoder(nn.Module):
     embedding scale, which the first block applies to every input row
     (Model.embed does the same in eager)."""
 
+    mean: Tensor
+    std: Tensor
+    scale: Tensor
+
     def __init__(self, encoder: VisionEncoder, embedding_scale: float):
         super().__init__()
         c = encoder.config
@@ -95,7 +99,7 @@ class ImageChunkSDPA(nn.Module):
         return y.reshape(bsz, seqlen, self.inner.dim)
 
 
-def image_chunks(transformer: nn.Module, on: bool) -> None:
+def image_chunks(transformer: Any, on: bool) -> None:
     """Wraps (on) or unwraps each layer's SDPA in ImageChunkSDPA."""
     for layer in transformer.layers:
         attn = layer.attention

@@ -459,9 +459,9 @@ torchchat_status torchchat_generate_with_images(torchchat_runner* runner, const 
     for (size_t i = 0; i < n_images; ++i) {
       const torchchat_image& im = images[i];
       if (im.rgb == nullptr || im.width <= 0 || im.height <= 0) {
-        return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT, std::string(kFn) + ": image " +
-                                                          std::to_string(i + 1) +
-                                                          " has no pixels or no size");
+        return Fail(
+            TORCHCHAT_ERROR_INVALID_ARGUMENT,
+            std::string(kFn) + ": image " + std::to_string(i + 1) + " has no pixels or no size");
       }
       rgb[i].width = im.width;
       rgb[i].height = im.height;
@@ -469,7 +469,8 @@ torchchat_status torchchat_generate_with_images(torchchat_runner* runner, const 
     }
     auto got = torchchat::BuildImagePrompt(prompt, rgb, {}, *state.tokenizer,
                                            state.model->metadata().vision, "this program");
-    if (!got.ok()) return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT, std::string(kFn) + ": " + got.error());
+    if (!got.ok())
+      return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT, std::string(kFn) + ": " + got.error());
     built = std::move(*got);
     return Ok();
   });

@@ -55,8 +55,9 @@ size_t Count(const std::string& s, const std::string& what) {
 
 Result<RgbImage> ParsePpm(const std::string& data, const std::string& name) {
   if (data.size() < 2 || data[0] != 'P' || data[1] != '6') {
-    return MakeError(name + ": not a binary PPM (P6) image; the runners read PPM only (" +
-                     "convert it, e.g. with Pillow: Image.open(f).convert(\"RGB\").save(\"x.ppm\"))");
+    return MakeError(
+        name + ": not a binary PPM (P6) image; the runners read PPM only (" +
+        "convert it, e.g. with Pillow: Image.open(f).convert(\"RGB\").save(\"x.ppm\"))");
   }
   size_t at = 2;
   RgbImage img;

@@ -53,8 +53,8 @@ class EtModel : public LLMModel {
                        std::to_string(s) + " bytes");
     }
     start_pos_ = start_pos;
-    auto pixels_t = executorch::extension::from_blob(const_cast<uint8_t*>(pixels.data()),
-                                                     {1, 3, s, s}, executorch::aten::ScalarType::Byte);
+    auto pixels_t = executorch::extension::from_blob(
+        const_cast<uint8_t*>(pixels.data()), {1, 3, s, s}, executorch::aten::ScalarType::Byte);
     auto pos_t =
         executorch::extension::from_blob(&start_pos_, {1}, executorch::aten::ScalarType::Long);
     auto emb = Embeddings("vision_encoder", EValue(pixels_t));
@@ -84,11 +84,10 @@ class EtModel : public LLMModel {
       return MakeError(std::string(method) + " did not return float32 [1, T, dim]");
     }
     embeddings_.assign(t.const_data_ptr<float>(), t.const_data_ptr<float>() + t.numel());
-    return executorch::extension::from_blob(
-        embeddings_.data(),
-        {1, static_cast<executorch::aten::SizesType>(t.size(1)),
-         static_cast<executorch::aten::SizesType>(t.size(2))},
-        executorch::aten::ScalarType::Float);
+    return executorch::extension::from_blob(embeddings_.data(),
+                                            {1, static_cast<executorch::aten::SizesType>(t.size(1)),
+                                             static_cast<executorch::aten::SizesType>(t.size(2))},
+                                            executorch::aten::ScalarType::Float);
   }
 
   Result<const float*> Logits(const executorch::runtime::Result<std::vector<EValue>>& out,
@@ -156,11 +155,10 @@ Result<std::unique_ptr<LLMModel>> LoadEtModel(const std::string& path, int num_t
       return MakeError("cannot load " + path + " as an ExecuTorch program (" + ErrorName(e) + ")");
     }
     VisionMetadata& v = md.vision;
-    for (auto [field, method] : {std::pair{&v.image_size, "get_image_size"},
-                                 std::pair{&v.image_tokens, "get_image_tokens"},
-                                 std::pair{&v.boi_id, "get_boi_token_id"},
-                                 std::pair{&v.eoi_id, "get_eoi_token_id"},
-                                 std::pair{&v.image_id, "get_image_token_id"}}) {
+    for (auto [field, method] :
+         {std::pair{&v.image_size, "get_image_size"},
+          std::pair{&v.image_tokens, "get_image_tokens"}, std::pair{&v.boi_id, "get_boi_token_id"},
+          std::pair{&v.eoi_id, "get_eoi_token_id"}, std::pair{&v.image_id, "get_image_token_id"}}) {
       auto got = GetInt(*module, method);
       if (!got.ok()) return MakeError(path + ": " + got.error());
       *field = *got;
