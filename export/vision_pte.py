@@ -11,7 +11,7 @@ ExecuTorch's multimodal runner (extension/llm/runner) loads: methods
   Gemma 3 mask, torchchat.model.Model.image_blocks in eager). ExecuTorch's
   runner knows only text_decoder and runs images causally through it.
 
-The two decoders share the KV cache (`share_mutable_buffers`) and weights.
+The two decoders share the KV cache (`share_mutable_buffers`).
 Constant methods add to the LLM metadata: `get_image_size`,
 `get_image_tokens`, `get_boi_token_id`, `get_eoi_token_id`,
 `get_image_token_id`.
