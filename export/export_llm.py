@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from export import pt2, pte, quant, tokenizer_files
+from export import pt2, pte, quant, tokenizer_files, vision_pte
 from export.source import checkpoint_of, load_source
 from export.stages import Stages
 from torchchat import loading
@@ -132,6 +132,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> dict[str, Any]:
     with stages("load", str(ckpt_path)):
         source = load_source(ckpt_path, options.tokenizer)
         max_seq_length = context_length(source.config, args.max_seq_length)
+        if "pte" in outs and source.ckpt.vision is not None:
+            vision_pte.check(spec, args.full_logits)
         for path in outs.values():
             for name in tokenizer_files.planned_names(source.tokenizer_path):
                 check_writable(str(path.parent / name))
@@ -145,7 +147,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> dict[str, Any]:
             source.bos_token,
             source.eos_token,
         )
-        if kind == "pte":
+        if kind == "pte" and source.ckpt.vision is not None:
+            info = vision_pte.export(
+                source, path, spec, dtype_name, max_seq_length, args.et_custom_ops, stages
+            )
+        elif kind == "pte":
             info = pte.export(
                 source,
                 path,

@@ -343,6 +343,11 @@ def load_pte(path: PathLike) -> PteModel:
         try:
             program = Runtime.get().load_program(str(path))
             meta = pte_metadata(program)
+            if "vision_encoder" in program.method_names:
+                raise ArtifactError(
+                    f"{path} is a program with a vision encoder (export/README.md); "
+                    "run it with et_run, or the checkpoint here"
+                )
             method = None
             if not (no_kernels and et_ops.METADATA_METHOD in meta["methods"]):
                 method = program.load_method("forward")

@@ -15,6 +15,7 @@
 #include "runner/c_api/backend.h"
 #include "runner/c_api/torchchat.h"
 #include "runner/common/chat_session.h"
+#include "runner/common/image.h"
 #include "runner/common/llm_runner_helper.h"
 #include "runner/common/model.h"
 #include "runner/common/stats.h"
@@ -432,6 +433,53 @@ torchchat_status torchchat_generate(torchchat_runner* runner, const char* prompt
       [&](const torchchat::GenerationConfig& gen, const auto& sink,
           torchchat::Stats* s) -> tokenizers::Result<void> {
         auto ids = state.runner->Generate(prompt, gen, sink, s);
+        if (!ids.ok()) return tokenizers::MakeError(ids.error());
+        return {};
+      });
+}
+
+int64_t torchchat_runner_image_size(const torchchat_runner* runner) {
+  if (runner == nullptr) return -1;
+  return runner->state->model->metadata().vision.image_size;
+}
+
+torchchat_status torchchat_generate_with_images(torchchat_runner* runner, const char* prompt,
+                                                const torchchat_image* images, size_t n_images,
+                                                const torchchat_generation_config* config,
+                                                torchchat_text_callback callback, void* user_data,
+                                                torchchat_stats* stats) {
+  constexpr const char* kFn = "torchchat_generate_with_images";
+  if (runner == nullptr) return NullArgument(kFn, "runner");
+  if (images == nullptr && n_images != 0) return NullArgument(kFn, "images");
+  if (auto s = CheckText(kFn, "prompt", prompt); s != TORCHCHAT_OK) return s;
+  RunnerState& state = *runner->state;
+  torchchat::ImagePrompt built;
+  const torchchat_status checked = Guard(kFn, [&]() -> torchchat_status {
+    std::vector<torchchat::RgbImage> rgb(n_images);
+    for (size_t i = 0; i < n_images; ++i) {
+      const torchchat_image& im = images[i];
+      if (im.rgb == nullptr || im.width <= 0 || im.height <= 0) {
+        return Fail(
+            TORCHCHAT_ERROR_INVALID_ARGUMENT,
+            std::string(kFn) + ": image " + std::to_string(i + 1) + " has no pixels or no size");
+      }
+      rgb[i].width = im.width;
+      rgb[i].height = im.height;
+      rgb[i].rgb.assign(im.rgb, im.rgb + static_cast<size_t>(im.width) * im.height * 3);
+    }
+    auto got = torchchat::BuildImagePrompt(prompt, rgb, {}, *state.tokenizer,
+                                           state.model->metadata().vision, "this program");
+    if (!got.ok())
+      return Fail(TORCHCHAT_ERROR_INVALID_ARGUMENT, std::string(kFn) + ": " + got.error());
+    built = std::move(*got);
+    return Ok();
+  });
+  if (checked != TORCHCHAT_OK) return checked;
+  return torchchat::c_api::RunGeneration(
+      kFn, state, "prompt", prompt, config, callback, user_data, stats,
+      [&](const torchchat::GenerationConfig& gen, const auto& sink,
+          torchchat::Stats* s) -> tokenizers::Result<void> {
+        auto ids = state.runner->GenerateFromIds(built.ids, gen, sink, s, built.images);
         if (!ids.ok()) return tokenizers::MakeError(ids.error());
         return {};
       });

@@ -89,6 +89,20 @@ def load(path):
         "torchchat_runner_free": (None, [p]),
         "torchchat_runner_max_context": (ctypes.c_int64, [p]),
         "torchchat_runner_tokenizer": (ctypes.c_int, [p, vp]),
+        "torchchat_runner_image_size": (ctypes.c_int64, [p]),
+        "torchchat_generate_with_images": (
+            ctypes.c_int,
+            [
+                p,
+                ctypes.c_char_p,
+                p,
+                ctypes.c_size_t,
+                ctypes.POINTER(Config),
+                CALLBACK,
+                p,
+                ctypes.POINTER(Stats),
+            ],
+        ),
         "torchchat_default_generation_config": (Config, []),
         "torchchat_generate": (
             ctypes.c_int,
@@ -170,7 +184,7 @@ class LibraryTest(unittest.TestCase):
         if self.aoti:
             want |= AOTI_SHIM
         self.assertEqual(exported(LIB), want)
-        self.assertEqual(self.lib.torchchat_api_version(), 1001)
+        self.assertEqual(self.lib.torchchat_api_version(), 1002)
 
     def test_generate_equals_the_runner(self):
         h = self.runner()
@@ -196,6 +210,14 @@ class LibraryTest(unittest.TestCase):
         )
         self.assertEqual(len(calls), 1)
         self.assertEqual(stats.stop_reason, STOP_STOPPED)
+
+        # A text-only program takes no images (export/vision_pte_test runs one that does).
+        self.assertEqual(self.lib.torchchat_runner_image_size(h), 0)
+        status = self.lib.torchchat_generate_with_images(
+            h, b"Hello", None, 0, None, NO_CALLBACK, None, None
+        )
+        self.assertEqual(status, INVALID)
+        self.assertIn(b"has no vision encoder", self.lib.torchchat_last_error())
 
     def test_chat_keeps_the_cache_and_equals_the_runner(self):
         h = self.runner()

@@ -49,7 +49,7 @@ extern "C" {
 
 /* The API version: MAJOR changes break source or binary compatibility. */
 #define TORCHCHAT_API_VERSION_MAJOR 1
-#define TORCHCHAT_API_VERSION_MINOR 1
+#define TORCHCHAT_API_VERSION_MINOR 2
 #define TORCHCHAT_API_VERSION (TORCHCHAT_API_VERSION_MAJOR * 1000 + TORCHCHAT_API_VERSION_MINOR)
 
 #if defined(__GNUC__)
@@ -213,6 +213,34 @@ TORCHCHAT_EXPORT torchchat_status torchchat_generate(torchchat_runner* runner, c
                                                      const torchchat_generation_config* config,
                                                      torchchat_text_callback callback,
                                                      void* user_data, torchchat_stats* stats);
+
+/* ---- Images (since 1.2) ----------------------------------------------- */
+
+/* An image as decoded pixels: `height` rows of `width` RGB triples, 8 bits
+ * each, no padding. Decoding and resizing are the application's: the
+ * program's vision tower takes torchchat_runner_image_size() square images,
+ * resized as its processor does (bilinear for Gemma 3). */
+typedef struct torchchat_image {
+  const uint8_t* rgb;
+  int32_t width;
+  int32_t height;
+} torchchat_image;
+
+/* The side of the square images the program's vision encoder takes; 0 for
+ * a program without one (libtorchchat_aoti.so: always 0), -1 for NULL. */
+TORCHCHAT_EXPORT int64_t torchchat_runner_image_size(const torchchat_runner* runner);
+
+/* torchchat_generate with images, as `et_run --image` runs them: each
+ * image's soft tokens go where the prompt writes the model's begin-of-image
+ * marker (e.g. "<start_of_image>"), one per image, or all before the text
+ * when it writes none. The KV cache is reused only before the first image.
+ * An image of the wrong size, a marker count that differs from n_images,
+ * or a program without a vision encoder is
+ * TORCHCHAT_ERROR_INVALID_ARGUMENT. */
+TORCHCHAT_EXPORT torchchat_status torchchat_generate_with_images(
+    torchchat_runner* runner, const char* prompt, const torchchat_image* images, size_t n_images,
+    const torchchat_generation_config* config, torchchat_text_callback callback, void* user_data,
+    torchchat_stats* stats);
 
 /* The stats as one JSON object (the file et_run's --stats-json writes). */
 TORCHCHAT_EXPORT torchchat_status torchchat_stats_json(const torchchat_stats* stats, char* buf,

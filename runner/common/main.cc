@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "runner/common/chat_session.h"
+#include "runner/common/image.h"
 #include "runner/common/llm_runner_helper.h"
 #include "runner/common/options.h"
 #include "runner/common/stats.h"
@@ -100,6 +101,7 @@ int RunMain(int argc, char** argv, const std::string& program, const ModelLoader
   for (std::string* p : {&o.model_path, &o.tokenizer_path, &o.stats_json, &o.ids_json}) {
     *p = UserPath(*p);
   }
+  for (std::string& p : o.images) p = UserPath(p);
 
   Stats stats;
   stats.model_load_start_ms = NowMs();
@@ -137,7 +139,21 @@ int RunMain(int argc, char** argv, const std::string& program, const ModelLoader
     }
     return rc;
   }
-  auto ids = runner.Generate(o.prompt, config, PrintText, &stats);
+  Result<std::vector<int64_t>> ids = tokenizers::MakeError("no prompt");
+  if (o.images.empty()) {
+    ids = runner.Generate(o.prompt, config, PrintText, &stats);
+  } else {
+    std::vector<RgbImage> images;
+    for (const std::string& path : o.images) {
+      auto img = ReadPpm(path);
+      if (!img.ok()) return Fail(program, img.error());
+      images.push_back(std::move(*img));
+    }
+    auto prompt = BuildImagePrompt(o.prompt, images, o.images, tokenizer,
+                                   llm->model->metadata().vision, o.model_path);
+    if (!prompt.ok()) return Fail(program, prompt.error());
+    ids = runner.GenerateFromIds(prompt->ids, config, PrintText, &stats, prompt->images);
+  }
   std::fputc('\n', stdout);
   if (!ids.ok()) return Fail(program, ids.error());
   std::fprintf(stderr, "%s\n", stats.Summary().c_str());

@@ -17,6 +17,16 @@ namespace torchchat {
 
 using tokenizers::Result;
 
+// A program's vision tower (a Gemma 3 .pte's vision_encoder): what its
+// images take. image_size 0: the program has none.
+struct VisionMetadata {
+  int64_t image_size = 0;    // pixels per side, RGB
+  int64_t image_tokens = 0;  // soft tokens an image becomes
+  int64_t boi_id = -1;       // begin-of-image, end-of-image, soft token
+  int64_t eoi_id = -1;
+  int64_t image_id = -1;
+};
+
 // What the exported artifact says about itself (.pte constant methods, or
 // the .pt2 package metadata).
 struct ModelMetadata {
@@ -28,6 +38,7 @@ struct ModelMetadata {
   // a static-shape program.
   int64_t max_prefill_chunk = 1;
   std::string tokenizer_file;  // name beside the artifact, if recorded
+  VisionMetadata vision;
 };
 
 class LLMModel {
@@ -38,6 +49,13 @@ class LLMModel {
   // logits for the last one. The returned view stays valid until the next
   // call; implementations reuse one buffer, so decode allocates nothing.
   virtual Result<const float*> Forward(const std::vector<int64_t>& tokens, int64_t start_pos) = 0;
+  // Runs one image (uint8 RGB, [3, S, S] with S = vision.image_size) as
+  // its vision.image_tokens soft tokens at positions start_pos, ..., which
+  // attend to one another both ways; returns the last one's logits.
+  virtual Result<const float*> ForwardImage(const std::vector<uint8_t>& /*pixels*/,
+                                            int64_t /*start_pos*/) {
+    return tokenizers::MakeError("this model has no vision encoder");
+  }
 };
 
 // Loads an artifact; each backend provides one (LoadEtModel, LoadAotiModel).

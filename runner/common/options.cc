@@ -39,7 +39,8 @@ std::string Usage(const std::string& program) {
          "       [-k TOP_K] [--min-p P] [--repetition-penalty R] [-s SEED]\n"
          "       [-z TOKENIZER] [-m generate|chat] [-y SYSTEM_PROMPT]\n"
          "       [--num-threads N] [--warmup N] [--stats-json FILE]"
-         " [--ids-json FILE]\n";
+         " [--ids-json FILE]\n"
+         "       [--image FILE.ppm]... (a program with a vision encoder; generate mode)\n";
 }
 
 Result<RunnerOptions> ParseOptions(int argc, char** argv) {
@@ -97,11 +98,16 @@ Result<RunnerOptions> ParseOptions(int argc, char** argv) {
       o.stats_json = v;
     } else if (arg == "--ids-json") {
       o.ids_json = v;
+    } else if (arg == "--image") {
+      o.images.push_back(v);
     } else {
       return MakeError("unknown flag " + arg);
     }
   }
   if (o.model_path.empty()) return MakeError("no model given");
+  if (!o.images.empty() && o.mode != "generate") {
+    return MakeError("--image works in generate mode (-m generate)");
+  }
   if (o.mode == "generate" && o.prompt.empty()) {
     return MakeError("generate mode needs a prompt (-i)");
   }

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "tokenizers/result.h"
 
@@ -27,7 +28,8 @@ struct RunnerOptions {
   int64_t num_threads = 0;       // 0: the backend's default
   int64_t warmup = 0;
   std::string stats_json;
-  std::string ids_json;  // write prompt and generated ids here
+  std::string ids_json;             // write prompt and generated ids here
+  std::vector<std::string> images;  // --image, repeatable: binary PPM files
 };
 
 // Parses argv; the error is one line saying which flag is wrong and why.

@@ -27,17 +27,37 @@ Result<void> ValidateTokenizer(const ModelMetadata& md, const tokenizers::Tokeni
   return {};
 }
 
-// Runs tokens[from, end) at positions from, from+1, ...
-Result<const float*> TextLLMRunner::Prefill(const std::vector<int64_t>& tokens, size_t from) {
+// Runs tokens[from, end) at positions from, from+1, ...; each image's run
+// of soft tokens as one ForwardImage call.
+Result<const float*> TextLLMRunner::Prefill(const std::vector<int64_t>& tokens, size_t from,
+                                            const std::vector<PromptImage>& images) {
   // One call when the artifact takes variable-length input; otherwise in
   // chunks of what it accepts (1 for a decode-only static-shape export).
   const size_t chunk = std::max<int64_t>(1, model_->metadata().max_prefill_chunk);
+  const size_t image_len = static_cast<size_t>(model_->metadata().vision.image_tokens);
   Result<const float*> logits = MakeError("empty prompt");
-  for (size_t i = from; i < tokens.size(); i += chunk) {
-    const size_t n = std::min(chunk, tokens.size() - i);
+  size_t i = from;
+  while (i < tokens.size()) {
+    size_t end = tokens.size();
+    const PromptImage* image = nullptr;
+    for (const PromptImage& im : images) {
+      const auto start = static_cast<size_t>(im.start);
+      if (start >= i && start < end) {
+        end = start;
+        image = &im;
+      }
+    }
+    if (image != nullptr && end == i) {
+      logits = model_->ForwardImage(image->pixels, static_cast<int64_t>(i));
+      if (!logits.ok()) return logits;
+      i += image_len;
+      continue;
+    }
+    const size_t n = std::min(chunk, end - i);
     std::vector<int64_t> part(tokens.begin() + i, tokens.begin() + i + n);
     logits = model_->Forward(part, static_cast<int64_t>(i));
     if (!logits.ok()) return logits;
+    i += n;
   }
   return logits;
 }
@@ -57,7 +77,8 @@ Result<std::vector<int64_t>> TextLLMRunner::Generate(
 
 Result<std::vector<int64_t>> TextLLMRunner::GenerateFromIds(
     const std::vector<int64_t>& prompt, const GenerationConfig& config,
-    const std::function<void(const std::string&)>& on_text, Stats* stats) {
+    const std::function<void(const std::string&)>& on_text, Stats* stats,
+    const std::vector<PromptImage>& images) {
   const ModelMetadata& md = model_->metadata();
   stats->inference_start_ms = NowMs();
   stop_requested_.store(false, std::memory_order_relaxed);
@@ -66,7 +87,8 @@ Result<std::vector<int64_t>> TextLLMRunner::GenerateFromIds(
   // Keep the cached prefix the prompt shares, but always run its last token:
   // its logits give the first sample.
   size_t common = 0;
-  const size_t limit = std::min(cached_.size(), prompt.size() - 1);
+  size_t limit = std::min({cached_.size(), prompt.size() - 1, image_from_});
+  for (const PromptImage& im : images) limit = std::min(limit, static_cast<size_t>(im.start));
   while (common < limit && cached_[common] == prompt[common]) ++common;
   cached_.resize(common);
   if (static_cast<int64_t>(prompt.size()) >= md.max_seq_len) {
@@ -79,12 +101,16 @@ Result<std::vector<int64_t>> TextLLMRunner::GenerateFromIds(
   stats->stop_reason = "max_new_tokens";
   failure_ = Failure::kModel;
 
-  auto logits = Prefill(prompt, common);
+  auto logits = Prefill(prompt, common, images);
   if (!logits.ok()) {
-    cached_.clear();  // how far the failed prefill got is unknown
+    Reset();  // how far the failed prefill got is unknown
     return MakeError("prefill failed: " + logits.error());
   }
   cached_ = prompt;
+  image_from_ = kNoImage;
+  for (const PromptImage& im : images) {
+    image_from_ = std::min(image_from_, static_cast<size_t>(im.start));
+  }
   stats->prompt_eval_end_ms = NowMs();
 
   std::vector<int64_t> history = prompt;

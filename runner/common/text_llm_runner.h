@@ -23,6 +23,13 @@ struct GenerationConfig {
   bool bos = true;
 };
 
+// An image in a prompt: its pixels ([3, S, S], LLMModel::ForwardImage) run
+// as the run of soft tokens that starts at `start`.
+struct PromptImage {
+  int64_t start = 0;
+  std::vector<uint8_t> pixels;
+};
+
 // Picks the next token from logits[0, vocab); `history` is every token so
 // far (prompt and generated). The sampler applies its own repetition window.
 using SampleFn = std::function<Result<int64_t>(const float* logits, int64_t vocab,
@@ -58,9 +65,13 @@ class TextLLMRunner {
   // The same from token ids. The runner remembers which tokens sit in the KV
   // cache, so a prompt that extends them (the next chat turn) prefills only
   // its new suffix; a prompt that diverges rewrites the cache from there.
+  // `images` fill the prompt's soft-token runs (ImageRuns); the cache is
+  // reused only before the first image, since every image's soft tokens
+  // have the same id.
   Result<std::vector<int64_t>> GenerateFromIds(
       const std::vector<int64_t>& prompt, const GenerationConfig& config,
-      const std::function<void(const std::string&)>& on_text, Stats* stats);
+      const std::function<void(const std::string&)>& on_text, Stats* stats,
+      const std::vector<PromptImage>& images = {});
 
   // Ends the running generation after the token being streamed, with
   // stop_reason "stopped"; callable from on_text or from another thread, as
@@ -69,18 +80,24 @@ class TextLLMRunner {
   Failure last_failure() const { return failure_; }
 
   // Forgets the cached tokens: the next call prefills from position 0.
-  void Reset() { cached_.clear(); }
+  void Reset() {
+    cached_.clear();
+    image_from_ = kNoImage;
+  }
   // Tokens whose K/V are in the cache.
   const std::vector<int64_t>& cached() const { return cached_; }
   int64_t max_seq_len() const { return model_->metadata().max_seq_len; }
 
  private:
-  Result<const float*> Prefill(const std::vector<int64_t>& tokens, size_t from);
+  Result<const float*> Prefill(const std::vector<int64_t>& tokens, size_t from,
+                               const std::vector<PromptImage>& images);
+  static constexpr size_t kNoImage = static_cast<size_t>(-1);
 
   LLMModel* model_;
   const tokenizers::Tokenizer* tokenizer_;
   SampleFn sample_;
   std::vector<int64_t> cached_;
+  size_t image_from_ = kNoImage;  // where the cache's first image starts
   std::atomic<bool> stop_requested_{false};
   Failure failure_ = Failure::kNone;
 };

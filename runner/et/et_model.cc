@@ -34,10 +34,67 @@ class EtModel : public LLMModel {
                                                      executorch::aten::ScalarType::Long);
     auto pos_t =
         executorch::extension::from_blob(&start_pos_, {1}, executorch::aten::ScalarType::Long);
-    auto out = module_->forward({EValue(tokens_t), EValue(pos_t)});
-    if (!out.ok()) return MakeError("forward failed: " + ErrorName(out.error()));
+    if (md_.vision.image_size > 0) {
+      // A multimodal program: token_embedding, then text_decoder.
+      auto emb = Embeddings("token_embedding", EValue(tokens_t));
+      if (!emb.ok()) return MakeError(emb.error());
+      return Logits(module_->execute("text_decoder", {EValue(*emb), EValue(pos_t)}),
+                    "text_decoder");
+    }
+    return Logits(module_->forward({EValue(tokens_t), EValue(pos_t)}), "forward");
+  }
+
+  Result<const float*> ForwardImage(const std::vector<uint8_t>& pixels,
+                                    int64_t start_pos) override {
+    const auto s = static_cast<executorch::aten::SizesType>(md_.vision.image_size);
+    if (md_.vision.image_size <= 0) return MakeError("this model has no vision encoder");
+    if (pixels.size() != static_cast<size_t>(3 * s * s)) {
+      return MakeError("an image for this model is 3x" + std::to_string(s) + "x" +
+                       std::to_string(s) + " bytes");
+    }
+    start_pos_ = start_pos;
+    auto pixels_t = executorch::extension::from_blob(
+        const_cast<uint8_t*>(pixels.data()), {1, 3, s, s}, executorch::aten::ScalarType::Byte);
+    auto pos_t =
+        executorch::extension::from_blob(&start_pos_, {1}, executorch::aten::ScalarType::Long);
+    auto emb = Embeddings("vision_encoder", EValue(pixels_t));
+    if (!emb.ok()) return MakeError(emb.error());
+    const int64_t n = (*emb)->size(1);
+    if (n != md_.vision.image_tokens) {
+      return MakeError("vision_encoder returned " + std::to_string(n) +
+                       " soft tokens; get_image_tokens says " +
+                       std::to_string(md_.vision.image_tokens));
+    }
+    return Logits(module_->execute("image_decoder", {EValue(*emb), EValue(pos_t)}),
+                  "image_decoder");
+  }
+
+ private:
+  // An encoder method's output [1, T, dim], copied out: the methods of a
+  // multimodal program share their memory arenas (the KV cache is shared
+  // state), so the decoder would overwrite its own input in place.
+  Result<executorch::extension::TensorPtr> Embeddings(const char* method, EValue input) {
+    auto out = module_->execute(method, {std::move(input)});
+    if (!out.ok()) return MakeError(std::string(method) + " failed: " + ErrorName(out.error()));
     if (out->empty() || !(*out)[0].isTensor()) {
-      return MakeError("forward returned no logits tensor");
+      return MakeError(std::string(method) + " returned no tensor");
+    }
+    const auto& t = (*out)[0].toTensor();
+    if (t.scalar_type() != executorch::aten::ScalarType::Float || t.dim() != 3) {
+      return MakeError(std::string(method) + " did not return float32 [1, T, dim]");
+    }
+    embeddings_.assign(t.const_data_ptr<float>(), t.const_data_ptr<float>() + t.numel());
+    return executorch::extension::from_blob(embeddings_.data(),
+                                            {1, static_cast<executorch::aten::SizesType>(t.size(1)),
+                                             static_cast<executorch::aten::SizesType>(t.size(2))},
+                                            executorch::aten::ScalarType::Float);
+  }
+
+  Result<const float*> Logits(const executorch::runtime::Result<std::vector<EValue>>& out,
+                              const char* method) {
+    if (!out.ok()) return MakeError(std::string(method) + " failed: " + ErrorName(out.error()));
+    if (out->empty() || !(*out)[0].isTensor()) {
+      return MakeError(std::string(method) + " returned no logits tensor");
     }
     const auto& logits = (*out)[0].toTensor();
     if (logits.scalar_type() != executorch::aten::ScalarType::Float) {
@@ -52,10 +109,10 @@ class EtModel : public LLMModel {
     return logits.const_data_ptr<float>() + (logits.numel() - vocab);
   }
 
- private:
   std::unique_ptr<Module> module_;
   ModelMetadata md_;
   int64_t start_pos_ = 0;
+  std::vector<float> embeddings_;
 };
 
 Result<int64_t> GetInt(Module& m, const char* method) {
@@ -88,9 +145,31 @@ Result<std::unique_ptr<LLMModel>> LoadEtModel(const std::string& path, int num_t
       if (v.isInt()) md.eos_ids.push_back(v.toInt());
     }
   }
-  if (const Error e = module->load_forward(); e != Error::Ok) {
-    return MakeError("cannot prepare " + path + "'s forward method (" + ErrorName(e) +
-                     "); a missing operator or backend is the usual cause");
+  std::vector<std::string> methods = {"forward"};
+  if (auto names = module->method_names(); names.ok() && names->count("vision_encoder") != 0) {
+    // export/vision_pte.py's program: ExecuTorch's multimodal methods, whose
+    // two decoders share the KV cache: their arenas must be one.
+    module = std::make_unique<Module>(path, Module::LoadMode::MmapUseMlockIgnoreErrors, nullptr,
+                                      nullptr, nullptr, /*share_memory_arenas=*/true);
+    if (const Error e = module->load(); e != Error::Ok) {
+      return MakeError("cannot load " + path + " as an ExecuTorch program (" + ErrorName(e) + ")");
+    }
+    VisionMetadata& v = md.vision;
+    for (auto [field, method] :
+         {std::pair{&v.image_size, "get_image_size"},
+          std::pair{&v.image_tokens, "get_image_tokens"}, std::pair{&v.boi_id, "get_boi_token_id"},
+          std::pair{&v.eoi_id, "get_eoi_token_id"}, std::pair{&v.image_id, "get_image_token_id"}}) {
+      auto got = GetInt(*module, method);
+      if (!got.ok()) return MakeError(path + ": " + got.error());
+      *field = *got;
+    }
+    methods = {"vision_encoder", "token_embedding", "text_decoder", "image_decoder"};
+  }
+  for (const std::string& method : methods) {
+    if (const Error e = module->load_method(method); e != Error::Ok) {
+      return MakeError("cannot prepare " + path + "'s " + method + " method (" + ErrorName(e) +
+                       "); a missing operator or backend is the usual cause");
+    }
   }
   return std::unique_ptr<LLMModel>(new EtModel(std::move(module), std::move(md)));
 }
