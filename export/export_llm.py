@@ -133,7 +133,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> dict[str, Any]:
         source = load_source(ckpt_path, options.tokenizer)
         max_seq_length = context_length(source.config, args.max_seq_length)
         if "pte" in outs and source.ckpt.vision is not None:
-            vision_pte.check(spec, args.full_logits)
+            vision_pte.check(spec, args.full_logits, source.ckpt.vision)
         for path in outs.values():
             for name in tokenizer_files.planned_names(source.tokenizer_path):
                 check_writable(str(path.parent / name))

@@ -232,7 +232,7 @@ def export_model(
 
     from torchchat import executorch_compat as et
 
-    _quiet_executorch()
+    quiet_executorch()
     stages = stages or Stages(enabled=False)
     q = quant.for_executorch(spec)
     et_dtype = DType(dtype_name)
@@ -292,7 +292,7 @@ def export_model(
     return info
 
 
-def _quiet_executorch() -> None:
+def quiet_executorch() -> None:
     # ExecuTorch's builder configures INFO logging at import and logs whole
     # graphs; stage lines are the progress report here.
     if not os.environ.get("EXPORT_LLM_VERBOSE"):

@@ -110,8 +110,10 @@ def image_chunks(transformer: Any, on: bool) -> None:
 
 
 def vision_metadata(source: Source) -> dict[str, int]:
+    from torchchat.vision import VisionConfig
+
     c = source.ckpt.vision
-    assert c is not None
+    assert isinstance(c, VisionConfig)  # check() refused the others
     return {
         "get_image_size": c.image_size,
         "get_image_tokens": c.mm_tokens,
@@ -121,8 +123,15 @@ def vision_metadata(source: Source) -> dict[str, int]:
     }
 
 
-def check(spec: dict[str, dict[str, Any]], full_logits: bool) -> None:
+def check(spec: dict[str, dict[str, Any]], full_logits: bool, vision: object) -> None:
     """What a vision .pte cannot do, refused before any work."""
+    from torchchat.vision import VisionConfig
+
+    if not isinstance(vision, VisionConfig):
+        raise UserError(
+            "only Gemma 3's vision tower exports to a .pte; this checkpoint's "
+            f"({type(vision).__name__}) runs in eager (generate/chat --image, the server)"
+        )
     if "gguf" in spec:
         raise UserError("--quantize gguf keeps a GGUF's formats; this checkpoint is HF safetensors")
     if full_logits:
@@ -150,12 +159,12 @@ def export(
 
     from export import pte
     from torchchat import executorch_compat as et
-    from torchchat.vision import build_encoder
+    from torchchat.vision import VisionConfig, build_encoder
 
     stages = stages or Stages(enabled=False)
     ckpt = source.ckpt
-    assert ckpt.vision is not None
-    pte._quiet_executorch()  # noqa: SLF001
+    assert isinstance(ckpt.vision, VisionConfig)  # check() refused the others
+    pte.quiet_executorch()
     q = quant.for_executorch(spec)
     et_dtype = DType(dtype_name)
     with stages("load", f"weights and vision tower, max_seq_length {max_seq_length}"):
