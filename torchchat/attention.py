@@ -112,7 +112,7 @@ class FilledCacheSDPA(nn.Module):
         seqlen: int,
         mask: torch.Tensor,
     ) -> torch.Tensor:
-        if 1 < seqlen <= ROWWISE_MAX_ROWS and not torch.compiler.is_compiling():
+        if isinstance(seqlen, int) and 1 < seqlen <= ROWWISE_MAX_ROWS and self.eager():
             return self.rowwise(input_pos, q, k, v, bsz, mask)
         if self.rule is None or self.rule.softcap is None:
             # A capped layer's explicit attention keeps the whole cache:
@@ -123,6 +123,12 @@ class FilledCacheSDPA(nn.Module):
             k, v, mask = k[:, :, :end], v[:, :, :end], mask[:, :end]
         y = attend(q, k, v, mask, self.rule)
         return y.transpose(1, 2).reshape(bsz, seqlen, self.dim)
+
+    @staticmethod
+    def eager() -> bool:
+        """Neither compiling nor exporting (a traced graph cannot loop over
+        rows, and a symbolic length would be guarded to the loop's range)."""
+        return not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
 
     def rowwise(
         self, input_pos: Tensor, q: Tensor, k: Tensor, v: Tensor, bsz: int, mask: Tensor
