@@ -12,7 +12,8 @@ Then one prompt, `text <image> text`, runs through llama-cpp-python's mtmd
 llama_decode) and through torchchat's loader with --mmproj (eager), and
 prints per image: the image embeddings' largest difference, the logits'
 after the prompt, and whether the greedy ids agree. Exits 1 if the same
-pixels give a difference over 1e-3 or other greedy ids.
+pixels give embeddings more than 1e-2 apart, logits more than 1e-3
+apart, or other greedy ids.
 
 The image is scikit-learn's datasets/images/china.jpg (427 x 640), three ways:
 - `same pixels`: already 32 x 32 (resized by torchchat's preprocessing), so
@@ -228,7 +229,9 @@ class Mtmd:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--llama-cpp", help="llama-cpp-python's directory (default: peers/llama_cpp.py's)")
+    p.add_argument(
+        "--llama-cpp", help="llama-cpp-python's directory (default: peers/llama_cpp.py's)"
+    )
     p.add_argument("--steps", type=int, default=32, help="greedy ids compared")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--keep", type=Path, help="write the checkpoint and GGUFs here")
@@ -255,7 +258,11 @@ def main() -> int:
     print("testing/tiny_vision.write_mmproj against the converter's mmproj:", diffs or "the same")
 
     opts = LoadOptions(
-        checkpoint=text, mmproj=mmproj, compile="none", dtype="float32", max_seq_length=256,
+        checkpoint=text,
+        mmproj=mmproj,
+        compile="none",
+        dtype="float32",
+        max_seq_length=256,
         quiet=True,
     )
     ours = load(opts)
@@ -265,7 +272,9 @@ def main() -> int:
     # The photo as torchchat resizes it, back to 8-bit RGB (what it
     # normalises is exactly this).
     square = photo.convert("RGB").resize((size, size), resample=ours.vision.config.resample)
-    assert torch.equal(preprocess(square, ours.vision.config), preprocess(photo, ours.vision.config))
+    assert torch.equal(
+        preprocess(square, ours.vision.config), preprocess(photo, ours.vision.config)
+    )
     cases = [
         ("same pixels", square, square),
         ("own preprocessing", photo, photo),
@@ -300,7 +309,9 @@ def main() -> int:
                 f"{name:<18} {'yes' if tok_ids == ids else 'no':>16} {emb:>17.2e} {diff:>17.2e} "
                 f"{f'{same}/{a.steps}':>17}"
             )
-            if name == "same pixels" and (emb > 1e-3 or diff > 1e-3 or greedy != got["greedy"]):
+            # llama.cpp's tower rounds through fp16 in places (about 5e-4 of
+            # the embeddings' size here), its text model as the text parity's.
+            if name == "same pixels" and (emb > 1e-2 or diff > 1e-3 or greedy != got["greedy"]):
                 bad += 1
     finally:
         ref.close()
