@@ -25,11 +25,13 @@ The image is scikit-learn's datasets/images/china.jpg (427 x 640), three ways:
   letterbox made with Pillow: what is left is llama.cpp's port of Pillow's
   bilinear resize against Pillow's.
 
-Two things the converter cannot take from the tiny checkpoint as saved are
-adjusted, neither touching a weight: the vision tensors get the names Gemma 3
+What the converter cannot take from the tiny checkpoint as saved is
+adjusted, touching no weight: the vision tensors get the names Gemma 3
 checkpoints on the Hub have (`vision_tower.vision_model.*`, which this
-transformers no longer writes), and its pre-tokenizer, unknown to the
-converter's hash table, is named `gpt-2` (the byte-level BPE it is).
+transformers no longer writes), the tokenizer's pre-tokenizer, unknown to
+the converter's hash table, is named `gpt-2` (the byte-level BPE it is),
+and the processor config gets Gemma 3's `image_seq_length` (without it the
+converter, and so llama.cpp and our reader alike, pool to 4 tokens).
 
 Not a test target: llama-cpp-python takes about 7 minutes to build
 (peers/llama_cpp.py builds it on first use).
