@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -226,17 +226,24 @@ def vision_tensor_name(name: str) -> str | None:
     raise ValueError(f"vision tensor {name!r} has no place in the vision tower")
 
 
-def build_encoder(
-    config: VisionConfig, weights: dict[str, Tensor], dtype: torch.dtype = torch.float32
-) -> VisionEncoder:
-    enc = VisionEncoder(config)
-    missing, unexpected = enc.load_state_dict(weights, strict=False)
+T = TypeVar("T", bound=nn.Module)
+
+
+def load_tower(tower: T, weights: dict[str, Tensor], dtype: torch.dtype) -> T:
+    """Any family's tower with its weights, every one of them, in `dtype`."""
+    missing, unexpected = tower.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(
             f"vision weights do not match the tower: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
-    return enc.to(dtype).eval()
+    return tower.to(dtype).eval()
+
+
+def build_encoder(
+    config: VisionConfig, weights: dict[str, Tensor], dtype: torch.dtype = torch.float32
+) -> VisionEncoder:
+    return load_tower(VisionEncoder(config), weights, dtype)
 
 
 # --- images ------------------------------------------------------------------------

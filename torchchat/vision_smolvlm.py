@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from torchchat.vision import ImageError, ImageSpan, SiglipLayer, Vision
+from torchchat.vision import ImageError, ImageSpan, SiglipLayer, Vision, load_tower
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -275,14 +275,7 @@ _LAYER_PARTS = (
 def build_encoder(
     config: SmolVLMConfig, weights: dict[str, Tensor], dtype: torch.dtype = torch.float32
 ) -> SmolVLMEncoder:
-    enc = SmolVLMEncoder(config)
-    missing, unexpected = enc.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"vision weights do not match the tower: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
-    return enc.to(dtype).eval()
+    return load_tower(SmolVLMEncoder(config), weights, dtype)
 
 
 # --- prompts -------------------------------------------------------------------------
