@@ -191,21 +191,19 @@ def load_hf(d: Path, stage: Stage | None = None) -> Checkpoint:
         meta = hf_tensor_name(text, config.post_norms)
         return meta is None or in_stage(meta, config, layers)
 
+    # The family's vision tensors (by prefix) and their names in its tower.
+    tower: tuple[tuple[str, ...], Callable[[str], str | None]] | None = None
+    if multimodal:
+        tower = (_GEMMA3_VISION, vision_tensor_name)
+    elif smolvlm:
+        tower = (("model.vision_model.", "model.connector."), smolvlm_tensor_name)
     sd: dict[str, torch.Tensor] = {}
     vision_sd: dict[str, torch.Tensor] = {}
     for f in files:
         for name, w in _tensors(d / f, keep):
-            if multimodal and name.startswith(_GEMMA3_VISION):
+            if tower is not None and name.startswith(tower[0]):
                 try:
-                    vname = vision_tensor_name(name.removeprefix("model."))
-                except ValueError as e:
-                    raise CheckpointError(f"{d}: {e}") from None
-                if vname is not None:
-                    vision_sd[vname] = w
-                continue
-            if smolvlm and name.startswith(("model.vision_model.", "model.connector.")):
-                try:
-                    vname = smolvlm_tensor_name(name.removeprefix("model."))
+                    vname = tower[1](name.removeprefix("model."))
                 except ValueError as e:
                     raise CheckpointError(f"{d}: {e}") from None
                 if vname is not None:
