@@ -18,6 +18,7 @@
 
 #include "kernels/et_util.h"
 #include "kernels/q4_linear.h"
+#include "kernels/q8_linear.h"
 
 namespace torchchat::et_ops {
 namespace {
@@ -27,6 +28,7 @@ using executorch::aten::Tensor;
 using executorch::runtime::Error;
 using executorch::runtime::KernelRuntimeContext;
 using kernels::Q4NumBlocks;
+using kernels::Q8NumBlocks;
 
 // ExecuTorch's shared thread pool (the one XNNPACK uses, so the linears and
 // the delegated ops between them run on the same threads).
@@ -97,7 +99,7 @@ Tensor& Q8LinearOut(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qs
                     const Tensor& scales, const std::optional<Tensor>& bias, int64_t n, int64_t k,
                     Tensor& out) {
   if (!CheckAndResize(ctx, "q8_linear", x, bias, n, k, out)) return out;
-  const int64_t nb = Q4NumBlocks(k);
+  const int64_t nb = Q8NumBlocks(k);
   ET_KERNEL_CHECK_MSG(ctx,
                       qs.scalar_type() == ScalarType::Char && qs.dim() == 2 && qs.size(0) == n &&
                           qs.size(1) == nb * 32 && IsContiguous(qs),

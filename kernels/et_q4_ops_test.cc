@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/q4_linear.h"
+#include "kernels/q8_linear.h"
 
 namespace torchchat::et_ops {
 namespace {

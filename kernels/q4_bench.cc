@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kernels/q4_linear.h"
+#include "kernels/q8_linear.h"
 #include "kernels/spin_pool.h"
 
 namespace tk = torchchat::kernels;

@@ -1,32 +1,13 @@
 #include "kernels/q4_linear.h"
 
-#include "kernels/tile_gemm.h"
-
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <vector>
 
-// Fixed-count loops over accumulator arrays must be fully unrolled, or gcc -O2
-// keeps the accumulators in memory and every FMA waits on a store-forward.
-#define TC_UNROLL _Pragma("GCC unroll 16")
-
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define TC_Q4_X86 1
-#define TC_TARGET(s) __attribute__((target(s)))
-#else
-#define TC_Q4_X86 0
-#endif
-// NEON and fp16 <-> fp32 conversion are baseline on AArch64: no dispatch.
-#if defined(__aarch64__)
-#include <arm_neon.h>
-#define TC_Q4_ARM 1
-#else
-#define TC_Q4_ARM 0
-#endif
+#include "kernels/fp16.h"
+#include "kernels/isa.h"
+#include "kernels/tile_gemm.h"
 
 namespace torchchat::kernels {
 namespace {
@@ -38,19 +19,16 @@ constexpr int64_t kChunk = 64;
 // register-blocked kernel: the dequantization is paid once per weight row
 // instead of once per (row of x, weight row).
 constexpr int64_t kTileMinM = 8;
-// The unembedding (the Q8_0 kernels) runs once per sequence in a step, so
-// its M is the number of sequences a server decodes together, not a prompt
-// length (only eval's full logits run it per position, at window lengths).
-// Its int16 path beats the fp32 one well past 8 rows (q4_bench, 49152x576,
-// 2 threads: 5.2 vs 8.7 ms at M = 8, 13 vs 21 ms at M = 16).
-constexpr int64_t kQ8Int16MaxM = 32;
-// From here Q8_0 runs dequantized tiles, like Q4 from kTileMinM.
-constexpr int64_t kQ8TileMinM = kQ8Int16MaxM;
+using isa::kPf;
 using tile::kNR;  // weight rows per tile
-// The decode kernels prefetch the weight rows kPf groups ahead: one call
-// reads a few hundred KB, too little for the hardware prefetcher to ramp up
-// (measured: 2x the bandwidth of the same kernel without it).
-constexpr int kPf = 4;
+#if TC_Q4_X86
+using isa::HsumAvx2;
+using isa::HsumAvx512;
+#endif
+#if TC_Q4_ARM
+using isa::Fp16Neon;
+using isa::LoadBlockX;
+#endif
 
 struct Args {
   const float* x;   // [m, ldx], ldx = nb*32, zero padded beyond K
@@ -144,10 +122,6 @@ inline float32x4_t LoadFp16x4(const uint16_t* h, int64_t n) {
   return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(tmp)));
 }
 
-inline float Fp16Neon(uint16_t h) {
-  return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
-}
-
 // The 16 unsigned bytes as 4 float vectors, in order.
 inline void U8ToF32(uint8x16_t v, float32x4_t out[4]) {
   const uint16x8_t lo = vmovl_u8(vget_low_u8(v)), hi = vmovl_high_u8(v);
@@ -170,11 +144,6 @@ inline float32x4_t BlockDotNeon(const uint8_t* q, const float32x4_t x[8]) {
     b = vfmaq_f32(b, hi[j], x[4 + j]);
   }
   return vaddq_f32(a, b);
-}
-
-inline void LoadBlockX(const float* xb, float32x4_t x[8]) {
-  TC_UNROLL
-  for (int j = 0; j < 8; ++j) x[j] = vld1q_f32(xb + 4 * j);
 }
 
 void BlockSumsNeon(const float* x, int64_t nb, float* xs) {
@@ -251,13 +220,6 @@ void DequantRowNeon(const Q4Weight& w, int64_t row, float* out) {
 
 #if TC_Q4_X86
 // ---------------------------------------------------------------- AVX2 -----
-
-TC_TARGET("avx2,fma,f16c") inline float HsumAvx2(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // q.x for one block: codes 0..7|16..23 come from bytes 0..7, 8..15|24..31
 // from bytes 8..15.
@@ -356,13 +318,6 @@ TC_TARGET("avx2,fma,f16c") void DequantRowAvx2(const Q4Weight& w, int64_t row, f
 }
 
 // ---------------------------------------------------------------- AVX-512 --
-
-// gcc 12's _mm512_reduce_add_ps trips -Wmaybe-uninitialized in its own header.
-TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c") inline float HsumAvx512(__m512 v) {
-  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
-                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-  return HsumAvx2(h);
-}
 
 #ifndef TC_Q4_PERMUTE
 #define TC_Q4_PERMUTE 1
@@ -478,35 +433,6 @@ void DequantRowAvx512(const Q4Weight& w, int64_t row, float* out) {
 // shuffle; the per-call copy of x is laid out in that order (kXOrder), so
 // every int32 lane of the dot products sums codes of one block (four lanes
 // per block) and one vpermps spreads each block's d*s over its lanes.
-#define TC_VNNI "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c"
-
-TC_TARGET(TC_VNNI) inline float HmaxAvx512(__m512 v) {
-  __m256 h = _mm256_max_ps(_mm512_castps512_ps256(v),
-                           _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-  __m128 q = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-  q = _mm_max_ps(q, _mm_movehl_ps(q, q));
-  q = _mm_max_ss(q, _mm_movehdup_ps(q));
-  return _mm_cvtss_f32(q);
-}
-
-// Rounds x[nb*32] to int16 per block into out (natural order, nb*32) and the
-// block scales into sc[nb]. False if a block is not finite or so small that
-// 32767/max overflows: the caller then uses the float kernel.
-TC_TARGET(TC_VNNI) bool QuantizeX16(const float* x, int64_t nb, int16_t* out, float* sc) {
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m512 v0 = _mm512_loadu_ps(x + b * 32), v1 = _mm512_loadu_ps(x + b * 32 + 16);
-    const float amax = HmaxAvx512(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-    if (!(amax <= 3.0e38f) || (amax != 0.f && amax < 1e-30f)) return false;
-    const __m512 inv = _mm512_set1_ps(amax == 0.f ? 0.f : 32767.f / amax);
-    const __m256i lo = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)));
-    const __m256i hi = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v1, inv)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + b * 32), lo);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + b * 32 + 16), hi);
-    sc[b] = amax / 32767.f;
-  }
-  return true;
-}
-
 template <int R>
 TC_TARGET(TC_VNNI)
 inline void GemvGroupVnni(const Args& a, int64_t n, int64_t i) {
@@ -571,227 +497,7 @@ TC_TARGET(TC_VNNI) void GemvRowsVnni(const Args& a, int64_t n0, int64_t n1) {
 }
 #endif  // TC_Q4_X86
 
-// ---------------------------------------------------------------- Q8_0 -----
-
-struct Q8Args {
-  const float* x;  // [m, ldx], zero padded
-  int64_t m, ldx;
-  const Q8Weight* w;
-  const float* bias;
-  float* y;
-  const int16_t* xq = nullptr;  // 16-bit path: [m, ldq], natural order
-  const float* xsc = nullptr;   // [m, lds]
-  int64_t ldq = 0, lds = 0;
-};
-
-void Q8RowsScalar(const Q8Args& a, int64_t n0, int64_t n1) {
-  const int64_t nb = Q4NumBlocks(a.w->k);
-  for (int64_t n = n0; n < n1; ++n)
-    for (int64_t i = 0; i < a.m; ++i) {
-      const float* x = a.x + i * a.ldx;
-      float acc = 0.f;
-      for (int64_t b = 0; b < nb; ++b) {
-        const int8_t* q = a.w->qs + (n * nb + b) * 32;
-        float t = 0.f;
-        for (int j = 0; j < 32; ++j) t += float(q[j]) * x[b * 32 + j];
-        acc += Fp16ToFp32(a.w->scales[n * nb + b]) * t;
-      }
-      a.y[i * a.w->n + n] = acc + (a.bias ? a.bias[n] : 0.f);
-    }
-}
-
-#if TC_Q4_ARM
-template <int R>
-inline void Q8GroupNeon(const Q8Args& a, int64_t n, int64_t i) {
-  const int64_t nb = Q4NumBlocks(a.w->k);
-  const float* x = a.x + i * a.ldx;
-  float32x4_t acc[R];
-  TC_UNROLL
-  for (int r = 0; r < R; ++r) acc[r] = vdupq_n_f32(0.f);
-  for (int64_t b = 0; b < nb; ++b) {
-    float32x4_t xv[8];
-    LoadBlockX(x + b * 32, xv);
-    TC_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const int8_t* q = a.w->qs + ((n + r) * nb + b) * 32;
-      float32x4_t t = vdupq_n_f32(0.f), u = vdupq_n_f32(0.f);
-      TC_UNROLL
-      for (int h = 0; h < 2; ++h) {
-        const int8x16_t v = vld1q_s8(q + 16 * h);
-        const int16x8_t lo = vmovl_s8(vget_low_s8(v)), hi = vmovl_high_s8(v);
-        t = vfmaq_f32(t, vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))), xv[4 * h]);
-        u = vfmaq_f32(u, vcvtq_f32_s32(vmovl_high_s16(lo)), xv[4 * h + 1]);
-        t = vfmaq_f32(t, vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))), xv[4 * h + 2]);
-        u = vfmaq_f32(u, vcvtq_f32_s32(vmovl_high_s16(hi)), xv[4 * h + 3]);
-      }
-      acc[r] = vfmaq_n_f32(acc[r], vaddq_f32(t, u), Fp16Neon(a.w->scales[(n + r) * nb + b]));
-    }
-  }
-  TC_UNROLL
-  for (int r = 0; r < R; ++r)
-    a.y[i * a.w->n + n + r] = vaddvq_f32(acc[r]) + (a.bias ? a.bias[n + r] : 0.f);
-}
-
-void Q8RowsNeon(const Q8Args& a, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 2 <= n1; n += 2)
-    for (int64_t i = 0; i < a.m; ++i) Q8GroupNeon<2>(a, n, i);
-  for (; n < n1; ++n)
-    for (int64_t i = 0; i < a.m; ++i) Q8GroupNeon<1>(a, n, i);
-}
-#endif  // TC_Q4_ARM
-
-#if TC_Q4_X86
-template <int R>
-TC_TARGET("avx2,fma,f16c")
-inline void Q8GroupAvx2(const Q8Args& a, int64_t n, int64_t i) {
-  const int64_t nb = Q4NumBlocks(a.w->k);
-  const float* x = a.x + i * a.ldx;
-  __m256 acc[R];
-  TC_UNROLL
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    const float* xb = x + b * 32;
-    const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8),
-                 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
-    TC_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const int8_t* q = a.w->qs + ((n + r) * nb + b) * 32;
-      const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
-      const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16));
-      __m256 t0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), x0);
-      __m256 t1 =
-          _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo))), x1);
-      t0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), x2, t0);
-      t1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi))), x3,
-                           t1);
-      const float d = _cvtsh_ss(a.w->scales[(n + r) * nb + b]);
-      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_add_ps(t0, t1), acc[r]);
-    }
-  }
-  TC_UNROLL
-  for (int r = 0; r < R; ++r)
-    a.y[i * a.w->n + n + r] = HsumAvx2(acc[r]) + (a.bias ? a.bias[n + r] : 0.f);
-}
-
-TC_TARGET("avx2,fma,f16c") void Q8RowsAvx2(const Q8Args& a, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 2 <= n1; n += 2)
-    for (int64_t i = 0; i < a.m; ++i) Q8GroupAvx2<2>(a, n, i);
-  for (; n < n1; ++n)
-    for (int64_t i = 0; i < a.m; ++i) Q8GroupAvx2<1>(a, n, i);
-}
-
-template <int R>
-TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
-inline void Q8GroupAvx512(const Q8Args& a, int64_t n, int64_t i) {
-  const int64_t nb = Q4NumBlocks(a.w->k);
-  const float* x = a.x + i * a.ldx;
-  __m512 acc[R];
-  TC_UNROLL
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m512 xlo = _mm512_loadu_ps(x + b * 32), xhi = _mm512_loadu_ps(x + b * 32 + 16);
-    TC_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const int8_t* q = a.w->qs + ((n + r) * nb + b) * 32;
-      _mm_prefetch(reinterpret_cast<const char*>(q + kPf * R * nb * 32), _MM_HINT_T0);
-      const __m512 lo = _mm512_cvtepi32_ps(
-          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
-      const __m512 hi = _mm512_cvtepi32_ps(
-          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16))));
-      const __m512 t = _mm512_fmadd_ps(hi, xhi, _mm512_mul_ps(lo, xlo));
-      const float d = _cvtsh_ss(a.w->scales[(n + r) * nb + b]);
-      acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc[r]);
-    }
-  }
-  TC_UNROLL
-  for (int r = 0; r < R; ++r)
-    a.y[i * a.w->n + n + r] = HsumAvx512(acc[r]) + (a.bias ? a.bias[n + r] : 0.f);
-}
-
-TC_TARGET("avx512f,avx512bw,avx512vl,fma,f16c")
-void Q8RowsAvx512(const Q8Args& a, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4)
-    for (int64_t i = 0; i < a.m; ++i) Q8GroupAvx512<4>(a, n, i);
-  for (; n < n1; ++n)
-    for (int64_t i = 0; i < a.m; ++i) Q8GroupAvx512<1>(a, n, i);
-}
-// Q8_0 with 16-bit x: one block is 32 int8 codes, sign-extended to the 32
-// lanes of one vpdpwssd.
-template <int R>
-TC_TARGET(TC_VNNI)
-inline void Q8GroupVnni(const Q8Args& a, int64_t n, int64_t i) {
-  const int64_t nb = Q4NumBlocks(a.w->k);
-  const int16_t* xq = a.xq + i * a.ldq;
-  const float* xsc = a.xsc + i * a.lds;
-  alignas(64) float dd[R][16];
-  __m512 acc[R];
-  TC_UNROLL
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < nb; c += 16) {
-    const int64_t cn = std::min<int64_t>(16, nb - c);
-    const __mmask16 km = __mmask16((1u << cn) - 1);
-    const __m512 sv = _mm512_loadu_ps(xsc + c);
-    TC_UNROLL
-    for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(a.w->scales + (n + r + kPf * R) * nb + c),
-                   _MM_HINT_T0);
-      _mm512_store_ps(
-          dd[r],
-          _mm512_mul_ps(
-              _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, a.w->scales + (n + r) * nb + c)), sv));
-    }
-    for (int64_t b = 0; b < cn; ++b) {
-      const __m512i xv = _mm512_loadu_si512(xq + (c + b) * 32);
-      TC_UNROLL
-      for (int r = 0; r < R; ++r) {
-        _mm_prefetch(reinterpret_cast<const char*>(a.w->qs + ((n + r + kPf * R) * nb + c + b) * 32),
-                     _MM_HINT_T0);
-        const __m256i q = _mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(a.w->qs + ((n + r) * nb + c + b) * 32));
-        const __m512i t = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_cvtepi8_epi16(q), xv);
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(dd[r][b]), acc[r]);
-      }
-    }
-  }
-  TC_UNROLL
-  for (int r = 0; r < R; ++r)
-    a.y[i * a.w->n + n + r] = HsumAvx512(acc[r]) + (a.bias ? a.bias[n + r] : 0.f);
-}
-
-TC_TARGET(TC_VNNI) void Q8RowsVnni(const Q8Args& a, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4)
-    for (int64_t i = 0; i < a.m; ++i) Q8GroupVnni<4>(a, n, i);
-  for (; n < n1; ++n)
-    for (int64_t i = 0; i < a.m; ++i) Q8GroupVnni<1>(a, n, i);
-}
-#endif  // TC_Q4_X86
-
-using Q8RowsFn = void (*)(const Q8Args&, int64_t, int64_t);
-
-struct Isa;
-void TileRowsQ8(const Isa& isa, const Q8Args& a, int64_t n0, int64_t n1);
-
-struct Q8Job {
-  Q8RowsFn fn;
-  Q8Args args;
-  const Isa* tiled = nullptr;  // set: TileRowsQ8 on this isa instead of fn
-};
-
-void RunQ8Job(void* ctx, int64_t begin, int64_t end) {
-  const Q8Job& j = *static_cast<const Q8Job*>(ctx);
-  if (j.tiled != nullptr) {
-    TileRowsQ8(*j.tiled, j.args, begin, end);
-  } else {
-    j.fn(j.args, begin, end);
-  }
-}
-
 using DequantFn = void (*)(const Q4Weight&, int64_t, float*);
-
 using SumsFn = void (*)(const float*, int64_t, float*);
 
 void BlockSumsScalar(const float* x, int64_t nb, float* xs) {
@@ -802,23 +508,33 @@ void BlockSumsScalar(const float* x, int64_t nb, float* xs) {
   }
 }
 
-// Rounds one row of x (nb blocks, zero padded) to int16 per block, in
-// natural order, and its block scales. False: a block the rounding cannot
-// represent (see QuantizeX16).
-using XQuantFn = bool (*)(const float* x, int64_t nb, int16_t* out, float* sc);
-
-struct Isa {
-  const char* name;
+// A path's kernels: x's block sums, decode rows with fp32 x, a weight row
+// dequantized (the tiles' input), and decode rows with x rounded to int16
+// (nullptr: the path has none).
+struct Q4Kernels {
   SumsFn sums;
   RowsFn gemv;
   DequantFn dequant;
-  const tile::MicroFn* micro;  // by MR (1..4); nullptr = scalar tile path
-  Q8RowsFn q8;
-  // Decode with x rounded to 16 bits (nullptr: this isa has none).
-  XQuantFn quantize_x = nullptr;
   RowsFn gemv16 = nullptr;
-  Q8RowsFn q8_16 = nullptr;
 };
+
+const Q4Kernels& KernelsFor(isa::Path p) {
+  static const Q4Kernels scalar{BlockSumsScalar, GemvRowsScalar, DequantRowScalar};
+#if TC_Q4_X86
+  static const Q4Kernels avx2{BlockSumsAvx2, GemvRowsAvx2, DequantRowAvx2};
+  static const Q4Kernels avx512{BlockSumsAvx512, GemvRowsAvx512, DequantRowAvx512};
+  // "avx512" plus 16-bit activations for decode (the float tiles for prefill).
+  static const Q4Kernels vnni{BlockSumsAvx512, GemvRowsAvx512, DequantRowAvx512, GemvRowsVnni};
+  if (p == isa::Path::kAvx2) return avx2;
+  if (p == isa::Path::kAvx512) return avx512;
+  if (p == isa::Path::kAvx512Vnni) return vnni;
+#endif
+#if TC_Q4_ARM
+  static const Q4Kernels neon{BlockSumsNeon, GemvRowsNeon, DequantRowNeon};
+  if (p == isa::Path::kNeon) return neon;
+#endif
+  return scalar;
+}
 
 // Where the q4 16-bit kernel reads each element of x: per 4 blocks, vector
 // k (32 lanes) holds element kXOrder[k][t] of block c at lane 8c+t.
@@ -836,98 +552,9 @@ void InterleaveX16(const int16_t* xn, int64_t nb, int16_t* xq) {
   }
 }
 
-void TileRows(const Isa& isa, const Args& a, int64_t n0, int64_t n1) {
-  tile::TileRows(
-      isa.micro, [&](int64_t row, float* out) { isa.dequant(*a.w, row, out); }, a.x, a.m, a.ldx,
-      a.w->n, a.bias, a.y, n0, n1);
-}
-
-void DequantQ8Row(const Q8Weight& w, int64_t row, float* out) {
-  const int64_t nb = Q4NumBlocks(w.k);
-  for (int64_t b = 0; b < nb; ++b) {
-    const float d = Fp16ToFp32(w.scales[row * nb + b]);
-    const int8_t* q = w.qs + (row * nb + b) * 32;
-    for (int j = 0; j < 32; ++j) out[b * 32 + j] = d * float(q[j]);
-  }
-}
-
-// Q8_0 at prefill sizes (a Q8_0 GGUF's layer linears over a prompt): the
-// same tiles as Q4.
-void TileRowsQ8(const Isa& isa, const Q8Args& a, int64_t n0, int64_t n1) {
-  tile::TileRows(
-      isa.micro, [&](int64_t row, float* out) { DequantQ8Row(*a.w, row, out); }, a.x, a.m, a.ldx,
-      a.w->n, a.bias, a.y, n0, n1);
-}
-
-const Isa kScalar{"scalar",         BlockSumsScalar, GemvRowsScalar,
-                  DequantRowScalar, nullptr,         Q8RowsScalar};
-#if TC_Q4_X86
-const Isa kAvx2{"avx2", BlockSumsAvx2, GemvRowsAvx2, DequantRowAvx2, tile::MicroAvx2(), Q8RowsAvx2};
-const Isa kAvx512{"avx512",         BlockSumsAvx512,     GemvRowsAvx512,
-                  DequantRowAvx512, tile::MicroAvx512(), Q8RowsAvx512};
-// "avx512" plus 16-bit activations for decode (the float tiles for prefill).
-Isa WithInt16Decode(Isa isa, const char* name, XQuantFn quantize, RowsFn gemv16, Q8RowsFn q8_16) {
-  isa.name = name;
-  isa.quantize_x = quantize;
-  isa.gemv16 = gemv16;
-  isa.q8_16 = q8_16;
-  return isa;
-}
-const Isa kAvx512Vnni =
-    WithInt16Decode(kAvx512, "avx512vnni", QuantizeX16, GemvRowsVnni, Q8RowsVnni);
-
-bool CpuHasAvx2() {
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
-}
-bool CpuHasAvx512() {
-  return CpuHasAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl");
-}
-bool CpuHasAvx512Vnni() { return CpuHasAvx512() && __builtin_cpu_supports("avx512vnni"); }
-#endif
-#if TC_Q4_ARM
-const Isa kNeon{"neon", BlockSumsNeon, GemvRowsNeon, DequantRowNeon, tile::MicroNeon(), Q8RowsNeon};
-#endif
-
-const Isa* AutoIsa() {
-#if TC_Q4_X86
-  if (CpuHasAvx512Vnni()) return &kAvx512Vnni;
-  if (CpuHasAvx512()) return &kAvx512;
-  if (CpuHasAvx2()) return &kAvx2;
-#endif
-#if TC_Q4_ARM
-  return &kNeon;
-#endif
-  return &kScalar;
-}
-
-const Isa* IsaByName(const std::string& s) {
-  if (s == "scalar") return &kScalar;
-#if TC_Q4_X86
-  if (s == "avx2" && CpuHasAvx2()) return &kAvx2;
-  if (s == "avx512" && CpuHasAvx512()) return &kAvx512;
-  if (s == "avx512vnni" && CpuHasAvx512Vnni()) return &kAvx512Vnni;
-#endif
-#if TC_Q4_ARM
-  if (s == "neon") return &kNeon;
-#endif
-  return nullptr;
-}
-
-// TORCHCHAT_Q4_ISA=avx512 (say) keeps x in fp32 on a VNNI machine: the
-// kernels are then exact, and decode ~10-20% slower.
-const Isa* DefaultIsa() {
-  const char* env = std::getenv("TORCHCHAT_Q4_ISA");
-  const Isa* isa = env != nullptr ? IsaByName(env) : nullptr;
-  return isa != nullptr ? isa : AutoIsa();
-}
-
-// The kernels Q4Linear and Q8Linear use; mutable (Q4ForceIsa sets it), so not kName.
-const Isa* active_isa = DefaultIsa();
-
 struct Job {
-  const Isa* isa;
+  const Q4Kernels* kern;
+  const tile::MicroFn* micro;  // nullptr: the scalar tiles
   Args args;
   bool tiled;
   RowsFn gemv;
@@ -935,12 +562,15 @@ struct Job {
 
 void RunJob(void* ctx, int64_t begin, int64_t end) {
   const Job& j = *static_cast<const Job*>(ctx);
+  const Args& a = j.args;
   if (!j.tiled) {
-    j.gemv(j.args, begin, end);
-  } else if (j.isa->micro != nullptr) {
-    TileRows(*j.isa, j.args, begin, end);
+    j.gemv(a, begin, end);
+  } else if (j.micro != nullptr) {
+    tile::TileRows(
+        j.micro, [&](int64_t row, float* out) { j.kern->dequant(*a.w, row, out); }, a.x, a.m, a.ldx,
+        a.w->n, a.bias, a.y, begin, end);
   } else {
-    TileRowsScalar(j.args, begin, end);
+    TileRowsScalar(a, begin, end);
   }
 }
 
@@ -955,15 +585,9 @@ void Q4Dequantize(const Q4Weight& w, float* out) {
   }
 }
 
-const char* Q4Isa() { return active_isa->name; }
+const char* Q4Isa() { return isa::Name(isa::Active()); }
 
-bool Q4ForceIsa(const char* isa) {
-  const std::string s = isa ? isa : "";
-  const Isa* picked = s.empty() ? DefaultIsa() : IsaByName(s);
-  if (picked == nullptr) return false;
-  active_isa = picked;
-  return true;
-}
+bool Q4ForceIsa(const char* name) { return isa::Force(name); }
 
 void Q4Linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, float* y,
               const Q4ParallelFor* pf) {
@@ -979,13 +603,14 @@ void Q4Linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, f
       std::memcpy(xpad.data() + i * kp, x + i * w.k, size_t(w.k) * sizeof(float));
     xp = xpad.data();
   }
-  const Isa* isa = active_isa;
+  const isa::Path path = isa::Active();
+  const Q4Kernels& kern = KernelsFor(path);
   const bool tiled = m >= kTileMinM;
-  Job job{isa, Args{xp, xs.data(), m, kp, &w, bias, y}, tiled, isa->gemv};
+  Job job{&kern, isa::Micro(path), Args{xp, xs.data(), m, kp, &w, bias, y}, tiled, kern.gemv};
   // The tiled path multiplies dequantized weights and needs no block sums.
   if (!tiled) {
-    for (int64_t i = 0; i < m; ++i) isa->sums(xp + i * kp, nb, xs.data() + i * nb);
-    if (isa->quantize_x != nullptr) {
+    for (int64_t i = 0; i < m; ++i) kern.sums(xp + i * kp, nb, xs.data() + i * nb);
+    if (kern.gemv16 != nullptr) {
       thread_local std::vector<int16_t> xq, xn;
       thread_local std::vector<float> xsc;
       const int64_t ldq = (nb + 3) / 4 * 128, lds = (nb + 15) / 16 * 16;
@@ -994,7 +619,7 @@ void Q4Linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, f
       xsc.assign(size_t(m * lds), 0.f);
       bool ok = true;
       for (int64_t i = 0; i < m && ok; ++i) {
-        ok = isa->quantize_x(xp + i * kp, nb, xn.data(), xsc.data() + i * lds);
+        ok = isa::QuantizeX16(xp + i * kp, nb, xn.data(), xsc.data() + i * lds);
         InterleaveX16(xn.data(), nb, xq.data() + i * ldq);
       }
       if (ok) {
@@ -1002,7 +627,7 @@ void Q4Linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, f
         job.args.xsc = xsc.data();
         job.args.ldq = ldq;
         job.args.lds = lds;
-        job.gemv = isa->gemv16;
+        job.gemv = kern.gemv16;
       }
     }
   }
@@ -1013,52 +638,6 @@ void Q4Linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, f
     pf->run(pf->self, w.n, grain, RunJob, &job);
   } else {
     RunJob(&job, 0, w.n);
-  }
-}
-
-void Q8Linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, float* y,
-              const Q4ParallelFor* pf) {
-  if (m <= 0 || w.n <= 0) return;
-  const int64_t kp = Q4NumBlocks(w.k) * 32;
-  thread_local std::vector<float> xpad;
-  const float* xp = x;
-  if (kp != w.k) {
-    xpad.assign(size_t(m * kp), 0.f);
-    for (int64_t i = 0; i < m; ++i)
-      std::memcpy(xpad.data() + i * kp, x + i * w.k, size_t(w.k) * sizeof(float));
-    xp = xpad.data();
-  }
-  const Isa* isa = active_isa;
-  Q8Job job{isa->q8, Q8Args{xp, m, kp, &w, bias, y}};
-  // Prefill (a Q8_0 GGUF's layer linears over a prompt, eval's full
-  // logits): dequantized tiles, past where the rows kernels win.
-  const bool tiled = m >= kQ8TileMinM && isa->micro != nullptr;
-  if (tiled) job.tiled = isa;
-  // Like Q4Linear, x is rounded for decode only (here, up to kQ8Int16MaxM
-  // sequences at once); full logits over a window stay exact.
-  if (!tiled && isa->quantize_x != nullptr && m < kQ8Int16MaxM) {
-    const int64_t nb = kp / 32, ldq = nb * 32, lds = (nb + 15) / 16 * 16;
-    thread_local std::vector<int16_t> xq;
-    thread_local std::vector<float> xsc;
-    xq.resize(size_t(m * ldq));
-    xsc.assign(size_t(m * lds), 0.f);
-    bool ok = true;
-    for (int64_t i = 0; i < m && ok; ++i)
-      ok = isa->quantize_x(xp + i * kp, nb, xq.data() + i * ldq, xsc.data() + i * lds);
-    if (ok) {
-      job.args.xq = xq.data();
-      job.args.xsc = xsc.data();
-      job.args.ldq = ldq;
-      job.args.lds = lds;
-      job.fn = isa->q8_16;
-    }
-  }
-  int64_t grain = std::max<int64_t>(4, (int64_t(1) << 13) / kp);
-  if (tiled) grain = ((grain + kNR - 1) / kNR) * kNR;
-  if (pf != nullptr && pf->run != nullptr && w.n > grain) {
-    pf->run(pf->self, w.n, grain, RunQ8Job, &job);
-  } else {
-    RunQ8Job(&job, 0, w.n);
   }
 }
 

@@ -50,8 +50,8 @@ struct Q4Weight {
 void Q4Linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, float* y,
               const Q4ParallelFor* pf = nullptr);
 
-// Which path the dispatcher picked: "avx512vnni", "avx512", "avx2", "neon",
-// "scalar"
+// Which path the dispatcher picked, for these kernels and Q8Linear's
+// (q8_linear.h) alike: "avx512vnni", "avx512", "avx2", "neon", "scalar"
 // (the best this CPU runs, unless TORCHCHAT_Q4_ISA names another).
 const char* Q4Isa();
 // Forces a path for tests/benchmarks (a name above, or "" for the default).
@@ -66,19 +66,5 @@ void Q4Dequantize(const Q4Weight& w, float* out);
 // nullptr on success or a static error message.
 const char* Q4PackGguf(int ggml_type, const uint8_t* raw, int64_t n, int64_t k, uint8_t* qs,
                        uint16_t* scales);
-
-// ---- Q8_0 (GGUF's usual output/embedding type): w = d*q, q int8, d fp16 ----
-// Layout: qs int8 [N, nb*32] (K padded to nb*32), scales fp16 [N, nb].
-struct Q8Weight {
-  const int8_t* qs = nullptr;
-  const uint16_t* scales = nullptr;
-  int64_t n = 0;
-  int64_t k = 0;
-};
-
-// y[M, N] = x[M, K] @ W^T (+ bias). Each weight row is read once from memory
-// for all M rows of x (it stays in L1 between them).
-void Q8Linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, float* y,
-              const Q4ParallelFor* pf = nullptr);
 
 }  // namespace torchchat::kernels

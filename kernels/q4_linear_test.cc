@@ -1,4 +1,5 @@
 #include "kernels/q4_linear.h"
+#include "kernels/q8_linear.h"
 
 #include <gtest/gtest.h>
 
@@ -243,7 +244,7 @@ TEST(Q8Linear, MatchesReferenceOnEveryIsaAndShape) {
     for (int64_t k : {32, 40, 576, 1})
       for (int64_t n : {1, 5, 67})
         for (int64_t m : {1, 3, 9, 33}) {  // the int16 path below 32 rows
-          const int64_t nb = Q4NumBlocks(k);
+          const int64_t nb = Q8NumBlocks(k);
           std::vector<int8_t> qs(size_t(n * nb * 32));
           std::vector<uint16_t> sc(size_t(n * nb));
           for (auto& q : qs) q = int8_t(byte(rng));

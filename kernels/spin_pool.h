@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "kernels/q4_linear.h"
+#include "kernels/parallel_for.h"
 
 namespace torchchat::kernels {
 

@@ -19,6 +19,7 @@
 #include <mutex>
 
 #include "kernels/q4_linear.h"
+#include "kernels/q8_linear.h"
 #include "kernels/spin_pool.h"
 
 namespace torchchat::kernels {
@@ -117,7 +118,7 @@ namespace {
 // scales float16 [n, nb]. For the output layer / tied embedding.
 void CheckQ8Args(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales,
                  const c10::optional<at::Tensor>& bias, int64_t n, int64_t k) {
-  const int64_t nb = Q4NumBlocks(k);
+  const int64_t nb = Q8NumBlocks(k);
   TORCH_CHECK(n > 0 && k > 0, "q8_linear: n and k must be positive, got n=", n, " k=", k);
   TORCH_CHECK(x.device().is_cpu() && qs.device().is_cpu() && scales.device().is_cpu(),
               "q8_linear: CPU tensors only");
