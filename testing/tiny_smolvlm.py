@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from testing.tiny_model import BOS, EOS, VOCAB, write_tokenizer
+from testing.tiny_model import BOS, EOS, VOCAB
+from testing.tiny_vision import clip_writer, finish, write_image_tokenizer
 
 FAKE, GLOBAL, IMAGE, END = (
     "<fake_token_around_image>",
@@ -107,16 +108,9 @@ def processor(d: Path | None = None, family: str = "smolvlm") -> Any:
 def write_smolvlm(d: Path, seed: int = 0, family: str = "smolvlm") -> Path:
     """The checkpoint directory `d`: model, tokenizer, processor config;
     `family` "smolvlm" or "idefics3"."""
-    from tokenizers import AddedToken, Tokenizer
-
     d = Path(d)
     hf_smolvlm(seed, family).save_pretrained(d)
-    write_tokenizer(d)
-    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
-    tok.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL])
-    if tok.token_to_id(IMAGE) != IMAGE_ID:
-        raise RuntimeError("the tiny tokenizer's image token moved")
-    tok.save(str(d / "tokenizer.json"))
+    write_image_tokenizer(d, {t: VOCAB + i for i, t in enumerate(SPECIAL)})
     tok_cfg = {"bos_token": BOS, "eos_token": EOS}
     if family == "smolvlm":
         tok_cfg["chat_template"] = template()
@@ -140,23 +134,10 @@ def write_mmproj(d: Path, path: Path) -> Path:
 
     cfg = json.loads((Path(d) / "config.json").read_text())
     v = cfg["vision_config"]
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, v["num_hidden_layers"])
-    w = gguf.GGUFWriter(str(path), "clip")
-    w.add_clip_has_vision_encoder(True)
-    w.add_clip_projector_type(gguf.VisionProjectorType.IDEFICS3)
-    w.add_vision_image_size(v["image_size"])
-    w.add_vision_patch_size(v["patch_size"])
-    w.add_vision_embedding_length(v["hidden_size"])
-    w.add_vision_feed_forward_length(v["intermediate_size"])
-    w.add_vision_block_count(v["num_hidden_layers"])
-    w.add_vision_head_count(v["num_attention_heads"])
-    w.add_vision_projection_dim(cfg["text_config"]["hidden_size"])
-    w.add_vision_image_mean([0.5, 0.5, 0.5])
-    w.add_vision_image_std([0.5, 0.5, 0.5])
-    w.add_vision_attention_layernorm_eps(v["layer_norm_eps"])
+    w = clip_writer(path, cfg, gguf.VisionProjectorType.IDEFICS3, eps=v["layer_norm_eps"])
     w.add_vision_projector_scale_factor(cfg["scale_factor"])
-    w.add_vision_use_gelu(True)
     w.add_vision_preproc_image_size(LONGEST)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, v["num_hidden_layers"])
     for name, t in load_file(str(Path(d) / "model.safetensors")).items():
         if not name.startswith(("model.vision_model.", "model.connector.")):
             continue
@@ -165,8 +146,5 @@ def write_mmproj(d: Path, path: Path) -> Path:
         if data.ndim == 2 and ".embeddings." not in name:
             data = data.astype(np.float16)
         w.add_tensor(f"{names.get_name(base)}.{suffix}", data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     return path

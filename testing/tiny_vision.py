@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -83,16 +84,9 @@ def processor(d: Path | None = None) -> transformers.Gemma3ImageProcessorPil:  #
 
 def write_gemma3_vision(d: Path, seed: int = 0) -> Path:
     """The checkpoint directory `d`: model, tokenizer, processor config."""
-    from tokenizers import AddedToken, Tokenizer
-
     d = Path(d)
     hf_gemma3_vision(seed).save_pretrained(d)
-    write_tokenizer(d)
-    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
-    tok.add_special_tokens([AddedToken(t, special=True) for t in (BOI, EOI, SOFT)])
-    if [tok.token_to_id(t) for t in (BOI, EOI, SOFT)] != [BOI_ID, EOI_ID, IMAGE_ID]:
-        raise RuntimeError("the tiny tokenizer's image tokens moved")
-    tok.save(str(d / "tokenizer.json"))
+    write_image_tokenizer(d, {BOI: BOI_ID, EOI: EOI_ID, SOFT: IMAGE_ID})
     (d / "tokenizer_config.json").write_text(
         json.dumps({"bos_token": BOS, "eos_token": EOS, "chat_template": TEMPLATE})
     )
@@ -111,22 +105,9 @@ def write_mmproj(d: Path, path: Path) -> Path:
 
     cfg = json.loads((Path(d) / "config.json").read_text())
     v = cfg["vision_config"]
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, v["num_hidden_layers"])
-    w = gguf.GGUFWriter(str(path), "clip")
-    w.add_clip_has_vision_encoder(True)
-    w.add_clip_projector_type(gguf.VisionProjectorType.GEMMA3)
-    w.add_vision_image_size(v["image_size"])
-    w.add_vision_patch_size(v["patch_size"])
-    w.add_vision_embedding_length(v["hidden_size"])
-    w.add_vision_feed_forward_length(v["intermediate_size"])
-    w.add_vision_block_count(v["num_hidden_layers"])
-    w.add_vision_head_count(v["num_attention_heads"])
-    w.add_vision_projection_dim(cfg["text_config"]["hidden_size"])
-    w.add_vision_image_mean([0.5, 0.5, 0.5])
-    w.add_vision_image_std([0.5, 0.5, 0.5])
-    w.add_vision_attention_layernorm_eps(1e-6)
-    w.add_vision_use_gelu(True)
+    w = clip_writer(path, cfg, gguf.VisionProjectorType.GEMMA3, eps=1e-6)
     w.add_vision_projector_scale_factor(v["image_size"] // v["patch_size"] // int(MM_TOKENS**0.5))
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, v["num_hidden_layers"])
     for name, t in load_file(str(Path(d) / "model.safetensors")).items():
         if not name.startswith(("vision_tower.", "multi_modal_projector.")) or ".head." in name:
             continue
@@ -141,8 +122,49 @@ def write_mmproj(d: Path, path: Path) -> Path:
         if "input_projection" in hf:
             data = data.astype(np.float16)
         w.add_tensor(f"{names.get_name(base)}.{suffix}", data)
+    finish(w)
+    return path
+
+
+def write_image_tokenizer(d: Path, special: dict[str, int]) -> None:
+    """The tiny tokenizer in `d` with a family's image tokens added as
+    special tokens at the ids its tests expect."""
+    from tokenizers import AddedToken, Tokenizer
+
+    write_tokenizer(d)
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    tok.add_special_tokens([AddedToken(t, special=True) for t in special])
+    if {t: tok.token_to_id(t) for t in special} != special:
+        raise RuntimeError("the tiny tokenizer's image tokens moved")
+    tok.save(str(d / "tokenizer.json"))
+
+
+def clip_writer(path: Path, cfg: dict[str, Any], projector: str, eps: float) -> Any:
+    """A gguf.GGUFWriter for an mmproj file with the clip.vision.* keys
+    llama.cpp's converter writes for every projector, from the HF config;
+    the caller adds its family's keys and tensors, then finish()es it."""
+    import gguf
+
+    v = cfg["vision_config"]
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_clip_has_vision_encoder(True)
+    w.add_clip_projector_type(projector)
+    w.add_vision_image_size(v["image_size"])
+    w.add_vision_patch_size(v["patch_size"])
+    w.add_vision_embedding_length(v["hidden_size"])
+    w.add_vision_feed_forward_length(v["intermediate_size"])
+    w.add_vision_block_count(v["num_hidden_layers"])
+    w.add_vision_head_count(v["num_attention_heads"])
+    w.add_vision_projection_dim(cfg["text_config"]["hidden_size"])
+    w.add_vision_image_mean([0.5, 0.5, 0.5])
+    w.add_vision_image_std([0.5, 0.5, 0.5])
+    w.add_vision_attention_layernorm_eps(eps)
+    w.add_vision_use_gelu(True)
+    return w
+
+
+def finish(w: Any) -> None:
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path
