@@ -48,7 +48,7 @@ class BuiltinServerTest(unittest.TestCase):
             env=env,
         )
         cls.url = f"http://127.0.0.1:{port}"
-        # The first start compiles (about 2 minutes on 2 cores).
+        # The first start compiles (under a minute on 2 cores).
         deadline = time.monotonic() + 900
         while True:
             try:

@@ -407,7 +407,7 @@ class CompileProgress:
             return
         print(
             f"torchchat: compiling {name} for this CPU with AOTInductor; this happens once "
-            f"(about 2 min on 2 cores) and later runs start in about a second. Cached in "
+            f"(under a minute on 2 cores) and later runs load it in about a second. Cached in "
             f"{compile_cache.cache_dir()}; --compile none skips it.",
             file=sys.stderr,
             flush=True,
