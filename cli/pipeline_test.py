@@ -105,7 +105,8 @@ class PipelineCliTest(CliTestCase):
                 self.assertLess(time.monotonic(), deadline, out)
                 if select.select([proc.stdout], [], [], 1)[0]:
                     chunk = os.read(proc.stdout.fileno(), 4096)
-                    self.assertTrue(chunk, f"chat ended: {proc.communicate()}")
+                    if not chunk:
+                        self.fail(f"chat ended: {out!r} {proc.communicate()}")
                     out += chunk
             ranks = spawned(proc.pid)
             self.assertEqual(len(ranks), 1)

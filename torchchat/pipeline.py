@@ -498,7 +498,6 @@ class Pipeline:
             self.broken = _lost(e, waited)
             self._owed = False
             raise PipelineLost(self.broken) from None
-        self.answered = True
 
     @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
@@ -522,6 +521,7 @@ class Pipeline:
         logits = torch.empty(1, self.vocab_size, dtype=torch.float32)
         _recv(logits, self.rank.world - 1, _LOGITS, self.wait_limit())
         self._owed = False
+        self.answered = True
         return logits
 
     def close(self) -> list[dict[str, Any]]:
@@ -586,6 +586,7 @@ class SlotPipeline:
                     sends.add(1, _HEADER, _header(_OPEN_SLOTS, n_slots, 0, False, torch.float32))
                     _, failed = _reply(pipe.rank, pipe.wait_limit())
                     sends.wait(pipe.wait_limit())
+                pipe.answered = True
             except PipelineLost as e:  # a rank that failed to load has gone
                 raise PipelineError(str(e)) from None
         if failed is not None:
