@@ -137,7 +137,8 @@ class Server:
             return []
         tree = _descendants(self.proc.pid) | {self.proc.pid}
         first = "rank 0" if "--pipeline-parallel" in self.name else "server"
-        main, ranks = ("", 0), []
+        main: tuple[str, int] = ("", 0)
+        ranks: list[tuple[str, int]] = []
         for pid in sorted(tree):
             cmd, hwm = _proc_cmdline(pid), _vm_hwm(pid)
             if b"resource_tracker" in cmd:
@@ -303,13 +304,15 @@ def servers(args: argparse.Namespace, gguf: Path, slots: int) -> list[Callable[[
         cmd += ["-np", str(slots), "-c", str(slots * args.ctx), "-t", threads, "-tb", threads]
         return Server("llama-server", cmd, port, {})
 
-    def ours(name: str, *flags: str, quiet: bool = True) -> Callable[[], Server]:
+    def ours(
+        name: str, *flags: str, quiet: bool = True, threads: str = threads
+    ) -> Callable[[], Server]:
         def make() -> Server:
             port = free_port()
             cmd = [str(TORCHCHAT), "server", "--gguf-path", str(gguf), "--port", str(port)]
             cmd += ["--parallel", str(slots), "--max-seq-length", str(args.ctx)]
             cmd += ["--quiet"] if quiet else []
-            return Server(name, cmd + list(flags), port, ours_env)
+            return Server(name, cmd + list(flags), port, ours_env | {"OMP_NUM_THREADS": threads})
 
         return make
 
@@ -338,6 +341,10 @@ def servers(args: argparse.Namespace, gguf: Path, slots: int) -> list[Callable[[
         # The default compiles on first use (minutes, once; cached).
         "compiled": ours("torchchat server (default: compiled)"),
         "eager": ours("torchchat server --compile none", "--compile", "none"),
+        # One process at one rank's thread count: what a rank computes with.
+        "eager1": ours(
+            "torchchat server --compile none, 1 thread", "--compile", "none", threads="1"
+        ),
         # Not --quiet: at its end the server prints what each rank held.
         "pipeline2": ours(
             "torchchat server --compile none --pipeline-parallel 2",
@@ -365,7 +372,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--servers",
         default="llama-server,compiled,eager",
         help="which, in order (the first is the peer): llama-server, compiled, eager, "
-        "pipeline2 (eager, --pipeline-parallel 2), and "
+        "eager1 (eager on 1 thread), pipeline2 (eager, --pipeline-parallel 2: each of its 2 "
+        "ranks takes 1/2 of the cores), and "
         "serve-cluster's cluster1, cluster2 (prefix routing), cluster1-pow2, cluster2-pow2",
     )
     p.add_argument(

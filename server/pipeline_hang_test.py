@@ -89,30 +89,46 @@ class PipelineHangTest(unittest.TestCase):
         ranks = spawned(self.proc.pid)
         self.assertEqual(len(ranks), 1, "rank 1 is the server's one spawned child")
         stream = body | {"max_tokens": 1900, "ignore_eos": True, "stream": True}
+        url = f"{self.client.base_url}".rstrip("/")
+        started = threading.Event()
         events: list[dict] = []
-        with self.client.stream("POST", "/v1/completions", json=stream) as resp:
-            self.assertEqual(resp.status_code, 200)
-            lines = resp.iter_lines()
-            for line in lines:
-                if line.startswith("data: {"):
-                    events.append(json.loads(line[len("data: ") :]))
-                    if len(events) == 3:
-                        break
-            stopped = time.monotonic()
-            for p in ranks:
-                os.kill(p, signal.SIGSTOP)
-            # A request that arrives while the rank hangs is in flight too.
-            late: list[httpx.Response] = []
-            t = threading.Thread(
-                target=lambda: late.append(self.client.post("/v1/completions", json=body)),
-                daemon=True,
-            )
-            t.start()
-            rest = [line for line in lines if line.startswith("data: ")]
-            ended = time.monotonic() - stopped
+        rest: list[str] = []
+        late: list[httpx.Response] = []
+
+        def read_stream() -> None:
+            # A thread of its own with its own client: if the server hangs,
+            # the test fails on its bound instead of waiting with it.
+            with httpx.Client(base_url=url, timeout=60) as c:
+                with c.stream("POST", "/v1/completions", json=stream) as resp:
+                    lines = resp.iter_lines()
+                    for line in lines:
+                        if line.startswith("data: {"):
+                            events.append(json.loads(line[len("data: ") :]))
+                            if len(events) == 3:
+                                break
+                    started.set()
+                    rest.extend(line for line in lines if line.startswith("data: "))
+
+        def post_late() -> None:
+            with httpx.Client(base_url=url, timeout=60) as c:
+                late.append(c.post("/v1/completions", json=body))
+
+        reader = threading.Thread(target=read_stream, daemon=True)
+        reader.start()
+        self.assertTrue(started.wait(60), "the stream did not start")
+        stopped = time.monotonic()
+        for p in ranks:
+            os.kill(p, signal.SIGSTOP)
+        # A request that arrives while the rank hangs is in flight too.
+        t = threading.Thread(target=post_late, daemon=True)
+        t.start()
+        reader.join(TIMEOUT_S + SLACK_S)
+        ended = time.monotonic() - stopped
+        self.assertFalse(reader.is_alive(), "the stream hangs with the stopped rank")
         t.join(TIMEOUT_S + SLACK_S)
         # The stream ends with OpenAI's error object, not [DONE].
         self.assertLess(ended, TIMEOUT_S + SLACK_S)
+        self.assertEqual(len(events), 3)
         self.assertTrue(rest, "the stream ended without an event")
         self.assertNotIn("[DONE]", rest[-1])
         error = json.loads(rest[-1][len("data: ") :])["error"]

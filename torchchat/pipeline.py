@@ -435,7 +435,9 @@ def _recv(t: torch.Tensor, src: int, tag: int, timeout: timedelta) -> None:
     connection to `src`: the wait cannot be resumed)."""
     import torch.distributed as dist
 
-    dist.irecv(t, src, tag=tag).wait(timeout)
+    work = dist.irecv(t, src, tag=tag)
+    assert work is not None  # None only for a rank outside the group
+    work.wait(timeout)
 
 
 def _header(op: int, n: int, start: int, logits: bool, dtype: torch.dtype) -> torch.Tensor:
@@ -706,7 +708,9 @@ def stop_ranks(
     `timeout` for each."""
     import torch.distributed as dist
 
-    dist.isend(_header(_STOP, 0, 0, False, torch.float32), 1, tag=_HEADER).wait(timeout)
+    work = dist.isend(_header(_STOP, 0, 0, False, torch.float32), 1, tag=_HEADER)
+    assert work is not None  # None only for a rank outside the group
+    work.wait(timeout)
     reports: list[Any] = [report]
     for r in range(1, rank.world):
         size = torch.empty(1, dtype=torch.long)
