@@ -428,9 +428,7 @@ def _pipelined(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         code = COMMANDS[args.command](args)
     finally:
-        reports = pipeline.shutdown(rank)
-        for p in procs:
-            p.join()
+        reports = pipeline.shutdown(rank, procs)
     if not args.quiet:
         for line in pipeline.describe(reports):
             print(line, file=sys.stderr)

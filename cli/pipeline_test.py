@@ -1,12 +1,15 @@
 """generate and chat --pipeline-parallel 2 on a tiny 4-layer GGUF: the text
 of one process, whether the CLI starts the second rank itself or torchrun
 starts both (as two one-rank nodes, the two-host recipe, on 127.0.0.1);
-errors stop every rank."""
+errors stop every rank; a rank that stops answering ends chat with one line
+of error within --pipeline-timeout-s."""
 
 import os
-import socket
+import select
+import signal
 import subprocess
 import sys
+import time
 import unittest
 from pathlib import Path
 
@@ -14,15 +17,14 @@ os.environ["GLOO_SOCKET_IFNAME"] = "lo"
 
 from testing import tiny_model
 from testing.cli_harness import CliTestCase, run
+from testing.procs import alive, free_port, spawned
 
 # Long enough for two micro-batches of 32 tokens.
 PROMPT = " ".join(tiny_model.TEXT[:7])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+TIMEOUT_S = 3
+CLI = "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 class PipelineCliTest(CliTestCase):
@@ -80,6 +82,54 @@ class PipelineCliTest(CliTestCase):
             ["generate", *self.model, "--pipeline-parallel", "2", "--pte-path", "x.pte"],
             r"give either a checkpoint or an exported artifact",
         )
+
+    def test_stopped_rank_ends_chat(self):
+        argv = ["chat", *self.model, "--quiet", "--pipeline-parallel", "2"]
+        argv += ["--pipeline-timeout-s", str(TIMEOUT_S)]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CLI, *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        ranks: set[int] = set()
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(b"Hello, my name is\n")
+            proc.stdin.flush()
+            # The first turn's answer, through both ranks (both are loaded).
+            out, deadline = b"", time.monotonic() + 180
+            while b"\n" not in out.partition(b"Assistant: ")[2]:
+                self.assertLess(time.monotonic(), deadline, out)
+                if select.select([proc.stdout], [], [], 1)[0]:
+                    chunk = os.read(proc.stdout.fileno(), 4096)
+                    if not chunk:
+                        self.fail(f"chat ended: {out!r} {proc.communicate()}")
+                    out += chunk
+            ranks = spawned(proc.pid)
+            self.assertEqual(len(ranks), 1)
+            for p in ranks:
+                os.kill(p, signal.SIGSTOP)
+            start = time.monotonic()
+            _, err = proc.communicate(b"The quick brown fox\n", timeout=TIMEOUT_S + 60)
+            took = time.monotonic() - start
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            for p in alive(ranks):
+                os.kill(p, signal.SIGKILL)
+        self.assertEqual(proc.returncode, 1, err)
+        lines = [ln for ln in err.decode().strip().splitlines() if not ln.startswith("[cpuinfo")]
+        self.assertEqual(len(lines), 1, err)
+        self.assertRegex(lines[0], r"^torchchat: error: pipeline rank lost: no answer within 3 s")
+        self.assertLess(took, TIMEOUT_S + 30)
+        # The stopped rank was killed, not left behind.
+        deadline = time.monotonic() + 30
+        while alive(ranks) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(alive(ranks), set())
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ the same streamed /v1/completions requests from N concurrent clients
 the table gives, per N, the aggregate decode throughput, the median time
 to first token and the median per-stream tok/s, with ratios against
 llama-server. Numbers are only comparable within one run.
+
+`--servers eager,pipeline2` runs `torchchat server --compile none
+--pipeline-parallel 2` (the model split across two ranks on this host)
+against one eager process, and prints each process's peak RSS (VmHWM,
+read from /proc before the server stops) and what each rank says it holds.
 """
 
 from __future__ import annotations
@@ -125,6 +130,25 @@ class Server:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/models", timeout=10) as r:
             self.model = json.load(r)["data"][0]["id"]
 
+    def peak_rss(self) -> list[tuple[str, int]]:
+        """(process, peak RSS in bytes) for the server and the pipeline ranks
+        it spawned, from /proc while they still run."""
+        if self.proc is None:
+            return []
+        tree = _descendants(self.proc.pid) | {self.proc.pid}
+        first = "rank 0" if "--pipeline-parallel" in self.name else "server"
+        main: tuple[str, int] = ("", 0)
+        ranks: list[tuple[str, int]] = []
+        for pid in sorted(tree):
+            cmd, hwm = _proc_cmdline(pid), _vm_hwm(pid)
+            if b"resource_tracker" in cmd:
+                continue
+            if b"spawn_main" in cmd:
+                ranks.append((f"rank {len(ranks) + 1} (pid {pid})", hwm))
+            elif hwm > main[1]:  # the server, not the launcher that started it
+                main = (f"{first} (pid {pid})", hwm)
+        return [main, *ranks]
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()  # serve-cluster takes it as Ctrl-C: its cluster stops too
@@ -133,6 +157,40 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _proc_cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _vm_hwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> set[int]:
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out.update(kids)
+        todo += kids
+    return out
 
 
 def stream_completion(port: int, model: str, prompt: str, max_tokens: int) -> Request:
@@ -246,12 +304,15 @@ def servers(args: argparse.Namespace, gguf: Path, slots: int) -> list[Callable[[
         cmd += ["-np", str(slots), "-c", str(slots * args.ctx), "-t", threads, "-tb", threads]
         return Server("llama-server", cmd, port, {})
 
-    def ours(name: str, *flags: str) -> Callable[[], Server]:
+    def ours(
+        name: str, *flags: str, quiet: bool = True, threads: str = threads
+    ) -> Callable[[], Server]:
         def make() -> Server:
             port = free_port()
             cmd = [str(TORCHCHAT), "server", "--gguf-path", str(gguf), "--port", str(port)]
-            cmd += ["--parallel", str(slots), "--max-seq-length", str(args.ctx), "--quiet"]
-            return Server(name, cmd + list(flags), port, ours_env)
+            cmd += ["--parallel", str(slots), "--max-seq-length", str(args.ctx)]
+            cmd += ["--quiet"] if quiet else []
+            return Server(name, cmd + list(flags), port, ours_env | {"OMP_NUM_THREADS": threads})
 
         return make
 
@@ -280,6 +341,16 @@ def servers(args: argparse.Namespace, gguf: Path, slots: int) -> list[Callable[[
         # The default compiles on first use (minutes, once; cached).
         "compiled": ours("torchchat server (default: compiled)"),
         "eager": ours("torchchat server --compile none", "--compile", "none"),
+        # One process at one rank's thread count: what a rank computes with.
+        "eager1": ours(
+            "torchchat server --compile none, 1 thread", "--compile", "none", threads="1"
+        ),
+        # Not --quiet: at its end the server prints what each rank held.
+        "pipeline2": ours(
+            "torchchat server --compile none --pipeline-parallel 2",
+            *("--compile", "none", "--pipeline-parallel", "2"),
+            quiet=False,
+        ),
         # Run after "compiled": the replicas load its cached package.
         "cluster1-pow2": cluster(1, "pow2"),
         "cluster1": cluster(1, "prefix"),
@@ -300,7 +371,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--servers",
         default="llama-server,compiled,eager",
-        help="which, in order (the first is the peer): llama-server, compiled, eager, and "
+        help="which, in order (the first is the peer): llama-server, compiled, eager, "
+        "eager1 (eager on 1 thread), pipeline2 (eager, --pipeline-parallel 2: each of its 2 "
+        "ranks takes 1/2 of the cores), and "
         "serve-cluster's cluster1, cluster2 (prefix routing), cluster1-pow2, cluster2-pow2",
     )
     p.add_argument(
@@ -324,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gguf = Path(args.gguf_path).resolve() if args.gguf_path else builtin_gguf()
     slots = max(levels)
     results: dict[str, list[Level]] = {}
+    memory: dict[str, list[str]] = {}
     names = []
     for make in servers(args, gguf, slots):
         server = make()
@@ -341,9 +415,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
+            memory[server.name] = [
+                f"{who}: peak RSS {hwm / (1 << 20):.0f} MiB" for who, hwm in server.peak_rss()
+            ]
         finally:
             server.stop()
+        # What each pipeline rank says it held, printed as the server stops.
+        server.log.seek(0)
+        memory.setdefault(server.name, []).extend(
+            line.strip() for line in server.log if line.startswith("pipeline rank ")
+        )
     report(args, gguf, names, levels, results)
+    if any(memory.values()):
+        print()
+        print(f"Memory ({gguf.name}: {gguf.stat().st_size / (1 << 20):.0f} MiB on disk):")
+        for name in names:
+            for line in memory.get(name, []):
+                print(f"  {name}: {line}")
     if args.json:
         out = {
             name: [

@@ -128,7 +128,13 @@ async def embeddings(req: schema.EmbeddingRequest, srv: Server) -> dict[str, Any
         )
     ids = inputs(srv, req)
     jobs.admit(srv, min(len(ids), engine.n_slots))
-    hidden = await engine.embed(ids)
+    try:
+        hidden = await engine.embed(ids)
+    except Exception:
+        why = engine.problem()
+        if why:
+            raise jobs.unavailable(why) from None
+        raise
     data = [
         schema.Embedding(
             index=k, embedding=encode(pool(h, srv.config.pooling), req.encoding_format)

@@ -311,6 +311,9 @@ class Done:
 @dataclass
 class Failed:
     message: str
+    # Why the engine can no longer serve (a pipeline rank lost), when that
+    # is why this generation failed: the request may be retried elsewhere.
+    unavailable: str | None = None
 
 
 Event = object  # Delta | Done | Failed
@@ -649,8 +652,12 @@ class Engine:
         except Cancelled:
             return "cancelled"
         except Exception as e:
-            log.exception("generation failed")
-            emit(Failed(f"generation failed: {type(e).__name__}: {e}"))
+            why = self.problem()
+            if why:
+                log.error("generation failed: %s", why)
+            else:
+                log.exception("generation failed")
+            emit(Failed(f"generation failed: {type(e).__name__}: {e}", why))
             return "failed"
         finally:
             if view is not None:

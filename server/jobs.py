@@ -112,7 +112,17 @@ def check_n(srv: Served, n: int, jobs: int) -> None:
         )
 
 
+def unavailable(why: str) -> APIError:
+    """A request this server cannot serve now (OpenAI's 503: retry it)."""
+    return APIError(
+        503, f"unavailable: {why}; retry later", "server_error", code="service_unavailable"
+    )
+
+
 def admit(srv: Served, jobs: int) -> None:
+    why = srv.engine.problem()
+    if why:
+        raise unavailable(why)
     try:
         srv.engine.admit(jobs)
     except QueueFull as e:
@@ -146,6 +156,8 @@ def finished(srv: Served, done: Done) -> None:
 
 
 def failed(ev: Failed) -> APIError:
+    if ev.unavailable:
+        return unavailable(ev.unavailable)
     return APIError(500, ev.message, "server_error", code="generation_failed")
 
 

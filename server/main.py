@@ -357,9 +357,7 @@ def _pipelined(args: argparse.Namespace, argv: list[str]) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPT
     finally:
-        reports = pipeline.shutdown(rank)
-        for p in procs:
-            p.join(timeout=60)
+        reports = pipeline.shutdown(rank, procs)
         if not args.quiet:
             for line in pipeline.describe(reports):
                 print(line, file=sys.stderr)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import torch
 
 from server.harness import Running, engine_for
 from testing import tiny_model
+from testing.procs import alive, descendants, free_port
 
 PROMPTS = [" ".join(tiny_model.TEXT[i : i + 1 + i % 4]) for i in range(4)]
 # Long enough for micro-batches of 32 through the stages.
@@ -37,44 +37,6 @@ LONG = " ".join(tiny_model.TEXT[:7])
 MAX_TOKENS = 24
 # `torchchat server ARGV` (the CLI hands its argv to server.main as this does).
 SERVER = "import sys; from server.main import main; sys.exit(main(sys.argv[1:]))"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def descendants(pid: int) -> set[int]:
-    """Live processes below `pid` (children, theirs, ...), from /proc."""
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(d.name))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
-
-
-def alive(pids: set[int]) -> set[int]:
-    out = set()
-    for p in pids:
-        try:
-            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.add(p)
-    return out
 
 
 class PipelineServerTest(unittest.TestCase):

@@ -61,9 +61,11 @@ class LoadOptions:
     # Pipeline parallelism (torchchat.pipeline): this many ranks, launched by
     # torchrun or pipeline.launch_local, each loading only its own stage;
     # 0 or 1: the whole model here. Prompts go through in micro-batches of
-    # at least `pipeline_microbatch` tokens.
+    # at least `pipeline_microbatch` tokens; rank 0 waits at most
+    # `pipeline_timeout_s` for an answer to a step (0: no limit).
     pipeline: int = 0
     pipeline_microbatch: int = 32
+    pipeline_timeout_s: float = 120.0
 
 
 @dataclass
@@ -203,6 +205,8 @@ def options_from_args(ns: argparse.Namespace, **overrides: Any) -> LoadOptions:
     )
     if getattr(ns, "pipeline_microbatch", None) is not None:
         fields["pipeline_microbatch"] = ns.pipeline_microbatch
+    if getattr(ns, "pipeline_timeout_s", None) is not None:
+        fields["pipeline_timeout_s"] = ns.pipeline_timeout_s
     fields.update(overrides)
     return source_options(ns, **fields)
 
@@ -214,6 +218,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from torchchat.checkpoint import CheckpointError
     from torchchat.config import ConfigError
     from torchchat.generate import ContextOverflow
+    from torchchat.pipeline import PipelineLost
     from torchchat.quantize import QuantizeError
     from torchchat.registry import RegistryError
     from torchchat.tokenizer import TokenizerError
@@ -221,6 +226,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
     return (
         UserError,
+        PipelineLost,
         ImageError,
         ArtifactError,
         CheckpointError,
@@ -557,7 +563,9 @@ def _pipeline_stage(
     model, _, info = build_model(options, ckpt, spec, dtype_name)
     stage = pipeline.StageModel(model, rank)
     info["pipeline"] = {"ranks": rank.world, "microbatch": options.pipeline_microbatch}
-    out: Any = pipeline.Pipeline(stage, options.pipeline_microbatch) if rank.first else stage
+    out: Any = stage
+    if rank.first:
+        out = pipeline.Pipeline(stage, options.pipeline_microbatch, options.pipeline_timeout_s)
     return _Built(out, None, info, tokenizer_source(ckpt), model.max_seq_length)
 
 

@@ -28,6 +28,16 @@ micro-batches the same way. The last rank answers every message with a
 status: the rows asked for, or why its stage failed, so that an error in
 one stage fails that step on rank 0 and leaves every rank in step.
 
+Rank 0 waits at most `--pipeline-timeout-s` for each answer of a step (the
+first exchange also waits for the other ranks to load). A rank that dies
+closes its sockets and fails the step at once; one that stops answering
+(hung, stopped, its host cut off) fails it when the wait runs out, and gloo
+then closes rank 0's connection to it. Either way the pipeline is lost:
+the step raises PipelineLost, every later one at once, and shutdown stops
+what it can without waiting on the lost rank (launch_local's ranks are
+killed). The other ranks keep gloo's long timeout: they wait for rank 0
+between chat turns for as long as a user types.
+
 Launch: `torchrun` (its RANK, WORLD_SIZE, MASTER_ADDR/PORT, LOCAL_WORLD_SIZE
 environment), or `launch_local`, which starts the other ranks of one host
 itself, on the loopback interface.
@@ -36,11 +46,15 @@ itself, on the loopback interface.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import multiprocessing
 import os
+import re
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -59,6 +73,9 @@ log = logging.getLogger("torchchat.pipeline")
 # also sends its table of entries; the last rank answers it with a reply
 # header, then the rows, or a stage's error message.
 _HEADER, _HIDDEN, _LOGITS, _ENTRIES, _REPLY, _MESSAGE = 1, 2, 3, 4, 5, 6
+# A rank's report to rank 0 when the pipeline stops: its length, then its
+# JSON bytes.
+_REPORT = 7
 # header = [op, tokens, start position, logits wanted, dtype]; for _SLOTS
 # [op, tokens, entries, hidden wanted, dtype]; for _OPEN_SLOTS [op, slots,
 # 0, 0, 0]; for _FAILED [op, message bytes, 0, 0, 0].
@@ -74,6 +91,13 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TIMEOUT = timedelta(days=7)
 # launch_local's ranks meet within this (each imports torch and ExecuTorch).
 _START = timedelta(seconds=300)
+# Rank 0's wait for an answer to a step: a step is one token, or one
+# micro-batch of a prompt, through every stage; raise it for a model whose
+# step takes longer.
+DEFAULT_STEP_TIMEOUT_S = 120.0
+# The first exchange's: the other ranks may still be loading their stages
+# (from another host's disk).
+_LOAD = timedelta(seconds=600)
 # The GGUF kernels run 32 or more rows of a matmul as dequantized tiles and
 # fewer (decode) with activations rounded to int8: chunks of at least 32
 # compute as the whole prompt does.
@@ -86,6 +110,24 @@ class PipelineError(UserError):
 
 class StageFailed(RuntimeError):
     """A stage raised on a step; every rank is still in step."""
+
+
+class PipelineLost(RuntimeError):
+    """A rank died or stopped answering: the pipeline cannot run another
+    step (one line for the user)."""
+
+
+def _lost(e: RuntimeError, waited: timedelta) -> str:
+    """Why the pipeline is lost, in one line, from gloo's error."""
+    text = str(e).strip()
+    if "Timed out" in text or "timeout" in text:
+        return (
+            f"pipeline rank lost: no answer within {waited.total_seconds():g} s "
+            "(--pipeline-timeout-s); a rank has stopped responding"
+        )
+    # gloo's: "[.../pair.cc:553] Connection closed by peer [addr]:port. This is ..."
+    line = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else type(e).__name__)
+    return f"pipeline rank lost: {line.split('. ')[0]}"
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -103,6 +145,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
         metavar="TOKENS",
         help="with --pipeline-parallel, send prompts through the stages in chunks of at least "
         f"this many tokens (default {DEFAULT_MICROBATCH}; 0: whole)",
+    )
+    p.add_argument(
+        "--pipeline-timeout-s",
+        type=float,
+        metavar="SECONDS",
+        help="with --pipeline-parallel, how long rank 0 waits for the other ranks' answer to a "
+        "step before it gives the pipeline up (the server answers 503, generate and chat exit "
+        f"with an error; default {DEFAULT_STEP_TIMEOUT_S:g}; 0: no limit)",
     )
 
 
@@ -371,10 +421,23 @@ class _Sends:
             self.tensors.append(t)
             self.works.append(dist.isend(t, dst, tag=tag))
 
-    def wait(self) -> None:
+    def wait(self, timeout: timedelta | None = None) -> None:
         for w in self.works:
-            w.wait()
+            if timeout is None:
+                w.wait()
+            else:
+                w.wait(timeout)
         self.works, self.tensors = [], []
+
+
+def _recv(t: torch.Tensor, src: int, tag: int, timeout: timedelta) -> None:
+    """dist.recv, waiting at most `timeout` (gloo then closes the
+    connection to `src`: the wait cannot be resumed)."""
+    import torch.distributed as dist
+
+    work = dist.irecv(t, src, tag=tag)
+    assert work is not None  # None only for a rank outside the group
+    work.wait(timeout)
 
 
 def _header(op: int, n: int, start: int, logits: bool, dtype: torch.dtype) -> torch.Tensor:
@@ -385,10 +448,22 @@ class Pipeline:
     """Rank 0's view of the whole pipeline: an LLMModel whose forward runs
     every stage and returns the last position's logits, [1, vocab]."""
 
-    def __init__(self, stage: StageModel, microbatch: int = DEFAULT_MICROBATCH):
+    def __init__(
+        self,
+        stage: StageModel,
+        microbatch: int = DEFAULT_MICROBATCH,
+        timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
+    ):
         if not stage.rank.first:
             raise ValueError("the Pipeline runs on rank 0")
+        if timeout_s < 0:
+            raise PipelineError("--pipeline-timeout-s must be 0 (no limit) or more")
         self.stage = stage
+        self.timeout = timedelta(seconds=timeout_s) if timeout_s > 0 else _TIMEOUT
+        # Whether the other ranks have answered once (they are loaded).
+        self.answered = False
+        # Why the pipeline cannot run another step (PipelineLost's message).
+        self.broken: str | None = None
         self.rank = stage.rank
         self.microbatch = microbatch
         self.max_seq_length: int = stage.model.max_seq_length
@@ -404,6 +479,28 @@ class Pipeline:
         self.slotted = False  # the stages' caches have slots (SlotPipeline)
         _OPEN.append(self)
 
+    def wait_limit(self) -> timedelta:
+        """How long to wait for the next answer."""
+        return self.timeout if self.answered else max(self.timeout, _LOAD)
+
+    @contextlib.contextmanager
+    def talking(self) -> Iterator[None]:
+        """Around an exchange with the other ranks: gloo's error (a rank
+        gone, or no answer in time) loses the pipeline, as PipelineLost."""
+        if self.broken is not None:
+            raise PipelineLost(self.broken)
+        waited = self.wait_limit()
+        try:
+            yield
+        except RuntimeError as e:
+            if isinstance(e, (PipelineLost, StageFailed)):
+                raise
+            # Said once, by whoever catches it (the server's log, the CLI's
+            # one line).
+            self.broken = _lost(e, waited)
+            self._owed = False
+            raise PipelineLost(self.broken) from None
+
     @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         if self.slotted:
@@ -413,29 +510,34 @@ class Pipeline:
         for i, (a, b) in enumerate(chunks):
             h = self.stage.run(tokens[:, a:b], input_pos[a:b]).contiguous()
             last = i == len(chunks) - 1
-            sends.add(1, _HEADER, _header(_RUN, b - a, int(input_pos[a]), last, h.dtype))
-            sends.add(1, _HIDDEN, h)
+            with self.talking():
+                sends.add(1, _HEADER, _header(_RUN, b - a, int(input_pos[a]), last, h.dtype))
+                sends.add(1, _HIDDEN, h)
             self._owed = last
-        logits = self._logits()
-        sends.wait()
+        with self.talking():
+            logits = self._logits()
+            sends.wait(self.wait_limit())
         return logits
 
     def _logits(self) -> torch.Tensor:
-        import torch.distributed as dist
-
         logits = torch.empty(1, self.vocab_size, dtype=torch.float32)
-        dist.recv(logits, self.rank.world - 1, tag=_LOGITS)
+        _recv(logits, self.rank.world - 1, _LOGITS, self.wait_limit())
         self._owed = False
+        self.answered = True
         return logits
 
     def close(self) -> list[dict[str, Any]]:
-        """Stops every rank; what each held and its peak RSS, by rank."""
+        """Stops every rank; what each held and its peak RSS, by rank (rank
+        0's alone when the pipeline is lost)."""
         _OPEN.remove(self)
         with self.lock:  # after the step in flight, if any
             self.closed = True
-            if self._owed:
-                self._logits()
-            return stop_ranks(self.rank, self.stage.report())
+            if self.broken is None:
+                with contextlib.suppress(PipelineLost), self.talking():
+                    if self._owed:
+                        self._logits()
+                    return stop_ranks(self.rank, self.stage.report(), self.wait_limit())
+            return [self.stage.report()]
 
 
 # Pipelines this process opened and has not closed (shutdown closes them).
@@ -477,21 +579,27 @@ class SlotPipeline:
         self.max_seq_length = pipe.max_seq_length
         self.vocab_size = pipe.vocab_size
         self.config = pipe.config
-        # Why the pipeline cannot serve: a rank has gone, so the ranks'
-        # messages are out of step and every later step would hang or fail.
-        self.broken: str | None = None
         with pipe.lock:
             pipe.slotted = True
             self.stage.open_slots(n_slots)
             sends = _Sends()
             try:
-                sends.add(1, _HEADER, _header(_OPEN_SLOTS, n_slots, 0, False, torch.float32))
-                _, failed = _reply(pipe.rank)
-                sends.wait()
-            except RuntimeError as e:  # gloo's: a rank that failed to load has gone
-                raise PipelineError(f"a pipeline rank has gone ({e})") from None
+                with pipe.talking():
+                    sends.add(1, _HEADER, _header(_OPEN_SLOTS, n_slots, 0, False, torch.float32))
+                    _, failed = _reply(pipe.rank, pipe.wait_limit())
+                    sends.wait(pipe.wait_limit())
+                pipe.answered = True
+            except PipelineLost as e:  # a rank that failed to load has gone
+                raise PipelineError(str(e)) from None
         if failed is not None:
             raise PipelineError(f"a pipeline rank could not open {n_slots} slots: {failed}")
+
+    @property
+    def broken(self) -> str | None:
+        """Why the pipeline cannot serve: a rank has gone or stopped
+        answering, so the ranks' messages are out of step and every later
+        step would hang or fail."""
+        return self.pipe.broken
 
     def problem(self) -> str | None:
         return self.broken
@@ -517,16 +625,10 @@ class SlotPipeline:
         with self.pipe.lock:
             if self.pipe.closed:
                 raise RuntimeError("the pipeline is closed")
-            if self.broken is not None:
-                raise RuntimeError(self.broken)
-            try:
+            # A stage's own failure is StageFailed; gloo's (a rank gone or
+            # silent) loses the pipeline.
+            with self.pipe.talking():
                 return self._exchange(pieces, hidden)
-            except StageFailed:
-                raise
-            except RuntimeError as e:  # gloo's: a peer's socket closed
-                self.broken = f"pipeline rank lost: {e}"
-                log.error("%s", self.broken)
-                raise
 
     @torch.inference_mode()
     def _exchange(self, pieces: list[Piece], hidden: bool) -> torch.Tensor:
@@ -547,35 +649,34 @@ class SlotPipeline:
             sends.add(1, _HIDDEN, h)
             sent += 1
         rows = []
+        limit = self.pipe.wait_limit()
         for _ in range(sent):  # every chunk that went out is answered
-            out, why = _reply(self.pipe.rank)
+            out, why = _reply(self.pipe.rank, limit)
             failed = failed or why
             if out is not None:
                 rows.append(out)
-        sends.wait()
+        sends.wait(limit)
         if failed is not None:
             raise StageFailed(f"pipeline stage failed: {failed}")
         width = self.stage.dim if hidden else self.vocab_size
         return torch.cat(rows) if rows else torch.empty(0, width)
 
 
-def _reply(rank: Rank) -> tuple[torch.Tensor | None, str | None]:
+def _reply(rank: Rank, timeout: timedelta) -> tuple[torch.Tensor | None, str | None]:
     """Rank 0: the last rank's answer to one message: (rows, None), or
     (None, why its stage failed)."""
-    import torch.distributed as dist
-
     head = torch.empty(3, dtype=torch.long)
     last = rank.world - 1
-    dist.recv(head, last, tag=_REPLY)
+    _recv(head, last, _REPLY, timeout)
     status, rows, cols = (int(x) for x in head)
     if status != _OK:
         msg = torch.empty(rows, dtype=torch.uint8)
-        dist.recv(msg, last, tag=_MESSAGE)
+        _recv(msg, last, _MESSAGE, timeout)
         return None, bytes(msg.tolist()).decode(errors="replace")
     if rows == 0:
         return None, None
     out = torch.empty(rows, cols, dtype=torch.float32)
-    dist.recv(out, last, tag=_LOGITS)
+    _recv(out, last, _LOGITS, timeout)
     return out, None
 
 
@@ -599,29 +700,65 @@ def _answer(out: torch.Tensor | None, failed: str | None) -> None:
         dist.send(out.contiguous(), 0, tag=_LOGITS)
 
 
-def stop_ranks(rank: Rank, report: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def stop_ranks(
+    rank: Rank, report: dict[str, Any] | None = None, timeout: timedelta = _LOAD
+) -> list[dict[str, Any]]:
     """Rank 0: tells every other rank to stop, and gathers their reports
-    (rank 0's own is `report`, None when it built nothing)."""
+    (rank 0's own is `report`, None when it built nothing), waiting at most
+    `timeout` for each."""
     import torch.distributed as dist
 
-    dist.send(_header(_STOP, 0, 0, False, torch.float32), 1, tag=_HEADER)
-    reports: list[Any] = [None] * rank.world
-    dist.gather_object(report, reports, dst=0)
+    work = dist.isend(_header(_STOP, 0, 0, False, torch.float32), 1, tag=_HEADER)
+    assert work is not None  # None only for a rank outside the group
+    work.wait(timeout)
+    reports: list[Any] = [report]
+    for r in range(1, rank.world):
+        size = torch.empty(1, dtype=torch.long)
+        _recv(size, r, _REPORT, timeout)
+        text = torch.empty(int(size), dtype=torch.uint8)
+        _recv(text, r, _REPORT, timeout)
+        reports.append(json.loads(bytes(text.tolist())))
     return reports
 
 
-def shutdown(rank: Rank) -> list[dict[str, Any]]:
+def _send_report(report: dict[str, Any]) -> None:
+    import torch.distributed as dist
+
+    text = torch.tensor(list(json.dumps(report).encode()), dtype=torch.uint8)
+    dist.send(torch.tensor([text.numel()]), 0, tag=_REPORT)
+    dist.send(text, 0, tag=_REPORT)
+
+
+def shutdown(rank: Rank, procs: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """Rank 0, at the end of a command: closes its pipeline, or stops the
     other ranks when it never opened one (an error before loading); then
-    leaves the process group. Every rank's report, by rank."""
+    leaves the process group, and ends launch_local's `procs` (at once when
+    the pipeline is lost: a rank that stopped answering would never end).
+    Every rank's report, by rank."""
+    pipe = _OPEN[0] if _OPEN else None
+    failed = False
     try:
-        return _OPEN[0].close() if _OPEN else [r for r in stop_ranks(rank) if r is not None]
+        return pipe.close() if pipe else [r for r in stop_ranks(rank) if r is not None]
     except RuntimeError:
         # A rank that failed has gone (and said why): its sockets are closed.
+        failed = True
         return []
     finally:
         _OPEN.clear()
         close_group()
+        reap(procs, 0 if failed or (pipe and pipe.broken) else 60)
+
+
+def reap(procs: Sequence[Any], grace_s: float) -> None:
+    """Joins launch_local's ranks, killing those still running after
+    `grace_s` seconds (SIGKILL: a stopped process ignores SIGTERM until it
+    is resumed)."""
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(30)
 
 
 def serve(stage: StageModel) -> None:
@@ -654,7 +791,7 @@ def serve(stage: StageModel) -> None:
         sends.wait()  # one step in flight: the next rank is busy with the last one
         sends.add(nxt, _HEADER, header)
         sends.add(nxt, _HIDDEN, out.contiguous())
-    dist.gather_object(stage.report(), None, dst=0)
+    _send_report(stage.report())
     close_group()
 
 
