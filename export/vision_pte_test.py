@@ -31,7 +31,8 @@ MAX_SEQ = 128
 STEPS = 32
 PROMPT = "Once upon a time"
 # A chat: the first image with the first turn, the second by /image with the
-# second, then a turn of text only; CHAT_STEPS each, so all three fit.
+# second, then a turn of text only, for which the context (MAX_SEQ) forgets
+# the first exchange, its image with it.
 CHAT = [("Describe it.", 0), ("What now?", 1), ("And then?", None)]
 CHAT_STEPS = 10
 CHINA = Path(importlib.util.find_spec("sklearn").origin).parent / "datasets/images/china.jpg"
@@ -84,10 +85,10 @@ class VisionPte(unittest.TestCase):
         model = load_model(ckpt, torch.float32, MAX_SEQ)
         return list(decode(Slot(model), ids, argmax, STEPS, images=vision.spans(ids, images)))
 
-    def eager_chat(self) -> tuple[list[list[int]], list[int], int]:
-        """torchchat chat --image's session: each turn's ids and prompt
-        tokens prefilled, and the most the last turn may prefill when its
-        cache keeps the first image: what comes after that image."""
+    def eager_chat(self) -> tuple[list[list[int]], list[int], list[int], int]:
+        """torchchat chat --image's session: each turn's ids, prompt tokens
+        prefilled and exchanges forgotten, and the most the second turn may
+        prefill when its cache keeps the first image: what follows it."""
         from torchchat.generate import ChatSession
 
         ckpt = load_checkpoint(self.ckpt)
@@ -97,13 +98,16 @@ class VisionPte(unittest.TestCase):
         assert template is not None
         slot = Slot(load_model(ckpt, torch.float32, MAX_SEQ))
         session = ChatSession(slot, tok, template, None, vision)
-        turns, prefilled = [], []
+        turns, prefilled, dropped, after_first_image = [], [], [], 0
         for text, image in CHAT:
             images = [read_image(self.images[image])] if image is not None else []
             reply = session.turn(text, argmax, CHAT_STEPS, images=images)
             turns.append(reply.ids)
             prefilled.append(reply.stats.num_prompt_tokens)
-        return turns, prefilled, len(slot.tokens) - min(s.end for s in slot.images)
+            dropped.append(session.dropped_last_turn)
+            if len(turns) == 2:
+                after_first_image = len(slot.tokens) - min(s.end for s in slot.images)
+        return turns, prefilled, dropped, after_first_image
 
     def et_run_chat(self, *extra: str) -> subprocess.CompletedProcess:
         args = ["runner/et/et_run", str(self.pte), "-m", "chat", "-n", str(CHAT_STEPS)]
@@ -162,7 +166,9 @@ class VisionPte(unittest.TestCase):
         self.assertNotIn("error:", r.stderr)
         self.assertIn("(image attached to the next turn: 1)", r.stderr)
         got = json.loads(ids.read_text())["turns"]
-        want, _, _ = self.eager_chat()
+        want, _, dropped, _ = self.eager_chat()
+        self.assertEqual(dropped, [0, 0, 1])
+        self.assertEqual(r.stderr.count("(forgot the oldest turn to fit the context)"), 1)
         self.assertEqual(len(got), len(CHAT))
         for turn, (g, w) in enumerate(zip(got, want)):
             with self.subTest(turn=turn):
@@ -184,11 +190,13 @@ class VisionPte(unittest.TestCase):
         want = self.et_run_chat()
         self.assertEqual(want.returncode, 0, want.stderr[-2000:])
         self.assertEqual("".join(t + "\n" for t in got["texts"]), want.stdout)
-        # Each turn prefills what eager's does (the same cache policy), and
-        # the last keeps the cached images: the same pixels at the same place.
-        _, prefilled, after_first_image = self.eager_chat()
+        # Each turn prefills what eager's does (the same cache policy, and the
+        # same exchange forgotten), and the second keeps the first image in
+        # the cache: the same pixels at the same place.
+        _, prefilled, dropped, after_first_image = self.eager_chat()
         self.assertEqual(got["prompt_tokens"][: len(CHAT)], prefilled)
-        self.assertLessEqual(got["prompt_tokens"][2], after_first_image)
+        self.assertEqual(got["dropped"], dropped)
+        self.assertLessEqual(got["prompt_tokens"][1], after_first_image)
         # A wrong size, and a message whose own marker leaves two places
         # for one image: INVALID_ARGUMENT, one line, and the chat goes on.
         self.assertEqual(got["small_status"], 1)
@@ -381,7 +389,8 @@ def c_api_chat(pte: str, image_paths: list[str]) -> dict:
     config.max_new_tokens = CHAT_STEPS
     pieces: list[bytes] = []
     cb = cb_type(lambda text, n, _: pieces.append(ctypes.string_at(text, n)) or 0)
-    out: dict = {"statuses": [], "errors": [], "texts": [], "prompt_tokens": []}
+    lib.torchchat_chat_dropped_last_turn.argtypes = [vp]
+    out: dict = {"statuses": [], "errors": [], "texts": [], "prompt_tokens": [], "dropped": []}
 
     def turn(text: str, images: list[Img]) -> tuple[int, str]:
         pieces.clear()
@@ -400,6 +409,7 @@ def c_api_chat(pte: str, image_paths: list[str]) -> dict:
         out["statuses"].append(status)
         out["errors"].append(error)
         out["texts"].append(b"".join(pieces).decode())
+        out["dropped"].append(lib.torchchat_chat_dropped_last_turn(chat))
     out["small_status"], out["small_error"] = turn("Hi", [Img(bytes(8 * 8 * 3), 8, 8)])
     one = [Img(pixels[0], IMAGE_SIZE, IMAGE_SIZE)]
     out["places_status"], out["places_error"] = turn("<start_of_image> Hi", one)
