@@ -197,12 +197,13 @@ class VisionPte(unittest.TestCase):
         self.assertEqual(got["prompt_tokens"][: len(CHAT)], prefilled)
         self.assertEqual(got["dropped"], dropped)
         self.assertLessEqual(got["prompt_tokens"][1], after_first_image)
-        # A wrong size, and a message whose own marker leaves two places
-        # for one image: INVALID_ARGUMENT, one line, and the chat goes on.
+        # A wrong size, and a message whose own marker leaves one place
+        # more than images: INVALID_ARGUMENT, one line, and the chat goes on.
         self.assertEqual(got["small_status"], 1)
         self.assertIn("8x8; this model takes 32x32", got["small_error"])
         self.assertEqual(got["places_status"], 1)
-        self.assertIn("places for 2 images, given 1", got["places_error"])
+        # (the conversation keeps the second turn's image: 3 places for 2)
+        self.assertIn("places for 3 images, given 2", got["places_error"])
         self.assertEqual(got["after_status"], 0)
 
     def test_c_api_equals_et_run(self):
