@@ -83,6 +83,10 @@ class CappedModel : public LLMModel {
   Result<const float*> Forward(const std::vector<int64_t>& tokens, int64_t start_pos) override {
     return inner_->Forward(tokens, start_pos);
   }
+  Result<const float*> ForwardImage(const std::vector<uint8_t>& pixels,
+                                    int64_t start_pos) override {
+    return inner_->ForwardImage(pixels, start_pos);
+  }
 
  private:
   std::unique_ptr<LLMModel> inner_;
@@ -189,12 +193,14 @@ torchchat_status GenerationFailed(const char* function, Failure failure,
 // the config, run `step` with the streaming sink, and turn a failure into a
 // status. A step can fail before it reaches the loop (a chat template); the
 // loop's failure kind is then an earlier call's, so it counts only when the
-// loop started (inference_start_ms is set).
+// loop started (inference_start_ms is set). A chat's session knows why its
+// turn failed, the loop's reason included.
 template <typename Step>
 torchchat_status RunGeneration(const char* fn, RunnerState& state, const char* text_name,
                                const char* text, const torchchat_generation_config* config,
                                torchchat_text_callback callback, void* user_data,
-                               torchchat_stats* stats, Step step) {
+                               torchchat_stats* stats, Step step,
+                               const ChatSession* session = nullptr) {
   if (auto s = CheckText(fn, text_name, text); s != TORCHCHAT_OK) return s;
   GenerationConfig gen;
   if (auto s = Configure(fn, config, state.runner.get(), &gen); s != TORCHCHAT_OK) return s;
@@ -203,12 +209,34 @@ torchchat_status RunGeneration(const char* fn, RunnerState& state, const char* t
     const Result<void> done = step(gen, TextSink(state.runner.get(), callback, user_data), &s);
     if (!done.ok()) {
       const bool ran = s.inference_start_ms != 0;
-      return GenerationFailed(fn, ran ? state.runner->last_failure() : Failure::kModel,
-                              done.error());
+      const Failure why = session != nullptr ? session->last_failure()
+                          : ran              ? state.runner->last_failure()
+                                             : Failure::kModel;
+      return GenerationFailed(fn, why, done.error());
     }
     ExportStats(s, state, stats);
     return Ok();
   });
+}
+
+// The caller's images as RgbImages; the pixels are copied, so they need
+// live only during the call.
+torchchat_status ToRgb(const char* fn, const torchchat_image* images, size_t n_images,
+                       std::vector<RgbImage>* out) {
+  if (images == nullptr && n_images != 0) return NullArgument(fn, "images");
+  out->resize(n_images);
+  for (size_t i = 0; i < n_images; ++i) {
+    const torchchat_image& im = images[i];
+    if (im.rgb == nullptr || im.width <= 0 || im.height <= 0) {
+      return Fail(
+          TORCHCHAT_ERROR_INVALID_ARGUMENT,
+          std::string(fn) + ": image " + std::to_string(i + 1) + " has no pixels or no size");
+    }
+    (*out)[i].width = im.width;
+    (*out)[i].height = im.height;
+    (*out)[i].rgb.assign(im.rgb, im.rgb + static_cast<size_t>(im.width) * im.height * 3);
+  }
+  return TORCHCHAT_OK;
 }
 
 torchchat_status CopyText(const std::string& text, char* buf, size_t cap, size_t* len) {
@@ -450,23 +478,12 @@ torchchat_status torchchat_generate_with_images(torchchat_runner* runner, const 
                                                 torchchat_stats* stats) {
   constexpr const char* kFn = "torchchat_generate_with_images";
   if (runner == nullptr) return NullArgument(kFn, "runner");
-  if (images == nullptr && n_images != 0) return NullArgument(kFn, "images");
   if (auto s = CheckText(kFn, "prompt", prompt); s != TORCHCHAT_OK) return s;
   RunnerState& state = *runner->state;
   torchchat::ImagePrompt built;
   const torchchat_status checked = Guard(kFn, [&]() -> torchchat_status {
-    std::vector<torchchat::RgbImage> rgb(n_images);
-    for (size_t i = 0; i < n_images; ++i) {
-      const torchchat_image& im = images[i];
-      if (im.rgb == nullptr || im.width <= 0 || im.height <= 0) {
-        return Fail(
-            TORCHCHAT_ERROR_INVALID_ARGUMENT,
-            std::string(kFn) + ": image " + std::to_string(i + 1) + " has no pixels or no size");
-      }
-      rgb[i].width = im.width;
-      rgb[i].height = im.height;
-      rgb[i].rgb.assign(im.rgb, im.rgb + static_cast<size_t>(im.width) * im.height * 3);
-    }
+    std::vector<torchchat::RgbImage> rgb;
+    if (auto s = torchchat::c_api::ToRgb(kFn, images, n_images, &rgb); s != TORCHCHAT_OK) return s;
     auto got = torchchat::BuildImagePrompt(prompt, rgb, {}, *state.tokenizer,
                                            state.model->metadata().vision, "this program");
     if (!got.ok())
@@ -541,7 +558,30 @@ torchchat_status torchchat_chat_turn(torchchat_chat* chat, const char* user_text
         auto reply = chat->session->Turn(user_text, gen, sink, s);
         if (!reply.ok()) return tokenizers::MakeError(reply.error());
         return {};
-      });
+      },
+      &*chat->session);
+}
+
+torchchat_status torchchat_chat_turn_with_images(torchchat_chat* chat, const char* user_text,
+                                                 const torchchat_image* images, size_t n_images,
+                                                 const torchchat_generation_config* config,
+                                                 torchchat_text_callback callback, void* user_data,
+                                                 torchchat_stats* stats) {
+  constexpr const char* kFn = "torchchat_chat_turn_with_images";
+  if (chat == nullptr) return NullArgument(kFn, "chat");
+  std::vector<torchchat::RgbImage> rgb;
+  const torchchat_status checked =
+      Guard(kFn, [&]() { return torchchat::c_api::ToRgb(kFn, images, n_images, &rgb); });
+  if (checked != TORCHCHAT_OK) return checked;
+  return torchchat::c_api::RunGeneration(
+      kFn, *chat->state, "user_text", user_text, config, callback, user_data, stats,
+      [&](const torchchat::GenerationConfig& gen, const auto& sink,
+          torchchat::Stats* s) -> tokenizers::Result<void> {
+        auto reply = chat->session->Turn(user_text, gen, sink, s, rgb);
+        if (!reply.ok()) return tokenizers::MakeError(reply.error());
+        return {};
+      },
+      &*chat->session);
 }
 
 torchchat_status torchchat_chat_reset(torchchat_chat* chat) {

@@ -74,6 +74,10 @@ class Stats(ctypes.Structure):
     ]
 
 
+class Image(ctypes.Structure):
+    _fields_ = [("rgb", ctypes.c_char_p), ("width", ctypes.c_int32), ("height", ctypes.c_int32)]
+
+
 def load(path):
     # RTLD_GLOBAL: a 4-bit .pt2 resolves the q4 shim in this library by name.
     lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
@@ -112,6 +116,19 @@ def load(path):
         "torchchat_chat_turn": (
             ctypes.c_int,
             [p, ctypes.c_char_p, ctypes.POINTER(Config), CALLBACK, p, ctypes.POINTER(Stats)],
+        ),
+        "torchchat_chat_turn_with_images": (
+            ctypes.c_int,
+            [
+                p,
+                ctypes.c_char_p,
+                p,
+                ctypes.c_size_t,
+                ctypes.POINTER(Config),
+                CALLBACK,
+                p,
+                ctypes.POINTER(Stats),
+            ],
         ),
         "torchchat_chat_free": (None, [p]),
         "torchchat_tokenizer_encode": (
@@ -184,7 +201,7 @@ class LibraryTest(unittest.TestCase):
         if self.aoti:
             want |= AOTI_SHIM
         self.assertEqual(exported(LIB), want)
-        self.assertEqual(self.lib.torchchat_api_version(), 1002)
+        self.assertEqual(self.lib.torchchat_api_version(), 1003)
 
     def test_generate_equals_the_runner(self):
         h = self.runner()
@@ -251,6 +268,17 @@ class LibraryTest(unittest.TestCase):
         first = f"user: hi\nassistant: {replies[0]}\n".encode()
         self.lib.torchchat_tokenizer_encode(tok, first, len(first), 0, None, 0, ctypes.byref(n))
         self.assertLess(prompt_tokens[1], prompt_tokens[0] + n.value)
+        # An image for a text-only program: one line, and the chat goes on.
+        img = Image(bytes(3), 1, 1)
+        status = self.lib.torchchat_chat_turn_with_images(
+            chat, b"look", ctypes.byref(img), 1, None, NO_CALLBACK, None, None
+        )
+        self.assertEqual(status, INVALID)
+        self.assertIn(b"has no vision encoder", self.lib.torchchat_last_error())
+        status = self.lib.torchchat_chat_turn_with_images(
+            chat, b"and then?", None, 0, ctypes.byref(self.config(6)), NO_CALLBACK, None, None
+        )
+        self.assertEqual(status, OK, self.lib.torchchat_last_error())
 
     def test_tokenizer_round_trip(self):
         h = self.runner()

@@ -49,7 +49,7 @@ extern "C" {
 
 /* The API version: MAJOR changes break source or binary compatibility. */
 #define TORCHCHAT_API_VERSION_MAJOR 1
-#define TORCHCHAT_API_VERSION_MINOR 2
+#define TORCHCHAT_API_VERSION_MINOR 3
 #define TORCHCHAT_API_VERSION (TORCHCHAT_API_VERSION_MAJOR * 1000 + TORCHCHAT_API_VERSION_MINOR)
 
 #if defined(__GNUC__)
@@ -233,7 +233,8 @@ TORCHCHAT_EXPORT int64_t torchchat_runner_image_size(const torchchat_runner* run
 /* torchchat_generate with images, as `et_run --image` runs them: each
  * image's soft tokens go where the prompt writes the model's begin-of-image
  * marker (e.g. "<start_of_image>"), one per image, or all before the text
- * when it writes none. The KV cache is reused only before the first image.
+ * when it writes none. The KV cache is reused as for text, an image
+ * counting as cached only where the same pixels sat at the same place.
  * An image of the wrong size, a marker count that differs from n_images,
  * or a program without a vision encoder is
  * TORCHCHAT_ERROR_INVALID_ARGUMENT. */
@@ -264,6 +265,20 @@ TORCHCHAT_EXPORT torchchat_status torchchat_chat_turn(torchchat_chat* chat, cons
                                                       const torchchat_generation_config* config,
                                                       torchchat_text_callback callback,
                                                       void* user_data, torchchat_stats* stats);
+
+/* torchchat_chat_turn with images (since 1.3): they go with this user
+ * message, before its text, as content parts ({"type": "image"}) that the
+ * chat template places (Gemma 3's writes "<start_of_image>"), each expanded
+ * to the image's soft tokens, as torchchat's Python chat does. The
+ * conversation keeps them: later turns send them again and reuse their KV
+ * cache. An image of the wrong size, a program without a vision encoder,
+ * or a message whose own markers leave the images' places wrong is
+ * TORCHCHAT_ERROR_INVALID_ARGUMENT, and the conversation is left as it
+ * was. n_images 0 is torchchat_chat_turn. */
+TORCHCHAT_EXPORT torchchat_status torchchat_chat_turn_with_images(
+    torchchat_chat* chat, const char* user_text, const torchchat_image* images, size_t n_images,
+    const torchchat_generation_config* config, torchchat_text_callback callback, void* user_data,
+    torchchat_stats* stats);
 
 /* Back to only the system prompt. */
 TORCHCHAT_EXPORT torchchat_status torchchat_chat_reset(torchchat_chat* chat);

@@ -47,61 +47,109 @@ ChatSession::ChatSession(TextLLMRunner* runner, const tokenizers::Tokenizer* tok
 
 void ChatSession::Reset() {
   messages_.clear();
-  if (!system_prompt_.empty()) messages_.push_back({"system", system_prompt_});
+  pixels_.clear();
+  if (!system_prompt_.empty()) {
+    messages_.push_back({"system", system_prompt_});
+    pixels_.emplace_back();
+  }
   dropped_ = 0;
 }
 
-Result<std::vector<int64_t>> ChatSession::Render() const {
+void ChatSession::Drop(size_t first, size_t n) {
+  messages_.erase(messages_.begin() + first, messages_.begin() + first + n);
+  pixels_.erase(pixels_.begin() + first, pixels_.begin() + first + n);
+}
+
+Result<ChatSession::Rendered> ChatSession::Render(Failure* why) const {
+  *why = Failure::kModel;
   auto text = template_.Render(messages_, /*add_generation_prompt=*/true, bos_, eos_);
   if (!text.ok()) return MakeError("chat template: " + text.error());
+  const VisionMetadata& vision = runner_->metadata().vision;
+  if (vision.image_size > 0) {
+    text = ExpandMarkers(*text, *tokenizer_, vision);
+    if (!text.ok()) return MakeError(text.error());
+  }
   // The template writes bos_token itself where it wants one.
   auto ids = tokenizer_->Encode(*text, /*bos=*/false);
   if (!ids.ok()) return MakeError("cannot encode the conversation: " + ids.error());
-  return std::vector<int64_t>(ids->begin(), ids->end());
+  Rendered out;
+  out.ids.assign(ids->begin(), ids->end());
+  if (vision.image_size > 0) {
+    std::vector<std::vector<uint8_t>> all;
+    for (const auto& m : pixels_) all.insert(all.end(), m.begin(), m.end());
+    auto placed = PlaceImages(out.ids, all, vision);
+    *why = Failure::kInput;
+    if (!placed.ok()) return MakeError("the chat template's image places: " + placed.error());
+    out.images = std::move(*placed);
+  }
+  return out;
 }
 
 Result<std::string> ChatSession::Turn(const std::string& user_text, const GenerationConfig& config,
                                       const std::function<void(const std::string&)>& on_text,
-                                      Stats* stats) {
+                                      Stats* stats, const std::vector<RgbImage>& images,
+                                      const std::vector<std::string>& names) {
+  failure_ = Failure::kInput;
   if (const size_t bad = tokenizers::FindInvalidUtf8(user_text); bad != std::string::npos) {
     return MakeError("the message is not valid UTF-8 (byte " + std::to_string(bad) + ")");
   }
+  std::vector<std::vector<uint8_t>> pixels;
+  if (!images.empty()) {
+    const VisionMetadata& vision = runner_->metadata().vision;
+    if (auto ok = CheckVision(vision, "this program"); !ok.ok()) return MakeError(ok.error());
+    for (size_t i = 0; i < images.size(); ++i) {
+      const std::string name = i < names.size() ? names[i] : "image " + std::to_string(i + 1);
+      auto p = ImagePixels(images[i], vision, name);
+      if (!p.ok()) return MakeError(p.error());
+      pixels.push_back(std::move(*p));
+    }
+  }
   const std::vector<ChatMessage> before = messages_;
-  messages_.push_back({"user", user_text});
+  const auto pixels_before = pixels_;
+  auto restore = [&] {
+    messages_ = before;
+    pixels_ = pixels_before;
+  };
+  messages_.push_back({"user", user_text, static_cast<int64_t>(images.size())});
+  pixels_.push_back(std::move(pixels));
   dropped_ = 0;
   const size_t first_turn = system_prompt_.empty() ? 0 : 1;
   const int64_t room = runner_->max_seq_len() - std::min(config.max_new_tokens, kChatAnswerReserve);
-  auto ids = Render();
-  while (ids.ok() && static_cast<int64_t>(ids->size()) > room &&
+  auto rendered = Render(&failure_);
+  while (rendered.ok() && static_cast<int64_t>(rendered->ids.size()) > room &&
          messages_.size() > first_turn + 1) {
     // An exchange is a user turn and its reply; the oldest goes first.
-    const size_t drop = messages_.size() - first_turn >= 3 ? 2 : 1;
-    messages_.erase(messages_.begin() + first_turn, messages_.begin() + first_turn + drop);
+    Drop(first_turn, messages_.size() - first_turn >= 3 ? 2 : 1);
     ++dropped_;
-    ids = Render();
+    rendered = Render(&failure_);
   }
-  if (!ids.ok()) {
-    messages_ = before;
-    return MakeError(ids.error());
+  if (!rendered.ok()) {
+    restore();
+    return MakeError(rendered.error());
   }
+  const std::vector<int64_t>& ids = rendered->ids;
   GenerationConfig turn = config;
   turn.bos = false;
   turn.max_new_tokens = std::max<int64_t>(
       1,
-      std::min(config.max_new_tokens, runner_->max_seq_len() - static_cast<int64_t>(ids->size())));
+      std::min(config.max_new_tokens, runner_->max_seq_len() - static_cast<int64_t>(ids.size())));
   std::string reply;
   auto out = runner_->GenerateFromIds(
-      *ids, turn,
+      ids, turn,
       [&](const std::string& piece) {
         reply += piece;
         on_text(piece);
       },
-      stats);
+      stats, rendered->images);
   if (!out.ok()) {
-    messages_ = before;
+    failure_ = runner_->last_failure();
+    restore();
     return MakeError(out.error());
   }
+  failure_ = Failure::kNone;
+  generated_ = std::move(*out);
   messages_.push_back({"assistant", reply});
+  pixels_.emplace_back();
   return reply;
 }
 

@@ -14,6 +14,12 @@
 //    so that turn is prefilled from the system prompt on.
 //  - A question that does not fit even alone is an error, and the
 //    conversation is left as it was.
+//  - Images (a program with a vision encoder) go with a user turn, before
+//    its text, as content parts the template places; each marker the
+//    template writes is expanded to the image's soft tokens, as
+//    torchchat.generate.ChatSession does. Every turn sends the earlier
+//    turns' images again; the runner keeps their cache, since they are the
+//    same pixels at the same place.
 #ifndef RUNNER_COMMON_CHAT_SESSION_H_
 #define RUNNER_COMMON_CHAT_SESSION_H_
 
@@ -23,6 +29,7 @@
 #include <vector>
 
 #include "runner/common/chat_template.h"
+#include "runner/common/image.h"
 #include "runner/common/stats.h"
 #include "runner/common/text_llm_runner.h"
 #include "tokenizers/tokenizer.h"
@@ -41,9 +48,19 @@ class ChatSession {
                                     const std::string& system_prompt = "");
 
   // One exchange: returns the reply's text (also streamed to on_text).
+  // `images` go with the question; `names` name them in errors.
   Result<std::string> Turn(const std::string& user_text, const GenerationConfig& config,
-                           const std::function<void(const std::string&)>& on_text, Stats* stats);
+                           const std::function<void(const std::string&)>& on_text, Stats* stats,
+                           const std::vector<RgbImage>& images = {},
+                           const std::vector<std::string>& names = {});
 
+  // The ids the last successful Turn sampled, a final stop id included.
+  const std::vector<int64_t>& last_generated() const { return generated_; }
+
+  // Why the last Turn failed: kInput for the caller's message or images
+  // (an image of the wrong size, images the template has no place for),
+  // kModel for the chat template, else the loop's reason.
+  Failure last_failure() const { return failure_; }
   // Exchanges dropped by the last Turn to fit the context.
   int dropped_last_turn() const { return dropped_; }
   const std::vector<ChatMessage>& messages() const { return messages_; }
@@ -54,7 +71,13 @@ class ChatSession {
  private:
   ChatSession(TextLLMRunner* runner, const tokenizers::Tokenizer* tokenizer, ChatTemplate tmpl,
               std::string system_prompt);
-  Result<std::vector<int64_t>> Render() const;
+  struct Rendered {
+    std::vector<int64_t> ids;
+    std::vector<PromptImage> images;
+  };
+  // On failure `why` says whose it is (last_failure()).
+  Result<Rendered> Render(Failure* why) const;
+  void Drop(size_t first, size_t n);
 
   TextLLMRunner* runner_;
   const tokenizers::Tokenizer* tokenizer_;
@@ -62,6 +85,10 @@ class ChatSession {
   std::string bos_, eos_;
   std::string system_prompt_;
   std::vector<ChatMessage> messages_;
+  // Each message's images' pixels (ImagePixels), in order.
+  std::vector<std::vector<std::vector<uint8_t>>> pixels_;
+  std::vector<int64_t> generated_;
+  Failure failure_ = Failure::kNone;
   int dropped_ = 0;
 };
 

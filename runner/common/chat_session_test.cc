@@ -57,6 +57,21 @@ TEST_F(ChatSessionTest, LaterTurnsPrefillOnlyTheNewTurn) {
   EXPECT_EQ(session->dropped_last_turn(), 0);
 }
 
+TEST_F(ChatSessionTest, ImagesForAProgramWithoutAVisionEncoderAreTheCallersError) {
+  ScriptedModel model({kA}, 64, 64);
+  TextLLMRunner runner(&model, tokenizer_.get(), Greedy());
+  auto session = ChatSession::Create(&runner, tokenizer_.get(), kTemplate);
+  ASSERT_TRUE(session.ok()) << session.error();
+  Stats stats;
+  RgbImage image{1, 1, {0, 0, 0}};
+  auto reply = session->Turn("ab", {}, Ignore, &stats, {image}, {"x.ppm"});
+  ASSERT_FALSE(reply.ok());
+  EXPECT_NE(reply.error().find("has no vision encoder"), std::string::npos) << reply.error();
+  EXPECT_EQ(session->last_failure(), Failure::kInput);
+  EXPECT_TRUE(session->messages().empty());
+  EXPECT_TRUE(model.calls.empty());
+}
+
 TEST_F(ChatSessionTest, OldTurnsAreDroppedWhenTheContextFills) {
   ScriptedModel model({kA}, 40, 40);
   TextLLMRunner runner(&model, tokenizer_.get(), Greedy());

@@ -143,7 +143,21 @@ tokenizers::Result<std::string> ChatTemplate::Render(const std::vector<ChatMessa
     for (const auto& m : messages) {
       Value d = Value::Dict();
       d.dict->items.emplace_back(Value::Str("role"), Value::Str(m.role));
-      d.dict->items.emplace_back(Value::Str("content"), Value::Str(m.content));
+      Value content = Value::Str(m.content);
+      if (m.images > 0) {
+        std::vector<Value> parts;
+        for (int64_t i = 0; i < m.images; ++i) {
+          Value part = Value::Dict();
+          part.dict->items.emplace_back(Value::Str("type"), Value::Str("image"));
+          parts.push_back(std::move(part));
+        }
+        Value text = Value::Dict();
+        text.dict->items.emplace_back(Value::Str("type"), Value::Str("text"));
+        text.dict->items.emplace_back(Value::Str("text"), Value::Str(m.content));
+        parts.push_back(std::move(text));
+        content = Value::List(std::move(parts));
+      }
+      d.dict->items.emplace_back(Value::Str("content"), std::move(content));
       msgs.push_back(std::move(d));
     }
     ctx->vars["messages"] = Value::List(std::move(msgs));

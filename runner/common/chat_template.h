@@ -29,6 +29,11 @@ namespace torchchat {
 struct ChatMessage {
   std::string role;
   std::string content;
+  // Image parts before the text: the template then sees content as a list,
+  // [{"type": "image"}, ..., {"type": "text", "text": content}], as
+  // torchchat's Python chat and the OpenAI API give it, and writes each
+  // image's marker where the model's template places it.
+  int64_t images = 0;
 };
 
 struct ChatTemplateOptions {
@@ -51,7 +56,8 @@ class ChatTemplate {
   static tokenizers::Result<ChatTemplate> Parse(const std::string& source,
                                                 const ChatTemplateOptions& options = {});
 
-  // The template sees messages (a list of {role, content}),
+  // The template sees messages (a list of {role, content}; content is a
+  // list of parts for a message with images),
   // add_generation_prompt, bos_token, eos_token, and tools = documents = none
   // as transformers passes them. A raise_exception("...") in the template
   // gives an error whose message is exactly its argument.

@@ -109,24 +109,40 @@ Result<std::vector<uint8_t>> ImagePixels(const RgbImage& image, const VisionMeta
   return chw;
 }
 
-Result<std::string> ExpandImages(const std::string& prompt, size_t n_images,
-                                 const tokenizers::Tokenizer& tokenizer, const VisionMetadata& v) {
+Result<void> CheckVision(const VisionMetadata& v, const std::string& model) {
+  if (v.image_size <= 0) {
+    return MakeError(model +
+                     " has no vision encoder: images need a .pte exported from a checkpoint "
+                     "with a vision tower (a .pt2 has none; runner/README.md)");
+  }
+  return {};
+}
+
+Result<std::string> WithMarkers(const std::string& prompt, size_t n_images,
+                                const tokenizers::Tokenizer& tokenizer, const VisionMetadata& v) {
+  auto boi = TokenText(tokenizer, v.boi_id, "begin-of-image");
+  if (!boi.ok()) return MakeError(boi.error());
+  const size_t have = Count(prompt, *boi);
+  if (have == 0) {
+    std::string markers;
+    for (size_t i = 0; i < n_images; ++i) markers += *boi;
+    return markers + prompt;
+  }
+  if (have != n_images) {
+    return MakeError("the prompt has " + std::to_string(have) + " image markers (" + *boi +
+                     ") for " + std::to_string(n_images) + " images");
+  }
+  return prompt;
+}
+
+Result<std::string> ExpandMarkers(const std::string& text, const tokenizers::Tokenizer& tokenizer,
+                                  const VisionMetadata& v) {
   auto boi = TokenText(tokenizer, v.boi_id, "begin-of-image");
   if (!boi.ok()) return MakeError(boi.error());
   auto eoi = TokenText(tokenizer, v.eoi_id, "end-of-image");
   if (!eoi.ok()) return MakeError(eoi.error());
   auto soft = TokenText(tokenizer, v.image_id, "image soft");
   if (!soft.ok()) return MakeError(soft.error());
-  std::string text = prompt;
-  const size_t have = Count(text, *boi);
-  if (have == 0) {
-    std::string markers;
-    for (size_t i = 0; i < n_images; ++i) markers += *boi;
-    text = markers + text;
-  } else if (have != n_images) {
-    return MakeError("the prompt has " + std::to_string(have) + " image markers (" + *boi +
-                     ") for " + std::to_string(n_images) + " images");
-  }
   std::string full = "\n\n" + *boi;
   for (int64_t i = 0; i < v.image_tokens; ++i) full += *soft;
   full += *eoi + "\n\n";
@@ -161,34 +177,43 @@ Result<std::vector<int64_t>> ImageRuns(const std::vector<int64_t>& ids, const Vi
   return starts;
 }
 
+Result<std::vector<PromptImage>> PlaceImages(const std::vector<int64_t>& ids,
+                                             const std::vector<std::vector<uint8_t>>& pixels,
+                                             const VisionMetadata& v) {
+  auto starts = ImageRuns(ids, v);
+  if (!starts.ok()) return MakeError(starts.error());
+  if (starts->size() != pixels.size()) {
+    return MakeError("the prompt has places for " + std::to_string(starts->size()) +
+                     " images, given " + std::to_string(pixels.size()));
+  }
+  std::vector<PromptImage> out;
+  for (size_t i = 0; i < pixels.size(); ++i) out.push_back({(*starts)[i], pixels[i]});
+  return out;
+}
+
 Result<ImagePrompt> BuildImagePrompt(const std::string& prompt, const std::vector<RgbImage>& images,
                                      const std::vector<std::string>& names,
                                      const tokenizers::Tokenizer& tokenizer,
                                      const VisionMetadata& v, const std::string& model) {
-  if (v.image_size <= 0) {
-    return MakeError(model +
-                     " has no vision encoder: images need a .pte exported from a checkpoint "
-                     "with a vision tower (a .pt2 has none; runner/README.md)");
-  }
-  ImagePrompt out;
+  if (auto ok = CheckVision(v, model); !ok.ok()) return MakeError(ok.error());
+  std::vector<std::vector<uint8_t>> pixels;
   for (size_t i = 0; i < images.size(); ++i) {
     const std::string name = i < names.size() ? names[i] : "image " + std::to_string(i + 1);
-    auto pixels = ImagePixels(images[i], v, name);
-    if (!pixels.ok()) return MakeError(pixels.error());
-    out.images.push_back({0, std::move(*pixels)});
+    auto p = ImagePixels(images[i], v, name);
+    if (!p.ok()) return MakeError(p.error());
+    pixels.push_back(std::move(*p));
   }
-  auto text = ExpandImages(prompt, images.size(), tokenizer, v);
+  auto marked = WithMarkers(prompt, images.size(), tokenizer, v);
+  if (!marked.ok()) return MakeError(marked.error());
+  auto text = ExpandMarkers(*marked, tokenizer, v);
   if (!text.ok()) return MakeError(text.error());
   auto encoded = tokenizer.Encode(*text, tokenizer.add_bos());
   if (!encoded.ok()) return MakeError("cannot encode the prompt: " + encoded.error());
+  ImagePrompt out;
   out.ids.assign(encoded->begin(), encoded->end());
-  auto starts = ImageRuns(out.ids, v);
-  if (!starts.ok()) return MakeError(starts.error());
-  if (starts->size() != images.size()) {
-    return MakeError("the prompt has places for " + std::to_string(starts->size()) +
-                     " images, given " + std::to_string(images.size()));
-  }
-  for (size_t i = 0; i < images.size(); ++i) out.images[i].start = (*starts)[i];
+  auto placed = PlaceImages(out.ids, pixels, v);
+  if (!placed.ok()) return MakeError(placed.error());
+  out.images = std::move(*placed);
   return out;
 }
 

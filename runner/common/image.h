@@ -34,15 +34,28 @@ Result<RgbImage> ReadPpm(const std::string& path);
 Result<std::vector<uint8_t>> ImagePixels(const RgbImage& image, const VisionMetadata& v,
                                          const std::string& name);
 
-// A plain prompt with a begin-of-image marker per image (where the prompt
-// writes them, else all before its text), each marker expanded to the
-// image's soft tokens as Gemma 3's processor expands it.
-Result<std::string> ExpandImages(const std::string& prompt, size_t n_images,
-                                 const tokenizers::Tokenizer& tokenizer, const VisionMetadata& v);
+// Refuses a program without a vision encoder; `model` names it.
+Result<void> CheckVision(const VisionMetadata& v, const std::string& model);
+
+// A plain prompt with a begin-of-image marker per image: where the prompt
+// writes them (as many as there are images), else all before its text.
+Result<std::string> WithMarkers(const std::string& prompt, size_t n_images,
+                                const tokenizers::Tokenizer& tokenizer, const VisionMetadata& v);
+
+// Each begin-of-image marker in `text` (a plain prompt, or a rendered chat)
+// expanded to the image's soft tokens, as Gemma 3's processor expands it.
+Result<std::string> ExpandMarkers(const std::string& text, const tokenizers::Tokenizer& tokenizer,
+                                  const VisionMetadata& v);
 
 // The start of each run of soft tokens in `ids`; each run must be exactly
 // image_tokens long.
 Result<std::vector<int64_t>> ImageRuns(const std::vector<int64_t>& ids, const VisionMetadata& v);
+
+// The prompt's images: `pixels` (ImagePixels, in order) at its soft-token
+// runs, one each; a count that differs is an error.
+Result<std::vector<PromptImage>> PlaceImages(const std::vector<int64_t>& ids,
+                                             const std::vector<std::vector<uint8_t>>& pixels,
+                                             const VisionMetadata& v);
 
 // A plain prompt (no chat template; bos where the tokenizer says) with
 // `images` in it, as et_run --image and the C API run it: the ids and each

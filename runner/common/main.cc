@@ -52,12 +52,34 @@ void PrintText(const std::string& text) {
   std::fflush(stdout);
 }
 
-// Multi-turn chat on stdin; ChatSession holds the policy.
+// An image for a chat turn: a PPM at the tower's size.
+Result<RgbImage> ReadChatImage(const std::string& path, const VisionMetadata& v) {
+  auto img = ReadPpm(path);
+  if (!img.ok()) return img;
+  if (auto px = ImagePixels(*img, v, path); !px.ok()) return tokenizers::MakeError(px.error());
+  return img;
+}
+
+// Multi-turn chat on stdin; ChatSession holds the policy. Images (--image,
+// then each "/image PATH" line) go with the next turn, as in torchchat chat.
 int Chat(const std::string& program, const RunnerOptions& o, const tokenizers::Tokenizer& tokenizer,
          TextLLMRunner& runner, const GenerationConfig& config, Stats* stats) {
   auto session =
       ChatSession::Create(&runner, &tokenizer, tokenizer.chat_template(), o.system_prompt);
   if (!session.ok()) return Fail(program, session.error());
+  const VisionMetadata& vision = runner.metadata().vision;
+  std::vector<RgbImage> attached;
+  std::vector<std::string> names;
+  if (!o.images.empty()) {
+    if (auto ok = CheckVision(vision, o.model_path); !ok.ok()) return Fail(program, ok.error());
+  }
+  for (const std::string& path : o.images) {
+    auto img = ReadChatImage(path, vision);
+    if (!img.ok()) return Fail(program, img.error());
+    attached.push_back(std::move(*img));
+    names.push_back(path);
+  }
+  std::vector<std::vector<int64_t>> turns;
   std::string first = o.prompt;
   while (true) {
     std::string line;
@@ -69,17 +91,43 @@ int Chat(const std::string& program, const RunnerOptions& o, const tokenizers::T
     }
     if (line == "/exit" || line == "/quit") break;
     if (line.empty()) continue;
-    auto reply = session->Turn(line, config, PrintText, stats);
+    if (line == "/image" || line.rfind("/image ", 0) == 0) {
+      const size_t at = line.find_first_not_of(' ', 6);
+      const std::string path = at == std::string::npos ? "" : UserPath(line.substr(at));
+      Result<RgbImage> img = tokenizers::MakeError("/image needs a PATH");
+      if (auto ok = CheckVision(vision, o.model_path); !ok.ok()) {
+        img = tokenizers::MakeError("/image: " + ok.error());
+      } else if (!path.empty()) {
+        img = ReadChatImage(path, vision);
+      }
+      if (!img.ok()) {
+        std::fprintf(stderr, "%s: error: %s\n", program.c_str(), img.error().c_str());
+        continue;
+      }
+      attached.push_back(std::move(*img));
+      names.push_back(path);
+      std::fprintf(stderr, "(image attached to the next turn: %zu)\n", attached.size());
+      continue;
+    }
+    auto reply = session->Turn(line, config, PrintText, stats, attached, names);
     std::fputc('\n', stdout);
     if (!reply.ok()) {
       // The conversation is as it was before the line: say why, go on.
       std::fprintf(stderr, "%s: error: %s\n", program.c_str(), reply.error().c_str());
       continue;
     }
+    attached.clear();
+    names.clear();
+    turns.push_back(session->last_generated());
     for (int i = 0; i < session->dropped_last_turn(); ++i) {
       std::fprintf(stderr, "(forgot the oldest turn to fit the context)\n");
     }
     std::fprintf(stderr, "%s\n", stats->Summary().c_str());
+  }
+  if (!o.ids_json.empty()) {
+    std::string json = "{\"turns\": [";
+    for (size_t i = 0; i < turns.size(); ++i) json += (i ? ", " : "") + IdsJson(turns[i]);
+    if (!WriteFile(o.ids_json, json + "]}")) return Fail(program, "cannot write " + o.ids_json);
   }
   return 0;
 }

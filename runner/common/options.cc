@@ -40,7 +40,8 @@ std::string Usage(const std::string& program) {
          "       [-z TOKENIZER] [-m generate|chat] [-y SYSTEM_PROMPT]\n"
          "       [--num-threads N] [--warmup N] [--stats-json FILE]"
          " [--ids-json FILE]\n"
-         "       [--image FILE.ppm]... (a program with a vision encoder; generate mode)\n";
+         "       [--image FILE.ppm]... (a program with a vision encoder;\n"
+         "        in chat, with the first turn; /image FILE.ppm for the next)\n";
 }
 
 Result<RunnerOptions> ParseOptions(int argc, char** argv) {
@@ -105,9 +106,6 @@ Result<RunnerOptions> ParseOptions(int argc, char** argv) {
     }
   }
   if (o.model_path.empty()) return MakeError("no model given");
-  if (!o.images.empty() && o.mode != "generate") {
-    return MakeError("--image works in generate mode (-m generate)");
-  }
   if (o.mode == "generate" && o.prompt.empty()) {
     return MakeError("generate mode needs a prompt (-i)");
   }

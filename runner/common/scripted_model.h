@@ -71,7 +71,15 @@ class ScriptedModel : public LLMModel {
     logits_[script_[last % script_.size()]] = 10.0f;
     return static_cast<const float*>(logits_.data());
   }
-  std::vector<std::pair<int64_t, int64_t>> calls;  // (start_pos, n)
+  // A vision tower whose images are `tokens` soft tokens of id `soft`.
+  void set_vision(int64_t tokens, int64_t soft) { md_.vision = {1, tokens, -1, -1, soft}; }
+  Result<const float*> ForwardImage(const std::vector<uint8_t>& pixels,
+                                    int64_t start_pos) override {
+    image_calls.push_back({start_pos, pixels.empty() ? -1 : pixels[0]});
+    return Forward(std::vector<int64_t>(md_.vision.image_tokens, md_.vision.image_id), start_pos);
+  }
+  std::vector<std::pair<int64_t, int64_t>> calls;        // (start_pos, n)
+  std::vector<std::pair<int64_t, int64_t>> image_calls;  // (start_pos, first pixel)
 
  private:
   std::vector<int64_t> script_;

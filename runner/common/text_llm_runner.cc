@@ -62,6 +62,31 @@ Result<const float*> TextLLMRunner::Prefill(const std::vector<int64_t>& tokens, 
   return logits;
 }
 
+// The cached prefix the prompt shares, but never all of it (its last token
+// must run: its logits give the first sample), nor part of an image, nor an
+// image that is not the same pixels at the same place (torchchat's Python
+// Slot.reuse keeps the same rule).
+size_t TextLLMRunner::Reusable(const std::vector<int64_t>& prompt,
+                               const std::vector<PromptImage>& images) const {
+  size_t common = 0;
+  const size_t limit = std::min(cached_.size(), prompt.size() - 1);
+  while (common < limit && cached_[common] == prompt[common]) ++common;
+  const auto image_len = static_cast<size_t>(model_->metadata().vision.image_tokens);
+  auto held = [](const std::vector<PromptImage>& in, const PromptImage& im) {
+    return std::any_of(in.begin(), in.end(), [&](const PromptImage& h) {
+      return h.start == im.start && h.pixels == im.pixels;
+    });
+  };
+  for (const auto* list : {&cached_images_, &images}) {
+    for (const PromptImage& im : *list) {
+      const auto start = static_cast<size_t>(im.start);
+      const bool same = held(cached_images_, im) && held(images, im);
+      if (start < common && (!same || common < start + image_len)) common = start;
+    }
+  }
+  return common;
+}
+
 Result<std::vector<int64_t>> TextLLMRunner::Generate(
     const std::string& prompt, const GenerationConfig& config,
     const std::function<void(const std::string&)>& on_text, Stats* stats) {
@@ -84,12 +109,7 @@ Result<std::vector<int64_t>> TextLLMRunner::GenerateFromIds(
   stop_requested_.store(false, std::memory_order_relaxed);
   failure_ = Failure::kInput;
   if (prompt.empty()) return MakeError("the prompt is empty");
-  // Keep the cached prefix the prompt shares, but always run its last token:
-  // its logits give the first sample.
-  size_t common = 0;
-  size_t limit = std::min({cached_.size(), prompt.size() - 1, image_from_});
-  for (const PromptImage& im : images) limit = std::min(limit, static_cast<size_t>(im.start));
-  while (common < limit && cached_[common] == prompt[common]) ++common;
+  const size_t common = Reusable(prompt, images);
   cached_.resize(common);
   if (static_cast<int64_t>(prompt.size()) >= md.max_seq_len) {
     failure_ = Failure::kContext;
@@ -107,10 +127,7 @@ Result<std::vector<int64_t>> TextLLMRunner::GenerateFromIds(
     return MakeError("prefill failed: " + logits.error());
   }
   cached_ = prompt;
-  image_from_ = kNoImage;
-  for (const PromptImage& im : images) {
-    image_from_ = std::min(image_from_, static_cast<size_t>(im.start));
-  }
+  cached_images_ = images;
   stats->prompt_eval_end_ms = NowMs();
 
   std::vector<int64_t> history = prompt;

@@ -65,9 +65,10 @@ class TextLLMRunner {
   // The same from token ids. The runner remembers which tokens sit in the KV
   // cache, so a prompt that extends them (the next chat turn) prefills only
   // its new suffix; a prompt that diverges rewrites the cache from there.
-  // `images` fill the prompt's soft-token runs (ImageRuns); the cache is
-  // reused only before the first image, since every image's soft tokens
-  // have the same id.
+  // `images` fill the prompt's soft-token runs (ImageRuns). Every image's
+  // soft tokens have the same id, so the cache counts an image as shared
+  // only where it holds the same pixels at the same place (a chat's earlier
+  // images, sent again with each turn), and keeps or reruns it whole.
   Result<std::vector<int64_t>> GenerateFromIds(
       const std::vector<int64_t>& prompt, const GenerationConfig& config,
       const std::function<void(const std::string&)>& on_text, Stats* stats,
@@ -82,22 +83,23 @@ class TextLLMRunner {
   // Forgets the cached tokens: the next call prefills from position 0.
   void Reset() {
     cached_.clear();
-    image_from_ = kNoImage;
+    cached_images_.clear();
   }
   // Tokens whose K/V are in the cache.
   const std::vector<int64_t>& cached() const { return cached_; }
   int64_t max_seq_len() const { return model_->metadata().max_seq_len; }
+  const ModelMetadata& metadata() const { return model_->metadata(); }
 
  private:
   Result<const float*> Prefill(const std::vector<int64_t>& tokens, size_t from,
                                const std::vector<PromptImage>& images);
-  static constexpr size_t kNoImage = static_cast<size_t>(-1);
+  size_t Reusable(const std::vector<int64_t>& prompt, const std::vector<PromptImage>& images) const;
 
   LLMModel* model_;
   const tokenizers::Tokenizer* tokenizer_;
   SampleFn sample_;
   std::vector<int64_t> cached_;
-  size_t image_from_ = kNoImage;  // where the cache's first image starts
+  std::vector<PromptImage> cached_images_;  // the images whose tokens cached_ holds
   std::atomic<bool> stop_requested_{false};
   Failure failure_ = Failure::kNone;
 };

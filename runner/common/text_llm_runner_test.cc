@@ -103,6 +103,39 @@ TEST_F(TextLLMRunnerTest, APromptThatExtendsTheCachePrefillsOnlyItsSuffix) {
   EXPECT_EQ(model.calls[0], (std::pair<int64_t, int64_t>(0, 2)));
 }
 
+TEST_F(TextLLMRunnerTest, TheCacheKeepsAnImageOnlyForTheSamePixelsAtTheSamePlace) {
+  ScriptedModel model({kA}, 32, 32);
+  model.set_vision(2, kD);
+  TextLLMRunner runner(&model, tokenizer_.get(), Greedy());
+  Stats stats;
+  GenerationConfig config;
+  config.max_new_tokens = 1;
+  const std::vector<int64_t> prompt = {1, kA, kD, kD, kB};
+  auto run = [&](const std::vector<int64_t>& ids, uint8_t pixel) {
+    model.calls.clear();
+    model.image_calls.clear();
+    return runner.GenerateFromIds(ids, config, [](const std::string&) {}, &stats,
+                                  {{2, std::vector<uint8_t>{pixel}}});
+  };
+  ASSERT_TRUE(run(prompt, 7).ok());
+  EXPECT_EQ(model.image_calls, (std::vector<std::pair<int64_t, int64_t>>{{2, 7}}));
+  // The next turn: the same image, so only the new tokens run.
+  std::vector<int64_t> longer = prompt;
+  longer.insert(longer.end(), {kA, kC});
+  ASSERT_TRUE(run(longer, 7).ok());
+  EXPECT_TRUE(model.image_calls.empty());
+  EXPECT_EQ(model.calls, (std::vector<std::pair<int64_t, int64_t>>{{5, 2}}));
+  // Other pixels under the same ids: the image and all after it run again.
+  ASSERT_TRUE(run(longer, 8).ok());
+  EXPECT_EQ(model.image_calls, (std::vector<std::pair<int64_t, int64_t>>{{2, 8}}));
+  EXPECT_EQ(stats.num_prompt_tokens, 5);
+  // A text prompt with the same ids keeps only what comes before the image.
+  model.calls.clear();
+  model.image_calls.clear();
+  ASSERT_TRUE(runner.GenerateFromIds(longer, config, [](const std::string&) {}, &stats).ok());
+  EXPECT_EQ(model.calls[0], (std::pair<int64_t, int64_t>(2, 5)));
+}
+
 TEST_F(TextLLMRunnerTest, ASamplingErrorEndsGenerationWithIt) {
   ScriptedModel model({kA}, 32, 32);
   TextLLMRunner runner(&model, tokenizer_.get(),
