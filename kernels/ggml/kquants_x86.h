@@ -70,7 +70,8 @@ TC_GGML_AVX2 void DotQ45KAvx2(const uint8_t* row, const XK& x, float* out) {
     alignas(16) uint8_t sm[16];
     UnpackK4(b + 4, sm);
     const float d = Half(b), dmin = Half(b + 2);
-    const __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm + 8)));
+    const __m128i mins =
+        _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm + 8)));
     __m256i hb;
     if constexpr (kQ5) hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16));
     __m256i sumi[MR];
@@ -83,7 +84,8 @@ TC_GGML_AVX2 void DotQ45KAvx2(const uint8_t* row, const XK& x, float* out) {
         // Group g's fifth bit is bit g of qh: 16 where set.
         TC_UNROLL
         for (int h = 0; h < 2; ++h) {
-          const __m256i bit = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * p + h), _mm256_set1_epi8(1));
+          const __m256i bit =
+              _mm256_and_si256(_mm256_srli_epi16(hb, 2 * p + h), _mm256_set1_epi8(1));
           q[h] = _mm256_or_si256(q[h], _mm256_slli_epi16(bit, 4));
         }
       }
@@ -94,7 +96,8 @@ TC_GGML_AVX2 void DotQ45KAvx2(const uint8_t* row, const XK& x, float* out) {
         for (int j = 0; j < MR; ++j) {
           const __m256i xv = _mm256_loadu_si256(
               reinterpret_cast<const __m256i*>(x.q + j * k + c * 256 + 64 * p + 32 * h));
-          sumi[j] = _mm256_add_epi32(sumi[j], _mm256_madd_epi16(_mm256_maddubs_epi16(q[h], xv), sc));
+          sumi[j] =
+              _mm256_add_epi32(sumi[j], _mm256_madd_epi16(_mm256_maddubs_epi16(q[h], xv), sc));
         }
       }
     }
@@ -104,8 +107,8 @@ TC_GGML_AVX2 void DotQ45KAvx2(const uint8_t* row, const XK& x, float* out) {
       acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[j]), _mm256_set1_ps(d * xd), acc[j]);
       const __m128i bs =
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bs32 + j * (k / 32) + c * 8));
-      accm[j] = _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_madd_epi16(mins, bs)), _mm_set1_ps(-dmin * xd),
-                             accm[j]);
+      accm[j] =
+          _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_madd_epi16(mins, bs)), _mm_set1_ps(-dmin * xd), accm[j]);
     }
   }
   TC_UNROLL
@@ -130,12 +133,13 @@ TC_GGML_AVX2 void DotQ6KAvx2(const uint8_t* row, const XK& x, float* out) {
     __m256i sumi[MR];
     {
       // -32 * scale, per 16: at most 4096 in magnitude.
-      const __m256i neg = _mm256_sub_epi16(_mm256_setzero_si256(),
-                                           _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 5));
+      const __m256i neg =
+          _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 5));
       TC_UNROLL
       for (int j = 0; j < MR; ++j)
         sumi[j] = _mm256_madd_epi16(
-            neg, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bs16 + j * (k / 16) + c * 16)));
+            neg,
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bs16 + j * (k / 16) + c * 16)));
     }
     TC_UNROLL
     for (int n = 0; n < 2; ++n) {
@@ -144,8 +148,8 @@ TC_GGML_AVX2 void DotQ6KAvx2(const uint8_t* row, const XK& x, float* out) {
       for (int i = 0; i < 4; ++i) {
         const __m256i ql =
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 64 * n + 32 * (i % 2)));
-        const __m256i lo = i < 2 ? _mm256_and_si256(ql, m4)
-                                 : _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4);
+        const __m256i lo =
+            i < 2 ? _mm256_and_si256(ql, m4) : _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4);
         // Bits 2i, 2i + 1 of qh to bits 4, 5.
         const __m256i hi = 2 * i <= 4 ? _mm256_and_si256(_mm256_slli_epi16(qh, 4 - 2 * i), m3)
                                       : _mm256_and_si256(_mm256_srli_epi16(qh, 2 * i - 4), m3);
@@ -164,8 +168,8 @@ TC_GGML_AVX2 void DotQ6KAvx2(const uint8_t* row, const XK& x, float* out) {
     }
     TC_UNROLL
     for (int j = 0; j < MR; ++j)
-      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[j]),
-                               _mm256_set1_ps(d * x.d[j * chunks + c]), acc[j]);
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[j]), _mm256_set1_ps(d * x.d[j * chunks + c]),
+                               acc[j]);
   }
   TC_UNROLL
   for (int j = 0; j < MR; ++j) out[j] = HsumK(acc[j]);
@@ -214,16 +218,18 @@ TC_GGML_VNNI void DotQ45KVnni(const uint8_t* row, const XK& x, float* out) {
     const __m128i mins = _mm_cvtepu8_epi16(_mm_srli_si128(sm8, 8));
     const float d = Half(b), dmin = Half(b + 2);
     __m512i hb;
-    if constexpr (kQ5) hb = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16)));
+    if constexpr (kQ5)
+      hb = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16)));
     __m512i sumi[MR];
     for (int j = 0; j < MR; ++j) sumi[j] = _mm512_setzero_si512();
     TC_UNROLL
     for (int p = 0; p < 4; ++p) {
-      const __m512i raw =
-          _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kQs + 32 * p)));
+      const __m512i raw = _mm512_broadcast_i64x4(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kQs + 32 * p)));
       __m512i q = _mm512_and_si512(_mm512_srlv_epi16(raw, nib), m4);
       if constexpr (kQ5) {
-        const __m512i bit = _mm512_and_si512(_mm512_srlv_epi16(hb, Halves16(2 * p, 2 * p + 1)), one);
+        const __m512i bit =
+            _mm512_and_si512(_mm512_srlv_epi16(hb, Halves16(2 * p, 2 * p + 1)), one);
         q = _mm512_or_si512(q, _mm512_slli_epi16(bit, 4));
       }
       const __m512i scv = _mm512_permutexvar_epi16(Halves16(2 * p, 2 * p + 1), sc);
@@ -239,8 +245,8 @@ TC_GGML_VNNI void DotQ45KVnni(const uint8_t* row, const XK& x, float* out) {
       acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[j]), _mm512_set1_ps(d * xd), acc[j]);
       const __m128i bs =
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bs32 + j * (k / 32) + c * 8));
-      accm[j] = _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_madd_epi16(mins, bs)), _mm_set1_ps(-dmin * xd),
-                             accm[j]);
+      accm[j] =
+          _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_madd_epi16(mins, bs)), _mm_set1_ps(-dmin * xd), accm[j]);
     }
   }
   TC_UNROLL
@@ -277,28 +283,29 @@ TC_GGML_VNNI void DotQ6KVnni(const uint8_t* row, const XK& x, float* out) {
     TC_UNROLL
     for (int n = 0; n < 2; ++n) {
       const __m512i ql = _mm512_loadu_si512(b + 64 * n);
-      const __m512i qh =
-          _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 128 + 32 * n)));
+      const __m512i qh = _mm512_broadcast_i64x4(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 128 + 32 * n)));
       // vpternlog 0xF8: a | (b & c).
       const __m512i lo =
           _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_sllv_epi16(qh, up), m3), ql, m4, 0xF8);
-      const __m512i hi = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srlv_epi16(qh, down), m3),
-                                                   _mm512_srli_epi16(ql, 4), m4, 0xF8);
+      const __m512i hi = _mm512_ternarylogic_epi32(
+          _mm512_and_si512(_mm512_srlv_epi16(qh, down), m3), _mm512_srli_epi16(ql, 4), m4, 0xF8);
       // 8 lanes per sub-block of 16: scales 8n .. 8n + 3, then 8n + 4 ..
       const __m512i sl = _mm512_permutexvar_epi16(Quarters16(8 * n), sc);
       const __m512i sh = _mm512_permutexvar_epi16(Quarters16(8 * n + 4), sc);
       TC_UNROLL
       for (int j = 0; j < MR; ++j) {
         const int8_t* xq = x.q + j * k + c * 256 + 128 * n;
-        sumi[j] = _mm512_dpwssd_epi32(sumi[j], _mm512_maddubs_epi16(lo, _mm512_loadu_si512(xq)), sl);
+        sumi[j] =
+            _mm512_dpwssd_epi32(sumi[j], _mm512_maddubs_epi16(lo, _mm512_loadu_si512(xq)), sl);
         sumi[j] =
             _mm512_dpwssd_epi32(sumi[j], _mm512_maddubs_epi16(hi, _mm512_loadu_si512(xq + 64)), sh);
       }
     }
     TC_UNROLL
     for (int j = 0; j < MR; ++j)
-      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[j]),
-                               _mm512_set1_ps(d * x.d[j * chunks + c]), acc[j]);
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[j]), _mm512_set1_ps(d * x.d[j * chunks + c]),
+                               acc[j]);
   }
   TC_UNROLL
   for (int j = 0; j < MR; ++j) out[j] = HsumK512(acc[j]);

@@ -245,7 +245,8 @@ TC_GGML_AVX2 bool QuantizeX8K(const float* x, int64_t k, int8_t* q, float* xd, i
   for (int64_t c = 0; c < k / 256; ++c) {
     const float* xc = x + c * 256;
     __m256 amax = _mm256_setzero_ps();
-    for (int t = 0; t < 32; ++t) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xc + 8 * t)));
+    for (int t = 0; t < 32; ++t)
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xc + 8 * t)));
     const float mx = Hmax(amax);
     if (!(mx <= 3.0e38f) || (mx != 0.f && mx < 1e-30f)) return false;
     const __m256 inv = _mm256_set1_ps(mx == 0.f ? 0.f : 127.f / mx);
@@ -258,8 +259,9 @@ TC_GGML_AVX2 bool QuantizeX8K(const float* x, int64_t k, int8_t* q, float* xd, i
         i[t] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xc + 32 * b + 8 * t), inv));
       const __m256i w =
           _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c * 256 + 32 * b),
-                          _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+      _mm256_storeu_si256(
+          reinterpret_cast<__m256i*>(q + c * 256 + 32 * b),
+          _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
       const int s0 = HsumInt(_mm256_add_epi32(i[0], i[1]));
       const int s1 = HsumInt(_mm256_add_epi32(i[2], i[3]));
       const int64_t h = c * 16 + 2 * b;
@@ -1006,11 +1008,11 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
     for (int64_t i = 0; i < m; ++i) {
       float* sc = xsc16.data() + i * k16;
       float* sm = xs16.data() + i * k16;
-      const bool ok =
-          x256    ? QuantizeX8K(x + i * k, k, xq8.data() + i * k, xd.data() + i * (k / 256),
-                                xbs16.data() + i * k16, xbs32.data() + i * (k / 32), sc, sm)
-          : int8_rows ? QuantizeX8(x + i * k, k, xq8.data() + i * k, sc, sm)
-                      : QuantizeX(x + i * k, k, xq.data() + i * k, sc, sm);
+      const bool ok = x256
+                          ? QuantizeX8K(x + i * k, k, xq8.data() + i * k, xd.data() + i * (k / 256),
+                                        xbs16.data() + i * k16, xbs32.data() + i * (k / 32), sc, sm)
+                      : int8_rows ? QuantizeX8(x + i * k, k, xq8.data() + i * k, sc, sm)
+                                  : QuantizeX(x + i * k, k, xq.data() + i * k, sc, sm);
       if (!ok) {
         // Zero scales make the rows kernels' result for it finite (and
         // unused); the tiles below overwrite it.
