@@ -7,9 +7,11 @@
 // sub-block scales (vpmaddwd, or vpdpwssd with AVX-512 VNNI), summed in
 // int32; the offsets (Q4_K/Q5_K's mins, Q6_K's -32) from x's code sums,
 // also in int32. Then sum * d * x's scale, one FMA (plus one for the mins).
-// The generic loop (linear.cc) instead converted the scales to floats and
-// did one conversion and FMA per group of 32, which left these formats
-// compute bound at 0.3-0.6 of the read bandwidth (Zen 4, 2 threads).
+// The generic loop (linear.cc) instead converts the scales to floats and
+// does one conversion and FMA per group of 32: in cache, on one Zen 4 core,
+// Q4_K ran 14-15 GB/s of weights that way and 19-21 here, Q6_K 20 and 30
+// (//kernels/ggml:linear_bench --mb 1 --threads 1), where a decode step's
+// two threads need about 16 each to keep up with memory.
 //
 // Each dot is exact in int32: |code| <= 63, |x| <= 127, scales <= 63 (Q4_K,
 // Q5_K) or |scale| <= 128 (Q6_K): a chunk's sum is below 2^29. So a row's
@@ -69,7 +71,9 @@ TC_GGML_AVX2 void DotQ45KAvx2(const uint8_t* row, const XK& x, float* out) {
     const uint8_t* b = row + c * kBytes;
     alignas(16) uint8_t sm[16];
     UnpackK4(b + 4, sm);
-    const float d = Half(b), dmin = Half(b + 2);
+    // d and dmin by one vcvtph2ps: scalar fp16 conversions cost as much as
+    // the chunk's dots.
+    const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128(int(Le32(b))));
     const __m128i mins =
         _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm + 8)));
     __m256i hb;
@@ -103,12 +107,12 @@ TC_GGML_AVX2 void DotQ45KAvx2(const uint8_t* row, const XK& x, float* out) {
     }
     TC_UNROLL
     for (int j = 0; j < MR; ++j) {
-      const float xd = x.d[j * chunks + c];
-      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[j]), _mm256_set1_ps(d * xd), acc[j]);
+      const __m128 s = _mm_mul_ps(dm, _mm_set1_ps(x.d[j * chunks + c]));
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[j]), _mm256_broadcastss_ps(s), acc[j]);
       const __m128i bs =
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bs32 + j * (k / 32) + c * 8));
-      accm[j] =
-          _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_madd_epi16(mins, bs)), _mm_set1_ps(-dmin * xd), accm[j]);
+      accm[j] = _mm_fnmadd_ps(_mm_cvtepi32_ps(_mm_madd_epi16(mins, bs)), _mm_shuffle_ps(s, s, 0x55),
+                              accm[j]);
     }
   }
   TC_UNROLL
@@ -128,7 +132,7 @@ TC_GGML_AVX2 void DotQ6KAvx2(const uint8_t* row, const XK& x, float* out) {
   for (int j = 0; j < MR; ++j) acc[j] = _mm256_setzero_ps();
   for (int64_t c = 0; c < chunks; ++c) {
     const uint8_t* b = row + c * Q6_K::kBytes;
-    const float d = Half(b + 208);
+    const float d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(b[208] | b[209] << 8)));
     const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192));
     __m256i sumi[MR];
     {
@@ -216,7 +220,9 @@ TC_GGML_VNNI void DotQ45KVnni(const uint8_t* row, const XK& x, float* out) {
     const __m128i sm8 = _mm_load_si128(reinterpret_cast<const __m128i*>(sm));
     const __m512i sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(sm8));
     const __m128i mins = _mm_cvtepu8_epi16(_mm_srli_si128(sm8, 8));
-    const float d = Half(b), dmin = Half(b + 2);
+    // d and dmin by one vcvtph2ps: scalar fp16 conversions cost as much as
+    // the chunk's dots.
+    const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128(int(Le32(b))));
     __m512i hb;
     if constexpr (kQ5)
       hb = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16)));
@@ -241,12 +247,12 @@ TC_GGML_VNNI void DotQ45KVnni(const uint8_t* row, const XK& x, float* out) {
     }
     TC_UNROLL
     for (int j = 0; j < MR; ++j) {
-      const float xd = x.d[j * chunks + c];
-      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[j]), _mm512_set1_ps(d * xd), acc[j]);
+      const __m128 s = _mm_mul_ps(dm, _mm_set1_ps(x.d[j * chunks + c]));
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[j]), _mm512_broadcastss_ps(s), acc[j]);
       const __m128i bs =
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bs32 + j * (k / 32) + c * 8));
-      accm[j] =
-          _mm_fmadd_ps(_mm_cvtepi32_ps(_mm_madd_epi16(mins, bs)), _mm_set1_ps(-dmin * xd), accm[j]);
+      accm[j] = _mm_fnmadd_ps(_mm_cvtepi32_ps(_mm_madd_epi16(mins, bs)), _mm_shuffle_ps(s, s, 0x55),
+                              accm[j]);
     }
   }
   TC_UNROLL
@@ -265,7 +271,7 @@ TC_GGML_VNNI void DotQ6KVnni(const uint8_t* row, const XK& x, float* out) {
   for (int j = 0; j < MR; ++j) acc[j] = _mm512_setzero_ps();
   for (int64_t c = 0; c < chunks; ++c) {
     const uint8_t* b = row + c * Q6_K::kBytes;
-    const float d = Half(b + 208);
+    const float d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(b[208] | b[209] << 8)));
     const __m256i sc16 =
         _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192)));
     const __m512i sc = _mm512_castsi256_si512(sc16);
