@@ -118,11 +118,13 @@ TEST(Linear, PathsAgree) {
             if (!ForceIsa(isa)) continue;  // not this CPU's
             ASSERT_TRUE(ForceDecodeX(dx));
             ASSERT_EQ(nullptr, Linear(x.data(), m, w.data(), type, n, k, nullptr, y.data()));
-            // Below 32 rows a block type rounds x per 32 to 8 bits (1/254
-            // of the block's largest value) or 16; floats and tiles are
-            // exact.
+            // Below 32 rows a block type rounds x to 8 bits (1/254 of the
+            // largest value of its 32, or for a 256-element format of its
+            // 256, as llama.cpp's Q8_K) or to 16 per 32; floats and tiles
+            // are exact.
             const bool block = type != kF32 && type != kF16 && type != kBF16;
             const bool int8 = m < 32 && block && std::string(dx) == "int8";
+            const int64_t xb = BlockElems(type) == 256 ? 256 : 32;
             for (int64_t i = 0; i < m; ++i)
               for (int64_t j = 0; j < n; ++j) {
                 // int8's bound: each x off by at most 1/254 of its block's
@@ -131,7 +133,7 @@ TEST(Linear, PathsAgree) {
                 for (int64_t e = 0; e < k; ++e) {
                   scale += std::fabs(deq[j * k + e] * x[i * k + e]);
                   float amax = 0;
-                  for (int64_t f = e / 32 * 32; f < e / 32 * 32 + 32; ++f)
+                  for (int64_t f = e / xb * xb; f < e / xb * xb + xb; ++f)
                     amax = std::max(amax, std::fabs(x[i * k + f]));
                   bound += std::fabs(deq[j * k + e]) * amax / 254;
                 }

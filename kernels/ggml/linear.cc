@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/ggml/formats.h"
@@ -12,6 +13,7 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include "kernels/ggml/formats_avx2.h"
+#include "kernels/ggml/kquants_x86.h"
 #define TC_GGML_X86 1
 #else
 #define TC_GGML_X86 0
@@ -59,6 +61,12 @@ struct Job {
   const float* xs16 = nullptr;
   // Decode with int8 x: the same scales and sums, and k codes per row.
   const int8_t* xq8 = nullptr;
+  // 256-element formats' int8 x (rounded per 256, as llama.cpp's Q8_K): per
+  // row of x, per 256 its scale (xd), per 16 and per 32 the sums of its
+  // codes (xbs16, xbs32). xsc16 and xs16 then hold the same per 16.
+  const float* xd = nullptr;
+  const int16_t* xbs16 = nullptr;
+  const int16_t* xbs32 = nullptr;
 };
 
 using RowsFn = void (*)(const Job&, int64_t n0, int64_t n1);
@@ -222,6 +230,48 @@ TC_GGML_AVX2 bool QuantizeX8(const float* x, int64_t k, int8_t* q, float* sc16, 
         _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32),
                         _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  }
+  return true;
+}
+
+// x to int8 per chunk of 256 for the 256-element formats (K-quants,
+// IQ4_XS), as llama.cpp's Q8_K: one scale max|x| / 127 per 256 (an error of
+// at most 1/254 of the chunk's largest |x| per element), the codes' sums per
+// 16 and per 32, and for the generic loops each 16's scale and scaled sum.
+// False where RoundBlock's would be.
+TC_GGML_AVX2 bool QuantizeX8K(const float* x, int64_t k, int8_t* q, float* xd, int16_t* bs16,
+                              int16_t* bs32, float* sc16, float* s16) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  for (int64_t c = 0; c < k / 256; ++c) {
+    const float* xc = x + c * 256;
+    __m256 amax = _mm256_setzero_ps();
+    for (int t = 0; t < 32; ++t)
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xc + 8 * t)));
+    const float mx = Hmax(amax);
+    if (!(mx <= 3.0e38f) || (mx != 0.f && mx < 1e-30f)) return false;
+    const __m256 inv = _mm256_set1_ps(mx == 0.f ? 0.f : 127.f / mx);
+    const float d = mx / 127.f;
+    xd[c] = d;
+    for (int b = 0; b < 8; ++b) {
+      __m256i i[4];
+      TC_UNROLL
+      for (int t = 0; t < 4; ++t)
+        i[t] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xc + 32 * b + 8 * t), inv));
+      const __m256i w =
+          _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+      _mm256_storeu_si256(
+          reinterpret_cast<__m256i*>(q + c * 256 + 32 * b),
+          _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+      const int s0 = HsumInt(_mm256_add_epi32(i[0], i[1]));
+      const int s1 = HsumInt(_mm256_add_epi32(i[2], i[3]));
+      const int64_t h = c * 16 + 2 * b;
+      bs16[h] = int16_t(s0);
+      bs16[h + 1] = int16_t(s1);
+      bs32[c * 8 + b] = int16_t(s0 + s1);
+      sc16[h] = sc16[h + 1] = d;
+      s16[h] = d * float(s0);
+      s16[h + 1] = d * float(s1);
+    }
   }
   return true;
 }
@@ -438,23 +488,37 @@ constexpr int kMR = 4;
 // L2), each block against the task's weight rows (a few KB, in L1).
 constexpr int64_t kMB = 64;
 
-template <class F>
-TC_GGML_AVX2 void Rows8Avx2(const Job& a, int64_t n0, int64_t n1) {
+using GroupFn = void (*)(const Job& a, int64_t n, int64_t i0);
+
+// The int8 rows loop of every path and format: Many computes one weight row
+// against kMR rows of x, One against one, with the same sums per row.
+template <GroupFn Many, GroupFn One>
+void Rows8(const Job& a, int64_t n0, int64_t n1) {
   for (int64_t ib = 0; ib < a.m; ib += kMB) {
     const int64_t ie = std::min(a.m, ib + kMB);
     for (int64_t n = n0; n < n1; ++n) {
       int64_t i = ib;
-      for (; i + kMR <= ie; i += kMR) Group8Avx2<F, kMR>(a, n, i);
-      for (; i < ie; ++i) Group8Avx2<F, 1>(a, n, i);
+      for (; i + kMR <= ie; i += kMR) Many(a, n, i);
+      for (; i < ie; ++i) One(a, n, i);
     }
   }
+}
+
+// A K-quant dot (kquants_x86.h) as a GroupFn, on x rounded per 256.
+template <void (*Dot)(const uint8_t*, const XK&, float*), int MR>
+void GroupK(const Job& a, int64_t n, int64_t i0) {
+  const int64_t k = a.k;
+  const XK x{a.xq8 + i0 * k, a.xd + i0 * (k / 256), a.xbs16 + i0 * (k / 16),
+             a.xbs32 + i0 * (k / 32), k};
+  float out[MR];
+  Dot(a.w + n * a.row_bytes, x, out);
+  for (int j = 0; j < MR; ++j) a.y[(i0 + j) * a.n + n] = out[j] + (a.bias ? a.bias[n] : 0.f);
 }
 
 // ----------------------------------------------------------- AVX-512 VNNI --
 // The same loop with one 512-bit dot per group of 32: the AVX2 codes,
 // joined, against x's 32 int16 at once (vpdpwssd), and one FMA whose lanes
 // carry each half's scale. AVX-512 without VNNI runs the AVX2 loop.
-#define TC_GGML_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 TC_GGML_VNNI inline float Hsum512(__m512 v) {
   const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
@@ -592,16 +656,28 @@ TC_GGML_VNNI inline void Group8Vnni(const Job& a, int64_t n, int64_t i0) {
                               (a.bias ? a.bias[n] : 0.f);
 }
 
+// Each format's int8 rows: the K-quants of Q4_K_M files through their own
+// dots, the rest through the generic loops.
 template <class F>
-TC_GGML_VNNI void Rows8Vnni(const Job& a, int64_t n0, int64_t n1) {
-  for (int64_t ib = 0; ib < a.m; ib += kMB) {
-    const int64_t ie = std::min(a.m, ib + kMB);
-    for (int64_t n = n0; n < n1; ++n) {
-      int64_t i = ib;
-      for (; i + kMR <= ie; i += kMR) Group8Vnni<F, kMR>(a, n, i);
-      for (; i < ie; ++i) Group8Vnni<F, 1>(a, n, i);
-    }
-  }
+constexpr RowsFn Rows8Avx2() {
+  if constexpr (std::is_same_v<F, Q4_K>)
+    return Rows8<GroupK<DotQ45KAvx2<false, kMR>, kMR>, GroupK<DotQ45KAvx2<false, 1>, 1>>;
+  if constexpr (std::is_same_v<F, Q5_K>)
+    return Rows8<GroupK<DotQ45KAvx2<true, kMR>, kMR>, GroupK<DotQ45KAvx2<true, 1>, 1>>;
+  if constexpr (std::is_same_v<F, Q6_K>)
+    return Rows8<GroupK<DotQ6KAvx2<kMR>, kMR>, GroupK<DotQ6KAvx2<1>, 1>>;
+  return Rows8<Group8Avx2<F, kMR>, Group8Avx2<F, 1>>;
+}
+
+template <class F>
+constexpr RowsFn Rows8Vnni() {
+  if constexpr (std::is_same_v<F, Q4_K>)
+    return Rows8<GroupK<DotQ45KVnni<false, kMR>, kMR>, GroupK<DotQ45KVnni<false, 1>, 1>>;
+  if constexpr (std::is_same_v<F, Q5_K>)
+    return Rows8<GroupK<DotQ45KVnni<true, kMR>, kMR>, GroupK<DotQ45KVnni<true, 1>, 1>>;
+  if constexpr (std::is_same_v<F, Q6_K>)
+    return Rows8<GroupK<DotQ6KVnni<kMR>, kMR>, GroupK<DotQ6KVnni<1>, 1>>;
+  return Rows8<Group8Vnni<F, kMR>, Group8Vnni<F, 1>>;
 }
 
 bool CpuHasVnni() {
@@ -720,8 +796,8 @@ constexpr Format BlockFormat(const char* name) {
                 F::kBytes,
                 {RowsScalar<F>, DequantRowScalar<F>, false},
 #if TC_GGML_X86
-                {RowsAvx2<F>, DequantRowAvx2<F>, true, Rows8Avx2<F>},
-                {RowsVnni<F>, DequantRowAvx2<F>, true, Rows8Vnni<F>}
+                {RowsAvx2<F>, DequantRowAvx2<F>, true, Rows8Avx2<F>()},
+                {RowsVnni<F>, DequantRowAvx2<F>, true, Rows8Vnni<F>()}
 #endif
   };
 }
@@ -904,7 +980,8 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
   // Scratch reused across calls on this thread: decode allocates nothing.
   thread_local std::vector<int16_t> xq;
   thread_local std::vector<int8_t> xq8;
-  thread_local std::vector<float> xsc16, xs16;
+  thread_local std::vector<float> xsc16, xs16, xd;
+  thread_local std::vector<int16_t> xbs16, xbs32;
   // Rows of x that cannot be rounded (not finite, or too small for
   // limit / max): each runs alone through the exact tiles afterwards.
   thread_local std::vector<int64_t> exact_rows;
@@ -915,21 +992,37 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
     const size_t k16 = size_t(k / 16);
     xsc16.resize(size_t(m) * k16);
     xs16.resize(size_t(m) * k16);
+    // int8 x for a 256-element format is rounded per 256, as llama.cpp's
+    // Q8_K; per 32 otherwise.
+    const bool x256 = int8_rows && f->elems == 256;
     if (int8_rows) {
       xq8.resize(size_t(m * k));
     } else {
       xq.resize(size_t(m * k));
     }
+    if (x256) {
+      xd.resize(size_t(m * (k / 256)));
+      xbs16.resize(size_t(m) * k16);
+      xbs32.resize(size_t(m * (k / 32)));
+    }
     for (int64_t i = 0; i < m; ++i) {
       float* sc = xsc16.data() + i * k16;
       float* sm = xs16.data() + i * k16;
-      const bool ok = int8_rows ? QuantizeX8(x + i * k, k, xq8.data() + i * k, sc, sm)
-                                : QuantizeX(x + i * k, k, xq.data() + i * k, sc, sm);
+      const bool ok = x256
+                          ? QuantizeX8K(x + i * k, k, xq8.data() + i * k, xd.data() + i * (k / 256),
+                                        xbs16.data() + i * k16, xbs32.data() + i * (k / 32), sc, sm)
+                      : int8_rows ? QuantizeX8(x + i * k, k, xq8.data() + i * k, sc, sm)
+                                  : QuantizeX(x + i * k, k, xq.data() + i * k, sc, sm);
       if (!ok) {
         // Zero scales make the rows kernels' result for it finite (and
         // unused); the tiles below overwrite it.
         std::fill(sc, sc + k16, 0.f);
         std::fill(sm, sm + k16, 0.f);
+        if (x256) {
+          std::fill(xd.data() + i * (k / 256), xd.data() + (i + 1) * (k / 256), 0.f);
+          std::fill(xbs16.data() + i * k16, xbs16.data() + (i + 1) * k16, int16_t(0));
+          std::fill(xbs32.data() + i * (k / 32), xbs32.data() + (i + 1) * (k / 32), int16_t(0));
+        }
         if (int8_rows) {
           std::fill(xq8.data() + i * k, xq8.data() + (i + 1) * k, int8_t(0));
         } else {
@@ -941,6 +1034,11 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
     if (int8_rows) {
       task.rows = kern.rows8;
       task.job.xq8 = xq8.data();
+      if (x256) {
+        task.job.xd = xd.data();
+        task.job.xbs16 = xbs16.data();
+        task.job.xbs32 = xbs32.data();
+      }
     } else {
       task.job.xq = xq.data();
     }

@@ -3,12 +3,14 @@
 // Q6_K, IQ4_NL, IQ4_XS, F16 and BF16 (and F32).
 //
 // Block formats (on the SIMD paths), below 32 rows of x (decode, a
-// speculative draft's check, a server step's decode rows): x is rounded per
-// block of 32 to int8 (scale max|x| / 127, as llama.cpp's Q8_0
-// activations: an error of at most 1/254 of the block's largest value per
-// element; llama.cpp's K-quant dots round per 256) and each group of 32
-// codes is an exact integer dot product (vpmaddubsw, or vpdpbusd), scaled
-// in fp32, four rows of x per weight row. The offsets m * sum(x') use the
+// speculative draft's check, a server step's decode rows): x is rounded to
+// int8 (scale max|x| / 127) per block of 32 for the 32-element formats (as
+// llama.cpp's Q8_0 activations) and per 256 for the 256-element ones (the
+// K-quants and IQ4_XS, as llama.cpp's Q8_K): an error of at most 1/254 of
+// that block's largest value per element. Each group of 32 codes is an
+// exact integer dot product (vpmaddubsw, or vpdpbusd), scaled in fp32; Q4_K,
+// Q5_K and Q6_K apply their integer sub-block scales in int32 too and scale
+// once per 256 (kquants_x86.h). Four rows of x per weight row. The offsets m * sum(x') use the
 // rounded x's sums, so the product is w . x' exactly. DecodeX "int16"
 // rounds x to int16 instead (scale max|x| / 32767, vpmaddwd or vpdpwssd):
 // 2^-16 of the block's largest value, for checks against a dequantized

@@ -39,15 +39,17 @@ class LinearTest(unittest.TestCase):
         lin = ops.GGMLLinear(torch.from_numpy(raw), qtype, self.N, self.K, torch.from_numpy(bias))
         with ops.using_isa(isa), ops.using_decode_x(x):
             y = lin(torch.from_numpy(xs)).double().numpy()
-        # Below 32 rows block formats round x per block of 32, to int16
-        # (2^-16 of the block's largest value) or int8 (1/254 of it); from
-        # 32 their tiles, float formats and the scalar path are exact up to
-        # fp32 sums.
+        # Below 32 rows block formats round x, to int16 per block of 32
+        # (2^-16 of the block's largest value) or int8 (1/254 of it) per 32,
+        # or per 256 for the 256-element formats (K-quants, IQ4_XS: as
+        # llama.cpp's Q8_K); from 32 their tiles, float formats and the
+        # scalar path are exact up to fp32 sums.
         rounded = m < 32 and isa != "scalar" and qtype not in FLOATS
         tol = 3e-5 if rounded else 2e-6
         if rounded and x == "int8":
             # Each x off by at most 1/254 of its block's largest |x|.
-            amax = np.repeat(np.abs(xs).reshape(m, -1, 32).max(axis=2), 32, axis=1) / 254
+            xb = 256 if ops.BLOCKS[qtype][0] == 256 else 32
+            amax = np.repeat(np.abs(xs).reshape(m, -1, xb).max(axis=2), xb, axis=1) / 254
             scale = scale + amax.astype(np.float64) @ np.abs(w).T / tol
         err = np.max(np.abs(y - ref) / scale)
         self.assertLess(err, tol, f"{qtype} m={m} isa={isa or ops.isa()} x={x}: {err:.2e}")
