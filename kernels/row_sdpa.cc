@@ -89,9 +89,10 @@ AVX512 float Sum16(__m512 x) {
   return l[0];
 }
 
-// exp(x) for x <= 0 (scores minus their max): Cephes' expf, 2^n by scalef.
+// exp(x) for x <= 0 (scores minus their max): Cephes' expf. Below -87 it
+// stays exp(-87) (1.6e-38), nothing beside the max's 1.
 AVX512 __m512 Exp(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-104.f));  // exp underflows to 0 below
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 g = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -103,7 +104,8 @@ AVX512 __m512 Exp(__m512 x) {
   p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.6666665459e-1f));
   p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(5.0000001201e-1f));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(g, g), _mm512_add_ps(g, _mm512_set1_ps(1.f)));
-  return _mm512_scalef_ps(p, n);
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
 
 AVX512 void RowAvx512(const Task& t, const Shape& s, float* scores) {

@@ -43,6 +43,7 @@ class CompiledBuiltinGGUFTest(unittest.TestCase):
         tok = self.loaded.tokenizer
         template = tok.template()
         assert template is not None
+        drafted = accepted = 0
         for name, text in PROMPTS.items():
             msgs = [{"role": "user", "content": text}]
             ids = tok.encode(template.render(msgs, add_generation_prompt=True), bos=False)
@@ -52,8 +53,11 @@ class CompiledBuiltinGGUFTest(unittest.TestCase):
             got = list(decode(slot, ids, argmax, 64, (), stats))
             with self.subTest(prompt=name):
                 self.assertEqual(got, want)
-                self.assertGreater(stats.num_accepted_tokens, 0)
-                self.assertGreater(stats.num_draft_tokens, stats.num_accepted_tokens)
+            drafted += stats.num_draft_tokens
+            accepted += stats.num_accepted_tokens
+        # Both paths ran: guesses kept, and guesses rolled back.
+        self.assertGreater(accepted, 0)
+        self.assertGreater(drafted, accepted)
 
 
 if __name__ == "__main__":
