@@ -108,37 +108,109 @@ AVX512 __m512 Exp(__m512 x) {
   return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
 
+// Sixteen vectors of partial sums into one vector of their sums: each sum
+// a fixed tree of its own vector's lanes (nothing of the others'), lane l
+// holding vector ReduceOrder()[l]'s.
+AVX512 __m512 Reduce16(const __m512* v) {
+  __m512 w[8], u[4], c[2];
+  for (int i = 0; i < 8; ++i)
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[i], v[i + 8], 0x44),
+                         _mm512_shuffle_f32x4(v[i], v[i + 8], 0xEE));
+  for (int i = 0; i < 4; ++i)
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[i], w[i + 4], 0x88),
+                         _mm512_shuffle_f32x4(w[i], w[i + 4], 0xDD));
+  for (int i = 0; i < 2; ++i)
+    c[i] = _mm512_add_ps(_mm512_shuffle_ps(u[i], u[i + 2], 0x44),
+                         _mm512_shuffle_ps(u[i], u[i + 2], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xDD));
+}
+
+// The permutation that puts Reduce16's sums back in their vectors' order.
+AVX512 __m512i ComputeOrder() {
+  __m512 v[16];
+  for (int i = 0; i < 16; ++i) v[i] = _mm512_set1_ps(float(i));
+  alignas(64) float lane[16];
+  _mm512_store_ps(lane, Reduce16(v));
+  alignas(64) int32_t at[16];
+  for (int l = 0; l < 16; ++l) at[int(lane[l]) / 16] = l;
+  return _mm512_load_si512(at);
+}
+
+AVX512 __m512i ReduceOrder() {
+  static const __m512i order = ComputeOrder();
+  return order;
+}
+
 AVX512 void RowAvx512(const Task& t, const Shape& s, float* scores) {
   const __m512 scale = _mm512_set1_ps(s.scale);
+  const __m512i order = ReduceOrder();
+  // Scores sixteen keys at a time: a 16-lane FMA dot per key, then one
+  // transposing reduction for the sixteen.
+  for (int64_t i0 = 0; i0 < t.n; i0 += 16) {
+    const int64_t nb = std::min<int64_t>(16, t.n - i0);
+    __m512 v[16];
+    for (int64_t b = 0; b < 16; ++b) {
+      v[b] = _mm512_setzero_ps();
+      if (b >= nb) continue;
+      const float* kr = t.k + t.keys[i0 + b] * s.kstride;
+      for (int64_t d = 0; d < s.d; d += 16) {
+        const __mmask16 k = Tail(s.d - d);
+        v[b] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, t.q + d), _mm512_maskz_loadu_ps(k, kr + d),
+                               v[b]);
+      }
+    }
+    const __m512 sc = _mm512_mul_ps(_mm512_permutexvar_ps(order, Reduce16(v)), scale);
+    _mm512_mask_storeu_ps(scores + i0, Tail(nb), sc);
+  }
   float m = -INFINITY;
   for (int64_t i = 0; i < t.n; ++i) {
-    const float* kr = t.k + t.keys[i] * s.kstride;
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t d = 0; d < s.d; d += 16) {
-      const __mmask16 k = Tail(s.d - d);
-      acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, t.q + d), _mm512_maskz_loadu_ps(k, kr + d),
-                            acc);
-    }
-    scores[i] = Capped(Sum16(_mm512_mul_ps(acc, scale)), s.softcap);
+    scores[i] = Capped(scores[i], s.softcap);
     m = std::max(m, scores[i]);
   }
   const __m512 mv = _mm512_set1_ps(m);
   __m512 sum = _mm512_setzero_ps();
   for (int64_t i = 0; i < t.n; i += 16) {
     const __mmask16 k = Tail(t.n - i);
-    const __m512 p = _mm512_maskz_mov_ps(k, Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, scores + i), mv)));
+    const __m512 p =
+        _mm512_maskz_mov_ps(k, Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, scores + i), mv)));
     _mm512_mask_storeu_ps(scores + i, k, p);
     sum = _mm512_add_ps(sum, p);
   }
   const __m512 inv = _mm512_set1_ps(1.f / Sum16(sum));
-  for (int64_t d = 0; d < s.d; d += 16) {
-    const __mmask16 k = Tail(s.d - d);
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < t.n; ++i)
-      acc = _mm512_fmadd_ps(_mm512_set1_ps(scores[i]),
-                            _mm512_maskz_loadu_ps(k, t.v + t.keys[i] * s.vstride + d), acc);
-    _mm512_mask_storeu_ps(t.out + d, k, _mm512_mul_ps(acc, inv));
+  // The weighted values, in key order, 64 of D at a time.
+  for (int64_t d0 = 0; d0 < s.d; d0 += 64) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                     _mm512_setzero_ps()};
+    const int64_t chunks = std::min<int64_t>(4, (s.d - d0 + 15) / 16);
+    for (int64_t i = 0; i < t.n; ++i) {
+      const __m512 p = _mm512_set1_ps(scores[i]);
+      const float* vr = t.v + t.keys[i] * s.vstride + d0;
+      for (int64_t c = 0; c < chunks; ++c)
+        acc[c] = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(Tail(s.d - d0 - 16 * c), vr + 16 * c),
+                                 acc[c]);
+    }
+    for (int64_t c = 0; c < chunks; ++c)
+      _mm512_mask_storeu_ps(t.out + d0 + 16 * c, Tail(s.d - d0 - 16 * c),
+                            _mm512_mul_ps(acc[c], inv));
   }
+}
+
+// The positions a mask row allows, 64 bytes at a time.
+__attribute__((target("avx512f,avx512bw"))) void AllowedBw(const bool* m, int64_t n,
+                                                           std::vector<int32_t>& out) {
+  for (int64_t j = 0; j < n; j += 64) {
+    const __mmask64 tail = n - j >= 64 ? ~__mmask64(0) : (__mmask64(1) << (n - j)) - 1;
+    const __m512i x = _mm512_maskz_loadu_epi8(tail, m + j);
+    for (uint64_t bits = _mm512_test_epi8_mask(x, x); bits; bits &= bits - 1)
+      out.push_back(int32_t(j + __builtin_ctzll(bits)));
+  }
+}
+
+void Allowed(const bool* m, int64_t n, std::vector<int32_t>& out) {
+  static const bool bw = __builtin_cpu_supports("avx512bw");
+  if (bw) return AllowedBw(m, n, out);
+  for (int64_t j = 0; j < n; ++j)
+    if (m[j]) out.push_back(int32_t(j));
 }
 
 bool HasAvx512() {
@@ -203,9 +275,11 @@ at::Tensor RowSdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   // Each row's allowed positions, in order.
   std::vector<std::vector<int32_t>> keys(rows);
   const bool* mp = mc.data_ptr<bool>();
-  for (int64_t t = 0; t < rows; ++t)
-    for (int64_t j = 0; j < length; ++j)
-      if (mp[t * length + j]) keys[t].push_back(int32_t(j));
+  size_t most = 0;
+  for (int64_t t = 0; t < rows; ++t) {
+    Allowed(mp + t * length, length, keys[t]);
+    most = std::max(most, keys[t].size());
+  }
 
   std::vector<int64_t> alone;  // rows computed one by one
   for (int64_t a = 0; a < rows;) {
@@ -228,7 +302,7 @@ at::Tensor RowSdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   const int64_t group = heads / kv, n_tasks = int64_t(alone.size()) * heads;
   const bool avx512 = HasAvx512();
   at::parallel_for(0, n_tasks, 1, [&](int64_t begin, int64_t stop) {
-    std::vector<float> scores(length);
+    std::vector<float> scores(most + 16);
     for (int64_t i = begin; i < stop; ++i) {
       const int64_t t = alone[i / heads], h = i % heads, g = h / group;
       const std::vector<int32_t>& ks = keys[t];
