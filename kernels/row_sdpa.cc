@@ -141,58 +141,84 @@ AVX512 __m512i ReduceOrder() {
   return order;
 }
 
-AVX512 void RowAvx512(const Task& t, const Shape& s, float* scores) {
+// The rows of one slot's span for one head (`tasks`, all of one kv group),
+// key blocks outer so that a block of K or V read for one row serves the
+// next from L1. Each row's own operations, in their order, are those of
+// the row alone: sixteen keys' dots (d ascending from zero), one
+// transposing reduction, the exps summed in 16 lanes, the values summed in
+// key order.
+AVX512 void RowsAvx512(const Task* tasks, int64_t n_rows, const Shape& s, float* scratch,
+                       int64_t stride) {
   const __m512 scale = _mm512_set1_ps(s.scale);
   const __m512i order = ReduceOrder();
-  // Scores sixteen keys at a time: a 16-lane FMA dot per key, then one
-  // transposing reduction for the sixteen.
-  for (int64_t i0 = 0; i0 < t.n; i0 += 16) {
-    const int64_t nb = std::min<int64_t>(16, t.n - i0);
-    __m512 v[16];
-    for (int64_t b = 0; b < 16; ++b) {
-      v[b] = _mm512_setzero_ps();
-      if (b >= nb) continue;
-      const float* kr = t.k + t.keys[i0 + b] * s.kstride;
+  int64_t most = 0;
+  for (int64_t r = 0; r < n_rows; ++r) most = std::max(most, tasks[r].n);
+  for (int64_t i0 = 0; i0 < most; i0 += 16) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const Task& t = tasks[r];
+      if (t.n <= i0) continue;
+      const int64_t nb = std::min<int64_t>(16, t.n - i0);
+      const float* kr[16];
+      for (int b = 0; b < 16; ++b) kr[b] = t.k + t.keys[i0 + std::min<int64_t>(b, nb - 1)] * s.kstride;
+      __m512 v[16];
+      for (int b = 0; b < 16; ++b) v[b] = _mm512_setzero_ps();
       for (int64_t d = 0; d < s.d; d += 16) {
         const __mmask16 k = Tail(s.d - d);
-        v[b] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, t.q + d), _mm512_maskz_loadu_ps(k, kr + d),
-                               v[b]);
+        const __m512 qd = _mm512_maskz_loadu_ps(k, t.q + d);
+#pragma GCC unroll 16
+        for (int b = 0; b < 16; ++b)
+          v[b] = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(k, kr[b] + d), v[b]);
+      }
+      const __m512 sc = _mm512_mul_ps(_mm512_permutexvar_ps(order, Reduce16(v)), scale);
+      _mm512_mask_storeu_ps(scratch + r * stride + i0, Tail(nb), sc);
+    }
+  }
+  std::vector<float> inv(n_rows);
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const Task& t = tasks[r];
+    float* scores = scratch + r * stride;
+    float m = -INFINITY;
+    for (int64_t i = 0; i < t.n; ++i) {
+      scores[i] = Capped(scores[i], s.softcap);
+      m = std::max(m, scores[i]);
+    }
+    const __m512 mv = _mm512_set1_ps(m);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t i = 0; i < t.n; i += 16) {
+      const __mmask16 k = Tail(t.n - i);
+      const __m512 p =
+          _mm512_maskz_mov_ps(k, Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, scores + i), mv)));
+      _mm512_mask_storeu_ps(scores + i, k, p);
+      sum = _mm512_add_ps(sum, p);
+    }
+    inv[r] = 1.f / Sum16(sum);
+    std::fill(t.out, t.out + s.d, 0.f);
+  }
+  for (int64_t i0 = 0; i0 < most; i0 += 16) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const Task& t = tasks[r];
+      if (t.n <= i0) continue;
+      const int64_t i1 = std::min<int64_t>(t.n, i0 + 16);
+      const float* scores = scratch + r * stride;
+      for (int64_t d0 = 0; d0 < s.d; d0 += 64) {
+        const int64_t chunks = std::min<int64_t>(4, (s.d - d0 + 15) / 16);
+        __m512 acc[4];
+        for (int64_t c = 0; c < chunks; ++c)
+          acc[c] = _mm512_maskz_loadu_ps(Tail(s.d - d0 - 16 * c), t.out + d0 + 16 * c);
+        for (int64_t i = i0; i < i1; ++i) {
+          const __m512 p = _mm512_set1_ps(scores[i]);
+          const float* vr = t.v + t.keys[i] * s.vstride + d0;
+          for (int64_t c = 0; c < chunks; ++c)
+            acc[c] = _mm512_fmadd_ps(
+                p, _mm512_maskz_loadu_ps(Tail(s.d - d0 - 16 * c), vr + 16 * c), acc[c]);
+        }
+        for (int64_t c = 0; c < chunks; ++c)
+          _mm512_mask_storeu_ps(t.out + d0 + 16 * c, Tail(s.d - d0 - 16 * c), acc[c]);
       }
     }
-    const __m512 sc = _mm512_mul_ps(_mm512_permutexvar_ps(order, Reduce16(v)), scale);
-    _mm512_mask_storeu_ps(scores + i0, Tail(nb), sc);
   }
-  float m = -INFINITY;
-  for (int64_t i = 0; i < t.n; ++i) {
-    scores[i] = Capped(scores[i], s.softcap);
-    m = std::max(m, scores[i]);
-  }
-  const __m512 mv = _mm512_set1_ps(m);
-  __m512 sum = _mm512_setzero_ps();
-  for (int64_t i = 0; i < t.n; i += 16) {
-    const __mmask16 k = Tail(t.n - i);
-    const __m512 p =
-        _mm512_maskz_mov_ps(k, Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, scores + i), mv)));
-    _mm512_mask_storeu_ps(scores + i, k, p);
-    sum = _mm512_add_ps(sum, p);
-  }
-  const __m512 inv = _mm512_set1_ps(1.f / Sum16(sum));
-  // The weighted values, in key order, 64 of D at a time.
-  for (int64_t d0 = 0; d0 < s.d; d0 += 64) {
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                     _mm512_setzero_ps()};
-    const int64_t chunks = std::min<int64_t>(4, (s.d - d0 + 15) / 16);
-    for (int64_t i = 0; i < t.n; ++i) {
-      const __m512 p = _mm512_set1_ps(scores[i]);
-      const float* vr = t.v + t.keys[i] * s.vstride + d0;
-      for (int64_t c = 0; c < chunks; ++c)
-        acc[c] = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(Tail(s.d - d0 - 16 * c), vr + 16 * c),
-                                 acc[c]);
-    }
-    for (int64_t c = 0; c < chunks; ++c)
-      _mm512_mask_storeu_ps(t.out + d0 + 16 * c, Tail(s.d - d0 - 16 * c),
-                            _mm512_mul_ps(acc[c], inv));
-  }
+  for (int64_t r = 0; r < n_rows; ++r)
+    for (int64_t d = 0; d < s.d; ++d) tasks[r].out[d] *= inv[r];
 }
 
 // The positions a mask row allows, 64 bytes at a time.
@@ -251,6 +277,7 @@ at::Tensor RowSdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
               v.sizes());
   const int64_t heads = q.size(1), rows = q.size(2), dim = q.size(3);
   const int64_t kv = k.size(1), length = k.size(2);
+  TORCH_CHECK(max_rows >= 0, "row_sdpa: max_rows must not be negative, got ", max_rows);
   TORCH_CHECK(kv > 0 && heads % kv == 0, "row_sdpa: ", heads, " query heads over ", kv,
               " kv heads");
   TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 2 && mask.size(0) == rows &&
@@ -281,12 +308,12 @@ at::Tensor RowSdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
     most = std::max(most, keys[t].size());
   }
 
-  std::vector<int64_t> alone;  // rows computed one by one
+  std::vector<std::pair<int64_t, int64_t>> alone;  // spans of rows computed one by one
   for (int64_t a = 0; a < rows;) {
     int64_t b = a + 1;
     while (b < rows && slot[b] == slot[a]) ++b;
     if (b - a <= max_rows) {
-      for (int64_t t = a; t < b; ++t) alone.push_back(t);
+      alone.emplace_back(a, b);
     } else {
       int64_t end = 1;
       for (int64_t t = a; t < b; ++t)
@@ -300,27 +327,32 @@ at::Tensor RowSdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   const float *qp = qc.data_ptr<float>(), *kp = kc.data_ptr<float>(), *vp = vc.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t group = heads / kv, n_tasks = int64_t(alone.size()) * heads;
+  const int64_t stride = int64_t(most) + 16;
   const bool avx512 = HasAvx512();
+  // One task per span and head: threads split rows and heads, never a sum.
   at::parallel_for(0, n_tasks, 1, [&](int64_t begin, int64_t stop) {
-    std::vector<float> scores(most + 16);
+    std::vector<float> scratch(stride * max_rows);
+    std::vector<Task> tasks;
     for (int64_t i = begin; i < stop; ++i) {
-      const int64_t t = alone[i / heads], h = i % heads, g = h / group;
-      const std::vector<int32_t>& ks = keys[t];
-      float* o = op + (h * rows + t) * dim;
-      if (ks.empty()) {
-        std::fill(o, o + dim, 0.f);
-        continue;
+      const auto [a, b] = alone[i / heads];
+      const int64_t h = i % heads, g = h / group;
+      tasks.clear();
+      for (int64_t t = a; t < b; ++t) {
+        float* o = op + (h * rows + t) * dim;
+        if (keys[t].empty()) {
+          std::fill(o, o + dim, 0.f);
+          continue;
+        }
+        tasks.push_back(Task{qp + h * qc.stride(1) + t * qc.stride(2),
+                             kp + slot[t] * kc.stride(0) + g * kc.stride(1),
+                             vp + slot[t] * vc.stride(0) + g * vc.stride(1), keys[t].data(),
+                             int64_t(keys[t].size()), o});
       }
-      const Task task{qp + h * qc.stride(1) + t * qc.stride(2),
-                      kp + slot[t] * kc.stride(0) + g * kc.stride(1),
-                      vp + slot[t] * vc.stride(0) + g * vc.stride(1),
-                      ks.data(),
-                      int64_t(ks.size()),
-                      o};
-      if (avx512)
-        RowAvx512(task, shape, scores.data());
-      else
-        RowGeneric(task, shape, scores.data());
+      if (avx512) {
+        RowsAvx512(tasks.data(), int64_t(tasks.size()), shape, scratch.data(), stride);
+      } else {
+        for (const Task& task : tasks) RowGeneric(task, shape, scratch.data());
+      }
     }
   });
   return out;
