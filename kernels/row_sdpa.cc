@@ -35,12 +35,12 @@ namespace torchchat::kernels {
 namespace {
 
 struct Task {
-  const float* q;          // [D]
-  const float* k;          // row 0 of this head's kv group; rows `kstride` apart
-  const float* v;          // likewise, `vstride`
-  const int32_t* keys;     // allowed cache positions, ascending
-  int64_t n;               // how many
-  float* out;              // [D]
+  const float* q;       // [D]
+  const float* k;       // row 0 of this head's kv group; rows `kstride` apart
+  const float* v;       // likewise, `vstride`
+  const int32_t* keys;  // allowed cache positions, ascending
+  int64_t n;            // how many
+  float* out;           // [D]
 };
 
 struct Shape {
@@ -104,7 +104,8 @@ AVX512 __m512 Exp(__m512 x) {
   p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.6666665459e-1f));
   p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(5.0000001201e-1f));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(g, g), _mm512_add_ps(g, _mm512_set1_ps(1.f)));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  const __m512i e =
+      _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
   return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
 
@@ -159,7 +160,8 @@ AVX512 void RowsAvx512(const Task* tasks, int64_t n_rows, const Shape& s, float*
       if (t.n <= i0) continue;
       const int64_t nb = std::min<int64_t>(16, t.n - i0);
       const float* kr[16];
-      for (int b = 0; b < 16; ++b) kr[b] = t.k + t.keys[i0 + std::min<int64_t>(b, nb - 1)] * s.kstride;
+      for (int b = 0; b < 16; ++b)
+        kr[b] = t.k + t.keys[i0 + std::min<int64_t>(b, nb - 1)] * s.kstride;
       __m512 v[16];
       for (int b = 0; b < 16; ++b) v[b] = _mm512_setzero_ps();
       for (int64_t d = 0; d < s.d; d += 16) {
@@ -209,8 +211,8 @@ AVX512 void RowsAvx512(const Task* tasks, int64_t n_rows, const Shape& s, float*
           const __m512 p = _mm512_set1_ps(scores[i]);
           const float* vr = t.v + t.keys[i] * s.vstride + d0;
           for (int64_t c = 0; c < chunks; ++c)
-            acc[c] = _mm512_fmadd_ps(
-                p, _mm512_maskz_loadu_ps(Tail(s.d - d0 - 16 * c), vr + 16 * c), acc[c]);
+            acc[c] = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(Tail(s.d - d0 - 16 * c), vr + 16 * c),
+                                     acc[c]);
         }
         for (int64_t c = 0; c < chunks; ++c)
           _mm512_mask_storeu_ps(t.out + d0 + 16 * c, Tail(s.d - d0 - 16 * c), acc[c]);
@@ -253,7 +255,8 @@ at::Tensor Bulk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const at::Tensor ks = k.narrow(0, slot, 1).narrow(2, 0, end);
   const at::Tensor vs = v.narrow(0, slot, 1).narrow(2, 0, end);
   const at::Tensor ms = mask.narrow(0, a, n).narrow(1, 0, end);
-  if (softcap <= 0) return at::scaled_dot_product_attention(qs, ks, vs, ms, 0.0, false, scale, true);
+  if (softcap <= 0)
+    return at::scaled_dot_product_attention(qs, ks, vs, ms, 0.0, false, scale, true);
   const int64_t kv = k.size(1);
   const at::Tensor qg = qs.unflatten(1, {kv, q.size(1) / kv});
   at::Tensor sc = at::matmul(qg, ks.unsqueeze(2).transpose(-1, -2)) * scale;
@@ -264,8 +267,8 @@ at::Tensor Bulk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 }
 
 at::Tensor RowSdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                   const at::Tensor& mask, const c10::optional<at::Tensor>& slots_opt,
-                   double scale, double softcap, int64_t max_rows) {
+                   const at::Tensor& mask, const c10::optional<at::Tensor>& slots_opt, double scale,
+                   double softcap, int64_t max_rows) {
   TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(),
               "row_sdpa: CPU tensors only");
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
