@@ -1,7 +1,8 @@
 """Attention as the model definition computes it beside ExecuTorch's SDPA:
 the per-layer rules ExecuTorch's SDPA lacks (Gemma's window, score cap and
 query scale), and attention over the filled part of the cache only (eager,
-torch.compile and AOTInductor)."""
+torch.compile and AOTInductor), float32 through torchchat::row_sdpa, whose
+rows do not depend on the rows beside them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from kernels import row_sdpa
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,23 @@ def attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, rule: AttentionRule
     s = torch.where(allowed, s, torch.full_like(s, float("-inf")))
     p = torch.softmax(s.float(), dim=-1).to(q.dtype)
     return torch.matmul(p, v.unsqueeze(2)).flatten(1, 2)
+
+
+def attend_rows(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, slots: Tensor | None, rule: AttentionRule | None
+) -> Tensor | None:
+    """q [1, H, T, D] over the whole cache k, v [S, KV_H, L, D] where mask
+    [T, L] is true (row t in cache row slots[t]; none: 0) through
+    torchchat::row_sdpa, whose rows do not depend on the rows beside them
+    (kernels/row_sdpa.cc): a speculative check of k ids then gives each id
+    the bits of the one-id forward at its position, in eager and in a
+    compiled package, where a loop over rows cannot be traced. None where
+    the op does not run (not float32 on the CPU)."""
+    if not row_sdpa.fits(q, k, mask):
+        return None
+    scale = rule.scale if rule is not None else None
+    softcap = rule.softcap if rule is not None else None
+    return row_sdpa.row_sdpa(q, k, v, mask, slots, scale, softcap)
 
 
 def within_window(
@@ -112,6 +132,9 @@ class FilledCacheSDPA(nn.Module):
         seqlen: int,
         mask: torch.Tensor,
     ) -> torch.Tensor:
+        rows = attend_rows(q, k, v, mask, None, self.rule)
+        if rows is not None:
+            return rows.transpose(1, 2).reshape(bsz, seqlen, self.dim)
         if isinstance(seqlen, int) and 1 < seqlen <= ROWWISE_MAX_ROWS and self.eager():
             return self.rowwise(input_pos, q, k, v, bsz, mask)
         if self.rule is None or self.rule.softcap is None:
@@ -138,7 +161,8 @@ class FilledCacheSDPA(nn.Module):
         (1 ulp apart), and the int8 activations of the GGUF kernels round
         such a difference into whole logits (0.85 on the built-in model),
         so a speculative draft verified in one forward would not keep plain
-        decoding's ids. Eager only: a traced graph cannot loop over rows."""
+        decoding's ids. For the dtypes torchchat::row_sdpa does not take
+        (attend_rows); eager only: a traced graph cannot loop over rows."""
         rows = [
             self.forward(input_pos[t : t + 1], q[:, :, t : t + 1], k, v, bsz, 1, mask[t : t + 1])
             for t in range(q.shape[2])
@@ -147,5 +171,6 @@ class FilledCacheSDPA(nn.Module):
 
 
 # Forwards of up to this many ids (a speculative draft and its check,
-# draft_k <= 15) attend one row at a time in eager (FilledCacheSDPA.rowwise).
+# draft_k <= 15) attend one row at a time in eager where torchchat::row_sdpa
+# does not run (FilledCacheSDPA.rowwise).
 ROWWISE_MAX_ROWS = 16

@@ -64,11 +64,12 @@ def _files_of(checkpoint: Path) -> list[Path]:
 
 def _code_files() -> list[Path]:
     """Sources that decide the compiled graph, and the kernel library."""
-    from kernels import q4
+    from kernels import q4, row_sdpa
     from kernels.ggml import ops as ggml_ops
-    from torchchat import aoti, model, quantize
+    from torchchat import aoti, attention, blocks, model, quantize, slots
 
-    files = [Path(str(m.__file__)) for m in (aoti, model, quantize, q4, ggml_ops)]
+    mods = (aoti, attention, blocks, model, quantize, slots, q4, row_sdpa, ggml_ops)
+    files = [Path(str(m.__file__)) for m in mods]
     # Every reader of the checkpoint package decides weights and layouts.
     files += sorted((Path(str(model.__file__)).parent / "checkpoint").glob("*.py"))
     files.append(Path(__file__))

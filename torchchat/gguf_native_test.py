@@ -17,9 +17,9 @@ from torchchat.checkpoint import load_checkpoint, load_model, load_native
 from torchchat.generate import greedy
 from torchchat.model import attend_filled_cache
 
-# Longer than the kernels' decode path (7 rows and less): prefill runs the
-# exact tiles.
-PROMPT = [0, 17, 250, 3, 99, 400, 12, 5, 77, 310, 2, 64]
+# Longer than the kernels' decode path (31 rows and less): prefill runs the
+# exact tiles, and attention torch's SDPA (kernels/README.md, row_sdpa).
+PROMPT = [0, 17, 250, 3, 99, 400, 12, 5, 77, 310, 2, 64] * 3
 
 
 def pair(path: Path):

@@ -9,7 +9,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from torchchat.attention import AttentionRule, attend, within_window
+from torchchat.attention import AttentionRule, attend, attend_rows, within_window
 from torchchat.config import ConfigError
 from torchchat.model import Images, Model
 
@@ -87,9 +87,15 @@ class _SlotAttention(nn.Module):
 class SlotSDPA(_SlotAttention):
     """FilledCacheSDPA per slot: each entry's queries attend over its own slot's
     cache up to its last position, with the same shapes (and so the same
-    arithmetic) as a batch-1 FilledCacheSDPA call for that sequence."""
+    arithmetic) as a batch-1 FilledCacheSDPA call for that sequence. In
+    float32, torchchat::row_sdpa does that for the whole step (attend_rows):
+    each row of an entry of up to 16 ids alone, longer entries by torch's
+    SDPA over their own slot, as the loop below."""
 
     def attend(self, input_pos: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        rows = attend_rows(q, k, v, mask, self.plan.batch.slots, self.rule)
+        if rows is not None:
+            return rows
         spans = self.plan.batch.spans
         if spans is None:
             raise ValueError("SlotSDPA needs the batch's spans")
@@ -118,10 +124,18 @@ class MaskedSlotSDPA(_SlotAttention):
     The other slots' keys are wasted multiplications, but every filled cache
     entry is still read once per step, as the per-slot loop reads it (and
     copied once, to lay the slots out as one sequence).
+
+    In float32 the step goes to torchchat::row_sdpa instead (attend_rows),
+    as SlotSDPA's does: the same arithmetic as the eager server, each row
+    of a short entry (a decode row, a speculative check) the bits of that
+    row alone, and no other slot's keys read.
     """
 
     def attend(self, input_pos: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         slots = self.plan.batch.slots
+        rows = attend_rows(q, k, v, mask, slots, self.rule)
+        if rows is not None:
+            return rows
         n_slots, heads, end, head_dim = k.shape
         if self.rule is None or self.rule.softcap is None:
             # Only the rows up to the highest slot in the step, each up to
