@@ -47,15 +47,21 @@ PROMPTS = [" ".join(WORDS[i % 7 : i % 7 + 2 + i % 9]) for i in range(16)]
 MAX_TOKENS = 128
 
 
+# Ports this test has handed out, a Ray node's worker range included: the
+# kernel may hand a port inside a range out again as a "free" one, and Ray
+# refuses a node whose ports overlap.
+_taken: set[int] = set()
+
+
 def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    ports: list[int] = []
+    while len(ports) < n:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p not in _taken and p not in ports:
+            ports.append(p)
+    _taken.update(ports)
     return ports
 
 
@@ -86,8 +92,15 @@ def cpu_ticks(pid: int) -> int:
 
 
 def node_args(temp: str, cpus: int) -> list[str]:
-    nm, om, client, rt, metrics, agent, agent_grpc, workers = free_ports(8)
-    # Worker ports: a small block above a free port (Ray takes a range).
+    # Worker ports: a small block above a free port (Ray takes a range),
+    # reserved before the node's single ports are drawn.
+    while True:
+        (workers,) = free_ports(1)
+        block = set(range(workers, min(workers + 40, 65535) + 1))
+        if not block & _taken - {workers}:
+            break
+    _taken.update(block)
+    nm, om, client, rt, metrics, agent, agent_grpc = free_ports(7)
     return [
         "--node-ip-address=127.0.0.1",
         f"--num-cpus={cpus}",
