@@ -1,7 +1,9 @@
 #include "kernels/isa.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
+#include <vector>
 
 namespace torchchat::kernels::isa {
 namespace {
@@ -114,6 +116,15 @@ const tile::MicroFn* Micro(Path p) {
     default:
       return nullptr;
   }
+}
+
+const float* PadToBlocks(const float* x, int64_t m, int64_t k, int64_t kp) {
+  if (kp == k) return x;
+  thread_local std::vector<float> xpad;
+  xpad.assign(size_t(m * kp), 0.f);
+  for (int64_t i = 0; i < m; ++i)
+    std::memcpy(xpad.data() + i * kp, x + i * k, size_t(k) * sizeof(float));
+  return xpad.data();
 }
 
 #if TC_Q4_X86

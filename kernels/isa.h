@@ -50,6 +50,11 @@ const tile::MicroFn* Micro(Path p);
 // (measured: 2x the bandwidth of the same kernel without it).
 constexpr int kPf = 4;
 
+// x[m, k] with each row zero padded to kp (a whole number of blocks), in
+// this thread's scratch, valid until the next call on the thread; x itself
+// when kp == k. Both formats' kernels read x in whole blocks.
+const float* PadToBlocks(const float* x, int64_t m, int64_t k, int64_t kp);
+
 // Rounds x[nb*32] to int16 per block of 32 into out (natural order, nb*32)
 // and the block scales into sc[nb] (scale s = max|x|/32767; error <= s/2
 // per element). False if a block is not finite or so small that 32767/max

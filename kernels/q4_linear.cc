@@ -594,15 +594,9 @@ void Q4Linear(const float* x, int64_t m, const Q4Weight& w, const float* bias, f
   if (m <= 0 || w.n <= 0) return;
   const int64_t nb = Q4NumBlocks(w.k), kp = nb * 32;
   // Scratch reused across calls on this thread: decode allocates nothing.
-  thread_local std::vector<float> xs, xpad;
+  thread_local std::vector<float> xs;
   xs.resize(size_t(m * nb));
-  const float* xp = x;
-  if (kp != w.k) {
-    xpad.assign(size_t(m * kp), 0.f);
-    for (int64_t i = 0; i < m; ++i)
-      std::memcpy(xpad.data() + i * kp, x + i * w.k, size_t(w.k) * sizeof(float));
-    xp = xpad.data();
-  }
+  const float* xp = isa::PadToBlocks(x, m, w.k, kp);
   const isa::Path path = isa::Active();
   const Q4Kernels& kern = KernelsFor(path);
   const bool tiled = m >= kTileMinM;

@@ -286,14 +286,7 @@ void Q8Linear(const float* x, int64_t m, const Q8Weight& w, const float* bias, f
               const Q4ParallelFor* pf) {
   if (m <= 0 || w.n <= 0) return;
   const int64_t kp = Q8NumBlocks(w.k) * 32;
-  thread_local std::vector<float> xpad;
-  const float* xp = x;
-  if (kp != w.k) {
-    xpad.assign(size_t(m * kp), 0.f);
-    for (int64_t i = 0; i < m; ++i)
-      std::memcpy(xpad.data() + i * kp, x + i * w.k, size_t(w.k) * sizeof(float));
-    xp = xpad.data();
-  }
+  const float* xp = isa::PadToBlocks(x, m, w.k, kp);
   const isa::Path path = isa::Active();
   const Q8Kernels& kern = KernelsFor(path);
   const tile::MicroFn* micro = isa::Micro(path);
