@@ -94,6 +94,13 @@ std::vector<uint8_t> RandomWeights(int type, int64_t n, int64_t k, std::mt19937&
   return w;
 }
 
+// The formats with an int8 prefill GEMM (linear.cc's Gemm8Avx2 and
+// Gemm8Vnni): with int8 x they round it at every m. Every block format but
+// Q3_K.
+bool HasGemm(int type) {
+  return type != kF32 && type != kF16 && type != kBF16 && type != kQ3_K;
+}
+
 TEST(Linear, PathsAgree) {
   const int types[] = {kF32,  kF16,  kBF16, kQ4_0, kQ4_1, kQ5_0,   kQ5_1,  kQ8_0,
                        kQ2_K, kQ3_K, kQ4_K, kQ5_K, kQ6_K, kIQ4_NL, kIQ4_XS};
@@ -123,7 +130,7 @@ TEST(Linear, PathsAgree) {
             // 256, as llama.cpp's Q8_K) or to 16 per 32; floats and tiles
             // are exact.
             const bool block = type != kF32 && type != kF16 && type != kBF16;
-            const bool int8 = m < 32 && block && std::string(dx) == "int8";
+            const bool int8 = (m < 32 || HasGemm(type)) && block && std::string(dx) == "int8";
             const int64_t xb = BlockElems(type) == 256 ? 256 : 32;
             for (int64_t i = 0; i < m; ++i)
               for (int64_t j = 0; j < n; ++j) {
@@ -193,8 +200,10 @@ TEST(Linear, RowsAreIndependentOfTheBatchAndThreads) {
             ASSERT_EQ(nullptr, Linear(x.data() + i * k, 1, w.data(), type, n, k, bias.data(),
                                       alone.data() + i * n));
           const bool block = type != kF32 && type != kF16 && type != kBF16;
+          const bool any_m = !block || (HasGemm(type) && std::string(dx) == "int8" &&
+                                        std::string(isa) != "scalar");
           for (int64_t rows : {2, 4, 5, 7, 8, 9, 16, 31, 32, 33, 40})
-            if (!block || rows < 32)
+            if (any_m || rows < 32)
               for (const Q4ParallelFor* pf :
                    {static_cast<const Q4ParallelFor*>(nullptr), &two, &other}) {
                 std::fill(y.begin(), y.end(), 0.f);
@@ -208,6 +217,74 @@ TEST(Linear, RowsAreIndependentOfTheBatchAndThreads) {
       ASSERT_TRUE(ForceIsa(""));
       ASSERT_TRUE(ForceDecodeX(""));
     }
+}
+
+// The int8 GEMM (prefill) of every format that has one, on both ISAs: at
+// m around the switch from the decode rows (32) and at a prompt's size,
+// with a tail of rows past the GEMM's groups, one row that cannot be
+// rounded and two threads, each row is the same bits as that row alone
+// (decode), and within the int8 bound of the exact product.
+TEST(Linear, GemmRowsEqualDecode) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> g;
+  const int64_t n = 37;
+  TwoThreads half{0.5};
+  const Q4ParallelFor two{TwoThreads::Run, &half};
+  for (int type : {kQ4_K, kQ5_K, kQ6_K, kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ8_0, kQ2_K, kIQ4_NL, kIQ4_XS}) {
+    ASSERT_TRUE(HasGemm(type));
+    // 32-element formats: three whole chunks of 256 and four blocks past them.
+    const int64_t xb = BlockElems(type) == 256 ? 256 : 32, k = xb == 256 ? 768 : 896;
+    const auto w = RandomWeights(type, n, k, rng);
+    std::vector<int64_t> ids(n);
+    for (int64_t i = 0; i < n; ++i) ids[size_t(i)] = i;
+    std::vector<float> deq(size_t(n * k));
+    ASSERT_EQ(nullptr, DequantizeRows(w.data(), type, k, ids.data(), n, deq.data()));
+    for (int64_t m : {31, 32, 33, 45, 256}) {
+      std::vector<float> x(static_cast<size_t>(m * k)), bias(static_cast<size_t>(n)),
+          alone(static_cast<size_t>(m * n)), y(static_cast<size_t>(m * n));
+      for (auto& v : x) v = g(rng);
+      for (auto& v : bias) v = g(rng);
+      x[size_t(m / 2 * k + 5)] = NAN;  // this row runs alone through the exact tiles
+      for (const char* isa : {"avx2", "avx512vnni"}) {
+        if (!ForceIsa(isa)) continue;
+        ASSERT_TRUE(ForceDecodeX("int8"));
+        for (int64_t i = 0; i < m; ++i)
+          ASSERT_EQ(nullptr, Linear(x.data() + i * k, 1, w.data(), type, n, k, bias.data(),
+                                    alone.data() + i * n));
+        for (const Q4ParallelFor* pf : {static_cast<const Q4ParallelFor*>(nullptr), &two}) {
+          std::fill(y.begin(), y.end(), 0.f);
+          ASSERT_EQ(nullptr, Linear(x.data(), m, w.data(), type, n, k, bias.data(), y.data(), pf));
+          for (int64_t i = 0; i < m; ++i) {
+            ASSERT_EQ(0, std::memcmp(y.data() + i * n, alone.data() + i * n, n * sizeof(float)))
+                << TypeName(type) << " m=" << m << " row " << i << " on " << Isa()
+                << (pf ? ", 2 threads" : "");
+            if (i == m / 2) {  // exact: the dequantized product
+              for (int64_t j = 0; j < n; ++j) EXPECT_TRUE(std::isnan(y[size_t(i * n + j)]));
+              continue;
+            }
+            for (int64_t j = 0; j < n; ++j) {
+              double ref = bias[size_t(j)], scale = 1e-6, bound = 0;
+              for (int64_t c = 0; c < k / xb; ++c) {
+                float amax = 0;
+                for (int64_t e = c * xb; e < c * xb + xb; ++e)
+                  amax = std::max(amax, std::fabs(x[size_t(i * k + e)]));
+                for (int64_t e = c * xb; e < c * xb + xb; ++e) {
+                  const double wv = deq[size_t(j * k + e)], xv = x[size_t(i * k + e)];
+                  ref += wv * xv;
+                  scale += std::fabs(wv * xv);
+                  bound += std::fabs(wv) * amax / 254;
+                }
+              }
+              EXPECT_NEAR(y[size_t(i * n + j)], ref, 3e-5 * scale + bound)
+                  << TypeName(type) << " m=" << m << " (" << i << ", " << j << ") on " << Isa();
+            }
+          }
+        }
+      }
+      ASSERT_TRUE(ForceIsa(""));
+      ASSERT_TRUE(ForceDecodeX(""));
+    }
+  }
 }
 
 // //tests:avx2_kind_test runs this on emulated CPUs and names the path

@@ -260,6 +260,84 @@ TC_GGML_VNNI void DotQ45KVnni(const uint8_t* row, const XK& x, float* out) {
     out[j] = HsumK512(_mm512_add_ps(acc[j], _mm512_zextps128_ps512(accm[j])));
 }
 
+// Prefill's MR rows of x (MR % 4 == 0) for GemmQ45KVnni: the codes as XK's,
+// and per chunk c the rows' scales d[c * MR + j] and their code sums per 32
+// at bs32[(c * MR + j) * 8 ..], so that one load serves several rows.
+struct XKT {
+  const int8_t* q;
+  const float* d;
+  const int16_t* bs32;
+  int64_t k;
+};
+
+// DotQ45KVnni for prefill: each row of x gets the same integer lanes and
+// the same fp32 operations in the same order as DotQ45KVnni<1> (so the same
+// bits), with each chunk's per-row epilogue shared across rows: the scales
+// d * x-scale for MR rows in one multiply, and the mins' dots for four rows
+// in one vpmaddwd, their fp32 lanes side by side in one register.
+template <bool kQ5, int MR>
+TC_GGML_VNNI void GemmQ45KVnni(const uint8_t* row, const XKT& x, float* out) {
+  static_assert(MR % 4 == 0);
+  constexpr int kBytes = kQ5 ? Q5_K::kBytes : Q4_K::kBytes, kQs = kQ5 ? 48 : 16;
+  const int64_t k = x.k, chunks = k / 256;
+  const __m512i m4 = _mm512_set1_epi8(0xF), one = _mm512_set1_epi8(1);
+  const __m512i nib = Halves16(0, 4);
+  const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  __m512 acc[MR], accm[MR / 4];
+  for (int j = 0; j < MR; ++j) acc[j] = _mm512_setzero_ps();
+  for (int t = 0; t < MR / 4; ++t) accm[t] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < chunks; ++c) {
+    const uint8_t* b = row + c * kBytes;
+    alignas(16) uint8_t sm[16];
+    UnpackK4(b + 4, sm);
+    const __m128i sm8 = _mm_load_si128(reinterpret_cast<const __m128i*>(sm));
+    const __m512i sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(sm8));
+    const __m512i mins = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_srli_si128(sm8, 8)));
+    const __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128(int(Le32(b))));
+    __m512i hb;
+    if constexpr (kQ5)
+      hb = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16)));
+    __m512i sumi[MR];
+    for (int j = 0; j < MR; ++j) sumi[j] = _mm512_setzero_si512();
+    TC_UNROLL
+    for (int p = 0; p < 4; ++p) {
+      const __m512i raw = _mm512_broadcast_i64x4(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + kQs + 32 * p)));
+      __m512i q = _mm512_and_si512(_mm512_srlv_epi16(raw, nib), m4);
+      if constexpr (kQ5) {
+        const __m512i bit =
+            _mm512_and_si512(_mm512_srlv_epi16(hb, Halves16(2 * p, 2 * p + 1)), one);
+        q = _mm512_or_si512(q, _mm512_slli_epi16(bit, 4));
+      }
+      const __m512i scv = _mm512_permutexvar_epi16(Halves16(2 * p, 2 * p + 1), sc);
+      TC_UNROLL
+      for (int j = 0; j < MR; ++j) {
+        const __m512i xv = _mm512_loadu_si512(x.q + j * k + c * 256 + 64 * p);
+        sumi[j] = _mm512_dpwssd_epi32(sumi[j], _mm512_maddubs_epi16(q, xv), scv);
+      }
+    }
+    // d * x-scale and dmin * x-scale per row: DotQ45KVnni's s, lanes 0, 1.
+    alignas(64) float sd[MR];
+    TC_UNROLL
+    for (int t = 0; t < MR / 4; ++t) {
+      const __m128 xd = _mm_loadu_ps(x.d + c * MR + 4 * t);
+      _mm_store_ps(sd + 4 * t, _mm_mul_ps(_mm_shuffle_ps(dm, dm, 0), xd));
+      const __m512 smin = _mm512_permutexvar_ps(
+          quad, _mm512_castps128_ps512(_mm_mul_ps(_mm_shuffle_ps(dm, dm, 0x55), xd)));
+      const __m512i bs = _mm512_loadu_si512(x.bs32 + (c * MR + 4 * t) * 8);
+      accm[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(mins, bs)), smin, accm[t]);
+    }
+    TC_UNROLL
+    for (int j = 0; j < MR; ++j)
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[j]), _mm512_set1_ps(sd[j]), acc[j]);
+  }
+  alignas(64) float am[4 * MR];
+  for (int t = 0; t < MR / 4; ++t) _mm512_store_ps(am + 16 * t, accm[t]);
+  TC_UNROLL
+  for (int j = 0; j < MR; ++j)
+    out[j] = HsumK512(_mm512_add_ps(acc[j], _mm512_zextps128_ps512(_mm_load_ps(am + 4 * j))));
+}
+
 template <int MR>
 TC_GGML_VNNI void DotQ6KVnni(const uint8_t* row, const XK& x, float* out) {
   const int64_t k = x.k, chunks = k / 256;

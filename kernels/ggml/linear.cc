@@ -67,7 +67,14 @@ struct Job {
   const float* xd = nullptr;
   const int16_t* xbs16 = nullptr;
   const int16_t* xbs32 = nullptr;
+  // Prefill's int8 GEMM: xd and xbs32 again, rows in groups of kGemmMR,
+  // each group's by chunk (XKT).
+  const float* xdT = nullptr;
+  const int16_t* xbs32T = nullptr;
 };
+
+// The rows of x GemmQ45KVnni takes at once (XKT's groups).
+constexpr int kGemmMR = 8;
 
 using RowsFn = void (*)(const Job&, int64_t n0, int64_t n1);
 using DequantFn = void (*)(const uint8_t* row, int64_t k, float* out);
@@ -515,6 +522,31 @@ void GroupK(const Job& a, int64_t n, int64_t i0) {
   for (int j = 0; j < MR; ++j) a.y[(i0 + j) * a.n + n] = out[j] + (a.bias ? a.bias[n] : 0.f);
 }
 
+// Prefill's int8 GEMM for the formats with their own dots (kquants_x86.h):
+// MR rows of x (MR * k bytes, in L1) against every weight row of the task,
+// so each weight chunk is loaded and unpacked once per MR rows of x, and
+// the rows of x left over one at a time. Dot<MR> does, for each row of x,
+// exactly what Dot<1> (decode) does, so a row's result is the same bits as
+// decode's, whatever m and however the rows are grouped.
+template <GroupFn Many, int MR, GroupFn One>
+void Gemm8(const Job& a, int64_t n0, int64_t n1) {
+  int64_t i = 0;
+  for (; i + MR <= a.m; i += MR)
+    for (int64_t n = n0; n < n1; ++n) Many(a, n, i);
+  for (; i < a.m; ++i)
+    for (int64_t n = n0; n < n1; ++n) One(a, n, i);
+}
+
+// GemmQ45KVnni as a GroupFn, on rows i0.. of x in XKT's groups.
+template <bool kQ5>
+TC_GGML_VNNI void GroupKT(const Job& a, int64_t n, int64_t i0) {
+  const int64_t k = a.k;
+  const XKT x{a.xq8 + i0 * k, a.xdT + i0 * (k / 256), a.xbs32T + i0 * (k / 32), k};
+  float out[kGemmMR];
+  GemmQ45KVnni<kQ5, kGemmMR>(a.w + n * a.row_bytes, x, out);
+  for (int j = 0; j < kGemmMR; ++j) a.y[(i0 + j) * a.n + n] = out[j] + (a.bias ? a.bias[n] : 0.f);
+}
+
 // ----------------------------------------------------------- AVX-512 VNNI --
 // The same loop with one 512-bit dot per group of 32: the AVX2 codes,
 // joined, against x's 32 int16 at once (vpdpwssd), and one FMA whose lanes
@@ -680,6 +712,39 @@ constexpr RowsFn Rows8Vnni() {
   return Rows8<Group8Vnni<F, kMR>, Group8Vnni<F, 1>>;
 }
 
+// Prefill's GEMM where a format has one (nullptr: it keeps the fp32 tiles):
+// the decode dots on several rows of x at once. AVX2's 16 registers hold
+// the accumulators of 4 rows of x; AVX-512's 32 hold 8. At m = 256 on a 1B's
+// ffn gate/up (//kernels/ggml:linear_bench --gemm, Zen 4, 2 threads) they
+// ran 1.1-2.3x the fp32 tiles (the K-quants 1.7-2.3x); Q3_K's generic loop
+// did not beat them.
+template <class F>
+constexpr RowsFn Gemm8Avx2() {
+  if constexpr (std::is_same_v<F, Q4_K>)
+    return Gemm8<GroupK<DotQ45KAvx2<false, kMR>, kMR>, kMR, GroupK<DotQ45KAvx2<false, 1>, 1>>;
+  if constexpr (std::is_same_v<F, Q5_K>)
+    return Gemm8<GroupK<DotQ45KAvx2<true, kMR>, kMR>, kMR, GroupK<DotQ45KAvx2<true, 1>, 1>>;
+  if constexpr (std::is_same_v<F, Q6_K>)
+    return Gemm8<GroupK<DotQ6KAvx2<kMR>, kMR>, kMR, GroupK<DotQ6KAvx2<1>, 1>>;
+  if constexpr (std::is_same_v<F, Q3_K>) return nullptr;  // ran 0.98x the tiles
+  return Gemm8<Group8Avx2<F, kMR>, kMR, Group8Avx2<F, 1>>;
+}
+
+template <class F>
+constexpr RowsFn Gemm8Vnni() {
+  constexpr int R = kGemmMR;
+  if constexpr (std::is_same_v<F, Q4_K>)
+    return Gemm8<GroupKT<false>, R, GroupK<DotQ45KVnni<false, 1>, 1>>;
+  if constexpr (std::is_same_v<F, Q5_K>)
+    return Gemm8<GroupKT<true>, R, GroupK<DotQ45KVnni<true, 1>, 1>>;
+  if constexpr (std::is_same_v<F, Q6_K>)
+    return Gemm8<GroupK<DotQ6KVnni<R>, R>, R, GroupK<DotQ6KVnni<1>, 1>>;
+  if constexpr (std::is_same_v<F, Q3_K>) return nullptr;  // ran 0.75-0.92x the tiles
+  // Q8_0's eight rows of x ran slower than four (1.1x the tiles).
+  if constexpr (std::is_same_v<F, Q8_0>) return Gemm8<Group8Vnni<F, kMR>, kMR, Group8Vnni<F, 1>>;
+  return Gemm8<Group8Vnni<F, R>, R, Group8Vnni<F, 1>>;
+}
+
 bool CpuHasVnni() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
@@ -775,6 +840,9 @@ struct Kernels {
   DequantFn dequant;
   bool int16_x;            // rows read Job::xq (a block format on a SIMD path)
   RowsFn rows8 = nullptr;  // decode with int8 x (Job::xq8), where there is one
+  // Prefill with int8 x, where a format has a GEMM: the same bits per row
+  // as rows8, so such a format rounds x at every m.
+  RowsFn gemm8 = nullptr;
 };
 
 struct Format {
@@ -796,8 +864,8 @@ constexpr Format BlockFormat(const char* name) {
                 F::kBytes,
                 {RowsScalar<F>, DequantRowScalar<F>, false},
 #if TC_GGML_X86
-                {RowsAvx2<F>, DequantRowAvx2<F>, true, Rows8Avx2<F>()},
-                {RowsVnni<F>, DequantRowAvx2<F>, true, Rows8Vnni<F>()}
+                {RowsAvx2<F>, DequantRowAvx2<F>, true, Rows8Avx2<F>(), Gemm8Avx2<F>()},
+                {RowsVnni<F>, DequantRowAvx2<F>, true, Rows8Vnni<F>(), Gemm8Vnni<F>()}
 #endif
   };
 }
@@ -877,6 +945,15 @@ bool DefaultX8() {
 
 bool x8 = DefaultX8();
 
+// TORCHCHAT_GGML_PREFILL=tiles sends prefill of every block format to the
+// exact fp32 tiles (benchmarks compare the two); int8 is the default.
+bool DefaultPrefill8() {
+  const char* env = std::getenv("TORCHCHAT_GGML_PREFILL");
+  return env == nullptr || std::string(env) != "tiles";
+}
+
+bool prefill8 = DefaultPrefill8();
+
 const Kernels& KernelsFor(const Format& f) {
 #if TC_GGML_X86
   if (active_path == Path::kAvx2) return f.avx2;
@@ -945,6 +1022,19 @@ bool ForceDecodeX(const char* x) {
   return true;
 }
 
+const char* Prefill() { return prefill8 ? "int8" : "tiles"; }
+
+bool ForcePrefill(const char* path) {
+  const std::string s = path ? path : "";
+  if (s.empty()) {
+    prefill8 = DefaultPrefill8();
+    return true;
+  }
+  if (s != "int8" && s != "tiles") return false;
+  prefill8 = s == "int8";
+  return true;
+}
+
 bool ForceIsa(const char* isa) {
   const std::string s = isa ? isa : "";
   if (s.empty()) {
@@ -975,13 +1065,18 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
   // (below kRowsMaxM for block formats): one id alone and the same id among
   // a speculative draft's give the same bits. Float formats run rows below
   // kTileMinM and tiles above, with the same sums in the same order.
-  const bool rounded = kern.int16_x && m < kRowsMaxM;
+  // A format with an int8 GEMM (Q4_K, Q5_K, Q6_K) rounds x at every m, and
+  // its GEMM gives each row decode's bits: a row's result is then the same
+  // in any call, prefill's included.
+  const bool gemm = x8 && prefill8 && kern.gemm8 != nullptr;
+  const bool rounded = kern.int16_x && (m < kRowsMaxM || gemm);
   bool tiled = !rounded && m >= kTileMinM && micro != nullptr;
   // Scratch reused across calls on this thread: decode allocates nothing.
   thread_local std::vector<int16_t> xq;
   thread_local std::vector<int8_t> xq8;
   thread_local std::vector<float> xsc16, xs16, xd;
-  thread_local std::vector<int16_t> xbs16, xbs32;
+  thread_local std::vector<int16_t> xbs16, xbs32, xbs32T;
+  thread_local std::vector<float> xdT;
   // Rows of x that cannot be rounded (not finite, or too small for
   // limit / max): each runs alone through the exact tiles afterwards.
   thread_local std::vector<int64_t> exact_rows;
@@ -1031,8 +1126,24 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
         exact_rows.push_back(i);
       }
     }
+    if (x256 && m >= kRowsMaxM) {
+      // The GEMM's groups of rows, chunk by chunk (XKT).
+      const int64_t chunks = k / 256, groups = m / kGemmMR;
+      xdT.resize(size_t(groups * kGemmMR * chunks));
+      xbs32T.resize(size_t(groups * kGemmMR * chunks * 8));
+      for (int64_t g = 0; g < groups; ++g)
+        for (int64_t c = 0; c < chunks; ++c)
+          for (int64_t j = 0; j < kGemmMR; ++j) {
+            const int64_t i = g * kGemmMR + j, t = (g * chunks + c) * kGemmMR + j;
+            xdT[size_t(t)] = xd[size_t(i * chunks + c)];
+            std::memcpy(xbs32T.data() + t * 8, xbs32.data() + i * (k / 32) + c * 8,
+                        8 * sizeof(int16_t));
+          }
+      task.job.xdT = xdT.data();
+      task.job.xbs32T = xbs32T.data();
+    }
     if (int8_rows) {
-      task.rows = kern.rows8;
+      task.rows = m < kRowsMaxM ? kern.rows8 : kern.gemm8;
       task.job.xq8 = xq8.data();
       if (x256) {
         task.job.xd = xd.data();

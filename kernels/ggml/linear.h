@@ -62,4 +62,11 @@ bool ForceIsa(const char* isa);
 const char* DecodeX();
 bool ForceDecodeX(const char* x);
 
+// Prefill's path for the formats with an int8 GEMM: "int8" (the default:
+// x rounded as decode rounds it, the same bits per row as decode) or
+// "tiles" (exact fp32); TORCHCHAT_GGML_PREFILL names the other. For
+// benchmarks and tests; ForcePrefill("") restores the default.
+const char* Prefill();
+bool ForcePrefill(const char* path);
+
 }  // namespace torchchat::kernels::ggml

@@ -8,6 +8,11 @@
 //
 //   tools/bazel run //kernels/ggml:linear_bench -- [--threads 2] [--mb 512]
 //       [--m 1] [--isa avx2|avx512vnni] [--x int8|int16] [--reps 5]
+//
+// --gemm instead times prefill: m = 256 rows of x (--m to change) against
+// a 1B's ffn gate/up shape (8192 x 2048) in every block format, in GMAC/s,
+// on both prefill paths in the same run (the int8 GEMM where the format has
+// one, and the fp32 tiles), each the median of --reps.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -85,13 +90,59 @@ std::vector<uint8_t> Weights(int type, int64_t bytes, std::mt19937& rng) {
   return w;
 }
 
+// Prefill: GMAC/s of m rows of x on each prefill path, per block format.
+void Gemm(tk::SpinPool& pool, int m, int reps) {
+  const tk::Q4ParallelFor pf = pool.AsParallelFor();
+  const int types[] = {gg::kQ4_K, gg::kQ5_K, gg::kQ6_K, gg::kQ4_0,  gg::kQ4_1,  gg::kQ5_0,
+                       gg::kQ5_1, gg::kQ8_0, gg::kQ2_K, gg::kQ3_K, gg::kIQ4_NL, gg::kIQ4_XS};
+  const int64_t n = 8192, k = 2048;
+  std::printf("prefill GEMM: ggml isa %s, M %d, N x K %ldx%ld, GMAC/s (median of %d, min-max)\n",
+              gg::Isa(), m, long(n), long(k), reps);
+  std::printf("%-7s %18s %18s %8s\n", "type", "int8", "tiles", "ratio");
+  std::mt19937 rng(0);
+  std::normal_distribution<float> g;
+  std::vector<float> x(size_t(m * k)), y(size_t(m * n));
+  for (auto& v : x) v = g(rng);
+  for (int type : types) {
+    const auto w = Weights(type, gg::RowBytes(type, k) * n, rng);
+    double med[2];
+    char range[2][32];
+    for (int p = 0; p < 2; ++p) {
+      gg::ForcePrefill(p == 0 ? "int8" : "tiles");
+      auto run = [&] { gg::Linear(x.data(), m, w.data(), type, n, k, nullptr, y.data(), &pf); };
+      run();
+      std::vector<double> r;
+      for (int i = 0; i < reps; ++i) {
+        const double t0 = Now();
+        run();
+        r.push_back(double(m) * double(n) * double(k) / (Now() - t0) / 1e9);
+      }
+      std::sort(r.begin(), r.end());
+      med[p] = r[r.size() / 2];
+      std::snprintf(range[p], sizeof range[p], "%.1f (%.1f-%.1f)", med[p], r.front(), r.back());
+    }
+    gg::ForcePrefill("");
+    std::printf("%-7s %18s %18s %7.2fx\n", gg::TypeName(type), range[0], range[1], med[0] / med[1]);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 2, m = 1, reps = 5;
+  int threads = 2, m = 0, reps = 5;
   double mb = 512;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  bool gemm = false;
+  for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
+    if (a == "--gemm") {
+      gemm = true;
+      --i;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "error: %s needs a value\n", argv[i]);
+      return 2;
+    }
     if (a == "--threads") {
       threads = std::atoi(argv[i + 1]);
     } else if (a == "--mb") {
@@ -112,12 +163,17 @@ int main(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr,
-                   "usage: linear_bench [--threads T] [--mb MB] [--m M] [--reps R] "
+                   "usage: linear_bench [--gemm] [--threads T] [--mb MB] [--m M] [--reps R] "
                    "[--isa avx2|avx512vnni|scalar] [--x int8|int16]\n");
       return 2;
     }
   }
   tk::SpinPool pool(threads);
+  if (gemm) {
+    Gemm(pool, m > 0 ? m : 256, reps);
+    return 0;
+  }
+  if (m <= 0) m = 1;
   const tk::Q4ParallelFor pf = pool.AsParallelFor();
   const double bw = ReadBandwidth(pool);
   std::printf("ggml isa %s, x %s, threads %d, M %d, weights rotating over ~%.0f MB\n", gg::Isa(),

@@ -16,6 +16,9 @@ from kernels.ggml import ops
 from testing import gguf_blocks
 
 FLOATS = gguf_blocks.FLOATS
+# The formats with an int8 prefill GEMM (linear.cc's Gemm8Avx2/Gemm8Vnni):
+# with int8 x they round x at every m, with decode's bits per row.
+GEMM_INT8 = tuple(t for t in ops.TYPES if t not in FLOATS and t != "Q3_K")
 
 
 def random_tensor(qtype: str, n: int, k: int, seed: int) -> np.ndarray:
@@ -42,9 +45,11 @@ class LinearTest(unittest.TestCase):
         # Below 32 rows block formats round x, to int16 per block of 32
         # (2^-16 of the block's largest value) or int8 (1/254 of it) per 32,
         # or per 256 for the 256-element formats (K-quants, IQ4_XS: as
-        # llama.cpp's Q8_K); from 32 their tiles, float formats and the
-        # scalar path are exact up to fp32 sums.
-        rounded = m < 32 and isa != "scalar" and qtype not in FLOATS
+        # llama.cpp's Q8_K), and so do the GEMM formats' int8 at any m;
+        # from 32 the others' tiles, float formats and the scalar path are
+        # exact up to fp32 sums.
+        gemm = x == "int8" and qtype in GEMM_INT8
+        rounded = (m < 32 or gemm) and isa != "scalar" and qtype not in FLOATS
         tol = 3e-5 if rounded else 2e-6
         if rounded and x == "int8":
             # Each x off by at most 1/254 of its block's largest |x|.
@@ -65,6 +70,14 @@ class LinearTest(unittest.TestCase):
                 for m in (1, 3, 5, 16, 40):  # 5: four rows at once, then one
                     self.check(qtype, m, isa, x="int8")
 
+    def test_gemm_formats_prefill_int8(self) -> None:
+        """The int8 GEMM, around the switch from the decode rows (32) and
+        at a prompt's size, on both ISAs."""
+        for isa in ("avx2", ""):
+            for qtype in GEMM_INT8:
+                for m in (31, 32, 33, 256):
+                    self.check(qtype, m, isa, x="int8")
+
     def test_every_format_prefill(self) -> None:
         for qtype in ops.TYPES:
             self.check(qtype, 16)
@@ -75,9 +88,10 @@ class LinearTest(unittest.TestCase):
 
     def test_rows_independent_of_batch_and_threads(self) -> None:
         """Through the op and at::parallel_for: each row of one call of up
-        to 31 rows (block formats; floats 40) on 2 threads is bit for bit
-        that row alone on 1 thread, so a speculative draft's check changes
-        no id."""
+        to 31 rows (block formats; floats, and the GEMM formats' int8, at
+        any m) on 2 threads is bit for bit that row alone on 1 thread, so a
+        speculative draft's check changes no id, nor does a prompt's
+        prefill."""
         n, k, m = 264, 512, 40
         x = torch.from_numpy(np.random.default_rng(3).standard_normal((m, k)).astype(np.float32))
         threads = torch.get_num_threads()
@@ -91,7 +105,8 @@ class LinearTest(unittest.TestCase):
                             torch.set_num_threads(1)
                             alone = torch.cat([lin(x[i : i + 1]) for i in range(m)])
                             torch.set_num_threads(2)
-                            for rows in (8, 31) if qtype not in FLOATS else (8, 40):
+                            any_m = qtype in FLOATS or (qtype in GEMM_INT8 and dx == "int8")
+                            for rows in (8, 31, 33, 40) if any_m else (8, 31):
                                 with self.subTest(qtype=qtype, isa=isa or ops.isa(), x=dx, m=rows):
                                     self.assertTrue(torch.equal(lin(x[:rows]), alone[:rows]))
         finally:
