@@ -197,8 +197,12 @@ TC_GGML_AVX2 inline bool RoundBlock(const float* x, int64_t b, float limit, __m2
   const __m256 amax =
       _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
                     _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+  // vmaxps drops a NaN operand in one of its two places: look for them.
+  const __m256 nan = _mm256_or_ps(
+      _mm256_or_ps(_mm256_cmp_ps(v[0], v[0], _CMP_UNORD_Q), _mm256_cmp_ps(v[1], v[1], _CMP_UNORD_Q)),
+      _mm256_or_ps(_mm256_cmp_ps(v[2], v[2], _CMP_UNORD_Q), _mm256_cmp_ps(v[3], v[3], _CMP_UNORD_Q)));
   const float mx = Hmax(amax);
-  if (!(mx <= 3.0e38f) || (mx != 0.f && mx < 1e-30f)) return false;
+  if (_mm256_movemask_ps(nan) != 0 || !(mx <= 3.0e38f) || (mx != 0.f && mx < 1e-30f)) return false;
   const __m256 inv = _mm256_set1_ps(mx == 0.f ? 0.f : limit / mx);
   TC_UNROLL
   for (int t = 0; t < 4; ++t) i[t] = _mm256_cvtps_epi32(_mm256_mul_ps(v[t], inv));
@@ -251,11 +255,15 @@ TC_GGML_AVX2 bool QuantizeX8K(const float* x, int64_t k, int8_t* q, float* xd, i
   const __m256 sign = _mm256_set1_ps(-0.f);
   for (int64_t c = 0; c < k / 256; ++c) {
     const float* xc = x + c * 256;
-    __m256 amax = _mm256_setzero_ps();
-    for (int t = 0; t < 32; ++t)
-      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xc + 8 * t)));
+    __m256 amax = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+    for (int t = 0; t < 32; ++t) {
+      const __m256 v = _mm256_loadu_ps(xc + 8 * t);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v));
+      nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));  // vmaxps may drop a NaN
+    }
     const float mx = Hmax(amax);
-    if (!(mx <= 3.0e38f) || (mx != 0.f && mx < 1e-30f)) return false;
+    if (_mm256_movemask_ps(nan) != 0 || !(mx <= 3.0e38f) || (mx != 0.f && mx < 1e-30f))
+      return false;
     const __m256 inv = _mm256_set1_ps(mx == 0.f ? 0.f : 127.f / mx);
     const float d = mx / 127.f;
     xd[c] = d;
