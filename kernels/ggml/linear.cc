@@ -32,12 +32,14 @@ namespace {
 constexpr int64_t kTileMinM = 8;
 // Block formats: below this many rows of x (decode, a speculative draft's
 // check, a server step's decode rows) x is rounded and the integer rows
-// kernels run, int8 (four rows of x per weight row) or int16; from it
-// (prefill), the exact fp32 tiles. Every row of a call takes the same path,
-// so a row's bits are the same in any call of fewer rows. Rounding prefill
-// too would keep them at any m, but the rows kernels are slower there:
-// eager prefill of the built-in model (Q4_1, k = 576) ran 296 tok/s against
-// the tiles' 483 (Zen 4, 2 threads; Q4_K 8192 x 2048 at 256 rows was even).
+// kernels run, int8 (four rows of x per weight row) or int16. From it
+// (prefill), a format with an int8 GEMM (Kernels::gemm8) runs it on x
+// rounded the same way, with the same bits per row, so its rows' bits do
+// not depend on m at all; the others (Q3_K, and int16 x) take the exact
+// fp32 tiles, and every row of a call takes the same path, so a row's bits
+// are the same in any call of fewer rows. The rows kernels themselves were
+// slower than the tiles at prefill: eager prefill of the built-in model
+// (Q4_1, k = 576) ran 296 tok/s against the tiles' 483 (Zen 4, 2 threads).
 constexpr int64_t kRowsMaxM = 32;
 // The decode kernels read one weight row at a time, front to back, and
 // leave prefetching to the hardware: reading 2 or 4 rows at once (to share

@@ -2,27 +2,33 @@
 // bytes (formats.h): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K,
 // Q6_K, IQ4_NL, IQ4_XS, F16 and BF16 (and F32).
 //
-// Block formats (on the SIMD paths), below 32 rows of x (decode, a
-// speculative draft's check, a server step's decode rows): x is rounded to
-// int8 (scale max|x| / 127) per block of 32 for the 32-element formats (as
-// llama.cpp's Q8_0 activations) and per 256 for the 256-element ones (the
-// K-quants and IQ4_XS, as llama.cpp's Q8_K): an error of at most 1/254 of
-// that block's largest value per element. Each group of 32 codes is an
-// exact integer dot product (vpmaddubsw, or vpdpbusd), scaled in fp32; Q4_K,
-// Q5_K and Q6_K apply their integer sub-block scales in int32 too and scale
-// once per 256 (kquants_x86.h). Four rows of x per weight row. The offsets m * sum(x') use the
-// rounded x's sums, so the product is w . x' exactly. DecodeX "int16"
-// rounds x to int16 instead (scale max|x| / 32767, vpmaddwd or vpdpwssd):
-// 2^-16 of the block's largest value, for checks against a dequantized
-// model. A row that cannot be rounded (not finite) runs alone through the
-// fp32 tiles. From 32 rows (prefill): a few weight rows at a time are
-// dequantized to fp32 and multiplied by the fp32 micro-kernels
-// (tile_gemm.h): exact, up to the order of the sums.
+// Block formats (on the SIMD paths) with int8 x (the default): x is
+// rounded to int8 (scale max|x| / 127) per block of 32 for the 32-element
+// formats (as llama.cpp's Q8_0 activations) and per 256 for the
+// 256-element ones (the K-quants and IQ4_XS, as llama.cpp's Q8_K): an
+// error of at most 1/254 of that block's largest value per element. Each
+// group of 32 codes is an exact integer dot product (vpmaddubsw, or
+// vpdpbusd), scaled in fp32; Q4_K, Q5_K and Q6_K apply their integer
+// sub-block scales in int32 too and scale once per 256 (kquants_x86.h).
+// The offsets m * sum(x') use the rounded x's sums, so the product is
+// w . x' exactly. Below 32 rows of x (decode, a speculative draft's check,
+// a server step's decode rows) the rows kernels take four rows of x per
+// weight row; from 32 (prefill) a GEMM takes 4 (AVX2) or 8 (AVX-512) rows
+// of x per weight row with each row's sums in decode's order, so a row's
+// result is the same bits at any m. Q3_K has no GEMM: from 32 rows its
+// weights are dequantized a few rows at a time to fp32 and multiplied by
+// the fp32 micro-kernels (tile_gemm.h), exact up to the order of the sums.
+// DecodeX "int16" rounds x to int16 below 32 rows instead (scale
+// max|x| / 32767, vpmaddwd or vpdpwssd): 2^-16 of the block's largest
+// value, for checks against a dequantized model; from 32 rows it runs the
+// exact tiles, as does Prefill "tiles". A row that cannot be rounded (not
+// finite) runs alone through the fp32 tiles.
 // Float formats (F16/BF16/F32): fp32 rows below 8 rows of x, fp32 tiles
 // above, summing in the same lanes and order.
-// So a row's result is the same bits in any call of fewer than 32 rows (a
-// float format's: any call), however the weight rows are split across
-// threads (formats_test).
+// So a row's result is the same bits in any call (int8 x, every block
+// format but Q3_K, and the float formats) or any call of fewer than 32 rows
+// (int16 x, Q3_K), however the weight rows are split across threads
+// (formats_test).
 // The scalar path (any CPU, and LinearIsa "scalar") keeps x in fp32 always.
 #pragma once
 
@@ -49,8 +55,8 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
 const char* DequantizeRows(const uint8_t* w, int type, int64_t k, const int64_t* rows,
                            int64_t count, float* out);
 
-// The path Linear takes: "avx512vnni" (decode with vpdpwssd, prefill with
-// AVX-512 tiles), "avx2" (x86-64 with AVX2, FMA and F16C) or "scalar", the
+// The path Linear takes: "avx512vnni" (int8 dots with vpdpbusd/vpdpwssd,
+// fp32 tiles with AVX-512), "avx2" (x86-64 with AVX2, FMA and F16C) or "scalar", the
 // best this CPU runs; TORCHCHAT_GGML_ISA names another. ForceIsa is for
 // tests and benchmarks ("" = the default); false if this CPU cannot run it.
 const char* Isa();
