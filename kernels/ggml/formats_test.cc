@@ -97,9 +97,7 @@ std::vector<uint8_t> RandomWeights(int type, int64_t n, int64_t k, std::mt19937&
 // The formats with an int8 prefill GEMM (linear.cc's Gemm8Avx2 and
 // Gemm8Vnni): with int8 x they round it at every m. Every block format but
 // Q3_K.
-bool HasGemm(int type) {
-  return type != kF32 && type != kF16 && type != kBF16 && type != kQ3_K;
-}
+bool HasGemm(int type) { return type != kF32 && type != kF16 && type != kBF16 && type != kQ3_K; }
 
 TEST(Linear, PathsAgree) {
   const int types[] = {kF32,  kF16,  kBF16, kQ4_0, kQ4_1, kQ5_0,   kQ5_1,  kQ8_0,
@@ -230,7 +228,8 @@ TEST(Linear, GemmRowsEqualDecode) {
   const int64_t n = 37;
   TwoThreads half{0.5};
   const Q4ParallelFor two{TwoThreads::Run, &half};
-  for (int type : {kQ4_K, kQ5_K, kQ6_K, kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ8_0, kQ2_K, kIQ4_NL, kIQ4_XS}) {
+  for (int type :
+       {kQ4_K, kQ5_K, kQ6_K, kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ8_0, kQ2_K, kIQ4_NL, kIQ4_XS}) {
     ASSERT_TRUE(HasGemm(type));
     // 32-element formats: three whole chunks of 256 and four blocks past them.
     const int64_t xb = BlockElems(type) == 256 ? 256 : 32, k = xb == 256 ? 768 : 896;

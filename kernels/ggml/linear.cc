@@ -200,9 +200,10 @@ TC_GGML_AVX2 inline bool RoundBlock(const float* x, int64_t b, float limit, __m2
       _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
                     _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
   // vmaxps drops a NaN operand in one of its two places: look for them.
-  const __m256 nan = _mm256_or_ps(
-      _mm256_or_ps(_mm256_cmp_ps(v[0], v[0], _CMP_UNORD_Q), _mm256_cmp_ps(v[1], v[1], _CMP_UNORD_Q)),
-      _mm256_or_ps(_mm256_cmp_ps(v[2], v[2], _CMP_UNORD_Q), _mm256_cmp_ps(v[3], v[3], _CMP_UNORD_Q)));
+  const __m256 nan = _mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(v[0], v[0], _CMP_UNORD_Q),
+                                               _mm256_cmp_ps(v[1], v[1], _CMP_UNORD_Q)),
+                                  _mm256_or_ps(_mm256_cmp_ps(v[2], v[2], _CMP_UNORD_Q),
+                                               _mm256_cmp_ps(v[3], v[3], _CMP_UNORD_Q)));
   const float mx = Hmax(amax);
   if (_mm256_movemask_ps(nan) != 0 || !(mx <= 3.0e38f) || (mx != 0.f && mx < 1e-30f)) return false;
   const __m256 inv = _mm256_set1_ps(mx == 0.f ? 0.f : limit / mx);

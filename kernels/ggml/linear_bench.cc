@@ -93,7 +93,7 @@ std::vector<uint8_t> Weights(int type, int64_t bytes, std::mt19937& rng) {
 // Prefill: GMAC/s of m rows of x on each prefill path, per block format.
 void Gemm(tk::SpinPool& pool, int m, int reps) {
   const tk::Q4ParallelFor pf = pool.AsParallelFor();
-  const int types[] = {gg::kQ4_K, gg::kQ5_K, gg::kQ6_K, gg::kQ4_0,  gg::kQ4_1,  gg::kQ5_0,
+  const int types[] = {gg::kQ4_K, gg::kQ5_K, gg::kQ6_K, gg::kQ4_0, gg::kQ4_1,   gg::kQ5_0,
                        gg::kQ5_1, gg::kQ8_0, gg::kQ2_K, gg::kQ3_K, gg::kIQ4_NL, gg::kIQ4_XS};
   const int64_t n = 8192, k = 2048;
   std::printf("prefill GEMM: ggml isa %s, M %d, N x K %ldx%ld, GMAC/s (median of %d, min-max)\n",
