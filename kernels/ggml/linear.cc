@@ -727,7 +727,7 @@ constexpr RowsFn Rows8Vnni() {
 // the decode dots on several rows of x at once. AVX2's 16 registers hold
 // the accumulators of 4 rows of x; AVX-512's 32 hold 8. At m = 256 on a 1B's
 // ffn gate/up (//kernels/ggml:linear_bench --gemm, Zen 4, 2 threads) they
-// ran 1.1-2.3x the fp32 tiles (the K-quants 1.7-2.3x); Q3_K's generic loop
+// ran 1.1-2.4x the fp32 tiles (the K-quants 1.7-2.4x); Q3_K's generic loop
 // did not beat them.
 template <class F>
 constexpr RowsFn Gemm8Avx2() {
