@@ -10,6 +10,8 @@ With --pipeline-parallel N the model's layers are split across N ranks
 (torchchat.pipeline): rank 0 serves HTTP over a SlotPipeline, batched as
 the eager model is, and the other ranks run their stages until rank 0
 stops them. Without torchrun, the other ranks start here, on this host.
+Under torchrun with restarts left, a lost pipeline ends the server (after
+its requests in flight got their 503), so that torchrun rebuilds it.
 """
 
 from __future__ import annotations

@@ -186,8 +186,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SECONDS",
         help="with --pipeline-parallel, how long rank 0 waits for the other ranks' answer to a "
-        "step before it gives the pipeline up (the server answers 503, generate and chat exit "
-        f"with an error; default {DEFAULT_STEP_TIMEOUT_S:g}; 0: no limit)",
+        "step, or to the heartbeat it sends while idle, before it gives the pipeline up (the "
+        "server answers 503, and exits for torchrun --max-restarts to rebuild it; generate and "
+        "chat exit with an error); the other ranks give up on a silent rank 0 after this and a "
+        f"quarter more (default {DEFAULT_STEP_TIMEOUT_S:g}; 0: no limit, no heartbeat)",
     )
 
 
