@@ -2,7 +2,9 @@
 of one process, whether the CLI starts the second rank itself or torchrun
 starts both (as two one-rank nodes, the two-host recipe, on 127.0.0.1);
 errors stop every rank; a rank that stops answering ends chat with one line
-of error within --pipeline-timeout-s."""
+of error within --pipeline-timeout-s; rank 1 outlives a chat idle for longer
+than its wait (rank 0's heartbeats), and gives up with one line once rank 0
+stops answering."""
 
 import os
 import select
@@ -17,14 +19,12 @@ os.environ["GLOO_SOCKET_IFNAME"] = "lo"
 
 from testing import tiny_model
 from testing.cli_harness import CliTestCase, run
-from testing.procs import alive, free_port, spawned
+from testing.procs import CLI, alive, child_env, free_port, send, spawned
 
 # Long enough for two micro-batches of 32 tokens.
 PROMPT = " ".join(tiny_model.TEXT[:7])
 
-
 TIMEOUT_S = 3
-CLI = "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 class PipelineCliTest(CliTestCase):
@@ -83,31 +83,37 @@ class PipelineCliTest(CliTestCase):
             r"give either a checkpoint or an exported artifact",
         )
 
-    def test_stopped_rank_ends_chat(self):
+    def chat_first_turn(self, timeout_s: float) -> subprocess.Popen:
+        """chat --pipeline-parallel 2 in a process of its own, after its
+        first turn's answer (both ranks loaded and answering)."""
         argv = ["chat", *self.model, "--quiet", "--pipeline-parallel", "2"]
-        argv += ["--pipeline-timeout-s", str(TIMEOUT_S)]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        argv += ["--pipeline-timeout-s", str(timeout_s)]
         proc = subprocess.Popen(
             [sys.executable, "-c", CLI, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=env,
+            env=child_env(),
         )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"Hello, my name is\n")
+        proc.stdin.flush()
+        out, deadline = b"", time.monotonic() + 180
+        while b"\n" not in out.partition(b"Assistant: ")[2]:
+            if time.monotonic() > deadline:
+                proc.kill()
+                self.fail(out)
+            if select.select([proc.stdout], [], [], 1)[0]:
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    self.fail(f"chat ended: {out!r} {proc.communicate()}")
+                out += chunk
+        return proc
+
+    def test_stopped_rank_ends_chat(self):
+        proc = self.chat_first_turn(TIMEOUT_S)
         ranks: set[int] = set()
         try:
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(b"Hello, my name is\n")
-            proc.stdin.flush()
-            # The first turn's answer, through both ranks (both are loaded).
-            out, deadline = b"", time.monotonic() + 180
-            while b"\n" not in out.partition(b"Assistant: ")[2]:
-                self.assertLess(time.monotonic(), deadline, out)
-                if select.select([proc.stdout], [], [], 1)[0]:
-                    chunk = os.read(proc.stdout.fileno(), 4096)
-                    if not chunk:
-                        self.fail(f"chat ended: {out!r} {proc.communicate()}")
-                    out += chunk
             ranks = spawned(proc.pid)
             self.assertEqual(len(ranks), 1)
             for p in ranks:
@@ -119,7 +125,7 @@ class PipelineCliTest(CliTestCase):
             if proc.poll() is None:
                 proc.kill()
             for p in alive(ranks):
-                os.kill(p, signal.SIGKILL)
+                send(p, signal.SIGKILL)
         self.assertEqual(proc.returncode, 1, err)
         lines = [ln for ln in err.decode().strip().splitlines() if not ln.startswith("[cpuinfo")]
         self.assertEqual(len(lines), 1, err)
@@ -130,6 +136,41 @@ class PipelineCliTest(CliTestCase):
         while alive(ranks) and time.monotonic() < deadline:
             time.sleep(0.2)
         self.assertEqual(alive(ranks), set())
+
+    def test_silent_rank_0_ends_rank_1(self):
+        # Rank 1 waits at most 2 + 0.5 s for rank 0's next message.
+        timeout_s = 2
+        proc = self.chat_first_turn(timeout_s)
+        assert proc.stderr is not None
+        ranks = spawned(proc.pid)
+        try:
+            self.assertEqual(len(ranks), 1)
+            # The user thinks for 2 of rank 1's waits: rank 0's heartbeats
+            # keep it serving.
+            time.sleep(2 * (timeout_s + timeout_s / 4))
+            self.assertEqual(alive(ranks), ranks, "rank 1 gave up on an idle chat")
+            # Rank 0's host goes silent without closing its connections.
+            os.kill(proc.pid, signal.SIGSTOP)
+            start = time.monotonic()
+            while alive(ranks) and time.monotonic() - start < timeout_s + 30:
+                time.sleep(0.1)
+            took = time.monotonic() - start
+            self.assertEqual(alive(ranks), set(), "rank 1 waits on a silent rank 0")
+            self.assertLess(took, timeout_s + 30)
+        finally:
+            send(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+            for p in alive(ranks):
+                send(p, signal.SIGKILL)
+        # Rank 1's one line (it shares rank 0's stderr).
+        err = proc.stderr.read().decode()
+        lines = [ln for ln in err.strip().splitlines() if not ln.startswith("[cpuinfo")]
+        self.assertEqual(len(lines), 1, err)
+        self.assertRegex(
+            lines[0],
+            r"^torchchat: error: pipeline rank 1: nothing from rank 0 or the ranks before it "
+            r"within 2.5 s \(--pipeline-timeout-s and a heartbeat\); giving up$",
+        )
 
 
 if __name__ == "__main__":

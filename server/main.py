@@ -10,6 +10,8 @@ With --pipeline-parallel N the model's layers are split across N ranks
 (torchchat.pipeline): rank 0 serves HTTP over a SlotPipeline, batched as
 the eager model is, and the other ranks run their stages until rank 0
 stops them. Without torchrun, the other ranks start here, on this host.
+Under torchrun with restarts left, a lost pipeline ends the server (after
+its requests in flight got their 503), so that torchrun rebuilds it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import functools
 import logging
 import signal
 import sys
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torchchat import loading, pipeline, speculate_flags
 from torchchat.errors import EXIT_ERROR, EXIT_INTERRUPT, UserError
@@ -291,8 +295,18 @@ def main(argv: list[str] | None = None) -> int:
     return serve(args)
 
 
-def serve(args: argparse.Namespace) -> int:
-    """Builds the engine and serves HTTP until interrupted."""
+# A pipeline server that torchrun will restart, once it is lost: how long it
+# keeps answering 503 (the requests in flight end with their error), then
+# how long uvicorn may take to close the connections left.
+DRAIN_S = 1.0
+CLOSE_S = 5.0
+
+
+def serve(args: argparse.Namespace, restarts: int = 0) -> int:
+    """Builds the engine and serves HTTP until interrupted. With `restarts`
+    (a pipeline rank 0 under torchrun --max-restarts), an engine that can
+    no longer serve ends the server with an error, so that torchrun
+    restarts every rank and the pipeline comes back."""
     expected = loading.expected_errors()
     try:
         engine, config = build(args)
@@ -310,11 +324,44 @@ def serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            timeout_graceful_shutdown=int(CLOSE_S),
+        )
+    )
+    lost: list[str] = []
+    if restarts:
+        threading.Thread(target=_end_when_lost, args=(engine, server, lost), daemon=True).start()
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        server.run()
     except KeyboardInterrupt:
         return EXIT_INTERRUPT
+    if lost:
+        print(
+            f"torchchat server: error: {lost[0]}; exiting so that torchrun restarts every rank "
+            f"({restarts} restart{'s' if restarts > 1 else ''} left)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_ERROR
     return 0
+
+
+def _end_when_lost(engine: Engine, server: Any, lost: list[str]) -> None:
+    """Stops `server` (a uvicorn.Server) DRAIN_S after `engine` says it
+    cannot serve (its pipeline lost), saying why in `lost`."""
+    while not server.should_exit:
+        why = engine.problem()
+        if why is not None:
+            lost.append(why)
+            time.sleep(DRAIN_S)
+            server.should_exit = True
+            return
+        time.sleep(0.2)
 
 
 def _rank_entry(argv: list[str]) -> None:
@@ -353,7 +400,7 @@ def _pipelined(args: argparse.Namespace, argv: list[str]) -> int:
     # dying at once.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return serve(args)
+        return serve(args, pipeline.restarts_left())
     except KeyboardInterrupt:
         return EXIT_INTERRUPT
     finally:

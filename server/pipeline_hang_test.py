@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,13 +26,12 @@ os.environ["GLOO_SOCKET_IFNAME"] = "lo"
 import httpx2 as httpx
 
 from testing import tiny_model
-from testing.procs import alive, descendants, free_port, spawned
+from testing.procs import Served, alive, spawned
 
 TIMEOUT_S = 3
 # How much later than the timeout a hung step may end on a loaded machine.
 SLACK_S = 15
 PROMPT = " ".join(tiny_model.TEXT[:3])
-SERVER = "import sys; from server.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 class PipelineHangTest(unittest.TestCase):
@@ -44,42 +41,24 @@ class PipelineHangTest(unittest.TestCase):
         # A long context: the stream below is still running when rank 1 stops.
         ckpt = tiny_model.write_checkpoint(d / "tiny", n_layers=4, max_seq_len=2048)
         gguf = tiny_model.write_gguf(ckpt, d / "tiny.gguf")
-        port = free_port()
         argv = ["--gguf-path", str(gguf), "--tokenizer-path", str(ckpt / "tokenizer.json")]
-        argv += ["--compile", "none", "--parallel", "4", "--model-id", "tiny", "--port", str(port)]
+        argv += ["--compile", "none", "--parallel", "4", "--model-id", "tiny"]
         argv += ["--pipeline-parallel", "2", "--pipeline-timeout-s", str(TIMEOUT_S)]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self.log = open(d / "server.log", "w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER, *argv],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if self.client.get("/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            self.assertIsNone(self.proc.poll(), self.output())
-            self.assertLess(time.monotonic(), deadline, self.output())
-            time.sleep(0.3)
+        self.server = Served.server(argv, d / "server.log")
+        self.proc = self.server.proc
+        self.client = httpx.Client(base_url=self.server.url, timeout=60)
+        try:
+            self.server.wait_healthy()
+        except RuntimeError:
+            self.tearDown()
+            raise
 
     def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
+        return self.server.output()
 
     def tearDown(self) -> None:
-        if self.proc.poll() is None:
-            for p in descendants(self.proc.pid):
-                os.kill(p, signal.SIGKILL)
-            self.proc.kill()
-            self.proc.wait(30)
+        self.server.stop()
         self.client.close()
-        self.log.close()
         self.tmp.cleanup()
 
     def test_a_stopped_rank_ends_requests_with_503(self):

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,14 +27,12 @@ import torch
 
 from server.harness import Running, engine_for
 from testing import tiny_model
-from testing.procs import alive, descendants, free_port
+from testing.procs import Served, alive, descendants
 
 PROMPTS = [" ".join(tiny_model.TEXT[i : i + 1 + i % 4]) for i in range(4)]
 # Long enough for micro-batches of 32 through the stages.
 LONG = " ".join(tiny_model.TEXT[:7])
 MAX_TOKENS = 24
-# `torchchat server ARGV` (the CLI hands its argv to server.main as this does).
-SERVER = "import sys; from server.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 class PipelineServerTest(unittest.TestCase):
@@ -52,50 +48,29 @@ class PipelineServerTest(unittest.TestCase):
         gguf = tiny_model.write_gguf(ckpt, d / "tiny.gguf", ("F32",), "F32", "F32")
         model = ["--gguf-path", str(gguf), "--tokenizer-path", str(ckpt / "tokenizer.json")]
         model += ["--compile", "none", "--parallel", "4", "--model-id", "tiny"]
-        port = free_port()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        cls.log = open(d / "server.log", "w+")
-        cls.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER, *model, "--port", str(port)]
-            + ["--pipeline-parallel", "2"],
-            stdout=cls.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        cls.server = Served.server([*model, "--pipeline-parallel", "2"], d / "server.log")
+        cls.proc = cls.server.proc
         # The reference: one process, at the ranks' one thread each.
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))
         cls.one = Running(*engine_for([*model, "--quiet"]))
-        cls.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        cls.client = httpx.Client(base_url=cls.server.url, timeout=60)
         cls.ref = httpx.Client(base_url=cls.one.url, timeout=60)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if cls.client.get("/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if cls.proc.poll() is not None or time.monotonic() > deadline:
-                out = cls.output()
-                cls.tearDownClass()
-                raise RuntimeError(f"the pipeline server did not start:\n{out}")
-            time.sleep(0.3)
+        try:
+            cls.server.wait_healthy()
+        except RuntimeError:
+            cls.tearDownClass()
+            raise
 
     @classmethod
     def output(cls) -> str:
-        cls.log.seek(0)
-        return cls.log.read()
+        return cls.server.output()
 
     @classmethod
     def tearDownClass(cls):
-        if cls.proc.poll() is None:
-            for p in descendants(cls.proc.pid):
-                os.kill(p, signal.SIGKILL)
-            cls.proc.kill()
-            cls.proc.wait(30)
+        cls.server.stop()
         cls.client.close()
         cls.ref.close()
         cls.one.close()
-        cls.log.close()
         cls.tmp.cleanup()
 
     def complete(self, client: httpx.Client, prompt: str, **kw) -> dict:

@@ -571,12 +571,13 @@ def _pipeline_stage(
 
 def serve_stage(options: LoadOptions) -> None:
     """A pipeline rank past 0 (torchrun's, or launch_local's): loads its
-    stage and runs it until rank 0 closes the pipeline."""
+    stage and runs it until rank 0 closes the pipeline (PipelineLost when
+    rank 0 goes silent or away)."""
     from torchchat import pipeline
 
     stage = load(options).ensure_model()
     assert isinstance(stage, pipeline.StageModel), "a rank past 0 loads its stage"
-    pipeline.serve(stage)
+    pipeline.serve(stage, options.pipeline_timeout_s)
 
 
 def _check(options: LoadOptions) -> None:

@@ -35,8 +35,17 @@ closes its sockets and fails the step at once; one that stops answering
 then closes rank 0's connection to it. Either way the pipeline is lost:
 the step raises PipelineLost, every later one at once, and shutdown stops
 what it can without waiting on the lost rank (launch_local's ranks are
-killed). The other ranks keep gloo's long timeout: they wait for rank 0
-between chat turns for as long as a user types.
+killed).
+
+While no step runs (an idle server, a chat waiting for its user), rank 0
+sends a heartbeat through every rank each quarter of the timeout, which
+the last rank answers as it answers a step: a rank lost while idle is
+found within the timeout, not at the next request, and the other ranks,
+which now wait at most the timeout and a heartbeat for their previous
+rank's next message (after their first: rank 0 may still be loading),
+give up when rank 0 or a rank before them goes silent. A healthy step
+never leaves a rank waiting that long: within a step each rank waits for
+one micro-batch of the stage before it, which the timeout bounds.
 
 Launch: `torchrun` (its RANK, WORLD_SIZE, MASTER_ADDR/PORT, LOCAL_WORLD_SIZE
 environment), or `launch_local`, which starts the other ranks of one host
@@ -78,16 +87,17 @@ _HEADER, _HIDDEN, _LOGITS, _ENTRIES, _REPLY, _MESSAGE = 1, 2, 3, 4, 5, 6
 _REPORT = 7
 # header = [op, tokens, start position, logits wanted, dtype]; for _SLOTS
 # [op, tokens, entries, hidden wanted, dtype]; for _OPEN_SLOTS [op, slots,
-# 0, 0, 0]; for _FAILED [op, message bytes, 0, 0, 0].
-_RUN, _STOP, _OPEN_SLOTS, _SLOTS, _FAILED = 1, 0, 2, 3, 4
+# 0, 0, 0]; for _FAILED [op, message bytes, 0, 0, 0]; for _PING (the
+# heartbeat, which the last rank answers with an empty reply) [op, 0, 0, 0, 0].
+_RUN, _STOP, _OPEN_SLOTS, _SLOTS, _FAILED, _PING = 1, 0, 2, 3, 4, 5
 # reply = [status, rows, columns]
 _OK = 0
 # What a slots entry wants from the last rank: no row (a chunk of a prompt
 # before its last), its last token's, or every token's.
 _NO_ROW, _LAST_ROW, _EVERY_ROW = 0, 1, 2
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Ranks wait for their neighbours between chat turns for as long as a user
-# types; a dead peer ends the wait at once (its sockets close).
+# gloo's own limit (and the waits of --pipeline-timeout-s 0): between
+# chat turns rank 0 waits for its user, not for the other ranks.
 _TIMEOUT = timedelta(days=7)
 # launch_local's ranks meet within this (each imports torch and ExecuTorch).
 _START = timedelta(seconds=300)
@@ -117,17 +127,42 @@ class PipelineLost(RuntimeError):
     step (one line for the user)."""
 
 
+def _timed_out(e: RuntimeError) -> bool:
+    text = str(e)
+    return "Timed out" in text or "timeout" in text
+
+
+def _gloo_line(e: RuntimeError) -> str:
+    """gloo's error's first sentence: "[.../pair.cc:553] Connection closed
+    by peer [addr]:port. This is ..." -> "Connection closed by peer [addr]:port"."""
+    text = str(e).strip()
+    line = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else type(e).__name__)
+    return line.split(". ")[0]
+
+
 def _lost(e: RuntimeError, waited: timedelta) -> str:
     """Why the pipeline is lost, in one line, from gloo's error."""
-    text = str(e).strip()
-    if "Timed out" in text or "timeout" in text:
+    if _timed_out(e):
         return (
             f"pipeline rank lost: no answer within {waited.total_seconds():g} s "
             "(--pipeline-timeout-s); a rank has stopped responding"
         )
-    # gloo's: "[.../pair.cc:553] Connection closed by peer [addr]:port. This is ..."
-    line = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else type(e).__name__)
-    return f"pipeline rank lost: {line.split('. ')[0]}"
+    return f"pipeline rank lost: {_gloo_line(e)}"
+
+
+def heartbeat_s(timeout_s: float) -> float:
+    """How long rank 0 lets the pipeline idle before a heartbeat, for
+    --pipeline-timeout-s `timeout_s` (0: no heartbeat, no limit)."""
+    return timeout_s / 4
+
+
+def worker_wait(timeout_s: float) -> timedelta:
+    """How long a rank past 0 waits for its previous rank's next message:
+    a micro-batch of a step (at most the timeout), or an idle pipeline's
+    next heartbeat, with room to spare."""
+    if timeout_s <= 0:
+        return _TIMEOUT
+    return timedelta(seconds=timeout_s + heartbeat_s(timeout_s))
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -151,8 +186,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SECONDS",
         help="with --pipeline-parallel, how long rank 0 waits for the other ranks' answer to a "
-        "step before it gives the pipeline up (the server answers 503, generate and chat exit "
-        f"with an error; default {DEFAULT_STEP_TIMEOUT_S:g}; 0: no limit)",
+        "step, or to the heartbeat it sends while idle, before it gives the pipeline up (the "
+        "server answers 503, and exits for torchrun --max-restarts to rebuild it; generate and "
+        "chat exit with an error); the other ranks give up on a silent rank 0 after this and a "
+        f"quarter more (default {DEFAULT_STEP_TIMEOUT_S:g}; 0: no limit, no heartbeat)",
     )
 
 
@@ -208,6 +245,17 @@ def under_launcher() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def restarts_left() -> int:
+    """How many more times torchrun (--max-restarts) will restart this
+    process's group when one of its processes fails: 0 outside torchrun."""
+    try:
+        most = int(os.environ["TORCHELASTIC_MAX_RESTARTS"])
+        done = int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+    except (KeyError, ValueError):
+        return 0
+    return max(0, most - done)
+
+
 # This process's rank while it is in a process group.
 _RANK: Rank | None = None
 
@@ -238,8 +286,29 @@ def join(world: int) -> Rank:
             raise PipelineError(f"this process is in a pipeline of {_RANK.world}, not {world}")
         return _RANK
     rank = rank_from_env(world)
-    init(rank)
+    init(rank, _torchrun_store(rank))
     return rank
+
+
+def _torchrun_store(rank: Rank) -> Any:
+    """torchrun's store (its agent's, on the master), its keys under this
+    restart of the group; None outside torchrun. A static rendezvous
+    (--master-addr, the two-host recipe) keeps one store across restarts,
+    so a rank restarted on one host would otherwise read the addresses of
+    the ranks it replaces, and join the group that just failed."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    import torch.distributed as dist
+
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        rank.world,
+        is_master=False,
+        timeout=_LOAD,
+    )
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"torchchat/pipeline/{restart}", store)
 
 
 def close_group() -> None:
@@ -477,7 +546,45 @@ class Pipeline:
         self.lock = threading.Lock()
         self.closed = False
         self.slotted = False  # the stages' caches have slots (SlotPipeline)
+        # When the ranks last heard from rank 0 (monotonic seconds).
+        self.last_sent = time.monotonic()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        if timeout_s > 0:
+            self._beat = threading.Thread(
+                target=self._heartbeats, args=(heartbeat_s(timeout_s),), daemon=True
+            )
+            self._beat.start()
         _OPEN.append(self)
+
+    def _heartbeats(self, every: float) -> None:
+        while not self._stop.wait(every / 2):
+            if time.monotonic() - self.last_sent >= every:
+                with contextlib.suppress(PipelineLost):
+                    self.heartbeat()
+
+    def heartbeat(self) -> bool:
+        """Rank 0, while no step runs: a heartbeat through every rank, and
+        the last rank's answer (at most the timeout). False when a step
+        was running (it is the heartbeat) or the pipeline is closed or
+        lost; raises PipelineLost when this heartbeat loses it."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            if self.closed or self.broken is not None:
+                return False
+            with self.talking():
+                if self._owed:
+                    self._logits()
+                sends = _Sends()
+                sends.add(1, _HEADER, _header(_PING, 0, 0, False, torch.float32))
+                self.last_sent = time.monotonic()
+                _reply(self.rank, self.wait_limit())
+                sends.wait(self.wait_limit())
+                self.answered = True
+            return True
+        finally:
+            self.lock.release()
 
     def wait_limit(self) -> timedelta:
         """How long to wait for the next answer."""
@@ -505,19 +612,21 @@ class Pipeline:
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         if self.slotted:
             raise RuntimeError("this pipeline serves slots (SlotPipeline)")
-        sends = _Sends()
-        chunks = microbatches(tokens.shape[1], self.microbatch)
-        for i, (a, b) in enumerate(chunks):
-            h = self.stage.run(tokens[:, a:b], input_pos[a:b]).contiguous()
-            last = i == len(chunks) - 1
+        with self.lock:  # not beside a heartbeat
+            sends = _Sends()
+            chunks = microbatches(tokens.shape[1], self.microbatch)
+            for i, (a, b) in enumerate(chunks):
+                h = self.stage.run(tokens[:, a:b], input_pos[a:b]).contiguous()
+                last = i == len(chunks) - 1
+                with self.talking():
+                    sends.add(1, _HEADER, _header(_RUN, b - a, int(input_pos[a]), last, h.dtype))
+                    sends.add(1, _HIDDEN, h)
+                self.last_sent = time.monotonic()
+                self._owed = last
             with self.talking():
-                sends.add(1, _HEADER, _header(_RUN, b - a, int(input_pos[a]), last, h.dtype))
-                sends.add(1, _HIDDEN, h)
-            self._owed = last
-        with self.talking():
-            logits = self._logits()
-            sends.wait(self.wait_limit())
-        return logits
+                logits = self._logits()
+                sends.wait(self.wait_limit())
+            return logits
 
     def _logits(self) -> torch.Tensor:
         logits = torch.empty(1, self.vocab_size, dtype=torch.float32)
@@ -530,6 +639,7 @@ class Pipeline:
         """Stops every rank; what each held and its peak RSS, by rank (rank
         0's alone when the pipeline is lost)."""
         _OPEN.remove(self)
+        self._stop.set()
         with self.lock:  # after the step in flight, if any
             self.closed = True
             if self.broken is None:
@@ -647,6 +757,7 @@ class SlotPipeline:
             sends.add(1, _HEADER, _header(_SLOTS, ids.shape[1], len(chunk), hidden, h.dtype))
             sends.add(1, _ENTRIES, table)
             sends.add(1, _HIDDEN, h)
+            self.pipe.last_sent = time.monotonic()
             sent += 1
         rows = []
         limit = self.pipe.wait_limit()
@@ -685,19 +796,19 @@ def _message(text: str) -> torch.Tensor:
     return torch.tensor(list((text or "failed").encode()[:4096]), dtype=torch.uint8)
 
 
-def _answer(out: torch.Tensor | None, failed: str | None) -> None:
+def _answer(out: torch.Tensor | None, failed: str | None, wait: timedelta) -> None:
     """The last rank: a reply to rank 0 (the rows, or the failure)."""
-    import torch.distributed as dist
-
+    sends = _Sends()
     if failed is not None:
         msg = _message(failed)
-        dist.send(torch.tensor([_FAILED, msg.numel(), 0]), 0, tag=_REPLY)
-        dist.send(msg, 0, tag=_MESSAGE)
-        return
-    rows, cols = (0, 0) if out is None else out.shape
-    dist.send(torch.tensor([_OK, rows, cols]), 0, tag=_REPLY)
-    if out is not None:
-        dist.send(out.contiguous(), 0, tag=_LOGITS)
+        sends.add(0, _REPLY, torch.tensor([_FAILED, msg.numel(), 0]))
+        sends.add(0, _MESSAGE, msg)
+    else:
+        rows, cols = (0, 0) if out is None else out.shape
+        sends.add(0, _REPLY, torch.tensor([_OK, rows, cols]))
+        if out is not None:
+            sends.add(0, _LOGITS, out.contiguous())
+    sends.wait(wait)
 
 
 def stop_ranks(
@@ -721,12 +832,11 @@ def stop_ranks(
     return reports
 
 
-def _send_report(report: dict[str, Any]) -> None:
-    import torch.distributed as dist
-
+def _send_report(report: dict[str, Any], wait: timedelta) -> None:
     text = torch.tensor(list(json.dumps(report).encode()), dtype=torch.uint8)
-    dist.send(torch.tensor([text.numel()]), 0, tag=_REPORT)
-    dist.send(text, 0, tag=_REPORT)
+    sends = _Sends()
+    sends.add(0, _REPORT, torch.tensor([text.numel()]), text)
+    sends.wait(wait)
 
 
 def shutdown(rank: Rank, procs: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -761,55 +871,109 @@ def reap(procs: Sequence[Any], grace_s: float) -> None:
             p.join(30)
 
 
-def serve(stage: StageModel) -> None:
+class _Worker:
+    """A rank past 0's messages: every wait bounded by `wait` (the first
+    one by the time rank 0 may take to load as well), and gloo's error, a
+    previous rank gone or silent, said as PipelineLost in one line."""
+
+    def __init__(self, rank: Rank, timeout_s: float):
+        self.rank = rank
+        self.wait = worker_wait(timeout_s)
+        self.first = True
+        self.sends = _Sends()
+
+    def recv(self, t: torch.Tensor, tag: int) -> None:
+        wait = self.wait + _LOAD if self.first else self.wait
+        with self.lost(wait):
+            _recv(t, self.rank.rank - 1, tag, wait)
+        self.first = False
+
+    def send(self, dst: int, tag: int, *tensors: torch.Tensor) -> None:
+        with self.lost(self.wait):
+            self.sends.add(dst, tag, *tensors)
+
+    def flush(self) -> None:
+        """Waits for the sends in flight (the next rank is busy with the
+        last step's)."""
+        with self.lost(self.wait):
+            self.sends.wait(self.wait)
+
+    @contextlib.contextmanager
+    def lost(self, wait: timedelta) -> Iterator[None]:
+        try:
+            yield
+        except RuntimeError as e:
+            if isinstance(e, PipelineLost):
+                raise
+            me = f"pipeline rank {self.rank.rank}"
+            if _timed_out(e):
+                raise PipelineLost(
+                    f"{me}: nothing from rank 0 or the ranks before it within "
+                    f"{wait.total_seconds():g} s (--pipeline-timeout-s and a heartbeat); "
+                    "giving up"
+                ) from None
+            raise PipelineLost(f"{me}: lost rank 0 or a neighbour: {_gloo_line(e)}") from None
+
+
+def serve(stage: StageModel, timeout_s: float = DEFAULT_STEP_TIMEOUT_S) -> None:
     """A rank past 0: runs its stage on what the previous rank sends until
-    rank 0 closes the pipeline, then reports to rank 0."""
-    import torch.distributed as dist
-
+    rank 0 closes the pipeline, then reports to rank 0. Raises
+    PipelineLost when the previous rank goes silent for longer than
+    `timeout_s` (--pipeline-timeout-s) and a heartbeat, or goes away."""
     rank = stage.rank
-    prev, nxt = rank.rank - 1, rank.rank + 1
-    sends = _Sends()
-    while True:
-        header = torch.empty(5, dtype=torch.long)
-        dist.recv(header, prev, tag=_HEADER)
-        op, n, start, logits, dtype = (int(x) for x in header)
-        if op == _STOP:
-            sends.wait()
-            if not rank.last:
-                dist.send(header, nxt, tag=_HEADER)
-            break
-        if op in (_OPEN_SLOTS, _SLOTS, _FAILED):
-            _serve_slots(stage, header, sends)
-            continue
-        h = torch.empty(1, n, stage.dim, dtype=_DTYPES[dtype])
-        dist.recv(h, prev, tag=_HIDDEN)
-        out = stage.run(h, torch.arange(start, start + n), bool(logits))
-        if rank.last:
-            if logits:
-                dist.send(out.reshape(1, -1).float().contiguous(), 0, tag=_LOGITS)
-            continue
-        sends.wait()  # one step in flight: the next rank is busy with the last one
-        sends.add(nxt, _HEADER, header)
-        sends.add(nxt, _HIDDEN, out.contiguous())
-    _send_report(stage.report())
-    close_group()
+    nxt = rank.rank + 1
+    io = _Worker(rank, timeout_s)
+    try:
+        while True:
+            header = torch.empty(5, dtype=torch.long)
+            io.recv(header, _HEADER)
+            op, n, start, logits, dtype = (int(x) for x in header)
+            if op == _STOP:
+                io.flush()
+                if not rank.last:
+                    io.send(nxt, _HEADER, header)
+                    io.flush()
+                break
+            if op == _PING:
+                if rank.last:
+                    with io.lost(io.wait):
+                        _answer(None, None, io.wait)
+                else:
+                    io.flush()
+                    io.send(nxt, _HEADER, header)
+                continue
+            if op in (_OPEN_SLOTS, _SLOTS, _FAILED):
+                _serve_slots(stage, header, io)
+                continue
+            h = torch.empty(1, n, stage.dim, dtype=_DTYPES[dtype])
+            io.recv(h, _HIDDEN)
+            out = stage.run(h, torch.arange(start, start + n), bool(logits))
+            if rank.last:
+                if logits:
+                    io.send(0, _LOGITS, out.reshape(1, -1).float().contiguous())
+                    io.flush()
+                continue
+            io.flush()  # one step in flight: the next rank is busy with the last one
+            io.send(nxt, _HEADER, header)
+            io.send(nxt, _HIDDEN, out.contiguous())
+        with io.lost(io.wait):
+            _send_report(stage.report(), io.wait)
+    finally:
+        close_group()
 
 
-def _serve_slots(stage: StageModel, header: torch.Tensor, sends: _Sends) -> None:
+def _serve_slots(stage: StageModel, header: torch.Tensor, io: _Worker) -> None:
     """One slots message on a rank past 0 (its header received): opening
     the slots, a step, or an earlier stage's failure, which is passed on
     to the last rank, which answers rank 0 either way."""
-    import torch.distributed as dist
-
     rank = stage.rank
-    prev = rank.rank - 1
     op, n, n_entries, hidden, dtype = (int(x) for x in header)
     out: torch.Tensor | None = None
     table = torch.empty(0)
     failed = None
     if op == _FAILED:
         msg = torch.empty(n, dtype=torch.uint8)
-        dist.recv(msg, prev, tag=_MESSAGE)
+        io.recv(msg, _MESSAGE)
         failed = bytes(msg.tolist()).decode(errors="replace")
     elif op == _OPEN_SLOTS:
         try:
@@ -818,9 +982,9 @@ def _serve_slots(stage: StageModel, header: torch.Tensor, sends: _Sends) -> None
             failed = f"rank {rank.rank}: {type(e).__name__}: {e}"
     else:
         table = torch.empty(n_entries, 4, dtype=torch.long)
-        dist.recv(table, prev, tag=_ENTRIES)
+        io.recv(table, _ENTRIES)
         h = torch.empty(1, n, stage.dim, dtype=_DTYPES[dtype])
-        dist.recv(h, prev, tag=_HIDDEN)
+        io.recv(h, _HIDDEN)
         try:
             out = stage.run_slots(h, table, bool(hidden))
         except Exception as e:
@@ -828,21 +992,22 @@ def _serve_slots(stage: StageModel, header: torch.Tensor, sends: _Sends) -> None
             log.exception("pipeline rank %d: a slots step failed", rank.rank)
             failed = f"rank {rank.rank}: {type(e).__name__}: {e}"
     if rank.last:
-        _answer(out, failed)
+        with io.lost(io.wait):
+            _answer(out, failed, io.wait)
         return
     nxt = rank.rank + 1
-    sends.wait()
+    io.flush()
     if failed is not None:
         msg = _message(failed)
-        sends.add(nxt, _HEADER, _header(_FAILED, msg.numel(), 0, False, torch.float32))
-        sends.add(nxt, _MESSAGE, msg)
+        io.send(nxt, _HEADER, _header(_FAILED, msg.numel(), 0, False, torch.float32))
+        io.send(nxt, _MESSAGE, msg)
     elif op == _OPEN_SLOTS:
-        sends.add(nxt, _HEADER, header)
+        io.send(nxt, _HEADER, header)
     else:
         assert out is not None
-        sends.add(nxt, _HEADER, header)
-        sends.add(nxt, _ENTRIES, table)
-        sends.add(nxt, _HIDDEN, out.contiguous())
+        io.send(nxt, _HEADER, header)
+        io.send(nxt, _ENTRIES, table)
+        io.send(nxt, _HIDDEN, out.contiguous())
 
 
 def describe(reports: Sequence[dict[str, Any]]) -> list[str]:

@@ -8,13 +8,16 @@ turn on the same slot extends the first (its cache reused, as chat does).
 
 The server's SlotPipeline: three slots stepped together give the ids and
 hidden states of SlotModel in one process; a stage that raises fails its
-step and leaves the ranks in step; a rank that dies breaks the pipeline
-(it says so) and shutting down does not hang.
+step and leaves the ranks in step; a rank that hangs while no step runs
+breaks the pipeline within --pipeline-timeout-s (rank 0's heartbeat; it
+says so), and shutting down does not hang.
 """
 
 import functools
 import os
+import signal
 import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -90,6 +93,9 @@ def run_pipeline(path: Path, tokenizer: Path | None) -> tuple[list[int], list[di
 
 # A slots step at this position fails on rank 1 (flaky_stage).
 FAIL_AT = 150
+# --pipeline-timeout-s of the slots test: long beside its steps (a few ms),
+# short beside the test.
+TIMEOUT_S = 5
 
 
 def flaky_stage(options: loading.LoadOptions) -> None:
@@ -186,7 +192,12 @@ class PipelineTest(unittest.TestCase):
             finally:
                 torch.set_num_threads(threads)
             options = loading.LoadOptions(
-                checkpoint=path, tokenizer=tok, compile="none", max_seq_length=CONTEXT, pipeline=2
+                checkpoint=path,
+                tokenizer=tok,
+                compile="none",
+                max_seq_length=CONTEXT,
+                pipeline=2,
+                pipeline_timeout_s=TIMEOUT_S,
             )
             rank, procs = pipeline.launch_local(2, functools.partial(flaky_stage, options))
             try:
@@ -206,15 +217,18 @@ class PipelineTest(unittest.TestCase):
                 for got, want in zip(got_logits, want_logits):
                     torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
                 torch.testing.assert_close(got_hidden, want_hidden, atol=1e-4, rtol=1e-4)
-                # A rank that dies: the step fails, the pipeline says it is
-                # broken, and shutting down returns.
+                # A rank that hangs while no step runs: rank 0's heartbeat
+                # finds it within the timeout, and the next step fails at once.
+                os.kill(procs[0].pid, signal.SIGSTOP)
+                stopped = time.monotonic()
+                while slots.problem() is None and time.monotonic() - stopped < TIMEOUT_S + 30:
+                    time.sleep(0.1)
+                self.assertLess(time.monotonic() - stopped, TIMEOUT_S + 30)
+                self.assertIn(f"no answer within {TIMEOUT_S} s", slots.problem() or "")
+                with self.assertRaisesRegex(pipeline.PipelineLost, "pipeline rank lost"):
+                    slots.forward_slots([(0, [5], 0)])
                 procs[0].kill()
                 procs[0].join(30)
-                with self.assertRaises(RuntimeError):
-                    slots.forward_slots([(0, [5], 0)])
-                self.assertIn("pipeline rank lost", slots.problem() or "")
-                with self.assertRaisesRegex(RuntimeError, "pipeline rank lost"):
-                    slots.forward_slots([(0, [5], 0)])
             finally:
                 pipeline.shutdown(rank)
                 for p in procs:
