@@ -119,7 +119,7 @@ def _make_lm_class() -> type:
             for g_scores, members in zip(scores, owners):
                 for s, i in zip(g_scores, members):
                     out[i] = total_logprob(s, seqs[i][1])
-            return out  # type: ignore[return-value]
+            return [o for o in out if o is not None]  # each request is in one group
 
         def loglikelihood_rolling(
             self, requests: list[Instance], disable_tqdm: bool = False

@@ -9,9 +9,7 @@ command line to a .pte and a .pt2 at once; et_run and aoti_run must give
 eager's greedy ids.
 """
 
-import json
 import os
-import subprocess
 import tempfile
 import unittest
 from pathlib import Path
@@ -21,16 +19,13 @@ import torch
 from export import export_llm
 from export.source import build, load_source
 from testing import tiny_archs, tiny_model
+from testing.runners import run_ids, runfile
 from torchchat import tokenizer as tc_tokenizer
 from torchchat.generate import greedy
 
 MAX_SEQ = 64
 STEPS = 24
 PROMPT = "Hello, my name is"
-
-
-def _runfile(path: str) -> Path:
-    return Path(os.environ["TEST_SRCDIR"]) / "_main" / path
 
 
 class ExportArchitectures(unittest.TestCase):
@@ -96,24 +91,9 @@ class ExportArchitectures(unittest.TestCase):
             want = greedy(eager, prompt, STEPS)
         for runner, artifact in (("runner/et/et_run", pte), ("runner/aoti/aoti_run", pt2)):
             with self.subTest(runner):
-                ids = out / "ids.json"
-                r = subprocess.run(
-                    [
-                        str(_runfile(runner)),
-                        str(artifact),
-                        "-i",
-                        PROMPT,
-                        "-n",
-                        str(STEPS),
-                        "--ids-json",
-                        str(ids),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
-                )
+                r, got = run_ids(runfile(runner), artifact, "-i", PROMPT, "-n", str(STEPS))
                 self.assertEqual(r.returncode, 0, r.stderr[-2000:])
-                got = json.loads(ids.read_text())["generated"]
+                assert got is not None
                 self.assertEqual(got, want[: len(got)])
                 self.assertGreater(len(got), 4)
 

@@ -5,9 +5,7 @@ by default to a .pt2; eager, both artifacts and et_run give the same greedy
 ids, and ExecuTorch's kernels equal the torch op's bit for bit."""
 
 import json
-import os
 import shutil
-import subprocess
 import tempfile
 import unittest
 from pathlib import Path
@@ -19,6 +17,7 @@ from export.source import build_native, load_source
 from kernels import et_ops
 from kernels.ggml import ops
 from testing import gguf_blocks, tiny_model
+from testing.runners import run_ids, runfile
 from torchchat import artifacts
 from torchchat import tokenizer as tc_tokenizer
 from torchchat.generate import greedy
@@ -99,25 +98,18 @@ class GgufPte(unittest.TestCase):
         torch.testing.assert_close(pte(tokens, pos), want, rtol=1e-4, atol=1e-4)
 
     def test_et_run_gives_the_same_ids(self):
-        ids_file = self.dir / "ids.json"
-        run = subprocess.run(
-            [
-                str(Path(os.environ["TEST_SRCDIR"]) / "_main" / "runner/et/et_run"),
-                str(self.pte_path),
-                "-i",
-                "Hello, my name is",
-                "-n",
-                str(STEPS),
-                "-t",
-                "0",
-                "--ids-json",
-                str(ids_file),
-            ],
-            capture_output=True,
-            text=True,
+        r, generated = run_ids(
+            runfile("runner/et/et_run"),
+            self.pte_path,
+            "-i",
+            "Hello, my name is",
+            "-n",
+            str(STEPS),
+            "-t",
+            "0",
         )
-        self.assertEqual(run.returncode, 0, run.stderr[-2000:])
-        generated = json.loads(ids_file.read_text())["generated"]
+        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        assert generated is not None
         tok = tc_tokenizer.load(self.out / "tokenizer.json")
         prompt = tok.encode("Hello, my name is", bos=tok.add_bos)
         with torch.no_grad():

@@ -24,6 +24,7 @@ from export import export_llm
 from export.source import build, load_source
 from kernels import et_ops, q4
 from testing import tiny_model
+from testing.runners import run_ids, runfile
 from torchchat import artifacts
 from torchchat import quantize as tc_quant
 from torchchat import tokenizer as tc_tokenizer
@@ -33,10 +34,6 @@ MAX_SEQ = 64
 STEPS = 24
 PROMPT_IDS = [0, 57, 112, 200, 31, 7, 150]
 ISAS = ("avx512vnni", "avx512", "avx2", "scalar")
-
-
-def _runfile(path: str) -> Path:
-    return Path(os.environ["TEST_SRCDIR"]) / "_main" / path
 
 
 class ExactQ4Pte(unittest.TestCase):
@@ -122,25 +119,18 @@ class ExactQ4Pte(unittest.TestCase):
             et_ops.force_isa("")
 
     def test_et_run_gives_the_same_ids(self):
-        ids_file = self.dir / "ids.json"
-        text = subprocess.run(
-            [
-                str(_runfile("runner/et/et_run")),
-                str(self.pte_path),
-                "-i",
-                "Hello, my name is",
-                "-n",
-                str(STEPS),
-                "-t",
-                "0",
-                "--ids-json",
-                str(ids_file),
-            ],
-            capture_output=True,
-            text=True,
+        r, generated = run_ids(
+            runfile("runner/et/et_run"),
+            self.pte_path,
+            "-i",
+            "Hello, my name is",
+            "-n",
+            str(STEPS),
+            "-t",
+            "0",
         )
-        self.assertEqual(text.returncode, 0, text.stderr[-2000:])
-        generated = json.loads(ids_file.read_text())["generated"]
+        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        assert generated is not None
         # The prompt as et_run encodes it: the same tokenizer library and rule.
         tok = tc_tokenizer.load(self.out / "tokenizer.json")
         prompt = tok.encode("Hello, my name is", bos=tok.add_bos)

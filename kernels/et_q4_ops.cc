@@ -30,47 +30,6 @@ using executorch::runtime::KernelRuntimeContext;
 using kernels::Q4NumBlocks;
 using kernels::Q8NumBlocks;
 
-// ExecuTorch's shared thread pool (the one XNNPACK uses, so the linears and
-// the delegated ops between them run on the same threads).
-void EtParallelFor(void*, int64_t n, int64_t grain, kernels::Q4Task fn, void* ctx) {
-  executorch::extension::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { fn(ctx, b, e); });
-}
-
-constexpr kernels::Q4ParallelFor kEtPool{EtParallelFor, nullptr};
-
-// The checks both ops share: x float32 [..., k], an optional float32 bias
-// [n], and `out` resized to [..., n]. Returns false after failing the
-// context with a message naming the op.
-bool CheckAndResize(KernelRuntimeContext& ctx, const char* op, const Tensor& x,
-                    const std::optional<Tensor>& bias, int64_t n, int64_t k, Tensor& out) {
-  ET_KERNEL_CHECK_MSG(ctx, n > 0 && k > 0, InvalidArgument, false,
-                      "%s: n and k must be positive, got n=%lld k=%lld", op,
-                      static_cast<long long>(n), static_cast<long long>(k));
-  ET_KERNEL_CHECK_MSG(ctx, x.dim() >= 1 && x.size(x.dim() - 1) == k, InvalidArgument, false,
-                      "%s: x must end in k=%lld", op, static_cast<long long>(k));
-  ET_KERNEL_CHECK_MSG(
-      ctx, x.scalar_type() == ScalarType::Float && out.scalar_type() == ScalarType::Float,
-      InvalidArgument, false, "%s: x and out must be float32 (export the .pte in fp32)", op);
-  ET_KERNEL_CHECK_MSG(ctx, IsContiguous(x), InvalidArgument, false, "%s: x must be contiguous", op);
-  if (bias.has_value()) {
-    ET_KERNEL_CHECK_MSG(
-        ctx, bias->scalar_type() == ScalarType::Float && bias->dim() == 1 && bias->size(0) == n,
-        InvalidArgument, false, "%s: bias must be float32 [%lld]", op, static_cast<long long>(n));
-  }
-  executorch::aten::SizesType sizes[executorch::runtime::kTensorDimensionLimit];
-  for (int64_t i = 0; i < x.dim(); ++i) sizes[i] = x.size(i);
-  sizes[x.dim() - 1] = static_cast<executorch::aten::SizesType>(n);
-  ET_KERNEL_CHECK_MSG(
-      ctx,
-      executorch::runtime::resize_tensor(out, {sizes, static_cast<size_t>(x.dim())}) == Error::Ok,
-      InvalidArgument, false, "%s: cannot resize the output", op);
-  return true;
-}
-
-const float* BiasData(const std::optional<Tensor>& bias) {
-  return bias.has_value() ? bias->const_data_ptr<float>() : nullptr;
-}
-
 }  // namespace
 
 Tensor& Q4LinearOut(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qs,

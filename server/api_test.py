@@ -11,7 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import openai
 
-from server.harness import Running, engine_for
+from server.harness import Running, TinyServerCase, engine_for
 from testing import tiny_model
 from testing.cli_harness import run
 
@@ -29,22 +29,8 @@ def generate(ckpt, *flags):
     return out
 
 
-class ApiTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.ckpt = str(tiny_model.write_checkpoint(os.path.join(cls.tmp.name, "tiny")))
-        engine, config = engine_for(
-            ["--checkpoint-path", cls.ckpt, "--parallel", "4", "--max-new-tokens", "16", "--quiet"]
-        )
-        cls.server = Running(engine, config)
-        cls.model = config.model_id
-        cls.client = openai.OpenAI(base_url=cls.server.base_url, api_key="unused", max_retries=0)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.close()
-        cls.tmp.cleanup()
+class ApiTest(TinyServerCase):
+    FLAGS = ["--parallel", "4", "--max-new-tokens", "16"]
 
     def chat(self, **kw):
         kw.setdefault("messages", [{"role": "user", "content": QUESTION}])

@@ -4,43 +4,18 @@ server keeps answering."""
 import http.client
 import json
 import os
-import tempfile
 import unittest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from server.harness import Running, engine_for
-from testing import tiny_model
+from server.harness import TinyServerCase
 
 USER = [{"role": "user", "content": "hi"}]
 LIMIT = 64 * 1024
 
 
-class BadInputTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        ckpt = str(tiny_model.write_checkpoint(os.path.join(cls.tmp.name, "tiny")))
-        engine, config = engine_for(
-            [
-                "--checkpoint-path",
-                ckpt,
-                "--parallel",
-                "2",
-                "--quiet",
-                "--max-body-bytes",
-                str(LIMIT),
-                "--max-tokens-cap",
-                "100",
-            ]
-        )
-        cls.server = Running(engine, config)
-        cls.model = config.model_id
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.close()
-        cls.tmp.cleanup()
+class BadInputTest(TinyServerCase):
+    FLAGS = ["--parallel", "2", "--max-body-bytes", str(LIMIT), "--max-tokens-cap", "100"]
 
     def post(self, path, body, headers=None, chunked=False):
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)

@@ -66,7 +66,7 @@ def prompt_ids(
         text = srv.template.render(messages, add_generation_prompt=True, tools=tool_defs)
         vision = srv.engine.vision
         if vision is not None:
-            text = vision.expand(text, srv.engine.tokenizer, sizes or [])  # type: ignore[attr-defined]
+            text = vision.expand(text, srv.engine.tokenizer, sizes or [])
         return srv.engine.tokenizer.encode(text, bos=False)
     except TokenizerError as e:
         raise APIError(400, str(e), param="messages", code="template_error") from None
@@ -81,7 +81,7 @@ async def image_spans(srv: Served, ids: list[int], pictures: list[Any]) -> list[
     if vision is None or not pictures:
         return []
     try:
-        return await asyncio.to_thread(vision.spans, ids, pictures)  # type: ignore[attr-defined]
+        return await asyncio.to_thread(vision.spans, ids, pictures)
     except ImageError as e:
         raise APIError(400, str(e), param="messages", code="invalid_image") from None
 

@@ -48,6 +48,7 @@ from torchchat.tokenizer import Tokenizer
 if TYPE_CHECKING:
     from torchchat.generate import LLMModel
     from torchchat.model import Images, Model
+    from torchchat.vision import ImageTower
 
 log = logging.getLogger("torchchat.server")
 
@@ -387,8 +388,8 @@ class Engine:
         self.slots = slots
         self.tokenizer = tokenizer
         self.batcher = batcher
-        # The eager model's vision tower (torchchat.vision.Vision), if it has one.
-        self.vision: object | None = None
+        # The eager model's vision tower, if it has one.
+        self.vision: ImageTower | None = None
         self.max_queue = max_queue
         self.max_seq_length = slots[0].max_seq_length
         self._admitted = 0  # jobs queued or running
@@ -520,12 +521,13 @@ class Engine:
         finally:
             for t in tasks:
                 t.cancel()  # one failed: the others stop taking inputs
-        return out  # type: ignore[return-value]
+        return [t for t in out if t is not None]  # every worker filled its inputs' places
 
     def _hidden(self, i: int, ids: Sequence[int]) -> torch.Tensor:
         slot, view = self.slots[i], self.slots[i].model
-        assert isinstance(view, SlotView)
-        self.batcher.join(view.index)  # type: ignore[union-attr]
+        assert isinstance(view, SlotView) and self.batcher is not None
+        batcher = self.batcher
+        batcher.join(view.index)
         try:
             slot.truncate(0)
             h = view.hidden(ids)
@@ -533,7 +535,7 @@ class Engine:
             slot.tokens.extend(int(t) for t in ids)
             return h
         finally:
-            self.batcher.leave(view.index)  # type: ignore[union-attr]
+            batcher.leave(view.index)
 
     def start(
         self, prompt: Sequence[int], params: Params, sink: asyncio.Queue, index: int

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import tempfile
 import threading
 import time
+import unittest
+from typing import TYPE_CHECKING, ClassVar
 
+import torch
 import uvicorn
 
 from server.app import Config, create_app
-from server.engine import Engine
+from server.engine import Engine, SlotsModel
+from testing import tiny_model
+
+if TYPE_CHECKING:
+    import openai
+
+    from torchchat.model import Images
 
 
 def engine_for(argv: list[str]) -> tuple[Engine, Config]:
@@ -29,12 +40,20 @@ class Slowed:
     """A batched model with a fixed delay per step, so that a stream is still
     running when a test acts on it."""
 
-    def __init__(self, model: object, delay_s: float):
+    def __init__(self, model: SlotsModel, delay_s: float):
         self.model, self.delay_s = model, delay_s
 
-    def forward_slots(self, entries: list[tuple[int, list[int], int]]) -> object:
+    @property
+    def max_seq_length(self) -> int:
+        return self.model.max_seq_length
+
+    def forward_slots(self, entries: list, images: Images = ()) -> torch.Tensor:
         time.sleep(self.delay_s)
-        return self.model.forward_slots(entries)  # type: ignore[attr-defined]
+        return (
+            self.model.forward_slots(entries, images)
+            if images
+            else self.model.forward_slots(entries)
+        )
 
 
 class Running:
@@ -67,3 +86,39 @@ class Running:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+class TinyServerCase(unittest.TestCase):
+    """Tests over one server of the tiny random model for the whole class:
+    FLAGS are `torchchat server`'s beyond the checkpoint and --quiet.
+    `prepare` may wrap the engine's model (Slowed) before serving starts."""
+
+    FLAGS: ClassVar[list[str]] = []
+    tmp: ClassVar[tempfile.TemporaryDirectory[str]]
+    ckpt: ClassVar[str]
+    engine: ClassVar[Engine]
+    config: ClassVar[Config]
+    server: ClassVar[Running]
+    model: ClassVar[str]
+    client: ClassVar[openai.OpenAI]
+
+    @classmethod
+    def prepare(cls, engine: Engine) -> None:
+        pass
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        import openai
+
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.ckpt = str(tiny_model.write_checkpoint(os.path.join(cls.tmp.name, "tiny")))
+        cls.engine, cls.config = engine_for(["--checkpoint-path", cls.ckpt, "--quiet", *cls.FLAGS])
+        cls.prepare(cls.engine)
+        cls.server = Running(cls.engine, cls.config)
+        cls.model = cls.config.model_id
+        cls.client = openai.OpenAI(base_url=cls.server.base_url, api_key="unused", max_retries=0)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.close()
+        cls.tmp.cleanup()

@@ -6,7 +6,6 @@ import http.client
 import importlib.util
 import json
 import os
-import tempfile
 import threading
 import time
 import unittest
@@ -14,13 +13,12 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import openai
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import Config
 from server.engine import serial_engine
-from server.harness import Running, Slowed, engine_for
+from server.harness import Running, Slowed, TinyServerCase
 from testing import tiny_model
 from torchchat import tokenizer as tok_mod
 
@@ -57,35 +55,13 @@ def scrape(server):
     return samples, types
 
 
-class TinyModelRoutesTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.ckpt = str(tiny_model.write_checkpoint(os.path.join(cls.tmp.name, "tiny")))
-        engine, config = engine_for(
-            [
-                "--checkpoint-path",
-                cls.ckpt,
-                "--parallel",
-                "2",
-                "--quiet",
-                "--temperature",
-                "0.7",
-                "--top-k",
-                "30",
-                "--max-new-tokens",
-                "12",
-            ]
-        )
-        cls.server = Running(engine, config)
-        cls.engine, cls.config = engine, config
-        cls.tok = engine.tokenizer
-        cls.client = openai.OpenAI(base_url=cls.server.base_url, api_key="x", max_retries=0)
+class TinyModelRoutesTest(TinyServerCase):
+    FLAGS = ["--parallel", "2", "--temperature", "0.7", "--top-k", "30", "--max-new-tokens", "12"]
 
     @classmethod
-    def tearDownClass(cls):
-        cls.server.close()
-        cls.tmp.cleanup()
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tok = cls.engine.tokenizer
 
     def post(self, path, body):
         status, _, raw = call(self.server, "POST", path, body)

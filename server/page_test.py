@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
 import time
 import unittest
 from pathlib import Path
@@ -23,11 +22,9 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import jsonschema
-import openai
 from playwright.sync_api import sync_playwright
 
-from server.harness import Running, Slowed, engine_for
-from testing import tiny_model
+from server.harness import Slowed, TinyServerCase
 
 SYSTEM = "Answer briefly."
 # A real photo from a PyPI package in the lock (scikit-learn).
@@ -42,26 +39,17 @@ def words(text):
     return " ".join(text.split())
 
 
-class PageTest(unittest.TestCase):
+class PageTest(TinyServerCase):
+    FLAGS = ["--parallel", "2", "--speculate", "prompt-lookup"]
+
+    @classmethod
+    def prepare(cls, engine):
+        assert engine.batcher is not None
+        engine.batcher.model = Slowed(engine.batcher.model, STEP_S)
+
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        ckpt = str(tiny_model.write_checkpoint(os.path.join(cls.tmp.name, "tiny")))
-        engine, config = engine_for(
-            [
-                "--checkpoint-path",
-                ckpt,
-                "--quiet",
-                "--parallel",
-                "2",
-                "--speculate",
-                "prompt-lookup",
-            ]
-        )
-        engine.batcher.model = Slowed(engine.batcher.model, STEP_S)
-        cls.engine, cls.model = engine, config.model_id
-        cls.server = Running(engine, config)
-        cls.client = openai.OpenAI(base_url=cls.server.base_url, api_key="x", max_retries=0)
+        super().setUpClass()
         cls.pw = sync_playwright().start()
         cls.browser = cls.pw.chromium.launch(
             executable_path=os.path.abspath(os.environ["CHROMIUM"]), args=["--no-sandbox"]
@@ -71,8 +59,7 @@ class PageTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.browser.close()
         cls.pw.stop()
-        cls.server.close()
-        cls.tmp.cleanup()
+        super().tearDownClass()
 
     def setUp(self):
         self.page = self.browser.new_page(viewport={"width": 1100, "height": 720})

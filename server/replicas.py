@@ -30,7 +30,7 @@ from typing import Any
 
 from ray import serve
 from ray.exceptions import RayError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.types import Message, Receive, Scope, Send
 
 from server import health
@@ -187,7 +187,9 @@ class Front:
         for attempt in range(2):
             try:
                 # A handle with stream=True answers with a generator.
-                async for msg in self.replicas.remote(req):  # type: ignore[union-attr]
+                stream = self.replicas.remote(req)
+                assert isinstance(stream, DeploymentResponseGenerator)
+                async for msg in stream:
                     if msg["type"] == "http.response.start":
                         started = True
                         sse = (b"content-type", b"text/event-stream") in [

@@ -14,7 +14,7 @@ whole responses, each streamed chunk, and every error.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 from pydantic import (
     BaseModel,
@@ -31,6 +31,12 @@ from pydantic import (
 # OpenAI caps stop sequences at 4; a local server can afford a few more.
 MAX_STOP = 16
 MAX_TOP_LOGPROBS = 20
+
+
+def _ids(p: Sequence[object]) -> TypeGuard[Sequence[int]]:
+    """Whether a prompt/input list is one tokenized prompt (ids) rather than
+    several prompts."""
+    return all(isinstance(x, int) for x in p)
 
 
 class _Strict(BaseModel):
@@ -337,9 +343,9 @@ class CompletionRequest(SamplingRequest):
         p = self.prompt
         if isinstance(p, str):
             return [p]
-        if all(isinstance(x, int) for x in p):
-            return [list(p)]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]
+        if _ids(p):
+            return [list(p)]
+        return [x if isinstance(x, str) else list(x) for x in p if not isinstance(x, int)]
 
 
 # --- responses -------------------------------------------------------------------
@@ -546,9 +552,9 @@ class EmbeddingRequest(_Open):
         x = self.input
         if isinstance(x, str):
             return [x]
-        if all(isinstance(i, int) for i in x):
-            return [list(x)]  # type: ignore[arg-type]
-        return list(x)  # type: ignore[arg-type]
+        if _ids(x):
+            return [list(x)]
+        return [i if isinstance(i, str) else list(i) for i in x if not isinstance(i, int)]
 
 
 class Embedding(_Strict):

@@ -5,7 +5,6 @@ streaming gives the same JSON, and a forced tool call always parses."""
 
 import json
 import os
-import tempfile
 import unittest
 from typing import Literal
 
@@ -15,8 +14,7 @@ import jsonschema
 import openai
 import pydantic
 
-from server.harness import Running, engine_for
-from testing import tiny_model
+from server.harness import TinyServerCase
 
 USER = [{"role": "user", "content": "Answer in JSON."}]
 SLOTS = 10
@@ -114,22 +112,8 @@ class Pet(pydantic.BaseModel):
     tags: list[Literal["cute", "old"]] = pydantic.Field(max_length=2)
 
 
-class StructuredTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        ckpt = str(tiny_model.write_checkpoint(os.path.join(cls.tmp.name, "tiny")))
-        engine, config = engine_for(
-            ["--checkpoint-path", ckpt, "--parallel", str(SLOTS), "--quiet"]
-        )
-        cls.server = Running(engine, config)
-        cls.model = config.model_id
-        cls.client = openai.OpenAI(base_url=cls.server.base_url, api_key="unused", max_retries=0)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.close()
-        cls.tmp.cleanup()
+class StructuredTest(TinyServerCase):
+    FLAGS = ["--parallel", str(SLOTS)]
 
     def chat(self, **kw):
         kw.setdefault("max_tokens", 200)

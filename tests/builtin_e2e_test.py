@@ -10,7 +10,6 @@ pkg-config from the torchchat-et package. Greedy ids must also agree between
 the eager model, aoti_run and et_run.
 """
 
-import json
 import os
 import shlex
 import shutil
@@ -24,6 +23,7 @@ import torch
 
 from export import export_llm
 from export.source import build, checkpoint_of, load_source
+from testing.runners import run_ids
 from torchchat import artifacts, loading
 from torchchat.generate import greedy
 
@@ -134,26 +134,9 @@ class BuiltinModelTest(unittest.TestCase):
             want = greedy(eager, prompt, STEPS, set(tok.eos_ids))
         self.assertTrue(want)
         for binary, model in ((AOTI_RUN, self.pt2), (ET_RUN, self.pte)):
-            ids_json = self.dir / f"{binary.name}.json"
-            p = subprocess.run(
-                [
-                    str(binary),
-                    str(model),
-                    "-i",
-                    COMPLETION,
-                    "-n",
-                    str(STEPS),
-                    "-t",
-                    "0",
-                    "--ids-json",
-                    str(ids_json),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
+            p, got = run_ids(binary, model, "-i", COMPLETION, "-n", str(STEPS), "-t", "0")
             self.assertEqual(p.returncode, 0, p.stderr)
-            got = json.loads(ids_json.read_text())["generated"]
+            assert got is not None
             self.assertEqual(got[: len(want)], want, binary.name)
 
     def test_executorch_text_runner(self):

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from torchchat.tokenizer import ChatTemplate, Tokenizer
-    from torchchat.vision import ImageSpan, Vision
+    from torchchat.vision import ImageSpan, ImageTower
 
 # What an exported artifact or the eager model provides. forward returns the
 # logits of the last position, [1, vocab].
@@ -230,6 +230,7 @@ class Slot:
             raise ValueError("an image's soft tokens must run in one forward")
         if spans:
             images = [(s.start - start, s.embeds) for s in spans]
+            # Only a model with a vision tower meets spans, and its forward takes them.
             logits = fn(tokens, pos, images=images)  # type: ignore[call-arg]
         else:
             logits = fn(tokens, pos)
@@ -249,6 +250,7 @@ class Slot:
     def verify(self, ids: Sequence[int]) -> torch.Tensor:
         """Runs `ids` at the slot's next positions as one forward; the
         logits after each, [len(ids), vocab]."""
+        # Only a model that can verify (LLMModel.forward_all) is given a drafter.
         return self._run(self.model.forward_all, ids)  # type: ignore[attr-defined]
 
 
@@ -454,7 +456,7 @@ class ChatSession:
         tokenizer: Tokenizer,
         template: ChatTemplate,
         system_prompt: str | None = None,
-        vision: Vision | None = None,
+        vision: ImageTower | None = None,
     ):
         self.slot = slot
         self.tokenizer = tokenizer

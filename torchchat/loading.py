@@ -633,7 +633,8 @@ def load(options: LoadOptions) -> Loaded:
         assert source.checkpoint is not None
         built = _from_compile_cache(options, source.checkpoint, spec, dtype_name)
     else:
-        ckpt = ckpt_mod.load_checkpoint(source.checkpoint)  # type: ignore[arg-type]
+        assert source.checkpoint is not None  # resolve_source gives one or the other
+        ckpt = ckpt_mod.load_checkpoint(source.checkpoint)
         model, step, info = build_model(options, ckpt, spec, dtype_name)
         built = _Built(model, step, info, tokenizer_source(ckpt), model.max_seq_length)
         built.vision = _vision(ckpt, dtype_name, options.device)

@@ -354,8 +354,10 @@ def pixel_key(pixels: Tensor) -> str:
     return hashlib.sha256(pixels.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-class Vision:
-    """A loaded vision tower with its config: images -> ImageSpans.
+class ImageTower:
+    """A loaded vision tower: images -> ImageSpans. What differs per family
+    (preprocessing, the tower, where the soft tokens go) is its subclass's;
+    the cache and the order of the steps are here.
 
     The last CACHED images' embeddings are kept by key: a chat sends every
     earlier turn's images again with each new one (the server's clients,
@@ -363,29 +365,33 @@ class Vision:
 
     CACHED = 16
 
-    def __init__(self, encoder: VisionEncoder):
+    def __init__(self, encoder: nn.Module):
         self.encoder = encoder
-        self.config = encoder.config
         self._cache: collections.OrderedDict[str, Tensor] = collections.OrderedDict()
         self._lock = threading.Lock()  # the server embeds from several threads
 
     def pixels(self, img: Image.Image) -> Tensor:
         """The image as the tower's input (one family's preprocessing)."""
-        return preprocess(img, self.config)
+        raise NotImplementedError
 
     def encode(self, pixels: list[Tensor]) -> list[Tensor]:
         """Each image's soft-token embeddings [n, text_dim] from its pixels."""
-        dtype = self.encoder.mm_input_projection.dtype
-        return list(self.encoder(torch.stack(pixels).to(dtype)))
+        raise NotImplementedError
 
     def with_markers(self, text: str, n: int, tokenizer: Tokenizer) -> str:
-        return with_markers(text, n, tokenizer, self.config)
+        """`text` with a marker for each of `n` images where it has none."""
+        raise NotImplementedError
 
     def expand(self, text: str, tokenizer: Tokenizer, sizes: Sequence[tuple[int, int]]) -> str:
         """The rendered prompt with each image's marker expanded to its soft
         tokens; `sizes` are the images' (width, height), in order, for the
         families whose token count depends on them."""
-        return expand_images(text, tokenizer, self.config)
+        raise NotImplementedError
+
+    def place(self, ids: Sequence[int], embedded: Sequence[tuple[Tensor, str]]) -> list[ImageSpan]:
+        """ImageSpans for a prompt's soft-token runs, given each image's
+        (embeddings, key) in order."""
+        raise NotImplementedError
 
     @torch.inference_mode()
     def embed(self, images: Sequence[Image.Image]) -> list[tuple[Tensor, str]]:
@@ -409,16 +415,37 @@ class Vision:
                 self._cache.popitem(last=False)
         return [(known[k], k) for k in keys]
 
+    def spans(self, ids: Sequence[int], images: Sequence[Image.Image]) -> list[ImageSpan]:
+        """ImageSpans for a prompt's soft-token runs, one image each, in order."""
+        return self.place(ids, self.embed(images))
+
+
+class Vision(ImageTower):
+    """Gemma 3's tower (SigLIP and its projector): one run of soft tokens per
+    image, at the image's size."""
+
+    def __init__(self, encoder: VisionEncoder):
+        super().__init__(encoder)
+        self.tower = encoder
+        self.config = encoder.config
+
+    def pixels(self, img: Image.Image) -> Tensor:
+        return preprocess(img, self.config)
+
+    def encode(self, pixels: list[Tensor]) -> list[Tensor]:
+        dtype = self.tower.mm_input_projection.dtype
+        return list(self.tower(torch.stack(pixels).to(dtype)))
+
+    def with_markers(self, text: str, n: int, tokenizer: Tokenizer) -> str:
+        return with_markers(text, n, tokenizer, self.config)
+
+    def expand(self, text: str, tokenizer: Tokenizer, sizes: Sequence[tuple[int, int]]) -> str:
+        return expand_images(text, tokenizer, self.config)
+
     def place(self, ids: Sequence[int], embedded: Sequence[tuple[Tensor, str]]) -> list[ImageSpan]:
-        """ImageSpans for a prompt's soft-token runs, given each image's
-        (embeddings, key) in order."""
         starts = image_runs(ids, self.config)
         if len(starts) != len(embedded):
             raise ImageError(
                 f"the prompt has places for {len(starts)} images, given {len(embedded)}"
             )
         return [ImageSpan(s, e, k) for s, (e, k) in zip(starts, embedded)]
-
-    def spans(self, ids: Sequence[int], images: Sequence[Image.Image]) -> list[ImageSpan]:
-        """ImageSpans for a prompt's soft-token runs, one image each, in order."""
-        return self.place(ids, self.embed(images))

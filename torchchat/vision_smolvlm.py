@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from torchchat.vision import ImageError, ImageSpan, SiglipLayer, Vision, load_tower
+from torchchat.vision import ImageError, ImageSpan, ImageTower, SiglipLayer, load_tower
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -281,12 +281,12 @@ def build_encoder(
 # --- prompts -------------------------------------------------------------------------
 
 
-class SmolVLMVision(Vision):
-    """Vision (torchchat.vision) for SmolVLM: an image is its tiles'
+class SmolVLMVision(ImageTower):
+    """The ImageTower (torchchat.vision) of SmolVLM: an image is its tiles'
     embeddings, [tiles * seq_len, text_dim], one run of soft tokens per tile."""
 
     def __init__(self, encoder: SmolVLMEncoder):
-        super().__init__(encoder)  # type: ignore[arg-type]
+        super().__init__(encoder)
         self.tower = encoder
         self.smol = encoder.config
 

@@ -21,12 +21,6 @@ using executorch::aten::Tensor;
 using executorch::runtime::Error;
 using executorch::runtime::KernelRuntimeContext;
 
-void EtParallelFor(void*, int64_t n, int64_t grain, kernels::Q4Task fn, void* ctx) {
-  executorch::extension::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { fn(ctx, b, e); });
-}
-
-constexpr kernels::Q4ParallelFor kEtPool{EtParallelFor, nullptr};
-
 bool CheckWeight(KernelRuntimeContext& ctx, const char* op, const Tensor& w, int64_t type,
                  int64_t rows, int64_t k) {
   const int64_t row = kernels::ggml::RowBytes(int(type), k);
@@ -47,31 +41,11 @@ bool CheckWeight(KernelRuntimeContext& ctx, const char* op, const Tensor& w, int
 Tensor& GgmlLinearOut(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& w, int64_t type,
                       int64_t n, int64_t k, const std::optional<Tensor>& bias, Tensor& out) {
   const char* op = "ggml_linear";
-  ET_KERNEL_CHECK_MSG(ctx, n > 0 && k > 0, InvalidArgument, out, "%s: n and k must be positive",
-                      op);
-  if (!CheckWeight(ctx, op, w, type, n, k)) return out;
-  ET_KERNEL_CHECK_MSG(ctx, x.dim() >= 1 && x.size(x.dim() - 1) == k && IsContiguous(x),
-                      InvalidArgument, out, "%s: x must be contiguous and end in k=%lld", op,
-                      static_cast<long long>(k));
-  ET_KERNEL_CHECK_MSG(
-      ctx, x.scalar_type() == ScalarType::Float && out.scalar_type() == ScalarType::Float,
-      InvalidArgument, out, "%s: x and out must be float32 (export the .pte in fp32)", op);
-  if (bias.has_value()) {
-    ET_KERNEL_CHECK_MSG(
-        ctx, bias->scalar_type() == ScalarType::Float && bias->dim() == 1 && bias->size(0) == n,
-        InvalidArgument, out, "%s: bias must be float32 [%lld]", op, static_cast<long long>(n));
-  }
-  executorch::aten::SizesType sizes[executorch::runtime::kTensorDimensionLimit];
-  for (int64_t i = 0; i < x.dim(); ++i) sizes[i] = x.size(i);
-  sizes[x.dim() - 1] = static_cast<executorch::aten::SizesType>(n);
-  ET_KERNEL_CHECK_MSG(
-      ctx,
-      executorch::runtime::resize_tensor(out, {sizes, static_cast<size_t>(x.dim())}) == Error::Ok,
-      InvalidArgument, out, "%s: cannot resize the output", op);
-  const char* err = kernels::ggml::Linear(
-      x.const_data_ptr<float>(), x.numel() / k, w.const_data_ptr<uint8_t>(), int(type), n, k,
-      bias.has_value() ? bias->const_data_ptr<float>() : nullptr, out.mutable_data_ptr<float>(),
-      &kEtPool);
+  if (!CheckAndResize(ctx, op, x, bias, n, k, out) || !CheckWeight(ctx, op, w, type, n, k))
+    return out;
+  const char* err = kernels::ggml::Linear(x.const_data_ptr<float>(), x.numel() / k,
+                                          w.const_data_ptr<uint8_t>(), int(type), n, k,
+                                          BiasData(bias), out.mutable_data_ptr<float>(), &kEtPool);
   ET_KERNEL_CHECK_MSG(ctx, err == nullptr, InvalidArgument, out, "%s: %s", op, err);
   return out;
 }

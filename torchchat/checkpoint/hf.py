@@ -116,7 +116,8 @@ def _smolvlm_text_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
     kind = transformers.SmolVLMConfig if cfg["model_type"] == "smolvlm" else None
     full = (kind or transformers.Idefics3Config)(**cfg)
-    text: dict[str, Any] = full.text_config.to_dict()  # type: ignore[union-attr]
+    assert isinstance(full.text_config, transformers.PretrainedConfig)  # filled in by __init__
+    text: dict[str, Any] = full.text_config.to_dict()
     for key in ("tie_word_embeddings", "bos_token_id", "eos_token_id"):
         if key in cfg:
             text.setdefault(key, cfg[key])
