@@ -53,18 +53,18 @@ namespace {
 
 // One query row of a job.
 struct Row {
-  const float* q;       // [D]
-  float* out;           // [D]
-  const int32_t* at;    // its allowed keys as indices into Job::pos, ascending
-  int64_t n;            // how many
+  const float* q;     // [D]
+  float* out;         // [D]
+  const int32_t* at;  // its allowed keys as indices into Job::pos, ascending
+  int64_t n;          // how many
 };
 
 // The rows of one span that share a kv head, and the union of their keys.
 struct Job {
-  const float* k;       // cache position j's key at k + j * kstride
-  const float* v;       // likewise, vstride
-  const int32_t* pos;   // the rows' allowed positions together, ascending
-  int64_t nu;           // how many
+  const float* k;      // cache position j's key at k + j * kstride
+  const float* v;      // likewise, vstride
+  const int32_t* pos;  // the rows' allowed positions together, ascending
+  int64_t nu;          // how many
   const Row* rows;
   int64_t nr;
 };
@@ -173,8 +173,9 @@ AVX512 __mmask16 Tail(int64_t left) {
 // stays exp(-87) (1.6e-38, never 0), nothing beside the max's 1.
 AVX512 __m512 Exp512(__m512 x) {
   x = _mm512_maskz_max_ps(kAll, x, _mm512_set1_ps(-87.f));
-  const __m512 n = _mm512_maskz_roundscale_ps(kAll, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 n =
+      _mm512_maskz_roundscale_ps(kAll, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 g = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   g = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), g);
   __m512 p = _mm512_set1_ps(1.9875691500e-4f);
@@ -184,21 +185,22 @@ AVX512 __m512 Exp512(__m512 x) {
   p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.6666665459e-1f));
   p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(5.0000001201e-1f));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(g, g), _mm512_add_ps(g, _mm512_set1_ps(1.f)));
-  const __m512i e =
-      _mm512_maskz_slli_epi32(kAll, _mm512_add_epi32(_mm512_maskz_cvtps_epi32(kAll, n), _mm512_set1_epi32(127)), 23);
+  const __m512i e = _mm512_maskz_slli_epi32(
+      kAll, _mm512_add_epi32(_mm512_maskz_cvtps_epi32(kAll, n), _mm512_set1_epi32(127)), 23);
   return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
 
 // Four vectors' Tree16 sums at once, in lanes 0, 4, 8 and 12: each stage
 // pairs lanes i and i + w of one vector only.
 AVX512 __m512 Reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
-  const __m512 x =
-      _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll, a, b, 0x44), _mm512_maskz_shuffle_f32x4(kAll, a, b, 0xEE));  // w 8
-  const __m512 y = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll, c, d, 0x44), _mm512_maskz_shuffle_f32x4(kAll, c, d, 0xEE));
-  const __m512 z =
-      _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll, x, y, 0x88), _mm512_maskz_shuffle_f32x4(kAll, x, y, 0xDD));  // w 4
-  const __m512 u = _mm512_add_ps(z, _mm512_maskz_permute_ps(kAll, z, 0x4E));                           // w 2
-  return _mm512_add_ps(u, _mm512_maskz_permute_ps(kAll, u, 0xB1));                                     // w 1
+  const __m512 x = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll, a, b, 0x44),
+                                 _mm512_maskz_shuffle_f32x4(kAll, a, b, 0xEE));  // w 8
+  const __m512 y = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll, c, d, 0x44),
+                                 _mm512_maskz_shuffle_f32x4(kAll, c, d, 0xEE));
+  const __m512 z = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll, x, y, 0x88),
+                                 _mm512_maskz_shuffle_f32x4(kAll, x, y, 0xDD));  // w 4
+  const __m512 u = _mm512_add_ps(z, _mm512_maskz_permute_ps(kAll, z, 0x4E));     // w 2
+  return _mm512_add_ps(u, _mm512_maskz_permute_ps(kAll, u, 0xB1));               // w 1
 }
 
 // RB rows' scores against four cache rows kr (nk of them real), into
@@ -208,9 +210,10 @@ AVX512 void Dots512(const Row* rows, const float* const* kr, int64_t dim, float*
                     int64_t u0, int64_t nk) {
   __m512 acc[RB][4];
   TC_UNROLL
-  for (int r = 0; r < RB; ++r)
+  for (int r = 0; r < RB; ++r) {
     TC_UNROLL
-  for (int b = 0; b < 4; ++b) acc[r][b] = _mm512_setzero_ps();
+    for (int b = 0; b < 4; ++b) acc[r][b] = _mm512_setzero_ps();
+  }
   for (int64_t d = 0; d < dim; d += 16) {
     const __mmask16 m = Tail(dim - d);
     __m512 kk[4];
@@ -240,9 +243,10 @@ AVX512 void Values512(const Job& j, const Row* rows, const float* p, int64_t ld,
   for (int c = 0; c < 4; ++c) m[c] = Tail(sh.d - d0 - 16 * c);
   __m512 acc[RB][4];
   TC_UNROLL
-  for (int r = 0; r < RB; ++r)
+  for (int r = 0; r < RB; ++r) {
     TC_UNROLL
-  for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_maskz_loadu_ps(m[c], rows[r].out + d0 + 16 * c);
+    for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_maskz_loadu_ps(m[c], rows[r].out + d0 + 16 * c);
+  }
   for (int64_t u = u0; u < u1; ++u) {
     const float* vr = j.v + j.pos[u] * sh.vstride + d0;
     __m512 vv[4];
@@ -258,9 +262,10 @@ AVX512 void Values512(const Job& j, const Row* rows, const float* p, int64_t ld,
     }
   }
   TC_UNROLL
-  for (int r = 0; r < RB; ++r)
+  for (int r = 0; r < RB; ++r) {
     TC_UNROLL
-  for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(rows[r].out + d0 + 16 * c, m[c], acc[r][c]);
+    for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(rows[r].out + d0 + 16 * c, m[c], acc[r][c]);
+  }
 }
 
 // c[0, n) -> Exp512(c - m), in place; their sum by i mod 16, then Tree16.
@@ -269,7 +274,8 @@ AVX512 float ExpSum512(float* c, int64_t n, float m) {
   __m512 sum = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 k = Tail(n - i);
-    const __m512 p = _mm512_maskz_mov_ps(k, Exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, c + i), mv)));
+    const __m512 p =
+        _mm512_maskz_mov_ps(k, Exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, c + i), mv)));
     _mm512_mask_storeu_ps(c + i, k, p);
     sum = _mm512_add_ps(sum, p);
   }
@@ -281,14 +287,14 @@ AVX512 float ExpSum512(float* c, int64_t n, float m) {
 constexpr int kRows512 = 6;  // 6 rows x 4 vectors of accumulators: 24 of 32 registers
 
 AVX512 void JobAvx512(const Job& j, const Shape& sh, const Scratch& x) {
-  using DotsFn = void (*)(const Row*, const float* const*, int64_t, float*, int64_t, int64_t,
-                          int64_t);
+  using DotsFn =
+      void (*)(const Row*, const float* const*, int64_t, float*, int64_t, int64_t, int64_t);
   using ValuesFn = void (*)(const Job&, const Row*, const float*, int64_t, int64_t, int64_t,
                             int64_t, const Shape&);
-  static constexpr DotsFn kDots[] = {nullptr,     Dots512<1>, Dots512<2>, Dots512<3>,
-                                     Dots512<4>,  Dots512<5>, Dots512<6>};
-  static constexpr ValuesFn kValues[] = {nullptr,       Values512<1>, Values512<2>, Values512<3>,
-                                         Values512<4>,  Values512<5>, Values512<6>};
+  static constexpr DotsFn kDots[] = {nullptr,    Dots512<1>, Dots512<2>, Dots512<3>,
+                                     Dots512<4>, Dots512<5>, Dots512<6>};
+  static constexpr ValuesFn kValues[] = {nullptr,      Values512<1>, Values512<2>, Values512<3>,
+                                         Values512<4>, Values512<5>, Values512<6>};
   // Keys four at a time (a block stays in L1 across the row blocks).
   for (int64_t u0 = 0; u0 < j.nu; u0 += 4) {
     const int64_t nk = std::min<int64_t>(4, j.nu - u0);
@@ -350,9 +356,10 @@ AVX2 void Dots256(const Row* rows, const float* const* kr, int64_t dim, float* s
   for (int h = 0; h < 2; ++h) {
     __m256 acc[RB][4];
     TC_UNROLL
-    for (int r = 0; r < RB; ++r)
+    for (int r = 0; r < RB; ++r) {
       TC_UNROLL
-    for (int b = 0; b < 4; ++b) acc[r][b] = _mm256_setzero_ps();
+      for (int b = 0; b < 4; ++b) acc[r][b] = _mm256_setzero_ps();
+    }
     for (int64_t d = 8 * h; d < dim; d += 16) {
       const __m256i m = Mask8(dim - d);
       __m256 kk[4];
@@ -366,9 +373,10 @@ AVX2 void Dots256(const Row* rows, const float* const* kr, int64_t dim, float* s
       }
     }
     TC_UNROLL
-    for (int r = 0; r < RB; ++r)
+    for (int r = 0; r < RB; ++r) {
       TC_UNROLL
-    for (int b = 0; b < 4; ++b) half[h][r][b] = acc[r][b];
+      for (int b = 0; b < 4; ++b) half[h][r][b] = acc[r][b];
+    }
   }
   for (int r = 0; r < RB; ++r)
     for (int64_t b = 0; b < nk; ++b)
@@ -381,9 +389,10 @@ AVX2 void Values256(const Job& j, const Row* rows, const float* p, int64_t ld, i
   const __m256i m[2] = {Mask8(sh.d - d0), Mask8(sh.d - d0 - 8)};
   __m256 acc[RB][2];
   TC_UNROLL
-  for (int r = 0; r < RB; ++r)
+  for (int r = 0; r < RB; ++r) {
     TC_UNROLL
-  for (int c = 0; c < 2; ++c) acc[r][c] = _mm256_maskload_ps(rows[r].out + d0 + 8 * c, m[c]);
+    for (int c = 0; c < 2; ++c) acc[r][c] = _mm256_maskload_ps(rows[r].out + d0 + 8 * c, m[c]);
+  }
   for (int64_t u = u0; u < u1; ++u) {
     const float* vr = j.v + j.pos[u] * sh.vstride + d0;
     const __m256 vv[2] = {_mm256_maskload_ps(vr, m[0]), _mm256_maskload_ps(vr + 8, m[1])};
@@ -397,9 +406,10 @@ AVX2 void Values256(const Job& j, const Row* rows, const float* p, int64_t ld, i
     }
   }
   TC_UNROLL
-  for (int r = 0; r < RB; ++r)
+  for (int r = 0; r < RB; ++r) {
     TC_UNROLL
-  for (int c = 0; c < 2; ++c) _mm256_maskstore_ps(rows[r].out + d0 + 8 * c, m[c], acc[r][c]);
+    for (int c = 0; c < 2; ++c) _mm256_maskstore_ps(rows[r].out + d0 + 8 * c, m[c], acc[r][c]);
+  }
 }
 
 AVX2 float ExpSum256(float* c, int64_t n, float m) {
@@ -424,20 +434,20 @@ constexpr int kDotRows256 = 2;    // 2 rows x 4 keys: 8 accumulators of 16 regis
 constexpr int kValueRows256 = 5;  // 5 rows x 2 vectors: 10
 
 AVX2 void JobAvx2(const Job& j, const Shape& sh, const Scratch& x) {
-  using DotsFn = void (*)(const Row*, const float* const*, int64_t, float*, int64_t, int64_t,
-                          int64_t);
+  using DotsFn =
+      void (*)(const Row*, const float* const*, int64_t, float*, int64_t, int64_t, int64_t);
   using ValuesFn = void (*)(const Job&, const Row*, const float*, int64_t, int64_t, int64_t,
                             int64_t, const Shape&);
   static constexpr DotsFn kDots[] = {nullptr, Dots256<1>, Dots256<2>};
-  static constexpr ValuesFn kValues[] = {nullptr,       Values256<1>, Values256<2>,
-                                         Values256<3>,  Values256<4>, Values256<5>};
+  static constexpr ValuesFn kValues[] = {nullptr,      Values256<1>, Values256<2>,
+                                         Values256<3>, Values256<4>, Values256<5>};
   for (int64_t u0 = 0; u0 < j.nu; u0 += 4) {
     const int64_t nk = std::min<int64_t>(4, j.nu - u0);
     const float* kr[4];
     for (int64_t b = 0; b < 4; ++b) kr[b] = j.k + j.pos[u0 + std::min(b, nk - 1)] * sh.kstride;
     for (int64_t r0 = 0; r0 < j.nr; r0 += kDotRows256)
-      kDots[std::min<int64_t>(kDotRows256, j.nr - r0)](j.rows + r0, kr, sh.d, x.s + r0 * x.ld,
-                                                       x.ld, u0, nk);
+      kDots[std::min<int64_t>(kDotRows256, j.nr - r0)](j.rows + r0, kr, sh.d, x.s + r0 * x.ld, x.ld,
+                                                       u0, nk);
   }
   for (int64_t r = 0; r < j.nr; ++r) {
     const Row& row = j.rows[r];
@@ -639,8 +649,7 @@ at::Tensor RowSdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
     for (int64_t r0 = p.begin; r0 < p.end; r0 += chunk) {
       jobs.push_back(Job{kp + s * kc.stride(0) + p.g * kc.stride(1),
                          vp + s * vc.stride(0) + p.g * vc.stride(1), pos[p.sp].data(),
-                         int64_t(pos[p.sp].size()), all.data() + r0,
-                         std::min(chunk, p.end - r0)});
+                         int64_t(pos[p.sp].size()), all.data() + r0, std::min(chunk, p.end - r0)});
       widest = std::max(widest, jobs.back().nu);
       tallest = std::max(tallest, jobs.back().nr);
     }

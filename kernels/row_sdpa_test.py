@@ -105,15 +105,22 @@ class RowSdpaTest(unittest.TestCase):
                     mask[::3, 10:30] = False
                 else:
                     mask = causal(pos, window)
+                slots = torch.ones(MAX_ROWS, dtype=torch.long)
                 for path in paths():
-                    with self.subTest(heads=heads, kv=kv, dim=dim, window=window, path=path):
-                        with q4.using_isa(path):
-                            got = row_sdpa(q, k, v, mask, torch.tensor([1] * MAX_ROWS), None, softcap)
-                            for t in range(MAX_ROWS):
-                                one = row_sdpa(
-                                    q[:, :, t : t + 1], k, v, mask[t : t + 1], torch.tensor([1]), None, softcap
-                                )
-                                self.assertTrue(torch.equal(got[:, :, t : t + 1], one), f"row {t}")
+                    case = dict(heads=heads, kv=kv, dim=dim, window=window, path=path)
+                    with self.subTest(**case), q4.using_isa(path):
+                        got = row_sdpa(q, k, v, mask, slots, None, softcap)
+                        for t in range(MAX_ROWS):
+                            one = row_sdpa(
+                                q[:, :, t : t + 1],
+                                k,
+                                v,
+                                mask[t : t + 1],
+                                slots[t : t + 1],
+                                None,
+                                softcap,
+                            )
+                            self.assertTrue(torch.equal(got[:, :, t : t + 1], one), f"row {t}")
 
     def test_paths_give_the_same_bits(self):
         """AVX-512, AVX2 and scalar do the same operations in the same
