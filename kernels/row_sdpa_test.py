@@ -1,12 +1,14 @@
 """torchchat::row_sdpa: the attention torch computes (grouped-query heads,
 a windowed causal mask, a score cap, slots), and each row's bits the same
-in a call of 1 row and of up to 16, on 1 or 2 threads; longer runs of one
-slot are torch's own SDPA over that slot's filled cache."""
+in a call of 1 row and of up to 16, on 1 or 2 threads, on every kernel path
+(AVX-512, AVX2, scalar: forced through kernels.q4.using_isa); longer runs of
+one slot are torch's own SDPA over that slot's filled cache."""
 
 import unittest
 
 import torch
 
+from kernels import q4
 from kernels.row_sdpa import MAX_ROWS, fits, row_sdpa
 
 H, KV, L, D = 6, 2, 64, 40  # D not a multiple of 16: the lanes' tail
@@ -33,6 +35,18 @@ def reference(q, k, v, mask, slots, scale, softcap):
             s = s.masked_fill(~mask[t], float("-inf"))
             out[0, h, t] = torch.softmax(s, -1) @ vv
     return out
+
+
+def paths() -> list[str]:
+    """The kernel paths this CPU runs (kernels/isa.h), the default first."""
+    runs = [""]
+    for name in ("avx512", "avx2", "scalar"):
+        try:
+            with q4.using_isa(name):
+                runs.append(name)
+        except q4.Q4Error:
+            pass
+    return runs
 
 
 class RowSdpaTest(unittest.TestCase):
@@ -72,6 +86,57 @@ class RowSdpaTest(unittest.TestCase):
                         self.assertTrue(torch.equal(got, torch.cat(one[:n], dim=2)))
         finally:
             torch.set_num_threads(before)
+
+    def test_sixteen_rows_are_their_one_row_calls(self):
+        """A check's 16 rows (each row's keys differ: causal, windowed, a
+        hole as an image's mask leaves) in one call, against each row in a
+        call of its own, bit for bit, over head layouts (MHA, GQA, one kv
+        head), head sizes (lane tails) and score caps, on every path this
+        CPU runs."""
+        g = torch.Generator().manual_seed(1)
+        pos = torch.arange(40, 40 + MAX_ROWS)
+        for heads, kv, dim in ((6, 6, 64), (6, 2, 40), (8, 1, 72), (9, 3, 64)):
+            k = torch.randn(2, kv, L, dim, generator=g)
+            v = torch.randn(2, kv, L, dim, generator=g)
+            q = torch.randn(1, heads, MAX_ROWS, dim, generator=g) * 2
+            for window, softcap in ((None, None), (7, None), (24, 5.0), ("hole", None)):
+                if window == "hole":
+                    mask = causal(pos)
+                    mask[::3, 10:30] = False
+                else:
+                    mask = causal(pos, window)
+                slots = torch.ones(MAX_ROWS, dtype=torch.long)
+                for path in paths():
+                    case = dict(heads=heads, kv=kv, dim=dim, window=window, path=path)
+                    with self.subTest(**case), q4.using_isa(path):
+                        got = row_sdpa(q, k, v, mask, slots, None, softcap)
+                        for t in range(MAX_ROWS):
+                            one = row_sdpa(
+                                q[:, :, t : t + 1],
+                                k,
+                                v,
+                                mask[t : t + 1],
+                                slots[t : t + 1],
+                                None,
+                                softcap,
+                            )
+                            self.assertTrue(torch.equal(got[:, :, t : t + 1], one), f"row {t}")
+
+    def test_paths_give_the_same_bits(self):
+        """AVX-512, AVX2 and scalar do the same operations in the same
+        order (row_sdpa.cc): a model's attention does not depend on the
+        CPU's vector width."""
+        pos = torch.tensor([5, 6, 7, 30, 31, 40, 12, 13, 63])
+        slots = torch.tensor([0, 0, 0, 2, 2, 1, 1, 1, 0])
+        q = self.q[:, :, : len(pos)]
+        for window, softcap in ((None, None), (8, 4.0)):
+            mask = causal(pos, window)
+            with q4.using_isa("scalar"):
+                want = row_sdpa(q, self.k, self.v, mask, slots, None, softcap)
+            for path in paths():
+                with self.subTest(path=path, window=window), q4.using_isa(path):
+                    got = row_sdpa(q, self.k, self.v, mask, slots, None, softcap)
+                    self.assertTrue(torch.equal(got, want))
 
     def test_long_runs_are_torch_sdpa(self):
         """A prefill chunk (more than MAX_ROWS of one slot) beside a decode
