@@ -13,7 +13,7 @@ import collections
 import io
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -422,3 +422,26 @@ class Vision:
     def spans(self, ids: Sequence[int], images: Sequence[Image.Image]) -> list[ImageSpan]:
         """ImageSpans for a prompt's soft-token runs, one image each, in order."""
         return self.place(ids, self.embed(images))
+
+
+class PackageVision(Vision):
+    """A .pt2's vision_encoder (export/vision_pt2.py) behind Vision: uint8
+    pixels resized as the processor resizes them in, the embeddings its
+    decoder takes out (already divided by Gemma's embedding scale, which
+    torchchat.artifacts.Pt2Model passes through as they are)."""
+
+    def __init__(self, config: VisionConfig, encoder: Callable[[Tensor], Tensor]):
+        self.config = config
+        self._encoder = encoder
+        self._cache = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def pixels(self, img: Image.Image) -> Tensor:
+        import numpy as np
+
+        size = (self.config.image_size, self.config.image_size)
+        resized = img.convert("RGB").resize(size, resample=self.config.resample)
+        return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def encode(self, pixels: list[Tensor]) -> list[Tensor]:
+        return [self._encoder(p[None].contiguous())[0] for p in pixels]
