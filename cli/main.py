@@ -39,7 +39,8 @@ def _add_answer_args(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PATH",
         help="an image for the model to see (repeatable; Gemma 3 4B and up, SmolVLM); runs the eager "
-        "model. In chat it goes with the first turn; /image PATH attaches one to the next",
+        "model, or a .pt2 exported with its vision encoder. In chat it goes with the first turn; "
+        "/image PATH attaches one to the next",
     )
     held = p.add_mutually_exclusive_group()
     held.add_argument(

@@ -12,11 +12,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from export import quant
+from export import quant, vision_pt2
 from export.source import Source, build, build_native
 from export.stages import Stages
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
     from export.tokenizer_files import TokenizerFiles
     from torchchat.checkpoint import GGUFQuantized
     from torchchat.model import Model
@@ -45,6 +48,9 @@ def export(
         else:
             model = build(source, dtype_name, max_seq_length)
         model.transformer.generate_full_logits = full_logits
+        encoder = None
+        if vision_pt2.wanted(source, native, full_logits, slots):
+            encoder = vision_pt2.encoder(source)
     meta = metadata(
         source,
         max_seq_length,
@@ -54,6 +60,8 @@ def export(
         json.dumps({f"gguf {k}": v for k, v in native_counts.items()}),
         slots,
     )
+    if encoder is not None:
+        meta.update(vision_pt2.metadata(source))
     return export_model(
         model,
         source,
@@ -64,6 +72,7 @@ def export(
         meta,
         stages,
         source.ckpt.gguf_quantized,
+        encoder,
     )
 
 
@@ -104,10 +113,12 @@ def export_model(
     meta: dict[str, str],
     stages: Stages | None = None,
     gguf_quantized: dict[str, GGUFQuantized] | None = None,
+    encoder: tuple[nn.Module, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Quantizes an eager model as `spec` asks and compiles it to `out_path`
     with `meta` (`metadata`'s keys; its quantize entry is replaced by what
-    was quantized here, if anything was)."""
+    was quantized here, if anything was). With `encoder` (a vision tower
+    and its example pixels) the package is export.vision_pt2's."""
     from torchchat import aoti
     from torchchat import quantize as tc_quant
     from torchchat.model import attend_filled_cache
@@ -125,7 +136,9 @@ def export_model(
     if counts or not meta.get("quantize"):
         meta = dict(meta, quantize=json.dumps({k: v for k, v in counts.items() if v}))
     slots = int(meta.get("slots", 0))
-    program = SlotModel(model, slots, traceable=True) if slots else model
+    program: Any = SlotModel(model, slots, traceable=True) if slots else model
+    if encoder is not None:
+        program = vision_pt2.ImageDecoder(model)
     with stages("lower", "torch.export, AOTInductor compile and package"):
-        aoti.compile_package(program, out_path, meta)
+        aoti.compile_package(program, out_path, meta, encoder=encoder)
     return {"metadata": meta, "quantize": counts}

@@ -32,6 +32,7 @@ def compile_package(
     metadata: dict[str, str],
     on_stage: Callable[[str], None] | None = None,
     external_weights: bool = False,
+    encoder: tuple[torch.nn.Module, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Exports `model` with a dynamic token dimension and writes its package.
 
@@ -47,6 +48,11 @@ def compile_package(
     tokens' logits: speculative decoding verifies a draft so). The write is atomic, so an
     interrupted compile leaves nothing at `out_path`. `on_stage` hears
     "export" and then "compile" as each starts.
+
+    With `encoder` (a vision tower and example pixels), `model` is
+    forward(tokens[1, T], input_pos[T], embeds[1, T, model.dim],
+    is_image[1]) (export.vision_pt2) and the encoder goes into the same
+    package as a second model, `vision_encoder`.
     """
     import torch._inductor
 
@@ -70,8 +76,18 @@ def compile_package(
         E = torch.export.Dim("E", min=1, max=n_slots * max_seq_length)
         dynamic += ({0: T}, {0: E})
     frozen = freeze_constants(model)
+    if encoder is not None:
+        with torch.no_grad():
+            dim = encoder[0](encoder[1]).shape[-1]
+        example += (torch.zeros(1, n, dim), torch.zeros(1, dtype=torch.long))
+        dynamic += ({1: T}, None)
     with torch.no_grad():
         ep = torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
+        programs = {"model": ep}
+        if encoder is not None:
+            programs["vision_encoder"] = torch.export.export(
+                encoder[0], (encoder[1],), strict=False
+            )
     written = set(ep.graph_signature.buffers_to_mutate.values())
     if written & frozen:
         raise RuntimeError(f"the forward writes {sorted(written & frozen)[:3]}: not a KV cache")
@@ -85,9 +101,13 @@ def compile_package(
             configs: dict[str, Any] = {"aot_inductor.metadata": metadata}
             if external_weights:
                 configs["aot_inductor.package_constants_in_so"] = False
-            pkg = torch._inductor.aoti_compile_and_package(
-                ep, package_path=os.path.join(work, "model.pt2"), inductor_configs=configs
-            )
+            pkg = os.path.join(work, "model.pt2")
+            if len(programs) == 1:
+                torch._inductor.aoti_compile_and_package(
+                    ep, package_path=pkg, inductor_configs=configs
+                )
+            else:
+                _package_models(programs, pkg, configs)
             os.replace(pkg, tmp)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -120,6 +140,26 @@ def freeze_constants(model: torch.nn.Module) -> set[str]:
     return frozen
 
 
+def _package_models(
+    programs: dict[str, torch.export.ExportedProgram], path: str, configs: dict[str, Any]
+) -> None:
+    """Several exported programs compiled into one package, each under its
+    name (what aoti_compile_and_package does for one)."""
+    import torch._inductor
+    from torch._inductor.package import package_aoti
+
+    files: dict[str, Any] = {}
+    for name, ep in programs.items():
+        args, kwargs = ep.example_inputs
+        files[name] = torch._inductor.aot_compile(
+            ep.module(check_guards=False),
+            args,
+            kwargs,
+            options=dict(configs, **{"aot_inductor.package": True}),
+        )
+    package_aoti(path, files)
+
+
 def module_constants(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A module's parameters and buffers by name, as export names them (a
     tensor shared by two modules under both names)."""
@@ -130,14 +170,21 @@ def module_constants(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class Runner:
-    """A loaded package's forward: (tokens, input_pos[, slots, last]) -> its outputs.
+    """A loaded package's forward: (tokens, input_pos[, slots, last]) -> its
+    outputs; or the forward of another `model` in it (a vision package's
+    vision_encoder).
 
     A package compiled with external weights runs on `constants` (every name
     get_constant_fqns() lists), used in place: the caller keeps them alive,
     and the KV cache among them is written where it lies."""
 
-    def __init__(self, path: Path, constants: dict[str, torch.Tensor] | None = None):
-        self._loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+    def __init__(
+        self,
+        path: Path,
+        constants: dict[str, torch.Tensor] | None = None,
+        model: str = "model",
+    ):
+        self._loader = torch._C._aoti.AOTIModelPackageLoader(str(path), model, False, 1, -1)
         if constants is not None:
             need = self._loader.get_constant_fqns()
             missing = [k for k in need if k not in constants]

@@ -29,6 +29,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 # Keys export_llm writes into a .pt2 (all values are strings there).
 PT2_FORMAT = "torchchat-llm-1"
+# A vision package's decoder inputs (its metadata's `inputs`) and the keys
+# that describe its vision_encoder (export/vision_pt2.py).
+PT2_VISION_INPUTS = "tokens,input_pos,embeds,is_image"
+PT2_VISION_KEYS = ("dim", "image_size", "image_tokens", "boi_id", "eoi_id", "image_id", "resample")
 
 
 class ArtifactError(Exception):
@@ -134,18 +138,80 @@ class Pt2Model(ExportedModel):
         super().__init__(path, metadata)
         self._runner = runner
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, input_pos: torch.Tensor, images: Sequence = ()
+    ) -> torch.Tensor:
+        """`images` as torchchat.model.Model takes them, (offset, embeds
+        [n, dim]), with embeds from `vision()`'s encoder: each image's run
+        goes through the decoder as one chunk with is_image set."""
         self._check_positions(tokens, input_pos)
-        out = self._raw(tokens, input_pos)
+        if images and not self.takes_images:
+            raise ArtifactError(f"{self.path} has no vision encoder; it takes token ids only")
+        out = None
+        at = 0
+        for offset, embeds in sorted(images, key=lambda im: im[0]):
+            if offset > at:
+                out = self._raw(tokens[:, at:offset], input_pos[at:offset])
+            end = offset + embeds.shape[0]
+            out = self._raw(tokens[:, offset:end], input_pos[offset:end], embeds[None])
+            at = end
+        if at < tokens.shape[1]:
+            out = self._raw(tokens[:, at:], input_pos[at:])
+        assert out is not None
         return out if out.dim() == 2 else out[:, -1]
+
+    def __call__(
+        self, tokens: torch.Tensor, input_pos: torch.Tensor, images: Sequence = ()
+    ) -> torch.Tensor:
+        return self.forward(tokens, input_pos, images)
+
+    @property
+    def takes_images(self) -> bool:
+        """Whether the package has a vision_encoder (export/vision_pt2.py)."""
+        return self.metadata.get("inputs") == PT2_VISION_INPUTS
+
+    def vision(self) -> Any:
+        """The package's vision_encoder as a torchchat.vision.Vision; None
+        for a text package."""
+        if not self.takes_images:
+            return None
+        from torchchat import aoti
+        from torchchat.vision import PackageVision, VisionConfig
+
+        m = self.metadata
+        config = VisionConfig(
+            # The tower's own shape is the package's business.
+            hidden=0,
+            intermediate=0,
+            layers=0,
+            heads=0,
+            patch_size=0,
+            eps=0.0,
+            image_size=m["image_size"],
+            text_dim=m["dim"],
+            mm_tokens=m["image_tokens"],
+            boi_id=m["boi_id"],
+            eoi_id=m["eoi_id"],
+            image_id=m["image_id"],
+            resample=m["resample"],
+        )
+        encoder = aoti.Runner(self.path, model="vision_encoder")
+        return PackageVision(config, lambda pixels: encoder(pixels)[0])
 
     @property
     def n_slots(self) -> int:
         """Cache rows of a package exported with --slots (0: batch 1)."""
         return int(self.metadata.get("slots", 0))
 
-    def _raw(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def _raw(
+        self, tokens: torch.Tensor, input_pos: torch.Tensor, embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
         inputs = [tokens.to(torch.long), input_pos.to(torch.long)]
+        if self.takes_images:  # embeds for an image's chunk, else none
+            is_image = torch.tensor([int(embeds is not None)])
+            if embeds is None:
+                embeds = torch.zeros(1, tokens.shape[1], int(self.metadata["dim"]))
+            inputs += [embeds.to(torch.float32).contiguous(), is_image]
         if self.n_slots:  # one sequence: slot 0, the last position's logits
             inputs += [torch.zeros_like(inputs[1]), input_pos.new_tensor([len(input_pos) - 1])]
         return self._runner(*inputs)[0]
@@ -378,9 +444,11 @@ def read_pt2_metadata(path: PathLike) -> dict[str, str]:
     """The package's AOTI metadata, read without loading its shared library."""
     try:
         with zipfile.ZipFile(path) as z:
-            names = [n for n in z.namelist() if n.endswith("wrapper_metadata.json")]
-            if not names:
-                names = [n for n in z.namelist() if n.endswith("_metadata.json")]
+            # A vision package holds a second model (vision_encoder) with its
+            # own metadata: the decoder's ("model") is the package's.
+            every = [n for n in z.namelist() if n.endswith("_metadata.json")]
+            every.sort(key=lambda n: "/aotinductor/model/" not in n)
+            names = [n for n in every if n.endswith("wrapper_metadata.json")] or every
             if not names:
                 raise ArtifactError(f"{path} is not an AOTInductor package (no metadata)")
             return json.loads(z.read(names[0]))
@@ -468,6 +536,16 @@ def parse_pt2_metadata(meta: dict[str, str], path: PathLike) -> dict[str, Any]:
     out["slots"] = int(meta.get("slots", "0"))
     out["bos_id"] = int(meta["bos_id"]) if meta.get("bos_id", "") != "" else None
     out["eos_ids"] = [int(x) for x in meta.get("eos_ids", "").split(",") if x != ""]
+    if "inputs" in meta:
+        if meta["inputs"] != PT2_VISION_INPUTS:
+            raise ArtifactError(
+                f"{path}'s decoder takes ({meta['inputs']}); this torchchat knows "
+                f"({PT2_VISION_INPUTS})"
+            )
+        try:
+            out.update({k: int(meta[k]) for k in PT2_VISION_KEYS})
+        except (KeyError, ValueError) as e:
+            raise ArtifactError(f"{path}: bad vision metadata ({e})") from None
     return out
 
 

@@ -536,9 +536,13 @@ def _from_artifact(options: LoadOptions, path: Path) -> _Built:
         raise UserError(f"{path}: an exported artifact is a .pt2 or a .pte file")
     backend = artifacts.load(path, options.device)
     info = {"backend": type(backend).__name__, "artifact": str(backend.path)}
-    return _Built(
+    built = _Built(
         backend, None, info, {"tokenizer_path": backend.tokenizer_path}, backend.max_seq_length
     )
+    if isinstance(backend, artifacts.Pt2Model):
+        # A package exported from Gemma 3 with its vision tower sees images.
+        built.vision = backend.vision()
+    return built
 
 
 def _pipeline_stage(

@@ -13,7 +13,7 @@ import collections
 import io
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -365,8 +365,7 @@ class ImageTower:
 
     CACHED = 16
 
-    def __init__(self, encoder: nn.Module):
-        self.encoder = encoder
+    def __init__(self) -> None:
         self._cache: collections.OrderedDict[str, Tensor] = collections.OrderedDict()
         self._lock = threading.Lock()  # the server embeds from several threads
 
@@ -425,16 +424,16 @@ class Vision(ImageTower):
     image, at the image's size."""
 
     def __init__(self, encoder: VisionEncoder):
-        super().__init__(encoder)
-        self.tower = encoder
+        super().__init__()
+        self.encoder = encoder
         self.config = encoder.config
 
     def pixels(self, img: Image.Image) -> Tensor:
         return preprocess(img, self.config)
 
     def encode(self, pixels: list[Tensor]) -> list[Tensor]:
-        dtype = self.tower.mm_input_projection.dtype
-        return list(self.tower(torch.stack(pixels).to(dtype)))
+        dtype = self.encoder.mm_input_projection.dtype
+        return list(self.encoder(torch.stack(pixels).to(dtype)))
 
     def with_markers(self, text: str, n: int, tokenizer: Tokenizer) -> str:
         return with_markers(text, n, tokenizer, self.config)
@@ -449,3 +448,25 @@ class Vision(ImageTower):
                 f"the prompt has places for {len(starts)} images, given {len(embedded)}"
             )
         return [ImageSpan(s, e, k) for s, (e, k) in zip(starts, embedded)]
+
+
+class PackageVision(Vision):
+    """A .pt2's vision_encoder (export/vision_pt2.py) behind Vision: uint8
+    pixels resized as the processor resizes them in, the embeddings its
+    decoder takes out (already divided by Gemma's embedding scale, which
+    torchchat.artifacts.Pt2Model passes through as they are)."""
+
+    def __init__(self, config: VisionConfig, encoder: Callable[[Tensor], Tensor]):
+        ImageTower.__init__(self)
+        self.config = config
+        self._encoder = encoder
+
+    def pixels(self, img: Image.Image) -> Tensor:
+        import numpy as np
+
+        size = (self.config.image_size, self.config.image_size)
+        resized = img.convert("RGB").resize(size, resample=self.config.resample)
+        return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def encode(self, pixels: list[Tensor]) -> list[Tensor]:
+        return [self._encoder(p[None].contiguous())[0] for p in pixels]

@@ -286,8 +286,8 @@ class SmolVLMVision(ImageTower):
     embeddings, [tiles * seq_len, text_dim], one run of soft tokens per tile."""
 
     def __init__(self, encoder: SmolVLMEncoder):
-        super().__init__(encoder)
-        self.tower = encoder
+        super().__init__()
+        self.encoder = self.tower = encoder
         self.smol = encoder.config
 
     def pixels(self, img: Image.Image) -> Tensor:

@@ -112,8 +112,8 @@ Result<std::vector<uint8_t>> ImagePixels(const RgbImage& image, const VisionMeta
 Result<void> CheckVision(const VisionMetadata& v, const std::string& model) {
   if (v.image_size <= 0) {
     return MakeError(model +
-                     " has no vision encoder: images need a .pte exported from a checkpoint "
-                     "with a vision tower (a .pt2 has none; runner/README.md)");
+                     " has no vision encoder: images need a .pte or .pt2 exported from a "
+                     "checkpoint with Gemma 3's vision tower (runner/README.md)");
   }
   return {};
 }
