@@ -117,15 +117,27 @@ def needs_download(example: Example) -> str | None:
     """Why an example cannot run offline, or None."""
     if "download" in example.after:
         return "a download comes first"
-    # The CLI's own parser says which word is the model.
-    model = cli.build_parser().parse_args(example.argv).model
-    if model is None:
-        return None
-    try:
-        entry = registry.resolve(model)
-    except registry.RegistryError:
-        return None  # a path: it runs or fails like any other example
-    return None if entry.builtin else f"{model} is not built in"
+    # The CLI's own parser says which word is the model; an artifact's is
+    # the word of the export line that writes it.
+    models = [cli.build_parser().parse_args(example.argv).model]
+    for a in example.argv:
+        if a.startswith("out/"):
+            models += [args[0] for args in export_lines(example.readme) if artifact_of(args, a)]
+    for model in models:
+        if model is None or model.startswith("-"):
+            continue
+        try:
+            entry = registry.resolve(model)
+        except registry.RegistryError:
+            continue  # a path: it runs or fails like any other example
+        if not entry.builtin:
+            return f"{model} is not built in"
+    return None
+
+
+def artifact_of(args: list[str], artifact: str) -> bool:
+    """Whether export_llm ARGS writes `artifact`."""
+    return artifact in {args[i + 1] for i, a in enumerate(args[:-1]) if a in OUTPUT_FLAGS}
 
 
 def words(text: str) -> list[str]:
@@ -201,7 +213,7 @@ class ReadmeExamplesTest(unittest.TestCase):
             return
         for args in export_lines(readme):
             outputs = {args[i + 1] for i, a in enumerate(args[:-1]) if a in OUTPUT_FLAGS}
-            if artifact in outputs:
+            if artifact_of(args, artifact):
                 for out in outputs:
                     (self.dir / out).parent.mkdir(parents=True, exist_ok=True)
                 if args[:1] == ["--output-pte-path"] and args[2:] == BUILTIN_PTE_ARGS:

@@ -43,18 +43,27 @@ class CompiledBuiltinGGUFTest(unittest.TestCase):
         tok = self.loaded.tokenizer
         template = tok.template()
         assert template is not None
+        lookup = PromptLookup()
+
+        def wrong_last(history: list[int], k: int) -> list[int]:
+            # Lookup's guesses with the last one wrong: the package must
+            # also roll back, whatever the model's text happens to copy.
+            guess = lookup(history, k)
+            return guess[:-1] + [(guess[-1] + 1) % self.model.vocab_size] if guess else guess
+
         drafted = accepted = 0
         for name, text in PROMPTS.items():
             msgs = [{"role": "user", "content": text}]
             ids = tok.encode(template.render(msgs, add_generation_prompt=True), bos=False)
             want = list(decode(Slot(self.model), ids, argmax, 64))
-            stats = Stats()
-            slot = Slot(self.model, draft=PromptLookup(), draft_k=7)
-            got = list(decode(slot, ids, argmax, 64, (), stats))
-            with self.subTest(prompt=name):
-                self.assertEqual(got, want)
-            drafted += stats.num_draft_tokens
-            accepted += stats.num_accepted_tokens
+            for drafter in (lookup, wrong_last):
+                stats = Stats()
+                slot = Slot(self.model, draft=drafter, draft_k=7)
+                got = list(decode(slot, ids, argmax, 64, (), stats))
+                with self.subTest(prompt=name, drafter=getattr(drafter, "__name__", "lookup")):
+                    self.assertEqual(got, want)
+                drafted += stats.num_draft_tokens
+                accepted += stats.num_accepted_tokens
         # Both paths ran: guesses kept, and guesses rolled back.
         self.assertGreater(accepted, 0)
         self.assertGreater(drafted, accepted)
