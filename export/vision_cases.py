@@ -21,6 +21,8 @@ from typing import Any
 
 from PIL import Image
 
+from testing import c_api as capi
+
 MAX_SEQ = 128
 STEPS = 32
 PROMPT = "Once upon a time"
@@ -154,44 +156,6 @@ def c_api(mode: str, lib: str, artifact: Path, images: list[Path]) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-class Img(ctypes.Structure):
-    _fields_ = [("rgb", ctypes.c_char_p), ("width", ctypes.c_int32), ("height", ctypes.c_int32)]
-
-
-class Stats(ctypes.Structure):
-    _fields_ = [
-        (n, ctypes.c_double)
-        for n in (
-            "model_load_start_ms",
-            "model_load_end_ms",
-            "inference_start_ms",
-            "prompt_eval_end_ms",
-            "first_token_ms",
-            "inference_end_ms",
-        )
-    ] + [
-        ("num_prompt_tokens", ctypes.c_int64),
-        ("num_generated_tokens", ctypes.c_int64),
-        ("peak_rss_bytes", ctypes.c_int64),
-        ("stop_reason", ctypes.c_int),
-    ]
-
-
-class Config(ctypes.Structure):
-    _fields_ = [
-        ("max_new_tokens", ctypes.c_int64),
-        ("temperature", ctypes.c_float),
-        ("top_k", ctypes.c_int32),
-        ("top_p", ctypes.c_float),
-        ("min_p", ctypes.c_float),
-        ("repetition_penalty", ctypes.c_float),
-        ("seed", ctypes.c_uint64),
-    ]
-
-
-CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p)
-
-
 def _collect(pieces: list[bytes]) -> Any:
     """A CALLBACK that appends each piece of text to `pieces`."""
 
@@ -199,18 +163,11 @@ def _collect(pieces: list[bytes]) -> Any:
         pieces.append(ctypes.string_at(text, n))
         return 0
 
-    return CALLBACK(on_text)
+    return capi.CALLBACK(on_text)
 
 
 def _open(lib_path: str, artifact: str) -> tuple[ctypes.CDLL, ctypes.c_void_p]:
-    lib = ctypes.CDLL(str(runfile(lib_path)))
-    vp = ctypes.c_void_p
-    lib.torchchat_last_error.restype = ctypes.c_char_p
-    lib.torchchat_runner_create.argtypes = [ctypes.c_char_p, vp, vp]
-    lib.torchchat_runner_image_size.restype = ctypes.c_int64
-    lib.torchchat_runner_image_size.argtypes = [vp]
-    lib.torchchat_default_generation_config.restype = Config
-    lib.torchchat_runner_free.argtypes = [vp]
+    lib = capi.load(str(runfile(lib_path)))
     h = ctypes.c_void_p()
     if lib.torchchat_runner_create(artifact.encode(), None, ctypes.byref(h)) != 0:
         raise RuntimeError(lib.torchchat_last_error().decode())
@@ -220,20 +177,9 @@ def _open(lib_path: str, artifact: str) -> tuple[ctypes.CDLL, ctypes.c_void_p]:
 def c_api_run(lib_path: str, artifact: str, image_paths: list[str]) -> dict:
     """torchchat_generate_with_images on PROMPT and both images."""
     lib, h = _open(lib_path, artifact)
-    vp = ctypes.c_void_p
-    lib.torchchat_generate_with_images.argtypes = [
-        vp,
-        ctypes.c_char_p,
-        ctypes.POINTER(Img),
-        ctypes.c_size_t,
-        ctypes.POINTER(Config),
-        CALLBACK,
-        vp,
-        vp,
-    ]
     pixels = [Image.open(p).tobytes() for p in image_paths]
     size = lib.torchchat_runner_image_size(h)
-    images = (Img * len(pixels))(*(Img(b, size, size) for b in pixels))
+    images = (capi.Image * len(pixels))(*(capi.Image(b, size, size) for b in pixels))
     config = lib.torchchat_default_generation_config()
     config.max_new_tokens = STEPS
     pieces: list[bytes] = []
@@ -256,20 +202,6 @@ def c_api_run(lib_path: str, artifact: str, image_paths: list[str]) -> dict:
 def c_api_chat(lib_path: str, artifact: str, image_paths: list[str]) -> dict:
     """CHAT through torchchat_chat_turn_with_images, then bad images."""
     lib, h = _open(lib_path, artifact)
-    vp = ctypes.c_void_p
-    lib.torchchat_chat_create.argtypes = [vp, ctypes.c_char_p, vp]
-    lib.torchchat_chat_turn_with_images.argtypes = [
-        vp,
-        ctypes.c_char_p,
-        ctypes.POINTER(Img),
-        ctypes.c_size_t,
-        ctypes.POINTER(Config),
-        CALLBACK,
-        vp,
-        ctypes.POINTER(Stats),
-    ]
-    lib.torchchat_chat_free.argtypes = [vp]
-    lib.torchchat_chat_dropped_last_turn.argtypes = [vp]
     chat = ctypes.c_void_p()
     if lib.torchchat_chat_create(h, None, ctypes.byref(chat)) != 0:
         raise RuntimeError(lib.torchchat_last_error().decode())
@@ -279,10 +211,10 @@ def c_api_chat(lib_path: str, artifact: str, image_paths: list[str]) -> dict:
     cb = _collect(pieces)
     out: dict = {"statuses": [], "errors": [], "texts": [], "prompt_tokens": [], "dropped": []}
 
-    def turn(text: str, images: list[Img]) -> tuple[int, str]:
+    def turn(text: str, images: list[capi.Image]) -> tuple[int, str]:
         pieces.clear()
-        stats = Stats()
-        arr = (Img * len(images))(*images) if images else None
+        stats = capi.Stats()
+        arr = (capi.Image * len(images))(*images) if images else None
         status = lib.torchchat_chat_turn_with_images(
             chat, text.encode(), arr, len(images), ctypes.byref(config), cb, None, stats
         )
@@ -292,14 +224,14 @@ def c_api_chat(lib_path: str, artifact: str, image_paths: list[str]) -> dict:
     pixels = [Image.open(p).tobytes() for p in image_paths]
     size = lib.torchchat_runner_image_size(h)
     for text, image in CHAT:
-        images = [Img(pixels[image], size, size)] if image is not None else []
+        images = [capi.Image(pixels[image], size, size)] if image is not None else []
         status, error = turn(text, images)
         out["statuses"].append(status)
         out["errors"].append(error)
         out["texts"].append(b"".join(pieces).decode())
         out["dropped"].append(lib.torchchat_chat_dropped_last_turn(chat))
-    out["small_status"], out["small_error"] = turn("Hi", [Img(bytes(8 * 8 * 3), 8, 8)])
-    one = [Img(pixels[0], size, size)]
+    out["small_status"], out["small_error"] = turn("Hi", [capi.Image(bytes(8 * 8 * 3), 8, 8)])
+    one = [capi.Image(pixels[0], size, size)]
     out["places_status"], out["places_error"] = turn("<start_of_image> Hi", one)
     out["after_status"], _ = turn("Hi", [])
     lib.torchchat_chat_free(chat)
