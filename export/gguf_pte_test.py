@@ -17,9 +17,8 @@ from export.source import build_native, load_source
 from kernels import et_ops
 from kernels.ggml import ops
 from testing import gguf_blocks, tiny_model
-from testing.runners import run_ids, runfile
+from testing.runners import et_run_greedy_pair
 from torchchat import artifacts
-from torchchat import tokenizer as tc_tokenizer
 from torchchat.generate import greedy
 from torchchat.model import attend_filled_cache
 
@@ -98,23 +97,10 @@ class GgufPte(unittest.TestCase):
         torch.testing.assert_close(pte(tokens, pos), want, rtol=1e-4, atol=1e-4)
 
     def test_et_run_gives_the_same_ids(self):
-        r, generated = run_ids(
-            runfile("runner/et/et_run"),
-            self.pte_path,
-            "-i",
-            "Hello, my name is",
-            "-n",
-            str(STEPS),
-            "-t",
-            "0",
+        got, want = et_run_greedy_pair(
+            self.pte_path, self.out / "tokenizer.json", self.eager, "Hello, my name is", STEPS
         )
-        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
-        assert generated is not None
-        tok = tc_tokenizer.load(self.out / "tokenizer.json")
-        prompt = tok.encode("Hello, my name is", bos=tok.add_bos)
-        with torch.no_grad():
-            want = greedy(self.eager, prompt, len(generated))
-        self.assertEqual(generated, want[: len(generated)])
+        self.assertEqual(got, want)
 
     def test_kernels_equal_the_torch_op(self):
         # The .pte's kernels run the same code as the torch op: bit-equal

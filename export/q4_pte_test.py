@@ -24,10 +24,9 @@ from export import export_llm
 from export.source import build, load_source
 from kernels import et_ops, q4
 from testing import tiny_model
-from testing.runners import run_ids, runfile
+from testing.runners import et_run_greedy_pair
 from torchchat import artifacts
 from torchchat import quantize as tc_quant
-from torchchat import tokenizer as tc_tokenizer
 from torchchat.generate import greedy
 
 MAX_SEQ = 64
@@ -119,24 +118,10 @@ class ExactQ4Pte(unittest.TestCase):
             et_ops.force_isa("")
 
     def test_et_run_gives_the_same_ids(self):
-        r, generated = run_ids(
-            runfile("runner/et/et_run"),
-            self.pte_path,
-            "-i",
-            "Hello, my name is",
-            "-n",
-            str(STEPS),
-            "-t",
-            "0",
+        got, want = et_run_greedy_pair(
+            self.pte_path, self.out / "tokenizer.json", self.eager, "Hello, my name is", STEPS
         )
-        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
-        assert generated is not None
-        # The prompt as et_run encodes it: the same tokenizer library and rule.
-        tok = tc_tokenizer.load(self.out / "tokenizer.json")
-        prompt = tok.encode("Hello, my name is", bos=tok.add_bos)
-        with torch.no_grad():
-            want = greedy(self.eager, prompt, len(generated))
-        self.assertEqual(generated, want[: len(generated)])
+        self.assertEqual(got, want)
 
     def test_without_the_kernels_the_error_names_the_library(self):
         script = f"""

@@ -39,3 +39,23 @@ def run_ids(
         )
         ids = json.loads(out.read_text())["generated"] if p.returncode == 0 else None
     return p, ids
+
+
+def et_run_greedy_pair(
+    pte: str | Path, tokenizer: str | Path, eager: object, prompt: str, steps: int
+) -> tuple[list[int], list[int]]:
+    """et_run's greedy ids for `prompt` on `pte`, and eager's for as many
+    ids, the prompt encoded as et_run encodes it (the same tokenizer
+    library and rule). Raises AssertionError when et_run fails."""
+    import torch
+
+    from torchchat import tokenizer as tc_tokenizer
+    from torchchat.generate import greedy
+
+    r, got = run_ids(runfile("runner/et/et_run"), pte, "-i", prompt, "-n", str(steps), "-t", "0")
+    if got is None:
+        raise AssertionError(r.stderr[-2000:])
+    tok = tc_tokenizer.load(tokenizer)
+    with torch.no_grad():
+        want = greedy(eager, tok.encode(prompt, bos=tok.add_bos), len(got))
+    return got, want[: len(got)]
