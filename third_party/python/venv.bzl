@@ -2,14 +2,19 @@
 
 rules_python's pip.parse needs network access to bootstrap its own wheel
 tools, which Debian's rules_python 0.22.1 cannot do offline, so we build one
-venv with pip ourselves. Bazel refetches this repository, and so rebuilds
-the venv, exactly when the lock (or this file) changes.
+venv with pip ourselves: tools/provision_venv.py, into the user cache, one
+per lock (`<cache>/venv-<key>`). Bazel refetches this repository when the
+lock (or this file, or the script) changes, or when that venv is gone.
 
 The toolchain's interpreter is a two-line script that execs the venv's
 python by absolute path, instead of shipping the ~2 GB of site-packages as
 runfiles. The script carries the lock's hash, so every py_binary and py_test
-depends on the lock's content and reruns when it changes.
+depends on the lock's content and reruns when it changes. Because the venv
+lives at the same path for every clone, so does the script, and Python
+actions (the test artifacts' genrules) hit the disk cache from any clone.
 """
+
+load("//tools:provision.bzl", "run_provisioner")
 
 _BUILD = """\
 load("@rules_python//python:defs.bzl", "py_runtime", "py_runtime_pair")
@@ -66,26 +71,16 @@ def _python_venv_impl(rctx):
         _fail(rctx, "%s is Python %s; torchchat needs 3.11 (the torch wheel is cp311)" % (python, version))
 
     lock = rctx.path(rctx.attr.lock)
-    venv = rctx.path("venv")
-    rctx.report_progress("creating the virtualenv")
-    _exec(rctx, [python, "-m", "venv", "--clear", str(venv)], "python -m venv")
-    rctx.report_progress("installing the locked Python packages (first time: a few minutes)")
+    venv = run_provisioner(
+        rctx,
+        ["provision_venv.py", "provision_cache.py"],
+        "the locked Python environment (first time: a few minutes)",
+        args = [str(lock), str(python)],
+    )
 
-    # --no-deps and --require-hashes: pip installs exactly the locked files,
-    # and no resolver ever gets to pick another torch.
-    _exec(rctx, [
-        str(venv) + "/bin/python",
-        "-m",
-        "pip",
-        "install",
-        "--no-deps",
-        "--require-hashes",
-        "--no-input",
-        "--progress-bar=off",
-        "--disable-pip-version-check",
-        "-r",
-        str(lock),
-    ], "pip install -r " + str(rctx.attr.lock), quiet = False)
+    # A venv pruned from the cache (tools/provision_cache.py removes older
+    # keys' prefixes) must be built again, not left named by this repository.
+    rctx.watch(venv + "/.provisioned")
 
     py = str(venv) + "/bin/python3"
     paths = _exec(rctx, [py, "-c", """
@@ -110,7 +105,14 @@ python_venv = repository_rule(
         "lock": attr.label(mandatory = True, allow_single_file = True),
         "python": attr.string(default = "python3.11"),
     },
-    environ = ["PATH", "PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"],
+    environ = [
+        "PATH",
+        "PIP_FIND_LINKS",
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+        "TORCHCHAT_CACHE",
+        "XDG_CACHE_HOME",
+    ],
 )
 
 def _venv_package_impl(rctx):
