@@ -118,34 +118,42 @@ TEST(Linear, PathsAgree) {
         for (auto& v : x) v = g(rng);
         ASSERT_TRUE(ForceIsa("scalar"));
         ASSERT_EQ(nullptr, Linear(x.data(), m, w.data(), type, n, k, nullptr, ref.data()));
+        // Below 32 rows a block type rounds x to 8 bits (1/254 of the
+        // largest value of its 32, or for a 256-element format of its
+        // 256, as llama.cpp's Q8_K) or to 16 per 32; floats and tiles
+        // are exact. int8's bound: each x off by at most 1/254 of its
+        // block's largest |x|, times |w|; float rounding on top. Both
+        // bounds are computed once here, not per path: under QEMU
+        // (//tests:avx2_kind_test) a per-element block scan cost a minute.
+        const bool block = type != kF32 && type != kF16 && type != kBF16;
+        const int64_t xb = BlockElems(type) == 256 ? 256 : 32;
+        std::vector<float> amax(size_t(m * k));
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t b = 0; b < k; b += xb) {
+            float a = 0;
+            for (int64_t e = b; e < std::min(k, b + xb); ++e)
+              a = std::max(a, std::fabs(x[i * k + e]));
+            std::fill(amax.begin() + i * k + b, amax.begin() + i * k + std::min(k, b + xb), a);
+          }
+        std::vector<double> scale(size_t(m * n), 1e-6), bound(size_t(m * n), 0);
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < n; ++j)
+            for (int64_t e = 0; e < k; ++e) {
+              scale[i * n + j] += std::fabs(deq[j * k + e] * x[i * k + e]);
+              bound[i * n + j] += std::fabs(deq[j * k + e]) * amax[i * k + e] / 254;
+            }
         for (const char* isa : {"avx2", "avx512vnni"})
           for (const char* dx : {"int16", "int8"}) {
             if (!ForceIsa(isa)) continue;  // not this CPU's
             ASSERT_TRUE(ForceDecodeX(dx));
             ASSERT_EQ(nullptr, Linear(x.data(), m, w.data(), type, n, k, nullptr, y.data()));
-            // Below 32 rows a block type rounds x to 8 bits (1/254 of the
-            // largest value of its 32, or for a 256-element format of its
-            // 256, as llama.cpp's Q8_K) or to 16 per 32; floats and tiles
-            // are exact.
-            const bool block = type != kF32 && type != kF16 && type != kBF16;
             const bool int8 = (m < 32 || HasGemm(type)) && block && std::string(dx) == "int8";
-            const int64_t xb = BlockElems(type) == 256 ? 256 : 32;
             for (int64_t i = 0; i < m; ++i)
-              for (int64_t j = 0; j < n; ++j) {
-                // int8's bound: each x off by at most 1/254 of its block's
-                // largest |x|, times |w|; float rounding on top.
-                double scale = 1e-6, bound = 0;
-                for (int64_t e = 0; e < k; ++e) {
-                  scale += std::fabs(deq[j * k + e] * x[i * k + e]);
-                  float amax = 0;
-                  for (int64_t f = e / xb * xb; f < e / xb * xb + xb; ++f)
-                    amax = std::max(amax, std::fabs(x[i * k + f]));
-                  bound += std::fabs(deq[j * k + e]) * amax / 254;
-                }
-                EXPECT_NEAR(y[i * n + j], ref[i * n + j], 3e-5 * scale + (int8 ? bound : 0))
+              for (int64_t j = 0; j < n; ++j)
+                EXPECT_NEAR(y[i * n + j], ref[i * n + j],
+                            3e-5 * scale[i * n + j] + (int8 ? bound[i * n + j] : 0))
                     << TypeName(type) << " k=" << k << " m=" << m << " (" << i << ", " << j
                     << ") on " << Isa() << ", x " << dx;
-              }
           }
         ASSERT_TRUE(ForceIsa(""));
         ASSERT_TRUE(ForceDecodeX(""));
