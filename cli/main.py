@@ -65,7 +65,16 @@ def _load(args: argparse.Namespace) -> loading.Loaded:
         # The compiled package takes ids only; images enter as embeddings.
         if args.compile not in ("auto", "none"):
             flag = "--image" if args.image else "--mmproj"
-            raise UserError(f"{flag} runs the eager model; drop --compile {args.compile}")
+            also = ""
+            if args.image:
+                also = (
+                    ", or run a .pt2 exported with its vision tower "
+                    "(--aoti-package-path; export/README.md)"
+                )
+            raise UserError(
+                f"{flag} runs the eager model (the compiled package takes token ids only); "
+                f"drop --compile {args.compile}{also}"
+            )
         options = loading.options_from_args(args, compile="none")
     elif speculate_flags.mode(args) and loading.compile_mode(options) == "aoti":
         options = loading.options_from_args(args, slots=1)

@@ -82,7 +82,8 @@ class VisionCliTest(CliTestCase):
         self.assert_one_line_error([*gen, "--image", str(text)], r"not-an-image.png: not an image")
         self.assert_one_line_error([*gen, "--image", str(self.dir / "nope.png")], r"nope.png")
         self.assert_one_line_error(
-            [*gen, "--image", CHINA, "--compile", "aoti"], r"--image runs the eager model"
+            [*gen, "--image", CHINA, "--compile", "aoti"],
+            r"--image runs the eager model .*drop --compile aoti, or run a \.pt2 exported",
         )
         llama = str(tiny_model.write_checkpoint(self.dir / "tiny"))
         self.assert_one_line_error(

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from export import quant, vision_pt2
+from export import quant, vision_pt2, vision_pte
 from export.source import Source, build, build_native
 from export.stages import Stages
 
@@ -138,7 +138,7 @@ def export_model(
     slots = int(meta.get("slots", 0))
     program: Any = SlotModel(model, slots, traceable=True) if slots else model
     if encoder is not None:
-        program = vision_pt2.ImageDecoder(model)
+        program = vision_pt2.ImageDecoder(model, vision_pte.bidirectional(source))
     with stages("lower", "torch.export, AOTInductor compile and package"):
         aoti.compile_package(program, out_path, meta, encoder=encoder)
     return {"metadata": meta, "quantize": counts}

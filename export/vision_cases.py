@@ -64,35 +64,45 @@ def write_case(tmp: Path) -> tuple[Path, list[Path]]:
     return ckpt, images
 
 
-def eager_ids(ckpt_dir: Path, images: list[Path]) -> list[int]:
-    """torchchat generate --image's ids for PROMPT, from its own functions."""
+def tower(ckpt: Any) -> Any:
+    """The checkpoint's ImageTower (Gemma 3's or SmolVLM's), fp32."""
+    from torchchat.vision import Vision, VisionConfig, build_encoder
+    from torchchat.vision_smolvlm import build_vision
+
+    if isinstance(ckpt.vision, VisionConfig):
+        return Vision(build_encoder(ckpt.vision, ckpt.vision_weights))
+    return build_vision(ckpt.vision, ckpt.vision_weights)
+
+
+def eager_ids(
+    ckpt_dir: Path, images: list[Path], max_seq: int = MAX_SEQ, quantize: dict | None = None
+) -> list[int]:
+    """torchchat generate --image's ids for PROMPT, from its own functions;
+    `quantize` (torchchat.quantize's spec) quantizes the text model first."""
     import torch
 
     from torchchat import tokenizer as tc_tokenizer
     from torchchat.checkpoint import load_checkpoint, load_model
     from torchchat.generate import Slot, argmax, decode
-    from torchchat.vision import (
-        Vision,
-        VisionConfig,
-        build_encoder,
-        expand_images,
-        read_image,
-        with_markers,
-    )
+    from torchchat.vision import read_image
 
     ckpt = load_checkpoint(ckpt_dir)
-    assert isinstance(ckpt.vision, VisionConfig)
-    vision = Vision(build_encoder(ckpt.vision, ckpt.vision_weights))
+    vision = tower(ckpt)
     tok = tc_tokenizer.load(ckpt_dir / "tokenizer.json")
     pics = [read_image(p) for p in images]
-    text = expand_images(with_markers(PROMPT, 2, tok, vision.config), tok, vision.config)
+    marked = vision.with_markers(PROMPT, len(pics), tok)
+    text = vision.expand(marked, tok, [p.size for p in pics])
     ids = tok.encode(text, bos=tok.add_bos)
-    model = load_model(ckpt, torch.float32, MAX_SEQ)
+    model = load_model(ckpt, torch.float32, max_seq)
+    if quantize:
+        from torchchat.quantize import quantize_model
+
+        quantize_model(model, quantize)
     return list(decode(Slot(model), ids, argmax, STEPS, images=vision.spans(ids, pics)))
 
 
 def eager_chat(
-    ckpt_dir: Path, images: list[Path]
+    ckpt_dir: Path, images: list[Path], max_seq: int = MAX_SEQ
 ) -> tuple[list[list[int]], list[int], list[int], int]:
     """torchchat chat --image's session over CHAT: each turn's ids, prompt
     tokens prefilled and exchanges forgotten, and the most the second turn
@@ -102,15 +112,14 @@ def eager_chat(
     from torchchat import tokenizer as tc_tokenizer
     from torchchat.checkpoint import load_checkpoint, load_model
     from torchchat.generate import ChatSession, Slot, argmax
-    from torchchat.vision import Vision, VisionConfig, build_encoder, read_image
+    from torchchat.vision import read_image
 
     ckpt = load_checkpoint(ckpt_dir)
-    assert isinstance(ckpt.vision, VisionConfig)
-    vision = Vision(build_encoder(ckpt.vision, ckpt.vision_weights))
+    vision = tower(ckpt)
     tok = tc_tokenizer.load(ckpt_dir / "tokenizer.json")
     template = tok.template()
     assert template is not None
-    slot = Slot(load_model(ckpt, torch.float32, MAX_SEQ))
+    slot = Slot(load_model(ckpt, torch.float32, max_seq))
     session = ChatSession(slot, tok, template, None, vision)
     turns, prefilled, dropped, after_first_image = [], [], [], 0
     for text, image in CHAT:
@@ -177,9 +186,9 @@ def _open(lib_path: str, artifact: str) -> tuple[ctypes.CDLL, ctypes.c_void_p]:
 def c_api_run(lib_path: str, artifact: str, image_paths: list[str]) -> dict:
     """torchchat_generate_with_images on PROMPT and both images."""
     lib, h = _open(lib_path, artifact)
-    pixels = [Image.open(p).tobytes() for p in image_paths]
+    pics = [Image.open(p) for p in image_paths]
     size = lib.torchchat_runner_image_size(h)
-    images = (capi.Image * len(pixels))(*(capi.Image(b, size, size) for b in pixels))
+    images = (capi.Image * len(pics))(*(capi.Image(p.tobytes(), *p.size) for p in pics))
     config = lib.torchchat_default_generation_config()
     config.max_new_tokens = STEPS
     pieces: list[bytes] = []
@@ -187,9 +196,7 @@ def c_api_run(lib_path: str, artifact: str, image_paths: list[str]) -> dict:
     out = {"api_version": lib.torchchat_api_version(), "image_size": 0}
     out["image_size"] = size
     args = (ctypes.byref(config), cb, None, None)
-    out["status"] = lib.torchchat_generate_with_images(
-        h, PROMPT.encode(), images, len(pixels), *args
-    )
+    out["status"] = lib.torchchat_generate_with_images(h, PROMPT.encode(), images, len(pics), *args)
     out["error"] = lib.torchchat_last_error().decode()
     out["text"] = b"".join(pieces).decode()
     marked = b"<start_of_image> and <start_of_image>"
@@ -221,10 +228,11 @@ def c_api_chat(lib_path: str, artifact: str, image_paths: list[str]) -> dict:
         out["prompt_tokens"].append(stats.num_prompt_tokens)
         return status, lib.torchchat_last_error().decode()
 
-    pixels = [Image.open(p).tobytes() for p in image_paths]
+    pics = [Image.open(p) for p in image_paths]
+    pixels = [p.tobytes() for p in pics]
     size = lib.torchchat_runner_image_size(h)
     for text, image in CHAT:
-        images = [capi.Image(pixels[image], size, size)] if image is not None else []
+        images = [capi.Image(pixels[image], *pics[image].size)] if image is not None else []
         status, error = turn(text, images)
         out["statuses"].append(status)
         out["errors"].append(error)

@@ -1,12 +1,13 @@
-"""A .pt2 for a checkpoint with a vision tower (Gemma 3): one package with
-two models,
+"""A .pt2 for a checkpoint with a vision tower (Gemma 3 or SmolVLM): one
+package with two models,
 
 - `model`: `forward(tokens[1, T], input_pos[T], embeds[1, T, dim],
   is_image[1]) -> logits`. With is_image 0 it is the text model (embeds
   unused: zeros); with is_image 1 the chunk's rows take `embeds` instead of
   the token embeddings and the chunk's block of the causal mask opens both
   ways, so one image's soft tokens attend to one another (transformers'
-  Gemma 3 mask, torchchat.model.Model.image_blocks in eager). Text and
+  Gemma 3 mask, torchchat.model.Model.image_blocks in eager); SmolVLM's
+  tiles attend causally, so there is_image only picks `embeds`. Text and
   images go through this one graph because two compiled models in a package
   own their constants, the KV cache among them, and cannot share it.
 - `vision_encoder`: `export.vision_pte.PixelsEncoder`, uint8 pixels
@@ -14,8 +15,9 @@ two models,
 
 The metadata adds `inputs` (the calling convention aoti_run, the C API and
 torchchat.artifacts read), `dim`, `image_size`, `image_tokens`, `boi_id`,
-`eoi_id`, `image_id` and `resample`. Only vision checkpoints get it: text packages keep
-forward(tokens, input_pos) and their compile cost.
+`eoi_id`, `image_id` and `resample`; SmolVLM's also `longest_edge`, `split`,
+`patch_size` and `scale_factor`. Only vision checkpoints get it: text
+packages keep forward(tokens, input_pos) and their compile cost.
 """
 
 from __future__ import annotations
@@ -49,12 +51,13 @@ class ImageDecoder(nn.Module):
     """The text model with the vision package's calling convention
     (torchchat.artifacts.PT2_VISION_INPUTS)."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, bidirectional: bool = True):
         super().__init__()
         self.model = model
         self.max_seq_length = model.max_seq_length
         self._flag: list[Tensor] = []
-        for layer in model.transformer.layers:
+        # SmolVLM's images attend causally: is_image only picks the embeds.
+        for layer in model.transformer.layers if bidirectional else ():
             attn = layer.attention
             attn.SDPA = ImageChunkMask(attn.SDPA, self._flag)
 
@@ -73,26 +76,28 @@ class ImageDecoder(nn.Module):
 
 
 def wanted(source: Source, native: bool, full_logits: bool, slots: int) -> bool:
-    """Whether `source` exports as a vision package: Gemma 3's tower, one
-    sequence, last logits. Others (SmolVLM's tower, a server's --slots
-    package, --full-logits for eval) export the text model alone, as
-    before: their runners take ids only."""
+    """Whether `source` exports as a vision package: Gemma 3's or SmolVLM's
+    tower, one sequence, last logits. Others (a server's --slots package,
+    --full-logits for eval) export the text model alone, as before: their
+    runners take ids only."""
     from torchchat.vision import VisionConfig
+    from torchchat.vision_smolvlm import SmolVLMConfig
 
     one = not (native or full_logits or slots)
-    return one and isinstance(source.ckpt.vision, VisionConfig)
+    return one and isinstance(source.ckpt.vision, VisionConfig | SmolVLMConfig)
 
 
 def metadata(source: Source) -> dict[str, str]:
-    """The package metadata a vision .pt2 adds (all strings)."""
+    """The package metadata a vision .pt2 adds (all strings): the .pte's
+    constants (export.vision_pte.vision_metadata) under shorter names."""
     from export import vision_pte
     from torchchat.artifacts import PT2_VISION_INPUTS
-    from torchchat.vision import VisionConfig
+    from torchchat.vision_smolvlm import SmolVLMConfig
 
     c = source.ckpt.vision
-    assert isinstance(c, VisionConfig)  # wanted() said so
+    assert c is not None  # wanted() said so
     v = vision_pte.vision_metadata(source)
-    return {
+    out = {
         "inputs": PT2_VISION_INPUTS,
         "dim": str(source.config.dim),
         "image_size": str(v["get_image_size"]),
@@ -100,19 +105,24 @@ def metadata(source: Source) -> dict[str, str]:
         "boi_id": str(v["get_boi_token_id"]),
         "eoi_id": str(v["get_eoi_token_id"]),
         "image_id": str(v["get_image_token_id"]),
-        # The processor's resampling filter (PIL's), for torchchat's Python;
-        # aoti_run takes images at the tower's size already.
+        # The processor's resampling filter (PIL's): torchchat's Python
+        # resizes with it, and aoti_run replays it for SmolVLM's tiles.
         "resample": str(c.resample),
     }
+    if isinstance(c, SmolVLMConfig):
+        # SmolVLM's tiling, and what torchchat's Python rebuilds its
+        # layout from (torchchat.artifacts.Pt2Model.vision).
+        out.update(
+            longest_edge=str(c.longest_edge),
+            split=str(int(c.split)),
+            patch_size=str(c.patch_size),
+            scale_factor=str(c.scale_factor),
+        )
+    return out
 
 
 def encoder(source: Source) -> tuple[nn.Module, Tensor]:
     """The package's vision_encoder (the .pte's) and an example input."""
-    from export.vision_pte import PixelsEncoder
-    from torchchat.vision import VisionConfig, build_encoder
+    from export.vision_pte import pixels_encoder
 
-    c = source.ckpt.vision
-    assert isinstance(c, VisionConfig)  # check() refused the others
-    tower = build_encoder(c, source.ckpt.vision_weights)
-    pixels = torch.zeros(1, 3, c.image_size, c.image_size, dtype=torch.uint8)
-    return PixelsEncoder(tower, source.config.embedding_scale).eval(), pixels
+    return pixels_encoder(source)

@@ -1,20 +1,25 @@
-"""A .pte for a checkpoint with a vision tower (Gemma 3), in the shape
-ExecuTorch's multimodal runner (extension/llm/runner) loads: methods
+"""A .pte for a checkpoint with a vision tower (Gemma 3 or SmolVLM), in the
+shape ExecuTorch's multimodal runner (extension/llm/runner) loads: methods
 
-- `vision_encoder(pixels uint8 [1, 3, S, S]) -> [1, mm_tokens, dim]`: the
-  tower and projector, with the processor's rescale and normalisation in
-  the graph, so a runner only decodes and resizes;
+- `vision_encoder(pixels uint8 [1, 3, S, S]) -> [1, tokens, dim]`: the
+  tower and projector (SmolVLM: connector) for one image (SmolVLM: one
+  tile), with the processor's rescale and normalisation in the graph, so a
+  runner only decodes, resizes and (SmolVLM) cuts tiles;
 - `token_embedding(tokens [1, T]) -> [1, T, dim]`;
 - `text_decoder(embeddings [1, T, dim], start_pos [1]) -> logits`: causal;
 - `image_decoder`: the same decoder, for a chunk that is one image's soft
-  tokens, which attend to one another in both directions (transformers'
-  Gemma 3 mask, torchchat.model.Model.image_blocks in eager). ExecuTorch's
-  runner knows only text_decoder and runs images causally through it.
+  tokens. Gemma 3's attend to one another in both directions (transformers'
+  Gemma 3 mask, torchchat.model.Model.image_blocks in eager); SmolVLM's
+  causally, as its Llama does, so there it is text_decoder again.
+  ExecuTorch's runner knows only text_decoder and runs images causally.
 
 The two decoders share the KV cache (`share_mutable_buffers`).
 Constant methods add to the LLM metadata: `get_image_size`,
-`get_image_tokens`, `get_boi_token_id`, `get_eoi_token_id`,
-`get_image_token_id`.
+`get_image_tokens` (per tile), `get_boi_token_id` (the marker a prompt
+writes: SmolVLM's `<image>`), `get_eoi_token_id` (-1 for SmolVLM),
+`get_image_token_id`; SmolVLM's also `get_image_longest_edge`,
+`get_image_split`, `get_image_resample` (its processor's, which the
+runners replay: runner/common/image.h).
 """
 
 from __future__ import annotations
@@ -34,21 +39,22 @@ from torchchat.errors import UserError
 
 if TYPE_CHECKING:
     from torchchat.vision import VisionEncoder
+    from torchchat.vision_smolvlm import SmolVLMEncoder
 
 METHODS = ("vision_encoder", "token_embedding", "text_decoder", "image_decoder")
 
 
 class PixelsEncoder(nn.Module):
     """uint8 pixels at the tower's size -> the text model's input embeddings
-    for an image: normalised as the processor does, and divided by Gemma's
-    embedding scale, which the first block applies to every input row
-    (Model.embed does the same in eager)."""
+    for an image (a tile): normalised as the processor does, and divided by
+    the embedding scale (Gemma's; 1 for Llama), which the first block
+    applies to every input row (Model.embed does the same in eager)."""
 
     mean: Tensor
     std: Tensor
     scale: Tensor
 
-    def __init__(self, encoder: VisionEncoder, embedding_scale: float):
+    def __init__(self, encoder: VisionEncoder | SmolVLMEncoder, embedding_scale: float):
         super().__init__()
         c = encoder.config
         self.encoder = encoder
@@ -111,8 +117,20 @@ def image_chunks(transformer: Any, on: bool) -> None:
 
 def vision_metadata(source: Source) -> dict[str, int]:
     from torchchat.vision import VisionConfig
+    from torchchat.vision_smolvlm import SmolVLMConfig
 
     c = source.ckpt.vision
+    if isinstance(c, SmolVLMConfig):
+        return {
+            "get_image_size": c.image_size,
+            "get_image_tokens": c.seq_len,
+            "get_boi_token_id": c.image_id,
+            "get_eoi_token_id": -1,
+            "get_image_token_id": c.image_id,
+            "get_image_longest_edge": c.longest_edge,
+            "get_image_split": int(c.split),
+            "get_image_resample": c.resample,
+        }
     assert isinstance(c, VisionConfig)  # check() refused the others
     return {
         "get_image_size": c.image_size,
@@ -123,14 +141,43 @@ def vision_metadata(source: Source) -> dict[str, int]:
     }
 
 
+def bidirectional(source: Source) -> bool:
+    """Whether an image's soft tokens attend to one another both ways
+    (Gemma 3), or causally (SmolVLM)."""
+    from torchchat.vision import VisionConfig
+
+    return isinstance(source.ckpt.vision, VisionConfig)
+
+
+def pixels_encoder(source: Source) -> tuple[PixelsEncoder, Tensor]:
+    """The vision_encoder (either family's tower, fp32) and an example input."""
+    from torchchat import vision, vision_smolvlm
+
+    c = source.ckpt.vision
+    tower: VisionEncoder | SmolVLMEncoder
+    if isinstance(c, vision_smolvlm.SmolVLMConfig):
+        tower = vision_smolvlm.build_encoder(c, source.ckpt.vision_weights)
+    else:
+        assert isinstance(c, vision.VisionConfig)  # check() refused the others
+        tower = vision.build_encoder(c, source.ckpt.vision_weights)
+    pixels = torch.zeros(1, 3, c.image_size, c.image_size, dtype=torch.uint8)
+    return PixelsEncoder(tower, source.config.embedding_scale).eval(), pixels
+
+
 def check(spec: dict[str, dict[str, Any]], full_logits: bool, vision: object) -> None:
     """What a vision .pte cannot do, refused before any work."""
     from torchchat.vision import VisionConfig
+    from torchchat.vision_smolvlm import SmolVLMConfig
 
-    if not isinstance(vision, VisionConfig):
+    if not isinstance(vision, VisionConfig | SmolVLMConfig):
         raise UserError(
-            "only Gemma 3's vision tower exports to a .pte; this checkpoint's "
+            "only Gemma 3's and SmolVLM's vision towers export to a .pte; this checkpoint's "
             f"({type(vision).__name__}) runs in eager (generate/chat --image, the server)"
+        )
+    if isinstance(vision, SmolVLMConfig) and vision.resample not in (1, 2, 3):
+        raise UserError(
+            f"the image processor's resample filter {vision.resample} is not one the runners "
+            "replay (Lanczos 1, bilinear 2, bicubic 3)"
         )
     if "gguf" in spec:
         raise UserError("--quantize gguf keeps a GGUF's formats; this checkpoint is HF safetensors")
@@ -159,17 +206,15 @@ def export(
 
     from export import pte
     from torchchat import executorch_compat as et
-    from torchchat.vision import VisionConfig, build_encoder
 
     stages = stages or Stages(enabled=False)
     ckpt = source.ckpt
-    assert isinstance(ckpt.vision, VisionConfig)  # check() refused the others
     pte.quiet_executorch()
     q = quant.for_executorch(spec)
     et_dtype = DType(dtype_name)
     with stages("load", f"weights and vision tower, max_seq_length {max_seq_length}"):
         model = build(source, "fp32", max_seq_length)
-        encoder = build_encoder(ckpt.vision, ckpt.vision_weights)
+        pixel_encoder, pixels = pixels_encoder(source)
         pte.enable_dynamic_shape(model)
     dim = source.config.dim
     tokens_dim = torch.export.Dim("token_dim", max=max_seq_length - 1)
@@ -207,7 +252,7 @@ def export(
         builder.export()
         builder.run_canonical_optimizations()
         programs["text_decoder"] = builder._export(builder.pre_autograd_graph_module)  # noqa: SLF001
-        image_chunks(transformer, True)
+        image_chunks(transformer, bidirectional(source))
         try:
             builder.export()
             programs["image_decoder"] = builder._export(builder.pre_autograd_graph_module)  # noqa: SLF001
@@ -220,9 +265,6 @@ def export(
                 dynamic_shapes=({1: tokens_dim},),
                 strict=True,
             )
-            size = ckpt.vision.image_size
-            pixels = torch.zeros(1, 3, size, size, dtype=torch.uint8)
-            pixel_encoder = PixelsEncoder(encoder, source.config.embedding_scale).eval()
             programs["vision_encoder"] = torch.export.export(
                 pixel_encoder, (pixels,), strict=True
             ).run_decompositions({})

@@ -33,6 +33,8 @@ PT2_FORMAT = "torchchat-llm-1"
 # that describe its vision_encoder (export/vision_pt2.py).
 PT2_VISION_INPUTS = "tokens,input_pos,embeds,is_image"
 PT2_VISION_KEYS = ("dim", "image_size", "image_tokens", "boi_id", "eoi_id", "image_id", "resample")
+# SmolVLM's tiling, in its packages only.
+PT2_TILE_KEYS = ("longest_edge", "split", "patch_size", "scale_factor")
 
 
 class ArtifactError(Exception):
@@ -179,6 +181,9 @@ class Pt2Model(ExportedModel):
         from torchchat.vision import PackageVision, VisionConfig
 
         m = self.metadata
+        encoder = aoti.Runner(self.path, model="vision_encoder")
+        if m.get("longest_edge", 0) > 0:
+            return self._smolvlm_vision(lambda pixels: encoder(pixels)[0])
         config = VisionConfig(
             # The tower's own shape is the package's business.
             hidden=0,
@@ -195,8 +200,29 @@ class Pt2Model(ExportedModel):
             image_id=m["image_id"],
             resample=m["resample"],
         )
-        encoder = aoti.Runner(self.path, model="vision_encoder")
         return PackageVision(config, lambda pixels: encoder(pixels)[0])
+
+    def _smolvlm_vision(self, encoder: Any) -> Any:
+        from torchchat.vision_smolvlm import PackageSmolVLMVision, SmolVLMConfig
+
+        m = self.metadata
+        config = SmolVLMConfig(
+            # The tower's own shape is the package's business.
+            hidden=0,
+            intermediate=0,
+            layers=0,
+            heads=0,
+            eps=0.0,
+            image_size=m["image_size"],
+            patch_size=m["patch_size"],
+            text_dim=m["dim"],
+            scale_factor=m["scale_factor"],
+            image_id=m["image_id"],
+            longest_edge=m["longest_edge"],
+            split=bool(m["split"]),
+            resample=m["resample"],
+        )
+        return PackageSmolVLMVision(config, encoder)
 
     @property
     def n_slots(self) -> int:
@@ -544,6 +570,7 @@ def parse_pt2_metadata(meta: dict[str, str], path: PathLike) -> dict[str, Any]:
             )
         try:
             out.update({k: int(meta[k]) for k in PT2_VISION_KEYS})
+            out.update({k: int(meta[k]) for k in PT2_TILE_KEYS if k in meta})
         except (KeyError, ValueError) as e:
             raise ArtifactError(f"{path}: bad vision metadata ({e})") from None
     return out

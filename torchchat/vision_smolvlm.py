@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -166,9 +166,11 @@ def grid(size: tuple[int, int], c: SmolVLMConfig) -> tuple[int, int]:
     return 0, 0
 
 
-def preprocess(img: Image.Image, c: SmolVLMConfig) -> Tensor:
-    """The image's tiles [rows * cols + 1, 3, S, S] as the processor makes
-    them: row by row, then the whole image; or one tile [1, 3, S, S]."""
+def tile_pixels(img: Image.Image, c: SmolVLMConfig) -> Tensor:
+    """The image's tiles as uint8 [rows * cols + 1, 3, S, S], resized and
+    cut as the processor does: row by row, then the whole image; or one
+    tile [1, 3, S, S]. (runner/common/image.cc's TileImage does the same
+    in C++, to the byte.)"""
     import numpy as np
 
     img = img.convert("RGB")
@@ -182,8 +184,14 @@ def preprocess(img: Image.Image, c: SmolVLMConfig) -> Tensor:
             for left in range(0, img.width - s + 1, s):
                 tiles.append(img.crop((left, top, left + s, top + s)))
     tiles.append(img.resize((s, s), resample=c.resample))
-    x = torch.from_numpy(np.stack([np.asarray(t, dtype=np.float32) for t in tiles]))
-    x = x.permute(0, 3, 1, 2) * c.rescale
+    x = torch.from_numpy(np.stack([np.asarray(t, dtype=np.uint8) for t in tiles]))
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+def preprocess(img: Image.Image, c: SmolVLMConfig) -> Tensor:
+    """The image's tiles [rows * cols + 1, 3, S, S] as the processor makes
+    them (tile_pixels), rescaled and normalised."""
+    x = tile_pixels(img, c).to(torch.float32) * c.rescale
     mean = torch.tensor(c.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(c.std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -349,3 +357,21 @@ def build_vision(
     config: SmolVLMConfig, weights: dict[str, Tensor], dtype: torch.dtype = torch.float32
 ) -> SmolVLMVision:
     return SmolVLMVision(build_encoder(config, weights, dtype))
+
+
+class PackageSmolVLMVision(SmolVLMVision):
+    """A .pt2's vision_encoder (export/vision_pt2.py) behind SmolVLMVision:
+    uint8 tiles in (tile_pixels), a tile's embeddings out."""
+
+    def __init__(self, config: SmolVLMConfig, encoder: Callable[[Tensor], Tensor]):
+        ImageTower.__init__(self)
+        self.smol = config
+        self._encoder = encoder
+
+    def pixels(self, img: Image.Image) -> Tensor:
+        return tile_pixels(img, self.smol)
+
+    def encode(self, pixels: list[Tensor]) -> list[Tensor]:
+        return [
+            torch.cat([self._encoder(t[None].contiguous())[0] for t in tiles]) for tiles in pixels
+        ]

@@ -152,6 +152,14 @@ Result<int64_t> ReadVision(const Metadata& meta, VisionMetadata* v) {
     if (!got.ok()) return MakeError(got.error());
     *field = *got;
   }
+  // SmolVLM's tiling (absent: Gemma 3's one tile per image).
+  for (auto [field, key] : {std::pair{&v->longest_edge, "longest_edge"},
+                            std::pair{&v->split, "split"}, std::pair{&v->resample, "resample"}}) {
+    if (meta.count(key) == 0) continue;
+    auto got = IntField(meta, key);
+    if (!got.ok()) return MakeError(got.error());
+    *field = *got;
+  }
   auto dim = IntField(meta, "dim");
   if (!dim.ok()) return MakeError(dim.error());
   if (v->image_size <= 0 || v->image_tokens <= 0 || *dim <= 0) {

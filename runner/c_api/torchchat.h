@@ -217,22 +217,23 @@ TORCHCHAT_EXPORT torchchat_status torchchat_generate(torchchat_runner* runner, c
 /* ---- Images (since 1.2) ----------------------------------------------- */
 
 /* An image as decoded pixels: `height` rows of `width` RGB triples, 8 bits
- * each, no padding. Decoding and resizing are the application's: the
- * program's vision tower takes torchchat_runner_image_size() square images,
- * resized as its processor does (bilinear for Gemma 3). */
+ * each, no padding. Decoding is the application's. Gemma 3's tower takes
+ * torchchat_runner_image_size() square images, resized as its processor
+ * does (bilinear); SmolVLM's takes any size and resizes and tiles it here,
+ * as its processor does with Pillow (to the byte). */
 typedef struct torchchat_image {
   const uint8_t* rgb;
   int32_t width;
   int32_t height;
 } torchchat_image;
 
-/* The side of the square images the program's vision encoder takes; 0 for
- * a program without one (libtorchchat_aoti.so: always 0), -1 for NULL. */
+/* The side of the square images (SmolVLM: tiles) the program's vision
+ * encoder takes; 0 for a program without one, -1 for NULL. */
 TORCHCHAT_EXPORT int64_t torchchat_runner_image_size(const torchchat_runner* runner);
 
 /* torchchat_generate with images, as `et_run --image` runs them: each
- * image's soft tokens go where the prompt writes the model's begin-of-image
- * marker (e.g. "<start_of_image>"), one per image, or all before the text
+ * image's soft tokens go where the prompt writes the model's image marker
+ * (Gemma 3's "<start_of_image>", SmolVLM's "<image>"), one per image, or all before the text
  * when it writes none. The KV cache is reused as for text, an image
  * counting as cached only where the same pixels sat at the same place.
  * An image of the wrong size, a marker count that differs from n_images,

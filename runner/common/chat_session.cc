@@ -65,9 +65,15 @@ Result<ChatSession::Rendered> ChatSession::Render(Failure* why) const {
   auto text = template_.Render(messages_, /*add_generation_prompt=*/true, bos_, eos_);
   if (!text.ok()) return MakeError("chat template: " + text.error());
   const VisionMetadata& vision = runner_->metadata().vision;
+  std::vector<ImageTiles> all;
+  for (const auto& m : pixels_) all.insert(all.end(), m.begin(), m.end());
   if (vision.image_size > 0) {
-    text = ExpandMarkers(*text, *tokenizer_, vision);
-    if (!text.ok()) return MakeError(text.error());
+    text = ExpandMarkers(*text, *tokenizer_, vision, all);
+    if (!text.ok()) {
+      // SmolVLM's markers are counted here (Gemma 3's in PlaceImages).
+      if (vision.longest_edge > 0) *why = Failure::kInput;
+      return MakeError(text.error());
+    }
   }
   // The template writes bos_token itself where it wants one.
   auto ids = tokenizer_->Encode(*text, /*bos=*/false);
@@ -75,8 +81,6 @@ Result<ChatSession::Rendered> ChatSession::Render(Failure* why) const {
   Rendered out;
   out.ids.assign(ids->begin(), ids->end());
   if (vision.image_size > 0) {
-    std::vector<std::vector<uint8_t>> all;
-    for (const auto& m : pixels_) all.insert(all.end(), m.begin(), m.end());
     auto placed = PlaceImages(out.ids, all, vision);
     *why = Failure::kInput;
     if (!placed.ok()) return MakeError("the chat template's image places: " + placed.error());
@@ -93,13 +97,13 @@ Result<std::string> ChatSession::Turn(const std::string& user_text, const Genera
   if (const size_t bad = tokenizers::FindInvalidUtf8(user_text); bad != std::string::npos) {
     return MakeError("the message is not valid UTF-8 (byte " + std::to_string(bad) + ")");
   }
-  std::vector<std::vector<uint8_t>> pixels;
+  std::vector<ImageTiles> pixels;
   if (!images.empty()) {
     const VisionMetadata& vision = runner_->metadata().vision;
     if (auto ok = CheckVision(vision, "this program"); !ok.ok()) return MakeError(ok.error());
     for (size_t i = 0; i < images.size(); ++i) {
       const std::string name = i < names.size() ? names[i] : "image " + std::to_string(i + 1);
-      auto p = ImagePixels(images[i], vision, name);
+      auto p = TileImage(images[i], vision, name);
       if (!p.ok()) return MakeError(p.error());
       pixels.push_back(std::move(*p));
     }

@@ -85,8 +85,8 @@ class ChatSession {
   std::string bos_, eos_;
   std::string system_prompt_;
   std::vector<ChatMessage> messages_;
-  // Each message's images' pixels (ImagePixels), in order.
-  std::vector<std::vector<std::vector<uint8_t>>> pixels_;
+  // Each message's images (TileImage), in order.
+  std::vector<std::vector<ImageTiles>> pixels_;
   std::vector<int64_t> generated_;
   Failure failure_ = Failure::kNone;
   int dropped_ = 0;

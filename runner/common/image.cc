@@ -1,6 +1,10 @@
 #include "runner/common/image.h"
 
+#include "runner/common/resample.h"
+
+#include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -109,18 +113,129 @@ Result<std::vector<uint8_t>> ImagePixels(const RgbImage& image, const VisionMeta
   return chw;
 }
 
+namespace {
+
+// SmolVLM's processor's bound on a resized image's side.
+constexpr int64_t kMaxSide = 4096;
+constexpr char kFake[] = "<fake_token_around_image>";
+constexpr char kGlobal[] = "<global-img>";
+
+// The processor's first resize: the longest side to `longest`, the other in
+// proportion (rounded down, then up to even), both below kMaxSide.
+std::pair<int64_t, int64_t> FitLongest(int64_t w, int64_t h, int64_t longest) {
+  double ratio = static_cast<double>(w) / static_cast<double>(h);
+  if (w >= h) {
+    w = longest;
+    h = static_cast<int64_t>(static_cast<double>(w) / ratio);
+    h += h % 2;
+  } else {
+    h = longest;
+    w = static_cast<int64_t>(static_cast<double>(h) * ratio);
+    w += w % 2;
+  }
+  w = std::max<int64_t>(w, 1);
+  h = std::max<int64_t>(h, 1);
+  ratio = static_cast<double>(w) / static_cast<double>(h);
+  if (w >= h && w > kMaxSide) {
+    w = kMaxSide;
+    h = static_cast<int64_t>(kMaxSide / ratio);
+  } else if (h > w && h > kMaxSide) {
+    h = kMaxSide;
+    w = static_cast<int64_t>(kMaxSide * ratio);
+  }
+  return {std::max<int64_t>(w, 1), std::max<int64_t>(h, 1)};
+}
+
+// The second resize: both sides up to whole tiles, the shorter from the
+// longer one's rounded size.
+std::pair<int64_t, int64_t> TileMultiple(int64_t w, int64_t h, int64_t tile) {
+  const double ratio = static_cast<double>(w) / static_cast<double>(h);
+  const auto up = [tile](double x) { return static_cast<int64_t>(std::ceil(x / tile)) * tile; };
+  if (w >= h) {
+    w = up(static_cast<double>(w));
+    h = up(static_cast<double>(static_cast<int64_t>(static_cast<double>(w) / ratio)));
+  } else {
+    h = up(static_cast<double>(h));
+    w = up(static_cast<double>(static_cast<int64_t>(static_cast<double>(h) * ratio)));
+  }
+  return {w, h};
+}
+
+// [3, S, S] from an S-wide crop of `rgb` (width w) at (left, top).
+std::vector<uint8_t> Planar(const std::vector<uint8_t>& rgb, int64_t w, int64_t left, int64_t top,
+                            int64_t s) {
+  const size_t plane = static_cast<size_t>(s * s);
+  std::vector<uint8_t> chw(plane * 3);
+  for (int64_t y = 0; y < s; ++y) {
+    for (int64_t x = 0; x < s; ++x) {
+      const size_t from = static_cast<size_t>(((top + y) * w + left + x) * 3);
+      for (size_t c = 0; c < 3; ++c)
+        chw[c * plane + static_cast<size_t>(y * s + x)] = rgb[from + c];
+    }
+  }
+  return chw;
+}
+
+}  // namespace
+
+std::pair<int64_t, int64_t> TileGrid(int64_t width, int64_t height, const VisionMetadata& v) {
+  if (v.split == 0) return {0, 0};
+  auto [fw, fh] = FitLongest(width, height, v.longest_edge);
+  auto [w, h] = TileMultiple(fw, fh, v.image_size);
+  if (w > v.image_size || h > v.image_size) return {h / v.image_size, w / v.image_size};
+  return {0, 0};
+}
+
+Result<ImageTiles> TileImage(const RgbImage& image, const VisionMetadata& v,
+                             const std::string& name) {
+  ImageTiles out;
+  out.width = image.width;
+  out.height = image.height;
+  if (v.longest_edge <= 0) {
+    auto px = ImagePixels(image, v, name);
+    if (!px.ok()) return MakeError(px.error());
+    out.tiles.push_back(std::move(*px));
+    return out;
+  }
+  // As torchchat.vision_smolvlm.preprocess does with Pillow.
+  if (!KnownResample(v.resample)) {
+    return MakeError("this program resizes images with Pillow filter " +
+                     std::to_string(v.resample) +
+                     ", which the runners lack (they have Lanczos, bilinear, bicubic)");
+  }
+  const auto filter = static_cast<Resample>(v.resample);
+  const int64_t s = v.image_size;
+  auto [w, h] = FitLongest(image.width, image.height, v.longest_edge);
+  std::vector<uint8_t> rgb = ResizeRgb(image.rgb, image.width, image.height, w, h, filter);
+  if (v.split != 0) {
+    auto [tw, th] = TileMultiple(w, h, s);
+    rgb = ResizeRgb(rgb, w, h, tw, th, filter);
+    w = tw;
+    h = th;
+    if (w > s || h > s) {
+      for (int64_t top = 0; top + s <= h; top += s) {
+        for (int64_t left = 0; left + s <= w; left += s) {
+          out.tiles.push_back(Planar(rgb, w, left, top, s));
+        }
+      }
+    }
+  }
+  out.tiles.push_back(Planar(ResizeRgb(rgb, w, h, s, s, filter), s, 0, 0, s));
+  return out;
+}
+
 Result<void> CheckVision(const VisionMetadata& v, const std::string& model) {
   if (v.image_size <= 0) {
     return MakeError(model +
                      " has no vision encoder: images need a .pte or .pt2 exported from a "
-                     "checkpoint with Gemma 3's vision tower (runner/README.md)");
+                     "checkpoint with a vision tower, Gemma 3's or SmolVLM's (runner/README.md)");
   }
   return {};
 }
 
 Result<std::string> WithMarkers(const std::string& prompt, size_t n_images,
                                 const tokenizers::Tokenizer& tokenizer, const VisionMetadata& v) {
-  auto boi = TokenText(tokenizer, v.boi_id, "begin-of-image");
+  auto boi = TokenText(tokenizer, v.boi_id, "image marker");
   if (!boi.ok()) return MakeError(boi.error());
   const size_t have = Count(prompt, *boi);
   if (have == 0) {
@@ -136,21 +251,44 @@ Result<std::string> WithMarkers(const std::string& prompt, size_t n_images,
 }
 
 Result<std::string> ExpandMarkers(const std::string& text, const tokenizers::Tokenizer& tokenizer,
-                                  const VisionMetadata& v) {
-  auto boi = TokenText(tokenizer, v.boi_id, "begin-of-image");
+                                  const VisionMetadata& v, const std::vector<ImageTiles>& images) {
+  auto boi = TokenText(tokenizer, v.boi_id, "image marker");
   if (!boi.ok()) return MakeError(boi.error());
-  auto eoi = TokenText(tokenizer, v.eoi_id, "end-of-image");
-  if (!eoi.ok()) return MakeError(eoi.error());
   auto soft = TokenText(tokenizer, v.image_id, "image soft");
   if (!soft.ok()) return MakeError(soft.error());
-  std::string full = "\n\n" + *boi;
-  for (int64_t i = 0; i < v.image_tokens; ++i) full += *soft;
-  full += *eoi + "\n\n";
+  std::string run;
+  for (int64_t i = 0; i < v.image_tokens; ++i) run += *soft;
+  std::string gemma;
+  if (v.longest_edge <= 0) {
+    auto eoi = TokenText(tokenizer, v.eoi_id, "end-of-image");
+    if (!eoi.ok()) return MakeError(eoi.error());
+    gemma = "\n\n" + *boi + run + *eoi + "\n\n";
+  } else if (Count(text, *boi) != images.size()) {
+    return MakeError("the prompt has " + std::to_string(Count(text, *boi)) + " image markers (" +
+                     *boi + ") for " + std::to_string(images.size()) + " images");
+  }
+  // SmolVLM's placeholder (torchchat.vision_smolvlm.placeholder): a row of
+  // tiles per line, each after its <row_r_col_c>, then the whole image.
+  const auto smolvlm = [&](const ImageTiles& im) {
+    const std::string whole = std::string(kFake) + kGlobal + run + kFake;
+    auto [rows, cols] = TileGrid(im.width, im.height, v);
+    if (rows == 0) return whole;
+    std::string lines;
+    for (int64_t r = 1; r <= rows; ++r) {
+      for (int64_t c = 1; c <= cols; ++c) {
+        lines += std::string(kFake) + "<row_" + std::to_string(r) + "_col_" + std::to_string(c) +
+                 ">" + run;
+      }
+      lines += "\n";
+    }
+    return lines + "\n" + whole;
+  };
   std::string out;
-  size_t from = 0;
+  size_t from = 0, n = 0;
   for (size_t at = text.find(*boi); at != std::string::npos; at = text.find(*boi, from)) {
     out.append(text, from, at - from);
-    out += full;
+    out += v.longest_edge <= 0 ? gemma : smolvlm(images[n]);
+    ++n;
     from = at + boi->size();
   }
   out.append(text, from, std::string::npos);
@@ -178,16 +316,25 @@ Result<std::vector<int64_t>> ImageRuns(const std::vector<int64_t>& ids, const Vi
 }
 
 Result<std::vector<PromptImage>> PlaceImages(const std::vector<int64_t>& ids,
-                                             const std::vector<std::vector<uint8_t>>& pixels,
+                                             const std::vector<ImageTiles>& images,
                                              const VisionMetadata& v) {
   auto starts = ImageRuns(ids, v);
   if (!starts.ok()) return MakeError(starts.error());
-  if (starts->size() != pixels.size()) {
+  size_t tiles = 0;
+  for (const ImageTiles& im : images) tiles += im.tiles.size();
+  if (starts->size() != tiles) {
+    if (v.longest_edge > 0) {
+      return MakeError("the prompt has places for " + std::to_string(starts->size()) +
+                       " tiles, the images have " + std::to_string(tiles));
+    }
     return MakeError("the prompt has places for " + std::to_string(starts->size()) +
-                     " images, given " + std::to_string(pixels.size()));
+                     " images, given " + std::to_string(images.size()));
   }
   std::vector<PromptImage> out;
-  for (size_t i = 0; i < pixels.size(); ++i) out.push_back({(*starts)[i], pixels[i]});
+  size_t r = 0;
+  for (const ImageTiles& im : images) {
+    for (const auto& tile : im.tiles) out.push_back({(*starts)[r++], tile});
+  }
   return out;
 }
 
@@ -196,22 +343,22 @@ Result<ImagePrompt> BuildImagePrompt(const std::string& prompt, const std::vecto
                                      const tokenizers::Tokenizer& tokenizer,
                                      const VisionMetadata& v, const std::string& model) {
   if (auto ok = CheckVision(v, model); !ok.ok()) return MakeError(ok.error());
-  std::vector<std::vector<uint8_t>> pixels;
+  std::vector<ImageTiles> tiled;
   for (size_t i = 0; i < images.size(); ++i) {
     const std::string name = i < names.size() ? names[i] : "image " + std::to_string(i + 1);
-    auto p = ImagePixels(images[i], v, name);
-    if (!p.ok()) return MakeError(p.error());
-    pixels.push_back(std::move(*p));
+    auto t = TileImage(images[i], v, name);
+    if (!t.ok()) return MakeError(t.error());
+    tiled.push_back(std::move(*t));
   }
   auto marked = WithMarkers(prompt, images.size(), tokenizer, v);
   if (!marked.ok()) return MakeError(marked.error());
-  auto text = ExpandMarkers(*marked, tokenizer, v);
+  auto text = ExpandMarkers(*marked, tokenizer, v, tiled);
   if (!text.ok()) return MakeError(text.error());
   auto encoded = tokenizer.Encode(*text, tokenizer.add_bos());
   if (!encoded.ok()) return MakeError("cannot encode the prompt: " + encoded.error());
   ImagePrompt out;
   out.ids.assign(encoded->begin(), encoded->end());
-  auto placed = PlaceImages(out.ids, pixels, v);
+  auto placed = PlaceImages(out.ids, tiled, v);
   if (!placed.ok()) return MakeError(placed.error());
   out.images = std::move(*placed);
   return out;

@@ -52,11 +52,11 @@ void PrintText(const std::string& text) {
   std::fflush(stdout);
 }
 
-// An image for a chat turn: a PPM at the tower's size.
+// An image for a chat turn: a PPM the tower takes (TileImage).
 Result<RgbImage> ReadChatImage(const std::string& path, const VisionMetadata& v) {
   auto img = ReadPpm(path);
   if (!img.ok()) return img;
-  if (auto px = ImagePixels(*img, v, path); !px.ok()) return tokenizers::MakeError(px.error());
+  if (auto px = TileImage(*img, v, path); !px.ok()) return tokenizers::MakeError(px.error());
   return img;
 }
 

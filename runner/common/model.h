@@ -17,14 +17,22 @@ namespace torchchat {
 
 using tokenizers::Result;
 
-// A program's vision tower (a Gemma 3 .pte's vision_encoder): what its
-// images take. image_size 0: the program has none.
+// A program's vision tower (its vision_encoder): what its images take.
+// image_size 0: the program has none.
 struct VisionMetadata {
-  int64_t image_size = 0;    // pixels per side, RGB
-  int64_t image_tokens = 0;  // soft tokens an image becomes
-  int64_t boi_id = -1;       // begin-of-image, end-of-image, soft token
+  int64_t image_size = 0;    // pixels per side, RGB: one tile
+  int64_t image_tokens = 0;  // soft tokens a tile becomes
+  int64_t boi_id = -1;       // the marker a prompt writes, end-of-image, soft token
   int64_t eoi_id = -1;
   int64_t image_id = -1;
+  // 0: Gemma 3's layout, an image is one tile of image_size, given at that
+  // size. Else SmolVLM's (Idefics3): any image, resized (with Pillow's
+  // `resample` filter) to this longest side, split into tiles when `split`,
+  // and the whole image as the last tile; each tile's soft tokens attend
+  // causally.
+  int64_t longest_edge = 0;
+  int64_t split = 0;
+  int64_t resample = 0;
 };
 
 // What the exported artifact says about itself (.pte constant methods, or
@@ -49,9 +57,10 @@ class LLMModel {
   // logits for the last one. The returned view stays valid until the next
   // call; implementations reuse one buffer, so decode allocates nothing.
   virtual Result<const float*> Forward(const std::vector<int64_t>& tokens, int64_t start_pos) = 0;
-  // Runs one image (uint8 RGB, [3, S, S] with S = vision.image_size) as
-  // its vision.image_tokens soft tokens at positions start_pos, ..., which
-  // attend to one another both ways; returns the last one's logits.
+  // Runs one tile (uint8 RGB, [3, S, S] with S = vision.image_size) as its
+  // vision.image_tokens soft tokens at positions start_pos, ..., which
+  // attend to one another both ways (Gemma 3) or causally (SmolVLM), as the
+  // program's image_decoder says; returns the last one's logits.
   virtual Result<const float*> ForwardImage(const std::vector<uint8_t>& /*pixels*/,
                                             int64_t /*start_pos*/) {
     return tokenizers::MakeError("this model has no vision encoder");

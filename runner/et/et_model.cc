@@ -163,6 +163,16 @@ Result<std::unique_ptr<LLMModel>> LoadEtModel(const std::string& path, int num_t
       if (!got.ok()) return MakeError(path + ": " + got.error());
       *field = *got;
     }
+    // SmolVLM's tiling (absent: Gemma 3's one tile per image).
+    if (names->count("get_image_longest_edge") != 0) {
+      for (auto [field, method] :
+           {std::pair{&v.longest_edge, "get_image_longest_edge"},
+            std::pair{&v.split, "get_image_split"}, std::pair{&v.resample, "get_image_resample"}}) {
+        auto got = GetInt(*module, method);
+        if (!got.ok()) return MakeError(path + ": " + got.error());
+        *field = *got;
+      }
+    }
     methods = {"vision_encoder", "token_embedding", "text_decoder", "image_decoder"};
   }
   for (const std::string& method : methods) {
