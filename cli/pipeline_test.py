@@ -1,6 +1,7 @@
 """generate and chat --pipeline-parallel 2 on a tiny 4-layer GGUF: the text
 of one process, whether the CLI starts the second rank itself or torchrun
-starts both (as two one-rank nodes, the two-host recipe, on 127.0.0.1);
+starts both (as two one-rank nodes, the two-host recipe, on 127.0.0.1, with
+a static rendezvous and with c10d's);
 errors stop every rank; a rank that stops answering ends chat with one line
 of error within --pipeline-timeout-s; rank 1 outlives a chat idle for longer
 than its wait (rank 0's heartbeats), and gives up with one line once rank 0
@@ -71,6 +72,36 @@ class PipelineCliTest(CliTestCase):
             self.assertEqual(p.returncode, 0, e)
         self.assertEqual(outs[0][0], want)  # rank 0 prints the text
         self.assertEqual(outs[1][0], "")
+
+    def test_torchrun_c10d_two_hosts(self):
+        """The two-host recipe with c10d's rendezvous: two torchrun agents
+        meet at --rdzv-endpoint (the first to bind it hosts the store), and
+        either may get rank 0, which prints the text."""
+        rc, want, err = run(["generate", *self.model, "--prompt", PROMPT])
+        self.assertEqual(rc, 0, err)
+        torchrun = Path(__file__).parent / "torchrun"
+        endpoint = f"127.0.0.1:{free_port()}"
+        nodes = []
+        for _ in range(2):
+            cmd = [str(torchrun), "--nnodes", "2", "--nproc-per-node", "1"]
+            cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "c10d"]
+            # The address the agents give their ranks as the master's: not
+            # the hostname's, which need not be on loopback.
+            cmd += ["--local-addr", "127.0.0.1"]
+            cmd += ["-m", "cli", "generate", *self.model, "--quiet", "--prompt", PROMPT]
+            cmd += ["--pipeline-parallel", "2"]
+            nodes.append(
+                subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            )
+        try:
+            outs = [p.communicate(timeout=120) for p in nodes]
+        finally:
+            for p in nodes:
+                p.kill()
+                p.wait(30)
+        for p, (_, e) in zip(nodes, outs):
+            self.assertEqual(p.returncode, 0, e)
+        self.assertEqual(sorted(o for o, _ in outs), ["", want])
 
     def test_errors_stop_every_rank(self):
         self.assert_one_line_error(

@@ -4,9 +4,13 @@ N replicas of the engine across a Ray cluster's nodes.
 Takes `torchchat server`'s flags (each replica is that server: its model,
 its slots, its API key) and these. With --address it joins a running
 cluster (nodes started with `ray start`, see server/README.md); without, it
-starts a one-node cluster here on 127.0.0.1. It deploys, prints the URL and
+starts a one-node cluster here on loopback. It deploys, prints the URL and
 serves until interrupted, then removes the application (--detach leaves it
 running and exits). Errors a user can cause print one line and exit 1.
+
+With --pipeline-parallel N each replica's model is split across N ranks
+that Ray places (server/ray_pipeline.py): the replica and N-1 actors in a
+placement group of its own.
 """
 
 from __future__ import annotations
@@ -22,13 +26,28 @@ import time
 from server import main as server_main
 from torchchat.errors import EXIT_ERROR, EXIT_INTERRUPT
 
+# A node on this host only: loopback, but not 127.0.0.1, which Ray rewrites
+# to the host's address on its route out (ray._private.services'
+# resolve_ip_for_localhost: "make sure localhost isn't resolved to the
+# loopback ip"), where its ports would face the network. Every 127.x
+# address is on `lo`.
+LOOPBACK_NODE = "127.0.0.2"
+
+# --pipeline-placement: Ray's placement group strategies.
+PLACEMENTS = {
+    "pack": "PACK",
+    "spread": "SPREAD",
+    "strict-pack": "STRICT_PACK",
+    "strict-spread": "STRICT_SPREAD",
+}
+
 
 def add_cluster_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster")
     g.add_argument(
         "--address",
         help="a running Ray cluster's GCS address, host:port (default: start a one-node "
-        "cluster on 127.0.0.1)",
+        f"cluster on {LOOPBACK_NODE}, loopback)",
     )
     g.add_argument("--replicas", type=int, default=2, help="engine replicas (default 2)")
     g.add_argument(
@@ -57,7 +76,12 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
         help="autoscaling: how long it must call for fewer before replicas stop (default 600, "
         "Serve's)",
     )
-    g.add_argument("--replica-cpus", type=float, default=1.0, help="Ray CPUs each replica reserves")
+    g.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=1.0,
+        help="Ray CPUs each replica reserves (with --pipeline-parallel, each of its ranks)",
+    )
     g.add_argument(
         "--max-replicas-per-node", type=int, help="at most this many replicas on one node"
     )
@@ -68,6 +92,20 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
         help="prefix: a request goes to the replica that served its prefix (Ray Serve's "
         "PrefixCacheAffinityRouter, behind a front deployment); pow2: the HTTP proxy "
         "straight to the replicas, power of two choices",
+    )
+    g.add_argument(
+        "--pipeline-placement",
+        choices=tuple(PLACEMENTS),
+        default="pack",
+        help="with --pipeline-parallel N, where Ray puts each replica's N ranks (its placement "
+        "group's strategy): pack them on as few nodes as fit, spread them over as many as it "
+        "can, or strictly on one node, or each on its own node (default pack)",
+    )
+    g.add_argument(
+        "--pipeline-interface",
+        metavar="IFNAME",
+        help="with --pipeline-parallel, the network interface the ranks' gloo traffic uses on "
+        "every node (default: the one that holds the node's Ray address)",
     )
     g.add_argument("--app-name", default="torchchat", help="the Serve application's name")
     g.add_argument("--detach", action="store_true", help="deploy and exit; the app keeps serving")
@@ -124,11 +162,20 @@ def check(args: argparse.Namespace) -> None:
         raise UserError("--upscale-delay-s and --downscale-delay-s must not be negative")
     if args.replica_cpus < 0:
         raise UserError("--replica-cpus must not be negative")
-    if (args.pipeline_parallel or 0) > 1:
-        raise UserError(
-            "--pipeline-parallel: each serve-cluster replica holds the whole model; split one "
-            "across ranks with `torchchat server --pipeline-parallel N`"
-        )
+    if ranks(args) > 1:
+        # Serve refuses both together: a replica's placement group decides.
+        if args.max_replicas_per_node:
+            raise UserError(
+                "--max-replicas-per-node does not go with --pipeline-parallel; place the ranks "
+                "with --pipeline-placement"
+            )
+        if args.replica_cpus <= 0:
+            raise UserError("--pipeline-parallel needs a positive --replica-cpus (each rank's)")
+
+
+def ranks(args: argparse.Namespace) -> int:
+    """Processes per replica: --pipeline-parallel's ranks, else 1."""
+    return max(1, args.pipeline_parallel or 1)
 
 
 def replica_options(args: argparse.Namespace) -> dict[str, object]:
@@ -153,6 +200,11 @@ def replica_options(args: argparse.Namespace) -> dict[str, object]:
         options["num_replicas"] = args.replicas
     if args.max_replicas_per_node:
         options["max_replicas_per_node"] = args.max_replicas_per_node
+    if ranks(args) > 1:
+        # A bundle per rank: the replica (rank 0) in the first, an actor in
+        # each other (server/ray_pipeline.py).
+        options["placement_group_bundles"] = [{"CPU": args.replica_cpus}] * ranks(args)
+        options["placement_group_strategy"] = PLACEMENTS[args.pipeline_placement]
     if args.routing == "prefix":
         # The class `ray.serve.llm.request_router` makes public; imported from
         # where it lives, because that package also imports vLLM's protocol
@@ -188,10 +240,10 @@ def connect(args: argparse.Namespace) -> None:
     # from the paths this process has. Ray's CPUs are logical: enough for
     # the replicas and the prefix router's actor, however many cores.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    n = max(args.replicas, args.max_replicas or 0)
+    n = max(args.replicas, args.max_replicas or 0) * ranks(args)
     cpus = max(os.cpu_count() or 1, math.ceil(n * args.replica_cpus) + 1)
     ray.init(
-        _node_ip_address="127.0.0.1",
+        _node_ip_address=LOOPBACK_NODE,
         num_cpus=cpus,
         include_dashboard=False,
         logging_level=logging.WARNING,
@@ -210,7 +262,7 @@ def deploy(args: argparse.Namespace, replica_argv: list[str]) -> str:
         http_options={"host": args.host, "port": args.port},
     )
     replicas = replica_deployment(args.routing == "pow2", **replica_options(args)).bind(
-        replica_argv
+        replica_argv, args.pipeline_interface
     )
     if args.routing == "prefix":
         app = front_deployment(
@@ -248,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.min_replicas is not None
         else args.replicas
     )
+    split = f" of {ranks(args)} ranks each" if ranks(args) > 1 else ""
     print(
-        f"torchchat serve-cluster: {n} replicas ({args.routing} routing) on {url}",
+        f"torchchat serve-cluster: {n} replicas{split} ({args.routing} routing) on {url}",
         file=sys.stderr,
         flush=True,
     )

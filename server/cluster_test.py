@@ -1,5 +1,5 @@
 """`serve-cluster` on two Ray nodes of this machine (head and worker, each
-its own `ray start`, on 127.0.0.1), one replica of the tiny model on each:
+its own `ray start`, on loopback: ray_harness), one replica of the tiny model on each:
 prefix affinity keeps a conversation on the replica that holds its cache,
 the API key holds at Ray's HTTP proxy, and a replica killed under 16
 streaming clients leaves no hung or corrupt request, is replaced, and then
@@ -7,7 +7,7 @@ every request succeeds. Last, the app redeployed with --routing pow2 and
 autoscaling between 1 and 2 replicas gives the same answers, starts at 1
 replica, scales up to 2 under load and back down to 1 when idle.
 
-Every address is 127.0.0.1; each request has a timeout and each loop a
+Every address is on loopback; each request has a timeout and each loop a
 bound. Teardown ends only the processes this test's `ray start` spawned
 (they carry its tag in their environment), never another user's Ray.
 """
@@ -18,71 +18,29 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import unittest
-import uuid
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-# The test's own cluster, on loopback. Ray turns token auth on when a token
-# sits in ~/.ray (another user of this machine may have made one), and then
-# the worker node, in Bazel's sandbox, was refused by the head.
-os.environ["RAY_AUTH_MODE"] = "disabled"
 
 import httpx2 as httpx
 
 from server import cluster
+from server.ray_harness import LocalRay, free_ports
 from testing import tiny_model
 
 KEY = "s3cret"
-TAG = "TORCHCHAT_CLUSTER_TEST"
 WORDS = "quick brown fox jumps over the lazy dog pack my box with five dozen liquor jugs".split()
 PROMPTS = [" ".join(WORDS[i % 7 : i % 7 + 2 + i % 9]) for i in range(16)]
 MAX_TOKENS = 128
 
 
-# Ports this test has handed out, a Ray node's worker range included: the
-# kernel may hand a port inside a range out again as a "free" one, and Ray
-# refuses a node whose ports overlap.
-_taken: set[int] = set()
-
-
-def free_ports(n: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < n:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p not in _taken and p not in ports:
-            ports.append(p)
-    _taken.update(ports)
-    return ports
-
-
-def ours(tag: str) -> dict[int, str]:
-    """{pid: command line} of the live processes carrying this test's tag."""
-    found = {}
-    needle = f"{TAG}={tag}".encode()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if needle in (d / "environ").read_bytes().split(b"\0"):
-                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                found[int(d.name)] = cmd.strip()
-        except OSError:
-            continue  # gone, or not ours to read
-    return found
-
-
-def replica_pids(tag: str) -> set[int]:
-    return {p for p, cmd in ours(tag).items() if "ServeReplica:torchchat:Replica" in cmd}
+def replica_pids(ray: LocalRay) -> set[int]:
+    return {p for p, cmd in ray.processes().items() if "ServeReplica:torchchat:Replica" in cmd}
 
 
 def cpu_ticks(pid: int) -> int:
@@ -91,68 +49,20 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def node_args(temp: str, cpus: int) -> list[str]:
-    # Worker ports: a small block above a free port (Ray takes a range),
-    # reserved before the node's single ports are drawn.
-    while True:
-        (workers,) = free_ports(1)
-        block = set(range(workers, min(workers + 40, 65535) + 1))
-        if not block & _taken - {workers}:
-            break
-    _taken.update(block)
-    nm, om, client, rt, metrics, agent, agent_grpc = free_ports(7)
-    return [
-        "--node-ip-address=127.0.0.1",
-        f"--num-cpus={cpus}",
-        f"--temp-dir={temp}",
-        "--disable-usage-stats",
-        "--object-store-memory=100000000",
-        f"--node-manager-port={nm}",
-        f"--object-manager-port={om}",
-        f"--ray-client-server-port={client}",
-        f"--runtime-env-agent-port={rt}",
-        f"--metrics-export-port={metrics}",
-        f"--dashboard-agent-listen-port={agent}",
-        f"--dashboard-agent-grpc-port={agent_grpc}",
-        f"--min-worker-port={workers}",
-        f"--max-worker-port={min(workers + 40, 65535)}",
-    ]
-
-
 class ClusterTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tag = uuid.uuid4().hex
         base = os.environ.get("TEST_TMPDIR", tempfile.gettempdir())
         cls.tmp = tempfile.mkdtemp(dir=base)
-        # Ray's unix sockets live under its temp dir, and a socket path has
-        # at most 107 bytes: Bazel's TEST_TMPDIR is too deep for that.
-        cls.ray_tmp = tempfile.mkdtemp(prefix="tcray", dir=base if len(base) < 40 else "/tmp")
         cls.ckpt = str(tiny_model.write_checkpoint(os.path.join(cls.tmp, "tiny")))
-        env = dict(os.environ)
-        env[TAG] = cls.tag
         # Autoscaling's load reports every second, not every 10 (test_4).
-        env["RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "1"
-        env["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "1"
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        ray_cli = [sys.executable, "-m", "server.ray_node", "start"]
-        (gcs,) = free_ports(1)
-        cls.address = f"127.0.0.1:{gcs}"
+        env = {
+            "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+            "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+        }
+        cls.ray = LocalRay(nodes=2, cpus=2, env=env)
+        cls.address = cls.ray.address
         try:
-            for args in (
-                ["--head", f"--port={gcs}", "--include-dashboard=false"],
-                [f"--address={cls.address}"],
-            ):
-                subprocess.run(
-                    [*ray_cli, *args, *node_args(cls.ray_tmp, 2)],
-                    env=env,
-                    check=True,
-                    timeout=120,
-                    stdout=subprocess.DEVNULL,
-                )
-            import ray
-
-            ray.init(address=cls.address, _node_ip_address="127.0.0.1", logging_level="WARNING")
             (cls.port,) = free_ports(1)
             cls.url = cls.deploy("--replicas", "2")
         except BaseException:
@@ -183,21 +93,8 @@ class ClusterTest(unittest.TestCase):
     @classmethod
     def stop_cluster(cls):
         try:
-            import ray
-
-            ray.shutdown()
+            cls.ray.stop()
         finally:
-            # Only what this test's `ray start` spawned: TERM, then KILL.
-            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-                for pid in ours(cls.tag):
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
-                deadline = time.monotonic() + wait
-                while ours(cls.tag) and time.monotonic() < deadline:
-                    time.sleep(0.2)
-            shutil.rmtree(cls.ray_tmp, ignore_errors=True)
             shutil.rmtree(cls.tmp, ignore_errors=True)
 
     @classmethod
@@ -268,8 +165,8 @@ class ClusterTest(unittest.TestCase):
         print(f"prefix hit rate of later turns: {cached / prompt:.0%}", file=sys.stderr)
 
     def test_3_replica_killed_under_load(self):
-        before = replica_pids(self.tag)
-        self.assertEqual(len(before), 2, ours(self.tag))
+        before = replica_pids(self.ray)
+        self.assertEqual(len(before), 2, self.ray.processes())
         expected = [self.complete(p) for p in PROMPTS]
         results: list[tuple[str, int, str, dict | None]] = [("none", 0, "", None)] * 16
         first_token = threading.Semaphore(0)
@@ -343,12 +240,12 @@ class ClusterTest(unittest.TestCase):
         # Serve replaces the replica.
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            now = replica_pids(self.tag)
+            now = replica_pids(self.ray)
             if len(now) == 2 and victim not in now and self.running() == 2:
                 break
             time.sleep(0.5)
         else:
-            self.fail(f"the replica was not replaced: {replica_pids(self.tag)}")
+            self.fail(f"the replica was not replaced: {replica_pids(self.ray)}")
         # Then every request succeeds, and gives what it gave before.
         for _ in range(2):
             threads_out: list[str | None] = [None] * 16

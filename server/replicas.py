@@ -95,14 +95,23 @@ def routing_text(body: bytes, method: str, path: str) -> str:
 class Replica:
     """One engine (its slots, its continuous batching) and its app."""
 
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], pipeline_interface: str | None = None):
         from server import main
         from server.app import create_app
 
         # The model is read from its path on this node (a shared path or the
         # node's own cache), never sent through the object store.
         args = main.build_parser().parse_args(argv)
-        self.engine, self.config = main.build(args)
+        # With --pipeline-parallel N, this replica is rank 0 of N, the others
+        # Ray actors in its placement group (server/ray_pipeline.py).
+        self.ranks = None
+        if (args.pipeline_parallel or 0) > 1:
+            from server.ray_pipeline import Ranks
+
+            self.ranks = Ranks(argv, args.pipeline_parallel, pipeline_interface)
+            self.engine, self.config = self.ranks.build(args)
+        else:
+            self.engine, self.config = main.build(args)
         # Not `self.app`: serve.ingress's wrapper has a property of that name.
         self.served_app = create_app(self.engine, self.config)
 
@@ -110,10 +119,17 @@ class Replica:
         return self.served_app
 
     def check_health(self) -> None:
-        """Serve's periodic check: a replica whose batcher died is replaced."""
-        problem = health.problem(self.engine)
+        """Serve's periodic check: a replica whose batcher died, or whose
+        pipeline lost a rank, is replaced."""
+        problem = health.problem(self.engine) or (self.ranks and self.ranks.ended())
         if problem:
             raise RuntimeError(problem)
+
+    def __del__(self) -> None:
+        """Serve's graceful stop: a pipeline's ranks are stopped with it."""
+        ranks = getattr(self, "ranks", None)
+        if ranks is not None:
+            ranks.close()
 
     async def asgi(self, req: Forwarded) -> AsyncIterator[Message]:
         """Runs the app on a forwarded request; yields what it sends."""

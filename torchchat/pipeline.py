@@ -260,14 +260,16 @@ def restarts_left() -> int:
 _RANK: Rank | None = None
 
 
-def init(rank: Rank, store: Any = None) -> None:
+def init(rank: Rank, store: Any = None, threads: int | None = None) -> None:
     """Joins the process group (env:// unless a store is given) and gives
-    this rank its share of the host's cores."""
+    this rank `threads`, by default its share of the host's cores (a
+    launcher that reserves cores per rank, Ray, says how many)."""
     import torch.distributed as dist
 
     global _RANK
-    cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(max(1, cores // max(1, rank.local_world)))
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) // max(1, rank.local_world)
+    torch.set_num_threads(max(1, threads))
     if _RANK is not None:
         return
     if rank.local_world == rank.world:
@@ -1027,14 +1029,47 @@ def describe(reports: Sequence[dict[str, Any]]) -> list[str]:
 def _rank_main(target: Callable[[], Any], env: dict[str, str]) -> None:
     """A rank launch_local started: joins through rank 0's store (as rank 0
     does, so both see the same keys), then runs `target`."""
-    import torch.distributed as dist
-
     os.environ.update(env)
     rank = rank_from_env(int(env["WORLD_SIZE"]))
-    port = int(env["MASTER_PORT"])
-    store = dist.TCPStore(env["MASTER_ADDR"], port, rank.world, is_master=False, timeout=_START)
-    init(rank, store)
+    init(rank, store_client(env["MASTER_ADDR"], int(env["MASTER_PORT"]), rank.world))
     target()
+
+
+def master_store(host: str, world: int, timeout: timedelta = _START) -> Any:
+    """Rank 0's TCP store for `world` ranks, listening on `host` only (torch's
+    own listens on every interface) at a port the kernel picks."""
+    import socket
+
+    import torch.distributed as dist
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, 0))
+        sock.listen(128)
+        store = dist.TCPStore(
+            host,
+            sock.getsockname()[1],
+            world,
+            is_master=True,
+            timeout=timeout,
+            wait_for_workers=False,
+            master_listen_fd=sock.fileno(),
+        )
+    except BaseException:
+        sock.close()
+        raise
+    # The store owns the socket now; this object must not close it.
+    sock.detach()
+    return store
+
+
+def store_client(host: str, port: int, world: int) -> Any:
+    """A rank's connection to rank 0's `master_store`, which it waits for as
+    long as rank 0 may take to start."""
+    import torch.distributed as dist
+
+    return dist.TCPStore(host, port, world, is_master=False, timeout=_START)
 
 
 def launch_local(world: int, target: Callable[[], Any]) -> tuple[Rank, list[Any]]:
@@ -1043,11 +1078,8 @@ def launch_local(world: int, target: Callable[[], Any]) -> tuple[Rank, list[Any]
     torchrun's environment, and makes this process rank 0. Traffic stays
     on the loopback interface. Returns rank 0 and the processes, to join
     after rank 0 is done."""
-    import torch.distributed as dist
-
     host = "127.0.0.1"
-    # Port 0: the store picks a free port, with no race for it.
-    store = dist.TCPStore(host, 0, world, is_master=True, timeout=_START, wait_for_workers=False)
+    store = master_store(host, world)
     common = {
         "MASTER_ADDR": host,
         "MASTER_PORT": str(store.port),
