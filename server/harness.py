@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import tempfile
@@ -122,3 +123,14 @@ class TinyServerCase(unittest.TestCase):
     def tearDownClass(cls) -> None:
         cls.server.close()
         cls.tmp.cleanup()
+
+
+def stream_error(case: unittest.TestCase, events: list[str]) -> dict[str, str]:
+    """The OpenAI error object that ends a broken SSE stream: EVENTS are the
+    stream's `data: ` lines; the last must be the error, not [DONE], with
+    exactly OpenAI's four fields."""
+    case.assertTrue(events, "the stream ended without an event")
+    case.assertNotIn("[DONE]", events[-1])
+    error = json.loads(events[-1][len("data: ") :])["error"]
+    case.assertEqual(set(error), {"message", "type", "param", "code"})
+    return error
