@@ -732,6 +732,8 @@ constexpr RowsFn Rows8Avx2() {
     return Rows8<GroupK<DotQ45KAvx2<true, kMR>, kMR>, GroupK<DotQ45KAvx2<true, 1>, 1>>;
   if constexpr (std::is_same_v<F, Q6_K>)
     return Rows8<GroupK<DotQ6KAvx2<kMR>, kMR>, GroupK<DotQ6KAvx2<1>, 1>>;
+  if constexpr (std::is_same_v<F, IQ4_XS>)
+    return Rows8<GroupK<DotIQ4XSAvx2<kMR>, kMR>, GroupK<DotIQ4XSAvx2<1>, 1>>;
   return Rows8<Group8Avx2<F, kMR>, Group8Avx2<F, 1>>;
 }
 
@@ -762,6 +764,8 @@ constexpr RowsFn Gemm8Avx2() {
   if constexpr (std::is_same_v<F, Q6_K>)
     return Gemm8<GroupK<DotQ6KAvx2<kMR>, kMR>, kMR, GroupK<DotQ6KAvx2<1>, 1>>;
   if constexpr (std::is_same_v<F, Q3_K>) return nullptr;  // ran 0.98x the tiles
+  if constexpr (std::is_same_v<F, IQ4_XS>)
+    return Gemm8<GroupK<DotIQ4XSAvx2<kMR>, kMR>, kMR, GroupK<DotIQ4XSAvx2<1>, 1>>;
   return Gemm8<Group8Avx2<F, kMR>, kMR, Group8Avx2<F, 1>>;
 }
 
