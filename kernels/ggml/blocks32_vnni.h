@@ -51,9 +51,9 @@ struct B32;
 template <int kBytes>
 TC_GGML_VNNI inline void HalfScales(const uint8_t* row, int64_t b0, int cnt, float* out) {
   const __mmask16 live = __mmask16((1u << cnt) - 1);
-  const __m512i at = _mm512_mullo_epi32(
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-      _mm512_set1_epi32(kBytes));
+  const __m512i at =
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(kBytes));
   const __m512i h =
       _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, at, row + b0 * kBytes, 1);
   _mm512_storeu_ps(out, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)));
@@ -170,8 +170,8 @@ TC_GGML_VNNI inline __m512i Dots16(const uint8_t* row, const int8_t* xq, const i
     const __m256i lo = B32<F>::Codes(row, b);
     const __m256i hi = two ? B32<F>::Codes(row, b + 1) : _mm256_setzero_si256();
     const __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-    const __m512i x = _mm512_maskz_loadu_epi8(two ? ~__mmask64(0) : __mmask64(0xFFFFFFFFu),
-                                              xq + b * 32);
+    const __m512i x =
+        _mm512_maskz_loadu_epi8(two ? ~__mmask64(0) : __mmask64(0xFFFFFFFFu), xq + b * 32);
     // Lanes 0-7 hold block b's eight partial sums, 8-15 block b + 1's.
     v[p] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x);
   }
@@ -186,25 +186,23 @@ TC_GGML_VNNI inline __m512i Dots16(const uint8_t* row, const int8_t* xq, const i
       _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
   const __m512i t1 =
       _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
-  const __m512i s =
-      _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+  const __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
   // Lane 4l + q holds block 4q + l.
   const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const __m512i sums = _mm512_permutexvar_epi32(order, s);
-  const __m512i xs = _mm512_cvtepi16_epi32(
-      _mm256_maskz_loadu_epi16(__mmask16((1u << cnt) - 1), bs + b0));
+  const __m512i xs =
+      _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(__mmask16((1u << cnt) - 1), bs + b0));
   return _mm512_sub_epi32(sums, _mm512_slli_epi32(xs, B32<F>::kShift));
 }
 
 // x's scales of blocks b0.. b0 + cnt - 1: every other one of its per-16.
 TC_GGML_VNNI inline __m512 XScales16(const float* d16, int64_t b0, int cnt) {
   const int halves = 2 * cnt;
-  const __m512 lo = _mm512_maskz_loadu_ps(__mmask16(halves >= 16 ? 0xFFFF : (1u << halves) - 1),
-                                          d16 + 2 * b0);
-  const __m512 hi = _mm512_maskz_loadu_ps(
-      __mmask16(halves <= 16 ? 0 : (1u << (halves - 16)) - 1), d16 + 2 * b0 + 16);
-  const __m512i even =
-      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512 lo =
+      _mm512_maskz_loadu_ps(__mmask16(halves >= 16 ? 0xFFFF : (1u << halves) - 1), d16 + 2 * b0);
+  const __m512 hi = _mm512_maskz_loadu_ps(__mmask16(halves <= 16 ? 0 : (1u << (halves - 16)) - 1),
+                                          d16 + 2 * b0 + 16);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   return _mm512_permutex2var_ps(lo, even, hi);
 }
 
@@ -221,7 +219,7 @@ TC_GGML_AVX2 inline void Transpose8(const float* p, int64_t stride, __m256* out)
   }
   TC_UNROLL
   for (int i = 0; i < 2; ++i) {
-    const __m256 *a = t + 4 * i;
+    const __m256* a = t + 4 * i;
     r[4 * i] = _mm256_shuffle_ps(a[0], a[2], 0x44);
     r[4 * i + 1] = _mm256_shuffle_ps(a[0], a[2], 0xEE);
     r[4 * i + 2] = _mm256_shuffle_ps(a[1], a[3], 0x44);
@@ -289,8 +287,8 @@ TC_GGML_VNNI void RowsB32(const X8& x, int64_t m, const uint8_t* w, int64_t row_
 constexpr int kB32MR = 4;
 
 template <int MR>
-TC_GGML_VNNI inline void PanelRows(const X8& x, int64_t i0, const uint8_t* panel,
-                                   const float* sw, int64_t nb, int kshift, __m512* acc) {
+TC_GGML_VNNI inline void PanelRows(const X8& x, int64_t i0, const uint8_t* panel, const float* sw,
+                                   int64_t nb, int kshift, __m512* acc) {
   const int64_t k = x.k;
   TC_UNROLL
   for (int j = 0; j < MR; ++j) acc[j] = _mm512_setzero_ps();
@@ -328,13 +326,14 @@ TC_GGML_VNNI void GemmB32(const X8& x, int64_t m, const uint8_t* w, int64_t row_
   panel_buf.resize(size_t(nb * 512 + 64));
   codes_buf.resize(size_t(nb * 512));
   sw_buf.resize(size_t(nb * 16 + 16));
-  uint8_t* panel = panel_buf.data() + (64 - reinterpret_cast<uintptr_t>(panel_buf.data()) % 64) % 64;
+  uint8_t* panel =
+      panel_buf.data() + (64 - reinterpret_cast<uintptr_t>(panel_buf.data()) % 64) % 64;
   uint8_t* codes = codes_buf.data();
   float* sw = sw_buf.data() + (16 - reinterpret_cast<uintptr_t>(sw_buf.data()) / 4 % 16) % 16;
   // Gather indices: dword t of each of the 16 rows of a block's codes.
-  const __m512i rows16 = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
-                                                              11, 12, 13, 14, 15),
-                                            _mm512_set1_epi32(8));
+  const __m512i rows16 =
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(8));
   for (int64_t n = n0; n < n1; n += 16) {
     const int rows = int(std::min<int64_t>(16, n1 - n));
     // codes[b][r][32], then panel[b][t][r][4]; missing rows are zero.
@@ -363,8 +362,7 @@ TC_GGML_VNNI void GemmB32(const X8& x, int64_t m, const uint8_t* w, int64_t row_
                                                   codes + b * 512, 4));
     }
     const __mmask16 keep = __mmask16((1u << rows) - 1);
-    const __m512 bv =
-        bias != nullptr ? _mm512_maskz_loadu_ps(keep, bias + n) : _mm512_setzero_ps();
+    const __m512 bv = bias != nullptr ? _mm512_maskz_loadu_ps(keep, bias + n) : _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + kB32MR <= m; i += kB32MR) {
       __m512 acc[kB32MR];

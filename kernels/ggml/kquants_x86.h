@@ -199,8 +199,8 @@ TC_GGML_AVX2 void DotIQ4XSAvx2(const uint8_t* row, const XK& x, float* out) {
     TC_UNROLL
     for (int g = 0; g < 8; ++g) {
       const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 8 + 16 * g));
-      const __m256i nib = _mm256_and_si256(
-          _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4);  // elements 0-15, then 16-31
+      const __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw),
+                                           m4);  // elements 0-15, then 16-31
       const __m256i q = _mm256_shuffle_epi8(levels, nib);
       const __m256i qa = _mm256_sign_epi8(q, q);
       const int ls = int((sl >> (4 * g)) & 0xF) | int(((sh >> (2 * g)) & 3) << 4);

@@ -12,8 +12,8 @@
 #include "kernels/tile_gemm.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
-#include "kernels/ggml/formats_avx2.h"
 #include "kernels/ggml/blocks32_vnni.h"
+#include "kernels/ggml/formats_avx2.h"
 #include "kernels/ggml/kquants_x86.h"
 #define TC_GGML_X86 1
 #else
@@ -242,8 +242,8 @@ TC_GGML_AVX2 bool QuantizeX8(const float* x, int64_t k, int8_t* q, float* sc16, 
   for (int64_t b = 0; b < k / 32; ++b) {
     __m256i i[4];
     if (!RoundBlock(x, b, 127.f, i, sc16, s16)) return false;
-    bs32[b] = int16_t(HsumInt(_mm256_add_epi32(_mm256_add_epi32(i[0], i[1]),
-                                               _mm256_add_epi32(i[2], i[3]))));
+    bs32[b] = int16_t(
+        HsumInt(_mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]))));
     // Two packs interleave 32-bit groups across the 128-bit lanes; one
     // permute of dwords restores element order.
     const __m256i w =
@@ -577,9 +577,9 @@ TC_GGML_VNNI void GemmB32Vnni(const Job& a, int64_t n0, int64_t n1) {
 
 // The formats blocks32_vnni.h runs: one scale per 32, no min.
 template <class F>
-constexpr bool kBlocks32 = std::is_same_v<F, Q4_0> || std::is_same_v<F, Q5_0> ||
-                           std::is_same_v<F, Q8_0> || std::is_same_v<F, IQ4_NL> ||
-                           std::is_same_v<F, IQ4_XS>;
+constexpr bool kBlocks32 =
+    std::is_same_v<F, Q4_0> || std::is_same_v<F, Q5_0> || std::is_same_v<F, Q8_0> ||
+    std::is_same_v<F, IQ4_NL> || std::is_same_v<F, IQ4_XS>;
 
 // ----------------------------------------------------------- AVX-512 VNNI --
 // The same loop with one 512-bit dot per group of 32: the AVX2 codes,
@@ -1141,12 +1141,12 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
     for (int64_t i = 0; i < m; ++i) {
       float* sc = xsc16.data() + i * k16;
       float* sm = xs16.data() + i * k16;
-      const bool ok = x256
-                          ? QuantizeX8K(x + i * k, k, xq8.data() + i * k, xd.data() + i * (k / 256),
-                                        xbs16.data() + i * k16, xbs32.data() + i * (k / 32), sc, sm)
-                      : int8_rows ? QuantizeX8(x + i * k, k, xq8.data() + i * k, sc, sm,
-                                               xbs32.data() + i * (k / 32))
-                                  : QuantizeX(x + i * k, k, xq.data() + i * k, sc, sm);
+      const bool ok =
+          x256 ? QuantizeX8K(x + i * k, k, xq8.data() + i * k, xd.data() + i * (k / 256),
+                             xbs16.data() + i * k16, xbs32.data() + i * (k / 32), sc, sm)
+          : int8_rows
+              ? QuantizeX8(x + i * k, k, xq8.data() + i * k, sc, sm, xbs32.data() + i * (k / 32))
+              : QuantizeX(x + i * k, k, xq.data() + i * k, sc, sm);
       if (!ok) {
         // Zero scales make the rows kernels' result for it finite (and
         // unused); the tiles below overwrite it.
