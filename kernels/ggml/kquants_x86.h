@@ -1,5 +1,5 @@
 // Decode dots of the K-quants that make up a Q4_K_M file (Q4_K, Q5_K and
-// Q6_K) against x rounded as llama.cpp's Q8_K: int8 per chunk of 256 with
+// Q6_K), and AVX2's of IQ4_XS, against x rounded as llama.cpp's Q8_K: int8 per chunk of 256 with
 // one fp32 scale, and the sums of the rounded codes per 16 and per 32.
 //
 // Per chunk and row of x, everything up to one fp32 FMA is integer: the
@@ -170,6 +170,50 @@ TC_GGML_AVX2 void DotQ6KAvx2(const uint8_t* row, const XK& x, float* out) {
         }
       }
     }
+    TC_UNROLL
+    for (int j = 0; j < MR; ++j)
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[j]), _mm256_set1_ps(d * x.d[j * chunks + c]),
+                               acc[j]);
+  }
+  TC_UNROLL
+  for (int j = 0; j < MR; ++j) out[j] = HsumK(acc[j]);
+}
+
+// IQ4_XS: per group g of 32, the levels by vpshufb (signed, |v| <= 127)
+// against x with their signs (vpmaddubsw), times the group's 6-bit scale
+// ls - 32 (vpmaddwd), summed in int32; one FMA per chunk with d * x-scale.
+// Exact in int32: |sum| <= 256 * 127 * 127 * 32 per chunk.
+template <int MR>
+TC_GGML_AVX2 void DotIQ4XSAvx2(const uint8_t* row, const XK& x, float* out) {
+  const int64_t k = x.k, chunks = k / 256;
+  const __m128i lv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Values));
+  const __m256i levels = _mm256_set_m128i(lv, lv), m4 = _mm256_set1_epi8(0xF);
+  __m256 acc[MR];
+  for (int j = 0; j < MR; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < chunks; ++c) {
+    const uint8_t* b = row + c * IQ4_XS::kBytes;
+    const uint32_t sl = Le32(b + 4);
+    const uint32_t sh = uint32_t(b[2] | b[3] << 8);
+    __m256i sumi[MR];
+    for (int j = 0; j < MR; ++j) sumi[j] = _mm256_setzero_si256();
+    TC_UNROLL
+    for (int g = 0; g < 8; ++g) {
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 8 + 16 * g));
+      const __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw),
+                                           m4);  // elements 0-15, then 16-31
+      const __m256i q = _mm256_shuffle_epi8(levels, nib);
+      const __m256i qa = _mm256_sign_epi8(q, q);
+      const int ls = int((sl >> (4 * g)) & 0xF) | int(((sh >> (2 * g)) & 3) << 4);
+      const __m256i sc = _mm256_set1_epi16(int16_t(ls - 32));
+      TC_UNROLL
+      for (int j = 0; j < MR; ++j) {
+        const __m256i xv = _mm256_sign_epi8(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + j * k + c * 256 + 32 * g)),
+            q);
+        sumi[j] = _mm256_add_epi32(sumi[j], _mm256_madd_epi16(_mm256_maddubs_epi16(qa, xv), sc));
+      }
+    }
+    const float d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(b[0] | b[1] << 8)));
     TC_UNROLL
     for (int j = 0; j < MR; ++j)
       acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[j]), _mm256_set1_ps(d * x.d[j * chunks + c]),

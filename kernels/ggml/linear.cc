@@ -12,6 +12,7 @@
 #include "kernels/tile_gemm.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
+#include "kernels/ggml/blocks32_vnni.h"
 #include "kernels/ggml/formats_avx2.h"
 #include "kernels/ggml/kquants_x86.h"
 #define TC_GGML_X86 1
@@ -63,9 +64,10 @@ struct Job {
   const float* xs16 = nullptr;
   // Decode with int8 x: the same scales and sums, and k codes per row.
   const int8_t* xq8 = nullptr;
-  // 256-element formats' int8 x (rounded per 256, as llama.cpp's Q8_K): per
-  // row of x, per 256 its scale (xd), per 16 and per 32 the sums of its
-  // codes (xbs16, xbs32). xsc16 and xs16 then hold the same per 16.
+  // Int8 x's code sums per 32 (xbs32). 256-element formats' int8 x (rounded
+  // per 256, as llama.cpp's Q8_K): per row of x, per 256 its scale (xd), per
+  // 16 the sums of its codes (xbs16). xsc16 and xs16 then hold the same per
+  // 16.
   const float* xd = nullptr;
   const int16_t* xbs16 = nullptr;
   const int16_t* xbs32 = nullptr;
@@ -233,11 +235,15 @@ TC_GGML_AVX2 bool QuantizeX(const float* x, int64_t k, int16_t* q, float* sc16, 
 
 // As QuantizeX, to int8 (RoundBlock at 127, as llama.cpp's Q8_0
 // activations): at most 1/254 of the block's largest value per element,
-// and twice the integer work fits in each instruction.
-TC_GGML_AVX2 bool QuantizeX8(const float* x, int64_t k, int8_t* q, float* sc16, float* s16) {
+// and twice the integer work fits in each instruction. bs32: the codes' sum
+// per block.
+TC_GGML_AVX2 bool QuantizeX8(const float* x, int64_t k, int8_t* q, float* sc16, float* s16,
+                             int16_t* bs32) {
   for (int64_t b = 0; b < k / 32; ++b) {
     __m256i i[4];
     if (!RoundBlock(x, b, 127.f, i, sc16, s16)) return false;
+    bs32[b] = int16_t(
+        HsumInt(_mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]))));
     // Two packs interleave 32-bit groups across the 128-bit lanes; one
     // permute of dwords restores element order.
     const __m256i w =
@@ -558,6 +564,23 @@ TC_GGML_VNNI void GroupKT(const Job& a, int64_t n, int64_t i0) {
   for (int j = 0; j < kGemmMR; ++j) a.y[(i0 + j) * a.n + n] = out[j] + (a.bias ? a.bias[n] : 0.f);
 }
 
+// blocks32_vnni.h's decode and GEMM as RowsFns.
+template <class F>
+TC_GGML_VNNI void RowsB32Vnni(const Job& a, int64_t n0, int64_t n1) {
+  RowsB32<F>(X8{a.xq8, a.xsc16, a.xbs32, a.k}, a.m, a.w, a.row_bytes, a.bias, a.y, a.n, n0, n1);
+}
+
+template <class F>
+TC_GGML_VNNI void GemmB32Vnni(const Job& a, int64_t n0, int64_t n1) {
+  GemmB32<F>(X8{a.xq8, a.xsc16, a.xbs32, a.k}, a.m, a.w, a.row_bytes, a.bias, a.y, a.n, n0, n1);
+}
+
+// The formats blocks32_vnni.h runs: one scale per 32, no min.
+template <class F>
+constexpr bool kBlocks32 =
+    std::is_same_v<F, Q4_0> || std::is_same_v<F, Q5_0> || std::is_same_v<F, Q8_0> ||
+    std::is_same_v<F, IQ4_NL> || std::is_same_v<F, IQ4_XS>;
+
 // ----------------------------------------------------------- AVX-512 VNNI --
 // The same loop with one 512-bit dot per group of 32: the AVX2 codes,
 // joined, against x's 32 int16 at once (vpdpwssd), and one FMA whose lanes
@@ -709,6 +732,8 @@ constexpr RowsFn Rows8Avx2() {
     return Rows8<GroupK<DotQ45KAvx2<true, kMR>, kMR>, GroupK<DotQ45KAvx2<true, 1>, 1>>;
   if constexpr (std::is_same_v<F, Q6_K>)
     return Rows8<GroupK<DotQ6KAvx2<kMR>, kMR>, GroupK<DotQ6KAvx2<1>, 1>>;
+  if constexpr (std::is_same_v<F, IQ4_XS>)
+    return Rows8<GroupK<DotIQ4XSAvx2<kMR>, kMR>, GroupK<DotIQ4XSAvx2<1>, 1>>;
   return Rows8<Group8Avx2<F, kMR>, Group8Avx2<F, 1>>;
 }
 
@@ -720,6 +745,7 @@ constexpr RowsFn Rows8Vnni() {
     return Rows8<GroupK<DotQ45KVnni<true, kMR>, kMR>, GroupK<DotQ45KVnni<true, 1>, 1>>;
   if constexpr (std::is_same_v<F, Q6_K>)
     return Rows8<GroupK<DotQ6KVnni<kMR>, kMR>, GroupK<DotQ6KVnni<1>, 1>>;
+  if constexpr (kBlocks32<F>) return RowsB32Vnni<F>;
   return Rows8<Group8Vnni<F, kMR>, Group8Vnni<F, 1>>;
 }
 
@@ -738,6 +764,8 @@ constexpr RowsFn Gemm8Avx2() {
   if constexpr (std::is_same_v<F, Q6_K>)
     return Gemm8<GroupK<DotQ6KAvx2<kMR>, kMR>, kMR, GroupK<DotQ6KAvx2<1>, 1>>;
   if constexpr (std::is_same_v<F, Q3_K>) return nullptr;  // ran 0.98x the tiles
+  if constexpr (std::is_same_v<F, IQ4_XS>)
+    return Gemm8<GroupK<DotIQ4XSAvx2<kMR>, kMR>, kMR, GroupK<DotIQ4XSAvx2<1>, 1>>;
   return Gemm8<Group8Avx2<F, kMR>, kMR, Group8Avx2<F, 1>>;
 }
 
@@ -751,8 +779,7 @@ constexpr RowsFn Gemm8Vnni() {
   if constexpr (std::is_same_v<F, Q6_K>)
     return Gemm8<GroupK<DotQ6KVnni<R>, R>, R, GroupK<DotQ6KVnni<1>, 1>>;
   if constexpr (std::is_same_v<F, Q3_K>) return nullptr;  // ran 0.75-0.92x the tiles
-  // Q8_0's eight rows of x ran slower than four (1.1x the tiles).
-  if constexpr (std::is_same_v<F, Q8_0>) return Gemm8<Group8Vnni<F, kMR>, kMR, Group8Vnni<F, 1>>;
+  if constexpr (kBlocks32<F>) return GemmB32Vnni<F>;
   return Gemm8<Group8Vnni<F, R>, R, Group8Vnni<F, 1>>;
 }
 
@@ -1106,19 +1133,20 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
     } else {
       xq.resize(size_t(m * k));
     }
+    if (int8_rows) xbs32.resize(size_t(m * (k / 32)));
     if (x256) {
       xd.resize(size_t(m * (k / 256)));
       xbs16.resize(size_t(m) * k16);
-      xbs32.resize(size_t(m * (k / 32)));
     }
     for (int64_t i = 0; i < m; ++i) {
       float* sc = xsc16.data() + i * k16;
       float* sm = xs16.data() + i * k16;
-      const bool ok = x256
-                          ? QuantizeX8K(x + i * k, k, xq8.data() + i * k, xd.data() + i * (k / 256),
-                                        xbs16.data() + i * k16, xbs32.data() + i * (k / 32), sc, sm)
-                      : int8_rows ? QuantizeX8(x + i * k, k, xq8.data() + i * k, sc, sm)
-                                  : QuantizeX(x + i * k, k, xq.data() + i * k, sc, sm);
+      const bool ok =
+          x256 ? QuantizeX8K(x + i * k, k, xq8.data() + i * k, xd.data() + i * (k / 256),
+                             xbs16.data() + i * k16, xbs32.data() + i * (k / 32), sc, sm)
+          : int8_rows
+              ? QuantizeX8(x + i * k, k, xq8.data() + i * k, sc, sm, xbs32.data() + i * (k / 32))
+              : QuantizeX(x + i * k, k, xq.data() + i * k, sc, sm);
       if (!ok) {
         // Zero scales make the rows kernels' result for it finite (and
         // unused); the tiles below overwrite it.
@@ -1127,9 +1155,9 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
         if (x256) {
           std::fill(xd.data() + i * (k / 256), xd.data() + (i + 1) * (k / 256), 0.f);
           std::fill(xbs16.data() + i * k16, xbs16.data() + (i + 1) * k16, int16_t(0));
-          std::fill(xbs32.data() + i * (k / 32), xbs32.data() + (i + 1) * (k / 32), int16_t(0));
         }
         if (int8_rows) {
+          std::fill(xbs32.data() + i * (k / 32), xbs32.data() + (i + 1) * (k / 32), int16_t(0));
           std::fill(xq8.data() + i * k, xq8.data() + (i + 1) * k, int8_t(0));
         } else {
           std::fill(xq.data() + i * k, xq.data() + (i + 1) * k, int16_t(0));
@@ -1156,10 +1184,10 @@ const char* Linear(const float* x, int64_t m, const uint8_t* w, int type, int64_
     if (int8_rows) {
       task.rows = m < kRowsMaxM ? kern.rows8 : kern.gemm8;
       task.job.xq8 = xq8.data();
+      task.job.xbs32 = xbs32.data();
       if (x256) {
         task.job.xd = xd.data();
         task.job.xbs16 = xbs16.data();
-        task.job.xbs32 = xbs32.data();
       }
     } else {
       task.job.xq = xq.data();

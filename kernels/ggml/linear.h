@@ -9,13 +9,17 @@
 // error of at most 1/254 of that block's largest value per element. Each
 // group of 32 codes is an exact integer dot product (vpmaddubsw, or
 // vpdpbusd), scaled in fp32; Q4_K, Q5_K and Q6_K apply their integer
-// sub-block scales in int32 too and scale once per 256 (kquants_x86.h).
+// sub-block scales in int32 too and scale once per 256 (kquants_x86.h; so
+// does IQ4_XS on AVX2). On AVX-512 VNNI the formats with one scale per 32
+// and no min (Q4_0, Q5_0, Q8_0, IQ4_NL, IQ4_XS) take each block's exact
+// integer dot and add them in block order, one FMA each (blocks32_vnni.h).
 // The offsets m * sum(x') use the rounded x's sums, so the product is
 // w . x' exactly. Below 32 rows of x (decode, a speculative draft's check,
 // a server step's decode rows) the rows kernels take four rows of x per
 // weight row; from 32 (prefill) a GEMM takes 4 (AVX2) or 8 (AVX-512) rows
-// of x per weight row with each row's sums in decode's order, so a row's
-// result is the same bits at any m. Q3_K has no GEMM: from 32 rows its
+// of x per weight row (blocks32_vnni.h: 16 weight rows against 4 rows of x)
+// with each row's sums in decode's order, so a row's result is the same
+// bits at any m. Q3_K has no GEMM: from 32 rows its
 // weights are dequantized a few rows at a time to fp32 and multiplied by
 // the fp32 micro-kernels (tile_gemm.h), exact up to the order of the sums.
 // DecodeX "int16" rounds x to int16 below 32 rows instead (scale
