@@ -64,6 +64,21 @@ def write_case(tmp: Path) -> tuple[Path, list[Path]]:
     return ckpt, images
 
 
+def export_case(tmp: Path, flag: str, name: str) -> tuple[Path, list[Path], Path]:
+    """The case written under `tmp` and exported by export_llm's command
+    line with `flag` (--output-pte-path or --output-aoti-package-path) to
+    `tmp/out/name`: the checkpoint, the images and the artifact."""
+    from export import export_llm
+
+    ckpt, images = write_case(tmp)
+    (tmp / "out").mkdir()
+    artifact = tmp / "out" / name
+    argv = ["--checkpoint-path", str(ckpt), flag, str(artifact)]
+    rc = export_llm.main([*argv, "--max-seq-length", str(MAX_SEQ), "--quiet"])
+    assert rc == 0, f"export_llm {flag} exited with {rc}"
+    return ckpt, images, artifact
+
+
 def tower(ckpt: Any) -> Any:
     """The checkpoint's ImageTower (Gemma 3's or SmolVLM's), fp32."""
     from torchchat.vision import Vision, VisionConfig, build_encoder

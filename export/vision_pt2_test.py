@@ -15,7 +15,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from export import export_llm
 from export import vision_cases as vc
 from testing import cli_harness
 from testing.tiny_vision import IMAGE_SIZE
@@ -29,13 +28,10 @@ class VisionPt2(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = Path(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")))
-        cls.ckpt, cls.images = vc.write_case(cls.tmp)
-        cls.out = cls.tmp / "out"
-        cls.out.mkdir()
-        cls.pt2 = cls.out / "model.pt2"
-        argv = ["--checkpoint-path", str(cls.ckpt), "--output-aoti-package-path", str(cls.pt2)]
-        rc = export_llm.main([*argv, "--max-seq-length", str(vc.MAX_SEQ), "--quiet"])
-        assert rc == 0
+        cls.ckpt, cls.images, cls.pt2 = vc.export_case(
+            cls.tmp, "--output-aoti-package-path", "model.pt2"
+        )
+        cls.out = cls.pt2.parent
         cls.want_chat = vc.eager_chat(cls.ckpt, cls.images)
 
     def cli(self, mode: str, *extra: str, stdin: str = "") -> tuple[int, str, str]:

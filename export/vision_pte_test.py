@@ -16,7 +16,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from export import export_llm
 from export import vision_cases as vc
 from testing import cli_harness
 from testing.tiny_vision import IMAGE_SIZE
@@ -30,22 +29,8 @@ class VisionPte(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = Path(tempfile.mkdtemp(dir=os.environ.get("TEST_TMPDIR")))
-        cls.ckpt, cls.images = vc.write_case(cls.tmp)
-        cls.out = cls.tmp / "out"
-        cls.out.mkdir()
-        cls.pte = cls.out / "model.pte"
-        rc = export_llm.main(
-            [
-                "--checkpoint-path",
-                str(cls.ckpt),
-                "--output-pte-path",
-                str(cls.pte),
-                "--max-seq-length",
-                str(vc.MAX_SEQ),
-                "--quiet",
-            ]
-        )
-        assert rc == 0
+        cls.ckpt, cls.images, cls.pte = vc.export_case(cls.tmp, "--output-pte-path", "model.pte")
+        cls.out = cls.pte.parent
 
     def eager_ids(self) -> list[int]:
         return vc.eager_ids(self.ckpt, self.images)
