@@ -121,24 +121,12 @@ struct B32<IQ4_XS> {
   }
   // cnt is 8 or 16 (k % 256 == 0): one or two chunks.
   TC_GGML_VNNI static void Scales(const uint8_t* row, int64_t b0, int cnt, float* out) {
-    const __m256i g = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int h = 0; h < 2; ++h) {
       if (8 * h >= cnt) {
         _mm256_storeu_ps(out + 8 * h, _mm256_setzero_ps());
         continue;
       }
-      const uint8_t* p = row + (b0 / 8 + h) * IQ4_XS::kBytes;
-      uint16_t sh;
-      std::memcpy(&sh, p + 2, 2);
-      const __m256i lo = _mm256_and_si256(
-          _mm256_srlv_epi32(_mm256_set1_epi32(int(Le32(p + 4))), _mm256_slli_epi32(g, 2)),
-          _mm256_set1_epi32(0xF));
-      const __m256i hi = _mm256_and_si256(
-          _mm256_srlv_epi32(_mm256_set1_epi32(sh), _mm256_slli_epi32(g, 1)), _mm256_set1_epi32(3));
-      const __m256i ls =
-          _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
-      const float d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(p[0] | p[1] << 8)));
-      _mm256_storeu_ps(out + 8 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(ls), _mm256_set1_ps(d)));
+      _mm256_storeu_ps(out + 8 * h, Iq4XsScales(row + (b0 / 8 + h) * IQ4_XS::kBytes));
     }
   }
 };

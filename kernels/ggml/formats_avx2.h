@@ -281,23 +281,28 @@ struct Avx2<Q3_K> : CodesFromBytes<Avx2<Q3_K>> {
   }
 };
 
+// An IQ4_XS chunk's 8 group scales, d * (ls - 32). Group g's 6-bit ls:
+// nibble g of scales_l, bits 2g..2g+1 of scales_h on top; each lane
+// shifts its own copy.
+TC_GGML_AVX2 inline __m256 Iq4XsScales(const uint8_t* p) {
+  uint16_t sh;
+  std::memcpy(&sh, p + 2, 2);
+  const __m256i g = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i lo = _mm256_and_si256(
+      _mm256_srlv_epi32(_mm256_set1_epi32(int(Le32(p + 4))), _mm256_slli_epi32(g, 2)),
+      _mm256_set1_epi32(0xF));
+  const __m256i hi = _mm256_and_si256(
+      _mm256_srlv_epi32(_mm256_set1_epi32(sh), _mm256_slli_epi32(g, 1)), _mm256_set1_epi32(3));
+  const __m256i ls =
+      _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(ls), _mm256_set1_ps(Half(p)));
+}
+
 template <>
 struct Avx2<IQ4_XS> : CodesFromBytes<Avx2<IQ4_XS>> {
   static constexpr int kChunkBytes = IQ4_XS::kBytes;
-  // Group g's 6-bit scale: nibble g of scales_l, bits 2g..2g+1 of
-  // scales_h on top; each lane shifts its own copy.
   TC_GGML_AVX2 static void ChunkScales(const uint8_t* p, float* s, float* m) {
-    uint16_t sh;
-    std::memcpy(&sh, p + 2, 2);
-    const __m256i g = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i lo = _mm256_and_si256(
-        _mm256_srlv_epi32(_mm256_set1_epi32(int(Le32(p + 4))), _mm256_slli_epi32(g, 2)),
-        _mm256_set1_epi32(0xF));
-    const __m256i hi = _mm256_and_si256(
-        _mm256_srlv_epi32(_mm256_set1_epi32(sh), _mm256_slli_epi32(g, 1)), _mm256_set1_epi32(3));
-    const __m256i ls =
-        _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), _mm256_set1_epi32(32));
-    Spread(_mm256_mul_ps(_mm256_cvtepi32_ps(ls), _mm256_set1_ps(Half(p))), s);
+    Spread(Iq4XsScales(p), s);
     (void)m;
   }
   static constexpr bool kSigned = true;
